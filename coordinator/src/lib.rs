@@ -1,0 +1,145 @@
+//! Fallow's coordinator: it publishes work units, leases them to workers, checks the quorum
+//! certificates workers assemble from each other's signed claims, and aggregates verified
+//! results. It never runs or compares outputs itself (only a project's reducer, once, at
+//! the end).
+//!
+//! # Layout
+//! - [`scheduler`]: the sans-IO state machine (leases, replicas, disputes, failures).
+//! - [`store`]: durable state behind the [`store::Store`] trait; [`store::sqlite`] is the
+//!   embedded default.
+//! - `service`: the gRPC boundary (the only module here that touches `proto` types) and the
+//!   async shell that drives the scheduler and persists its changes.
+//! - `reducer`: runs a finished project's reducer in the sandbox.
+//! - [`serve`]: start a coordinator on a listener until a shutdown signal.
+
+#![forbid(unsafe_code)]
+
+mod reducer;
+pub mod scheduler;
+mod service;
+pub mod store;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::{ProjectId, UnitId};
+
+pub use service::CoordinatorService;
+
+/// The one error type of the `coordinator` crate. Unless a variant says otherwise, nothing
+/// was changed when it is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed; the operation's transaction was rolled back.
+    #[error("database: {0}")]
+    Store(#[from] sqlx::Error),
+    /// The data directory cannot be used.
+    #[error("data directory {}: {message}", path.display())]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The database holds something this version cannot read.
+    #[error("database holds invalid data: {0}")]
+    Corrupt(String),
+    /// No such unit.
+    #[error("unknown unit {0}")]
+    UnknownUnit(UnitId),
+    /// No such project.
+    #[error("unknown project {0}")]
+    UnknownProject(ProjectId),
+    /// A worker that never registered (or registered with another coordinator).
+    #[error("unknown worker {0}: register first")]
+    UnknownWorker(String),
+    /// The worker does not hold a lease on the unit (it expired or was never given).
+    #[error("unit {unit} is not leased to this worker")]
+    NotLeased {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// The unit already failed; results for it are no longer accepted.
+    #[error("unit {unit} already failed: {reason}")]
+    AlreadyFailed {
+        /// The unit.
+        unit: UnitId,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A dispute that proves nothing (agreeing, foreign or forged claims).
+    #[error("dispute rejected: {0}")]
+    BadDispute(String),
+    /// Malformed message, bad signature or invalid certificate.
+    #[error(transparent)]
+    Protocol(#[from] protocol::Error),
+    /// A submitted module was refused.
+    #[error("module refused: {0}")]
+    Module(#[from] sandbox::Error),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where the database lives. Default `./fallow-data`.
+    pub data_dir: PathBuf,
+    /// How long a lease lasts without a heartbeat before the unit is given to someone else.
+    /// Default 120 s. Workers heartbeat every `lease / 4`.
+    pub lease: Duration,
+    /// Largest gRPC message accepted (project uploads, certificates). Default 256 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            data_dir: PathBuf::from("fallow-data"),
+            lease: Duration::from_secs(120),
+            max_message_bytes: 256 << 20,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Checks the settings, naming the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease < Duration::from_secs(1) {
+            return Err(format!(
+                "--lease-seconds must be at least 1 (got {:?})",
+                self.lease
+            ));
+        }
+        if self.max_message_bytes < 1 << 20 {
+            return Err("max message size must be at least 1 MiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs a coordinator on `listener` until `shutdown` completes: opens (or creates) the
+/// store under `config.data_dir`, resumes every project in it, and serves the gRPC API.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let store = store::sqlite::SqliteStore::open(&config.data_dir).await?;
+    service::run(listener, store, config, shutdown).await
+}
+
+/// The database file inside a data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("fallow.db")
+}
+
+/// Milliseconds since the Unix epoch: the scheduler's `now`.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

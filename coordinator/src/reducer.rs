@@ -1,0 +1,81 @@
+//! Runs a finished project's reducer over its verified outputs (sorted by unit name, framed
+//! as in `protocol::reduce`) and stores the aggregate, or why the reducer failed.
+
+use std::sync::Arc;
+
+use protocol::{Digest, Limits, ProjectId};
+use sandbox::Sandbox;
+
+use crate::Error;
+use crate::store::Store;
+
+/// Limits for a reducer run: it sees every output at once, so it gets more room than one
+/// unit. Fuel 100x the project's (at most 10^15), at least 256 MiB of memory, 10 minutes,
+/// and up to 64 MiB of aggregate.
+fn reducer_limits(project: &Limits) -> Limits {
+    Limits {
+        fuel: project
+            .fuel
+            .saturating_mul(100)
+            .min(protocol::limits::FUEL_RANGE.1),
+        memory_mb: project.memory_mb.max(256),
+        wall_seconds: 600,
+        max_output_bytes: protocol::limits::MAX_OUTPUT_RANGE.1,
+        nan_canonicalization: project.nan_canonicalization,
+    }
+}
+
+/// Runs the reducer `reducer` of `project` and stores the outcome. Errors are store errors;
+/// a failing reducer is an outcome (stored as the aggregate error), not an error.
+pub(crate) async fn reduce<S: Store>(
+    store: &S,
+    sandbox: Arc<Sandbox>,
+    project: ProjectId,
+    reducer: Digest,
+    limits: Limits,
+) -> Result<(), Error> {
+    let Some(module) = store.module(reducer).await? else {
+        return store
+            .set_aggregate(project, Err("reducer module missing from the store".into()))
+            .await;
+    };
+    let mut records = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.verified_outputs(project, after.clone(), 512).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.name.clone());
+        records.extend(page.into_iter().map(|v| (v.name, v.output)));
+    }
+    let input = protocol::reduce::encode(records.iter().map(|(n, o)| (n.as_str(), o.as_slice())));
+    let limits = reducer_limits(&limits);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Guest code never runs on the async runtime: a dedicated thread with a big stack.
+    let spawned = std::thread::Builder::new()
+        .name(format!("reducer-{project}"))
+        .stack_size(sandbox::GUEST_THREAD_STACK)
+        .spawn(move || {
+            let outcome = sandbox
+                .compile(reducer, &module, limits.nan_canonicalization)
+                .map_err(|e| format!("reducer refused: {e}"))
+                .and_then(|c| {
+                    sandbox
+                        .run(&c, &input, reducer.0, &limits)
+                        .map_err(|f| format!("reducer failed: {f}"))
+                })
+                .map(|e| e.output);
+            let _ = tx.send(outcome);
+        });
+    let outcome = match spawned {
+        Ok(_) => rx
+            .await
+            .unwrap_or_else(|_| Err("reducer thread died".into())),
+        Err(e) => Err(format!("cannot start reducer thread: {e}")),
+    };
+    if let Err(e) = &outcome {
+        tracing::warn!(%project, "{e}");
+    } else {
+        tracing::info!(%project, "aggregate stored");
+    }
+    store.set_aggregate(project, outcome).await
+}

@@ -1,0 +1,785 @@
+//! The gRPC boundary and the async shell around the scheduler. This is the only module of
+//! the coordinator that touches `proto` types: requests are converted to domain types
+//! (rejecting malformed ones) before anything else sees them, and [`to_status`] is the one
+//! place domain errors become gRPC statuses.
+//!
+//! Every RPC that changes state takes the one state lock, asks the scheduler, persists what
+//! changed through the store, and only then answers. Verification is persisted before the
+//! scheduler marks the unit, so an acknowledged result is on disk.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use protocol::manifest::ProjectSpec;
+use protocol::{Certificate, Digest, ProjectId, UnitId, WorkerId, wire};
+use sandbox::{Sandbox, SandboxConfig};
+use tokio::sync::Mutex;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+use crate::scheduler::{Scheduler, UnitStatus};
+use crate::store::{Store, StoredWorker};
+use crate::{CoordinatorConfig, Error, now_ms};
+
+/// Most units one work request may lease.
+const MAX_UNITS_PER_REQUEST: u32 = 64;
+/// How long an idle worker should wait before asking again.
+const IDLE_RETRY_MS: u64 = 500;
+/// How often leases are checked for expiry.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// The coordinator's gRPC service; cheap to clone.
+pub struct CoordinatorService<S: Store> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for CoordinatorService<S> {
+    fn clone(&self) -> Self {
+        CoordinatorService {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<S> {
+    store: S,
+    sandbox: Arc<Sandbox>,
+    state: Mutex<State>,
+    lease_ms: u64,
+    tasks: TaskTracker,
+    reducing: std::sync::Mutex<HashSet<ProjectId>>,
+}
+
+struct State {
+    sched: Scheduler,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    peers_version: u64,
+}
+
+struct WorkerEntry {
+    peer_addr: String,
+    last_seen: u64,
+}
+
+/// Loads the store into a scheduler and serves until `shutdown`.
+pub(crate) async fn run<S: Store>(
+    listener: tokio::net::TcpListener,
+    store: S,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate().map_err(|message| Error::DataDir {
+        path: config.data_dir.clone(),
+        message,
+    })?;
+    let lease_ms = config.lease.as_millis() as u64;
+    let snapshot = store.load().await?;
+    let now = now_ms();
+    let mut sched = Scheduler::new(lease_ms);
+    let (projects, units) = (snapshot.projects.len(), snapshot.units.len());
+    for p in snapshot.projects {
+        sched.add_project(p);
+    }
+    for u in snapshot.units {
+        sched.add_unit(u.id, u.project, u.status, u.target, u.replicas, now);
+    }
+    let workers = snapshot
+        .workers
+        .into_iter()
+        .map(|w| {
+            (
+                w.id,
+                WorkerEntry {
+                    peer_addr: w.peer_addr,
+                    last_seen: now,
+                },
+            )
+        })
+        .collect();
+    tracing::info!(projects, units, data = %config.data_dir.display(), "store loaded");
+    // The coordinator runs guest code only for reducers: two slots are plenty.
+    let sandbox = Sandbox::new(SandboxConfig {
+        slots: 2,
+        ..SandboxConfig::default()
+    })?;
+    let service = CoordinatorService {
+        inner: Arc::new(Inner {
+            store,
+            sandbox: Arc::new(sandbox),
+            state: Mutex::new(State {
+                sched,
+                workers,
+                peers_version: 1,
+            }),
+            lease_ms,
+            tasks: TaskTracker::new(),
+            reducing: std::sync::Mutex::new(HashSet::new()),
+        }),
+    };
+    let cancel = CancellationToken::new();
+    service
+        .inner
+        .tasks
+        .spawn(expiry_loop(service.clone(), cancel.clone()));
+    // Projects that finished before a restart but have no aggregate yet.
+    let finished: Vec<ProjectId> = service
+        .inner
+        .state
+        .lock()
+        .await
+        .sched
+        .projects()
+        .map(|p| p.id)
+        .collect();
+    for p in finished {
+        service.maybe_reduce(p).await;
+    }
+    let server = CoordinatorServer::new(service.clone())
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let result = tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    cancel.cancel();
+    service.inner.tasks.close();
+    // Reducers in flight are abandoned at shutdown; their projects are reduced again on the
+    // next start because no aggregate was stored.
+    let _ = tokio::time::timeout(Duration::from_secs(2), service.inner.tasks.wait()).await;
+    result.map_err(Error::from)
+}
+
+async fn expiry_loop<S: Store>(service: CoordinatorService<S>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let mut state = service.inner.state.lock().await;
+        let changes = state.sched.expire(now);
+        if changes.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            expired = changes.len(),
+            "leases expired; units go back to the queue"
+        );
+        if let Err(e) = service.inner.store.apply(&changes, now).await {
+            tracing::error!("cannot persist lease expiry: {e}");
+        }
+        let projects = touched_projects(&state, &changes);
+        drop(state);
+        for p in projects {
+            service.maybe_reduce(p).await;
+        }
+    }
+}
+
+fn touched_projects(state: &State, changes: &[crate::scheduler::Change]) -> Vec<ProjectId> {
+    let failed: HashSet<UnitId> = changes
+        .iter()
+        .filter_map(|c| match c {
+            crate::scheduler::Change::UnitFailed { unit, .. } => Some(*unit),
+            _ => None,
+        })
+        .collect();
+    if failed.is_empty() {
+        return Vec::new();
+    }
+    state
+        .sched
+        .projects()
+        .filter(|p| p.finished())
+        .map(|p| p.id)
+        .collect()
+}
+
+/// The one mapping from domain errors to gRPC statuses.
+pub(crate) fn to_status(e: Error) -> Status {
+    match &e {
+        Error::Protocol(_) | Error::Module(_) | Error::BadDispute(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        Error::UnknownUnit(_) | Error::UnknownProject(_) => Status::not_found(e.to_string()),
+        Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        Error::Store(_) | Error::DataDir { .. } | Error::Corrupt(_) | Error::Transport(_) => {
+            tracing::error!("internal error: {e}");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+fn worker_key(bytes: &[u8]) -> Result<WorkerId, Status> {
+    WorkerId::from_slice("public_key", bytes).map_err(|e| to_status(e.into()))
+}
+
+impl<S: Store> CoordinatorService<S> {
+    fn peers(&self, state: &State, except: WorkerId, now: u64) -> Vec<pb::PeerInfo> {
+        state
+            .workers
+            .iter()
+            .filter(|(id, w)| {
+                **id != except && now.saturating_sub(w.last_seen) <= self.inner.lease_ms
+            })
+            .map(|(id, w)| pb::PeerInfo {
+                public_key: id.0.to_vec(),
+                addr: w.peer_addr.clone(),
+            })
+            .collect()
+    }
+
+    fn known_worker(state: &mut State, worker: WorkerId, now: u64) -> Result<(), Status> {
+        match state.workers.get_mut(&worker) {
+            Some(w) => {
+                w.last_seen = now;
+                Ok(())
+            }
+            None => Err(to_status(Error::UnknownWorker(worker.to_string()))),
+        }
+    }
+
+    /// Starts the reducer of `project` if it is finished and has no aggregate yet.
+    async fn maybe_reduce(&self, project: ProjectId) {
+        let job = {
+            let state = self.inner.state.lock().await;
+            match state.sched.project(project) {
+                Some(p) if p.finished() && !p.aggregate_done => p.reducer.map(|r| (r, p.limits)),
+                _ => None,
+            }
+        };
+        let Some((reducer, limits)) = job else { return };
+        {
+            let mut reducing = self
+                .inner
+                .reducing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !reducing.insert(project) {
+                return;
+            }
+        }
+        let service = self.clone();
+        self.inner.tasks.spawn(async move {
+            let inner = &service.inner;
+            match crate::reducer::reduce(
+                &inner.store,
+                inner.sandbox.clone(),
+                project,
+                reducer,
+                limits,
+            )
+            .await
+            {
+                Ok(()) => inner.state.lock().await.sched.set_aggregate_done(project),
+                Err(e) => tracing::error!(%project, "cannot store aggregate: {e}"),
+            }
+            inner
+                .reducing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&project);
+        });
+    }
+
+    async fn status_of(&self, id: Option<ProjectId>) -> Result<Vec<pb::ProjectStatus>, Status> {
+        let state = self.inner.state.lock().await;
+        if let Some(id) = id
+            && state.sched.project(id).is_none()
+        {
+            return Err(to_status(Error::UnknownProject(id)));
+        }
+        let mut out = Vec::new();
+        for p in state
+            .sched
+            .projects()
+            .filter(|p| id.is_none_or(|id| id == p.id))
+        {
+            let in_progress = state.sched.in_progress(p.id);
+            let s = p.stats;
+            let aggregate_error = if p.aggregate_done && p.reducer.is_some() {
+                match self.inner.store.aggregate(p.id).await {
+                    Ok(Some(Err(e))) => e,
+                    _ => String::new(),
+                }
+            } else {
+                String::new()
+            };
+            out.push(pb::ProjectStatus {
+                id: p.id.0,
+                name: p.name.clone(),
+                total: s.total,
+                verified: s.verified,
+                failed: s.failed,
+                in_progress,
+                pending: s.total.saturating_sub(s.verified + s.failed + in_progress),
+                finished: p.finished() && (p.reducer.is_none() || p.aggregate_done),
+                executions: s.executions,
+                disputes: s.disputes,
+                has_reducer: p.reducer.is_some(),
+                aggregate_ready: p.aggregate_done
+                    && aggregate_error.is_empty()
+                    && p.reducer.is_some(),
+                aggregate_error,
+                replication: p.replication,
+                quorum: p.quorum,
+                credit: s.credit,
+            });
+        }
+        Ok(out)
+    }
+}
+
+type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::ResultItem, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> Coordinator for CoordinatorService<S> {
+    type GetResultsStream = ResultStream;
+
+    async fn submit_project(
+        &self,
+        request: Request<pb::SubmitProjectRequest>,
+    ) -> Result<Response<pb::SubmitProjectResponse>, Status> {
+        let spec = ProjectSpec::try_from(request.into_inner()).map_err(|e| to_status(e.into()))?;
+        // Compiling a module takes tens of milliseconds: keep it off the async threads.
+        let sandbox = self.inner.sandbox.clone();
+        let spec = tokio::task::spawn_blocking(move || -> Result<ProjectSpec, Status> {
+            sandbox
+                .inspect(&spec.module)
+                .map_err(|e| Status::invalid_argument(format!("wasm: {e}")))?;
+            if let Some(r) = &spec.reducer {
+                sandbox
+                    .inspect(r)
+                    .map_err(|e| Status::invalid_argument(format!("[reduce].wasm: {e}")))?;
+            }
+            Ok(spec)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("module check panicked: {e}")))??;
+        let module = Digest::of(&spec.module);
+        let reducer = spec.reducer.as_deref().map(Digest::of);
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        let (id, units) = self
+            .inner
+            .store
+            .insert_project(&spec, module, reducer, now)
+            .await
+            .map_err(to_status)?;
+        state.sched.add_project(crate::scheduler::Project {
+            id,
+            name: spec.name.trim().to_string(),
+            replication: spec.replication,
+            quorum: spec.quorum,
+            max_replicas: spec.max_replicas,
+            limits: spec.limits,
+            module,
+            reducer,
+            stats: crate::scheduler::ProjectStats {
+                total: units.len() as u64,
+                ..Default::default()
+            },
+            aggregate_done: false,
+        });
+        for unit in units.iter().copied() {
+            state.sched.add_unit(
+                unit,
+                id,
+                UnitStatus::Pending,
+                spec.replication,
+                Vec::new(),
+                now,
+            );
+        }
+        tracing::info!(project = %id, name = %spec.name, units = units.len(), "project accepted");
+        Ok(Response::new(pb::SubmitProjectResponse {
+            project_id: id.0,
+        }))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Result<Response<pb::ListProjectsResponse>, Status> {
+        let id = request.into_inner().project_id;
+        let projects = self.status_of((id != 0).then_some(ProjectId(id))).await?;
+        Ok(Response::new(pb::ListProjectsResponse { projects }))
+    }
+
+    async fn get_results(
+        &self,
+        request: Request<pb::GetResultsRequest>,
+    ) -> Result<Response<ResultStream>, Status> {
+        let project = ProjectId(request.into_inner().project_id);
+        if self
+            .inner
+            .state
+            .lock()
+            .await
+            .sched
+            .project(project)
+            .is_none()
+        {
+            return Err(to_status(Error::UnknownProject(project)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let store = &service.inner.store;
+            let send = |item| tx.send(Ok(pb::ResultItem { item: Some(item) }));
+            let mut after = None;
+            loop {
+                let page = match store.verified_outputs(project, after.clone(), 256).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { break };
+                after = Some(last.name.clone());
+                for v in page {
+                    let item = pb::result_item::Item::Verified(pb::VerifiedOutput {
+                        unit: v.name,
+                        output: v.output,
+                        digest: v.digest.0.to_vec(),
+                        fuel: v.fuel,
+                        signers: v.signers.iter().map(|s| s.0.to_vec()).collect(),
+                    });
+                    if send(item).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            match store.failed_units(project).await {
+                Ok(failed) => {
+                    for (unit, reason) in failed {
+                        if send(pb::result_item::Item::Failed(pb::FailedUnit {
+                            unit,
+                            reason,
+                        }))
+                        .await
+                        .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(to_status(e))).await;
+                    return;
+                }
+            }
+            match store.aggregate(project).await {
+                Ok(Some(Ok(bytes))) => {
+                    let _ = send(pb::result_item::Item::Aggregate(bytes)).await;
+                }
+                Ok(Some(Err(e))) => {
+                    let _ = send(pb::result_item::Item::AggregateError(e)).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(to_status(e))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let r = request.into_inner();
+        let id = worker_key(&r.public_key)?;
+        protocol::identity::verify_registration(id, &r.name, &r.peer_addr, &r.signature)
+            .map_err(|e| to_status(e.into()))?;
+        if r.name.is_empty() || r.name.len() > 64 || r.name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(
+                "worker name must be 1 to 64 printable characters",
+            ));
+        }
+        if r.peer_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "peer_addr {:?} is not host:port (an IP address and a port)",
+                r.peer_addr
+            )));
+        }
+        let cores = r.cores.clamp(1, 1024);
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        let worker = StoredWorker {
+            id,
+            name: r.name.clone(),
+            peer_addr: r.peer_addr.clone(),
+            cores,
+        };
+        self.inner
+            .store
+            .upsert_worker(&worker, now)
+            .await
+            .map_err(to_status)?;
+        state.workers.insert(
+            id,
+            WorkerEntry {
+                peer_addr: r.peer_addr,
+                last_seen: now,
+            },
+        );
+        state.peers_version += 1;
+        tracing::info!(worker = %id, name = %r.name, cores, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            heartbeat_ms: (self.inner.lease_ms / 4).max(100),
+            lease_ms: self.inner.lease_ms,
+            peers: self.peers(&state, id, now),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let id = worker_key(&r.public_key)?;
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        if Self::known_worker(&mut state, id, now).is_err() {
+            return Ok(Response::new(pb::HeartbeatResponse {
+                unknown_worker: true,
+                ..Default::default()
+            }));
+        }
+        let held: Vec<UnitId> = r.held_units.iter().map(|&u| UnitId(u)).collect();
+        let settled = state.sched.heartbeat(id, &held, now);
+        let version = state.peers_version;
+        let peers = if r.peers_version != version {
+            self.peers(&state, id, now)
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::HeartbeatResponse {
+            settled_units: settled.iter().map(|u| u.0).collect(),
+            peers_version: version,
+            peers,
+            unknown_worker: false,
+        }))
+    }
+
+    async fn request_work(
+        &self,
+        request: Request<pb::WorkRequest>,
+    ) -> Result<Response<pb::WorkResponse>, Status> {
+        let r = request.into_inner();
+        let id = worker_key(&r.public_key)?;
+        let max = r.max_units.clamp(1, MAX_UNITS_PER_REQUEST) as usize;
+        let now = now_ms();
+        let (leases, projects) = {
+            let mut state = self.inner.state.lock().await;
+            Self::known_worker(&mut state, id, now)?;
+            let leases = state.sched.assign(id, max, now);
+            if !leases.is_empty() {
+                let rows: Vec<(UnitId, WorkerId)> = leases.iter().map(|l| (l.unit, id)).collect();
+                self.inner
+                    .store
+                    .insert_assignments(&rows, now)
+                    .await
+                    .map_err(to_status)?;
+            }
+            let projects: HashMap<ProjectId, crate::scheduler::Project> = leases
+                .iter()
+                .filter_map(|l| state.sched.project(l.project).map(|p| (p.id, p.clone())))
+                .collect();
+            (leases, projects)
+        };
+        let mut assignments = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let Some(p) = projects.get(&lease.project) else {
+                continue;
+            };
+            let (unit_name, input) = self
+                .inner
+                .store
+                .unit_input(lease.unit)
+                .await
+                .map_err(to_status)?;
+            assignments.push(pb::Assignment {
+                project_id: lease.project.0,
+                unit_id: lease.unit.0,
+                unit_name,
+                input,
+                module_digest: p.module.0.to_vec(),
+                limits: Some(p.limits.into()),
+                quorum: p.quorum,
+                lease_ms: self.inner.lease_ms,
+            });
+        }
+        let retry_after_ms = if assignments.is_empty() {
+            IDLE_RETRY_MS
+        } else {
+            0
+        };
+        Ok(Response::new(pb::WorkResponse {
+            assignments,
+            retry_after_ms,
+        }))
+    }
+
+    async fn get_module(
+        &self,
+        request: Request<pb::GetModuleRequest>,
+    ) -> Result<Response<pb::GetModuleResponse>, Status> {
+        let digest = Digest::from_slice("digest", &request.into_inner().digest)
+            .map_err(|e| to_status(e.into()))?;
+        match self.inner.store.module(digest).await.map_err(to_status)? {
+            Some(module) => Ok(Response::new(pb::GetModuleResponse { module })),
+            None => Err(Status::not_found(format!(
+                "no module with digest {}",
+                digest.to_hex()
+            ))),
+        }
+    }
+
+    async fn report_failure(
+        &self,
+        request: Request<pb::FailureReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        let id = worker_key(&r.public_key)?;
+        let failure = wire::failure_from_wire(r.kind, r.detail).map_err(|e| to_status(e.into()))?;
+        let unit = UnitId(r.unit_id);
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        Self::known_worker(&mut state, id, now)?;
+        tracing::info!(%unit, worker = %id, reason = %failure, "execution failed");
+        let changes = state
+            .sched
+            .report_failure(id, unit, failure)
+            .map_err(to_status)?;
+        self.inner
+            .store
+            .apply(&changes, now)
+            .await
+            .map_err(to_status)?;
+        let projects = touched_projects(&state, &changes);
+        drop(state);
+        for p in projects {
+            self.maybe_reduce(p).await;
+        }
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn submit_certificate(
+        &self,
+        request: Request<pb::CertificateSubmission>,
+    ) -> Result<Response<pb::CertificateAck>, Status> {
+        let r = request.into_inner();
+        let cert = Certificate {
+            unit: UnitId(r.unit_id),
+            claims: wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?,
+        };
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        let Some(verified) = state
+            .sched
+            .check_certificate(&cert, &r.output)
+            .map_err(|e| {
+                tracing::warn!(unit = %cert.unit, "certificate rejected: {e}");
+                to_status(e)
+            })?
+        else {
+            return Ok(Response::new(pb::CertificateAck { accepted: false }));
+        };
+        let fresh = self
+            .inner
+            .store
+            .record_verified(cert.unit, &r.output, &verified, now)
+            .await
+            .map_err(to_status)?;
+        state.sched.mark_verified(cert.unit, &verified);
+        let project = cert
+            .claims
+            .first()
+            .and_then(|c| state.sched.project(c.project))
+            .map(|p| (p.id, p.finished()));
+        drop(state);
+        tracing::debug!(unit = %cert.unit, digest = %verified.digest, "unit verified");
+        if let Some((p, true)) = project {
+            tracing::info!(project = %p, "all units settled");
+            self.maybe_reduce(p).await;
+        }
+        Ok(Response::new(pb::CertificateAck { accepted: fresh }))
+    }
+
+    async fn report_dispute(
+        &self,
+        request: Request<pb::Dispute>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        let reporter = worker_key(&r.public_key)?;
+        let claims = wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?;
+        let unit = UnitId(r.unit_id);
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        Self::known_worker(&mut state, reporter, now)?;
+        let changes = state.sched.dispute(unit, &claims).map_err(|e| {
+            tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
+            to_status(e)
+        })?;
+        tracing::info!(%unit, claims = claims.len(), "claims disagree; extra replica issued");
+        if let Some(project) = claims.first().map(|c| c.project) {
+            self.inner
+                .store
+                .count_dispute(project)
+                .await
+                .map_err(to_status)?;
+        }
+        self.inner
+            .store
+            .apply(&changes, now)
+            .await
+            .map_err(to_status)?;
+        let projects = touched_projects(&state, &changes);
+        drop(state);
+        for p in projects {
+            self.maybe_reduce(p).await;
+        }
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn return_units(
+        &self,
+        request: Request<pb::ReturnUnitsRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        let id = worker_key(&r.public_key)?;
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        Self::known_worker(&mut state, id, now)?;
+        let mut changes = Vec::new();
+        for unit in r.unit_ids {
+            changes.extend(state.sched.give_back(id, UnitId(unit)));
+        }
+        self.inner
+            .store
+            .apply(&changes, now)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(worker = %id, units = changes.len(), "units handed back");
+        Ok(Response::new(pb::Ack {}))
+    }
+}

@@ -1,0 +1,583 @@
+//! The embedded default store: one SQLite file (`<data>/fallow.db`) in WAL mode.
+//!
+//! `synchronous = NORMAL`: a committed transaction survives the coordinator being killed at
+//! any point (the WAL is in the OS page cache); only an OS crash or power cut can lose the
+//! last few commits, which leases and certificates then redo.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use protocol::certificate::Verified;
+use protocol::manifest::ProjectSpec;
+use protocol::{Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+
+use super::{Snapshot, Store, StoredUnit, StoredWorker, VerifiedOutput};
+use crate::Error;
+use crate::scheduler::{AssignmentState, Change, Project, ProjectStats, UnitStatus};
+
+/// Schema version written to `PRAGMA user_version`. A database with a higher version was
+/// written by a newer Fallow and is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS modules (
+    digest BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    module BLOB NOT NULL REFERENCES modules(digest),
+    reducer BLOB REFERENCES modules(digest),
+    replication INTEGER NOT NULL,
+    quorum INTEGER NOT NULL,
+    max_replicas INTEGER NOT NULL,
+    fuel INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    wall_seconds INTEGER NOT NULL,
+    max_output_bytes INTEGER NOT NULL,
+    nan_canonicalization INTEGER NOT NULL,
+    disputes INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    aggregate_done INTEGER NOT NULL DEFAULT 0,
+    aggregate BLOB,
+    aggregate_error TEXT
+);
+CREATE TABLE IF NOT EXISTS units (
+    id INTEGER PRIMARY KEY,
+    project INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    input BLOB NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    target INTEGER NOT NULL,
+    output BLOB,
+    digest BLOB,
+    fuel INTEGER,
+    reason TEXT,
+    settled_ms INTEGER,
+    UNIQUE (project, name)
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    unit INTEGER NOT NULL REFERENCES units(id),
+    worker BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    failure_kind TEXT,
+    reason TEXT,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (unit, worker)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    peer_addr TEXT NOT NULL,
+    cores INTEGER NOT NULL,
+    registered_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS credit (
+    unit INTEGER NOT NULL REFERENCES units(id),
+    worker BLOB NOT NULL,
+    fuel INTEGER NOT NULL,
+    PRIMARY KEY (unit, worker)
+);
+"#;
+
+const UNIT_PENDING: i64 = 0;
+const UNIT_VERIFIED: i64 = 1;
+const UNIT_FAILED: i64 = 2;
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/fallow.db`.
+    pub async fn open(dir: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::DataDir {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let path = dir.join("fallow.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::DataDir {
+                path: path.clone(),
+                message: format!("cannot open database: {e}"),
+            })?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::DataDir {
+                path,
+                message: format!(
+                    "written by a newer Fallow (schema {version}, this one understands {SCHEMA_VERSION}); use that version or another --data directory"
+                ),
+            });
+        }
+        // Idempotent (CREATE ... IF NOT EXISTS), so no transaction is needed; the version is
+        // written after the tables exist.
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .execute(&pool)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn worker_id(bytes: &[u8]) -> Result<WorkerId, Error> {
+    WorkerId::from_slice("stored worker id", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn digest(bytes: &[u8]) -> Result<Digest, Error> {
+    Digest::from_slice("stored digest", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
+    let reducer: Option<Vec<u8>> = row.try_get("reducer")?;
+    Ok(Project {
+        id: ProjectId(row.try_get::<i64, _>("id")? as u64),
+        name: row.try_get("name")?,
+        replication: row.try_get::<i64, _>("replication")? as u32,
+        quorum: row.try_get::<i64, _>("quorum")? as u32,
+        max_replicas: row.try_get::<i64, _>("max_replicas")? as u32,
+        limits: Limits {
+            fuel: row.try_get::<i64, _>("fuel")? as u64,
+            memory_mb: row.try_get::<i64, _>("memory_mb")? as u32,
+            wall_seconds: row.try_get::<i64, _>("wall_seconds")? as u32,
+            max_output_bytes: row.try_get::<i64, _>("max_output_bytes")? as u64,
+            nan_canonicalization: row.try_get::<i64, _>("nan_canonicalization")? != 0,
+        },
+        module: digest(row.try_get("module")?)?,
+        reducer: reducer.as_deref().map(digest).transpose()?,
+        stats: ProjectStats {
+            disputes: row.try_get::<i64, _>("disputes")? as u64,
+            ..ProjectStats::default()
+        },
+        aggregate_done: row.try_get::<i64, _>("aggregate_done")? != 0,
+    })
+}
+
+/// Splits a stored replica failure text ("kind: detail") back into kind and detail.
+fn split_reason(reason: &str) -> (Option<String>, Option<String>) {
+    match reason.split_once(": ") {
+        Some((k, d)) if FailureKind::parse(k).is_some() => {
+            (Some(k.to_string()), Some(d.to_string()))
+        }
+        _ => (
+            FailureKind::parse(reason).map(|k| k.as_str().to_string()),
+            None,
+        ),
+    }
+}
+
+impl Store for SqliteStore {
+    async fn insert_project(
+        &self,
+        spec: &ProjectSpec,
+        module: Digest,
+        reducer: Option<Digest>,
+        now: u64,
+    ) -> Result<(ProjectId, Vec<UnitId>), Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut modules = vec![(module, &spec.module)];
+        if let (Some(d), Some(bytes)) = (reducer, &spec.reducer) {
+            modules.push((d, bytes));
+        }
+        for (digest, bytes) in modules {
+            sqlx::query("INSERT INTO modules (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING")
+                .bind(&digest.0[..])
+                .bind(&bytes[..])
+                .execute(&mut *tx)
+                .await?;
+        }
+        let l = spec.limits;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO projects (name, manifest, module, reducer, replication, quorum, max_replicas, fuel, memory_mb,
+                wall_seconds, max_output_bytes, nan_canonicalization, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(spec.name.trim())
+        .bind(&spec.manifest)
+        .bind(&module.0[..])
+        .bind(reducer.map(|d| d.0.to_vec()))
+        .bind(i64::from(spec.replication))
+        .bind(i64::from(spec.quorum))
+        .bind(i64::from(spec.max_replicas))
+        .bind(l.fuel as i64)
+        .bind(i64::from(l.memory_mb))
+        .bind(i64::from(l.wall_seconds))
+        .bind(l.max_output_bytes as i64)
+        .bind(i64::from(l.nan_canonicalization))
+        .bind(now as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut units = Vec::with_capacity(spec.units.len());
+        for (name, input) in &spec.units {
+            let unit: i64 =
+                sqlx::query_scalar("INSERT INTO units (project, name, input, target) VALUES ($1, $2, $3, $4) RETURNING id")
+                    .bind(id)
+                    .bind(name)
+                    .bind(&input[..])
+                    .bind(i64::from(spec.replication))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            units.push(UnitId(unit as u64));
+        }
+        tx.commit().await?;
+        Ok((ProjectId(id as u64), units))
+    }
+
+    async fn load(&self) -> Result<Snapshot, Error> {
+        let mut snapshot = Snapshot::default();
+        let mut projects = BTreeMap::new();
+        for row in sqlx::query("SELECT * FROM projects ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let p = project_from_row(&row)?;
+            projects.insert(p.id, p);
+        }
+        let mut replicas: HashMap<u64, Vec<(WorkerId, AssignmentState, Option<Failure>)>> =
+            HashMap::new();
+        for row in sqlx::query(
+            "SELECT unit, worker, state, failure_kind, reason FROM assignments ORDER BY created_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let state = AssignmentState::from_code(row.try_get("state")?);
+            let kind: Option<String> = row.try_get("failure_kind")?;
+            let reason: Option<String> = row.try_get("reason")?;
+            let failure = kind
+                .as_deref()
+                .and_then(FailureKind::parse)
+                .map(|k| Failure::new(k, reason.unwrap_or_default()));
+            replicas
+                .entry(row.try_get::<i64, _>("unit")? as u64)
+                .or_default()
+                .push((worker_id(row.try_get("worker")?)?, state, failure));
+        }
+        for row in sqlx::query("SELECT id, project, state, target, reason FROM units ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let id = row.try_get::<i64, _>("id")? as u64;
+            let project = ProjectId(row.try_get::<i64, _>("project")? as u64);
+            let status = match row.try_get::<i64, _>("state")? {
+                UNIT_VERIFIED => UnitStatus::Verified,
+                UNIT_FAILED => UnitStatus::Failed(
+                    row.try_get::<Option<String>, _>("reason")?
+                        .unwrap_or_default(),
+                ),
+                _ => UnitStatus::Pending,
+            };
+            let unit_replicas = replicas.remove(&id).unwrap_or_default();
+            if let Some(p) = projects.get_mut(&project) {
+                p.stats.total += 1;
+                p.stats.executions += unit_replicas
+                    .iter()
+                    .filter(|r| r.1 != AssignmentState::Returned)
+                    .count() as u64;
+                match status {
+                    UnitStatus::Verified => p.stats.verified += 1,
+                    UnitStatus::Failed(_) => p.stats.failed += 1,
+                    UnitStatus::Pending => {}
+                }
+            }
+            snapshot.units.push(StoredUnit {
+                id: UnitId(id),
+                project,
+                status,
+                target: row.try_get::<i64, _>("target")? as u32,
+                replicas: unit_replicas,
+            });
+        }
+        for row in sqlx::query(
+            "SELECT u.project AS project, COALESCE(SUM(c.fuel), 0) AS credit FROM credit c JOIN units u ON u.id = c.unit GROUP BY u.project",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            if let Some(p) = projects.get_mut(&ProjectId(row.try_get::<i64, _>("project")? as u64)) {
+                p.stats.credit = row.try_get::<i64, _>("credit")? as u64;
+            }
+        }
+        snapshot.projects = projects.into_values().collect();
+        for row in sqlx::query("SELECT id, name, peer_addr, cores FROM workers")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.workers.push(StoredWorker {
+                id: worker_id(row.try_get("id")?)?,
+                name: row.try_get("name")?,
+                peer_addr: row.try_get("peer_addr")?,
+                cores: row.try_get::<i64, _>("cores")? as u32,
+            });
+        }
+        Ok(snapshot)
+    }
+
+    async fn unit_input(&self, unit: UnitId) -> Result<(String, Vec<u8>), Error> {
+        let row = sqlx::query("SELECT name, input FROM units WHERE id = $1")
+            .bind(unit.0 as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::UnknownUnit(unit))?;
+        Ok((row.try_get("name")?, row.try_get("input")?))
+    }
+
+    async fn module(&self, digest: Digest) -> Result<Option<Vec<u8>>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM modules WHERE digest = $1")
+                .bind(&digest.0[..])
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn insert_assignments(
+        &self,
+        leases: &[(UnitId, WorkerId)],
+        now: u64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for (unit, worker) in leases {
+            sqlx::query(
+                "INSERT INTO assignments (unit, worker, state, created_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(unit.0 as i64)
+            .bind(&worker.0[..])
+            .bind(AssignmentState::Active.code())
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply(&self, changes: &[Change], now: u64) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for change in changes {
+            match change {
+                Change::Replica {
+                    unit,
+                    worker,
+                    state,
+                    reason,
+                } => {
+                    let (kind, detail) =
+                        reason.as_deref().map(split_reason).unwrap_or((None, None));
+                    sqlx::query(
+                        "UPDATE assignments SET state = $1, failure_kind = $2, reason = $3 WHERE unit = $4 AND worker = $5",
+                    )
+                    .bind(state.code())
+                    .bind(kind)
+                    .bind(detail)
+                    .bind(unit.0 as i64)
+                    .bind(&worker.0[..])
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Change::Target { unit, target } => {
+                    sqlx::query("UPDATE units SET target = $1 WHERE id = $2")
+                        .bind(i64::from(*target))
+                        .bind(unit.0 as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::UnitFailed { unit, reason } => {
+                    sqlx::query("UPDATE units SET state = $1, reason = $2, settled_ms = $3 WHERE id = $4 AND state = $5")
+                        .bind(UNIT_FAILED)
+                        .bind(reason)
+                        .bind(now as i64)
+                        .bind(unit.0 as i64)
+                        .bind(UNIT_PENDING)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn count_dispute(&self, project: ProjectId) -> Result<(), Error> {
+        sqlx::query("UPDATE projects SET disputes = disputes + 1 WHERE id = $1")
+            .bind(project.0 as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_verified(
+        &self,
+        unit: UnitId,
+        output: &[u8],
+        verified: &Verified,
+        now: u64,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE units SET state = $1, output = $2, digest = $3, fuel = $4, settled_ms = $5 WHERE id = $6 AND state = $7",
+        )
+        .bind(UNIT_VERIFIED)
+        .bind(output)
+        .bind(&verified.digest.0[..])
+        .bind(verified.fuel as i64)
+        .bind(now as i64)
+        .bind(unit.0 as i64)
+        .bind(UNIT_PENDING)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false); // already settled: the transaction is dropped, nothing changes
+        }
+        for signer in &verified.signers {
+            sqlx::query("INSERT INTO credit (unit, worker, fuel) VALUES ($1, $2, $3)")
+                .bind(unit.0 as i64)
+                .bind(&signer.0[..])
+                .bind(verified.fuel as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn upsert_worker(&self, w: &StoredWorker, now: u64) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO workers (id, name, peer_addr, cores, registered_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr, cores = excluded.cores",
+        )
+        .bind(&w.id.0[..])
+        .bind(&w.name)
+        .bind(&w.peer_addr)
+        .bind(i64::from(w.cores))
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn verified_outputs(
+        &self,
+        project: ProjectId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<VerifiedOutput>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, output, digest, fuel FROM units
+             WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
+        )
+        .bind(project.0 as i64)
+        .bind(UNIT_VERIFIED)
+        .bind(after.unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let unit: i64 = row.try_get("id")?;
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(unit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            out.push(VerifiedOutput {
+                name: row.try_get("name")?,
+                output: row.try_get("output")?,
+                digest: digest(row.try_get("digest")?)?,
+                fuel: row.try_get::<i64, _>("fuel")? as u64,
+                signers,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn failed_units(&self, project: ProjectId) -> Result<Vec<(String, String)>, Error> {
+        let rows = sqlx::query(
+            "SELECT name, reason FROM units WHERE project = $1 AND state = $2 ORDER BY name",
+        )
+        .bind(project.0 as i64)
+        .bind(UNIT_FAILED)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name")?,
+                    r.try_get::<Option<String>, _>("reason")?
+                        .unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_aggregate(
+        &self,
+        project: ProjectId,
+        aggregate: Result<Vec<u8>, String>,
+    ) -> Result<(), Error> {
+        let (bytes, error) = match aggregate {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e)),
+        };
+        sqlx::query("UPDATE projects SET aggregate_done = 1, aggregate = $1, aggregate_error = $2 WHERE id = $3")
+            .bind(bytes)
+            .bind(error)
+            .bind(project.0 as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn aggregate(
+        &self,
+        project: ProjectId,
+    ) -> Result<Option<Result<Vec<u8>, String>>, Error> {
+        let row = sqlx::query(
+            "SELECT aggregate_done, aggregate, aggregate_error FROM projects WHERE id = $1",
+        )
+        .bind(project.0 as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::UnknownProject(project))?;
+        if row.try_get::<i64, _>("aggregate_done")? == 0 {
+            return Ok(None);
+        }
+        let error: Option<String> = row.try_get("aggregate_error")?;
+        Ok(Some(match error {
+            Some(e) => Err(e),
+            None => Ok(row
+                .try_get::<Option<Vec<u8>>, _>("aggregate")?
+                .unwrap_or_default()),
+        }))
+    }
+}

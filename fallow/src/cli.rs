@@ -1,0 +1,119 @@
+//! The command line, a contract that scripts and tests drive: change it only compatibly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Fallow: volunteer computing with WebAssembly and results verified by quorum.
+#[derive(Debug, Parser)]
+#[command(name = "fallow", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Default coordinator URL for clients and workers.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator: gRPC API on --listen, state in SQLite under --data.
+    Coordinator {
+        /// Address to serve the gRPC API on (port 0 picks a free port; the chosen address
+        /// is printed as `listening on ADDR`).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Data directory; restarting on the same one resumes everything.
+        #[arg(long, default_value = "fallow-data")]
+        data: PathBuf,
+        /// Seconds a lease lasts without a heartbeat before the unit is reassigned.
+        #[arg(long, default_value_t = 120)]
+        lease_seconds: u64,
+    },
+    /// Donate CPU: run work units for a coordinator until Ctrl-C.
+    Worker {
+        /// Coordinator URL.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// Data directory (identity key, module cache); one per worker.
+        #[arg(long, default_value = "fallow-worker")]
+        data: PathBuf,
+        /// Units to run at once (default: all cores).
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Name shown to the coordinator (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Address for the peer service other workers call (port 0 = any free port).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        peer_listen: SocketAddr,
+        /// Address peers should use to reach this worker (default: derived).
+        #[arg(long)]
+        peer_advertise: Option<SocketAddr>,
+        /// On Ctrl-C, seconds to let running units finish before handing them back.
+        #[arg(long, default_value_t = 10)]
+        drain_seconds: u64,
+        /// Test-only fault injection.
+        #[arg(long, hide = true, value_enum)]
+        fault: Option<FaultArg>,
+    },
+    /// Validate and upload a project; prints the new project id as the last line.
+    Submit {
+        /// The project manifest (TOML).
+        manifest: PathBuf,
+        /// Coordinator URL.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+    },
+    /// Show progress of one project or all.
+    Status {
+        /// Project id (default: all projects).
+        project: Option<u64>,
+        /// Coordinator URL.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// Show a progress bar until the project(s) finish.
+        #[arg(long)]
+        wait: bool,
+        /// JSON Lines: one object per project.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a project's verified outputs, failures and aggregate to a directory.
+    Results {
+        /// Project id.
+        project: u64,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Coordinator URL.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+    },
+    /// Run the bundled Mandelbrot project on this machine: a coordinator, several workers,
+    /// a progress bar, a verification summary and the picture as a PNG.
+    Demo {
+        /// Workers to start.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Where to write the picture.
+        #[arg(long, default_value = "fallow-demo.png")]
+        out: PathBuf,
+        /// Picture width in pixels (height is 3/4 of it).
+        #[arg(long, default_value_t = 1024)]
+        width: u32,
+        /// Let one worker lie (corrupt every output) to watch verification catch it.
+        #[arg(long)]
+        liar: bool,
+    },
+}
+
+/// `--fault` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FaultArg {
+    /// Corrupt every output before signing it.
+    CorruptOutput,
+}

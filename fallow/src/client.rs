@@ -1,0 +1,171 @@
+//! The CLI's gRPC boundary: submit, status and results, speaking domain types.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use proto::v1 as pb;
+use protocol::manifest::ProjectSpec;
+use tonic::transport::{Channel, Endpoint};
+
+/// A project's progress, as `fallow status --json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Project id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Units.
+    pub total: u64,
+    /// Verified units.
+    pub verified: u64,
+    /// Failed units.
+    pub failed: u64,
+    /// Units running or awaiting their quorum.
+    pub in_progress: u64,
+    /// Units not yet started.
+    pub pending: u64,
+    /// Executions handed out so far (all replicas).
+    pub executions: u64,
+    /// Disagreements reported by workers.
+    pub disputes: u64,
+    /// Executions per unit wanted.
+    pub replication: u32,
+    /// Matching results needed.
+    pub quorum: u32,
+    /// Fuel credited to volunteers.
+    pub credit: u64,
+    /// Every unit settled (and the aggregate computed, if there is a reducer).
+    pub finished: bool,
+    /// Whether the project has a reducer.
+    pub has_reducer: bool,
+    /// The aggregate is ready.
+    pub aggregate_ready: bool,
+    /// Why the reducer failed, if it did.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub aggregate_error: String,
+}
+
+impl From<pb::ProjectStatus> for Status {
+    fn from(p: pb::ProjectStatus) -> Self {
+        Status {
+            id: p.id,
+            name: p.name,
+            total: p.total,
+            verified: p.verified,
+            failed: p.failed,
+            in_progress: p.in_progress,
+            pending: p.pending,
+            executions: p.executions,
+            disputes: p.disputes,
+            replication: p.replication,
+            quorum: p.quorum,
+            credit: p.credit,
+            finished: p.finished,
+            has_reducer: p.has_reducer,
+            aggregate_ready: p.aggregate_ready,
+            aggregate_error: p.aggregate_error,
+        }
+    }
+}
+
+/// Everything `fallow results` writes.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// `(unit, output)` per verified unit.
+    pub verified: Vec<(String, Vec<u8>)>,
+    /// `(unit, reason)` per failed unit.
+    pub failed: Vec<(String, String)>,
+    /// The aggregate, or why the reducer failed.
+    pub aggregate: Option<Result<Vec<u8>, String>>,
+}
+
+/// A connected coordinator client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: pb::coordinator_client::CoordinatorClient<Channel>,
+    url: String,
+}
+
+impl Client {
+    /// Connects to `url`, with an error that says what to check.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| anyhow!("--coordinator {url:?} is not a valid URL: {e}"))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.with_context(|| {
+            format!(
+                "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
+            )
+        })?;
+        Ok(Client {
+            inner: pb::coordinator_client::CoordinatorClient::new(channel)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+            url: url.to_string(),
+        })
+    }
+
+    /// Uploads a project; returns its id.
+    pub async fn submit(&self, spec: ProjectSpec) -> anyhow::Result<u64> {
+        let r = self
+            .inner
+            .clone()
+            .submit_project(pb::SubmitProjectRequest::from(spec))
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "coordinator {} refused the project: {}",
+                    self.url,
+                    s.message()
+                )
+            })?;
+        Ok(r.into_inner().project_id)
+    }
+
+    /// Progress of one project or all.
+    pub async fn status(&self, project: Option<u64>) -> anyhow::Result<Vec<Status>> {
+        let r = self
+            .inner
+            .clone()
+            .list_projects(pb::ListProjectsRequest {
+                project_id: project.unwrap_or(0),
+            })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?;
+        Ok(r.into_inner()
+            .projects
+            .into_iter()
+            .map(Status::from)
+            .collect())
+    }
+
+    /// All results of a project.
+    pub async fn results(&self, project: u64) -> anyhow::Result<Results> {
+        let mut stream = self
+            .inner
+            .clone()
+            .get_results(pb::GetResultsRequest {
+                project_id: project,
+            })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?
+            .into_inner();
+        let mut results = Results::default();
+        while let Some(item) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow!("results stream broke: {}", s.message()))?
+        {
+            match item.item {
+                Some(pb::result_item::Item::Verified(v)) => {
+                    results.verified.push((v.unit, v.output))
+                }
+                Some(pb::result_item::Item::Failed(f)) => results.failed.push((f.unit, f.reason)),
+                Some(pb::result_item::Item::Aggregate(a)) => results.aggregate = Some(Ok(a)),
+                Some(pb::result_item::Item::AggregateError(e)) => results.aggregate = Some(Err(e)),
+                None => {}
+            }
+        }
+        Ok(results)
+    }
+}

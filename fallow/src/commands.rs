@@ -1,0 +1,215 @@
+//! One function per subcommand.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::client::{Client, Status};
+
+/// `fallow coordinator`.
+pub async fn coordinator(
+    listen: SocketAddr,
+    data: PathBuf,
+    lease_seconds: u64,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (is another coordinator running there?)")
+        })?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line to learn the port when --listen has port 0.
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    let config = coordinator::CoordinatorConfig {
+        data_dir: data,
+        lease: Duration::from_secs(lease_seconds),
+        ..Default::default()
+    };
+    coordinator::serve(listener, config, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `fallow worker`.
+pub async fn worker(config: worker::WorkerConfig) -> anyhow::Result<()> {
+    worker::run(config, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The machine's host name, for the default worker name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+/// `fallow submit`.
+pub async fn submit(manifest: &Path, coordinator: &str) -> anyhow::Result<()> {
+    let spec = protocol::manifest::load(manifest)?;
+    let units = spec.units.len();
+    let name = spec.name.clone();
+    let client = Client::connect(coordinator).await?;
+    let id = client.submit(spec).await?;
+    eprintln!("submitted project {name:?} with {units} units");
+    println!("{id}");
+    Ok(())
+}
+
+/// `fallow status`.
+pub async fn status(
+    coordinator: &str,
+    project: Option<u64>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = Client::connect(coordinator).await?;
+    if wait {
+        wait_for(&client, project, json).await?;
+    }
+    let projects = client.status(project).await?;
+    print_status(&projects, json)?;
+    Ok(())
+}
+
+fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        for p in projects {
+            writeln!(out, "{}", serde_json::to_string(p)?)?;
+        }
+        return Ok(());
+    }
+    if projects.is_empty() {
+        writeln!(out, "no projects")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  state",
+        "id", "name", "verified", "total", "failed", "running", "execs"
+    )?;
+    for p in projects {
+        let state = if p.finished {
+            "finished"
+        } else if p.total == p.verified + p.failed {
+            "reducing"
+        } else {
+            "running"
+        };
+        writeln!(
+            out,
+            "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  {state}",
+            p.id, p.name, p.verified, p.total, p.failed, p.in_progress, p.executions
+        )?;
+        if !p.aggregate_error.is_empty() {
+            writeln!(out, "      reducer failed: {}", p.aggregate_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar per project until all shown projects are finished.
+pub(crate) async fn wait_for(
+    client: &Client,
+    project: Option<u64>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let multi = if quiet {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    } else {
+        MultiProgress::new()
+    };
+    let style = ProgressStyle::with_template(
+        "{prefix:>16} [{bar:40.green/white}] {pos}/{len} verified {msg} ({eta} left)",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut bars: std::collections::HashMap<u64, ProgressBar> = std::collections::HashMap::new();
+    loop {
+        let projects = client.status(project).await?;
+        if projects.is_empty() {
+            bail!("no projects to wait for");
+        }
+        for p in &projects {
+            let bar = bars.entry(p.id).or_insert_with(|| {
+                let b = multi.add(ProgressBar::new(p.total));
+                b.set_style(style.clone());
+                b.set_prefix(format!("{} {}", p.id, truncate(&p.name, 12)));
+                b
+            });
+            bar.set_position(p.verified);
+            bar.set_message(format!("· {} failed · {} running", p.failed, p.in_progress));
+            if p.finished {
+                bar.finish();
+            }
+        }
+        if projects.iter().all(|p| p.finished) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// `fallow results`.
+pub async fn results(coordinator: &str, project: u64, out: &Path) -> anyhow::Result<()> {
+    let client = Client::connect(coordinator).await?;
+    let results = client.results(project).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (unit, output) in &results.verified {
+        // Names were checked at submit, but this coordinator may not be ours: never let a
+        // name escape the output directory.
+        protocol::manifest::check_unit_name(unit)
+            .map_err(|e| anyhow::anyhow!("coordinator sent a bad unit name: {e}"))?;
+        write_atomic(&out.join(unit), output)?;
+    }
+    let mut failed = String::new();
+    for (unit, reason) in &results.failed {
+        failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
+    }
+    write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
+    match &results.aggregate {
+        Some(Ok(bytes)) => write_atomic(&out.join("aggregate"), bytes)?,
+        Some(Err(e)) => eprintln!("reducer failed: {e}"),
+        None => {}
+    }
+    eprintln!(
+        "wrote {} verified outputs, {} failed units{} to {}",
+        results.verified.len(),
+        results.failed.len(),
+        if matches!(results.aggregate, Some(Ok(_))) {
+            " and the aggregate"
+        } else {
+            ""
+        },
+        out.display()
+    );
+    Ok(())
+}
+
+/// Writes via a temporary file and a rename, so a crash never leaves half a result.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".fallow-tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

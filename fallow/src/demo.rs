@@ -1,0 +1,177 @@
+//! `fallow demo`: the whole system on one machine — a coordinator on a temporary data
+//! directory, several workers, the bundled Mandelbrot project, a live progress bar, a
+//! verification summary, and the assembled picture as a PNG.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::mosaic;
+
+/// Tile edge in pixels.
+const TILE: u32 = 128;
+/// Iteration cap per pixel.
+const MAX_ITER: u32 = 1500;
+
+/// Runs the demo.
+pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::Result<()> {
+    if !(1..=32).contains(&workers) {
+        bail!("--workers must be between 1 and 32 (got {workers})");
+    }
+    if !(128..=8192).contains(&width) {
+        bail!("--width must be between 128 and 8192 (got {width})");
+    }
+    if liar && workers < 3 {
+        bail!("--liar needs at least 3 workers: two honest ones must be able to out-vote it");
+    }
+    let height = width * 3 / 4;
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("fallow-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop_coordinator = CancellationToken::new();
+    let coordinator = tokio::spawn(coordinator::serve(
+        listener,
+        coordinator::CoordinatorConfig {
+            data_dir: dir.path().join("coordinator"),
+            lease: Duration::from_secs(30),
+            ..Default::default()
+        },
+        stop_coordinator.clone().cancelled_owned(),
+    ));
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = (cpus / workers).max(1);
+    let stop_workers = CancellationToken::new();
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let config = worker::WorkerConfig {
+            coordinator: url.clone(),
+            data_dir: dir.path().join(format!("worker-{i}")),
+            cores,
+            name: format!("demo-worker-{i}"),
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            drain: Duration::from_secs(2),
+            fault: (liar && i == 0).then_some(worker::Fault::CorruptOutput),
+            ..Default::default()
+        };
+        handles.push(tokio::spawn(worker::run(
+            config,
+            stop_workers.clone().cancelled_owned(),
+        )));
+    }
+
+    let manifest = write_project(&dir.path().join("mandelbrot"), width, height)?;
+    let spec = protocol::manifest::load(&manifest)?;
+    let tiles = spec.units.len();
+    let client = Client::connect(&url).await?;
+    let project = client.submit(spec).await?;
+    println!(
+        "Fallow demo: {workers} workers ({cores} core{} each) render a {width}x{height} Mandelbrot in {tiles} tiles;",
+        if cores == 1 { "" } else { "s" }
+    );
+    println!(
+        "every tile runs on 2 independent workers and counts only when their signed results match."
+    );
+    if liar {
+        println!("worker 0 lies: it corrupts every output it produces.");
+    }
+    crate::commands::wait_for(&client, Some(project), false).await?;
+    let status = client
+        .status(Some(project))
+        .await?
+        .into_iter()
+        .next()
+        .context("the project vanished")?;
+    let results = client.results(project).await?;
+
+    stop_workers.cancel();
+    for h in handles {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("a worker stopped with an error: {e}"),
+            Err(e) => eprintln!("a worker panicked: {e}"),
+        }
+    }
+    stop_coordinator.cancel();
+    match coordinator.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("the coordinator stopped with an error: {e}"),
+        Err(e) => eprintln!("the coordinator panicked: {e}"),
+    }
+
+    let parsed = results
+        .verified
+        .iter()
+        .map(|(name, bytes)| mosaic::parse_tile(bytes).with_context(|| format!("tile {name}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (w, h, rgb) = mosaic::assemble(&parsed)?;
+    mosaic::write_png(out, w, h, &rgb)?;
+
+    println!();
+    println!("verification summary");
+    println!(
+        "  tiles verified      {} of {}",
+        status.verified, status.total
+    );
+    println!("  tiles failed        {}", status.failed);
+    println!(
+        "  executions          {} ({:.2} per verified tile; replication {}, quorum {})",
+        status.executions,
+        status.executions as f64 / status.verified.max(1) as f64,
+        status.replication,
+        status.quorum
+    );
+    println!(
+        "  disputes            {} (disagreeing results that needed an extra replica)",
+        status.disputes
+    );
+    println!("  credit (fuel)       {}", status.credit);
+    println!(
+        "  time                {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  the coordinator checked signatures and digests; it never ran or compared a tile itself"
+    );
+    for (unit, reason) in &results.failed {
+        println!("  failed {unit}: {reason}");
+    }
+    let path = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    println!("picture: {}", path.display());
+    if status.verified != status.total {
+        bail!("{} tiles did not verify", status.total - status.verified);
+    }
+    Ok(())
+}
+
+/// Writes the Mandelbrot project (module, one input file per tile, manifest); returns the
+/// manifest path.
+fn write_project(dir: &Path, width: u32, height: u32) -> anyhow::Result<std::path::PathBuf> {
+    let inputs = dir.join("inputs");
+    std::fs::create_dir_all(&inputs)?;
+    std::fs::write(dir.join("mandelbrot.wasm"), artifacts::MANDELBROT)?;
+    for (row, y) in (0..height).step_by(TILE as usize).enumerate() {
+        for (col, x) in (0..width).step_by(TILE as usize).enumerate() {
+            let (w, h) = (TILE.min(width - x), TILE.min(height - y));
+            std::fs::write(
+                inputs.join(format!("tile-{row:03}-{col:03}")),
+                format!("{x} {y} {w} {h} {width} {height} {MAX_ITER}\n"),
+            )?;
+        }
+    }
+    let manifest = dir.join("mandelbrot.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"mandelbrot\"\nwasm = \"mandelbrot.wasm\"\nreplication = 2\nquorum = 2\n\n[limits]\nfuel = 50_000_000_000\nmemory_mb = 64\nwall_seconds = 120\nmax_output_bytes = 1_048_576\n\n[inputs]\ndir = \"inputs\"\n",
+    )?;
+    Ok(manifest)
+}

@@ -1,0 +1,114 @@
+//! The `fallow` command: one binary for coordinators, workers and the people who submit
+//! projects and watch them.
+//!
+//! # Layout
+//! - [`cli`]: the clap command line (a contract; tests and scripts drive it).
+//! - `client`: the CLI's gRPC boundary (the only module here that touches `proto`).
+//! - `commands`: one function per subcommand.
+//! - `demo`: the bundled Mandelbrot run.
+//! - `mosaic`: assembles Mandelbrot tiles into one PNG.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+mod client;
+mod commands;
+mod demo;
+pub mod mosaic;
+
+use cli::{Cli, Command};
+
+/// Logs go to stderr; `RUST_LOG` overrides. Long-running services log at info, client
+/// commands and the demo only warnings so their own output stays readable.
+pub fn logging(command: &Command) {
+    let default = match command {
+        Command::Coordinator { .. } | Command::Worker { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Coordinator {
+            listen,
+            data,
+            lease_seconds,
+        } => commands::coordinator(listen, data, lease_seconds).await,
+        Command::Worker {
+            coordinator,
+            data,
+            cores,
+            name,
+            peer_listen,
+            peer_advertise,
+            drain_seconds,
+            fault,
+        } => {
+            let mut config = worker::WorkerConfig {
+                coordinator,
+                data_dir: data,
+                peer_listen,
+                peer_advertise,
+                drain: std::time::Duration::from_secs(drain_seconds),
+                fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
+                ..Default::default()
+            };
+            if let Some(cores) = cores {
+                config.cores = cores;
+            }
+            config.name = name.unwrap_or_else(commands::host_name);
+            commands::worker(config).await
+        }
+        Command::Submit {
+            manifest,
+            coordinator,
+        } => commands::submit(&manifest, &coordinator).await,
+        Command::Status {
+            project,
+            coordinator,
+            wait,
+            json,
+        } => commands::status(&coordinator, project, wait, json).await,
+        Command::Results {
+            project,
+            out,
+            coordinator,
+        } => commands::results(&coordinator, project, &out).await,
+        Command::Demo {
+            workers,
+            out,
+            width,
+            liar,
+        } => demo::run(workers, &out, width, liar).await,
+    }
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

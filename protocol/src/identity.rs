@@ -1,0 +1,139 @@
+//! A worker's identity: an ed25519 key pair kept in its data dir.
+
+use std::path::Path;
+
+use ed25519_dalek::{Signer, SigningKey};
+
+use crate::{Error, WorkerId};
+
+/// Domain separation for registration signatures.
+const REGISTER_CONTEXT: &[u8] = b"fallow/register/v1\0";
+
+/// A worker's signing key. The public half is its [`WorkerId`].
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.id())
+    }
+}
+
+impl Identity {
+    /// A fresh random identity.
+    pub fn generate() -> Result<Self, Error> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::Identity {
+            path: "<os random>".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// The identity whose secret seed is `seed` (tests and simulations use fixed seeds).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Identity {
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// Loads the key at `path`, or creates it (mode 0600 on Unix) if the file does not exist.
+    /// A file that exists but is not a key is an error, never silently replaced: replacing
+    /// it would throw away the worker's credit and leases.
+    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+        let err = |message: String| Error::Identity {
+            path: path.to_path_buf(),
+            message,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let text =
+                    String::from_utf8(bytes).map_err(|_| err("not a hex key file".into()))?;
+                let seed = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
+                let seed: [u8; 32] = seed
+                    .try_into()
+                    .map_err(|_| err("expected 32 bytes of hex (64 digits)".into()))?;
+                Ok(Self::from_seed(seed))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let identity = Self::generate()?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+                }
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, hex::encode(identity.key.to_bytes()))
+                    .map_err(|e| err(e.to_string()))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+                Ok(identity)
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// This worker's id (its public key).
+    pub fn id(&self) -> WorkerId {
+        WorkerId(self.key.verifying_key().to_bytes())
+    }
+
+    /// Signs `message` as is; callers add their own domain separation.
+    pub(crate) fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
+    /// Signs a registration (name and peer address), proving the worker owns its key.
+    pub fn sign_registration(&self, name: &str, peer_addr: &str) -> [u8; 64] {
+        self.sign_raw(&registration_message(name, peer_addr))
+    }
+}
+
+fn registration_message(name: &str, peer_addr: &str) -> Vec<u8> {
+    let mut m = REGISTER_CONTEXT.to_vec();
+    m.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    m.extend_from_slice(name.as_bytes());
+    m.extend_from_slice(peer_addr.as_bytes());
+    m
+}
+
+/// Checks a registration signature made by [`Identity::sign_registration`].
+pub fn verify_registration(
+    worker: WorkerId,
+    name: &str,
+    peer_addr: &str,
+    signature: &[u8],
+) -> Result<(), Error> {
+    crate::claim::verify_signature(worker, &registration_message(name, peer_addr), signature)
+        .map_err(|_| Error::malformed("RegisterWorkerRequest.signature", "does not verify"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trips_and_garbage_is_refused() {
+        let dir = std::env::temp_dir().join(format!("fallow-id-{}", std::process::id()));
+        let path = dir.join("worker.key");
+        let _ = std::fs::remove_file(&path);
+        let a = Identity::load_or_create(&path).expect("create");
+        let b = Identity::load_or_create(&path).expect("load");
+        assert_eq!(a.id(), b.id());
+        std::fs::write(&path, "not a key").expect("write");
+        assert!(Identity::load_or_create(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn registration_signature_binds_name_and_address() {
+        let id = Identity::from_seed([7; 32]);
+        let sig = id.sign_registration("alice", "127.0.0.1:9");
+        assert!(verify_registration(id.id(), "alice", "127.0.0.1:9", &sig).is_ok());
+        assert!(verify_registration(id.id(), "mallory", "127.0.0.1:9", &sig).is_err());
+    }
+}

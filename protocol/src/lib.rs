@@ -1,0 +1,52 @@
+//! Fallow's domain: what a project, a work unit, a worker, a signed claim and a quorum
+//! certificate are, and the rules that decide when a unit is verified.
+//!
+//! Everything here is pure (no clock, no sockets); the only file access is
+//! `manifest::load` and `identity::load_or_create`. The coordinator and the worker
+//! drive these types from their async shells; the simulations drive them directly.
+//!
+//! # Layout
+//! - [`ids`]: `ProjectId`, `UnitId`, `WorkerId`, `Digest` — ids and digests are types.
+//! - [`identity`]: a worker's ed25519 key pair, kept in its data dir.
+//! - [`claim`]: a signed statement "unit U produced output with digest D using F fuel".
+//! - [`certificate`]: `quorum` matching claims from distinct workers, checked against the
+//!   output bytes; the coordinator accepts results only through [`certificate::check`].
+//! - [`quorum`]: the sans-IO tally a worker keeps per unit while claims arrive.
+//! - [`manifest`]: the project manifest (TOML) and its validation.
+//! - [`limits`]: per-project sandbox limits with their defaults and bounds.
+//! - [`failure`]: why a unit ended without output.
+//! - [`reduce`]: the reducer input framing.
+//! - [`wire`]: the one boundary between protobuf messages and these types.
+
+#![forbid(unsafe_code)]
+
+pub mod certificate;
+pub mod claim;
+pub mod error;
+pub mod failure;
+pub mod identity;
+pub mod ids;
+pub mod limits;
+pub mod manifest;
+pub mod quorum;
+pub mod reduce;
+pub mod wire;
+
+pub use certificate::Certificate;
+pub use claim::Claim;
+pub use error::Error;
+pub use failure::{Failure, FailureKind};
+pub use identity::Identity;
+pub use ids::{Digest, ProjectId, UnitId, WorkerId};
+pub use limits::Limits;
+
+/// The WASI random seed of a work unit: every replica of the unit gets the same stream, so
+/// a guest that uses randomness is still bit-exact across workers. Derived from the unit's
+/// name and input only, so the same project submitted anywhere gives the same results.
+pub fn unit_seed(unit_name: &str, input: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("fallow unit random seed v1");
+    h.update(&(unit_name.len() as u64).to_le_bytes());
+    h.update(unit_name.as_bytes());
+    h.update(input);
+    *h.finalize().as_bytes()
+}

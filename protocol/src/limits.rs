@@ -1,0 +1,72 @@
+//! Per-project sandbox limits: what one execution of one unit may use.
+
+use serde::Deserialize;
+
+/// Limits applied to every execution of a project's units. All are enforced by the worker's
+/// sandbox; `fuel` is also the credit unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// wasmtime fuel per execution (roughly one unit per wasm instruction). Deterministic: the
+    /// same module and input stop at the same point on every machine. Default 10^10
+    /// (a few seconds of compute); at least 1,000, at most 10^15.
+    pub fuel: u64,
+    /// Linear memory cap in MiB. Default 64; 1 to 4096. Growing past it is a
+    /// "memory exhausted" failure.
+    pub memory_mb: u32,
+    /// Wall-clock watchdog in seconds, a safety net behind fuel for slow machines. Default 60;
+    /// 1 to 86,400. Not deterministic, so a timeout fails the execution but never counts as
+    /// a result.
+    pub wall_seconds: u32,
+    /// Largest stdout in bytes. Default 1 MiB; 1 to 64 MiB. More is an
+    /// "output too large" failure.
+    pub max_output_bytes: u64,
+    /// Canonicalize NaN bit patterns (deterministic float code whatever the CPU). Costs up to
+    /// 4x on float-heavy code, so off by default; integer code and non-NaN floats are
+    /// bit-exact without it.
+    pub nan_canonicalization: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000_000,
+            memory_mb: 64,
+            wall_seconds: 60,
+            max_output_bytes: 1 << 20,
+            nan_canonicalization: false,
+        }
+    }
+}
+
+/// Hard bounds, checked at submit and again when a worker receives an assignment.
+pub const FUEL_RANGE: (u64, u64) = (1_000, 1_000_000_000_000_000);
+/// Bounds of `memory_mb`.
+pub const MEMORY_MB_RANGE: (u32, u32) = (1, 4096);
+/// Bounds of `wall_seconds`.
+pub const WALL_SECONDS_RANGE: (u32, u32) = (1, 86_400);
+/// Bounds of `max_output_bytes`.
+pub const MAX_OUTPUT_RANGE: (u64, u64) = (1, 64 << 20);
+
+impl Limits {
+    /// Checks every field against its bounds; the error names the key and the allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            (lo, hi): (T, T),
+        ) -> Result<(), String> {
+            if v < lo || v > hi {
+                return Err(format!(
+                    "[limits].{key} must be between {lo} and {hi} (got {v})"
+                ));
+            }
+            Ok(())
+        }
+        within("fuel", self.fuel, FUEL_RANGE)?;
+        within("memory_mb", self.memory_mb, MEMORY_MB_RANGE)?;
+        within("wall_seconds", self.wall_seconds, WALL_SECONDS_RANGE)?;
+        within("max_output_bytes", self.max_output_bytes, MAX_OUTPUT_RANGE)?;
+        Ok(())
+    }
+}

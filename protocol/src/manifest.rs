@@ -1,0 +1,414 @@
+//! The project manifest (TOML) and the validated project it describes.
+//!
+//! [`load`] is, with `identity::load_or_create`, the only code in this crate that reads
+//! files: it resolves the manifest's paths and inputs into a [`ProjectSpec`] that the CLI
+//! uploads and the coordinator validates again with [`ProjectSpec::validate`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Limits};
+
+/// Most work units one project may have.
+pub const MAX_UNITS: usize = 1_000_000;
+/// Largest input of one unit.
+pub const MAX_INPUT_BYTES: usize = 16 << 20;
+/// Largest module (project or reducer).
+pub const MAX_MODULE_BYTES: usize = 64 << 20;
+/// Most replicas (executions) of one unit, whatever the manifest says.
+pub const MAX_REPLICAS: u32 = 64;
+/// Unit names a results directory already uses for its own files.
+pub const RESERVED_UNIT_NAMES: [&str; 2] = ["aggregate", "failed.txt"];
+
+/// The manifest as written. Every key is documented in the README with its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Project name shown in status and on the dashboard.
+    pub name: String,
+    /// The project module, relative to the manifest.
+    pub wasm: PathBuf,
+    /// Independent executions per unit. Default 2.
+    #[serde(default = "default_replication")]
+    pub replication: u32,
+    /// Byte-identical results needed. Default: `replication`.
+    pub quorum: Option<u32>,
+    /// Most executions of one unit, disputes included, before it fails. Default:
+    /// `replication + 3`.
+    pub max_replicas: Option<u32>,
+    /// Sandbox limits per execution.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where the units come from.
+    pub inputs: Inputs,
+    /// Optional reducer.
+    pub reduce: Option<Reduce>,
+}
+
+fn default_replication() -> u32 {
+    2
+}
+
+/// `[inputs]`: exactly one of `dir` or `sweep`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inputs {
+    /// One unit per file in this directory (relative to the manifest); the file name names
+    /// the unit and its bytes are the unit's stdin.
+    pub dir: Option<PathBuf>,
+    /// A numeric range split into units.
+    pub sweep: Option<Sweep>,
+}
+
+/// `sweep = { from, to, step }`: unit `a` gets stdin `"a b\n"` with `b = min(a + step, to)`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// First value (inclusive).
+    pub from: i64,
+    /// End of the range (exclusive).
+    pub to: i64,
+    /// Width of each unit's sub-range.
+    pub step: i64,
+}
+
+/// `[reduce]`: a reducer folds all verified outputs into the aggregate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reduce {
+    /// The reducer module, relative to the manifest.
+    pub wasm: PathBuf,
+}
+
+/// A project ready to submit: modules loaded, inputs resolved.
+#[derive(Debug, Clone)]
+pub struct ProjectSpec {
+    /// Name.
+    pub name: String,
+    /// Project module bytes.
+    pub module: Vec<u8>,
+    /// Reducer module bytes, if any.
+    pub reducer: Option<Vec<u8>>,
+    /// Executions per unit.
+    pub replication: u32,
+    /// Matching results needed.
+    pub quorum: u32,
+    /// Most executions per unit.
+    pub max_replicas: u32,
+    /// Sandbox limits.
+    pub limits: Limits,
+    /// `(name, stdin)` per unit.
+    pub units: Vec<(String, Vec<u8>)>,
+    /// The manifest text, kept for the record.
+    pub manifest: String,
+}
+
+/// Reads the manifest at `path`, its modules and its inputs.
+pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
+    let fail = |message: String| Error::Manifest {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let read_module = |key: &str, rel: &Path| -> Result<Vec<u8>, Error> {
+        let file = base.join(rel);
+        let bytes = std::fs::read(&file).map_err(|e| {
+            fail(format!(
+                "{key} = {:?}: cannot read {}: {e} (paths are relative to the manifest)",
+                rel,
+                file.display()
+            ))
+        })?;
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(fail(format!(
+                "{key}: {} is {} bytes, over the {MAX_MODULE_BYTES}-byte limit",
+                file.display(),
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    };
+    let module = read_module("wasm", &manifest.wasm)?;
+    let reducer = match &manifest.reduce {
+        Some(r) => Some(read_module("[reduce].wasm", &r.wasm)?),
+        None => None,
+    };
+    let units = match (&manifest.inputs.dir, &manifest.inputs.sweep) {
+        (Some(dir), None) => read_dir_units(&base.join(dir)).map_err(fail)?,
+        (None, Some(sweep)) => sweep_units(*sweep).map_err(fail)?,
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                "[inputs] has both `dir` and `sweep`; keep exactly one".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(fail(
+                "[inputs] needs `dir = \"inputs\"` (one unit per file) or `sweep = { from = 0, to = 100, step = 10 }`".into(),
+            ));
+        }
+    };
+    let quorum = manifest.quorum.unwrap_or(manifest.replication);
+    let spec = ProjectSpec {
+        name: manifest.name,
+        module,
+        reducer,
+        replication: manifest.replication,
+        quorum,
+        max_replicas: manifest
+            .max_replicas
+            .unwrap_or(manifest.replication.saturating_add(3)),
+        limits: manifest.limits,
+        units,
+        manifest: text,
+    };
+    spec.validate().map_err(fail)?;
+    Ok(spec)
+}
+
+impl ProjectSpec {
+    /// Structural checks, shared by the CLI (before upload) and the coordinator (on
+    /// receipt). Module contents are checked by the sandbox. The message names the key and
+    /// the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = self.name.trim();
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(format!(
+                "name must be 1 to 100 printable characters (got {:?})",
+                self.name
+            ));
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replication) {
+            return Err(format!(
+                "replication must be between 1 and {MAX_REPLICAS} (got {})",
+                self.replication
+            ));
+        }
+        if self.quorum < 1 || self.quorum > self.replication {
+            return Err(format!(
+                "quorum must be between 1 and replication ({}) (got {})",
+                self.replication, self.quorum
+            ));
+        }
+        if self.max_replicas < self.replication || self.max_replicas > MAX_REPLICAS {
+            return Err(format!(
+                "max_replicas must be between replication ({}) and {MAX_REPLICAS} (got {})",
+                self.replication, self.max_replicas
+            ));
+        }
+        self.limits.validate()?;
+        if self.units.is_empty() {
+            return Err("[inputs] produced no work units".into());
+        }
+        if self.units.len() > MAX_UNITS {
+            return Err(format!(
+                "[inputs] produced {} units, at most {MAX_UNITS} per project",
+                self.units.len()
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (unit, input) in &self.units {
+            check_unit_name(unit)?;
+            if !names.insert(unit.as_str()) {
+                return Err(format!("[inputs]: unit name {unit:?} appears twice"));
+            }
+            if input.len() > MAX_INPUT_BYTES {
+                return Err(format!(
+                    "[inputs]: unit {unit:?} has {} bytes of input, at most {MAX_INPUT_BYTES}",
+                    input.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Unit names become file names in `fallow results`, so they must be safe ones.
+pub fn check_unit_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-+=,@".contains(c));
+    if name.is_empty() || name.len() > 200 || !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "[inputs]: unit name {name:?} is not usable as a file name: use 1 to 200 characters of A-Z a-z 0-9 . _ - + = , @, not starting with '.'"
+        ));
+    }
+    if RESERVED_UNIT_NAMES.contains(&name) {
+        return Err(format!(
+            "[inputs]: unit name {name:?} is reserved for the results directory; rename that input file"
+        ));
+    }
+    Ok(())
+}
+
+fn read_dir_units(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("[inputs].dir: cannot read {}: {e}", dir.display()))?;
+    let mut units = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("[inputs].dir: {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(format!(
+                "[inputs].dir: {:?} is not a UTF-8 file name",
+                entry.file_name()
+            ));
+        };
+        // Hidden files (.DS_Store, editor swap files) are not work units.
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if !path.is_file() {
+            return Err(format!(
+                "[inputs].dir: {} is not a regular file; one unit per file, no subdirectories",
+                path.display()
+            ));
+        }
+        check_unit_name(name)?;
+        let input = std::fs::read(&path)
+            .map_err(|e| format!("[inputs].dir: cannot read {}: {e}", path.display()))?;
+        units.push((name.to_string(), input));
+        if units.len() > MAX_UNITS {
+            return Err(format!("[inputs].dir has more than {MAX_UNITS} files"));
+        }
+    }
+    units.sort();
+    Ok(units)
+}
+
+/// The units of a sweep; an error names the bad key.
+pub fn sweep_units(s: Sweep) -> Result<Vec<(String, Vec<u8>)>, String> {
+    if s.step <= 0 {
+        return Err(format!("[inputs].sweep.step must be > 0 (got {})", s.step));
+    }
+    if s.from >= s.to {
+        return Err(format!(
+            "[inputs].sweep: from ({}) must be below to ({})",
+            s.from, s.to
+        ));
+    }
+    let count = (s.to as i128 - s.from as i128 + s.step as i128 - 1) / s.step as i128;
+    if count > MAX_UNITS as i128 {
+        return Err(format!(
+            "[inputs].sweep makes {count} units, at most {MAX_UNITS}: raise step"
+        ));
+    }
+    let mut units = Vec::with_capacity(count as usize);
+    let mut a = s.from;
+    while a < s.to {
+        let b = a.saturating_add(s.step).min(s.to);
+        units.push((a.to_string(), format!("{a} {b}\n").into_bytes()));
+        a = b;
+    }
+    Ok(units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_project(manifest: &str) -> (PathBuf, PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fallow-manifest-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(dir.join("inputs")).expect("mkdir");
+        std::fs::write(dir.join("m.wasm"), b"\0asm\x01\0\0\0").expect("write");
+        std::fs::write(dir.join("inputs/a"), b"1").expect("write");
+        std::fs::write(dir.join("inputs/b"), b"2").expect("write");
+        let path = dir.join("project.toml");
+        std::fs::write(&path, manifest).expect("write");
+        (dir, path)
+    }
+
+    /// Loads `manifest` and returns the error text, or "ok".
+    fn check(manifest: &str) -> String {
+        let (dir, path) = write_project(manifest);
+        let out = match load(&path) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = std::fs::remove_dir_all(dir);
+        out
+    }
+
+    #[test]
+    fn sweep_splits_the_range_and_stops_at_to() {
+        let units = sweep_units(Sweep {
+            from: 0,
+            to: 250,
+            step: 100,
+        })
+        .expect("valid");
+        let names: Vec<_> = units.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["0", "100", "200"]);
+        assert_eq!(units[2].1, b"200 250\n");
+    }
+
+    #[test]
+    fn good_manifests_load() {
+        assert_eq!(
+            check("name='p'\nwasm='m.wasm'\n[inputs]\ndir='inputs'\n"),
+            "ok"
+        );
+        assert_eq!(
+            check(
+                "name='p'\nwasm='m.wasm'\nreplication=3\nquorum=2\n[limits]\nfuel=5000\n[inputs]\nsweep={from=0,to=10,step=3}\n"
+            ),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn bad_manifests_name_the_file_and_the_key() {
+        let cases = [
+            (
+                "name='p'\nwasm='m.wasm'\n[inputs]\ndir='inputs'\n[limits]\nfuel=0\n",
+                "[limits].fuel",
+            ),
+            (
+                "name='p'\nwasm='m.wasm'\nreplication=2\nquorum=3\n[inputs]\ndir='inputs'\n",
+                "quorum",
+            ),
+            (
+                "name='p'\nwasm='missing.wasm'\n[inputs]\ndir='inputs'\n",
+                "missing.wasm",
+            ),
+            ("name='p'\nwasm='m.wasm'\n[inputs]\n", "[inputs] needs"),
+            (
+                "name='p'\nwasm='m.wasm'\nreplicaton=2\n[inputs]\ndir='inputs'\n",
+                "replicaton",
+            ),
+            (
+                "name='p'\nwasm='m.wasm'\n[inputs]\nsweep={from=5,to=1,step=1}\n",
+                "from (5)",
+            ),
+            (
+                "name='p'\nwasm='m.wasm'\n[inputs]\nsweep={from=0,to=10,step=0}\n",
+                "step",
+            ),
+            (
+                "name='p'\nwasm='m.wasm'\n[inputs]\ndir='nowhere'\n",
+                "[inputs].dir",
+            ),
+        ];
+        for (manifest, key) in cases {
+            let err = check(manifest);
+            assert!(err.contains("project.toml"), "no file name in {err:?}");
+            assert!(err.contains(key), "{key:?} not named in {err:?}");
+        }
+    }
+
+    #[test]
+    fn unit_names_must_be_file_names() {
+        for bad in ["", ".hidden", "a/b", "aggregate", "failed.txt", "x y"] {
+            assert!(check_unit_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_unit_name("tile-03_04.in").is_ok());
+    }
+}

@@ -1,0 +1,192 @@
+//! The boundary between protobuf messages and domain types: every conversion of a shared
+//! message lives here, and every one that reads network data is a `TryFrom` that rejects bad
+//! input with [`Error::Malformed`] naming the field ("parse, don't validate").
+
+use proto::v1 as pb;
+
+use crate::manifest::ProjectSpec;
+use crate::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+
+impl TryFrom<pb::Claim> for Claim {
+    type Error = Error;
+    fn try_from(c: pb::Claim) -> Result<Self, Error> {
+        Ok(Claim {
+            project: ProjectId(c.project_id),
+            unit: UnitId(c.unit_id),
+            digest: Digest::from_slice("Claim.digest", &c.digest)?,
+            fuel: c.fuel,
+            worker: WorkerId::from_slice("Claim.worker_key", &c.worker_key)?,
+            signature: c.signature.as_slice().try_into().map_err(|_| {
+                Error::malformed(
+                    "Claim.signature",
+                    format!("expected 64 bytes, got {}", c.signature.len()),
+                )
+            })?,
+        })
+    }
+}
+
+impl From<&Claim> for pb::Claim {
+    fn from(c: &Claim) -> Self {
+        pb::Claim {
+            project_id: c.project.0,
+            unit_id: c.unit.0,
+            digest: c.digest.0.to_vec(),
+            fuel: c.fuel,
+            worker_key: c.worker.0.to_vec(),
+            signature: c.signature.to_vec(),
+        }
+    }
+}
+
+/// Converts a list of wire claims, refusing the whole list if one is malformed.
+pub fn claims_from_wire(claims: Vec<pb::Claim>) -> Result<Vec<Claim>, Error> {
+    claims.into_iter().map(Claim::try_from).collect()
+}
+
+/// Converts claims for the wire.
+pub fn claims_to_wire(claims: &[Claim]) -> Vec<pb::Claim> {
+    claims.iter().map(pb::Claim::from).collect()
+}
+
+impl TryFrom<Option<pb::Limits>> for Limits {
+    type Error = Error;
+    fn try_from(l: Option<pb::Limits>) -> Result<Self, Error> {
+        let l = l.ok_or_else(|| Error::malformed("limits", "missing"))?;
+        let limits = Limits {
+            fuel: l.fuel,
+            memory_mb: l.memory_mb,
+            wall_seconds: l.wall_seconds,
+            max_output_bytes: l.max_output_bytes,
+            nan_canonicalization: l.nan_canonicalization,
+        };
+        limits
+            .validate()
+            .map_err(|p| Error::malformed("limits", p))?;
+        Ok(limits)
+    }
+}
+
+impl From<Limits> for pb::Limits {
+    fn from(l: Limits) -> Self {
+        pb::Limits {
+            fuel: l.fuel,
+            memory_mb: l.memory_mb,
+            wall_seconds: l.wall_seconds,
+            max_output_bytes: l.max_output_bytes,
+            nan_canonicalization: l.nan_canonicalization,
+        }
+    }
+}
+
+impl From<FailureKind> for pb::FailureKind {
+    fn from(k: FailureKind) -> Self {
+        match k {
+            FailureKind::FuelExhausted => pb::FailureKind::FuelExhausted,
+            FailureKind::Timeout => pb::FailureKind::Timeout,
+            FailureKind::MemoryExhausted => pb::FailureKind::MemoryExhausted,
+            FailureKind::StackOverflow => pb::FailureKind::StackOverflow,
+            FailureKind::OutputTooLarge => pb::FailureKind::OutputTooLarge,
+            FailureKind::Trap => pb::FailureKind::Trap,
+            FailureKind::ExitCode => pb::FailureKind::ExitCode,
+            FailureKind::BadModule => pb::FailureKind::BadModule,
+        }
+    }
+}
+
+/// Reads a failure report's kind and detail.
+pub fn failure_from_wire(kind: i32, detail: String) -> Result<Failure, Error> {
+    let kind = match pb::FailureKind::try_from(kind) {
+        Ok(pb::FailureKind::FuelExhausted) => FailureKind::FuelExhausted,
+        Ok(pb::FailureKind::Timeout) => FailureKind::Timeout,
+        Ok(pb::FailureKind::MemoryExhausted) => FailureKind::MemoryExhausted,
+        Ok(pb::FailureKind::StackOverflow) => FailureKind::StackOverflow,
+        Ok(pb::FailureKind::OutputTooLarge) => FailureKind::OutputTooLarge,
+        Ok(pb::FailureKind::Trap) => FailureKind::Trap,
+        Ok(pb::FailureKind::ExitCode) => FailureKind::ExitCode,
+        Ok(pb::FailureKind::BadModule) => FailureKind::BadModule,
+        Ok(pb::FailureKind::Unspecified) | Err(_) => {
+            return Err(Error::malformed(
+                "FailureReport.kind",
+                format!("unknown kind {kind}"),
+            ));
+        }
+    };
+    Ok(Failure::new(kind, detail))
+}
+
+impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
+    type Error = Error;
+    fn try_from(r: pb::SubmitProjectRequest) -> Result<Self, Error> {
+        let spec = ProjectSpec {
+            name: r.name,
+            module: r.module,
+            reducer: (!r.reducer.is_empty()).then_some(r.reducer),
+            replication: r.replication,
+            quorum: r.quorum,
+            max_replicas: r.max_replicas,
+            limits: Limits::try_from(r.limits)?,
+            units: r.units.into_iter().map(|u| (u.name, u.input)).collect(),
+            manifest: r.manifest,
+        };
+        spec.validate()
+            .map_err(|p| Error::malformed("SubmitProjectRequest", p))?;
+        Ok(spec)
+    }
+}
+
+impl From<ProjectSpec> for pb::SubmitProjectRequest {
+    fn from(s: ProjectSpec) -> Self {
+        pb::SubmitProjectRequest {
+            name: s.name,
+            module: s.module,
+            reducer: s.reducer.unwrap_or_default(),
+            replication: s.replication,
+            quorum: s.quorum,
+            max_replicas: s.max_replicas,
+            limits: Some(s.limits.into()),
+            units: s
+                .units
+                .into_iter()
+                .map(|(name, input)| pb::UnitInput { name, input })
+                .collect(),
+            manifest: s.manifest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn claims_round_trip_and_malformed_ones_are_refused() {
+        let claim = Claim::sign(
+            &Identity::from_seed([3; 32]),
+            ProjectId(1),
+            UnitId(2),
+            Digest::of(b"o"),
+            7,
+        );
+        let wire = pb::Claim::from(&claim);
+        assert_eq!(Claim::try_from(wire.clone()).expect("valid"), claim);
+        let mut short_digest = wire.clone();
+        short_digest.digest.pop();
+        assert!(Claim::try_from(short_digest).is_err());
+        let mut long_sig = wire.clone();
+        long_sig.signature.push(0);
+        assert!(Claim::try_from(long_sig).is_err());
+        let mut no_key = wire;
+        no_key.worker_key.clear();
+        assert!(Claim::try_from(no_key).is_err());
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_on_the_wire() {
+        let mut l = pb::Limits::from(Limits::default());
+        l.memory_mb = 1_000_000;
+        assert!(Limits::try_from(Some(l)).is_err());
+        assert!(Limits::try_from(None).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Per-execution store data: a deterministic WASI preview 1 context and the memory limiter.
+
+use std::time::Duration;
+
+use protocol::Limits;
+use wasmtime::{Linker, ResourceLimiter};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+
+/// The only import module guests may use.
+pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// stderr kept per execution for failure reasons; the rest is dropped.
+const STDERR_CAPACITY: usize = 4096;
+
+/// WASI errno ENOTSUP.
+const ENOTSUP: i32 = 58;
+
+pub(crate) struct Host {
+    wasi: WasiP1Ctx,
+    pub(crate) limiter: Limiter,
+}
+
+pub(crate) struct Pipes {
+    pub(crate) stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl Pipes {
+    /// The end of stderr as text, for failure reasons.
+    pub(crate) fn stderr_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        text.trim()
+            .chars()
+            .rev()
+            .take(1000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    }
+}
+
+impl Host {
+    pub(crate) fn new(input: &[u8], seed: [u8; 32], limits: &Limits) -> (Self, Pipes) {
+        // One byte over the cap lets the sandbox tell "exactly at the limit" from "over it".
+        let stdout = MemoryOutputPipe::new(limits.max_output_bytes as usize + 1);
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut insecure_seed = [0u8; 16];
+        insecure_seed
+            .copy_from_slice(&blake3::derive_key("fallow insecure random seed v1", &seed)[..16]);
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(input.to_vec()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&["main"])
+            .wall_clock(FrozenWallClock)
+            .monotonic_clock(FrozenMonotonicClock)
+            .secure_random(SeededRandom::new(seed, "fallow secure random v1"))
+            .insecure_random(SeededRandom::new(seed, "fallow insecure random v1"))
+            .insecure_random_seed(u128::from_le_bytes(insecure_seed))
+            .build_p1();
+        let host = Host {
+            wasi,
+            limiter: Limiter {
+                memory_bytes: (limits.memory_mb as usize) << 20,
+                hit: false,
+            },
+        };
+        (host, Pipes { stdout, stderr })
+    }
+
+    /// Store data for enumerating the linker; never runs a guest.
+    pub(crate) fn placeholder() -> Self {
+        Host::new(&[], [0; 32], &Limits::default()).0
+    }
+}
+
+/// WASI preview 1, with `poll_oneoff` replaced: a guest that sleeps would block a worker
+/// thread where the wall-clock watchdog cannot reach it (it interrupts wasm, not host
+/// calls), and sleeping has no place in deterministic compute anyway.
+pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p1::add_to_linker_sync(linker, |h: &mut Host| &mut h.wasi)?;
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        WASI_MODULE,
+        "poll_oneoff",
+        |_: i32, _: i32, _: i32, _: i32| -> i32 { ENOTSUP },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Caps linear memory at the project's `memory_mb` and remembers that the cap was hit, so
+/// the resulting trap is reported as "memory exhausted" rather than a generic trap.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// 2000-01-01T00:00:00Z, for ever.
+struct FrozenWallClock;
+
+impl HostWallClock for FrozenWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_secs(946_684_800)
+    }
+}
+
+/// Monotonic time that never moves.
+struct FrozenMonotonicClock;
+
+impl HostMonotonicClock for FrozenMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A BLAKE3 extendable-output stream: reproducible from the seed, unpredictable without it.
+struct SeededRandom(blake3::OutputReader);
+
+impl SeededRandom {
+    fn new(seed: [u8; 32], context: &str) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key(context);
+        hasher.update(&seed);
+        SeededRandom(hasher.finalize_xof())
+    }
+}
+
+impl rand_core::TryRng for SeededRandom {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0; 4];
+        self.0.fill(&mut b);
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0; 8];
+        self.0.fill(&mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill(dst);
+        Ok(())
+    }
+}

@@ -1,0 +1,438 @@
+//! The only place guest code runs: wasmtime with Cranelift, every limit on, and a WASI
+//! preview 1 that gives every honest machine the same answer.
+//!
+//! # Layout
+//! - [`Sandbox`]: engine configuration, the module cache, [`Sandbox::inspect`] (the submit-time
+//!   check) and [`Sandbox::run`] (one execution).
+//! - `host`: the per-execution store data: deterministic WASI context and the memory limiter.
+//! - [`SandboxConfig`]: the knobs, documented like wasmtime documents `Config`.
+//!
+//! # Determinism
+//! A guest sees: stdin = the unit's input; argv = `["main"]`; no environment variables; no
+//! preopened directories (so no files) and no sockets; WASI clocks frozen at
+//! 2000-01-01T00:00:00Z (monotonic clock at 0); WASI random = a BLAKE3 stream seeded by the
+//! caller from the work unit; `poll_oneoff` (sleeping) answers `ENOTSUP` at once instead of
+//! blocking. Threads and relaxed SIMD are disabled; NaN canonicalization is a per-project
+//! option. Fuel is deterministic, so the fuel used is part of the result.
+
+#![forbid(unsafe_code)]
+
+mod host;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::{Digest, Failure, FailureKind, Limits};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
+use wasmtime_wasi::I32Exit;
+
+use host::Host;
+
+/// The one error type of the `sandbox` crate: a module that cannot be accepted. Running a
+/// unit never returns this; a unit's failure is a [`protocol::Failure`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a WebAssembly binary at all.
+    #[error("not a WebAssembly module: {0}")]
+    NotWasm(String),
+    /// A component-model binary; Fallow runs core modules (WASI preview 1 commands).
+    #[error(
+        "this is a WebAssembly component; Fallow runs core modules built for wasm32-wasip1 (WASI preview 1 commands)"
+    )]
+    Component,
+    /// Wasmtime refused the module (invalid, or uses a disabled feature such as threads).
+    #[error("invalid module: {0}")]
+    Invalid(String),
+    /// The module imports something outside the guest ABI.
+    #[error(
+        "module imports `{module}::{name}`, which is outside Fallow's guest ABI (only WASI preview 1 functions from `wasi_snapshot_preview1` are available)"
+    )]
+    ForbiddenImport {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+    },
+    /// The module is not a WASI command (`_start` and `memory` exports).
+    #[error("not a WASI command: {0}")]
+    NotACommand(String),
+    /// The engine could not be set up (bad configuration or out of address space).
+    #[error("sandbox engine: {0}")]
+    Engine(String),
+}
+
+/// Sandbox knobs, fixed for the life of a [`Sandbox`].
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxConfig {
+    /// Executions that may run at the same time (pooling-allocator slots). Default 4.
+    /// One more concurrent [`Sandbox::run`] than this fails with `BadModule` ("pool
+    /// exhausted"), so a worker sets it to its core count.
+    pub slots: u32,
+    /// Largest `memory_mb` any project may use here; each slot reserves this much virtual
+    /// (not resident) memory. Default 4096 (the manifest maximum).
+    pub max_memory_mb: u32,
+    /// Wasm stack limit in bytes. Default 1 MiB: deep enough for real recursion, small
+    /// enough that unbounded recursion fails fast with `stack_overflow`. Runs need a native
+    /// thread stack bigger than this (see [`GUEST_THREAD_STACK`]).
+    pub max_wasm_stack: usize,
+    /// Compiled modules kept in memory. Default 64.
+    pub module_cache: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            slots: 4,
+            max_memory_mb: protocol::limits::MEMORY_MB_RANGE.1,
+            max_wasm_stack: 1 << 20,
+            module_cache: 64,
+        }
+    }
+}
+
+/// Native stack size for threads that call [`Sandbox::run`].
+pub const GUEST_THREAD_STACK: usize = 8 << 20;
+
+/// How often the wall-clock watchdog ticks; `wall_seconds` is counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A successful execution.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// Everything the guest wrote to stdout.
+    pub output: Vec<u8>,
+    /// BLAKE3 of `output`.
+    pub digest: Digest,
+    /// Fuel consumed.
+    pub fuel: u64,
+}
+
+/// A compiled module ready to instantiate in microseconds.
+#[derive(Clone)]
+pub struct Compiled {
+    pre: InstancePre<Host>,
+    nan_canonicalization: bool,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").finish_non_exhaustive()
+    }
+}
+
+/// One engine flavour (with or without NaN canonicalization).
+struct Flavour {
+    engine: Engine,
+    linker: Linker<Host>,
+}
+
+/// A wasmtime sandbox: engines, linkers, the compiled-module cache and the watchdog.
+pub struct Sandbox {
+    plain: Flavour,
+    canonical: Flavour,
+    /// Every `wasi_snapshot_preview1` function name the linker defines.
+    abi: HashSet<String>,
+    cache: Mutex<HashMap<(Digest, bool), Compiled>>,
+    cache_limit: usize,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// Builds the engines and starts the watchdog thread.
+    pub fn new(config: SandboxConfig) -> Result<Self, Error> {
+        let plain = Flavour::new(&config, false)?;
+        let canonical = Flavour::new(&config, true)?;
+        let abi = {
+            let mut store = Store::new(&plain.engine, Host::placeholder());
+            plain
+                .linker
+                .iter(&mut store)
+                .filter(|(module, _, _)| *module == host::WASI_MODULE)
+                .map(|(_, name, _)| name.to_string())
+                .collect()
+        };
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let engines = [plain.engine.clone(), canonical.engine.clone()];
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("fallow-watchdog".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    for e in &engines {
+                        e.increment_epoch();
+                    }
+                }
+            })
+            .map_err(|e| Error::Engine(format!("cannot start watchdog thread: {e}")))?;
+        Ok(Sandbox {
+            plain,
+            canonical,
+            abi,
+            cache: Mutex::new(HashMap::new()),
+            cache_limit: config.module_cache.max(1),
+            stop_ticker,
+        })
+    }
+
+    /// Checks that `bytes` is a module Fallow will run: valid core wasm, a WASI command, and
+    /// importing nothing outside the guest ABI. The coordinator calls this at submit; workers
+    /// call it again (through [`Sandbox::compile`]) before running anything.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<(), Error> {
+        self.compile_module(&self.plain, bytes).map(|_| ())
+    }
+
+    /// Compiles (or fetches from the cache) the module whose digest is `digest`.
+    /// Never accepts precompiled code: the bytes are always wasm, compiled here.
+    pub fn compile(
+        &self,
+        digest: Digest,
+        bytes: &[u8],
+        nan_canonicalization: bool,
+    ) -> Result<Compiled, Error> {
+        let key = (digest, nan_canonicalization);
+        if let Some(hit) = self.lock_cache().get(&key) {
+            return Ok(hit.clone());
+        }
+        if Digest::of(bytes) != digest {
+            return Err(Error::Invalid(format!(
+                "module bytes do not hash to {digest}"
+            )));
+        }
+        let flavour = if nan_canonicalization {
+            &self.canonical
+        } else {
+            &self.plain
+        };
+        let module = self.compile_module(flavour, bytes)?;
+        let pre = flavour
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let compiled = Compiled {
+            pre,
+            nan_canonicalization,
+        };
+        let mut cache = self.lock_cache();
+        if cache.len() >= self.cache_limit {
+            // Modules are per project and few; dropping an arbitrary one only costs a recompile.
+            if let Some(k) = cache.keys().next().copied() {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Whether a compiled module for `digest` is cached.
+    pub fn is_cached(&self, digest: Digest, nan_canonicalization: bool) -> bool {
+        self.lock_cache()
+            .contains_key(&(digest, nan_canonicalization))
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<(Digest, bool), Compiled>> {
+        // A panic while holding this lock cannot leave the map half-updated (single
+        // insert/remove calls), so a poisoned lock is still consistent.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn compile_module(&self, flavour: &Flavour, bytes: &[u8]) -> Result<Module, Error> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            let head: String = bytes
+                .iter()
+                .take(16)
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            return Err(Error::NotWasm(format!(
+                "{} bytes starting {head:?}; expected the \\0asm magic of a .wasm file",
+                bytes.len()
+            )));
+        }
+        // Bytes 4..8 are the version/layer: core modules are 1,0,0,0; components differ.
+        if bytes[4..8] != [1, 0, 0, 0] {
+            return Err(Error::Component);
+        }
+        let module =
+            Module::new(&flavour.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        for import in module.imports() {
+            if import.module() != host::WASI_MODULE || !self.abi.contains(import.name()) {
+                return Err(Error::ForbiddenImport {
+                    module: import.module().to_string(),
+                    name: import.name().to_string(),
+                });
+            }
+        }
+        let start = module
+            .get_export("_start")
+            .and_then(|e| e.func().cloned())
+            .ok_or_else(|| Error::NotACommand("no exported function `_start` (build a binary, not a library, for wasm32-wasip1)".into()))?;
+        if start.params().len() != 0 || start.results().len() != 0 {
+            return Err(Error::NotACommand(
+                "`_start` must take and return nothing".into(),
+            ));
+        }
+        if module
+            .get_export("memory")
+            .and_then(|e| e.memory().cloned())
+            .is_none()
+        {
+            return Err(Error::NotACommand("no exported `memory`".into()));
+        }
+        Ok(module)
+    }
+
+    /// Runs one execution: `input` on stdin, `seed` for WASI random, every limit of
+    /// `limits` enforced. Blocks the calling thread for as long as the guest runs: call it
+    /// from a thread with a [`GUEST_THREAD_STACK`] stack, never from an async task.
+    pub fn run(
+        &self,
+        compiled: &Compiled,
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &Limits,
+    ) -> Result<Execution, Failure> {
+        let flavour = if compiled.nan_canonicalization {
+            &self.canonical
+        } else {
+            &self.plain
+        };
+        let (host, pipes) = Host::new(input, seed, limits);
+        let mut store = Store::new(&flavour.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}")))?;
+        let ticks = u64::from(limits.wall_seconds) * (1000 / EPOCH_TICK.as_millis() as u64);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let outcome = compiled.pre.instantiate(&mut store).and_then(|instance| {
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call(&mut store, ())
+        });
+        let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let memory_hit = store.data().limiter.hit;
+        drop(store);
+        let output = pipes.stdout.contents();
+        if output.len() as u64 > limits.max_output_bytes {
+            return Err(Failure::new(
+                FailureKind::OutputTooLarge,
+                format!(
+                    "stdout exceeded max_output_bytes = {}",
+                    limits.max_output_bytes
+                ),
+            ));
+        }
+        let exit = match outcome {
+            Ok(()) => 0,
+            Err(e) => {
+                if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    exit.0
+                } else {
+                    return Err(classify_error(&e, memory_hit, limits, &pipes.stderr_tail()));
+                }
+            }
+        };
+        if exit != 0 {
+            return Err(Failure::new(
+                FailureKind::ExitCode,
+                format!("exit code {exit}{}", stderr_suffix(&pipes.stderr_tail())),
+            ));
+        }
+        Ok(Execution {
+            digest: Digest::of(&output),
+            output: output.to_vec(),
+            fuel,
+        })
+    }
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {stderr}")
+    }
+}
+
+fn classify_error(e: &wasmtime::Error, memory_hit: bool, limits: &Limits, stderr: &str) -> Failure {
+    let tail = stderr_suffix(stderr);
+    if memory_hit {
+        return Failure::new(
+            FailureKind::MemoryExhausted,
+            format!(
+                "guest tried to grow memory past memory_mb = {}{tail}",
+                limits.memory_mb
+            ),
+        );
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure::new(
+            FailureKind::FuelExhausted,
+            format!("used all {} fuel{tail}", limits.fuel),
+        ),
+        Some(Trap::Interrupt) => Failure::new(
+            FailureKind::Timeout,
+            format!(
+                "still running after wall_seconds = {}{tail}",
+                limits.wall_seconds
+            ),
+        ),
+        Some(Trap::StackOverflow) => Failure::new(
+            FailureKind::StackOverflow,
+            format!("wasm stack overflow{tail}"),
+        ),
+        Some(trap) => Failure::new(FailureKind::Trap, format!("{trap}{tail}")),
+        None => Failure::new(FailureKind::BadModule, format!("{e:#}{tail}")),
+    }
+}
+
+impl Flavour {
+    fn new(config: &SandboxConfig, nan_canonicalization: bool) -> Result<Self, Error> {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_core_instances(config.slots)
+            .total_memories(config.slots)
+            .total_tables(config.slots)
+            .total_stacks(0)
+            .total_component_instances(0)
+            .max_memories_per_module(1)
+            .max_tables_per_module(2)
+            .max_memory_size((config.max_memory_mb as usize) << 20);
+        let mut c = Config::new();
+        // Threads are off because wasmtime is built without its `threads` feature: a module
+        // with shared memory or atomics-wait fails validation at submit.
+        c.consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .wasm_relaxed_simd(false)
+            .cranelift_nan_canonicalization(nan_canonicalization)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&c).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        Ok(Flavour { engine, linker })
+    }
+}
+
+#[cfg(test)]
+mod tests;

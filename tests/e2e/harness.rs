@@ -1,0 +1,313 @@
+//! Starts and stops real `fallow` processes and drives the CLI like a user would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn fallow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fallow"))
+}
+
+/// A coordinator plus workers, each a real process, killed when dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub addr: String,
+    coordinator: Option<Child>,
+    workers: Vec<(String, Child)>,
+    lease_seconds: u64,
+    restarts: u32,
+}
+
+impl Cluster {
+    /// Starts a coordinator on a free port with the given lease.
+    pub fn start(lease_seconds: u64) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("fallow-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let mut cluster = Cluster {
+            dir,
+            url: String::new(),
+            addr: "127.0.0.1:0".into(),
+            coordinator: None,
+            workers: Vec::new(),
+            lease_seconds,
+            restarts: 0,
+        };
+        cluster.start_coordinator();
+        cluster
+    }
+
+    /// Starts (or restarts, on the same port and data dir) the coordinator.
+    pub fn start_coordinator(&mut self) {
+        let log = self
+            .dir
+            .path()
+            .join(format!("coordinator-{}.log", self.restarts));
+        self.restarts += 1;
+        let mut child = fallow()
+            .args([
+                "coordinator",
+                "--listen",
+                &self.addr,
+                "--lease-seconds",
+                &self.lease_seconds.to_string(),
+                "--data",
+            ])
+            .arg(self.dir.path().join("coordinator"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start coordinator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read listening line");
+        let addr = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}; log: {}", read(&log)))
+            .to_string();
+        self.url = format!("http://{addr}");
+        self.addr = addr;
+        self.coordinator = Some(child);
+    }
+
+    /// kill -9 the coordinator.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a worker process with extra arguments; returns its index.
+    pub fn start_worker(&mut self, extra: &[&str]) -> usize {
+        let i = self.workers.len();
+        let name = format!("w{i}");
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = fallow()
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--cores",
+                "1",
+                "--name",
+                &name,
+                "--peer-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(self.dir.path().join(&name))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start worker");
+        self.workers.push((name, child));
+        i
+    }
+
+    /// kill -9 a worker.
+    pub fn kill_worker(&mut self, i: usize) {
+        let _ = self.workers[i].1.kill();
+        let _ = self.workers[i].1.wait();
+    }
+
+    /// Runs a CLI command against this cluster's coordinator.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        fallow()
+            .args(args)
+            .env("FALLOW_COORDINATOR", &self.url)
+            .output()
+            .expect("run fallow")
+    }
+
+    /// Submits a manifest; the project id, or the stderr of the refusal.
+    pub fn submit(&self, manifest: &Path) -> Result<u64, String> {
+        let out = fallow()
+            .arg("submit")
+            .arg(manifest)
+            .args(["--coordinator", &self.url])
+            .output()
+            .expect("run fallow submit");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(stderr);
+        }
+        let last = stdout.lines().last().unwrap_or_default();
+        Ok(last
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("last line {last:?} is not an id; stderr: {stderr}")))
+    }
+
+    /// `fallow status --json` for one project.
+    pub fn status(&self, project: u64) -> Option<Value> {
+        let out = self.cli(&["status", &project.to_string(), "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().next()?;
+        Some(serde_json::from_str(line).expect("status --json is JSON"))
+    }
+
+    /// Polls until the project is finished, or panics with the logs after `limit`.
+    pub fn wait_finished(&self, project: u64, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status(project)
+                && s["finished"] == Value::Bool(true)
+            {
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "project {project} did not finish in {limit:?}: {:?}\n{}",
+                    self.status(project),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Polls until `pred` holds on the status, or panics.
+    pub fn wait_until(
+        &self,
+        project: u64,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status(project)
+                && pred(&s)
+            {
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "{what}: not reached in {limit:?}: {:?}\n{}",
+                    self.status(project),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `fallow results` into a fresh directory; returns it.
+    pub fn results(&self, project: u64) -> PathBuf {
+        let out = self.dir.path().join(format!("results-{project}"));
+        let o = self.cli(&[
+            "results",
+            &project.to_string(),
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            o.status.success(),
+            "results failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    }
+
+    /// Every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            let mut paths: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                let text = read(&p);
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                all.push_str(&format!("--- {} (last 40 lines)\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    all.push_str(l);
+                    all.push('\n');
+                }
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, w) in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        self.kill_coordinator();
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Writes a project directory with `wasm` (and optionally a reducer) and a manifest whose
+/// body (everything but name and wasm) is `body`; returns the manifest path.
+pub fn project(
+    root: &Path,
+    name: &str,
+    wasm: &[u8],
+    reducer: Option<&[u8]>,
+    body: &str,
+) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("project dir");
+    std::fs::write(dir.join("module.wasm"), wasm).expect("module");
+    let mut manifest = format!("name = \"{name}\"\nwasm = \"module.wasm\"\n{body}\n");
+    if let Some(r) = reducer {
+        std::fs::write(dir.join("reduce.wasm"), r).expect("reducer");
+        manifest.push_str("\n[reduce]\nwasm = \"reduce.wasm\"\n");
+    }
+    let path = dir.join("project.toml");
+    std::fs::write(&path, manifest).expect("manifest");
+    path
+}
+
+/// Sum of the integers in every verified output file of a results directory.
+pub fn sum_outputs(dir: &Path) -> (u64, usize) {
+    let mut sum = 0;
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).expect("results dir").flatten() {
+        let name = entry.file_name().into_string().expect("utf-8");
+        if name == "failed.txt" || name == "aggregate" {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("output");
+        sum += text
+            .trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("output of {name} is {text:?}"));
+        files += 1;
+    }
+    (sum, files)
+}
+
+/// A JSON number field.
+pub fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}

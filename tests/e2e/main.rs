@@ -1,0 +1,9 @@
+//! End-to-end tests: real `fallow` processes (coordinator, workers, CLI) on 127.0.0.1 with
+//! real WASM projects. Each test gets its own temporary directory and ports.
+
+mod harness;
+
+mod demo;
+mod faults;
+mod hostile;
+mod primes;
