@@ -50,7 +50,7 @@ pub struct ProjectStats {
     pub failed: u64,
     /// Executions handed out (all replicas, disputes included).
     pub executions: u64,
-    /// Disputes reported (disagreeing claims).
+    /// Disputes that raised a unit's replica target (disagreeing claims).
     pub disputes: u64,
     /// Fuel credited to signers of verified units.
     pub credit: u64,
@@ -534,16 +534,18 @@ impl Scheduler {
         let needed = by_worker.len() as u32 + project.quorum.saturating_sub(best);
         let (max_replicas, project_id) = (project.max_replicas, project.id);
         let mut changes = Vec::new();
-        if let Some(p) = self.projects.get_mut(&project_id) {
-            p.stats.disputes += 1;
-        }
         let unit = self.units.get_mut(&id).ok_or(Error::UnknownUnit(id))?;
+        // Every worker in a disagreement may report it: only the report that raises the
+        // target counts as a dispute.
         if needed > unit.target {
             unit.target = needed.min(max_replicas);
             changes.push(Change::Target {
                 unit: id,
                 target: unit.target,
             });
+            if let Some(p) = self.projects.get_mut(&project_id) {
+                p.stats.disputes += 1;
+            }
         }
         if needed > max_replicas {
             let reason = format!(

@@ -176,34 +176,10 @@ async fn expiry_loop<S: Store>(service: CoordinatorService<S>, cancel: Cancellat
             expired = changes.len(),
             "leases expired; units go back to the queue"
         );
-        if let Err(e) = service.inner.store.apply(&changes, now).await {
-            tracing::error!("cannot persist lease expiry: {e}");
-        }
-        let projects = touched_projects(&state, &changes);
-        drop(state);
-        for p in projects {
-            service.maybe_reduce(p).await;
+        if let Err(e) = service.commit(state, changes, now).await {
+            tracing::error!("cannot persist lease expiry: {}", e.message());
         }
     }
-}
-
-fn touched_projects(state: &State, changes: &[crate::scheduler::Change]) -> Vec<ProjectId> {
-    let failed: HashSet<UnitId> = changes
-        .iter()
-        .filter_map(|c| match c {
-            crate::scheduler::Change::UnitFailed { unit, .. } => Some(*unit),
-            _ => None,
-        })
-        .collect();
-    if failed.is_empty() {
-        return Vec::new();
-    }
-    state
-        .sched
-        .projects()
-        .filter(|p| p.finished())
-        .map(|p| p.id)
-        .collect()
 }
 
 /// The one mapping from domain errors to gRPC statuses.
@@ -250,6 +226,39 @@ impl<S: Store> CoordinatorService<S> {
             }
             None => Err(to_status(Error::UnknownWorker(worker.to_string()))),
         }
+    }
+
+    /// Persists scheduler `changes`, releases the state lock, and starts the reducer of any
+    /// project that a failed unit just finished.
+    async fn commit(
+        &self,
+        state: tokio::sync::MutexGuard<'_, State>,
+        changes: Vec<crate::scheduler::Change>,
+        now: u64,
+    ) -> Result<(), Status> {
+        self.inner
+            .store
+            .apply(&changes, now)
+            .await
+            .map_err(to_status)?;
+        let any_failed = changes
+            .iter()
+            .any(|c| matches!(c, crate::scheduler::Change::UnitFailed { .. }));
+        let finished: Vec<ProjectId> = if any_failed {
+            state
+                .sched
+                .projects()
+                .filter(|p| p.finished())
+                .map(|p| p.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        drop(state);
+        for p in finished {
+            self.maybe_reduce(p).await;
+        }
+        Ok(())
     }
 
     /// Starts the reducer of `project` if it is finished and has no aggregate yet.
@@ -670,16 +679,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             .sched
             .report_failure(id, unit, failure)
             .map_err(to_status)?;
-        self.inner
-            .store
-            .apply(&changes, now)
-            .await
-            .map_err(to_status)?;
-        let projects = touched_projects(&state, &changes);
-        drop(state);
-        for p in projects {
-            self.maybe_reduce(p).await;
-        }
+        self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -740,24 +740,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
             to_status(e)
         })?;
-        tracing::info!(%unit, claims = claims.len(), "claims disagree; extra replica issued");
-        if let Some(project) = claims.first().map(|c| c.project) {
-            self.inner
-                .store
-                .count_dispute(project)
-                .await
-                .map_err(to_status)?;
+        if changes
+            .iter()
+            .any(|c| matches!(c, crate::scheduler::Change::Target { .. }))
+        {
+            tracing::info!(%unit, claims = claims.len(), "claims disagree; extra replica issued");
         }
-        self.inner
-            .store
-            .apply(&changes, now)
-            .await
-            .map_err(to_status)?;
-        let projects = touched_projects(&state, &changes);
-        drop(state);
-        for p in projects {
-            self.maybe_reduce(p).await;
-        }
+        self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -770,16 +759,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, id, now)?;
+        let returned = r.unit_ids.len();
         let mut changes = Vec::new();
         for unit in r.unit_ids {
             changes.extend(state.sched.give_back(id, UnitId(unit)));
         }
-        self.inner
-            .store
-            .apply(&changes, now)
-            .await
-            .map_err(to_status)?;
-        tracing::info!(worker = %id, units = changes.len(), "units handed back");
+        tracing::info!(worker = %id, units = returned, "units handed back");
+        self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
     }
 }

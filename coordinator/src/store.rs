@@ -99,11 +99,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Applies scheduler changes (replica states, targets, failed units) in one transaction.
+    /// A raised target counts as one dispute on the unit's project.
     fn apply(&self, changes: &[Change], now: u64)
     -> impl Future<Output = Result<(), Error>> + Send;
-
-    /// Counts a dispute on a project.
-    fn count_dispute(&self, project: ProjectId) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Records a verified unit with its output and credits its signers, exactly once.
     /// Returns false (and changes nothing) when the unit was already settled.

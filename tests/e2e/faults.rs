@@ -85,6 +85,11 @@ fn a_worker_killed_mid_unit_has_its_units_reassigned_after_the_lease() {
         n(&status, "executions") > n(&killed_at, "verified") + 4 - 1,
         "the killed worker's unit ran again elsewhere: {status}"
     );
+    assert!(
+        c.coordinator_log().contains("leases expired"),
+        "the killed worker's lease expired and its unit was reassigned:\n{}",
+        c.logs()
+    );
     let out = c.results(id);
     let aggregate = std::fs::read_to_string(out.join("aggregate")).expect("aggregate");
     assert!(aggregate.starts_with("pi ~= 3.14"), "{aggregate}");

@@ -226,6 +226,13 @@ impl Cluster {
         out
     }
 
+    /// Everything the coordinator logged, across restarts.
+    pub fn coordinator_log(&self) -> String {
+        (0..self.restarts)
+            .map(|i| read(&self.dir.path().join(format!("coordinator-{i}.log"))))
+            .collect()
+    }
+
     /// Every process log, for failure messages.
     pub fn logs(&self) -> String {
         let mut all = String::new();

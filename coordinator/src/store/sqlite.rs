@@ -406,6 +406,12 @@ impl Store for SqliteStore {
                         .bind(unit.0 as i64)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(
+                        "UPDATE projects SET disputes = disputes + 1 WHERE id = (SELECT project FROM units WHERE id = $1)",
+                    )
+                    .bind(unit.0 as i64)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 Change::UnitFailed { unit, reason } => {
                     sqlx::query("UPDATE units SET state = $1, reason = $2, settled_ms = $3 WHERE id = $4 AND state = $5")
@@ -420,14 +426,6 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn count_dispute(&self, project: ProjectId) -> Result<(), Error> {
-        sqlx::query("UPDATE projects SET disputes = disputes + 1 WHERE id = $1")
-            .bind(project.0 as i64)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 
@@ -579,5 +577,133 @@ impl Store for SqliteStore {
                 .try_get::<Option<Vec<u8>>, _>("aggregate")?
                 .unwrap_or_default()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Identity, Limits};
+
+    fn spec() -> ProjectSpec {
+        ProjectSpec {
+            name: "p".into(),
+            module: b"\0asm\x01\0\0\0".to_vec(),
+            reducer: None,
+            replication: 2,
+            quorum: 2,
+            max_replicas: 5,
+            limits: Limits::default(),
+            units: vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+            manifest: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening_and_results_are_recorded_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w1 = Identity::from_seed([1; 32]).id();
+        let w2 = Identity::from_seed([2; 32]).id();
+        let (project, units) = {
+            let store = SqliteStore::open(dir.path()).await.expect("open");
+            let (project, units) = store
+                .insert_project(&spec(), Digest::of(b"m"), None, 1)
+                .await
+                .expect("insert");
+            store
+                .insert_assignments(&[(units[0], w1), (units[0], w2), (units[1], w1)], 2)
+                .await
+                .expect("assign");
+            let verified = Verified {
+                digest: Digest::of(b"out"),
+                fuel: 7,
+                signers: vec![w1, w2],
+            };
+            assert!(
+                store
+                    .record_verified(units[0], b"out", &verified, 3)
+                    .await
+                    .expect("first")
+            );
+            assert!(
+                !store
+                    .record_verified(units[0], b"out", &verified, 4)
+                    .await
+                    .expect("second"),
+                "counted once"
+            );
+            store
+                .apply(
+                    &[
+                        Change::Replica {
+                            unit: units[1],
+                            worker: w1,
+                            state: AssignmentState::Failed,
+                            reason: Some("fuel_exhausted: used all fuel".into()),
+                        },
+                        Change::Target {
+                            unit: units[1],
+                            target: 3,
+                        },
+                    ],
+                    5,
+                )
+                .await
+                .expect("apply");
+            (project, units)
+        };
+        let store = SqliteStore::open(dir.path()).await.expect("reopen");
+        let snapshot = store.load().await.expect("load");
+        let p = &snapshot.projects[0];
+        assert_eq!(
+            (
+                p.id,
+                p.stats.total,
+                p.stats.verified,
+                p.stats.credit,
+                p.stats.disputes
+            ),
+            (project, 2, 1, 14, 1)
+        );
+        let b = snapshot
+            .units
+            .iter()
+            .find(|u| u.id == units[1])
+            .expect("unit b");
+        assert_eq!(b.target, 3);
+        assert_eq!(
+            b.replicas[0].2.as_ref().map(|f| f.kind),
+            Some(FailureKind::FuelExhausted)
+        );
+        let outputs = store
+            .verified_outputs(project, None, 10)
+            .await
+            .expect("outputs");
+        assert_eq!(
+            (
+                outputs.len(),
+                outputs[0].name.as_str(),
+                outputs[0].output.as_slice()
+            ),
+            (1, "a", &b"out"[..])
+        );
+        assert_eq!(outputs[0].signers.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(SqliteStore::open(dir.path()).await.expect("create"));
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        sqlx::raw_sql("PRAGMA user_version = 99")
+            .execute(&store.pool)
+            .await
+            .expect("bump");
+        drop(store);
+        let err = SqliteStore::open(dir.path())
+            .await
+            .expect_err("newer schema accepted")
+            .to_string();
+        assert!(err.contains("newer Fallow"), "{err}");
     }
 }
