@@ -346,11 +346,21 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
 
+/// How long a worker whose quorum was completed by a peer's push waits before submitting
+/// the certificate itself: the pushing peer saw the same quorum when it pulled our claim
+/// and normally submits first, so waiting saves a second upload of the output.
+const PUSHED_QUORUM_GRACE: Duration = Duration::from_secs(2);
+
+/// Who completed a quorum: us (submit now) or a peer's push (wait, the peer submits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Own,
+    PeerPush,
+}
+
 impl ClaimSink for Shared {
     fn on_claim(self: &Arc<Self>, claim: Claim) -> Result<(), protocol::Error> {
-        let actions = lock(&self.book).add_remote(claim)?;
-        self.act(actions);
-        Ok(())
+        self.receive(claim, Trigger::PeerPush)
     }
 
     fn claims_for(&self, unit: UnitId) -> Vec<Claim> {
@@ -359,6 +369,12 @@ impl ClaimSink for Shared {
 }
 
 impl Shared {
+    fn receive(self: &Arc<Self>, claim: Claim, trigger: Trigger) -> Result<(), protocol::Error> {
+        let actions = lock(&self.book).add_remote(claim)?;
+        self.act(actions, trigger);
+        Ok(())
+    }
+
     /// Registers, retrying until the coordinator answers; `None` if shut down first.
     async fn register(&self, advertise: &str) -> Option<Duration> {
         let mut attempt = 0;
@@ -474,7 +490,7 @@ impl Shared {
                     h.published = Instant::now();
                 }
                 let actions = lock(&self.book).add_own(claim.clone());
-                self.act(actions);
+                self.act(actions, Trigger::Own);
                 self.publish(claim).await;
             }
             Err(failure) => {
@@ -510,7 +526,7 @@ impl Shared {
     }
 
     /// Carries out quorum-book actions in the background.
-    fn act(self: &Arc<Self>, actions: Vec<Action>) {
+    fn act(self: &Arc<Self>, actions: Vec<Action>, trigger: Trigger) {
         for action in actions {
             match action {
                 Action::SubmitCertificate { unit, claims } => {
@@ -528,11 +544,23 @@ impl Shared {
                     let me = self.clone();
                     self.tasks.spawn(async move {
                         let (client, cancel) = (&me.client, &me.cancel);
+                        if trigger == Trigger::PeerPush {
+                            if !pause(cancel, PUSHED_QUORUM_GRACE).await {
+                                return;
+                            }
+                            let version = lock(&me.peers).0;
+                            if let Ok(reply) = client.heartbeat(&[unit], version).await
+                                && reply.settled.contains(&unit)
+                            {
+                                me.release(unit);
+                                return; // the peer certified it
+                            }
+                        }
                         let mut attempt = 0;
                         loop {
                             match client.submit_certificate(unit, &claims, &output).await {
                                 Ok(accepted) => {
-                                    tracing::info!(%unit, accepted, "certificate submitted");
+                                    tracing::debug!(%unit, accepted, "certificate submitted");
                                     break;
                                 }
                                 Err(e) if e.is_transient() => {
@@ -597,7 +625,7 @@ impl Shared {
             match result {
                 Ok(claims) => {
                     for c in claims {
-                        if let Err(e) = self.on_claim(c) {
+                        if let Err(e) = self.receive(c, Trigger::Own) {
                             tracing::warn!(peer = %peer.id, "peer returned a bad claim: {e}");
                         }
                     }
