@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn any_tampered_field_breaks_the_signature() {
-        let tampered: Vec<Box<dyn Fn(&mut Claim)>> = vec![
+        type Tamper = Box<dyn Fn(&mut Claim)>;
+        let tampered: Vec<Tamper> = vec![
             Box::new(|c| c.project = ProjectId(4)),
             Box::new(|c| c.unit = UnitId(10)),
             Box::new(|c| c.digest = Digest::of(b"43\n")),

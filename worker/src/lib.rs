@@ -377,7 +377,7 @@ impl Shared {
 
     /// Registers, retrying until the coordinator answers; `None` if shut down first.
     async fn register(&self, advertise: &str) -> Option<Duration> {
-        let mut attempt = 0;
+        let mut attempt = 0u32;
         loop {
             let cores = self.config.cores as u32;
             match self
@@ -391,7 +391,7 @@ impl Shared {
                     return Some(reg.heartbeat);
                 }
                 Err(e) if e.is_transient() => {
-                    if attempt % 8 == 0 {
+                    if attempt.is_multiple_of(8) {
                         tracing::warn!(
                             "waiting for coordinator at {}: {e}",
                             self.config.coordinator
@@ -409,7 +409,7 @@ impl Shared {
 
     /// One core's loop: lease a unit, run it, publish the claim; repeat until shutdown.
     async fn slot_loop(self: Arc<Self>, slot: usize) {
-        let mut failures = 0;
+        let mut failures = 0u32;
         while !self.cancel.is_cancelled() {
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -428,7 +428,7 @@ impl Shared {
                     }
                 }
                 Err(e) => {
-                    if failures % 8 == 0 {
+                    if failures.is_multiple_of(8) {
                         tracing::warn!(slot, "cannot get work: {e}");
                     }
                     failures += 1;
@@ -501,7 +501,7 @@ impl Shared {
     }
 
     async fn report_failure(&self, unit: UnitId, failure: Failure) {
-        let mut attempt = 0;
+        let mut attempt = 0u32;
         loop {
             match self.client.report_failure(unit, &failure).await {
                 Ok(()) => break,
@@ -556,7 +556,7 @@ impl Shared {
                                 return; // the peer certified it
                             }
                         }
-                        let mut attempt = 0;
+                        let mut attempt = 0u32;
                         loop {
                             match client.submit_certificate(unit, &claims, &output).await {
                                 Ok(accepted) => {
@@ -617,7 +617,12 @@ impl Shared {
             };
             let claim = claim.clone();
             exchanges.spawn(async move {
-                (peer, client.exchange(&[claim.clone()], &[claim.unit]).await)
+                (
+                    peer,
+                    client
+                        .exchange(std::slice::from_ref(&claim), &[claim.unit])
+                        .await,
+                )
             });
         }
         while let Some(done) = exchanges.join_next().await {
@@ -666,7 +671,7 @@ impl Shared {
                     }
                 }
                 Err(e) => {
-                    if failures % 8 == 0 {
+                    if failures.is_multiple_of(8) {
                         tracing::warn!("heartbeat failed: {e}");
                     }
                     failures += 1;
