@@ -128,6 +128,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let store = store::sqlite::SqliteStore::open(&config.data_dir).await?;
+    serve_with(listener, store, config, shutdown).await
+}
+
+/// Like [`serve`], with a store the caller opened (so it can report a locked or
+/// incompatible data directory before it announces its address).
+pub async fn serve_with<S: store::Store>(
+    listener: tokio::net::TcpListener,
+    store: S,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     service::run(listener, store, config, shutdown).await
 }
 

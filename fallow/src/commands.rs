@@ -16,6 +16,7 @@ pub async fn coordinator(
     data: PathBuf,
     lease_seconds: u64,
 ) -> anyhow::Result<()> {
+    let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -30,7 +31,7 @@ pub async fn coordinator(
         lease: Duration::from_secs(lease_seconds),
         ..Default::default()
     };
-    coordinator::serve(listener, config, crate::shutdown_signal()).await?;
+    coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -199,6 +199,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+    // Two workers on one data dir would share an identity and trip over each other's
+    // leases: the lock lives as long as this function.
+    let _lock = lock_data_dir(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir.join("worker.key"))?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         slots: config.cores as u32 + 1,
@@ -299,6 +302,19 @@ pub async fn run(
     peer_stop.cancel();
     let _ = server.await;
     Ok(())
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    let path = dir.join("lock");
+    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
+            "another worker is using --data {}; give each worker its own data directory",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
 }
 
 /// The local IP this machine uses to reach the coordinator (so peers on the same network

@@ -96,6 +96,9 @@ const UNIT_FAILED: i64 = 2;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Held for the life of the store: one coordinator per data directory, because the
+    /// scheduler keeps its state in memory and a second one would hand out the same units.
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -105,6 +108,22 @@ impl SqliteStore {
             path: dir.to_path_buf(),
             message: e.to_string(),
         })?;
+        let lock_path = dir.join("coordinator.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| Error::DataDir {
+            path: lock_path.clone(),
+            message: e.to_string(),
+        })?;
+        if let Err(e) = lock.try_lock() {
+            return Err(Error::DataDir {
+                path: dir.to_path_buf(),
+                message: match e {
+                    std::fs::TryLockError::WouldBlock => {
+                        "another coordinator is using this data directory".into()
+                    }
+                    std::fs::TryLockError::Error(e) => format!("cannot lock it: {e}"),
+                },
+            });
+        }
         let path = dir.join("fallow.db");
         let options = SqliteConnectOptions::new()
             .filename(&path)
@@ -138,7 +157,10 @@ impl SqliteStore {
         sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            _lock: std::sync::Arc::new(lock),
+        })
     }
 }
 
@@ -688,6 +710,17 @@ mod tests {
             (1, "a", &b"out"[..])
         );
         assert_eq!(outputs[0].signers.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_second_coordinator_on_the_same_data_dir_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = SqliteStore::open(dir.path()).await.expect("first");
+        let err = SqliteStore::open(dir.path())
+            .await
+            .expect_err("second opened")
+            .to_string();
+        assert!(err.contains("another coordinator"), "{err}");
     }
 
     #[tokio::test]
