@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Fallow: volunteer computing with WebAssembly and results verified by quorum.
 #[derive(Debug, Parser)]
-#[command(name = "fallow", version, about, long_about = None)]
+#[command(name = "fallow", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -79,6 +79,11 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
     /// Compiled modules kept in memory. Default 64.
     pub module_cache: usize,
+    /// Meter fuel. Default true, and always true in coordinators and workers: fuel is the
+    /// deterministic limit and the credit unit. Only benchmarks turn it off, to show what
+    /// metering costs; without it `Execution::fuel` is 0 and only the wall clock stops a
+    /// guest.
+    pub consume_fuel: bool,
 }
 
 impl Default for SandboxConfig {
@@ -88,6 +93,7 @@ impl Default for SandboxConfig {
             max_memory_mb: protocol::limits::MEMORY_MB_RANGE.1,
             max_wasm_stack: 1 << 20,
             module_cache: 64,
+            consume_fuel: true,
         }
     }
 }
@@ -136,6 +142,7 @@ pub struct Sandbox {
     abi: HashSet<String>,
     cache: Mutex<HashMap<(Digest, bool), Compiled>>,
     cache_limit: usize,
+    consume_fuel: bool,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -185,6 +192,7 @@ impl Sandbox {
             abi,
             cache: Mutex::new(HashMap::new()),
             cache_limit: config.module_cache.max(1),
+            consume_fuel: config.consume_fuel,
             stop_ticker,
         })
     }
@@ -319,9 +327,11 @@ impl Sandbox {
         let (host, pipes) = Host::new(input, seed, limits);
         let mut store = Store::new(&flavour.engine, host);
         store.limiter(|h| &mut h.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}")))?;
+        if self.consume_fuel {
+            store.set_fuel(limits.fuel).map_err(|e| {
+                Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
+            })?;
+        }
         let ticks = u64::from(limits.wall_seconds) * (1000 / EPOCH_TICK.as_millis() as u64);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -330,7 +340,10 @@ impl Sandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call(&mut store, ())
         });
-        let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel = match store.get_fuel() {
+            Ok(left) => limits.fuel.saturating_sub(left),
+            Err(_) => 0, // fuel metering off (benchmarks only)
+        };
         let memory_hit = store.data().limiter.hit;
         drop(store);
         let output = pipes.stdout.contents();
@@ -421,7 +434,7 @@ impl Flavour {
         let mut c = Config::new();
         // Threads are off because wasmtime is built without its `threads` feature: a module
         // with shared memory or atomics-wait fails validation at submit.
-        c.consume_fuel(true)
+        c.consume_fuel(config.consume_fuel)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .wasm_relaxed_simd(false)

@@ -74,6 +74,7 @@ fn run() -> Result<(), String> {
         rerun_if_changed(&dir.join("Cargo.toml"));
     }
     rerun_if_changed(&tasks_dir.join("reduce_abi.rs"));
+    rerun_if_changed(&tasks_dir.join("command.rs"));
     // Release profile settings live in the workspace manifest.
     rerun_if_changed(&workspace_dir.join("Cargo.toml"));
 

@@ -1,0 +1,309 @@
+//! Fallow's benchmarks. Every figure is printed next to its reference, measured in the same
+//! run on the same machine, with the ratio and the goal: numbers, not adjectives. Nothing
+//! here asserts a time; machines are shared and noisy, so figures are medians of several
+//! runs and the verdicts are for people to read.
+//!
+//! # Layout
+//! - [`guest_speed`]: each kernel in `tasks/` natively vs in the production sandbox, on the
+//!   same input, with a check that both produced the same bytes.
+//! - [`unit_overhead`]: instantiate + run an empty guest + collect its output.
+//! - [`Report`]: the printed table.
+
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use protocol::{Digest, Limits};
+use sandbox::{Sandbox, SandboxConfig};
+
+/// How much work each figure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// Seconds in all: a smoke test for CI (numbers printed, not meaningful).
+    Quick,
+    /// The real run recorded in BENCHMARKS.md.
+    Full,
+}
+
+impl Size {
+    fn repeats(self) -> usize {
+        match self {
+            Size::Quick => 1,
+            Size::Full => 5,
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was measured.
+    pub figure: String,
+    /// The measured value, formatted.
+    pub measured: String,
+    /// The reference it is compared with, formatted.
+    pub reference: String,
+    /// measured / reference, where that makes sense.
+    pub ratio: Option<f64>,
+    /// The goal, formatted.
+    pub goal: String,
+    /// Whether the goal is met.
+    pub met: Option<bool>,
+}
+
+/// The printed table.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Rows in order.
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// Renders the table as Markdown (readable in a terminal too).
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::from(
+            "| figure | measured | reference | ratio | goal | met |\n|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let ratio = r.ratio.map_or("—".into(), |x| format!("{x:.2}x"));
+            let met = match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {ratio} | {} | {met} |\n",
+                r.figure, r.measured, r.reference, r.goal
+            ));
+        }
+        out
+    }
+}
+
+/// Production limits with room for the benchmark inputs.
+fn bench_limits(nan_canonicalization: bool) -> Limits {
+    Limits {
+        fuel: 1_000_000_000_000,
+        memory_mb: 256,
+        wall_seconds: 600,
+        max_output_bytes: 64 << 20,
+        nan_canonicalization,
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d >= Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    }
+}
+
+/// A kernel: name, wasm module, native function, input per size.
+struct Kernel {
+    name: &'static str,
+    wasm: &'static [u8],
+    native: fn(&[u8]) -> Result<Vec<u8>, String>,
+    quick: &'static str,
+    full: &'static str,
+    nan_canonicalization: bool,
+}
+
+const KERNELS: [Kernel; 4] = [
+    Kernel {
+        name: "primes",
+        wasm: artifacts::PRIMES,
+        native: primes::compute,
+        quick: "0 3000000\n",
+        full: "0 30000000\n",
+        nan_canonicalization: false,
+    },
+    Kernel {
+        name: "pi",
+        wasm: artifacts::PI,
+        native: pi::compute,
+        quick: "0 2000000\n",
+        full: "0 20000000\n",
+        nan_canonicalization: false,
+    },
+    Kernel {
+        name: "mandelbrot",
+        wasm: artifacts::MANDELBROT,
+        native: mandelbrot::compute,
+        quick: "0 0 128 96 512 384 2000\n",
+        full: "0 0 512 384 512 384 2000\n",
+        nan_canonicalization: false,
+    },
+    Kernel {
+        name: "mandelbrot, NaN canonicalization on",
+        wasm: artifacts::MANDELBROT,
+        native: mandelbrot::compute,
+        quick: "0 0 128 96 512 384 2000\n",
+        full: "0 0 512 384 512 384 2000\n",
+        nan_canonicalization: true,
+    },
+];
+
+/// Figure 2: each kernel natively vs in the sandbox (fuel on, production settings), and
+/// once more with fuel metering off to show what metering costs. Fails if the sandbox and
+/// the native build disagree on a single output byte.
+pub fn guest_speed(sandbox: &Sandbox, unmetered: &Sandbox, size: Size) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for k in &KERNELS {
+        let input = match size {
+            Size::Quick => k.quick,
+            Size::Full => k.full,
+        }
+        .as_bytes();
+        let limits = bench_limits(k.nan_canonicalization);
+        let compiled = sandbox.compile(Digest::of(k.wasm), k.wasm, k.nan_canonicalization)?;
+        let free = unmetered.compile(Digest::of(k.wasm), k.wasm, k.nan_canonicalization)?;
+        let mut native = Vec::new();
+        let mut wasm = Vec::new();
+        let mut wasm_free = Vec::new();
+        let mut native_out = Vec::new();
+        let mut wasm_out = Vec::new();
+        // Interleaved, so drift in machine load hits both sides alike.
+        for _ in 0..size.repeats() {
+            let t = Instant::now();
+            native_out = (k.native)(input).map_err(|e| anyhow::anyhow!("{}: {e}", k.name))?;
+            native.push(t.elapsed());
+            let t = Instant::now();
+            let exec = sandbox
+                .run(&compiled, input, [0; 32], &limits)
+                .map_err(|f| anyhow::anyhow!("{}: {f}", k.name))?;
+            wasm.push(t.elapsed());
+            wasm_out = exec.output;
+            if !k.nan_canonicalization {
+                let t = Instant::now();
+                unmetered
+                    .run(&free, input, [0; 32], &limits)
+                    .map_err(|f| anyhow::anyhow!("{} without fuel: {f}", k.name))?;
+                wasm_free.push(t.elapsed());
+            }
+        }
+        anyhow::ensure!(
+            native_out == wasm_out,
+            "{}: native and sandbox outputs differ",
+            k.name
+        );
+        let (n, w) = (median(native), median(wasm));
+        let ratio = w.as_secs_f64() / n.as_secs_f64();
+        rows.push(Row {
+            figure: format!(
+                "guest speed: {} (stdin `{}`)",
+                k.name,
+                String::from_utf8_lossy(input).trim()
+            ),
+            measured: format!("{} in sandbox", fmt_duration(w)),
+            reference: format!("{} native", fmt_duration(n)),
+            ratio: Some(ratio),
+            goal: if k.nan_canonicalization {
+                "cost shown separately".into()
+            } else {
+                "≤ 1.25x".into()
+            },
+            met: (!k.nan_canonicalization).then_some(ratio <= 1.25),
+        });
+        if !wasm_free.is_empty() {
+            let f = median(wasm_free);
+            rows.push(Row {
+                figure: format!(
+                    "  … same, fuel metering off (cost of fuel: {:.2}x)",
+                    w.as_secs_f64() / f.as_secs_f64()
+                ),
+                measured: format!("{} in sandbox", fmt_duration(f)),
+                reference: format!("{} native", fmt_duration(n)),
+                ratio: Some(f.as_secs_f64() / n.as_secs_f64()),
+                goal: "diagnostic".into(),
+                met: None,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Figure 3: one empty execution — instantiate, run a guest that copies empty stdin to
+/// stdout, collect the output — as the median over many runs.
+pub fn unit_overhead(sandbox: &Sandbox, size: Size) -> anyhow::Result<Row> {
+    let wasm = artifacts::hostile::ECHO;
+    let compiled = sandbox.compile(Digest::of(wasm), wasm, false)?;
+    let limits = Limits::default();
+    let runs = match size {
+        Size::Quick => 200,
+        Size::Full => 5_000,
+    };
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let exec = sandbox
+            .run(&compiled, b"", [0; 32], &limits)
+            .map_err(|f| anyhow::anyhow!("echo: {f}"))?;
+        samples.push(t.elapsed());
+        anyhow::ensure!(
+            exec.output.is_empty(),
+            "echo produced output from empty input"
+        );
+    }
+    let p90 = percentile(&samples, 0.9);
+    let m = median(samples);
+    Ok(Row {
+        figure: "per-unit sandbox overhead (empty guest)".into(),
+        measured: format!("{} median, {} p90", fmt_duration(m), fmt_duration(p90)),
+        reference: format!("{runs} runs"),
+        ratio: None,
+        goal: "≤ 50 µs median".into(),
+        met: Some(m <= Duration::from_micros(50)),
+    })
+}
+
+/// Runs every figure and returns the report. Guest code runs on this thread: call it from
+/// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack.
+pub fn run_all(size: Size) -> anyhow::Result<Report> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        slots: 2,
+        ..SandboxConfig::default()
+    })?;
+    let unmetered = Sandbox::new(SandboxConfig {
+        slots: 2,
+        consume_fuel: false,
+        ..SandboxConfig::default()
+    })?;
+    let mut report = Report::default();
+    report.rows.push(unit_overhead(&sandbox, size)?);
+    report.rows.extend(guest_speed(&sandbox, &unmetered, size)?);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quick run is CI's smoke test of the bench: it must complete, and native and
+    /// sandboxed kernels must agree byte for byte. No time is asserted.
+    #[test]
+    fn quick_benchmarks_run_and_native_matches_the_sandbox() {
+        let report = std::thread::Builder::new()
+            .stack_size(sandbox::GUEST_THREAD_STACK)
+            .spawn(|| run_all(Size::Quick))
+            .expect("thread")
+            .join()
+            .expect("no panic")
+            .expect("quick run");
+        // One overhead row, one row per kernel, one fuel-off row per kernel without NaN
+        // canonicalization.
+        assert_eq!(report.rows.len(), 1 + KERNELS.len() + 3);
+        assert!(report.to_markdown().contains("guest speed: primes"));
+    }
+}
