@@ -95,3 +95,41 @@ fn a_worker_killed_mid_unit_has_its_units_reassigned_after_the_lease() {
     assert!(aggregate.starts_with("pi ~= 3.14"), "{aggregate}");
     assert!(aggregate.contains("of 240000000 samples"), "{aggregate}");
 }
+
+#[test]
+fn ctrl_c_on_a_worker_hands_its_units_back_at_once() {
+    // A long lease: if the units came back quickly, the worker handed them back.
+    let mut c = Cluster::start(120);
+    let w = c.start_worker(&["--drain-seconds", "1"]);
+    let manifest = project(
+        c.dir.path(),
+        "pi-long",
+        artifacts::PI,
+        None,
+        "replication = 2\n[limits]\nfuel = 1_000_000_000_000\n[inputs]\nsweep = { from = 0, to = 4_000_000_000, step = 1_000_000_000 }\n",
+    );
+    let id = c.submit(&manifest).expect("accepted");
+    c.wait_until(
+        id,
+        Duration::from_secs(60),
+        "the worker holds a unit",
+        |s| n(s, "in_progress") >= 1,
+    );
+    assert!(
+        c.interrupt_worker(w, Duration::from_secs(30)),
+        "worker did not exit cleanly on Ctrl-C\n{}",
+        c.logs()
+    );
+    let status = c.wait_until(
+        id,
+        Duration::from_secs(10),
+        "units back in the queue",
+        |s| n(s, "in_progress") == 0,
+    );
+    assert_eq!(n(&status, "verified"), 0);
+    assert!(
+        c.coordinator_log().contains("units handed back"),
+        "{}",
+        c.logs()
+    );
+}

@@ -117,6 +117,25 @@ impl Cluster {
         i
     }
 
+    /// Sends SIGINT (Ctrl-C) to a worker and waits for it to exit; returns whether it
+    /// exited successfully within `limit`.
+    pub fn interrupt_worker(&mut self, i: usize, limit: Duration) -> bool {
+        let pid = self.workers[i].1.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "could not send SIGINT to worker {i}");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.workers[i].1.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     /// kill -9 a worker.
     pub fn kill_worker(&mut self, i: usize) {
         let _ = self.workers[i].1.kill();

@@ -720,3 +720,90 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_worker_cannot_use_the_same_data_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = lock_data_dir(dir.path()).expect("first lock");
+        let err = lock_data_dir(dir.path())
+            .expect_err("second lock taken")
+            .to_string();
+        assert!(err.contains("another worker"), "{err}");
+    }
+
+    #[test]
+    fn settings_are_validated_naming_the_flag() {
+        let bad = [
+            WorkerConfig {
+                cores: 0,
+                ..Default::default()
+            },
+            WorkerConfig {
+                name: String::new(),
+                ..Default::default()
+            },
+            WorkerConfig {
+                coordinator: "127.0.0.1:7070".into(),
+                ..Default::default()
+            },
+        ];
+        for (config, flag) in bad.into_iter().zip(["--cores", "--name", "--coordinator"]) {
+            let err = config.validate().expect_err("accepted").to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+
+    /// On a single-threaded runtime, a guest that spins for a second must not stop other
+    /// tasks: the ticker keeps running while the guest computes.
+    #[test]
+    fn guests_never_block_the_async_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let sandbox = Arc::new(
+                Sandbox::new(SandboxConfig {
+                    slots: 1,
+                    max_memory_mb: 64,
+                    ..Default::default()
+                })
+                .expect("sandbox"),
+            );
+            let executor = Executor::new(sandbox.clone(), 1).expect("executor");
+            let spin = artifacts::hostile::SPIN;
+            let compiled = sandbox
+                .compile(Digest::of(spin), spin, false)
+                .expect("compile");
+            let limits = protocol::Limits {
+                fuel: 1 << 50,
+                wall_seconds: 1,
+                ..Default::default()
+            };
+            let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let ticker = {
+                let ticks = ticks.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            };
+            let outcome = executor.run(compiled, Vec::new(), [0; 32], limits).await;
+            ticker.abort();
+            assert_eq!(
+                outcome.map_err(|f| f.kind).err(),
+                Some(protocol::FailureKind::Timeout)
+            );
+            assert!(
+                ticks.load(std::sync::atomic::Ordering::Relaxed) > 5,
+                "the runtime was blocked while the guest ran"
+            );
+        });
+    }
+}
