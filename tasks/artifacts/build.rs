@@ -75,6 +75,7 @@ fn run() -> Result<(), String> {
     }
     rerun_if_changed(&tasks_dir.join("reduce_abi.rs"));
     rerun_if_changed(&tasks_dir.join("command.rs"));
+    rerun_if_changed(&tasks_dir.join("range_input.rs"));
     // Release profile settings live in the workspace manifest.
     rerun_if_changed(&workspace_dir.join("Cargo.toml"));
 

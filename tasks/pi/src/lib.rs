@@ -38,25 +38,9 @@ fn count_hits(a: u64, b: u64) -> u64 {
     (a..b).filter(|&i| is_hit(i)).count() as u64
 }
 
-fn parse_range(input: &str) -> Result<(u64, u64), String> {
-    let fields: Vec<&str> = input.split_ascii_whitespace().collect();
-    let [a, b] = fields[..] else {
-        return Err(format!(
-            "expected two integers `a b`, got {} fields",
-            fields.len()
-        ));
-    };
-    let a: u64 = a
-        .parse()
-        .map_err(|_| format!("a is not a non-negative integer: {a:?}"))?;
-    let b: u64 = b
-        .parse()
-        .map_err(|_| format!("b is not a non-negative integer: {b:?}"))?;
-    if a > b {
-        return Err(format!("a ({a}) must not exceed b ({b})"));
-    }
-    Ok((a, b))
-}
+#[path = "../../range_input.rs"]
+mod range_input;
+use range_input::parse_range;
 
 /// The whole guest as a function: stdin bytes in, stdout bytes out.
 pub fn compute(input: &[u8]) -> Result<Vec<u8>, String> {

@@ -9,23 +9,12 @@ const MAX_BOUND: u64 = 1_000_000_000_000;
 /// keeps the working set near 256 KiB regardless of how wide the range is.
 const SEGMENT_ODDS: u64 = 1 << 18;
 
+#[path = "../../range_input.rs"]
+mod range_input;
+
+/// The range, with `b` capped so the base primes stay small.
 fn parse_range(input: &str) -> Result<(u64, u64), String> {
-    let fields: Vec<&str> = input.split_ascii_whitespace().collect();
-    let [a, b] = fields[..] else {
-        return Err(format!(
-            "expected two integers `a b`, got {} fields",
-            fields.len()
-        ));
-    };
-    let a: u64 = a
-        .parse()
-        .map_err(|_| format!("a is not a non-negative integer: {a:?}"))?;
-    let b: u64 = b
-        .parse()
-        .map_err(|_| format!("b is not a non-negative integer: {b:?}"))?;
-    if a > b {
-        return Err(format!("a ({a}) must not exceed b ({b})"));
-    }
+    let (a, b) = range_input::parse_range(input)?;
     if b > MAX_BOUND {
         return Err(format!("b ({b}) must not exceed {MAX_BOUND}"));
     }
