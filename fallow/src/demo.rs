@@ -30,6 +30,8 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
     }
     let height = width * 3 / 4;
     let started = Instant::now();
+    let cpu_started = cpu_time::ProcessTime::now();
+    let guest_started = worker::guest_cpu_time();
     let dir = tempfile::Builder::new()
         .prefix("fallow-demo-")
         .tempdir()
@@ -92,6 +94,8 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
         .next()
         .context("the project vanished")?;
     let results = client.results(project).await?;
+    let process_cpu = cpu_started.elapsed();
+    let guest_cpu = worker::guest_cpu_time().saturating_sub(guest_started);
 
     stop_workers.cancel();
     for h in handles {
@@ -138,6 +142,12 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
     println!(
         "  time                {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  guest code          {:.1}% of this process's CPU time ({:.2} s of {:.2} s; coordinator and workers included)",
+        100.0 * guest_cpu.as_secs_f64() / process_cpu.as_secs_f64().max(1e-9),
+        guest_cpu.as_secs_f64(),
+        process_cpu.as_secs_f64()
     );
     println!(
         "  the coordinator checked signatures and digests; it never ran or compared a tile itself"

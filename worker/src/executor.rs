@@ -2,12 +2,23 @@
 //! runs on the async runtime: each job goes to one of `cores` OS threads with a stack big
 //! enough for the sandbox's wasm stack limit, and the result comes back on a oneshot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use protocol::{Failure, FailureKind, Limits};
 use sandbox::{Compiled, Execution, Sandbox};
 
 type Job = Box<dyn FnOnce(&Sandbox) + Send>;
+
+/// CPU time (nanoseconds) that guest threads of this process spent in `Sandbox::run`:
+/// instantiation, guest code and collecting output.
+static GUEST_CPU_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time all guest threads of this process have spent running executions so far.
+pub fn guest_cpu_time() -> Duration {
+    Duration::from_nanos(GUEST_CPU_NANOS.load(Ordering::Relaxed))
+}
 
 /// Runs sandbox executions on dedicated threads.
 pub struct Executor {
@@ -59,7 +70,12 @@ impl Executor {
     ) -> Result<Execution, Failure> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |sandbox| {
-            let _ = tx.send(sandbox.run(&compiled, &input, seed, &limits));
+            // Thread CPU time, not wall time: guest threads may share cores.
+            let start = cpu_time::ThreadTime::now();
+            let outcome = sandbox.run(&compiled, &input, seed, &limits);
+            let spent = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            GUEST_CPU_NANOS.fetch_add(spent, Ordering::Relaxed);
+            let _ = tx.send(outcome);
         });
         if self.jobs.send(job).is_err() {
             return Err(Failure::new(

@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 mod executor;
+
+pub use executor::guest_cpu_time;
 mod modules;
 pub mod rpc;
 
