@@ -7,6 +7,7 @@ use protocol::{Digest, Limits, ProjectId};
 use sandbox::Sandbox;
 
 use crate::Error;
+use crate::scheduler::Aggregate;
 use crate::store::Store;
 
 /// Limits for a reducer run: it sees every output at once, so it gets more room than one
@@ -25,19 +26,19 @@ fn reducer_limits(project: &Limits) -> Limits {
     }
 }
 
-/// Runs the reducer `reducer` of `project` and stores the outcome. Errors are store errors;
-/// a failing reducer is an outcome (stored as the aggregate error), not an error.
+/// Runs the reducer `reducer` of `project`, stores the outcome and returns it. Errors are
+/// store errors; a failing reducer is an outcome (`Aggregate::Failed`), not an error.
 pub(crate) async fn reduce<S: Store>(
     store: &S,
     sandbox: Arc<Sandbox>,
     project: ProjectId,
     reducer: Digest,
     limits: Limits,
-) -> Result<(), Error> {
+) -> Result<Aggregate, Error> {
     let Some(module) = store.module(reducer).await? else {
-        return store
-            .set_aggregate(project, Err("reducer module missing from the store".into()))
-            .await;
+        let reason = "reducer module missing from the store".to_string();
+        store.set_aggregate(project, Err(reason.clone())).await?;
+        return Ok(Aggregate::Failed(reason));
     };
     let mut records = Vec::new();
     let mut after = None;
@@ -77,5 +78,10 @@ pub(crate) async fn reduce<S: Store>(
     } else {
         tracing::info!(%project, "aggregate stored");
     }
-    store.set_aggregate(project, outcome).await
+    let state = match &outcome {
+        Ok(_) => Aggregate::Ready,
+        Err(e) => Aggregate::Failed(e.clone()),
+    };
+    store.set_aggregate(project, outcome).await?;
+    Ok(state)
 }

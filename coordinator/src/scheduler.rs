@@ -35,8 +35,20 @@ pub struct Project {
     pub reducer: Option<Digest>,
     /// Progress counters.
     pub stats: ProjectStats,
-    /// Whether the aggregate (or its error) is stored.
-    pub aggregate_done: bool,
+    /// Where the reducer's aggregate stands (always `Pending` without a reducer).
+    pub aggregate: Aggregate,
+}
+
+/// A project's aggregate, as far as the scheduler needs to know (the bytes stay in the
+/// store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Not computed yet.
+    Pending,
+    /// Stored.
+    Ready,
+    /// The reducer failed; the reason is stored.
+    Failed(String),
 }
 
 /// Counters shown by `fallow status`.
@@ -168,8 +180,8 @@ pub enum Change {
         worker: WorkerId,
         /// New state.
         state: AssignmentState,
-        /// Failure text, for `Failed`.
-        reason: Option<String>,
+        /// Why it failed, for `Failed`.
+        failure: Option<Failure>,
     },
     /// The unit now wants `target` replicas.
     Target {
@@ -262,10 +274,10 @@ impl Scheduler {
         self.projects.get(&id)
     }
 
-    /// Marks a project's aggregate as stored.
-    pub fn set_aggregate_done(&mut self, id: ProjectId) {
+    /// Records that a project's aggregate (or the reducer's failure) is stored.
+    pub fn set_aggregate(&mut self, id: ProjectId, aggregate: Aggregate) {
         if let Some(p) = self.projects.get_mut(&id) {
-            p.aggregate_done = true;
+            p.aggregate = aggregate;
         }
     }
 
@@ -372,7 +384,7 @@ impl Scheduler {
                         unit: id,
                         worker: r.worker,
                         state: AssignmentState::Expired,
-                        reason: None,
+                        failure: None,
                     });
                 }
             }
@@ -390,7 +402,7 @@ impl Scheduler {
                 unit: id,
                 worker,
                 state: AssignmentState::Returned,
-                reason: None,
+                failure: None,
             });
             if let Some(p) = self
                 .units
@@ -422,7 +434,7 @@ impl Scheduler {
             unit: id,
             worker,
             state: AssignmentState::Failed,
-            reason: Some(failure.to_string()),
+            failure: Some(failure.clone()),
         }];
         let (quorum, same) = {
             let unit = &self.units[&id];

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
-use crate::scheduler::{Scheduler, UnitStatus};
+use crate::scheduler::{Aggregate, Scheduler, UnitStatus};
 use crate::store::{Store, StoredWorker};
 use crate::{CoordinatorConfig, Error, now_ms};
 
@@ -266,7 +266,9 @@ impl<S: Store> CoordinatorService<S> {
         let job = {
             let state = self.inner.state.lock().await;
             match state.sched.project(project) {
-                Some(p) if p.finished() && !p.aggregate_done => p.reducer.map(|r| (r, p.limits)),
+                Some(p) if p.finished() && p.aggregate == Aggregate::Pending => {
+                    p.reducer.map(|r| (r, p.limits))
+                }
                 _ => None,
             }
         };
@@ -293,7 +295,12 @@ impl<S: Store> CoordinatorService<S> {
             )
             .await
             {
-                Ok(()) => inner.state.lock().await.sched.set_aggregate_done(project),
+                Ok(aggregate) => inner
+                    .state
+                    .lock()
+                    .await
+                    .sched
+                    .set_aggregate(project, aggregate),
                 Err(e) => tracing::error!(%project, "cannot store aggregate: {e}"),
             }
             inner
@@ -319,13 +326,9 @@ impl<S: Store> CoordinatorService<S> {
         {
             let in_progress = state.sched.in_progress(p.id);
             let s = p.stats;
-            let aggregate_error = if p.aggregate_done && p.reducer.is_some() {
-                match self.inner.store.aggregate(p.id).await {
-                    Ok(Some(Err(e))) => e,
-                    _ => String::new(),
-                }
-            } else {
-                String::new()
+            let aggregate_error = match &p.aggregate {
+                Aggregate::Failed(e) => e.clone(),
+                Aggregate::Pending | Aggregate::Ready => String::new(),
             };
             out.push(pb::ProjectStatus {
                 id: p.id.0,
@@ -335,13 +338,12 @@ impl<S: Store> CoordinatorService<S> {
                 failed: s.failed,
                 in_progress,
                 pending: s.total.saturating_sub(s.verified + s.failed + in_progress),
-                finished: p.finished() && (p.reducer.is_none() || p.aggregate_done),
+                finished: p.finished()
+                    && (p.reducer.is_none() || p.aggregate != Aggregate::Pending),
                 executions: s.executions,
                 disputes: s.disputes,
                 has_reducer: p.reducer.is_some(),
-                aggregate_ready: p.aggregate_done
-                    && aggregate_error.is_empty()
-                    && p.reducer.is_some(),
+                aggregate_ready: p.aggregate == Aggregate::Ready,
                 aggregate_error,
                 replication: p.replication,
                 quorum: p.quorum,
@@ -401,7 +403,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 total: units.len() as u64,
                 ..Default::default()
             },
-            aggregate_done: false,
+            aggregate: Aggregate::Pending,
         });
         for unit in units.iter().copied() {
             state.sched.add_unit(

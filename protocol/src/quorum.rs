@@ -94,12 +94,9 @@ impl QuorumBook {
         let Some(t) = self.units.get_mut(&claim.unit) else {
             return Ok(Vec::new());
         };
-        if let Some(existing) = t.claims.get(&claim.worker) {
-            // Replays are harmless; a second, different claim by the same worker is ignored
-            // (the first one stands; the coordinator sees both if they reach a dispute).
-            if existing == &claim {
-                return Ok(Vec::new());
-            }
+        if t.claims.contains_key(&claim.worker) {
+            // Replays are harmless; a second, different claim by the same worker is ignored:
+            // the first one stands.
             return Ok(Vec::new());
         }
         if t.claims.len() >= MAX_CLAIMS {

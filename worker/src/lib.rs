@@ -478,7 +478,8 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(unit = %a.unit, "cannot prepare module: {e}");
                 if e.is_transient() {
-                    // The coordinator is unreachable: keep the lease idea simple and let it expire.
+                    // The coordinator is unreachable: drop the unit here; its lease expires and
+                    // the coordinator gives it to someone else.
                     self.release(a.unit);
                     return;
                 }

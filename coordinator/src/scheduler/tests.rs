@@ -28,7 +28,7 @@ fn project(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Proj
             total: units,
             ..Default::default()
         },
-        aggregate_done: false,
+        aggregate: Aggregate::Pending,
     }
 }
 

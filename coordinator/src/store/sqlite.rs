@@ -19,7 +19,7 @@ use protocol::{Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId
 
 use super::{Snapshot, Store, StoredUnit, StoredWorker, VerifiedOutput};
 use crate::Error;
-use crate::scheduler::{AssignmentState, Change, Project, ProjectStats, UnitStatus};
+use crate::scheduler::{Aggregate, AssignmentState, Change, Project, ProjectStats, UnitStatus};
 
 /// Schema version written to `PRAGMA user_version`. A database with a higher version was
 /// written by a newer Fallow and is refused rather than misread.
@@ -193,21 +193,15 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
             disputes: row.try_get::<i64, _>("disputes")? as u64,
             ..ProjectStats::default()
         },
-        aggregate_done: row.try_get::<i64, _>("aggregate_done")? != 0,
+        aggregate: match (
+            row.try_get::<i64, _>("aggregate_done")? != 0,
+            row.try_get::<Option<String>, _>("aggregate_error")?,
+        ) {
+            (false, _) => Aggregate::Pending,
+            (true, None) => Aggregate::Ready,
+            (true, Some(e)) => Aggregate::Failed(e),
+        },
     })
-}
-
-/// Splits a stored replica failure text ("kind: detail") back into kind and detail.
-fn split_reason(reason: &str) -> (Option<String>, Option<String>) {
-    match reason.split_once(": ") {
-        Some((k, d)) if FailureKind::parse(k).is_some() => {
-            (Some(k.to_string()), Some(d.to_string()))
-        }
-        _ => (
-            FailureKind::parse(reason).map(|k| k.as_str().to_string()),
-            None,
-        ),
-    }
 }
 
 impl Store for SqliteStore {
@@ -270,7 +264,12 @@ impl Store for SqliteStore {
     async fn load(&self) -> Result<Snapshot, Error> {
         let mut snapshot = Snapshot::default();
         let mut projects = BTreeMap::new();
-        for row in sqlx::query("SELECT * FROM projects ORDER BY id")
+        for row in // Named columns: the aggregate blob (up to 64 MiB) stays on disk.
+        sqlx::query(
+            "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
+                max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error
+             FROM projects ORDER BY id",
+        )
             .fetch_all(&self.pool)
             .await?
         {
@@ -407,10 +406,10 @@ impl Store for SqliteStore {
                     unit,
                     worker,
                     state,
-                    reason,
+                    failure,
                 } => {
-                    let (kind, detail) =
-                        reason.as_deref().map(split_reason).unwrap_or((None, None));
+                    let kind = failure.as_ref().map(|f| f.kind.as_str());
+                    let detail = failure.as_ref().map(|f| f.detail.as_str());
                     sqlx::query(
                         "UPDATE assignments SET state = $1, failure_kind = $2, reason = $3 WHERE unit = $4 AND worker = $5",
                     )
@@ -661,7 +660,10 @@ mod tests {
                             unit: units[1],
                             worker: w1,
                             state: AssignmentState::Failed,
-                            reason: Some("fuel_exhausted: used all fuel".into()),
+                            failure: Some(Failure::new(
+                                FailureKind::FuelExhausted,
+                                "used all fuel",
+                            )),
                         },
                         Change::Target {
                             unit: units[1],
@@ -672,6 +674,10 @@ mod tests {
                 )
                 .await
                 .expect("apply");
+            store
+                .set_aggregate(project, Err("reducer failed: exit code 2".into()))
+                .await
+                .expect("aggregate");
             (project, units)
         };
         let store = SqliteStore::open(dir.path()).await.expect("reopen");
@@ -686,6 +692,10 @@ mod tests {
                 p.stats.disputes
             ),
             (project, 2, 1, 14, 1)
+        );
+        assert_eq!(
+            p.aggregate,
+            Aggregate::Failed("reducer failed: exit code 2".into())
         );
         let b = snapshot
             .units
