@@ -281,6 +281,12 @@ impl Board {
         (views, rejected)
     }
 
+    /// The commitment `worker` filed for `unit`, if any: with a [`Rejection`] naming an
+    /// offender, the shell pairs it with the offending message as evidence.
+    pub fn commitment(&self, unit: UnitId, worker: WorkerId) -> Option<&Commitment> {
+        self.units.get(&unit)?.commitments.get(&worker)
+    }
+
     /// Drops units untouched for the TTL.
     pub fn expire(&mut self, now: u64) {
         let ttl = self.limits.ttl_ms;
