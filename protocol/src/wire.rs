@@ -232,6 +232,12 @@ impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
             replication: r.replication,
             quorum: r.quorum,
             max_replicas: r.max_replicas,
+            adaptive: !r.fixed_replication,
+            error_bound: if r.error_bound == 0.0 {
+                crate::manifest::DEFAULT_ERROR_BOUND
+            } else {
+                r.error_bound
+            },
             limits: Limits::try_from(r.limits)?,
             units: r.units.into_iter().map(|u| (u.name, u.input)).collect(),
             manifest: r.manifest,
@@ -251,6 +257,8 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
             replication: s.replication,
             quorum: s.quorum,
             max_replicas: s.max_replicas,
+            fixed_replication: !s.adaptive,
+            error_bound: s.error_bound,
             limits: Some(s.limits.into()),
             units: s
                 .units
