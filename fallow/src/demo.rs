@@ -60,6 +60,9 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
             data_dir: dir.path().join(format!("worker-{i}")),
             cores,
             name: format!("demo-worker-{i}"),
+            // One account per worker: the coordinator never gives two replicas of a unit to
+            // the same account, so workers sharing one could never verify anything.
+            account: Some(format!("demo-{}", i + 1)),
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain: Duration::from_secs(2),
             fault: (liar && i == 0).then_some(worker::Fault::CorruptOutput),
