@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
 use protocol::WorkerId;
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -191,7 +191,8 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
     let local = socket
         .local_addr()
         .map_err(|e| Error::Config(format!("membership socket: {e}")))?;
-    let mut seed = [0u8; 32];
+    // 32 bytes for foca's generator (probe targets, gossip fan-out), 8 for ours.
+    let mut seed = [0u8; 40];
     getrandom::fill(&mut seed)
         .map_err(|e| Error::Config(format!("no OS random source for membership: {e}")))?;
     let me = SwimId {
@@ -203,7 +204,12 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
     };
     let foca_config = config.foca();
     let max_packet = foca_config.max_packet_size.get();
-    let foca = Foca::new(me, foca_config, SmallRng::from_seed(seed), PostcardCodec);
+    let foca = Foca::new(
+        me,
+        foca_config,
+        SmallRng::from_seed(first(&seed)),
+        PostcardCodec,
+    );
     let (members_tx, members) = watch::channel(Arc::new(vec![config.me]));
     let (commands, commands_rx) = mpsc::channel(64);
     let stop = CancellationToken::new();
@@ -217,6 +223,7 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
         me: config.me,
         max_packet,
         announced: HashMap::new(),
+        rng: SmallRng::seed_from_u64(u64::from_le_bytes(first(&seed[32..]))),
     };
     let task = tokio::spawn(shell.run(commands_rx, stop.clone()));
     Ok(MembershipHandle {
@@ -231,6 +238,10 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
 /// Don't announce to the same listed peer more often than this (it may be down, or not a
 /// member at all).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+/// Announce to at most this many listed peers per seed: one live member is enough to join,
+/// SWIM spreads the rest, and announcing to a large list would be traffic in the size of
+/// the network.
+const ANNOUNCE_AT_MOST: usize = 3;
 
 struct Shell {
     foca: Foca<SwimId, PostcardCodec, SmallRng, foca::NoCustomBroadcast>,
@@ -244,6 +255,7 @@ struct Shell {
     me: Member,
     max_packet: usize,
     announced: HashMap<WorkerId, Instant>,
+    rng: SmallRng,
 }
 
 impl Shell {
@@ -291,17 +303,23 @@ impl Shell {
 
     fn announce(&mut self, peers: Vec<Member>) {
         let now = Instant::now();
-        for peer in peers {
-            if peer.id == self.me.id {
-                continue;
-            }
-            if self
-                .announced
-                .get(&peer.id)
-                .is_some_and(|at| now.duration_since(*at) < ANNOUNCE_EVERY)
-            {
-                continue;
-            }
+        let mut due: Vec<Member> = peers
+            .into_iter()
+            .filter(|p| {
+                p.id != self.me.id
+                    && !self
+                        .announced
+                        .get(&p.id)
+                        .is_some_and(|at| now.duration_since(*at) < ANNOUNCE_EVERY)
+            })
+            .collect();
+        // A random few, so that a dead peer early in the list does not always win.
+        for i in 0..due.len().min(ANNOUNCE_AT_MOST) {
+            let j = self.rng.random_range(i..due.len());
+            due.swap(i, j);
+        }
+        due.truncate(ANNOUNCE_AT_MOST);
+        for peer in due {
             self.announced.insert(peer.id, now);
             // bump 0 loses every conflict: the peer's real identity replaces it as soon as
             // it answers.
@@ -368,6 +386,13 @@ impl Shell {
             self.members.send_replace(Arc::new(live));
         }
     }
+}
+
+/// The first `N` bytes of `bytes` (callers pass enough).
+fn first<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[..N]);
+    out
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
