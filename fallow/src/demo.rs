@@ -37,18 +37,32 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
         .tempdir()
         .context("cannot create a temporary directory")?;
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    listener.set_nonblocking(true)?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop_coordinator = CancellationToken::new();
-    let coordinator = tokio::spawn(coordinator::serve(
-        listener,
-        coordinator::CoordinatorConfig {
+    // The coordinator gets a thread with its own runtime, as it would have its own process:
+    // its future need not be `Send` (sqlx futures over borrowed paths are not, in general).
+    let coordinator = {
+        let stop = stop_coordinator.clone();
+        let config = coordinator::CoordinatorConfig {
             data_dir: dir.path().join("coordinator"),
             lease: Duration::from_secs(30),
             ..Default::default()
-        },
-        stop_coordinator.clone().cancelled_owned(),
-    ));
+        };
+        std::thread::Builder::new()
+            .name("demo-coordinator".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    coordinator::serve(listener, config, stop.cancelled_owned()).await?;
+                    Ok(())
+                })
+            })?
+    };
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = (cpus / workers).max(1);
@@ -109,10 +123,10 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
         }
     }
     stop_coordinator.cancel();
-    match coordinator.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("the coordinator stopped with an error: {e}"),
-        Err(e) => eprintln!("the coordinator panicked: {e}"),
+    match tokio::task::spawn_blocking(move || coordinator.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("the coordinator stopped with an error: {e}"),
+        Ok(Err(_)) | Err(_) => eprintln!("the coordinator panicked"),
     }
 
     let parsed = results

@@ -5,5 +5,6 @@ mod harness;
 
 mod demo;
 mod faults;
+mod gossip;
 mod hostile;
 mod primes;
