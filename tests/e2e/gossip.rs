@@ -37,9 +37,26 @@ fn a_worker_behind_nat_takes_full_part() {
         "the NAT worker's results were verified and credited: {accounts:?}\n{}",
         c.logs()
     );
+    // Its shutdown summary: it exchanged with boards, and was never asked to be one.
+    assert!(
+        c.interrupt_worker(nat, Duration::from_secs(30)),
+        "exits on Ctrl-C"
+    );
     let log = c.worker_log(nat);
     assert!(
         log.contains("no inbound connections"),
         "it really ran without a peer service:\n{log}"
     );
+    let summary = log
+        .lines()
+        .find(|l| l.contains("gossip: exchanges sent"))
+        .unwrap_or_else(|| panic!("no gossip summary in\n{log}"));
+    let sent: u64 = summary
+        .split("exchanges sent ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable summary {summary:?}"));
+    assert!(sent > 0, "{summary}");
+    assert!(summary.contains("served 0,"), "{summary}");
 }
