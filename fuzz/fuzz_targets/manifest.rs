@@ -107,6 +107,10 @@ fn check_sweep(from: i64, to: i64, units: &[(String, Vec<u8>)]) {
 
 /// What `validate` accepted is within the documented bounds.
 fn check_accepted(spec: &ProjectSpec) {
+    // README: "name: required: 1-100 printable characters" (it is shown in status tables,
+    // logs and the dashboard, so no control characters such as newlines).
+    assert!(spec.name.len() <= 100, "accepted a {}-byte name", spec.name.len());
+    assert!(!spec.name.chars().any(char::is_control), "accepted name {:?}", spec.name);
     assert!((1..=MAX_REPLICAS).contains(&spec.replication));
     assert!(spec.quorum >= 1 && spec.quorum <= spec.replication);
     assert!(spec.max_replicas >= spec.replication && spec.max_replicas <= MAX_REPLICAS);

@@ -85,6 +85,9 @@ fn submit_project(bytes: &[u8]) {
     let Ok(spec) = ProjectSpec::try_from(wire) else {
         return;
     };
+    // The coordinator accepts what the CLI would: a 1-100 character printable name.
+    assert!(spec.name.len() <= 100, "accepted a {}-byte name", spec.name.len());
+    assert!(!spec.name.chars().any(char::is_control), "accepted name {:?}", spec.name);
     let again = ProjectSpec::try_from(pb::SubmitProjectRequest::from(spec.clone()))
         .expect("an accepted project is accepted again after a round trip");
     assert_eq!(again.name, spec.name);
