@@ -511,8 +511,7 @@ impl Sim {
         held.sort_unstable();
         // Per board: commitments, reveals and wanted units of one batched exchange.
         type Batch = (Vec<Commitment>, Vec<Claim>, Vec<UnitId>);
-        let mut per_board: BTreeMap<WorkerId, Batch> =
-            BTreeMap::new();
+        let mut per_board: BTreeMap<WorkerId, Batch> = BTreeMap::new();
         for unit in held {
             let Some(own) = self.workers[i].book.own(unit).cloned() else {
                 continue;
