@@ -663,13 +663,13 @@ impl Sim {
         forged.worker = self.workers[j].id;
         let mut replayed = own.clone();
         replayed.unit = UnitId(unit.0 + 1);
-        let (_, rejected) = self.workers[j].board.exchange(
+        // The board counts each refusal by reason; the report reads the counts at the end.
+        self.workers[j].board.exchange(
             vec![forged, own.commitment(), own.commitment()],
             vec![replayed.clone()],
             &[],
             now,
         );
-        let _ = rejected;
         // And a certificate for a unit it never held.
         let cert = Certificate {
             unit: replayed.unit,
