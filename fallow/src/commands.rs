@@ -25,6 +25,7 @@ pub async fn coordinator(
     let addr = listener.local_addr()?;
     // Scripts and tests read this line to learn the port when --listen has port 0.
     println!("listening on {addr}");
+    println!("dashboard on http://{addr}/");
     std::io::stdout().flush()?;
     let config = coordinator::CoordinatorConfig {
         data_dir: data,

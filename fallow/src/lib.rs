@@ -88,7 +88,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             width,
             liar,
-        } => demo::run(workers, &out, width, liar).await,
+            dashboard,
+            keep,
+        } => {
+            demo::run(demo::Options {
+                workers,
+                out,
+                width,
+                liar,
+                listen: dashboard,
+                keep,
+            })
+            .await
+        }
     }
 }
 
