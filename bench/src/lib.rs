@@ -7,9 +7,13 @@
 //! - [`guest_speed`]: each kernel in `tasks/` natively vs in the production sandbox, on the
 //!   same input, with a check that both produced the same bytes.
 //! - [`unit_overhead`]: instantiate + run an empty guest + collect its output.
+//! - [`dashboard_load`]: the coordinator's dispatch throughput with 1,000 live dashboard
+//!   viewers against none.
 //! - [`Report`]: the printed table.
 
 #![forbid(unsafe_code)]
+
+pub mod dashboard_load;
 
 use std::time::{Duration, Instant};
 
@@ -270,6 +274,30 @@ pub fn unit_overhead(sandbox: &Sandbox, size: Size) -> anyhow::Result<Row> {
 
 /// Runs every figure and returns the report. Guest code runs on this thread: call it from
 /// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack.
+/// Which figures to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figures {
+    /// Everything.
+    All,
+    /// Sandbox overhead and guest speed.
+    Sandbox,
+    /// Dispatch throughput under dashboard viewers.
+    Dashboard,
+}
+
+/// Runs the chosen figures.
+pub fn run(size: Size, figures: Figures) -> anyhow::Result<Report> {
+    let mut report = match figures {
+        Figures::All | Figures::Sandbox => run_all(size)?,
+        Figures::Dashboard => Report::default(),
+    };
+    if figures != Figures::Sandbox {
+        report.rows.extend(dashboard_load::rows(size)?);
+    }
+    Ok(report)
+}
+
+/// The sandbox figures.
 pub fn run_all(size: Size) -> anyhow::Result<Report> {
     let sandbox = Sandbox::new(SandboxConfig {
         slots: 2,
@@ -305,5 +333,16 @@ mod tests {
         // canonicalization.
         assert_eq!(report.rows.len(), 1 + KERNELS.len() + 3);
         assert!(report.to_markdown().contains("guest speed: primes"));
+    }
+
+    /// The dashboard load figure's smoke test: viewers connect, every one of them gets
+    /// live snapshots, and the simulated workers make progress. No time is asserted.
+    #[test]
+    fn quick_dashboard_load_runs_and_every_viewer_is_live() {
+        let r = dashboard_load::measure(dashboard_load::LoadConfig::for_size(Size::Quick))
+            .expect("quick load run");
+        assert_eq!(r.viewers, 20);
+        assert!(r.min_events >= 1, "a viewer got no snapshot: {r:?}");
+        assert!(r.per_second.iter().all(|&x| x > 0.0), "{r:?}");
     }
 }

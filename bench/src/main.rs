@@ -1,4 +1,5 @@
-//! `cargo run --release -p bench -- [--quick]`: prints every figure with its reference.
+//! `cargo run --release -p bench -- [--quick] [--figure all|sandbox|dashboard]`: prints
+//! every figure with its reference.
 
 use clap::Parser;
 
@@ -8,6 +9,10 @@ struct Args {
     /// Small inputs, one repetition: a smoke test (numbers not meaningful).
     #[arg(long)]
     quick: bool,
+    /// Which figures: `all`, `sandbox` (overhead, guest speed) or `dashboard` (dispatch
+    /// under 1,000 live viewers).
+    #[arg(long, default_value = "all", value_parser = ["all", "sandbox", "dashboard"])]
+    figure: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -17,6 +22,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         bench::Size::Full
     };
+    let figures = match args.figure.as_str() {
+        "sandbox" => bench::Figures::Sandbox,
+        "dashboard" => bench::Figures::Dashboard,
+        _ => bench::Figures::All,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "running {} benchmarks on {cores} cores...",
@@ -24,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     );
     let report = std::thread::Builder::new()
         .stack_size(sandbox::GUEST_THREAD_STACK)
-        .spawn(move || bench::run_all(size))?
+        .spawn(move || bench::run(size, figures))?
         .join()
         .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
     print!("{}", report.to_markdown());

@@ -58,6 +58,10 @@ pub enum Command {
         /// On Ctrl-C, seconds to let running units finish before handing them back.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
+        /// Serve Prometheus metrics (units run, fuel, failure reasons, busy and idle
+        /// time, claims) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
         /// Test-only fault injection.
         #[arg(long, hide = true, value_enum)]
         fault: Option<FaultArg>,

@@ -51,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             peer_listen,
             peer_advertise,
             drain_seconds,
+            metrics,
             fault,
         } => {
             let mut config = worker::WorkerConfig {
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer_advertise,
                 drain: std::time::Duration::from_secs(drain_seconds),
                 fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
+                metrics,
                 ..Default::default()
             };
             if let Some(cores) = cores {

@@ -10,12 +10,14 @@
 //! - `executor`: the guest threads; guest code never runs on the async runtime.
 //! - `modules`: module fetch, on-disk cache and compilation.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
+//! - `metrics`: Prometheus counters, served on `--metrics ADDR`.
 
 #![forbid(unsafe_code)]
 
 mod executor;
 
 pub use executor::guest_cpu_time;
+mod metrics;
 mod modules;
 pub mod rpc;
 
@@ -124,6 +126,8 @@ pub struct WorkerConfig {
     pub drain: Duration,
     /// Test-only fault injection.
     pub fault: Option<Fault>,
+    /// Where to serve `GET /metrics` (Prometheus text format). Default: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -137,6 +141,7 @@ impl Default for WorkerConfig {
             peer_advertise: None,
             drain: Duration::from_secs(10),
             fault: None,
+            metrics: None,
         }
     }
 }
@@ -186,6 +191,7 @@ struct Shared {
     modules: Modules,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    metrics: Arc<metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -233,8 +239,20 @@ pub async fn run(
         executor,
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
+        metrics: Arc::new(metrics::Metrics::new()),
         config,
     });
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = shared.config.metrics {
+        let (local, server) = metrics::serve(
+            addr,
+            shared.metrics.clone(),
+            metrics_stop.clone().cancelled_owned(),
+        )
+        .await?;
+        tracing::info!("metrics on http://{local}/metrics");
+        tokio::spawn(server);
+    }
     tracing::info!(worker = %shared.identity.id(), peer = %advertise, cores = shared.config.cores, "worker starting");
 
     let peer_stop = CancellationToken::new();
@@ -302,6 +320,7 @@ pub async fn run(
         tracing::warn!("drain deadline passed; abandoned running executions");
     }
     peer_stop.cancel();
+    metrics_stop.cancel();
     let _ = server.await;
     Ok(())
 }
@@ -388,6 +407,7 @@ impl ClaimSink for Shared {
 
 impl Shared {
     fn receive(self: &Arc<Self>, claim: Claim, trigger: Trigger) -> Result<(), protocol::Error> {
+        self.metrics.claims_received(1);
         let actions = lock(&self.book).add_remote(claim)?;
         self.act(actions, trigger);
         Ok(())
@@ -429,6 +449,7 @@ impl Shared {
     async fn slot_loop(self: Arc<Self>, slot: usize) {
         let mut failures = 0u32;
         while !self.cancel.is_cancelled() {
+            let asked = Instant::now();
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 w = self.client.request_work(1) => w,
@@ -436,12 +457,15 @@ impl Shared {
             match work {
                 Ok((units, _)) if !units.is_empty() => {
                     failures = 0;
+                    self.metrics.idle(asked.elapsed());
                     for a in units {
                         self.execute(a).await;
                     }
                 }
                 Ok((_, wait)) => {
-                    if !pause(&self.cancel, wait).await {
+                    let waiting = pause(&self.cancel, wait).await;
+                    self.metrics.idle(asked.elapsed());
+                    if !waiting {
                         return;
                     }
                 }
@@ -469,6 +493,7 @@ impl Shared {
             },
         );
         lock(&self.book).hold(a.unit, a.quorum);
+        self.metrics.held(lock(&self.held).len());
         let compiled = match self
             .modules
             .get(&self.client, a.module, a.limits.nan_canonicalization)
@@ -491,6 +516,10 @@ impl Shared {
         let seed = protocol::unit_seed(&a.name, &a.input);
         let started = Instant::now();
         let result = self.executor.run(compiled, a.input, seed, a.limits).await;
+        match &result {
+            Ok(exec) => self.metrics.ran("ok", exec.fuel, started.elapsed()),
+            Err(failure) => self.metrics.ran(failure.kind.as_str(), 0, started.elapsed()),
+        }
         if !lock(&self.held).contains_key(&a.unit) {
             return; // settled by others while we ran
         }
@@ -540,7 +569,12 @@ impl Shared {
     }
 
     fn release(&self, unit: UnitId) {
-        lock(&self.held).remove(&unit);
+        let held = {
+            let mut held = lock(&self.held);
+            held.remove(&unit);
+            held.len()
+        };
+        self.metrics.held(held);
         lock(&self.book).release(unit);
     }
 
@@ -579,6 +613,7 @@ impl Shared {
                         loop {
                             match client.submit_certificate(unit, &claims, &output).await {
                                 Ok(accepted) => {
+                                    me.metrics.certificate(accepted);
                                     tracing::debug!(%unit, accepted, "certificate submitted");
                                     break;
                                 }
@@ -635,6 +670,7 @@ impl Shared {
                 }
             };
             let claim = claim.clone();
+            self.metrics.claims_sent(1);
             exchanges.spawn(async move {
                 (
                     peer,
