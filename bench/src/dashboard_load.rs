@@ -99,18 +99,32 @@ async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
     let dir = tempfile::Builder::new()
         .prefix("fallow-bench-dashboard-")
         .tempdir()?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let stop = CancellationToken::new();
-    let server = tokio::spawn(coordinator::serve(
-        listener,
-        coordinator::CoordinatorConfig {
+    // The coordinator gets its own thread and runtime, as it would have its own process
+    // (its future is not `Send`: see the demo).
+    let server = {
+        let stop = stop.clone();
+        let config = coordinator::CoordinatorConfig {
             data_dir: dir.path().join("coordinator"),
             ..Default::default()
-        },
-        stop.clone().cancelled_owned(),
-    ));
+        };
+        std::thread::Builder::new()
+            .name("bench-coordinator".into())
+            .spawn(move || -> anyhow::Result<()> {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        coordinator::serve(listener, config, stop.cancelled_owned()).await?;
+                        Ok(())
+                    })
+            })?
+    };
 
     let project = submit(&url, config.units).await?;
     let certified = Arc::new(AtomicU64::new(0));
@@ -178,7 +192,9 @@ async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
         bail!("the project ran out of units during the measurement: make it larger");
     }
     stop.cancel();
-    server.await??;
+    tokio::task::spawn_blocking(move || server.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the coordinator panicked"))??;
     Ok(LoadResult {
         per_second: [first, second, third],
         viewers: config.viewers,
@@ -272,8 +288,19 @@ async fn worker(
 ) -> anyhow::Result<()> {
     let identity = Identity::generate()?;
     let client = worker::rpc::CoordinatorClient::new(&url, identity.id())?;
+    let name = format!("bench-{i}");
+    // One account each: the coordinator never gives one account two replicas of a unit.
     client
-        .register(&identity, &format!("bench-{i}"), "127.0.0.1:9", 1)
+        .register(
+            &identity,
+            worker::rpc::Introduction {
+                name: &name,
+                account: &name,
+                team: "",
+                peer_addr: "",
+                cores: 1,
+            },
+        )
         .await?;
     let output = b"42\n".to_vec();
     let digest = Digest::of(&output);
@@ -288,6 +315,7 @@ async fn worker(
             if client
                 .submit_certificate(a.unit, std::slice::from_ref(&claim), &output)
                 .await?
+                .accepted
             {
                 certified.fetch_add(1, Ordering::Relaxed);
             }
@@ -306,6 +334,8 @@ async fn submit(url: &str, units: usize) -> anyhow::Result<ProjectId> {
         replication: 1,
         quorum: 1,
         max_replicas: 1,
+        adaptive: false,
+        error_bound: 0.02,
         limits: Limits {
             fuel: 1_000_000_000,
             memory_mb: 64,

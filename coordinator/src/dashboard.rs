@@ -58,6 +58,21 @@ pub(crate) struct Dashboard {
 pub(crate) struct WorkerInfo {
     pub name: String,
     pub cores: u32,
+    pub account: String,
+    pub team: String,
+    pub platform: String,
+}
+
+impl From<&StoredWorker> for WorkerInfo {
+    fn from(w: &StoredWorker) -> Self {
+        WorkerInfo {
+            name: w.name.clone(),
+            cores: w.cores,
+            account: w.account.clone(),
+            team: w.team.clone(),
+            platform: w.platform.clone(),
+        }
+    }
 }
 
 /// A failed execution reported by a worker.
@@ -77,6 +92,9 @@ pub(crate) enum CertificateOutcome {
     Accepted,
     /// Valid, but the unit was already verified.
     Duplicate,
+    /// A partial certificate: its claims were recorded as votes, the unit is not verified
+    /// yet.
+    Recorded,
     /// Refused (bad signature, lease, digest...).
     Rejected,
 }
@@ -86,18 +104,7 @@ impl Dashboard {
     /// publishes through.
     pub(crate) fn new(workers: &[StoredWorker]) -> (Arc<Dashboard>, watch::Sender<Arc<Published>>) {
         let (tx, rx) = watch::channel(Arc::new(Published::default()));
-        let directory = workers
-            .iter()
-            .map(|w| {
-                (
-                    w.id,
-                    WorkerInfo {
-                        name: w.name.clone(),
-                        cores: w.cores,
-                    },
-                )
-            })
-            .collect();
+        let directory = workers.iter().map(|w| (w.id, WorkerInfo::from(w))).collect();
         let dashboard = Dashboard {
             metrics: Metrics::new(),
             generation: AtomicU64::new(1),
@@ -130,13 +137,7 @@ impl Dashboard {
     /// A worker registered (or registered again with new details).
     pub(crate) fn worker_registered(&self, w: &StoredWorker) {
         self.metrics.registrations.inc();
-        lock(&self.directory).insert(
-            w.id,
-            WorkerInfo {
-                name: w.name.clone(),
-                cores: w.cores,
-            },
-        );
+        lock(&self.directory).insert(w.id, WorkerInfo::from(w));
         self.changed();
     }
 
@@ -154,6 +155,7 @@ impl Dashboard {
         let result = match outcome {
             CertificateOutcome::Accepted => "accepted",
             CertificateOutcome::Duplicate => "duplicate",
+            CertificateOutcome::Recorded => "recorded",
             CertificateOutcome::Rejected => "rejected",
         };
         self.metrics

@@ -99,6 +99,9 @@ pub struct CoordinatorConfig {
     pub lease: Duration,
     /// Largest gRPC message accepted (project uploads, certificates). Default 256 MiB.
     pub max_message_bytes: usize,
+    /// Never give two replicas of a unit to workers in the same /24 (IPv4) or /48 (IPv6)
+    /// network; workers on loopback are exempt. Default true.
+    pub distinct_subnets: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -107,6 +110,7 @@ impl Default for CoordinatorConfig {
             data_dir: PathBuf::from("fallow-data"),
             lease: Duration::from_secs(120),
             max_message_bytes: 256 << 20,
+            distinct_subnets: true,
         }
     }
 }

@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::dashboard::{self, CertificateOutcome, Dashboard, ExecutionFailure};
-use crate::scheduler::{Aggregate, Scheduler, UnitStatus};
-use crate::store::{Store, StoredWorker};
+use crate::scheduler::{Aggregate, Change, Scheduler, UnitStatus, Verdict, WorkerInfo};
+use crate::store::{CreditTo, Store, StoredWorker};
 use crate::{CoordinatorConfig, Error, now_ms};
 
 /// Most units one work request may lease.
@@ -69,6 +69,49 @@ struct State {
 struct WorkerEntry {
     peer_addr: String,
     last_seen: u64,
+    account: String,
+    team: String,
+}
+
+/// Longest account or team name.
+const MAX_ACCOUNT_LEN: usize = 64;
+
+/// The network a worker connects from, for replica placement: the /24 of an IPv4 address
+/// or the /48 of an IPv6 one; `None` on loopback (a developer's machine runs many workers).
+pub(crate) fn subnet_of(addr: Option<std::net::SocketAddr>) -> Option<String> {
+    let ip = addr?.ip();
+    match ip {
+        _ if ip.is_loopback() => None,
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if v4.is_loopback() => None,
+            Some(v4) => {
+                let o = v4.octets();
+                Some(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
+            }
+            None => {
+                let s = v6.segments();
+                Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+            }
+        },
+    }
+}
+
+fn check_name(what: &str, value: &str, optional: bool) -> Result<(), Status> {
+    if (value.is_empty() && optional)
+        || (!value.is_empty()
+            && value.len() <= MAX_ACCOUNT_LEN
+            && value.trim() == value
+            && !value.chars().any(char::is_control))
+    {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "{what} must be 1 to {MAX_ACCOUNT_LEN} printable characters without surrounding spaces (got {value:?})"
+    )))
 }
 
 /// Loads the store into a scheduler and serves until `shutdown`.
@@ -85,14 +128,36 @@ pub(crate) async fn run<S: Store>(
     let lease_ms = config.lease.as_millis() as u64;
     let snapshot = store.load().await?;
     let now = now_ms();
-    let mut sched = Scheduler::new(lease_ms);
+    // Spot checks must be unpredictable to workers: seed from the OS (RandomState is).
+    let seed =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), now);
+    let mut sched = Scheduler::new(lease_ms, seed);
+    sched.set_distinct_subnets(config.distinct_subnets);
     let (projects, units) = (snapshot.projects.len(), snapshot.units.len());
     let (dashboard, published) = Dashboard::new(&snapshot.workers);
+    for w in &snapshot.workers {
+        sched.register(
+            w.id,
+            &WorkerInfo {
+                account: w.account.clone(),
+                team: w.team.clone(),
+                subnet: w.subnet.clone(),
+            },
+        );
+    }
+    for (worker, project, trust) in snapshot.trust {
+        sched.restore_trust(worker, project, trust);
+    }
+    for (worker, standing) in snapshot.standing {
+        sched.restore_standing(worker, standing);
+    }
     for p in snapshot.projects {
         sched.add_project(p);
     }
     for u in snapshot.units {
-        sched.add_unit(u.id, u.project, u.status, u.target, u.replicas, now);
+        sched.add_unit(
+            u.id, u.project, u.status, u.target, u.required, u.replicas, u.votes, now,
+        );
     }
     let workers = snapshot
         .workers
@@ -103,6 +168,8 @@ pub(crate) async fn run<S: Store>(
                 WorkerEntry {
                     peer_addr: w.peer_addr,
                     last_seen: now,
+                    account: w.account,
+                    team: w.team,
                 },
             )
         })
@@ -234,7 +301,10 @@ impl<S: Store> CoordinatorService<S> {
             .workers
             .iter()
             .filter(|(id, w)| {
-                **id != except && now.saturating_sub(w.last_seen) <= self.inner.lease_ms
+                // Workers behind NAT (no peer address) are never anyone's board.
+                **id != except
+                    && !w.peer_addr.is_empty()
+                    && now.saturating_sub(w.last_seen) <= self.inner.lease_ms
             })
             .map(|(id, w)| pb::PeerInfo {
                 public_key: id.0.to_vec(),
@@ -454,6 +524,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 ..Default::default()
             },
             aggregate: Aggregate::Pending,
+            adaptive: spec.adaptive,
+            error_bound: spec.error_bound,
         });
         for unit in units.iter().copied() {
             state.sched.add_unit(
@@ -461,6 +533,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 id,
                 UnitStatus::Pending,
                 spec.replication,
+                spec.quorum,
+                Vec::new(),
                 Vec::new(),
                 now,
             );
@@ -567,18 +641,28 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let subnet = subnet_of(request.remote_addr());
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
-        protocol::identity::verify_registration(id, &r.name, &r.peer_addr, &r.signature)
+        let registration = protocol::Registration {
+            name: &r.name,
+            account: &r.account,
+            team: &r.team,
+            peer_addr: &r.peer_addr,
+        };
+        protocol::identity::verify_registration(id, &registration, &r.signature)
             .map_err(|e| to_status(e.into()))?;
-        if r.name.is_empty() || r.name.len() > 64 || r.name.chars().any(char::is_control) {
+        check_name("worker name", &r.name, false)?;
+        check_name("account", &r.account, false)?;
+        check_name("team", &r.team, true)?;
+        if r.platform.len() > MAX_ACCOUNT_LEN || r.platform.chars().any(char::is_control) {
             return Err(Status::invalid_argument(
-                "worker name must be 1 to 64 printable characters",
+                "platform must be at most 64 printable characters",
             ));
         }
-        if r.peer_addr.parse::<std::net::SocketAddr>().is_err() {
+        if !r.peer_addr.is_empty() && r.peer_addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!(
-                "peer_addr {:?} is not host:port (an IP address and a port)",
+                "peer_addr {:?} is not host:port (an IP address and a port), or empty for a worker that accepts no connections",
                 r.peer_addr
             )));
         }
@@ -590,22 +674,36 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             name: r.name.clone(),
             peer_addr: r.peer_addr.clone(),
             cores,
+            account: r.account.clone(),
+            team: r.team.clone(),
+            platform: r.platform.clone(),
+            subnet: subnet.clone(),
         };
         self.inner
             .store
             .upsert_worker(&worker, now)
             .await
             .map_err(to_status)?;
+        state.sched.register(
+            id,
+            &WorkerInfo {
+                account: r.account.clone(),
+                team: r.team.clone(),
+                subnet,
+            },
+        );
         state.workers.insert(
             id,
             WorkerEntry {
                 peer_addr: r.peer_addr,
                 last_seen: now,
+                account: r.account.clone(),
+                team: r.team.clone(),
             },
         );
         state.peers_version += 1;
         self.inner.dashboard.worker_registered(&worker);
-        tracing::info!(worker = %id, name = %r.name, cores, "worker registered");
+        tracing::info!(worker = %id, name = %r.name, account = %r.account, cores, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             heartbeat_ms: (self.inner.lease_ms / 4).max(100),
             lease_ms: self.inner.lease_ms,
@@ -654,13 +752,19 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let (leases, projects) = {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
-            let leases = state.sched.assign(id, max, now);
+            let assigned = state.sched.assign(id, max, now);
+            let leases = assigned.leases;
             self.inner.dashboard.assigned(leases.len());
             if !leases.is_empty() {
                 let rows: Vec<(UnitId, WorkerId)> = leases.iter().map(|l| (l.unit, id)).collect();
                 self.inner
                     .store
                     .insert_assignments(&rows, now)
+                    .await
+                    .map_err(to_status)?;
+                self.inner
+                    .store
+                    .apply(&assigned.changes, now)
                     .await
                     .map_err(to_status)?;
             }
@@ -762,25 +866,55 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let now = now_ms();
         let dashboard = &self.inner.dashboard;
         let mut state = self.inner.state.lock().await;
-        let Some(verified) = state
-            .sched
-            .check_certificate(&cert, &r.output)
-            .map_err(|e| {
-                tracing::warn!(unit = %cert.unit, "certificate rejected: {e}");
-                dashboard.certificate(cert.claims.len(), CertificateOutcome::Rejected);
-                to_status(e)
-            })?
-        else {
-            dashboard.certificate(cert.claims.len(), CertificateOutcome::Duplicate);
-            return Ok(Response::new(pb::CertificateAck { accepted: false }));
+        let submitted = state.sched.submit(&cert, Some(&r.output)).map_err(|e| {
+            tracing::warn!(unit = %cert.unit, "certificate rejected: {e}");
+            dashboard.certificate(cert.claims.len(), CertificateOutcome::Rejected);
+            to_status(e)
+        })?;
+        self.inner
+            .store
+            .apply(&submitted.changes, now)
+            .await
+            .map_err(to_status)?;
+        let verified = match submitted.verdict {
+            Verdict::Verified(v) => v,
+            Verdict::Recorded => {
+                dashboard.certificate(cert.claims.len(), CertificateOutcome::Recorded);
+                return Ok(Response::new(pb::CertificateAck {
+                    accepted: false,
+                    recorded: true,
+                }));
+            }
+            Verdict::AlreadyVerified => {
+                dashboard.certificate(cert.claims.len(), CertificateOutcome::Duplicate);
+                return Ok(Response::new(pb::CertificateAck {
+                    accepted: false,
+                    recorded: false,
+                }));
+            }
         };
+        let credit: Vec<CreditTo> = verified
+            .signers
+            .iter()
+            .map(|w| {
+                let entry = state.workers.get(w);
+                CreditTo {
+                    worker: *w,
+                    account: entry.map_or_else(|| w.to_string(), |e| e.account.clone()),
+                    team: entry.map(|e| e.team.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
         let fresh = self
             .inner
             .store
-            .record_verified(cert.unit, &r.output, &verified, now)
+            .record_verified(cert.unit, &r.output, &verified, &credit, now)
             .await
             .map_err(to_status)?;
-        state.sched.mark_verified(cert.unit, &verified);
+        let changes = state.sched.mark_verified(cert.unit, &verified);
+        if changes.iter().any(|c| matches!(c, Change::Reopen { .. })) {
+            tracing::warn!(unit = %cert.unit, "a trusted worker's result disagreed: its unchecked results are re-opened");
+        }
         dashboard.certificate(
             cert.claims.len(),
             if fresh {
@@ -794,13 +928,16 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             .first()
             .and_then(|c| state.sched.project(c.project))
             .map(|p| (p.id, p.finished()));
-        drop(state);
+        self.commit(state, changes, now).await?;
         tracing::debug!(unit = %cert.unit, digest = %verified.digest, "unit verified");
         if let Some((p, true)) = project {
             tracing::info!(project = %p, "all units settled");
             self.maybe_reduce(p).await;
         }
-        Ok(Response::new(pb::CertificateAck { accepted: fresh }))
+        Ok(Response::new(pb::CertificateAck {
+            accepted: fresh,
+            recorded: true,
+        }))
     }
 
     async fn report_dispute(
@@ -814,19 +951,72 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, reporter, now)?;
-        let changes = state.sched.dispute(unit, &claims).map_err(|e| {
+        let cert = Certificate {
+            unit,
+            claims: claims.clone(),
+        };
+        let submitted = state.sched.submit(&cert, None).map_err(|e| {
             tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
             to_status(e)
         })?;
-        let raised = changes
+        let raised = submitted
+            .changes
             .iter()
-            .any(|c| matches!(c, crate::scheduler::Change::Target { .. }));
+            .any(|c| matches!(c, Change::Target { .. }));
         if raised {
             tracing::info!(%unit, claims = claims.len(), "claims disagree; extra replica issued");
         }
         self.inner.dashboard.dispute(claims.len(), raised);
+        self.commit(state, submitted.changes, now).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn report_misbehaviour(
+        &self,
+        request: Request<pb::Evidence>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        let reporter = worker_key(&r.reporter_key)?;
+        let evidence = wire::Evidence::try_from(r).map_err(|e| to_status(e.into()))?;
+        let (offender, unit) = evidence.offender().map_err(|e| to_status(e.into()))?;
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        Self::known_worker(&mut state, reporter, now)?;
+        let changes = state
+            .sched
+            .misbehaviour(offender, unit)
+            .map_err(to_status)?;
+        tracing::warn!(%unit, worker = %offender, reporter = %reporter, "signed proof of a changed answer: trust reset");
+        self.inner.dashboard.changed();
         self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn list_accounts(
+        &self,
+        _request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let (accounts, teams) = self.inner.store.leaderboard().await.map_err(to_status)?;
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts
+                .into_iter()
+                .map(|a| pb::AccountInfo {
+                    name: a.name,
+                    team: a.team,
+                    credit: a.credit,
+                    verified: a.verified,
+                    workers: a.workers,
+                })
+                .collect(),
+            teams: teams
+                .into_iter()
+                .map(|t| pb::TeamInfo {
+                    name: t.name,
+                    credit: t.credit,
+                    accounts: t.accounts,
+                })
+                .collect(),
+        }))
     }
 
     async fn return_units(

@@ -8,10 +8,10 @@ use std::future::Future;
 
 use protocol::certificate::Verified;
 use protocol::manifest::ProjectSpec;
-use protocol::{Digest, Failure, ProjectId, UnitId, WorkerId};
+use protocol::{Claim, Digest, Failure, ProjectId, UnitId, WorkerId};
 
 use crate::Error;
-use crate::scheduler::{AssignmentState, Change, Project, UnitStatus};
+use crate::scheduler::{AssignmentState, Change, Project, Standing, Trust, UnitStatus};
 
 /// A unit as loaded at start-up (no input or output bytes: those stay on disk).
 #[derive(Debug, Clone)]
@@ -24,8 +24,12 @@ pub struct StoredUnit {
     pub status: UnitStatus,
     /// Replicas wanted.
     pub target: u32,
+    /// Matching claims from distinct accounts needed.
+    pub required: u32,
     /// Assignments so far.
     pub replicas: Vec<(WorkerId, AssignmentState, Option<Failure>)>,
+    /// Claims received for a pending unit.
+    pub votes: Vec<Claim>,
 }
 
 /// A registered worker.
@@ -39,6 +43,51 @@ pub struct StoredWorker {
     pub peer_addr: String,
     /// Cores offered.
     pub cores: u32,
+    /// Volunteer account.
+    pub account: String,
+    /// Team ("" for none).
+    pub team: String,
+    /// OS and architecture.
+    pub platform: String,
+    /// Network prefix for replica placement (None on loopback).
+    pub subnet: Option<String>,
+}
+
+/// Who gets credit for a verified unit: the signer and the account and team it worked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditTo {
+    /// The signer.
+    pub worker: WorkerId,
+    /// Its account.
+    pub account: String,
+    /// Its team.
+    pub team: String,
+}
+
+/// An account on the leaderboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountTotal {
+    /// Account name.
+    pub name: String,
+    /// Its team (the latest one a worker registered with).
+    pub team: String,
+    /// Credit (fuel of verified units).
+    pub credit: u64,
+    /// Verified results credited.
+    pub verified: u64,
+    /// Workers registered under it.
+    pub workers: u32,
+}
+
+/// A team on the leaderboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamTotal {
+    /// Team name.
+    pub name: String,
+    /// Credit of its accounts.
+    pub credit: u64,
+    /// Accounts credited under it.
+    pub accounts: u32,
 }
 
 /// Everything the scheduler needs after a restart.
@@ -50,6 +99,10 @@ pub struct Snapshot {
     pub units: Vec<StoredUnit>,
     /// Registered workers.
     pub workers: Vec<StoredWorker>,
+    /// Trust per (worker, project), with the unchecked solo results.
+    pub trust: Vec<(WorkerId, ProjectId, Trust)>,
+    /// Standing per worker.
+    pub standing: Vec<(WorkerId, Standing)>,
 }
 
 /// A verified output for `fallow results`.
@@ -103,15 +156,21 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, changes: &[Change], now: u64)
     -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Records a verified unit with its output and credits its signers, exactly once.
-    /// Returns false (and changes nothing) when the unit was already settled.
+    /// Records a verified unit with its output and credits its signers' accounts, exactly
+    /// once. Returns false (and changes nothing) when the unit was already settled.
     fn record_verified(
         &self,
         unit: UnitId,
         output: &[u8],
         verified: &Verified,
+        credit: &[CreditTo],
         now: u64,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Accounts and teams by credit, highest first.
+    fn leaderboard(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<AccountTotal>, Vec<TeamTotal>), Error>> + Send;
 
     /// Registers (or updates) a worker.
     fn upsert_worker(

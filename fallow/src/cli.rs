@@ -49,17 +49,29 @@ pub enum Command {
         /// Name shown to the coordinator (default: the host name).
         #[arg(long)]
         name: Option<String>,
-        /// Address for the peer service other workers call (port 0 = any free port).
+        /// Volunteer account the credit goes to, 1-64 printable characters (default:
+        /// "anon-" and the first 8 hex digits of this worker's key).
+        #[arg(long)]
+        account: Option<String>,
+        /// Team of the account, up to 64 printable characters (default: none).
+        #[arg(long, default_value = "")]
+        team: String,
+        /// Address for the peer service other workers call: gRPC on TCP and membership
+        /// (SWIM) on UDP, same port number (port 0 = any port free for both).
         #[arg(long, default_value = "0.0.0.0:0")]
         peer_listen: SocketAddr,
-        /// Address peers should use to reach this worker (default: derived).
+        /// Address peers should use to reach this worker, TCP and UDP (default: derived).
         #[arg(long)]
         peer_advertise: Option<SocketAddr>,
+        /// Accept no inbound connections (behind NAT): never a rendezvous board nor a
+        /// membership member, but still computes and verifies over connections it opens.
+        #[arg(long, conflicts_with = "peer_advertise")]
+        no_inbound: bool,
         /// On Ctrl-C, seconds to let running units finish before handing them back.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
-        /// Serve Prometheus metrics (units run, fuel, failure reasons, busy and idle
-        /// time, claims) at http://ADDR/metrics.
+        /// Serve Prometheus metrics (executions by result and failure reason, fuel, busy
+        /// and idle time, gossip counters) at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
         /// Test-only fault injection.

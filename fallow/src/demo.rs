@@ -62,20 +62,33 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .tempdir()
         .context("cannot create a temporary directory")?;
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (--dashboard)"))?;
+    listener.set_nonblocking(true)?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop_coordinator = CancellationToken::new();
-    let coordinator = tokio::spawn(coordinator::serve(
-        listener,
-        coordinator::CoordinatorConfig {
+    // The coordinator gets a thread with its own runtime, as it would have its own process:
+    // its future need not be `Send` (sqlx futures over borrowed paths are not, in general).
+    let coordinator = {
+        let stop = stop_coordinator.clone();
+        let config = coordinator::CoordinatorConfig {
             data_dir: dir.path().join("coordinator"),
             lease: Duration::from_secs(30),
             ..Default::default()
-        },
-        stop_coordinator.clone().cancelled_owned(),
-    ));
+        };
+        std::thread::Builder::new()
+            .name("demo-coordinator".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    coordinator::serve(listener, config, stop.cancelled_owned()).await?;
+                    Ok(())
+                })
+            })?
+    };
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = (cpus / workers).max(1);
@@ -87,6 +100,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             data_dir: dir.path().join(format!("worker-{i}")),
             cores,
             name: format!("demo-worker-{i}"),
+            // One account per worker: the coordinator never gives two replicas of a unit to
+            // the same account, so workers sharing one could never verify anything.
+            account: Some(format!("demo-{}", i + 1)),
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain: Duration::from_secs(2),
             fault: (liar && i == 0).then_some(worker::Fault::CorruptOutput),
@@ -183,10 +199,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         crate::shutdown_signal().await;
     }
     stop_coordinator.cancel();
-    match coordinator.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("the coordinator stopped with an error: {e}"),
-        Err(e) => eprintln!("the coordinator panicked: {e}"),
+    match tokio::task::spawn_blocking(move || coordinator.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("the coordinator stopped with an error: {e}"),
+        Ok(Err(_)) | Err(_) => eprintln!("the coordinator panicked"),
     }
 
     if status.verified != status.total {

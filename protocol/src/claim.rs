@@ -1,33 +1,81 @@
-//! A claim: "worker W ran unit U of project P; the output has BLAKE3 digest D and used F
-//! fuel", signed by W. Claims are what workers gossip to each other; quorum certificates
-//! are made of them.
+//! Signed claims with commit–reveal: "unit U produced output with digest D using F fuel".
+//!
+//! A worker publishes a claim in two steps so that a lazy worker cannot copy someone
+//! else's result:
+//!
+//! 1. **Commitment.** It signs a *seal*, `BLAKE3-derive-key(digest ‖ fuel ‖ worker ‖
+//!    project ‖ unit ‖ salt)` with a fresh random 32-byte salt, and publishes only
+//!    ([`Commitment`]) the seal and the signature. The seal says nothing about the digest.
+//! 2. **Reveal.** Once the unit's quorum of commitments has been seen (or a deadline
+//!    passed), it publishes the [`Claim`]: digest, fuel and salt together with the same
+//!    signature. Anyone recomputes the seal and checks the signature, so a reveal that does
+//!    not open its commitment cannot verify.
+//!
+//! A copier that waits for someone's reveal must have committed before it (reveals are only
+//! handed to workers whose commitment is on file, see [`crate::board`]), and a seal made
+//! before knowing the digest cannot open to it. Both messages are domain separated and
+//! bind the project, unit and worker, so a claim cannot be replayed for another unit.
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::{Digest, Error, Identity, ProjectId, UnitId, WorkerId};
 
-/// Domain separation: a claim signature can never be mistaken for any other signature.
-const CLAIM_CONTEXT: &[u8] = b"fallow/claim/v1\0";
+/// Domain separation for the signed commitment (never valid as any other Fallow signature).
+const COMMITMENT_CONTEXT: &[u8] = b"fallow/commitment/v1\0";
+/// BLAKE3 derive-key context of the seal.
+const SEAL_CONTEXT: &str = "fallow 2026 claim seal v1";
 
-/// A signed claim about one execution of one unit.
+/// A seal: the hash a commitment signs (see the module docs).
+pub type Seal = [u8; 32];
+
+/// The first step of a claim: a signed seal that hides the digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commitment {
+    /// The project.
+    pub project: ProjectId,
+    /// The unit.
+    pub unit: UnitId,
+    /// Who commits (its public key).
+    pub worker: WorkerId,
+    /// The seal over the digest, fuel and salt.
+    pub seal: Seal,
+    /// ed25519 signature over the commitment bytes.
+    pub signature: [u8; 64],
+}
+
+impl Commitment {
+    /// Checks the signature (`verify_strict`: no malleable or small-order keys).
+    pub fn verify(&self) -> Result<(), Error> {
+        let message = commitment_bytes(self.project, self.unit, self.worker, &self.seal);
+        verify_signature(self.worker, &message, &self.signature).map_err(|_| Error::BadSignature {
+            worker: self.worker,
+            unit: self.unit,
+        })
+    }
+}
+
+/// The revealed claim: the commitment's opening plus its signature. Verifying a claim
+/// proves that the worker committed to exactly this digest and fuel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    /// The project the unit belongs to.
+    /// The project.
     pub project: ProjectId,
-    /// The unit that was run.
+    /// The unit.
     pub unit: UnitId,
-    /// BLAKE3 of the output bytes.
+    /// BLAKE3 of the output.
     pub digest: Digest,
-    /// Fuel the execution consumed; deterministic, so matching replicas report it equal.
+    /// Fuel the execution used (deterministic, so all honest replicas agree).
     pub fuel: u64,
-    /// Who ran it and signed.
+    /// Who claims (its public key).
     pub worker: WorkerId,
-    /// ed25519 signature over [`Claim::signed_bytes`].
+    /// The random salt that hid the digest in the commitment.
+    pub salt: [u8; 32],
+    /// The commitment's signature.
     pub signature: [u8; 64],
 }
 
 impl Claim {
-    /// Makes and signs a claim as `identity`.
+    /// Seals and signs a claim with a fresh random salt.
     pub fn sign(
         identity: &Identity,
         project: ProjectId,
@@ -35,52 +83,107 @@ impl Claim {
         digest: Digest,
         fuel: u64,
     ) -> Self {
+        let mut salt = [0u8; 32];
+        // The OS random source failing is not recoverable here and leaks nothing: fall back
+        // to a salt derived from the key and the claim, which still hides the digest from
+        // anyone who does not hold the secret key.
+        if getrandom::fill(&mut salt).is_err() {
+            salt = identity.derive_salt(project, unit, digest, fuel);
+        }
+        Self::sign_with_salt(identity, project, unit, digest, fuel, salt)
+    }
+
+    /// Seals and signs a claim with a given salt (simulations and tests use this to stay
+    /// deterministic).
+    pub fn sign_with_salt(
+        identity: &Identity,
+        project: ProjectId,
+        unit: UnitId,
+        digest: Digest,
+        fuel: u64,
+        salt: [u8; 32],
+    ) -> Self {
         let worker = identity.id();
-        let signature = identity.sign_raw(&signed_bytes(project, unit, digest, fuel, worker));
+        let seal = seal(project, unit, worker, digest, fuel, &salt);
+        let signature = identity.sign_raw(&commitment_bytes(project, unit, worker, &seal));
         Claim {
             project,
             unit,
             digest,
             fuel,
             worker,
+            salt,
             signature,
         }
     }
 
-    /// The exact bytes the signature covers.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        signed_bytes(self.project, self.unit, self.digest, self.fuel, self.worker)
+    /// The seal this claim opens.
+    pub fn seal(&self) -> Seal {
+        seal(
+            self.project,
+            self.unit,
+            self.worker,
+            self.digest,
+            self.fuel,
+            &self.salt,
+        )
     }
 
-    /// Checks the signature (strict ed25519: no malleable or small-order keys).
+    /// The commitment to publish before revealing this claim.
+    pub fn commitment(&self) -> Commitment {
+        Commitment {
+            project: self.project,
+            unit: self.unit,
+            worker: self.worker,
+            seal: self.seal(),
+            signature: self.signature,
+        }
+    }
+
+    /// Whether this claim opens `commitment` (same unit, worker and seal). Does not check
+    /// the signature: call [`Claim::verify`] for that.
+    pub fn opens(&self, commitment: &Commitment) -> bool {
+        self.project == commitment.project
+            && self.unit == commitment.unit
+            && self.worker == commitment.worker
+            && self.seal() == commitment.seal
+    }
+
+    /// Checks the signature over the recomputed seal.
     pub fn verify(&self) -> Result<(), Error> {
-        verify_signature(self.worker, &self.signed_bytes(), &self.signature).map_err(|_| {
-            Error::BadSignature {
-                worker: self.worker,
-                unit: self.unit,
-            }
-        })
+        self.commitment().verify()
     }
 }
 
-fn signed_bytes(
+fn seal(
     project: ProjectId,
     unit: UnitId,
+    worker: WorkerId,
     digest: Digest,
     fuel: u64,
-    worker: WorkerId,
-) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CLAIM_CONTEXT.len() + 8 + 8 + 32 + 8 + 32);
-    m.extend_from_slice(CLAIM_CONTEXT);
+    salt: &[u8; 32],
+) -> Seal {
+    let mut h = blake3::Hasher::new_derive_key(SEAL_CONTEXT);
+    h.update(&digest.0);
+    h.update(&fuel.to_le_bytes());
+    h.update(&worker.0);
+    h.update(&project.0.to_le_bytes());
+    h.update(&unit.0.to_le_bytes());
+    h.update(salt);
+    *h.finalize().as_bytes()
+}
+
+fn commitment_bytes(project: ProjectId, unit: UnitId, worker: WorkerId, seal: &Seal) -> Vec<u8> {
+    let mut m = Vec::with_capacity(COMMITMENT_CONTEXT.len() + 8 + 8 + 32 + 32);
+    m.extend_from_slice(COMMITMENT_CONTEXT);
     m.extend_from_slice(&project.0.to_le_bytes());
     m.extend_from_slice(&unit.0.to_le_bytes());
-    m.extend_from_slice(&digest.0);
-    m.extend_from_slice(&fuel.to_le_bytes());
     m.extend_from_slice(&worker.0);
+    m.extend_from_slice(seal);
     m
 }
 
-/// Verifies an ed25519 signature by `worker` over `message`.
+/// Verifies an ed25519 signature by `worker` with `verify_strict`.
 pub(crate) fn verify_signature(
     worker: WorkerId,
     message: &[u8],
@@ -106,12 +209,22 @@ mod tests {
     }
 
     #[test]
-    fn signed_claim_verifies() {
-        assert!(claim().verify().is_ok());
+    fn signed_claim_and_its_commitment_verify() {
+        let c = claim();
+        assert!(c.verify().is_ok());
+        assert!(c.commitment().verify().is_ok());
+        assert!(c.opens(&c.commitment()));
     }
 
     #[test]
-    fn any_tampered_field_breaks_the_signature() {
+    fn salts_are_fresh_so_equal_results_have_unlinkable_seals() {
+        let (a, b) = (claim(), claim());
+        assert_ne!(a.salt, b.salt);
+        assert_ne!(a.commitment().seal, b.commitment().seal);
+    }
+
+    #[test]
+    fn any_tampered_field_breaks_the_claim() {
         type Tamper = Box<dyn Fn(&mut Claim)>;
         let tampered: Vec<Tamper> = vec![
             Box::new(|c| c.project = ProjectId(4)),
@@ -119,6 +232,7 @@ mod tests {
             Box::new(|c| c.digest = Digest::of(b"43\n")),
             Box::new(|c| c.fuel = 999),
             Box::new(|c| c.worker = Identity::from_seed([2; 32]).id()),
+            Box::new(|c| c.salt[0] ^= 1),
             Box::new(|c| c.signature[0] ^= 1),
         ];
         for tamper in tampered {
@@ -126,5 +240,21 @@ mod tests {
             tamper(&mut c);
             assert!(c.verify().is_err(), "tampered claim verified: {c:?}");
         }
+    }
+
+    #[test]
+    fn a_copied_digest_cannot_open_an_earlier_commitment() {
+        let copier = Identity::from_seed([2; 32]);
+        // The copier committed to a guess before seeing anything.
+        let guess = Claim::sign(&copier, ProjectId(3), UnitId(9), Digest::of(b"?"), 1000);
+        let committed = guess.commitment();
+        // Then it sees the honest reveal and re-signs the honest digest.
+        let honest = claim();
+        let copied = Claim::sign(&copier, ProjectId(3), UnitId(9), honest.digest, honest.fuel);
+        assert!(copied.verify().is_ok(), "a fresh claim verifies on its own");
+        assert!(
+            !copied.opens(&committed),
+            "but it does not open the commitment made before"
+        );
     }
 }

@@ -7,7 +7,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use crate::{Error, WorkerId};
 
 /// Domain separation for registration signatures.
-const REGISTER_CONTEXT: &[u8] = b"fallow/register/v1\0";
+const REGISTER_CONTEXT: &[u8] = b"fallow/register/v2\0";
 
 /// A worker's signing key. The public half is its [`WorkerId`].
 pub struct Identity {
@@ -87,28 +87,61 @@ impl Identity {
         self.key.sign(message).to_bytes()
     }
 
-    /// Signs a registration (name and peer address), proving the worker owns its key.
-    pub fn sign_registration(&self, name: &str, peer_addr: &str) -> [u8; 64] {
-        self.sign_raw(&registration_message(name, peer_addr))
+    /// Signs a registration, proving the worker owns its key and binding the account and
+    /// team it works for (so nobody can move a worker's credit to another account).
+    pub fn sign_registration(&self, registration: &Registration<'_>) -> [u8; 64] {
+        self.sign_raw(&registration.message())
+    }
+
+    /// A salt derived from the secret key, for when the OS random source fails: as hidden
+    /// from others as a random one, though not fresh per claim.
+    pub(crate) fn derive_salt(
+        &self,
+        project: crate::ProjectId,
+        unit: crate::UnitId,
+        digest: crate::Digest,
+        fuel: u64,
+    ) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.key.as_bytes());
+        h.update(&project.0.to_le_bytes());
+        h.update(&unit.0.to_le_bytes());
+        h.update(&digest.0);
+        h.update(&fuel.to_le_bytes());
+        *h.finalize().as_bytes()
     }
 }
 
-fn registration_message(name: &str, peer_addr: &str) -> Vec<u8> {
-    let mut m = REGISTER_CONTEXT.to_vec();
-    m.extend_from_slice(&(name.len() as u64).to_le_bytes());
-    m.extend_from_slice(name.as_bytes());
-    m.extend_from_slice(peer_addr.as_bytes());
-    m
+/// What a worker states when it registers; all of it is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration<'a> {
+    /// Display name of the machine.
+    pub name: &'a str,
+    /// Volunteer account the worker's credit goes to.
+    pub account: &'a str,
+    /// Team of the account ("" for none).
+    pub team: &'a str,
+    /// host:port of its peer service ("" when it accepts no inbound connections).
+    pub peer_addr: &'a str,
+}
+
+impl Registration<'_> {
+    fn message(&self) -> Vec<u8> {
+        let mut m = REGISTER_CONTEXT.to_vec();
+        for field in [self.name, self.account, self.team, self.peer_addr] {
+            m.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            m.extend_from_slice(field.as_bytes());
+        }
+        m
+    }
 }
 
 /// Checks a registration signature made by [`Identity::sign_registration`].
 pub fn verify_registration(
     worker: WorkerId,
-    name: &str,
-    peer_addr: &str,
+    registration: &Registration<'_>,
     signature: &[u8],
 ) -> Result<(), Error> {
-    crate::claim::verify_signature(worker, &registration_message(name, peer_addr), signature)
+    crate::claim::verify_signature(worker, &registration.message(), signature)
         .map_err(|_| Error::malformed("RegisterWorkerRequest.signature", "does not verify"))
 }
 
@@ -130,10 +163,36 @@ mod tests {
     }
 
     #[test]
-    fn registration_signature_binds_name_and_address() {
+    fn registration_signature_binds_every_field() {
         let id = Identity::from_seed([7; 32]);
-        let sig = id.sign_registration("alice", "127.0.0.1:9");
-        assert!(verify_registration(id.id(), "alice", "127.0.0.1:9", &sig).is_ok());
-        assert!(verify_registration(id.id(), "mallory", "127.0.0.1:9", &sig).is_err());
+        let reg = Registration {
+            name: "box",
+            account: "alice",
+            team: "lab",
+            peer_addr: "127.0.0.1:9",
+        };
+        let sig = id.sign_registration(&reg);
+        assert!(verify_registration(id.id(), &reg, &sig).is_ok());
+        for other in [
+            Registration {
+                account: "mallory",
+                ..reg
+            },
+            Registration { team: "", ..reg },
+            Registration {
+                name: "boxa",
+                account: "lice",
+                ..reg
+            },
+            Registration {
+                peer_addr: "127.0.0.1:8",
+                ..reg
+            },
+        ] {
+            assert!(
+                verify_registration(id.id(), &other, &sig).is_err(),
+                "{other:?}"
+            );
+        }
     }
 }

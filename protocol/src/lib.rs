@@ -8,10 +8,14 @@
 //! # Layout
 //! - [`ids`]: `ProjectId`, `UnitId`, `WorkerId`, `Digest` — ids and digests are types.
 //! - [`identity`]: a worker's ed25519 key pair, kept in its data dir.
-//! - [`claim`]: a signed statement "unit U produced output with digest D using F fuel".
+//! - [`claim`]: commit–reveal claims: a signed seal first, then "unit U produced output
+//!   with digest D using F fuel" opening it.
 //! - [`certificate`]: `quorum` matching claims from distinct workers, checked against the
 //!   output bytes; the coordinator accepts results only through [`certificate::check`].
-//! - [`quorum`]: the sans-IO tally a worker keeps per unit while claims arrive.
+//! - [`quorum`]: the sans-IO commit–reveal tally a worker keeps per unit it holds.
+//! - [`board`]: the sans-IO board a rendezvous peer keeps: commitments, reveals, and the
+//!   counted reasons it refuses messages for.
+//! - [`rendezvous`]: which peers a unit's claims go to (highest-random-weight hashing).
 //! - [`manifest`]: the project manifest (TOML) and its validation.
 //! - [`limits`]: per-project sandbox limits with their defaults and bounds.
 //! - [`failure`]: why a unit ended without output.
@@ -20,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod board;
 pub mod certificate;
 pub mod claim;
 pub mod error;
@@ -30,13 +35,14 @@ pub mod limits;
 pub mod manifest;
 pub mod quorum;
 pub mod reduce;
+pub mod rendezvous;
 pub mod wire;
 
 pub use certificate::Certificate;
 pub use claim::Claim;
 pub use error::Error;
 pub use failure::{Failure, FailureKind};
-pub use identity::Identity;
+pub use identity::{Identity, Registration};
 pub use ids::{Digest, ProjectId, UnitId, WorkerId};
 pub use limits::Limits;
 

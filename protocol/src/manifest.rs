@@ -37,6 +37,12 @@ pub struct Manifest {
     /// Most executions of one unit, disputes included, before it fails. Default:
     /// `replication + 3`.
     pub max_replicas: Option<u32>,
+    /// Adaptive replication: workers that earned trust run units alone, with secret spot
+    /// checks. Default true.
+    #[serde(default = "default_adaptive")]
+    pub adaptive: bool,
+    /// Target error bound of adaptive replication, in (0, 0.5]. Default 0.02.
+    pub error_bound: Option<f64>,
     /// Sandbox limits per execution.
     #[serde(default)]
     pub limits: Limits,
@@ -49,6 +55,13 @@ pub struct Manifest {
 fn default_replication() -> u32 {
     2
 }
+
+fn default_adaptive() -> bool {
+    true
+}
+
+/// Default of `error_bound`.
+pub const DEFAULT_ERROR_BOUND: f64 = 0.02;
 
 /// `[inputs]`: exactly one of `dir` or `sweep`.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +109,10 @@ pub struct ProjectSpec {
     pub quorum: u32,
     /// Most executions per unit.
     pub max_replicas: u32,
+    /// Adaptive replication on.
+    pub adaptive: bool,
+    /// Target error bound of adaptive replication.
+    pub error_bound: f64,
     /// Sandbox limits.
     pub limits: Limits,
     /// `(name, stdin)` per unit.
@@ -160,6 +177,8 @@ pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
         max_replicas: manifest
             .max_replicas
             .unwrap_or(manifest.replication.saturating_add(3)),
+        adaptive: manifest.adaptive,
+        error_bound: manifest.error_bound.unwrap_or(DEFAULT_ERROR_BOUND),
         limits: manifest.limits,
         units,
         manifest: text,
@@ -196,6 +215,12 @@ impl ProjectSpec {
             return Err(format!(
                 "max_replicas must be between replication ({}) and {MAX_REPLICAS} (got {})",
                 self.replication, self.max_replicas
+            ));
+        }
+        if !(self.error_bound > 0.0 && self.error_bound <= 0.5) {
+            return Err(format!(
+                "error_bound must be in (0, 0.5], e.g. 0.02 (got {})",
+                self.error_bound
             ));
         }
         self.limits.validate()?;

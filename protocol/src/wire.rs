@@ -4,8 +4,15 @@
 
 use proto::v1 as pb;
 
+use crate::claim::Commitment;
 use crate::manifest::ProjectSpec;
 use crate::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+
+fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Error> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::malformed(field, format!("expected {N} bytes, got {}", bytes.len())))
+}
 
 impl TryFrom<pb::Claim> for Claim {
     type Error = Error;
@@ -16,12 +23,8 @@ impl TryFrom<pb::Claim> for Claim {
             digest: Digest::from_slice("Claim.digest", &c.digest)?,
             fuel: c.fuel,
             worker: WorkerId::from_slice("Claim.worker_key", &c.worker_key)?,
-            signature: c.signature.as_slice().try_into().map_err(|_| {
-                Error::malformed(
-                    "Claim.signature",
-                    format!("expected 64 bytes, got {}", c.signature.len()),
-                )
-            })?,
+            salt: fixed("Claim.salt", &c.salt)?,
+            signature: fixed("Claim.signature", &c.signature)?,
         })
     }
 }
@@ -35,6 +38,110 @@ impl From<&Claim> for pb::Claim {
             fuel: c.fuel,
             worker_key: c.worker.0.to_vec(),
             signature: c.signature.to_vec(),
+            salt: c.salt.to_vec(),
+        }
+    }
+}
+
+impl TryFrom<pb::Commitment> for Commitment {
+    type Error = Error;
+    fn try_from(c: pb::Commitment) -> Result<Self, Error> {
+        Ok(Commitment {
+            project: ProjectId(c.project_id),
+            unit: UnitId(c.unit_id),
+            worker: WorkerId::from_slice("Commitment.worker_key", &c.worker_key)?,
+            seal: fixed("Commitment.seal", &c.seal)?,
+            signature: fixed("Commitment.signature", &c.signature)?,
+        })
+    }
+}
+
+impl From<&Commitment> for pb::Commitment {
+    fn from(c: &Commitment) -> Self {
+        pb::Commitment {
+            project_id: c.project.0,
+            unit_id: c.unit.0,
+            worker_key: c.worker.0.to_vec(),
+            seal: c.seal.to_vec(),
+            signature: c.signature.to_vec(),
+        }
+    }
+}
+
+/// Proof that a worker changed its answer for a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// A signed claim that does not open the same worker's signed commitment.
+    Mismatch(Commitment, Claim),
+    /// Two different signed commitments by one worker for one unit.
+    Equivocation(Commitment, Commitment),
+}
+
+impl Evidence {
+    /// The worker the evidence is against, if it proves anything: both messages must be
+    /// validly signed by the same worker, be about the same unit, and differ.
+    pub fn offender(&self) -> Result<(WorkerId, UnitId), Error> {
+        let bad = |why: &str| Err(Error::malformed("Evidence", why.to_string()));
+        let (first, second) = match self {
+            Evidence::Mismatch(c, claim) => {
+                if claim.opens(c) {
+                    return bad("the claim opens the commitment: nothing wrong");
+                }
+                claim.verify()?;
+                (c, claim.commitment())
+            }
+            Evidence::Equivocation(a, b) => {
+                if a.seal == b.seal {
+                    return bad("the commitments are the same");
+                }
+                b.verify()?;
+                (a, b.clone())
+            }
+        };
+        first.verify()?;
+        if first.worker != second.worker
+            || first.unit != second.unit
+            || first.project != second.project
+        {
+            return bad("the two messages are by different workers or about different units");
+        }
+        Ok((first.worker, first.unit))
+    }
+}
+
+impl TryFrom<pb::Evidence> for Evidence {
+    type Error = Error;
+    fn try_from(e: pb::Evidence) -> Result<Self, Error> {
+        let commitment = e
+            .commitment
+            .ok_or_else(|| Error::malformed("Evidence.commitment", "missing"))?
+            .try_into()?;
+        match (e.claim, e.other) {
+            (Some(claim), None) => Ok(Evidence::Mismatch(commitment, claim.try_into()?)),
+            (None, Some(other)) => Ok(Evidence::Equivocation(commitment, other.try_into()?)),
+            _ => Err(Error::malformed(
+                "Evidence",
+                "exactly one of claim and other must be set",
+            )),
+        }
+    }
+}
+
+impl From<&Evidence> for pb::Evidence {
+    fn from(e: &Evidence) -> Self {
+        match e {
+            Evidence::Mismatch(c, claim) => pb::Evidence {
+                reporter_key: Vec::new(),
+                commitment: Some(c.into()),
+                claim: Some(claim.into()),
+                other: None,
+            },
+            Evidence::Equivocation(a, b) => pb::Evidence {
+                reporter_key: Vec::new(),
+                commitment: Some(a.into()),
+                claim: None,
+                other: Some(b.into()),
+            },
         }
     }
 }
@@ -125,6 +232,12 @@ impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
             replication: r.replication,
             quorum: r.quorum,
             max_replicas: r.max_replicas,
+            adaptive: !r.fixed_replication,
+            error_bound: if r.error_bound == 0.0 {
+                crate::manifest::DEFAULT_ERROR_BOUND
+            } else {
+                r.error_bound
+            },
             limits: Limits::try_from(r.limits)?,
             units: r.units.into_iter().map(|u| (u.name, u.input)).collect(),
             manifest: r.manifest,
@@ -144,6 +257,8 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
             replication: s.replication,
             quorum: s.quorum,
             max_replicas: s.max_replicas,
+            fixed_replication: !s.adaptive,
+            error_bound: s.error_bound,
             limits: Some(s.limits.into()),
             units: s
                 .units

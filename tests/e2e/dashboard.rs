@@ -34,7 +34,9 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
 
     let mut cluster = Cluster::start(30);
     let manifest = mandelbrot(cluster.dir.path());
-    let id = cluster.submit(&manifest).expect("submit mandelbrot");
+    let id = cluster
+        .submit(&manifest)
+        .unwrap_or_else(|e| panic!("submit mandelbrot: {e}\n{}", cluster.logs()));
     let tiles = u64::from(WIDTH.div_ceil(TILE) * HEIGHT.div_ceil(TILE));
 
     let driver = ChromeDriver::start(&cluster.dir.path().join("chrome-profile"));

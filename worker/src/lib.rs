@@ -1,42 +1,59 @@
-//! Fallow's volunteer worker. It registers with a coordinator, leases work units, runs each
-//! in the sandbox, signs a claim about the output, exchanges claims with its peers and, when
-//! a quorum of independent workers agrees with its own output, submits the quorum
-//! certificate with the output bytes.
+//! Fallow's volunteer worker. It registers with a coordinator under a volunteer account,
+//! leases work units, runs each in the sandbox and publishes its result by commit–reveal on
+//! the unit's rendezvous boards (peers chosen by hashing the unit over the live
+//! membership); when a quorum of independent workers agrees with its own output it submits
+//! the quorum certificate with the output bytes.
 //!
 //! # Layout
 //! - [`run`] and `Shared`: the async shell — one loop per core fetching and running units,
-//!   a heartbeat loop, a republish loop, and the peer server.
-//! - [`protocol::quorum::QuorumBook`] (sans-IO) decides when to certify or dispute.
+//!   the gossip loop (polls the boards of held units), the heartbeat loop, and the peer
+//!   server with this worker's own board.
+//! - `gossip`: [`gossip::Holder`], the sans-IO holder side (which boards, what to send,
+//!   what the answers mean) around [`protocol::quorum::QuorumBook`].
+//! - `membership`: SWIM membership with foca over UDP, for workers that accept inbound
+//!   connections (the members, who can be boards).
+//! - `stats`: counters of exchanges, board refusals by reason and reports.
+//! - `metrics`: Prometheus text format on `--metrics ADDR` (executions, fuel, busy and
+//!   idle time, and the `stats`).
 //! - `executor`: the guest threads; guest code never runs on the async runtime.
 //! - `modules`: module fetch, on-disk cache and compilation.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
-//! - `metrics`: Prometheus counters, served on `--metrics ADDR`.
 
 #![forbid(unsafe_code)]
 
 mod executor;
 
 pub use executor::guest_cpu_time;
+pub mod gossip;
+pub mod membership;
 mod metrics;
 mod modules;
 pub mod rpc;
+mod stats;
 
-use std::collections::HashMap;
+pub use stats::{Stats, StatsSnapshot};
+
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::quorum::{Action, QuorumBook};
-use protocol::{Claim, Digest, Failure, Identity, UnitId};
+use protocol::board::{Board, BoardLimits, Reason};
+use protocol::claim::Commitment;
+use protocol::quorum::Timing;
+use protocol::wire::Evidence;
+use protocol::{Claim, Digest, Failure, Identity, ProjectId, UnitId, WorkerId};
 use sandbox::{Sandbox, SandboxConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use executor::Executor;
+use gossip::{Effect, Holder, PollConfig, Reply, Request};
+use membership::{Member, MembershipConfig, MembershipHandle};
 use modules::Modules;
-use rpc::{Assignment, ClaimSink, CoordinatorClient, PeerClient, PeerInfo};
+use rpc::{Assignment, BoardHost, CoordinatorClient, Introduction, PeerClient, PeerInfo};
 
 /// The one error type of the `worker` crate.
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +134,21 @@ pub struct WorkerConfig {
     pub cores: usize,
     /// Name shown to the coordinator. Default: the host name.
     pub name: String,
-    /// Where the peer service listens. Default `0.0.0.0:0` (any free port).
+    /// Volunteer account the credit goes to: 1 to 64 printable characters. Default
+    /// (`None`): `anon-` and the first 8 hex digits of the worker key.
+    pub account: Option<String>,
+    /// Team of the account: up to 64 printable characters; empty for none. Default empty.
+    pub team: String,
+    /// Whether to accept inbound connections: serve the peer service (a rendezvous board)
+    /// and join the SWIM membership. Default true. False (`--no-inbound`, for workers behind
+    /// NAT) still takes full part: it talks to boards over connections it opens itself.
+    pub inbound: bool,
+    /// Where the peer service listens: gRPC on TCP, and SWIM membership on UDP on the same
+    /// port number. Default `0.0.0.0:0` (any free port free for both). If it cannot be
+    /// bound the worker carries on without inbound connections.
     pub peer_listen: SocketAddr,
-    /// Address peers use to reach us. Default: the listen port on the local address that
-    /// routes to the coordinator.
+    /// Address peers use to reach us (TCP and UDP). Default: the listen port on the local
+    /// address that routes to the coordinator.
     pub peer_advertise: Option<SocketAddr>,
     /// How long a graceful shutdown waits for running units before handing them back.
     pub drain: Duration,
@@ -137,6 +165,9 @@ impl Default for WorkerConfig {
             data_dir: PathBuf::from("fallow-worker"),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             name: "worker".into(),
+            account: None,
+            team: String::new(),
+            inbound: true,
             peer_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             peer_advertise: None,
             drain: Duration::from_secs(10),
@@ -161,6 +192,19 @@ impl WorkerConfig {
                 self.name
             )));
         }
+        if let Some(account) = &self.account
+            && !printable(account, 1)
+        {
+            return Err(Error::Config(format!(
+                "--account must be 1 to 64 printable characters, no control characters (got {account:?})"
+            )));
+        }
+        if !printable(&self.team, 0) {
+            return Err(Error::Config(format!(
+                "--team must be at most 64 printable characters, no control characters (got {:?})",
+                self.team
+            )));
+        }
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "--coordinator must be a URL such as http://127.0.0.1:7070 (got {:?})",
@@ -171,31 +215,56 @@ impl WorkerConfig {
     }
 }
 
+/// `min` to 64 characters, none of them control characters, and not only blanks.
+fn printable(s: &str, min: usize) -> bool {
+    let n = s.chars().count();
+    (min..=64).contains(&n) && !s.chars().any(char::is_control) && (n == 0 || !s.trim().is_empty())
+}
+
+/// The account of a worker started without `--account`.
+pub fn default_account(worker: WorkerId) -> String {
+    format!("anon-{}", hex::encode(&worker.0[..4]))
+}
+
 /// A unit this worker holds.
 struct Held {
+    project: ProjectId,
     output: Option<Vec<u8>>,
-    own: Option<Claim>,
-    published: Instant,
-    certifying: bool,
+    /// A certificate upload is running; the next one waits here (the latest wins).
+    uploading: bool,
+    next_certificate: Option<(Vec<Claim>, bool)>,
 }
 
 struct Shared {
     identity: Identity,
+    account: String,
     config: WorkerConfig,
     client: CoordinatorClient,
-    book: Mutex<QuorumBook>,
+    holder: Mutex<Holder>,
     held: Mutex<HashMap<UnitId, Held>>,
+    /// Our rendezvous board (members only; a no-inbound worker never gets asked).
+    board: Mutex<Board>,
+    /// Offenders already reported from our board, so a replayed proof is reported once.
+    reported: Mutex<HashSet<(UnitId, WorkerId)>>,
+    membership: Option<MembershipHandle>,
+    /// The coordinator's peer list and its version: the seed for membership, and the
+    /// member list itself for a worker without inbound connections.
     peers: Mutex<(u64, Vec<PeerInfo>)>,
-    peer_clients: Mutex<HashMap<String, PeerClient>>,
+    /// Boards that failed us recently, avoided until the instant given.
+    suspects: Mutex<HashMap<WorkerId, Instant>>,
+    peer_clients: Mutex<HashMap<SocketAddr, PeerClient>>,
+    stats: Arc<Stats>,
+    metrics: Arc<metrics::Metrics>,
     executor: Executor,
     modules: Modules,
+    started: Instant,
     tasks: TaskTracker,
     cancel: CancellationToken,
-    metrics: Arc<metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections here are single map operations: a poisoned lock is still consistent.
+    // Critical sections here are single map or state-machine operations that do not panic
+    // midway: a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -205,12 +274,25 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_with_stats(config, shutdown, Arc::new(Stats::default())).await
+}
+
+/// [`run`], counting gossip and board activity into `stats` (readable while it runs).
+pub async fn run_with_stats(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stats: Arc<Stats>,
+) -> Result<(), Error> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     // Two workers on one data dir would share an identity and trip over each other's
     // leases: the lock lives as long as this function.
     let _lock = lock_data_dir(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir.join("worker.key"))?;
+    let account = config
+        .account
+        .clone()
+        .unwrap_or_else(|| default_account(identity.id()));
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
@@ -218,30 +300,71 @@ pub async fn run(
     let executor = Executor::new(sandbox.clone(), config.cores)
         .map_err(|e| Error::Config(format!("cannot start guest threads: {e}")))?;
     let client = CoordinatorClient::new(&config.coordinator, identity.id())?;
-    let listener = tokio::net::TcpListener::bind(config.peer_listen)
-        .await
-        .map_err(|e| Error::Config(format!("--peer-listen {}: {e}", config.peer_listen)))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::Config(format!("peer listener: {e}")))?;
-    let advertise = match config.peer_advertise {
-        Some(a) => a,
-        None => SocketAddr::new(advertise_ip(&config.coordinator, local).await, local.port()),
+
+    let sockets = if config.inbound {
+        match bind_peer(config.peer_listen).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "{e}; carrying on without inbound connections (as with --no-inbound): \
+                     this worker talks to boards but is never one"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (listener, membership, advertise) = match sockets {
+        Some((listener, udp)) => {
+            let local = listener
+                .local_addr()
+                .map_err(|e| Error::Config(format!("peer listener: {e}")))?;
+            let advertise = match config.peer_advertise {
+                Some(a) => a,
+                None => {
+                    SocketAddr::new(advertise_ip(&config.coordinator, local).await, local.port())
+                }
+            };
+            let me = Member {
+                id: identity.id(),
+                addr: advertise,
+            };
+            let membership = membership::spawn(MembershipConfig::new(me), udp)?;
+            (Some(listener), Some(membership), Some(advertise))
+        }
+        None => (None, None, None),
     };
     let shared = Arc::new(Shared {
         modules: Modules::new(config.data_dir.join("modules"), sandbox),
         identity,
+        account,
         client,
-        book: Mutex::new(QuorumBook::new()),
+        holder: Mutex::new(Holder::new(Timing::default(), PollConfig::default())),
         held: Mutex::new(HashMap::new()),
+        board: Mutex::new(Board::new(BoardLimits::default())),
+        reported: Mutex::new(HashSet::new()),
+        membership,
         peers: Mutex::new((0, Vec::new())),
+        suspects: Mutex::new(HashMap::new()),
         peer_clients: Mutex::new(HashMap::new()),
+        metrics: Arc::new(metrics::Metrics::new(stats.clone())),
+        stats,
         executor,
+        started: Instant::now(),
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
-        metrics: Arc::new(metrics::Metrics::new()),
         config,
     });
+    let advertised = advertise.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        worker = %shared.identity.id(),
+        account = %shared.account,
+        peer = if advertised.is_empty() { "none (no inbound connections)" } else { advertised.as_str() },
+        cores = shared.config.cores,
+        "worker starting"
+    );
+
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = shared.config.metrics {
         let (local, server) = metrics::serve(
@@ -253,10 +376,9 @@ pub async fn run(
         tracing::info!("metrics on http://{local}/metrics");
         tokio::spawn(server);
     }
-    tracing::info!(worker = %shared.identity.id(), peer = %advertise, cores = shared.config.cores, "worker starting");
 
     let peer_stop = CancellationToken::new();
-    let server = {
+    let server = listener.map(|listener| {
         let stop = peer_stop.clone();
         let svc = rpc::PeerService::new(shared.clone());
         tokio::spawn(
@@ -267,7 +389,7 @@ pub async fn run(
                     stop.cancelled_owned(),
                 ),
         )
-    };
+    });
 
     {
         let cancel = shared.cancel.clone();
@@ -276,23 +398,18 @@ pub async fn run(
             cancel.cancel();
         });
     }
-    let heartbeat = match shared.register(&advertise.to_string()).await {
-        Some(h) => h,
-        None => {
-            peer_stop.cancel();
-            return Ok(()); // shut down before the coordinator answered
-        }
+    let Some(heartbeat) = shared.register(&advertised).await else {
+        // Shut down before the coordinator answered.
+        peer_stop.cancel();
+        shared.stop_membership().await;
+        return Ok(());
     };
     let mut loops = tokio::task::JoinSet::new();
     for slot in 0..shared.config.cores {
         loops.spawn(shared.clone().slot_loop(slot));
     }
-    loops.spawn(
-        shared
-            .clone()
-            .heartbeat_loop(heartbeat, advertise.to_string()),
-    );
-    loops.spawn(shared.clone().republish_loop());
+    loops.spawn(shared.clone().heartbeat_loop(heartbeat, advertised));
+    loops.spawn(shared.clone().gossip_loop());
 
     shared.cancel.cancelled().await;
     tracing::info!(
@@ -319,10 +436,45 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!("drain deadline passed; abandoned running executions");
     }
+    tracing::info!("gossip: {}", shared.stats.snapshot());
     peer_stop.cancel();
     metrics_stop.cancel();
-    let _ = server.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    shared.stop_membership().await;
     Ok(())
+}
+
+/// Binds the peer service's TCP listener and the membership's UDP socket on the same port
+/// number (so one address, and one port to forward, serves both). With port 0 the OS picks
+/// the TCP port; if that UDP port happens to be taken, try another.
+async fn bind_peer(
+    listen: SocketAddr,
+) -> Result<(tokio::net::TcpListener, tokio::net::UdpSocket), Error> {
+    let mut last = None;
+    for _ in 0..8 {
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::Config(format!("--peer-listen {listen} (TCP): {e}")))?;
+        let port = tcp
+            .local_addr()
+            .map_err(|e| Error::Config(format!("--peer-listen {listen}: {e}")))?
+            .port();
+        match tokio::net::UdpSocket::bind(SocketAddr::new(listen.ip(), port)).await {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) if listen.port() == 0 => last = Some(e),
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "--peer-listen {listen} (UDP, for membership): {e}"
+                )));
+            }
+        }
+    }
+    Err(Error::Config(format!(
+        "--peer-listen {listen}: no port free for both TCP and UDP ({})",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
 }
 
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Error> {
@@ -383,47 +535,140 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
 
-/// How long a worker whose quorum was completed by a peer's push waits before submitting
-/// the certificate itself: the pushing peer saw the same quorum when it pulled our claim
-/// and normally submits first, so waiting saves a second upload of the output.
-const PUSHED_QUORUM_GRACE: Duration = Duration::from_secs(2);
+/// How often the gossip loop wakes; each unit is polled at its own pace
+/// ([`PollConfig`]), this only bounds the added latency.
+const GOSSIP_TICK: Duration = Duration::from_millis(250);
 
-/// Who completed a quorum: us (submit now) or a peer's push (wait, the peer submits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
-    Own,
-    PeerPush,
-}
+/// Holders that reach the same quorum normally see it within one poll of each other. The
+/// first-ranked claimant ([`gossip::submit_rank`]) uploads the output at once; each later
+/// rank waits this much longer and uploads only if the unit is still not settled, so the
+/// output normally travels once.
+const SUBMIT_GRACE: Duration = Duration::from_secs(2);
 
-impl ClaimSink for Shared {
-    fn on_claim(self: &Arc<Self>, claim: Claim) -> Result<(), protocol::Error> {
-        self.receive(claim, Trigger::PeerPush)
+/// A board that failed an exchange is avoided this long (its units go to the next-ranked
+/// members meanwhile); SWIM removes it for good if it is really gone.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// How often our board drops the units untouched for `BoardLimits::ttl_ms`.
+const BOARD_SWEEP: Duration = Duration::from_secs(10);
+
+impl BoardHost for Shared {
+    fn exchange(
+        &self,
+        commitments: Vec<Commitment>,
+        reveals: Vec<Claim>,
+        want: &[UnitId],
+    ) -> Reply {
+        self.serve(commitments, reveals, want)
     }
 
-    fn claims_for(&self, unit: UnitId) -> Vec<Claim> {
-        lock(&self.book).claims(unit)
+    fn refused(&self, why: &'static str) {
+        tracing::debug!(why, "refused a board exchange");
+        self.stats.refused();
     }
 }
 
 impl Shared {
-    fn receive(self: &Arc<Self>, claim: Claim, trigger: Trigger) -> Result<(), protocol::Error> {
-        self.metrics.claims_received(1);
-        let actions = lock(&self.book).add_remote(claim)?;
-        self.act(actions, trigger);
-        Ok(())
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Our board answers one exchange (from a peer, or from ourselves without RPC).
+    /// Refusals are counted by reason; those that prove misbehaviour are reported.
+    fn serve(&self, commitments: Vec<Commitment>, reveals: Vec<Claim>, want: &[UnitId]) -> Reply {
+        let now = self.now_ms();
+        // Kept to pair an offender's message with its filed commitment; bounded by the
+        // request limits.
+        let (sent_commitments, sent_reveals) = (commitments.clone(), reveals.clone());
+        let (views, rejected, evidence) = {
+            let mut board = lock(&self.board);
+            let (views, rejected) = board.exchange(commitments, reveals, want, now);
+            let evidence: Vec<Evidence> = rejected
+                .iter()
+                .filter_map(|r| {
+                    let offender = r.offender?;
+                    let filed = board.commitment(r.unit, offender)?.clone();
+                    match r.reason {
+                        Reason::Equivocation => sent_commitments
+                            .iter()
+                            .find(|c| {
+                                c.unit == r.unit && c.worker == offender && c.seal != filed.seal
+                            })
+                            .map(|c| Evidence::Equivocation(filed, c.clone())),
+                        Reason::RevealMismatch => sent_reveals
+                            .iter()
+                            .find(|c| c.unit == r.unit && c.worker == offender && !c.opens(&filed))
+                            .map(|c| Evidence::Mismatch(filed, c.clone())),
+                        _ => None,
+                    }
+                })
+                .collect();
+            (views, rejected, evidence)
+        };
+        self.stats.served();
+        for r in &rejected {
+            self.stats.rejected(r.reason);
+            match r.offender {
+                Some(w) => {
+                    tracing::warn!(unit = %r.unit, worker = %w, reason = r.reason.as_str(), "board caught a worker changing its answer")
+                }
+                None => {
+                    tracing::debug!(unit = %r.unit, reason = r.reason.as_str(), "board refused a message")
+                }
+            }
+        }
+        for e in evidence {
+            self.report_misbehaviour(e);
+        }
+        Reply {
+            views,
+            rejected: rejected.into_iter().map(|r| (r.unit, r.reason)).collect(),
+        }
+    }
+
+    fn report_misbehaviour(&self, evidence: Evidence) {
+        let Ok((worker, unit)) = evidence.offender() else {
+            return; // proves nothing: never accuse on it
+        };
+        {
+            let mut reported = lock(&self.reported);
+            if reported.len() > 10_000 {
+                reported.clear();
+            }
+            if !reported.insert((unit, worker)) {
+                return;
+            }
+        }
+        self.stats.misbehaviour();
+        let client = self.client.clone();
+        self.tasks.spawn(async move {
+            tracing::warn!(%unit, %worker, "reporting misbehaviour to the coordinator");
+            if let Err(e) = client.report_misbehaviour(&evidence).await {
+                tracing::warn!(%unit, %worker, "misbehaviour report not taken: {e}");
+            }
+        });
+    }
+
+    async fn stop_membership(&self) {
+        if let Some(m) = &self.membership {
+            m.shutdown().await;
+        }
     }
 
     /// Registers, retrying until the coordinator answers; `None` if shut down first.
     async fn register(&self, advertise: &str) -> Option<Duration> {
         let mut attempt = 0u32;
         loop {
-            let cores = self.config.cores as u32;
-            match self
-                .client
-                .register(&self.identity, &self.config.name, advertise, cores)
-                .await
-            {
+            let me = Introduction {
+                name: &self.config.name,
+                account: &self.account,
+                team: &self.config.team,
+                peer_addr: advertise,
+                cores: self.config.cores as u32,
+            };
+            match self.client.register(&self.identity, me).await {
                 Ok(reg) => {
+                    self.seed_membership(&reg.peers);
                     *lock(&self.peers) = (0, reg.peers);
                     tracing::info!(coordinator = %self.config.coordinator, "registered");
                     return Some(reg.heartbeat);
@@ -445,7 +690,48 @@ impl Shared {
         }
     }
 
-    /// One core's loop: lease a unit, run it, publish the claim; repeat until shutdown.
+    fn seed_membership(&self, peers: &[PeerInfo]) {
+        if let Some(m) = &self.membership {
+            m.seed(peers_as_members(peers));
+        }
+    }
+
+    /// The members a unit's boards are chosen from: SWIM's live members for a member, the
+    /// coordinator's list of reachable workers for a worker without inbound connections;
+    /// minus boards that failed us recently.
+    fn members(&self) -> Vec<Member> {
+        let mut members = match &self.membership {
+            Some(m) => m.members().to_vec(),
+            None => peers_as_members(&lock(&self.peers).1),
+        };
+        let now = Instant::now();
+        let mut suspects = lock(&self.suspects);
+        suspects.retain(|_, until| *until > now);
+        let me = self.identity.id();
+        members.retain(|m| m.id == me || !suspects.contains_key(&m.id));
+        members
+    }
+
+    fn suspect(&self, board: WorkerId) {
+        if board != self.identity.id() {
+            lock(&self.suspects).insert(board, Instant::now() + SUSPECT_FOR);
+        }
+    }
+
+    fn peer_client(&self, addr: SocketAddr) -> Result<PeerClient, Error> {
+        let mut clients = lock(&self.peer_clients);
+        if let Some(c) = clients.get(&addr) {
+            return Ok(c.clone());
+        }
+        let c = PeerClient::new(&addr.to_string())?;
+        if clients.len() > 1024 {
+            clients.clear(); // members come and go; reconnecting is cheap
+        }
+        clients.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// One core's loop: lease a unit, run it, commit its result; repeat until shutdown.
     async fn slot_loop(self: Arc<Self>, slot: usize) {
         let mut failures = 0u32;
         while !self.cancel.is_cancelled() {
@@ -486,14 +772,13 @@ impl Shared {
         lock(&self.held).insert(
             a.unit,
             Held {
+                project: a.project,
                 output: None,
-                own: None,
-                published: Instant::now(),
-                certifying: false,
+                uploading: false,
+                next_certificate: None,
             },
         );
-        lock(&self.book).hold(a.unit, a.quorum);
-        self.metrics.held(lock(&self.held).len());
+        lock(&self.holder).hold(a.unit, a.project, a.quorum);
         let compiled = match self
             .modules
             .get(&self.client, a.module, a.limits.nan_canonicalization)
@@ -534,12 +819,10 @@ impl Shared {
                 let claim = Claim::sign(&self.identity, a.project, a.unit, exec.digest, exec.fuel);
                 if let Some(h) = lock(&self.held).get_mut(&a.unit) {
                     h.output = Some(exec.output);
-                    h.own = Some(claim.clone());
-                    h.published = Instant::now();
                 }
-                let actions = lock(&self.book).add_own(claim.clone());
-                self.act(actions, Trigger::Own);
-                self.publish(claim).await;
+                let now = self.now_ms();
+                let effects = lock(&self.holder).add_own(claim, now);
+                self.carry_out(effects);
             }
             Err(failure) => {
                 tracing::info!(unit = %a.unit, name = %a.name, reason = %failure, "unit failed");
@@ -569,73 +852,94 @@ impl Shared {
     }
 
     fn release(&self, unit: UnitId) {
-        let held = {
-            let mut held = lock(&self.held);
-            held.remove(&unit);
-            held.len()
-        };
-        self.metrics.held(held);
-        lock(&self.book).release(unit);
+        lock(&self.held).remove(&unit);
+        lock(&self.holder).release(unit);
     }
 
-    /// Carries out quorum-book actions in the background.
-    fn act(self: &Arc<Self>, actions: Vec<Action>, trigger: Trigger) {
-        for action in actions {
-            match action {
-                Action::SubmitCertificate { unit, claims } => {
-                    let output = {
-                        let mut held = lock(&self.held);
-                        match held.get_mut(&unit) {
-                            Some(h) if !h.certifying => {
-                                h.certifying = true;
-                                h.output.clone()
-                            }
-                            _ => None,
-                        }
-                    };
-                    let Some(output) = output else { continue };
-                    let me = self.clone();
-                    self.tasks.spawn(async move {
-                        let (client, cancel) = (&me.client, &me.cancel);
-                        if trigger == Trigger::PeerPush {
-                            if !pause(cancel, PUSHED_QUORUM_GRACE).await {
-                                return;
-                            }
-                            let version = lock(&me.peers).0;
-                            if let Ok(reply) = client.heartbeat(&[unit], version).await
-                                && reply.settled.contains(&unit)
-                            {
-                                me.release(unit);
-                                return; // the peer certified it
-                            }
-                        }
-                        let mut attempt = 0u32;
-                        loop {
-                            match client.submit_certificate(unit, &claims, &output).await {
-                                Ok(accepted) => {
-                                    me.metrics.certificate(accepted);
-                                    tracing::debug!(%unit, accepted, "certificate submitted");
-                                    break;
-                                }
-                                Err(e) if e.is_transient() => {
-                                    attempt += 1;
-                                    if attempt % 8 == 1 {
-                                        tracing::warn!(%unit, "certificate not delivered yet: {e}");
-                                    }
-                                    if !pause(cancel, backoff(attempt)).await {
-                                        return; // shutdown: the unit is handed back
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!(%unit, "certificate refused: {e}");
-                                    break;
-                                }
-                            }
-                        }
-                        me.release(unit);
-                    });
+    /// Polls the boards of held units until shutdown: one batched exchange per board.
+    async fn gossip_loop(self: Arc<Self>) {
+        let me = self.identity.id();
+        let mut swept = Instant::now();
+        loop {
+            if !pause(&self.cancel, GOSSIP_TICK).await {
+                return;
+            }
+            if swept.elapsed() >= BOARD_SWEEP {
+                swept = Instant::now();
+                lock(&self.board).expire(self.now_ms());
+            }
+            let members = self.members();
+            let ids: Vec<WorkerId> = members.iter().map(|m| m.id).collect();
+            let now = self.now_ms();
+            let (effects, requests) = {
+                let mut holder = lock(&self.holder);
+                let effects = holder.tick(now);
+                (effects, holder.plan(&ids, now))
+            };
+            self.carry_out(effects);
+            let mut exchanges = tokio::task::JoinSet::new();
+            for request in requests {
+                self.stats.sent(rpc::request_len(&request));
+                if request.board == me {
+                    // Our own board: no RPC.
+                    let reply = self.serve(
+                        request.commitments.clone(),
+                        request.reveals.clone(),
+                        &request.want,
+                    );
+                    self.on_reply(&request, Ok(reply));
+                    continue;
                 }
-                Action::ReportDispute { unit, claims } => {
+                let client = members
+                    .iter()
+                    .find(|m| m.id == request.board)
+                    .map(|m| self.peer_client(m.addr));
+                match client {
+                    Some(Ok(client)) => {
+                        exchanges.spawn(async move {
+                            let reply = client.exchange(&request).await;
+                            (request, reply)
+                        });
+                    }
+                    Some(Err(e)) => self.on_reply(&request, Err(e)),
+                    None => {} // cannot happen: boards are drawn from `members`
+                }
+            }
+            while let Some(done) = exchanges.join_next().await {
+                if let Ok((request, reply)) = done {
+                    self.on_reply(&request, reply);
+                }
+            }
+        }
+    }
+
+    fn on_reply(self: &Arc<Self>, request: &Request, reply: Result<Reply, Error>) {
+        match reply {
+            Ok(reply) => {
+                let now = self.now_ms();
+                let effects = lock(&self.holder).on_reply(request, reply, now);
+                self.carry_out(effects);
+            }
+            Err(e) => {
+                tracing::debug!(board = %request.board, "exchange failed: {e}");
+                self.stats.failed();
+                lock(&self.holder).on_failure(request);
+                self.suspect(request.board);
+            }
+        }
+    }
+
+    /// Carries out what the holder decided, in the background.
+    fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Certificate {
+                    unit,
+                    claims,
+                    complete,
+                } => self.certify(unit, claims, complete),
+                Effect::Dispute { unit, claims } => {
+                    self.stats.dispute();
                     let client = self.client.clone();
                     self.tasks.spawn(async move {
                         tracing::info!(%unit, claims = claims.len(), "claims disagree; reporting a dispute");
@@ -644,60 +948,114 @@ impl Shared {
                         }
                     });
                 }
+                Effect::Misbehaviour(evidence) => self.report_misbehaviour(*evidence),
+                Effect::BadBoard { board, problem } => {
+                    tracing::warn!(%board, "board sent bad data ({problem}); avoiding it");
+                    self.suspect(board);
+                }
             }
         }
     }
 
-    /// Pushes `claim` to every peer and pulls their claims for its unit.
-    async fn publish(self: &Arc<Self>, claim: Claim) {
-        let peers = lock(&self.peers).1.clone();
-        let mut exchanges = tokio::task::JoinSet::new();
-        for peer in peers {
-            let client = {
-                let mut clients = lock(&self.peer_clients);
-                match clients.get(&peer.addr) {
-                    Some(c) => c.clone(),
-                    None => match PeerClient::new(&peer.addr) {
-                        Ok(c) => {
-                            clients.insert(peer.addr.clone(), c.clone());
-                            c
-                        }
-                        Err(e) => {
-                            tracing::debug!("skipping peer: {e}");
-                            continue;
-                        }
-                    },
-                }
-            };
-            let claim = claim.clone();
-            self.metrics.claims_sent(1);
-            exchanges.spawn(async move {
-                (
-                    peer,
-                    client
-                        .exchange(std::slice::from_ref(&claim), &[claim.unit])
-                        .await,
-                )
-            });
+    /// Queues a certificate for `unit`; one upload per unit runs at a time, and a newer
+    /// certificate replaces a queued one (a complete one is never replaced by a partial).
+    fn certify(self: &Arc<Self>, unit: UnitId, claims: Vec<Claim>, complete: bool) {
+        {
+            let mut held = lock(&self.held);
+            let Some(h) = held.get_mut(&unit) else { return };
+            if h.output.is_none() {
+                return;
+            }
+            if !h
+                .next_certificate
+                .as_ref()
+                .is_some_and(|(_, c)| *c && !complete)
+            {
+                h.next_certificate = Some((claims, complete));
+            }
+            if h.uploading {
+                return;
+            }
+            h.uploading = true;
         }
-        while let Some(done) = exchanges.join_next().await {
-            let Ok((peer, result)) = done else { continue };
-            match result {
-                Ok(claims) => {
-                    for c in claims {
-                        if let Err(e) = self.receive(c, Trigger::Own) {
-                            tracing::warn!(peer = %peer.id, "peer returned a bad claim: {e}");
-                        }
+        let me = self.clone();
+        self.tasks.spawn(async move { me.upload(unit).await });
+    }
+
+    async fn upload(self: Arc<Self>, unit: UnitId) {
+        loop {
+            let next = {
+                let mut held = lock(&self.held);
+                let Some(h) = held.get_mut(&unit) else { return };
+                match (h.next_certificate.take(), &h.output) {
+                    (Some((claims, complete)), Some(output)) => {
+                        (h.project, claims, complete, output.clone())
+                    }
+                    _ => {
+                        h.uploading = false;
+                        return;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(peer = %peer.id, addr = %peer.addr, "claim exchange failed: {e}")
+            };
+            let (project, claims, complete, output) = next;
+            if complete && !self.wait_turn(project, unit, &claims).await {
+                return; // settled by another claimant (released), or shutting down
+            }
+            self.stats.certificate(complete);
+            let mut attempt = 0u32;
+            let outcome = loop {
+                match self.client.submit_certificate(unit, &claims, &output).await {
+                    Ok(outcome) => break Some(outcome),
+                    Err(e) if e.is_transient() => {
+                        attempt += 1;
+                        if attempt % 8 == 1 {
+                            tracing::warn!(%unit, "certificate not delivered yet: {e}");
+                        }
+                        if !pause(&self.cancel, backoff(attempt)).await {
+                            return; // shutdown: the unit is handed back
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%unit, "certificate refused: {e}");
+                        break None;
+                    }
+                }
+            };
+            tracing::debug!(%unit, complete, ?outcome, "certificate submitted");
+            match outcome {
+                // Kept toward the quorum but not verified yet: hold on, more may come.
+                Some(o) if o.recorded && !o.accepted => {}
+                // Verified (by us or before us), or refused: nothing more to do here.
+                _ => {
+                    self.release(unit);
+                    return;
                 }
             }
         }
     }
 
-    /// Keeps leases alive, drops settled units, refreshes the peer list.
+    /// Waits our turn to upload a complete certificate; false if the unit got settled
+    /// meanwhile (and is released) or we are shutting down.
+    async fn wait_turn(&self, project: ProjectId, unit: UnitId, claims: &[Claim]) -> bool {
+        let rank = gossip::submit_rank(project, unit, self.identity.id(), claims);
+        if rank == 0 {
+            return true;
+        }
+        if !pause(&self.cancel, SUBMIT_GRACE * rank as u32).await {
+            return false;
+        }
+        let version = lock(&self.peers).0;
+        match self.client.heartbeat(&[unit], version).await {
+            Ok(reply) if reply.settled.contains(&unit) => {
+                self.release(unit);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Keeps leases alive, drops settled units, refreshes the peer list and seeds the
+    /// membership with it.
     async fn heartbeat_loop(self: Arc<Self>, mut every: Duration, advertise: String) {
         let mut failures = 0u32;
         loop {
@@ -718,6 +1076,10 @@ impl Shared {
                     if let Some(peers) = reply.peers {
                         *lock(&self.peers) = peers;
                     }
+                    // Every beat, not only on change: a seed that was down at first may be
+                    // up now (the membership rate-limits announcements per peer).
+                    let peers = lock(&self.peers).1.clone();
+                    self.seed_membership(&peers);
                     if reply.unknown_worker {
                         tracing::warn!("coordinator does not know this worker; registering again");
                         if let Some(h) = self.register(&advertise).await {
@@ -734,30 +1096,19 @@ impl Shared {
             }
         }
     }
+}
 
-    /// Claims can miss each other (a peer was down or not yet known): units still waiting
-    /// for their quorum are published again every few seconds.
-    async fn republish_loop(self: Arc<Self>) {
-        const EVERY: Duration = Duration::from_secs(2);
-        loop {
-            if !pause(&self.cancel, EVERY).await {
-                return;
-            }
-            let waiting: Vec<Claim> = {
-                let mut held = lock(&self.held);
-                held.values_mut()
-                    .filter(|h| !h.certifying && h.published.elapsed() >= EVERY)
-                    .filter_map(|h| {
-                        h.published = Instant::now();
-                        h.own.clone()
-                    })
-                    .collect()
-            };
-            for claim in waiting {
-                self.publish(claim).await;
-            }
-        }
-    }
+/// The coordinator's peers that accept inbound connections, as members.
+fn peers_as_members(peers: &[PeerInfo]) -> Vec<Member> {
+    peers
+        .iter()
+        .filter_map(|p| {
+            Some(Member {
+                id: p.id,
+                addr: p.addr.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -794,6 +1145,45 @@ mod tests {
             let err = config.validate().expect_err("accepted").to_string();
             assert!(err.contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn accounts_and_teams_are_validated_and_default_from_the_key() {
+        let with = |account: Option<&str>, team: &str| WorkerConfig {
+            account: account.map(str::to_string),
+            team: team.to_string(),
+            ..Default::default()
+        };
+        for (account, team) in [
+            (None, ""),
+            (Some("alice"), ""),
+            (Some("Ünïcode Lab ☃"), "team 7"),
+            (Some(&*"a".repeat(64)), &*"t".repeat(64)),
+        ] {
+            assert!(
+                with(account, team).validate().is_ok(),
+                "{account:?} {team:?}"
+            );
+        }
+        for (account, team, flag) in [
+            (Some(""), "", "--account"),
+            (Some("   "), "", "--account"),
+            (Some(&*"a".repeat(65)), "", "--account"),
+            (Some("bad\nline"), "", "--account"),
+            (Some("tab\there"), "", "--account"),
+            (Some("ok"), "\u{7}", "--team"),
+            (Some("ok"), &*"t".repeat(65), "--team"),
+        ] {
+            let err = with(account, team)
+                .validate()
+                .expect_err("accepted")
+                .to_string();
+            assert!(err.contains(flag) && err.contains("printable"), "{err}");
+        }
+        let id = Identity::from_seed([5; 32]).id();
+        let account = default_account(id);
+        assert_eq!(account, format!("anon-{}", &hex::encode(id.0)[..8]));
+        assert!(with(Some(&account), "").validate().is_ok());
     }
 
     /// On a single-threaded runtime, a guest that spins for a second must not stop other

@@ -1,5 +1,6 @@
 //! `fallow worker --metrics ADDR`: the worker's counters in Prometheus text format
-//! (prometheus-client), served read-only on their own small HTTP listener.
+//! (prometheus-client), served read-only on their own small HTTP listener: executions by
+//! result (trap reasons included), fuel, busy and idle time, and the gossip [`Stats`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,13 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::Error;
+use crate::{Error, Stats};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -28,18 +31,11 @@ pub(crate) struct Metrics {
     busy: Counter<f64, AtomicU64>,
     /// Seconds slots spent asking for work and waiting because there was none.
     idle: Counter<f64, AtomicU64>,
-    /// Claims pushed to peers (one per peer per publication).
-    claims_sent: Counter,
-    /// Claims received from peers (pushed to us or returned by a pull).
-    claims_received: Counter,
-    /// Certificates submitted to the coordinator, by whether it recorded them.
-    certificates: Family<Labels, Counter>,
-    /// Units held now (running or waiting for their quorum).
-    held: Gauge,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// The worker's metrics, with the gossip counters of `stats` read at each scrape.
+    pub(crate) fn new(stats: Arc<Stats>) -> Self {
         let mut registry = Registry::with_prefix("fallow_worker");
         let m = Metrics {
             registry: Registry::default(),
@@ -47,10 +43,6 @@ impl Metrics {
             fuel: Counter::default(),
             busy: Counter::default(),
             idle: Counter::default(),
-            claims_sent: Counter::default(),
-            claims_received: Counter::default(),
-            certificates: Family::default(),
-            held: Gauge::default(),
         };
         registry.register(
             "units",
@@ -68,56 +60,20 @@ impl Metrics {
             "Seconds slots spent waiting for work",
             m.idle.clone(),
         );
-        registry.register(
-            "claims_sent",
-            "Claims pushed to peers",
-            m.claims_sent.clone(),
-        );
-        registry.register(
-            "claims_received",
-            "Claims received from peers",
-            m.claims_received.clone(),
-        );
-        registry.register(
-            "certificates",
-            "Certificates submitted, by whether the coordinator recorded them",
-            m.certificates.clone(),
-        );
-        registry.register(
-            "units_held",
-            "Units held now (running or awaiting quorum)",
-            m.held.clone(),
-        );
+        registry.register_collector(Box::new(Gossip(stats)));
         Metrics { registry, ..m }
     }
 
+    /// One execution ended with `result` after `took`.
     pub(crate) fn ran(&self, result: &'static str, fuel: u64, took: Duration) {
         self.units.get_or_create(&vec![("result", result)]).inc();
         self.fuel.inc_by(fuel);
         self.busy.inc_by(took.as_secs_f64());
     }
 
+    /// A slot waited `d` for work.
     pub(crate) fn idle(&self, d: Duration) {
         self.idle.inc_by(d.as_secs_f64());
-    }
-
-    pub(crate) fn claims_sent(&self, n: usize) {
-        self.claims_sent.inc_by(n as u64);
-    }
-
-    pub(crate) fn claims_received(&self, n: usize) {
-        self.claims_received.inc_by(n as u64);
-    }
-
-    pub(crate) fn certificate(&self, accepted: bool) {
-        let label = if accepted { "accepted" } else { "duplicate" };
-        self.certificates
-            .get_or_create(&vec![("accepted", label)])
-            .inc();
-    }
-
-    pub(crate) fn held(&self, n: usize) {
-        self.held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     fn render(&self) -> String {
@@ -126,6 +82,41 @@ impl Metrics {
             tracing::error!("cannot encode metrics: {e}");
         }
         out
+    }
+}
+
+/// The gossip and board counters ([`Stats`]), read when scraped.
+#[derive(Debug)]
+struct Gossip(Arc<Stats>);
+
+impl Collector for Gossip {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.snapshot();
+        for (name, help, value) in [
+            ("gossip_exchanges_sent", "Exchanges sent to rendezvous boards", s.exchanges_sent),
+            ("gossip_bytes_sent", "Encoded bytes of exchanges sent", s.exchange_bytes_sent),
+            ("gossip_exchanges_failed", "Exchanges that failed", s.exchanges_failed),
+            ("gossip_exchanges_served", "Exchanges this worker's board answered", s.exchanges_served),
+            ("gossip_requests_refused", "Requests this worker's board refused whole", s.requests_refused),
+            ("certificates", "Complete certificates submitted", s.certificates),
+            ("partial_certificates", "Partial certificates submitted", s.partial_certificates),
+            ("disputes", "Disputes reported", s.disputes),
+            ("misbehaviour_reports", "Evidence of misbehaviour reported", s.misbehaviour_reports),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "board_rejections",
+            "Messages this worker's board refused, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &s.rejections {
+            let labels = vec![("reason", *reason)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

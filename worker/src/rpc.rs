@@ -1,15 +1,22 @@
 //! The worker's gRPC boundary, the only module here that touches `proto` types: a client
-//! for the coordinator speaking domain types, the `Peer` service other workers call, and
-//! the client side of that service.
+//! for the coordinator speaking domain types, the `Peer` service (the rendezvous board other
+//! workers exchange commitments and reveals with), and the client side of that service.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use proto::v1 as pb;
+use protocol::board::{Reason, View};
+use protocol::certificate::MAX_CLAIMS;
+use protocol::claim::Commitment;
+use protocol::wire::Evidence;
 use protocol::{Claim, Digest, Failure, Identity, Limits, ProjectId, UnitId, WorkerId, wire};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
 use crate::Error;
+use crate::gossip::{Reply, Request};
 
 /// A unit leased to this worker.
 #[derive(Debug, Clone)]
@@ -30,13 +37,37 @@ pub struct Assignment {
     pub quorum: u32,
 }
 
-/// A peer worker.
+/// A peer worker, as the coordinator lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     /// Its key.
     pub id: WorkerId,
-    /// Its peer service address.
+    /// Its peer service address ("" when it accepts no inbound connections).
     pub addr: String,
+}
+
+/// What a worker states about itself at registration (all signed).
+#[derive(Debug, Clone, Copy)]
+pub struct Introduction<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Volunteer account.
+    pub account: &'a str,
+    /// Team ("" for none).
+    pub team: &'a str,
+    /// Peer service address ("" without inbound connections).
+    pub peer_addr: &'a str,
+    /// Units run at once.
+    pub cores: u32,
+}
+
+/// What the coordinator answered to a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateOutcome {
+    /// This certificate verified the unit.
+    pub accepted: bool,
+    /// Its claims are kept toward the unit's quorum (a partial certificate).
+    pub recorded: bool,
 }
 
 /// What registration told us.
@@ -98,24 +129,31 @@ impl CoordinatorClient {
         })
     }
 
-    /// Registers this worker.
+    /// Registers this worker, signing everything it states.
     pub async fn register(
         &self,
         identity: &Identity,
-        name: &str,
-        peer_addr: &str,
-        cores: u32,
+        me: Introduction<'_>,
     ) -> Result<Registration, Error> {
+        let signature = identity.sign_registration(&protocol::Registration {
+            name: me.name,
+            account: me.account,
+            team: me.team,
+            peer_addr: me.peer_addr,
+        });
         let r = self
             .inner
             .clone()
             .register_worker(pb::RegisterWorkerRequest {
                 public_key: self.key.clone(),
-                name: name.to_string(),
-                peer_addr: peer_addr.to_string(),
-                cores,
+                name: me.name.to_string(),
+                peer_addr: me.peer_addr.to_string(),
+                cores: me.cores,
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                signature: identity.sign_registration(name, peer_addr).to_vec(),
+                signature: signature.to_vec(),
+                account: me.account.to_string(),
+                team: me.team.to_string(),
+                platform: platform(),
             })
             .await
             .map_err(rpc("RegisterWorker"))?
@@ -211,14 +249,14 @@ impl CoordinatorClient {
         Ok(())
     }
 
-    /// Submits a quorum certificate with the output; true if it verified the unit.
+    /// Submits a (possibly partial) quorum certificate with the output.
     pub async fn submit_certificate(
         &self,
         unit: UnitId,
         claims: &[Claim],
         output: &[u8],
-    ) -> Result<bool, Error> {
-        Ok(self
+    ) -> Result<CertificateOutcome, Error> {
+        let ack = self
             .inner
             .clone()
             .submit_certificate(pb::CertificateSubmission {
@@ -229,8 +267,23 @@ impl CoordinatorClient {
             })
             .await
             .map_err(rpc("SubmitCertificate"))?
-            .into_inner()
-            .accepted)
+            .into_inner();
+        Ok(CertificateOutcome {
+            accepted: ack.accepted,
+            recorded: ack.recorded,
+        })
+    }
+
+    /// Reports proof that a worker changed its answer.
+    pub async fn report_misbehaviour(&self, evidence: &Evidence) -> Result<(), Error> {
+        let mut e = pb::Evidence::from(evidence);
+        e.reporter_key = self.key.clone();
+        self.inner
+            .clone()
+            .report_misbehaviour(e)
+            .await
+            .map_err(rpc("ReportMisbehaviour"))?;
+        Ok(())
     }
 
     /// Reports disagreeing claims.
@@ -261,67 +314,179 @@ impl CoordinatorClient {
     }
 }
 
-/// Most claims or wanted units in one exchange; more is refused as malformed.
-pub const MAX_EXCHANGE: usize = 256;
-
-/// What the peer service needs from the worker.
-pub trait ClaimSink: Send + Sync + 'static {
-    /// A peer's claim arrived (already well-formed; the sink checks the signature).
-    fn on_claim(self: &std::sync::Arc<Self>, claim: Claim) -> Result<(), protocol::Error>;
-    /// The claims this worker holds for `unit`.
-    fn claims_for(&self, unit: UnitId) -> Vec<Claim>;
+/// The operating system and architecture, e.g. `linux-x86_64` (informational).
+pub fn platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-/// The `Peer` service: other workers push their claims and pull ours.
+/// Most units one Exchange may ask about (the response holds up to [`MAX_CLAIMS`] reveals
+/// and commitments per unit, so this bounds it to a few MiB).
+pub const MAX_EXCHANGE_UNITS: usize = 256;
+/// Most commitments plus reveals in one Exchange.
+pub const MAX_EXCHANGE_MESSAGES: usize = 2 * MAX_EXCHANGE_UNITS;
+/// Largest encoded Exchange request a board decodes.
+pub const MAX_EXCHANGE_BYTES: usize = 1 << 20;
+/// Largest encoded answer a holder decodes.
+const MAX_VIEWS_BYTES: usize = 16 << 20;
+
+/// The encoded size of `request` on the wire (for traffic accounting).
+pub fn request_len(request: &Request) -> usize {
+    request_to_wire(request).encoded_len()
+}
+
+fn request_to_wire(r: &Request) -> pb::BoardExchange {
+    pb::BoardExchange {
+        commitments: r.commitments.iter().map(pb::Commitment::from).collect(),
+        reveals: wire::claims_to_wire(&r.reveals),
+        want_units: r.want.iter().map(|u| u.0).collect(),
+    }
+}
+
+/// What the peer service asks of the worker: its board.
+pub trait BoardHost: Send + Sync + 'static {
+    /// One exchange from a holder, already well-formed and within the size limits.
+    fn exchange(&self, commitments: Vec<Commitment>, reveals: Vec<Claim>, want: &[UnitId])
+    -> Reply;
+    /// A request was refused before reaching the board (too big or malformed).
+    fn refused(&self, why: &'static str);
+}
+
+/// A well-formed exchange: commitments, reveals, wanted units.
+type Parsed = (Vec<Commitment>, Vec<Claim>, Vec<UnitId>);
+
+/// The `Peer` service: this worker's rendezvous board.
 #[derive(Debug)]
-pub struct PeerService<S> {
-    sink: std::sync::Arc<S>,
+pub struct PeerService<H> {
+    host: Arc<H>,
 }
 
-impl<S: ClaimSink> PeerService<S> {
-    /// A service feeding `sink`.
-    pub fn new(sink: std::sync::Arc<S>) -> pb::peer_server::PeerServer<Self> {
-        pb::peer_server::PeerServer::new(PeerService { sink }).max_decoding_message_size(1 << 20)
+impl<H: BoardHost> PeerService<H> {
+    /// A service in front of `host`.
+    pub fn new(host: Arc<H>) -> pb::peer_server::PeerServer<Self> {
+        pb::peer_server::PeerServer::new(PeerService { host })
+            .max_decoding_message_size(MAX_EXCHANGE_BYTES)
+    }
+
+    fn parse(&self, r: pb::BoardExchange) -> Result<Parsed, Status> {
+        if r.want_units.len() > MAX_EXCHANGE_UNITS {
+            self.host.refused("too_many_units");
+            return Err(Status::invalid_argument(format!(
+                "BoardExchange.want_units: {} units, at most {MAX_EXCHANGE_UNITS} per exchange; split the batch",
+                r.want_units.len()
+            )));
+        }
+        let messages = r.commitments.len() + r.reveals.len();
+        if messages > MAX_EXCHANGE_MESSAGES {
+            self.host.refused("too_many_messages");
+            return Err(Status::invalid_argument(format!(
+                "BoardExchange: {messages} commitments and reveals, at most {MAX_EXCHANGE_MESSAGES} per exchange; split the batch"
+            )));
+        }
+        let malformed = |e: protocol::Error| {
+            self.host.refused("malformed");
+            Status::invalid_argument(e.to_string())
+        };
+        let commitments = r
+            .commitments
+            .into_iter()
+            .map(Commitment::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(malformed)?;
+        let reveals = wire::claims_from_wire(r.reveals).map_err(malformed)?;
+        let want = r.want_units.into_iter().map(UnitId).collect();
+        Ok((commitments, reveals, want))
     }
 }
 
 #[tonic::async_trait]
-impl<S: ClaimSink> pb::peer_server::Peer for PeerService<S> {
-    async fn exchange_claims(
+impl<H: BoardHost> pb::peer_server::Peer for PeerService<H> {
+    async fn exchange(
         &self,
-        request: Request<pb::ClaimExchange>,
-    ) -> Result<Response<pb::ClaimExchange>, Status> {
-        let r = request.into_inner();
-        if r.claims.len() > MAX_EXCHANGE || r.want_units.len() > MAX_EXCHANGE {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_EXCHANGE} claims and wanted units per exchange"
-            )));
-        }
-        let claims = wire::claims_from_wire(r.claims)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut rejected = 0;
-        for claim in claims {
-            if let Err(e) = self.sink.on_claim(claim) {
-                rejected += 1;
-                tracing::warn!("peer sent a bad claim: {e}");
-            }
-        }
-        if rejected > 0 {
-            return Err(Status::invalid_argument(format!(
-                "{rejected} claims rejected (bad signature)"
-            )));
-        }
-        let claims = r
-            .want_units
-            .iter()
-            .flat_map(|&u| self.sink.claims_for(UnitId(u)))
-            .take(MAX_EXCHANGE)
-            .collect::<Vec<_>>();
-        Ok(Response::new(pb::ClaimExchange {
-            claims: wire::claims_to_wire(&claims),
-            want_units: Vec::new(),
-        }))
+        request: tonic::Request<pb::BoardExchange>,
+    ) -> Result<Response<pb::BoardViews>, Status> {
+        let (commitments, reveals, want) = self.parse(request.into_inner())?;
+        let reply = self.host.exchange(commitments, reveals, &want);
+        Ok(Response::new(reply_to_wire(&reply)))
     }
+}
+
+fn reply_to_wire(reply: &Reply) -> pb::BoardViews {
+    pb::BoardViews {
+        views: reply
+            .views
+            .iter()
+            .map(|(unit, v)| pb::UnitView {
+                unit_id: unit.0,
+                commitments: v.commitments,
+                reveals: wire::claims_to_wire(&v.reveals),
+                committed: v.committed.iter().map(pb::Commitment::from).collect(),
+            })
+            .collect(),
+        rejected: reply
+            .rejected
+            .iter()
+            .map(|(unit, reason)| pb::BoardRejection {
+                unit_id: unit.0,
+                reason: reason.as_str().to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn reply_from_wire(r: pb::BoardViews, asked: usize) -> Result<Reply, Error> {
+    let malformed = |field: &'static str, problem: String| {
+        Error::Protocol(protocol::Error::Malformed { field, problem })
+    };
+    if r.views.len() > asked || r.rejected.len() > MAX_EXCHANGE_MESSAGES {
+        return Err(malformed(
+            "BoardViews",
+            format!(
+                "{} views and {} rejections for {asked} wanted units",
+                r.views.len(),
+                r.rejected.len()
+            ),
+        ));
+    }
+    let mut views = Vec::with_capacity(r.views.len());
+    for v in r.views {
+        if v.reveals.len() > MAX_CLAIMS || v.committed.len() > MAX_CLAIMS {
+            return Err(malformed(
+                "UnitView",
+                format!(
+                    "{} reveals and {} commitments (at most {MAX_CLAIMS} each)",
+                    v.reveals.len(),
+                    v.committed.len()
+                ),
+            ));
+        }
+        let committed = v
+            .committed
+            .into_iter()
+            .map(Commitment::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        views.push((
+            UnitId(v.unit_id),
+            View {
+                commitments: v.commitments,
+                reveals: wire::claims_from_wire(v.reveals)?,
+                committed,
+            },
+        ));
+    }
+    let mut rejected = Vec::with_capacity(r.rejected.len());
+    for x in r.rejected {
+        let reason = Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == x.reason)
+            .ok_or_else(|| {
+                malformed(
+                    "BoardRejection.reason",
+                    format!("unknown reason {:?}", x.reason),
+                )
+            })?;
+        rejected.push((UnitId(x.unit_id), reason));
+    }
+    Ok(Reply { views, rejected })
 }
 
 /// A client for one peer's `Peer` service.
@@ -338,28 +503,202 @@ impl PeerClient {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5));
         Ok(PeerClient {
-            inner: pb::peer_client::PeerClient::new(endpoint.connect_lazy()),
+            inner: pb::peer_client::PeerClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_VIEWS_BYTES)
+                .max_encoding_message_size(MAX_EXCHANGE_BYTES),
         })
     }
 
-    /// Pushes `claims` and pulls the peer's claims for `want`.
-    pub async fn exchange(&self, claims: &[Claim], want: &[UnitId]) -> Result<Vec<Claim>, Error> {
+    /// One exchange with the peer's board.
+    pub async fn exchange(&self, request: &Request) -> Result<Reply, Error> {
         let r = self
             .inner
             .clone()
-            .exchange_claims(pb::ClaimExchange {
-                claims: wire::claims_to_wire(claims),
-                want_units: want.iter().map(|u| u.0).collect(),
+            .exchange(request_to_wire(request))
+            .await
+            .map_err(rpc("Exchange"))?
+            .into_inner();
+        reply_from_wire(r, request.want.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::board::Board;
+    use std::sync::Mutex;
+
+    /// A board behind the real service, over a real socket on 127.0.0.1.
+    struct Host {
+        board: Mutex<Board>,
+        refused: Mutex<Vec<&'static str>>,
+    }
+
+    impl BoardHost for Host {
+        fn exchange(
+            &self,
+            commitments: Vec<Commitment>,
+            reveals: Vec<Claim>,
+            want: &[UnitId],
+        ) -> Reply {
+            let mut board = self.board.lock().expect("lock");
+            let (views, rejected) = board.exchange(commitments, reveals, want, 0);
+            Reply {
+                views,
+                rejected: rejected.into_iter().map(|r| (r.unit, r.reason)).collect(),
+            }
+        }
+        fn refused(&self, why: &'static str) {
+            self.refused.lock().expect("lock").push(why);
+        }
+    }
+
+    async fn serve() -> (
+        Arc<Host>,
+        PeerClient,
+        std::net::SocketAddr,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let host = Arc::new(Host {
+            board: Mutex::new(Board::default()),
+            refused: Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerService::new(host.clone()))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.clone().cancelled_owned(),
+                ),
+        );
+        let client = PeerClient::new(&addr.to_string()).expect("client");
+        (host, client, addr, stop)
+    }
+
+    fn claim(n: u8, output: &[u8]) -> Claim {
+        Claim::sign(
+            &Identity::from_seed([n; 32]),
+            ProjectId(1),
+            UnitId(5),
+            Digest::of(output),
+            10,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_board_service_answers_counts_then_reveals_and_names_refusals() {
+        let (host, client, _, stop) = serve().await;
+        let (a, b) = (claim(1, b"x"), claim(2, b"x"));
+        let reply = client
+            .exchange(&Request {
+                board: a.worker,
+                commitments: vec![a.commitment(), b.commitment()],
+                reveals: Vec::new(),
+                want: vec![UnitId(5)],
             })
             .await
-            .map_err(rpc("ExchangeClaims"))?
-            .into_inner();
-        if r.claims.len() > MAX_EXCHANGE {
-            return Err(Error::Protocol(protocol::Error::Malformed {
-                field: "ClaimExchange.claims",
-                problem: format!("{} claims, at most {MAX_EXCHANGE}", r.claims.len()),
-            }));
-        }
-        Ok(wire::claims_from_wire(r.claims)?)
+            .expect("exchange");
+        assert_eq!(reply.views[0].1.commitments, 2);
+        assert!(reply.views[0].1.reveals.is_empty());
+        let reply = client
+            .exchange(&Request {
+                board: a.worker,
+                commitments: vec![a.commitment()],
+                reveals: vec![a.clone(), b.clone()],
+                want: vec![UnitId(5)],
+            })
+            .await
+            .expect("exchange");
+        assert_eq!(reply.views[0].1.reveals.len(), 2);
+        assert_eq!(reply.rejected, vec![(UnitId(5), Reason::Replayed)]);
+        // A copier's reveal that does not open its commitment is refused and named.
+        let c = claim(3, b"guess");
+        let copied = Claim::sign(
+            &Identity::from_seed([3; 32]),
+            ProjectId(1),
+            UnitId(5),
+            a.digest,
+            10,
+        );
+        let reply = client
+            .exchange(&Request {
+                board: a.worker,
+                commitments: vec![c.commitment()],
+                reveals: vec![copied],
+                want: vec![UnitId(5)],
+            })
+            .await
+            .expect("exchange");
+        assert_eq!(reply.rejected, vec![(UnitId(5), Reason::RevealMismatch)]);
+        assert!(
+            reply.views[0].1.reveals.is_empty(),
+            "the copier sees nothing"
+        );
+        let counts = host.board.lock().expect("lock").rejections().clone();
+        assert_eq!(counts[&Reason::RevealMismatch], 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_exchanges_are_refused_with_a_clear_status() {
+        let (host, client, addr, stop) = serve().await;
+        // A raw client without our own encoding limit, to see the board's.
+        let raw = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let too_many = Request {
+            want: (0..MAX_EXCHANGE_UNITS as u64 + 1).map(UnitId).collect(),
+            ..Request::to(WorkerId([0; 32]))
+        };
+        let err = client
+            .exchange(&too_many)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("at most 256"), "{err}");
+        let a = claim(1, b"x");
+        let flood = Request {
+            commitments: vec![a.commitment(); MAX_EXCHANGE_MESSAGES + 1],
+            ..Request::to(a.worker)
+        };
+        let err = client
+            .exchange(&flood)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("split the batch"), "{err}");
+        // Over the byte limit: refused by the decoder before anything is parsed.
+        let huge = pb::BoardExchange {
+            commitments: vec![pb::Commitment {
+                seal: vec![0; MAX_EXCHANGE_BYTES + 1],
+                ..pb::Commitment::default()
+            }],
+            ..pb::BoardExchange::default()
+        };
+        let status = raw.clone().exchange(huge).await.expect_err("too big");
+        assert!(
+            status.message().contains("message length too large"),
+            "{status:?}"
+        );
+        let bad = pb::BoardExchange {
+            commitments: vec![pb::Commitment {
+                seal: vec![0; 3],
+                ..pb::Commitment::from(&a.commitment())
+            }],
+            ..pb::BoardExchange::default()
+        };
+        let status = raw.clone().exchange(bad).await.expect_err("malformed");
+        assert!(status.message().contains("Commitment.seal"), "{status:?}");
+        assert_eq!(
+            *host.refused.lock().expect("lock"),
+            vec!["too_many_units", "too_many_messages", "malformed"]
+        );
+        assert!(host.board.lock().expect("lock").is_empty());
+        stop.cancel();
     }
 }

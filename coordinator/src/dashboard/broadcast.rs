@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::mosaic::{self, Canvas};
 use super::snapshot::{
-    Capture, Charts, FailedUnit, FailureRow, Leaderboard, MosaicInfo, Overview, PlatformRow,
-    ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary, Published, Sample, Totals,
-    WorkerRow, Workers,
+    AccountRow, Capture, Charts, FailedUnit, FailureRow, Leaderboard, MosaicInfo, Overview,
+    PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary, Published, Sample,
+    TeamRow, Totals, WorkerRow, Workers,
 };
 use super::{Dashboard, metrics, render};
 use crate::store::Store;
@@ -45,6 +45,10 @@ const MOSAIC_UNIT_LIMIT: u64 = 10_000;
 const FAILED_UNITS_SHOWN: usize = 100;
 /// Failed executions listed on a project page.
 const FAILURES_SHOWN: usize = 20;
+/// The leaderboard is an aggregate over every credit row: re-read at most this often, and
+/// only when credit moved (or every `LEADERBOARD_IDLE` for new accounts).
+const LEADERBOARD_EVERY: Duration = Duration::from_secs(2);
+const LEADERBOARD_IDLE: Duration = Duration::from_secs(30);
 
 /// What the broadcaster needs from the coordinator: implemented by the service.
 pub(crate) trait Source: Clone + Send + Sync + 'static {
@@ -107,6 +111,9 @@ struct Broadcaster {
     mosaics: HashMap<ProjectId, MosaicState>,
     failed_units: HashMap<ProjectId, (u64, Vec<FailedUnit>)>,
     unit_names: HashMap<UnitId, String>,
+    leaderboard: Leaderboard,
+    leaderboard_credit: Option<u64>,
+    leaderboard_read: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -192,10 +199,7 @@ impl Broadcaster {
             history: self.history.iter().copied().collect(),
             charts: self.charts.clone(),
         };
-        let leaderboard = Leaderboard {
-            generated_ms: at,
-            ..Default::default()
-        };
+        let leaderboard = self.leaderboard(source, overview.totals.credit, at).await;
         Published {
             version: self.version,
             overview_json: json(&overview),
@@ -206,6 +210,52 @@ impl Broadcaster {
             leaderboard_json: json(&leaderboard),
             leaderboard,
         }
+    }
+
+    /// Accounts and teams by credit, re-read from the store when credit moved.
+    async fn leaderboard<S: Source>(&mut self, source: &S, credit: u64, at: u64) -> Leaderboard {
+        let due = match self.leaderboard_read {
+            None => true,
+            Some(t) => {
+                (self.leaderboard_credit != Some(credit) && t.elapsed() >= LEADERBOARD_EVERY)
+                    || t.elapsed() >= LEADERBOARD_IDLE
+            }
+        };
+        if due {
+            self.leaderboard_read = Some(Instant::now());
+            match source.store().leaderboard().await {
+                Ok((accounts, teams)) => {
+                    self.leaderboard_credit = Some(credit);
+                    self.leaderboard = Leaderboard {
+                        generated_ms: at,
+                        accounts: accounts
+                            .into_iter()
+                            .zip(1..)
+                            .map(|(a, rank)| AccountRow {
+                                rank,
+                                name: a.name,
+                                team: a.team,
+                                credit: a.credit,
+                                verified: a.verified,
+                                workers: a.workers,
+                            })
+                            .collect(),
+                        teams: teams
+                            .into_iter()
+                            .zip(1..)
+                            .map(|(t, rank)| TeamRow {
+                                rank,
+                                name: t.name,
+                                credit: t.credit,
+                                accounts: t.accounts,
+                            })
+                            .collect(),
+                    };
+                }
+                Err(e) => tracing::warn!("dashboard: cannot read the leaderboard: {e}"),
+            }
+        }
+        self.leaderboard.clone()
     }
 
     /// A project's numbers with its recent rate and ETA.
@@ -265,6 +315,14 @@ impl Broadcaster {
         if self.history.len() == HISTORY_KEPT {
             self.history.pop_front();
         }
+        // Each point is the rate since the previous one, so the chart shows bursts and
+        // stalls that the one-minute average in the numbers smooths away.
+        let per_minute = match self.history.back() {
+            Some(prev) if at > prev.at_ms => {
+                settled.saturating_sub(prev.settled) as f64 * 60_000.0 / (at - prev.at_ms) as f64
+            }
+            _ => per_minute,
+        };
         self.history.push_back(Sample {
             at_ms: at,
             settled,
@@ -361,16 +419,16 @@ impl Broadcaster {
         if p.total <= MOSAIC_UNIT_LIMIT && !m.not_image && stale {
             m.verified_seen = p.verified;
             m.rendered = Some(Instant::now());
-            if paint(source.store(), p.id, m).await {
-                if let Some(canvas) = m.canvas.clone() {
-                    match tokio::task::spawn_blocking(move || canvas.png()).await {
-                        Ok(Ok(png)) => {
-                            m.png = Some(Bytes::from(png));
-                            m.version += 1;
-                        }
-                        Ok(Err(e)) => tracing::warn!("dashboard: {e}"),
-                        Err(e) => tracing::warn!("dashboard: PNG encoder panicked: {e}"),
+            if paint(source.store(), p.id, m).await
+                && let Some(canvas) = m.canvas.clone()
+            {
+                match tokio::task::spawn_blocking(move || canvas.png()).await {
+                    Ok(Ok(png)) => {
+                        m.png = Some(Bytes::from(png));
+                        m.version += 1;
                     }
+                    Ok(Err(e)) => tracing::warn!("dashboard: {e}"),
+                    Err(e) => tracing::warn!("dashboard: PNG encoder panicked: {e}"),
                 }
             }
         }
@@ -434,9 +492,14 @@ fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) 
             WorkerRow {
                 id: id.to_string(),
                 name: info.name.clone(),
+                account: info.account.clone(),
+                team: info.team.clone(),
                 cores: info.cores,
-                // Workers do not report a platform yet (issue 3 adds it to registration).
-                platform: "unknown".into(),
+                platform: if info.platform.is_empty() {
+                    "unknown".into()
+                } else {
+                    info.platform.clone()
+                },
                 online: last_seen.is_some_and(|t| capture.at.saturating_sub(t) <= capture.lease_ms),
                 last_seen_ms: last_seen,
             }

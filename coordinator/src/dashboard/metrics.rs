@@ -20,7 +20,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// Replicas leased to workers (`fallow_assignments_total`; rate() is assignments/s).
     pub assignments: Counter,
-    /// Certificates by outcome: `accepted`, `duplicate` or `rejected`.
+    /// Certificates by outcome: `accepted`, `recorded` (partial: votes), `duplicate` or
+    /// `rejected`.
     pub certificates: Family<Labels, Counter>,
     /// Signed claims received inside certificates and disputes (the gossip that reaches
     /// the coordinator; worker-to-worker claims never pass through it).
@@ -70,7 +71,7 @@ impl Metrics {
         );
         registry.register(
             "certificates",
-            "Quorum certificates received, by result (accepted, duplicate, rejected)",
+            "Certificates received, by result (accepted, recorded, duplicate, rejected)",
             m.certificates.clone(),
         );
         registry.register(

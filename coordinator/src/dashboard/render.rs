@@ -7,6 +7,9 @@ use std::fmt::Write;
 
 use super::snapshot::{ProjectPage, ProjectSummary, Published};
 
+/// Accounts and teams listed on the volunteers page (the export has them all).
+const LEADERBOARD_SHOWN: usize = 100;
+
 /// Escapes text for HTML and SVG (content and attribute values).
 pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -213,7 +216,11 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
             h = m.height
         );
     } else {
-        body.push_str("<figure class=\"mosaic\" hidden><figcaption>Verified tiles: <b id=\"mosaic-tiles\" data-k=\"mosaic.tiles\">0</b></figcaption><img id=\"mosaic\" alt=\"the picture assembled from verified tiles\"></figure>");
+        let _ = write!(
+            body,
+            "<figure class=\"mosaic\" hidden><figcaption>Verified tiles: <b id=\"mosaic-tiles\" data-k=\"mosaic.tiles\">0</b> of {} (grey: not verified yet)</figcaption><img id=\"mosaic\" alt=\"the picture assembled from verified tiles\"></figure>",
+            p.total
+        );
     }
     body.push_str("<figure class=\"units\"><figcaption>Units: <span class=\"key v\">verified</span> <span class=\"key r\">running</span> <span class=\"key p\">pending</span> <span class=\"key f\">failed</span></figcaption><div id=\"unit-map\">");
     match &d.unit_map_svg {
@@ -254,33 +261,39 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
 pub(crate) fn volunteers(p: &Published) -> String {
     let mut body = String::from("<h1>Volunteers</h1>");
     let l = &p.leaderboard;
-    body.push_str("<div class=\"split\"><section><h2>Accounts by credit</h2><table id=\"leaderboard\"><thead><tr><th>#</th><th>account</th><th class=\"num\">credit (fuel)</th></tr></thead><tbody id=\"accounts\">");
-    for r in &l.accounts {
+    body.push_str("<div class=\"split\"><section><h2>Accounts by credit</h2><table id=\"leaderboard\"><thead><tr><th>#</th><th>account</th><th>team</th><th class=\"num\">credit (fuel)</th><th class=\"num\">results</th></tr></thead><tbody id=\"accounts\">");
+    for r in l.accounts.iter().take(LEADERBOARD_SHOWN) {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             r.rank,
             esc(&r.name),
-            int(r.credit)
+            esc(&r.team),
+            int(r.credit),
+            int(r.verified)
         );
     }
     if l.accounts.is_empty() {
-        body.push_str("<tr><td colspan=\"3\">No account credit yet.</td></tr>");
+        body.push_str("<tr><td colspan=\"5\">No accounts yet.</td></tr>");
     }
-    body.push_str("</tbody></table></section><section><h2>Teams by credit</h2><table><thead><tr><th>#</th><th>team</th><th class=\"num\">credit (fuel)</th></tr></thead><tbody id=\"teams\">");
-    for r in &l.teams {
+    body.push_str("</tbody></table></section><section><h2>Teams by credit</h2><table id=\"teams-board\"><thead><tr><th>#</th><th>team</th><th class=\"num\">credit (fuel)</th><th class=\"num\">accounts</th></tr></thead><tbody id=\"teams\">");
+    for r in l.teams.iter().take(LEADERBOARD_SHOWN) {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             r.rank,
             esc(&r.name),
-            int(r.credit)
+            int(r.credit),
+            r.accounts
         );
     }
     if l.teams.is_empty() {
-        body.push_str("<tr><td colspan=\"3\">No team credit yet.</td></tr>");
+        body.push_str("<tr><td colspan=\"4\">No team credit yet.</td></tr>");
     }
-    body.push_str("</tbody></table></section></div>");
+    let _ = write!(
+        body,
+        "</tbody></table></section></div><p class=\"note\">Top {LEADERBOARD_SHOWN}; everyone in <a href=\"/api/export/accounts.csv\">accounts.csv</a> and <a href=\"/api/export/teams.csv\">teams.csv</a> (also .json).</p>"
+    );
     let w = &p.workers;
     let _ = write!(
         body,
@@ -298,13 +311,14 @@ pub(crate) fn volunteers(p: &Published) -> String {
             int(r.cores)
         );
     }
-    body.push_str("</tbody></table><h2>Workers</h2><table><thead><tr><th>name</th><th>platform</th><th class=\"num\">cores</th><th>status</th></tr></thead><tbody>");
+    body.push_str("</tbody></table><h2>Workers</h2><table><thead><tr><th>name</th><th>account</th><th>platform</th><th class=\"num\">cores</th><th>status</th></tr></thead><tbody>");
     for r in &w.workers {
         let _ = write!(
             body,
-            "<tr><td title=\"{id}\">{name}</td><td>{pl}</td><td class=\"num\">{c}</td><td>{s}</td></tr>",
+            "<tr><td title=\"{id}\">{name}</td><td>{acc}</td><td>{pl}</td><td class=\"num\">{c}</td><td>{s}</td></tr>",
             id = esc(&r.id),
             name = esc(&r.name),
+            acc = esc(&r.account),
             pl = esc(&r.platform),
             c = r.cores,
             s = if r.online { "online" } else { "offline" }

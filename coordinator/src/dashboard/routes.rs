@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 
-use super::snapshot::{CreditRow, ProjectSummary, WorkerRow};
+use super::snapshot::{AccountRow, ProjectSummary, TeamRow, WorkerRow};
 use super::{Dashboard, render};
 
 type Shared = State<Arc<Dashboard>>;
@@ -194,16 +194,18 @@ async fn export(State(d): Shared, Path(file): Path<String>) -> Response {
             p.overview.projects.iter().map(project_row).collect(),
         ),
         "workers" => (
-            vec!["id", "name", "platform", "cores", "online", "last_seen_ms"],
+            vec![
+                "id", "name", "account", "team", "platform", "cores", "online", "last_seen_ms",
+            ],
             p.workers.workers.iter().map(worker_row).collect(),
         ),
         "accounts" => (
-            vec!["rank", "account", "credit"],
-            p.leaderboard.accounts.iter().map(credit_row).collect(),
+            vec!["rank", "account", "team", "credit", "verified", "workers"],
+            p.leaderboard.accounts.iter().map(account_row).collect(),
         ),
         "teams" => (
-            vec!["rank", "team", "credit"],
-            p.leaderboard.teams.iter().map(credit_row).collect(),
+            vec!["rank", "team", "credit", "accounts"],
+            p.leaderboard.teams.iter().map(team_row).collect(),
         ),
         _ => return not_found("export: projects, workers, accounts or teams"),
     };
@@ -244,6 +246,8 @@ fn worker_row(w: &WorkerRow) -> Vec<String> {
     vec![
         w.id.clone(),
         w.name.clone(),
+        w.account.clone(),
+        w.team.clone(),
         w.platform.clone(),
         w.cores.to_string(),
         w.online.to_string(),
@@ -251,8 +255,24 @@ fn worker_row(w: &WorkerRow) -> Vec<String> {
     ]
 }
 
-fn credit_row(r: &CreditRow) -> Vec<String> {
-    vec![r.rank.to_string(), r.name.clone(), r.credit.to_string()]
+fn account_row(r: &AccountRow) -> Vec<String> {
+    vec![
+        r.rank.to_string(),
+        r.name.clone(),
+        r.team.clone(),
+        r.credit.to_string(),
+        r.verified.to_string(),
+        r.workers.to_string(),
+    ]
+}
+
+fn team_row(r: &TeamRow) -> Vec<String> {
+    vec![
+        r.rank.to_string(),
+        r.name.clone(),
+        r.credit.to_string(),
+        r.accounts.to_string(),
+    ]
 }
 
 /// RFC 4180 CSV.

@@ -267,6 +267,7 @@ pub(crate) struct Sample {
     pub at_ms: u64,
     /// Verified + failed units, all projects.
     pub settled: u64,
+    /// Units settled per minute since the previous sample.
     pub units_per_minute: f64,
     pub workers_online: u64,
 }
@@ -294,6 +295,9 @@ pub(crate) struct WorkerRow {
     /// Public key, hex.
     pub id: String,
     pub name: String,
+    /// The volunteer account it earns credit for, and its team ("" for none).
+    pub account: String,
+    pub team: String,
     pub cores: u32,
     pub platform: String,
     pub online: bool,
@@ -310,20 +314,36 @@ pub(crate) struct PlatformRow {
     pub cores: u64,
 }
 
-/// `GET /api/leaderboard`.
+/// `GET /api/leaderboard`: every account and team by credit, highest first.
 #[derive(Debug, Default, Clone, Serialize)]
 pub(crate) struct Leaderboard {
+    /// When the credit was read from the store (Unix ms).
     pub generated_ms: u64,
-    /// Whether the coordinator keeps per-account credit yet.
-    pub accounts_available: bool,
-    pub accounts: Vec<CreditRow>,
-    pub teams: Vec<CreditRow>,
+    pub accounts: Vec<AccountRow>,
+    pub teams: Vec<TeamRow>,
 }
 
-/// One line of a leaderboard.
+/// An account on the leaderboard.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct CreditRow {
+pub(crate) struct AccountRow {
+    pub rank: u64,
+    pub name: String,
+    /// Its team ("" for none).
+    pub team: String,
+    /// Fuel of the verified units it signed.
+    pub credit: u64,
+    /// Verified results credited.
+    pub verified: u64,
+    /// Workers registered under it.
+    pub workers: u32,
+}
+
+/// A team on the leaderboard.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TeamRow {
     pub rank: u64,
     pub name: String,
     pub credit: u64,
+    /// Accounts credited under it.
+    pub accounts: u32,
 }

@@ -29,12 +29,14 @@ fn project(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Proj
             ..Default::default()
         },
         aggregate: Aggregate::Pending,
+        adaptive: false,
+        error_bound: DEFAULT_ERROR_BOUND,
     }
 }
 
 /// A scheduler with one project of `units` units.
 fn setup(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Scheduler {
-    let mut s = Scheduler::new(LEASE);
+    let mut s = Scheduler::new(LEASE, 7);
     s.add_project(project(units, replication, quorum, max_replicas));
     for u in 0..units {
         s.add_unit(
@@ -42,11 +44,18 @@ fn setup(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Schedu
             P,
             UnitStatus::Pending,
             replication,
+            quorum,
+            Vec::new(),
             Vec::new(),
             0,
         );
     }
     s
+}
+
+/// Leases as a list of unit ids.
+fn units(a: Assigned) -> Vec<UnitId> {
+    a.leases.iter().map(|l| l.unit).collect()
 }
 
 fn claim(n: u8, unit: u64, output: &[u8]) -> Claim {
@@ -63,40 +72,50 @@ fn certify(
         unit: UnitId(unit),
         claims: signers.iter().map(|&n| claim(n, unit, output)).collect(),
     };
-    let v = s.check_certificate(&cert, output)?;
-    if let Some(v) = &v {
-        s.mark_verified(UnitId(unit), v);
+    match s.submit(&cert, Some(output))?.verdict {
+        Verdict::Verified(v) => {
+            s.mark_verified(UnitId(unit), &v);
+            Ok(Some(v))
+        }
+        Verdict::Recorded | Verdict::AlreadyVerified => Ok(None),
     }
-    Ok(v)
+}
+
+fn dispute(s: &mut Scheduler, unit: u64, claims: &[Claim]) -> Result<Vec<Change>, Error> {
+    let cert = Certificate {
+        unit: UnitId(unit),
+        claims: claims.to_vec(),
+    };
+    Ok(s.submit(&cert, None)?.changes)
 }
 
 #[test]
 fn replicas_go_to_distinct_workers() {
     let mut s = setup(3, 2, 2, 5);
-    let a = s.assign(id(1), 10, 0);
+    let a = units(s.assign(id(1), 10, 0));
     assert_eq!(a.len(), 3, "one replica of each unit");
     assert!(
-        s.assign(id(1), 10, 0).is_empty(),
+        units(s.assign(id(1), 10, 0)).is_empty(),
         "never two replicas of a unit to one worker"
     );
-    assert_eq!(s.assign(id(2), 10, 0).len(), 3);
-    assert!(s.assign(id(3), 10, 0).is_empty(), "replication reached");
+    assert_eq!(units(s.assign(id(2), 10, 0)).len(), 3);
+    assert!(
+        units(s.assign(id(3), 10, 0)).is_empty(),
+        "replication reached"
+    );
 }
 
 #[test]
 fn an_expired_lease_is_reassigned_and_heartbeats_keep_leases_alive() {
     let mut s = setup(2, 1, 1, 5);
-    let a = s.assign(id(1), 2, 0);
+    let a = units(s.assign(id(1), 2, 0));
     assert_eq!(a.len(), 2);
     // Worker 1 keeps unit 0 alive but not unit 1.
     assert!(s.heartbeat(id(1), &[UnitId(0)], 900).is_empty());
     let changes = s.expire(1_500);
     assert_eq!(changes.len(), 1);
-    let again = s.assign(id(2), 5, 1_500);
-    assert_eq!(
-        again.iter().map(|l| l.unit).collect::<Vec<_>>(),
-        [UnitId(1)]
-    );
+    let again = units(s.assign(id(2), 5, 1_500));
+    assert_eq!(again, [UnitId(1)]);
     assert_eq!(
         s.heartbeat(id(1), &[UnitId(0), UnitId(1)], 1_600),
         [UnitId(1)],
@@ -136,27 +155,25 @@ fn a_dispute_adds_a_replica_and_the_honest_pair_wins() {
     let mut s = setup(1, 2, 2, 5);
     s.assign(id(1), 1, 0);
     s.assign(id(2), 1, 0);
-    let changes = s
-        .dispute(UnitId(0), &[claim(1, 0, b"right"), claim(2, 0, b"wrong")])
-        .expect("valid");
+    let changes =
+        dispute(&mut s, 0, &[claim(1, 0, b"right"), claim(2, 0, b"wrong")]).expect("valid");
     assert!(changes.contains(&Change::Target {
         unit: UnitId(0),
         target: 3
     }));
-    assert_eq!(s.assign(id(3), 1, 0).len(), 1, "third replica issued");
-    let liar_and_honest = Certificate {
-        unit: UnitId(0),
-        claims: vec![claim(2, 0, b"wrong"), claim(3, 0, b"right")],
-    };
-    assert!(
-        s.check_certificate(&liar_and_honest, b"right").is_err(),
-        "the liar's claim does not match the output"
+    assert_eq!(
+        units(s.assign(id(3), 1, 0)).len(),
+        1,
+        "third replica issued"
     );
+    let v = certify(&mut s, 0, &[3], b"right")
+        .expect("valid")
+        .expect("worker 3 completes the honest pair with the vote already held");
     assert!(
-        certify(&mut s, 0, &[1, 3], b"right")
-            .expect("valid")
-            .is_some()
+        !v.signers.contains(&id(2)),
+        "the liar's claim is not in the certificate"
     );
+    assert_eq!(s.trust(id(2), P).map(|t| t.offences), Some(1));
 }
 
 #[test]
@@ -164,11 +181,11 @@ fn endless_disagreement_fails_the_unit_at_max_replicas() {
     let mut s = setup(1, 2, 2, 3);
     s.assign(id(1), 1, 0);
     s.assign(id(2), 1, 0);
-    s.dispute(UnitId(0), &[claim(1, 0, b"a"), claim(2, 0, b"b")])
-        .expect("valid");
+    let (a, b) = (claim(1, 0, b"a"), claim(2, 0, b"b"));
+    dispute(&mut s, 0, &[a.clone(), b.clone()]).expect("valid");
     s.assign(id(3), 1, 0);
-    let claims = [claim(1, 0, b"a"), claim(2, 0, b"b"), claim(3, 0, b"c")];
-    let changes = s.dispute(UnitId(0), &claims).expect("valid");
+    let claims = [a, b, claim(3, 0, b"c")];
+    let changes = dispute(&mut s, 0, &claims).expect("valid");
     assert!(
         changes.iter().any(
             |c| matches!(c, Change::UnitFailed { reason, .. } if reason.contains("no quorum"))
@@ -183,11 +200,8 @@ fn forged_or_foreign_dispute_claims_are_rejected() {
     s.assign(id(2), 1, 0);
     let mut forged = claim(2, 0, b"b");
     forged.fuel += 1;
-    assert!(s.dispute(UnitId(0), &[claim(1, 0, b"a"), forged]).is_err());
-    assert!(
-        s.dispute(UnitId(0), &[claim(1, 0, b"a"), claim(9, 0, b"b")])
-            .is_err()
-    );
+    assert!(dispute(&mut s, 0, &[claim(1, 0, b"a"), forged]).is_err());
+    assert!(dispute(&mut s, 0, &[claim(1, 0, b"a"), claim(9, 0, b"b")]).is_err());
 }
 
 #[test]
@@ -222,7 +236,7 @@ fn a_returned_unit_goes_to_another_worker_without_counting_an_execution() {
     s.assign(id(1), 1, 0);
     s.give_back(id(1), UnitId(0));
     assert_eq!(
-        s.assign(id(2), 1, 0).len(),
+        units(s.assign(id(2), 1, 0)).len(),
         1,
         "max_replicas = 1 still allows the real execution"
     );
@@ -230,14 +244,16 @@ fn a_returned_unit_goes_to_another_worker_without_counting_an_execution() {
 
 #[test]
 fn leases_loaded_after_a_restart_get_a_fresh_deadline() {
-    let mut s = Scheduler::new(LEASE);
+    let mut s = Scheduler::new(LEASE, 7);
     s.add_project(project(1, 1, 1, 3));
     s.add_unit(
         UnitId(0),
         P,
         UnitStatus::Pending,
         1,
+        1,
         vec![(id(1), AssignmentState::Active, None)],
+        Vec::new(),
         10_000,
     );
     assert!(
@@ -245,4 +261,297 @@ fn leases_loaded_after_a_restart_get_a_fresh_deadline() {
         "worker gets a full lease to check in"
     );
     assert_eq!(s.expire(11_001).len(), 1);
+}
+
+fn info(account: &str, subnet: Option<&str>) -> WorkerInfo {
+    WorkerInfo {
+        account: account.into(),
+        team: String::new(),
+        subnet: subnet.map(str::to_string),
+    }
+}
+
+#[test]
+fn never_two_replicas_to_one_account_or_one_network() {
+    let mut s = setup(1, 2, 2, 5);
+    s.register(id(1), &info("alice", Some("10.0.0.0/24")));
+    s.register(id(2), &info("alice", Some("10.9.9.0/24")));
+    s.register(id(3), &info("bob", Some("10.0.0.0/24")));
+    s.register(id(4), &info("carol", Some("10.0.1.0/24")));
+    assert_eq!(units(s.assign(id(1), 1, 0)).len(), 1);
+    assert!(units(s.assign(id(2), 1, 0)).is_empty(), "same account");
+    assert!(units(s.assign(id(3), 1, 0)).is_empty(), "same /24");
+    assert_eq!(units(s.assign(id(4), 1, 0)).len(), 1);
+
+    // The network rule can be switched off; the account rule cannot.
+    let mut s = setup(1, 2, 2, 5);
+    s.set_distinct_subnets(false);
+    s.register(id(1), &info("alice", Some("10.0.0.0/24")));
+    s.register(id(2), &info("alice", None));
+    s.register(id(3), &info("bob", Some("10.0.0.0/24")));
+    s.assign(id(1), 1, 0);
+    assert!(units(s.assign(id(2), 1, 0)).is_empty());
+    assert_eq!(units(s.assign(id(3), 1, 0)).len(), 1);
+}
+
+#[test]
+fn partial_certificates_combine_at_the_coordinator() {
+    let mut s = setup(1, 2, 2, 5);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    assert_eq!(
+        certify(&mut s, 0, &[1], b"out").expect("valid"),
+        None,
+        "recorded"
+    );
+    let v = certify(&mut s, 0, &[2], b"out")
+        .expect("valid")
+        .expect("verified");
+    assert_eq!(v.signers.len(), 2);
+}
+
+#[test]
+fn an_inflated_fuel_claim_is_a_mismatch() {
+    let mut s = setup(1, 2, 2, 5);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    let honest = claim(1, 0, b"out");
+    let greedy = Claim::sign(&worker(2), P, UnitId(0), Digest::of(b"out"), 4200);
+    let cert = Certificate {
+        unit: UnitId(0),
+        claims: vec![honest, greedy],
+    };
+    let out = s.submit(&cert, Some(b"out")).expect("valid claims");
+    assert_eq!(
+        out.verdict,
+        Verdict::Recorded,
+        "no two accounts agree on digest and fuel"
+    );
+    assert!(
+        out.changes
+            .iter()
+            .any(|c| matches!(c, Change::Target { target: 3, .. }))
+    );
+    s.assign(id(3), 1, 0);
+    certify(&mut s, 0, &[3], b"out")
+        .expect("valid")
+        .expect("honest pair");
+    assert_eq!(
+        s.trust(id(2), P).map(|t| (t.consecutive, t.offences)),
+        Some((0, 1))
+    );
+    assert_eq!(s.trust(id(1), P).map(|t| t.consecutive), Some(1));
+}
+
+#[test]
+fn a_worker_that_changes_its_claim_is_caught() {
+    let mut s = setup(1, 2, 2, 5);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    certify(&mut s, 0, &[1], b"guess").expect("recorded");
+    // Later it signs the other result (e.g. copied once revealed): a different claim.
+    certify(&mut s, 0, &[2], b"out").expect("recorded");
+    let copy = Certificate {
+        unit: UnitId(0),
+        claims: vec![claim(1, 0, b"out")],
+    };
+    let out = s.submit(&copy, Some(b"out")).expect("valid signature");
+    assert_eq!(
+        out.verdict,
+        Verdict::Recorded,
+        "the first claim of worker 1 stands"
+    );
+    assert!(
+        out.changes
+            .iter()
+            .any(|c| matches!(c, Change::Trust { offences: 1, .. }))
+    );
+}
+
+#[test]
+fn spot_check_probability_follows_the_error_bound() {
+    assert_eq!(
+        spot_check_probability(9, TRUST_AFTER, 0.02),
+        1.0,
+        "not trusted yet"
+    );
+    let at10 = spot_check_probability(10, TRUST_AFTER, 0.02);
+    let at20 = spot_check_probability(20, TRUST_AFTER, 0.02);
+    assert!(at10 < 1.0 && at10 > at20, "{at10} {at20}");
+    assert_eq!(
+        spot_check_probability(1000, TRUST_AFTER, 0.02),
+        SPOT_CHECK_FLOOR
+    );
+    // The guarantee: worst-case r (1-r)^n (1-p) <= bound at every streak.
+    for n in 10..200u32 {
+        let p = spot_check_probability(n, TRUST_AFTER, 0.02);
+        for k in 1..1000 {
+            let r = f64::from(k) / 1000.0;
+            let risk = r * (1.0 - r).powi(n as i32) * (1.0 - p);
+            assert!(risk <= 0.02 + 1e-12, "n={n} r={r} risk={risk}");
+        }
+    }
+    assert_eq!(
+        spot_check_probability(10, TRUST_AFTER << 1, 0.02),
+        1.0,
+        "offenders wait longer"
+    );
+}
+
+/// One adaptive project; `honest` pairs build trust for worker 1 over `n` units.
+fn trusted(n: u64) -> Scheduler {
+    let mut s = Scheduler::new(LEASE, 3);
+    s.add_project(project(n + 200, 2, 2, 6));
+    for u in 0..n + 200 {
+        s.add_unit(
+            UnitId(u),
+            P,
+            UnitStatus::Pending,
+            2,
+            2,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+    }
+    for u in 0..n {
+        s.assign(id(1), 1, 0);
+        s.assign(id(2), 1, 0);
+        certify(&mut s, u, &[1, 2], b"ok")
+            .expect("valid")
+            .expect("verified");
+    }
+    // Switch adaptive replication on once worker 1 has its record.
+    let mut p = s.project(P).cloned().expect("project");
+    p.adaptive = true;
+    p.stats.solo = 0;
+    s.add_project(p);
+    s
+}
+
+#[test]
+fn trusted_workers_run_most_units_alone_and_cannot_tell() {
+    let mut s = trusted(30);
+    assert!(s.trust(id(1), P).is_some_and(|t| t.consecutive == 30));
+    let (mut solo, mut checked) = (0, 0);
+    for _ in 0..100 {
+        let a = s.assign(id(1), 1, 0);
+        let unit = a.leases[0].unit;
+        let plan = a.changes.iter().find_map(|c| match c {
+            Change::Plan { target, .. } => Some(*target),
+            _ => None,
+        });
+        if plan == Some(1) {
+            solo += 1;
+            certify(&mut s, unit.0, &[1], b"ok")
+                .expect("valid")
+                .expect("solo verified");
+        } else {
+            // Worker 3 asks next and gets the spot check (the assignment to worker 1
+            // looked the same).
+            let other = units(s.assign(id(3), 1, 0));
+            checked += 1;
+            assert_eq!(other, [unit], "a spot check goes to the next worker");
+            certify(&mut s, unit.0, &[1, 3], b"ok")
+                .expect("valid")
+                .expect("verified");
+        }
+    }
+    assert!(solo > 70 && checked > 0, "solo {solo}, checked {checked}");
+    let stats = s.project(P).map(|p| p.stats).unwrap_or_default();
+    assert_eq!((stats.solo, stats.spot_checks), (solo, checked));
+}
+
+#[test]
+fn a_caught_liar_loses_trust_and_its_unchecked_results_are_reverified() {
+    let mut s = trusted(30);
+    // Worker 1 runs units alone until a spot check catches a lie.
+    let mut solo_units = Vec::new();
+    let mut reopened = Vec::new();
+    for _ in 0..200 {
+        let a = s.assign(id(1), 1, 0);
+        let unit = a.leases[0].unit;
+        let solo = a
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::Plan { target: 1, .. }));
+        if solo {
+            certify(&mut s, unit.0, &[1], b"lie")
+                .expect("valid")
+                .expect("accepted alone");
+            solo_units.push(unit);
+            continue;
+        }
+        let a3 = s.assign(id(3), 1, 0);
+        assert_eq!(units(a3), [unit], "{:?}", a.changes);
+        certify(&mut s, unit.0, &[1], b"lie").expect("recorded");
+        let cert = Certificate {
+            unit,
+            claims: vec![claim(3, unit.0, b"ok")],
+        };
+        let out = s.submit(&cert, Some(b"ok")).expect("valid");
+        assert_eq!(
+            out.verdict,
+            Verdict::Recorded,
+            "disagreement needs a third opinion"
+        );
+        assert!(
+            units(s.assign(id(4), 500, 0)).contains(&unit),
+            "third opinion issued"
+        );
+        let v = certify(&mut s, unit.0, &[4], b"ok")
+            .expect("valid")
+            .expect("verified");
+        assert!(!v.signers.contains(&id(1)));
+        let changes = s.mark_verified(unit, &v);
+        assert!(changes.is_empty(), "already marked by certify");
+        reopened = solo_units.clone();
+        break;
+    }
+    assert!(
+        !reopened.is_empty(),
+        "the liar ran some units alone before being caught"
+    );
+    let t = s.trust(id(1), P).cloned().unwrap_or_default();
+    assert_eq!((t.consecutive, t.offences, t.unchecked.len()), (0, 1, 0));
+    for unit in &reopened {
+        assert_eq!(
+            s.unit_status(*unit),
+            Some(&UnitStatus::Pending),
+            "{unit} re-opened"
+        );
+    }
+    // The liar never gets a re-opened unit back; two others re-verify each.
+    let again = units(s.assign(id(1), 500, 0));
+    assert!(reopened.iter().all(|u| !again.contains(u)));
+    let stats = s.project(P).map(|p| p.stats).unwrap_or_default();
+    assert_eq!(stats.reopened as usize, reopened.len());
+}
+
+#[test]
+fn repeat_offenders_are_throttled_to_one_unit_a_day() {
+    let mut s = setup(6, 2, 2, 8);
+    s.assign(id(1), 3, 0);
+    s.assign(id(2), 3, 0);
+    for u in 0..3 {
+        dispute(&mut s, u, &[claim(1, u, b"lie"), claim(2, u, b"ok")]).expect("valid");
+    }
+    let third = units(s.assign(id(3), 6, 0));
+    assert!((0..3).all(|u| third.contains(&UnitId(u))), "{third:?}");
+    for u in 0..3 {
+        certify(&mut s, u, &[3], b"ok")
+            .expect("valid")
+            .expect("verified");
+    }
+    assert!(s.standing(id(1)).throttled);
+    assert_eq!(s.flagged(), vec![id(1)]);
+    let now = 1_000;
+    assert_eq!(
+        units(s.assign(id(1), 10, now)).len(),
+        0,
+        "last unit was under a day ago"
+    );
+    let day = now + THROTTLE_PERIOD_MS;
+    assert_eq!(units(s.assign(id(1), 10, day)).len(), 1, "one unit per day");
+    assert_eq!(units(s.assign(id(1), 10, day + 1)).len(), 0);
 }

@@ -15,15 +15,33 @@ use sqlx::{Row, SqlitePool};
 
 use protocol::certificate::Verified;
 use protocol::manifest::ProjectSpec;
-use protocol::{Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
 
-use super::{Snapshot, Store, StoredUnit, StoredWorker, VerifiedOutput};
+use super::{
+    AccountTotal, CreditTo, Snapshot, Store, StoredUnit, StoredWorker, TeamTotal, VerifiedOutput,
+};
 use crate::Error;
-use crate::scheduler::{Aggregate, AssignmentState, Change, Project, ProjectStats, UnitStatus};
+use crate::scheduler::{
+    Aggregate, AssignmentState, Change, Project, ProjectStats, Standing, Trust, UnitStatus,
+};
 
 /// Schema version written to `PRAGMA user_version`. A database with a higher version was
-/// written by a newer Fallow and is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+/// written by a newer Fallow and is refused rather than misread; older ones are migrated.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 → 2: accounts and teams, adaptive replication, votes and trust. Columns are
+/// added with defaults; the new tables come from [`SCHEMA`].
+const MIGRATE_1_TO_2: &str = r#"
+ALTER TABLE projects ADD COLUMN adaptive INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE projects ADD COLUMN error_bound REAL NOT NULL DEFAULT 0.02;
+ALTER TABLE units ADD COLUMN required INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN account TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN team TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN platform TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN subnet TEXT;
+ALTER TABLE credit ADD COLUMN account TEXT NOT NULL DEFAULT '';
+ALTER TABLE credit ADD COLUMN team TEXT NOT NULL DEFAULT '';
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS modules (
@@ -45,6 +63,8 @@ CREATE TABLE IF NOT EXISTS projects (
     max_output_bytes INTEGER NOT NULL,
     nan_canonicalization INTEGER NOT NULL,
     disputes INTEGER NOT NULL DEFAULT 0,
+    adaptive INTEGER NOT NULL DEFAULT 1,
+    error_bound REAL NOT NULL DEFAULT 0.02,
     created_ms INTEGER NOT NULL,
     aggregate_done INTEGER NOT NULL DEFAULT 0,
     aggregate BLOB,
@@ -57,6 +77,7 @@ CREATE TABLE IF NOT EXISTS units (
     input BLOB NOT NULL,
     state INTEGER NOT NULL DEFAULT 0,
     target INTEGER NOT NULL,
+    required INTEGER NOT NULL DEFAULT 0,
     output BLOB,
     digest BLOB,
     fuel INTEGER,
@@ -78,13 +99,48 @@ CREATE TABLE IF NOT EXISTS workers (
     name TEXT NOT NULL,
     peer_addr TEXT NOT NULL,
     cores INTEGER NOT NULL,
-    registered_ms INTEGER NOT NULL
+    registered_ms INTEGER NOT NULL,
+    account TEXT NOT NULL DEFAULT '',
+    team TEXT NOT NULL DEFAULT '',
+    platform TEXT NOT NULL DEFAULT '',
+    subnet TEXT
 );
+-- One row per (unit, signer): the primary key is what makes credit impossible to grant twice.
 CREATE TABLE IF NOT EXISTS credit (
     unit INTEGER NOT NULL REFERENCES units(id),
     worker BLOB NOT NULL,
     fuel INTEGER NOT NULL,
+    account TEXT NOT NULL DEFAULT '',
+    team TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (unit, worker)
+);
+CREATE INDEX IF NOT EXISTS credit_account ON credit (account);
+CREATE TABLE IF NOT EXISTS votes (
+    unit INTEGER NOT NULL REFERENCES units(id),
+    worker BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    fuel INTEGER NOT NULL,
+    salt BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (unit, worker)
+);
+CREATE TABLE IF NOT EXISTS trust (
+    worker BLOB NOT NULL,
+    project INTEGER NOT NULL REFERENCES projects(id),
+    consecutive INTEGER NOT NULL,
+    offences INTEGER NOT NULL,
+    PRIMARY KEY (worker, project)
+);
+CREATE TABLE IF NOT EXISTS unchecked (
+    worker BLOB NOT NULL,
+    project INTEGER NOT NULL,
+    unit INTEGER NOT NULL,
+    PRIMARY KEY (worker, project, unit)
+);
+CREATE TABLE IF NOT EXISTS standing (
+    worker BLOB PRIMARY KEY,
+    errors_in_row INTEGER NOT NULL,
+    throttled INTEGER NOT NULL
 );
 "#;
 
@@ -151,6 +207,12 @@ impl SqliteStore {
                 ),
             });
         }
+        if version == 1 {
+            let mut tx = pool.begin().await?;
+            sqlx::raw_sql(MIGRATE_1_TO_2).execute(&mut *tx).await?;
+            tx.commit().await?;
+            tracing::info!(path = %path.display(), "database migrated from schema 1 to 2");
+        }
         // Idempotent (CREATE ... IF NOT EXISTS), so no transaction is needed; the version is
         // written after the tables exist.
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
@@ -193,6 +255,8 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
             disputes: row.try_get::<i64, _>("disputes")? as u64,
             ..ProjectStats::default()
         },
+        adaptive: row.try_get::<i64, _>("adaptive")? != 0,
+        error_bound: row.try_get::<f64, _>("error_bound")?,
         aggregate: match (
             row.try_get::<i64, _>("aggregate_done")? != 0,
             row.try_get::<Option<String>, _>("aggregate_error")?,
@@ -227,8 +291,8 @@ impl Store for SqliteStore {
         let l = spec.limits;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO projects (name, manifest, module, reducer, replication, quorum, max_replicas, fuel, memory_mb,
-                wall_seconds, max_output_bytes, nan_canonicalization, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                wall_seconds, max_output_bytes, nan_canonicalization, created_ms, adaptive, error_bound)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
         )
         .bind(spec.name.trim())
         .bind(&spec.manifest)
@@ -243,16 +307,19 @@ impl Store for SqliteStore {
         .bind(l.max_output_bytes as i64)
         .bind(i64::from(l.nan_canonicalization))
         .bind(now as i64)
+        .bind(i64::from(spec.adaptive))
+        .bind(spec.error_bound)
         .fetch_one(&mut *tx)
         .await?;
         let mut units = Vec::with_capacity(spec.units.len());
         for (name, input) in &spec.units {
             let unit: i64 =
-                sqlx::query_scalar("INSERT INTO units (project, name, input, target) VALUES ($1, $2, $3, $4) RETURNING id")
+                sqlx::query_scalar("INSERT INTO units (project, name, input, target, required) VALUES ($1, $2, $3, $4, $5) RETURNING id")
                     .bind(id)
                     .bind(name)
                     .bind(&input[..])
                     .bind(i64::from(spec.replication))
+                    .bind(i64::from(spec.quorum))
                     .fetch_one(&mut *tx)
                     .await?;
             units.push(UnitId(unit as u64));
@@ -267,7 +334,8 @@ impl Store for SqliteStore {
         for row in // Named columns: the aggregate blob (up to 64 MiB) stays on disk.
         sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
-                max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error
+                max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
+                adaptive, error_bound
              FROM projects ORDER BY id",
         )
             .fetch_all(&self.pool)
@@ -296,9 +364,37 @@ impl Store for SqliteStore {
                 .or_default()
                 .push((worker_id(row.try_get("worker")?)?, state, failure));
         }
-        for row in sqlx::query("SELECT id, project, state, target, reason FROM units ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
+        let mut votes: HashMap<u64, Vec<Claim>> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT v.unit AS unit, u.project AS project, v.worker AS worker, v.digest AS digest, v.fuel AS fuel,
+                v.salt AS salt, v.signature AS signature
+             FROM votes v JOIN units u ON u.id = v.unit",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let unit = row.try_get::<i64, _>("unit")? as u64;
+            let salt: Vec<u8> = row.try_get("salt")?;
+            let signature: Vec<u8> = row.try_get("signature")?;
+            votes.entry(unit).or_default().push(Claim {
+                project: ProjectId(row.try_get::<i64, _>("project")? as u64),
+                unit: UnitId(unit),
+                digest: digest(row.try_get("digest")?)?,
+                fuel: row.try_get::<i64, _>("fuel")? as u64,
+                worker: worker_id(row.try_get("worker")?)?,
+                salt: salt
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("vote salt is not 32 bytes".into()))?,
+                signature: signature
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("vote signature is not 64 bytes".into()))?,
+            });
+        }
+        for row in sqlx::query(
+            "SELECT id, project, state, target, required, reason FROM units ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
         {
             let id = row.try_get::<i64, _>("id")? as u64;
             let project = ProjectId(row.try_get::<i64, _>("project")? as u64);
@@ -323,12 +419,19 @@ impl Store for SqliteStore {
                     UnitStatus::Pending => {}
                 }
             }
+            let quorum = projects.get(&project).map_or(1, |p| p.quorum);
+            let required = match row.try_get::<i64, _>("required")? {
+                0 => quorum, // written before schema 2
+                n => n as u32,
+            };
             snapshot.units.push(StoredUnit {
                 id: UnitId(id),
                 project,
                 status,
                 target: row.try_get::<i64, _>("target")? as u32,
+                required,
                 replicas: unit_replicas,
+                votes: votes.remove(&id).unwrap_or_default(),
             });
         }
         for row in sqlx::query(
@@ -342,16 +445,70 @@ impl Store for SqliteStore {
             }
         }
         snapshot.projects = projects.into_values().collect();
-        for row in sqlx::query("SELECT id, name, peer_addr, cores FROM workers")
-            .fetch_all(&self.pool)
-            .await?
+        for row in sqlx::query(
+            "SELECT id, name, peer_addr, cores, account, team, platform, subnet FROM workers",
+        )
+        .fetch_all(&self.pool)
+        .await?
         {
             snapshot.workers.push(StoredWorker {
                 id: worker_id(row.try_get("id")?)?,
                 name: row.try_get("name")?,
                 peer_addr: row.try_get("peer_addr")?,
                 cores: row.try_get::<i64, _>("cores")? as u32,
+                account: row.try_get("account")?,
+                team: row.try_get("team")?,
+                platform: row.try_get("platform")?,
+                subnet: row.try_get("subnet")?,
             });
+        }
+        let mut trust: BTreeMap<(WorkerId, u64), Trust> = BTreeMap::new();
+        for row in sqlx::query("SELECT worker, project, consecutive, offences FROM trust")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            trust.insert(
+                (
+                    worker_id(row.try_get("worker")?)?,
+                    row.try_get::<i64, _>("project")? as u64,
+                ),
+                Trust {
+                    consecutive: row.try_get::<i64, _>("consecutive")? as u32,
+                    offences: row.try_get::<i64, _>("offences")? as u32,
+                    unchecked: Default::default(),
+                },
+            );
+        }
+        for row in sqlx::query("SELECT worker, project, unit FROM unchecked ORDER BY unit")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let key = (
+                worker_id(row.try_get("worker")?)?,
+                row.try_get::<i64, _>("project")? as u64,
+            );
+            trust
+                .entry(key)
+                .or_default()
+                .unchecked
+                .push_back(UnitId(row.try_get::<i64, _>("unit")? as u64));
+        }
+        snapshot.trust = trust
+            .into_iter()
+            .map(|((w, p), t)| (w, ProjectId(p), t))
+            .collect();
+        for row in sqlx::query("SELECT worker, errors_in_row, throttled FROM standing")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.standing.push((
+                worker_id(row.try_get("worker")?)?,
+                Standing {
+                    errors_in_row: row.try_get::<i64, _>("errors_in_row")? as u32,
+                    throttled: row.try_get::<i64, _>("throttled")? != 0,
+                    last_unit_at: 0,
+                },
+            ));
         }
         Ok(snapshot)
     }
@@ -443,6 +600,132 @@ impl Store for SqliteStore {
                         .bind(UNIT_PENDING)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query("DELETE FROM votes WHERE unit = $1")
+                        .bind(unit.0 as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Plan {
+                    unit,
+                    target,
+                    required,
+                } => {
+                    sqlx::query("UPDATE units SET target = $1, required = $2 WHERE id = $3")
+                        .bind(i64::from(*target))
+                        .bind(i64::from(*required))
+                        .bind(unit.0 as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Vote { claim } => {
+                    sqlx::query(
+                        "INSERT INTO votes (unit, worker, digest, fuel, salt, signature) VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (unit, worker) DO NOTHING",
+                    )
+                    .bind(claim.unit.0 as i64)
+                    .bind(&claim.worker.0[..])
+                    .bind(&claim.digest.0[..])
+                    .bind(claim.fuel as i64)
+                    .bind(&claim.salt[..])
+                    .bind(&claim.signature[..])
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Change::Trust {
+                    worker,
+                    project,
+                    consecutive,
+                    offences,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO trust (worker, project, consecutive, offences) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (worker, project) DO UPDATE SET consecutive = excluded.consecutive, offences = excluded.offences",
+                    )
+                    .bind(&worker.0[..])
+                    .bind(project.0 as i64)
+                    .bind(i64::from(*consecutive))
+                    .bind(i64::from(*offences))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Change::Unchecked {
+                    worker,
+                    project,
+                    unit,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO unchecked (worker, project, unit) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&worker.0[..])
+                    .bind(project.0 as i64)
+                    .bind(unit.0 as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Change::UncheckedCleared { worker, project } => {
+                    sqlx::query("DELETE FROM unchecked WHERE worker = $1 AND project = $2")
+                        .bind(&worker.0[..])
+                        .bind(project.0 as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Change::Reopen {
+                    unit,
+                    revoke,
+                    required,
+                } => {
+                    let reopened = sqlx::query(
+                        "UPDATE units SET state = $1, output = NULL, digest = NULL, fuel = NULL, settled_ms = NULL,
+                            required = $2, target = $2 WHERE id = $3 AND state = $4",
+                    )
+                    .bind(UNIT_PENDING)
+                    .bind(i64::from(*required))
+                    .bind(unit.0 as i64)
+                    .bind(UNIT_VERIFIED)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if reopened == 0 {
+                        continue;
+                    }
+                    sqlx::query("DELETE FROM credit WHERE unit = $1 AND worker = $2")
+                        .bind(unit.0 as i64)
+                        .bind(&revoke.0[..])
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE assignments SET state = $1 WHERE unit = $2 AND state = $3")
+                        .bind(AssignmentState::Superseded.code())
+                        .bind(unit.0 as i64)
+                        .bind(AssignmentState::Active.code())
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM votes WHERE unit = $1")
+                        .bind(unit.0 as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    // The aggregate included the withdrawn output: reduce again when done.
+                    sqlx::query(
+                        "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL
+                         WHERE id = (SELECT project FROM units WHERE id = $1)",
+                    )
+                    .bind(unit.0 as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Change::Standing {
+                    worker,
+                    errors_in_row,
+                    throttled,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO standing (worker, errors_in_row, throttled) VALUES ($1, $2, $3)
+                         ON CONFLICT (worker) DO UPDATE SET errors_in_row = excluded.errors_in_row, throttled = excluded.throttled",
+                    )
+                    .bind(&worker.0[..])
+                    .bind(i64::from(*errors_in_row))
+                    .bind(i64::from(*throttled))
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
         }
@@ -455,6 +738,7 @@ impl Store for SqliteStore {
         unit: UnitId,
         output: &[u8],
         verified: &Verified,
+        credit: &[CreditTo],
         now: u64,
     ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
@@ -475,27 +759,83 @@ impl Store for SqliteStore {
             return Ok(false); // already settled: the transaction is dropped, nothing changes
         }
         for signer in &verified.signers {
-            sqlx::query("INSERT INTO credit (unit, worker, fuel) VALUES ($1, $2, $3)")
-                .bind(unit.0 as i64)
-                .bind(&signer.0[..])
-                .bind(verified.fuel as i64)
-                .execute(&mut *tx)
-                .await?;
+            let to = credit.iter().find(|c| c.worker == *signer);
+            sqlx::query(
+                "INSERT INTO credit (unit, worker, fuel, account, team) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (unit, worker) DO NOTHING",
+            )
+            .bind(unit.0 as i64)
+            .bind(&signer.0[..])
+            .bind(verified.fuel as i64)
+            .bind(to.map_or("", |c| c.account.as_str()))
+            .bind(to.map_or("", |c| c.team.as_str()))
+            .execute(&mut *tx)
+            .await?;
         }
+        sqlx::query("DELETE FROM votes WHERE unit = $1")
+            .bind(unit.0 as i64)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
 
+    async fn leaderboard(&self) -> Result<(Vec<AccountTotal>, Vec<TeamTotal>), Error> {
+        let mut accounts = Vec::new();
+        for row in sqlx::query(
+            "SELECT a.account AS name, COALESCE(SUM(c.fuel), 0) AS credit, COUNT(c.unit) AS verified,
+                (SELECT team FROM workers w WHERE w.account = a.account ORDER BY registered_ms DESC LIMIT 1) AS team,
+                (SELECT COUNT(*) FROM workers w WHERE w.account = a.account) AS workers
+             FROM (SELECT DISTINCT account FROM workers UNION SELECT DISTINCT account FROM credit) a
+             LEFT JOIN credit c ON c.account = a.account
+             WHERE a.account != ''
+             GROUP BY a.account ORDER BY credit DESC, name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            accounts.push(AccountTotal {
+                name: row.try_get("name")?,
+                team: row.try_get::<Option<String>, _>("team")?.unwrap_or_default(),
+                credit: row.try_get::<i64, _>("credit")? as u64,
+                verified: row.try_get::<i64, _>("verified")? as u64,
+                workers: row.try_get::<i64, _>("workers")? as u32,
+            });
+        }
+        let mut teams = Vec::new();
+        for row in sqlx::query(
+            "SELECT team AS name, SUM(fuel) AS credit, COUNT(DISTINCT account) AS accounts
+             FROM credit WHERE team != '' GROUP BY team ORDER BY credit DESC, name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            teams.push(TeamTotal {
+                name: row.try_get("name")?,
+                credit: row.try_get::<i64, _>("credit")? as u64,
+                accounts: row.try_get::<i64, _>("accounts")? as u32,
+            });
+        }
+        Ok((accounts, teams))
+    }
+
     async fn upsert_worker(&self, w: &StoredWorker, now: u64) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO workers (id, name, peer_addr, cores, registered_ms) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr, cores = excluded.cores",
+            "INSERT INTO workers (id, name, peer_addr, cores, registered_ms, account, team, platform, subnet)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr,
+                cores = excluded.cores, account = excluded.account, team = excluded.team,
+                platform = excluded.platform, subnet = excluded.subnet, registered_ms = excluded.registered_ms",
         )
         .bind(&w.id.0[..])
         .bind(&w.name)
         .bind(&w.peer_addr)
         .bind(i64::from(w.cores))
         .bind(now as i64)
+        .bind(&w.account)
+        .bind(&w.team)
+        .bind(&w.platform)
+        .bind(&w.subnet)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -614,6 +954,8 @@ mod tests {
             replication: 2,
             quorum: 2,
             max_replicas: 5,
+            adaptive: true,
+            error_bound: 0.02,
             limits: Limits::default(),
             units: vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
             manifest: String::new(),
@@ -640,18 +982,42 @@ mod tests {
                 fuel: 7,
                 signers: vec![w1, w2],
             };
+            let credit = [
+                CreditTo {
+                    worker: w1,
+                    account: "alice".into(),
+                    team: "lab".into(),
+                },
+                CreditTo {
+                    worker: w2,
+                    account: "bob".into(),
+                    team: "lab".into(),
+                },
+            ];
             assert!(
                 store
-                    .record_verified(units[0], b"out", &verified, 3)
+                    .record_verified(units[0], b"out", &verified, &credit, 3)
                     .await
                     .expect("first")
             );
             assert!(
                 !store
-                    .record_verified(units[0], b"out", &verified, 4)
+                    .record_verified(units[0], b"out", &verified, &credit, 4)
                     .await
                     .expect("second"),
                 "counted once"
+            );
+            let (accounts, teams) = store.leaderboard().await.expect("leaderboard");
+            assert_eq!(
+                accounts
+                    .iter()
+                    .map(|a| (a.name.as_str(), a.credit))
+                    .collect::<Vec<_>>(),
+                [("alice", 7), ("bob", 7)]
+            );
+            assert_eq!(
+                (teams[0].name.as_str(), teams[0].credit, teams[0].accounts),
+                ("lab", 14, 2)
             );
             store
                 .apply(
@@ -720,6 +1086,109 @@ mod tests {
             (1, "a", &b"out"[..])
         );
         assert_eq!(outputs[0].signers.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reopening_a_unit_withdraws_its_output_and_the_liars_credit_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w1, w2) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (project, units) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        let solo = Verified {
+            digest: Digest::of(b"lie"),
+            fuel: 7,
+            signers: vec![w1.id()],
+        };
+        let to = |w: &Identity, a: &str| CreditTo {
+            worker: w.id(),
+            account: a.into(),
+            team: String::new(),
+        };
+        store
+            .record_verified(units[0], b"lie", &solo, &[to(&w1, "liar")], 2)
+            .await
+            .expect("solo");
+        let reopen = Change::Reopen {
+            unit: units[0],
+            revoke: w1.id(),
+            required: 2,
+        };
+        // Applying the same re-open twice (a retried request) withdraws once.
+        store.apply(std::slice::from_ref(&reopen), 3).await.expect("reopen");
+        store.apply(&[reopen], 3).await.expect("again");
+        assert!(
+            store
+                .verified_outputs(project, None, 10)
+                .await
+                .expect("outputs")
+                .is_empty()
+        );
+        let vote = Claim::sign(&w2, project, units[0], Digest::of(b"ok"), 7);
+        store
+            .apply(
+                &[Change::Vote {
+                    claim: vote.clone(),
+                }],
+                4,
+            )
+            .await
+            .expect("vote");
+        let snap = store.load().await.expect("load");
+        let u = snap.units.iter().find(|u| u.id == units[0]).expect("unit");
+        assert_eq!(
+            (u.status.clone(), u.required, u.votes.clone()),
+            (UnitStatus::Pending, 2, vec![vote])
+        );
+        let (accounts, _) = store.leaderboard().await.expect("leaderboard");
+        assert!(
+            accounts.iter().all(|a| a.name != "liar" || a.credit == 0),
+            "{accounts:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_database_is_migrated_and_keeps_its_results() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(dir.path().join("fallow.db"))
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options).await.expect("create v1");
+            sqlx::raw_sql(include_str!("schema-v1.sql"))
+                .execute(&pool)
+                .await
+                .expect("v1 schema");
+            sqlx::raw_sql(
+                "PRAGMA user_version = 1;
+                 INSERT INTO modules VALUES (zeroblob(32), x'00');
+                 INSERT INTO projects (id, name, manifest, module, replication, quorum, max_replicas, fuel, memory_mb,
+                    wall_seconds, max_output_bytes, nan_canonicalization, created_ms)
+                    VALUES (1, 'old', '', zeroblob(32), 2, 2, 5, 1000, 64, 60, 1024, 0, 0);
+                 INSERT INTO units (id, project, name, input, state, target) VALUES (1, 1, 'a', x'', 0, 2);
+                 INSERT INTO workers VALUES (x'0101010101010101010101010101010101010101010101010101010101010101', 'w', '127.0.0.1:1', 1, 0);",
+            )
+            .execute(&pool)
+            .await
+            .expect("v1 rows");
+            pool.close().await;
+        }
+        let store = SqliteStore::open(dir.path()).await.expect("migrated");
+        let snap = store.load().await.expect("load");
+        assert_eq!(snap.projects[0].name, "old");
+        assert!(
+            !snap.projects[0].adaptive,
+            "old projects keep fixed replication"
+        );
+        assert_eq!(snap.units[0].required, 2, "required defaults to the quorum");
+        assert_eq!(snap.workers[0].account, "");
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&store.pool)
+            .await
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[tokio::test]
