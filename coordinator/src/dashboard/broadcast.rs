@@ -81,7 +81,9 @@ pub(crate) async fn run<S: Source>(
         }
         let now = Instant::now();
         let generation = dashboard.generation();
-        let due = generation != seen || last.is_none_or(|t| now - t >= IDLE_REFRESH);
+        let due = generation != seen
+            || state.deferred
+            || last.is_none_or(|t| now - t >= IDLE_REFRESH);
         if !due || now < not_before {
             continue;
         }
@@ -114,6 +116,9 @@ struct Broadcaster {
     leaderboard: Leaderboard,
     leaderboard_credit: Option<u64>,
     leaderboard_read: Option<Instant>,
+    /// A picture was left stale by its rate limit: build again soon even if nothing new
+    /// is reported.
+    deferred: bool,
 }
 
 #[derive(Default)]
@@ -134,6 +139,7 @@ impl Broadcaster {
         capture: Capture,
     ) -> Published {
         self.version += 1;
+        self.deferred = false;
         let at = capture.at;
         let directory = dashboard.directory();
         let workers = workers(&capture, &directory);
@@ -414,9 +420,10 @@ impl Broadcaster {
         p: &ProjectCapture,
     ) -> (Option<MosaicInfo>, Option<Bytes>) {
         let m = self.mosaics.entry(p.id).or_default();
-        let stale = p.verified > m.verified_seen
-            && m.rendered.is_none_or(|t| t.elapsed() >= MOSAIC_EVERY);
-        if p.total <= MOSAIC_UNIT_LIMIT && !m.not_image && stale {
+        let behind = p.total <= MOSAIC_UNIT_LIMIT && !m.not_image && p.verified > m.verified_seen;
+        let allowed = m.rendered.is_none_or(|t| t.elapsed() >= MOSAIC_EVERY);
+        self.deferred |= behind && !allowed;
+        if behind && allowed {
             m.verified_seen = p.verified;
             m.rendered = Some(Instant::now());
             if paint(source.store(), p.id, m).await
