@@ -133,6 +133,11 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
             .expect("the leaderboard table");
         let page = browser.source().await.expect("page source");
         assert!(page.contains(">w0<") && page.contains(">w1<"), "workers listed");
+        assert_eq!(
+            number(&browser, "return document.querySelectorAll('#accounts tr').length").await,
+            2,
+            "each worker's account is on the leaderboard"
+        );
         no_js_errors(&browser).await;
         save(&browser, &shots, "volunteers.png").await;
 

@@ -571,3 +571,58 @@ fn json(value: &impl Serialize) -> Bytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(verified: u64) -> ProjectCapture {
+        ProjectCapture {
+            id: ProjectId(1),
+            name: "p".into(),
+            total: 100,
+            verified,
+            failed: 0,
+            in_progress: 5,
+            executions: 0,
+            disputes: 0,
+            credit: 0,
+            replication: 2,
+            quorum: 2,
+            max_replicas: 5,
+            extra_replicas: 0,
+            finished: false,
+            aggregate: "none",
+            units: None,
+        }
+    }
+
+    #[test]
+    fn rate_and_eta_come_from_the_last_minute() {
+        let mut b = Broadcaster::default();
+        let first = b.summary(&project(0), 1_000);
+        assert_eq!((first.units_per_minute, first.eta_seconds), (0.0, None));
+        let s = b.summary(&project(10), 11_000);
+        assert!((s.units_per_minute - 60.0).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.eta_seconds, Some(90));
+        assert_eq!((s.pending, s.percent), (85, 10.0));
+        // A minute later the old sample has left the window: the rate is the recent one.
+        b.summary(&project(10), 70_000);
+        let s = b.summary(&project(10), 80_000);
+        assert_eq!(s.units_per_minute, 0.0, "{s:?}");
+        assert_eq!(s.eta_seconds, None);
+    }
+
+    #[test]
+    fn history_points_are_rates_between_samples() {
+        let mut b = Broadcaster::default();
+        b.sample(0, 0, 0.0, 1);
+        b.sample(1_000, 5, 0.0, 1); // too soon: skipped
+        b.sample(2_000, 10, 0.0, 2);
+        let h: Vec<Sample> = b.history.iter().copied().collect();
+        assert_eq!(h.len(), 2);
+        assert!((h[1].units_per_minute - 300.0).abs() < 1e-9, "{h:?}");
+        assert_eq!(h[1].workers_online, 2);
+        assert!(b.charts.throughput_svg.contains("class=\"line\""));
+    }
+}

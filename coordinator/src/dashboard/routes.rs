@@ -341,6 +341,11 @@ fn not_found(message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::snapshot::{Overview, ProjectDetail, ProjectPage, Published};
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
 
     #[test]
     fn csv_quotes_what_needs_quoting() {
@@ -349,5 +354,127 @@ mod tests {
             &[vec!["x,y".into(), "say \"hi\"".into()], vec!["1".into(), "2".into()]],
         );
         assert_eq!(out, "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n1,2\r\n");
+    }
+
+    /// A dashboard that published one project named by a hostile submitter.
+    fn dashboard() -> (Router, tokio::sync::watch::Sender<Arc<Published>>) {
+        let (d, tx) = Dashboard::new(&[]);
+        let project = ProjectSummary {
+            id: 7,
+            name: "<script>alert(1)</script>".into(),
+            total: 10,
+            verified: 4,
+            ..Default::default()
+        };
+        let detail = ProjectDetail {
+            project: project.clone(),
+            ..Default::default()
+        };
+        let overview = Overview {
+            projects: vec![project],
+            ..Default::default()
+        };
+        let mut published = Published {
+            version: 3,
+            overview_json: Bytes::from(serde_json::to_vec(&overview).expect("json")),
+            overview,
+            ..Default::default()
+        };
+        published.projects.insert(
+            7,
+            ProjectPage {
+                json: Bytes::from(serde_json::to_vec(&detail).expect("json")),
+                detail,
+                mosaic_png: None,
+            },
+        );
+        tx.send_replace(Arc::new(published));
+        (router(d), tx)
+    }
+
+    async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
+        // The sender lives as long as the call, as the broadcaster would.
+        let (router, _broadcaster) = dashboard();
+        let response = router
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut body = response.into_body();
+        // An event stream never ends: read its first frame only.
+        let bytes = if kind.starts_with("text/event-stream") {
+            body.frame()
+                .await
+                .and_then(|f| f.ok())
+                .and_then(|f| f.into_data().ok())
+                .unwrap_or_default()
+        } else {
+            body.collect().await.expect("body").to_bytes()
+        };
+        (status, kind, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn pages_carry_the_numbers_and_escape_names() {
+        let (status, kind, html) = call(Method::GET, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(kind.starts_with("text/html"), "{kind}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(!html.contains("<script>alert"), "a name must never become markup");
+        assert!(html.contains("4 verified"), "numbers are in the HTML: {html}");
+        let (status, _, html) = call(Method::GET, "/projects/7").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("data-live=\"project:7\""));
+        assert_eq!(call(Method::GET, "/projects/8").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(call(Method::GET, "/volunteers").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn nothing_but_get_is_served() {
+        for path in ["/", "/api/overview", "/api/projects/7", "/api/events", "/metrics"] {
+            for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+                let (status, _, _) = call(method.clone(), path).await;
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_api_exports_and_streams_the_snapshot() {
+        let (status, kind, json) = call(Method::GET, "/api/projects").await;
+        assert_eq!((status, kind.as_str()), (StatusCode::OK, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(v[0]["verified"], 4);
+        let (_, kind, csv) = call(Method::GET, "/api/export/projects.csv").await;
+        assert!(kind.starts_with("text/csv"));
+        assert!(csv.starts_with("id,name,total,verified,"), "{csv}");
+        assert!(csv.contains("\r\n7,<script>alert(1)</script>,10,4,"), "{csv}");
+        assert_eq!(call(Method::GET, "/api/export/secrets.csv").await.0, StatusCode::NOT_FOUND);
+        // A late viewer gets the current snapshot as its first event.
+        let (status, kind, first) = call(Method::GET, "/api/events").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        assert!(first.contains("event: overview") && first.contains("id: 3"), "{first}");
+        assert!(first.contains("\"verified\":4"), "{first}");
+        let (_, _, first) = call(Method::GET, "/api/events?project=7").await;
+        assert!(first.contains("event: project"), "{first}");
+        assert_eq!(call(Method::GET, "/api/events?project=9").await.0, StatusCode::NOT_FOUND);
+        let (_, kind, metrics) = call(Method::GET, "/metrics").await;
+        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        assert!(metrics.contains("fallow_assignments_total 0"), "{metrics}");
+        let (_, kind, js) = call(Method::GET, "/assets/dashboard.js").await;
+        assert!(kind.starts_with("text/javascript") && js.contains("EventSource"));
     }
 }
