@@ -59,7 +59,8 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
         no_js_errors(&browser).await;
 
         // Workers start; the same page (no reload) shows progress and tiles.
-        cluster.start_worker(&[]);
+        let metrics = free_port();
+        cluster.start_worker(&["--metrics", &metrics.to_string()]);
         cluster.start_worker(&[]);
         let loaded = number(&browser, "return performance.timeOrigin").await;
         wait_for(&browser, "verified tiles to appear", Duration::from_secs(120), |b| async move {
@@ -88,6 +89,16 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
         );
         no_js_errors(&browser).await;
         save(&browser, &shots, "project-done.png").await;
+
+        // Prometheus metrics: the coordinator counted every certificate, the worker its runs.
+        let text = http_get(cluster.addr.parse().expect("addr"), "/metrics");
+        let accepted = metric(&text, "fallow_certificates_total{result=\"accepted\"}");
+        assert_eq!(accepted, tiles, "{text}");
+        assert_eq!(metric(&text, "fallow_units{state=\"verified\"}"), tiles, "{text}");
+        let text = http_get(metrics, "/metrics");
+        assert!(metric(&text, "fallow_worker_units_total{result=\"ok\"}") >= 1, "{text}");
+        assert!(metric(&text, "fallow_worker_fuel_total") > 0, "{text}");
+        assert!(text.contains("fallow_worker_busy_seconds_total"), "{text}");
 
         // The overview lists the project as done, with its numbers in the HTML.
         browser.goto(&format!("{base}/")).await.expect("overview");
@@ -216,6 +227,32 @@ async fn save(browser: &Client, dir: &Path, name: &str) -> Vec<u8> {
     png
 }
 
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// A plain HTTP/1.0 GET (the body of a 200 answer).
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of one sample line of a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// Screenshots stay after the test (its cluster's temporary directory does not).
 fn screenshot_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
@@ -256,9 +293,7 @@ struct ChromeDriver {
 
 impl ChromeDriver {
     fn start(profile: &Path) -> ChromeDriver {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let addr = free_port();
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={}", addr.port()))
             .stdout(Stdio::null())
