@@ -104,8 +104,8 @@ async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let stop = CancellationToken::new();
-    // The coordinator gets its own thread and runtime, as it would have its own process
-    // (its future is not `Send`: see the demo).
+    // The coordinator gets its own thread and runtime, as it would have its own process:
+    // the load generators' tasks do not share its scheduler queue.
     let server = {
         let stop = stop.clone();
         let config = coordinator::CoordinatorConfig {

@@ -7,7 +7,7 @@
 //!
 //! # Adaptive replication
 //! A worker earns trust per project: after [`TRUST_AFTER`] consecutive results confirmed by
-//! another account (doubled for each past offence), a unit it is the first to take runs
+//! another account, and as long as it has no offence there, a unit it is the first to take runs
 //! solo unless a random spot check, drawn with [`spot_check_probability`], secretly keeps
 //! the unit's normal replication; the worker gets the same assignment either way and
 //! commits before it can learn which. A solo result is accepted and remembered as
@@ -725,7 +725,11 @@ impl Scheduler {
         }
         let (replication, quorum, bound) = (p.replication, p.quorum, p.error_bound);
         let trust = self.trust.get(&(worker, project))?;
-        let threshold = TRUST_AFTER << trust.offences.min(4);
+        // A worker with a proven offence in this project never runs alone in it again.
+        if trust.offences > 0 {
+            return None;
+        }
+        let threshold = TRUST_AFTER;
         let check = spot_check_probability(trust.consecutive, threshold, bound);
         if check >= 1.0 {
             return None;

@@ -245,6 +245,35 @@ impl Cluster {
         out
     }
 
+    /// The leaderboard: (account, verified units, credit) per account, read straight
+    /// from the coordinator's ListAccounts RPC.
+    pub fn accounts(&self) -> Vec<(String, u64, u64)> {
+        let url = self.url.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut client = proto::v1::coordinator_client::CoordinatorClient::connect(url)
+                .await
+                .expect("connect to the coordinator");
+            client
+                .list_accounts(proto::v1::ListAccountsRequest {})
+                .await
+                .expect("ListAccounts")
+                .into_inner()
+                .accounts
+                .into_iter()
+                .map(|a| (a.name, a.verified, a.credit))
+                .collect()
+        })
+    }
+
+    /// The log of worker `i`.
+    pub fn worker_log(&self, i: usize) -> String {
+        read(&self.dir.path().join(format!("{}.log", self.workers[i].0)))
+    }
+
     /// Everything the coordinator logged, across restarts.
     pub fn coordinator_log(&self) -> String {
         (0..self.restarts)

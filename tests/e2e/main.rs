@@ -6,5 +6,6 @@ mod harness;
 mod dashboard;
 mod demo;
 mod faults;
+mod gossip;
 mod hostile;
 mod primes;

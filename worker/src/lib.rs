@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::board::{Board, BoardLimits, Reason};
+use protocol::board::{Board, BoardLimits, Reason, Rejection};
 use protocol::claim::Commitment;
 use protocol::quorum::Timing;
 use protocol::wire::Evidence;
@@ -583,26 +583,7 @@ impl Shared {
         let (views, rejected, evidence) = {
             let mut board = lock(&self.board);
             let (views, rejected) = board.exchange(commitments, reveals, want, now);
-            let evidence: Vec<Evidence> = rejected
-                .iter()
-                .filter_map(|r| {
-                    let offender = r.offender?;
-                    let filed = board.commitment(r.unit, offender)?.clone();
-                    match r.reason {
-                        Reason::Equivocation => sent_commitments
-                            .iter()
-                            .find(|c| {
-                                c.unit == r.unit && c.worker == offender && c.seal != filed.seal
-                            })
-                            .map(|c| Evidence::Equivocation(filed, c.clone())),
-                        Reason::RevealMismatch => sent_reveals
-                            .iter()
-                            .find(|c| c.unit == r.unit && c.worker == offender && !c.opens(&filed))
-                            .map(|c| Evidence::Mismatch(filed, c.clone())),
-                        _ => None,
-                    }
-                })
-                .collect();
+            let evidence = evidence(&board, &rejected, &sent_commitments, &sent_reveals);
             (views, rejected, evidence)
         };
         self.stats.served();
@@ -1098,6 +1079,35 @@ impl Shared {
     }
 }
 
+/// Proof for each refusal of our board that names an offender: the commitment on file
+/// paired with the offending message from the request (a second commitment, or a reveal
+/// that does not open the first).
+fn evidence(
+    board: &Board,
+    rejected: &[Rejection],
+    commitments: &[Commitment],
+    reveals: &[Claim],
+) -> Vec<Evidence> {
+    rejected
+        .iter()
+        .filter_map(|r| {
+            let offender = r.offender?;
+            let filed = board.commitment(r.unit, offender)?.clone();
+            match r.reason {
+                Reason::Equivocation => commitments
+                    .iter()
+                    .find(|c| c.unit == r.unit && c.worker == offender && c.seal != filed.seal)
+                    .map(|c| Evidence::Equivocation(filed, c.clone())),
+                Reason::RevealMismatch => reveals
+                    .iter()
+                    .find(|c| c.unit == r.unit && c.worker == offender && !c.opens(&filed))
+                    .map(|c| Evidence::Mismatch(filed, c.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// The coordinator's peers that accept inbound connections, as members.
 fn peers_as_members(peers: &[PeerInfo]) -> Vec<Member> {
     peers
@@ -1145,6 +1155,47 @@ mod tests {
             let err = config.validate().expect_err("accepted").to_string();
             assert!(err.contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn a_board_turns_a_copier_and_an_equivocator_into_evidence_the_coordinator_accepts() {
+        let mut board = Board::default();
+        let honest = Claim::sign(
+            &Identity::from_seed([1; 32]),
+            ProjectId(1),
+            UnitId(5),
+            Digest::of(b"x"),
+            10,
+        );
+        let copier = Identity::from_seed([2; 32]);
+        let guess = Claim::sign(&copier, ProjectId(1), UnitId(5), Digest::of(b"?"), 10);
+        let cheat = Identity::from_seed([3; 32]);
+        let first = Claim::sign(&cheat, ProjectId(1), UnitId(5), Digest::of(b"a"), 10);
+        let second = Claim::sign(&cheat, ProjectId(1), UnitId(5), Digest::of(b"b"), 10);
+        board.exchange(
+            vec![honest.commitment(), guess.commitment(), first.commitment()],
+            vec![honest.clone()],
+            &[],
+            0,
+        );
+        // The copier reveals the honest digest; the cheat commits again differently.
+        let copied = Claim::sign(&copier, ProjectId(1), UnitId(5), honest.digest, 10);
+        let commitments = vec![second.commitment()];
+        let reveals = vec![copied.clone()];
+        let (_, rejected) = board.exchange(commitments.clone(), reveals.clone(), &[], 1);
+        let found = evidence(&board, &rejected, &commitments, &reveals);
+        let offenders: Vec<(WorkerId, UnitId)> = found
+            .iter()
+            .map(|e| e.offender().expect("valid proof"))
+            .collect();
+        assert_eq!(
+            offenders,
+            vec![(cheat.id(), UnitId(5)), (copier.id(), UnitId(5))],
+            "{found:?}"
+        );
+        // A harmless refusal (a replay) accuses nobody.
+        let (_, rejected) = board.exchange(vec![honest.commitment()], Vec::new(), &[], 2);
+        assert!(evidence(&board, &rejected, &[honest.commitment()], &[]).is_empty());
     }
 
     #[test]

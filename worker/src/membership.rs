@@ -224,6 +224,7 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
         max_packet,
         announced: HashMap::new(),
         rng: SmallRng::seed_from_u64(u64::from_le_bytes(first(&seed[32..]))),
+        leaving: false,
     };
     let task = tokio::spawn(shell.run(commands_rx, stop.clone()));
     Ok(MembershipHandle {
@@ -256,6 +257,7 @@ struct Shell {
     max_packet: usize,
     announced: HashMap<WorkerId, Instant>,
     rng: SmallRng,
+    leaving: bool,
 }
 
 impl Shell {
@@ -295,6 +297,7 @@ impl Shell {
             }
             self.drain().await;
         }
+        self.leaving = true;
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::debug!("membership: leaving: {e}");
         }
@@ -307,10 +310,10 @@ impl Shell {
             .into_iter()
             .filter(|p| {
                 p.id != self.me.id
-                    && !self
+                    && self
                         .announced
                         .get(&p.id)
-                        .is_some_and(|at| now.duration_since(*at) < ANNOUNCE_EVERY)
+                        .is_none_or(|at| now.duration_since(*at) >= ANNOUNCE_EVERY)
             })
             .collect();
         // A random few, so that a dead peer early in the list does not always win.
@@ -367,7 +370,8 @@ impl Shell {
                     tracing::debug!(?old, ?new, "member renamed");
                     changed = true;
                 }
-                OwnedNotification::Defunct => {
+                // Leaving makes us down on purpose; otherwise renew() rejoins at once.
+                OwnedNotification::Defunct if !self.leaving => {
                     tracing::warn!("membership: the cluster declared this worker down; rejoining")
                 }
                 _ => {}

@@ -394,7 +394,7 @@ fn spot_check_probability_follows_the_error_bound() {
     assert_eq!(
         spot_check_probability(10, TRUST_AFTER << 1, 0.02),
         1.0,
-        "offenders wait longer"
+        "below the threshold a worker is always replicated"
     );
 }
 

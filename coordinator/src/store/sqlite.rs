@@ -208,8 +208,15 @@ impl SqliteStore {
             });
         }
         if version == 1 {
+            // One statement at a time in one transaction: all columns or none.
             let mut tx = pool.begin().await?;
-            sqlx::raw_sql(MIGRATE_1_TO_2).execute(&mut *tx).await?;
+            for statement in MIGRATE_1_TO_2
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             tracing::info!(path = %path.display(), "database migrated from schema 1 to 2");
         }
@@ -1117,7 +1124,10 @@ mod tests {
             required: 2,
         };
         // Applying the same re-open twice (a retried request) withdraws once.
-        store.apply(std::slice::from_ref(&reopen), 3).await.expect("reopen");
+        store
+            .apply(std::slice::from_ref(&reopen), 3)
+            .await
+            .expect("reopen");
         store.apply(&[reopen], 3).await.expect("again");
         assert!(
             store
