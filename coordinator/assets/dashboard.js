@@ -110,10 +110,13 @@
     fill(document, data);
     var tbody = document.getElementById("projects");
     if (tbody) projectRows(tbody, data.projects);
+  }
+
+  function charts(data) {
     var t = document.getElementById("chart-throughput");
-    if (t) t.innerHTML = data.charts.throughput_svg;
+    if (t) t.innerHTML = data.throughput_svg;
     var w = document.getElementById("chart-workers");
-    if (w) w.innerHTML = data.charts.workers_svg;
+    if (w) w.innerHTML = data.workers_svg;
   }
 
   var mosaicVersion = null;
@@ -155,6 +158,11 @@
       indicator.textContent = "live";
       indicator.className = "live on";
     });
+    if (name === "overview") {
+      source.addEventListener("charts", function (e) {
+        charts(JSON.parse(e.data));
+      });
+    }
     source.onerror = function () {
       indicator.textContent = "reconnecting";
       indicator.className = "live off";

@@ -17,14 +17,20 @@ use tokio_util::sync::CancellationToken;
 use super::mosaic::{self, Canvas};
 use super::snapshot::{
     AccountRow, Capture, Charts, FailedUnit, FailureRow, Leaderboard, MosaicInfo, Overview,
-    PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary, Published, Sample,
-    TeamRow, Totals, WorkerRow, Workers,
+    LiveOverview, PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary,
+    Published, Sample, TeamRow, Totals, WorkerRow, Workers, frame,
 };
 use super::{Dashboard, metrics, render};
 use crate::store::Store;
 
 /// Shortest time between two captures.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// Each open live stream adds this to the interval (every event is a write per viewer),
+/// up to `MAX_INTERVAL`: 1,000 viewers get a snapshot every 500 ms.
+const PER_VIEWER: Duration = Duration::from_micros(250);
+const MAX_INTERVAL: Duration = Duration::from_millis(500);
+/// Most points drawn per chart.
+const CHART_POINTS: usize = 300;
 /// A capture may hold the state lock at most 1/LOCK_SHARE of the time.
 const LOCK_SHARE: u32 = 50;
 /// Capture at least this often even when nothing was reported (workers go offline, rates
@@ -90,7 +96,9 @@ pub(crate) async fn run<S: Source>(
         seen = generation;
         last = Some(now);
         let (capture, held) = source.capture().await;
-        not_before = now + (held * LOCK_SHARE).max(MIN_INTERVAL);
+        let viewers = u32::try_from(dashboard.metrics.viewers.get()).unwrap_or(0);
+        let interval = (MIN_INTERVAL + PER_VIEWER * viewers).min(MAX_INTERVAL);
+        not_before = now + (held * LOCK_SHARE).max(interval);
         dashboard.metrics.snapshots.inc();
         dashboard
             .metrics
@@ -116,6 +124,7 @@ struct Broadcaster {
     leaderboard: Leaderboard,
     leaderboard_credit: Option<u64>,
     leaderboard_read: Option<Instant>,
+    charts_version: u64,
     /// A picture was left stale by its rate limit: build again soon even if nothing new
     /// is reported.
     deferred: bool,
@@ -185,10 +194,12 @@ impl Broadcaster {
                 failed_units,
                 mosaic,
             };
+            let body = json(&detail);
             projects.insert(
                 p.id.0,
                 ProjectPage {
-                    json: json(&detail),
+                    event: frame("project", self.version, &body),
+                    json: body,
                     detail,
                     mosaic_png,
                 },
@@ -206,9 +217,23 @@ impl Broadcaster {
             charts: self.charts.clone(),
         };
         let leaderboard = self.leaderboard(source, overview.totals.credit, at).await;
+        let overview_event = frame(
+            "overview",
+            self.version,
+            &json(&LiveOverview {
+                generated_ms: at,
+                totals: &overview.totals,
+                projects: &overview.projects,
+            }),
+        );
+        let charts_event = frame("charts", self.version, &json(&overview.charts));
+        let charts_and_overview_event =
+            Bytes::from([charts_event.as_ref(), overview_event.as_ref()].concat());
         Published {
-            version: self.version,
             overview_json: json(&overview),
+            overview_event,
+            charts_and_overview_event,
+            charts_version: self.charts_version,
             overview,
             projects,
             workers_json: json(&workers),
@@ -335,8 +360,21 @@ impl Broadcaster {
             units_per_minute: per_minute,
             workers_online: online,
         });
+        self.charts_version += 1;
+        let every = self.history.len().div_ceil(CHART_POINTS).max(1);
         let points = |f: fn(&Sample) -> f64| -> Vec<(u64, f64)> {
-            self.history.iter().map(|s| (s.at_ms, f(s))).collect()
+            let mut p: Vec<(u64, f64)> = self
+                .history
+                .iter()
+                .step_by(every)
+                .map(|s| (s.at_ms, f(s)))
+                .collect();
+            if let Some(last) = self.history.back()
+                && p.last().is_none_or(|&(t, _)| t != last.at_ms)
+            {
+                p.push((last.at_ms, f(last)));
+            }
+            p
         };
         self.charts = Charts {
             throughput_svg: render::line_chart(

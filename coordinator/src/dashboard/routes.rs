@@ -3,13 +3,11 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -132,9 +130,11 @@ struct EventsQuery {
     project: Option<u64>,
 }
 
-/// Server-sent events: the current snapshot at once, then every new one. All streams
-/// share the broadcaster's snapshot (the JSON is serialized once, not per viewer); a
-/// stream ends when the coordinator shuts down.
+/// Server-sent events: the current snapshot at once, then every new one (at least every
+/// 2 s, which doubles as the keep-alive). The broadcaster frames each event once for all
+/// viewers, so a viewer costs one reference-counted buffer and one write per snapshot —
+/// no serialization or copy (axum's `Sse` would copy and re-scan every event per viewer).
+/// A stream ends when the coordinator shuts down.
 async fn events(State(d): Shared, Query(q): Query<EventsQuery>) -> Response {
     if let Some(id) = q.project
         && !d.latest().projects.contains_key(&id)
@@ -142,24 +142,26 @@ async fn events(State(d): Shared, Query(q): Query<EventsQuery>) -> Response {
         return not_found(&format!("no project {id}"));
     }
     let viewer = Viewer::new(d.clone());
-    let mut first = true;
+    let mut charts_seen = None;
     let stream = WatchStream::new(d.subscribe()).filter_map(move |published| {
         let _still_watching = &viewer;
-        let (name, data) = match q.project {
-            None => ("overview", published.overview_json.clone()),
-            Some(id) => ("project", published.projects.get(&id)?.json.clone()),
+        let event = match q.project {
+            Some(id) => published.projects.get(&id)?.event.clone(),
+            None if charts_seen != Some(published.charts_version) => {
+                charts_seen = Some(published.charts_version);
+                published.charts_and_overview_event.clone()
+            }
+            None => published.overview_event.clone(),
         };
-        let mut event = Event::default()
-            .event(name)
-            .id(published.version.to_string())
-            .data(std::str::from_utf8(&data).unwrap_or("{}"));
-        if std::mem::take(&mut first) {
-            event = event.retry(Duration::from_secs(2));
-        }
         Some(Ok::<_, Infallible>(event))
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
         .into_response()
 }
 
@@ -374,15 +376,26 @@ mod tests {
             projects: vec![project],
             ..Default::default()
         };
+        let overview_json = Bytes::from(serde_json::to_vec(&overview).expect("json"));
         let mut published = Published {
-            version: 3,
-            overview_json: Bytes::from(serde_json::to_vec(&overview).expect("json")),
+            overview_event: crate::dashboard::snapshot::frame("overview", 3, &overview_json),
+            charts_and_overview_event: crate::dashboard::snapshot::frame(
+                "overview",
+                3,
+                &overview_json,
+            ),
+            overview_json,
             overview,
             ..Default::default()
         };
         published.projects.insert(
             7,
             ProjectPage {
+                event: crate::dashboard::snapshot::frame(
+                    "project",
+                    3,
+                    &serde_json::to_vec(&detail).expect("json"),
+                ),
                 json: Bytes::from(serde_json::to_vec(&detail).expect("json")),
                 detail,
                 mosaic_png: None,

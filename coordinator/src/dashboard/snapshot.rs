@@ -130,11 +130,17 @@ impl Capture {
 /// Everything the dashboard serves, rebuilt by the broadcaster after changes.
 #[derive(Debug, Default)]
 pub(crate) struct Published {
-    /// Increases with every rebuild (the SSE event id).
-    pub version: u64,
     pub overview: Overview,
     /// `overview` as JSON.
     pub overview_json: Bytes,
+    /// The live stream's event: `overview` without history and charts, framed once for
+    /// every viewer (see [`frame`]).
+    pub overview_event: Bytes,
+    /// A `charts` event followed by `overview_event`, for viewers whose charts are older
+    /// than `charts_version`.
+    pub charts_and_overview_event: Bytes,
+    /// Changes whenever the charts are redrawn (a history sample every 2 s).
+    pub charts_version: u64,
     pub projects: BTreeMap<u64, ProjectPage>,
     pub workers: Workers,
     pub workers_json: Bytes,
@@ -148,8 +154,29 @@ pub(crate) struct ProjectPage {
     pub detail: ProjectDetail,
     /// `detail` as JSON.
     pub json: Bytes,
+    /// `detail` as a framed `project` event.
+    pub event: Bytes,
     /// The results as a picture, when they are Mandelbrot tiles.
     pub mosaic_png: Option<Bytes>,
+}
+
+/// One server-sent event, framed: serialized JSON has no raw newlines, so it is one
+/// `data:` line.
+pub(crate) fn frame(event: &str, id: u64, json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(json.len() + event.len() + 40);
+    out.extend_from_slice(format!("event: {event}\nid: {id}\ndata: ").as_bytes());
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// What the live stream sends of the overview: everything but the history and the charts
+/// (those change every 2 s and travel in their own event).
+#[derive(Debug, Serialize)]
+pub(crate) struct LiveOverview<'a> {
+    pub generated_ms: u64,
+    pub totals: &'a Totals,
+    pub projects: &'a [ProjectSummary],
 }
 
 /// The front page (`GET /api/overview`).
