@@ -359,3 +359,18 @@ async fn submit(url: &str, units: usize) -> anyhow::Result<ProjectId> {
         .project_id;
     Ok(ProjectId(id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figure's smoke test: viewers connect, every one of them gets live snapshots,
+    /// and the simulated workers make progress. No time is asserted.
+    #[test]
+    fn quick_dashboard_load_runs_and_every_viewer_is_live() {
+        let r = measure(LoadConfig::for_size(Size::Quick)).expect("quick load run");
+        assert_eq!(r.viewers, 20);
+        assert!(r.min_events >= 1, "a viewer got no snapshot: {r:?}");
+        assert!(r.per_second.iter().all(|&x| x > 0.0), "{r:?}");
+    }
+}

@@ -7,14 +7,24 @@
 //! - [`guest_speed`]: each kernel in `tasks/` natively vs in the production sandbox, on the
 //!   same input, with a check that both produced the same bytes.
 //! - [`unit_overhead`]: instantiate + run an empty guest + collect its output.
+//! - [`verification_cost`]: executions and gossip per verified unit, from the trust
+//!   simulation (`sim`).
+//! - [`dispatch`]: the coordinator under load from simulated workers (dispatch rate against
+//!   a bare tonic echo, the scaling curve, resident memory).
+//! - `load`: the load generator and the echo reference (the one module that touches
+//!   protobuf types); `server`: servers under test as child processes.
 //! - [`dashboard_load`]: the coordinator's dispatch throughput with 1,000 live dashboard
-//!   viewers against none.
+//!   viewers against none, in one run.
 //! - [`Report`]: the printed table.
 
 #![forbid(unsafe_code)]
 
 pub mod dashboard_load;
+pub mod dispatch;
+mod load;
+pub mod server;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol::{Digest, Limits};
@@ -272,77 +282,96 @@ pub fn unit_overhead(sandbox: &Sandbox, size: Size) -> anyhow::Result<Row> {
     })
 }
 
-/// Runs every figure and returns the report. Guest code runs on this thread: call it from
-/// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack.
-/// Which figures to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Figures {
-    /// Everything.
-    All,
-    /// Sandbox overhead and guest speed.
-    Sandbox,
-    /// Dispatch throughput under dashboard viewers.
-    Dashboard,
+/// Goals of figure 5.
+const GOAL_EXECUTIONS: f64 = 1.15;
+const GOAL_GOSSIP_BYTES: f64 = 2048.0;
+
+/// Figure 5: an honest fleet in the deterministic trust simulation (the real scheduler,
+/// boards, commit–reveal and claims; simulated time): executions per verified unit, and
+/// gossip bytes (protobuf-encoded holder↔board messages) per verified replica.
+pub fn verification_cost(size: Size) -> anyhow::Result<Vec<Row>> {
+    let (workers, units) = match size {
+        Size::Quick => (20, 200),
+        // 100 units per worker, as in issue 6's 1,000 workers and 100,000 units, which take
+        // ~8 minutes on 2 cores (BENCHMARKS.md records that run separately).
+        Size::Full => (300, 30_000),
+    };
+    let t = Instant::now();
+    let r = sim::run(&sim::Scenario::honest(workers, units));
+    let wall = t.elapsed();
+    anyhow::ensure!(
+        r.settled && r.verified == units,
+        "simulation did not settle ({} of {units} verified)",
+        r.verified
+    );
+    let what = format!(
+        "honest fleet, {workers} workers, {units} units, simulated in {:.0} s",
+        wall.as_secs_f64()
+    );
+    let executions = r.executions_per_verified();
+    let gossip = r.gossip_per_replica();
+    Ok(vec![
+        Row {
+            figure: format!("verification cost: executions per verified unit ({what})"),
+            measured: format!("{executions:.3}"),
+            reference: "plain replication 2: 2.0".into(),
+            ratio: Some(executions / 2.0),
+            goal: format!("≤ {GOAL_EXECUTIONS}"),
+            met: Some(executions <= GOAL_EXECUTIONS),
+        },
+        Row {
+            figure: "verification cost: gossip bytes per verified replica (same run)".into(),
+            measured: format!("{gossip:.0} B"),
+            reference: format!("{:.0} B per verified unit", r.gossip_per_unit()),
+            ratio: None,
+            goal: "≤ 2 KB".into(),
+            met: Some(gossip <= GOAL_GOSSIP_BYTES),
+        },
+    ])
 }
 
-/// Runs the chosen figures.
-pub fn run(size: Size, figures: Figures) -> anyhow::Result<Report> {
-    let mut report = match figures {
-        Figures::All | Figures::Sandbox => run_all(size)?,
-        Figures::Dashboard => Report::default(),
-    };
-    if figures != Figures::Sandbox {
+/// The groups of figures, for `--only`.
+pub const GROUPS: [&str; 5] = ["guest", "verification", "dispatch", "memory", "dashboard"];
+
+/// Runs every figure and returns the report. Guest code runs on this thread: call it from
+/// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack. `exe` is this benchmark's binary:
+/// the coordinator and echo servers under test run as its children (`--serve`).
+pub fn run_all(size: Size, exe: &Path) -> anyhow::Result<Report> {
+    run_groups(size, exe, &GROUPS)
+}
+
+/// Runs the figures of the named [`GROUPS`] only.
+pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    if groups.contains(&"guest") {
+        eprintln!("guest speed and per-unit overhead...");
+        let sandbox = Sandbox::new(SandboxConfig {
+            slots: 2,
+            ..SandboxConfig::default()
+        })?;
+        let unmetered = Sandbox::new(SandboxConfig {
+            slots: 2,
+            consume_fuel: false,
+            ..SandboxConfig::default()
+        })?;
+        report.rows.push(unit_overhead(&sandbox, size)?);
+        report.rows.extend(guest_speed(&sandbox, &unmetered, size)?);
+    }
+    if groups.contains(&"verification") {
+        eprintln!("verification cost (trust simulation)...");
+        report.rows.extend(verification_cost(size)?);
+    }
+    if groups.contains(&"dispatch") {
+        eprintln!("coordinator dispatch...");
+        report.rows.extend(dispatch::dispatch_figures(exe, size)?);
+    }
+    if groups.contains(&"memory") {
+        eprintln!("coordinator memory...");
+        report.rows.extend(dispatch::memory_figure(exe, size)?);
+    }
+    if groups.contains(&"dashboard") {
+        eprintln!("dispatch under 1,000 dashboard viewers...");
         report.rows.extend(dashboard_load::rows(size)?);
     }
     Ok(report)
-}
-
-/// The sandbox figures.
-pub fn run_all(size: Size) -> anyhow::Result<Report> {
-    let sandbox = Sandbox::new(SandboxConfig {
-        slots: 2,
-        ..SandboxConfig::default()
-    })?;
-    let unmetered = Sandbox::new(SandboxConfig {
-        slots: 2,
-        consume_fuel: false,
-        ..SandboxConfig::default()
-    })?;
-    let mut report = Report::default();
-    report.rows.push(unit_overhead(&sandbox, size)?);
-    report.rows.extend(guest_speed(&sandbox, &unmetered, size)?);
-    Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The quick run is CI's smoke test of the bench: it must complete, and native and
-    /// sandboxed kernels must agree byte for byte. No time is asserted.
-    #[test]
-    fn quick_benchmarks_run_and_native_matches_the_sandbox() {
-        let report = std::thread::Builder::new()
-            .stack_size(sandbox::GUEST_THREAD_STACK)
-            .spawn(|| run_all(Size::Quick))
-            .expect("thread")
-            .join()
-            .expect("no panic")
-            .expect("quick run");
-        // One overhead row, one row per kernel, one fuel-off row per kernel without NaN
-        // canonicalization.
-        assert_eq!(report.rows.len(), 1 + KERNELS.len() + 3);
-        assert!(report.to_markdown().contains("guest speed: primes"));
-    }
-
-    /// The dashboard load figure's smoke test: viewers connect, every one of them gets
-    /// live snapshots, and the simulated workers make progress. No time is asserted.
-    #[test]
-    fn quick_dashboard_load_runs_and_every_viewer_is_live() {
-        let r = dashboard_load::measure(dashboard_load::LoadConfig::for_size(Size::Quick))
-            .expect("quick load run");
-        assert_eq!(r.viewers, 20);
-        assert!(r.min_events >= 1, "a viewer got no snapshot: {r:?}");
-        assert!(r.per_second.iter().all(|&x| x > 0.0), "{r:?}");
-    }
 }

@@ -347,6 +347,13 @@ pub enum Change {
         /// Matching claims needed now.
         required: u32,
     },
+    /// `worker`'s claims for `unit` no longer count (it changed its answer there).
+    Disqualified {
+        /// The unit.
+        unit: UnitId,
+        /// The worker.
+        worker: WorkerId,
+    },
     /// A worker's standing across projects.
     Standing {
         /// The worker.
@@ -433,6 +440,9 @@ pub struct Scheduler {
     standing: HashMap<WorkerId, Standing>,
     rng: u64,
     distinct_subnets: bool,
+    /// (unit, worker) pairs whose votes no longer count: the worker was caught changing
+    /// its answer for that unit.
+    disqualified: HashSet<(UnitId, WorkerId)>,
 }
 
 impl Scheduler {
@@ -935,6 +945,9 @@ impl Scheduler {
                 )));
             }
             claim.verify()?;
+            if self.disqualified.contains(&(id, claim.worker)) {
+                continue; // caught changing its answer here: its claims no longer count
+            }
             match unit.votes.get(&claim.worker) {
                 Some(v) if v == claim => {}
                 // Two different valid claims by one worker: it changed its answer.
@@ -949,7 +962,7 @@ impl Scheduler {
         let mut changes = Vec::new();
         let project_id = project.id;
         for worker in equivocators {
-            self.offence(worker, project_id, &mut changes);
+            self.disqualify(id, worker, project_id, &mut changes);
         }
         let Some(unit) = self.units.get_mut(&id) else {
             return Err(Error::UnknownUnit(id));
@@ -1109,7 +1122,8 @@ impl Scheduler {
         changes
     }
 
-    /// Signed proof that `worker` changed its answer for `unit` (seen on a board).
+    /// Signed proof that `worker` changed its answer for `unit` (seen on a board). Counted
+    /// once per (unit, worker), however many boards and holders report it.
     pub fn misbehaviour(&mut self, worker: WorkerId, unit: UnitId) -> Result<Vec<Change>, Error> {
         let project = self
             .units
@@ -1117,8 +1131,53 @@ impl Scheduler {
             .map(|u| u.project)
             .ok_or(Error::UnknownUnit(unit))?;
         let mut changes = Vec::new();
-        self.offence(worker, project, &mut changes);
+        self.disqualify(unit, worker, project, &mut changes);
         Ok(changes)
+    }
+
+    /// Restores a disqualified (unit, worker) pair (start-up).
+    pub fn restore_disqualified(&mut self, unit: UnitId, worker: WorkerId) {
+        self.disqualified.insert((unit, worker));
+    }
+
+    /// `worker` changed its answer for `unit`: an offence (once), and none of its claims
+    /// for the unit count any more, including one already held.
+    fn disqualify(
+        &mut self,
+        unit: UnitId,
+        worker: WorkerId,
+        project: ProjectId,
+        changes: &mut Vec<Change>,
+    ) {
+        if !self.disqualified.insert((unit, worker)) {
+            return;
+        }
+        let mut lost = false;
+        if let Some(u) = self.units.get_mut(&unit)
+            && u.status == UnitStatus::Pending
+        {
+            u.votes.remove(&worker);
+            // Its replica no longer counts toward the target: the unit needs another.
+            if let Some(r) = u
+                .replicas
+                .iter_mut()
+                .find(|r| r.worker == worker && r.state == AssignmentState::Active)
+            {
+                r.state = AssignmentState::Expired;
+                changes.push(Change::Replica {
+                    unit,
+                    worker,
+                    state: AssignmentState::Expired,
+                    failure: None,
+                });
+                lost = true;
+            }
+        }
+        changes.push(Change::Disqualified { unit, worker });
+        self.offence(worker, project, changes);
+        if lost {
+            self.after_loss(unit, changes);
+        }
     }
 
     fn confirmed(&mut self, worker: WorkerId, project: ProjectId, changes: &mut Vec<Change>) {

@@ -151,6 +151,9 @@ pub(crate) async fn run<S: Store>(
     for (worker, standing) in snapshot.standing {
         sched.restore_standing(worker, standing);
     }
+    for (unit, worker) in snapshot.disqualified {
+        sched.restore_disqualified(unit, worker);
+    }
     for p in snapshot.projects {
         sched.add_project(p);
     }
@@ -446,6 +449,10 @@ impl<S: Store> CoordinatorService<S> {
                 replication: p.replication,
                 quorum: p.quorum,
                 credit: s.credit,
+                solo: s.solo,
+                spot_checks: s.spot_checks,
+                mismatches: s.mismatches,
+                reopened: s.reopened,
             });
         }
         Ok(out)

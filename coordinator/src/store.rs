@@ -103,6 +103,8 @@ pub struct Snapshot {
     pub trust: Vec<(WorkerId, ProjectId, Trust)>,
     /// Standing per worker.
     pub standing: Vec<(WorkerId, Standing)>,
+    /// (unit, worker) pairs whose claims no longer count.
+    pub disqualified: Vec<(UnitId, WorkerId)>,
 }
 
 /// A verified output for `fallow results`.

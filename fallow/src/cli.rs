@@ -100,6 +100,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The leaderboard: volunteer accounts and teams by credit (fuel of verified units).
+    Accounts {
+        /// Coordinator URL.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        coordinator: String,
+        /// JSON: {"accounts": [...], "teams": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a project's verified outputs, failures and aggregate to a directory.
     Results {
         /// Project id.

@@ -34,6 +34,14 @@ pub struct Status {
     pub quorum: u32,
     /// Fuel credited to volunteers.
     pub credit: u64,
+    /// Units run alone by trusted workers (adaptive replication).
+    pub solo: u64,
+    /// Trusted workers' units secretly replicated as a spot check.
+    pub spot_checks: u64,
+    /// Votes that disagreed with the verified result, and proven changed answers.
+    pub mismatches: u64,
+    /// Verified units re-opened because their solo worker was caught later.
+    pub reopened: u64,
     /// Every unit settled (and the aggregate computed, if there is a reducer).
     pub finished: bool,
     /// Whether the project has a reducer.
@@ -43,6 +51,32 @@ pub struct Status {
     /// Why the reducer failed, if it did.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub aggregate_error: String,
+}
+
+/// A volunteer account on the leaderboard, as `fallow accounts --json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Account {
+    /// Account name.
+    pub name: String,
+    /// Team ("" for none).
+    pub team: String,
+    /// Credit: fuel of verified units.
+    pub credit: u64,
+    /// Verified results credited.
+    pub verified: u64,
+    /// Workers registered under it.
+    pub workers: u32,
+}
+
+/// A team on the leaderboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Team {
+    /// Team name.
+    pub name: String,
+    /// Credit of its accounts.
+    pub credit: u64,
+    /// Accounts credited under it.
+    pub accounts: u32,
 }
 
 impl From<pb::ProjectStatus> for Status {
@@ -58,6 +92,10 @@ impl From<pb::ProjectStatus> for Status {
             executions: p.executions,
             disputes: p.disputes,
             replication: p.replication,
+            solo: p.solo,
+            spot_checks: p.spot_checks,
+            mismatches: p.mismatches,
+            reopened: p.reopened,
             quorum: p.quorum,
             credit: p.credit,
             finished: p.finished,
@@ -140,6 +178,38 @@ impl Client {
     }
 
     /// All results of a project.
+    /// Accounts and teams by credit.
+    pub async fn accounts(&self) -> anyhow::Result<(Vec<Account>, Vec<Team>)> {
+        let r = self
+            .inner
+            .clone()
+            .list_accounts(pb::ListAccountsRequest {})
+            .await
+            .map_err(|s| anyhow!("listing accounts: {}", s.message()))?
+            .into_inner();
+        let accounts = r
+            .accounts
+            .into_iter()
+            .map(|a| Account {
+                name: a.name,
+                team: a.team,
+                credit: a.credit,
+                verified: a.verified,
+                workers: a.workers,
+            })
+            .collect();
+        let teams = r
+            .teams
+            .into_iter()
+            .map(|t| Team {
+                name: t.name,
+                credit: t.credit,
+                accounts: t.accounts,
+            })
+            .collect();
+        Ok((accounts, teams))
+    }
+
     pub async fn results(&self, project: u64) -> anyhow::Result<Results> {
         let mut stream = self
             .inner

@@ -174,6 +174,61 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// `fallow accounts`.
+pub async fn accounts(coordinator: &str, json: bool) -> anyhow::Result<()> {
+    let client = Client::connect(coordinator).await?;
+    let (accounts, teams) = client.accounts().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "accounts": accounts, "teams": teams })
+        )?;
+        return Ok(());
+    }
+    if accounts.is_empty() {
+        writeln!(out, "no accounts yet")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>4}  {:<24} {:<16} {:>16} {:>9} {:>7}",
+        "rank", "account", "team", "credit (fuel)", "verified", "workers"
+    )?;
+    for (i, a) in accounts.iter().enumerate() {
+        writeln!(
+            out,
+            "{:>4}  {:<24} {:<16} {:>16} {:>9} {:>7}",
+            i + 1,
+            a.name,
+            a.team,
+            a.credit,
+            a.verified,
+            a.workers
+        )?;
+    }
+    if !teams.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:>4}  {:<24} {:>16} {:>8}",
+            "rank", "team", "credit (fuel)", "accounts"
+        )?;
+        for (i, t) in teams.iter().enumerate() {
+            writeln!(
+                out,
+                "{:>4}  {:<24} {:>16} {:>8}",
+                i + 1,
+                t.name,
+                t.credit,
+                t.accounts
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// `fallow results`.
 pub async fn results(coordinator: &str, project: u64, out: &Path) -> anyhow::Result<()> {
     let client = Client::connect(coordinator).await?;

@@ -91,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             coordinator,
         } => commands::results(&coordinator, project, &out).await,
+        Command::Accounts { coordinator, json } => commands::accounts(&coordinator, json).await,
         Command::Demo {
             workers,
             out,

@@ -192,8 +192,10 @@ impl ProjectSpec {
     /// receipt). Module contents are checked by the sandbox. The message names the key and
     /// the fix.
     pub fn validate(&self) -> Result<(), String> {
-        let name = self.name.trim();
-        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        // Checked untrimmed: whitespace around the name is stored and shown too, and a
+        // newline or tab is whitespace as well as a control character.
+        let name = &self.name;
+        if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
             return Err(format!(
                 "name must be 1 to 100 printable characters (got {:?})",
                 self.name
@@ -426,6 +428,24 @@ mod tests {
             let err = check(manifest);
             assert!(err.contains("project.toml"), "no file name in {err:?}");
             assert!(err.contains(key), "{key:?} not named in {err:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_printable_including_the_whitespace_around_them() {
+        let manifest =
+            |name: &str| format!("name={name:?}\nwasm='m.wasm'\n[inputs]\ndir='inputs'\n");
+        assert_eq!(check(&manifest(" primes ")), "ok");
+        for bad in [
+            "\nprimes",
+            "primes\t",
+            "   ",
+            &format!("p{}", " ".repeat(100)),
+        ] {
+            assert!(
+                check(&manifest(bad)).contains("name must be"),
+                "{bad:?} accepted"
+            );
         }
     }
 

@@ -251,6 +251,9 @@ struct SimWorker {
     sent_reveal: HashMap<UnitId, BTreeSet<WorkerId>>,
     copied: BTreeSet<UnitId>,
     last_claim: Option<Claim>,
+    /// Units whose certificate (complete or partial) is out: no more polling, like the
+    /// real worker; the coordinator combines whatever else arrives.
+    submitted: BTreeSet<UnitId>,
 }
 
 fn honest_output(unit: UnitId) -> Vec<u8> {
@@ -272,6 +275,12 @@ struct Sim {
     verify_times: Vec<u64>,
     ever_wrong: BTreeSet<UnitId>,
     partition: Option<(u64, u64)>,
+    /// Bumped whenever the live membership changes (a crash or a return).
+    epoch: u64,
+    /// Boards per (unit, view half) for the current epoch and partition state: real
+    /// workers compute them once per unit too.
+    board_cache: HashMap<(UnitId, usize), Vec<WorkerId>>,
+    cache_key: (u64, bool),
 }
 
 /// Runs a scenario to the end.
@@ -360,6 +369,7 @@ pub fn run(s: &Scenario) -> Report {
             sent_reveal: HashMap::new(),
             copied: BTreeSet::new(),
             last_claim: None,
+            submitted: BTreeSet::new(),
         });
     }
     let mut sim = Sim {
@@ -377,6 +387,9 @@ pub fn run(s: &Scenario) -> Report {
         verify_times: Vec::new(),
         ever_wrong: BTreeSet::new(),
         partition: s.partition,
+        epoch: 0,
+        board_cache: HashMap::new(),
+        cache_key: (0, false),
     };
     sim.run(s);
     sim.finish()
@@ -425,12 +438,16 @@ impl Sim {
         if w.down_until > now {
             return;
         }
+        if w.down_until > 0 && w.down_until + TICK_MS > now {
+            self.epoch += 1; // back from a crash this tick
+        }
         if let Some((unit, done_at)) = w.running {
             if done_at > now {
                 return;
             }
             if w.kind == Kind::Crasher && self.rng.unit() < crash_p {
                 // Crash mid-unit: everything in memory is gone; back after two leases.
+                self.epoch += 1;
                 let w = &mut self.workers[i];
                 w.running = None;
                 w.down_until = now + 2 * LEASE_MS;
@@ -438,6 +455,7 @@ impl Sim {
                 w.board = Board::new(BoardLimits::default());
                 w.sent_commit.clear();
                 w.sent_reveal.clear();
+                w.submitted.clear();
                 return;
             }
             self.finish_unit(i, unit, now);
@@ -485,16 +503,25 @@ impl Sim {
     }
 
     /// The unit's boards as worker `i` sees the membership.
-    fn boards_of(&self, i: usize, unit: UnitId, now: u64) -> Vec<WorkerId> {
+    fn boards_of(&mut self, i: usize, unit: UnitId, now: u64) -> Vec<WorkerId> {
         let split = self.partitioned(now);
-        let half = self.workers[i].half;
+        if self.cache_key != (self.epoch, split) {
+            self.cache_key = (self.epoch, split);
+            self.board_cache.clear();
+        }
+        let half = if split { self.workers[i].half } else { 2 };
+        if let Some(b) = self.board_cache.get(&(unit, half)) {
+            return b.clone();
+        }
         let members: Vec<WorkerId> = self
             .workers
             .iter()
             .filter(|w| w.down_until <= now && (!split || w.half == half))
             .map(|w| w.id)
             .collect();
-        boards(PROJECT, unit, &members, BOARDS_PER_UNIT)
+        let b = boards(PROJECT, unit, &members, BOARDS_PER_UNIT);
+        self.board_cache.insert((unit, half), b.clone());
+        b
     }
 
     fn reachable(&self, i: usize, j: usize, now: u64) -> bool {
@@ -511,9 +538,11 @@ impl Sim {
         held.sort_unstable();
         // Per board: commitments, reveals and wanted units of one batched exchange.
         type Batch = (Vec<Commitment>, Vec<Claim>, Vec<UnitId>);
-        let mut per_board: BTreeMap<WorkerId, Batch> =
-            BTreeMap::new();
+        let mut per_board: BTreeMap<WorkerId, Batch> = BTreeMap::new();
         for unit in held {
+            if self.workers[i].submitted.contains(&unit) {
+                continue;
+            }
             let Some(own) = self.workers[i].book.own(unit).cloned() else {
                 continue;
             };
@@ -654,6 +683,7 @@ impl Sim {
             match action {
                 Action::Commit { .. } | Action::Reveal { .. } => {} // sent at the next poll
                 Action::SubmitCertificate { unit, claims, .. } => {
+                    self.workers[i].submitted.insert(unit);
                     let output = self.workers[i].outputs.get(&unit).cloned();
                     self.submit(&Certificate { unit, claims }, output.as_deref());
                 }
@@ -710,6 +740,7 @@ impl Sim {
             w.outputs.remove(&unit);
             w.sent_commit.remove(&unit);
             w.sent_reveal.remove(&unit);
+            w.submitted.remove(&unit);
         }
     }
 

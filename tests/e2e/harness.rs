@@ -245,28 +245,30 @@ impl Cluster {
         out
     }
 
-    /// The leaderboard: (account, verified units, credit) per account, read straight
-    /// from the coordinator's ListAccounts RPC.
+    /// The leaderboard: (account, verified units, credit) per account, from
+    /// `fallow accounts --json`.
     pub fn accounts(&self) -> Vec<(String, u64, u64)> {
-        let url = self.url.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut client = proto::v1::coordinator_client::CoordinatorClient::connect(url)
-                .await
-                .expect("connect to the coordinator");
-            client
-                .list_accounts(proto::v1::ListAccountsRequest {})
-                .await
-                .expect("ListAccounts")
-                .into_inner()
-                .accounts
-                .into_iter()
-                .map(|a| (a.name, a.verified, a.credit))
-                .collect()
-        })
+        let o = self.cli(&["accounts", "--json"]);
+        assert!(
+            o.status.success(),
+            "accounts failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).expect("accounts --json is JSON");
+        v["accounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|a| {
+                        (
+                            a["name"].as_str().unwrap_or_default().to_string(),
+                            a["verified"].as_u64().unwrap_or(0),
+                            a["credit"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The log of worker `i`.

@@ -7,9 +7,9 @@ use crate::harness::{Cluster, n, project, sum_outputs};
 #[test]
 fn three_workers_count_the_primes_below_a_million() {
     let mut c = Cluster::start(30);
-    for _ in 0..3 {
-        c.start_worker(&[]);
-    }
+    c.start_worker(&["--account", "alice", "--team", "lab"]);
+    c.start_worker(&["--account", "bob", "--team", "lab"]);
+    c.start_worker(&["--account", "carol"]);
     let manifest = project(
         c.dir.path(),
         "primes",
@@ -40,6 +40,20 @@ fn three_workers_count_the_primes_below_a_million() {
     assert_eq!(
         std::fs::read_to_string(out.join("failed.txt")).expect("failed.txt"),
         ""
+    );
+    // Credit went to the accounts, once per verified replica, and adds up.
+    let accounts = c.accounts();
+    let credited: u64 = accounts.iter().map(|a| a.2).sum();
+    assert_eq!(credited, n(&status, "credit"), "{accounts:?}");
+    let verified: u64 = accounts.iter().map(|a| a.1).sum();
+    assert!(
+        verified >= 40,
+        "20 units, at least two accounts each: {accounts:?}"
+    );
+    let names: Vec<&str> = accounts.iter().map(|a| a.0.as_str()).collect();
+    assert!(
+        names.iter().all(|n| ["alice", "bob", "carol"].contains(n)),
+        "{names:?}"
     );
 }
 

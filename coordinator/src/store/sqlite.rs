@@ -137,6 +137,11 @@ CREATE TABLE IF NOT EXISTS unchecked (
     unit INTEGER NOT NULL,
     PRIMARY KEY (worker, project, unit)
 );
+CREATE TABLE IF NOT EXISTS disqualified (
+    unit INTEGER NOT NULL,
+    worker BLOB NOT NULL,
+    PRIMARY KEY (unit, worker)
+);
 CREATE TABLE IF NOT EXISTS standing (
     worker BLOB PRIMARY KEY,
     errors_in_row INTEGER NOT NULL,
@@ -504,6 +509,15 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|((w, p), t)| (w, ProjectId(p), t))
             .collect();
+        for row in sqlx::query("SELECT unit, worker FROM disqualified")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.disqualified.push((
+                UnitId(row.try_get::<i64, _>("unit")? as u64),
+                worker_id(row.try_get("worker")?)?,
+            ));
+        }
         for row in sqlx::query("SELECT worker, errors_in_row, throttled FROM standing")
             .fetch_all(&self.pool)
             .await?
@@ -718,6 +732,20 @@ impl Store for SqliteStore {
                     .bind(unit.0 as i64)
                     .execute(&mut *tx)
                     .await?;
+                }
+                Change::Disqualified { unit, worker } => {
+                    sqlx::query(
+                        "INSERT INTO disqualified (unit, worker) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(unit.0 as i64)
+                    .bind(&worker.0[..])
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM votes WHERE unit = $1 AND worker = $2")
+                        .bind(unit.0 as i64)
+                        .bind(&worker.0[..])
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 Change::Standing {
                     worker,

@@ -1,0 +1,379 @@
+//! Figures 1, 6 and 7: the coordinator under load from simulated workers, each in its own
+//! process beside the load generator, on the embedded SQLite store in a temporary
+//! directory; and the bare tonic echo service as the transport reference.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::load::{self, Fleet, Load, Timed};
+use crate::server::{Role, Server};
+use crate::{Row, Size};
+
+/// BOINC's published dispatch rate: 8.8 million tasks a day on one server (Anderson,
+/// Korpela, Walton, 2005).
+const BOINC_PER_SECOND: f64 = 8.8e6 / 86_400.0;
+/// Goal of figure 1, absolute.
+const GOAL_PER_SECOND: f64 = 20_000.0;
+/// Goal of figure 1, as a fraction of the echo rate.
+const GOAL_OF_ECHO: f64 = 0.5;
+/// Goal of figure 6.
+const GOAL_MEMORY: u64 = 256 << 20;
+/// Figure 7's cost per unit counts as flat within this factor of the smallest fleet's.
+const FLAT_WITHIN: f64 = 1.2;
+
+/// How big each coordinator measurement is.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Fleet sizes of the scaling curve; the last is figure 1's.
+    fleets: &'static [usize],
+    /// HTTP/2 connections the load generator shares.
+    channels: usize,
+    /// Requests in flight at once (the echo reference uses the same).
+    concurrency: usize,
+    /// Length of each assignment phase (and of each echo run).
+    phase: Duration,
+    /// Phases per fleet (the median is reported).
+    repeats: usize,
+    /// Units in each dispatch project: more than the phases can lease.
+    units: u64,
+    /// Units and workers of the memory figure.
+    memory_units: u64,
+    memory_workers: usize,
+}
+
+impl Plan {
+    fn of(size: Size) -> Plan {
+        match size {
+            Size::Quick => Plan {
+                fleets: &[10, 40],
+                channels: 2,
+                concurrency: 8,
+                phase: Duration::from_millis(200),
+                repeats: 1,
+                units: 2_000,
+                memory_units: 2_000,
+                memory_workers: 20,
+            },
+            Size::Full => Plan {
+                fleets: &[100, 1_000, 10_000],
+                channels: 4,
+                concurrency: 64,
+                phase: Duration::from_secs(4),
+                repeats: 3,
+                units: 100_000,
+                memory_units: 1_000_000,
+                memory_workers: 10_000,
+            },
+        }
+    }
+}
+
+/// One fleet's measurement: medians over the repeats.
+#[derive(Debug, Clone, Copy)]
+struct Dispatch {
+    workers: usize,
+    replication: u32,
+    /// Leases handed out per second in the assignment phase.
+    assigned: f64,
+    /// Certificates accepted per second in the certification phase.
+    certified: f64,
+    /// Units assigned and certified per second over both phases.
+    combined: f64,
+    /// Coordinator CPU time per certified unit, both phases.
+    cpu_per_unit: Duration,
+    /// Coordinator CPU time / wall time over both phases (cores kept busy).
+    busy: f64,
+    /// Registrations per second.
+    registered: f64,
+}
+
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 100.0 {
+        let r = r.round() as u64;
+        if r >= 1_000 {
+            format!("{},{:03}/s", r / 1_000, r % 1_000)
+        } else {
+            format!("{r}/s")
+        }
+    } else {
+        format!("{r:.1}/s")
+    }
+}
+
+fn fmt_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Measures one fleet of `workers` against a fresh coordinator: registration, then
+/// `plan.repeats` rounds of (assign for `plan.phase`, sign, certify everything).
+fn measure(
+    exe: &Path,
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    workers: usize,
+    replication: u32,
+) -> anyhow::Result<Dispatch> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::spawn(
+        exe,
+        &Role::Coordinator {
+            data: dir.path().to_path_buf(),
+        },
+    )?;
+    let fleet = Arc::new(Fleet::new(workers));
+    let result = rt.block_on(async {
+        let load = Load::connect(server.addr, plan.channels, plan.concurrency).await?;
+        load.ready().await?;
+        load.submit_project(plan.units, replication, replication)
+            .await?;
+        let registered = load.register(&fleet).await?;
+        let (mut assigned, mut certified, mut combined, mut cpu, mut busy) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..plan.repeats {
+            let cpu0 = server.cpu()?;
+            let (leases, a) = load.assign(&fleet, plan.phase).await?;
+            let cpu1 = server.cpu()?;
+            let certificates = load::sign(&fleet, &leases, replication as usize);
+            let cpu2 = server.cpu()?;
+            let c = load.certify(certificates).await?;
+            let cpu3 = server.cpu()?;
+            anyhow::ensure!(c.count > 0, "no certificate accepted");
+            let spent = (cpu1 - cpu0) + (cpu3 - cpu2);
+            let wall = a.elapsed + c.elapsed;
+            assigned.push(a.rate());
+            certified.push(c.rate());
+            combined.push(c.count as f64 / wall.as_secs_f64());
+            cpu.push(spent.as_secs_f64() / c.count as f64);
+            busy.push(spent.as_secs_f64() / wall.as_secs_f64());
+        }
+        Ok::<_, anyhow::Error>(Dispatch {
+            workers,
+            replication,
+            assigned: median_f64(assigned),
+            certified: median_f64(certified),
+            combined: median_f64(combined),
+            cpu_per_unit: Duration::from_secs_f64(median_f64(cpu)),
+            busy: median_f64(busy),
+            registered: registered.rate(),
+        })
+    });
+    server.stop()?;
+    result
+}
+
+/// The transport reference: the echo service in its own process, the same connections and
+/// concurrency; median calls per second over `plan.repeats` runs.
+fn echo_rate(exe: &Path, rt: &tokio::runtime::Runtime, plan: &Plan) -> anyhow::Result<f64> {
+    let server = Server::spawn(exe, &Role::Echo)?;
+    let mut rates = Vec::new();
+    for _ in 0..plan.repeats {
+        let t: Timed = rt.block_on(load::echo(
+            server.addr,
+            plan.channels,
+            plan.concurrency,
+            plan.phase,
+        ))?;
+        rates.push(t.rate());
+    }
+    server.stop()?;
+    Ok(median_f64(rates))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Figures 1 and 7: dispatch with each fleet size, the echo reference, replication 2 at
+/// the largest fleet. `exe` is this benchmark's binary (servers run as its children).
+pub fn dispatch_figures(exe: &Path, size: Size) -> anyhow::Result<Vec<Row>> {
+    let plan = Plan::of(size);
+    let rt = runtime()?;
+    let echo = echo_rate(exe, &rt, &plan)?;
+    let mut curve = Vec::new();
+    for &workers in plan.fleets {
+        eprintln!("  dispatch: {workers} workers, replication 1...");
+        curve.push(measure(exe, &rt, &plan, workers, 1)?);
+    }
+    let largest = *plan.fleets.last().unwrap_or(&1);
+    eprintln!("  dispatch: {largest} workers, replication 2...");
+    let replicated = measure(exe, &rt, &plan, largest, 2)?;
+    let main = *curve.last().ok_or_else(|| anyhow::anyhow!("no fleet"))?;
+
+    let reference = format!(
+        "echo {} ({} in flight, {} connections)",
+        fmt_rate(echo),
+        plan.concurrency,
+        plan.channels
+    );
+    let goal = format!("≥ {GOAL_OF_ECHO}x echo and ≥ {}", fmt_rate(GOAL_PER_SECOND));
+    let verdict = |rate: f64| rate >= GOAL_OF_ECHO * echo && rate >= GOAL_PER_SECOND;
+    let mut rows = Vec::new();
+    for d in [main, replicated] {
+        let what = format!(
+            "{} workers, replication {}, quorum {}",
+            fmt_count(d.workers as u64),
+            d.replication,
+            d.replication
+        );
+        rows.push(Row {
+            figure: format!("coordinator dispatch: replicas leased per second ({what})"),
+            measured: fmt_rate(d.assigned),
+            reference: reference.clone(),
+            ratio: Some(d.assigned / echo),
+            goal: goal.clone(),
+            met: Some(verdict(d.assigned)),
+        });
+        rows.push(Row {
+            figure: format!("coordinator dispatch: certificates accepted per second ({what})"),
+            measured: fmt_rate(d.certified),
+            reference: reference.clone(),
+            ratio: Some(d.certified / echo),
+            goal: goal.clone(),
+            met: Some(verdict(d.certified)),
+        });
+    }
+    rows.push(Row {
+        figure: format!(
+            "  … units leased and certified per second, both phases ({} workers, replication 1)",
+            fmt_count(main.workers as u64)
+        ),
+        measured: fmt_rate(main.combined),
+        reference: format!("BOINC {} (8.8 M/day, 2005)", fmt_rate(BOINC_PER_SECOND)),
+        ratio: Some(main.combined / BOINC_PER_SECOND),
+        goal: "comparison".into(),
+        met: None,
+    });
+    rows.push(Row {
+        figure: format!(
+            "  … worker registrations per second ({} workers, signed, with peer addresses)",
+            fmt_count(main.workers as u64)
+        ),
+        measured: fmt_rate(main.registered),
+        reference: "—".into(),
+        ratio: None,
+        goal: "diagnostic".into(),
+        met: None,
+    });
+    let base = curve[0].cpu_per_unit.as_secs_f64();
+    for d in &curve {
+        let ratio = d.cpu_per_unit.as_secs_f64() / base;
+        rows.push(Row {
+            figure: format!(
+                "scaling: {} workers (replication 1; units leased + certified per second, coordinator CPU per unit, cores busy, registrations per second)",
+                fmt_count(d.workers as u64)
+            ),
+            measured: format!(
+                "{}, {:.0} µs CPU/unit, {:.2} cores, {} reg.",
+                fmt_rate(d.combined),
+                d.cpu_per_unit.as_secs_f64() * 1e6,
+                d.busy,
+                fmt_rate(d.registered)
+            ),
+            reference: format!(
+                "{} workers: {:.0} µs/unit",
+                fmt_count(curve[0].workers as u64),
+                base * 1e6
+            ),
+            ratio: Some(ratio),
+            goal: format!("flat (≤ {FLAT_WITHIN}x)"),
+            met: Some(ratio <= FLAT_WITHIN),
+        });
+    }
+    Ok(rows)
+}
+
+/// Figure 6: the coordinator's resident memory with `memory_units` units in its store and
+/// `memory_workers` workers registered, right after submitting them, and again after a
+/// restart on the same data (everything loaded from the store).
+pub fn memory_figure(exe: &Path, size: Size) -> anyhow::Result<Vec<Row>> {
+    let plan = Plan::of(size);
+    let rt = runtime()?;
+    let dir = tempfile::tempdir()?;
+    let role = Role::Coordinator {
+        data: dir.path().to_path_buf(),
+    };
+    let fleet = Arc::new(Fleet::new(plan.memory_workers));
+    let server = Server::spawn(exe, &role)?;
+    let (idle, submit, registered) = rt.block_on(async {
+        let load = Load::connect(server.addr, 1, plan.concurrency).await?;
+        load.ready().await?;
+        let idle = server.memory()?;
+        let (_, submit) = load.submit_project(plan.memory_units, 2, 2).await?;
+        let registered = load.register(&fleet).await?;
+        Ok::<_, anyhow::Error>((idle, submit, registered))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let after_submit = server.memory()?;
+    server.stop()?;
+    let restarted = std::time::Instant::now();
+    let server = Server::spawn(exe, &role)?;
+    rt.block_on(async {
+        let load = Load::connect(server.addr, 1, 1).await?;
+        load.ready().await
+    })?;
+    let load_time = restarted.elapsed();
+    let after_restart = server.memory()?;
+    server.stop()?;
+
+    let what = format!(
+        "{} units, {} workers",
+        fmt_count(plan.memory_units),
+        fmt_count(plan.memory_workers as u64)
+    );
+    let goal = format!("≤ {}", mb(GOAL_MEMORY));
+    Ok(vec![
+        Row {
+            figure: format!("coordinator memory after submitting {what} (RSS now, peak)"),
+            measured: format!("{}, peak {}", mb(after_submit.rss), mb(after_submit.peak)),
+            reference: format!("empty coordinator {}", mb(idle.rss)),
+            ratio: None,
+            goal: goal.clone(),
+            met: Some(after_submit.rss <= GOAL_MEMORY),
+        },
+        Row {
+            figure: format!("coordinator memory after a restart with {what} in the store"),
+            measured: format!("{}, peak {}", mb(after_restart.rss), mb(after_restart.peak)),
+            reference: format!("empty coordinator {}", mb(idle.rss)),
+            ratio: None,
+            goal,
+            met: Some(after_restart.rss <= GOAL_MEMORY),
+        },
+        Row {
+            figure: format!(
+                "  … submit {} units (one SubmitProject), register {} workers, restart",
+                fmt_count(plan.memory_units),
+                fmt_count(plan.memory_workers as u64)
+            ),
+            measured: format!(
+                "{:.1} s, {:.1} s, {:.1} s",
+                submit.as_secs_f64(),
+                registered.elapsed.as_secs_f64(),
+                load_time.as_secs_f64()
+            ),
+            reference: "—".into(),
+            ratio: None,
+            goal: "diagnostic".into(),
+            met: None,
+        },
+    ])
+}

@@ -1,0 +1,468 @@
+//! The load generator: simulated workers that drive a coordinator over real tonic gRPC, and
+//! the bare echo service that is its transport reference. This is the one module of the
+//! bench that touches generated protobuf types.
+//!
+//! Each simulated worker has its own ed25519 identity and account, registers with a signed
+//! [`protocol::Registration`], asks for one unit at a time (as `fallow worker` does), and
+//! certifies each unit with real signed claims. A measurement has two timed phases with an
+//! untimed one between them, so that each timed phase costs the client one RPC per
+//! operation, exactly like the echo reference it is compared with:
+//! 1. [`Load::assign`]: every worker asks for work in turn until a deadline;
+//! 2. [`sign`] (untimed): the claims for what was leased are signed;
+//! 3. [`Load::certify`]: every certificate is submitted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use proto::v1 as pb;
+use proto::v1::coordinator_client::CoordinatorClient;
+use protocol::manifest::ProjectSpec;
+use protocol::{Claim, Digest, Identity, Limits, ProjectId, UnitId, wire};
+use tonic::transport::Channel;
+
+mod echo_pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("bench.echo");
+}
+
+use echo_pb::EchoMessage;
+use echo_pb::echo_client::EchoClient;
+use echo_pb::echo_server::{Echo, EchoServer};
+
+/// Bytes of each echo request: about a `WorkRequest` (a 32-byte key and a count).
+const ECHO_PAYLOAD: usize = 36;
+
+/// Simulated workers: identities and their public keys.
+pub struct Fleet {
+    identities: Vec<Identity>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Fleet {
+    /// `n` workers with fixed, distinct keys.
+    pub fn new(n: usize) -> Fleet {
+        let identities: Vec<Identity> = (0..n)
+            .map(|i| {
+                let mut seed = [0x5a; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                Identity::from_seed(seed)
+            })
+            .collect();
+        let keys = identities.iter().map(|id| id.id().0.to_vec()).collect();
+        Fleet { identities, keys }
+    }
+
+    /// How many workers.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.identities.len()
+    }
+}
+
+/// One unit leased to one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    worker: usize,
+    project: u64,
+    unit: u64,
+}
+
+/// A certificate ready to submit.
+pub struct Certificate(pb::CertificateSubmission);
+
+/// A timed phase: how many operations and how long they took.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    /// Operations completed.
+    pub count: u64,
+    /// Wall-clock time of the phase.
+    pub elapsed: Duration,
+}
+
+impl Timed {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Clients of one coordinator over a few shared HTTP/2 connections.
+pub struct Load {
+    clients: Vec<CoordinatorClient<Channel>>,
+    concurrency: usize,
+}
+
+/// `channels` separate TCP connections to `addr`.
+async fn connect(addr: SocketAddr, channels: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        out.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?,
+        );
+    }
+    Ok(out)
+}
+
+impl Load {
+    /// Connects `channels` connections; `concurrency` requests are in flight at once.
+    pub async fn connect(
+        addr: SocketAddr,
+        channels: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Load> {
+        let clients = connect(addr, channels)
+            .await?
+            .into_iter()
+            .map(|c| {
+                CoordinatorClient::new(c)
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20)
+            })
+            .collect();
+        Ok(Load {
+            clients,
+            concurrency,
+        })
+    }
+
+    fn client(&self, task: usize) -> CoordinatorClient<Channel> {
+        self.clients[task % self.clients.len()].clone()
+    }
+
+    /// Waits until the coordinator answers (it loads its store before serving).
+    pub async fn ready(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            match self
+                .client(0)
+                .list_projects(pb::ListProjectsRequest { project_id: 0 })
+                .await
+            {
+                Ok(_) => return Ok(started.elapsed()),
+                Err(e) if started.elapsed() > Duration::from_secs(300) => {
+                    anyhow::bail!("coordinator not ready after 300 s: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Submits a project of `units` tiny units with fixed replication (no adaptive
+    /// replication: the workload stays the same throughout the measurement).
+    pub async fn submit_project(
+        &self,
+        units: u64,
+        replication: u32,
+        quorum: u32,
+    ) -> anyhow::Result<(ProjectId, Duration)> {
+        let spec = ProjectSpec {
+            name: format!("bench r{replication} q{quorum}"),
+            module: artifacts::hostile::ECHO.to_vec(),
+            reducer: None,
+            replication,
+            quorum,
+            max_replicas: replication + 3,
+            adaptive: false,
+            error_bound: protocol::manifest::DEFAULT_ERROR_BOUND,
+            limits: Limits::default(),
+            units: (0..units)
+                .map(|i| (format!("u{i}"), i.to_le_bytes().to_vec()))
+                .collect(),
+            manifest: String::new(),
+        };
+        let started = Instant::now();
+        let id = self
+            .client(0)
+            .submit_project(pb::SubmitProjectRequest::from(spec))
+            .await
+            .context("SubmitProject")?
+            .into_inner()
+            .project_id;
+        Ok((ProjectId(id), started.elapsed()))
+    }
+
+    /// Registers every worker of `fleet` (each with its own account and a peer address, as
+    /// a worker that accepts connections does).
+    pub async fn register(&self, fleet: &Arc<Fleet>) -> anyhow::Result<Timed> {
+        let started = Instant::now();
+        let tasks = self.spawn_per_worker(fleet, |mut client, fleet, i| async move {
+            let (name, account) = (format!("bench-{i}"), format!("bench-account-{i}"));
+            let peer_addr = format!("10.{}.{}.{}:7070", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+            let registration = protocol::Registration {
+                name: &name,
+                account: &account,
+                team: "",
+                peer_addr: &peer_addr,
+            };
+            let signature = fleet.identities[i].sign_registration(&registration);
+            client
+                .register_worker(pb::RegisterWorkerRequest {
+                    public_key: fleet.keys[i].clone(),
+                    name: name.clone(),
+                    peer_addr: peer_addr.clone(),
+                    cores: 1,
+                    version: "bench".into(),
+                    signature: signature.to_vec(),
+                    account: account.clone(),
+                    team: String::new(),
+                    platform: "bench".into(),
+                })
+                .await
+                .context("RegisterWorker")?;
+            Ok::<_, anyhow::Error>(1)
+        });
+        let mut count = 0;
+        for t in tasks {
+            count += t.await??;
+        }
+        Ok(Timed {
+            count,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Runs `f(client, fleet, worker)` for every worker, `concurrency` at a time: task `t`
+    /// takes workers `t, t + concurrency, ...` in turn.
+    fn spawn_per_worker<F, Fut>(
+        &self,
+        fleet: &Arc<Fleet>,
+        f: F,
+    ) -> Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>
+    where
+        F: Fn(CoordinatorClient<Channel>, Arc<Fleet>, usize) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
+    {
+        let concurrency = self.concurrency.min(fleet.len()).max(1);
+        (0..concurrency)
+            .map(|t| {
+                let (client, fleet, f) = (self.client(t), fleet.clone(), f.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    for i in (t..fleet.len()).step_by(concurrency) {
+                        n += f(client.clone(), fleet.clone(), i).await?;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect()
+    }
+
+    /// Workers ask for one unit each, in turn, until `duration` has passed or the queue is
+    /// empty; returns every lease handed out.
+    pub async fn assign(
+        &self,
+        fleet: &Arc<Fleet>,
+        duration: Duration,
+    ) -> anyhow::Result<(Vec<Lease>, Timed)> {
+        let concurrency = self.concurrency.min(fleet.len()).max(1);
+        let started = Instant::now();
+        let deadline = started + duration;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (mut client, fleet) = (self.client(t), fleet.clone());
+                tokio::spawn(async move {
+                    let mine: Vec<usize> = (t..fleet.len()).step_by(concurrency).collect();
+                    let mut leases = Vec::new();
+                    for &i in mine.iter().cycle() {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let r = client
+                            .request_work(pb::WorkRequest {
+                                public_key: fleet.keys[i].clone(),
+                                max_units: 1,
+                            })
+                            .await
+                            .context("RequestWork")?
+                            .into_inner();
+                        if r.assignments.is_empty() {
+                            break; // nothing left for this worker
+                        }
+                        leases.extend(r.assignments.iter().map(|a| Lease {
+                            worker: i,
+                            project: a.project_id,
+                            unit: a.unit_id,
+                        }));
+                    }
+                    Ok::<_, anyhow::Error>((leases, started.elapsed()))
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        for t in tasks {
+            let (leases, e) = t.await??;
+            all.extend(leases);
+            elapsed = elapsed.max(e);
+        }
+        let count = all.len() as u64;
+        Ok((all, Timed { count, elapsed }))
+    }
+
+    /// Submits every certificate; counts those accepted.
+    pub async fn certify(&self, certificates: Vec<Certificate>) -> anyhow::Result<Timed> {
+        let concurrency = self.concurrency.min(certificates.len()).max(1);
+        let mut shares: Vec<Vec<pb::CertificateSubmission>> = vec![Vec::new(); concurrency];
+        for (i, c) in certificates.into_iter().enumerate() {
+            shares[i % concurrency].push(c.0);
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(t, share)| {
+                let mut client = self.client(t);
+                tokio::spawn(async move {
+                    let mut accepted = 0u64;
+                    for c in share {
+                        let ack = client
+                            .submit_certificate(c)
+                            .await
+                            .context("SubmitCertificate")?
+                            .into_inner();
+                        accepted += u64::from(ack.accepted);
+                    }
+                    Ok::<_, anyhow::Error>(accepted)
+                })
+            })
+            .collect();
+        let mut count = 0;
+        for t in tasks {
+            count += t.await??;
+        }
+        Ok(Timed {
+            count,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Signs the claims for `leases` (untimed): one certificate per unit that has `quorum`
+/// replicas leased, with `quorum` matching claims, submitted by its first replica.
+pub fn sign(fleet: &Fleet, leases: &[Lease], quorum: usize) -> Vec<Certificate> {
+    let mut by_unit: BTreeMap<u64, Vec<Lease>> = BTreeMap::new();
+    for l in leases {
+        by_unit.entry(l.unit).or_default().push(*l);
+    }
+    let units: Vec<Vec<Lease>> = by_unit
+        .into_values()
+        .filter(|replicas| replicas.len() >= quorum)
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = units.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|replicas| {
+                            let first = replicas[0];
+                            let output = format!("result of unit {}\n", first.unit).into_bytes();
+                            let digest = Digest::of(&output);
+                            let claims: Vec<Claim> = replicas[..quorum]
+                                .iter()
+                                .map(|l| {
+                                    Claim::sign(
+                                        &fleet.identities[l.worker],
+                                        ProjectId(l.project),
+                                        UnitId(l.unit),
+                                        digest,
+                                        1_000,
+                                    )
+                                })
+                                .collect();
+                            Certificate(pb::CertificateSubmission {
+                                unit_id: first.unit,
+                                claims: wire::claims_to_wire(&claims),
+                                output,
+                                submitter_key: fleet.keys[first.worker].clone(),
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// The reference: `concurrency` tasks over `channels` connections call the echo service
+/// at `addr` until `duration` has passed.
+pub async fn echo(
+    addr: SocketAddr,
+    channels: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Timed> {
+    let clients: Vec<EchoClient<Channel>> = connect(addr, channels)
+        .await?
+        .into_iter()
+        .map(EchoClient::new)
+        .collect();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let mut client = clients[t % clients.len()].clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let r = client
+                        .echo(EchoMessage {
+                            payload: vec![t as u8; ECHO_PAYLOAD],
+                        })
+                        .await
+                        .context("Echo")?;
+                    anyhow::ensure!(r.into_inner().payload.len() == ECHO_PAYLOAD, "bad echo");
+                    n += 1;
+                }
+                Ok::<_, anyhow::Error>(n)
+            })
+        })
+        .collect();
+    let mut count = 0;
+    for t in tasks {
+        count += t.await??;
+    }
+    Ok(Timed {
+        count,
+        elapsed: started.elapsed(),
+    })
+}
+
+struct EchoService;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn echo(
+        &self,
+        request: tonic::Request<EchoMessage>,
+    ) -> Result<tonic::Response<EchoMessage>, tonic::Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+}
+
+/// Serves the echo service on `listener` until `stop` completes.
+pub async fn serve_echo(
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
+        .await?;
+    Ok(())
+}

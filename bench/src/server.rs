@@ -1,0 +1,175 @@
+//! Servers under test run in a process of their own — this same binary, started again with
+//! the hidden `--serve` flag — so that their CPU time and resident memory are theirs alone,
+//! read from `/proc`, and the load generator's CPU is not counted against them.
+//!
+//! The coordinator child does what `fallow coordinator` does (`SqliteStore::open`, then
+//! `coordinator::serve_with` on a default multi-threaded tokio runtime), minus logging. It
+//! stops when its stdin closes, so a benchmark that dies never leaves a server behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// What a child process serves.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A coordinator on the SQLite store in `data`.
+    Coordinator {
+        /// Data directory.
+        data: PathBuf,
+    },
+    /// The bare tonic echo service (the transport reference).
+    Echo,
+}
+
+/// Lease given by the benchmark coordinator: long enough that no lease expires between the
+/// assignment and certification phases of a measurement.
+pub const LEASE_SECONDS: u64 = 600;
+
+/// A running server process.
+#[derive(Debug)]
+pub struct Server {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// A process's resident memory, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident now, bytes.
+    pub rss: u64,
+    /// `VmHWM`: the most it was ever resident, bytes.
+    pub peak: u64,
+}
+
+impl Server {
+    /// Starts `exe --serve ...` and waits for its `listening on ADDR` line.
+    pub fn spawn(exe: &Path, role: &Role) -> anyhow::Result<Server> {
+        let mut cmd = Command::new(exe);
+        match role {
+            Role::Coordinator { data } => {
+                cmd.arg("--serve")
+                    .arg("coordinator")
+                    .arg("--data")
+                    .arg(data);
+            }
+            Role::Echo => {
+                cmd.arg("--serve").arg("echo");
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("{role:?} server did not start (said {line:?})"))?
+            .parse()?;
+        Ok(Server { child, addr })
+    }
+
+    /// The process's CPU time so far, user plus system, all threads (dead ones included).
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and
+        // 15 of the whole line, in clock ticks (USER_HZ, 100 on Linux).
+        let rest = stat.rsplit_once(')').context("/proc/PID/stat format")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        Ok(Duration::from_millis(ticks * 10))
+    }
+
+    /// The process's resident memory now and at its peak.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name} in /proc/PID/status"))?;
+            let kb: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .context("/proc/PID/status format")?
+                .parse()?;
+            Ok(kb * 1024)
+        };
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            peak: field("VmHWM:")?,
+        })
+    }
+
+    /// Closes its stdin (its stop signal) and waits for it to exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The child side: serves `role` on 127.0.0.1 (a free port), prints `listening on ADDR`,
+/// and runs until stdin closes.
+pub fn serve(role: Role) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let stop = async {
+            let _ = tokio::task::spawn_blocking(|| {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            })
+            .await;
+        };
+        match role {
+            Role::Coordinator { data } => {
+                let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
+                announce(listener.local_addr()?)?;
+                let config = coordinator::CoordinatorConfig {
+                    data_dir: data,
+                    lease: Duration::from_secs(LEASE_SECONDS),
+                    ..Default::default()
+                };
+                coordinator::serve_with(listener, store, config, stop).await?;
+            }
+            Role::Echo => {
+                announce(listener.local_addr()?)?;
+                crate::load::serve_echo(listener, stop).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on {addr}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Writes the seed corpora in `fuzz/corpus/<target>/seed-*` from valid messages, so the
+//! fuzzer starts from inputs that reach deep into each parser:
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
+
+use std::path::Path;
+
+use prost::Message;
+use proto::v1 as pb;
+use protocol::wire::Evidence;
+use protocol::{Claim, Digest, Identity, Limits, ProjectId, Registration, UnitId};
+
+fn main() -> std::io::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let write = |target: &str, name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("seed-{name}")), bytes)
+    };
+
+    // manifest: the README's examples.
+    write("manifest", "dir", b"name = \"primes\"\nwasm = \"primes.wasm\"\nreplication = 2\nquorum = 2\nmax_replicas = 5\n\n[limits]\nfuel = 10_000_000_000\nmemory_mb = 64\nwall_seconds = 60\nmax_output_bytes = 1_048_576\nnan_canonicalization = false\n\n[inputs]\ndir = \"inputs\"\n\n[reduce]\nwasm = \"sum.wasm\"\n")?;
+    write("manifest", "sweep", b"name = 'primes'\nwasm = 'primes.wasm'\nreplication = 3\nquorum = 2\nadaptive = false\nerror_bound = 0.05\n[inputs]\nsweep = { from = 0, to = 10_000_000, step = 100_000 }\n")?;
+    write("manifest", "minimal", b"name='p'\nwasm='m.wasm'\n[inputs]\nsweep={from=-5,to=10,step=3}\n")?;
+    write("manifest", "bad-limits", b"name='p'\nwasm='m.wasm'\n[limits]\nfuel=0\n[inputs]\ndir='inputs'\n")?;
+
+    // wire: a selector byte (see fuzz_targets/wire.rs), then the encoded message.
+    let alice = Identity::from_seed([1; 32]);
+    let bob = Identity::from_seed([2; 32]);
+    let claim = Claim::sign_with_salt(&alice, ProjectId(1), UnitId(7), Digest::of(b"42\n"), 1000, [9; 32]);
+    let other = Claim::sign_with_salt(&alice, ProjectId(1), UnitId(7), Digest::of(b"43\n"), 1000, [9; 32]);
+    let bobs = Claim::sign_with_salt(&bob, ProjectId(1), UnitId(7), Digest::of(b"42\n"), 1000, [3; 32]);
+    let wire = |selector: u8, m: &dyn Fn() -> Vec<u8>| [vec![selector], m()].concat();
+    write("wire", "claim", &wire(0, &|| pb::Claim::from(&claim).encode_to_vec()))?;
+    write("wire", "commitment", &wire(1, &|| pb::Commitment::from(&claim.commitment()).encode_to_vec()))?;
+    let mismatch = Evidence::Mismatch(claim.commitment(), other.clone());
+    write("wire", "evidence-mismatch", &wire(2, &|| pb::Evidence::from(&mismatch).encode_to_vec()))?;
+    let equivocation = Evidence::Equivocation(claim.commitment(), other.commitment());
+    write("wire", "evidence-equivocation", &wire(2, &|| pb::Evidence::from(&equivocation).encode_to_vec()))?;
+    let project = pb::SubmitProjectRequest {
+        name: "primes".into(),
+        module: b"\0asm\x01\0\0\0".to_vec(),
+        reducer: Vec::new(),
+        replication: 2,
+        quorum: 2,
+        max_replicas: 5,
+        fixed_replication: false,
+        error_bound: 0.0,
+        limits: Some(Limits::default().into()),
+        units: vec![
+            pb::UnitInput { name: "0".into(), input: b"0 100\n".to_vec() },
+            pb::UnitInput { name: "100".into(), input: b"100 200\n".to_vec() },
+        ],
+        manifest: "name = 'primes'\n".into(),
+    };
+    write("wire", "submit-project", &wire(3, &|| project.encode_to_vec()))?;
+    write("wire", "limits", &wire(4, &|| pb::Limits::from(Limits::default()).encode_to_vec()))?;
+    let failure = pb::FailureReport {
+        public_key: alice.id().0.to_vec(),
+        unit_id: 7,
+        kind: pb::FailureKind::ExitCode as i32,
+        detail: "exit code 3: stderr tail…".into(),
+        exit_code: 3,
+    };
+    write("wire", "failure-report", &wire(5, &|| failure.encode_to_vec()))?;
+    let submission = pb::CertificateSubmission {
+        unit_id: 7,
+        claims: vec![(&claim).into(), (&bobs).into()],
+        output: b"42\n".to_vec(),
+        submitter_key: alice.id().0.to_vec(),
+    };
+    write("wire", "certificate", &wire(6, &|| submission.encode_to_vec()))?;
+    let dispute = pb::Dispute {
+        public_key: bob.id().0.to_vec(),
+        unit_id: 7,
+        claims: vec![(&other).into(), (&bobs).into()],
+    };
+    write("wire", "dispute", &wire(7, &|| dispute.encode_to_vec()))?;
+    let view = pb::UnitView {
+        unit_id: 7,
+        commitments: 2,
+        reveals: vec![(&claim).into(), (&bobs).into()],
+        committed: vec![(&claim.commitment()).into(), (&bobs.commitment()).into()],
+    };
+    write("wire", "unit-view", &wire(8, &|| view.encode_to_vec()))?;
+    let registration = Registration { name: "box", account: "alice", team: "lab", peer_addr: "127.0.0.1:9" };
+    let register = pb::RegisterWorkerRequest {
+        public_key: alice.id().0.to_vec(),
+        name: registration.name.into(),
+        peer_addr: registration.peer_addr.into(),
+        cores: 2,
+        version: "0.1.0".into(),
+        signature: alice.sign_registration(&registration).to_vec(),
+        account: registration.account.into(),
+        team: registration.team.into(),
+        platform: "linux-x86_64".into(),
+    };
+    write("wire", "register-worker", &wire(9, &|| register.encode_to_vec()))?;
+
+    // reduce: variant 0 (raw bytes) with real framing, variant 1 (records).
+    let framed = protocol::reduce::encode([("0", &b"12\n"[..]), ("100", &b"30\n"[..]), ("", &b""[..])]);
+    write("reduce", "framed", &[&[0, 0, 0, 0][..], &framed].concat())?;
+    write("reduce", "records", &[0xff, 0xff, 0xff, 0xff, 1, b'a', 2, b'4', b'2'])?;
+
+    // claims and board take structured input (`arbitrary`): any bytes decode to some
+    // sequence, so a few byte patterns are enough to start from.
+    for target in ["claims", "board"] {
+        write(target, "zeros", &[0; 64])?;
+        write(target, "ramp", &(0..=255).collect::<Vec<u8>>())?;
+        write(target, "ones", &[1; 128])?;
+    }
+
+    // inspect: tiny hand-assembled modules.
+    const HEADER: &[u8] = b"\0asm\x01\0\0\0";
+    // A WASI command: `_start` () -> () and one page of memory, both exported.
+    let command: Vec<u8> = [
+        HEADER,
+        &[0x01, 0x04, 0x01, 0x60, 0x00, 0x00], // type section: () -> ()
+        &[0x03, 0x02, 0x01, 0x00],             // function section: one func of type 0
+        &[0x05, 0x03, 0x01, 0x00, 0x01],       // memory section: min 1 page
+        &[0x07, 0x13, 0x02, 0x06],             // export section: 2 exports
+        b"_start",
+        &[0x00, 0x00, 0x06],
+        b"memory",
+        &[0x02, 0x00],
+        &[0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b], // code section: empty body
+    ]
+    .concat();
+    write("inspect", "command", &command)?;
+    // The same plus an import from outside the guest ABI (`env::f`).
+    let bad_import: Vec<u8> = [
+        HEADER,
+        &[0x01, 0x04, 0x01, 0x60, 0x00, 0x00],
+        &[0x02, 0x09, 0x01, 0x03],
+        b"env",
+        &[0x01],
+        b"f",
+        &[0x00, 0x00], // import section: func env::f of type 0
+        &[0x03, 0x02, 0x01, 0x00],
+        &[0x05, 0x03, 0x01, 0x00, 0x01],
+        &[0x07, 0x13, 0x02, 0x06],
+        b"_start",
+        &[0x00, 0x01, 0x06],
+        b"memory",
+        &[0x02, 0x00],
+        &[0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b],
+    ]
+    .concat();
+    write("inspect", "bad-import", &bad_import)?;
+    write("inspect", "empty-module", HEADER)?;
+    write("inspect", "component", b"\0asm\x0d\0\x01\0")?;
+    Ok(())
+}
