@@ -34,6 +34,11 @@ pub enum Command {
         /// Seconds a lease lasts without a heartbeat before the unit is reassigned.
         #[arg(long, default_value_t = 120)]
         lease_seconds: u64,
+        /// Allow two replicas of one unit to go to workers in the same /24 (IPv4) or /48
+        /// (IPv6) network. By default they may not (workers on loopback are always exempt);
+        /// allow it for a fleet inside one network, e.g. a lab or a cluster.
+        #[arg(long)]
+        allow_same_network: bool,
     },
     /// Donate CPU: run work units for a coordinator until Ctrl-C.
     Worker {

@@ -15,6 +15,7 @@ pub async fn coordinator(
     listen: SocketAddr,
     data: PathBuf,
     lease_seconds: u64,
+    distinct_subnets: bool,
 ) -> anyhow::Result<()> {
     let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -34,6 +35,7 @@ pub async fn coordinator(
     let config = coordinator::CoordinatorConfig {
         data_dir: data,
         lease: Duration::from_secs(lease_seconds),
+        distinct_subnets,
         ..Default::default()
     };
     coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;

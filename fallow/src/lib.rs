@@ -42,7 +42,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data,
             lease_seconds,
-        } => commands::coordinator(listen, data, lease_seconds).await,
+            allow_same_network,
+        } => commands::coordinator(listen, data, lease_seconds, !allow_same_network).await,
         Command::Worker {
             coordinator,
             data,
