@@ -13,10 +13,13 @@
 //!   a bare tonic echo, the scaling curve, resident memory).
 //! - `load`: the load generator and the echo reference (the one module that touches
 //!   protobuf types); `server`: servers under test as child processes.
+//! - [`dashboard_load`]: the coordinator's dispatch throughput with 1,000 live dashboard
+//!   viewers against none, in one run.
 //! - [`Report`]: the printed table.
 
 #![forbid(unsafe_code)]
 
+pub mod dashboard_load;
 pub mod dispatch;
 mod load;
 pub mod server;
@@ -328,7 +331,7 @@ pub fn verification_cost(size: Size) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The groups of figures, for `--only`.
-pub const GROUPS: [&str; 4] = ["guest", "verification", "dispatch", "memory"];
+pub const GROUPS: [&str; 5] = ["guest", "verification", "dispatch", "memory", "dashboard"];
 
 /// Runs every figure and returns the report. Guest code runs on this thread: call it from
 /// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack. `exe` is this benchmark's binary:
@@ -365,6 +368,10 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
     if groups.contains(&"memory") {
         eprintln!("coordinator memory...");
         report.rows.extend(dispatch::memory_figure(exe, size)?);
+    }
+    if groups.contains(&"dashboard") {
+        eprintln!("dispatch under 1,000 dashboard viewers...");
+        report.rows.extend(dashboard_load::rows(size)?);
     }
     Ok(report)
 }

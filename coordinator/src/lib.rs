@@ -10,10 +10,13 @@
 //! - `service`: the gRPC boundary (the only module here that touches `proto` types) and the
 //!   async shell that drives the scheduler and persists its changes.
 //! - `reducer`: runs a finished project's reducer in the sandbox.
+//! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
+//!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
 //! - [`serve`]: start a coordinator on a listener until a shutdown signal.
 
 #![forbid(unsafe_code)]
 
+mod dashboard;
 mod reducer;
 pub mod scheduler;
 mod service;
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use protocol::{ProjectId, UnitId};
 
+pub use dashboard::mosaic;
 pub use service::CoordinatorService;
 
 /// The one error type of the `coordinator` crate. Unless a variant says otherwise, nothing
@@ -77,6 +81,9 @@ pub enum Error {
     /// A submitted module was refused.
     #[error("module refused: {0}")]
     Module(#[from] sandbox::Error),
+    /// A unit output is not a picture tile (the dashboard then draws no picture).
+    #[error("not a picture tile: {0}")]
+    BadTile(String),
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -125,7 +132,8 @@ impl CoordinatorConfig {
 }
 
 /// Runs a coordinator on `listener` until `shutdown` completes: opens (or creates) the
-/// store under `config.data_dir`, resumes every project in it, and serves the gRPC API.
+/// store under `config.data_dir`, resumes every project in it, and serves the gRPC API and,
+/// on the same port over HTTP/1.1, the read-only dashboard (`http://ADDR/`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: CoordinatorConfig,

@@ -231,6 +231,32 @@ impl Unit {
     }
 }
 
+/// One unit as [`Scheduler::unit_views`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitView {
+    /// The unit.
+    pub id: UnitId,
+    /// Its project.
+    pub project: ProjectId,
+    /// Where it stands.
+    pub state: UnitState,
+    /// Executions used so far (returned replicas excluded).
+    pub executions: u32,
+}
+
+/// Where a unit stands, for observers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitState {
+    /// Waiting for a worker.
+    Pending,
+    /// Leased to at least one worker (running, or waiting for its quorum).
+    Running,
+    /// Verified by a certificate.
+    Verified,
+    /// Failed for good.
+    Failed,
+}
+
 /// A unit leased to a worker by [`Scheduler::assign`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -565,6 +591,26 @@ impl Scheduler {
             .values()
             .filter(|u| u.project == id && u.status == UnitStatus::Pending && u.live() > 0)
             .count() as u64
+    }
+
+    /// The project a unit belongs to.
+    pub fn unit_project(&self, id: UnitId) -> Option<ProjectId> {
+        self.units.get(&id).map(|u| u.project)
+    }
+
+    /// Every unit as an observer sees it (the dashboard's snapshot), in no particular order.
+    pub fn unit_views(&self) -> impl Iterator<Item = UnitView> + '_ {
+        self.units.iter().map(|(&id, u)| UnitView {
+            id,
+            project: u.project,
+            state: match u.status {
+                UnitStatus::Verified => UnitState::Verified,
+                UnitStatus::Failed(_) => UnitState::Failed,
+                UnitStatus::Pending if u.live() > 0 => UnitState::Running,
+                UnitStatus::Pending => UnitState::Pending,
+            },
+            executions: u.executions(),
+        })
     }
 
     /// A unit's status.

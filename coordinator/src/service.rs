@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use crate::dashboard::{self, CertificateOutcome, Dashboard, ExecutionFailure};
 use crate::scheduler::{Aggregate, Change, Scheduler, UnitStatus, Verdict, WorkerInfo};
 use crate::store::{CreditTo, Store, StoredWorker};
 use crate::{CoordinatorConfig, Error, now_ms};
@@ -55,6 +56,8 @@ struct Inner<S> {
     lease_ms: u64,
     tasks: TaskTracker,
     reducing: std::sync::Mutex<HashSet<ProjectId>>,
+    /// Hooks and snapshots of the read-only dashboard; handlers only bump its counters.
+    dashboard: Arc<Dashboard>,
 }
 
 struct State {
@@ -131,6 +134,7 @@ pub(crate) async fn run<S: Store>(
     let mut sched = Scheduler::new(lease_ms, seed);
     sched.set_distinct_subnets(config.distinct_subnets);
     let (projects, units) = (snapshot.projects.len(), snapshot.units.len());
+    let (dashboard, published) = Dashboard::new(&snapshot.workers);
     for w in &snapshot.workers {
         sched.register(
             w.id,
@@ -191,6 +195,7 @@ pub(crate) async fn run<S: Store>(
             lease_ms,
             tasks: TaskTracker::new(),
             reducing: std::sync::Mutex::new(HashSet::new()),
+            dashboard: dashboard.clone(),
         }),
     };
     let cancel = CancellationToken::new();
@@ -198,6 +203,12 @@ pub(crate) async fn run<S: Store>(
         .inner
         .tasks
         .spawn(expiry_loop(service.clone(), cancel.clone()));
+    service.inner.tasks.spawn(dashboard::broadcaster(
+        service.clone(),
+        dashboard.clone(),
+        published,
+        cancel.clone(),
+    ));
     // Projects that finished before a restart but have no aggregate yet.
     let finished: Vec<ProjectId> = service
         .inner
@@ -214,11 +225,20 @@ pub(crate) async fn run<S: Store>(
     let server = CoordinatorServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    // One port for both: gRPC over HTTP/2, the dashboard over HTTP/1.1 (browsers).
+    let routes = tonic::service::Routes::from(dashboard::router(dashboard)).add_service(server);
+    // Live dashboard streams never end on their own: stopping the broadcaster (`cancel`)
+    // closes them, so the graceful shutdown can finish.
+    let stop = cancel.clone();
     let result = tonic::transport::Server::builder()
-        .add_service(server)
+        .accept_http1(true)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            async move {
+                shutdown.await;
+                stop.cancel();
+            },
         )
         .await;
     cancel.cancel();
@@ -246,6 +266,7 @@ async fn expiry_loop<S: Store>(service: CoordinatorService<S>, cancel: Cancellat
             expired = changes.len(),
             "leases expired; units go back to the queue"
         );
+        service.inner.dashboard.leases_expired(changes.len());
         if let Err(e) = service.commit(state, changes, now).await {
             tracing::error!("cannot persist lease expiry: {}", e.message());
         }
@@ -262,7 +283,11 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        Error::Store(_) | Error::DataDir { .. } | Error::Corrupt(_) | Error::Transport(_) => {
+        Error::Store(_)
+        | Error::DataDir { .. }
+        | Error::Corrupt(_)
+        | Error::BadTile(_)
+        | Error::Transport(_) => {
             tracing::error!("internal error: {e}");
             Status::internal(e.to_string())
         }
@@ -368,12 +393,15 @@ impl<S: Store> CoordinatorService<S> {
             )
             .await
             {
-                Ok(aggregate) => inner
-                    .state
-                    .lock()
-                    .await
-                    .sched
-                    .set_aggregate(project, aggregate),
+                Ok(aggregate) => {
+                    inner
+                        .state
+                        .lock()
+                        .await
+                        .sched
+                        .set_aggregate(project, aggregate);
+                    inner.dashboard.changed();
+                }
                 Err(e) => tracing::error!(%project, "cannot store aggregate: {e}"),
             }
             inner
@@ -428,6 +456,28 @@ impl<S: Store> CoordinatorService<S> {
             });
         }
         Ok(out)
+    }
+}
+
+/// The dashboard's one window into the state: a capture under the lock, timed.
+impl<S: Store> dashboard::Source for CoordinatorService<S> {
+    type Store = S;
+
+    async fn capture(&self) -> (dashboard::snapshot::Capture, Duration) {
+        let state = self.inner.state.lock().await;
+        let held = std::time::Instant::now();
+        let capture = dashboard::snapshot::Capture::take(
+            &state.sched,
+            state.workers.iter().map(|(id, w)| (*id, w.last_seen)),
+            self.inner.lease_ms,
+            now_ms(),
+        );
+        drop(state);
+        (capture, held.elapsed())
+    }
+
+    fn store(&self) -> &S {
+        &self.inner.store
     }
 }
 
@@ -497,6 +547,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             );
         }
         tracing::info!(project = %id, name = %spec.name, units = units.len(), "project accepted");
+        self.inner.dashboard.changed();
         Ok(Response::new(pb::SubmitProjectResponse {
             project_id: id.0,
         }))
@@ -658,6 +709,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             },
         );
         state.peers_version += 1;
+        self.inner.dashboard.worker_registered(&worker);
         tracing::info!(worker = %id, name = %r.name, account = %r.account, cores, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             heartbeat_ms: (self.inner.lease_ms / 4).max(100),
@@ -709,6 +761,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             Self::known_worker(&mut state, id, now)?;
             let assigned = state.sched.assign(id, max, now);
             let leases = assigned.leases;
+            self.inner.dashboard.assigned(leases.len());
             if !leases.is_empty() {
                 let rows: Vec<(UnitId, WorkerId)> = leases.iter().map(|l| (l.unit, id)).collect();
                 self.inner
@@ -788,6 +841,18 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, id, now)?;
         tracing::info!(%unit, worker = %id, reason = %failure, "execution failed");
+        if let Some(project) = state.sched.unit_project(unit) {
+            self.inner.dashboard.execution_failed(
+                ExecutionFailure {
+                    at_ms: now,
+                    project,
+                    unit,
+                    worker: id,
+                    reason: failure.to_string(),
+                },
+                failure.kind.as_str(),
+            );
+        }
         let changes = state
             .sched
             .report_failure(id, unit, failure)
@@ -806,9 +871,11 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             claims: wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?,
         };
         let now = now_ms();
+        let dashboard = &self.inner.dashboard;
         let mut state = self.inner.state.lock().await;
         let submitted = state.sched.submit(&cert, Some(&r.output)).map_err(|e| {
             tracing::warn!(unit = %cert.unit, "certificate rejected: {e}");
+            dashboard.certificate(cert.claims.len(), CertificateOutcome::Rejected);
             to_status(e)
         })?;
         self.inner
@@ -819,12 +886,14 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let verified = match submitted.verdict {
             Verdict::Verified(v) => v,
             Verdict::Recorded => {
+                dashboard.certificate(cert.claims.len(), CertificateOutcome::Recorded);
                 return Ok(Response::new(pb::CertificateAck {
                     accepted: false,
                     recorded: true,
                 }));
             }
             Verdict::AlreadyVerified => {
+                dashboard.certificate(cert.claims.len(), CertificateOutcome::Duplicate);
                 return Ok(Response::new(pb::CertificateAck {
                     accepted: false,
                     recorded: false,
@@ -853,6 +922,14 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         if changes.iter().any(|c| matches!(c, Change::Reopen { .. })) {
             tracing::warn!(unit = %cert.unit, "a trusted worker's result disagreed: its unchecked results are re-opened");
         }
+        dashboard.certificate(
+            cert.claims.len(),
+            if fresh {
+                CertificateOutcome::Accepted
+            } else {
+                CertificateOutcome::Duplicate
+            },
+        );
         let project = cert
             .claims
             .first()
@@ -889,13 +966,14 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
             to_status(e)
         })?;
-        if submitted
+        let raised = submitted
             .changes
             .iter()
-            .any(|c| matches!(c, Change::Target { .. }))
-        {
+            .any(|c| matches!(c, Change::Target { .. }));
+        if raised {
             tracing::info!(%unit, claims = claims.len(), "claims disagree; extra replica issued");
         }
+        self.inner.dashboard.dispute(claims.len(), raised);
         self.commit(state, submitted.changes, now).await?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -916,6 +994,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             .misbehaviour(offender, unit)
             .map_err(to_status)?;
         tracing::warn!(%unit, worker = %offender, reporter = %reporter, "signed proof of a changed answer: trust reset");
+        self.inner.dashboard.changed();
         self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -962,6 +1041,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             changes.extend(state.sched.give_back(id, UnitId(unit)));
         }
         tracing::info!(worker = %id, units = returned, "units handed back");
+        self.inner.dashboard.changed();
         self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
     }

@@ -20,10 +20,12 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a coordinator: gRPC API on --listen, state in SQLite under --data.
+    /// Run a coordinator: gRPC API and web dashboard on --listen, state in SQLite under
+    /// --data.
     Coordinator {
-        /// Address to serve the gRPC API on (port 0 picks a free port; the chosen address
-        /// is printed as `listening on ADDR`).
+        /// Address to serve the gRPC API and the read-only dashboard on (port 0 picks a free
+        /// port; the chosen address is printed as `listening on ADDR`, then the dashboard's
+        /// URL as `dashboard on http://ADDR/`).
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
         /// Data directory; restarting on the same one resumes everything.
@@ -73,6 +75,10 @@ pub enum Command {
         /// On Ctrl-C, seconds to let running units finish before handing them back.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
+        /// Serve Prometheus metrics (executions by result and failure reason, fuel, busy
+        /// and idle time, gossip counters) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
         /// Test-only fault injection.
         #[arg(long, hide = true, value_enum)]
         fault: Option<FaultArg>,
@@ -134,6 +140,13 @@ pub enum Command {
         /// Let one worker lie (corrupt every output) to watch verification catch it.
         #[arg(long)]
         liar: bool,
+        /// Address of the demo's coordinator and its live dashboard (port 0 = any free
+        /// port; the URL is printed at the start).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        dashboard: SocketAddr,
+        /// Keep the coordinator and its dashboard up after the run, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
     },
 }
 

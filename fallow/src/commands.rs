@@ -25,8 +25,13 @@ pub async fn coordinator(
         })?;
     let addr = listener.local_addr()?;
     // Scripts and tests read this line to learn the port when --listen has port 0.
-    println!("listening on {addr}");
-    std::io::stdout().flush()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {addr}")?;
+    // A script that reads only the first line may have closed the pipe by now: not an
+    // error (println! would panic on it).
+    let _ = writeln!(stdout, "dashboard on http://{addr}/");
+    let _ = stdout.flush();
+    drop(stdout);
     let config = coordinator::CoordinatorConfig {
         data_dir: data,
         lease: Duration::from_secs(lease_seconds),

@@ -3,7 +3,7 @@
 //! verification summary, and the assembled picture as a PNG.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,8 +17,33 @@ const TILE: u32 = 128;
 /// Iteration cap per pixel.
 const MAX_ITER: u32 = 1500;
 
+/// `fallow demo`'s options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Workers to start.
+    pub workers: usize,
+    /// Where to write the picture.
+    pub out: PathBuf,
+    /// Picture width.
+    pub width: u32,
+    /// Let worker 0 corrupt every output.
+    pub liar: bool,
+    /// The coordinator's (and dashboard's) address.
+    pub listen: SocketAddr,
+    /// Keep the coordinator up after the run until Ctrl-C.
+    pub keep: bool,
+}
+
 /// Runs the demo.
-pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let Options {
+        workers,
+        ref out,
+        width,
+        liar,
+        listen,
+        keep,
+    } = options;
     if !(1..=32).contains(&workers) {
         bail!("--workers must be between 1 and 32 (got {workers})");
     }
@@ -37,7 +62,8 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
         .tempdir()
         .context("cannot create a temporary directory")?;
 
-    let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (--dashboard)"))?;
     listener.set_nonblocking(true)?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop_coordinator = CancellationToken::new();
@@ -103,6 +129,7 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
     if liar {
         println!("worker 0 lies: it corrupts every output it produces.");
     }
+    println!("watch it live: {url}/projects/{project}");
     crate::commands::wait_for(&client, Some(project), false).await?;
     let status = client
         .status(Some(project))
@@ -122,13 +149,6 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
             Err(e) => eprintln!("a worker panicked: {e}"),
         }
     }
-    stop_coordinator.cancel();
-    match tokio::task::spawn_blocking(move || coordinator.join()).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => eprintln!("the coordinator stopped with an error: {e}"),
-        Ok(Err(_)) | Err(_) => eprintln!("the coordinator panicked"),
-    }
-
     let parsed = results
         .verified
         .iter()
@@ -174,6 +194,17 @@ pub async fn run(workers: usize, out: &Path, width: u32, liar: bool) -> anyhow::
     }
     let path = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
     println!("picture: {}", path.display());
+    if keep {
+        println!("dashboard stays up at {url}/ until Ctrl-C");
+        crate::shutdown_signal().await;
+    }
+    stop_coordinator.cancel();
+    match tokio::task::spawn_blocking(move || coordinator.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("the coordinator stopped with an error: {e}"),
+        Ok(Err(_)) | Err(_) => eprintln!("the coordinator panicked"),
+    }
+
     if status.verified != status.total {
         bail!("{} tiles did not verify", status.total - status.verified);
     }

@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             peer_advertise,
             no_inbound,
             drain_seconds,
+            metrics,
             fault,
         } => {
             let mut config = worker::WorkerConfig {
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer_advertise,
                 drain: std::time::Duration::from_secs(drain_seconds),
                 fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
+                metrics,
                 ..Default::default()
             };
             if let Some(cores) = cores {
@@ -96,7 +98,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             width,
             liar,
-        } => demo::run(workers, &out, width, liar).await,
+            dashboard,
+            keep,
+        } => {
+            demo::run(demo::Options {
+                workers,
+                out,
+                width,
+                liar,
+                listen: dashboard,
+                keep,
+            })
+            .await
+        }
     }
 }
 

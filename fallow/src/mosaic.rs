@@ -6,80 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 
-/// One tile's place and pixels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tile {
-    /// Left edge in the full picture.
-    pub x: u32,
-    /// Top edge.
-    pub y: u32,
-    /// Tile width.
-    pub w: u32,
-    /// Tile height.
-    pub h: u32,
-    /// Full picture width.
-    pub width: u32,
-    /// Full picture height.
-    pub height: u32,
-    /// `w * h * 3` RGB bytes.
-    pub rgb: Vec<u8>,
-}
+pub use coordinator::mosaic::Tile;
 
-/// Parses one tile, checking that it fits its picture.
+/// Parses one tile, checking that it fits its picture (the coordinator's dashboard paints
+/// its live picture with the same parser).
 pub fn parse_tile(bytes: &[u8]) -> anyhow::Result<Tile> {
-    let mut rest = bytes;
-    let mut line = || -> anyhow::Result<&str> {
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| anyhow!("truncated header"))?;
-        let l = std::str::from_utf8(&rest[..end]).context("header is not text")?;
-        rest = &rest[end + 1..];
-        Ok(l)
-    };
-    if line()? != "P6" {
-        bail!("not a binary PPM (P6)");
-    }
-    let comment = line()?;
-    let fields = comment
-        .strip_prefix("# fallow-tile ")
-        .ok_or_else(|| anyhow!("missing `# fallow-tile` line"))?;
-    let get = |key: &str| -> anyhow::Result<u32> {
-        fields
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .ok_or_else(|| anyhow!("missing {key}="))?
-            .parse()
-            .with_context(|| format!("bad {key}"))
-    };
-    let (x, y, width, height) = (get("x")?, get("y")?, get("width")?, get("height")?);
-    let dims = line()?;
-    let (w, h) = dims
-        .split_once(' ')
-        .ok_or_else(|| anyhow!("bad size line {dims:?}"))?;
-    let (w, h): (u32, u32) = (w.parse()?, h.parse()?);
-    if line()? != "255" {
-        bail!("maxval must be 255");
-    }
-    let expected = w as usize * h as usize * 3;
-    if rest.len() != expected {
-        bail!("{} pixel bytes, expected {expected}", rest.len());
-    }
-    if x.checked_add(w).is_none_or(|r| r > width) || y.checked_add(h).is_none_or(|b| b > height) {
-        bail!("tile {w}x{h} at ({x},{y}) does not fit a {width}x{height} picture");
-    }
-    if width as u64 * height as u64 > 1 << 28 {
-        bail!("picture {width}x{height} is too large");
-    }
-    Ok(Tile {
-        x,
-        y,
-        w,
-        h,
-        width,
-        height,
-        rgb: rest.to_vec(),
-    })
+    Ok(coordinator::mosaic::parse_tile(bytes)?)
 }
 
 /// Paints `tiles` onto one RGB picture; missing tiles stay dark grey.
@@ -136,14 +68,5 @@ mod tests {
             &rgb[..12],
             &[10, 10, 10, 10, 10, 10, 20, 20, 20, 20, 20, 20]
         );
-    }
-
-    #[test]
-    fn broken_tiles_are_refused() {
-        let mut short = tile(0, 0, 1);
-        short.pop();
-        assert!(parse_tile(&short).is_err());
-        assert!(parse_tile(&tile(3, 0, 1)).is_err(), "does not fit");
-        assert!(parse_tile(b"P5\n").is_err());
     }
 }

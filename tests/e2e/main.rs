@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod dashboard;
 mod demo;
 mod faults;
 mod gossip;

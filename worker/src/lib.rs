@@ -13,6 +13,8 @@
 //! - `membership`: SWIM membership with foca over UDP, for workers that accept inbound
 //!   connections (the members, who can be boards).
 //! - `stats`: counters of exchanges, board refusals by reason and reports.
+//! - `metrics`: Prometheus text format on `--metrics ADDR` (executions, fuel, busy and
+//!   idle time, and the `stats`).
 //! - `executor`: the guest threads; guest code never runs on the async runtime.
 //! - `modules`: module fetch, on-disk cache and compilation.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
@@ -24,6 +26,7 @@ mod executor;
 pub use executor::guest_cpu_time;
 pub mod gossip;
 pub mod membership;
+mod metrics;
 mod modules;
 pub mod rpc;
 mod stats;
@@ -151,6 +154,8 @@ pub struct WorkerConfig {
     pub drain: Duration,
     /// Test-only fault injection.
     pub fault: Option<Fault>,
+    /// Where to serve `GET /metrics` (Prometheus text format). Default: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -167,6 +172,7 @@ impl Default for WorkerConfig {
             peer_advertise: None,
             drain: Duration::from_secs(10),
             fault: None,
+            metrics: None,
         }
     }
 }
@@ -248,6 +254,7 @@ struct Shared {
     suspects: Mutex<HashMap<WorkerId, Instant>>,
     peer_clients: Mutex<HashMap<SocketAddr, PeerClient>>,
     stats: Arc<Stats>,
+    metrics: Arc<metrics::Metrics>,
     executor: Executor,
     modules: Modules,
     started: Instant,
@@ -341,6 +348,7 @@ pub async fn run_with_stats(
         peers: Mutex::new((0, Vec::new())),
         suspects: Mutex::new(HashMap::new()),
         peer_clients: Mutex::new(HashMap::new()),
+        metrics: Arc::new(metrics::Metrics::new(stats.clone())),
         stats,
         executor,
         started: Instant::now(),
@@ -356,6 +364,18 @@ pub async fn run_with_stats(
         cores = shared.config.cores,
         "worker starting"
     );
+
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = shared.config.metrics {
+        let (local, server) = metrics::serve(
+            addr,
+            shared.metrics.clone(),
+            metrics_stop.clone().cancelled_owned(),
+        )
+        .await?;
+        tracing::info!("metrics on http://{local}/metrics");
+        tokio::spawn(server);
+    }
 
     let peer_stop = CancellationToken::new();
     let server = listener.map(|listener| {
@@ -418,6 +438,7 @@ pub async fn run_with_stats(
     }
     tracing::info!("gossip: {}", shared.stats.snapshot());
     peer_stop.cancel();
+    metrics_stop.cancel();
     if let Some(server) = server {
         let _ = server.await;
     }
@@ -695,6 +716,7 @@ impl Shared {
     async fn slot_loop(self: Arc<Self>, slot: usize) {
         let mut failures = 0u32;
         while !self.cancel.is_cancelled() {
+            let asked = Instant::now();
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 w = self.client.request_work(1) => w,
@@ -702,12 +724,15 @@ impl Shared {
             match work {
                 Ok((units, _)) if !units.is_empty() => {
                     failures = 0;
+                    self.metrics.idle(asked.elapsed());
                     for a in units {
                         self.execute(a).await;
                     }
                 }
                 Ok((_, wait)) => {
-                    if !pause(&self.cancel, wait).await {
+                    let waiting = pause(&self.cancel, wait).await;
+                    self.metrics.idle(asked.elapsed());
+                    if !waiting {
                         return;
                     }
                 }
@@ -757,6 +782,10 @@ impl Shared {
         let seed = protocol::unit_seed(&a.name, &a.input);
         let started = Instant::now();
         let result = self.executor.run(compiled, a.input, seed, a.limits).await;
+        match &result {
+            Ok(exec) => self.metrics.ran("ok", exec.fuel, started.elapsed()),
+            Err(failure) => self.metrics.ran(failure.kind.as_str(), 0, started.elapsed()),
+        }
         if !lock(&self.held).contains_key(&a.unit) {
             return; // settled by others while we ran
         }
