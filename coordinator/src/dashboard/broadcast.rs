@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::mosaic::{self, Canvas};
 use super::snapshot::{
-    AccountRow, Capture, Charts, FailedUnit, FailureRow, Leaderboard, MosaicInfo, Overview,
-    LiveOverview, PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary,
-    Published, Sample, TeamRow, Totals, WorkerRow, Workers, frame,
+    AccountRow, Capture, Charts, FailedUnit, FailureRow, Leaderboard, LiveOverview, MosaicInfo,
+    Overview, PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary, Published,
+    Sample, TeamRow, Totals, WorkerRow, Workers, frame,
 };
 use super::{Dashboard, metrics, render};
 use crate::store::Store;
@@ -87,9 +87,8 @@ pub(crate) async fn run<S: Source>(
         }
         let now = Instant::now();
         let generation = dashboard.generation();
-        let due = generation != seen
-            || state.deferred
-            || last.is_none_or(|t| now - t >= IDLE_REFRESH);
+        let due =
+            generation != seen || state.deferred || last.is_none_or(|t| now - t >= IDLE_REFRESH);
         if !due || now < not_before {
             continue;
         }
@@ -138,6 +137,7 @@ struct MosaicState {
     rendered: Option<Instant>,
     version: u64,
     png: Option<Bytes>,
+    previous: Option<(u64, Bytes)>,
 }
 
 impl Broadcaster {
@@ -174,17 +174,20 @@ impl Broadcaster {
         }
         self.rates
             .retain(|id, _| capture.projects.iter().any(|p| p.id == *id));
-        self.sample(at, totals.verified + totals.failed, totals.units_per_minute, online);
+        self.sample(
+            at,
+            totals.verified + totals.failed,
+            totals.units_per_minute,
+            online,
+        );
         set_gauges(dashboard, &totals);
 
         let failures = dashboard.failures();
         let mut projects = std::collections::BTreeMap::new();
         for (p, summary) in capture.projects.iter().zip(&summaries) {
-            let recent = self
-                .failure_rows(source, &directory, &failures, p.id)
-                .await;
+            let recent = self.failure_rows(source, &directory, &failures, p.id).await;
             let failed_units = self.failed_units(source, p).await;
-            let (mosaic, mosaic_png) = self.mosaic(source, p).await;
+            let (mosaic, mosaic_png, mosaic_previous) = self.mosaic(source, p).await;
             let detail = ProjectDetail {
                 generated_ms: at,
                 project: summary.clone(),
@@ -202,6 +205,7 @@ impl Broadcaster {
                     json: body,
                     detail,
                     mosaic_png,
+                    mosaic_previous,
                 },
             );
         }
@@ -294,7 +298,10 @@ impl Broadcaster {
         let settled = p.verified + p.failed;
         let window = self.rates.entry(p.id).or_default();
         window.push_back((at, settled));
-        while window.len() > 2 && window.front().is_some_and(|&(t, _)| at - t > RATE_WINDOW_MS)
+        while window.len() > 2
+            && window
+                .front()
+                .is_some_and(|&(t, _)| at - t > RATE_WINDOW_MS)
         {
             window.pop_front();
         }
@@ -456,19 +463,22 @@ impl Broadcaster {
         &mut self,
         source: &S,
         p: &ProjectCapture,
-    ) -> (Option<MosaicInfo>, Option<Bytes>) {
+    ) -> (Option<MosaicInfo>, Option<Bytes>, Option<(u64, Bytes)>) {
         let m = self.mosaics.entry(p.id).or_default();
         let behind = p.total <= MOSAIC_UNIT_LIMIT && !m.not_image && p.verified > m.verified_seen;
         let allowed = m.rendered.is_none_or(|t| t.elapsed() >= MOSAIC_EVERY);
         self.deferred |= behind && !allowed;
         if behind && allowed {
-            m.verified_seen = p.verified;
             m.rendered = Some(Instant::now());
-            if paint(source.store(), p.id, m).await
-                && let Some(canvas) = m.canvas.clone()
-            {
+            let (painted, read) = paint(source.store(), p.id, m).await;
+            // Only what the store returned counts as seen: a unit the scheduler already
+            // counts as verified may not be readable yet, and is painted on the next pass.
+            m.verified_seen = read;
+            self.deferred |= !m.not_image && p.verified > read;
+            if painted && let Some(canvas) = m.canvas.clone() {
                 match tokio::task::spawn_blocking(move || canvas.png()).await {
                     Ok(Ok(png)) => {
+                        m.previous = m.png.take().map(|old| (m.version, old));
                         m.png = Some(Bytes::from(png));
                         m.version += 1;
                     }
@@ -477,40 +487,47 @@ impl Broadcaster {
                 }
             }
         }
-        let info = m.canvas.as_ref().filter(|_| m.png.is_some()).map(|c| MosaicInfo {
-            tiles: c.tiles(),
-            width: c.width,
-            height: c.height,
-            version: m.version,
-            url: format!("/api/projects/{}/mosaic.png?v={}", p.id.0, m.version),
-        });
-        (info, m.png.clone())
+        let info = m
+            .canvas
+            .as_ref()
+            .filter(|_| m.png.is_some())
+            .map(|c| MosaicInfo {
+                tiles: c.tiles(),
+                width: c.width,
+                height: c.height,
+                version: m.version,
+                url: format!("/api/projects/{}/mosaic.png?v={}", p.id.0, m.version),
+            });
+        (info, m.png.clone(), m.previous.clone())
     }
 }
 
-/// Paints every verified tile not painted yet; returns whether anything was painted. The
-/// first output that is not a tile marks the project as not a picture.
-async fn paint<St: Store>(store: &St, project: ProjectId, m: &mut MosaicState) -> bool {
+/// Paints every verified tile not painted yet; returns whether anything was painted and
+/// how many verified outputs the store returned. The first output that is not a tile marks
+/// the project as not a picture.
+async fn paint<St: Store>(store: &St, project: ProjectId, m: &mut MosaicState) -> (bool, u64) {
     let mut painted = false;
+    let mut read = 0u64;
     let mut after = None;
     loop {
         let page = match store.verified_outputs(project, after.clone(), 64).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(%project, "dashboard: cannot read outputs: {e}");
-                return painted;
+                return (painted, read);
             }
         };
         let Some(last) = page.last() else {
-            return painted;
+            return (painted, read);
         };
         after = Some(last.name.clone());
+        read += page.len() as u64;
         for v in page {
             let tile = match mosaic::parse_tile(&v.output) {
                 Ok(t) => t,
                 Err(_) if m.canvas.is_none() => {
                     m.not_image = true;
-                    return false;
+                    return (false, read);
                 }
                 Err(e) => {
                     tracing::debug!(%project, unit = %v.name, "not drawn: {e}");

@@ -158,6 +158,9 @@ pub(crate) struct ProjectPage {
     pub event: Bytes,
     /// The results as a picture, when they are Mandelbrot tiles.
     pub mosaic_png: Option<Bytes>,
+    /// The picture before `mosaic_png` and its version: a viewer whose last event named
+    /// that version gets the picture that matches its numbers, not a newer one.
+    pub mosaic_previous: Option<(u64, Bytes)>,
 }
 
 /// One server-sent event, framed: serialized JSON has no raw newlines, so it is one
