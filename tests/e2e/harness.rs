@@ -26,6 +26,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a coordinator on a free port with the given lease.
     pub fn start(lease_seconds: u64) -> Cluster {
+        Cluster::start_prepared(lease_seconds, |_| {})
+    }
+
+    /// [`Cluster::start`], calling `prepare` with the coordinator's data dir (not created
+    /// yet) before the coordinator starts: e.g. to mount a small filesystem there.
+    pub fn start_prepared(lease_seconds: u64, prepare: impl FnOnce(&Path)) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("fallow-e2e-")
             .tempdir()
@@ -39,8 +45,14 @@ impl Cluster {
             lease_seconds,
             restarts: 0,
         };
+        prepare(&cluster.coordinator_data());
         cluster.start_coordinator();
         cluster
+    }
+
+    /// The coordinator's data directory.
+    pub fn coordinator_data(&self) -> PathBuf {
+        self.dir.path().join("coordinator")
     }
 
     /// Starts (or restarts, on the same port and data dir) the coordinator.
@@ -59,7 +71,7 @@ impl Cluster {
                 &self.lease_seconds.to_string(),
                 "--data",
             ])
-            .arg(self.dir.path().join("coordinator"))
+            .arg(self.coordinator_data())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))

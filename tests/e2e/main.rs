@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod chaos;
 mod dashboard;
 mod demo;
 mod faults;
