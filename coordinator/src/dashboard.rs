@@ -34,7 +34,7 @@ use protocol::{ProjectId, UnitId, WorkerId};
 use tokio::sync::watch;
 
 pub(crate) use broadcast::{Source, run as broadcaster};
-pub(crate) use routes::router;
+pub(crate) use routes::{count_rejections, router};
 
 use crate::store::StoredWorker;
 use metrics::{Metrics, label};

@@ -901,13 +901,11 @@ impl Scheduler {
     ) -> Result<Submitted, Error> {
         let id = cert.unit;
         let unit = self.units.get(&id).ok_or(Error::UnknownUnit(id))?;
+        // A late certificate for a verified unit changes nothing, but its claims are still
+        // checked: "already verified" is an answer only honest replica holders get.
+        let already = unit.status == UnitStatus::Verified;
         match &unit.status {
-            UnitStatus::Verified => {
-                return Ok(Submitted {
-                    verdict: Verdict::AlreadyVerified,
-                    changes: Vec::new(),
-                });
-            }
+            UnitStatus::Verified => {}
             UnitStatus::Failed(reason) => {
                 return Err(Error::AlreadyFailed {
                     unit: id,
@@ -945,6 +943,9 @@ impl Scheduler {
                 )));
             }
             claim.verify()?;
+            if already {
+                continue;
+            }
             if self.disqualified.contains(&(id, claim.worker)) {
                 continue; // caught changing its answer here: its claims no longer count
             }
@@ -958,6 +959,12 @@ impl Scheduler {
                     }
                 }
             }
+        }
+        if already {
+            return Ok(Submitted {
+                verdict: Verdict::AlreadyVerified,
+                changes: Vec::new(),
+            });
         }
         let mut changes = Vec::new();
         let project_id = project.id;

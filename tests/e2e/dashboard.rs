@@ -279,14 +279,14 @@ async fn save(browser: &Client, dir: &Path, name: &str) -> Vec<u8> {
     png
 }
 
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
 }
 
 /// A plain HTTP/1.0 GET (the body of a 200 answer).
-fn http_get(addr: SocketAddr, path: &str) -> String {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send");

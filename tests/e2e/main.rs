@@ -7,6 +7,7 @@ mod chaos;
 mod dashboard;
 mod demo;
 mod faults;
+mod garbage;
 mod gossip;
 mod hostile;
 mod primes;

@@ -44,6 +44,9 @@ pub(crate) struct Metrics {
     pub snapshots: Counter,
     /// Time the broadcaster held the state lock, in microseconds (its cost to dispatch).
     pub snapshot_lock_micros: Counter,
+    /// gRPC requests answered with an error, by method and status code: malformed,
+    /// oversized, unauthenticated or out-of-order messages (`count_rejections`).
+    pub rejected: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -63,11 +66,17 @@ impl Metrics {
             viewers: Gauge::default(),
             snapshots: Counter::default(),
             snapshot_lock_micros: Counter::default(),
+            rejected: Family::default(),
         };
         registry.register(
             "assignments",
             "Replicas leased to workers",
             m.assignments.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "gRPC requests answered with an error status, by method and code",
+            m.rejected.clone(),
         );
         registry.register(
             "certificates",

@@ -20,6 +20,64 @@ use super::{Dashboard, render};
 type Shared = State<Arc<Dashboard>>;
 
 /// The router, to be merged with the gRPC routes.
+/// Coordinator RPC methods, the only values the `method` label takes (paths come from the
+/// network: an unknown one is counted as `unknown`, so labels stay bounded).
+const RPC_METHODS: &[&str] = &[
+    "SubmitProject",
+    "ListProjects",
+    "GetResults",
+    "RegisterWorker",
+    "Heartbeat",
+    "RequestWork",
+    "GetModule",
+    "ReportFailure",
+    "SubmitCertificate",
+    "ReportDispute",
+    "ReturnUnits",
+    "ReportMisbehaviour",
+    "ListAccounts",
+];
+
+/// Wraps the coordinator's whole router (dashboard and gRPC): every gRPC request answered
+/// with an error status (malformed, oversized, unknown sender, out of order, ...) is
+/// counted in `fallow_rejected_requests_total{method,code}`.
+pub(crate) fn count_rejections(router: Router, dashboard: Arc<Dashboard>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(dashboard, rejections))
+}
+
+async fn rejections(
+    State(d): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+    let method = RPC_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("unknown");
+    let response = next.run(request).await;
+    // Unary errors are "trailers-only" responses: the status is a header.
+    if grpc
+        && let Some(code) = response.headers().get("grpc-status")
+        && code.as_bytes() != b"0"
+    {
+        let code = tonic::Code::from_bytes(code.as_bytes());
+        d.metrics
+            .rejected
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("code", format!("{code:?}")),
+            ])
+            .inc();
+    }
+    response
+}
+
 pub(crate) fn router(dashboard: Arc<Dashboard>) -> Router {
     Router::new()
         .route("/", get(overview))

@@ -143,6 +143,31 @@ fn a_certificate_verifies_once_and_credits_the_signers() {
 }
 
 #[test]
+fn a_late_certificate_for_a_verified_unit_is_still_checked() {
+    let mut s = setup(1, 2, 2, 5);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    certify(&mut s, 0, &[1, 2], b"out")
+        .expect("valid")
+        .expect("first");
+    // An honest replica holder submitting late is told "already verified"...
+    assert!(
+        certify(&mut s, 0, &[2], b"out")
+            .expect("late but valid")
+            .is_none()
+    );
+    // ...a stranger, or a forged signature, is refused even though the unit is done.
+    assert!(certify(&mut s, 0, &[3], b"out").is_err());
+    let mut forged = claim(1, 0, b"out");
+    forged.fuel += 1;
+    let cert = Certificate {
+        unit: UnitId(0),
+        claims: vec![forged],
+    };
+    assert!(s.submit(&cert, Some(b"out")).is_err());
+}
+
+#[test]
 fn a_worker_that_never_held_the_unit_cannot_sign_for_it() {
     let mut s = setup(1, 2, 2, 5);
     s.assign(id(1), 1, 0);
