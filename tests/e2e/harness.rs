@@ -102,6 +102,12 @@ impl Cluster {
 
     /// Starts a worker process with extra arguments; returns its index.
     pub fn start_worker(&mut self, extra: &[&str]) -> usize {
+        let url = self.url.clone();
+        self.start_worker_via(&url, extra)
+    }
+
+    /// [`Cluster::start_worker`] reaching the coordinator at `url` (e.g. through a proxy).
+    pub fn start_worker_via(&mut self, url: &str, extra: &[&str]) -> usize {
         let i = self.workers.len();
         let name = format!("w{i}");
         let log = self.dir.path().join(format!("{name}.log"));
@@ -109,7 +115,7 @@ impl Cluster {
             .args([
                 "worker",
                 "--coordinator",
-                &self.url,
+                url,
                 "--cores",
                 "1",
                 "--name",

@@ -10,4 +10,5 @@ mod faults;
 mod garbage;
 mod gossip;
 mod hostile;
+mod partition;
 mod primes;
