@@ -226,9 +226,14 @@ pub(crate) async fn run<S: Store>(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     // One port for both: gRPC over HTTP/2, the dashboard over HTTP/1.1 (browsers).
+    let tokens = Arc::new(crate::auth::Tokens::open(&config.data_dir)?);
     let routes = tonic::service::Routes::from(dashboard::router(dashboard.clone()))
         .add_service(server)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::require_token,
+        ));
     let routes = tonic::service::Routes::from(dashboard::count_rejections(routes, dashboard));
     // Live dashboard streams never end on their own: stopping the broadcaster (`cancel`)
     // closes them, so the graceful shutdown can finish.

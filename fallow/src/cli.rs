@@ -90,6 +90,20 @@ pub enum Command {
         /// Coordinator URL.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
+        /// Token that allows submitting (default: the admin token a coordinator started
+        /// here with the default --data wrote to fallow-data/admin.token).
+        #[arg(long, env = "FALLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Manage the tokens that allow submitting projects to a coordinator (its data dir;
+    /// changes apply to a running coordinator at once).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The coordinator's data directory.
+        #[arg(long, global = true, default_value = "fallow-data")]
+        data: PathBuf,
     },
     /// Show progress of one project or all.
     Status {
@@ -147,6 +161,24 @@ pub enum Command {
         /// Keep the coordinator and its dashboard up after the run, until Ctrl-C.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+/// `fallow token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Mint a token and print it (it is shown only this once; the coordinator keeps a hash).
+    Create {
+        /// Who the token is for: 1 to 64 letters, digits or - _ . @.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the names of the valid tokens.
+    List,
+    /// Revoke a token by name.
+    Revoke {
+        /// The token's name.
+        name: String,
     },
 }
 

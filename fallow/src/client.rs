@@ -122,6 +122,8 @@ pub struct Results {
 pub struct Client {
     inner: pb::coordinator_client::CoordinatorClient<Channel>,
     url: String,
+    /// Sent with calls that need one (`SubmitProject`).
+    token: Option<String>,
 }
 
 impl Client {
@@ -140,7 +142,26 @@ impl Client {
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
             url: url.to_string(),
+            token: None,
         })
+    }
+
+    /// This client with a token for the calls that need one.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// `message` with the token, if any, as `authorization: Bearer TOKEN`.
+    fn authorized<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| anyhow!("the token holds characters a header cannot carry"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
     }
 
     /// Uploads a project; returns its id.
@@ -148,7 +169,7 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .submit_project(pb::SubmitProjectRequest::from(spec))
+            .submit_project(self.authorized(pb::SubmitProjectRequest::from(spec))?)
             .await
             .map_err(|s| {
                 anyhow!(

@@ -66,11 +66,22 @@ pub fn host_name() -> String {
 }
 
 /// `fallow submit`.
-pub async fn submit(manifest: &Path, coordinator: &str) -> anyhow::Result<()> {
+pub async fn submit(
+    manifest: &Path,
+    coordinator: &str,
+    token: Option<String>,
+) -> anyhow::Result<()> {
     let spec = protocol::manifest::load(manifest)?;
     let units = spec.units.len();
     let name = spec.name.clone();
-    let client = Client::connect(coordinator).await?;
+    // Without --token: the admin token of a coordinator started here on the default data
+    // dir, so the five-minute path needs no copying of secrets.
+    let token = token.or_else(|| {
+        std::fs::read_to_string(Path::new("fallow-data").join(coordinator::auth::ADMIN_TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    let client = Client::connect(coordinator).await?.with_token(token);
     let id = client.submit(spec).await?;
     eprintln!("submitted project {name:?} with {units} units");
     println!("{id}");
@@ -274,5 +285,32 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// `fallow token`.
+pub fn token(data: &Path, action: crate::cli::TokenAction) -> anyhow::Result<()> {
+    use crate::cli::TokenAction;
+    match action {
+        TokenAction::Create { name } => {
+            let token = coordinator::auth::create(data, &name)?;
+            eprintln!(
+                "token {name:?} created for the coordinator in {}; it is shown only now:",
+                data.display()
+            );
+            println!("{token}");
+        }
+        TokenAction::List => {
+            for name in coordinator::auth::list(data)? {
+                println!("{name}");
+            }
+        }
+        TokenAction::Revoke { name } => {
+            if !coordinator::auth::revoke(data, &name)? {
+                anyhow::bail!("no token named {name:?} in {}", data.display());
+            }
+            eprintln!("token {name:?} revoked");
+        }
+    }
     Ok(())
 }

@@ -69,6 +69,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let stop_coordinator = CancellationToken::new();
     // The coordinator gets a thread with its own runtime, as it would have its own process:
     // its future need not be `Send` (sqlx futures over borrowed paths are not, in general).
+    // The demo mints its own submit token before the coordinator starts (which then keeps
+    // it instead of minting an admin token).
+    let token = coordinator::auth::create(&dir.path().join("coordinator"), "demo")?;
     let coordinator = {
         let stop = stop_coordinator.clone();
         let config = coordinator::CoordinatorConfig {
@@ -117,7 +120,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let manifest = write_project(&dir.path().join("mandelbrot"), width, height)?;
     let spec = protocol::manifest::load(&manifest)?;
     let tiles = spec.units.len();
-    let client = Client::connect(&url).await?;
+    let client = Client::connect(&url).await?.with_token(Some(token));
     let project = client.submit(spec).await?;
     println!(
         "Fallow demo: {workers} workers ({cores} core{} each) render a {width}x{height} Mandelbrot in {tiles} tiles;",

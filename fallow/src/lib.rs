@@ -80,7 +80,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit {
             manifest,
             coordinator,
-        } => commands::submit(&manifest, &coordinator).await,
+            token,
+        } => commands::submit(&manifest, &coordinator, token).await,
+        Command::Token { action, data } => commands::token(&data, action),
         Command::Status {
             project,
             coordinator,

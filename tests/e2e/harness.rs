@@ -21,6 +21,8 @@ pub struct Cluster {
     workers: Vec<(String, Child)>,
     lease_seconds: u64,
     restarts: u32,
+    /// The token `submit` sends (`fallow token create`).
+    pub token: String,
 }
 
 impl Cluster {
@@ -44,10 +46,27 @@ impl Cluster {
             workers: Vec::new(),
             lease_seconds,
             restarts: 0,
+            token: String::new(),
         };
         prepare(&cluster.coordinator_data());
+        cluster.token = cluster.mint_token("e2e");
         cluster.start_coordinator();
         cluster
+    }
+
+    /// `fallow token create --name NAME` on the coordinator's data dir; the token.
+    pub fn mint_token(&self, name: &str) -> String {
+        let out = fallow()
+            .args(["token", "create", "--name", name, "--data"])
+            .arg(self.coordinator_data())
+            .output()
+            .expect("run fallow token create");
+        assert!(
+            out.status.success(),
+            "fallow token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// The coordinator's data directory.
@@ -174,7 +193,7 @@ impl Cluster {
         let out = fallow()
             .arg("submit")
             .arg(manifest)
-            .args(["--coordinator", &self.url])
+            .args(["--coordinator", &self.url, "--token", &self.token])
             .output()
             .expect("run fallow submit");
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod auth;
 mod chaos;
 mod dashboard;
 mod demo;

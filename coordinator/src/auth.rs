@@ -1,0 +1,286 @@
+//! Who may change what: the coordinator's tokens.
+//!
+//! Worker calls are authenticated by the worker's own ed25519 key (signed registrations and
+//! claims); the one state-changing call nothing signs, `SubmitProject`, needs a token in
+//! the `authorization: Bearer TOKEN` metadata. Tokens live in `DATA/tokens`, one
+//! `NAME HASH` line each, where HASH is the BLAKE3 of the token in hex: the tokens
+//! themselves are never stored. The file is re-read when it changes, so
+//! `fallow token create|revoke` apply to a running coordinator at once. The first start
+//! mints the `admin` token and writes it, readable by its owner only, to
+//! `DATA/admin.token`. The dashboard and the read-only RPCs stay public.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::Error;
+
+/// The token list in the data dir.
+pub const TOKENS_FILE: &str = "tokens";
+/// The admin token minted on first start.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// gRPC methods that need a token.
+const PROTECTED: &[&str] = &["/fallow.v1.Coordinator/SubmitProject"];
+
+/// The tokens a running coordinator accepts.
+#[derive(Debug)]
+pub(crate) struct Tokens {
+    path: PathBuf,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// Modification time and length of the file when it was read.
+    stamp: Option<(SystemTime, u64)>,
+    names: HashMap<[u8; 32], String>,
+}
+
+impl Tokens {
+    /// The tokens of `data_dir`; on first start (no token file) mints the admin token.
+    pub(crate) fn open(data_dir: &Path) -> Result<Tokens, Error> {
+        let path = data_dir.join(TOKENS_FILE);
+        if !path.exists() {
+            let token = create(data_dir, "admin")?;
+            let admin = data_dir.join(ADMIN_TOKEN_FILE);
+            write_private(&admin, format!("{token}\n").as_bytes())?;
+            tracing::info!(
+                path = %admin.display(),
+                "admin token created: `fallow submit` on this machine reads it from there"
+            );
+        }
+        let tokens = Tokens {
+            path,
+            cache: Mutex::new(Cache::default()),
+        };
+        tokens.refresh()?;
+        Ok(tokens)
+    }
+
+    /// The name of the token, if it is valid now.
+    pub(crate) fn check(&self, token: &str) -> Option<String> {
+        if let Err(e) = self.refresh() {
+            // Keep the last good list: a half-written or unreadable file must not lock
+            // everyone out (or in).
+            tracing::warn!("token file: {e}");
+        }
+        let hash = *blake3::hash(token.trim().as_bytes()).as_bytes();
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.names.get(&hash).cloned()
+    }
+
+    fn refresh(&self) -> Result<(), Error> {
+        let meta = std::fs::metadata(&self.path).map_err(|e| io_error(&self.path, e))?;
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.stamp == Some(stamp) {
+            return Ok(());
+        }
+        let names = read(&self.path)?
+            .into_iter()
+            .map(|(name, hash)| (hash, name))
+            .collect();
+        *cache = Cache {
+            stamp: Some(stamp),
+            names,
+        };
+        Ok(())
+    }
+}
+
+/// Refuses protected calls without a valid token, as gRPC `UNAUTHENTICATED`.
+pub(crate) async fn require_token(
+    State(tokens): State<Arc<Tokens>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !PROTECTED.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refusal = match presented {
+        None => "submitting a project needs a token: pass `fallow submit --token TOKEN` or set \
+                 FALLOW_TOKEN (the coordinator wrote its admin token to DATA/admin.token; mint \
+                 more with `fallow token create --name NAME`)"
+            .to_string(),
+        Some(t) => match tokens.check(t) {
+            Some(name) => {
+                tracing::debug!(token = name, "authorized");
+                return next.run(request).await;
+            }
+            None => "the token is not valid on this coordinator (unknown or revoked)".into(),
+        },
+    };
+    tonic::Status::unauthenticated(refusal)
+        .into_http::<axum::body::Body>()
+        .into_response()
+}
+
+/// Mints a token named `name` in `data_dir` (creating the directory); returns the token,
+/// which is shown only this once.
+pub fn create(data_dir: &Path, name: &str) -> Result<String, Error> {
+    check_name(data_dir, name)?;
+    std::fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, e))?;
+    let path = data_dir.join(TOKENS_FILE);
+    let mut entries = if path.exists() {
+        read(&path)?
+    } else {
+        Vec::new()
+    };
+    if entries.iter().any(|(n, _)| n == name) {
+        return Err(Error::DataDir {
+            path,
+            message: format!(
+                "a token named {name:?} exists already; revoke it first (`fallow token revoke {name}`)"
+            ),
+        });
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| Error::DataDir {
+        path: path.clone(),
+        message: format!("no randomness for a token: {e}"),
+    })?;
+    let token = format!("fallow_{}", hex::encode(secret));
+    entries.push((name.to_string(), *blake3::hash(token.as_bytes()).as_bytes()));
+    write_entries(&path, &entries)?;
+    Ok(token)
+}
+
+/// Revokes the token named `name`; false if there was none.
+pub fn revoke(data_dir: &Path, name: &str) -> Result<bool, Error> {
+    let path = data_dir.join(TOKENS_FILE);
+    let mut entries = read(&path)?;
+    let before = entries.len();
+    entries.retain(|(n, _)| n != name);
+    if entries.len() == before {
+        return Ok(false);
+    }
+    write_entries(&path, &entries)?;
+    Ok(true)
+}
+
+/// The names of the valid tokens.
+pub fn list(data_dir: &Path) -> Result<Vec<String>, Error> {
+    let path = data_dir.join(TOKENS_FILE);
+    Ok(read(&path)?.into_iter().map(|(n, _)| n).collect())
+}
+
+fn check_name(data_dir: &Path, name: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::DataDir {
+            path: data_dir.to_path_buf(),
+            message: format!("token name {name:?}: use 1 to 64 letters, digits or - _ . @"),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<(String, [u8; 32])>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| Error::DataDir {
+            path: path.to_path_buf(),
+            message: format!("line {}: {why} (expected `NAME BLAKE3-HEX`)", i + 1),
+        };
+        let (name, hash) = line.split_once(' ').ok_or_else(|| bad("no hash"))?;
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(hash.trim(), &mut h)
+            .map_err(|_| bad("the hash is not 64 hex digits"))?;
+        entries.push((name.to_string(), h));
+    }
+    Ok(entries)
+}
+
+fn write_entries(path: &Path, entries: &[(String, [u8; 32])]) -> Result<(), Error> {
+    let mut text = String::from(
+        "# Fallow coordinator tokens: NAME BLAKE3(token). Manage with `fallow token`.\n",
+    );
+    for (name, hash) in entries {
+        text.push_str(&format!("{name} {}\n", hex::encode(hash)));
+    }
+    write_private(path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename), readable by its
+/// owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(|e| io_error(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::DataDir {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_minted_checked_and_revoked_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = Tokens::open(dir.path()).expect("open");
+        let admin = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).expect("admin");
+        assert_eq!(tokens.check(&admin).as_deref(), Some("admin"));
+        assert_eq!(tokens.check("fallow_nonsense"), None);
+
+        let alice = create(dir.path(), "alice").expect("create");
+        assert!(create(dir.path(), "alice").is_err(), "names are unique");
+        assert!(create(dir.path(), "bad name").is_err());
+        assert_eq!(tokens.check(&alice).as_deref(), Some("alice"));
+        assert_eq!(list(dir.path()).expect("list"), ["admin", "alice"]);
+        // The file holds hashes only.
+        let file = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).expect("file");
+        assert!(!file.contains(&alice) && !file.contains(admin.trim()));
+
+        assert!(revoke(dir.path(), "alice").expect("revoke"));
+        assert!(!revoke(dir.path(), "alice").expect("second revoke"));
+        assert_eq!(
+            tokens.check(&alice),
+            None,
+            "revocation applies without a restart"
+        );
+        assert_eq!(tokens.check(&admin).as_deref(), Some("admin"));
+
+        // A second start keeps the admin token.
+        let again = Tokens::open(dir.path()).expect("reopen");
+        assert_eq!(again.check(&admin).as_deref(), Some("admin"));
+    }
+}
