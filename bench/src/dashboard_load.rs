@@ -107,6 +107,8 @@ async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let stop = CancellationToken::new();
+    // Submitting needs a token: mint one before the coordinator starts.
+    let token = coordinator::auth::create(&dir.path().join("coordinator"), "bench")?;
     // The coordinator gets its own thread and runtime, as it would have its own process:
     // the load generators' tasks do not share its scheduler queue.
     let server = {
@@ -129,7 +131,7 @@ async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
             })?
     };
 
-    let project = submit(&url, config.units).await?;
+    let project = submit(&url, &token, config.units).await?;
     let certified = Arc::new(AtomicU64::new(0));
     let halt = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -329,7 +331,7 @@ async fn worker(
 
 /// Submits a project of `units` tiny units; the module is never run (the simulated workers
 /// certify a fixed output), but the coordinator checks it like any other.
-async fn submit(url: &str, units: usize) -> anyhow::Result<ProjectId> {
+async fn submit(url: &str, token: &str, units: usize) -> anyhow::Result<ProjectId> {
     let spec = ProjectSpec {
         name: "dispatch-bench".into(),
         module: artifacts::PRIMES.to_vec(),
@@ -354,8 +356,12 @@ async fn submit(url: &str, units: usize) -> anyhow::Result<ProjectId> {
     let mut client = pb::coordinator_client::CoordinatorClient::connect(url.to_string())
         .await?
         .max_encoding_message_size(256 << 20);
+    let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
     let id = client
-        .submit_project(pb::SubmitProjectRequest::from(spec))
+        .submit_project(request)
         .await
         .map_err(|s| anyhow::anyhow!("submit: {}", s.message()))?
         .into_inner()

@@ -142,7 +142,7 @@ fn measure(
     let result = rt.block_on(async {
         let load = Load::connect(server.addr, plan.channels, plan.concurrency).await?;
         load.ready().await?;
-        load.submit_project(plan.units, replication, replication)
+        load.submit_project(&server.token, plan.units, replication, replication)
             .await?;
         let registered = load.register(&fleet).await?;
         let (mut assigned, mut certified, mut combined, mut cpu, mut busy) =
@@ -318,7 +318,9 @@ pub fn memory_figure(exe: &Path, size: Size) -> anyhow::Result<Vec<Row>> {
         let load = Load::connect(server.addr, 1, plan.concurrency).await?;
         load.ready().await?;
         let idle = server.memory()?;
-        let (_, submit) = load.submit_project(plan.memory_units, 2, 2).await?;
+        let (_, submit) = load
+            .submit_project(&server.token, plan.memory_units, 2, 2)
+            .await?;
         let registered = load.register(&fleet).await?;
         Ok::<_, anyhow::Error>((idle, submit, registered))
     })?;

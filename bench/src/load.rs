@@ -157,6 +157,7 @@ impl Load {
     /// replication: the workload stays the same throughout the measurement).
     pub async fn submit_project(
         &self,
+        token: &str,
         units: u64,
         replication: u32,
         quorum: u32,
@@ -177,9 +178,13 @@ impl Load {
             manifest: String::new(),
         };
         let started = Instant::now();
+        let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
         let id = self
             .client(0)
-            .submit_project(pb::SubmitProjectRequest::from(spec))
+            .submit_project(request)
             .await
             .context("SubmitProject")?
             .into_inner()

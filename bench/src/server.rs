@@ -36,6 +36,8 @@ pub struct Server {
     child: std::process::Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// A coordinator's submit token ("" for the echo server).
+    pub token: String,
 }
 
 /// A process's resident memory, from `/proc/PID/status`.
@@ -51,8 +53,19 @@ impl Server {
     /// Starts `exe --serve ...` and waits for its `listening on ADDR` line.
     pub fn spawn(exe: &Path, role: &Role) -> anyhow::Result<Server> {
         let mut cmd = Command::new(exe);
+        let mut token = String::new();
         match role {
             Role::Coordinator { data } => {
+                // Submitting needs a token: minted once per data dir, kept for restarts.
+                let kept = data.join("bench.token");
+                token = match std::fs::read_to_string(&kept) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let t = coordinator::auth::create(data, "bench")?;
+                        std::fs::write(&kept, &t)?;
+                        t
+                    }
+                };
                 cmd.arg("--serve")
                     .arg("coordinator")
                     .arg("--data")
@@ -76,7 +89,7 @@ impl Server {
             .strip_prefix("listening on ")
             .with_context(|| format!("{role:?} server did not start (said {line:?})"))?
             .parse()?;
-        Ok(Server { child, addr })
+        Ok(Server { child, addr, token })
     }
 
     /// The process's CPU time so far, user plus system, all threads (dead ones included).
