@@ -784,7 +784,9 @@ impl Shared {
         let result = self.executor.run(compiled, a.input, seed, a.limits).await;
         match &result {
             Ok(exec) => self.metrics.ran("ok", exec.fuel, started.elapsed()),
-            Err(failure) => self.metrics.ran(failure.kind.as_str(), 0, started.elapsed()),
+            Err(failure) => self
+                .metrics
+                .ran(failure.kind.as_str(), 0, started.elapsed()),
         }
         if !lock(&self.held).contains_key(&a.unit) {
             return; // settled by others while we ran
