@@ -23,6 +23,9 @@ use protocol::{Claim, Digest, Failure, Limits, ProjectId, UnitId, WorkerId};
 
 use crate::Error;
 
+mod units;
+use units::{Slot, UnitTable};
+
 /// Consecutive confirmed results before a worker is trusted in a project (BOINC's figure).
 pub const TRUST_AFTER: u32 = 10;
 /// Trusted workers are spot-checked at least this often.
@@ -192,7 +195,7 @@ struct Replica {
 }
 
 #[derive(Debug, Clone)]
-struct Unit {
+pub(crate) struct Unit {
     project: ProjectId,
     status: UnitStatus,
     target: u32,
@@ -418,6 +421,29 @@ pub enum Verdict {
     AlreadyVerified,
 }
 
+/// A certificate whose claims' signatures all verified: the expensive part of a
+/// submission, which needs no scheduler state and so can run before the state is locked.
+#[derive(Debug, Clone)]
+pub struct SignedCertificate(Certificate);
+
+impl SignedCertificate {
+    /// Verifies every claim's signature (at most [`certificate::MAX_CLAIMS`] are looked at:
+    /// a larger certificate is refused by the scheduler before anything is kept).
+    pub fn check(cert: Certificate) -> Result<Self, Error> {
+        if cert.claims.len() <= certificate::MAX_CLAIMS {
+            for claim in &cert.claims {
+                claim.verify()?;
+            }
+        }
+        Ok(SignedCertificate(cert))
+    }
+
+    /// The certificate.
+    pub fn certificate(&self) -> &Certificate {
+        &self.0
+    }
+}
+
 /// What [`Scheduler::submit`] decided, with the changes to persist first.
 #[derive(Debug)]
 pub struct Submitted {
@@ -431,7 +457,9 @@ pub struct Submitted {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     projects: BTreeMap<ProjectId, Project>,
-    units: HashMap<UnitId, Unit>,
+    units: UnitTable,
+    /// Verified units restored in someone's unchecked window: kept whole at start-up.
+    pinned: HashSet<UnitId>,
     queue: VecDeque<UnitId>,
     leases: BinaryHeap<Reverse<(u64, UnitId)>>,
     lease_ms: u64,
@@ -443,6 +471,43 @@ pub struct Scheduler {
     /// (unit, worker) pairs whose votes no longer count: the worker was caught changing
     /// its answer for that unit.
     disqualified: HashSet<(UnitId, WorkerId)>,
+}
+
+/// The full state of unit `id`, expanding a compact slot (a free function, so callers can
+/// borrow the scheduler's other fields alongside).
+fn full<'a>(
+    units: &'a mut UnitTable,
+    projects: &BTreeMap<ProjectId, Project>,
+    id: UnitId,
+) -> Option<&'a mut Unit> {
+    let slot = units.get_mut(id)?;
+    let expanded = match slot {
+        Slot::Full(_) => None,
+        Slot::Fresh(p) | Slot::Verified(p) => {
+            let (replication, quorum) = projects
+                .get(p)
+                .map_or((1, 1), |p| (p.replication, p.quorum.max(1)));
+            Some(Unit {
+                project: *p,
+                status: if matches!(slot, Slot::Fresh(_)) {
+                    UnitStatus::Pending
+                } else {
+                    UnitStatus::Verified
+                },
+                target: replication,
+                required: quorum,
+                replicas: Vec::new(),
+                votes: BTreeMap::new(),
+            })
+        }
+    };
+    if let Some(unit) = expanded {
+        *slot = Slot::Full(Box::new(unit));
+    }
+    match slot {
+        Slot::Full(u) => Some(u),
+        Slot::Fresh(_) | Slot::Verified(_) => None,
+    }
 }
 
 impl Scheduler {
@@ -486,6 +551,7 @@ impl Scheduler {
 
     /// Restores a worker's trust in a project (start-up).
     pub fn restore_trust(&mut self, worker: WorkerId, project: ProjectId, trust: Trust) {
+        self.pinned.extend(trust.unchecked.iter().copied());
         self.trust.insert((worker, project), trust);
     }
 
@@ -523,7 +589,8 @@ impl Scheduler {
 
     /// Adds a unit; `replicas` are its assignments so far and `votes` its claims (from the
     /// store). Active leases loaded after a restart get a fresh `lease_ms` from `now`, so
-    /// live workers have time to send a heartbeat before anything is reassigned.
+    /// live workers have time to send a heartbeat before anything is reassigned. Add its
+    /// project first: an untouched or settled unit is then kept in a compact slot.
     #[allow(clippy::too_many_arguments)]
     pub fn add_unit(
         &mut self,
@@ -536,6 +603,24 @@ impl Scheduler {
         votes: Vec<Claim>,
         now: u64,
     ) {
+        if replicas.is_empty() && votes.is_empty() {
+            let defaults = self
+                .projects
+                .get(&project)
+                .map(|p| (p.replication, p.quorum.max(1)));
+            match status {
+                UnitStatus::Pending if defaults == Some((target, required.max(1))) => {
+                    self.units.insert(id, Slot::Fresh(project));
+                    self.queue.push_back(id);
+                    return;
+                }
+                UnitStatus::Verified if !self.pinned.contains(&id) => {
+                    self.units.insert(id, Slot::Verified(project));
+                    return;
+                }
+                _ => {}
+            }
+        }
         let until = now + self.lease_ms;
         let replicas = replicas
             .into_iter()
@@ -565,7 +650,24 @@ impl Scheduler {
         if unit.wants_replica() {
             self.queue.push_back(id);
         }
-        self.units.insert(id, unit);
+        self.units.insert(id, Slot::Full(Box::new(unit)));
+    }
+
+    /// Adds counters of units loaded from the store (start-up, after [`Scheduler::add_unit`]).
+    pub fn restore_counts(
+        &mut self,
+        id: ProjectId,
+        total: u64,
+        verified: u64,
+        failed: u64,
+        executions: u64,
+    ) {
+        if let Some(p) = self.projects.get_mut(&id) {
+            p.stats.total += total;
+            p.stats.verified += verified;
+            p.stats.failed += failed;
+            p.stats.executions += executions;
+        }
     }
 
     /// All projects.
@@ -588,34 +690,67 @@ impl Scheduler {
     /// Units currently leased (running or awaiting quorum) in a project.
     pub fn in_progress(&self, id: ProjectId) -> u64 {
         self.units
-            .values()
-            .filter(|u| u.project == id && u.status == UnitStatus::Pending && u.live() > 0)
+            .iter()
+            .filter(|(_, s)| match s {
+                Slot::Full(u) => u.project == id && u.status == UnitStatus::Pending && u.live() > 0,
+                Slot::Fresh(_) | Slot::Verified(_) => false,
+            })
             .count() as u64
     }
 
     /// The project a unit belongs to.
     pub fn unit_project(&self, id: UnitId) -> Option<ProjectId> {
-        self.units.get(&id).map(|u| u.project)
+        self.units.get(id).map(Slot::project)
     }
 
     /// Every unit as an observer sees it (the dashboard's snapshot), in no particular order.
     pub fn unit_views(&self) -> impl Iterator<Item = UnitView> + '_ {
-        self.units.iter().map(|(&id, u)| UnitView {
-            id,
-            project: u.project,
-            state: match u.status {
-                UnitStatus::Verified => UnitState::Verified,
-                UnitStatus::Failed(_) => UnitState::Failed,
-                UnitStatus::Pending if u.live() > 0 => UnitState::Running,
-                UnitStatus::Pending => UnitState::Pending,
+        self.units.iter().map(|(id, s)| match s {
+            Slot::Fresh(project) => UnitView {
+                id,
+                project: *project,
+                state: UnitState::Pending,
+                executions: 0,
             },
-            executions: u.executions(),
+            Slot::Verified(project) => UnitView {
+                id,
+                project: *project,
+                state: UnitState::Verified,
+                executions: 0,
+            },
+            Slot::Full(u) => UnitView {
+                id,
+                project: u.project,
+                state: match u.status {
+                    UnitStatus::Verified => UnitState::Verified,
+                    UnitStatus::Failed(_) => UnitState::Failed,
+                    UnitStatus::Pending if u.live() > 0 => UnitState::Running,
+                    UnitStatus::Pending => UnitState::Pending,
+                },
+                executions: u.executions(),
+            },
         })
     }
 
     /// A unit's status.
     pub fn unit_status(&self, id: UnitId) -> Option<&UnitStatus> {
-        self.units.get(&id).map(|u| &u.status)
+        static PENDING: UnitStatus = UnitStatus::Pending;
+        static VERIFIED: UnitStatus = UnitStatus::Verified;
+        self.units.get(id).map(|s| match s {
+            Slot::Fresh(_) => &PENDING,
+            Slot::Verified(_) => &VERIFIED,
+            Slot::Full(u) => &u.status,
+        })
+    }
+
+    /// Keeps a verified unit in a compact slot once nothing can re-open it.
+    fn compact_verified(&mut self, id: UnitId) {
+        if let Some(slot) = self.units.get_mut(id)
+            && let Slot::Full(u) = slot
+            && u.status == UnitStatus::Verified
+        {
+            *slot = Slot::Verified(u.project);
+        }
     }
 
     fn identity_of(&self, worker: WorkerId) -> (Arc<str>, Option<Arc<str>>) {
@@ -659,7 +794,10 @@ impl Scheduler {
                 break;
             };
             scanned += 1;
-            let Some(unit) = self.units.get(&id) else {
+            if matches!(self.units.get(id), None | Some(Slot::Verified(_))) {
+                continue; // settled: drop from the queue
+            }
+            let Some(unit) = full(&mut self.units, &self.projects, id) else {
                 continue;
             };
             if !unit.wants_replica() {
@@ -682,7 +820,7 @@ impl Scheduler {
                 None
             };
             let until = now + self.lease_ms;
-            let Some(unit) = self.units.get_mut(&id) else {
+            let Some(unit) = full(&mut self.units, &self.projects, id) else {
                 continue;
             };
             if let Some((target, required)) = plan {
@@ -761,7 +899,12 @@ impl Scheduler {
         let until = now + self.lease_ms;
         let mut settled = Vec::new();
         for &id in held {
-            let active = self.units.get_mut(&id).and_then(|u| {
+            // A compact unit is untouched or settled: held by no one.
+            let active = match self.units.get_mut(id) {
+                Some(Slot::Full(u)) => Some(u),
+                _ => None,
+            }
+            .and_then(|u| {
                 if u.status != UnitStatus::Pending {
                     return None;
                 }
@@ -788,7 +931,7 @@ impl Scheduler {
                 break;
             }
             self.leases.pop();
-            let Some(unit) = self.units.get_mut(&id) else {
+            let Some(unit) = full(&mut self.units, &self.projects, id) else {
                 continue;
             };
             if unit.status != UnitStatus::Pending {
@@ -817,11 +960,10 @@ impl Scheduler {
     /// A worker hands a unit back without running it to the end.
     pub fn give_back(&mut self, worker: WorkerId, id: UnitId) -> Vec<Change> {
         let mut changes = Vec::new();
-        if self
-            .units
-            .get(&id)
-            .is_some_and(|u| u.votes.contains_key(&worker))
-        {
+        let Some(Slot::Full(unit)) = self.units.get(id) else {
+            return changes; // untouched or settled: nobody holds it
+        };
+        if unit.votes.contains_key(&worker) {
             return changes; // its claim is in: nothing to hand back
         }
         if let Some(r) = self.active_replica(worker, id) {
@@ -834,8 +976,8 @@ impl Scheduler {
             });
             if let Some(p) = self
                 .units
-                .get(&id)
-                .and_then(|u| self.projects.get_mut(&u.project))
+                .get(id)
+                .and_then(|u| self.projects.get_mut(&u.project()))
             {
                 p.stats.executions = p.stats.executions.saturating_sub(1);
             }
@@ -865,7 +1007,9 @@ impl Scheduler {
             failure: Some(failure.clone()),
         }];
         let (quorum, same) = {
-            let unit = &self.units[&id];
+            let Some(unit) = full(&mut self.units, &self.projects, id) else {
+                return Ok(changes);
+            };
             let quorum = self.projects.get(&unit.project).map_or(1, |p| p.quorum);
             let same = unit
                 .replicas
@@ -899,8 +1043,61 @@ impl Scheduler {
         cert: &Certificate,
         output: Option<&[u8]>,
     ) -> Result<Submitted, Error> {
+        self.submit_with(cert, output, true)
+    }
+
+    /// [`Scheduler::submit`] for a certificate whose signatures were checked beforehand by
+    /// [`SignedCertificate::check`] (the coordinator does that outside its state lock).
+    pub fn submit_checked(
+        &mut self,
+        checked: &SignedCertificate,
+        output: Option<&[u8]>,
+    ) -> Result<Submitted, Error> {
+        self.submit_with(&checked.0, output, false)
+    }
+
+    fn submit_with(
+        &mut self,
+        cert: &Certificate,
+        output: Option<&[u8]>,
+        verify_signatures: bool,
+    ) -> Result<Submitted, Error> {
         let id = cert.unit;
-        let unit = self.units.get(&id).ok_or(Error::UnknownUnit(id))?;
+        if let Some(Slot::Verified(project)) = self.units.get(id) {
+            // A late certificate for a settled unit changes nothing, but it must still be a
+            // real one: at most MAX_CLAIMS claims, all for this unit, correctly signed
+            // (settled units no longer keep their replica holders).
+            let project = *project;
+            if cert.claims.len() > certificate::MAX_CLAIMS {
+                return Err(Error::Protocol(protocol::Error::Certificate {
+                    unit: id,
+                    reason: format!(
+                        "{} claims (at most {})",
+                        cert.claims.len(),
+                        certificate::MAX_CLAIMS
+                    ),
+                }));
+            }
+            for claim in &cert.claims {
+                if claim.unit != id || claim.project != project {
+                    return Err(Error::Protocol(protocol::Error::Certificate {
+                        unit: id,
+                        reason: format!(
+                            "a claim by {} is for project {} unit {}",
+                            claim.worker, claim.project, claim.unit
+                        ),
+                    }));
+                }
+                if verify_signatures {
+                    claim.verify()?;
+                }
+            }
+            return Ok(Submitted {
+                verdict: Verdict::AlreadyVerified,
+                changes: Vec::new(),
+            });
+        }
+        let unit = full(&mut self.units, &self.projects, id).ok_or(Error::UnknownUnit(id))?;
         // A late certificate for a verified unit changes nothing, but its claims are still
         // checked: "already verified" is an answer only honest replica holders get.
         let already = unit.status == UnitStatus::Verified;
@@ -942,7 +1139,9 @@ impl Scheduler {
                     claim.worker
                 )));
             }
-            claim.verify()?;
+            if verify_signatures {
+                claim.verify()?;
+            }
             if already {
                 continue;
             }
@@ -971,7 +1170,7 @@ impl Scheduler {
         for worker in equivocators {
             self.disqualify(id, worker, project_id, &mut changes);
         }
-        let Some(unit) = self.units.get_mut(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return Err(Error::UnknownUnit(id));
         };
         for claim in fresh {
@@ -988,7 +1187,7 @@ impl Scheduler {
         output: Option<&[u8]>,
         changes: &mut Vec<Change>,
     ) -> Result<Verdict, Error> {
-        let Some(unit) = self.units.get(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return Err(Error::UnknownUnit(id));
         };
         if unit.status != UnitStatus::Pending {
@@ -1030,7 +1229,10 @@ impl Scheduler {
                     unit: id,
                     claims: claims.iter().map(|c| (*c).clone()).collect(),
                 };
-                return Ok(Verdict::Verified(certificate::check(&cert, &facts, out)?));
+                // Every vote's signature was checked when it was accepted.
+                return Ok(Verdict::Verified(certificate::check_verified_claims(
+                    &cert, &facts, out,
+                )?));
             }
         }
         if groups.len() < 2 {
@@ -1043,7 +1245,7 @@ impl Scheduler {
         let voters = unit.votes.len() as u32;
         let needed = voters + quorum.saturating_sub(best);
         let (max_replicas, project_id, groups_n) = (project.max_replicas, project.id, groups.len());
-        let Some(unit) = self.units.get_mut(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return Err(Error::UnknownUnit(id));
         };
         if quorum > unit.required {
@@ -1071,7 +1273,7 @@ impl Scheduler {
                 "no quorum: {voters} workers returned {groups_n} different results (max_replicas = {max_replicas})"
             );
             self.fail_unit(id, reason, changes);
-        } else if self.units.get(&id).is_some_and(Unit::wants_replica) {
+        } else if full(&mut self.units, &self.projects, id).is_some_and(|u| u.wants_replica()) {
             self.queue.push_back(id);
         }
         Ok(Verdict::Recorded)
@@ -1083,7 +1285,7 @@ impl Scheduler {
     /// where others succeeded lose it. Returns the changes to persist.
     pub fn mark_verified(&mut self, id: UnitId, verified: &Verified) -> Vec<Change> {
         let mut changes = Vec::new();
-        let Some(unit) = self.units.get_mut(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return changes;
         };
         if unit.status != UnitStatus::Pending {
@@ -1099,6 +1301,7 @@ impl Scheduler {
             .map(|r| r.worker)
             .collect();
         let checked = verified.signers.len() > 1;
+        let mut aged = Vec::new();
         if let Some(p) = self.projects.get_mut(&project) {
             p.stats.verified += 1;
             p.stats.credit += verified.fuel * verified.signers.len() as u64;
@@ -1111,7 +1314,8 @@ impl Scheduler {
                     let t = self.trust.entry((worker, project)).or_default();
                     t.unchecked.push_back(id);
                     if t.unchecked.len() > UNCHECKED_WINDOW {
-                        t.unchecked.pop_front(); // old enough to be final
+                        // Old enough to be final: nothing re-opens it any more.
+                        aged.extend(t.unchecked.pop_front());
                     }
                     changes.push(Change::Unchecked {
                         worker,
@@ -1126,6 +1330,12 @@ impl Scheduler {
         for worker in failed {
             self.error(worker, project, &mut changes);
         }
+        if checked {
+            self.compact_verified(id);
+        }
+        for unit in aged {
+            self.compact_verified(unit);
+        }
         changes
     }
 
@@ -1134,8 +1344,8 @@ impl Scheduler {
     pub fn misbehaviour(&mut self, worker: WorkerId, unit: UnitId) -> Result<Vec<Change>, Error> {
         let project = self
             .units
-            .get(&unit)
-            .map(|u| u.project)
+            .get(unit)
+            .map(Slot::project)
             .ok_or(Error::UnknownUnit(unit))?;
         let mut changes = Vec::new();
         self.disqualify(unit, worker, project, &mut changes);
@@ -1160,7 +1370,7 @@ impl Scheduler {
             return;
         }
         let mut lost = false;
-        if let Some(u) = self.units.get_mut(&unit)
+        if let Some(u) = full(&mut self.units, &self.projects, unit)
             && u.status == UnitStatus::Pending
         {
             u.votes.remove(&worker);
@@ -1259,7 +1469,7 @@ impl Scheduler {
     }
 
     fn reopen(&mut self, id: UnitId, revoke: WorkerId, changes: &mut Vec<Change>) {
-        let Some(unit) = self.units.get_mut(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return;
         };
         if unit.status != UnitStatus::Verified {
@@ -1296,7 +1506,7 @@ impl Scheduler {
     }
 
     fn active_replica(&mut self, worker: WorkerId, id: UnitId) -> Option<&mut Replica> {
-        let unit = self.units.get_mut(&id)?;
+        let unit = full(&mut self.units, &self.projects, id)?;
         if unit.status != UnitStatus::Pending {
             return None;
         }
@@ -1308,7 +1518,7 @@ impl Scheduler {
     /// After a replica stopped counting: fail the unit if it used all its executions,
     /// otherwise queue it for another replica.
     fn after_loss(&mut self, id: UnitId, changes: &mut Vec<Change>) {
-        let Some(unit) = self.units.get(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return;
         };
         if unit.status != UnitStatus::Pending {
@@ -1341,7 +1551,7 @@ impl Scheduler {
     }
 
     fn fail_unit(&mut self, id: UnitId, reason: String, changes: &mut Vec<Change>) {
-        let Some(unit) = self.units.get_mut(&id) else {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return;
         };
         if unit.status != UnitStatus::Pending {

@@ -3,9 +3,11 @@
 //! (rejecting malformed ones) before anything else sees them, and [`to_status`] is the one
 //! place domain errors become gRPC statuses.
 //!
-//! Every RPC that changes state takes the one state lock, asks the scheduler, persists what
-//! changed through the store, and only then answers. Verification is persisted before the
-//! scheduler marks the unit, so an acknowledged result is on disk.
+//! Every RPC that changes state takes the one state lock, asks the scheduler (in memory, no
+//! I/O), queues what changed to the store writer, releases the lock, and answers only once
+//! the writer has committed it: an acknowledged result is on disk. The writer applies the
+//! changes of every request that arrived meanwhile in one transaction (group commit), in
+//! the order the lock gave them. Claim signatures are checked before the lock is taken.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,8 +27,10 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::dashboard::{self, CertificateOutcome, Dashboard, ExecutionFailure};
-use crate::scheduler::{Aggregate, Change, Scheduler, UnitStatus, Verdict, WorkerInfo};
-use crate::store::{CreditTo, Store, StoredWorker};
+use crate::scheduler::{
+    Aggregate, Change, Scheduler, SignedCertificate, UnitStatus, Verdict, WorkerInfo,
+};
+use crate::store::{CreditTo, Store, StoredWorker, Write};
 use crate::{CoordinatorConfig, Error, now_ms};
 
 /// Most units one work request may lease.
@@ -35,6 +39,11 @@ const MAX_UNITS_PER_REQUEST: u32 = 64;
 const IDLE_RETRY_MS: u64 = 500;
 /// How often leases are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// Peers sent to a worker that accepts connections: a sample that seeds its SWIM
+/// membership (SWIM finds the rest), so registering a fleet costs O(N), not O(N²).
+const PEER_SAMPLE: usize = 32;
+/// Most requests whose writes share one transaction.
+const MAX_GROUP: usize = 512;
 
 /// The coordinator's gRPC service; cheap to clone.
 pub struct CoordinatorService<S: Store> {
@@ -50,7 +59,9 @@ impl<S: Store> Clone for CoordinatorService<S> {
 }
 
 struct Inner<S> {
-    store: S,
+    store: Arc<S>,
+    /// The store writer's queue (see [`writer`]).
+    writes: tokio::sync::mpsc::UnboundedSender<Job>,
     sandbox: Arc<Sandbox>,
     state: Mutex<State>,
     lease_ms: u64,
@@ -64,6 +75,70 @@ struct State {
     sched: Scheduler,
     workers: HashMap<WorkerId, WorkerEntry>,
     peers_version: u64,
+    /// Workers that registered with a peer address, for sampling.
+    listed: Vec<WorkerId>,
+    /// Draws peer samples (splitmix64).
+    rng: u64,
+}
+
+/// One request's writes and who waits for them to be committed. A job without writes is
+/// a barrier: it completes once everything queued before it is on disk.
+struct Job {
+    writes: Vec<(Write, u64)>,
+    done: tokio::sync::oneshot::Sender<Result<(), Status>>,
+}
+
+/// The store writer: takes every job queued meanwhile (up to [`MAX_GROUP`]), applies their
+/// writes in order in one transaction, and answers each. If the group fails, each job is
+/// tried again on its own, so one bad write fails only its own request.
+async fn writer<S: Store>(store: Arc<S>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+    let mut jobs = Vec::new();
+    while queue.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let mut all = Vec::new();
+        let mut spans = Vec::with_capacity(jobs.len());
+        for job in jobs.iter_mut() {
+            let start = all.len();
+            all.append(&mut job.writes);
+            spans.push(start..all.len());
+        }
+        let result = if all.is_empty() {
+            Ok(())
+        } else {
+            store.write(&all).await
+        };
+        match result {
+            Ok(()) => {
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            Err(e) if jobs.len() == 1 => {
+                let status = to_status(e);
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Err(status.clone()));
+                }
+            }
+            Err(_) => {
+                for (job, span) in jobs.drain(..).zip(spans) {
+                    let result = if span.is_empty() {
+                        Ok(())
+                    } else {
+                        store.write(&all[span]).await.map_err(to_status)
+                    };
+                    let _ = job.done.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Splitmix64 step.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 struct WorkerEntry {
@@ -133,7 +208,7 @@ pub(crate) async fn run<S: Store>(
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), now);
     let mut sched = Scheduler::new(lease_ms, seed);
     sched.set_distinct_subnets(config.distinct_subnets);
-    let (projects, units) = (snapshot.projects.len(), snapshot.units.len());
+    let projects = snapshot.projects.len();
     let (dashboard, published) = Dashboard::new(&snapshot.workers);
     for w in &snapshot.workers {
         sched.register(
@@ -157,11 +232,25 @@ pub(crate) async fn run<S: Store>(
     for p in snapshot.projects {
         sched.add_project(p);
     }
-    for u in snapshot.units {
-        sched.add_unit(
-            u.id, u.project, u.status, u.target, u.required, u.replicas, u.votes, now,
-        );
+    // Streamed: each unit goes straight into the scheduler (compact unless in play).
+    let mut units = 0u64;
+    let counts = store
+        .load_units(|u| {
+            units += 1;
+            sched.add_unit(
+                u.id, u.project, u.status, u.target, u.required, u.replicas, u.votes, now,
+            );
+        })
+        .await?;
+    for (p, c) in counts {
+        sched.restore_counts(p, c.total, c.verified, c.failed, c.executions);
     }
+    let listed = snapshot
+        .workers
+        .iter()
+        .filter(|w| !w.peer_addr.is_empty())
+        .map(|w| w.id)
+        .collect();
     let workers = snapshot
         .workers
         .into_iter()
@@ -183,14 +272,20 @@ pub(crate) async fn run<S: Store>(
         slots: 2,
         ..SandboxConfig::default()
     })?;
+    let store = Arc::new(store);
+    let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(writer(store.clone(), queue));
     let service = CoordinatorService {
         inner: Arc::new(Inner {
             store,
+            writes,
             sandbox: Arc::new(sandbox),
             state: Mutex::new(State {
                 sched,
                 workers,
                 peers_version: 1,
+                listed,
+                rng: seed ^ 0x5EED,
             }),
             lease_ms,
             tasks: TaskTracker::new(),
@@ -307,6 +402,97 @@ fn worker_key(bytes: &[u8]) -> Result<WorkerId, Status> {
 }
 
 impl<S: Store> CoordinatorService<S> {
+    /// Queues `writes` behind everything queued before (call with the state lock held, so
+    /// the store sees changes in the scheduler's order); await the receiver after releasing
+    /// the lock.
+    fn queue(
+        &self,
+        writes: Vec<(Write, u64)>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), Status>> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.inner.writes.send(Job { writes, done }) {
+            let _ =
+                e.0.done
+                    .send(Err(Status::unavailable("the coordinator is shutting down")));
+        }
+        committed
+    }
+
+    /// Waits until a queued job is on disk.
+    async fn committed(
+        committed: tokio::sync::oneshot::Receiver<Result<(), Status>>,
+    ) -> Result<(), Status> {
+        committed
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+    }
+
+    /// What a worker is told about its peers: a worker that accepts connections gets a
+    /// random sample to seed SWIM with; one behind NAT (no peer address) takes every live
+    /// reachable worker, because it chooses a unit's boards from that list itself.
+    fn peers_for(&self, state: &mut State, worker: WorkerId, now: u64) -> Vec<pb::PeerInfo> {
+        let inbound = state
+            .workers
+            .get(&worker)
+            .is_some_and(|w| !w.peer_addr.is_empty());
+        if inbound {
+            self.peer_sample(state, worker, now)
+        } else {
+            self.peers(state, worker, now)
+        }
+    }
+
+    /// Up to [`PEER_SAMPLE`] distinct live workers with a peer address, other than `except`.
+    fn peer_sample(&self, state: &mut State, except: WorkerId, now: u64) -> Vec<pb::PeerInfo> {
+        let n = state.listed.len();
+        let mut picked: HashSet<WorkerId> = HashSet::new();
+        let mut out = Vec::new();
+        // Few draws: a large fleet gives a sample quickly; a small one is taken whole.
+        let draws = if n <= PEER_SAMPLE * 2 {
+            0
+        } else {
+            PEER_SAMPLE * 4
+        };
+        for _ in 0..draws {
+            if out.len() >= PEER_SAMPLE {
+                break;
+            }
+            let id = state.listed[(next_random(&mut state.rng) % n as u64) as usize];
+            self.offer_peer(state, id, except, now, &mut picked, &mut out);
+        }
+        if draws == 0 {
+            for i in 0..n {
+                let id = state.listed[i];
+                self.offer_peer(state, id, except, now, &mut picked, &mut out);
+            }
+        }
+        out
+    }
+
+    fn offer_peer(
+        &self,
+        state: &State,
+        id: WorkerId,
+        except: WorkerId,
+        now: u64,
+        picked: &mut HashSet<WorkerId>,
+        out: &mut Vec<pb::PeerInfo>,
+    ) {
+        if id == except || out.len() >= PEER_SAMPLE || picked.contains(&id) {
+            return;
+        }
+        if let Some(w) = state.workers.get(&id)
+            && !w.peer_addr.is_empty()
+            && now.saturating_sub(w.last_seen) <= self.inner.lease_ms
+        {
+            picked.insert(id);
+            out.push(pb::PeerInfo {
+                public_key: id.0.to_vec(),
+                addr: w.peer_addr.clone(),
+            });
+        }
+    }
+
     fn peers(&self, state: &State, except: WorkerId, now: u64) -> Vec<pb::PeerInfo> {
         state
             .workers
@@ -342,11 +528,6 @@ impl<S: Store> CoordinatorService<S> {
         changes: Vec<crate::scheduler::Change>,
         now: u64,
     ) -> Result<(), Status> {
-        self.inner
-            .store
-            .apply(&changes, now)
-            .await
-            .map_err(to_status)?;
         let any_failed = changes
             .iter()
             .any(|c| matches!(c, crate::scheduler::Change::UnitFailed { .. }));
@@ -360,7 +541,14 @@ impl<S: Store> CoordinatorService<S> {
         } else {
             Vec::new()
         };
+        let committed = if changes.is_empty() {
+            // Nothing changed, but the answer may rest on changes not yet on disk.
+            self.queue(Vec::new())
+        } else {
+            self.queue(vec![(Write::Changes(changes), now)])
+        };
         drop(state);
+        Self::committed(committed).await?;
         for p in finished {
             self.maybe_reduce(p).await;
         }
@@ -393,7 +581,7 @@ impl<S: Store> CoordinatorService<S> {
         self.inner.tasks.spawn(async move {
             let inner = &service.inner;
             match crate::reducer::reduce(
-                &inner.store,
+                &*inner.store,
                 inner.sandbox.clone(),
                 project,
                 reducer,
@@ -463,6 +651,11 @@ impl<S: Store> CoordinatorService<S> {
                 reopened: s.reopened,
             });
         }
+        // The scheduler runs ahead of the disk (answers wait for the group commit): report
+        // only what is durable, so a crash never makes a reported count go back.
+        let durable = self.queue(Vec::new());
+        drop(state);
+        Self::committed(durable).await?;
         Ok(out)
     }
 }
@@ -480,8 +673,14 @@ impl<S: Store> dashboard::Source for CoordinatorService<S> {
             self.inner.lease_ms,
             now_ms(),
         );
+        // Published only once what it shows is on disk (see `status_of`).
+        let durable = self.queue(Vec::new());
         drop(state);
-        (capture, held.elapsed())
+        let held = held.elapsed();
+        if let Err(e) = Self::committed(durable).await {
+            tracing::warn!("dashboard snapshot: {}", e.message());
+        }
+        (capture, held)
     }
 
     fn store(&self) -> &S {
@@ -694,11 +893,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             platform: r.platform.clone(),
             subnet: subnet.clone(),
         };
-        self.inner
-            .store
-            .upsert_worker(&worker, now)
-            .await
-            .map_err(to_status)?;
+        let committed = self.queue(vec![(Write::Worker(worker.clone()), now)]);
         state.sched.register(
             id,
             &WorkerInfo {
@@ -707,7 +902,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 subnet,
             },
         );
-        state.workers.insert(
+        let listed = !r.peer_addr.is_empty();
+        let previous = state.workers.insert(
             id,
             WorkerEntry {
                 peer_addr: r.peer_addr,
@@ -716,13 +912,22 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 team: r.team.clone(),
             },
         );
-        state.peers_version += 1;
+        if listed {
+            // Only a reachable worker changes what workers behind NAT need to know.
+            state.peers_version += 1;
+            if previous.is_none_or(|p| p.peer_addr.is_empty()) && !state.listed.contains(&id) {
+                state.listed.push(id);
+            }
+        }
+        let peers = self.peers_for(&mut state, id, now);
+        drop(state);
+        Self::committed(committed).await?;
         self.inner.dashboard.worker_registered(&worker);
         tracing::info!(worker = %id, name = %r.name, account = %r.account, cores, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             heartbeat_ms: (self.inner.lease_ms / 4).max(100),
             lease_ms: self.inner.lease_ms,
-            peers: self.peers(&state, id, now),
+            peers,
         }))
     }
 
@@ -744,7 +949,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let settled = state.sched.heartbeat(id, &held, now);
         let version = state.peers_version;
         let peers = if r.peers_version != version {
-            self.peers(&state, id, now)
+            self.peers_for(&mut state, id, now)
         } else {
             Vec::new()
         };
@@ -764,42 +969,52 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let id = worker_key(&r.public_key)?;
         let max = r.max_units.clamp(1, MAX_UNITS_PER_REQUEST) as usize;
         let now = now_ms();
-        let (leases, projects) = {
+        let (leases, projects, committed) = {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
             let assigned = state.sched.assign(id, max, now);
             let leases = assigned.leases;
             self.inner.dashboard.assigned(leases.len());
-            if !leases.is_empty() {
+            let committed = if leases.is_empty() {
+                None
+            } else {
                 let rows: Vec<(UnitId, WorkerId)> = leases.iter().map(|l| (l.unit, id)).collect();
-                self.inner
-                    .store
-                    .insert_assignments(&rows, now)
-                    .await
-                    .map_err(to_status)?;
-                self.inner
-                    .store
-                    .apply(&assigned.changes, now)
-                    .await
-                    .map_err(to_status)?;
-            }
+                Some(self.queue(vec![
+                    (Write::Assignments(rows), now),
+                    (Write::Changes(assigned.changes), now),
+                ]))
+            };
             let projects: HashMap<ProjectId, crate::scheduler::Project> = leases
                 .iter()
                 .filter_map(|l| state.sched.project(l.project).map(|p| (p.id, p.clone())))
                 .collect();
-            (leases, projects)
+            (leases, projects, committed)
+        };
+        if let Some(committed) = committed {
+            Self::committed(committed).await?;
+        }
+        // Every leased unit's name and input in one query.
+        let ids: Vec<UnitId> = leases.iter().map(|l| l.unit).collect();
+        let mut inputs: HashMap<UnitId, (String, Vec<u8>)> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.inner
+                .store
+                .unit_inputs(&ids)
+                .await
+                .map_err(to_status)?
+                .into_iter()
+                .map(|(unit, name, input)| (unit, (name, input)))
+                .collect()
         };
         let mut assignments = Vec::with_capacity(leases.len());
         for lease in leases {
             let Some(p) = projects.get(&lease.project) else {
                 continue;
             };
-            let (unit_name, input) = self
-                .inner
-                .store
-                .unit_input(lease.unit)
-                .await
-                .map_err(to_status)?;
+            let (unit_name, input) = inputs
+                .remove(&lease.unit)
+                .ok_or_else(|| to_status(Error::UnknownUnit(lease.unit)))?;
             assignments.push(pb::Assignment {
                 project_id: lease.project.0,
                 unit_id: lease.unit.0,
@@ -878,33 +1093,48 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             unit: UnitId(r.unit_id),
             claims: wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?,
         };
-        let now = now_ms();
+        let output = r.output;
         let dashboard = &self.inner.dashboard;
-        let mut state = self.inner.state.lock().await;
-        let submitted = state.sched.submit(&cert, Some(&r.output)).map_err(|e| {
-            tracing::warn!(unit = %cert.unit, "certificate rejected: {e}");
-            dashboard.certificate(cert.claims.len(), CertificateOutcome::Rejected);
+        let (unit, claims) = (cert.unit, cert.claims.len());
+        // The signatures (the expensive part) are checked before the state is locked.
+        let checked = SignedCertificate::check(cert).map_err(|e| {
+            tracing::warn!(%unit, "certificate rejected: {e}");
+            dashboard.certificate(claims, CertificateOutcome::Rejected);
             to_status(e)
         })?;
-        self.inner
-            .store
-            .apply(&submitted.changes, now)
-            .await
-            .map_err(to_status)?;
+        let now = now_ms();
+        let mut state = self.inner.state.lock().await;
+        let submitted = state
+            .sched
+            .submit_checked(&checked, Some(&output))
+            .map_err(|e| {
+                tracing::warn!(%unit, "certificate rejected: {e}");
+                dashboard.certificate(claims, CertificateOutcome::Rejected);
+                to_status(e)
+            })?;
         let verified = match submitted.verdict {
             Verdict::Verified(v) => v,
-            Verdict::Recorded => {
-                dashboard.certificate(cert.claims.len(), CertificateOutcome::Recorded);
+            other => {
+                let recorded = other == Verdict::Recorded;
+                // Even a duplicate waits: the verdict it repeats may not be on disk yet.
+                let committed = if submitted.changes.is_empty() {
+                    self.queue(Vec::new())
+                } else {
+                    self.queue(vec![(Write::Changes(submitted.changes), now)])
+                };
+                drop(state);
+                Self::committed(committed).await?;
+                dashboard.certificate(
+                    claims,
+                    if recorded {
+                        CertificateOutcome::Recorded
+                    } else {
+                        CertificateOutcome::Duplicate
+                    },
+                );
                 return Ok(Response::new(pb::CertificateAck {
                     accepted: false,
-                    recorded: true,
-                }));
-            }
-            Verdict::AlreadyVerified => {
-                dashboard.certificate(cert.claims.len(), CertificateOutcome::Duplicate);
-                return Ok(Response::new(pb::CertificateAck {
-                    accepted: false,
-                    recorded: false,
+                    recorded,
                 }));
             }
         };
@@ -920,37 +1150,42 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 }
             })
             .collect();
-        let fresh = self
-            .inner
-            .store
-            .record_verified(cert.unit, &r.output, &verified, &credit, now)
-            .await
-            .map_err(to_status)?;
-        let changes = state.sched.mark_verified(cert.unit, &verified);
+        // The scheduler moves on now; the answer waits until the writes below are committed,
+        // in order with every other request's.
+        let changes = state.sched.mark_verified(unit, &verified);
         if changes.iter().any(|c| matches!(c, Change::Reopen { .. })) {
-            tracing::warn!(unit = %cert.unit, "a trusted worker's result disagreed: its unchecked results are re-opened");
+            tracing::warn!(%unit, "a trusted worker's result disagreed: its unchecked results are re-opened");
         }
-        dashboard.certificate(
-            cert.claims.len(),
-            if fresh {
-                CertificateOutcome::Accepted
-            } else {
-                CertificateOutcome::Duplicate
-            },
-        );
-        let project = cert
+        let project = checked
+            .certificate()
             .claims
             .first()
             .and_then(|c| state.sched.project(c.project))
             .map(|p| (p.id, p.finished()));
-        self.commit(state, changes, now).await?;
-        tracing::debug!(unit = %cert.unit, digest = %verified.digest, "unit verified");
+        let digest = verified.digest;
+        let committed = self.queue(vec![
+            (Write::Changes(submitted.changes), now),
+            (
+                Write::Verified {
+                    unit,
+                    output,
+                    verified,
+                    credit,
+                },
+                now,
+            ),
+            (Write::Changes(changes), now),
+        ]);
+        drop(state);
+        Self::committed(committed).await?;
+        dashboard.certificate(claims, CertificateOutcome::Accepted);
+        tracing::debug!(%unit, %digest, "unit verified");
         if let Some((p, true)) = project {
             tracing::info!(project = %p, "all units settled");
             self.maybe_reduce(p).await;
         }
         Ok(Response::new(pb::CertificateAck {
-            accepted: fresh,
+            accepted: true,
             recorded: true,
         }))
     }
@@ -963,14 +1198,18 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let reporter = worker_key(&r.public_key)?;
         let claims = wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?;
         let unit = UnitId(r.unit_id);
+        let checked = SignedCertificate::check(Certificate {
+            unit,
+            claims: claims.clone(),
+        })
+        .map_err(|e| {
+            tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
+            to_status(e)
+        })?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, reporter, now)?;
-        let cert = Certificate {
-            unit,
-            claims: claims.clone(),
-        };
-        let submitted = state.sched.submit(&cert, None).map_err(|e| {
+        let submitted = state.sched.submit_checked(&checked, None).map_err(|e| {
             tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
             to_status(e)
         })?;

@@ -4,6 +4,7 @@
 
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use protocol::certificate::Verified;
@@ -90,13 +91,12 @@ pub struct TeamTotal {
     pub accounts: u32,
 }
 
-/// Everything the scheduler needs after a restart.
+/// Everything the scheduler needs after a restart but the units (which
+/// [`Store::load_units`] streams).
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Projects with their counters.
+    /// Projects, with the counters that are not counted from their units.
     pub projects: Vec<Project>,
-    /// Units with their assignments.
-    pub units: Vec<StoredUnit>,
     /// Registered workers.
     pub workers: Vec<StoredWorker>,
     /// Trust per (worker, project), with the unchecked solo results.
@@ -105,6 +105,42 @@ pub struct Snapshot {
     pub standing: Vec<(WorkerId, Standing)>,
     /// (unit, worker) pairs whose claims no longer count.
     pub disqualified: Vec<(UnitId, WorkerId)>,
+}
+
+/// Per-project counters gathered while units are loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadedCounts {
+    /// Units.
+    pub total: u64,
+    /// Verified units.
+    pub verified: u64,
+    /// Failed units.
+    pub failed: u64,
+    /// Executions (replicas not handed back).
+    pub executions: u64,
+}
+
+/// One durable change, for [`Store::write`]. The writes of many requests are applied
+/// together, in order, in one transaction.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// New leases.
+    Assignments(Vec<(UnitId, WorkerId)>),
+    /// Scheduler changes (as [`Store::apply`]).
+    Changes(Vec<Change>),
+    /// A verified unit with its output and credit (as [`Store::record_verified`]).
+    Verified {
+        /// The unit.
+        unit: UnitId,
+        /// Its output.
+        output: Vec<u8>,
+        /// The certificate's verdict.
+        verified: Verified,
+        /// Who is credited.
+        credit: Vec<CreditTo>,
+    },
+    /// A registration (as [`Store::upsert_worker`]).
+    Worker(StoredWorker),
 }
 
 /// A verified output for `fallow results`.
@@ -133,14 +169,30 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<(ProjectId, Vec<UnitId>), Error>> + Send;
 
-    /// Loads everything the scheduler needs.
+    /// Loads everything the scheduler needs but the units.
     fn load(&self) -> impl Future<Output = Result<Snapshot, Error>> + Send;
+
+    /// Streams every unit, in id order, to `on_unit` (none are held in memory at once) and
+    /// returns the counters per project.
+    fn load_units<F: FnMut(StoredUnit) + Send>(
+        &self,
+        on_unit: F,
+    ) -> impl Future<Output = Result<HashMap<ProjectId, LoadedCounts>, Error>> + Send;
 
     /// A unit's input and name.
     fn unit_input(
         &self,
         unit: UnitId,
     ) -> impl Future<Output = Result<(String, Vec<u8>), Error>> + Send;
+
+    /// The names and inputs of several units in one query, in no particular order.
+    fn unit_inputs(
+        &self,
+        units: &[UnitId],
+    ) -> impl Future<Output = Result<Vec<(UnitId, String, Vec<u8>)>, Error>> + Send;
+
+    /// Applies `writes` (each with its `now`) in order in one transaction: all or none.
+    fn write(&self, writes: &[(Write, u64)]) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Module bytes by digest.
     fn module(&self, digest: Digest)

@@ -156,8 +156,14 @@ fn a_late_certificate_for_a_verified_unit_is_still_checked() {
             .expect("late but valid")
             .is_none()
     );
-    // ...a stranger, or a forged signature, is refused even though the unit is done.
-    assert!(certify(&mut s, 0, &[3], b"out").is_err());
+    // ...a claim for another unit, or a forged signature, is refused though the unit is
+    // done (settled units keep no replica holders, so a stranger's valid claim is only
+    // told "already verified").
+    let moved = Certificate {
+        unit: UnitId(0),
+        claims: vec![claim(1, 1, b"out")],
+    };
+    assert!(s.submit(&moved, Some(b"out")).is_err());
     let mut forged = claim(1, 0, b"out");
     forged.fuel += 1;
     let cert = Certificate {
@@ -579,4 +585,57 @@ fn repeat_offenders_are_throttled_to_one_unit_a_day() {
     let day = now + THROTTLE_PERIOD_MS;
     assert_eq!(units(s.assign(id(1), 10, day)).len(), 1, "one unit per day");
     assert_eq!(units(s.assign(id(1), 10, day + 1)).len(), 0);
+}
+
+#[test]
+fn untouched_and_settled_units_are_kept_compact_and_behave_the_same() {
+    let mut s = setup(3, 2, 2, 5);
+    let compact = |s: &Scheduler, u: u64| !matches!(s.units.get(UnitId(u)), Some(Slot::Full(_)));
+    assert!(
+        (0..3).all(|u| compact(&s, u)),
+        "fresh units take a compact slot"
+    );
+    assert_eq!(units(s.assign(id(1), 1, 0)), [UnitId(0)]);
+    assert_eq!(units(s.assign(id(2), 1, 0)), [UnitId(0)]);
+    assert!(!compact(&s, 0), "a leased unit is whole");
+    assert!(compact(&s, 1), "the others stay compact");
+    assert!(
+        certify(&mut s, 0, &[1, 2], b"out")
+            .expect("certify")
+            .is_some()
+    );
+    assert!(
+        compact(&s, 0),
+        "a unit checked by two accounts is compact again"
+    );
+    assert_eq!(s.unit_status(UnitId(0)), Some(&UnitStatus::Verified));
+    assert_eq!(
+        certify(&mut s, 0, &[1, 2], b"out").expect("duplicate"),
+        None,
+        "a duplicate is still recognised"
+    );
+    assert_eq!(
+        s.heartbeat(id(1), &[UnitId(0), UnitId(1)], 10),
+        [UnitId(0), UnitId(1)],
+        "settled and never-leased units are settled for the worker"
+    );
+    assert!(
+        compact(&s, 0) && compact(&s, 1),
+        "reading them does not expand them"
+    );
+    let views: HashMap<UnitId, UnitState> = s.unit_views().map(|v| (v.id, v.state)).collect();
+    assert_eq!(views[&UnitId(0)], UnitState::Verified);
+    assert_eq!(views[&UnitId(1)], UnitState::Pending);
+    assert_eq!(s.in_progress(P), 0);
+}
+
+#[test]
+fn a_solo_result_stays_whole_while_it_can_be_reopened() {
+    let mut s = setup(2, 1, 1, 5);
+    assert_eq!(units(s.assign(id(1), 1, 0)), [UnitId(0)]);
+    assert!(certify(&mut s, 0, &[1], b"out").expect("certify").is_some());
+    assert!(
+        matches!(s.units.get(UnitId(0)), Some(Slot::Full(_))),
+        "an unchecked result keeps its replicas, so its liar never gets it again"
+    );
 }

@@ -9,16 +9,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{Arguments, Row, SqlitePool};
+use tokio_stream::StreamExt;
 
 use protocol::certificate::Verified;
 use protocol::manifest::ProjectSpec;
 use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
 
 use super::{
-    AccountTotal, CreditTo, Snapshot, Store, StoredUnit, StoredWorker, TeamTotal, VerifiedOutput,
+    AccountTotal, CreditTo, LoadedCounts, Snapshot, Store, StoredUnit, StoredWorker, TeamTotal,
+    VerifiedOutput, Write,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -280,6 +283,212 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
     })
 }
 
+/// Many statements with `?` placeholders and their arguments, run in one call (one round
+/// trip to SQLite's thread instead of one per statement).
+#[derive(Default)]
+struct Batch<'a> {
+    sql: String,
+    args: SqliteArguments<'a>,
+}
+
+fn encode_error(e: sqlx::error::BoxDynError) -> Error {
+    Error::Store(sqlx::Error::Encode(e))
+}
+
+impl<'a> Batch<'a> {
+    fn stmt(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+        self.sql.push_str(";\n");
+    }
+    fn int(&mut self, v: i64) -> Result<(), Error> {
+        Arguments::add(&mut self.args, v).map_err(encode_error)
+    }
+    fn blob(&mut self, v: &'a [u8]) -> Result<(), Error> {
+        Arguments::add(&mut self.args, v).map_err(encode_error)
+    }
+    fn text(&mut self, v: &'a str) -> Result<(), Error> {
+        Arguments::add(&mut self.args, v).map_err(encode_error)
+    }
+    fn opt_text(&mut self, v: Option<&'a str>) -> Result<(), Error> {
+        Arguments::add(&mut self.args, v).map_err(encode_error)
+    }
+
+    /// Runs what is queued.
+    async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<(), Error> {
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        let sql = std::mem::take(&mut self.sql);
+        let args = std::mem::take(&mut self.args);
+        sqlx::query_with(&sql, args)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Queues one scheduler change (all but `Reopen`, which is conditional).
+    fn change(&mut self, change: &'a Change, now: i64) -> Result<(), Error> {
+        match change {
+            Change::Replica {
+                unit,
+                worker,
+                state,
+                failure,
+            } => {
+                self.stmt("UPDATE assignments SET state = ?, failure_kind = ?, reason = ? WHERE unit = ? AND worker = ?");
+                self.int(state.code())?;
+                self.opt_text(failure.as_ref().map(|f| f.kind.as_str()))?;
+                self.opt_text(failure.as_ref().map(|f| f.detail.as_str()))?;
+                self.int(unit.0 as i64)?;
+                self.blob(&worker.0)?;
+            }
+            Change::Target { unit, target } => {
+                self.stmt("UPDATE units SET target = ? WHERE id = ?");
+                self.int(i64::from(*target))?;
+                self.int(unit.0 as i64)?;
+                self.stmt("UPDATE projects SET disputes = disputes + 1 WHERE id = (SELECT project FROM units WHERE id = ?)");
+                self.int(unit.0 as i64)?;
+            }
+            Change::UnitFailed { unit, reason } => {
+                self.stmt("UPDATE units SET state = ?, reason = ?, settled_ms = ? WHERE id = ? AND state = ?");
+                self.int(UNIT_FAILED)?;
+                self.text(reason)?;
+                self.int(now)?;
+                self.int(unit.0 as i64)?;
+                self.int(UNIT_PENDING)?;
+                self.stmt("DELETE FROM votes WHERE unit = ?");
+                self.int(unit.0 as i64)?;
+            }
+            Change::Plan {
+                unit,
+                target,
+                required,
+            } => {
+                self.stmt("UPDATE units SET target = ?, required = ? WHERE id = ?");
+                self.int(i64::from(*target))?;
+                self.int(i64::from(*required))?;
+                self.int(unit.0 as i64)?;
+            }
+            Change::Vote { claim } => {
+                self.stmt(
+                    "INSERT INTO votes (unit, worker, digest, fuel, salt, signature) VALUES (?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (unit, worker) DO NOTHING",
+                );
+                self.int(claim.unit.0 as i64)?;
+                self.blob(&claim.worker.0)?;
+                self.blob(&claim.digest.0)?;
+                self.int(claim.fuel as i64)?;
+                self.blob(&claim.salt)?;
+                self.blob(&claim.signature)?;
+            }
+            Change::Trust {
+                worker,
+                project,
+                consecutive,
+                offences,
+            } => {
+                self.stmt(
+                    "INSERT INTO trust (worker, project, consecutive, offences) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (worker, project) DO UPDATE SET consecutive = excluded.consecutive, offences = excluded.offences",
+                );
+                self.blob(&worker.0)?;
+                self.int(project.0 as i64)?;
+                self.int(i64::from(*consecutive))?;
+                self.int(i64::from(*offences))?;
+            }
+            Change::Unchecked {
+                worker,
+                project,
+                unit,
+            } => {
+                self.stmt("INSERT INTO unchecked (worker, project, unit) VALUES (?, ?, ?) ON CONFLICT DO NOTHING");
+                self.blob(&worker.0)?;
+                self.int(project.0 as i64)?;
+                self.int(unit.0 as i64)?;
+            }
+            Change::UncheckedCleared { worker, project } => {
+                self.stmt("DELETE FROM unchecked WHERE worker = ? AND project = ?");
+                self.blob(&worker.0)?;
+                self.int(project.0 as i64)?;
+            }
+            Change::Disqualified { unit, worker } => {
+                self.stmt(
+                    "INSERT INTO disqualified (unit, worker) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                );
+                self.int(unit.0 as i64)?;
+                self.blob(&worker.0)?;
+                self.stmt("DELETE FROM votes WHERE unit = ? AND worker = ?");
+                self.int(unit.0 as i64)?;
+                self.blob(&worker.0)?;
+            }
+            Change::Standing {
+                worker,
+                errors_in_row,
+                throttled,
+            } => {
+                self.stmt(
+                    "INSERT INTO standing (worker, errors_in_row, throttled) VALUES (?, ?, ?)
+                     ON CONFLICT (worker) DO UPDATE SET errors_in_row = excluded.errors_in_row, throttled = excluded.throttled",
+                );
+                self.blob(&worker.0)?;
+                self.int(i64::from(*errors_in_row))?;
+                self.int(i64::from(*throttled))?;
+            }
+            Change::Reopen { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// A verified unit goes back to pending (if it is still verified): its output and the
+/// liar's credit are withdrawn, its replicas superseded, its project's aggregate dropped.
+async fn reopen(
+    tx: &mut SqliteConnection,
+    unit: UnitId,
+    revoke: WorkerId,
+    required: u32,
+) -> Result<(), Error> {
+    let reopened = sqlx::query(
+        "UPDATE units SET state = $1, output = NULL, digest = NULL, fuel = NULL, settled_ms = NULL,
+            required = $2, target = $2 WHERE id = $3 AND state = $4",
+    )
+    .bind(UNIT_PENDING)
+    .bind(i64::from(required))
+    .bind(unit.0 as i64)
+    .bind(UNIT_VERIFIED)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if reopened == 0 {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM credit WHERE unit = $1 AND worker = $2")
+        .bind(unit.0 as i64)
+        .bind(&revoke.0[..])
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE assignments SET state = $1 WHERE unit = $2 AND state = $3")
+        .bind(AssignmentState::Superseded.code())
+        .bind(unit.0 as i64)
+        .bind(AssignmentState::Active.code())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM votes WHERE unit = $1")
+        .bind(unit.0 as i64)
+        .execute(&mut *tx)
+        .await?;
+    // The aggregate included the withdrawn output: reduce again when done.
+    sqlx::query(
+        "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL
+         WHERE id = (SELECT project FROM units WHERE id = $1)",
+    )
+    .bind(unit.0 as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     async fn insert_project(
         &self,
@@ -323,18 +532,32 @@ impl Store for SqliteStore {
         .bind(spec.error_bound)
         .fetch_one(&mut *tx)
         .await?;
+        // Many rows per statement: one round trip per 200 units instead of one per unit.
         let mut units = Vec::with_capacity(spec.units.len());
-        for (name, input) in &spec.units {
-            let unit: i64 =
-                sqlx::query_scalar("INSERT INTO units (project, name, input, target, required) VALUES ($1, $2, $3, $4, $5) RETURNING id")
-                    .bind(id)
-                    .bind(name)
-                    .bind(&input[..])
-                    .bind(i64::from(spec.replication))
-                    .bind(i64::from(spec.quorum))
-                    .fetch_one(&mut *tx)
-                    .await?;
-            units.push(UnitId(unit as u64));
+        for chunk in spec.units.chunks(200) {
+            let mut sql =
+                String::from("INSERT INTO units (project, name, input, target, required) VALUES ");
+            let mut args = SqliteArguments::default();
+            for (i, (name, input)) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 {
+                    "(?, ?, ?, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?)"
+                });
+                Arguments::add(&mut args, id).map_err(encode_error)?;
+                Arguments::add(&mut args, name.as_str()).map_err(encode_error)?;
+                Arguments::add(&mut args, &input[..]).map_err(encode_error)?;
+                Arguments::add(&mut args, i64::from(spec.replication)).map_err(encode_error)?;
+                Arguments::add(&mut args, i64::from(spec.quorum)).map_err(encode_error)?;
+            }
+            sql.push_str(" RETURNING id");
+            let mut ids: Vec<i64> = sqlx::query_scalar_with(&sql, args)
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+            // Row ids grow in insertion order; RETURNING does not promise an order.
+            ids.sort_unstable();
+            units.extend(ids.into_iter().map(|u| UnitId(u as u64)));
         }
         tx.commit().await?;
         Ok((ProjectId(id as u64), units))
@@ -355,96 +578,6 @@ impl Store for SqliteStore {
         {
             let p = project_from_row(&row)?;
             projects.insert(p.id, p);
-        }
-        let mut replicas: HashMap<u64, Vec<(WorkerId, AssignmentState, Option<Failure>)>> =
-            HashMap::new();
-        for row in sqlx::query(
-            "SELECT unit, worker, state, failure_kind, reason FROM assignments ORDER BY created_ms",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let state = AssignmentState::from_code(row.try_get("state")?);
-            let kind: Option<String> = row.try_get("failure_kind")?;
-            let reason: Option<String> = row.try_get("reason")?;
-            let failure = kind
-                .as_deref()
-                .and_then(FailureKind::parse)
-                .map(|k| Failure::new(k, reason.unwrap_or_default()));
-            replicas
-                .entry(row.try_get::<i64, _>("unit")? as u64)
-                .or_default()
-                .push((worker_id(row.try_get("worker")?)?, state, failure));
-        }
-        let mut votes: HashMap<u64, Vec<Claim>> = HashMap::new();
-        for row in sqlx::query(
-            "SELECT v.unit AS unit, u.project AS project, v.worker AS worker, v.digest AS digest, v.fuel AS fuel,
-                v.salt AS salt, v.signature AS signature
-             FROM votes v JOIN units u ON u.id = v.unit",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let unit = row.try_get::<i64, _>("unit")? as u64;
-            let salt: Vec<u8> = row.try_get("salt")?;
-            let signature: Vec<u8> = row.try_get("signature")?;
-            votes.entry(unit).or_default().push(Claim {
-                project: ProjectId(row.try_get::<i64, _>("project")? as u64),
-                unit: UnitId(unit),
-                digest: digest(row.try_get("digest")?)?,
-                fuel: row.try_get::<i64, _>("fuel")? as u64,
-                worker: worker_id(row.try_get("worker")?)?,
-                salt: salt
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("vote salt is not 32 bytes".into()))?,
-                signature: signature
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("vote signature is not 64 bytes".into()))?,
-            });
-        }
-        for row in sqlx::query(
-            "SELECT id, project, state, target, required, reason FROM units ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let id = row.try_get::<i64, _>("id")? as u64;
-            let project = ProjectId(row.try_get::<i64, _>("project")? as u64);
-            let status = match row.try_get::<i64, _>("state")? {
-                UNIT_VERIFIED => UnitStatus::Verified,
-                UNIT_FAILED => UnitStatus::Failed(
-                    row.try_get::<Option<String>, _>("reason")?
-                        .unwrap_or_default(),
-                ),
-                _ => UnitStatus::Pending,
-            };
-            let unit_replicas = replicas.remove(&id).unwrap_or_default();
-            if let Some(p) = projects.get_mut(&project) {
-                p.stats.total += 1;
-                p.stats.executions += unit_replicas
-                    .iter()
-                    .filter(|r| r.1 != AssignmentState::Returned)
-                    .count() as u64;
-                match status {
-                    UnitStatus::Verified => p.stats.verified += 1,
-                    UnitStatus::Failed(_) => p.stats.failed += 1,
-                    UnitStatus::Pending => {}
-                }
-            }
-            let quorum = projects.get(&project).map_or(1, |p| p.quorum);
-            let required = match row.try_get::<i64, _>("required")? {
-                0 => quorum, // written before schema 2
-                n => n as u32,
-            };
-            snapshot.units.push(StoredUnit {
-                id: UnitId(id),
-                project,
-                status,
-                target: row.try_get::<i64, _>("target")? as u32,
-                required,
-                replicas: unit_replicas,
-                votes: votes.remove(&id).unwrap_or_default(),
-            });
         }
         for row in sqlx::query(
             "SELECT u.project AS project, COALESCE(SUM(c.fuel), 0) AS credit FROM credit c JOIN units u ON u.id = c.unit GROUP BY u.project",
@@ -543,6 +676,164 @@ impl Store for SqliteStore {
         Ok((row.try_get("name")?, row.try_get("input")?))
     }
 
+    async fn unit_inputs(&self, units: &[UnitId]) -> Result<Vec<(UnitId, String, Vec<u8>)>, Error> {
+        let mut out = Vec::with_capacity(units.len());
+        for chunk in units.chunks(500) {
+            let mut sql = String::from("SELECT id, name, input FROM units WHERE id IN (");
+            let mut args = SqliteArguments::default();
+            for (i, unit) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                Arguments::add(&mut args, unit.0 as i64).map_err(encode_error)?;
+            }
+            sql.push(')');
+            for row in sqlx::query_with(&sql, args)
+                .persistent(chunk.len() == 1)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                out.push((
+                    UnitId(row.try_get::<i64, _>("id")? as u64),
+                    row.try_get("name")?,
+                    row.try_get("input")?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_units<F: FnMut(StoredUnit) + Send>(
+        &self,
+        mut on_unit: F,
+    ) -> Result<HashMap<ProjectId, LoadedCounts>, Error> {
+        let mut quorum: HashMap<ProjectId, u32> = HashMap::new();
+        for row in sqlx::query("SELECT id, quorum FROM projects")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            quorum.insert(
+                ProjectId(row.try_get::<i64, _>("id")? as u64),
+                row.try_get::<i64, _>("quorum")? as u32,
+            );
+        }
+        // Three streams in unit order, merged: nothing but the current unit is in memory.
+        let mut units = sqlx::query(
+            "SELECT id, project, state, target, required, reason FROM units ORDER BY id",
+        )
+        .fetch(&self.pool);
+        let mut assignments = sqlx::query(
+            "SELECT unit, worker, state, failure_kind, reason FROM assignments ORDER BY unit, created_ms, rowid",
+        )
+        .fetch(&self.pool);
+        let mut votes = sqlx::query(
+            "SELECT v.unit AS unit, u.project AS project, v.worker AS worker, v.digest AS digest, v.fuel AS fuel,
+                v.salt AS salt, v.signature AS signature
+             FROM votes v JOIN units u ON u.id = v.unit ORDER BY v.unit",
+        )
+        .fetch(&self.pool);
+        type Replica = (WorkerId, AssignmentState, Option<Failure>);
+        let next_assignment =
+            |row: Option<Result<SqliteRow, sqlx::Error>>| -> Result<Option<(u64, Replica)>, Error> {
+                let Some(row) = row.transpose()? else {
+                    return Ok(None);
+                };
+                let state = AssignmentState::from_code(row.try_get("state")?);
+                let kind: Option<String> = row.try_get("failure_kind")?;
+                let reason: Option<String> = row.try_get("reason")?;
+                let failure = kind
+                    .as_deref()
+                    .and_then(FailureKind::parse)
+                    .map(|k| Failure::new(k, reason.unwrap_or_default()));
+                Ok(Some((
+                    row.try_get::<i64, _>("unit")? as u64,
+                    (worker_id(row.try_get("worker")?)?, state, failure),
+                )))
+            };
+        let next_vote =
+            |row: Option<Result<SqliteRow, sqlx::Error>>| -> Result<Option<Claim>, Error> {
+                let Some(row) = row.transpose()? else {
+                    return Ok(None);
+                };
+                let salt: Vec<u8> = row.try_get("salt")?;
+                let signature: Vec<u8> = row.try_get("signature")?;
+                Ok(Some(Claim {
+                    project: ProjectId(row.try_get::<i64, _>("project")? as u64),
+                    unit: UnitId(row.try_get::<i64, _>("unit")? as u64),
+                    digest: digest(row.try_get("digest")?)?,
+                    fuel: row.try_get::<i64, _>("fuel")? as u64,
+                    worker: worker_id(row.try_get("worker")?)?,
+                    salt: salt
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("vote salt is not 32 bytes".into()))?,
+                    signature: signature
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("vote signature is not 64 bytes".into()))?,
+                }))
+            };
+        let mut assignment = next_assignment(assignments.next().await)?;
+        let mut vote = next_vote(votes.next().await)?;
+        let mut counts: HashMap<ProjectId, LoadedCounts> = HashMap::new();
+        while let Some(row) = units.next().await {
+            let row = row?;
+            let id = row.try_get::<i64, _>("id")? as u64;
+            let project = ProjectId(row.try_get::<i64, _>("project")? as u64);
+            let status = match row.try_get::<i64, _>("state")? {
+                UNIT_VERIFIED => UnitStatus::Verified,
+                UNIT_FAILED => UnitStatus::Failed(
+                    row.try_get::<Option<String>, _>("reason")?
+                        .unwrap_or_default(),
+                ),
+                _ => UnitStatus::Pending,
+            };
+            let mut replicas = Vec::new();
+            while let Some((unit, _)) = &assignment
+                && *unit <= id
+            {
+                if let Some((unit, r)) = assignment.take()
+                    && unit == id
+                {
+                    replicas.push(r);
+                }
+                assignment = next_assignment(assignments.next().await)?;
+            }
+            let mut unit_votes = Vec::new();
+            while let Some(c) = &vote
+                && c.unit.0 <= id
+            {
+                if let Some(c) = vote.take()
+                    && c.unit.0 == id
+                {
+                    unit_votes.push(c);
+                }
+                vote = next_vote(votes.next().await)?;
+            }
+            let c = counts.entry(project).or_default();
+            c.total += 1;
+            c.executions += replicas
+                .iter()
+                .filter(|r| r.1 != AssignmentState::Returned)
+                .count() as u64;
+            match status {
+                UnitStatus::Verified => c.verified += 1,
+                UnitStatus::Failed(_) => c.failed += 1,
+                UnitStatus::Pending => {}
+            }
+            let required = match row.try_get::<i64, _>("required")? {
+                0 => quorum.get(&project).copied().unwrap_or(1), // written before schema 2
+                n => n as u32,
+            };
+            on_unit(StoredUnit {
+                id: UnitId(id),
+                project,
+                status,
+                target: row.try_get::<i64, _>("target")? as u32,
+                required,
+                replicas,
+                votes: unit_votes,
+            });
+        }
+        Ok(counts)
+    }
+
     async fn module(&self, digest: Digest) -> Result<Option<Vec<u8>>, Error> {
         Ok(
             sqlx::query_scalar("SELECT bytes FROM modules WHERE digest = $1")
@@ -557,213 +848,118 @@ impl Store for SqliteStore {
         leases: &[(UnitId, WorkerId)],
         now: u64,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        for (unit, worker) in leases {
-            sqlx::query(
-                "INSERT INTO assignments (unit, worker, state, created_ms) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(unit.0 as i64)
-            .bind(&worker.0[..])
-            .bind(AssignmentState::Active.code())
-            .bind(now as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(&[(Write::Assignments(leases.to_vec()), now)])
+            .await
     }
 
     async fn apply(&self, changes: &[Change], now: u64) -> Result<(), Error> {
         if changes.is_empty() {
             return Ok(());
         }
+        self.write(&[(Write::Changes(changes.to_vec()), now)]).await
+    }
+
+    async fn write(&self, writes: &[(Write, u64)]) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
-        for change in changes {
-            match change {
-                Change::Replica {
-                    unit,
-                    worker,
-                    state,
-                    failure,
-                } => {
-                    let kind = failure.as_ref().map(|f| f.kind.as_str());
-                    let detail = failure.as_ref().map(|f| f.detail.as_str());
-                    sqlx::query(
-                        "UPDATE assignments SET state = $1, failure_kind = $2, reason = $3 WHERE unit = $4 AND worker = $5",
-                    )
-                    .bind(state.code())
-                    .bind(kind)
-                    .bind(detail)
-                    .bind(unit.0 as i64)
-                    .bind(&worker.0[..])
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Change::Target { unit, target } => {
-                    sqlx::query("UPDATE units SET target = $1 WHERE id = $2")
-                        .bind(i64::from(*target))
-                        .bind(unit.0 as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "UPDATE projects SET disputes = disputes + 1 WHERE id = (SELECT project FROM units WHERE id = $1)",
-                    )
-                    .bind(unit.0 as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Change::UnitFailed { unit, reason } => {
-                    sqlx::query("UPDATE units SET state = $1, reason = $2, settled_ms = $3 WHERE id = $4 AND state = $5")
-                        .bind(UNIT_FAILED)
-                        .bind(reason)
-                        .bind(now as i64)
-                        .bind(unit.0 as i64)
-                        .bind(UNIT_PENDING)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM votes WHERE unit = $1")
-                        .bind(unit.0 as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Change::Plan {
-                    unit,
-                    target,
-                    required,
-                } => {
-                    sqlx::query("UPDATE units SET target = $1, required = $2 WHERE id = $3")
-                        .bind(i64::from(*target))
-                        .bind(i64::from(*required))
-                        .bind(unit.0 as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Change::Vote { claim } => {
-                    sqlx::query(
-                        "INSERT INTO votes (unit, worker, digest, fuel, salt, signature) VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT (unit, worker) DO NOTHING",
-                    )
-                    .bind(claim.unit.0 as i64)
-                    .bind(&claim.worker.0[..])
-                    .bind(&claim.digest.0[..])
-                    .bind(claim.fuel as i64)
-                    .bind(&claim.salt[..])
-                    .bind(&claim.signature[..])
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Change::Trust {
-                    worker,
-                    project,
-                    consecutive,
-                    offences,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO trust (worker, project, consecutive, offences) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (worker, project) DO UPDATE SET consecutive = excluded.consecutive, offences = excluded.offences",
-                    )
-                    .bind(&worker.0[..])
-                    .bind(project.0 as i64)
-                    .bind(i64::from(*consecutive))
-                    .bind(i64::from(*offences))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Change::Unchecked {
-                    worker,
-                    project,
-                    unit,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO unchecked (worker, project, unit) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&worker.0[..])
-                    .bind(project.0 as i64)
-                    .bind(unit.0 as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Change::UncheckedCleared { worker, project } => {
-                    sqlx::query("DELETE FROM unchecked WHERE worker = $1 AND project = $2")
-                        .bind(&worker.0[..])
-                        .bind(project.0 as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Change::Reopen {
-                    unit,
-                    revoke,
-                    required,
-                } => {
-                    let reopened = sqlx::query(
-                        "UPDATE units SET state = $1, output = NULL, digest = NULL, fuel = NULL, settled_ms = NULL,
-                            required = $2, target = $2 WHERE id = $3 AND state = $4",
-                    )
-                    .bind(UNIT_PENDING)
-                    .bind(i64::from(*required))
-                    .bind(unit.0 as i64)
-                    .bind(UNIT_VERIFIED)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if reopened == 0 {
-                        continue;
+        let mut batch = Batch::default();
+        for (write, now) in writes {
+            let now = *now as i64;
+            match write {
+                Write::Assignments(leases) => {
+                    for chunk in leases.chunks(200) {
+                        batch.sql.push_str(
+                            "INSERT INTO assignments (unit, worker, state, created_ms) VALUES ",
+                        );
+                        for (i, (unit, worker)) in chunk.iter().enumerate() {
+                            batch.sql.push_str(if i == 0 {
+                                "(?, ?, ?, ?)"
+                            } else {
+                                ", (?, ?, ?, ?)"
+                            });
+                            batch.int(unit.0 as i64)?;
+                            batch.blob(&worker.0)?;
+                            batch.int(AssignmentState::Active.code())?;
+                            batch.int(now)?;
+                        }
+                        batch.sql.push_str(";\n");
                     }
-                    sqlx::query("DELETE FROM credit WHERE unit = $1 AND worker = $2")
-                        .bind(unit.0 as i64)
-                        .bind(&revoke.0[..])
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("UPDATE assignments SET state = $1 WHERE unit = $2 AND state = $3")
-                        .bind(AssignmentState::Superseded.code())
-                        .bind(unit.0 as i64)
-                        .bind(AssignmentState::Active.code())
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM votes WHERE unit = $1")
-                        .bind(unit.0 as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                    // The aggregate included the withdrawn output: reduce again when done.
-                    sqlx::query(
-                        "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL
-                         WHERE id = (SELECT project FROM units WHERE id = $1)",
-                    )
-                    .bind(unit.0 as i64)
-                    .execute(&mut *tx)
-                    .await?;
                 }
-                Change::Disqualified { unit, worker } => {
-                    sqlx::query(
-                        "INSERT INTO disqualified (unit, worker) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(unit.0 as i64)
-                    .bind(&worker.0[..])
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM votes WHERE unit = $1 AND worker = $2")
-                        .bind(unit.0 as i64)
-                        .bind(&worker.0[..])
-                        .execute(&mut *tx)
-                        .await?;
+                Write::Changes(changes) => {
+                    for change in changes {
+                        if let Change::Reopen {
+                            unit,
+                            revoke,
+                            required,
+                        } = change
+                        {
+                            // Conditional on the unit's state: run on its own, in order.
+                            batch.flush(&mut tx).await?;
+                            reopen(&mut tx, *unit, *revoke, *required).await?;
+                        } else {
+                            batch.change(change, now)?;
+                        }
+                    }
                 }
-                Change::Standing {
-                    worker,
-                    errors_in_row,
-                    throttled,
+                Write::Verified {
+                    unit,
+                    output,
+                    verified,
+                    credit,
                 } => {
-                    sqlx::query(
-                        "INSERT INTO standing (worker, errors_in_row, throttled) VALUES ($1, $2, $3)
-                         ON CONFLICT (worker) DO UPDATE SET errors_in_row = excluded.errors_in_row, throttled = excluded.throttled",
-                    )
-                    .bind(&worker.0[..])
-                    .bind(i64::from(*errors_in_row))
-                    .bind(i64::from(*throttled))
-                    .execute(&mut *tx)
-                    .await?;
+                    let id = unit.0 as i64;
+                    // Credit first, and only while the unit is still pending: exactly once.
+                    for signer in &verified.signers {
+                        let to = credit.iter().find(|c| c.worker == *signer);
+                        batch.stmt(
+                            "INSERT INTO credit (unit, worker, fuel, account, team)
+                             SELECT ?, ?, ?, ?, ? FROM units WHERE id = ? AND state = ?
+                             ON CONFLICT (unit, worker) DO NOTHING",
+                        );
+                        batch.int(id)?;
+                        batch.blob(&signer.0)?;
+                        batch.int(verified.fuel as i64)?;
+                        batch.text(to.map_or("", |c| c.account.as_str()))?;
+                        batch.text(to.map_or("", |c| c.team.as_str()))?;
+                        batch.int(id)?;
+                        batch.int(UNIT_PENDING)?;
+                    }
+                    batch.stmt(
+                        "UPDATE units SET state = ?, output = ?, digest = ?, fuel = ?, settled_ms = ? WHERE id = ? AND state = ?",
+                    );
+                    batch.int(UNIT_VERIFIED)?;
+                    batch.blob(output)?;
+                    batch.blob(&verified.digest.0)?;
+                    batch.int(verified.fuel as i64)?;
+                    batch.int(now)?;
+                    batch.int(id)?;
+                    batch.int(UNIT_PENDING)?;
+                    batch.stmt("DELETE FROM votes WHERE unit = ?");
+                    batch.int(id)?;
+                }
+                Write::Worker(w) => {
+                    batch.stmt(
+                        "INSERT INTO workers (id, name, peer_addr, cores, registered_ms, account, team, platform, subnet)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr,
+                            cores = excluded.cores, account = excluded.account, team = excluded.team,
+                            platform = excluded.platform, subnet = excluded.subnet, registered_ms = excluded.registered_ms",
+                    );
+                    batch.blob(&w.id.0)?;
+                    batch.text(&w.name)?;
+                    batch.text(&w.peer_addr)?;
+                    batch.int(i64::from(w.cores))?;
+                    batch.int(now)?;
+                    batch.text(&w.account)?;
+                    batch.text(&w.team)?;
+                    batch.text(&w.platform)?;
+                    batch.opt_text(w.subnet.as_deref())?;
                 }
             }
+            if batch.args.len() > 20_000 {
+                batch.flush(&mut tx).await?;
+            }
         }
+        batch.flush(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -855,25 +1051,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_worker(&self, w: &StoredWorker, now: u64) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO workers (id, name, peer_addr, cores, registered_ms, account, team, platform, subnet)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr,
-                cores = excluded.cores, account = excluded.account, team = excluded.team,
-                platform = excluded.platform, subnet = excluded.subnet, registered_ms = excluded.registered_ms",
-        )
-        .bind(&w.id.0[..])
-        .bind(&w.name)
-        .bind(&w.peer_addr)
-        .bind(i64::from(w.cores))
-        .bind(now as i64)
-        .bind(&w.account)
-        .bind(&w.team)
-        .bind(&w.platform)
-        .bind(&w.subnet)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(&[(Write::Worker(w.clone()), now)]).await
     }
 
     async fn verified_outputs(
@@ -981,6 +1159,25 @@ mod tests {
     use super::*;
     use protocol::{Identity, Limits};
 
+    /// `load` and `load_units` together, with the unit counters applied to the projects.
+    async fn load_all(store: &SqliteStore) -> (Snapshot, Vec<StoredUnit>) {
+        let mut snapshot = store.load().await.expect("load");
+        let mut units = Vec::new();
+        let counts = store
+            .load_units(|u| units.push(u))
+            .await
+            .expect("load units");
+        for p in &mut snapshot.projects {
+            if let Some(c) = counts.get(&p.id) {
+                p.stats.total += c.total;
+                p.stats.verified += c.verified;
+                p.stats.failed += c.failed;
+                p.stats.executions += c.executions;
+            }
+        }
+        (snapshot, units)
+    }
+
     fn spec() -> ProjectSpec {
         ProjectSpec {
             name: "p".into(),
@@ -1082,7 +1279,7 @@ mod tests {
             (project, units)
         };
         let store = SqliteStore::open(dir.path()).await.expect("reopen");
-        let snapshot = store.load().await.expect("load");
+        let (snapshot, loaded) = load_all(&store).await;
         let p = &snapshot.projects[0];
         assert_eq!(
             (
@@ -1098,11 +1295,7 @@ mod tests {
             p.aggregate,
             Aggregate::Failed("reducer failed: exit code 2".into())
         );
-        let b = snapshot
-            .units
-            .iter()
-            .find(|u| u.id == units[1])
-            .expect("unit b");
+        let b = loaded.iter().find(|u| u.id == units[1]).expect("unit b");
         assert_eq!(b.target, 3);
         assert_eq!(
             b.replicas[0].2.as_ref().map(|f| f.kind),
@@ -1174,8 +1367,8 @@ mod tests {
             )
             .await
             .expect("vote");
-        let snap = store.load().await.expect("load");
-        let u = snap.units.iter().find(|u| u.id == units[0]).expect("unit");
+        let (_, loaded) = load_all(&store).await;
+        let u = loaded.iter().find(|u| u.id == units[0]).expect("unit");
         assert_eq!(
             (u.status.clone(), u.required, u.votes.clone()),
             (UnitStatus::Pending, 2, vec![vote])
@@ -1214,13 +1407,13 @@ mod tests {
             pool.close().await;
         }
         let store = SqliteStore::open(dir.path()).await.expect("migrated");
-        let snap = store.load().await.expect("load");
+        let (snap, loaded) = load_all(&store).await;
         assert_eq!(snap.projects[0].name, "old");
         assert!(
             !snap.projects[0].adaptive,
             "old projects keep fixed replication"
         );
-        assert_eq!(snap.units[0].required, 2, "required defaults to the quorum");
+        assert_eq!(loaded[0].required, 2, "required defaults to the quorum");
         assert_eq!(snap.workers[0].account, "");
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&store.pool)
