@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod control;
 mod dashboard;
 mod demo;
 mod faults;
