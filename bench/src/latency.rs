@@ -137,7 +137,10 @@ pub fn rows(size: Size) -> anyhow::Result<Vec<Row>> {
     }
     let ran = units.load(Ordering::Relaxed);
     eprintln!("  latency: guests completed {ran} primes units during the phases");
-    anyhow::ensure!(ran > 0, "the guests never ran: the figure would mean nothing");
+    anyhow::ensure!(
+        ran > 0,
+        "the guests never ran: the figure would mean nothing"
+    );
 
     let mut rows = Vec::new();
     for (q, name) in [(0.5, "median"), (0.99, "p99")] {

@@ -251,12 +251,18 @@ impl PrefFlags {
                 m.insert(k.to_string(), v);
             }
         };
-        put("run_if_idle_minutes", self.run_if_idle_minutes.map(|v| v.to_string()));
+        put(
+            "run_if_idle_minutes",
+            self.run_if_idle_minutes.map(|v| v.to_string()),
+        );
         put(
             "suspend_cpu_busy_percent",
             self.suspend_cpu_busy_percent.map(|v| v.to_string()),
         );
-        put("cpu_limit_percent", self.cpu_limit_percent.map(|v| v.to_string()));
+        put(
+            "cpu_limit_percent",
+            self.cpu_limit_percent.map(|v| v.to_string()),
+        );
         put("max_cores", self.max_cores.map(|v| v.to_string()));
         put(
             "memory_in_use_percent",

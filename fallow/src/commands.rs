@@ -317,7 +317,10 @@ pub async fn worker_action(action: crate::cli::WorkerAction) -> anyhow::Result<(
                 }
                 // No worker running: the file alone (a worker's flags are unknown).
                 (None, Err(_)) => {
-                    println!("(no worker running on --data {}; showing prefs.toml and defaults)", data.display());
+                    println!(
+                        "(no worker running on --data {}; showing prefs.toml and defaults)",
+                        data.display()
+                    );
                     worker::prefs::Effective::load(&data, Default::default())?.rows()
                 }
                 (Some(PrefsAction::Set { key, value }), Err(_)) => {

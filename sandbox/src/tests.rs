@@ -177,13 +177,20 @@ impl Pacer for HoldOnce {
     }
 }
 
-fn run_held(wasm: &[u8], input: &[u8], limits: Limits, pacer: HoldOnce) -> Result<Execution, Failure> {
+fn run_held(
+    wasm: &[u8],
+    input: &[u8],
+    limits: Limits,
+    pacer: HoldOnce,
+) -> Result<Execution, Failure> {
     let sb = sandbox_ref();
     let compiled = sb.compile(Digest::of(wasm), wasm, false).expect("compiles");
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .stack_size(GUEST_THREAD_STACK)
-            .spawn_scoped(s, || sb.run_paced(&compiled, input, [9; 32], &limits, Box::new(pacer)))
+            .spawn_scoped(s, || {
+                sb.run_paced(&compiled, input, [9; 32], &limits, Box::new(pacer))
+            })
             .expect("thread")
             .join()
             .expect("join")
@@ -207,7 +214,11 @@ fn a_guest_held_mid_run_gives_the_same_output_and_fuel_as_one_run_straight_throu
     )
     .expect("held");
     let calls = calls.lock().expect("lock").clone();
-    assert!(calls.len() >= 3, "the guest was never held ({} ticks)", calls.len());
+    assert!(
+        calls.len() >= 3,
+        "the guest was never held ({} ticks)",
+        calls.len()
+    );
     assert_eq!(held.output, straight.output);
     assert_eq!((held.digest, held.fuel), (straight.digest, straight.fuel));
     // Progress reports grow and never pass the final count.
@@ -232,7 +243,10 @@ fn time_held_by_the_pacer_does_not_count_against_wall_seconds() {
             calls: calls.clone(),
         },
     );
-    assert!(calls.lock().expect("lock").len() >= 2, "the guest was never held mid-run");
+    assert!(
+        calls.lock().expect("lock").len() >= 2,
+        "the guest was never held mid-run"
+    );
     let out = held.expect("a held guest must not time out");
     assert_eq!(out.output, b"1270607\n");
 }

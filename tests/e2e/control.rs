@@ -62,7 +62,11 @@ fn a_worker_suspended_and_resumed_from_the_cli_loses_nothing() {
     // Before any worker runs: a clear error, not a hang.
     let o = worker_cli(&["status"], &data);
     assert!(!o.status.success());
-    assert!(text(&o).contains("no worker is running with --data"), "{}", text(&o));
+    assert!(
+        text(&o).contains("no worker is running with --data"),
+        "{}",
+        text(&o)
+    );
 
     c.start_worker(&["--account", "alice", "--cpu-limit-percent", "90"]);
     c.start_worker(&["--account", "bob"]);
@@ -81,9 +85,9 @@ fn a_worker_suspended_and_resumed_from_the_cli_loses_nothing() {
     assert!(o.status.success(), "{}", text(&o));
     let prefs = text(&o);
     assert!(
-        prefs
-            .lines()
-            .any(|l| l.starts_with("cpu_limit_percent") && l.contains("90") && l.ends_with("(flag)")),
+        prefs.lines().any(|l| l.starts_with("cpu_limit_percent")
+            && l.contains("90")
+            && l.ends_with("(flag)")),
         "{prefs}"
     );
 
@@ -96,30 +100,46 @@ fn a_worker_suspended_and_resumed_from_the_cli_loses_nothing() {
     let o = worker_cli(&["status"], &data);
     let shown = text(&o);
     assert!(o.status.success(), "{shown}");
-    assert!(shown.contains("state: running") && shown.contains("running:"), "{shown}");
     assert!(
-        shown
-            .lines()
-            .any(|l| l.trim_start().starts_with("unit ") && l.contains("] ") && l.contains("% ") && l.contains(" fuel")),
+        shown.contains("state: running") && shown.contains("running:"),
+        "{shown}"
+    );
+    assert!(
+        shown.lines().any(|l| l.trim_start().starts_with("unit ")
+            && l.contains("] ")
+            && l.contains("% ")
+            && l.contains(" fuel")),
         "a progress bar: {shown}"
     );
 
     // Suspend: the unit is held where it is.
     let o = worker_cli(&["suspend"], &data);
-    assert!(o.status.success() && text(&o).contains("suspended"), "{}", text(&o));
+    assert!(
+        o.status.success() && text(&o).contains("suspended"),
+        "{}",
+        text(&o)
+    );
     let s = wait_status(&c, &data, "held", |s| {
-        s["running"].as_array().is_some_and(|r| {
-            r.iter().all(|u| u["held"] == Value::Bool(true))
-        })
+        s["running"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|u| u["held"] == Value::Bool(true)))
     });
     assert_eq!(s["state"]["state"], "suspended", "{s}");
     assert_eq!(s["state"]["reason"], "by_user", "{s}");
     let o = worker_cli(&["status"], &data);
-    assert!(text(&o).contains("suspended by `fallow worker suspend`"), "{}", text(&o));
+    assert!(
+        text(&o).contains("suspended by `fallow worker suspend`"),
+        "{}",
+        text(&o)
+    );
     let frozen = |s: &Value| -> Vec<(u64, u64)> {
         s["running"]
             .as_array()
-            .map(|r| r.iter().map(|u| (n(u, "unit"), n(u, "fuel_used"))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|u| (n(u, "unit"), n(u, "fuel_used")))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let before = frozen(&s);
@@ -142,7 +162,11 @@ fn a_worker_suspended_and_resumed_from_the_cli_loses_nothing() {
     std::fs::write(&token_file, token).expect("restore");
     let o = worker_cli(&["prefs", "set", "cpu_limit_percent", "0"], &data);
     assert!(!o.status.success());
-    assert!(text(&o).contains("cpu_limit_percent must be between 1 and 100"), "{}", text(&o));
+    assert!(
+        text(&o).contains("cpu_limit_percent must be between 1 and 100"),
+        "{}",
+        text(&o)
+    );
     let o = worker_cli(&["prefs", "set", "cpu_limit_percent", "100"], &data);
     assert!(o.status.success(), "{}", text(&o));
     let s = status_json(&data).expect("status");
@@ -155,14 +179,26 @@ fn a_worker_suspended_and_resumed_from_the_cli_loses_nothing() {
 
     // Resume: the held unit continues, and the project completes with the right answer.
     let o = worker_cli(&["resume"], &data);
-    assert!(o.status.success() && text(&o).contains("resumed: running"), "{}", text(&o));
+    assert!(
+        o.status.success() && text(&o).contains("resumed: running"),
+        "{}",
+        text(&o)
+    );
     wait_status(&c, &data, "w0 progressed after resume", |s| {
         let now = frozen(s);
-        now.is_empty() || now.iter().zip(&before).any(|(a, b)| a.0 != b.0 || a.1 > b.1)
+        now.is_empty()
+            || now
+                .iter()
+                .zip(&before)
+                .any(|(a, b)| a.0 != b.0 || a.1 > b.1)
     });
     let status = c.wait_finished(id, Duration::from_secs(300));
     assert_eq!(
-        (n(&status, "total"), n(&status, "verified"), n(&status, "failed")),
+        (
+            n(&status, "total"),
+            n(&status, "verified"),
+            n(&status, "failed")
+        ),
         (6, 6, 0),
         "{status}"
     );
@@ -175,7 +211,10 @@ fn a_worker_suspended_and_resumed_from_the_cli_loses_nothing() {
         .as_array()
         .map(|r| r.iter().filter_map(|f| f["result"].as_str()).collect())
         .unwrap_or_default();
-    assert!(!results.is_empty() && results.iter().all(|r| *r == "ok"), "{s}");
+    assert!(
+        !results.is_empty() && results.iter().all(|r| *r == "ok"),
+        "{s}"
+    );
     let held_unit = before.first().map(|b| b.0);
     if let Some(u) = held_unit {
         assert!(

@@ -368,7 +368,9 @@ impl Api {
         } else {
             Err(error(
                 StatusCode::UNAUTHORIZED,
-                format!("missing or wrong token: send the one in {TOKEN_FILE} of this worker's data directory"),
+                format!(
+                    "missing or wrong token: send the one in {TOKEN_FILE} of this worker's data directory"
+                ),
             ))
         }
     }
@@ -426,7 +428,10 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let until = stop.clone().cancelled_owned();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(until)
+            .await
+        {
             tracing::warn!("control API stopped: {e}");
         }
     });
@@ -586,10 +591,9 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<T, Error> {
         use http_body_util::BodyExt;
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Full<axum::body::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<axum::body::Bytes>>();
         let request = axum::http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))

@@ -26,7 +26,7 @@ pub const DUTY_PERIOD: Duration = Duration::from_millis(100);
 const RECENT: usize = 20;
 
 /// One unit running (or held) on a guest thread, for `fallow worker status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunningUnit {
     /// The unit.
     pub unit: u64,
@@ -46,7 +46,7 @@ pub struct RunningUnit {
 }
 
 /// A finished execution, for `fallow worker status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finished {
     /// The unit.
     pub unit: u64,

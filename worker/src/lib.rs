@@ -315,9 +315,13 @@ pub async fn run_with_stats(
         .account
         .clone()
         .unwrap_or_else(|| default_account(identity.id()));
-    let (control, control_server) =
-        start_control(&config, &identity, &account, Box::new(sources::SystemSources::new()))
-            .await?;
+    let (control, control_server) = start_control(
+        &config,
+        &identity,
+        &account,
+        Box::new(sources::SystemSources::new()),
+    )
+    .await?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
@@ -491,7 +495,8 @@ async fn start_control(
     })
     .await
     .map_err(|e| Error::Config(format!("reading the machine failed: {e}")))?;
-    let control = control::Control::new(&config.data_dir, config.cores, config.prefs.clone(), first)?;
+    let control =
+        control::Control::new(&config.data_dir, config.cores, config.prefs.clone(), first)?;
     control.spawn_loop(sources)?;
     let server = control::serve(
         control.clone(),

@@ -118,8 +118,12 @@ mod tests {
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let p = dir.path().join(format!("{name}.wasm"));
             std::fs::write(&p, vec![0u8; 100]).expect("write");
-            let f = std::fs::File::options().append(true).open(&p).expect("open");
-            f.set_modified(t0 + std::time::Duration::from_secs(i as u64)).expect("mtime");
+            let f = std::fs::File::options()
+                .append(true)
+                .open(&p)
+                .expect("open");
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .expect("mtime");
         }
         let keep = dir.path().join("a.wasm"); // the oldest, but just fetched
         assert_eq!(evict(dir.path(), 150, &keep), 2);

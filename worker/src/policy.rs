@@ -62,7 +62,9 @@ impl Reason {
     /// A sentence for `fallow worker status`.
     pub fn describe(&self) -> &'static str {
         match self {
-            Reason::ByUser => "suspended by `fallow worker suspend` (resume with `fallow worker resume`)",
+            Reason::ByUser => {
+                "suspended by `fallow worker suspend` (resume with `fallow worker resume`)"
+            }
             Reason::OnBattery => "on battery (run_on_battery = false)",
             Reason::OutsideHours => "outside the run_hours windows",
             Reason::UserActive => "the user is active (run_if_idle_minutes)",
@@ -231,7 +233,11 @@ mod tests {
             &[
                 (0, idle_for(0), Suspended(Reason::UserActive)),
                 (MIN, idle_for(MIN), Suspended(Reason::UserActive)),
-                (3 * MIN - 1, idle_for(3 * MIN - 1), Suspended(Reason::UserActive)),
+                (
+                    3 * MIN - 1,
+                    idle_for(3 * MIN - 1),
+                    Suspended(Reason::UserActive),
+                ),
                 (3 * MIN, idle_for(3 * MIN), Running),
                 (10 * MIN, idle_for(10 * MIN), Running),
                 (10 * MIN + 1, idle_for(0), Suspended(Reason::UserActive)),
@@ -290,7 +296,10 @@ mod tests {
             on_battery: true,
             ..Readings::default()
         };
-        check(&Prefs::default(), &[(0, battery, Suspended(Reason::OnBattery))]);
+        check(
+            &Prefs::default(),
+            &[(0, battery, Suspended(Reason::OnBattery))],
+        );
         let allowed = Prefs {
             run_on_battery: true,
             ..Prefs::default()
@@ -321,7 +330,10 @@ mod tests {
             "the user's switch wins over every other reason"
         );
         p.resume();
-        assert_eq!(p.step(1, &Readings::default(), &Prefs::default()).state, Running);
+        assert_eq!(
+            p.step(1, &Readings::default(), &Prefs::default()).state,
+            Running
+        );
     }
 
     #[test]
@@ -339,6 +351,10 @@ mod tests {
             max_cores: 64,
             ..Prefs::default()
         };
-        assert_eq!(p.step(1, &Readings::default(), &more).cores, 4, "never more than --cores");
+        assert_eq!(
+            p.step(1, &Readings::default(), &more).cores,
+            4,
+            "never more than --cores"
+        );
     }
 }

@@ -97,7 +97,12 @@ impl Prefs {
                 )))
             }
         };
-        within("run_if_idle_minutes", self.run_if_idle_minutes.into(), 0, 1440)?;
+        within(
+            "run_if_idle_minutes",
+            self.run_if_idle_minutes.into(),
+            0,
+            1440,
+        )?;
         within(
             "suspend_cpu_busy_percent",
             self.suspend_cpu_busy_percent.into(),
@@ -112,7 +117,12 @@ impl Prefs {
             1,
             100,
         )?;
-        within("memory_idle_percent", self.memory_idle_percent.into(), 1, 100)?;
+        within(
+            "memory_idle_percent",
+            self.memory_idle_percent.into(),
+            1,
+            100,
+        )?;
         within("disk_cache_mb", self.disk_cache_mb, 1, 1 << 20)?;
         if self.run_hours.len() > 48 {
             return Err(Error::Config(format!(
@@ -178,10 +188,7 @@ fn parse_value(key: &str, value: &str) -> Result<toml::Value, Error> {
             if value.starts_with('[') {
                 let parsed: toml::Table = toml::from_str(&format!("v = {value}"))
                     .map_err(|_| bad("a TOML array of \"HH:MM-HH:MM\" strings"))?;
-                return parsed
-                    .get("v")
-                    .cloned()
-                    .ok_or_else(|| bad("a TOML array"));
+                return parsed.get("v").cloned().ok_or_else(|| bad("a TOML array"));
             }
             let windows = value
                 .split(',')
@@ -434,7 +441,11 @@ mod tests {
     fn bad_values_name_the_key_and_change_nothing() {
         let mut p = Prefs::default();
         for (key, value, needle) in [
-            ("cpu_limit_percent", "0", "cpu_limit_percent must be between 1 and 100"),
+            (
+                "cpu_limit_percent",
+                "0",
+                "cpu_limit_percent must be between 1 and 100",
+            ),
             ("cpu_limit_percent", "fast", "expected a whole number"),
             ("memory_idle_percent", "101", "memory_idle_percent"),
             ("run_on_battery", "maybe", "true or false"),
@@ -460,7 +471,10 @@ mod tests {
         let mut p = Prefs::default();
         p.set("run_hours", "08:00-18:00, 22:00-02:30").expect("set");
         assert_eq!(p.run_hours, vec![day, night]);
-        assert_eq!(p.get("run_hours").expect("get"), r#"["08:00-18:00", "22:00-02:30"]"#);
+        assert_eq!(
+            p.get("run_hours").expect("get"),
+            r#"["08:00-18:00", "22:00-02:30"]"#
+        );
         p.set("run_hours", "any").expect("clear");
         assert!(p.run_hours.is_empty());
     }
@@ -498,8 +512,11 @@ mod tests {
         assert!(text.contains("09:00-17:00"), "other keys kept: {text}");
 
         // An edit on disk is picked up by reload; flags still win for their keys.
-        std::fs::write(dir.path().join(FILE), "max_cores = 3\nrun_on_battery = true\n")
-            .expect("write");
+        std::fs::write(
+            dir.path().join(FILE),
+            "max_cores = 3\nrun_on_battery = true\n",
+        )
+        .expect("write");
         eff.reload(dir.path()).expect("reload");
         assert!(eff.prefs.run_on_battery);
         assert_eq!(eff.prefs.max_cores, 1, "the flag still overrides the file");
@@ -507,7 +524,10 @@ mod tests {
         // A broken file is refused with its name and the key, and changes nothing.
         std::fs::write(dir.path().join(FILE), "memory_in_use_percent = 0\n").expect("write");
         let err = eff.reload(dir.path()).expect_err("invalid").to_string();
-        assert!(err.contains("prefs.toml") && err.contains("memory_in_use_percent"), "{err}");
+        assert!(
+            err.contains("prefs.toml") && err.contains("memory_in_use_percent"),
+            "{err}"
+        );
         assert!(eff.prefs.run_on_battery);
         std::fs::write(dir.path().join(FILE), "colour = 1\n").expect("write");
         let err = eff.reload(dir.path()).expect_err("unknown").to_string();

@@ -27,14 +27,21 @@ fn busy(ms_idle: u64, load: f32) -> Readings {
 }
 
 /// Waits (up to 60 s) until `what` holds of the running units.
-fn wait_until(control: &Control, what: &str, ok: impl Fn(&[RunningUnit]) -> bool) -> Vec<RunningUnit> {
+fn wait_until(
+    control: &Control,
+    what: &str,
+    ok: impl Fn(&[RunningUnit]) -> bool,
+) -> Vec<RunningUnit> {
     let start = Instant::now();
     loop {
         let (running, _) = control.gate().snapshot();
         if ok(&running) {
             return running;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting: {what}; {running:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting: {what}; {running:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -93,7 +100,10 @@ fn idle_cpu_and_battery_readings_start_suspend_and_resume_a_guest_without_losing
 
     // t = 0: the user is at the keyboard; the unit is held before it starts.
     let control = Control::new(dir.path(), 1, BTreeMap::new(), user_idle(0)).expect("control");
-    assert_eq!(control.decision().state, State::Suspended(Reason::UserActive));
+    assert_eq!(
+        control.decision().state,
+        State::Suspended(Reason::UserActive)
+    );
     let pacer = control
         .gate()
         .pacer(UnitId(1), ProjectId(1), "primes", &limits());
@@ -112,7 +122,11 @@ fn idle_cpu_and_battery_readings_start_suspend_and_resume_a_guest_without_losing
     assert_eq!(d.state, State::Suspended(Reason::CpuBusy));
     let r = wait_until(&control, "held mid-run", |r| r[0].held);
     let frozen = r[0].fuel_used;
-    assert!(frozen > 0 && frozen < straight.fuel, "held mid-run: {frozen} of {}", straight.fuel);
+    assert!(
+        frozen > 0 && frozen < straight.fuel,
+        "held mid-run: {frozen} of {}",
+        straight.fuel
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (r, _) = control.gate().snapshot();
     assert!(r[0].held);
@@ -120,7 +134,11 @@ fn idle_cpu_and_battery_readings_start_suspend_and_resume_a_guest_without_losing
 
     // The load drops, but running again waits for ten calm seconds; meanwhile the laptop
     // goes on battery (suspended for that), then back on AC.
-    assert!(!control.step(3 * MIN + 2_000, busy(3 * MIN + 2_000, 5.0)).running());
+    assert!(
+        !control
+            .step(3 * MIN + 2_000, busy(3 * MIN + 2_000, 5.0))
+            .running()
+    );
     let on_battery = Readings {
         on_battery: true,
         ..user_idle(3 * MIN + 8_000)
@@ -129,39 +147,68 @@ fn idle_cpu_and_battery_readings_start_suspend_and_resume_a_guest_without_losing
         control.step(3 * MIN + 8_000, on_battery).state,
         State::Suspended(Reason::OnBattery)
     );
-    assert!(!control.step(3 * MIN + 11_999, busy(3 * MIN + 11_999, 5.0)).running());
-    assert!(control.step(3 * MIN + 12_000, busy(3 * MIN + 12_000, 5.0)).running());
+    assert!(
+        !control
+            .step(3 * MIN + 11_999, busy(3 * MIN + 11_999, 5.0))
+            .running()
+    );
+    assert!(
+        control
+            .step(3 * MIN + 12_000, busy(3 * MIN + 12_000, 5.0))
+            .running()
+    );
 
-    let resumed = run.join().expect("join").expect("the suspended unit completes");
+    let resumed = run
+        .join()
+        .expect("join")
+        .expect("the suspended unit completes");
     assert_eq!(resumed.output, straight.output, "byte-identical output");
-    assert_eq!((resumed.digest, resumed.fuel), (straight.digest, straight.fuel));
-    assert!(control.gate().snapshot().0.is_empty(), "the unit left the gate");
+    assert_eq!(
+        (resumed.digest, resumed.fuel),
+        (straight.digest, straight.fuel)
+    );
+    assert!(
+        control.gate().snapshot().0.is_empty(),
+        "the unit left the gate"
+    );
 }
 
 #[test]
 fn the_cpu_limit_and_max_cores_apply_to_running_guests_and_results_stay_identical() {
     const INPUT: &[u8] = b"0 20000000\n";
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join(prefs::FILE), "cpu_limit_percent = 30\nmax_cores = 1\n")
-        .expect("prefs");
+    std::fs::write(
+        dir.path().join(prefs::FILE),
+        "cpu_limit_percent = 30\nmax_cores = 1\n",
+    )
+    .expect("prefs");
     let sb = sandbox();
     let straight = spawn_primes(&sb, INPUT, Box::new(Unpaced))
         .join()
         .expect("join")
         .expect("straight");
-    let control = Control::new(dir.path(), 2, BTreeMap::new(), Readings::default()).expect("control");
+    let control =
+        Control::new(dir.path(), 2, BTreeMap::new(), Readings::default()).expect("control");
     let d = control.decision();
     assert_eq!((d.cores, d.cpu_limit_percent), (1, 30));
     let a = spawn_primes(
         &sb,
         INPUT,
-        Box::new(control.gate().pacer(UnitId(1), ProjectId(1), "a", &limits())),
+        Box::new(
+            control
+                .gate()
+                .pacer(UnitId(1), ProjectId(1), "a", &limits()),
+        ),
     );
     wait_until(&control, "a registered", |r| r.len() == 1);
     let b = spawn_primes(
         &sb,
         INPUT,
-        Box::new(control.gate().pacer(UnitId(2), ProjectId(1), "b", &limits())),
+        Box::new(
+            control
+                .gate()
+                .pacer(UnitId(2), ProjectId(1), "b", &limits()),
+        ),
     );
     // One core allowed: the second unit waits, unstarted, behind the first.
     let r = wait_until(&control, "b held", |r| r.len() == 2 && r[1].held);
@@ -179,13 +226,16 @@ fn the_cpu_limit_and_max_cores_apply_to_running_guests_and_results_stay_identica
 #[tokio::test]
 async fn the_control_api_suspends_resumes_sets_prefs_and_refuses_strangers() {
     let dir = tempfile::tempdir().expect("tmp");
-    let control = Control::new(dir.path(), 2, BTreeMap::new(), Readings::default()).expect("control");
+    let control =
+        Control::new(dir.path(), 2, BTreeMap::new(), Readings::default()).expect("control");
     let who = Identity {
         worker: "ab".repeat(32),
         account: "alice".into(),
         coordinator: "http://127.0.0.1:7070".into(),
     };
-    let server = serve(control.clone(), who, dir.path()).await.expect("serve");
+    let server = serve(control.clone(), who, dir.path())
+        .await
+        .expect("serve");
     let client = Client::open(dir.path()).expect("client");
 
     let s = client.status().await.expect("status");
@@ -196,9 +246,18 @@ async fn the_control_api_suspends_resumes_sets_prefs_and_refuses_strangers() {
     let s = client.resume().await.expect("resume");
     assert_eq!(s.state, State::Running);
 
-    let rows = client.set_pref("cpu_limit_percent", "50").await.expect("set");
-    let row = rows.iter().find(|r| r.key == "cpu_limit_percent").expect("row");
-    assert_eq!((row.value.as_str(), row.source), ("50", prefs::Source::File));
+    let rows = client
+        .set_pref("cpu_limit_percent", "50")
+        .await
+        .expect("set");
+    let row = rows
+        .iter()
+        .find(|r| r.key == "cpu_limit_percent")
+        .expect("row");
+    assert_eq!(
+        (row.value.as_str(), row.source),
+        ("50", prefs::Source::File)
+    );
     assert_eq!(control.decision().cpu_limit_percent, 50, "applied live");
     let file = std::fs::read_to_string(dir.path().join(prefs::FILE)).expect("file");
     assert!(file.contains("cpu_limit_percent = 50"), "{file}");
@@ -207,8 +266,15 @@ async fn the_control_api_suspends_resumes_sets_prefs_and_refuses_strangers() {
         .await
         .expect_err("0 %")
         .to_string();
-    assert!(err.contains("cpu_limit_percent must be between 1 and 100"), "{err}");
-    let err = client.set_pref("turbo", "1").await.expect_err("unknown").to_string();
+    assert!(
+        err.contains("cpu_limit_percent must be between 1 and 100"),
+        "{err}"
+    );
+    let err = client
+        .set_pref("turbo", "1")
+        .await
+        .expect_err("unknown")
+        .to_string();
     assert!(err.contains("unknown preference `turbo`"), "{err}");
 
     let err = client
