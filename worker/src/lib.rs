@@ -1364,7 +1364,13 @@ mod tests {
                     }
                 })
             };
-            let outcome = executor.run(compiled, Vec::new(), [0; 32], limits).await;
+            struct NoPace;
+            impl sandbox::Pacer for NoPace {
+                fn pace(&mut self, _fuel_used: u64) {}
+            }
+            let outcome = executor
+                .run(compiled, Vec::new(), [0; 32], limits, Box::new(NoPace))
+                .await;
             ticker.abort();
             assert_eq!(
                 outcome.map_err(|f| f.kind).err(),

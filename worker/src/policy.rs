@@ -145,7 +145,13 @@ impl Policy {
 
     /// The decision for the readings taken at `now_ms` (any monotonic milliseconds).
     pub fn step(&mut self, now_ms: u64, r: &Readings, prefs: &Prefs) -> Decision {
-        let idle_needed = Duration::from_secs(u64::from(prefs.run_if_idle_minutes) * 60);
+        // With run_if_idle_minutes = 0 the user still counts as active (for the memory
+        // limit) within the default 3 minutes of their last input.
+        let minutes = match prefs.run_if_idle_minutes {
+            0 => 3,
+            n => n,
+        };
+        let idle_needed = Duration::from_secs(u64::from(minutes) * 60);
         // Unknown idle time (headless) counts as idle.
         let user_active = r.user_idle.is_some_and(|idle| idle < idle_needed);
         self.track_cpu(now_ms, r.other_cpu_percent, prefs.suspend_cpu_busy_percent);
