@@ -15,12 +15,15 @@
 //!   protobuf types); `server`: servers under test as child processes.
 //! - [`dashboard_load`]: the coordinator's dispatch throughput with 1,000 live dashboard
 //!   viewers against none, in one run.
+//! - [`latency`]: an interactive program's scheduling delay with the worker's guest
+//!   threads busy on every core at a 50 % CPU limit, against no worker, in one run.
 //! - [`Report`]: the printed table.
 
 #![forbid(unsafe_code)]
 
 pub mod dashboard_load;
 pub mod dispatch;
+pub mod latency;
 mod load;
 pub mod server;
 
@@ -331,7 +334,14 @@ pub fn verification_cost(size: Size) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The groups of figures, for `--only`.
-pub const GROUPS: [&str; 5] = ["guest", "verification", "dispatch", "memory", "dashboard"];
+pub const GROUPS: [&str; 6] = [
+    "guest",
+    "verification",
+    "dispatch",
+    "memory",
+    "dashboard",
+    "latency",
+];
 
 /// Runs every figure and returns the report. Guest code runs on this thread: call it from
 /// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack. `exe` is this benchmark's binary:
@@ -372,6 +382,10 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
     if groups.contains(&"dashboard") {
         eprintln!("dispatch under 1,000 dashboard viewers...");
         report.rows.extend(dashboard_load::rows(size)?);
+    }
+    if groups.contains(&"latency") {
+        eprintln!("interactive latency beside a busy worker...");
+        report.rows.extend(latency::rows(size)?);
     }
     Ok(report)
 }

@@ -9,7 +9,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these groups of figures (comma-separated): guest, verification, dispatch,
-    /// memory, dashboard. Default: all.
+    /// memory, dashboard, latency. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: serve `coordinator` or `echo` as a server under test, until stdin closes.

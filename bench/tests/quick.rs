@@ -19,6 +19,7 @@ fn quick_benchmarks_run_and_native_matches_the_sandbox() {
         "coordinator dispatch: certificates accepted per second",
         "scaling: 10 workers",
         "coordinator memory after a restart",
+        "interactive 1 ms sleep, median oversleep",
     ] {
         assert!(table.contains(figure), "no {figure:?} row in\n{table}");
     }

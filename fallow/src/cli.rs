@@ -40,8 +40,13 @@ pub enum Command {
         #[arg(long)]
         allow_same_network: bool,
     },
-    /// Donate CPU: run work units for a coordinator until Ctrl-C.
+    /// Donate CPU: run work units for a coordinator until Ctrl-C. With a subcommand, talk
+    /// to the worker already running on --data instead (status, suspend, resume, prefs).
+    #[command(args_conflicts_with_subcommands = true)]
     Worker {
+        /// Talk to a running worker instead of starting one.
+        #[command(subcommand)]
+        action: Option<WorkerAction>,
         /// Coordinator URL.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
@@ -82,6 +87,9 @@ pub enum Command {
         /// Test-only fault injection.
         #[arg(long, hide = true, value_enum)]
         fault: Option<FaultArg>,
+        /// Preferences (override `prefs.toml` in --data until restart or `prefs set`).
+        #[command(flatten)]
+        prefs: PrefFlags,
     },
     /// Validate and upload a project; prints the new project id as the last line.
     Submit {
@@ -180,6 +188,127 @@ pub enum TokenAction {
         /// The token's name.
         name: String,
     },
+}
+
+/// `fallow worker` subcommands: they talk to the worker running on `--data` through its
+/// local control API.
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// What the worker is running (progress bars: fuel used of each unit's fuel limit), its
+    /// recent results, and whether it runs or is suspended and why.
+    Status {
+        /// The running worker's data directory.
+        #[arg(long, default_value = "fallow-worker")]
+        data: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend the worker: running units pause where they are (nothing is lost) and no
+    /// new work is taken, until `fallow worker resume`.
+    Suspend {
+        /// The running worker's data directory.
+        #[arg(long, default_value = "fallow-worker")]
+        data: PathBuf,
+    },
+    /// Undo `fallow worker suspend` (the preferences may still keep it suspended).
+    Resume {
+        /// The running worker's data directory.
+        #[arg(long, default_value = "fallow-worker")]
+        data: PathBuf,
+    },
+    /// Show the effective preferences and where each came from, or change one.
+    Prefs {
+        /// The worker's data directory (prefs.toml is there).
+        #[arg(long, default_value = "fallow-worker")]
+        data: PathBuf,
+        /// `set KEY VALUE`.
+        #[command(subcommand)]
+        change: Option<PrefsAction>,
+    },
+}
+
+/// `fallow worker prefs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PrefsAction {
+    /// Set one preference: validated, saved to prefs.toml and applied by the running worker
+    /// at once (replacing a flag given at its start).
+    Set {
+        /// The key, e.g. cpu_limit_percent (`fallow worker prefs` lists them).
+        key: String,
+        /// The value, e.g. 50, true, or 08:00-18:00,22:00-02:00 for run_hours.
+        value: String,
+    },
+}
+
+/// The preference flags of `fallow worker`; each overrides the same key of `prefs.toml`.
+/// Units, defaults and limits: README, "Worker preferences".
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PrefFlags {
+    /// Run only after the user has been idle this many minutes (0 = even while active).
+    #[arg(long)]
+    pub run_if_idle_minutes: Option<u32>,
+    /// Suspend while other programs use more than this % of all CPUs (0 = never).
+    #[arg(long)]
+    pub suspend_cpu_busy_percent: Option<u32>,
+    /// Percentage of the time guest threads may compute (1-100).
+    #[arg(long)]
+    pub cpu_limit_percent: Option<u32>,
+    /// Most units running at once (0 = --cores).
+    #[arg(long)]
+    pub max_cores: Option<u32>,
+    /// Memory budget for running units while the user is active, % of RAM.
+    #[arg(long)]
+    pub memory_in_use_percent: Option<u32>,
+    /// Memory budget for running units while the user is idle, % of RAM.
+    #[arg(long)]
+    pub memory_idle_percent: Option<u32>,
+    /// Size cap of the module cache on disk, MiB.
+    #[arg(long)]
+    pub disk_cache_mb: Option<u64>,
+    /// Compute while on battery.
+    #[arg(long)]
+    pub run_on_battery: Option<bool>,
+    /// Local time windows to compute in, e.g. 08:00-18:00,22:00-02:00 ("any" = always).
+    #[arg(long)]
+    pub run_hours: Option<String>,
+}
+
+impl PrefFlags {
+    /// The flags given, key → value text, as `worker::prefs` takes them.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        put(
+            "run_if_idle_minutes",
+            self.run_if_idle_minutes.map(|v| v.to_string()),
+        );
+        put(
+            "suspend_cpu_busy_percent",
+            self.suspend_cpu_busy_percent.map(|v| v.to_string()),
+        );
+        put(
+            "cpu_limit_percent",
+            self.cpu_limit_percent.map(|v| v.to_string()),
+        );
+        put("max_cores", self.max_cores.map(|v| v.to_string()));
+        put(
+            "memory_in_use_percent",
+            self.memory_in_use_percent.map(|v| v.to_string()),
+        );
+        put(
+            "memory_idle_percent",
+            self.memory_idle_percent.map(|v| v.to_string()),
+        );
+        put("disk_cache_mb", self.disk_cache_mb.map(|v| v.to_string()));
+        put("run_on_battery", self.run_on_battery.map(|v| v.to_string()));
+        put("run_hours", self.run_hours.clone());
+        m
+    }
 }
 
 /// `--fault` values.

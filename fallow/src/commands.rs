@@ -288,6 +288,166 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fallow worker status|suspend|resume|prefs`: talks to the worker running on `--data`.
+pub async fn worker_action(action: crate::cli::WorkerAction) -> anyhow::Result<()> {
+    use crate::cli::{PrefsAction, WorkerAction};
+    match action {
+        WorkerAction::Status { data, json } => {
+            let status = worker::control::Client::open(&data)?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_worker_status(&status);
+            }
+        }
+        WorkerAction::Suspend { data } => {
+            let status = worker::control::Client::open(&data)?.suspend().await?;
+            let held = status.running.len();
+            println!(
+                "suspended: {held} running unit{} paused where {}; no new work until `fallow worker resume --data {}`",
+                if held == 1 { "" } else { "s" },
+                if held == 1 { "it is" } else { "they are" },
+                data.display()
+            );
+        }
+        WorkerAction::Resume { data } => {
+            let status = worker::control::Client::open(&data)?.resume().await?;
+            match &status.reason {
+                None => println!("resumed: running"),
+                Some(reason) => println!("resumed, but still suspended: {reason}"),
+            }
+        }
+        WorkerAction::Prefs { data, change } => {
+            let client = worker::control::Client::open(&data);
+            let rows = match (change, client) {
+                (None, Ok(c)) => c.prefs().await?,
+                (Some(PrefsAction::Set { key, value }), Ok(c)) => {
+                    let rows = c.set_pref(&key, &value).await?;
+                    println!("{key} set; the running worker applied it and saved it to prefs.toml");
+                    rows
+                }
+                // No worker running: the file alone (a worker's flags are unknown).
+                (None, Err(_)) => {
+                    println!(
+                        "(no worker running on --data {}; showing prefs.toml and defaults)",
+                        data.display()
+                    );
+                    worker::prefs::Effective::load(&data, Default::default())?.rows()
+                }
+                (Some(PrefsAction::Set { key, value }), Err(_)) => {
+                    std::fs::create_dir_all(&data)
+                        .with_context(|| format!("cannot create {}", data.display()))?;
+                    let mut eff = worker::prefs::Effective::load(&data, Default::default())?;
+                    eff.set(&data, &key, &value)?;
+                    println!(
+                        "{key} saved to {}; it applies when the worker starts",
+                        worker::prefs::path(&data).display()
+                    );
+                    eff.rows()
+                }
+            };
+            let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+            for r in rows {
+                println!("{:width$}  {:24}  ({})", r.key, r.value, r.source);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_worker_status(s: &worker::control::Status) {
+    use std::io::IsTerminal;
+    println!(
+        "worker {}… (account {}) for {}",
+        &s.worker[..s.worker.len().min(16)],
+        s.account,
+        s.coordinator
+    );
+    match &s.reason {
+        None => println!("state: running"),
+        Some(reason) => println!("state: suspended: {reason}"),
+    }
+    println!(
+        "limits: {} core{}, CPU {} % of the time, memory budget {} MiB (user {})",
+        s.cores,
+        if s.cores == 1 { "" } else { "s" },
+        s.cpu_limit_percent,
+        s.memory_budget_mb,
+        if s.user_active { "active" } else { "idle" }
+    );
+    println!(
+        "machine: user idle {}; other programs' CPU {:.0} %; {}",
+        match s.user_idle_seconds {
+            Some(secs) => format!("{} min {} s", secs / 60, secs % 60),
+            None => "unknown (no graphical session: counted as idle)".into(),
+        },
+        s.other_cpu_percent,
+        if s.on_battery { "on battery" } else { "on AC" }
+    );
+    if s.running.is_empty() {
+        println!("running: nothing");
+    } else {
+        println!("running:");
+        // indicatif draws real bars on a terminal; piped output gets the same as text.
+        let terminal = std::io::stdout().is_terminal();
+        for u in &s.running {
+            let label = format!("unit {} {}", u.unit, u.name);
+            let detail = format!(
+                "{} / {} fuel, {:.0} s{}",
+                fuel(u.fuel_used),
+                fuel(u.fuel_limit),
+                u.seconds,
+                if u.held { ", held" } else { "" }
+            );
+            if terminal {
+                let bar = ProgressBar::with_draw_target(
+                    Some(u.fuel_limit.max(1)),
+                    indicatif::ProgressDrawTarget::stdout(),
+                );
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix:30} [{bar:30}] {percent:>3}% {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("#>-"),
+                );
+                bar.set_prefix(label);
+                bar.set_message(detail);
+                bar.set_position(u.fuel_used.min(u.fuel_limit));
+                bar.abandon();
+            } else {
+                let pct = (u.fuel_used as f64 / u.fuel_limit.max(1) as f64 * 100.0).min(100.0);
+                let filled = (pct / 100.0 * 30.0).round() as usize;
+                println!(
+                    "  {label:30} [{}{}] {pct:>3.0}% {detail}",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled)
+                );
+            }
+        }
+    }
+    if !s.recent.is_empty() {
+        println!("recent results:");
+        for f in &s.recent {
+            println!(
+                "  unit {} {:24} {:16} {} fuel, {:.1} s",
+                f.unit,
+                f.name,
+                f.result,
+                fuel(f.fuel),
+                f.seconds
+            );
+        }
+    }
+}
+
+/// Fuel in a short human form: 1.2e9.
+fn fuel(n: u64) -> String {
+    if n < 10_000 {
+        n.to_string()
+    } else {
+        format!("{:.1e}", n as f64)
+    }
+}
+
 /// `fallow token`.
 pub fn token(data: &Path, action: crate::cli::TokenAction) -> anyhow::Result<()> {
     use crate::cli::TokenAction;

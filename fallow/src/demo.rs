@@ -109,6 +109,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain: Duration::from_secs(2),
             fault: (liar && i == 0).then_some(worker::Fault::CorruptOutput),
+            // The demo is watched at the keyboard, and its workers and coordinator load the
+            // CPU themselves: neither may suspend it.
+            prefs: worker::prefs::dedicated(),
             ..Default::default()
         };
         handles.push(tokio::spawn(worker::run(

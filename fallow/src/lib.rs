@@ -22,7 +22,7 @@ use cli::{Cli, Command};
 /// commands and the demo only warnings so their own output stays readable.
 pub fn logging(command: &Command) {
     let default = match command {
-        Command::Coordinator { .. } | Command::Worker { .. } => "info",
+        Command::Coordinator { .. } | Command::Worker { action: None, .. } => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,6 +45,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_same_network,
         } => commands::coordinator(listen, data, lease_seconds, !allow_same_network).await,
         Command::Worker {
+            action: Some(action),
+            ..
+        } => commands::worker_action(action).await,
+        Command::Worker {
+            action: None,
             coordinator,
             data,
             cores,
@@ -57,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             drain_seconds,
             metrics,
             fault,
+            prefs,
         } => {
             let mut config = worker::WorkerConfig {
                 coordinator,
@@ -69,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 drain: std::time::Duration::from_secs(drain_seconds),
                 fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
                 metrics,
+                prefs: prefs.to_map(),
                 ..Default::default()
             };
             if let Some(cores) = cores {

@@ -6,6 +6,8 @@
 //!   check) and [`Sandbox::run`] (one execution).
 //! - `host`: the per-execution store data: deterministic WASI context and the memory limiter.
 //! - [`SandboxConfig`]: the knobs, documented like wasmtime documents `Config`.
+//! - [`Pacer`]: the hook through which a worker pauses (suspension) or slows (CPU limit) a
+//!   running guest without losing its state; [`Sandbox::run_paced`] calls it.
 //!
 //! # Determinism
 //! A guest sees: stdin = the unit's input; argv = `["main"]`; no environment variables; no
@@ -22,10 +24,10 @@ mod host;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::{Digest, Failure, FailureKind, Limits};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::I32Exit;
 
 use host::Host;
@@ -101,8 +103,32 @@ impl Default for SandboxConfig {
 /// Native stack size for threads that call [`Sandbox::run`].
 pub const GUEST_THREAD_STACK: usize = 8 << 20;
 
-/// How often the wall-clock watchdog ticks; `wall_seconds` is counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the watchdog ticks the epoch: a running guest reaches its [`Pacer`] (and
+/// the `wall_seconds` check) about this often.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Called on the guest thread about every [`EPOCH_TICK`] while a guest runs
+/// ([`Sandbox::run_paced`]): the one place where a host may hold a guest still.
+///
+/// Why an epoch callback that blocks the guest thread, rather than wasmtime's async
+/// yielding: guests already run on dedicated OS threads (never on the async runtime), so
+/// parking that thread keeps the whole guest — stack, registers, linear memory — exactly as
+/// it was, with no async fibers or stack switching to set up, and the same code paces the
+/// CPU limit (a duty cycle) and suspension. Fuel and output are untouched by pausing, so a
+/// paused and resumed execution is bit-identical to one run straight through.
+pub trait Pacer: Send + Sync {
+    /// `fuel_used` is the fuel consumed so far (0 when metering is off). Also called once,
+    /// with 0, before the guest starts. May block for as long as the guest must not run;
+    /// the time spent here does not count against `wall_seconds`.
+    fn pace(&mut self, fuel_used: u64);
+}
+
+/// The pacer of [`Sandbox::run`]: never holds the guest.
+struct Unpaced;
+
+impl Pacer for Unpaced {
+    fn pace(&mut self, _fuel_used: u64) {}
+}
 
 /// A successful execution.
 #[derive(Debug, Clone)]
@@ -319,11 +345,27 @@ impl Sandbox {
         seed: [u8; 32],
         limits: &Limits,
     ) -> Result<Execution, Failure> {
+        self.run_paced(compiled, input, seed, limits, Box::new(Unpaced))
+    }
+
+    /// [`Sandbox::run`] with a [`Pacer`] called about every [`EPOCH_TICK`] of the guest's
+    /// running time. `wall_seconds` counts only the time the guest was not held by the
+    /// pacer, so a suspended unit does not time out.
+    pub fn run_paced(
+        &self,
+        compiled: &Compiled,
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &Limits,
+        mut pacer: Box<dyn Pacer>,
+    ) -> Result<Execution, Failure> {
         let flavour = if compiled.nan_canonicalization {
             &self.canonical
         } else {
             &self.plain
         };
+        // Asked once before the guest starts, so a held execution does not even start.
+        pacer.pace(0);
         let (host, pipes) = Host::new(input, seed, limits);
         let mut store = Store::new(&flavour.engine, host);
         store.limiter(|h| &mut h.limiter);
@@ -332,9 +374,26 @@ impl Sandbox {
                 Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
             })?;
         }
-        let ticks = u64::from(limits.wall_seconds) * (1000 / EPOCH_TICK.as_millis() as u64);
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // The deadline callback runs every tick: it counts the guest's running time
+        // against `wall_seconds` (time held by the pacer excluded) and lets the pacer hold it.
+        let wall = Duration::from_secs(u64::from(limits.wall_seconds));
+        let (fuel_limit, metered) = (limits.fuel, self.consume_fuel);
+        let mut running = Duration::ZERO;
+        let mut last = Instant::now();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |ctx| {
+            running += last.elapsed();
+            if running >= wall {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let used = match ctx.get_fuel() {
+                Ok(left) if metered => fuel_limit.saturating_sub(left),
+                _ => 0,
+            };
+            pacer.pace(used);
+            last = Instant::now();
+            Ok(UpdateDeadline::Continue(1))
+        });
 
         let outcome = compiled.pre.instantiate(&mut store).and_then(|instance| {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

@@ -158,3 +158,95 @@ fn a_module_whose_bytes_do_not_match_the_digest_is_refused() {
             .is_err()
     );
 }
+
+/// Holds the guest once, for `hold`, at its `at`-th tick; records the fuel it saw.
+struct HoldOnce {
+    at: usize,
+    hold: Duration,
+    calls: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Pacer for HoldOnce {
+    fn pace(&mut self, fuel_used: u64) {
+        let mut calls = self.calls.lock().expect("lock");
+        calls.push(fuel_used);
+        if calls.len() == self.at {
+            drop(calls);
+            std::thread::sleep(self.hold);
+        }
+    }
+}
+
+fn run_held(
+    wasm: &[u8],
+    input: &[u8],
+    limits: Limits,
+    pacer: HoldOnce,
+) -> Result<Execution, Failure> {
+    let sb = sandbox_ref();
+    let compiled = sb.compile(Digest::of(wasm), wasm, false).expect("compiles");
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(GUEST_THREAD_STACK)
+            .spawn_scoped(s, || {
+                sb.run_paced(&compiled, input, [9; 32], &limits, Box::new(pacer))
+            })
+            .expect("thread")
+            .join()
+            .expect("join")
+    })
+}
+
+#[test]
+fn a_guest_held_mid_run_gives_the_same_output_and_fuel_as_one_run_straight_through() {
+    let input = b"0 30000000\n";
+    let straight = run(sandbox_ref(), artifacts::PRIMES, input, limits()).expect("straight");
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let held = run_held(
+        artifacts::PRIMES,
+        input,
+        limits(),
+        HoldOnce {
+            at: 3, // the first call is before the start
+            hold: Duration::from_millis(300),
+            calls: calls.clone(),
+        },
+    )
+    .expect("held");
+    let calls = calls.lock().expect("lock").clone();
+    assert!(
+        calls.len() >= 3,
+        "the guest was never held ({} ticks)",
+        calls.len()
+    );
+    assert_eq!(held.output, straight.output);
+    assert_eq!((held.digest, held.fuel), (straight.digest, straight.fuel));
+    // Progress reports grow and never pass the final count.
+    assert!(calls.windows(2).all(|w| w[0] <= w[1]), "{calls:?}");
+    assert!(calls.iter().all(|&f| f <= held.fuel));
+}
+
+#[test]
+fn time_held_by_the_pacer_does_not_count_against_wall_seconds() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    // Held for 1.5 s with wall_seconds = 1: only the guest's own running time counts.
+    let held = run_held(
+        artifacts::PRIMES,
+        b"0 20000000\n",
+        Limits {
+            wall_seconds: 1,
+            ..limits()
+        },
+        HoldOnce {
+            at: 2,
+            hold: Duration::from_millis(1500),
+            calls: calls.clone(),
+        },
+    );
+    assert!(
+        calls.lock().expect("lock").len() >= 2,
+        "the guest was never held mid-run"
+    );
+    let out = held.expect("a held guest must not time out");
+    assert_eq!(out.output, b"1270607\n");
+}

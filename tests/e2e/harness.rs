@@ -141,6 +141,12 @@ impl Cluster {
                 &name,
                 "--peer-listen",
                 "127.0.0.1:0",
+                // Test workers share the machine with the coordinator, each other and the
+                // test runner: neither user activity nor that load may suspend them.
+                "--run-if-idle-minutes",
+                "0",
+                "--suspend-cpu-busy-percent",
+                "0",
             ])
             .arg("--data")
             .arg(self.dir.path().join(&name))

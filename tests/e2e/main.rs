@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod chaos;
+mod control;
 mod dashboard;
 mod demo;
 mod faults;

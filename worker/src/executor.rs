@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use protocol::{Failure, FailureKind, Limits};
-use sandbox::{Compiled, Execution, Sandbox};
+use sandbox::{Compiled, Execution, Pacer, Sandbox};
 
 type Job = Box<dyn FnOnce(&Sandbox) + Send>;
 
@@ -32,8 +32,9 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
-    /// Starts `threads` guest threads sharing `sandbox`. They exit when the executor is
-    /// dropped and their current job (if any) ends.
+    /// Starts `threads` guest threads sharing `sandbox`, each at the lowest OS priority
+    /// (`SCHED_IDLE` on Linux). They exit when the executor is dropped and their current
+    /// job (if any) ends.
     pub fn new(sandbox: Arc<Sandbox>, threads: usize) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -44,6 +45,7 @@ impl Executor {
                 .name(format!("guest-{i}"))
                 .stack_size(sandbox::GUEST_THREAD_STACK)
                 .spawn(move || {
+                    crate::sources::lowest_priority();
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match rx.lock() {
@@ -60,19 +62,21 @@ impl Executor {
         Ok(Executor { jobs })
     }
 
-    /// Runs one execution and waits for it without blocking the async runtime.
+    /// Runs one execution, held and slowed by `pacer`, and waits for it without blocking
+    /// the async runtime.
     pub async fn run(
         &self,
         compiled: Compiled,
         input: Vec<u8>,
         seed: [u8; 32],
         limits: Limits,
+        pacer: Box<dyn Pacer>,
     ) -> Result<Execution, Failure> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |sandbox| {
             // Thread CPU time, not wall time: guest threads may share cores.
             let start = cpu_time::ThreadTime::now();
-            let outcome = sandbox.run(&compiled, &input, seed, &limits);
+            let outcome = sandbox.run_paced(&compiled, &input, seed, &limits, pacer);
             let spent = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
             GUEST_CPU_NANOS.fetch_add(spent, Ordering::Relaxed);
             let _ = tx.send(outcome);

@@ -18,10 +18,23 @@
 //! - `executor`: the guest threads; guest code never runs on the async runtime.
 //! - `modules`: module fetch, on-disk cache and compilation.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
+//! - `prefs`: the volunteer's preferences (`prefs.toml`, flags on top, live changes).
+//! - `policy`: the sans-IO decision to run, throttle or suspend, from readings and time.
+//! - `sources`: the real readings (idle time, CPU load, battery, local time) and the
+//!   lowest OS priority for guest threads.
+//! - `gate`: where guest threads are held (suspension, cores, memory) and slowed (CPU
+//!   limit), and each running unit's progress.
+//! - `control`: the policy loop, live preferences and the loopback control API with its
+//!   client (`fallow worker status|suspend|resume|prefs`).
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 mod executor;
+pub mod gate;
+pub mod policy;
+pub mod prefs;
+pub mod sources;
 
 pub use executor::guest_cpu_time;
 pub mod gossip;
@@ -33,7 +46,7 @@ mod stats;
 
 pub use stats::{Stats, StatsSnapshot};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +102,10 @@ pub enum Error {
     /// The peer server failed.
     #[error("peer server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The local control API: the worker is not running, refused the token or the
+    /// request; the text says which and what to do.
+    #[error("{0}")]
+    Control(String),
 }
 
 impl Error {
@@ -156,6 +173,9 @@ pub struct WorkerConfig {
     pub fault: Option<Fault>,
     /// Where to serve `GET /metrics` (Prometheus text format). Default: nowhere.
     pub metrics: Option<SocketAddr>,
+    /// Preference overrides (key → value as `fallow worker prefs set` takes it), applied
+    /// over `<data>/prefs.toml`: the `fallow worker` flags. Default none.
+    pub prefs: BTreeMap<String, String>,
 }
 
 impl Default for WorkerConfig {
@@ -173,6 +193,7 @@ impl Default for WorkerConfig {
             drain: Duration::from_secs(10),
             fault: None,
             metrics: None,
+            prefs: BTreeMap::new(),
         }
     }
 }
@@ -255,6 +276,7 @@ struct Shared {
     peer_clients: Mutex<HashMap<SocketAddr, PeerClient>>,
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
+    control: Arc<control::Control>,
     executor: Executor,
     modules: Modules,
     started: Instant,
@@ -293,6 +315,13 @@ pub async fn run_with_stats(
         .account
         .clone()
         .unwrap_or_else(|| default_account(identity.id()));
+    let (control, control_server) = start_control(
+        &config,
+        &identity,
+        &account,
+        Box::new(sources::SystemSources::new()),
+    )
+    .await?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
@@ -336,7 +365,8 @@ pub async fn run_with_stats(
         None => (None, None, None),
     };
     let shared = Arc::new(Shared {
-        modules: Modules::new(config.data_dir.join("modules"), sandbox),
+        modules: Modules::new(config.data_dir.join("modules"), sandbox, control.disk_cap()),
+        control,
         identity,
         account,
         client,
@@ -402,6 +432,8 @@ pub async fn run_with_stats(
         // Shut down before the coordinator answered.
         peer_stop.cancel();
         shared.stop_membership().await;
+        shared.control.stop();
+        control_server.shutdown().await;
         return Ok(());
     };
     let mut loops = tokio::task::JoinSet::new();
@@ -443,7 +475,46 @@ pub async fn run_with_stats(
         let _ = server.await;
     }
     shared.stop_membership().await;
+    shared.control.stop();
+    control_server.shutdown().await;
     Ok(())
+}
+
+/// Loads the preferences, decides once from a first reading, starts the policy loop and
+/// the control API.
+async fn start_control(
+    config: &WorkerConfig,
+    identity: &Identity,
+    account: &str,
+    mut sources: Box<dyn sources::Sources>,
+) -> Result<(Arc<control::Control>, control::ControlServer), Error> {
+    // Readings block (sysinfo, X11): not on the async threads.
+    let (sources, first) = tokio::task::spawn_blocking(move || {
+        let first = sources.read();
+        (sources, first)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("reading the machine failed: {e}")))?;
+    let control =
+        control::Control::new(&config.data_dir, config.cores, config.prefs.clone(), first)?;
+    control.spawn_loop(sources)?;
+    let server = control::serve(
+        control.clone(),
+        control::Identity {
+            worker: identity.id().to_string(),
+            account: account.to_string(),
+            coordinator: config.coordinator.clone(),
+        },
+        &config.data_dir,
+    )
+    .await?;
+    tracing::info!(
+        "control API on {} (token in {}); state: {:?}",
+        server.addr,
+        config.data_dir.join(control::TOKEN_FILE).display(),
+        control.decision().state
+    );
+    Ok((control, server))
 }
 
 /// Binds the peer service's TCP listener and the membership's UDP socket on the same port
@@ -716,6 +787,10 @@ impl Shared {
     async fn slot_loop(self: Arc<Self>, slot: usize) {
         let mut failures = 0u32;
         while !self.cancel.is_cancelled() {
+            // Suspended, or this slot is over `max_cores`: lease nothing until allowed.
+            if !self.control.wait_to_lease(slot, &self.cancel).await {
+                return;
+            }
             let asked = Instant::now();
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -781,13 +856,26 @@ impl Shared {
         };
         let seed = protocol::unit_seed(&a.name, &a.input);
         let started = Instant::now();
-        let result = self.executor.run(compiled, a.input, seed, a.limits).await;
-        match &result {
-            Ok(exec) => self.metrics.ran("ok", exec.fuel, started.elapsed()),
-            Err(failure) => self
-                .metrics
-                .ran(failure.kind.as_str(), 0, started.elapsed()),
-        }
+        let pacer = self
+            .control
+            .gate()
+            .pacer(a.unit, a.project, &a.name, &a.limits);
+        let result = self
+            .executor
+            .run(compiled, a.input, seed, a.limits, Box::new(pacer))
+            .await;
+        let (kind, fuel) = match &result {
+            Ok(exec) => ("ok", exec.fuel),
+            Err(failure) => (failure.kind.as_str(), 0),
+        };
+        self.metrics.ran(kind, fuel, started.elapsed());
+        self.control.gate().finished(gate::Finished {
+            unit: a.unit.0,
+            name: a.name.clone(),
+            result: kind.to_string(),
+            fuel,
+            seconds: started.elapsed().as_secs_f64(),
+        });
         if !lock(&self.held).contains_key(&a.unit) {
             return; // settled by others while we ran
         }
@@ -1276,7 +1364,13 @@ mod tests {
                     }
                 })
             };
-            let outcome = executor.run(compiled, Vec::new(), [0; 32], limits).await;
+            struct NoPace;
+            impl sandbox::Pacer for NoPace {
+                fn pace(&mut self, _fuel_used: u64) {}
+            }
+            let outcome = executor
+                .run(compiled, Vec::new(), [0; 32], limits, Box::new(NoPace))
+                .await;
             ticker.abort();
             assert_eq!(
                 outcome.map_err(|f| f.kind).err(),

@@ -1,9 +1,12 @@
 //! Project modules by BLAKE3 digest: fetched from the coordinator once, kept as `.wasm` in
 //! `<data>/modules/`, compiled here (never accepting precompiled code from anyone) and kept
-//! compiled in the sandbox's cache.
+//! compiled in the sandbox's cache. The on-disk cache stays under `disk_cache_mb`: past
+//! it the least recently used files go (a module in use is recompiled from memory, and
+//! fetched again if ever needed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use protocol::Digest;
 use sandbox::{Compiled, Sandbox};
@@ -16,12 +19,14 @@ use crate::rpc::CoordinatorClient;
 pub struct Modules {
     dir: PathBuf,
     sandbox: Arc<Sandbox>,
+    /// Size cap of `dir` in bytes, changed live by the preferences.
+    cap: Arc<AtomicU64>,
 }
 
 impl Modules {
-    /// Modules kept under `dir`.
-    pub fn new(dir: PathBuf, sandbox: Arc<Sandbox>) -> Self {
-        Modules { dir, sandbox }
+    /// Modules kept under `dir`, at most `cap` bytes of them.
+    pub fn new(dir: PathBuf, sandbox: Arc<Sandbox>, cap: Arc<AtomicU64>) -> Self {
+        Modules { dir, sandbox, cap }
     }
 
     /// The compiled module for `digest`, fetching and compiling it if needed.
@@ -33,7 +38,13 @@ impl Modules {
     ) -> Result<Compiled, Error> {
         let path = self.dir.join(format!("{}.wasm", digest.to_hex()));
         let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) if Digest::of(&bytes) == digest => bytes,
+            Ok(bytes) if Digest::of(&bytes) == digest => {
+                // Last use, for least-recently-used eviction.
+                if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
+                bytes
+            }
             _ => {
                 let bytes = client.module(digest).await?;
                 if Digest::of(&bytes) != digest {
@@ -51,6 +62,9 @@ impl Modules {
                 tokio::fs::rename(&tmp, &path)
                     .await
                     .map_err(|e| Error::io(&path, e))?;
+                let (dir, cap) = (self.dir.clone(), self.cap.load(Ordering::Relaxed));
+                let keep = path.clone();
+                let _ = tokio::task::spawn_blocking(move || evict(&dir, cap, &keep)).await;
                 bytes
             }
         };
@@ -60,5 +74,61 @@ impl Modules {
             .await
             .map_err(|e| Error::Module(format!("compiler panicked: {e}")))?
             .map_err(|e| Error::Module(e.to_string()))
+    }
+}
+
+/// Deletes the least recently used `.wasm` files in `dir` (never `keep`) until the rest
+/// add up to at most `cap` bytes. Returns the files deleted.
+fn evict(dir: &Path, cap: u64, keep: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    let mut deleted = 0;
+    for (_, len, path) in files {
+        if total <= cap {
+            break;
+        }
+        if path != keep && std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            deleted += 1;
+            tracing::debug!(file = %path.display(), "module cache over disk_cache_mb: evicted");
+        }
+    }
+    deleted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_keeps_the_cache_under_its_cap_oldest_first() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let p = dir.path().join(format!("{name}.wasm"));
+            std::fs::write(&p, vec![0u8; 100]).expect("write");
+            let f = std::fs::File::options()
+                .append(true)
+                .open(&p)
+                .expect("open");
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .expect("mtime");
+        }
+        let keep = dir.path().join("a.wasm"); // the oldest, but just fetched
+        assert_eq!(evict(dir.path(), 150, &keep), 2);
+        assert!(keep.exists());
+        assert!(!dir.path().join("b.wasm").exists() && !dir.path().join("c.wasm").exists());
+        assert_eq!(evict(dir.path(), 150, &keep), 0);
     }
 }
