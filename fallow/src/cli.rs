@@ -220,7 +220,7 @@ pub enum WorkerAction {
     /// Show the effective preferences and where each came from, or change one.
     Prefs {
         /// The worker's data directory (prefs.toml is there).
-        #[arg(long, default_value = "fallow-worker")]
+        #[arg(long, global = true, default_value = "fallow-worker")]
         data: PathBuf,
         /// `set KEY VALUE`.
         #[command(subcommand)]
