@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, n, project, sum_outputs};
+use crate::harness::{Cluster, PRIMES_BELOW_TWO_BILLION, n, primes_below_two_billion, sum_outputs};
 
 /// Coordinator kills in the run.
 const KILLS: u32 = 20;
@@ -27,14 +27,7 @@ fn twenty_coordinator_kills_and_worker_crashes_lose_nothing_and_double_nothing()
     }
     // 200 units of 10 million numbers: primes below two billion (98,222,287 of them). Fixed replication (adaptive
     // off) so every verified unit is credited to exactly `quorum` = 2 accounts.
-    let manifest = project(
-        c.dir.path(),
-        "primes-chaos",
-        artifacts::PRIMES,
-        Some(artifacts::SUM),
-        "replication = 2\nquorum = 2\nadaptive = false\n\
-         [inputs]\nsweep = { from = 0, to = 2_000_000_000, step = 10_000_000 }\n",
-    );
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-chaos", 200, false);
     let id = c.submit(&manifest).expect("accepted");
     c.wait_until(id, Duration::from_secs(120), "first units verified", |s| {
         n(s, "verified") >= 3
@@ -78,12 +71,12 @@ fn twenty_coordinator_kills_and_worker_crashes_lose_nothing_and_double_nothing()
     let out = c.results(id);
     assert_eq!(
         sum_outputs(&out),
-        (98_222_287, 200),
+        (PRIMES_BELOW_TWO_BILLION, 200),
         "results lost or doubled"
     );
     assert_eq!(
         std::fs::read_to_string(out.join("aggregate")).expect("aggregate"),
-        "98222287\n"
+        format!("{PRIMES_BELOW_TWO_BILLION}\n")
     );
 
     // Credit: per (unit, account) at most once, and every verified unit to its certifiers.

@@ -13,7 +13,7 @@ use protocol::Identity;
 use worker::rpc::{CoordinatorClient, Introduction};
 
 use crate::dashboard::{free_port, http_get};
-use crate::harness::{Cluster, n, project, sum_outputs};
+use crate::harness::{Cluster, PRIMES_BELOW_TWO_BILLION, n, primes_below_two_billion, sum_outputs};
 
 #[test]
 fn a_worker_speaking_garbage_is_refused_and_counted_while_the_others_finish() {
@@ -23,13 +23,7 @@ fn a_worker_speaking_garbage_is_refused_and_counted_while_the_others_finish() {
     c.start_worker(&[]);
     c.start_worker(&[]);
     // 100 units of 20 million numbers: primes below two billion (98,222,287 of them).
-    let manifest = project(
-        c.dir.path(),
-        "primes-beside-garbage",
-        artifacts::PRIMES,
-        Some(artifacts::SUM),
-        "replication = 2\n[inputs]\nsweep = { from = 0, to = 2_000_000_000, step = 20_000_000 }\n",
-    );
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-beside-garbage", 100, true);
     let id = c.submit(&manifest).expect("accepted");
     c.wait_until(id, Duration::from_secs(120), "first units verified", |s| {
         n(s, "verified") >= 1
@@ -46,7 +40,7 @@ fn a_worker_speaking_garbage_is_refused_and_counted_while_the_others_finish() {
         (100, 0),
         "{status}"
     );
-    assert_eq!(sum_outputs(&c.results(id)), (98_222_287, 100));
+    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 100));
 
     // The coordinator counted every refusal the rogue got back.
     let text = http_get(coordinator, "/metrics");

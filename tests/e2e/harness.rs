@@ -411,3 +411,23 @@ pub fn n(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
+
+/// Primes below two billion: the answer of [`primes_below_two_billion`].
+pub const PRIMES_BELOW_TWO_BILLION: u64 = 98_222_287;
+
+/// A project counting the primes below two billion in `units` equal units (each a few
+/// hundred milliseconds of guest time: long enough to inject faults mid-run), with the
+/// `sum` reducer. Fixed replication 2, quorum 2 unless `adaptive`.
+pub fn primes_below_two_billion(root: &Path, name: &str, units: u64, adaptive: bool) -> PathBuf {
+    let step = 2_000_000_000 / units;
+    project(
+        root,
+        name,
+        artifacts::PRIMES,
+        Some(artifacts::SUM),
+        &format!(
+            "replication = 2\nquorum = 2\nadaptive = {adaptive}\n\
+             [inputs]\nsweep = {{ from = 0, to = 2_000_000_000, step = {step} }}\n"
+        ),
+    )
+}

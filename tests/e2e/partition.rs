@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::{Cluster, n, project, sum_outputs};
+use crate::harness::{Cluster, PRIMES_BELOW_TWO_BILLION, n, primes_below_two_billion, sum_outputs};
 
 #[test]
 fn a_worker_cut_off_mid_run_loses_its_leases_then_rejoins_and_the_run_completes() {
@@ -21,14 +21,7 @@ fn a_worker_cut_off_mid_run_loses_its_leases_then_rejoins_and_the_run_completes(
     c.start_worker(&[]);
     c.start_worker(&[]);
     // 200 units of 10 million numbers: primes below two billion (98,222,287 of them).
-    let manifest = project(
-        c.dir.path(),
-        "primes-partition",
-        artifacts::PRIMES,
-        Some(artifacts::SUM),
-        "replication = 2\nquorum = 2\nadaptive = false\n\
-         [inputs]\nsweep = { from = 0, to = 2_000_000_000, step = 10_000_000 }\n",
-    );
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-partition", 200, false);
     let id = c.submit(&manifest).expect("accepted");
     c.wait_until(id, Duration::from_secs(120), "work under way", |s| {
         n(s, "verified") >= 10
@@ -71,7 +64,7 @@ fn a_worker_cut_off_mid_run_loses_its_leases_then_rejoins_and_the_run_completes(
     );
     assert_eq!(
         sum_outputs(&c.results(id)),
-        (98_222_287, 200),
+        (PRIMES_BELOW_TWO_BILLION, 200),
         "results lost or doubled"
     );
     assert!(
