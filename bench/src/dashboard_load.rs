@@ -87,7 +87,10 @@ pub fn measure(config: LoadConfig) -> anyhow::Result<LoadResult> {
     let wanted = (config.viewers as u64) * 2 + 1024;
     let limit = rlimit::increase_nofile_limit(wanted).context("raising the open-file limit")?;
     if limit < wanted {
-        bail!("{} viewers need {wanted} open files; the limit is {limit}", config.viewers);
+        bail!(
+            "{} viewers need {wanted} open files; the limit is {limit}",
+            config.viewers
+        );
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -342,6 +345,7 @@ async fn submit(url: &str, units: usize) -> anyhow::Result<ProjectId> {
             wall_seconds: 60,
             max_output_bytes: 1 << 20,
             nan_canonicalization: false,
+            ..Limits::default()
         },
         units: (0..units)
             .map(|i| (format!("u{i:07}"), format!("{i}\n").into_bytes()))

@@ -104,7 +104,10 @@ impl Dashboard {
     /// publishes through.
     pub(crate) fn new(workers: &[StoredWorker]) -> (Arc<Dashboard>, watch::Sender<Arc<Published>>) {
         let (tx, rx) = watch::channel(Arc::new(Published::default()));
-        let directory = workers.iter().map(|w| (w.id, WorkerInfo::from(w))).collect();
+        let directory = workers
+            .iter()
+            .map(|w| (w.id, WorkerInfo::from(w)))
+            .collect();
         let dashboard = Dashboard {
             metrics: Metrics::new(),
             generation: AtomicU64::new(1),

@@ -46,6 +46,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::coordinator(listen, data, lease_seconds, !allow_same_network).await,
         Command::Worker {
             coordinator,
+            attach,
+            prefetch,
             data,
             cores,
             name,
@@ -55,11 +57,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             peer_advertise,
             no_inbound,
             drain_seconds,
+            checkpoint_seconds,
             metrics,
             fault,
         } => {
+            let attach = attach
+                .iter()
+                .map(|a| worker::Attach::parse(a))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut config = worker::WorkerConfig {
                 coordinator,
+                attach,
+                prefetch,
                 data_dir: data,
                 account,
                 team,
@@ -67,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer_listen,
                 peer_advertise,
                 drain: std::time::Duration::from_secs(drain_seconds),
+                checkpoint_every: std::time::Duration::from_secs(checkpoint_seconds),
                 fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
                 metrics,
                 ..Default::default()

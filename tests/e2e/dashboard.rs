@@ -50,9 +50,12 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
             .goto(&format!("{base}/projects/{id}"))
             .await
             .expect("open the project page");
-        wait_for(&browser, "the live stream", Duration::from_secs(15), |b| async move {
-            number(&b, "return window.fallowEvents || 0").await >= 1
-        })
+        wait_for(
+            &browser,
+            "the live stream",
+            Duration::from_secs(15),
+            |b| async move { number(&b, "return window.fallowEvents || 0").await >= 1 },
+        )
         .await;
         let before = number(&browser, VERIFIED).await;
         assert_eq!(before, 0, "no worker has run yet");
@@ -63,20 +66,33 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
         cluster.start_worker(&["--metrics", &metrics.to_string()]);
         cluster.start_worker(&[]);
         let loaded = number(&browser, "return performance.timeOrigin").await;
-        wait_for(&browser, "verified tiles to appear", Duration::from_secs(120), |b| async move {
-            number(&b, MOSAIC_TILES).await >= 4 && number(&b, PAINTED_PIXELS).await > 0
-        })
+        wait_for(
+            &browser,
+            "verified tiles to appear",
+            Duration::from_secs(120),
+            |b| async move {
+                number(&b, MOSAIC_TILES).await >= 4 && number(&b, PAINTED_PIXELS).await > 0
+            },
+        )
         .await;
         let early_pixels = number(&browser, PAINTED_PIXELS).await;
         let early_tiles = number(&browser, MOSAIC_TILES).await;
         let in_progress = save(&browser, &shots, "project-in-progress.png").await;
-        wait_for(&browser, "every tile verified", Duration::from_secs(240), |b| async move {
-            number(&b, VERIFIED).await == tiles && number(&b, MOSAIC_TILES).await == tiles
-        })
+        wait_for(
+            &browser,
+            "every tile verified",
+            Duration::from_secs(240),
+            |b| async move {
+                number(&b, VERIFIED).await == tiles && number(&b, MOSAIC_TILES).await == tiles
+            },
+        )
         .await;
-        wait_for(&browser, "the last tiles drawn", Duration::from_secs(20), |b| async move {
-            number(&b, PAINTED_PIXELS).await > early_pixels
-        })
+        wait_for(
+            &browser,
+            "the last tiles drawn",
+            Duration::from_secs(20),
+            |b| async move { number(&b, PAINTED_PIXELS).await > early_pixels },
+        )
         .await;
         assert!(
             early_tiles < tiles,
@@ -94,9 +110,16 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
         let text = http_get(cluster.addr.parse().expect("addr"), "/metrics");
         let accepted = metric(&text, "fallow_certificates_total{result=\"accepted\"}");
         assert_eq!(accepted, tiles, "{text}");
-        assert_eq!(metric(&text, "fallow_units{state=\"verified\"}"), tiles, "{text}");
+        assert_eq!(
+            metric(&text, "fallow_units{state=\"verified\"}"),
+            tiles,
+            "{text}"
+        );
         let text = http_get(metrics, "/metrics");
-        assert!(metric(&text, "fallow_worker_units_total{result=\"ok\"}") >= 1, "{text}");
+        assert!(
+            metric(&text, "fallow_worker_units_total{result=\"ok\"}") >= 1,
+            "{text}"
+        );
         assert!(metric(&text, "fallow_worker_fuel_total") > 0, "{text}");
         assert!(text.contains("fallow_worker_busy_seconds_total"), "{text}");
 
@@ -107,10 +130,16 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
             .await
             .expect("the project's row");
         let text = row.text().await.expect("row text");
-        assert!(text.contains("mandelbrot") && text.contains("100.0"), "{text}");
-        wait_for(&browser, "the live stream", Duration::from_secs(15), |b| async move {
-            number(&b, "return window.fallowEvents || 0").await >= 1
-        })
+        assert!(
+            text.contains("mandelbrot") && text.contains("100.0"),
+            "{text}"
+        );
+        wait_for(
+            &browser,
+            "the live stream",
+            Duration::from_secs(15),
+            |b| async move { number(&b, "return window.fallowEvents || 0").await >= 1 },
+        )
         .await;
         no_js_errors(&browser).await;
         save(&browser, &shots, "overview.png").await;
@@ -128,7 +157,10 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
         )
         .await;
         assert_eq!(overflow, 0, "the overview must fit a phone's width");
-        browser.set_window_size(1280, 1000).await.expect("desktop size");
+        browser
+            .set_window_size(1280, 1000)
+            .await
+            .expect("desktop size");
 
         // The volunteers page: leaderboard and workers.
         browser
@@ -143,9 +175,16 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
             .await
             .expect("the leaderboard table");
         let page = browser.source().await.expect("page source");
-        assert!(page.contains(">w0<") && page.contains(">w1<"), "workers listed");
+        assert!(
+            page.contains(">w0<") && page.contains(">w1<"),
+            "workers listed"
+        );
         assert_eq!(
-            number(&browser, "return document.querySelectorAll('#accounts tr').length").await,
+            number(
+                &browser,
+                "return document.querySelectorAll('#accounts tr').length"
+            )
+            .await,
             2,
             "each worker's account is on the leaderboard"
         );
@@ -154,12 +193,18 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
 
         // A script error on a page is caught by the page's own hook.
         browser
-            .execute("setTimeout(function () { undefinedFunction(); }, 0); return 0;", vec![])
+            .execute(
+                "setTimeout(function () { undefinedFunction(); }, 0); return 0;",
+                vec![],
+            )
             .await
             .expect("inject an error");
-        wait_for(&browser, "the injected error to be recorded", Duration::from_secs(5), |b| async move {
-            number(&b, "return (window.fallowErrors || []).length").await == 1
-        })
+        wait_for(
+            &browser,
+            "the injected error to be recorded",
+            Duration::from_secs(5),
+            |b| async move { number(&b, "return (window.fallowErrors || []).length").await == 1 },
+        )
         .await;
         browser.close().await.expect("close the browser");
     });
@@ -195,7 +240,10 @@ async fn number(browser: &Client, script: &str) -> u64 {
 
 async fn no_js_errors(browser: &Client) {
     let errors = browser
-        .execute("return window.fallowErrors === undefined ? null : window.fallowErrors;", vec![])
+        .execute(
+            "return window.fallowErrors === undefined ? null : window.fallowErrors;",
+            vec![],
+        )
         .await
         .expect("read errors");
     assert_eq!(
@@ -241,7 +289,10 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     body.to_string()
 }
 

@@ -3,9 +3,11 @@
 
 mod harness;
 
+mod checkpoint;
 mod dashboard;
 mod demo;
 mod faults;
 mod gossip;
 mod hostile;
 mod primes;
+mod shares;

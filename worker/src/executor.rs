@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use protocol::{Failure, FailureKind, Limits};
-use sandbox::{Compiled, Execution, Sandbox};
+use sandbox::{Checkpoint, Compiled, Execution, Finished, Proceed, Sandbox};
 
 type Job = Box<dyn FnOnce(&Sandbox) + Send>;
 
@@ -61,6 +61,7 @@ impl Executor {
     }
 
     /// Runs one execution and waits for it without blocking the async runtime.
+    #[cfg(test)]
     pub async fn run(
         &self,
         compiled: Compiled,
@@ -68,11 +69,46 @@ impl Executor {
         seed: [u8; 32],
         limits: Limits,
     ) -> Result<Execution, Failure> {
+        match self
+            .run_resumable(
+                compiled,
+                input,
+                seed,
+                limits,
+                None,
+                Box::new(|_| Proceed::Continue),
+            )
+            .await?
+        {
+            Finished::Done(e) => Ok(e),
+            Finished::Stopped(_) => Err(Failure::new(FailureKind::BadModule, "stopped")),
+        }
+    }
+
+    /// Runs one execution from `resume` (or the start), calling `on_checkpoint` on the
+    /// guest thread after every checkpoint the guest saves, and waits for it without
+    /// blocking the async runtime.
+    pub async fn run_resumable(
+        &self,
+        compiled: Compiled,
+        input: Vec<u8>,
+        seed: [u8; 32],
+        limits: Limits,
+        resume: Option<Checkpoint>,
+        mut on_checkpoint: Box<dyn FnMut(&Checkpoint) -> Proceed + Send>,
+    ) -> Result<Finished, Failure> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |sandbox| {
             // Thread CPU time, not wall time: guest threads may share cores.
             let start = cpu_time::ThreadTime::now();
-            let outcome = sandbox.run(&compiled, &input, seed, &limits);
+            let outcome = sandbox.run_resumable(
+                &compiled,
+                &input,
+                seed,
+                &limits,
+                resume,
+                &mut *on_checkpoint,
+            );
             let spent = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
             GUEST_CPU_NANOS.fetch_add(spent, Ordering::Relaxed);
             let _ = tx.send(outcome);

@@ -93,15 +93,47 @@ impl Collector for Gossip {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.snapshot();
         for (name, help, value) in [
-            ("gossip_exchanges_sent", "Exchanges sent to rendezvous boards", s.exchanges_sent),
-            ("gossip_bytes_sent", "Encoded bytes of exchanges sent", s.exchange_bytes_sent),
-            ("gossip_exchanges_failed", "Exchanges that failed", s.exchanges_failed),
-            ("gossip_exchanges_served", "Exchanges this worker's board answered", s.exchanges_served),
-            ("gossip_requests_refused", "Requests this worker's board refused whole", s.requests_refused),
-            ("certificates", "Complete certificates submitted", s.certificates),
-            ("partial_certificates", "Partial certificates submitted", s.partial_certificates),
+            (
+                "gossip_exchanges_sent",
+                "Exchanges sent to rendezvous boards",
+                s.exchanges_sent,
+            ),
+            (
+                "gossip_bytes_sent",
+                "Encoded bytes of exchanges sent",
+                s.exchange_bytes_sent,
+            ),
+            (
+                "gossip_exchanges_failed",
+                "Exchanges that failed",
+                s.exchanges_failed,
+            ),
+            (
+                "gossip_exchanges_served",
+                "Exchanges this worker's board answered",
+                s.exchanges_served,
+            ),
+            (
+                "gossip_requests_refused",
+                "Requests this worker's board refused whole",
+                s.requests_refused,
+            ),
+            (
+                "certificates",
+                "Complete certificates submitted",
+                s.certificates,
+            ),
+            (
+                "partial_certificates",
+                "Partial certificates submitted",
+                s.partial_certificates,
+            ),
             ("disputes", "Disputes reported", s.disputes),
-            ("misbehaviour_reports", "Evidence of misbehaviour reported", s.misbehaviour_reports),
+            (
+                "misbehaviour_reports",
+                "Evidence of misbehaviour reported",
+                s.misbehaviour_reports,
+            ),
         ] {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;

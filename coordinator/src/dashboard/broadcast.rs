@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::mosaic::{self, Canvas};
 use super::snapshot::{
-    AccountRow, Capture, Charts, FailedUnit, FailureRow, Leaderboard, MosaicInfo, Overview,
-    LiveOverview, PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary,
-    Published, Sample, TeamRow, Totals, WorkerRow, Workers, frame,
+    AccountRow, Capture, Charts, FailedUnit, FailureRow, Leaderboard, LiveOverview, MosaicInfo,
+    Overview, PlatformRow, ProjectCapture, ProjectDetail, ProjectPage, ProjectSummary, Published,
+    Sample, TeamRow, Totals, WorkerRow, Workers, frame,
 };
 use super::{Dashboard, metrics, render};
 use crate::store::Store;
@@ -87,9 +87,8 @@ pub(crate) async fn run<S: Source>(
         }
         let now = Instant::now();
         let generation = dashboard.generation();
-        let due = generation != seen
-            || state.deferred
-            || last.is_none_or(|t| now - t >= IDLE_REFRESH);
+        let due =
+            generation != seen || state.deferred || last.is_none_or(|t| now - t >= IDLE_REFRESH);
         if !due || now < not_before {
             continue;
         }
@@ -174,15 +173,18 @@ impl Broadcaster {
         }
         self.rates
             .retain(|id, _| capture.projects.iter().any(|p| p.id == *id));
-        self.sample(at, totals.verified + totals.failed, totals.units_per_minute, online);
+        self.sample(
+            at,
+            totals.verified + totals.failed,
+            totals.units_per_minute,
+            online,
+        );
         set_gauges(dashboard, &totals);
 
         let failures = dashboard.failures();
         let mut projects = std::collections::BTreeMap::new();
         for (p, summary) in capture.projects.iter().zip(&summaries) {
-            let recent = self
-                .failure_rows(source, &directory, &failures, p.id)
-                .await;
+            let recent = self.failure_rows(source, &directory, &failures, p.id).await;
             let failed_units = self.failed_units(source, p).await;
             let (mosaic, mosaic_png) = self.mosaic(source, p).await;
             let detail = ProjectDetail {
@@ -294,7 +296,10 @@ impl Broadcaster {
         let settled = p.verified + p.failed;
         let window = self.rates.entry(p.id).or_default();
         window.push_back((at, settled));
-        while window.len() > 2 && window.front().is_some_and(|&(t, _)| at - t > RATE_WINDOW_MS)
+        while window.len() > 2
+            && window
+                .front()
+                .is_some_and(|&(t, _)| at - t > RATE_WINDOW_MS)
         {
             window.pop_front();
         }
@@ -477,13 +482,17 @@ impl Broadcaster {
                 }
             }
         }
-        let info = m.canvas.as_ref().filter(|_| m.png.is_some()).map(|c| MosaicInfo {
-            tiles: c.tiles(),
-            width: c.width,
-            height: c.height,
-            version: m.version,
-            url: format!("/api/projects/{}/mosaic.png?v={}", p.id.0, m.version),
-        });
+        let info = m
+            .canvas
+            .as_ref()
+            .filter(|_| m.png.is_some())
+            .map(|c| MosaicInfo {
+                tiles: c.tiles(),
+                width: c.width,
+                height: c.height,
+                version: m.version,
+                url: format!("/api/projects/{}/mosaic.png?v={}", p.id.0, m.version),
+            });
         (info, m.png.clone())
     }
 }

@@ -65,7 +65,10 @@ pub fn parse_tile(bytes: &[u8]) -> Result<Tile, Error> {
     let (w, h) = dims
         .split_once(' ')
         .ok_or_else(|| bad(format!("bad size line {dims:?}")))?;
-    let parse = |v: &str| v.parse::<u32>().map_err(|_| bad(format!("bad size {dims:?}")));
+    let parse = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| bad(format!("bad size {dims:?}")))
+    };
     let (w, h) = (parse(w)?, parse(h)?);
     if line()? != "255" {
         return Err(bad("maxval must be 255".into()));
@@ -188,11 +191,23 @@ mod tests {
     fn tiles_fill_the_canvas_once_each() {
         let mut c = Canvas::new(4, 2);
         assert_eq!((c.w, c.h), (4, 2));
-        assert!(c.paint(&parse_tile(&tile(2, 0, 4, 20)).expect("tile")).expect("paint"));
-        assert!(!c.paint(&parse_tile(&tile(2, 0, 4, 20)).expect("tile")).expect("paint"));
+        assert!(
+            c.paint(&parse_tile(&tile(2, 0, 4, 20)).expect("tile"))
+                .expect("paint")
+        );
+        assert!(
+            !c.paint(&parse_tile(&tile(2, 0, 4, 20)).expect("tile"))
+                .expect("paint")
+        );
         assert_eq!(c.tiles(), 1);
-        assert_eq!(&c.rgb[..12], &[48, 48, 48, 48, 48, 48, 20, 20, 20, 20, 20, 20]);
-        assert!(c.paint(&parse_tile(&tile(0, 0, 6, 1)).expect("tile")).is_err());
+        assert_eq!(
+            &c.rgb[..12],
+            &[48, 48, 48, 48, 48, 48, 20, 20, 20, 20, 20, 20]
+        );
+        assert!(
+            c.paint(&parse_tile(&tile(0, 0, 6, 1)).expect("tile"))
+                .is_err()
+        );
         assert!(c.png().expect("png").starts_with(b"\x89PNG"));
     }
 
@@ -211,6 +226,9 @@ mod tests {
         assert!(parse_tile(&short).is_err());
         assert!(parse_tile(&tile(3, 0, 4, 1)).is_err(), "does not fit");
         assert!(parse_tile(b"P5\n").is_err());
-        assert!(parse_tile(b"P6\n# fallow-tile x=0 y=0 width=99999999 height=99999999\n0 0\n255\n").is_err());
+        assert!(
+            parse_tile(b"P6\n# fallow-tile x=0 y=0 width=99999999 height=99999999\n0 0\n255\n")
+                .is_err()
+        );
     }
 }

@@ -57,17 +57,21 @@ fn eta(p: &ProjectSummary) -> String {
 }
 
 fn page(title: &str, active: &str, body: &str, live: &str) -> String {
-    let nav = [("/", "Overview"), ("/volunteers", "Volunteers"), ("/api", "API")]
-        .iter()
-        .map(|(href, label)| {
-            let current = if *href == active {
-                " aria-current=\"page\""
-            } else {
-                ""
-            };
-            format!("<a href=\"{href}\"{current}>{label}</a>")
-        })
-        .collect::<String>();
+    let nav = [
+        ("/", "Overview"),
+        ("/volunteers", "Volunteers"),
+        ("/api", "API"),
+    ]
+    .iter()
+    .map(|(href, label)| {
+        let current = if *href == active {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        format!("<a href=\"{href}\"{current}>{label}</a>")
+    })
+    .collect::<String>();
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -136,7 +140,11 @@ pub(crate) fn overview(p: &Published) -> String {
     body.push_str("<h1>Progress</h1><section class=\"cards\">");
     body.push_str(&card("projects", "totals.projects", int(t.projects)));
     body.push_str(&card("units verified", "totals.verified", int(t.verified)));
-    body.push_str(&card("in progress", "totals.in_progress", int(t.in_progress)));
+    body.push_str(&card(
+        "in progress",
+        "totals.in_progress",
+        int(t.in_progress),
+    ));
     body.push_str(&card("pending", "totals.pending", int(t.pending)));
     body.push_str(&card("failed", "totals.failed", int(t.failed)));
     body.push_str(&card(
@@ -185,7 +193,11 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
     body.push_str("<section class=\"cards\">");
     body.push_str(&card("units", "project.total", int(p.total)));
     body.push_str(&card("verified", "project.verified", int(p.verified)));
-    body.push_str(&card("in progress", "project.in_progress", int(p.in_progress)));
+    body.push_str(&card(
+        "in progress",
+        "project.in_progress",
+        int(p.in_progress),
+    ));
     body.push_str(&card("pending", "project.pending", int(p.pending)));
     body.push_str(&card("failed", "project.failed", int(p.failed)));
     body.push_str(&card("executions", "project.executions", int(p.executions)));
@@ -331,14 +343,29 @@ pub(crate) fn volunteers(p: &Published) -> String {
 /// `GET /api`: the API's index, for people who follow the link.
 pub(crate) fn api_index() -> String {
     let rows = [
-        ("/api/overview", "totals, projects, history and charts (the front page)"),
+        (
+            "/api/overview",
+            "totals, projects, history and charts (the front page)",
+        ),
         ("/api/projects", "every project's progress, rate and ETA"),
-        ("/api/projects/{id}", "one project: unit states, failures, picture"),
-        ("/api/projects/{id}/mosaic.png", "the picture of verified tiles (Mandelbrot)"),
+        (
+            "/api/projects/{id}",
+            "one project: unit states, failures, picture",
+        ),
+        (
+            "/api/projects/{id}/mosaic.png",
+            "the picture of verified tiles (Mandelbrot)",
+        ),
         ("/api/workers", "workers, online state, platforms"),
         ("/api/leaderboard", "accounts and teams by credit"),
-        ("/api/events", "server-sent events: `overview` snapshots (`?project=ID`: `project`)"),
-        ("/api/export/projects.json", "stats export (also .csv; workers, accounts, teams)"),
+        (
+            "/api/events",
+            "server-sent events: `overview` snapshots (`?project=ID`: `project`)",
+        ),
+        (
+            "/api/export/projects.json",
+            "stats export (also .csv; workers, accounts, teams)",
+        ),
         ("/metrics", "Prometheus text format"),
     ];
     let mut body = String::from("<h1>JSON API</h1><p>Read-only; GET only.</p><table><tbody>");
@@ -366,7 +393,9 @@ pub(crate) fn line_chart(title: &str, unit: &str, points: &[(u64, f64)]) -> Stri
         esc(title)
     );
     let (Some(first), Some(last)) = (points.first(), points.last()) else {
-        svg.push_str("<text x=\"300\" y=\"85\" text-anchor=\"middle\">collecting data…</text></svg>");
+        svg.push_str(
+            "<text x=\"300\" y=\"85\" text-anchor=\"middle\">collecting data…</text></svg>",
+        );
         return svg;
     };
     let span = last.0.saturating_sub(first.0).max(1) as f64;

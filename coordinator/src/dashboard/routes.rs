@@ -54,7 +54,10 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -93,7 +96,12 @@ async fn api_project(State(d): Shared, Path(id): Path<u64>) -> Response {
 }
 
 async fn mosaic(State(d): Shared, Path(id): Path<u64>) -> Response {
-    match d.latest().projects.get(&id).and_then(|p| p.mosaic_png.clone()) {
+    match d
+        .latest()
+        .projects
+        .get(&id)
+        .and_then(|p| p.mosaic_png.clone())
+    {
         Some(png) => (
             [
                 (header::CONTENT_TYPE, "image/png"),
@@ -190,14 +198,31 @@ async fn export(State(d): Shared, Path(file): Path<String>) -> Response {
     let table: (Vec<&str>, Vec<Vec<String>>) = match what {
         "projects" => (
             vec![
-                "id", "name", "total", "verified", "failed", "in_progress", "pending",
-                "executions", "disputes", "extra_replicas", "credit", "finished",
+                "id",
+                "name",
+                "total",
+                "verified",
+                "failed",
+                "in_progress",
+                "pending",
+                "executions",
+                "disputes",
+                "extra_replicas",
+                "credit",
+                "finished",
             ],
             p.overview.projects.iter().map(project_row).collect(),
         ),
         "workers" => (
             vec![
-                "id", "name", "account", "team", "platform", "cores", "online", "last_seen_ms",
+                "id",
+                "name",
+                "account",
+                "team",
+                "platform",
+                "cores",
+                "online",
+                "last_seen_ms",
             ],
             p.workers.workers.iter().map(worker_row).collect(),
         ),
@@ -317,7 +342,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, mime, body)) => (
-            [(header::CONTENT_TYPE, *mime), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             *body,
         )
             .into_response(),
@@ -353,7 +381,10 @@ mod tests {
     fn csv_quotes_what_needs_quoting() {
         let out = csv(
             &["a", "b"],
-            &[vec!["x,y".into(), "say \"hi\"".into()], vec!["1".into(), "2".into()]],
+            &[
+                vec!["x,y".into(), "say \"hi\"".into()],
+                vec!["1".into(), "2".into()],
+            ],
         );
         assert_eq!(out, "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n1,2\r\n");
     }
@@ -444,19 +475,37 @@ mod tests {
         let (status, kind, html) = call(Method::GET, "/").await;
         assert_eq!(status, StatusCode::OK);
         assert!(kind.starts_with("text/html"), "{kind}");
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
-        assert!(!html.contains("<script>alert"), "a name must never become markup");
-        assert!(html.contains("4 verified"), "numbers are in the HTML: {html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("<script>alert"),
+            "a name must never become markup"
+        );
+        assert!(
+            html.contains("4 verified"),
+            "numbers are in the HTML: {html}"
+        );
         let (status, _, html) = call(Method::GET, "/projects/7").await;
         assert_eq!(status, StatusCode::OK);
         assert!(html.contains("data-live=\"project:7\""));
-        assert_eq!(call(Method::GET, "/projects/8").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(Method::GET, "/projects/8").await.0,
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(call(Method::GET, "/volunteers").await.0, StatusCode::OK);
     }
 
     #[tokio::test]
     async fn nothing_but_get_is_served() {
-        for path in ["/", "/api/overview", "/api/projects/7", "/api/events", "/metrics"] {
+        for path in [
+            "/",
+            "/api/overview",
+            "/api/projects/7",
+            "/api/events",
+            "/metrics",
+        ] {
             for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 let (status, _, _) = call(method.clone(), path).await;
                 assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -467,23 +516,38 @@ mod tests {
     #[tokio::test]
     async fn the_api_exports_and_streams_the_snapshot() {
         let (status, kind, json) = call(Method::GET, "/api/projects").await;
-        assert_eq!((status, kind.as_str()), (StatusCode::OK, "application/json"));
+        assert_eq!(
+            (status, kind.as_str()),
+            (StatusCode::OK, "application/json")
+        );
         let v: serde_json::Value = serde_json::from_str(&json).expect("json");
         assert_eq!(v[0]["verified"], 4);
         let (_, kind, csv) = call(Method::GET, "/api/export/projects.csv").await;
         assert!(kind.starts_with("text/csv"));
         assert!(csv.starts_with("id,name,total,verified,"), "{csv}");
-        assert!(csv.contains("\r\n7,<script>alert(1)</script>,10,4,"), "{csv}");
-        assert_eq!(call(Method::GET, "/api/export/secrets.csv").await.0, StatusCode::NOT_FOUND);
+        assert!(
+            csv.contains("\r\n7,<script>alert(1)</script>,10,4,"),
+            "{csv}"
+        );
+        assert_eq!(
+            call(Method::GET, "/api/export/secrets.csv").await.0,
+            StatusCode::NOT_FOUND
+        );
         // A late viewer gets the current snapshot as its first event.
         let (status, kind, first) = call(Method::GET, "/api/events").await;
         assert_eq!(status, StatusCode::OK);
         assert!(kind.starts_with("text/event-stream"), "{kind}");
-        assert!(first.contains("event: overview") && first.contains("id: 3"), "{first}");
+        assert!(
+            first.contains("event: overview") && first.contains("id: 3"),
+            "{first}"
+        );
         assert!(first.contains("\"verified\":4"), "{first}");
         let (_, _, first) = call(Method::GET, "/api/events?project=7").await;
         assert!(first.contains("event: project"), "{first}");
-        assert_eq!(call(Method::GET, "/api/events?project=9").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(Method::GET, "/api/events?project=9").await.0,
+            StatusCode::NOT_FOUND
+        );
         let (_, kind, metrics) = call(Method::GET, "/metrics").await;
         assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
         assert!(metrics.contains("fallow_assignments_total 0"), "{metrics}");
