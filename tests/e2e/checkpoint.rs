@@ -54,7 +54,7 @@ fn wait_for_checkpoint(c: &Cluster, worker: usize, at_least: u32) -> (u32, u64) 
     }
 }
 
-/// The value of `key=` in the first log line containing `message` after `from`.
+/// The value of `key=` in the first log line containing `message`.
 fn field(log: &str, message: &str, key: &str) -> Option<u64> {
     let line = log.lines().find(|l| l.contains(message))?;
     let at = line.find(&format!("{key}="))? + key.len() + 1;
@@ -111,9 +111,13 @@ fn a_worker_killed_mid_unit_resumes_from_its_checkpoint_with_the_same_verified_o
         .filter(|l| l.contains("checkpoint written"))
         .filter_map(|l| field(l, "checkpoint written", "checkpoint"))
         .max();
-    // Every checkpoint the killed worker made is on disk: what it lost is the part of one
-    // interval after the last one.
-    assert_eq!(last_logged, Some(segment), "{killed_log}");
+    // Every checkpoint the killed worker made is on disk (the kill may fall between the
+    // write and its log line): what it lost is the part of one interval after the last.
+    let last_logged = last_logged.expect("checkpoints logged");
+    assert!(
+        segment == last_logged || segment == last_logged + 1,
+        "on disk {segment}, last logged {last_logged}\n{killed_log}"
+    );
     let status = c.status(id).expect("status");
     assert_eq!(
         n(&status, "verified"),
