@@ -28,9 +28,6 @@ use crate::host::Host;
 /// The import module of the checkpoint API; only modules that import it see it.
 pub(crate) const MODULE: &str = "fallow";
 
-/// The functions of [`MODULE`].
-pub(crate) const FUNCTIONS: [&str; 2] = ["checkpoint_save", "checkpoint_load"];
-
 /// A guest's saved state plus what the host must restore with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {

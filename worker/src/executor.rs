@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use protocol::{Failure, FailureKind, Limits};
-use sandbox::{Checkpoint, Compiled, Execution, Finished, Proceed, Sandbox};
+#[cfg(test)]
+use sandbox::Execution;
+use sandbox::{Checkpoint, Compiled, Finished, Proceed, Sandbox};
 
 type Job = Box<dyn FnOnce(&Sandbox) + Send>;
 

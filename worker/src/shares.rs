@@ -64,6 +64,7 @@ pub struct Ticket {
     started: Instant,
 }
 
+#[cfg(test)]
 impl Ticket {
     /// The attachment the core works for.
     pub fn attachment(&self) -> usize {
@@ -160,6 +161,7 @@ impl Shares {
     }
 
     /// Core-seconds each attachment really used so far (running units included).
+    #[cfg(test)]
     pub fn used(&self, now: Instant) -> Vec<Duration> {
         self.entries
             .iter()
