@@ -14,7 +14,9 @@
 //!
 //! Sans-IO: no clock, no I/O; time is an argument.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+#[cfg(test)]
+use std::time::Duration;
 
 /// The share state of every attachment.
 #[derive(Debug, Clone)]
