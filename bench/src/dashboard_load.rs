@@ -347,6 +347,7 @@ async fn submit(url: &str, token: &str, units: usize) -> anyhow::Result<ProjectI
             wall_seconds: 60,
             max_output_bytes: 1 << 20,
             nan_canonicalization: false,
+            ..Limits::default()
         },
         units: (0..units)
             .map(|i| (format!("u{i:07}"), format!("{i}\n").into_bytes()))

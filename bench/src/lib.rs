@@ -105,6 +105,7 @@ fn bench_limits(nan_canonicalization: bool) -> Limits {
         wall_seconds: 600,
         max_output_bytes: 64 << 20,
         nan_canonicalization,
+        ..Limits::default()
     }
 }
 

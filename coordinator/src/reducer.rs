@@ -23,6 +23,7 @@ fn reducer_limits(project: &Limits) -> Limits {
         wall_seconds: 600,
         max_output_bytes: protocol::limits::MAX_OUTPUT_RANGE.1,
         nan_canonicalization: project.nan_canonicalization,
+        max_checkpoint_bytes: project.max_checkpoint_bytes,
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Cli {
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 
 /// The subcommands.
+// Parsed once per process: the size of the largest variant (the worker's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator: gRPC API and web dashboard on --listen, state in SQLite under
@@ -47,9 +49,18 @@ pub enum Command {
         /// Talk to a running worker instead of starting one.
         #[command(subcommand)]
         action: Option<WorkerAction>,
-        /// Coordinator URL.
+        /// Coordinator URL (when no --attach is given).
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
+        /// Work for this coordinator with a resource share (default 100); repeat for
+        /// several. Cores are split over time in proportion to the shares of those with
+        /// work. Replaces --coordinator.
+        #[arg(long, value_name = "URL[=SHARE]")]
+        attach: Vec<String>,
+        /// Most units buffered per coordinator beyond the running ones (0: none); never
+        /// more than can start before their lease runs out.
+        #[arg(long, default_value_t = 2)]
+        prefetch: usize,
         /// Data directory (identity key, module cache); one per worker.
         #[arg(long, default_value = "fallow-worker")]
         data: PathBuf,
@@ -77,9 +88,14 @@ pub enum Command {
         /// membership member, but still computes and verifies over connections it opens.
         #[arg(long, conflicts_with = "peer_advertise")]
         no_inbound: bool,
-        /// On Ctrl-C, seconds to let running units finish before handing them back.
+        /// On Ctrl-C/SIGTERM, seconds to let running units finish, or stop at their next
+        /// checkpoint (units whose guest checkpoints), before handing the rest back.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
+        /// Least seconds between two checkpoints of a unit written to disk (0: every
+        /// checkpoint the guest saves).
+        #[arg(long, default_value_t = 30)]
+        checkpoint_seconds: u64,
         /// Serve Prometheus metrics (executions by result and failure reason, fuel, busy
         /// and idle time, gossip counters) at http://ADDR/metrics.
         #[arg(long)]

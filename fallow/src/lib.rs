@@ -51,6 +51,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker {
             action: None,
             coordinator,
+            attach,
+            prefetch,
             data,
             cores,
             name,
@@ -60,12 +62,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             peer_advertise,
             no_inbound,
             drain_seconds,
+            checkpoint_seconds,
             metrics,
             fault,
             prefs,
         } => {
+            let attach = attach
+                .iter()
+                .map(|a| worker::Attach::parse(a))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut config = worker::WorkerConfig {
                 coordinator,
+                attach,
+                prefetch,
                 data_dir: data,
                 account,
                 team,
@@ -73,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer_listen,
                 peer_advertise,
                 drain: std::time::Duration::from_secs(drain_seconds),
+                checkpoint_every: std::time::Duration::from_secs(checkpoint_seconds),
                 fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
                 metrics,
                 prefs: prefs.to_map(),

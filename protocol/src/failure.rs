@@ -21,6 +21,8 @@ pub enum FailureKind {
     ExitCode,
     /// The module could not be compiled or instantiated on this worker.
     BadModule,
+    /// The guest saved a checkpoint bigger than `max_checkpoint_bytes`. Deterministic.
+    CheckpointTooLarge,
 }
 
 impl FailureKind {
@@ -35,6 +37,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::ExitCode => "exit_code",
             FailureKind::BadModule => "bad_module",
+            FailureKind::CheckpointTooLarge => "checkpoint_too_large",
         }
     }
 
@@ -49,6 +52,7 @@ impl FailureKind {
             FailureKind::Trap,
             FailureKind::ExitCode,
             FailureKind::BadModule,
+            FailureKind::CheckpointTooLarge,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -64,6 +68,7 @@ impl FailureKind {
                 | FailureKind::OutputTooLarge
                 | FailureKind::Trap
                 | FailureKind::ExitCode
+                | FailureKind::CheckpointTooLarge
         )
     }
 }

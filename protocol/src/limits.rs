@@ -25,6 +25,12 @@ pub struct Limits {
     /// 4x on float-heavy code, so off by default; integer code and non-NaN floats are
     /// bit-exact without it.
     pub nan_canonicalization: bool,
+    /// Largest checkpoint a guest may save with `fallow::checkpoint_save`, in bytes. Default
+    /// 16 MiB; 1 KiB to 1 GiB. Saving more fails the execution with
+    /// `checkpoint_too_large` (deterministic: every replica saves the same bytes). Only
+    /// modules that import the checkpoint API use it; a worker keeps one checkpoint per
+    /// running unit on disk.
+    pub max_checkpoint_bytes: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +41,7 @@ impl Default for Limits {
             wall_seconds: 60,
             max_output_bytes: 1 << 20,
             nan_canonicalization: false,
+            max_checkpoint_bytes: 16 << 20,
         }
     }
 }
@@ -47,6 +54,8 @@ pub const MEMORY_MB_RANGE: (u32, u32) = (1, 4096);
 pub const WALL_SECONDS_RANGE: (u32, u32) = (1, 86_400);
 /// Bounds of `max_output_bytes`.
 pub const MAX_OUTPUT_RANGE: (u64, u64) = (1, 64 << 20);
+/// Bounds of `max_checkpoint_bytes`.
+pub const MAX_CHECKPOINT_RANGE: (u64, u64) = (1 << 10, 1 << 30);
 
 impl Limits {
     /// Checks every field against its bounds; the error names the key and the allowed range.
@@ -67,6 +76,11 @@ impl Limits {
         within("memory_mb", self.memory_mb, MEMORY_MB_RANGE)?;
         within("wall_seconds", self.wall_seconds, WALL_SECONDS_RANGE)?;
         within("max_output_bytes", self.max_output_bytes, MAX_OUTPUT_RANGE)?;
+        within(
+            "max_checkpoint_bytes",
+            self.max_checkpoint_bytes,
+            MAX_CHECKPOINT_RANGE,
+        )?;
         Ok(())
     }
 }

@@ -166,6 +166,11 @@ impl TryFrom<Option<pb::Limits>> for Limits {
             wall_seconds: l.wall_seconds,
             max_output_bytes: l.max_output_bytes,
             nan_canonicalization: l.nan_canonicalization,
+            // 0: sent by a coordinator that predates checkpoints.
+            max_checkpoint_bytes: match l.max_checkpoint_bytes {
+                0 => Limits::default().max_checkpoint_bytes,
+                n => n,
+            },
         };
         limits
             .validate()
@@ -182,6 +187,7 @@ impl From<Limits> for pb::Limits {
             wall_seconds: l.wall_seconds,
             max_output_bytes: l.max_output_bytes,
             nan_canonicalization: l.nan_canonicalization,
+            max_checkpoint_bytes: l.max_checkpoint_bytes,
         }
     }
 }
@@ -197,6 +203,7 @@ impl From<FailureKind> for pb::FailureKind {
             FailureKind::Trap => pb::FailureKind::Trap,
             FailureKind::ExitCode => pb::FailureKind::ExitCode,
             FailureKind::BadModule => pb::FailureKind::BadModule,
+            FailureKind::CheckpointTooLarge => pb::FailureKind::CheckpointTooLarge,
         }
     }
 }
@@ -212,6 +219,7 @@ pub fn failure_from_wire(kind: i32, detail: String) -> Result<Failure, Error> {
         Ok(pb::FailureKind::Trap) => FailureKind::Trap,
         Ok(pb::FailureKind::ExitCode) => FailureKind::ExitCode,
         Ok(pb::FailureKind::BadModule) => FailureKind::BadModule,
+        Ok(pb::FailureKind::CheckpointTooLarge) => FailureKind::CheckpointTooLarge,
         Ok(pb::FailureKind::Unspecified) | Err(_) => {
             return Err(Error::malformed(
                 "FailureReport.kind",

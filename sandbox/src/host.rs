@@ -1,5 +1,7 @@
 //! Per-execution store data: a deterministic WASI preview 1 context and the memory limiter.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::Limits;
@@ -7,6 +9,8 @@ use wasmtime::{Linker, ResourceLimiter};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+
+use crate::checkpoint::{self, Checkpoint, Slot};
 
 /// The only import module guests may use.
 pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
@@ -20,6 +24,7 @@ const ENOTSUP: i32 = 58;
 pub(crate) struct Host {
     wasi: WasiP1Ctx,
     pub(crate) limiter: Limiter,
+    pub(crate) checkpoint: Slot,
 }
 
 pub(crate) struct Pipes {
@@ -44,13 +49,27 @@ impl Pipes {
 }
 
 impl Host {
-    pub(crate) fn new(input: &[u8], seed: [u8; 32], limits: &Limits) -> (Self, Pipes) {
+    /// Store data for one segment: a fresh run, or a restart from `resume` (whose stdout
+    /// the caller keeps and puts in front of this segment's).
+    pub(crate) fn new(
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &Limits,
+        resume: Option<&Checkpoint>,
+    ) -> (Self, Pipes) {
+        let written = resume.map_or(0, |c| c.stdout.len());
         // One byte over the cap lets the sandbox tell "exactly at the limit" from "over it".
-        let stdout = MemoryOutputPipe::new(limits.max_output_bytes as usize + 1);
+        let stdout =
+            MemoryOutputPipe::new((limits.max_output_bytes as usize + 1).saturating_sub(written));
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut insecure_seed = [0u8; 16];
         insecure_seed
             .copy_from_slice(&blake3::derive_key("fallow insecure random seed v1", &seed)[..16]);
+        let positions = resume.map_or([0, 0], |c| c.random);
+        let random = [
+            Arc::new(AtomicU64::new(positions[0])),
+            Arc::new(AtomicU64::new(positions[1])),
+        ];
         let wasi = WasiCtxBuilder::new()
             .stdin(MemoryInputPipe::new(input.to_vec()))
             .stdout(stdout.clone())
@@ -58,8 +77,16 @@ impl Host {
             .args(&["main"])
             .wall_clock(FrozenWallClock)
             .monotonic_clock(FrozenMonotonicClock)
-            .secure_random(SeededRandom::new(seed, "fallow secure random v1"))
-            .insecure_random(SeededRandom::new(seed, "fallow insecure random v1"))
+            .secure_random(SeededRandom::new(
+                seed,
+                "fallow secure random v1",
+                random[0].clone(),
+            ))
+            .insecure_random(SeededRandom::new(
+                seed,
+                "fallow insecure random v1",
+                random[1].clone(),
+            ))
             .insecure_random_seed(u128::from_le_bytes(insecure_seed))
             .build_p1();
         let host = Host {
@@ -68,13 +95,19 @@ impl Host {
                 memory_bytes: (limits.memory_mb as usize) << 20,
                 hit: false,
             },
+            checkpoint: Slot {
+                load: resume.map(|c| Arc::from(c.state.as_slice())),
+                saved: None,
+                max_bytes: limits.max_checkpoint_bytes,
+                random,
+            },
         };
         (host, Pipes { stdout, stderr })
     }
 
     /// Store data for enumerating the linker; never runs a guest.
     pub(crate) fn placeholder() -> Self {
-        Host::new(&[], [0; 32], &Limits::default()).0
+        Host::new(&[], [0; 32], &Limits::default(), None).0
     }
 }
 
@@ -90,6 +123,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         |_: i32, _: i32, _: i32, _: i32| -> i32 { ENOTSUP },
     )?;
     linker.allow_shadowing(false);
+    checkpoint::add_to_linker(linker)?;
     Ok(())
 }
 
@@ -149,13 +183,26 @@ impl HostMonotonicClock for FrozenMonotonicClock {
 }
 
 /// A BLAKE3 extendable-output stream: reproducible from the seed, unpredictable without it.
-struct SeededRandom(blake3::OutputReader);
+/// Its position is shared with the checkpoint slot, so a guest restarted from a checkpoint
+/// reads on where it stopped.
+struct SeededRandom {
+    reader: blake3::OutputReader,
+    position: Arc<AtomicU64>,
+}
 
 impl SeededRandom {
-    fn new(seed: [u8; 32], context: &str) -> Self {
+    fn new(seed: [u8; 32], context: &str, position: Arc<AtomicU64>) -> Self {
         let mut hasher = blake3::Hasher::new_derive_key(context);
         hasher.update(&seed);
-        SeededRandom(hasher.finalize_xof())
+        let mut reader = hasher.finalize_xof();
+        reader.set_position(position.load(Ordering::Relaxed));
+        SeededRandom { reader, position }
+    }
+
+    fn fill(&mut self, dst: &mut [u8]) {
+        self.reader.fill(dst);
+        self.position
+            .store(self.reader.position(), Ordering::Relaxed);
     }
 }
 
@@ -163,16 +210,16 @@ impl rand_core::TryRng for SeededRandom {
     type Error = std::convert::Infallible;
     fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
         let mut b = [0; 4];
-        self.0.fill(&mut b);
+        self.fill(&mut b);
         Ok(u32::from_le_bytes(b))
     }
     fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
         let mut b = [0; 8];
-        self.0.fill(&mut b);
+        self.fill(&mut b);
         Ok(u64::from_le_bytes(b))
     }
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        self.0.fill(dst);
+        self.fill(dst);
         Ok(())
     }
 }

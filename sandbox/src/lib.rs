@@ -5,9 +5,12 @@
 //! - [`Sandbox`]: engine configuration, the module cache, [`Sandbox::inspect`] (the submit-time
 //!   check) and [`Sandbox::run`] (one execution).
 //! - `host`: the per-execution store data: deterministic WASI context and the memory limiter.
+//! - [`checkpoint`]: the opt-in checkpoint API (`fallow::checkpoint_save`/`checkpoint_load`)
+//!   and [`Checkpoint`], with [`Sandbox::run_resumable`] restarting a guest from one.
 //! - [`SandboxConfig`]: the knobs, documented like wasmtime documents `Config`.
 //! - [`Pacer`]: the hook through which a worker pauses (suspension) or slows (CPU limit) a
-//!   running guest without losing its state; [`Sandbox::run_paced`] calls it.
+//!   running guest without losing its state; [`Sandbox::run_paced`] and
+//!   [`Sandbox::run_resumable`] call it.
 //!
 //! # Determinism
 //! A guest sees: stdin = the unit's input; argv = `["main"]`; no environment variables; no
@@ -19,7 +22,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 mod host;
+
+pub use checkpoint::{Checkpoint, Proceed};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +55,7 @@ pub enum Error {
     Invalid(String),
     /// The module imports something outside the guest ABI.
     #[error(
-        "module imports `{module}::{name}`, which is outside Fallow's guest ABI (only WASI preview 1 functions from `wasi_snapshot_preview1` are available)"
+        "module imports `{module}::{name}`, which is outside Fallow's guest ABI (only WASI preview 1 functions from `wasi_snapshot_preview1` and `fallow::checkpoint_save`/`checkpoint_load` are available)"
     )]
     ForbiddenImport {
         /// Import module name.
@@ -130,6 +136,13 @@ impl Pacer for Unpaced {
     fn pace(&mut self, _fuel_used: u64) {}
 }
 
+/// The pacer of one [`Sandbox::run_resumable`] call and the guest's running time so far,
+/// shared by the deadline callbacks of its segments.
+struct Pace {
+    pacer: Box<dyn Pacer>,
+    running: Duration,
+}
+
 /// A successful execution.
 #[derive(Debug, Clone)]
 pub struct Execution {
@@ -137,8 +150,24 @@ pub struct Execution {
     pub output: Vec<u8>,
     /// BLAKE3 of `output`.
     pub digest: Digest,
-    /// Fuel consumed.
+    /// Fuel consumed by the whole unit: every segment, including those before the
+    /// checkpoint it was resumed from. The number claimed and credited.
     pub fuel: u64,
+    /// Fuel metered in this call alone (less than `fuel` after a resume).
+    pub fuel_here: u64,
+    /// The checkpoint this call started from (its `segment`), 0 for a fresh start.
+    pub resumed_from: u32,
+    /// Checkpoints the guest saved over the whole unit.
+    pub checkpoints: u32,
+}
+
+/// How [`Sandbox::run_resumable`] ended without a failure.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    /// The guest exited 0.
+    Done(Execution),
+    /// The caller said [`Proceed::Stop`] after this checkpoint.
+    Stopped(Checkpoint),
 }
 
 /// A compiled module ready to instantiate in microseconds.
@@ -146,6 +175,15 @@ pub struct Execution {
 pub struct Compiled {
     pre: InstancePre<Host>,
     nan_canonicalization: bool,
+    checkpoints: bool,
+}
+
+impl Compiled {
+    /// Whether the module imports the checkpoint API (so a running unit of it can be
+    /// stopped at its next checkpoint and resumed later).
+    pub fn checkpoints(&self) -> bool {
+        self.checkpoints
+    }
 }
 
 impl std::fmt::Debug for Compiled {
@@ -164,8 +202,8 @@ struct Flavour {
 pub struct Sandbox {
     plain: Flavour,
     canonical: Flavour,
-    /// Every `wasi_snapshot_preview1` function name the linker defines.
-    abi: HashSet<String>,
+    /// Every (module, function) the linker defines: WASI preview 1 and the checkpoint API.
+    abi: HashSet<(String, String)>,
     cache: Mutex<HashMap<(Digest, bool), Compiled>>,
     cache_limit: usize,
     consume_fuel: bool,
@@ -194,8 +232,10 @@ impl Sandbox {
             plain
                 .linker
                 .iter(&mut store)
-                .filter(|(module, _, _)| *module == host::WASI_MODULE)
-                .map(|(_, name, _)| name.to_string())
+                .filter(|(module, _, _)| {
+                    *module == host::WASI_MODULE || *module == checkpoint::MODULE
+                })
+                .map(|(module, name, _)| (module.to_string(), name.to_string()))
                 .collect()
         };
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -257,9 +297,11 @@ impl Sandbox {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let checkpoints = module.imports().any(|i| i.module() == checkpoint::MODULE);
         let compiled = Compiled {
             pre,
             nan_canonicalization,
+            checkpoints,
         };
         let mut cache = self.lock_cache();
         if cache.len() >= self.cache_limit {
@@ -309,7 +351,10 @@ impl Sandbox {
         let module =
             Module::new(&flavour.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         for import in module.imports() {
-            if import.module() != host::WASI_MODULE || !self.abi.contains(import.name()) {
+            if !self
+                .abi
+                .contains(&(import.module().to_string(), import.name().to_string()))
+            {
                 return Err(Error::ForbiddenImport {
                     module: import.module().to_string(),
                     name: import.name().to_string(),
@@ -338,6 +383,7 @@ impl Sandbox {
     /// Runs one execution: `input` on stdin, `seed` for WASI random, every limit of
     /// `limits` enforced. Blocks the calling thread for as long as the guest runs: call it
     /// from a thread with a [`GUEST_THREAD_STACK`] stack, never from an async task.
+    /// A guest that checkpoints runs to the end here, its checkpoints kept in memory only.
     pub fn run(
         &self,
         compiled: &Compiled,
@@ -357,85 +403,162 @@ impl Sandbox {
         input: &[u8],
         seed: [u8; 32],
         limits: &Limits,
-        mut pacer: Box<dyn Pacer>,
+        pacer: Box<dyn Pacer>,
     ) -> Result<Execution, Failure> {
+        match self.run_resumable(compiled, input, seed, limits, None, pacer, &mut |_| {
+            Proceed::Continue
+        })? {
+            Finished::Done(exec) => Ok(exec),
+            // Unreachable: the callback above never stops.
+            Finished::Stopped(_) => Err(Failure::new(FailureKind::BadModule, "stopped")),
+        }
+    }
+
+    /// [`Sandbox::run_paced`] for guests that may checkpoint: starts from `resume` if given
+    /// (a checkpoint of this very module, input and seed), and calls `on_checkpoint` on
+    /// this thread after every `checkpoint_save` — to persist it, and to say whether to
+    /// carry on or stop there. Output and fuel are the same whether or not the unit was
+    /// resumed (see [`checkpoint`]). `wall_seconds` covers the guest's running time over
+    /// every segment of this call, time held by `pacer` excluded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_resumable(
+        &self,
+        compiled: &Compiled,
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &Limits,
+        resume: Option<Checkpoint>,
+        mut pacer: Box<dyn Pacer>,
+        on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Proceed,
+    ) -> Result<Finished, Failure> {
         let flavour = if compiled.nan_canonicalization {
             &self.canonical
         } else {
             &self.plain
         };
+        if let Some(c) = &resume
+            && (c.fuel > limits.fuel
+                || c.stdout.len() as u64 > limits.max_output_bytes
+                || c.state.len() as u64 > limits.max_checkpoint_bytes)
+        {
+            return Err(Failure::new(
+                FailureKind::BadModule,
+                "checkpoint does not fit this unit's limits",
+            ));
+        }
         // Asked once before the guest starts, so a held execution does not even start.
-        pacer.pace(0);
-        let (host, pipes) = Host::new(input, seed, limits);
-        let mut store = Store::new(&flavour.engine, host);
-        store.limiter(|h| &mut h.limiter);
-        if self.consume_fuel {
-            store.set_fuel(limits.fuel).map_err(|e| {
-                Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
-            })?;
-        }
-        // The deadline callback runs every tick: it counts the guest's running time
-        // against `wall_seconds` (time held by the pacer excluded) and lets the pacer hold it.
+        pacer.pace(resume.as_ref().map_or(0, |c| c.fuel));
+        // Shared by the deadline callbacks of every segment's store: the pacer, and the
+        // guest's running time so far (time held by the pacer excluded).
+        let pace = Arc::new(Mutex::new(Pace {
+            pacer,
+            running: Duration::ZERO,
+        }));
         let wall = Duration::from_secs(u64::from(limits.wall_seconds));
-        let (fuel_limit, metered) = (limits.fuel, self.consume_fuel);
-        let mut running = Duration::ZERO;
-        let mut last = Instant::now();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |ctx| {
-            running += last.elapsed();
-            if running >= wall {
-                return Ok(UpdateDeadline::Interrupt);
+        let resumed_from = resume.as_ref().map_or(0, |c| c.segment);
+        let mut segment = resumed_from;
+        let mut current = resume;
+        let mut fuel_here = 0u64;
+        loop {
+            let before = current.as_ref().map_or(0, |c| c.fuel);
+            let (host, pipes) = Host::new(input, seed, limits, current.as_ref());
+            let mut store = Store::new(&flavour.engine, host);
+            store.limiter(|h| &mut h.limiter);
+            let budget = limits.fuel - before;
+            if self.consume_fuel {
+                store.set_fuel(budget).map_err(|e| {
+                    Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
+                })?;
             }
-            let used = match ctx.get_fuel() {
-                Ok(left) if metered => fuel_limit.saturating_sub(left),
-                _ => 0,
-            };
-            pacer.pace(used);
-            last = Instant::now();
-            Ok(UpdateDeadline::Continue(1))
-        });
-
-        let outcome = compiled.pre.instantiate(&mut store).and_then(|instance| {
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call(&mut store, ())
-        });
-        let fuel = match store.get_fuel() {
-            Ok(left) => limits.fuel.saturating_sub(left),
-            Err(_) => 0, // fuel metering off (benchmarks only)
-        };
-        let memory_hit = store.data().limiter.hit;
-        drop(store);
-        let output = pipes.stdout.contents();
-        if output.len() as u64 > limits.max_output_bytes {
-            return Err(Failure::new(
-                FailureKind::OutputTooLarge,
-                format!(
-                    "stdout exceeded max_output_bytes = {}",
-                    limits.max_output_bytes
-                ),
-            ));
-        }
-        let exit = match outcome {
-            Ok(()) => 0,
-            Err(e) => {
-                if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                    exit.0
-                } else {
-                    return Err(classify_error(&e, memory_hit, limits, &pipes.stderr_tail()));
+            // The deadline callback runs every tick: it counts the guest's running time
+            // against `wall_seconds` and lets the pacer hold it.
+            let metered = self.consume_fuel;
+            let shared = pace.clone();
+            let mut last = Instant::now();
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |ctx| {
+                let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
+                p.running += last.elapsed();
+                if p.running >= wall {
+                    return Ok(UpdateDeadline::Interrupt);
                 }
+                let used = match ctx.get_fuel() {
+                    Ok(left) if metered => before + budget.saturating_sub(left),
+                    _ => 0,
+                };
+                p.pacer.pace(used);
+                last = Instant::now();
+                Ok(UpdateDeadline::Continue(1))
+            });
+
+            let outcome = compiled.pre.instantiate(&mut store).and_then(|instance| {
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call(&mut store, ())
+            });
+            let used = match store.get_fuel() {
+                Ok(left) => budget.saturating_sub(left),
+                Err(_) => 0, // fuel metering off (benchmarks only)
+            };
+            fuel_here += used;
+            let fuel = before + used;
+            let memory_hit = store.data().limiter.hit;
+            let saved = store.data_mut().checkpoint.saved.take();
+            let random = store.data().checkpoint.random_positions();
+            drop(store);
+            let mut output = current.take().map(|c| c.stdout).unwrap_or_default();
+            output.extend_from_slice(&pipes.stdout.contents());
+            if output.len() as u64 > limits.max_output_bytes {
+                return Err(Failure::new(
+                    FailureKind::OutputTooLarge,
+                    format!(
+                        "stdout exceeded max_output_bytes = {}",
+                        limits.max_output_bytes
+                    ),
+                ));
             }
-        };
-        if exit != 0 {
-            return Err(Failure::new(
-                FailureKind::ExitCode,
-                format!("exit code {exit}{}", stderr_suffix(&pipes.stderr_tail())),
-            ));
+            let exit = match outcome {
+                Ok(()) => 0,
+                Err(e) => {
+                    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                        exit.0
+                    } else if let Some(state) =
+                        saved.filter(|_| e.downcast_ref::<checkpoint::Saved>().is_some())
+                    {
+                        segment += 1;
+                        let next = Checkpoint {
+                            segment,
+                            fuel,
+                            stdout: output,
+                            random,
+                            state,
+                        };
+                        match on_checkpoint(&next) {
+                            Proceed::Continue => {
+                                current = Some(next);
+                                continue;
+                            }
+                            Proceed::Stop => return Ok(Finished::Stopped(next)),
+                        }
+                    } else {
+                        return Err(classify_error(&e, memory_hit, limits, &pipes.stderr_tail()));
+                    }
+                }
+            };
+            if exit != 0 {
+                return Err(Failure::new(
+                    FailureKind::ExitCode,
+                    format!("exit code {exit}{}", stderr_suffix(&pipes.stderr_tail())),
+                ));
+            }
+            return Ok(Finished::Done(Execution {
+                digest: Digest::of(&output),
+                output,
+                fuel,
+                fuel_here,
+                resumed_from,
+                checkpoints: segment,
+            }));
         }
-        Ok(Execution {
-            digest: Digest::of(&output),
-            output: output.to_vec(),
-            fuel,
-        })
     }
 }
 
@@ -449,6 +572,9 @@ fn stderr_suffix(stderr: &str) -> String {
 
 fn classify_error(e: &wasmtime::Error, memory_hit: bool, limits: &Limits, stderr: &str) -> Failure {
     let tail = stderr_suffix(stderr);
+    if let Some(too_large) = e.downcast_ref::<checkpoint::TooLarge>() {
+        return Failure::new(FailureKind::CheckpointTooLarge, too_large.to_string());
+    }
     if memory_hit {
         return Failure::new(
             FailureKind::MemoryExhausted,

@@ -10,6 +10,7 @@ fn limits() -> Limits {
         wall_seconds: 20,
         max_output_bytes: 4096,
         nan_canonicalization: false,
+        ..Limits::default()
     }
 }
 
@@ -177,23 +178,59 @@ impl Pacer for HoldOnce {
     }
 }
 
+/// Runs `wasm` on a guest thread like [`run`], with `f` doing the call.
+fn on_guest_thread<T: Send>(wasm: &[u8], f: impl FnOnce(&Sandbox, &Compiled) -> T + Send) -> T {
+    let sb = sandbox_ref();
+    let compiled = sb.compile(Digest::of(wasm), wasm, false).expect("compiles");
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(GUEST_THREAD_STACK)
+            .spawn_scoped(s, || f(sb, &compiled))
+            .expect("thread")
+            .join()
+            .expect("join")
+    })
+}
+
 fn run_held(
     wasm: &[u8],
     input: &[u8],
     limits: Limits,
     pacer: HoldOnce,
 ) -> Result<Execution, Failure> {
-    let sb = sandbox_ref();
-    let compiled = sb.compile(Digest::of(wasm), wasm, false).expect("compiles");
-    std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .stack_size(GUEST_THREAD_STACK)
-            .spawn_scoped(s, || {
-                sb.run_paced(&compiled, input, [9; 32], &limits, Box::new(pacer))
-            })
-            .expect("thread")
-            .join()
-            .expect("join")
+    on_guest_thread(wasm, |sb, compiled| {
+        sb.run_paced(compiled, input, [9; 32], &limits, Box::new(pacer))
+    })
+}
+
+/// Runs `wasm` on a guest thread with `resume`, keeping every checkpoint and stopping at
+/// checkpoint `stop_at` (0: never).
+fn run_checkpointed(
+    wasm: &[u8],
+    input: &[u8],
+    limits: Limits,
+    resume: Option<Checkpoint>,
+    stop_at: u32,
+) -> (Result<Finished, Failure>, Vec<Checkpoint>) {
+    on_guest_thread(wasm, |sb, compiled| {
+        let mut seen = Vec::new();
+        let outcome = sb.run_resumable(
+            compiled,
+            input,
+            [9; 32],
+            &limits,
+            resume,
+            Box::new(Unpaced),
+            &mut |c| {
+                seen.push(c.clone());
+                if c.segment == stop_at {
+                    Proceed::Stop
+                } else {
+                    Proceed::Continue
+                }
+            },
+        );
+        (outcome, seen)
     })
 }
 
@@ -249,4 +286,107 @@ fn time_held_by_the_pacer_does_not_count_against_wall_seconds() {
     );
     let out = held.expect("a held guest must not time out");
     assert_eq!(out.output, b"1270607\n");
+}
+
+#[test]
+fn a_unit_resumed_from_any_checkpoint_matches_the_straight_run_in_bytes_and_fuel() {
+    let input = b"1 20000 2000\n";
+    let straight = run(sandbox_ref(), artifacts::COLLATZ, input, limits()).expect("runs");
+    let expected = collatz_native(input);
+    assert_eq!(straight.output, expected);
+    assert_eq!(
+        straight.checkpoints, 9,
+        "one checkpoint per 2000 numbers but the last"
+    );
+    for stop_at in [1, 4, 9] {
+        let (first, seen) = run_checkpointed(artifacts::COLLATZ, input, limits(), None, stop_at);
+        let Ok(Finished::Stopped(cp)) = first else {
+            panic!("not stopped at {stop_at}: {first:?}");
+        };
+        assert_eq!((cp.segment, seen.len() as u32), (stop_at, stop_at));
+        // Through the on-disk form, as after a crash.
+        let cp = Checkpoint::decode(&cp.encode()).expect("decodes");
+        let (second, _) = run_checkpointed(artifacts::COLLATZ, input, limits(), Some(cp), 0);
+        let Ok(Finished::Done(resumed)) = second else {
+            panic!("resume from {stop_at} failed: {second:?}");
+        };
+        assert_eq!(resumed.output, straight.output, "resumed from {stop_at}");
+        assert_eq!(
+            resumed.fuel, straight.fuel,
+            "claimed fuel, resumed from {stop_at}"
+        );
+        assert_eq!(resumed.resumed_from, stop_at);
+        assert!(
+            resumed.fuel_here < straight.fuel,
+            "the saved work was not redone"
+        );
+        assert_eq!(resumed.checkpoints, 9);
+    }
+}
+
+#[test]
+fn modules_without_the_checkpoint_import_do_not_see_it() {
+    let sb = sandbox_ref();
+    let echo = sb
+        .compile(Digest::of(hostile::ECHO), hostile::ECHO, false)
+        .expect("compiles");
+    assert!(!echo.checkpoints());
+    let collatz = sb
+        .compile(Digest::of(artifacts::COLLATZ), artifacts::COLLATZ, false)
+        .expect("compiles");
+    assert!(collatz.checkpoints());
+    let plain = run(sb, hostile::ECHO, b"x", limits()).expect("runs");
+    assert_eq!((plain.checkpoints, plain.resumed_from), (0, 0));
+    assert_eq!(plain.fuel, plain.fuel_here);
+}
+
+#[test]
+fn a_checkpoint_over_the_cap_fails_the_unit_naming_the_limit() {
+    let (got, reason) = check(
+        hostile::HOARD,
+        Limits {
+            max_checkpoint_bytes: 4096,
+            ..limits()
+        },
+    );
+    assert_eq!(got, Some(FailureKind::CheckpointTooLarge), "{reason}");
+    assert!(reason.contains("max_checkpoint_bytes = 4096"), "{reason}");
+    let (got, out) = check(hostile::HOARD, limits());
+    assert_eq!((got, out.as_str()), (None, "restored 65536 bytes\n"));
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_the_limits_is_refused() {
+    let cp = Checkpoint {
+        segment: 1,
+        fuel: limits().fuel + 1,
+        stdout: Vec::new(),
+        random: [0, 0],
+        state: vec![0; 32],
+    };
+    let (outcome, _) = run_checkpointed(artifacts::COLLATZ, b"1 100 10", limits(), Some(cp), 0);
+    assert_eq!(outcome.err().map(|f| f.kind), Some(FailureKind::BadModule));
+}
+
+fn collatz_native(input: &[u8]) -> Vec<u8> {
+    // The kernel's answer for `1 20000`, computed here without the guest.
+    let (mut sum, mut max, mut arg) = (0u64, 0u64, 1u64);
+    let text = std::str::from_utf8(input).expect("utf8");
+    let mut f = text
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().expect("int"));
+    let (a, b) = (f.next().expect("a"), f.next().expect("b"));
+    for n in a..b {
+        let (mut x, mut steps) = (n, 0u64);
+        while x > 1 {
+            x = if x % 2 == 0 { x / 2 } else { 3 * x + 1 };
+            steps += 1;
+        }
+        sum += steps;
+        if steps > max {
+            max = steps;
+            arg = n;
+        }
+    }
+    format!("{sum} {max} {arg}\n").into_bytes()
 }

@@ -17,6 +17,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("pi", &["pi"]),
     ("sum", &["sum"]),
     ("pi-reduce", &["pi-reduce"]),
+    ("collatz", &["collatz"]),
     (
         "hostile",
         &[
@@ -28,6 +29,7 @@ const GUESTS: &[(&str, &[&str])] = &[
             "badimport",
             "echo",
             "exit3",
+            "hoard",
         ],
     ),
 ];

@@ -160,6 +160,86 @@ impl Cluster {
         i
     }
 
+    /// Starts a worker attached to several coordinators (`--attach URL=SHARE` each, no
+    /// `--coordinator`) with extra arguments; returns its index.
+    pub fn start_attached_worker(&mut self, attach: &[String], extra: &[&str]) -> usize {
+        let i = self.workers.len();
+        let name = format!("w{i}");
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = fallow();
+        cmd.args(["worker", "--name", &name, "--peer-listen", "127.0.0.1:0"]);
+        for a in attach {
+            cmd.args(["--attach", a]);
+        }
+        let child = cmd
+            .arg("--data")
+            .arg(self.dir.path().join(&name))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start worker");
+        self.workers.push((name, child));
+        i
+    }
+
+    /// Starts worker `i` again (after a kill or an interrupt) on the same data directory,
+    /// with `extra` arguments; its log goes to a new file.
+    pub fn restart_worker(&mut self, i: usize, extra: &[&str]) {
+        let name = self.workers[i].0.clone();
+        let mut k = 1;
+        while self
+            .dir
+            .path()
+            .join(format!("{name}-restart{k}.log"))
+            .exists()
+        {
+            k += 1;
+        }
+        let log = self.dir.path().join(format!("{name}-restart{k}.log"));
+        let child = fallow()
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--cores",
+                "1",
+                "--name",
+                &name,
+                "--peer-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(self.dir.path().join(&name))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("restart worker");
+        self.workers[i].1 = child;
+    }
+
+    /// The data directory of worker `i`.
+    pub fn worker_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.workers[i].0)
+    }
+
+    /// Everything worker `i` logged, across restarts.
+    pub fn worker_logs(&self, i: usize) -> String {
+        let name = &self.workers[i].0;
+        let mut out = self.worker_log(i);
+        let mut k = 1;
+        while let Ok(text) =
+            std::fs::read_to_string(self.dir.path().join(format!("{name}-restart{k}.log")))
+        {
+            out.push_str(&text);
+            k += 1;
+        }
+        out
+    }
+
     /// Sends SIGINT (Ctrl-C) to a worker and waits for it to exit; returns whether it
     /// exited successfully within `limit`.
     pub fn interrupt_worker(&mut self, i: usize, limit: Duration) -> bool {

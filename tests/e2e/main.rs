@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod chaos;
+mod checkpoint;
 mod control;
 mod dashboard;
 mod demo;
@@ -14,3 +15,4 @@ mod gossip;
 mod hostile;
 mod partition;
 mod primes;
+mod shares;

@@ -356,7 +356,7 @@ fn error(code: StatusCode, text: impl Into<String>) -> Response {
 }
 
 impl Api {
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -366,12 +366,12 @@ impl Api {
         if blake3::hash(given.as_bytes()) == self.token {
             Ok(())
         } else {
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 format!(
                     "missing or wrong token: send the one in {TOKEN_FILE} of this worker's data directory"
                 ),
-            ))
+            )))
         }
     }
 }
@@ -463,14 +463,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 async fn status(AxState(api): AxState<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorized(&headers) {
-        return r;
+        return *r;
     }
     Json(api.control.status(&api.who)).into_response()
 }
 
 async fn suspend(AxState(api): AxState<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorized(&headers) {
-        return r;
+        return *r;
     }
     api.control.suspend();
     tracing::info!("suspended by the control API");
@@ -479,7 +479,7 @@ async fn suspend(AxState(api): AxState<Api>, headers: HeaderMap) -> Response {
 
 async fn resume(AxState(api): AxState<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorized(&headers) {
-        return r;
+        return *r;
     }
     api.control.resume();
     tracing::info!("resumed by the control API");
@@ -488,7 +488,7 @@ async fn resume(AxState(api): AxState<Api>, headers: HeaderMap) -> Response {
 
 async fn get_prefs(AxState(api): AxState<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorized(&headers) {
-        return r;
+        return *r;
     }
     Json(api.control.prefs()).into_response()
 }
@@ -499,7 +499,7 @@ async fn set_pref(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = api.authorized(&headers) {
-        return r;
+        return *r;
     }
     let Ok(req) = serde_json::from_slice::<SetPref>(&body) else {
         return error(

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use protocol::{Failure, FailureKind, Limits};
-use sandbox::{Compiled, Execution, Pacer, Sandbox};
+#[cfg(test)]
+use sandbox::Execution;
+use sandbox::{Checkpoint, Compiled, Finished, Pacer, Proceed, Sandbox};
 
 type Job = Box<dyn FnOnce(&Sandbox) + Send>;
 
@@ -64,6 +66,7 @@ impl Executor {
 
     /// Runs one execution, held and slowed by `pacer`, and waits for it without blocking
     /// the async runtime.
+    #[cfg(test)]
     pub async fn run(
         &self,
         compiled: Compiled,
@@ -72,11 +75,50 @@ impl Executor {
         limits: Limits,
         pacer: Box<dyn Pacer>,
     ) -> Result<Execution, Failure> {
+        match self
+            .run_resumable(
+                compiled,
+                input,
+                seed,
+                limits,
+                None,
+                pacer,
+                Box::new(|_| Proceed::Continue),
+            )
+            .await?
+        {
+            Finished::Done(e) => Ok(e),
+            Finished::Stopped(_) => Err(Failure::new(FailureKind::BadModule, "stopped")),
+        }
+    }
+
+    /// Runs one execution from `resume` (or the start), held and slowed by `pacer`,
+    /// calling `on_checkpoint` on the guest thread after every checkpoint the guest saves,
+    /// and waits for it without blocking the async runtime.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_resumable(
+        &self,
+        compiled: Compiled,
+        input: Vec<u8>,
+        seed: [u8; 32],
+        limits: Limits,
+        resume: Option<Checkpoint>,
+        pacer: Box<dyn Pacer>,
+        mut on_checkpoint: Box<dyn FnMut(&Checkpoint) -> Proceed + Send>,
+    ) -> Result<Finished, Failure> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |sandbox| {
             // Thread CPU time, not wall time: guest threads may share cores.
             let start = cpu_time::ThreadTime::now();
-            let outcome = sandbox.run_paced(&compiled, &input, seed, &limits, pacer);
+            let outcome = sandbox.run_resumable(
+                &compiled,
+                &input,
+                seed,
+                &limits,
+                resume,
+                pacer,
+                &mut *on_checkpoint,
+            );
             let spent = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
             GUEST_CPU_NANOS.fetch_add(spent, Ordering::Relaxed);
             let _ = tx.send(outcome);

@@ -17,6 +17,8 @@
 //!   idle time, and the `stats`).
 //! - `executor`: the guest threads; guest code never runs on the async runtime.
 //! - `modules`: module fetch, on-disk cache and compilation.
+//! - `checkpoints`: checkpoints of running units on disk (atomic writes, keyed by
+//!   coordinator, project, unit, module and input), resumed after a restart.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
 //! - `prefs`: the volunteer's preferences (`prefs.toml`, flags on top, live changes).
 //! - `policy`: the sans-IO decision to run, throttle or suspend, from readings and time.
@@ -29,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+mod checkpoints;
 pub mod control;
 mod executor;
 pub mod gate;
@@ -42,11 +45,12 @@ pub mod membership;
 mod metrics;
 mod modules;
 pub mod rpc;
+mod shares;
 mod stats;
 
 pub use stats::{Stats, StatsSnapshot};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,15 +62,17 @@ use protocol::claim::Commitment;
 use protocol::quorum::Timing;
 use protocol::wire::Evidence;
 use protocol::{Claim, Digest, Failure, Identity, ProjectId, UnitId, WorkerId};
-use sandbox::{Sandbox, SandboxConfig};
+use sandbox::{Finished, Proceed, Sandbox, SandboxConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use checkpoints::{Checkpoints, Key, Throttle};
 use executor::Executor;
 use gossip::{Effect, Holder, PollConfig, Reply, Request};
 use membership::{Member, MembershipConfig, MembershipHandle};
 use modules::Modules;
 use rpc::{Assignment, BoardHost, CoordinatorClient, Introduction, PeerClient, PeerInfo};
+use shares::{Shares, prefetch};
 
 /// The one error type of the `worker` crate.
 #[derive(Debug, thiserror::Error)]
@@ -140,11 +146,53 @@ pub enum Fault {
     CorruptOutput,
 }
 
+/// A coordinator to work for and its resource share (`--attach URL[=SHARE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attach {
+    /// Coordinator URL.
+    pub url: String,
+    /// Resource share: cores are split over time in proportion to the shares of the
+    /// coordinators that have work. Default 100 (BOINC's); 1 to 1,000,000.
+    pub share: u32,
+}
+
+/// The default resource share.
+pub const DEFAULT_SHARE: u32 = 100;
+
+impl Attach {
+    /// Parses `URL` or `URL=SHARE`.
+    pub fn parse(s: &str) -> Result<Attach, Error> {
+        let (url, share) = match s.rsplit_once('=') {
+            Some((url, share)) => {
+                let share = share.trim().parse::<u32>().ok().filter(|s| (1..=1_000_000).contains(s)).ok_or_else(|| {
+                    Error::Config(format!(
+                        "--attach {s}: the share after `=` must be a whole number from 1 to 1000000 (got {share:?})"
+                    ))
+                })?;
+                (url, share)
+            }
+            None => (s, DEFAULT_SHARE),
+        };
+        Ok(Attach {
+            url: url.trim().to_string(),
+            share,
+        })
+    }
+}
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Coordinator URL. Default `http://127.0.0.1:7070`.
+    /// Coordinator URL, when `attach` is empty. Default `http://127.0.0.1:7070`.
     pub coordinator: String,
+    /// Coordinators to work for, with their shares; empty: `coordinator` alone. Each gets
+    /// its own registration, peer service (the first on `peer_listen`, the others on any
+    /// free port) and membership; the cores are shared by resource share.
+    pub attach: Vec<Attach>,
+    /// Most units buffered per coordinator beyond the running ones, to keep cores busy
+    /// across network hiccups. Default 2; 0 turns the buffer off. The buffer never takes
+    /// more than the cores can start before the units' deadlines (their lease time).
+    pub prefetch: usize,
     /// Data directory (identity key, module cache). Default `./fallow-worker`.
     pub data_dir: PathBuf,
     /// Units run at once. Default: all cores.
@@ -167,8 +215,14 @@ pub struct WorkerConfig {
     /// Address peers use to reach us (TCP and UDP). Default: the listen port on the local
     /// address that routes to the coordinator.
     pub peer_advertise: Option<SocketAddr>,
-    /// How long a graceful shutdown waits for running units before handing them back.
+    /// How long a graceful shutdown waits for running units: those whose guest
+    /// checkpoints stop at their next checkpoint, the others may finish; what is still
+    /// running then is handed back (or kept, if it has a checkpoint on disk).
     pub drain: Duration,
+    /// Least time between two checkpoints of one unit written to disk. Default 30 s
+    /// (BOINC writes at most every 60 s); 0 writes every checkpoint the guest saves. A
+    /// crash loses at most this much plus one of the guest's own checkpoint intervals.
+    pub checkpoint_every: Duration,
     /// Test-only fault injection.
     pub fault: Option<Fault>,
     /// Where to serve `GET /metrics` (Prometheus text format). Default: nowhere.
@@ -182,6 +236,8 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             coordinator: "http://127.0.0.1:7070".into(),
+            attach: Vec::new(),
+            prefetch: 2,
             data_dir: PathBuf::from("fallow-worker"),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             name: "worker".into(),
@@ -191,6 +247,7 @@ impl Default for WorkerConfig {
             peer_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             peer_advertise: None,
             drain: Duration::from_secs(10),
+            checkpoint_every: Duration::from_secs(30),
             fault: None,
             metrics: None,
             prefs: BTreeMap::new(),
@@ -226,14 +283,51 @@ impl WorkerConfig {
                 self.team
             )));
         }
-        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+        if self.attach.is_empty() && !is_url(&self.coordinator) {
             return Err(Error::Config(format!(
                 "--coordinator must be a URL such as http://127.0.0.1:7070 (got {:?})",
                 self.coordinator
             )));
         }
+        let mut seen = HashSet::new();
+        for a in &self.attach {
+            if !is_url(&a.url) {
+                return Err(Error::Config(format!(
+                    "--attach must be a URL such as http://127.0.0.1:7070, optionally with =SHARE (got {:?})",
+                    a.url
+                )));
+            }
+            if !(1..=1_000_000).contains(&a.share) {
+                return Err(Error::Config(format!(
+                    "--attach {}: the share must be from 1 to 1000000 (got {})",
+                    a.url, a.share
+                )));
+            }
+            if !seen.insert(a.url.trim_end_matches('/')) {
+                return Err(Error::Config(format!(
+                    "--attach {} is given twice; attach each coordinator once",
+                    a.url
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// The coordinators to work for: `attach`, or `coordinator` with the default share.
+    pub fn attachments(&self) -> Vec<Attach> {
+        if self.attach.is_empty() {
+            vec![Attach {
+                url: self.coordinator.clone(),
+                share: DEFAULT_SHARE,
+            }]
+        } else {
+            self.attach.clone()
+        }
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
 }
 
 /// `min` to 64 characters, none of them control characters, and not only blanks.
@@ -250,6 +344,8 @@ pub fn default_account(worker: WorkerId) -> String {
 /// A unit this worker holds.
 struct Held {
     project: ProjectId,
+    /// Its checkpoint files, for a module that checkpoints.
+    checkpoint: Option<Key>,
     output: Option<Vec<u8>>,
     /// A certificate upload is running; the next one waits here (the latest wins).
     uploading: bool,
@@ -277,8 +373,19 @@ struct Shared {
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
     control: Arc<control::Control>,
-    executor: Executor,
+    executor: Arc<Executor>,
     modules: Modules,
+    checkpoints: Arc<Checkpoints>,
+    /// Units with a checkpoint on disk from before a restart, run before asking for more.
+    resume: Mutex<VecDeque<Assignment>>,
+    /// Prefetched units (leased, held, not started) and when they came.
+    buffer: Mutex<VecDeque<(Assignment, Instant)>>,
+    /// Wall time of a unit here (moving average) and the lease units come with.
+    unit_time: Mutex<Option<(Duration, Duration)>>,
+    /// This coordinator's share of all shares (1 when it is the only one).
+    share_fraction: f64,
+    /// Work requests failed in a row.
+    failures: Mutex<u32>,
     started: Instant,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -315,10 +422,17 @@ pub async fn run_with_stats(
         .account
         .clone()
         .unwrap_or_else(|| default_account(identity.id()));
+    let attachments = config.attachments();
+    let coordinators = attachments
+        .iter()
+        .map(|a| a.url.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let (control, control_server) = start_control(
         &config,
         &identity,
         &account,
+        &coordinators,
         Box::new(sources::SystemSources::new()),
     )
     .await?;
@@ -326,158 +440,302 @@ pub async fn run_with_stats(
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
     })?);
-    let executor = Executor::new(sandbox.clone(), config.cores)
-        .map_err(|e| Error::Config(format!("cannot start guest threads: {e}")))?;
-    let client = CoordinatorClient::new(&config.coordinator, identity.id())?;
-
-    let sockets = if config.inbound {
-        match bind_peer(config.peer_listen).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(
-                    "{e}; carrying on without inbound connections (as with --no-inbound): \
-                     this worker talks to boards but is never one"
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let (listener, membership, advertise) = match sockets {
-        Some((listener, udp)) => {
-            let local = listener
-                .local_addr()
-                .map_err(|e| Error::Config(format!("peer listener: {e}")))?;
-            let advertise = match config.peer_advertise {
-                Some(a) => a,
-                None => {
-                    SocketAddr::new(advertise_ip(&config.coordinator, local).await, local.port())
-                }
-            };
-            let me = Member {
-                id: identity.id(),
-                addr: advertise,
-            };
-            let membership = membership::spawn(MembershipConfig::new(me), udp)?;
-            (Some(listener), Some(membership), Some(advertise))
-        }
-        None => (None, None, None),
-    };
-    let shared = Arc::new(Shared {
-        modules: Modules::new(config.data_dir.join("modules"), sandbox, control.disk_cap()),
+    let common = Common {
+        executor: Arc::new(
+            Executor::new(sandbox.clone(), config.cores)
+                .map_err(|e| Error::Config(format!("cannot start guest threads: {e}")))?,
+        ),
+        sandbox,
+        checkpoints: Arc::new(Checkpoints::open(config.data_dir.join("checkpoints"))?),
         control,
-        identity,
-        account,
-        client,
-        holder: Mutex::new(Holder::new(Timing::default(), PollConfig::default())),
-        held: Mutex::new(HashMap::new()),
-        board: Mutex::new(Board::new(BoardLimits::default())),
-        reported: Mutex::new(HashSet::new()),
-        membership,
-        peers: Mutex::new((0, Vec::new())),
-        suspects: Mutex::new(HashMap::new()),
-        peer_clients: Mutex::new(HashMap::new()),
         metrics: Arc::new(metrics::Metrics::new(stats.clone())),
         stats,
-        executor,
-        started: Instant::now(),
-        tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
-        config,
-    });
-    let advertised = advertise.map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(
-        worker = %shared.identity.id(),
-        account = %shared.account,
-        peer = if advertised.is_empty() { "none (no inbound connections)" } else { advertised.as_str() },
-        cores = shared.config.cores,
-        "worker starting"
-    );
+    };
+    let total: u64 = attachments.iter().map(|a| u64::from(a.share)).sum();
+    let mut attached = Vec::with_capacity(attachments.len());
+    for (i, at) in attachments.iter().enumerate() {
+        let mut c = config.clone();
+        c.coordinator = at.url.clone();
+        if i > 0 {
+            // One peer port per coordinator: the first gets the one asked for.
+            c.peer_listen.set_port(0);
+            c.peer_advertise = None;
+        }
+        let fraction = f64::from(at.share) / total.max(1) as f64;
+        attached.push(Attached::start(c, fraction, &common).await?);
+    }
 
     let metrics_stop = CancellationToken::new();
-    if let Some(addr) = shared.config.metrics {
+    if let Some(addr) = config.metrics {
         let (local, server) = metrics::serve(
             addr,
-            shared.metrics.clone(),
+            common.metrics.clone(),
             metrics_stop.clone().cancelled_owned(),
         )
         .await?;
         tracing::info!("metrics on http://{local}/metrics");
         tokio::spawn(server);
     }
-
-    let peer_stop = CancellationToken::new();
-    let server = listener.map(|listener| {
-        let stop = peer_stop.clone();
-        let svc = rpc::PeerService::new(shared.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                ),
-        )
-    });
-
     {
-        let cancel = shared.cancel.clone();
+        let cancel = common.cancel.clone();
         tokio::spawn(async move {
             shutdown.await;
             cancel.cancel();
         });
     }
-    let Some(heartbeat) = shared.register(&advertised).await else {
-        // Shut down before the coordinator answered.
-        peer_stop.cancel();
-        shared.stop_membership().await;
-        shared.control.stop();
-        control_server.shutdown().await;
-        return Ok(());
-    };
     let mut loops = tokio::task::JoinSet::new();
-    for slot in 0..shared.config.cores {
-        loops.spawn(shared.clone().slot_loop(slot));
+    let mut registered = Vec::new();
+    for a in &attached {
+        match a.shared.register(&a.advertised).await {
+            Some(heartbeat) => registered.push(heartbeat),
+            None => break, // shut down before every coordinator answered
+        }
     }
-    loops.spawn(shared.clone().heartbeat_loop(heartbeat, advertised));
-    loops.spawn(shared.clone().gossip_loop());
+    if registered.len() == attached.len() {
+        for (a, heartbeat) in attached.iter().zip(registered) {
+            a.shared.take_back_checkpointed_units().await;
+            loops.spawn(
+                a.shared
+                    .clone()
+                    .heartbeat_loop(heartbeat, a.advertised.clone()),
+            );
+            loops.spawn(a.shared.clone().gossip_loop());
+        }
+        let shares = Arc::new(Mutex::new(Shares::new(
+            &attachments.iter().map(|a| a.share).collect::<Vec<_>>(),
+        )));
+        let all: Arc<Vec<Arc<Shared>>> =
+            Arc::new(attached.iter().map(|a| a.shared.clone()).collect());
+        for slot in 0..config.cores {
+            loops.spawn(core_loop(
+                slot,
+                all.clone(),
+                shares.clone(),
+                common.control.clone(),
+                common.cancel.clone(),
+            ));
+        }
+    }
 
-    shared.cancel.cancelled().await;
+    common.cancel.cancelled().await;
     tracing::info!(
         "shutting down: draining running units for up to {:?}",
-        shared.config.drain
+        config.drain
     );
-    let drained = tokio::time::timeout(shared.config.drain, async {
+    let drained = tokio::time::timeout(config.drain, async {
         while loops.join_next().await.is_some() {}
-        shared.tasks.close();
-        shared.tasks.wait().await;
+        for a in &attached {
+            a.shared.tasks.close();
+            a.shared.tasks.wait().await;
+        }
     })
     .await;
     loops.abort_all();
-    let unfinished: Vec<UnitId> = lock(&shared.held).keys().copied().collect();
-    if !unfinished.is_empty() {
-        match shared.client.return_units(&unfinished).await {
-            Ok(()) => tracing::info!(units = unfinished.len(), "handed unfinished units back"),
-            Err(e) => tracing::warn!(
-                "could not hand {} units back ({e}); their leases will expire",
-                unfinished.len()
-            ),
-        }
+    for a in &attached {
+        a.shared.settle_held_units(drained.is_err()).await;
     }
-    if drained.is_err() {
-        tracing::warn!("drain deadline passed; abandoned running executions");
-    }
-    tracing::info!("gossip: {}", shared.stats.snapshot());
-    peer_stop.cancel();
+    tracing::info!("gossip: {}", common.stats.snapshot());
     metrics_stop.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
+    for a in attached {
+        a.stop().await;
     }
-    shared.stop_membership().await;
-    shared.control.stop();
+    common.control.stop();
     control_server.shutdown().await;
     Ok(())
+}
+
+/// What every attachment of one worker shares: the guest threads, the checkpoint store,
+/// the preferences and policy, the counters and the stop signal.
+struct Common {
+    sandbox: Arc<Sandbox>,
+    control: Arc<control::Control>,
+    executor: Arc<Executor>,
+    checkpoints: Arc<Checkpoints>,
+    metrics: Arc<metrics::Metrics>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+/// One coordinator this worker works for: its state, peer server and membership.
+struct Attached {
+    shared: Arc<Shared>,
+    advertised: String,
+    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    peer_stop: CancellationToken,
+}
+
+impl Attached {
+    async fn start(
+        config: WorkerConfig,
+        share_fraction: f64,
+        common: &Common,
+    ) -> Result<Attached, Error> {
+        let identity = Identity::load_or_create(&config.data_dir.join("worker.key"))?;
+        let account = config
+            .account
+            .clone()
+            .unwrap_or_else(|| default_account(identity.id()));
+        let client = CoordinatorClient::new(&config.coordinator, identity.id())?;
+        let sockets = if config.inbound {
+            match bind_peer(config.peer_listen).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}; carrying on without inbound connections (as with --no-inbound): \
+                         this worker talks to boards but is never one"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (listener, membership, advertise) = match sockets {
+            Some((listener, udp)) => {
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| Error::Config(format!("peer listener: {e}")))?;
+                let advertise = match config.peer_advertise {
+                    Some(a) => a,
+                    None => SocketAddr::new(
+                        advertise_ip(&config.coordinator, local).await,
+                        local.port(),
+                    ),
+                };
+                let me = Member {
+                    id: identity.id(),
+                    addr: advertise,
+                };
+                let membership = membership::spawn(MembershipConfig::new(me), udp)?;
+                (Some(listener), Some(membership), Some(advertise))
+            }
+            None => (None, None, None),
+        };
+        let shared = Arc::new(Shared {
+            modules: Modules::new(
+                config.data_dir.join("modules"),
+                common.sandbox.clone(),
+                common.control.disk_cap(),
+            ),
+            control: common.control.clone(),
+            checkpoints: common.checkpoints.clone(),
+            resume: Mutex::new(VecDeque::new()),
+            buffer: Mutex::new(VecDeque::new()),
+            unit_time: Mutex::new(None),
+            share_fraction,
+            failures: Mutex::new(0),
+            identity,
+            account,
+            client,
+            holder: Mutex::new(Holder::new(Timing::default(), PollConfig::default())),
+            held: Mutex::new(HashMap::new()),
+            board: Mutex::new(Board::new(BoardLimits::default())),
+            reported: Mutex::new(HashSet::new()),
+            membership,
+            peers: Mutex::new((0, Vec::new())),
+            suspects: Mutex::new(HashMap::new()),
+            peer_clients: Mutex::new(HashMap::new()),
+            metrics: common.metrics.clone(),
+            stats: common.stats.clone(),
+            executor: common.executor.clone(),
+            started: Instant::now(),
+            tasks: TaskTracker::new(),
+            cancel: common.cancel.clone(),
+            config,
+        });
+        let advertised = advertise.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(
+            coordinator = %shared.config.coordinator,
+            worker = %shared.identity.id(),
+            account = %shared.account,
+            peer = if advertised.is_empty() { "none (no inbound connections)" } else { advertised.as_str() },
+            cores = shared.config.cores,
+            "worker starting"
+        );
+        let peer_stop = CancellationToken::new();
+        let server = listener.map(|listener| {
+            let stop = peer_stop.clone();
+            let svc = rpc::PeerService::new(shared.clone());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    ),
+            )
+        });
+        Ok(Attached {
+            shared,
+            advertised,
+            server,
+            peer_stop,
+        })
+    }
+
+    async fn stop(self) {
+        self.peer_stop.cancel();
+        if let Some(server) = self.server {
+            let _ = server.await;
+        }
+        self.shared.stop_membership().await;
+    }
+}
+
+/// One core: works for the attachment [`Shares::pick`] names, one unit at a time, until
+/// shutdown. Its time is charged to that attachment; an attachment without work is
+/// skipped until it said to ask again.
+async fn core_loop(
+    slot: usize,
+    attached: Arc<Vec<Arc<Shared>>>,
+    shares: Arc<Mutex<Shares>>,
+    control: Arc<control::Control>,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        // Suspended, or this core is over `max_cores`: lease nothing until allowed.
+        if !control.wait_to_lease(slot, &cancel).await {
+            return;
+        }
+        let now = Instant::now();
+        let pick = lock(&shares).pick(now);
+        let Some(i) = pick else {
+            let wake = lock(&shares).next_wake(now);
+            let wait = wake.map_or(GOSSIP_TICK, |w| w.saturating_duration_since(now));
+            let waited = pause(&cancel, wait).await;
+            if let Some(first) = attached.first() {
+                first.metrics.idle(now.elapsed());
+            }
+            if !waited {
+                return;
+            }
+            continue;
+        };
+        let ticket = lock(&shares).start(i, now);
+        let shared = &attached[i];
+        match shared.next_unit(slot).await {
+            Next::Unit(a) => {
+                shared.execute(a).await;
+                lock(&shares).finish(ticket, Instant::now());
+            }
+            Next::Wait(d) => lock(&shares).no_work(ticket, Instant::now() + d),
+            Next::Stop => {
+                lock(&shares).no_work(ticket, Instant::now());
+                return;
+            }
+        }
+    }
+}
+
+/// What a core gets from an attachment.
+enum Next {
+    /// A unit to run.
+    Unit(Assignment),
+    /// Nothing now: ask again after this long.
+    Wait(Duration),
+    /// Shutting down.
+    Stop,
 }
 
 /// Loads the preferences, decides once from a first reading, starts the policy loop and
@@ -486,6 +744,7 @@ async fn start_control(
     config: &WorkerConfig,
     identity: &Identity,
     account: &str,
+    coordinators: &str,
     mut sources: Box<dyn sources::Sources>,
 ) -> Result<(Arc<control::Control>, control::ControlServer), Error> {
     // Readings block (sysinfo, X11): not on the async threads.
@@ -503,7 +762,7 @@ async fn start_control(
         control::Identity {
             worker: identity.id().to_string(),
             account: account.to_string(),
-            coordinator: config.coordinator.clone(),
+            coordinator: coordinators.to_string(),
         },
         &config.data_dir,
     )
@@ -783,44 +1042,146 @@ impl Shared {
         Ok(c)
     }
 
-    /// One core's loop: lease a unit, run it, commit its result; repeat until shutdown.
-    async fn slot_loop(self: Arc<Self>, slot: usize) {
-        let mut failures = 0u32;
-        while !self.cancel.is_cancelled() {
-            // Suspended, or this slot is over `max_cores`: lease nothing until allowed.
-            if !self.control.wait_to_lease(slot, &self.cancel).await {
-                return;
-            }
-            let asked = Instant::now();
-            let work = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                w = self.client.request_work(1) => w,
+    /// The next unit for a core working for this coordinator: a unit to resume, a
+    /// buffered one, or one asked for now (together with enough to refill the buffer).
+    async fn next_unit(self: &Arc<Self>, slot: usize) -> Next {
+        if self.cancel.is_cancelled() {
+            return Next::Stop;
+        }
+        if let Some(a) = lock(&self.resume).pop_front() {
+            return Next::Unit(a);
+        }
+        self.hand_back_overdue();
+        loop {
+            let Some((a, _)) = lock(&self.buffer).pop_front() else {
+                break;
             };
-            match work {
-                Ok((units, _)) if !units.is_empty() => {
-                    failures = 0;
-                    self.metrics.idle(asked.elapsed());
-                    for a in units {
-                        self.execute(a).await;
-                    }
+            if lock(&self.held).contains_key(&a.unit) {
+                return Next::Unit(a); // still ours (not settled meanwhile)
+            }
+        }
+        let want = self
+            .prefetch_target()
+            .saturating_sub(lock(&self.buffer).len());
+        let asked = Instant::now();
+        let work = tokio::select! {
+            _ = self.cancel.cancelled() => return Next::Stop,
+            w = self.client.request_work(1 + want as u32) => w,
+        };
+        self.metrics.idle(asked.elapsed());
+        match work {
+            Ok((units, _)) if !units.is_empty() => {
+                *lock(&self.failures) = 0;
+                let mut units = units.into_iter();
+                let first = units.next();
+                let now = Instant::now();
+                for a in units {
+                    // Held at once, so heartbeats keep its lease and a shutdown hands it back.
+                    lock(&self.held).insert(
+                        a.unit,
+                        Held {
+                            project: a.project,
+                            checkpoint: None,
+                            output: None,
+                            uploading: false,
+                            next_certificate: None,
+                        },
+                    );
+                    lock(&self.buffer).push_back((a, now));
                 }
-                Ok((_, wait)) => {
-                    let waiting = pause(&self.cancel, wait).await;
-                    self.metrics.idle(asked.elapsed());
-                    if !waiting {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if failures.is_multiple_of(8) {
-                        tracing::warn!(slot, "cannot get work: {e}");
-                    }
-                    failures += 1;
-                    if !pause(&self.cancel, backoff(failures)).await {
-                        return;
-                    }
+                match first {
+                    Some(a) => Next::Unit(a),
+                    None => Next::Wait(Duration::ZERO),
                 }
             }
+            Ok((_, wait)) => Next::Wait(wait),
+            Err(e) => {
+                let failures = {
+                    let mut failures = lock(&self.failures);
+                    *failures += 1;
+                    *failures
+                };
+                if failures % 8 == 1 {
+                    tracing::warn!(slot, coordinator = %self.config.coordinator, "cannot get work: {e}");
+                }
+                Next::Wait(backoff(failures))
+            }
+        }
+    }
+
+    /// How many units to keep buffered: what this coordinator's share of the cores can
+    /// start within half the units' lease at the measured unit time, at most `prefetch`.
+    fn prefetch_target(&self) -> usize {
+        let Some((unit, lease)) = *lock(&self.unit_time) else {
+            return 0;
+        };
+        let cores = self.config.cores as f64 * self.share_fraction;
+        prefetch::target(Some(unit), cores, lease, self.config.prefetch)
+    }
+
+    /// Hands back buffered units that could no longer start and finish within their
+    /// lease, while another worker still can.
+    fn hand_back_overdue(self: &Arc<Self>) {
+        let unit = lock(&self.unit_time).map(|(u, _)| u);
+        let now = Instant::now();
+        let overdue: Vec<UnitId> = {
+            let mut buffer = lock(&self.buffer);
+            let (late, keep): (Vec<_>, Vec<_>) = buffer
+                .drain(..)
+                .partition(|(a, at)| prefetch::overdue(now - *at, unit, a.lease));
+            *buffer = keep.into();
+            late.into_iter().map(|(a, _)| a.unit).collect()
+        };
+        if overdue.is_empty() {
+            return;
+        }
+        for u in &overdue {
+            self.release(*u);
+        }
+        tracing::info!(
+            units = overdue.len(),
+            "handing buffered units back early: they could not start before their deadline"
+        );
+        let client = self.client.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = client.return_units(&overdue).await {
+                tracing::warn!(
+                    "could not hand buffered units back ({e}); their leases will expire"
+                );
+            }
+        });
+    }
+
+    /// After the drain: units with a checkpoint on disk keep their lease (a restart within
+    /// the coordinator's lease time resumes them here; otherwise the lease expires and
+    /// another worker runs them); everything else goes back now.
+    async fn settle_held_units(&self, overran: bool) {
+        let (kept, unfinished): (Vec<_>, Vec<_>) = lock(&self.held)
+            .iter()
+            .map(|(unit, h)| (*unit, h.checkpoint.clone()))
+            .partition(|(_, key)| {
+                key.as_ref()
+                    .is_some_and(|k| self.checkpoints.load(k).is_some())
+            });
+        for (unit, _) in &kept {
+            tracing::info!(%unit, "kept unit with its checkpoint; restart this worker before its lease expires to resume it");
+        }
+        let unfinished: Vec<UnitId> = unfinished.into_iter().map(|(u, _)| u).collect();
+        if !unfinished.is_empty() {
+            match self.client.return_units(&unfinished).await {
+                Ok(()) => tracing::info!(units = unfinished.len(), "handed unfinished units back"),
+                Err(e) => tracing::warn!(
+                    "could not hand {} units back ({e}); their leases will expire",
+                    unfinished.len()
+                ),
+            }
+        }
+        if overran {
+            tracing::warn!(
+                kept = kept.len(),
+                handed_back = unfinished.len(),
+                "drain deadline passed with executions still running; their units are accounted for above"
+            );
         }
     }
 
@@ -829,6 +1190,7 @@ impl Shared {
             a.unit,
             Held {
                 project: a.project,
+                checkpoint: None,
                 output: None,
                 uploading: false,
                 next_certificate: None,
@@ -855,6 +1217,17 @@ impl Shared {
             }
         };
         let seed = protocol::unit_seed(&a.name, &a.input);
+        let key = compiled
+            .checkpoints()
+            .then(|| Key::new(&self.config.coordinator, &a));
+        let resume = key.as_ref().and_then(|k| self.checkpoints.load(k));
+        if let Some(h) = lock(&self.held).get_mut(&a.unit) {
+            h.checkpoint = key.clone();
+        }
+        if let Some(c) = &resume {
+            tracing::info!(unit = %a.unit, name = %a.name, checkpoint = c.segment, fuel = c.fuel, "resuming unit from its checkpoint");
+        }
+        let on_checkpoint = self.checkpoint_sink(key.clone(), &a);
         let started = Instant::now();
         let pacer = self
             .control
@@ -862,13 +1235,50 @@ impl Shared {
             .pacer(a.unit, a.project, &a.name, &a.limits);
         let result = self
             .executor
-            .run(compiled, a.input, seed, a.limits, Box::new(pacer))
+            .run_resumable(
+                compiled,
+                a.input.clone(),
+                seed,
+                a.limits,
+                resume,
+                Box::new(pacer),
+                on_checkpoint,
+            )
             .await;
-        let (kind, fuel) = match &result {
-            Ok(exec) => ("ok", exec.fuel),
-            Err(failure) => (failure.kind.as_str(), 0),
+        let result = match result {
+            Ok(Finished::Stopped(c)) => {
+                // Shutting down: the checkpoint is on disk; the unit stays held so the
+                // drain keeps its lease for a restart.
+                tracing::info!(unit = %a.unit, checkpoint = c.segment, "stopped unit at its checkpoint for shutdown");
+                self.metrics.ran("stopped", 0, started.elapsed());
+                self.control.gate().finished(gate::Finished {
+                    unit: a.unit.0,
+                    name: a.name.clone(),
+                    result: "stopped".to_string(),
+                    fuel: c.fuel,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                return;
+            }
+            Ok(Finished::Done(exec)) => {
+                if exec.resumed_from == 0 {
+                    let took = started.elapsed();
+                    let mut t = lock(&self.unit_time);
+                    let avg = t.map_or(took, |(avg, _)| (avg * 3 + took) / 4);
+                    *t = Some((avg, a.lease));
+                }
+                Ok(exec)
+            }
+            Err(f) => Err(f),
         };
-        self.metrics.ran(kind, fuel, started.elapsed());
+        if let Some(k) = &key {
+            self.checkpoints.remove(k);
+        }
+        let (kind, fuel, fuel_here) = match &result {
+            Ok(exec) => ("ok", exec.fuel, exec.fuel_here),
+            Err(failure) => (failure.kind.as_str(), 0, 0),
+        };
+        self.metrics.ran(kind, fuel_here, started.elapsed());
         self.control.gate().finished(gate::Finished {
             unit: a.unit.0,
             name: a.name.clone(),
@@ -886,7 +1296,16 @@ impl Shared {
                         .extend_from_slice(b"\n(corrupted by fault injection)\n");
                     exec.digest = Digest::of(&exec.output);
                 }
-                tracing::debug!(unit = %a.unit, name = %a.name, fuel = exec.fuel, ms = started.elapsed().as_millis() as u64, "unit ran");
+                tracing::info!(
+                    unit = %a.unit,
+                    name = %a.name,
+                    fuel = exec.fuel,
+                    fuel_here = exec.fuel_here,
+                    resumed_from = exec.resumed_from,
+                    checkpoints = exec.checkpoints,
+                    ms = started.elapsed().as_millis() as u64,
+                    "unit ran"
+                );
                 let claim = Claim::sign(&self.identity, a.project, a.unit, exec.digest, exec.fuel);
                 if let Some(h) = lock(&self.held).get_mut(&a.unit) {
                     h.output = Some(exec.output);
@@ -898,6 +1317,79 @@ impl Shared {
             Err(failure) => {
                 tracing::info!(unit = %a.unit, name = %a.name, reason = %failure, "unit failed");
                 self.report_failure(a.unit, failure).await;
+            }
+        }
+    }
+
+    /// What the guest thread does with each checkpoint of a unit: write it to disk (at
+    /// most once per `checkpoint_every`, always when stopping), and stop there if the
+    /// worker is shutting down — unless it could not be written, then carry on.
+    fn checkpoint_sink(
+        &self,
+        key: Option<Key>,
+        a: &Assignment,
+    ) -> Box<dyn FnMut(&sandbox::Checkpoint) -> Proceed + Send> {
+        let Some(key) = key else {
+            return Box::new(|_| Proceed::Continue);
+        };
+        let store = self.checkpoints.clone();
+        let cancel = self.cancel.clone();
+        let coordinator = self.config.coordinator.clone();
+        let mut throttle = Throttle::new(self.config.checkpoint_every);
+        // The input can be large: the record is built from this copy once, at the first write.
+        let assignment = a.clone();
+        Box::new(move |c| {
+            let stop = cancel.is_cancelled();
+            if !throttle.due(Instant::now(), stop) {
+                return Proceed::Continue;
+            }
+            match store.save(&key, &coordinator, &assignment, c) {
+                Ok(()) => {
+                    tracing::info!(unit = %assignment.unit, checkpoint = c.segment, fuel = c.fuel, "checkpoint written");
+                    if stop {
+                        Proceed::Stop
+                    } else {
+                        Proceed::Continue
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(unit = %assignment.unit, "cannot write checkpoint: {e}");
+                    Proceed::Continue
+                }
+            }
+        })
+    }
+
+    /// After (re)registering: units with a checkpoint on disk whose lease this worker
+    /// still holds are queued to resume first; the others went elsewhere meanwhile, and
+    /// their checkpoints are deleted.
+    async fn take_back_checkpointed_units(&self) {
+        let pending = self.checkpoints.pending(&self.config.coordinator);
+        if pending.is_empty() {
+            return;
+        }
+        let units: Vec<UnitId> = pending.iter().map(|a| a.unit).collect();
+        let version = lock(&self.peers).0;
+        let settled: HashSet<UnitId> = match self.client.heartbeat(&units, version).await {
+            Ok(reply) => reply.settled.into_iter().collect(),
+            Err(e) => {
+                // Leases are renewed by the next heartbeat if the coordinator comes back;
+                // running them meanwhile risks nothing but duplicated effort.
+                tracing::warn!(
+                    "cannot check checkpointed units with the coordinator ({e}); resuming them"
+                );
+                HashSet::new()
+            }
+        };
+        let mut queue = lock(&self.resume);
+        for a in pending {
+            if settled.contains(&a.unit) {
+                tracing::info!(unit = %a.unit, "checkpointed unit is no longer ours; deleting its checkpoint");
+                self.checkpoints
+                    .remove(&Key::new(&self.config.coordinator, &a));
+            } else {
+                tracing::info!(unit = %a.unit, name = %a.name, "taking back a checkpointed unit");
+                queue.push_back(a);
             }
         }
     }

@@ -35,6 +35,53 @@ pub struct Assignment {
     pub limits: Limits,
     /// Matching claims needed.
     pub quorum: u32,
+    /// The lease the coordinator granted with it: the deadline for starting it.
+    pub lease: Duration,
+}
+
+impl TryFrom<pb::Assignment> for Assignment {
+    type Error = Error;
+    fn try_from(a: pb::Assignment) -> Result<Self, Error> {
+        Ok(Assignment {
+            project: ProjectId(a.project_id),
+            unit: UnitId(a.unit_id),
+            name: a.unit_name,
+            input: a.input,
+            module: Digest::from_slice("Assignment.module_digest", &a.module_digest)?,
+            limits: Limits::try_from(a.limits)?,
+            quorum: a.quorum,
+            lease: Duration::from_millis(a.lease_ms),
+        })
+    }
+}
+
+impl Assignment {
+    /// The assignment as bytes, kept on disk beside a checkpoint so a restarted worker can
+    /// resume the unit (the protobuf message the coordinator sent).
+    pub fn encode(&self) -> Vec<u8> {
+        pb::Assignment {
+            project_id: self.project.0,
+            unit_id: self.unit.0,
+            unit_name: self.name.clone(),
+            input: self.input.clone(),
+            module_digest: self.module.0.to_vec(),
+            limits: Some(self.limits.into()),
+            quorum: self.quorum,
+            lease_ms: self.lease.as_millis() as u64,
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads [`Assignment::encode`] back, checking it like one from the coordinator.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let a = pb::Assignment::decode(bytes).map_err(|e| {
+            Error::Protocol(protocol::Error::Malformed {
+                field: "Assignment",
+                problem: e.to_string(),
+            })
+        })?;
+        Assignment::try_from(a)
+    }
 }
 
 /// A peer worker, as the coordinator lists it.
@@ -203,15 +250,7 @@ impl CoordinatorClient {
             .into_inner();
         let mut out = Vec::with_capacity(r.assignments.len());
         for a in r.assignments {
-            out.push(Assignment {
-                project: ProjectId(a.project_id),
-                unit: UnitId(a.unit_id),
-                name: a.unit_name,
-                input: a.input,
-                module: Digest::from_slice("Assignment.module_digest", &a.module_digest)?,
-                limits: Limits::try_from(a.limits)?,
-                quorum: a.quorum,
-            });
+            out.push(Assignment::try_from(a)?);
         }
         Ok((
             out,

@@ -30,7 +30,7 @@ use crate::scheduler::{
 
 /// Schema version written to `PRAGMA user_version`. A database with a higher version was
 /// written by a newer Fallow and is refused rather than misread; older ones are migrated.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1 → 2: accounts and teams, adaptive replication, votes and trust. Columns are
 /// added with defaults; the new tables come from [`SCHEMA`].
@@ -44,6 +44,11 @@ ALTER TABLE workers ADD COLUMN platform TEXT NOT NULL DEFAULT '';
 ALTER TABLE workers ADD COLUMN subnet TEXT;
 ALTER TABLE credit ADD COLUMN account TEXT NOT NULL DEFAULT '';
 ALTER TABLE credit ADD COLUMN team TEXT NOT NULL DEFAULT '';
+"#;
+
+/// Version 2 → 3: the projects' checkpoint size cap (`[limits].max_checkpoint_bytes`).
+const MIGRATE_2_TO_3: &str = r#"
+ALTER TABLE projects ADD COLUMN max_checkpoint_bytes INTEGER NOT NULL DEFAULT 16777216;
 "#;
 
 const SCHEMA: &str = r#"
@@ -65,6 +70,7 @@ CREATE TABLE IF NOT EXISTS projects (
     wall_seconds INTEGER NOT NULL,
     max_output_bytes INTEGER NOT NULL,
     nan_canonicalization INTEGER NOT NULL,
+    max_checkpoint_bytes INTEGER NOT NULL DEFAULT 16777216,
     disputes INTEGER NOT NULL DEFAULT 0,
     adaptive INTEGER NOT NULL DEFAULT 1,
     error_bound REAL NOT NULL DEFAULT 0.02,
@@ -215,10 +221,13 @@ impl SqliteStore {
                 ),
             });
         }
-        if version == 1 {
+        for (from, migration) in [(1, MIGRATE_1_TO_2), (2, MIGRATE_2_TO_3)] {
+            if version == 0 || version > from {
+                continue;
+            }
             // One statement at a time in one transaction: all columns or none.
             let mut tx = pool.begin().await?;
-            for statement in MIGRATE_1_TO_2
+            for statement in migration
                 .split(';')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -226,7 +235,7 @@ impl SqliteStore {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            tracing::info!(path = %path.display(), "database migrated from schema 1 to 2");
+            tracing::info!(path = %path.display(), "database migrated from schema {from} to {}", from + 1);
         }
         // Idempotent (CREATE ... IF NOT EXISTS), so no transaction is needed; the version is
         // written after the tables exist.
@@ -263,6 +272,7 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
             wall_seconds: row.try_get::<i64, _>("wall_seconds")? as u32,
             max_output_bytes: row.try_get::<i64, _>("max_output_bytes")? as u64,
             nan_canonicalization: row.try_get::<i64, _>("nan_canonicalization")? != 0,
+            max_checkpoint_bytes: row.try_get::<i64, _>("max_checkpoint_bytes")? as u64,
         },
         module: digest(row.try_get("module")?)?,
         reducer: reducer.as_deref().map(digest).transpose()?,
@@ -512,8 +522,9 @@ impl Store for SqliteStore {
         let l = spec.limits;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO projects (name, manifest, module, reducer, replication, quorum, max_replicas, fuel, memory_mb,
-                wall_seconds, max_output_bytes, nan_canonicalization, created_ms, adaptive, error_bound)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+                wall_seconds, max_output_bytes, nan_canonicalization, created_ms, adaptive, error_bound,
+                max_checkpoint_bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
         )
         .bind(spec.name.trim())
         .bind(&spec.manifest)
@@ -530,6 +541,7 @@ impl Store for SqliteStore {
         .bind(now as i64)
         .bind(i64::from(spec.adaptive))
         .bind(spec.error_bound)
+        .bind(l.max_checkpoint_bytes as i64)
         .fetch_one(&mut *tx)
         .await?;
         // Many rows per statement: one round trip per 200 units instead of one per unit.
@@ -570,7 +582,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
                 max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
-                adaptive, error_bound
+                adaptive, error_bound, max_checkpoint_bytes
              FROM projects ORDER BY id",
         )
             .fetch_all(&self.pool)
@@ -1415,6 +1427,11 @@ mod tests {
         );
         assert_eq!(loaded[0].required, 2, "required defaults to the quorum");
         assert_eq!(snap.workers[0].account, "");
+        assert_eq!(
+            snap.projects[0].limits.max_checkpoint_bytes,
+            Limits::default().max_checkpoint_bytes,
+            "old projects get the default checkpoint cap"
+        );
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&store.pool)
             .await

@@ -39,6 +39,11 @@ pub const SUM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sum.wasm"));
 /// `pi ~= <estimate> (<hits> hits of <samples> samples)\n`.
 pub const PI_REDUCE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pi-reduce.wasm"));
 
+/// Collatz stopping times over `[a, b)`, checkpointing every `interval` numbers with the
+/// `fallow` checkpoint API. Input: `a b [interval]`; output:
+/// `<sum of steps> <max steps> <first n with max steps>\n`.
+pub const COLLATZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/collatz.wasm"));
+
 /// Misbehaving guests for testing the sandbox, plus well-behaved controls.
 pub mod hostile {
     /// Loops forever without making any host calls.
@@ -57,6 +62,8 @@ pub mod hostile {
     pub const ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo.wasm"));
     /// Prints `bad things` to stderr and exits with code 3.
     pub const EXIT3: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exit3.wasm"));
+    /// Saves a 64 KiB checkpoint, then prints `restored N bytes`.
+    pub const HOARD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hoard.wasm"));
 }
 
 /// Every embedded module, named by package for the real guests and as
@@ -67,6 +74,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("pi", PI),
     ("sum", SUM),
     ("pi-reduce", PI_REDUCE),
+    ("collatz", COLLATZ),
     ("hostile/spin", hostile::SPIN),
     ("hostile/membomb", hostile::MEMBOMB),
     ("hostile/recurse", hostile::RECURSE),
@@ -75,6 +83,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("hostile/badimport", hostile::BADIMPORT),
     ("hostile/echo", hostile::ECHO),
     ("hostile/exit3", hostile::EXIT3),
+    ("hostile/hoard", hostile::HOARD),
 ];
 
 #[cfg(test)]
@@ -83,7 +92,7 @@ mod tests {
 
     #[test]
     fn every_module_is_wasm() {
-        assert_eq!(ALL.len(), 13);
+        assert_eq!(ALL.len(), 15);
         for (name, module) in ALL {
             assert!(!module.is_empty(), "{name} is empty");
             assert!(module.starts_with(b"\0asm"), "{name} lacks the wasm magic");
