@@ -90,6 +90,23 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
 }
 
+impl Error {
+    /// Whether the database failed for want of disk space (SQLITE_FULL, or ENOSPC from
+    /// the file system): nothing was changed, and the same write succeeds once space is
+    /// freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Store(sqlx::Error::Database(d)) => {
+                d.code().is_some_and(|c| c == "13") || d.message().contains("disk is full")
+            }
+            Error::Store(sqlx::Error::Io(e)) => {
+                e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Coordinator settings.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -103,6 +120,14 @@ pub struct CoordinatorConfig {
     /// Never give two replicas of a unit to workers in the same /24 (IPv4) or /48 (IPv6)
     /// network; workers on loopback are exempt. Default true.
     pub distinct_subnets: bool,
+    /// Most requests per second one worker (by key) may make, sustained; twice as many may
+    /// come in a burst. Beyond it requests are refused with `RESOURCE_EXHAUSTED`. An honest
+    /// worker makes a few per second. 0: no limit. Default 100.
+    pub worker_requests_per_second: u32,
+    /// Most accepted changes that may wait to be written to the store; beyond it requests
+    /// that change state are refused with `RESOURCE_EXHAUSTED` (load shedding) instead of
+    /// queueing without bound. Default 65,536.
+    pub max_pending_writes: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -112,6 +137,8 @@ impl Default for CoordinatorConfig {
             lease: Duration::from_secs(120),
             max_message_bytes: 256 << 20,
             distinct_subnets: true,
+            worker_requests_per_second: 100,
+            max_pending_writes: 65_536,
         }
     }
 }
@@ -127,6 +154,9 @@ impl CoordinatorConfig {
         }
         if self.max_message_bytes < 1 << 20 {
             return Err("max message size must be at least 1 MiB".into());
+        }
+        if self.max_pending_writes == 0 {
+            return Err("max pending writes must be at least 1".into());
         }
         Ok(())
     }

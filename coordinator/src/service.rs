@@ -11,8 +11,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proto::v1 as pb;
@@ -44,6 +47,12 @@ const EXPIRY_TICK: Duration = Duration::from_millis(250);
 const PEER_SAMPLE: usize = 32;
 /// Most requests whose writes share one transaction.
 const MAX_GROUP: usize = 512;
+/// Free space kept in reserve on the data dir's disk beyond what a new project needs
+/// (twice its size: the rows and the write-ahead log), for the results of the projects
+/// already accepted.
+const DISK_RESERVE: u64 = 16 << 20;
+/// How long a status answer waits for the disk while it is full before refusing.
+const FULL_DISK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The coordinator's gRPC service; cheap to clone.
 pub struct CoordinatorService<S: Store> {
@@ -62,6 +71,16 @@ struct Inner<S> {
     store: Arc<S>,
     /// The store writer's queue (see [`writer`]).
     writes: tokio::sync::mpsc::UnboundedSender<Job>,
+    /// Set by the writer while commits fail for want of disk space (see [`writer`]).
+    disk_full: Arc<AtomicBool>,
+    /// Jobs queued to the writer and not yet answered, and the most allowed.
+    pending_writes: Arc<AtomicUsize>,
+    max_pending_writes: usize,
+    /// Requests per worker key (`worker_requests_per_second`); `None` when off.
+    limiter: Option<governor::DefaultKeyedRateLimiter<WorkerId>>,
+    worker_rate: u32,
+    /// The data directory, whose free space is checked before a project is accepted.
+    data_dir: PathBuf,
     sandbox: Arc<Sandbox>,
     state: Mutex<State>,
     lease_ms: u64,
@@ -91,9 +110,21 @@ struct Job {
 /// The store writer: takes every job queued meanwhile (up to [`MAX_GROUP`]), applies their
 /// writes in order in one transaction, and answers each. If the group fails, each job is
 /// tried again on its own, so one bad write fails only its own request.
-async fn writer<S: Store>(store: Arc<S>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+///
+/// A full disk is different: the scheduler already made those changes in memory, so
+/// dropping them would let memory and disk disagree. The writer keeps the group and
+/// retries it until space is freed, with `disk_full` set meanwhile; request handlers see
+/// the flag and refuse new changes ([`CoordinatorService::writable`]), so what waits is
+/// bounded by what was in flight, and nothing accepted is lost.
+async fn writer<S: Store>(
+    store: Arc<S>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    disk_full: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
+) {
     let mut jobs = Vec::new();
     while queue.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let taken = jobs.len();
         let mut all = Vec::new();
         let mut spans = Vec::with_capacity(jobs.len());
         for job in jobs.iter_mut() {
@@ -101,11 +132,31 @@ async fn writer<S: Store>(store: Arc<S>, mut queue: tokio::sync::mpsc::Unbounded
             all.append(&mut job.writes);
             spans.push(start..all.len());
         }
-        let result = if all.is_empty() {
+        let mut result = if all.is_empty() {
             Ok(())
         } else {
             store.write(&all).await
         };
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = &result
+            && e.is_disk_full()
+        {
+            if !disk_full.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    "the data directory's disk is full ({e}): refusing changes until space is \
+                     freed; {} accepted requests wait to be written",
+                    jobs.len()
+                );
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+            result = store.write(&all).await;
+        }
+        if result.is_ok() && disk_full.swap(false, Ordering::SeqCst) {
+            tracing::info!(
+                "disk space is back: the waiting changes are written; accepting changes again"
+            );
+        }
         match result {
             Ok(()) => {
                 for job in jobs.drain(..) {
@@ -129,6 +180,7 @@ async fn writer<S: Store>(store: Arc<S>, mut queue: tokio::sync::mpsc::Unbounded
                 }
             }
         }
+        pending.fetch_sub(taken, Ordering::SeqCst);
     }
 }
 
@@ -274,11 +326,28 @@ pub(crate) async fn run<S: Store>(
     })?;
     let store = Arc::new(store);
     let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(writer(store.clone(), queue));
+    let disk_full = Arc::new(AtomicBool::new(false));
+    let pending_writes = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(writer(
+        store.clone(),
+        queue,
+        disk_full.clone(),
+        pending_writes.clone(),
+    ));
+    let limiter = NonZeroU32::new(config.worker_requests_per_second).map(|rate| {
+        let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+        governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+    });
     let service = CoordinatorService {
         inner: Arc::new(Inner {
             store,
             writes,
+            disk_full,
+            pending_writes,
+            max_pending_writes: config.max_pending_writes,
+            limiter,
+            worker_rate: config.worker_requests_per_second,
+            data_dir: config.data_dir.clone(),
             sandbox: Arc::new(sandbox),
             state: Mutex::new(State {
                 sched,
@@ -354,10 +423,19 @@ pub(crate) async fn run<S: Store>(
 
 async fn expiry_loop<S: Store>(service: CoordinatorService<S>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(240)
+            && let Some(limiter) = &service.inner.limiter
+        {
+            // Forget workers that have been quiet long enough to have a full bucket again.
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
         let now = now_ms();
         let mut state = service.inner.state.lock().await;
@@ -386,6 +464,12 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
             Status::failed_precondition(e.to_string())
         }
+        Error::Store(_) if e.is_disk_full() => {
+            tracing::error!("refused a change: {e}");
+            Status::resource_exhausted(format!(
+                "the coordinator's disk is full ({e}); nothing was changed: free space in its data directory and retry"
+            ))
+        }
         Error::Store(_)
         | Error::DataDir { .. }
         | Error::Corrupt(_)
@@ -410,12 +494,97 @@ impl<S: Store> CoordinatorService<S> {
         writes: Vec<(Write, u64)>,
     ) -> tokio::sync::oneshot::Receiver<Result<(), Status>> {
         let (done, committed) = tokio::sync::oneshot::channel();
+        self.inner.pending_writes.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.inner.writes.send(Job { writes, done }) {
+            self.inner.pending_writes.fetch_sub(1, Ordering::SeqCst);
             let _ =
                 e.0.done
                     .send(Err(Status::unavailable("the coordinator is shutting down")));
         }
         committed
+    }
+
+    /// Refuses a change while the disk is full (see [`writer`]): checked before the
+    /// scheduler is touched, so a refused request changed nothing.
+    fn writable(&self) -> Result<(), Status> {
+        if self.inner.disk_full.load(Ordering::SeqCst) {
+            return Err(Status::resource_exhausted(
+                "the coordinator's disk is full: it accepts no changes until space is freed in its data directory (what it accepted before is kept); retry later",
+            ));
+        }
+        let pending = self.inner.pending_writes.load(Ordering::SeqCst);
+        if pending >= self.inner.max_pending_writes {
+            return Err(Status::resource_exhausted(format!(
+                "the coordinator is overloaded: {pending} accepted changes wait to be written; retry shortly"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a worker over its request rate (`worker_requests_per_second`).
+    fn admit(&self, worker: WorkerId) -> Result<(), Status> {
+        match &self.inner.limiter {
+            Some(limiter) if limiter.check_key(&worker).is_err() => {
+                Err(Status::resource_exhausted(format!(
+                    "worker {worker} makes more than {} requests per second; slow down",
+                    self.inner.worker_rate
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a project the data dir's disk has no room for: twice its size (rows and
+    /// write-ahead log) plus [`DISK_RESERVE`] for the results of the projects already
+    /// accepted. A file system that cannot say is not a reason to refuse.
+    fn room_for(&self, spec: &ProjectSpec) -> Result<(), Status> {
+        let size = spec.module.len()
+            + spec.reducer.as_ref().map_or(0, Vec::len)
+            + spec.manifest.len()
+            + spec
+                .units
+                .iter()
+                .map(|(name, input)| name.len() + input.len() + 64)
+                .sum::<usize>();
+        let need = 2 * size as u64 + DISK_RESERVE;
+        match fs4::available_space(&self.inner.data_dir) {
+            Ok(free) if free < need => Err(Status::resource_exhausted(format!(
+                "the coordinator's disk is too full for this project: {} MiB free in {}, it needs {} MiB (twice the project's {} MiB plus {} MiB kept for results); nothing was created",
+                free >> 20,
+                self.inner.data_dir.display(),
+                need.div_ceil(1 << 20),
+                (size as u64).div_ceil(1 << 20),
+                DISK_RESERVE >> 20
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the free space of {}: {e}; accepting the project unchecked",
+                    self.inner.data_dir.display()
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until a queued barrier is on disk; while the disk is full, at most
+    /// [`FULL_DISK_PATIENCE`], then refuses (what the caller would report is not durable).
+    async fn durable(
+        &self,
+        committed: tokio::sync::oneshot::Receiver<Result<(), Status>>,
+    ) -> Result<(), Status> {
+        let mut committed = std::pin::pin!(Self::committed(committed));
+        loop {
+            match tokio::time::timeout(FULL_DISK_PATIENCE, &mut committed).await {
+                Ok(result) => return result,
+                Err(_) if self.inner.disk_full.load(Ordering::SeqCst) => {
+                    return Err(Status::resource_exhausted(
+                        "the coordinator's disk is full: its latest changes are not on disk yet, so it reports no counts until space is freed in its data directory",
+                    ));
+                }
+                Err(_) => {} // slow, not full: keep waiting
+            }
+        }
     }
 
     /// Waits until a queued job is on disk.
@@ -655,7 +824,7 @@ impl<S: Store> CoordinatorService<S> {
         // only what is durable, so a crash never makes a reported count go back.
         let durable = self.queue(Vec::new());
         drop(state);
-        Self::committed(durable).await?;
+        self.durable(durable).await?;
         Ok(out)
     }
 }
@@ -698,7 +867,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::SubmitProjectRequest>,
     ) -> Result<Response<pb::SubmitProjectResponse>, Status> {
+        self.writable()?;
         let spec = ProjectSpec::try_from(request.into_inner()).map_err(|e| to_status(e.into()))?;
+        self.room_for(&spec)?;
         // Compiling a module takes tens of milliseconds: keep it off the async threads.
         let sandbox = self.inner.sandbox.clone();
         let spec = tokio::task::spawn_blocking(move || -> Result<ProjectSpec, Status> {
@@ -855,9 +1026,11 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        self.writable()?;
         let subnet = subnet_of(request.remote_addr());
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
+        self.admit(id)?;
         let registration = protocol::Registration {
             name: &r.name,
             account: &r.account,
@@ -937,6 +1110,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
+        self.admit(id)?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         if Self::known_worker(&mut state, id, now).is_err() {
@@ -965,8 +1139,10 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::WorkRequest>,
     ) -> Result<Response<pb::WorkResponse>, Status> {
+        self.writable()?;
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
+        self.admit(id)?;
         let max = r.max_units.clamp(1, MAX_UNITS_PER_REQUEST) as usize;
         let now = now_ms();
         let (leases, projects, committed) = {
@@ -1056,8 +1232,10 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::FailureReport>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.writable()?;
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
+        self.admit(id)?;
         let failure = wire::failure_from_wire(r.kind, r.detail).map_err(|e| to_status(e.into()))?;
         let unit = UnitId(r.unit_id);
         let now = now_ms();
@@ -1088,7 +1266,11 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::CertificateSubmission>,
     ) -> Result<Response<pb::CertificateAck>, Status> {
+        self.writable()?;
         let r = request.into_inner();
+        if let Ok(submitter) = WorkerId::from_slice("submitter_key", &r.submitter_key) {
+            self.admit(submitter)?;
+        }
         let cert = Certificate {
             unit: UnitId(r.unit_id),
             claims: wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?,
@@ -1194,8 +1376,10 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::Dispute>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.writable()?;
         let r = request.into_inner();
         let reporter = worker_key(&r.public_key)?;
+        self.admit(reporter)?;
         let claims = wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?;
         let unit = UnitId(r.unit_id);
         let checked = SignedCertificate::check(Certificate {
@@ -1229,8 +1413,10 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::Evidence>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.writable()?;
         let r = request.into_inner();
         let reporter = worker_key(&r.reporter_key)?;
+        self.admit(reporter)?;
         let evidence = wire::Evidence::try_from(r).map_err(|e| to_status(e.into()))?;
         let (offender, unit) = evidence.offender().map_err(|e| to_status(e.into()))?;
         let now = now_ms();
@@ -1277,8 +1463,10 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::ReturnUnitsRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.writable()?;
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
+        self.admit(id)?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, id, now)?;

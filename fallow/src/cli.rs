@@ -41,6 +41,10 @@ pub enum Command {
         /// allow it for a fleet inside one network, e.g. a lab or a cluster.
         #[arg(long)]
         allow_same_network: bool,
+        /// Most requests per second one worker may make (twice as many in a burst); more
+        /// are refused with RESOURCE_EXHAUSTED. An honest worker makes a few. 0: no limit.
+        #[arg(long, default_value_t = 100)]
+        worker_requests_per_second: u32,
     },
     /// Donate CPU: run work units for a coordinator until Ctrl-C. With a subcommand, talk
     /// to the worker already running on --data instead (status, suspend, resume, prefs).

@@ -16,6 +16,7 @@ pub async fn coordinator(
     data: PathBuf,
     lease_seconds: u64,
     distinct_subnets: bool,
+    worker_requests_per_second: u32,
 ) -> anyhow::Result<()> {
     let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -36,6 +37,7 @@ pub async fn coordinator(
         data_dir: data,
         lease: Duration::from_secs(lease_seconds),
         distinct_subnets,
+        worker_requests_per_second,
         ..Default::default()
     };
     coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;

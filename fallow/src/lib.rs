@@ -43,7 +43,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             lease_seconds,
             allow_same_network,
-        } => commands::coordinator(listen, data, lease_seconds, !allow_same_network).await,
+            worker_requests_per_second,
+        } => {
+            commands::coordinator(
+                listen,
+                data,
+                lease_seconds,
+                !allow_same_network,
+                worker_requests_per_second,
+            )
+            .await
+        }
         Command::Worker {
             action: Some(action),
             ..

@@ -249,7 +249,41 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
             .await;
         drop(truncated);
     }
-    refused
+
+    // 5. A flood: 1,000 heartbeats at once on one connection. Beyond its rate (100 a
+    // second, 200 in a burst) the worker is refused, saying so; the others are not slowed.
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let mut raw = raw.clone();
+        let key = rogue.id().0.to_vec();
+        flood.spawn(async move {
+            raw.heartbeat(pb::HeartbeatRequest {
+                public_key: key,
+                ..Default::default()
+            })
+            .await
+        });
+    }
+    let mut limited = 0;
+    while let Some(answer) = flood.join_next().await {
+        match answer.expect("heartbeat task") {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    status.message().contains("requests per second"),
+                    "{status:?}"
+                );
+                limited += 1;
+            }
+            Err(status) => panic!("a heartbeat refused for another reason: {status:?}"),
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        limited >= 300,
+        "1,000 heartbeats at once from one worker: only {limited} were refused by the rate limit"
+    );
+    println!("flood: {limited} of 1,000 heartbeats refused by the per-worker rate limit");
+    refused + limited
 }
 
 /// Writes 64 KiB of junk to `addr` and reads until the server hangs up.

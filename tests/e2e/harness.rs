@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Test workers share the machine with the coordinator, each other and the test runner:
+/// neither user activity nor that load may suspend them.
+pub const NEVER_SUSPEND: [&str; 4] = [
+    "--run-if-idle-minutes",
+    "0",
+    "--suspend-cpu-busy-percent",
+    "0",
+];
+
 /// The binary under test.
 pub fn fallow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fallow"))
@@ -141,13 +150,8 @@ impl Cluster {
                 &name,
                 "--peer-listen",
                 "127.0.0.1:0",
-                // Test workers share the machine with the coordinator, each other and the
-                // test runner: neither user activity nor that load may suspend them.
-                "--run-if-idle-minutes",
-                "0",
-                "--suspend-cpu-busy-percent",
-                "0",
             ])
+            .args(NEVER_SUSPEND)
             .arg("--data")
             .arg(self.dir.path().join(&name))
             .args(extra)
@@ -167,7 +171,8 @@ impl Cluster {
         let name = format!("w{i}");
         let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = fallow();
-        cmd.args(["worker", "--name", &name, "--peer-listen", "127.0.0.1:0"]);
+        cmd.args(["worker", "--name", &name, "--peer-listen", "127.0.0.1:0"])
+            .args(NEVER_SUSPEND);
         for a in attach {
             cmd.args(["--attach", a]);
         }
@@ -210,6 +215,7 @@ impl Cluster {
                 "--peer-listen",
                 "127.0.0.1:0",
             ])
+            .args(NEVER_SUSPEND)
             .arg("--data")
             .arg(self.dir.path().join(&name))
             .args(extra)

@@ -9,6 +9,7 @@ mod checkpoint;
 mod control;
 mod dashboard;
 mod demo;
+mod diskfull;
 mod faults;
 mod garbage;
 mod gossip;

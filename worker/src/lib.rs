@@ -1389,6 +1389,18 @@ impl Shared {
                     .remove(&Key::new(&self.config.coordinator, &a));
             } else {
                 tracing::info!(unit = %a.unit, name = %a.name, "taking back a checkpointed unit");
+                // Held from now on, so heartbeats renew its lease even while this worker is
+                // suspended before the unit starts again.
+                lock(&self.held).insert(
+                    a.unit,
+                    Held {
+                        project: a.project,
+                        checkpoint: Some(Key::new(&self.config.coordinator, &a)),
+                        output: None,
+                        uploading: false,
+                        next_certificate: None,
+                    },
+                );
                 queue.push_back(a);
             }
         }
@@ -1627,7 +1639,20 @@ impl Shared {
             }
             let held: Vec<UnitId> = lock(&self.held).keys().copied().collect();
             let version = lock(&self.peers).0;
-            match self.client.heartbeat(&held, version).await {
+            // A coordinator that stops answering (a cut link drops packets, it does not
+            // refuse them) must not leave the worker silent until the request timeout: a
+            // beat with no answer within its interval counts as failed.
+            let patience = every.max(Duration::from_secs(1));
+            let beat = tokio::time::timeout(patience, self.client.heartbeat(&held, version)).await;
+            let beat = match beat {
+                Ok(beat) => beat.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "no answer from {} within {patience:?}; holding {} units whose leases lapse if this lasts",
+                    self.config.coordinator,
+                    held.len()
+                )),
+            };
+            match beat {
                 Ok(reply) => {
                     if failures > 0 {
                         tracing::info!("coordinator reachable again");

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Arguments, Row, SqlitePool};
+use sqlx::{Arguments, Connection, Row, SqlitePool};
 use tokio_stream::StreamExt;
 
 use protocol::certificate::Verified;
@@ -451,6 +451,17 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Closes a connection whose write failed instead of returning it to the pool. A failed
+/// COMMIT (SQLITE_FULL on a full disk, say) may leave SQLite's transaction open and its
+/// write lock held until a rollback that sqlx only queues; every other connection would
+/// then wait out its busy timeout and fail with "database is locked". A closed connection
+/// holds nothing, and the pool opens a fresh one.
+async fn discard(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    if let Err(e) = conn.close().await {
+        tracing::warn!("closing a database connection after a failed write: {e}");
+    }
+}
+
 /// A verified unit goes back to pending (if it is still verified): its output and the
 /// liar's credit are withdrawn, its replicas superseded, its project's aggregate dropped.
 async fn reopen(
@@ -507,20 +518,34 @@ impl Store for SqliteStore {
         reducer: Option<Digest>,
         now: u64,
     ) -> Result<(ProjectId, Vec<UnitId>), Error> {
-        let mut tx = self.pool.begin().await?;
-        let mut modules = vec![(module, &spec.module)];
-        if let (Some(d), Some(bytes)) = (reducer, &spec.reducer) {
-            modules.push((d, bytes));
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, spec, module, reducer, now).await;
+        if result.is_err() {
+            discard(conn).await;
         }
-        for (digest, bytes) in modules {
-            sqlx::query("INSERT INTO modules (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING")
+        return result;
+
+        async fn inner(
+            conn: &mut SqliteConnection,
+            spec: &ProjectSpec,
+            module: Digest,
+            reducer: Option<Digest>,
+            now: u64,
+        ) -> Result<(ProjectId, Vec<UnitId>), Error> {
+            let mut tx = conn.begin().await?;
+            let mut modules = vec![(module, &spec.module)];
+            if let (Some(d), Some(bytes)) = (reducer, &spec.reducer) {
+                modules.push((d, bytes));
+            }
+            for (digest, bytes) in modules {
+                sqlx::query("INSERT INTO modules (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING")
                 .bind(&digest.0[..])
                 .bind(&bytes[..])
                 .execute(&mut *tx)
                 .await?;
-        }
-        let l = spec.limits;
-        let id: i64 = sqlx::query_scalar(
+            }
+            let l = spec.limits;
+            let id: i64 = sqlx::query_scalar(
             "INSERT INTO projects (name, manifest, module, reducer, replication, quorum, max_replicas, fuel, memory_mb,
                 wall_seconds, max_output_bytes, nan_canonicalization, created_ms, adaptive, error_bound,
                 max_checkpoint_bytes)
@@ -544,35 +569,37 @@ impl Store for SqliteStore {
         .bind(l.max_checkpoint_bytes as i64)
         .fetch_one(&mut *tx)
         .await?;
-        // Many rows per statement: one round trip per 200 units instead of one per unit.
-        let mut units = Vec::with_capacity(spec.units.len());
-        for chunk in spec.units.chunks(200) {
-            let mut sql =
-                String::from("INSERT INTO units (project, name, input, target, required) VALUES ");
-            let mut args = SqliteArguments::default();
-            for (i, (name, input)) in chunk.iter().enumerate() {
-                sql.push_str(if i == 0 {
-                    "(?, ?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?, ?)"
-                });
-                Arguments::add(&mut args, id).map_err(encode_error)?;
-                Arguments::add(&mut args, name.as_str()).map_err(encode_error)?;
-                Arguments::add(&mut args, &input[..]).map_err(encode_error)?;
-                Arguments::add(&mut args, i64::from(spec.replication)).map_err(encode_error)?;
-                Arguments::add(&mut args, i64::from(spec.quorum)).map_err(encode_error)?;
+            // Many rows per statement: one round trip per 200 units instead of one per unit.
+            let mut units = Vec::with_capacity(spec.units.len());
+            for chunk in spec.units.chunks(200) {
+                let mut sql = String::from(
+                    "INSERT INTO units (project, name, input, target, required) VALUES ",
+                );
+                let mut args = SqliteArguments::default();
+                for (i, (name, input)) in chunk.iter().enumerate() {
+                    sql.push_str(if i == 0 {
+                        "(?, ?, ?, ?, ?)"
+                    } else {
+                        ", (?, ?, ?, ?, ?)"
+                    });
+                    Arguments::add(&mut args, id).map_err(encode_error)?;
+                    Arguments::add(&mut args, name.as_str()).map_err(encode_error)?;
+                    Arguments::add(&mut args, &input[..]).map_err(encode_error)?;
+                    Arguments::add(&mut args, i64::from(spec.replication)).map_err(encode_error)?;
+                    Arguments::add(&mut args, i64::from(spec.quorum)).map_err(encode_error)?;
+                }
+                sql.push_str(" RETURNING id");
+                let mut ids: Vec<i64> = sqlx::query_scalar_with(&sql, args)
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                // Row ids grow in insertion order; RETURNING does not promise an order.
+                ids.sort_unstable();
+                units.extend(ids.into_iter().map(|u| UnitId(u as u64)));
             }
-            sql.push_str(" RETURNING id");
-            let mut ids: Vec<i64> = sqlx::query_scalar_with(&sql, args)
-                .persistent(false)
-                .fetch_all(&mut *tx)
-                .await?;
-            // Row ids grow in insertion order; RETURNING does not promise an order.
-            ids.sort_unstable();
-            units.extend(ids.into_iter().map(|u| UnitId(u as u64)));
+            tx.commit().await?;
+            Ok((ProjectId(id as u64), units))
         }
-        tx.commit().await?;
-        Ok((ProjectId(id as u64), units))
     }
 
     async fn load(&self) -> Result<Snapshot, Error> {
@@ -872,108 +899,117 @@ impl Store for SqliteStore {
     }
 
     async fn write(&self, writes: &[(Write, u64)]) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        let mut batch = Batch::default();
-        for (write, now) in writes {
-            let now = *now as i64;
-            match write {
-                Write::Assignments(leases) => {
-                    for chunk in leases.chunks(200) {
-                        batch.sql.push_str(
-                            "INSERT INTO assignments (unit, worker, state, created_ms) VALUES ",
-                        );
-                        for (i, (unit, worker)) in chunk.iter().enumerate() {
-                            batch.sql.push_str(if i == 0 {
-                                "(?, ?, ?, ?)"
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, writes).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(conn: &mut SqliteConnection, writes: &[(Write, u64)]) -> Result<(), Error> {
+            let mut tx = conn.begin().await?;
+            let mut batch = Batch::default();
+            for (write, now) in writes {
+                let now = *now as i64;
+                match write {
+                    Write::Assignments(leases) => {
+                        for chunk in leases.chunks(200) {
+                            batch.sql.push_str(
+                                "INSERT INTO assignments (unit, worker, state, created_ms) VALUES ",
+                            );
+                            for (i, (unit, worker)) in chunk.iter().enumerate() {
+                                batch.sql.push_str(if i == 0 {
+                                    "(?, ?, ?, ?)"
+                                } else {
+                                    ", (?, ?, ?, ?)"
+                                });
+                                batch.int(unit.0 as i64)?;
+                                batch.blob(&worker.0)?;
+                                batch.int(AssignmentState::Active.code())?;
+                                batch.int(now)?;
+                            }
+                            batch.sql.push_str(";\n");
+                        }
+                    }
+                    Write::Changes(changes) => {
+                        for change in changes {
+                            if let Change::Reopen {
+                                unit,
+                                revoke,
+                                required,
+                            } = change
+                            {
+                                // Conditional on the unit's state: run on its own, in order.
+                                batch.flush(&mut tx).await?;
+                                reopen(&mut tx, *unit, *revoke, *required).await?;
                             } else {
-                                ", (?, ?, ?, ?)"
-                            });
-                            batch.int(unit.0 as i64)?;
-                            batch.blob(&worker.0)?;
-                            batch.int(AssignmentState::Active.code())?;
-                            batch.int(now)?;
-                        }
-                        batch.sql.push_str(";\n");
-                    }
-                }
-                Write::Changes(changes) => {
-                    for change in changes {
-                        if let Change::Reopen {
-                            unit,
-                            revoke,
-                            required,
-                        } = change
-                        {
-                            // Conditional on the unit's state: run on its own, in order.
-                            batch.flush(&mut tx).await?;
-                            reopen(&mut tx, *unit, *revoke, *required).await?;
-                        } else {
-                            batch.change(change, now)?;
+                                batch.change(change, now)?;
+                            }
                         }
                     }
-                }
-                Write::Verified {
-                    unit,
-                    output,
-                    verified,
-                    credit,
-                } => {
-                    let id = unit.0 as i64;
-                    // Credit first, and only while the unit is still pending: exactly once.
-                    for signer in &verified.signers {
-                        let to = credit.iter().find(|c| c.worker == *signer);
-                        batch.stmt(
-                            "INSERT INTO credit (unit, worker, fuel, account, team)
+                    Write::Verified {
+                        unit,
+                        output,
+                        verified,
+                        credit,
+                    } => {
+                        let id = unit.0 as i64;
+                        // Credit first, and only while the unit is still pending: exactly once.
+                        for signer in &verified.signers {
+                            let to = credit.iter().find(|c| c.worker == *signer);
+                            batch.stmt(
+                                "INSERT INTO credit (unit, worker, fuel, account, team)
                              SELECT ?, ?, ?, ?, ? FROM units WHERE id = ? AND state = ?
                              ON CONFLICT (unit, worker) DO NOTHING",
-                        );
-                        batch.int(id)?;
-                        batch.blob(&signer.0)?;
-                        batch.int(verified.fuel as i64)?;
-                        batch.text(to.map_or("", |c| c.account.as_str()))?;
-                        batch.text(to.map_or("", |c| c.team.as_str()))?;
-                        batch.int(id)?;
-                        batch.int(UNIT_PENDING)?;
-                    }
-                    batch.stmt(
+                            );
+                            batch.int(id)?;
+                            batch.blob(&signer.0)?;
+                            batch.int(verified.fuel as i64)?;
+                            batch.text(to.map_or("", |c| c.account.as_str()))?;
+                            batch.text(to.map_or("", |c| c.team.as_str()))?;
+                            batch.int(id)?;
+                            batch.int(UNIT_PENDING)?;
+                        }
+                        batch.stmt(
                         "UPDATE units SET state = ?, output = ?, digest = ?, fuel = ?, settled_ms = ? WHERE id = ? AND state = ?",
                     );
-                    batch.int(UNIT_VERIFIED)?;
-                    batch.blob(output)?;
-                    batch.blob(&verified.digest.0)?;
-                    batch.int(verified.fuel as i64)?;
-                    batch.int(now)?;
-                    batch.int(id)?;
-                    batch.int(UNIT_PENDING)?;
-                    batch.stmt("DELETE FROM votes WHERE unit = ?");
-                    batch.int(id)?;
-                }
-                Write::Worker(w) => {
-                    batch.stmt(
+                        batch.int(UNIT_VERIFIED)?;
+                        batch.blob(output)?;
+                        batch.blob(&verified.digest.0)?;
+                        batch.int(verified.fuel as i64)?;
+                        batch.int(now)?;
+                        batch.int(id)?;
+                        batch.int(UNIT_PENDING)?;
+                        batch.stmt("DELETE FROM votes WHERE unit = ?");
+                        batch.int(id)?;
+                    }
+                    Write::Worker(w) => {
+                        batch.stmt(
                         "INSERT INTO workers (id, name, peer_addr, cores, registered_ms, account, team, platform, subnet)
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                          ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr,
                             cores = excluded.cores, account = excluded.account, team = excluded.team,
                             platform = excluded.platform, subnet = excluded.subnet, registered_ms = excluded.registered_ms",
                     );
-                    batch.blob(&w.id.0)?;
-                    batch.text(&w.name)?;
-                    batch.text(&w.peer_addr)?;
-                    batch.int(i64::from(w.cores))?;
-                    batch.int(now)?;
-                    batch.text(&w.account)?;
-                    batch.text(&w.team)?;
-                    batch.text(&w.platform)?;
-                    batch.opt_text(w.subnet.as_deref())?;
+                        batch.blob(&w.id.0)?;
+                        batch.text(&w.name)?;
+                        batch.text(&w.peer_addr)?;
+                        batch.int(i64::from(w.cores))?;
+                        batch.int(now)?;
+                        batch.text(&w.account)?;
+                        batch.text(&w.team)?;
+                        batch.text(&w.platform)?;
+                        batch.opt_text(w.subnet.as_deref())?;
+                    }
+                }
+                if batch.args.len() > 20_000 {
+                    batch.flush(&mut tx).await?;
                 }
             }
-            if batch.args.len() > 20_000 {
-                batch.flush(&mut tx).await?;
-            }
+            batch.flush(&mut tx).await?;
+            tx.commit().await?;
+            Ok(())
         }
-        batch.flush(&mut tx).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn record_verified(
