@@ -16,3 +16,4 @@ mod hostile;
 mod partition;
 mod primes;
 mod shares;
+mod tls;
