@@ -1768,6 +1768,30 @@ mod tests {
     }
 
     #[test]
+    fn pinned_coordinator_urls_attach_with_and_without_a_share() {
+        let pin = format!("sha256={}", "ab".repeat(32));
+        let url = format!("https://example.org:7070#{pin}");
+        for (arg, share) in [(url.clone(), DEFAULT_SHARE), (format!("{url}=300"), 300)] {
+            let a = Attach::parse(&arg).expect(&arg);
+            assert_eq!((a.url.as_str(), a.share), (url.as_str(), share), "{arg}");
+        }
+        let config = WorkerConfig {
+            attach: vec![Attach::parse(&url).expect("pinned")],
+            ..Default::default()
+        };
+        assert!(config.validate().is_ok());
+        // Plain HTTP off loopback needs --insecure-plaintext.
+        let mut config = WorkerConfig {
+            coordinator: "http://10.0.0.1:7070".into(),
+            ..Default::default()
+        };
+        let err = config.validate().expect_err("plaintext").to_string();
+        assert!(err.contains("--insecure-plaintext"), "{err}");
+        config.insecure_plaintext = true;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn a_board_turns_a_copier_and_an_equivocator_into_evidence_the_coordinator_accepts() {
         let mut board = Board::default();
         let honest = Claim::sign(

@@ -228,7 +228,8 @@ impl ServerCertVerifier for PinVerifier {
                 Ok(ServerCertVerified::assertion())
             }
             Err(message) => {
-                tracing::error!("{message}");
+                // Callers report it (registration refused, the CLI's error); once is enough.
+                tracing::debug!("{message}");
                 *lock(&self.refusal) = Some(message.clone());
                 Err(rustls::Error::General(message))
             }
