@@ -397,6 +397,123 @@ mod tests {
         );
     }
 
+    /// A self-signed certificate and its key.
+    fn certificate() -> (
+        CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        (
+            made.cert.der().clone(),
+            rustls::pki_types::PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()).into(),
+        )
+    }
+
+    /// A full TLS handshake in memory between a client using `verifier` and a server
+    /// presenting `cert` and signing with `key` (which need not belong to `cert`).
+    fn tls_handshake(
+        verifier: Arc<PinVerifier>,
+        cert: &CertificateDer<'static>,
+        key: &rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let signer = provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .expect("key");
+        // CertifiedKey::new does not check that the key matches: an impostor's server.
+        let served = rustls::sign::CertifiedKey::new(vec![cert.clone()], signer);
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(served)));
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let mut server = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client),
+            ServerName::try_from("localhost").expect("name"),
+        )
+        .expect("client");
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).expect("client writes");
+            }
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).expect("server reads");
+            }
+            // The server fails only once the client gave up (an alert): report the client's.
+            let server_state = server.process_new_packets().map(|_| ());
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire).expect("server writes");
+            }
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).expect("client reads");
+            }
+            client.process_new_packets()?;
+            server_state?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn real_handshakes_accept_the_pinned_key_holder_only() {
+        let (cert_a, key_a) = certificate();
+        let (cert_b, key_b) = certificate();
+        let pin_a = Fingerprint::of(cert_a.as_ref());
+        let pinned = || {
+            Arc::new(verifier(
+                &format!("https://localhost:1#sha256={}", hex::encode(pin_a.0)),
+                None,
+            ))
+        };
+        tls_handshake(pinned(), &cert_a, &key_a).expect("the pinned certificate");
+        let err = tls_handshake(pinned(), &cert_b, &key_b).expect_err("another certificate");
+        assert!(
+            err.to_string().contains("does not match the pinned"),
+            "{err}"
+        );
+        // The pinned certificate replayed by someone without its key: the handshake
+        // signature does not verify.
+        let err = tls_handshake(pinned(), &cert_a, &key_b).expect_err("impostor");
+        assert_eq!(
+            err,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+        );
+
+        // Trust on first use pins nothing for an impostor, then the real key holder.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(KNOWN_COORDINATORS);
+        let tofu = Arc::new(verifier("https://localhost:1", Some(file.clone())));
+        let err = tls_handshake(tofu.clone(), &cert_a, &key_b).expect_err("impostor");
+        assert_eq!(
+            err,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+        );
+        assert_eq!(tofu.pinned(), None);
+        assert!(!file.exists());
+        tls_handshake(tofu.clone(), &cert_a, &key_a).expect("first use");
+        assert_eq!(tofu.pinned(), Some(pin_a));
+        tls_handshake(tofu, &cert_b, &key_b).expect_err("changed certificate");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("known"),
+            format!("localhost:1 {pin_a}\n")
+        );
+    }
+
     #[test]
     fn a_corrupt_known_coordinators_file_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
