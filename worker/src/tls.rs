@@ -73,7 +73,12 @@ pub fn connect(url: &str, trust: &Trust) -> Result<Connection, Error> {
     }
     let verifier = Arc::new(PinVerifier::new(&parsed, trust.known.clone())?);
     let endpoint = endpoint
-        .tls_config_with_verifier(ClientTlsConfig::new(), verifier.clone())
+        // The name is only sent as SNI (the pin, not the name, is checked); set it from the
+        // parsed host so an IPv6 literal goes without its brackets.
+        .tls_config_with_verifier(
+            ClientTlsConfig::new().domain_name(parsed.host.clone()),
+            verifier.clone(),
+        )
         .map_err(|e| Error::Config(format!("coordinator {url}: TLS: {e}")))?;
     Ok(Connection {
         endpoint,
