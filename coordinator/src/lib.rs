@@ -12,6 +12,7 @@
 //! - `reducer`: runs a finished project's reducer in the sandbox.
 //! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
 //!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
+//! - [`tls`]: the certificate served off loopback (self-signed on first start).
 //! - [`serve`]: start a coordinator on a listener until a shutdown signal.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ mod reducer;
 pub mod scheduler;
 mod service;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -85,6 +87,14 @@ pub enum Error {
     /// A unit output is not a picture tile (the dashboard then draws no picture).
     #[error("not a picture tile: {0}")]
     BadTile(String),
+    /// A TLS certificate or key file cannot be used (or made); nothing was served.
+    #[error("{}: {message}", path.display())]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -128,6 +138,9 @@ pub struct CoordinatorConfig {
     /// that change state are refused with `RESOURCE_EXHAUSTED` (load shedding) instead of
     /// queueing without bound. Default 65,536.
     pub max_pending_writes: usize,
+    /// Serve gRPC and the dashboard over TLS with this certificate. Default `None`: plain
+    /// HTTP, for loopback (`fallow coordinator` turns TLS on for any other address).
+    pub tls: Option<tls::TlsIdentity>,
 }
 
 impl Default for CoordinatorConfig {
@@ -139,6 +152,7 @@ impl Default for CoordinatorConfig {
             distinct_subnets: true,
             worker_requests_per_second: 100,
             max_pending_writes: 65_536,
+            tls: None,
         }
     }
 }

@@ -402,7 +402,12 @@ pub(crate) async fn run<S: Store>(
     // Live dashboard streams never end on their own: stopping the broadcaster (`cancel`)
     // closes them, so the graceful shutdown can finish.
     let stop = cancel.clone();
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = &config.tls {
+        // ALPN offers h2 only; browsers then load the dashboard over HTTP/2 as well.
+        builder = builder.tls_config(identity.server_config())?;
+    }
+    let result = builder
         .accept_http1(true)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
@@ -474,6 +479,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::DataDir { .. }
         | Error::Corrupt(_)
         | Error::BadTile(_)
+        | Error::Tls { .. }
         | Error::Transport(_) => {
             tracing::error!("internal error: {e}");
             Status::internal(e.to_string())

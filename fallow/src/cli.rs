@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "fallow", version)]
 pub struct Cli {
+    /// Allow plain HTTP off loopback: a coordinator listening on another address serves
+    /// without TLS, and clients and workers talk http:// to a host that is not loopback.
+    /// Tokens, projects and results then travel in clear; use only on a network you trust.
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +50,19 @@ pub enum Command {
         /// are refused with RESOURCE_EXHAUSTED. An honest worker makes a few. 0: no limit.
         #[arg(long, default_value_t = 100)]
         worker_requests_per_second: u32,
+        /// Serve TLS even on loopback (off loopback it is the default). The certificate is
+        /// made self-signed on first start in DATA/tls/ and reused; its fingerprint is
+        /// printed as `tls fingerprint sha256:HEX`, then the URL to give workers as
+        /// `coordinator url https://HOST:PORT#sha256=HEX`.
+        #[arg(long)]
+        tls: bool,
+        /// Serve TLS with this certificate chain (PEM, leaf first) instead of the one in
+        /// DATA/tls/.
+        #[arg(long, requires = "tls_key", value_name = "PATH")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "PATH")]
+        tls_key: Option<PathBuf>,
     },
     /// Donate CPU: run work units for a coordinator until Ctrl-C. With a subcommand, talk
     /// to the worker already running on --data instead (status, suspend, resume, prefs).
@@ -53,10 +71,13 @@ pub enum Command {
         /// Talk to a running worker instead of starting one.
         #[command(subcommand)]
         action: Option<WorkerAction>,
-        /// Coordinator URL (when no --attach is given).
+        /// Coordinator URL (when no --attach is given): http://127.0.0.1:PORT on loopback,
+        /// otherwise https://HOST:PORT#sha256=HEX as `fallow coordinator` prints it (without
+        /// `#sha256=` the first certificate seen is trusted and remembered in
+        /// DATA/known_coordinators).
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
-        /// Work for this coordinator with a resource share (default 100); repeat for
+        /// Work for this coordinator (URL as for --coordinator) with a resource share (default 100); repeat for
         /// several. Cores are split over time in proportion to the shares of those with
         /// work. Replaces --coordinator.
         #[arg(long, value_name = "URL[=SHARE]")]
@@ -115,7 +136,7 @@ pub enum Command {
     Submit {
         /// The project manifest (TOML).
         manifest: PathBuf,
-        /// Coordinator URL.
+        /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// Token that allows submitting (default: the admin token a coordinator started
@@ -137,7 +158,7 @@ pub enum Command {
     Status {
         /// Project id (default: all projects).
         project: Option<u64>,
-        /// Coordinator URL.
+        /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// Show a progress bar until the project(s) finish.
@@ -149,7 +170,7 @@ pub enum Command {
     },
     /// The leaderboard: volunteer accounts and teams by credit (fuel of verified units).
     Accounts {
-        /// Coordinator URL.
+        /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
         /// JSON: {"accounts": [...], "teams": [...]}.
@@ -163,7 +184,7 @@ pub enum Command {
         /// Output directory (created if missing).
         #[arg(long)]
         out: PathBuf,
-        /// Coordinator URL.
+        /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
     },

@@ -1,11 +1,10 @@
 //! The CLI's gRPC boundary: submit, status and results, speaking domain types.
 
-use std::time::Duration;
-
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use worker::tls::Trust;
 
 /// A project's progress, as `fallow status --json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,16 +126,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url`, with an error that says what to check.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| anyhow!("--coordinator {url:?} is not a valid URL: {e}"))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.with_context(|| {
-            format!(
-                "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
-            )
-        })?;
+    /// Connects to `url` (`https://HOST:PORT#sha256=HEX` off loopback, see
+    /// `worker::tls`), with an error that says what to check.
+    pub async fn connect(url: &str, trust: &Trust) -> anyhow::Result<Self> {
+        let connection = worker::tls::connect(url, trust)?;
+        let channel = match connection.endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                if let Some(refusal) = connection.refusal() {
+                    bail!("{refusal}");
+                }
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
+                    )
+                });
+            }
+        };
         Ok(Client {
             inner: pb::coordinator_client::CoordinatorClient::new(channel)
                 .max_decoding_message_size(256 << 20)

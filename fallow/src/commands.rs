@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use worker::tls::Trust;
 
 use crate::client::{Client, Status};
 
@@ -17,8 +19,10 @@ pub async fn coordinator(
     lease_seconds: u64,
     distinct_subnets: bool,
     worker_requests_per_second: u32,
+    tls: ServeTls,
 ) -> anyhow::Result<()> {
     let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
+    let identity = tls.identity(listen, &data)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -30,7 +34,34 @@ pub async fn coordinator(
     writeln!(stdout, "listening on {addr}")?;
     // A script that reads only the first line may have closed the pipe by now: not an
     // error (println! would panic on it).
-    let _ = writeln!(stdout, "dashboard on http://{addr}/");
+    match &identity {
+        Some(identity) => {
+            let host = if addr.ip().is_unspecified() {
+                host_name()
+            } else {
+                match addr {
+                    SocketAddr::V4(a) => a.ip().to_string(),
+                    SocketAddr::V6(a) => format!("[{}]", a.ip()),
+                }
+            };
+            let pin = hex::encode(identity.fingerprint.0);
+            tracing::info!(
+                cert = %identity.cert_path.display(),
+                "serving TLS; tls fingerprint {}",
+                identity.fingerprint
+            );
+            let _ = writeln!(stdout, "tls fingerprint {}", identity.fingerprint);
+            let _ = writeln!(
+                stdout,
+                "coordinator url https://{host}:{}#sha256={pin}",
+                addr.port()
+            );
+            let _ = writeln!(stdout, "dashboard on https://{addr}/");
+        }
+        None => {
+            let _ = writeln!(stdout, "dashboard on http://{addr}/");
+        }
+    }
     let _ = stdout.flush();
     drop(stdout);
     let config = coordinator::CoordinatorConfig {
@@ -38,10 +69,60 @@ pub async fn coordinator(
         lease: Duration::from_secs(lease_seconds),
         distinct_subnets,
         worker_requests_per_second,
+        tls: identity,
         ..Default::default()
     };
     coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The TLS flags of `fallow coordinator`.
+#[derive(Debug, Default)]
+pub struct ServeTls {
+    /// `--tls`: TLS on loopback too.
+    pub force: bool,
+    /// `--tls-cert`, `--tls-key`.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// `--insecure-plaintext`: plain HTTP off loopback.
+    pub insecure_plaintext: bool,
+}
+
+impl ServeTls {
+    /// The certificate to serve on `listen`, or `None` for plain HTTP: TLS off loopback,
+    /// or when asked for; plain HTTP on loopback, or off it only when asked for.
+    fn identity(
+        &self,
+        listen: SocketAddr,
+        data: &Path,
+    ) -> anyhow::Result<Option<coordinator::tls::TlsIdentity>> {
+        let asked = self.force || self.cert.is_some();
+        if asked && self.insecure_plaintext {
+            return Err(anyhow!(
+                "--insecure-plaintext contradicts --tls/--tls-cert: choose one"
+            ));
+        }
+        if !asked && listen.ip().is_loopback() {
+            return Ok(None);
+        }
+        if !asked && self.insecure_plaintext {
+            tracing::warn!(
+                "serving plain HTTP on {listen}, which is not loopback (--insecure-plaintext): \
+                 tokens, projects and results travel in clear and can be changed on the way"
+            );
+            return Ok(None);
+        }
+        let identity = match &self.cert {
+            Some((cert, key)) => coordinator::tls::TlsIdentity::load(cert, key)?,
+            None => {
+                let mut names = vec![host_name()];
+                if !listen.ip().is_unspecified() {
+                    names.push(listen.ip().to_string());
+                }
+                coordinator::tls::TlsIdentity::load_or_create(data, &names)?
+            }
+        };
+        Ok(Some(identity))
+    }
 }
 
 /// `fallow worker`.
@@ -71,6 +152,7 @@ pub fn host_name() -> String {
 pub async fn submit(
     manifest: &Path,
     coordinator: &str,
+    trust: &Trust,
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let spec = protocol::manifest::load(manifest)?;
@@ -83,7 +165,7 @@ pub async fn submit(
             .ok()
             .map(|t| t.trim().to_string())
     });
-    let client = Client::connect(coordinator).await?.with_token(token);
+    let client = Client::connect(coordinator, trust).await?.with_token(token);
     let id = client.submit(spec).await?;
     eprintln!("submitted project {name:?} with {units} units");
     println!("{id}");
@@ -93,11 +175,12 @@ pub async fn submit(
 /// `fallow status`.
 pub async fn status(
     coordinator: &str,
+    trust: &Trust,
     project: Option<u64>,
     wait: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = Client::connect(coordinator).await?;
+    let client = Client::connect(coordinator, trust).await?;
     if wait {
         wait_for(&client, project, json).await?;
     }
@@ -190,8 +273,8 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// `fallow accounts`.
-pub async fn accounts(coordinator: &str, json: bool) -> anyhow::Result<()> {
-    let client = Client::connect(coordinator).await?;
+pub async fn accounts(coordinator: &str, trust: &Trust, json: bool) -> anyhow::Result<()> {
+    let client = Client::connect(coordinator, trust).await?;
     let (accounts, teams) = client.accounts().await?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -245,8 +328,13 @@ pub async fn accounts(coordinator: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// `fallow results`.
-pub async fn results(coordinator: &str, project: u64, out: &Path) -> anyhow::Result<()> {
-    let client = Client::connect(coordinator).await?;
+pub async fn results(
+    coordinator: &str,
+    trust: &Trust,
+    project: u64,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let client = Client::connect(coordinator, trust).await?;
     let results = client.results(project).await?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (unit, output) in &results.verified {

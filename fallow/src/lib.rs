@@ -37,6 +37,11 @@ pub fn logging(command: &Command) {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // How the CLI's own connections trust a coordinator (workers add their data dir).
+    let trust = worker::tls::Trust {
+        known: None,
+        allow_plaintext: cli.insecure_plaintext,
+    };
     match cli.command {
         Command::Coordinator {
             listen,
@@ -44,13 +49,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_seconds,
             allow_same_network,
             worker_requests_per_second,
+            tls,
+            tls_cert,
+            tls_key,
         } => {
+            let tls = commands::ServeTls {
+                force: tls,
+                cert: tls_cert.zip(tls_key),
+                insecure_plaintext: cli.insecure_plaintext,
+            };
             commands::coordinator(
                 listen,
                 data,
                 lease_seconds,
                 !allow_same_network,
                 worker_requests_per_second,
+                tls,
             )
             .await
         }
@@ -96,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
                 metrics,
                 prefs: prefs.to_map(),
+                insecure_plaintext: cli.insecure_plaintext,
                 ..Default::default()
             };
             if let Some(cores) = cores {
@@ -108,20 +123,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             coordinator,
             token,
-        } => commands::submit(&manifest, &coordinator, token).await,
+        } => commands::submit(&manifest, &coordinator, &trust, token).await,
         Command::Token { action, data } => commands::token(&data, action),
         Command::Status {
             project,
             coordinator,
             wait,
             json,
-        } => commands::status(&coordinator, project, wait, json).await,
+        } => commands::status(&coordinator, &trust, project, wait, json).await,
         Command::Results {
             project,
             out,
             coordinator,
-        } => commands::results(&coordinator, project, &out).await,
-        Command::Accounts { coordinator, json } => commands::accounts(&coordinator, json).await,
+        } => commands::results(&coordinator, &trust, project, &out).await,
+        Command::Accounts { coordinator, json } => {
+            commands::accounts(&coordinator, &trust, json).await
+        }
         Command::Demo {
             workers,
             out,

@@ -20,6 +20,7 @@
 //! - [`limits`]: per-project sandbox limits with their defaults and bounds.
 //! - [`failure`]: why a unit ended without output.
 //! - [`reduce`]: the reducer input framing.
+//! - [`tls`]: certificate fingerprints and the coordinator URLs that pin them.
 //! - [`wire`]: the one boundary between protobuf messages and these types.
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod manifest;
 pub mod quorum;
 pub mod reduce;
 pub mod rendezvous;
+pub mod tls;
 pub mod wire;
 
 pub use certificate::Certificate;

@@ -32,6 +32,10 @@ pub struct Cluster {
     restarts: u32,
     /// The token `submit` sends (`fallow token create`).
     pub token: String,
+    /// Extra `fallow coordinator` arguments, e.g. `--tls`.
+    coordinator_args: Vec<String>,
+    /// With TLS: the coordinator's `tls fingerprint` (`sha256:HEX`); `url` then carries it.
+    pub fingerprint: Option<String>,
 }
 
 impl Cluster {
@@ -43,6 +47,16 @@ impl Cluster {
     /// [`Cluster::start`], calling `prepare` with the coordinator's data dir (not created
     /// yet) before the coordinator starts: e.g. to mount a small filesystem there.
     pub fn start_prepared(lease_seconds: u64, prepare: impl FnOnce(&Path)) -> Cluster {
+        Cluster::start_with(lease_seconds, &[], prepare)
+    }
+
+    /// [`Cluster::start_prepared`] with extra `fallow coordinator` arguments (kept for
+    /// restarts). With `--tls`, `url` is the pinned `https://…#sha256=…` URL it prints.
+    pub fn start_with(
+        lease_seconds: u64,
+        coordinator_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("fallow-e2e-")
             .tempdir()
@@ -56,6 +70,8 @@ impl Cluster {
             lease_seconds,
             restarts: 0,
             token: String::new(),
+            coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
+            fingerprint: None,
         };
         prepare(&cluster.coordinator_data());
         cluster.token = cluster.mint_token("e2e");
@@ -100,22 +116,42 @@ impl Cluster {
                 "--data",
             ])
             .arg(self.coordinator_data())
+            .args(&self.coordinator_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start coordinator");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut first = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("read listening line");
+        stdout.read_line(&mut first).expect("read listening line");
         let addr = first
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}; log: {}", read(&log)))
             .to_string();
         self.url = format!("http://{addr}");
+        self.fingerprint = None;
+        // Then `tls fingerprint …` and `coordinator url …` with TLS, and the dashboard.
+        loop {
+            let mut line = String::new();
+            if stdout
+                .read_line(&mut line)
+                .expect("read coordinator stdout")
+                == 0
+            {
+                panic!("coordinator stdout ended early; log: {}", read(&log));
+            }
+            let line = line.trim();
+            if let Some(f) = line.strip_prefix("tls fingerprint ") {
+                self.fingerprint = Some(f.to_string());
+            } else if let Some(url) = line.strip_prefix("coordinator url ") {
+                self.url = url.to_string();
+            } else if line.starts_with("dashboard on ") {
+                break;
+            }
+        }
         self.addr = addr;
         self.coordinator = Some(child);
     }

@@ -17,3 +17,4 @@ mod hostile;
 mod partition;
 mod primes;
 mod shares;
+mod tls;

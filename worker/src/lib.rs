@@ -20,6 +20,8 @@
 //! - `checkpoints`: checkpoints of running units on disk (atomic writes, keyed by
 //!   coordinator, project, unit, module and input), resumed after a restart.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
+//! - [`tls`]: how the coordinator is reached: plain HTTP on loopback, TLS pinned to its
+//!   certificate's SHA-256 (in the URL or trusted on first use) anywhere else.
 //! - `prefs`: the volunteer's preferences (`prefs.toml`, flags on top, live changes).
 //! - `policy`: the sans-IO decision to run, throttle or suspend, from readings and time.
 //! - `sources`: the real readings (idle time, CPU load, battery, local time) and the
@@ -47,6 +49,7 @@ mod modules;
 pub mod rpc;
 mod shares;
 mod stats;
+pub mod tls;
 
 pub use stats::{Stats, StatsSnapshot};
 
@@ -112,6 +115,10 @@ pub enum Error {
     /// request; the text says which and what to do.
     #[error("{0}")]
     Control(String),
+    /// The coordinator's TLS certificate is not the pinned one; nothing was sent. The text
+    /// names both fingerprints.
+    #[error("{0}")]
+    Certificate(String),
 }
 
 impl Error {
@@ -163,6 +170,8 @@ impl Attach {
     /// Parses `URL` or `URL=SHARE`.
     pub fn parse(s: &str) -> Result<Attach, Error> {
         let (url, share) = match s.rsplit_once('=') {
+            // `https://HOST:PORT#sha256=HEX` without a share.
+            Some((url, _)) if url.ends_with("#sha256") => (s, DEFAULT_SHARE),
             Some((url, share)) => {
                 let share = share.trim().parse::<u32>().ok().filter(|s| (1..=1_000_000).contains(s)).ok_or_else(|| {
                     Error::Config(format!(
@@ -230,6 +239,10 @@ pub struct WorkerConfig {
     /// Preference overrides (key → value as `fallow worker prefs set` takes it), applied
     /// over `<data>/prefs.toml`: the `fallow worker` flags. Default none.
     pub prefs: BTreeMap<String, String>,
+    /// Allow plain `http://` to a coordinator that is not on loopback
+    /// (`--insecure-plaintext`). Default false: off loopback only `https://` is accepted,
+    /// pinned by `#sha256=` in the URL or on first use (`DATA/known_coordinators`).
+    pub insecure_plaintext: bool,
 }
 
 impl Default for WorkerConfig {
@@ -251,6 +264,7 @@ impl Default for WorkerConfig {
             fault: None,
             metrics: None,
             prefs: BTreeMap::new(),
+            insecure_plaintext: false,
         }
     }
 }
@@ -283,11 +297,14 @@ impl WorkerConfig {
                 self.team
             )));
         }
-        if self.attach.is_empty() && !is_url(&self.coordinator) {
-            return Err(Error::Config(format!(
-                "--coordinator must be a URL such as http://127.0.0.1:7070 (got {:?})",
-                self.coordinator
-            )));
+        if self.attach.is_empty() {
+            if !is_url(&self.coordinator) {
+                return Err(Error::Config(format!(
+                    "--coordinator must be a URL such as http://127.0.0.1:7070 (got {:?})",
+                    self.coordinator
+                )));
+            }
+            tls::connect(&self.coordinator, &self.trust())?;
         }
         let mut seen = HashSet::new();
         for a in &self.attach {
@@ -297,6 +314,7 @@ impl WorkerConfig {
                     a.url
                 )));
             }
+            tls::connect(&a.url, &self.trust())?;
             if !(1..=1_000_000).contains(&a.share) {
                 return Err(Error::Config(format!(
                     "--attach {}: the share must be from 1 to 1000000 (got {})",
@@ -311,6 +329,15 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+
+    /// How this worker trusts coordinators: pins learnt on first use go to
+    /// `DATA/known_coordinators`.
+    pub fn trust(&self) -> tls::Trust {
+        tls::Trust {
+            known: Some(self.data_dir.join(tls::KNOWN_COORDINATORS)),
+            allow_plaintext: self.insecure_plaintext,
+        }
     }
 
     /// The coordinators to work for: `attach`, or `coordinator` with the default share.
@@ -576,7 +603,8 @@ impl Attached {
             .account
             .clone()
             .unwrap_or_else(|| default_account(identity.id()));
-        let client = CoordinatorClient::new(&config.coordinator, identity.id())?;
+        let client =
+            CoordinatorClient::with_trust(&config.coordinator, identity.id(), &config.trust())?;
         let sockets = if config.inbound {
             match bind_peer(config.peer_listen).await {
                 Ok(s) => Some(s),
@@ -830,7 +858,7 @@ async fn advertise_ip(coordinator: &str, local: SocketAddr) -> std::net::IpAddr 
         .split("://")
         .nth(1)
         .unwrap_or(coordinator)
-        .split('/')
+        .split(['/', '#'])
         .next()
         .unwrap_or_default()
         .to_string();
@@ -1762,6 +1790,30 @@ mod tests {
             let err = config.validate().expect_err("accepted").to_string();
             assert!(err.contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn pinned_coordinator_urls_attach_with_and_without_a_share() {
+        let pin = format!("sha256={}", "ab".repeat(32));
+        let url = format!("https://example.org:7070#{pin}");
+        for (arg, share) in [(url.clone(), DEFAULT_SHARE), (format!("{url}=300"), 300)] {
+            let a = Attach::parse(&arg).expect(&arg);
+            assert_eq!((a.url.as_str(), a.share), (url.as_str(), share), "{arg}");
+        }
+        let config = WorkerConfig {
+            attach: vec![Attach::parse(&url).expect("pinned")],
+            ..Default::default()
+        };
+        assert!(config.validate().is_ok());
+        // Plain HTTP off loopback needs --insecure-plaintext.
+        let mut config = WorkerConfig {
+            coordinator: "http://10.0.0.1:7070".into(),
+            ..Default::default()
+        };
+        let err = config.validate().expect_err("plaintext").to_string();
+        assert!(err.contains("--insecure-plaintext"), "{err}");
+        config.insecure_plaintext = true;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tonic::{Response, Status};
 
 use crate::Error;
 use crate::gossip::{Reply, Request};
+use crate::tls::{Connection, Trust};
 
 /// A unit leased to this worker.
 #[derive(Debug, Clone)]
@@ -142,6 +143,7 @@ pub struct HeartbeatReply {
 pub struct CoordinatorClient {
     inner: pb::coordinator_client::CoordinatorClient<Channel>,
     key: Vec<u8>,
+    connection: Connection,
 }
 
 fn rpc(call: &'static str) -> impl FnOnce(Status) -> Error {
@@ -161,19 +163,36 @@ fn peers_from_wire(peers: Vec<pb::PeerInfo>) -> Vec<PeerInfo> {
 }
 
 impl CoordinatorClient {
-    /// A client for `url` (e.g. `http://127.0.0.1:7070`); connects on first use.
+    /// A client for `url` (e.g. `http://127.0.0.1:7070`) with the default [`Trust`]: plain
+    /// HTTP on loopback only, an unpinned `https://` trusted on first use for this process.
     pub fn new(url: &str, worker: WorkerId) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Error::Config(format!("--coordinator {url:?} is not a valid URL: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60));
+        CoordinatorClient::with_trust(url, worker, &Trust::default())
+    }
+
+    /// A client for `url` (`https://HOST:PORT#sha256=HEX`, see [`crate::tls`]); connects on
+    /// first use.
+    pub fn with_trust(url: &str, worker: WorkerId, trust: &Trust) -> Result<Self, Error> {
+        let connection = crate::tls::connect(url, trust)?;
+        let endpoint = connection.endpoint.clone().timeout(Duration::from_secs(60));
         let inner = pb::coordinator_client::CoordinatorClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
         Ok(CoordinatorClient {
             inner,
             key: worker.0.to_vec(),
+            connection,
         })
+    }
+
+    /// Maps a failed call's status, naming a refused certificate rather than reporting
+    /// tonic's bare "transport error".
+    fn rpc(&self, call: &'static str) -> impl FnOnce(Status) -> Error + '_ {
+        // A refusal is cleared by the next accepted handshake, so one still recorded is
+        // why this call found no connection.
+        move |status| match self.connection.refusal() {
+            Some(refusal) => Error::Certificate(refusal),
+            None => Error::Rpc { call, status },
+        }
     }
 
     /// Registers this worker, signing everything it states.
@@ -203,7 +222,7 @@ impl CoordinatorClient {
                 platform: platform(),
             })
             .await
-            .map_err(rpc("RegisterWorker"))?
+            .map_err(self.rpc("RegisterWorker"))?
             .into_inner();
         Ok(Registration {
             heartbeat: Duration::from_millis(r.heartbeat_ms.clamp(100, 600_000)),
@@ -226,7 +245,7 @@ impl CoordinatorClient {
                 peers_version,
             })
             .await
-            .map_err(rpc("Heartbeat"))?
+            .map_err(self.rpc("Heartbeat"))?
             .into_inner();
         Ok(HeartbeatReply {
             settled: r.settled_units.into_iter().map(UnitId).collect(),
@@ -246,7 +265,7 @@ impl CoordinatorClient {
                 max_units: max,
             })
             .await
-            .map_err(rpc("RequestWork"))?
+            .map_err(self.rpc("RequestWork"))?
             .into_inner();
         let mut out = Vec::with_capacity(r.assignments.len());
         for a in r.assignments {
@@ -267,7 +286,7 @@ impl CoordinatorClient {
                 digest: digest.0.to_vec(),
             })
             .await
-            .map_err(rpc("GetModule"))?
+            .map_err(self.rpc("GetModule"))?
             .into_inner()
             .module)
     }
@@ -284,7 +303,7 @@ impl CoordinatorClient {
                 exit_code: 0,
             })
             .await
-            .map_err(rpc("ReportFailure"))?;
+            .map_err(self.rpc("ReportFailure"))?;
         Ok(())
     }
 
@@ -305,7 +324,7 @@ impl CoordinatorClient {
                 submitter_key: self.key.clone(),
             })
             .await
-            .map_err(rpc("SubmitCertificate"))?
+            .map_err(self.rpc("SubmitCertificate"))?
             .into_inner();
         Ok(CertificateOutcome {
             accepted: ack.accepted,
@@ -321,7 +340,7 @@ impl CoordinatorClient {
             .clone()
             .report_misbehaviour(e)
             .await
-            .map_err(rpc("ReportMisbehaviour"))?;
+            .map_err(self.rpc("ReportMisbehaviour"))?;
         Ok(())
     }
 
@@ -335,7 +354,7 @@ impl CoordinatorClient {
                 claims: wire::claims_to_wire(claims),
             })
             .await
-            .map_err(rpc("ReportDispute"))?;
+            .map_err(self.rpc("ReportDispute"))?;
         Ok(())
     }
 
@@ -348,7 +367,7 @@ impl CoordinatorClient {
                 unit_ids: units.iter().map(|u| u.0).collect(),
             })
             .await
-            .map_err(rpc("ReturnUnits"))?;
+            .map_err(self.rpc("ReturnUnits"))?;
         Ok(())
     }
 }
