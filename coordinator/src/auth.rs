@@ -8,6 +8,11 @@
 //! `fallow token create|revoke` apply to a running coordinator at once. The first start
 //! mints the `admin` token and writes it, readable by its owner only, to
 //! `DATA/admin.token`. The dashboard and the read-only RPCs stay public.
+//!
+//! Workers are enrolled the same way when the coordinator runs with
+//! `--require-enrollment`: every worker call (registration, heartbeats, work, results)
+//! must carry a token from `DATA/enrollments` (`fallow token create --worker --name lab`).
+//! Revoking it cuts off every worker started with it at its next call, without a restart.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,8 +30,83 @@ use crate::Error;
 pub const TOKENS_FILE: &str = "tokens";
 /// The admin token minted on first start.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Worker enrollment tokens, in the same format.
+pub const ENROLLMENTS_FILE: &str = "enrollments";
 /// gRPC methods that need a token.
 const PROTECTED: &[&str] = &["/fallow.v1.Coordinator/SubmitProject"];
+/// gRPC methods of workers, which need an enrollment when one is required.
+const WORKER_METHODS: &[&str] = &[
+    "/fallow.v1.Coordinator/RegisterWorker",
+    "/fallow.v1.Coordinator/Heartbeat",
+    "/fallow.v1.Coordinator/RequestWork",
+    "/fallow.v1.Coordinator/GetModule",
+    "/fallow.v1.Coordinator/ReportFailure",
+    "/fallow.v1.Coordinator/SubmitCertificate",
+    "/fallow.v1.Coordinator/ReportDispute",
+    "/fallow.v1.Coordinator/ReturnUnits",
+    "/fallow.v1.Coordinator/ReportMisbehaviour",
+];
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Submitting projects (`DATA/tokens`).
+    Submit,
+    /// Taking part as a worker (`DATA/enrollments`).
+    Worker,
+}
+
+impl Kind {
+    fn file(self) -> &'static str {
+        match self {
+            Kind::Submit => TOKENS_FILE,
+            Kind::Worker => ENROLLMENTS_FILE,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Submit => "token",
+            Kind::Worker => "worker enrollment",
+        }
+    }
+}
+
+/// What the middleware checks: submit tokens always, enrollments when required.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) submit: Tokens,
+    pub(crate) enroll: Option<Tokens>,
+}
+
+impl Gate {
+    /// The gate of `data_dir`: mints the admin token on first start; with
+    /// `require_enrollment`, also opens (creating it empty) the enrollment list.
+    pub(crate) fn open(data_dir: &Path, require_enrollment: bool) -> Result<Gate, Error> {
+        let enroll = if require_enrollment {
+            let path = data_dir.join(ENROLLMENTS_FILE);
+            if !path.exists() {
+                write_entries(&path, &[], Kind::Worker)?;
+            }
+            let tokens = Tokens {
+                path,
+                cache: Mutex::new(Cache::default()),
+            };
+            tokens.refresh()?;
+            tracing::info!(
+                "workers need an enrollment: mint one with `fallow token create --worker --name NAME --data {}`",
+                data_dir.display()
+            );
+            Some(tokens)
+        } else {
+            None
+        };
+        Ok(Gate {
+            submit: Tokens::open(data_dir)?,
+            enroll,
+        })
+    }
+}
 
 /// The tokens a running coordinator accepts.
 #[derive(Debug)]
@@ -97,20 +177,42 @@ impl Tokens {
     }
 }
 
-/// Refuses protected calls without a valid token, as gRPC `UNAUTHENTICATED`.
+/// Refuses protected calls without a valid token, and worker calls without a valid
+/// enrollment when one is required, as gRPC `UNAUTHENTICATED`.
 pub(crate) async fn require_token(
-    State(tokens): State<Arc<Tokens>>,
+    State(gate): State<Arc<Gate>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if !PROTECTED.contains(&request.uri().path()) {
-        return next.run(request).await;
-    }
+    let path = request.uri().path();
     let presented = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(enroll) = &gate.enroll
+        && WORKER_METHODS.contains(&path)
+    {
+        let refusal = match presented.map(|t| enroll.check(t)) {
+            Some(Some(name)) => {
+                tracing::trace!(enrollment = name, "worker call admitted");
+                return next.run(request).await;
+            }
+            Some(None) => {
+                "this worker's enrollment is not valid on this coordinator (unknown or revoked); ask its operator for a new one (`fallow worker --enroll-token TOKEN`)"
+            }
+            None => {
+                "this coordinator only takes enrolled workers: start the worker with `--enroll-token TOKEN` (or FALLOW_ENROLL_TOKEN); its operator mints one with `fallow token create --worker --name NAME`"
+            }
+        };
+        return tonic::Status::unauthenticated(refusal)
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    if !PROTECTED.contains(&path) {
+        return next.run(request).await;
+    }
+    let tokens = &gate.submit;
     let refusal = match presented {
         None => "submitting a project needs a token: pass `fallow submit --token TOKEN` or set \
                  FALLOW_TOKEN (the coordinator wrote its admin token to DATA/admin.token; mint \
@@ -129,12 +231,17 @@ pub(crate) async fn require_token(
         .into_response()
 }
 
-/// Mints a token named `name` in `data_dir` (creating the directory); returns the token,
-/// which is shown only this once.
+/// Mints a submit token named `name` in `data_dir` (creating the directory); returns the
+/// token, which is shown only this once.
 pub fn create(data_dir: &Path, name: &str) -> Result<String, Error> {
+    create_kind(data_dir, Kind::Submit, name)
+}
+
+/// Mints a token of `kind` named `name` in `data_dir`; returns it (shown only this once).
+pub fn create_kind(data_dir: &Path, kind: Kind, name: &str) -> Result<String, Error> {
     check_name(data_dir, name)?;
     std::fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, e))?;
-    let path = data_dir.join(TOKENS_FILE);
+    let path = data_dir.join(kind.file());
     let mut entries = if path.exists() {
         read(&path)?
     } else {
@@ -144,7 +251,13 @@ pub fn create(data_dir: &Path, name: &str) -> Result<String, Error> {
         return Err(Error::DataDir {
             path,
             message: format!(
-                "a token named {name:?} exists already; revoke it first (`fallow token revoke {name}`)"
+                "a {} named {name:?} exists already; revoke it first (`fallow token revoke {name}{}`)",
+                kind.what(),
+                if kind == Kind::Worker {
+                    " --worker"
+                } else {
+                    ""
+                }
             ),
         });
     }
@@ -155,26 +268,42 @@ pub fn create(data_dir: &Path, name: &str) -> Result<String, Error> {
     })?;
     let token = format!("fallow_{}", hex::encode(secret));
     entries.push((name.to_string(), *blake3::hash(token.as_bytes()).as_bytes()));
-    write_entries(&path, &entries)?;
+    write_entries(&path, &entries, kind)?;
     Ok(token)
 }
 
-/// Revokes the token named `name`; false if there was none.
+/// Revokes the submit token named `name`; false if there was none.
 pub fn revoke(data_dir: &Path, name: &str) -> Result<bool, Error> {
-    let path = data_dir.join(TOKENS_FILE);
+    revoke_kind(data_dir, Kind::Submit, name)
+}
+
+/// Revokes the token of `kind` named `name`; false if there was none.
+pub fn revoke_kind(data_dir: &Path, kind: Kind, name: &str) -> Result<bool, Error> {
+    let path = data_dir.join(kind.file());
+    if kind == Kind::Worker && !path.exists() {
+        return Ok(false);
+    }
     let mut entries = read(&path)?;
     let before = entries.len();
     entries.retain(|(n, _)| n != name);
     if entries.len() == before {
         return Ok(false);
     }
-    write_entries(&path, &entries)?;
+    write_entries(&path, &entries, kind)?;
     Ok(true)
 }
 
-/// The names of the valid tokens.
+/// The names of the valid submit tokens.
 pub fn list(data_dir: &Path) -> Result<Vec<String>, Error> {
-    let path = data_dir.join(TOKENS_FILE);
+    list_kind(data_dir, Kind::Submit)
+}
+
+/// The names of the valid tokens of `kind` (none when there is no such list yet).
+pub fn list_kind(data_dir: &Path, kind: Kind) -> Result<Vec<String>, Error> {
+    let path = data_dir.join(kind.file());
+    if kind == Kind::Worker && !path.exists() {
+        return Ok(Vec::new());
+    }
     Ok(read(&path)?.into_iter().map(|(n, _)| n).collect())
 }
 
@@ -214,10 +343,15 @@ fn read(path: &Path) -> Result<Vec<(String, [u8; 32])>, Error> {
     Ok(entries)
 }
 
-fn write_entries(path: &Path, entries: &[(String, [u8; 32])]) -> Result<(), Error> {
-    let mut text = String::from(
-        "# Fallow coordinator tokens: NAME BLAKE3(token). Manage with `fallow token`.\n",
-    );
+fn write_entries(path: &Path, entries: &[(String, [u8; 32])], kind: Kind) -> Result<(), Error> {
+    let mut text = match kind {
+        Kind::Submit => String::from(
+            "# Fallow coordinator tokens: NAME BLAKE3(token). Manage with `fallow token`.\n",
+        ),
+        Kind::Worker => String::from(
+            "# Fallow worker enrollments: NAME BLAKE3(token). Manage with `fallow token --worker`.\n",
+        ),
+    };
     for (name, hash) in entries {
         text.push_str(&format!("{name} {}\n", hex::encode(hash)));
     }
@@ -282,5 +416,32 @@ mod tests {
         // A second start keeps the admin token.
         let again = Tokens::open(dir.path()).expect("reopen");
         assert_eq!(again.check(&admin).as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn enrollments_are_their_own_list_and_revocable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gate = Gate::open(dir.path(), true).expect("open");
+        let enroll = gate.enroll.as_ref().expect("required");
+        assert!(
+            list_kind(dir.path(), Kind::Worker)
+                .expect("list")
+                .is_empty()
+        );
+        let lab = create_kind(dir.path(), Kind::Worker, "lab").expect("create");
+        assert_eq!(enroll.check(&lab).as_deref(), Some("lab"));
+        // Not a submit token, and the admin token is not an enrollment.
+        assert_eq!(gate.submit.check(&lab), None);
+        let admin = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).expect("admin");
+        assert_eq!(enroll.check(&admin), None);
+        assert!(!revoke(dir.path(), "lab").expect("no such submit token"));
+        assert!(revoke_kind(dir.path(), Kind::Worker, "lab").expect("revoke"));
+        assert_eq!(enroll.check(&lab), None, "revoked without a restart");
+        assert!(
+            Gate::open(dir.path(), false)
+                .expect("open")
+                .enroll
+                .is_none()
+        );
     }
 }

@@ -138,6 +138,9 @@ pub struct CoordinatorConfig {
     /// that change state are refused with `RESOURCE_EXHAUSTED` (load shedding) instead of
     /// queueing without bound. Default 65,536.
     pub max_pending_writes: usize,
+    /// Take only enrolled workers: every worker call must carry a token from
+    /// `DATA/enrollments` (see [`auth`]). Default false (any worker with a key).
+    pub require_enrollment: bool,
     /// Serve gRPC and the dashboard over TLS with this certificate. Default `None`: plain
     /// HTTP, for loopback (`fallow coordinator` turns TLS on for any other address).
     pub tls: Option<tls::TlsIdentity>,
@@ -152,6 +155,7 @@ impl Default for CoordinatorConfig {
             distinct_subnets: true,
             worker_requests_per_second: 100,
             max_pending_writes: 65_536,
+            require_enrollment: false,
             tls: None,
         }
     }

@@ -390,12 +390,15 @@ pub(crate) async fn run<S: Store>(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     // One port for both: gRPC over HTTP/2, the dashboard over HTTP/1.1 (browsers).
-    let tokens = Arc::new(crate::auth::Tokens::open(&config.data_dir)?);
+    let gate = Arc::new(crate::auth::Gate::open(
+        &config.data_dir,
+        config.require_enrollment,
+    )?);
     let routes = tonic::service::Routes::from(dashboard::router(dashboard.clone()))
         .add_service(server)
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
-            tokens,
+            gate,
             crate::auth::require_token,
         ));
     let routes = tonic::service::Routes::from(dashboard::count_rejections(routes, dashboard));

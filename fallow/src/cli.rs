@@ -50,6 +50,11 @@ pub enum Command {
         /// are refused with RESOURCE_EXHAUSTED. An honest worker makes a few. 0: no limit.
         #[arg(long, default_value_t = 100)]
         worker_requests_per_second: u32,
+        /// Take only enrolled workers: every worker call must carry a token minted with
+        /// `fallow token create --worker --name NAME`; `fallow token revoke --worker NAME`
+        /// cuts off the workers using it at once.
+        #[arg(long)]
+        require_enrollment: bool,
         /// Serve TLS even on loopback (off loopback it is the default). The certificate is
         /// made self-signed on first start in DATA/tls/ and reused; its fingerprint is
         /// printed as `tls fingerprint sha256:HEX`, then the URL to give workers as
@@ -121,6 +126,10 @@ pub enum Command {
         /// checkpoint the guest saves).
         #[arg(long, default_value_t = 30)]
         checkpoint_seconds: u64,
+        /// The enrollment token for a coordinator that takes only enrolled workers (its
+        /// operator mints one with `fallow token create --worker --name NAME`).
+        #[arg(long, env = "FALLOW_ENROLL_TOKEN", hide_env_values = true)]
+        enroll_token: Option<String>,
         /// Serve Prometheus metrics (executions by result and failure reason, fuel, busy
         /// and idle time, gossip counters) at http://ADDR/metrics.
         #[arg(long)]
@@ -221,13 +230,24 @@ pub enum TokenAction {
         /// Who the token is for: 1 to 64 letters, digits or - _ . @.
         #[arg(long)]
         name: String,
+        /// A worker enrollment (for `fallow coordinator --require-enrollment`, given to
+        /// workers as `--enroll-token`) instead of a token for submitting projects.
+        #[arg(long)]
+        worker: bool,
     },
-    /// List the names of the valid tokens.
-    List,
-    /// Revoke a token by name.
+    /// List the names of the valid tokens (with --worker: of the worker enrollments).
+    List {
+        /// The worker enrollments instead.
+        #[arg(long)]
+        worker: bool,
+    },
+    /// Revoke a token by name; a revoked enrollment cuts off its workers at once.
     Revoke {
         /// The token's name.
         name: String,
+        /// A worker enrollment.
+        #[arg(long)]
+        worker: bool,
     },
 }
 

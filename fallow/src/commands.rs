@@ -19,6 +19,7 @@ pub async fn coordinator(
     lease_seconds: u64,
     distinct_subnets: bool,
     worker_requests_per_second: u32,
+    require_enrollment: bool,
     tls: ServeTls,
 ) -> anyhow::Result<()> {
     let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
@@ -69,6 +70,7 @@ pub async fn coordinator(
         lease: Duration::from_secs(lease_seconds),
         distinct_subnets,
         worker_requests_per_second,
+        require_enrollment,
         tls: identity,
         ..Default::default()
     };
@@ -538,28 +540,38 @@ fn fuel(n: u64) -> String {
     }
 }
 
+fn kind(worker: bool) -> coordinator::auth::Kind {
+    if worker {
+        coordinator::auth::Kind::Worker
+    } else {
+        coordinator::auth::Kind::Submit
+    }
+}
+
 /// `fallow token`.
 pub fn token(data: &Path, action: crate::cli::TokenAction) -> anyhow::Result<()> {
     use crate::cli::TokenAction;
     match action {
-        TokenAction::Create { name } => {
-            let token = coordinator::auth::create(data, &name)?;
+        TokenAction::Create { name, worker } => {
+            let token = coordinator::auth::create_kind(data, kind(worker), &name)?;
+            let what = if worker { "worker enrollment" } else { "token" };
             eprintln!(
-                "token {name:?} created for the coordinator in {}; it is shown only now:",
+                "{what} {name:?} created for the coordinator in {}; it is shown only now:",
                 data.display()
             );
             println!("{token}");
         }
-        TokenAction::List => {
-            for name in coordinator::auth::list(data)? {
+        TokenAction::List { worker } => {
+            for name in coordinator::auth::list_kind(data, kind(worker))? {
                 println!("{name}");
             }
         }
-        TokenAction::Revoke { name } => {
-            if !coordinator::auth::revoke(data, &name)? {
-                anyhow::bail!("no token named {name:?} in {}", data.display());
+        TokenAction::Revoke { name, worker } => {
+            if !coordinator::auth::revoke_kind(data, kind(worker), &name)? {
+                let what = if worker { "worker enrollment" } else { "token" };
+                anyhow::bail!("no {what} named {name:?} in {}", data.display());
             }
-            eprintln!("token {name:?} revoked");
+            eprintln!("{name:?} revoked");
         }
     }
     Ok(())

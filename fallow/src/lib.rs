@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_seconds,
             allow_same_network,
             worker_requests_per_second,
+            require_enrollment,
             tls,
             tls_cert,
             tls_key,
@@ -64,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 lease_seconds,
                 !allow_same_network,
                 worker_requests_per_second,
+                require_enrollment,
                 tls,
             )
             .await
@@ -87,6 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_inbound,
             drain_seconds,
             checkpoint_seconds,
+            enroll_token,
             metrics,
             fault,
             prefs,
@@ -111,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics,
                 prefs: prefs.to_map(),
                 insecure_plaintext: cli.insecure_plaintext,
+                enroll_token,
                 ..Default::default()
             };
             if let Some(cores) = cores {

@@ -131,3 +131,93 @@ fn a_fresh_coordinator_writes_its_admin_token_for_the_local_user() {
         );
     }
 }
+
+/// `fallow token create --worker` on `c`'s data dir: the enrollment token.
+fn enroll(c: &Cluster, name: &str) -> String {
+    let out = fallow()
+        .args(["token", "create", "--worker", "--name", name, "--data"])
+        .arg(c.coordinator_data())
+        .output()
+        .expect("run fallow token create --worker");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Polls worker `w`'s log until it contains `text`.
+fn wait_for_log(c: &Cluster, w: usize, text: &str) {
+    let start = std::time::Instant::now();
+    while !c.worker_log(w).contains(text) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "worker {w} never logged {text:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_coordinator_requiring_enrollment_takes_only_enrolled_workers_and_revocation_cuts_them_off() {
+    let mut c = Cluster::start_with(10, &["--require-enrollment"], |_| {});
+    let (lab, guest) = (enroll(&c, "lab"), enroll(&c, "guest"));
+    let w_lab = c.start_worker(&["--enroll-token", &lab]);
+    let w_none = c.start_worker(&[]);
+    let w_guest = c.start_worker(&["--enroll-token", &guest]);
+    let small = |name: &str| {
+        project(
+            c.dir.path(),
+            name,
+            artifacts::PRIMES,
+            None,
+            "replication = 1\nquorum = 1\nadaptive = false\n[inputs]\nsweep = { from = 0, to = 2_000_000, step = 100_000 }\n",
+        )
+    };
+    let first = c.submit(&small("first")).expect("accepted");
+    let status = c.wait_finished(first, Duration::from_secs(120));
+    assert_eq!(
+        (
+            crate::harness::n(&status, "verified"),
+            crate::harness::n(&status, "failed")
+        ),
+        (20, 0),
+        "{status}"
+    );
+    // Primes below 2,000,000: 148,933.
+    assert_eq!(
+        crate::harness::sum_outputs(&c.results(first)),
+        (148_933, 20)
+    );
+    wait_for_log(&c, w_none, "only takes enrolled workers");
+
+    let list = fallow()
+        .args(["token", "list", "--worker", "--data"])
+        .arg(c.coordinator_data())
+        .output()
+        .expect("list");
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "lab\nguest\n");
+    let revoke = fallow()
+        .args(["token", "revoke", "guest", "--worker", "--data"])
+        .arg(c.coordinator_data())
+        .output()
+        .expect("revoke");
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    // The guest's next call (a heartbeat at the latest) is refused, without a restart.
+    wait_for_log(&c, w_guest, "enrollment is not valid");
+    let second = c.submit(&small("second")).expect("accepted");
+    let status = c.wait_finished(second, Duration::from_secs(120));
+    assert_eq!(crate::harness::n(&status, "verified"), 20, "{status}");
+    let metrics = http_get(c.addr.parse().expect("addr"), "/metrics");
+    assert!(
+        metrics.contains(r#"code="Unauthenticated""#),
+        "refused worker calls are counted:\n{metrics}"
+    );
+    let _ = w_lab;
+}

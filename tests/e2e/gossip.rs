@@ -10,6 +10,17 @@ fn a_worker_behind_nat_takes_full_part() {
     let mut c = Cluster::start(30);
     c.start_worker(&["--account", "alice"]);
     c.start_worker(&["--account", "bob", "--team", "lab"]);
+    // The NAT worker picks its boards from the peers the coordinator lists: start it once
+    // the others are listed, as in a fleet that is already running.
+    let start = std::time::Instant::now();
+    while c.coordinator_log().matches("worker registered").count() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first two workers never registered\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let nat = c.start_worker(&["--account", "behind-nat", "--no-inbound"]);
     let manifest = project(
         c.dir.path(),

@@ -243,6 +243,9 @@ pub struct WorkerConfig {
     /// (`--insecure-plaintext`). Default false: off loopback only `https://` is accepted,
     /// pinned by `#sha256=` in the URL or on first use (`DATA/known_coordinators`).
     pub insecure_plaintext: bool,
+    /// The enrollment token sent with every coordinator call (`--enroll-token`), for a
+    /// coordinator that takes only enrolled workers. Default none.
+    pub enroll_token: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -265,6 +268,7 @@ impl Default for WorkerConfig {
             metrics: None,
             prefs: BTreeMap::new(),
             insecure_plaintext: false,
+            enroll_token: None,
         }
     }
 }
@@ -603,8 +607,12 @@ impl Attached {
             .account
             .clone()
             .unwrap_or_else(|| default_account(identity.id()));
-        let client =
-            CoordinatorClient::with_trust(&config.coordinator, identity.id(), &config.trust())?;
+        let client = CoordinatorClient::enrolled(
+            &config.coordinator,
+            identity.id(),
+            &config.trust(),
+            config.enroll_token.as_deref(),
+        )?;
         let sockets = if config.inbound {
             match bind_peer(config.peer_listen).await {
                 Ok(s) => Some(s),
@@ -893,6 +901,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
 
+/// How soon a worker that knows no peers heartbeats again (to learn them).
+const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often the gossip loop wakes; each unit is polled at its own pace
 /// ([`PollConfig`]), this only bounds the added latency.
 const GOSSIP_TICK: Duration = Duration::from_millis(250);
@@ -1662,7 +1672,15 @@ impl Shared {
     async fn heartbeat_loop(self: Arc<Self>, mut every: Duration, advertise: String) {
         let mut failures = 0u32;
         loop {
-            if !pause(&self.cancel, every).await {
+            // A worker that knows no peers yet (it registered before the others) asks
+            // again soon: without peers it has no boards to gossip with, and its results
+            // could only go to the coordinator as partial certificates.
+            let wait = if lock(&self.peers).1.is_empty() {
+                every.min(PEERLESS_HEARTBEAT)
+            } else {
+                every
+            };
+            if !pause(&self.cancel, wait).await {
                 return;
             }
             let held: Vec<UnitId> = lock(&self.held).keys().copied().collect();

@@ -12,6 +12,9 @@ use protocol::certificate::MAX_CLAIMS;
 use protocol::claim::Commitment;
 use protocol::wire::Evidence;
 use protocol::{Claim, Digest, Failure, Identity, Limits, ProjectId, UnitId, WorkerId, wire};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
@@ -141,9 +144,24 @@ pub struct HeartbeatReply {
 /// The coordinator, seen from a worker. Cheap to clone; reconnects by itself.
 #[derive(Debug, Clone)]
 pub struct CoordinatorClient {
-    inner: pb::coordinator_client::CoordinatorClient<Channel>,
+    inner: pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, Enrollment>>,
     key: Vec<u8>,
     connection: Connection,
+}
+
+/// Adds the worker's enrollment token, if it has one, to every coordinator call.
+#[derive(Clone)]
+pub struct Enrollment(Option<AsciiMetadataValue>);
+
+impl Interceptor for Enrollment {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
 }
 
 fn rpc(call: &'static str) -> impl FnOnce(Status) -> Error {
@@ -172,11 +190,35 @@ impl CoordinatorClient {
     /// A client for `url` (`https://HOST:PORT#sha256=HEX`, see [`crate::tls`]); connects on
     /// first use.
     pub fn with_trust(url: &str, worker: WorkerId, trust: &Trust) -> Result<Self, Error> {
+        CoordinatorClient::enrolled(url, worker, trust, None)
+    }
+
+    /// [`CoordinatorClient::with_trust`] sending `enrollment` (a token from the
+    /// coordinator's enrollment list, see `coordinator::auth`) with every call.
+    pub fn enrolled(
+        url: &str,
+        worker: WorkerId,
+        trust: &Trust,
+        enrollment: Option<&str>,
+    ) -> Result<Self, Error> {
+        let enrollment = enrollment
+            .map(|token| {
+                MetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
+                    Error::Config(
+                        "--enroll-token must be printable ASCII, as `fallow token create --worker` prints it"
+                            .into(),
+                    )
+                })
+            })
+            .transpose()?;
         let connection = crate::tls::connect(url, trust)?;
         let endpoint = connection.endpoint.clone().timeout(Duration::from_secs(60));
-        let inner = pb::coordinator_client::CoordinatorClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
+        let inner = pb::coordinator_client::CoordinatorClient::with_interceptor(
+            endpoint.connect_lazy(),
+            Enrollment(enrollment),
+        )
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
         Ok(CoordinatorClient {
             inner,
             key: worker.0.to_vec(),
