@@ -326,6 +326,64 @@ impl Sandbox {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// One pass of the module's sections (no validation, no compilation): refuses an import
+    /// outside the guest ABI and a module without `_start` and `memory` exports. Malformed
+    /// sections are left to wasmtime, which names the problem better.
+    fn precheck(&self, bytes: &[u8]) -> Result<(), Error> {
+        use wasmparser::{ExternalKind, Parser, Payload};
+        let (mut start, mut memory) = (false, false);
+        for payload in Parser::new(0).parse_all(bytes) {
+            let Ok(payload) = payload else {
+                return Ok(()); // malformed: wasmtime's error follows
+            };
+            match payload {
+                Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        let Ok(import) = import else {
+                            return Ok(());
+                        };
+                        if !self
+                            .abi
+                            .contains(&(import.module.to_string(), import.name.to_string()))
+                        {
+                            return Err(Error::ForbiddenImport {
+                                module: import.module.to_string(),
+                                name: import.name.to_string(),
+                            });
+                        }
+                    }
+                }
+                Payload::ExportSection(reader) => {
+                    for export in reader {
+                        let Ok(export) = export else {
+                            return Ok(());
+                        };
+                        match (export.name, export.kind) {
+                            ("_start", ExternalKind::Func | ExternalKind::FuncExact) => {
+                                start = true;
+                            }
+                            ("memory", ExternalKind::Memory) => memory = true,
+                            _ => {}
+                        }
+                    }
+                }
+                // Exports come before code: nothing after them is needed here.
+                Payload::CodeSectionStart { .. } => break,
+                _ => {}
+            }
+        }
+        if !start {
+            return Err(Error::NotACommand(
+                "no exported function `_start` (build a binary, not a library, for wasm32-wasip1)"
+                    .into(),
+            ));
+        }
+        if !memory {
+            return Err(Error::NotACommand("no exported `memory`".into()));
+        }
+        Ok(())
+    }
+
     fn compile_module(&self, flavour: &Flavour, bytes: &[u8]) -> Result<Module, Error> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             let head: String = bytes
@@ -348,6 +406,9 @@ impl Sandbox {
         if bytes[4..8] != [1, 0, 0, 0] {
             return Err(Error::Component);
         }
+        // The import allow-list and the command's exports are read before anything is
+        // compiled: a module outside the ABI costs a parse, not a Cranelift compilation.
+        self.precheck(bytes)?;
         let module =
             Module::new(&flavour.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         for import in module.imports() {

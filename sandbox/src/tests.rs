@@ -390,3 +390,28 @@ fn collatz_native(input: &[u8]) -> Vec<u8> {
     }
     format!("{sum} {max} {arg}\n").into_bytes()
 }
+
+#[test]
+fn imports_are_checked_before_the_module_is_compiled() {
+    // A forbidden import followed by a code section that is not even valid: refused for
+    // the import, which only a check before compilation (and validation) can report.
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    wasm.extend_from_slice(&[0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type: () -> ()
+    wasm.extend_from_slice(&[0x02, 0x0c, 0x01, 0x03]); // import section, one import
+    wasm.extend_from_slice(b"env\x04evil\x00\x00"); // env::evil, a function of type 0
+    wasm.extend_from_slice(&[0x0a, 0x03, 0xff, 0xff, 0xff]); // a broken code section
+    match sandbox_ref().inspect(&wasm) {
+        Err(Error::ForbiddenImport { module, name }) => {
+            assert_eq!((module.as_str(), name.as_str()), ("env", "evil"));
+        }
+        other => panic!("expected the forbidden import, got {other:?}"),
+    }
+    // A library (no `_start`) is refused before compiling too, with the same message.
+    let mut lib = b"\0asm\x01\0\0\0".to_vec();
+    lib.extend_from_slice(&[0x05, 0x03, 0x01, 0x00, 0x01]); // one memory, min 1 page
+    lib.extend_from_slice(&[0x07, 0x0a, 0x01, 0x06]); // export section, one export
+    lib.extend_from_slice(b"memory\x02\x00"); // memory 0
+    assert!(
+        matches!(sandbox_ref().inspect(&lib), Err(Error::NotACommand(m)) if m.contains("_start"))
+    );
+}
