@@ -85,9 +85,7 @@ impl Gate {
     pub(crate) fn open(data_dir: &Path, require_enrollment: bool) -> Result<Gate, Error> {
         let enroll = if require_enrollment {
             let path = data_dir.join(ENROLLMENTS_FILE);
-            if !path.exists() {
-                write_entries(&path, &[], Kind::Worker)?;
-            }
+            create_empty(&path)?;
             let tokens = Tokens {
                 path,
                 cache: Mutex::new(Cache::default()),
@@ -358,10 +356,35 @@ fn write_entries(path: &Path, entries: &[(String, [u8; 32])], kind: Kind) -> Res
     write_private(path, text.as_bytes())
 }
 
+/// Creates the enrollment list empty unless it exists. Never replaces one: `fallow token
+/// create --worker` may be writing it at this very moment.
+fn create_empty(path: &Path) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut f) => f
+            .write_all(
+                b"# Fallow worker enrollments: NAME BLAKE3(token). Manage with `fallow token --worker`.\n",
+            )
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_error(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error(path, e)),
+    }
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, then rename), readable by its
-/// owner only.
+/// owner only. The temporary file's name is this process's own, so two processes
+/// writing the same list (a coordinator and `fallow token`) never share one.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -370,10 +393,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         options.mode(0o600);
     }
     let mut f = options.open(&tmp).map_err(|e| io_error(&tmp, e))?;
-    f.write_all(bytes)
+    let written = f
+        .write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| io_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+        .map_err(|e| io_error(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io_error(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
@@ -443,5 +471,30 @@ mod tests {
                 .enroll
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_coordinator_starting_while_enrollments_are_minted_loses_nothing() {
+        // The coordinator creates the list if missing while `fallow token create --worker`
+        // writes it: neither may fail, and no minted enrollment may be lost.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_path_buf();
+        let minter = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|i| create_kind(&data, Kind::Worker, &format!("w{i}")).expect("create"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        for _ in 0..40 {
+            Gate::open(&data, true).expect("a coordinator starts");
+        }
+        let minted = minter.join().expect("minter");
+        let gate = Gate::open(&data, true).expect("open");
+        let enroll = gate.enroll.as_ref().expect("required");
+        for (i, token) in minted.iter().enumerate() {
+            assert_eq!(enroll.check(token), Some(format!("w{i}")));
+        }
     }
 }
