@@ -383,6 +383,19 @@ struct Held {
     next_certificate: Option<(Vec<Claim>, bool)>,
 }
 
+impl Held {
+    /// A unit just leased (or taken back), with no result yet.
+    fn new(project: ProjectId, checkpoint: Option<Key>) -> Held {
+        Held {
+            project,
+            checkpoint,
+            output: None,
+            uploading: false,
+            next_certificate: None,
+        }
+    }
+}
+
 struct Shared {
     identity: Identity,
     account: String,
@@ -1115,16 +1128,7 @@ impl Shared {
                 let now = Instant::now();
                 for a in units {
                     // Held at once, so heartbeats keep its lease and a shutdown hands it back.
-                    lock(&self.held).insert(
-                        a.unit,
-                        Held {
-                            project: a.project,
-                            checkpoint: None,
-                            output: None,
-                            uploading: false,
-                            next_certificate: None,
-                        },
-                    );
+                    lock(&self.held).insert(a.unit, Held::new(a.project, None));
                     lock(&self.buffer).push_back((a, now));
                 }
                 match first {
@@ -1224,16 +1228,7 @@ impl Shared {
     }
 
     async fn execute(self: &Arc<Self>, a: Assignment) {
-        lock(&self.held).insert(
-            a.unit,
-            Held {
-                project: a.project,
-                checkpoint: None,
-                output: None,
-                uploading: false,
-                next_certificate: None,
-            },
-        );
+        lock(&self.held).insert(a.unit, Held::new(a.project, None));
         lock(&self.holder).hold(a.unit, a.project, a.quorum);
         let compiled = match self
             .modules
@@ -1431,13 +1426,7 @@ impl Shared {
                 // suspended before the unit starts again.
                 lock(&self.held).insert(
                     a.unit,
-                    Held {
-                        project: a.project,
-                        checkpoint: Some(Key::new(&self.config.coordinator, &a)),
-                        output: None,
-                        uploading: false,
-                        next_certificate: None,
-                    },
+                    Held::new(a.project, Some(Key::new(&self.config.coordinator, &a))),
                 );
                 queue.push_back(a);
             }
