@@ -51,6 +51,9 @@ const MAX_GROUP: usize = 512;
 /// (twice its size: the rows and the write-ahead log), for the results of the projects
 /// already accepted.
 const DISK_RESERVE: u64 = 16 << 20;
+/// Most worker keys the rate limiter tracks at once (see [`CoordinatorService::admit`]):
+/// about 100 bytes each.
+const MAX_LIMITED_KEYS: usize = 200_000;
 /// How long a status answer waits for the disk while it is full before refusing.
 const FULL_DISK_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -531,15 +534,24 @@ impl<S: Store> CoordinatorService<S> {
     }
 
     /// Refuses a worker over its request rate (`worker_requests_per_second`).
+    ///
+    /// The limiter holds one entry per key it has seen lately (dropped after a quiet
+    /// minute). Keys are free to make, so once it tracks [`MAX_LIMITED_KEYS`] it stops
+    /// limiting until the next prune rather than grow without bound under a flood of
+    /// fresh keys (which the handlers refuse right after as unregistered anyway).
     fn admit(&self, worker: WorkerId) -> Result<(), Status> {
-        match &self.inner.limiter {
-            Some(limiter) if limiter.check_key(&worker).is_err() => {
-                Err(Status::resource_exhausted(format!(
-                    "worker {worker} makes more than {} requests per second; slow down",
-                    self.inner.worker_rate
-                )))
-            }
-            _ => Ok(()),
+        let Some(limiter) = &self.inner.limiter else {
+            return Ok(());
+        };
+        if limiter.len() >= MAX_LIMITED_KEYS {
+            return Ok(());
+        }
+        match limiter.check_key(&worker) {
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "worker {worker} makes more than {} requests per second; slow down",
+                self.inner.worker_rate
+            ))),
+            Ok(()) => Ok(()),
         }
     }
 
