@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{
-    Cluster, PRIMES_BELOW_TWO_BILLION, n, primes_below_two_billion, project, sum_outputs,
-};
+use crate::harness::{Cluster, assert_settled_once, n, primes_below_two_billion, project};
 
 #[test]
 fn a_full_disk_loses_nothing_and_the_run_completes_when_space_returns() {
@@ -100,18 +98,7 @@ fn a_full_disk_loses_nothing_and_the_run_completes_when_space_returns() {
     // Everything was stored, not just held in memory: a restart shows the same.
     c.kill_coordinator();
     c.start_coordinator();
-    let out = c.results(id);
-    assert_eq!(
-        sum_outputs(&out),
-        (PRIMES_BELOW_TWO_BILLION, 200),
-        "results lost or doubled"
-    );
-    let accounts = c.accounts();
-    let grants: u64 = accounts.iter().map(|(_, verified, _)| verified).sum();
-    assert!(
-        accounts.iter().all(|(_, verified, _)| *verified <= 200) && (400..=600).contains(&grants),
-        "200 units credited to 2 or 3 accounts each, none twice: {accounts:?}"
-    );
+    assert_settled_once(&c, id, 200);
 }
 
 fn is_root() -> bool {

@@ -175,7 +175,15 @@ impl Cluster {
         let i = self.workers.len();
         let name = format!("w{i}");
         let log = self.dir.path().join(format!("{name}.log"));
-        let child = fallow()
+        let child = self.spawn_worker(url, &name, &log, extra);
+        self.workers.push((name, child));
+        i
+    }
+
+    /// A one-core test worker named `name` for `url`, on its own data dir under the
+    /// cluster's directory, logging to `log`.
+    fn spawn_worker(&self, url: &str, name: &str, log: &Path, extra: &[&str]) -> Child {
+        fallow()
             .args([
                 "worker",
                 "--coordinator",
@@ -183,21 +191,19 @@ impl Cluster {
                 "--cores",
                 "1",
                 "--name",
-                &name,
+                name,
                 "--peer-listen",
                 "127.0.0.1:0",
             ])
             .args(NEVER_SUSPEND)
             .arg("--data")
-            .arg(self.dir.path().join(&name))
+            .arg(self.dir.path().join(name))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::fs::File::create(log).expect("log file"))
             .spawn()
-            .expect("start worker");
-        self.workers.push((name, child));
-        i
+            .expect("start worker")
     }
 
     /// Starts a worker attached to several coordinators (`--attach URL=SHARE` each, no
@@ -239,27 +245,7 @@ impl Cluster {
             k += 1;
         }
         let log = self.dir.path().join(format!("{name}-restart{k}.log"));
-        let child = fallow()
-            .args([
-                "worker",
-                "--coordinator",
-                &self.url,
-                "--cores",
-                "1",
-                "--name",
-                &name,
-                "--peer-listen",
-                "127.0.0.1:0",
-            ])
-            .args(NEVER_SUSPEND)
-            .arg("--data")
-            .arg(self.dir.path().join(&name))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("restart worker");
+        let child = self.spawn_worker(&self.url, &name, &log, extra);
         self.workers[i].1 = child;
     }
 
@@ -552,4 +538,28 @@ pub fn primes_below_two_billion(root: &Path, name: &str, units: u64, adaptive: b
              [inputs]\nsweep = {{ from = 0, to = 2_000_000_000, step = {step} }}\n"
         ),
     )
+}
+
+/// A finished replication-2 primes-below-two-billion run of `units` units lost and doubled
+/// nothing: the outputs sum to [`PRIMES_BELOW_TWO_BILLION`] over `units` files, no account
+/// is credited for a unit twice, and each unit went to the 2 accounts of its certificate
+/// (3 when a replica reissued after a fault also matched before it went in).
+pub fn assert_settled_once(c: &Cluster, project: u64, units: u64) {
+    assert_eq!(
+        sum_outputs(&c.results(project)),
+        (PRIMES_BELOW_TWO_BILLION, units as usize),
+        "results lost or doubled"
+    );
+    let accounts = c.accounts();
+    for (name, verified, _) in &accounts {
+        assert!(
+            *verified <= units,
+            "account {name} credited for {verified} units of {units}: credit granted twice"
+        );
+    }
+    let grants: u64 = accounts.iter().map(|(_, verified, _)| verified).sum();
+    assert!(
+        (2 * units..=3 * units).contains(&grants),
+        "{units} units credited to 2 or 3 accounts each, got {grants} grants: {accounts:?}"
+    );
 }
