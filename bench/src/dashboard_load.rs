@@ -310,7 +310,7 @@ async fn worker(
     let output = b"42\n".to_vec();
     let digest = Digest::of(&output);
     while !halt.is_cancelled() {
-        let (units, wait) = client.request_work(batch).await?;
+        let (units, wait) = client.request_work(batch, &[], false).await?;
         if units.is_empty() {
             tokio::time::sleep(wait).await;
             continue;
@@ -332,7 +332,7 @@ async fn worker(
 /// Submits a project of `units` tiny units; the module is never run (the simulated workers
 /// certify a fixed output), but the coordinator checks it like any other.
 async fn submit(url: &str, token: &str, units: usize) -> anyhow::Result<ProjectId> {
-    let spec = ProjectSpec {
+    let mut spec = ProjectSpec {
         name: "dispatch-bench".into(),
         module: artifacts::PRIMES.to_vec(),
         reducer: None,
@@ -353,7 +353,9 @@ async fn submit(url: &str, token: &str, units: usize) -> anyhow::Result<ProjectI
             .map(|i| (format!("u{i:07}"), format!("{i}\n").into_bytes()))
             .collect(),
         manifest: String::new(),
+        signatures: None,
     };
+    spec.sign(&protocol::Identity::generate()?);
     let mut client = pb::coordinator_client::CoordinatorClient::connect(url.to_string())
         .await?
         .max_encoding_message_size(256 << 20);

@@ -162,7 +162,7 @@ impl Load {
         replication: u32,
         quorum: u32,
     ) -> anyhow::Result<(ProjectId, Duration)> {
-        let spec = ProjectSpec {
+        let mut spec = ProjectSpec {
             name: format!("bench r{replication} q{quorum}"),
             module: artifacts::hostile::ECHO.to_vec(),
             reducer: None,
@@ -176,7 +176,10 @@ impl Load {
                 .map(|i| (format!("u{i}"), i.to_le_bytes().to_vec()))
                 .collect(),
             manifest: String::new(),
+            signatures: None,
         };
+        // Signed before the clock starts: signing is the submitter's cost, not dispatch.
+        spec.sign(&protocol::Identity::generate()?);
         let started = Instant::now();
         let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
         request
@@ -282,6 +285,7 @@ impl Load {
                             .request_work(pb::WorkRequest {
                                 public_key: fleet.keys[i].clone(),
                                 max_units: 1,
+                                ..Default::default()
                             })
                             .await
                             .context("RequestWork")?

@@ -144,6 +144,9 @@ pub struct CoordinatorConfig {
     /// Serve gRPC and the dashboard over TLS with this certificate. Default `None`: plain
     /// HTTP, for loopback (`fallow coordinator` turns TLS on for any other address).
     pub tls: Option<tls::TlsIdentity>,
+    /// Test-only fault injection: hand every unit out with one byte of its input changed,
+    /// as a compromised coordinator would (workers must refuse to run it). Default false.
+    pub tamper_inputs: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -157,6 +160,7 @@ impl Default for CoordinatorConfig {
             max_pending_writes: 65_536,
             require_enrollment: false,
             tls: None,
+            tamper_inputs: false,
         }
     }
 }

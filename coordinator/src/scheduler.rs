@@ -88,6 +88,9 @@ pub struct Project {
     pub adaptive: bool,
     /// Target error bound of adaptive replication (see [`spot_check_probability`]).
     pub error_bound: f64,
+    /// The submitter who signed every unit, and the project's terms digest; `None` for a
+    /// project submitted before projects were signed (schema 3 and older).
+    pub signer: Option<protocol::provenance::Signer>,
 }
 
 /// A project's aggregate, as far as the scheduler needs to know (the bytes stay in the
@@ -775,6 +778,18 @@ impl Scheduler {
     /// worker, account or (unless on loopback) network prefix. Replicas of one unit go out
     /// together so its quorum forms quickly. A throttled worker gets one unit per day.
     pub fn assign(&mut self, worker: WorkerId, max: usize, now: u64) -> Assigned {
+        self.assign_from(worker, max, now, &|_| true)
+    }
+
+    /// [`Scheduler::assign`], only from projects `accept` agrees to (a worker that runs
+    /// only projects signed by keys it trusts); other units stay queued for other workers.
+    pub fn assign_from(
+        &mut self,
+        worker: WorkerId,
+        max: usize,
+        now: u64,
+        accept: &dyn Fn(&Project) -> bool,
+    ) -> Assigned {
         let mut out = Assigned::default();
         let standing = self.standing(worker);
         let max = if standing.throttled {
@@ -807,7 +822,7 @@ impl Scheduler {
                 r.worker == worker
                     || r.account == account
                     || (subnet.is_some() && r.subnet.is_some() && r.subnet == subnet)
-            });
+            }) || !self.projects.get(&unit.project).is_some_and(accept);
             if clash {
                 kept.push_back(id);
                 continue;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use proto::v1 as pb;
 use proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use protocol::manifest::ProjectSpec;
+use protocol::provenance::SubmitterKey;
 use protocol::{Certificate, Digest, ProjectId, UnitId, WorkerId, wire};
 use sandbox::{Sandbox, SandboxConfig};
 use tokio::sync::Mutex;
@@ -33,11 +34,13 @@ use crate::dashboard::{self, CertificateOutcome, Dashboard, ExecutionFailure};
 use crate::scheduler::{
     Aggregate, Change, Scheduler, SignedCertificate, UnitStatus, Verdict, WorkerInfo,
 };
-use crate::store::{CreditTo, Store, StoredWorker, Write};
+use crate::store::{CreditTo, LeasedInput, Store, StoredWorker, Write};
 use crate::{CoordinatorConfig, Error, now_ms};
 
 /// Most units one work request may lease.
 const MAX_UNITS_PER_REQUEST: u32 = 64;
+/// Most submitter keys a worker may list in `WorkRequest.accept_submitters`.
+const MAX_ACCEPTED_SUBMITTERS: usize = 256;
 /// How long an idle worker should wait before asking again.
 const IDLE_RETRY_MS: u64 = 500;
 /// How often leases are checked for expiry.
@@ -87,6 +90,8 @@ struct Inner<S> {
     sandbox: Arc<Sandbox>,
     state: Mutex<State>,
     lease_ms: u64,
+    /// [`CoordinatorConfig::tamper_inputs`] (test-only).
+    tamper_inputs: bool,
     tasks: TaskTracker,
     reducing: std::sync::Mutex<HashSet<ProjectId>>,
     /// Hooks and snapshots of the read-only dashboard; handlers only bump its counters.
@@ -360,6 +365,7 @@ pub(crate) async fn run<S: Store>(
                 rng: seed ^ 0x5EED,
             }),
             lease_ms,
+            tamper_inputs: config.tamper_inputs,
             tasks: TaskTracker::new(),
             reducing: std::sync::Mutex::new(HashSet::new()),
             dashboard: dashboard.clone(),
@@ -839,6 +845,7 @@ impl<S: Store> CoordinatorService<S> {
                 spot_checks: s.spot_checks,
                 mismatches: s.mismatches,
                 reopened: s.reopened,
+                submitter: p.signer.map(|g| g.key.to_hex()).unwrap_or_default(),
             });
         }
         // The scheduler runs ahead of the disk (answers wait for the group commit): report
@@ -893,7 +900,16 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         self.room_for(&spec)?;
         // Compiling a module takes tens of milliseconds: keep it off the async threads.
         let sandbox = self.inner.sandbox.clone();
-        let spec = tokio::task::spawn_blocking(move || -> Result<ProjectSpec, Status> {
+        let (spec, signer) = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            // Every unit's signature, before anything else: a project its submitter did
+            // not sign as sent is refused whole, naming the first bad unit.
+            let key = spec
+                .verify_signatures()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let signer = protocol::provenance::Signer {
+                key,
+                terms: spec.terms(),
+            };
             sandbox
                 .inspect(&spec.module)
                 .map_err(|e| Status::invalid_argument(format!("wasm: {e}")))?;
@@ -902,7 +918,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                     .inspect(r)
                     .map_err(|e| Status::invalid_argument(format!("[reduce].wasm: {e}")))?;
             }
-            Ok(spec)
+            Ok((spec, signer))
         })
         .await
         .map_err(|e| Status::internal(format!("module check panicked: {e}")))??;
@@ -932,6 +948,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             aggregate: Aggregate::Pending,
             adaptive: spec.adaptive,
             error_bound: spec.error_bound,
+            signer: Some(signer),
         });
         for unit in units.iter().copied() {
             state.sched.add_unit(
@@ -945,7 +962,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 now,
             );
         }
-        tracing::info!(project = %id, name = %spec.name, units = units.len(), "project accepted");
+        tracing::info!(project = %id, name = %spec.name, units = units.len(), submitter = %signer.key, "project accepted");
         self.inner.dashboard.changed();
         Ok(Response::new(pb::SubmitProjectResponse {
             project_id: id.0,
@@ -1165,11 +1182,28 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let id = worker_key(&r.public_key)?;
         self.admit(id)?;
         let max = r.max_units.clamp(1, MAX_UNITS_PER_REQUEST) as usize;
+        let accept_keys = r
+            .accept_submitters
+            .iter()
+            .take(MAX_ACCEPTED_SUBMITTERS + 1)
+            .map(|k| SubmitterKey::from_slice("WorkRequest.accept_submitters", k))
+            .collect::<Result<HashSet<_>, _>>()
+            .map_err(|e| to_status(e.into()))?;
+        if accept_keys.len() > MAX_ACCEPTED_SUBMITTERS {
+            return Err(Status::invalid_argument(format!(
+                "WorkRequest.accept_submitters: more than {MAX_ACCEPTED_SUBMITTERS} keys"
+            )));
+        }
+        let allow_unsigned = r.allow_unsigned;
+        let accept = move |p: &crate::scheduler::Project| match &p.signer {
+            Some(s) => accept_keys.is_empty() || accept_keys.contains(&s.key),
+            None => allow_unsigned,
+        };
         let now = now_ms();
         let (leases, projects, committed) = {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
-            let assigned = state.sched.assign(id, max, now);
+            let assigned = state.sched.assign_from(id, max, now, &accept);
             let leases = assigned.leases;
             self.inner.dashboard.assigned(leases.len());
             let committed = if leases.is_empty() {
@@ -1192,7 +1226,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         }
         // Every leased unit's name and input in one query.
         let ids: Vec<UnitId> = leases.iter().map(|l| l.unit).collect();
-        let mut inputs: HashMap<UnitId, (String, Vec<u8>)> = if ids.is_empty() {
+        let mut inputs: HashMap<UnitId, LeasedInput> = if ids.is_empty() {
             HashMap::new()
         } else {
             self.inner
@@ -1201,7 +1235,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 .await
                 .map_err(to_status)?
                 .into_iter()
-                .map(|(unit, name, input)| (unit, (name, input)))
+                .map(|u| (u.unit, u))
                 .collect()
         };
         let mut assignments = Vec::with_capacity(leases.len());
@@ -1209,18 +1243,30 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             let Some(p) = projects.get(&lease.project) else {
                 continue;
             };
-            let (unit_name, input) = inputs
+            let LeasedInput {
+                name,
+                mut input,
+                signature,
+                ..
+            } = inputs
                 .remove(&lease.unit)
                 .ok_or_else(|| to_status(Error::UnknownUnit(lease.unit)))?;
+            if self.inner.tamper_inputs {
+                input.push(b'!');
+            }
+            let signer = p.signer.as_ref();
             assignments.push(pb::Assignment {
                 project_id: lease.project.0,
                 unit_id: lease.unit.0,
-                unit_name,
+                unit_name: name,
                 input,
                 module_digest: p.module.0.to_vec(),
                 limits: Some(p.limits.into()),
                 quorum: p.quorum,
                 lease_ms: self.inner.lease_ms,
+                submitter_key: signer.map(|s| s.key.0.to_vec()).unwrap_or_default(),
+                terms: signer.map(|s| s.terms.0.to_vec()).unwrap_or_default(),
+                signature: signature.map(|s| s.to_vec()).unwrap_or_default(),
             });
         }
         let retry_after_ms = if assignments.is_empty() {

@@ -158,6 +158,19 @@ pub struct VerifiedOutput {
     pub signers: Vec<WorkerId>,
 }
 
+/// What a worker gets of a leased unit from the store.
+#[derive(Debug, Clone)]
+pub struct LeasedInput {
+    /// The unit.
+    pub unit: UnitId,
+    /// Its name.
+    pub name: String,
+    /// Its stdin.
+    pub input: Vec<u8>,
+    /// The submitter's signature over it (`None` in a project from before signing).
+    pub signature: Option<[u8; 64]>,
+}
+
 /// Durable storage. Every method is atomic: it either happens whole or not at all.
 pub trait Store: Send + Sync + 'static {
     /// Stores a project, its modules and all its units in one transaction.
@@ -185,11 +198,12 @@ pub trait Store: Send + Sync + 'static {
         unit: UnitId,
     ) -> impl Future<Output = Result<(String, Vec<u8>), Error>> + Send;
 
-    /// The names and inputs of several units in one query, in no particular order.
+    /// The names, inputs and signatures of several units in one query, in no particular
+    /// order.
     fn unit_inputs(
         &self,
         units: &[UnitId],
-    ) -> impl Future<Output = Result<Vec<(UnitId, String, Vec<u8>)>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<LeasedInput>, Error>> + Send;
 
     /// Applies `writes` (each with its `now`) in order in one transaction: all or none.
     fn write(&self, writes: &[(Write, u64)]) -> impl Future<Output = Result<(), Error>> + Send;

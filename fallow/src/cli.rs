@@ -68,6 +68,9 @@ pub enum Command {
         /// The private key (PEM) of --tls-cert.
         #[arg(long, requires = "tls_cert", value_name = "PATH")]
         tls_key: Option<PathBuf>,
+        /// Test-only fault injection.
+        #[arg(long, hide = true, value_enum)]
+        fault: Option<CoordinatorFaultArg>,
     },
     /// Donate CPU: run work units for a coordinator until Ctrl-C. With a subcommand, talk
     /// to the worker already running on --data instead (status, suspend, resume, prefs).
@@ -134,6 +137,15 @@ pub enum Command {
         /// and idle time, gossip counters) at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Run only projects signed by this submitter key (the 64 hex digits `fallow key`
+        /// prints); repeat for several. Default: any signed project, and each new signer
+        /// is logged and remembered in DATA/known_submitters.
+        #[arg(long = "submitter-key", value_name = "HEX")]
+        submitter_keys: Vec<protocol::SubmitterKey>,
+        /// Also run projects a coordinator took before projects were signed (from an older
+        /// version's data dir). Their module and inputs cannot be checked.
+        #[arg(long)]
+        allow_unsigned_projects: bool,
         /// Test-only fault injection.
         #[arg(long, hide = true, value_enum)]
         fault: Option<FaultArg>,
@@ -152,6 +164,18 @@ pub enum Command {
         /// here with the default --data wrote to fallow-data/admin.token).
         #[arg(long, env = "FALLOW_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Your submitter key (ed25519, hex, mode 0600), made on first use: it signs every
+        /// unit with the module, limits and manifest, and workers check the signature
+        /// before running anything. Default ~/.config/fallow/submitter.key.
+        #[arg(long, env = "FALLOW_SUBMITTER_KEY", value_name = "PATH")]
+        key: Option<PathBuf>,
+    },
+    /// Print your submitter public key (making the key on first use), for volunteers who
+    /// want their workers to run only your projects (`fallow worker --submitter-key HEX`).
+    Key {
+        /// The key file, as for `fallow submit --key`.
+        #[arg(long, env = "FALLOW_SUBMITTER_KEY", value_name = "PATH")]
+        key: Option<PathBuf>,
     },
     /// Manage the tokens that allow submitting projects to a coordinator (its data dir;
     /// changes apply to a running coordinator at once).
@@ -370,6 +394,14 @@ impl PrefFlags {
         put("run_hours", self.run_hours.clone());
         m
     }
+}
+
+/// `fallow coordinator --fault` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CoordinatorFaultArg {
+    /// Change one byte of every unit's input when handing it out (a compromised
+    /// coordinator).
+    TamperInput,
 }
 
 /// `--fault` values.

@@ -50,6 +50,9 @@ pub struct Status {
     /// Why the reducer failed, if it did.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub aggregate_error: String,
+    /// The submitter key that signed the project, hex ("" for a project from before
+    /// projects were signed).
+    pub submitter: String,
 }
 
 /// A volunteer account on the leaderboard, as `fallow accounts --json` prints it.
@@ -101,6 +104,7 @@ impl From<pb::ProjectStatus> for Status {
             has_reducer: p.has_reducer,
             aggregate_ready: p.aggregate_ready,
             aggregate_error: p.aggregate_error,
+            submitter: p.submitter,
         }
     }
 }

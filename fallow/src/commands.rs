@@ -15,13 +15,10 @@ use crate::client::{Client, Status};
 /// `fallow coordinator`.
 pub async fn coordinator(
     listen: SocketAddr,
-    data: PathBuf,
-    lease_seconds: u64,
-    distinct_subnets: bool,
-    worker_requests_per_second: u32,
-    require_enrollment: bool,
     tls: ServeTls,
+    mut config: coordinator::CoordinatorConfig,
 ) -> anyhow::Result<()> {
+    let data = config.data_dir.clone();
     let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
     let identity = tls.identity(listen, &data)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -65,15 +62,7 @@ pub async fn coordinator(
     }
     let _ = stdout.flush();
     drop(stdout);
-    let config = coordinator::CoordinatorConfig {
-        data_dir: data,
-        lease: Duration::from_secs(lease_seconds),
-        distinct_subnets,
-        worker_requests_per_second,
-        require_enrollment,
-        tls: identity,
-        ..Default::default()
-    };
+    config.tls = identity;
     coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
     Ok(())
 }
@@ -156,8 +145,11 @@ pub async fn submit(
     coordinator: &str,
     trust: &Trust,
     token: Option<String>,
+    key: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let spec = protocol::manifest::load(manifest)?;
+    let mut spec = protocol::manifest::load(manifest)?;
+    let submitter = submitter_key(key)?;
+    spec.sign(&submitter);
     let units = spec.units.len();
     let name = spec.name.clone();
     // Without --token: the admin token of a coordinator started here on the default data
@@ -171,6 +163,50 @@ pub async fn submit(
     let id = client.submit(spec).await?;
     eprintln!("submitted project {name:?} with {units} units");
     println!("{id}");
+    Ok(())
+}
+
+/// Where the submitter key lives: `--key`/`FALLOW_SUBMITTER_KEY`, else
+/// `$XDG_CONFIG_HOME/fallow/submitter.key`, else `~/.config/fallow/submitter.key`.
+fn submitter_key_path(key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = key {
+        return Ok(path);
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no home directory to keep the submitter key in: pass --key PATH or set FALLOW_SUBMITTER_KEY"
+            )
+        })?;
+    Ok(config.join("fallow").join("submitter.key"))
+}
+
+/// Loads the submitter key, making it (mode 0600) on first use and saying so.
+fn submitter_key(key: Option<PathBuf>) -> anyhow::Result<protocol::Identity> {
+    let path = submitter_key_path(key)?;
+    let existed = path.exists();
+    let identity = protocol::Identity::load_or_create(&path)?;
+    if !existed {
+        eprintln!(
+            "created submitter key {} (public key {}); keep it: workers that pin your key run only projects it signed",
+            path.display(),
+            protocol::SubmitterKey::of(&identity)
+        );
+    }
+    Ok(identity)
+}
+
+/// `fallow key`: prints the submitter public key.
+pub fn key(key: Option<PathBuf>) -> anyhow::Result<()> {
+    let identity = submitter_key(key)?;
+    println!("{}", protocol::SubmitterKey::of(&identity));
     Ok(())
 }
 
@@ -223,6 +259,12 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
         )?;
         if !p.aggregate_error.is_empty() {
             writeln!(out, "      reducer failed: {}", p.aggregate_error)?;
+        }
+        if p.submitter.is_empty() {
+            writeln!(
+                out,
+                "      unsigned: submitted before projects were signed; only workers with --allow-unsigned-projects run it"
+            )?;
         }
     }
     Ok(())

@@ -96,6 +96,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = (cpus / workers).max(1);
     let stop_workers = CancellationToken::new();
+    // A throwaway submitter key; the workers run only what it signed, as a volunteer who
+    // pins a project's key would (and every tile's signature is checked as anywhere).
+    let submitter = protocol::Identity::generate()?;
     let mut handles = Vec::new();
     for i in 0..workers {
         let config = worker::WorkerConfig {
@@ -115,6 +118,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             // The demo's coordinator runs in this process and serves plain HTTP, also when
             // --dashboard puts it off loopback.
             insecure_plaintext: true,
+            submitters: vec![protocol::SubmitterKey::of(&submitter)],
             ..Default::default()
         };
         handles.push(tokio::spawn(worker::run(
@@ -124,7 +128,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
 
     let manifest = write_project(&dir.path().join("mandelbrot"), width, height)?;
-    let spec = protocol::manifest::load(&manifest)?;
+    let mut spec = protocol::manifest::load(&manifest)?;
+    spec.sign(&submitter);
     let tiles = spec.units.len();
     let trust = worker::tls::Trust {
         known: None,

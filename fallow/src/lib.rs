@@ -53,22 +53,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             tls_cert,
             tls_key,
+            fault,
         } => {
             let tls = commands::ServeTls {
                 force: tls,
                 cert: tls_cert.zip(tls_key),
                 insecure_plaintext: cli.insecure_plaintext,
             };
-            commands::coordinator(
-                listen,
-                data,
-                lease_seconds,
-                !allow_same_network,
+            let config = coordinator::CoordinatorConfig {
+                data_dir: data,
+                lease: std::time::Duration::from_secs(lease_seconds),
+                distinct_subnets: !allow_same_network,
                 worker_requests_per_second,
                 require_enrollment,
-                tls,
-            )
-            .await
+                tamper_inputs: matches!(fault, Some(cli::CoordinatorFaultArg::TamperInput)),
+                ..Default::default()
+            };
+            commands::coordinator(listen, tls, config).await
         }
         Command::Worker {
             action: Some(action),
@@ -91,6 +92,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             checkpoint_seconds,
             enroll_token,
             metrics,
+            submitter_keys,
+            allow_unsigned_projects,
             fault,
             prefs,
         } => {
@@ -115,6 +118,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 prefs: prefs.to_map(),
                 insecure_plaintext: cli.insecure_plaintext,
                 enroll_token,
+                submitters: submitter_keys,
+                allow_unsigned: allow_unsigned_projects,
                 ..Default::default()
             };
             if let Some(cores) = cores {
@@ -127,7 +132,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             coordinator,
             token,
-        } => commands::submit(&manifest, &coordinator, &trust, token).await,
+            key,
+        } => commands::submit(&manifest, &coordinator, &trust, token, key).await,
+        Command::Key { key } => commands::key(key),
         Command::Token { action, data } => commands::token(&data, action),
         Command::Status {
             project,

@@ -47,12 +47,18 @@ fn main() -> std::io::Result<()> {
         error_bound: 0.0,
         limits: Some(Limits::default().into()),
         units: vec![
-            pb::UnitInput { name: "0".into(), input: b"0 100\n".to_vec() },
-            pb::UnitInput { name: "100".into(), input: b"100 200\n".to_vec() },
+            pb::UnitInput { name: "0".into(), input: b"0 100\n".to_vec(), signature: Vec::new() },
+            pb::UnitInput { name: "100".into(), input: b"100 200\n".to_vec(), signature: Vec::new() },
         ],
         manifest: "name = 'primes'\n".into(),
+        submitter_key: Vec::new(),
     };
-    write("wire", "submit-project", &wire(3, &|| project.encode_to_vec()))?;
+    write("wire", "submit-project-unsigned", &wire(3, &|| project.encode_to_vec()))?;
+    let mut signed = protocol::manifest::ProjectSpec::try_from(project.clone())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    signed.sign(&alice);
+    let signed = pb::SubmitProjectRequest::from(signed);
+    write("wire", "submit-project", &wire(3, &|| signed.encode_to_vec()))?;
     write("wire", "limits", &wire(4, &|| pb::Limits::from(Limits::default()).encode_to_vec()))?;
     let failure = pb::FailureReport {
         public_key: alice.id().0.to_vec(),

@@ -8,7 +8,8 @@
 
 #![no_main]
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
@@ -140,6 +141,29 @@ fn single_claim(c: &Claim) {
     }
 }
 
+/// `Claim::sign_with_salt`, remembered: signing costs as much as verifying, and the same
+/// few claims come up again and again (protocol remembers verdicts the same way under
+/// `cfg(fuzzing)`).
+fn signed(signer: &Identity, project: ProjectId, unit: UnitId, digest: Digest, fuel: u64, salt: [u8; 32]) -> Claim {
+    thread_local! {
+        static MADE: RefCell<HashMap<(WorkerId, u64, u64, [u8; 32], u64, [u8; 32]), Claim>> =
+            RefCell::new(HashMap::new());
+    }
+    let key = (signer.id(), project.0, unit.0, digest.0, fuel, salt);
+    if let Some(c) = MADE.with(|m| m.borrow().get(&key).cloned()) {
+        return c;
+    }
+    let c = Claim::sign_with_salt(signer, project, unit, digest, fuel, salt);
+    MADE.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= 100_000 {
+            m.clear();
+        }
+        m.insert(key, c.clone());
+    });
+    c
+}
+
 fn make_claim(input: &ClaimInput, cert_output: &[u8]) -> Claim {
     match input {
         ClaimInput::Raw {
@@ -176,7 +200,7 @@ fn make_claim(input: &ClaimInput, cert_output: &[u8]) -> Claim {
         } => {
             let signer = &SIGNERS[usize::from(*signer) % SIGNERS.len()];
             let output = output.as_deref().unwrap_or(cert_output);
-            let mut c = Claim::sign_with_salt(
+            let mut c = signed(
                 signer,
                 ProjectId(u64::from(*project % 3)),
                 UnitId(u64::from(*unit % 4)),

@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
         limits: manifest.limits,
         units,
         manifest: text.to_string(),
+        signatures: None,
     };
     if spec.validate().is_ok() {
         check_accepted(&spec);

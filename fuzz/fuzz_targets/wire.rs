@@ -101,6 +101,11 @@ fn submit_project(bytes: &[u8]) {
     assert_eq!(again.limits, spec.limits);
     assert_eq!(again.units, spec.units);
     assert_eq!(again.manifest, spec.manifest);
+    assert_eq!(again.signatures, spec.signatures);
+    // Checking the signatures never panics, and passes only for a signed project.
+    if spec.verify_signatures().is_ok() {
+        assert!(spec.signatures.is_some());
+    }
 }
 
 fn limits(bytes: &[u8]) {

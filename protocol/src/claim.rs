@@ -184,7 +184,16 @@ fn commitment_bytes(project: ProjectId, unit: UnitId, worker: WorkerId, seal: &S
 }
 
 /// Verifies an ed25519 signature by `worker` with `verify_strict`.
+#[cfg(not(fuzzing))]
 pub(crate) fn verify_signature(
+    worker: WorkerId,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), ed25519_dalek::SignatureError> {
+    verify_strict(worker, message, signature)
+}
+
+fn verify_strict(
     worker: WorkerId,
     message: &[u8],
     signature: &[u8],
@@ -192,6 +201,46 @@ pub(crate) fn verify_signature(
     let key = VerifyingKey::from_bytes(&worker.0)?;
     let signature = Signature::from_slice(signature)?;
     key.verify_strict(message, &signature)
+}
+
+/// Fuzz builds only (`cfg(fuzzing)`, set by cargo-fuzz): the verdict for a (key, message,
+/// signature) triple seen before is remembered, so the fuzz targets spend their time in
+/// Fallow's logic rather than re-checking the same ed25519 signatures (FUZZING.md). Every
+/// triple is still checked for real the first time; the cache is keyed by a BLAKE3 hash of
+/// all three and dropped when it reaches a million entries.
+#[cfg(fuzzing)]
+pub(crate) fn verify_signature(
+    worker: WorkerId,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), ed25519_dalek::SignatureError> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static SEEN: RefCell<HashMap<[u8; 32], bool>> = RefCell::new(HashMap::new());
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(&worker.0);
+    h.update(&(signature.len() as u64).to_le_bytes());
+    h.update(signature);
+    h.update(message);
+    let key = *h.finalize().as_bytes();
+    if let Some(ok) = SEEN.with(|s| s.borrow().get(&key).copied()) {
+        return if ok {
+            Ok(())
+        } else {
+            Err(ed25519_dalek::SignatureError::new())
+        };
+    }
+    let verdict = verify_strict(worker, message, signature);
+    SEEN.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() >= 1_000_000 {
+            s.clear();
+        }
+        s.insert(key, verdict.is_ok());
+    });
+    verdict
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A project's signatures are missing or do not verify; the text names the unit.
+    #[error("project signature: {0}")]
+    ProjectSignature(String),
     /// Reducer input framing is broken.
     #[error("reducer input: {0}")]
     Reduce(String),

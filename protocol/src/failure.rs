@@ -23,6 +23,9 @@ pub enum FailureKind {
     BadModule,
     /// The guest saved a checkpoint bigger than `max_checkpoint_bytes`. Deterministic.
     CheckpointTooLarge,
+    /// The unit's submitter signature did not verify on the worker, which refused to run
+    /// it: the coordinator handed out a module, limits or input the submitter did not sign.
+    BadSignature,
 }
 
 impl FailureKind {
@@ -38,6 +41,7 @@ impl FailureKind {
             FailureKind::ExitCode => "exit_code",
             FailureKind::BadModule => "bad_module",
             FailureKind::CheckpointTooLarge => "checkpoint_too_large",
+            FailureKind::BadSignature => "bad_signature",
         }
     }
 
@@ -53,6 +57,7 @@ impl FailureKind {
             FailureKind::ExitCode,
             FailureKind::BadModule,
             FailureKind::CheckpointTooLarge,
+            FailureKind::BadSignature,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -1,4 +1,5 @@
-//! A worker's identity: an ed25519 key pair kept in its data dir.
+//! An ed25519 key pair kept in a file: a worker's identity (in its data dir), and a
+//! project submitter's signing key (`fallow key`).
 
 use std::path::Path;
 
@@ -61,7 +62,10 @@ impl Identity {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
                 }
-                let tmp = path.with_extension("tmp");
+                // A per-process temporary name, then a hard link that fails if the key
+                // appeared meanwhile: two processes creating the same key file at once
+                // (e.g. two `fallow submit`s) end up with one key, never half of one.
+                let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
                 std::fs::write(&tmp, hex::encode(identity.key.to_bytes()))
                     .map_err(|e| err(e.to_string()))?;
                 #[cfg(unix)]
@@ -70,8 +74,15 @@ impl Identity {
                     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
                         .map_err(|e| err(e.to_string()))?;
                 }
-                std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
-                Ok(identity)
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(identity),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load_or_create(path)
+                    }
+                    Err(e) => Err(err(e.to_string())),
+                }
             }
             Err(e) => Err(err(e.to_string())),
         }

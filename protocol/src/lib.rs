@@ -17,6 +17,8 @@
 //!   counted reasons it refuses messages for.
 //! - [`rendezvous`]: which peers a unit's claims go to (highest-random-weight hashing).
 //! - [`manifest`]: the project manifest (TOML) and its validation.
+//! - [`provenance`]: signed projects: the submitter's key signs every unit with the
+//!   project's module, limits and terms; workers check before running.
 //! - [`limits`]: per-project sandbox limits with their defaults and bounds.
 //! - [`failure`]: why a unit ended without output.
 //! - [`reduce`]: the reducer input framing.
@@ -34,6 +36,7 @@ pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod manifest;
+pub mod provenance;
 pub mod quorum;
 pub mod reduce;
 pub mod rendezvous;
@@ -47,6 +50,7 @@ pub use failure::{Failure, FailureKind};
 pub use identity::{Identity, Registration};
 pub use ids::{Digest, ProjectId, UnitId, WorkerId};
 pub use limits::Limits;
+pub use provenance::SubmitterKey;
 
 /// The WASI random seed of a work unit: every replica of the unit gets the same stream, so
 /// a guest that uses randomness is still bit-exact across workers. Derived from the unit's

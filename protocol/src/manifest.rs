@@ -119,6 +119,9 @@ pub struct ProjectSpec {
     pub units: Vec<(String, Vec<u8>)>,
     /// The manifest text, kept for the record.
     pub manifest: String,
+    /// The submitter's signatures ([`crate::provenance`]); `None` until
+    /// [`ProjectSpec::sign`]. The coordinator refuses unsigned projects.
+    pub signatures: Option<crate::provenance::Signatures>,
 }
 
 /// Reads the manifest at `path`, its modules and its inputs.
@@ -182,6 +185,7 @@ pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
         limits: manifest.limits,
         units,
         manifest: text,
+        signatures: None,
     };
     spec.validate().map_err(fail)?;
     Ok(spec)

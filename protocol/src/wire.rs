@@ -6,6 +6,7 @@ use proto::v1 as pb;
 
 use crate::claim::Commitment;
 use crate::manifest::ProjectSpec;
+use crate::provenance::{Signatures, SubmitterKey};
 use crate::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
 
 fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Error> {
@@ -203,6 +204,7 @@ impl From<FailureKind> for pb::FailureKind {
             FailureKind::Trap => pb::FailureKind::Trap,
             FailureKind::ExitCode => pb::FailureKind::ExitCode,
             FailureKind::BadModule => pb::FailureKind::BadModule,
+            FailureKind::BadSignature => pb::FailureKind::BadSignature,
             FailureKind::CheckpointTooLarge => pb::FailureKind::CheckpointTooLarge,
         }
     }
@@ -219,6 +221,7 @@ pub fn failure_from_wire(kind: i32, detail: String) -> Result<Failure, Error> {
         Ok(pb::FailureKind::Trap) => FailureKind::Trap,
         Ok(pb::FailureKind::ExitCode) => FailureKind::ExitCode,
         Ok(pb::FailureKind::BadModule) => FailureKind::BadModule,
+        Ok(pb::FailureKind::BadSignature) => FailureKind::BadSignature,
         Ok(pb::FailureKind::CheckpointTooLarge) => FailureKind::CheckpointTooLarge,
         Ok(pb::FailureKind::Unspecified) | Err(_) => {
             return Err(Error::malformed(
@@ -233,7 +236,7 @@ pub fn failure_from_wire(kind: i32, detail: String) -> Result<Failure, Error> {
 impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
     type Error = Error;
     fn try_from(r: pb::SubmitProjectRequest) -> Result<Self, Error> {
-        let spec = ProjectSpec {
+        let mut spec = ProjectSpec {
             name: r.name,
             module: r.module,
             reducer: (!r.reducer.is_empty()).then_some(r.reducer),
@@ -247,9 +250,36 @@ impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
                 r.error_bound
             },
             limits: Limits::try_from(r.limits)?,
-            units: r.units.into_iter().map(|u| (u.name, u.input)).collect(),
+            signatures: None,
+            units: Vec::with_capacity(r.units.len()),
             manifest: r.manifest,
         };
+        let mut signatures = Vec::with_capacity(r.units.len());
+        for u in r.units {
+            if !r.submitter_key.is_empty() {
+                let sig: [u8; 64] = u.signature.as_slice().try_into().map_err(|_| {
+                    Error::malformed(
+                        "UnitInput.signature",
+                        format!(
+                            "unit {:?}: {} bytes, expected 64",
+                            u.name,
+                            u.signature.len()
+                        ),
+                    )
+                })?;
+                signatures.push(sig);
+            }
+            spec.units.push((u.name, u.input));
+        }
+        if !r.submitter_key.is_empty() {
+            spec.signatures = Some(Signatures {
+                key: SubmitterKey::from_slice(
+                    "SubmitProjectRequest.submitter_key",
+                    &r.submitter_key,
+                )?,
+                units: signatures,
+            });
+        }
         spec.validate()
             .map_err(|p| Error::malformed("SubmitProjectRequest", p))?;
         Ok(spec)
@@ -268,10 +298,25 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
             fixed_replication: !s.adaptive,
             error_bound: s.error_bound,
             limits: Some(s.limits.into()),
+            submitter_key: s
+                .signatures
+                .as_ref()
+                .map(|g| g.key.0.to_vec())
+                .unwrap_or_default(),
             units: s
                 .units
                 .into_iter()
-                .map(|(name, input)| pb::UnitInput { name, input })
+                .enumerate()
+                .map(|(i, (name, input))| pb::UnitInput {
+                    name,
+                    input,
+                    signature: s
+                        .signatures
+                        .as_ref()
+                        .and_then(|g| g.units.get(i))
+                        .map(|sig| sig.to_vec())
+                        .unwrap_or_default(),
+                })
                 .collect(),
             manifest: s.manifest,
         }

@@ -303,6 +303,7 @@ pub fn run(s: &Scenario) -> Report {
         aggregate: Aggregate::Pending,
         adaptive: true,
         error_bound: protocol::manifest::DEFAULT_ERROR_BOUND,
+        signer: None,
     });
     for u in 0..s.units {
         sched.add_unit(

@@ -114,6 +114,7 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
         .request_work(pb::WorkRequest {
             public_key: rogue.id().0.to_vec(),
             max_units: 4,
+            ..Default::default()
         })
         .await
         .map(drop);

@@ -18,7 +18,16 @@ pub const NEVER_SUSPEND: [&str; 4] = [
 
 /// The binary under test.
 pub fn fallow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fallow"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fallow"));
+    // `fallow submit` signs with this key (made on first use) instead of one in the home
+    // directory of whoever runs the tests.
+    c.env("FALLOW_SUBMITTER_KEY", submitter_key());
+    c
+}
+
+/// The submitter key file the tests sign with (see [`fallow`]).
+pub fn submitter_key() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-submitter.key")
 }
 
 /// A coordinator plus workers, each a real process, killed when dropped.
@@ -304,7 +313,13 @@ impl Cluster {
 
     /// Submits a manifest; the project id, or the stderr of the refusal.
     pub fn submit(&self, manifest: &Path) -> Result<u64, String> {
+        self.submit_signed(manifest, &submitter_key())
+    }
+
+    /// [`Cluster::submit`], signed with the submitter key in `key` (made if missing).
+    pub fn submit_signed(&self, manifest: &Path, key: &Path) -> Result<u64, String> {
         let out = fallow()
+            .env("FALLOW_SUBMITTER_KEY", key)
             .arg("submit")
             .arg(manifest)
             .args(["--coordinator", &self.url, "--token", &self.token])

@@ -17,4 +17,5 @@ mod hostile;
 mod partition;
 mod primes;
 mod shares;
+mod signed;
 mod tls;

@@ -214,6 +214,13 @@ mod tests {
             limits: Limits::default(),
             quorum: 2,
             lease: Duration::from_secs(60),
+            signed: Some(crate::rpc::Signed {
+                signer: protocol::provenance::Signer {
+                    key: protocol::SubmitterKey::of(&protocol::Identity::from_seed([5; 32])),
+                    terms: Digest::of(b"terms"),
+                },
+                signature: [7; 64],
+            }),
         }
     }
 

@@ -22,6 +22,8 @@
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
 //! - [`tls`]: how the coordinator is reached: plain HTTP on loopback, TLS pinned to its
 //!   certificate's SHA-256 (in the URL or trusted on first use) anywhere else.
+//! - [`provenance`]: whose projects run here: each unit's submitter signature is checked
+//!   before it runs, against `--submitter-key` or a record of signers seen.
 //! - `prefs`: the volunteer's preferences (`prefs.toml`, flags on top, live changes).
 //! - `policy`: the sans-IO decision to run, throttle or suspend, from readings and time.
 //! - `sources`: the real readings (idle time, CPU load, battery, local time) and the
@@ -39,6 +41,7 @@ mod executor;
 pub mod gate;
 pub mod policy;
 pub mod prefs;
+pub mod provenance;
 pub mod sources;
 
 pub use executor::guest_cpu_time;
@@ -246,6 +249,13 @@ pub struct WorkerConfig {
     /// The enrollment token sent with every coordinator call (`--enroll-token`), for a
     /// coordinator that takes only enrolled workers. Default none.
     pub enroll_token: Option<String>,
+    /// Run only projects signed by these submitter keys (`--submitter-key`). Default
+    /// empty: any signed project, each new signer logged and recorded
+    /// (`DATA/known_submitters`).
+    pub submitters: Vec<protocol::SubmitterKey>,
+    /// Also run projects submitted before projects were signed
+    /// (`--allow-unsigned-projects`). Default false.
+    pub allow_unsigned: bool,
 }
 
 impl Default for WorkerConfig {
@@ -269,6 +279,8 @@ impl Default for WorkerConfig {
             prefs: BTreeMap::new(),
             insecure_plaintext: false,
             enroll_token: None,
+            submitters: Vec::new(),
+            allow_unsigned: false,
         }
     }
 }
@@ -417,6 +429,8 @@ struct Shared {
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
     control: Arc<control::Control>,
+    /// Whose projects this worker runs (shared by every attached coordinator).
+    policy: Arc<provenance::Policy>,
     executor: Arc<Executor>,
     modules: Modules,
     checkpoints: Arc<Checkpoints>,
@@ -492,6 +506,11 @@ pub async fn run_with_stats(
         sandbox,
         checkpoints: Arc::new(Checkpoints::open(config.data_dir.join("checkpoints"))?),
         control,
+        policy: Arc::new(provenance::Policy::load(
+            &config.data_dir,
+            &config.submitters,
+            config.allow_unsigned,
+        )?),
         metrics: Arc::new(metrics::Metrics::new(stats.clone())),
         stats,
         cancel: CancellationToken::new(),
@@ -594,6 +613,7 @@ pub async fn run_with_stats(
 struct Common {
     sandbox: Arc<Sandbox>,
     control: Arc<control::Control>,
+    policy: Arc<provenance::Policy>,
     executor: Arc<Executor>,
     checkpoints: Arc<Checkpoints>,
     metrics: Arc<metrics::Metrics>,
@@ -668,6 +688,7 @@ impl Attached {
                 common.control.disk_cap(),
             ),
             control: common.control.clone(),
+            policy: common.policy.clone(),
             checkpoints: common.checkpoints.clone(),
             resume: Mutex::new(VecDeque::new()),
             buffer: Mutex::new(VecDeque::new()),
@@ -765,7 +786,7 @@ async fn core_loop(
         let shared = &attached[i];
         match shared.next_unit(slot).await {
             Next::Unit(a) => {
-                shared.execute(a).await;
+                shared.execute(*a).await;
                 lock(&shares).finish(ticket, Instant::now());
             }
             Next::Wait(d) => lock(&shares).no_work(ticket, Instant::now() + d),
@@ -780,7 +801,7 @@ async fn core_loop(
 /// What a core gets from an attachment.
 enum Next {
     /// A unit to run.
-    Unit(Assignment),
+    Unit(Box<Assignment>),
     /// Nothing now: ask again after this long.
     Wait(Duration),
     /// Shutting down.
@@ -1100,7 +1121,7 @@ impl Shared {
             return Next::Stop;
         }
         if let Some(a) = lock(&self.resume).pop_front() {
-            return Next::Unit(a);
+            return Next::Unit(Box::new(a));
         }
         self.hand_back_overdue();
         loop {
@@ -1108,7 +1129,7 @@ impl Shared {
                 break;
             };
             if lock(&self.held).contains_key(&a.unit) {
-                return Next::Unit(a); // still ours (not settled meanwhile)
+                return Next::Unit(Box::new(a)); // still ours (not settled meanwhile)
             }
         }
         let want = self
@@ -1117,7 +1138,11 @@ impl Shared {
         let asked = Instant::now();
         let work = tokio::select! {
             _ = self.cancel.cancelled() => return Next::Stop,
-            w = self.client.request_work(1 + want as u32) => w,
+            w = self.client.request_work(
+                1 + want as u32,
+                self.policy.accepted(),
+                self.policy.allow_unsigned(),
+            ) => w,
         };
         self.metrics.idle(asked.elapsed());
         match work {
@@ -1132,7 +1157,7 @@ impl Shared {
                     lock(&self.buffer).push_back((a, now));
                 }
                 match first {
-                    Some(a) => Next::Unit(a),
+                    Some(a) => Next::Unit(Box::new(a)),
                     None => Next::Wait(Duration::ZERO),
                 }
             }
@@ -1228,6 +1253,26 @@ impl Shared {
     }
 
     async fn execute(self: &Arc<Self>, a: Assignment) {
+        // The submitter's signature first: nothing unsigned by a key this worker accepts,
+        // or changed since it was signed, is fetched, compiled or run.
+        match self.policy.check(&self.config.coordinator, &a) {
+            Ok(()) => {}
+            Err(provenance::Refusal::BadSignature(e)) => {
+                tracing::warn!(unit = %a.unit, project = %a.project, "refusing to run a unit: {e}");
+                lock(&self.held).insert(a.unit, Held::new(a.project, None));
+                let failure = Failure::new(protocol::FailureKind::BadSignature, e);
+                self.report_failure(a.unit, failure).await;
+                return;
+            }
+            Err(provenance::Refusal::NotAccepted(e)) => {
+                tracing::warn!(unit = %a.unit, "handing a unit back unrun: {e}");
+                self.release(a.unit);
+                if let Err(e) = self.client.return_units(&[a.unit]).await {
+                    tracing::warn!(unit = %a.unit, "could not hand it back ({e}); its lease will expire");
+                }
+                return;
+            }
+        }
         lock(&self.held).insert(a.unit, Held::new(a.project, None));
         lock(&self.holder).hold(a.unit, a.project, a.quorum);
         let compiled = match self

@@ -10,6 +10,7 @@ use proto::v1 as pb;
 use protocol::board::{Reason, View};
 use protocol::certificate::MAX_CLAIMS;
 use protocol::claim::Commitment;
+use protocol::provenance::{Signer, SubmitterKey};
 use protocol::wire::Evidence;
 use protocol::{Claim, Digest, Failure, Identity, Limits, ProjectId, UnitId, WorkerId, wire};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -41,12 +42,41 @@ pub struct Assignment {
     pub quorum: u32,
     /// The lease the coordinator granted with it: the deadline for starting it.
     pub lease: Duration,
+    /// The submitter's signature over the unit; `None` for a project from before
+    /// projects were signed.
+    pub signed: Option<Signed>,
+}
+
+/// Who signed a unit's project, and the signature over the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    /// The submitter key and the project's terms digest.
+    pub signer: Signer,
+    /// The submitter's signature over the unit (`protocol::provenance::UnitTerms`).
+    pub signature: [u8; 64],
 }
 
 impl TryFrom<pb::Assignment> for Assignment {
     type Error = Error;
     fn try_from(a: pb::Assignment) -> Result<Self, Error> {
+        let signed = if a.submitter_key.is_empty() && a.terms.is_empty() && a.signature.is_empty() {
+            None
+        } else {
+            Some(Signed {
+                signer: Signer {
+                    key: SubmitterKey::from_slice("Assignment.submitter_key", &a.submitter_key)?,
+                    terms: Digest::from_slice("Assignment.terms", &a.terms)?,
+                },
+                signature: a.signature.as_slice().try_into().map_err(|_| {
+                    protocol::Error::Malformed {
+                        field: "Assignment.signature",
+                        problem: format!("{} bytes, expected 64", a.signature.len()),
+                    }
+                })?,
+            })
+        };
         Ok(Assignment {
+            signed,
             project: ProjectId(a.project_id),
             unit: UnitId(a.unit_id),
             name: a.unit_name,
@@ -72,6 +102,18 @@ impl Assignment {
             limits: Some(self.limits.into()),
             quorum: self.quorum,
             lease_ms: self.lease.as_millis() as u64,
+            submitter_key: self
+                .signed
+                .map(|s| s.signer.key.0.to_vec())
+                .unwrap_or_default(),
+            terms: self
+                .signed
+                .map(|s| s.signer.terms.0.to_vec())
+                .unwrap_or_default(),
+            signature: self
+                .signed
+                .map(|s| s.signature.to_vec())
+                .unwrap_or_default(),
         }
         .encode_to_vec()
     }
@@ -298,13 +340,20 @@ impl CoordinatorClient {
     }
 
     /// Asks for up to `max` units; returns them and how long to wait when there were none.
-    pub async fn request_work(&self, max: u32) -> Result<(Vec<Assignment>, Duration), Error> {
+    pub async fn request_work(
+        &self,
+        max: u32,
+        accept_submitters: &[SubmitterKey],
+        allow_unsigned: bool,
+    ) -> Result<(Vec<Assignment>, Duration), Error> {
         let r = self
             .inner
             .clone()
             .request_work(pb::WorkRequest {
                 public_key: self.key.clone(),
                 max_units: max,
+                accept_submitters: accept_submitters.iter().map(|k| k.0.to_vec()).collect(),
+                allow_unsigned,
             })
             .await
             .map_err(self.rpc("RequestWork"))?

@@ -31,6 +31,7 @@ fn project(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Proj
         aggregate: Aggregate::Pending,
         adaptive: false,
         error_bound: DEFAULT_ERROR_BOUND,
+        signer: None,
     }
 }
 
@@ -638,4 +639,32 @@ fn a_solo_result_stays_whole_while_it_can_be_reopened() {
         matches!(s.units.get(UnitId(0)), Some(Slot::Full(_))),
         "an unchecked result keeps its replicas, so its liar never gets it again"
     );
+}
+
+#[test]
+fn a_worker_is_leased_only_units_of_projects_it_accepts() {
+    let mut s = setup(4, 1, 1, 2);
+    let mut other = project(3, 1, 1, 2);
+    other.id = ProjectId(2);
+    s.add_project(other);
+    for u in 100..103 {
+        s.add_unit(
+            UnitId(u),
+            ProjectId(2),
+            UnitStatus::Pending,
+            1,
+            1,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+    }
+    // Only project 2: its three units, though project 1's are ahead in the queue.
+    let only_2 = s.assign_from(id(1), 10, 0, &|p| p.id == ProjectId(2));
+    let mut got = units(only_2);
+    got.sort();
+    assert_eq!(got, vec![UnitId(100), UnitId(101), UnitId(102)]);
+    // Project 1's units were kept in the queue for others.
+    assert_eq!(units(s.assign(id(2), 10, 0)).len(), 4);
+    assert!(units(s.assign_from(id(3), 10, 0, &|_| false)).is_empty());
 }

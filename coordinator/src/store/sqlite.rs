@@ -19,9 +19,11 @@ use protocol::certificate::Verified;
 use protocol::manifest::ProjectSpec;
 use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
 
+use protocol::provenance::{Signer, SubmitterKey};
+
 use super::{
-    AccountTotal, CreditTo, LoadedCounts, Snapshot, Store, StoredUnit, StoredWorker, TeamTotal,
-    VerifiedOutput, Write,
+    AccountTotal, CreditTo, LeasedInput, LoadedCounts, Snapshot, Store, StoredUnit, StoredWorker,
+    TeamTotal, VerifiedOutput, Write,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -30,7 +32,7 @@ use crate::scheduler::{
 
 /// Schema version written to `PRAGMA user_version`. A database with a higher version was
 /// written by a newer Fallow and is refused rather than misread; older ones are migrated.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1 → 2: accounts and teams, adaptive replication, votes and trust. Columns are
 /// added with defaults; the new tables come from [`SCHEMA`].
@@ -49,6 +51,15 @@ ALTER TABLE credit ADD COLUMN team TEXT NOT NULL DEFAULT '';
 /// Version 2 → 3: the projects' checkpoint size cap (`[limits].max_checkpoint_bytes`).
 const MIGRATE_2_TO_3: &str = r#"
 ALTER TABLE projects ADD COLUMN max_checkpoint_bytes INTEGER NOT NULL DEFAULT 16777216;
+"#;
+
+/// Version 3 → 4: signed projects (the submitter's key, the terms digest, a signature per
+/// unit). Projects from before stay unsigned (NULL): workers run them only when they allow
+/// unsigned projects.
+const MIGRATE_3_TO_4: &str = r#"
+ALTER TABLE projects ADD COLUMN submitter BLOB;
+ALTER TABLE projects ADD COLUMN terms BLOB;
+ALTER TABLE units ADD COLUMN signature BLOB;
 "#;
 
 const SCHEMA: &str = r#"
@@ -77,7 +88,9 @@ CREATE TABLE IF NOT EXISTS projects (
     created_ms INTEGER NOT NULL,
     aggregate_done INTEGER NOT NULL DEFAULT 0,
     aggregate BLOB,
-    aggregate_error TEXT
+    aggregate_error TEXT,
+    submitter BLOB,
+    terms BLOB
 );
 CREATE TABLE IF NOT EXISTS units (
     id INTEGER PRIMARY KEY,
@@ -92,6 +105,7 @@ CREATE TABLE IF NOT EXISTS units (
     fuel INTEGER,
     reason TEXT,
     settled_ms INTEGER,
+    signature BLOB,
     UNIQUE (project, name)
 );
 CREATE TABLE IF NOT EXISTS assignments (
@@ -221,7 +235,11 @@ impl SqliteStore {
                 ),
             });
         }
-        for (from, migration) in [(1, MIGRATE_1_TO_2), (2, MIGRATE_2_TO_3)] {
+        for (from, migration) in [
+            (1, MIGRATE_1_TO_2),
+            (2, MIGRATE_2_TO_3),
+            (3, MIGRATE_3_TO_4),
+        ] {
             if version == 0 || version > from {
                 continue;
             }
@@ -282,6 +300,17 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
         },
         adaptive: row.try_get::<i64, _>("adaptive")? != 0,
         error_bound: row.try_get::<f64, _>("error_bound")?,
+        signer: match (
+            row.try_get::<Option<Vec<u8>>, _>("submitter")?,
+            row.try_get::<Option<Vec<u8>>, _>("terms")?,
+        ) {
+            (Some(key), Some(terms)) => Some(Signer {
+                key: SubmitterKey::from_slice("stored submitter key", &key)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                terms: digest(&terms)?,
+            }),
+            _ => None,
+        },
         aggregate: match (
             row.try_get::<i64, _>("aggregate_done")? != 0,
             row.try_get::<Option<String>, _>("aggregate_error")?,
@@ -548,8 +577,8 @@ impl Store for SqliteStore {
             let id: i64 = sqlx::query_scalar(
             "INSERT INTO projects (name, manifest, module, reducer, replication, quorum, max_replicas, fuel, memory_mb,
                 wall_seconds, max_output_bytes, nan_canonicalization, created_ms, adaptive, error_bound,
-                max_checkpoint_bytes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
+                max_checkpoint_bytes, submitter, terms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
         )
         .bind(spec.name.trim())
         .bind(&spec.manifest)
@@ -567,26 +596,32 @@ impl Store for SqliteStore {
         .bind(i64::from(spec.adaptive))
         .bind(spec.error_bound)
         .bind(l.max_checkpoint_bytes as i64)
+        .bind(spec.signatures.as_ref().map(|g| g.key.0.to_vec()))
+        .bind(spec.signatures.as_ref().map(|_| spec.terms().0.to_vec()))
         .fetch_one(&mut *tx)
         .await?;
             // Many rows per statement: one round trip per 200 units instead of one per unit.
             let mut units = Vec::with_capacity(spec.units.len());
-            for chunk in spec.units.chunks(200) {
+            let signatures = spec.signatures.as_ref().map(|g| &g.units);
+            for (c, chunk) in spec.units.chunks(200).enumerate() {
                 let mut sql = String::from(
-                    "INSERT INTO units (project, name, input, target, required) VALUES ",
+                    "INSERT INTO units (project, name, input, target, required, signature) VALUES ",
                 );
                 let mut args = SqliteArguments::default();
                 for (i, (name, input)) in chunk.iter().enumerate() {
                     sql.push_str(if i == 0 {
-                        "(?, ?, ?, ?, ?)"
+                        "(?, ?, ?, ?, ?, ?)"
                     } else {
-                        ", (?, ?, ?, ?, ?)"
+                        ", (?, ?, ?, ?, ?, ?)"
                     });
+                    let signature = signatures.and_then(|s| s.get(c * 200 + i));
                     Arguments::add(&mut args, id).map_err(encode_error)?;
                     Arguments::add(&mut args, name.as_str()).map_err(encode_error)?;
                     Arguments::add(&mut args, &input[..]).map_err(encode_error)?;
                     Arguments::add(&mut args, i64::from(spec.replication)).map_err(encode_error)?;
                     Arguments::add(&mut args, i64::from(spec.quorum)).map_err(encode_error)?;
+                    Arguments::add(&mut args, signature.map(|s| s.to_vec()))
+                        .map_err(encode_error)?;
                 }
                 sql.push_str(" RETURNING id");
                 let mut ids: Vec<i64> = sqlx::query_scalar_with(&sql, args)
@@ -609,7 +644,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
                 max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
-                adaptive, error_bound, max_checkpoint_bytes
+                adaptive, error_bound, max_checkpoint_bytes, submitter, terms
              FROM projects ORDER BY id",
         )
             .fetch_all(&self.pool)
@@ -715,10 +750,11 @@ impl Store for SqliteStore {
         Ok((row.try_get("name")?, row.try_get("input")?))
     }
 
-    async fn unit_inputs(&self, units: &[UnitId]) -> Result<Vec<(UnitId, String, Vec<u8>)>, Error> {
+    async fn unit_inputs(&self, units: &[UnitId]) -> Result<Vec<LeasedInput>, Error> {
         let mut out = Vec::with_capacity(units.len());
         for chunk in units.chunks(500) {
-            let mut sql = String::from("SELECT id, name, input FROM units WHERE id IN (");
+            let mut sql =
+                String::from("SELECT id, name, input, signature FROM units WHERE id IN (");
             let mut args = SqliteArguments::default();
             for (i, unit) in chunk.iter().enumerate() {
                 sql.push_str(if i == 0 { "?" } else { ", ?" });
@@ -730,11 +766,19 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?
             {
-                out.push((
-                    UnitId(row.try_get::<i64, _>("id")? as u64),
-                    row.try_get("name")?,
-                    row.try_get("input")?,
-                ));
+                let signature: Option<Vec<u8>> = row.try_get("signature")?;
+                out.push(LeasedInput {
+                    unit: UnitId(row.try_get::<i64, _>("id")? as u64),
+                    name: row.try_get("name")?,
+                    input: row.try_get("input")?,
+                    signature: signature
+                        .map(|s| {
+                            <[u8; 64]>::try_from(s.as_slice()).map_err(|_| {
+                                Error::Corrupt(format!("a unit signature of {} bytes", s.len()))
+                            })
+                        })
+                        .transpose()?,
+                });
             }
         }
         Ok(out)
@@ -1239,6 +1283,7 @@ mod tests {
             limits: Limits::default(),
             units: vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
             manifest: String::new(),
+            signatures: None,
         }
     }
 
@@ -1468,11 +1513,58 @@ mod tests {
             Limits::default().max_checkpoint_bytes,
             "old projects get the default checkpoint cap"
         );
+        assert_eq!(snap.projects[0].signer, None, "old projects stay unsigned");
+        let inputs = store.unit_inputs(&[UnitId(1)]).await.expect("inputs");
+        assert_eq!(inputs[0].signature, None);
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&store.pool)
             .await
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_signed_project_keeps_its_signer_and_unit_signatures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alice = Identity::from_seed([4; 32]);
+        let mut signed = spec();
+        signed.units = (0..450).map(|i| (format!("u{i}"), vec![i as u8])).collect();
+        signed.sign(&alice);
+        let (project, units) = {
+            let store = SqliteStore::open(dir.path()).await.expect("open");
+            store
+                .insert_project(&signed, Digest::of(&signed.module), None, 1)
+                .await
+                .expect("insert")
+        };
+        let store = SqliteStore::open(dir.path()).await.expect("reopen");
+        let (snap, _) = load_all(&store).await;
+        let p = snap
+            .projects
+            .iter()
+            .find(|p| p.id == project)
+            .expect("project");
+        assert_eq!(
+            p.signer,
+            Some(Signer {
+                key: SubmitterKey::of(&alice),
+                terms: signed.terms(),
+            })
+        );
+        // Units past the first insert chunks of 200 keep their own signatures.
+        let inputs = store
+            .unit_inputs(&[units[0], units[449], units[201]])
+            .await
+            .expect("inputs");
+        let sigs = &signed.signatures.as_ref().expect("signed").units;
+        for got in inputs {
+            let i = units
+                .iter()
+                .position(|u| *u == got.unit)
+                .expect("one of ours");
+            assert_eq!(got.name, format!("u{i}"));
+            assert_eq!(got.signature, Some(sigs[i]), "unit {i}");
+        }
     }
 
     #[tokio::test]
