@@ -134,6 +134,10 @@ pub struct CoordinatorConfig {
     /// come in a burst. Beyond it requests are refused with `RESOURCE_EXHAUSTED`. An honest
     /// worker makes a few per second. 0: no limit. Default 100.
     pub worker_requests_per_second: u32,
+    /// Most worker registrations a minute from one network (the /24 or /48 they connect
+    /// from; loopback exempt), after a burst of 600. Keys are free to make: this bounds how
+    /// fast one host can add workers. 0: no limit. Default 60.
+    pub registrations_per_minute: u32,
     /// Most accepted changes that may wait to be written to the store; beyond it requests
     /// that change state are refused with `RESOURCE_EXHAUSTED` (load shedding) instead of
     /// queueing without bound. Default 65,536.
@@ -157,6 +161,7 @@ impl Default for CoordinatorConfig {
             max_message_bytes: 256 << 20,
             distinct_subnets: true,
             worker_requests_per_second: 100,
+            registrations_per_minute: 60,
             max_pending_writes: 65_536,
             require_enrollment: false,
             tls: None,

@@ -818,10 +818,14 @@ impl Scheduler {
             if !unit.wants_replica() {
                 continue; // settled or fully replicated: drop from the queue
             }
+            // A replica handed back unrun does not count: its worker (or another of its
+            // account or network) may take the unit again, or a small fleet whose workers
+            // handed a unit back could never give it its replicas.
             let clash = unit.replicas.iter().any(|r| {
-                r.worker == worker
-                    || r.account == account
-                    || (subnet.is_some() && r.subnet.is_some() && r.subnet == subnet)
+                r.state != AssignmentState::Returned
+                    && (r.worker == worker
+                        || r.account == account
+                        || (subnet.is_some() && r.subnet.is_some() && r.subnet == subnet))
             }) || !self.projects.get(&unit.project).is_some_and(accept);
             if clash {
                 kept.push_back(id);
@@ -847,14 +851,25 @@ impl Scheduler {
                     required,
                 });
             }
-            unit.replicas.push(Replica {
-                worker,
-                state: AssignmentState::Active,
-                lease_until: until,
-                failure: None,
-                account: account.clone(),
-                subnet: subnet.clone(),
-            });
+            match unit.replicas.iter_mut().find(|r| r.worker == worker) {
+                // Its own handed-back replica comes back to life (one row per unit and
+                // worker, in memory as in the store).
+                Some(r) => {
+                    r.state = AssignmentState::Active;
+                    r.lease_until = until;
+                    r.failure = None;
+                    r.account = account.clone();
+                    r.subnet = subnet.clone();
+                }
+                None => unit.replicas.push(Replica {
+                    worker,
+                    state: AssignmentState::Active,
+                    lease_until: until,
+                    failure: None,
+                    account: account.clone(),
+                    subnet: subnet.clone(),
+                }),
+            }
             if unit.wants_replica() {
                 // Its next replica must go to another worker: keep it at the front.
                 kept.push_back(id);

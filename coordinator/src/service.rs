@@ -57,8 +57,56 @@ const DISK_RESERVE: u64 = 16 << 20;
 /// Most worker keys the rate limiter tracks at once (see [`CoordinatorService::admit`]):
 /// about 100 bytes each.
 const MAX_LIMITED_KEYS: usize = 200_000;
+/// Registrations one network may burst to before [`RegistrationLimiter`] holds it to its
+/// rate: a lab of this many machines behind one address can all start at once.
+const REGISTRATION_BURST: u32 = 600;
 /// How long a status answer waits for the disk while it is full before refusing.
 const FULL_DISK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Registrations per network (the /24 or /48 a worker connects from, as for replica
+/// placement; loopback is exempt): keys are free to make, so without it one host could
+/// register workers without end. `registrations_per_minute` sustained, bursts of
+/// [`REGISTRATION_BURST`]; it tracks at most [`MAX_LIMITED_KEYS`] networks.
+pub(crate) struct RegistrationLimiter {
+    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+    per_minute: u32,
+}
+
+impl RegistrationLimiter {
+    pub(crate) fn new(per_minute: u32) -> Self {
+        RegistrationLimiter {
+            limiter: NonZeroU32::new(per_minute).map(|rate| {
+                let burst = NonZeroU32::new(REGISTRATION_BURST.max(per_minute)).unwrap_or(rate);
+                governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
+            }),
+            per_minute,
+        }
+    }
+
+    /// Admits or refuses one registration from `network` (`None`: loopback, exempt).
+    pub(crate) fn admit(&self, network: Option<&str>) -> Result<(), Status> {
+        let (Some(limiter), Some(network)) = (&self.limiter, network) else {
+            return Ok(());
+        };
+        if limiter.len() >= MAX_LIMITED_KEYS {
+            return Ok(());
+        }
+        limiter.check_key(&network.to_string()).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "more than {} worker registrations a minute from {network}; retry later",
+                self.per_minute
+            ))
+        })
+    }
+
+    /// Forgets networks quiet long enough to have a full bucket again.
+    fn prune(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
 
 /// The coordinator's gRPC service; cheap to clone.
 pub struct CoordinatorService<S: Store> {
@@ -84,6 +132,8 @@ struct Inner<S> {
     max_pending_writes: usize,
     /// Requests per worker key (`worker_requests_per_second`); `None` when off.
     limiter: Option<governor::DefaultKeyedRateLimiter<WorkerId>>,
+    /// Registrations per network (`registrations_per_minute`).
+    registrations: RegistrationLimiter,
     worker_rate: u32,
     /// The data directory, whose free space is checked before a project is accepted.
     data_dir: PathBuf,
@@ -354,6 +404,7 @@ pub(crate) async fn run<S: Store>(
             pending_writes,
             max_pending_writes: config.max_pending_writes,
             limiter,
+            registrations: RegistrationLimiter::new(config.registrations_per_minute),
             worker_rate: config.worker_requests_per_second,
             data_dir: config.data_dir.clone(),
             sandbox: Arc::new(sandbox),
@@ -447,12 +498,13 @@ async fn expiry_loop<S: Store>(service: CoordinatorService<S>, cancel: Cancellat
             _ = tick.tick() => {}
         }
         ticks += 1;
-        if ticks.is_multiple_of(240)
-            && let Some(limiter) = &service.inner.limiter
-        {
+        if ticks.is_multiple_of(240) {
             // Forget workers that have been quiet long enough to have a full bucket again.
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            if let Some(limiter) = &service.inner.limiter {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+            service.inner.registrations.prune();
         }
         let now = now_ms();
         let mut state = service.inner.state.lock().await;
@@ -1066,6 +1118,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         self.writable()?;
         let subnet = subnet_of(request.remote_addr());
+        self.inner.registrations.admit(subnet.as_deref())?;
         let r = request.into_inner();
         let id = worker_key(&r.public_key)?;
         self.admit(id)?;
@@ -1546,5 +1599,31 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         self.inner.dashboard.changed();
         self.commit(state, changes, now).await?;
         Ok(Response::new(pb::Ack {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_limited_per_network_and_loopback_is_exempt() {
+        let limiter = RegistrationLimiter::new(60);
+        for _ in 0..REGISTRATION_BURST {
+            assert!(limiter.admit(Some("203.0.113.0/24")).is_ok());
+        }
+        let refused = limiter.admit(Some("203.0.113.0/24")).expect_err("over the burst");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("203.0.113.0/24"), "{}", refused.message());
+        // Another network, and loopback, are not held back by it.
+        assert!(limiter.admit(Some("198.51.100.0/24")).is_ok());
+        for _ in 0..2 * REGISTRATION_BURST {
+            assert!(limiter.admit(None).is_ok());
+        }
+        // 0 turns it off.
+        let off = RegistrationLimiter::new(0);
+        for _ in 0..2 * REGISTRATION_BURST {
+            assert!(off.admit(Some("203.0.113.0/24")).is_ok());
+        }
     }
 }

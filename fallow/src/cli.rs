@@ -50,6 +50,11 @@ pub enum Command {
         /// are refused with RESOURCE_EXHAUSTED. An honest worker makes a few. 0: no limit.
         #[arg(long, default_value_t = 100)]
         worker_requests_per_second: u32,
+        /// Most worker registrations a minute from one /24 (IPv4) or /48 (IPv6) network,
+        /// after a burst of 600 (loopback exempt); more are refused with RESOURCE_EXHAUSTED.
+        /// 0: no limit.
+        #[arg(long, default_value_t = 60)]
+        registrations_per_minute: u32,
         /// Take only enrolled workers: every worker call must carry a token minted with
         /// `fallow token create --worker --name NAME`; `fallow token revoke --worker NAME`
         /// cuts off the workers using it at once.

@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_seconds,
             allow_same_network,
             worker_requests_per_second,
+            registrations_per_minute,
             require_enrollment,
             tls,
             tls_cert,
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 lease: std::time::Duration::from_secs(lease_seconds),
                 distinct_subnets: !allow_same_network,
                 worker_requests_per_second,
+                registrations_per_minute,
                 require_enrollment,
                 tamper_inputs: matches!(fault, Some(cli::CoordinatorFaultArg::TamperInput)),
                 ..Default::default()

@@ -480,6 +480,36 @@ impl Drop for Cluster {
             let _ = w.wait();
         }
         self.kill_coordinator();
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+    }
+}
+
+impl Cluster {
+    /// After a failure: copies every process's whole log (the panic message shows only
+    /// their tails) to `target/tmp/failed-e2e/<dir>/`, and says where.
+    fn keep_logs(&self) {
+        let Some(name) = self.dir.path().file_name() else {
+            return;
+        };
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("failed-e2e")
+            .join(name);
+        if std::fs::create_dir_all(&kept).is_err() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for p in entries.flatten().map(|e| e.path()) {
+            if p.extension().is_some_and(|e| e == "log")
+                && let Some(file) = p.file_name()
+            {
+                let _ = std::fs::copy(&p, kept.join(file));
+            }
+        }
+        eprintln!("whole logs of the failed test kept in {}", kept.display());
     }
 }
 

@@ -275,6 +275,23 @@ fn a_returned_unit_goes_to_another_worker_without_counting_an_execution() {
 }
 
 #[test]
+fn workers_that_handed_a_unit_back_can_take_it_again() {
+    // Two replicas wanted, and only two workers: both hand the unit back (a work buffer
+    // that could not start it in time), and then both must still be able to run it.
+    let mut s = setup(1, 2, 2, 4);
+    assert_eq!(units(s.assign(id(1), 1, 0)), vec![UnitId(0)]);
+    assert_eq!(units(s.assign(id(2), 1, 0)), vec![UnitId(0)]);
+    s.give_back(id(1), UnitId(0));
+    s.give_back(id(2), UnitId(0));
+    assert_eq!(units(s.assign(id(1), 1, 10)), vec![UnitId(0)]);
+    // Not twice at once.
+    assert!(units(s.assign(id(1), 1, 10)).is_empty());
+    assert_eq!(units(s.assign(id(2), 1, 10)), vec![UnitId(0)]);
+    let cert = certify(&mut s, 0, &[1, 2], b"out");
+    assert!(matches!(cert, Ok(Some(_))), "{cert:?}");
+}
+
+#[test]
 fn leases_loaded_after_a_restart_get_a_fresh_deadline() {
     let mut s = Scheduler::new(LEASE, 7);
     s.add_project(project(1, 1, 1, 3));

@@ -972,7 +972,11 @@ impl Store for SqliteStore {
                                 batch.int(AssignmentState::Active.code())?;
                                 batch.int(now)?;
                             }
-                            batch.sql.push_str(";\n");
+                            // A unit handed back and leased again to the same worker.
+                            batch.sql.push_str(
+                                " ON CONFLICT (unit, worker) DO UPDATE SET state = excluded.state, \
+                                 failure_kind = NULL, reason = NULL, created_ms = excluded.created_ms;\n",
+                            );
                         }
                     }
                     Write::Changes(changes) => {
@@ -1521,6 +1525,35 @@ mod tests {
             .await
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_unit_handed_back_can_be_leased_again_to_the_same_worker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let w = Identity::from_seed([1; 32]).id();
+        let (_, units) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        store.insert_assignments(&[(units[0], w)], 2).await.expect("lease");
+        store
+            .apply(
+                &[Change::Replica {
+                    unit: units[0],
+                    worker: w,
+                    state: AssignmentState::Returned,
+                    failure: None,
+                }],
+                3,
+            )
+            .await
+            .expect("hand back");
+        store.insert_assignments(&[(units[0], w)], 4).await.expect("lease again");
+        let (_, loaded) = load_all(&store).await;
+        let replicas = &loaded.iter().find(|u| u.id == units[0]).expect("unit").replicas;
+        assert_eq!(replicas.len(), 1, "{replicas:?}");
+        assert_eq!(replicas[0].1, AssignmentState::Active);
     }
 
     #[tokio::test]
