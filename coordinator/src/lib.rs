@@ -13,11 +13,13 @@
 //! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
 //!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
 //! - [`tls`]: the certificate served off loopback (self-signed on first start).
+//! - `body_limit`: request size caps per method (uploads large, everything else small).
 //! - [`serve`]: start a coordinator on a listener until a shutdown signal.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod body_limit;
 mod dashboard;
 mod reducer;
 pub mod scheduler;

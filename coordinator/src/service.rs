@@ -460,6 +460,11 @@ pub(crate) async fn run<S: Store>(
         .layer(axum::middleware::from_fn_with_state(
             gate,
             crate::auth::require_token,
+        ))
+        // Outermost: a body over its method's cap is cut off before anything else reads it.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::body_limit::Caps::new(config.max_message_bytes)),
+            crate::body_limit::cap_body,
         ));
     let routes = tonic::service::Routes::from(dashboard::count_rejections(routes, dashboard));
     // Live dashboard streams never end on their own: stopping the broadcaster (`cancel`)
@@ -1612,9 +1617,15 @@ mod tests {
         for _ in 0..REGISTRATION_BURST {
             assert!(limiter.admit(Some("203.0.113.0/24")).is_ok());
         }
-        let refused = limiter.admit(Some("203.0.113.0/24")).expect_err("over the burst");
+        let refused = limiter
+            .admit(Some("203.0.113.0/24"))
+            .expect_err("over the burst");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("203.0.113.0/24"), "{}", refused.message());
+        assert!(
+            refused.message().contains("203.0.113.0/24"),
+            "{}",
+            refused.message()
+        );
         // Another network, and loopback, are not held back by it.
         assert!(limiter.admit(Some("198.51.100.0/24")).is_ok());
         for _ in 0..2 * REGISTRATION_BURST {

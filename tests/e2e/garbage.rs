@@ -192,6 +192,30 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
         expect_error("a failure report for a unit never leased", failure).await;
     }
 
+    // Oversized: a 6 MiB heartbeat (a million held units) is cut off at its method's cap
+    // (4 MiB), long before the 256 MiB an upload may have.
+    let huge = raw
+        .clone()
+        .max_encoding_message_size(usize::MAX)
+        .heartbeat(pb::HeartbeatRequest {
+            public_key: rogue.id().0.to_vec(),
+            held_units: (1..=750_000u64).map(|u| u << 40).collect(),
+            ..Default::default()
+        })
+        .await
+        .map(drop);
+    match &huge {
+        Err(status) => assert!(
+            status.code() == tonic::Code::ResourceExhausted
+                && status
+                    .message()
+                    .contains("Heartbeat request may be at most 4194304 bytes"),
+            "an oversized heartbeat: {status:?}"
+        ),
+        Ok(()) => panic!("an oversized heartbeat was accepted"),
+    }
+    expect_error("an oversized heartbeat", huge).await;
+
     // 4. The peers: garbage bytes, an oversized exchange, and forged, out-of-order board
     // messages (a reveal with no commitment, a commitment with a bad signature).
     let peers: Vec<String> = registration

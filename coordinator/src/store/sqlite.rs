@@ -1536,7 +1536,10 @@ mod tests {
             .insert_project(&spec(), Digest::of(b"m"), None, 1)
             .await
             .expect("insert");
-        store.insert_assignments(&[(units[0], w)], 2).await.expect("lease");
+        store
+            .insert_assignments(&[(units[0], w)], 2)
+            .await
+            .expect("lease");
         store
             .apply(
                 &[Change::Replica {
@@ -1549,9 +1552,16 @@ mod tests {
             )
             .await
             .expect("hand back");
-        store.insert_assignments(&[(units[0], w)], 4).await.expect("lease again");
+        store
+            .insert_assignments(&[(units[0], w)], 4)
+            .await
+            .expect("lease again");
         let (_, loaded) = load_all(&store).await;
-        let replicas = &loaded.iter().find(|u| u.id == units[0]).expect("unit").replicas;
+        let replicas = &loaded
+            .iter()
+            .find(|u| u.id == units[0])
+            .expect("unit")
+            .replicas;
         assert_eq!(replicas.len(), 1, "{replicas:?}");
         assert_eq!(replicas[0].1, AssignmentState::Active);
     }
