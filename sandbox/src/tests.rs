@@ -415,3 +415,71 @@ fn imports_are_checked_before_the_module_is_compiled() {
         matches!(sandbox_ref().inspect(&lib), Err(Error::NotACommand(m)) if m.contains("_start"))
     );
 }
+
+/// One call for the `abicall` guest: an opcode and three arguments.
+fn call(op: u8, a: u32, b: u32, c: u32) -> Vec<u8> {
+    let mut v = vec![op];
+    for x in [a, b, c] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn host_calls_with_wild_arguments_get_errnos_or_trap_the_same_way_every_time() {
+    let sb = sandbox_ref();
+    let errnos = |e: &Execution| -> Vec<i32> {
+        String::from_utf8_lossy(&e.output)
+            .lines()
+            .map(|l| l.parse().expect("an errno per line"))
+            .collect()
+    };
+    // Calls the host answers with an errno.
+    let input: Vec<u8> = [
+        call(9, 0, 0, 1),     // poll_oneoff: not supported here (ENOTSUP = 58)
+        call(14, 3, 0, 10),   // path_open: no such directory (EBADF = 8)
+        call(2, 1024, 16, 0), // random_get into the guest's memory: fine
+        call(10, 5, 0, 0),    // fd_close of a descriptor that does not exist (EBADF)
+        call(18, 1000, 0, 0), // memory.grow by 232 pages: the old size in pages
+    ]
+    .concat();
+    let a = run(sb, hostile::ABICALL, &input, limits()).expect("runs");
+    let b = run(sb, hostile::ABICALL, &input, limits()).expect("runs");
+    assert_eq!((&a.output, a.fuel), (&b.output, b.fuel), "deterministic");
+    let got = errnos(&a);
+    assert_eq!((&got[..4], got.len()), (&[58, 8, 0, 8][..], 5), "{got:?}");
+    assert!(got[4] > 0, "{got:?}");
+    // A checkpoint in the middle: the next segment goes on after it.
+    let saved = [call(10, 5, 0, 0), call(17, 0, 0, 0), call(9, 0, 0, 1)].concat();
+    let c = run(sb, hostile::ABICALL, &saved, limits()).expect("runs");
+    assert_eq!((errnos(&c), c.checkpoints), (vec![58], 1));
+    // Pointers past the end of memory: a trap (deterministic), the same each time.
+    for bad in [
+        call(0, 1, 0xffff_fff0, 3),      // fd_write's iovecs
+        call(2, 0xffff_ff00, 0x1000, 0), // random_get's buffer
+        call(3, 0, 0, 0xffff_fffc),      // clock_time_get's result
+        call(16, 0xffff_fff0, 64, 0),    // checkpoint_load (nothing saved: -1, no write)
+    ] {
+        let x = run(sb, hostile::ABICALL, &bad, limits());
+        let y = run(sb, hostile::ABICALL, &bad, limits());
+        match (&x, &y) {
+            (Err(f), Err(g)) => {
+                assert_eq!(f, g, "deterministic");
+                assert_eq!(f.kind, FailureKind::Trap, "{f:?}");
+            }
+            (Ok(e), Ok(f)) => {
+                assert_eq!(e.output, f.output);
+                assert_eq!(errnos(e), vec![-1], "only checkpoint_load may answer");
+            }
+            other => panic!("runs disagree: {other:?}"),
+        }
+    }
+    // A checkpoint larger than the project allows fails the execution, naming the cause.
+    let too_big = Limits {
+        max_checkpoint_bytes: 1024,
+        ..limits()
+    };
+    let failed =
+        run(sb, hostile::ABICALL, &call(17, 0, 0xfffff, 0), too_big).expect_err("too large");
+    assert_eq!(failed.kind, FailureKind::CheckpointTooLarge, "{failed:?}");
+}

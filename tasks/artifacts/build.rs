@@ -30,6 +30,7 @@ const GUESTS: &[(&str, &[&str])] = &[
             "echo",
             "exit3",
             "hoard",
+            "abicall",
         ],
     ),
 ];

@@ -64,6 +64,9 @@ pub mod hostile {
     pub const EXIT3: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exit3.wasm"));
     /// Saves a 64 KiB checkpoint, then prints `restored N bytes`.
     pub const HOARD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hoard.wasm"));
+    /// Makes the host calls its stdin lists, with arbitrary arguments (the `abi` fuzz
+    /// target's guest), and prints each call's errno.
+    pub const ABICALL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/abicall.wasm"));
 }
 
 /// Every embedded module, named by package for the real guests and as
@@ -84,6 +87,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("hostile/echo", hostile::ECHO),
     ("hostile/exit3", hostile::EXIT3),
     ("hostile/hoard", hostile::HOARD),
+    ("hostile/abicall", hostile::ABICALL),
 ];
 
 #[cfg(test)]
@@ -92,7 +96,7 @@ mod tests {
 
     #[test]
     fn every_module_is_wasm() {
-        assert_eq!(ALL.len(), 15);
+        assert_eq!(ALL.len(), 16);
         for (name, module) in ALL {
             assert!(!module.is_empty(), "{name} is empty");
             assert!(module.starts_with(b"\0asm"), "{name} lacks the wasm magic");
