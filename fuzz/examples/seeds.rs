@@ -154,5 +154,16 @@ fn main() -> std::io::Result<()> {
     write("inspect", "bad-import", &bad_import)?;
     write("inspect", "empty-module", HEADER)?;
     write("inspect", "component", b"\0asm\x0d\0\x01\0")?;
+
+    // abi: host calls for the abicall guest, 13 bytes each (opcode, then a b c as u32 LE).
+    let call = |op: u8, a: u32, b: u32, c: u32| -> Vec<u8> {
+        [vec![op], a.to_le_bytes().to_vec(), b.to_le_bytes().to_vec(), c.to_le_bytes().to_vec()].concat()
+    };
+    let errnos = [call(9, 0, 0, 1), call(14, 3, 0, 10), call(2, 1024, 16, 0), call(10, 5, 0, 0), call(18, 4, 0, 0)].concat();
+    write("abi", "errnos", &errnos)?;
+    write("abi", "checkpoint", &[call(10, 5, 0, 0), call(17, 0, 0, 0), call(9, 0, 0, 1)].concat())?;
+    write("abi", "bad-pointer", &call(0x80, 1, 0xffff_fff0, 3))?;
+    let every: Vec<u8> = (0..20u8).flat_map(|op| call(op, 1024, 64, 2)).collect();
+    write("abi", "every-call", &every)?;
     Ok(())
 }

@@ -188,21 +188,56 @@ impl HostMonotonicClock for FrozenMonotonicClock {
 struct SeededRandom {
     reader: blake3::OutputReader,
     position: Arc<AtomicU64>,
+    /// The 64-byte block of the stream that holds `pos`, once read: wasmtime's
+    /// `random_get` draws 4 bytes at a time, and each small read of the XOF would otherwise
+    /// compute its whole block again (16 compressions per 64 bytes).
+    block: [u8; 64],
+    /// Which block `block` is (`u64::MAX`: none yet).
+    block_index: u64,
+    /// The next byte of the stream to hand out.
+    pos: u64,
 }
 
 impl SeededRandom {
     fn new(seed: [u8; 32], context: &str, position: Arc<AtomicU64>) -> Self {
         let mut hasher = blake3::Hasher::new_derive_key(context);
         hasher.update(&seed);
-        let mut reader = hasher.finalize_xof();
-        reader.set_position(position.load(Ordering::Relaxed));
-        SeededRandom { reader, position }
+        let reader = hasher.finalize_xof();
+        let pos = position.load(Ordering::Relaxed);
+        SeededRandom {
+            reader,
+            position,
+            block: [0; 64],
+            block_index: u64::MAX,
+            pos,
+        }
     }
 
+    /// The next `dst.len()` bytes of the stream: the same bytes however the reads are
+    /// split, so outputs stay bit-identical across versions and checkpoints.
     fn fill(&mut self, dst: &mut [u8]) {
-        self.reader.fill(dst);
-        self.position
-            .store(self.reader.position(), Ordering::Relaxed);
+        if dst.len() >= 128 {
+            // Long reads straight from the XOF (it hashes many blocks at once).
+            self.reader.set_position(self.pos);
+            self.reader.fill(dst);
+            self.pos += dst.len() as u64;
+        } else {
+            let mut done = 0;
+            while done < dst.len() {
+                let index = self.pos / 64;
+                if index != self.block_index {
+                    self.reader.set_position(index * 64);
+                    self.reader.fill(&mut self.block);
+                    self.block_index = index;
+                }
+                let offset = (self.pos % 64) as usize;
+                let n = (64 - offset).min(dst.len() - done);
+                dst[done..done + n].copy_from_slice(&self.block[offset..offset + n]);
+                done += n;
+                self.pos += n as u64;
+            }
+        }
+        self.position.store(self.pos, Ordering::Relaxed);
     }
 }
 
@@ -221,5 +256,35 @@ impl rand_core::TryRng for SeededRandom {
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
         self.fill(dst);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_random_is_one_stream_however_it_is_read() {
+        let read = |sizes: &[usize], start: u64| -> Vec<u8> {
+            let mut r = SeededRandom::new([3; 32], "ctx", Arc::new(AtomicU64::new(start)));
+            let mut out = Vec::new();
+            for &n in sizes {
+                let mut b = vec![0; n];
+                r.fill(&mut b);
+                out.extend_from_slice(&b);
+            }
+            out
+        };
+        let whole = read(&[1000], 0);
+        assert_eq!(read(&[4; 250], 0), whole);
+        assert_eq!(read(&[3, 61, 1, 200, 7, 128, 600], 0), whole);
+        // The stream as blake3's XOF gives it, so earlier versions' outputs are unchanged.
+        let mut h = blake3::Hasher::new_derive_key("ctx");
+        h.update(&[3; 32]);
+        let mut xof = [0u8; 1000];
+        h.finalize_xof().fill(&mut xof);
+        assert_eq!(whole, xof.to_vec());
+        // Resuming at a position (a checkpoint) continues the same stream.
+        assert_eq!(read(&[4; 100], 600), whole[600..1000].to_vec());
     }
 }
