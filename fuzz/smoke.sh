@@ -8,8 +8,9 @@
 #   FUZZ_BUILD=dev fuzz/smoke.sh              unoptimized build (~20 % less compile CPU, but
 #                                             unoptimized signature checks are far slower)
 #
-# `inspect` (wasmtime + Cranelift) is left out by default: building it instrumented takes
-# longer than the whole smoke budget. Add it with FUZZ_TARGETS="... inspect".
+# `inspect` and `abi` (wasmtime + Cranelift) are left out by default: building them
+# instrumented takes longer than the whole smoke budget. Add them with
+# FUZZ_TARGETS="... inspect abi".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ fi
 flags=(--sanitizer none -a "${profile[@]}")
 features=()
 for t in $targets; do
-  if [ "$t" = inspect ]; then features=(--features sandbox); fi
+  if [ "$t" = inspect ] || [ "$t" = abi ]; then features=(--features sandbox); fi
 done
 
 scratch=$(mktemp -d)
