@@ -547,6 +547,7 @@ async fn paint<St: Store>(store: &St, project: ProjectId, m: &mut MosaicState) -
 
 fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) -> Workers {
     let seen: HashMap<WorkerId, u64> = capture.workers.iter().copied().collect();
+    let flagged: std::collections::HashSet<WorkerId> = capture.flagged.iter().copied().collect();
     let mut rows: Vec<WorkerRow> = directory
         .iter()
         .map(|(id, info)| {
@@ -564,6 +565,7 @@ fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) 
                 },
                 online: last_seen.is_some_and(|t| capture.at.saturating_sub(t) <= capture.lease_ms),
                 last_seen_ms: last_seen,
+                flagged: flagged.contains(id),
             }
         })
         .collect();
@@ -590,6 +592,7 @@ fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) 
     Workers {
         generated_ms: capture.at,
         online: rows.iter().filter(|w| w.online).count() as u64,
+        flagged: rows.iter().filter(|w| w.flagged).count() as u64,
         workers: rows,
         platforms,
     }

@@ -323,17 +323,31 @@ pub(crate) fn volunteers(p: &Published) -> String {
             int(r.cores)
         );
     }
-    body.push_str("</tbody></table><h2>Workers</h2><table><thead><tr><th>name</th><th>account</th><th>platform</th><th class=\"num\">cores</th><th>status</th></tr></thead><tbody>");
+    body.push_str("</tbody></table><h2>Workers</h2>");
+    if w.flagged > 0 {
+        let _ = write!(
+            body,
+            "<p class=\"lead flagged\">{} flagged: throttled to one unit a day after repeated wrong or failed results</p>",
+            int(w.flagged)
+        );
+    }
+    body.push_str("<table><thead><tr><th>name</th><th>account</th><th>platform</th><th class=\"num\">cores</th><th>status</th></tr></thead><tbody>");
     for r in &w.workers {
         let _ = write!(
             body,
-            "<tr><td title=\"{id}\">{name}</td><td>{acc}</td><td>{pl}</td><td class=\"num\">{c}</td><td>{s}</td></tr>",
+            "<tr{class}><td title=\"{id}\">{name}</td><td>{acc}</td><td>{pl}</td><td class=\"num\">{c}</td><td>{s}{flag}</td></tr>",
+            class = if r.flagged { " class=\"flagged\"" } else { "" },
             id = esc(&r.id),
             name = esc(&r.name),
             acc = esc(&r.account),
             pl = esc(&r.platform),
             c = r.cores,
-            s = if r.online { "online" } else { "offline" }
+            s = if r.online { "online" } else { "offline" },
+            flag = if r.flagged {
+                ", flagged: throttled to one unit a day"
+            } else {
+                ""
+            }
         );
     }
     body.push_str("</tbody></table>");

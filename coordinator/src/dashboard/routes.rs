@@ -500,6 +500,24 @@ mod tests {
                 mosaic_previous: None,
             },
         );
+        published.workers = crate::dashboard::snapshot::Workers {
+            online: 1,
+            flagged: 1,
+            workers: vec![crate::dashboard::snapshot::WorkerRow {
+                id: "ab".repeat(32),
+                name: "liar-box".into(),
+                account: "mallory".into(),
+                team: String::new(),
+                cores: 4,
+                platform: "linux-x86_64".into(),
+                online: true,
+                last_seen_ms: Some(1),
+                flagged: true,
+            }],
+            ..Default::default()
+        };
+        published.workers_json =
+            Bytes::from(serde_json::to_vec(&published.workers).expect("json"));
         tx.send_replace(Arc::new(published));
         (router(d), tx)
     }
@@ -562,7 +580,16 @@ mod tests {
             call(Method::GET, "/projects/8").await.0,
             StatusCode::NOT_FOUND
         );
-        assert_eq!(call(Method::GET, "/volunteers").await.0, StatusCode::OK);
+        let (status, _, html) = call(Method::GET, "/volunteers").await;
+        assert_eq!(status, StatusCode::OK);
+        // A worker throttled for repeated wrong results is flagged where everyone sees it.
+        assert!(html.contains("1 flagged: throttled to one unit a day"), "{html}");
+        assert!(
+            html.contains("<tr class=\"flagged\"><td title=\"abab"),
+            "{html}"
+        );
+        let (_, _, json) = call(Method::GET, "/api/workers").await;
+        assert!(json.contains("\"flagged\":true"), "{json}");
     }
 
     #[tokio::test]

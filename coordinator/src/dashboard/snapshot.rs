@@ -25,6 +25,8 @@ pub(crate) struct Capture {
     pub workers: Vec<(WorkerId, u64)>,
     /// Lease length: a worker silent for longer is offline.
     pub lease_ms: u64,
+    /// Workers throttled to one unit a day for repeated wrong or failed results.
+    pub flagged: Vec<WorkerId>,
 }
 
 /// One project's numbers.
@@ -122,6 +124,7 @@ impl Capture {
             at: now,
             projects: projects.into_values().collect(),
             workers: workers.collect(),
+            flagged: sched.flagged(),
             lease_ms,
         }
     }
@@ -314,6 +317,8 @@ pub(crate) struct Charts {
 pub(crate) struct Workers {
     pub generated_ms: u64,
     pub online: u64,
+    /// Workers flagged (throttled) for repeated wrong or failed results.
+    pub flagged: u64,
     pub workers: Vec<WorkerRow>,
     /// Workers grouped by platform.
     pub platforms: Vec<PlatformRow>,
@@ -333,6 +338,9 @@ pub(crate) struct WorkerRow {
     pub online: bool,
     /// Last heard from (Unix ms); absent when not since the coordinator started.
     pub last_seen_ms: Option<u64>,
+    /// Throttled to one unit a day after repeated wrong or failed results (BOINC's
+    /// punitive mode), so volunteers and operators can see who is being held back.
+    pub flagged: bool,
 }
 
 /// Workers of one platform.
