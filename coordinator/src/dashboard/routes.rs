@@ -516,8 +516,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        published.workers_json =
-            Bytes::from(serde_json::to_vec(&published.workers).expect("json"));
+        published.workers_json = Bytes::from(serde_json::to_vec(&published.workers).expect("json"));
         tx.send_replace(Arc::new(published));
         (router(d), tx)
     }
@@ -583,7 +582,10 @@ mod tests {
         let (status, _, html) = call(Method::GET, "/volunteers").await;
         assert_eq!(status, StatusCode::OK);
         // A worker throttled for repeated wrong results is flagged where everyone sees it.
-        assert!(html.contains("1 flagged: throttled to one unit a day"), "{html}");
+        assert!(
+            html.contains("1 flagged: throttled to one unit a day"),
+            "{html}"
+        );
         assert!(
             html.contains("<tr class=\"flagged\"><td title=\"abab"),
             "{html}"
