@@ -488,7 +488,7 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// After a failure: copies every process's whole log (the panic message shows only
-    /// their tails) to `target/tmp/failed-e2e/<dir>/`, and says where.
+    /// their tails) to `failed-e2e/<dir>/` under `CARGO_TARGET_TMPDIR`, and says where.
     fn keep_logs(&self) {
         let Some(name) = self.dir.path().file_name() else {
             return;
