@@ -176,7 +176,14 @@ const KERNELS: [Kernel; 4] = [
 /// Figure 2: each kernel natively vs in the sandbox (fuel on, production settings), and
 /// once more with fuel metering off to show what metering costs. Fails if the sandbox and
 /// the native build disagree on a single output byte.
-pub fn guest_speed(sandbox: &Sandbox, unmetered: &Sandbox, size: Size) -> anyhow::Result<Vec<Row>> {
+///
+/// `variants` are sandboxes with checks turned off, each shown as a diagnostic row with
+/// its label (fuel off; epoch checks off; both: what is left is Cranelift against LLVM).
+pub fn guest_speed(
+    sandbox: &Sandbox,
+    variants: &[(&str, &Sandbox)],
+    size: Size,
+) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for k in &KERNELS {
         let input = match size {
@@ -186,10 +193,19 @@ pub fn guest_speed(sandbox: &Sandbox, unmetered: &Sandbox, size: Size) -> anyhow
         .as_bytes();
         let limits = bench_limits(k.nan_canonicalization);
         let compiled = sandbox.compile(Digest::of(k.wasm), k.wasm, k.nan_canonicalization)?;
-        let free = unmetered.compile(Digest::of(k.wasm), k.wasm, k.nan_canonicalization)?;
+        let others = variants
+            .iter()
+            .map(|(label, sb)| {
+                Ok((
+                    *label,
+                    *sb,
+                    sb.compile(Digest::of(k.wasm), k.wasm, k.nan_canonicalization)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut native = Vec::new();
         let mut wasm = Vec::new();
-        let mut wasm_free = Vec::new();
+        let mut wasm_others = vec![Vec::new(); others.len()];
         let mut native_out = Vec::new();
         let mut wasm_out = Vec::new();
         // Interleaved, so drift in machine load hits both sides alike.
@@ -204,11 +220,12 @@ pub fn guest_speed(sandbox: &Sandbox, unmetered: &Sandbox, size: Size) -> anyhow
             wasm.push(t.elapsed());
             wasm_out = exec.output;
             if !k.nan_canonicalization {
-                let t = Instant::now();
-                unmetered
-                    .run(&free, input, [0; 32], &limits)
-                    .map_err(|f| anyhow::anyhow!("{} without fuel: {f}", k.name))?;
-                wasm_free.push(t.elapsed());
+                for ((label, sb, compiled), times) in others.iter().zip(&mut wasm_others) {
+                    let t = Instant::now();
+                    sb.run(compiled, input, [0; 32], &limits)
+                        .map_err(|f| anyhow::anyhow!("{} with {label}: {f}", k.name))?;
+                    times.push(t.elapsed());
+                }
             }
         }
         anyhow::ensure!(
@@ -234,11 +251,14 @@ pub fn guest_speed(sandbox: &Sandbox, unmetered: &Sandbox, size: Size) -> anyhow
             },
             met: (!k.nan_canonicalization).then_some(ratio <= 1.25),
         });
-        if !wasm_free.is_empty() {
-            let f = median(wasm_free);
+        for ((label, _, _), times) in others.iter().zip(wasm_others) {
+            if times.is_empty() {
+                continue;
+            }
+            let f = median(times);
             rows.push(Row {
                 figure: format!(
-                    "  … same, fuel metering off (cost of fuel: {:.2}x)",
+                    "  … same, {label} ({:.2}x faster than production settings)",
                     w.as_secs_f64() / f.as_secs_f64()
                 ),
                 measured: format!("{} in sandbox", fmt_duration(f)),
@@ -360,13 +380,29 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
             slots: 2,
             ..SandboxConfig::default()
         })?;
-        let unmetered = Sandbox::new(SandboxConfig {
-            slots: 2,
-            consume_fuel: false,
-            ..SandboxConfig::default()
-        })?;
+        let variant = |consume_fuel, epoch_interruption| {
+            Sandbox::new(SandboxConfig {
+                slots: 2,
+                consume_fuel,
+                epoch_interruption,
+                ..SandboxConfig::default()
+            })
+        };
+        let (no_fuel, no_epochs, bare) = (
+            variant(false, true)?,
+            variant(true, false)?,
+            variant(false, false)?,
+        );
         report.rows.push(unit_overhead(&sandbox, size)?);
-        report.rows.extend(guest_speed(&sandbox, &unmetered, size)?);
+        report.rows.extend(guest_speed(
+            &sandbox,
+            &[
+                ("fuel metering off", &no_fuel),
+                ("epoch checks off", &no_epochs),
+                ("fuel and epoch checks off", &bare),
+            ],
+            size,
+        )?);
     }
     if groups.contains(&"verification") {
         eprintln!("verification cost (trust simulation)...");

@@ -92,6 +92,11 @@ pub struct SandboxConfig {
     /// metering costs; without it `Execution::fuel` is 0 and only the wall clock stops a
     /// guest.
     pub consume_fuel: bool,
+    /// Check the epoch at every loop head and function entry. Default true, and always
+    /// true in coordinators and workers: it is how `wall_seconds` and pacing reach a
+    /// running guest. Only benchmarks turn it off, to show what those checks cost; a
+    /// guest then runs until it finishes or runs out of fuel.
+    pub epoch_interruption: bool,
 }
 
 impl Default for SandboxConfig {
@@ -102,6 +107,7 @@ impl Default for SandboxConfig {
             max_wasm_stack: 1 << 20,
             module_cache: 64,
             consume_fuel: true,
+            epoch_interruption: true,
         }
     }
 }
@@ -688,11 +694,23 @@ impl Flavour {
         // Threads are off because wasmtime is built without its `threads` feature: a module
         // with shared memory or atomics-wait fails validation at submit.
         c.consume_fuel(config.consume_fuel)
-            .epoch_interruption(true)
+            .epoch_interruption(config.epoch_interruption)
             .max_wasm_stack(config.max_wasm_stack)
             .wasm_relaxed_simd(false)
             .cranelift_nan_canonicalization(nan_canonicalization)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        // For profiling guest code: `FALLOW_WASM_PROFILER=jitdump perf record -k 1 ...`, then
+        // `perf inject --jit`, shows compiled guest functions by name (`perfmap` for symbols
+        // only). Off unless asked for; it changes nothing a guest can observe.
+        match std::env::var("FALLOW_WASM_PROFILER").as_deref() {
+            Ok("jitdump") => {
+                c.profiler(wasmtime::ProfilingStrategy::JitDump);
+            }
+            Ok("perfmap") => {
+                c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            _ => {}
+        }
         let engine = Engine::new(&c).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| Error::Engine(format!("{e:#}")))?;
