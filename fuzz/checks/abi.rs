@@ -49,9 +49,7 @@ pub fn check(sandbox: &Sandbox, compiled: &Compiled, data: &[u8]) {
     // takes milliseconds, so a timeout means this process was starved of CPU (a fuzzer at
     // idle priority beside a build hit it after 60 s). Inconclusive, not a finding; a run
     // that truly hangs in a host call is caught by libFuzzer's own `-timeout`.
-    let timed_out = |r: &Result<sandbox::Execution, protocol::Failure>| {
-        matches!(r, Err(f) if f.kind == FailureKind::Timeout)
-    };
+    let timed_out = |r: &Result<sandbox::Execution, protocol::Failure>| matches!(r, Err(f) if f.kind == FailureKind::Timeout);
     if timed_out(&first) || timed_out(&second) {
         return;
     }

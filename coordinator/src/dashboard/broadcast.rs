@@ -55,6 +55,9 @@ const FAILURES_SHOWN: usize = 20;
 /// only when credit moved (or every `LEADERBOARD_IDLE` for new accounts).
 const LEADERBOARD_EVERY: Duration = Duration::from_secs(2);
 const LEADERBOARD_IDLE: Duration = Duration::from_secs(30);
+/// ... and never more often than every this many times its last read took, so however
+/// many accounts there are, the leaderboard costs at most ~5 % of one core.
+const LEADERBOARD_SHARE: u32 = 20;
 
 /// What the broadcaster needs from the coordinator: implemented by the service.
 pub(crate) trait Source: Clone + Send + Sync + 'static {
@@ -123,6 +126,8 @@ struct Broadcaster {
     leaderboard: Leaderboard,
     leaderboard_credit: Option<u64>,
     leaderboard_read: Option<Instant>,
+    /// How long the last leaderboard read took.
+    leaderboard_took: Duration,
     charts_version: u64,
     /// A picture was left stale by its rate limit: build again soon even if nothing new
     /// is reported.
@@ -252,13 +257,17 @@ impl Broadcaster {
         let due = match self.leaderboard_read {
             None => true,
             Some(t) => {
-                (self.leaderboard_credit != Some(credit) && t.elapsed() >= LEADERBOARD_EVERY)
-                    || t.elapsed() >= LEADERBOARD_IDLE
+                let spacing = LEADERBOARD_EVERY.max(self.leaderboard_took * LEADERBOARD_SHARE);
+                (self.leaderboard_credit != Some(credit) && t.elapsed() >= spacing)
+                    || t.elapsed() >= LEADERBOARD_IDLE.max(spacing)
             }
         };
         if due {
-            self.leaderboard_read = Some(Instant::now());
-            match source.store().leaderboard().await {
+            let started = Instant::now();
+            self.leaderboard_read = Some(started);
+            let read = source.store().leaderboard().await;
+            self.leaderboard_took = started.elapsed();
+            match read {
                 Ok((accounts, teams)) => {
                     self.leaderboard_credit = Some(credit);
                     self.leaderboard = Leaderboard {
