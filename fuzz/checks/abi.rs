@@ -12,8 +12,9 @@
 use protocol::{Digest, FailureKind, Limits};
 use sandbox::{Compiled, Sandbox, SandboxConfig};
 
-/// Small enough that a run takes well under a millisecond, so the wall-clock watchdog
-/// (the one non-deterministic limit) never fires. 200,000 fuel and 4 MiB (the guest starts
+/// Small enough that a run takes about a millisecond, so the wall-clock watchdog (the one
+/// non-deterministic limit) fires only when the process is starved of CPU (see [`check`]).
+/// 200,000 fuel and 4 MiB (the guest starts
 /// with about 1.1 MiB) still let an input run out of either, while the fuzzer runs 3–4x as
 /// many inputs a second as with 2,000,000 fuel and 32 MiB: with more room it drifts to
 /// inputs that grow and touch memory or draw kilobytes of random bytes, which add little.
@@ -49,7 +50,9 @@ pub fn check(sandbox: &Sandbox, compiled: &Compiled, data: &[u8]) {
     // takes milliseconds, so a timeout means this process was starved of CPU (a fuzzer at
     // idle priority beside a build hit it after 60 s). Inconclusive, not a finding; a run
     // that truly hangs in a host call is caught by libFuzzer's own `-timeout`.
-    let timed_out = |r: &Result<sandbox::Execution, protocol::Failure>| matches!(r, Err(f) if f.kind == FailureKind::Timeout);
+    let timed_out = |r: &Result<sandbox::Execution, protocol::Failure>| {
+        r.as_ref().is_err_and(|f| f.kind == FailureKind::Timeout)
+    };
     if timed_out(&first) || timed_out(&second) {
         return;
     }
