@@ -10,19 +10,14 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::{Sandbox, SandboxConfig};
+use sandbox::Sandbox;
+
+#[path = "../checks/inspect.rs"]
+mod inspect;
 
 /// One sandbox for the whole run (engines and the watchdog thread are per process in the
-/// coordinator too). One small slot: inspect never instantiates.
-static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
-    Sandbox::new(SandboxConfig {
-        slots: 1,
-        max_memory_mb: 64,
-        module_cache: 1,
-        ..SandboxConfig::default()
-    })
-    .expect("the sandbox engine starts")
-});
+/// coordinator too).
+static SANDBOX: LazyLock<Sandbox> = LazyLock::new(inspect::sandbox);
 
 fuzz_target!(|data: &[u8]| {
     let _ = SANDBOX.inspect(data);

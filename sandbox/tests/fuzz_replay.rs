@@ -4,14 +4,14 @@
 //! so instead of a short libFuzzer run they are replayed here, in the ordinary test build:
 //! the committed seeds plus a few hundred inputs derived from them by a seeded generator
 //! (the same every run), checked with the very property the fuzz target checks
-//! (`fuzz/checks/abi.rs` is shared by `#[path]`). The long runs are `cargo fuzz`'s job.
+//! (`fuzz/checks/abi.rs` and `inspect.rs` are shared by `#[path]`). The long runs are `cargo fuzz`'s job.
 
 use std::path::{Path, PathBuf};
 
-use sandbox::{Sandbox, SandboxConfig};
-
 #[path = "../../fuzz/checks/abi.rs"]
 mod abi;
+#[path = "../../fuzz/checks/inspect.rs"]
+mod inspect;
 
 /// xorshift64*: inputs that are the same on every run, so a failure reproduces.
 struct Rng(u64);
@@ -111,13 +111,7 @@ fn abi_seeds_and_derived_call_lists_keep_the_host_honest() {
 
 #[test]
 fn inspect_refuses_mutated_modules_without_panicking() {
-    let sandbox = Sandbox::new(SandboxConfig {
-        slots: 1,
-        max_memory_mb: 64,
-        module_cache: 1,
-        ..SandboxConfig::default()
-    })
-    .expect("the sandbox engine starts");
+    let sandbox = inspect::sandbox();
     let mut inputs: Vec<Vec<u8>> = seeds("inspect").into_iter().map(|(_, b)| b).collect();
     // Real guests too: their mutations reach deeper than the small seeds' do.
     inputs.extend(
