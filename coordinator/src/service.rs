@@ -479,7 +479,10 @@ pub(crate) async fn run<S: Store>(
         .accept_http1(true)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Accepted sockets get TCP_NODELAY (tonic sets it only on sockets it binds
+            // itself): without it, a response written in two pieces (headers and data,
+            // then trailers) waits for the client's delayed ACK, ~40 ms on Linux.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 shutdown.await;
                 stop.cancel();

@@ -731,7 +731,9 @@ impl Attached {
                 tonic::transport::Server::builder()
                     .add_service(svc)
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        // TCP_NODELAY, as the coordinator's (see there).
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
                         stop.cancelled_owned(),
                     ),
             )

@@ -721,7 +721,7 @@ mod tests {
             tonic::transport::Server::builder()
                 .add_service(PeerService::new(host.clone()))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stop.clone().cancelled_owned(),
                 ),
         );
