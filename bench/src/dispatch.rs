@@ -22,6 +22,12 @@ const GOAL_MEMORY: u64 = 256 << 20;
 /// Figure 7's cost per unit counts as flat within this factor of the smallest fleet's.
 const FLAT_WITHIN: f64 = 1.2;
 
+/// Units a `fallow worker` asks for in one `RequestWork` in steady state: one to run now
+/// and its prefetch buffer's default depth (it asks when the buffer is empty).
+fn worker_request() -> u32 {
+    1 + worker::WorkerConfig::default().prefetch as u32
+}
+
 /// How big each coordinator measurement is.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
@@ -51,7 +57,7 @@ impl Plan {
                 concurrency: 8,
                 phase: Duration::from_millis(200),
                 repeats: 1,
-                units: 2_000,
+                units: 6_000,
                 memory_units: 2_000,
                 memory_workers: 20,
             },
@@ -61,7 +67,7 @@ impl Plan {
                 concurrency: 64,
                 phase: Duration::from_secs(4),
                 repeats: 3,
-                units: 100_000,
+                units: 150_000,
                 memory_units: 1_000_000,
                 memory_workers: 10_000,
             },
@@ -74,8 +80,16 @@ impl Plan {
 struct Dispatch {
     workers: usize,
     replication: u32,
-    /// Leases handed out per second in the assignment phase.
+    /// Leases handed out per second in the assignment phase (requests as `fallow worker`
+    /// makes them: [`worker_request`] units each).
     assigned: f64,
+    /// Leases handed out per second when each request asks for one unit.
+    assigned_single: f64,
+    /// Coordinator CPU time per lease, and cores it kept busy, in each assignment phase.
+    lease_cpu: (Duration, f64),
+    lease_cpu_single: (Duration, f64),
+    /// Coordinator CPU time per accepted certificate, and cores busy, in that phase.
+    certificate_cpu: (Duration, f64),
     /// Certificates accepted per second in the certification phase.
     certified: f64,
     /// Units assigned and certified per second over both phases.
@@ -123,7 +137,8 @@ fn mb(bytes: u64) -> String {
 }
 
 /// Measures one fleet of `workers` against a fresh coordinator: registration, then
-/// `plan.repeats` rounds of (assign for `plan.phase`, sign, certify everything).
+/// `plan.repeats` rounds of (assign for `plan.phase` with requests as `fallow worker` makes
+/// them, assign for half as long one unit per request, sign, certify everything).
 fn measure(
     exe: &Path,
     rt: &tokio::runtime::Runtime,
@@ -145,11 +160,17 @@ fn measure(
         load.submit_project(&server.token, plan.units, replication, replication)
             .await?;
         let registered = load.register(&fleet).await?;
-        let (mut assigned, mut certified, mut combined, mut cpu, mut busy) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut assigned, mut single, mut certified, mut combined, mut cpu, mut busy) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        // Per phase: coordinator CPU per operation, and cores busy.
+        let (mut per_lease, mut per_lease_single, mut per_certificate) =
+            (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..plan.repeats {
             let cpu0 = server.cpu()?;
-            let (leases, a) = load.assign(&fleet, plan.phase).await?;
+            let (mut leases, a) = load.assign(&fleet, plan.phase, worker_request()).await?;
+            let cpu_a = server.cpu()?;
+            let (one_each, a1) = load.assign(&fleet, plan.phase / 2, 1).await?;
+            leases.extend(one_each);
             let cpu1 = server.cpu()?;
             let certificates = load::sign(&fleet, &leases, replication as usize);
             let cpu2 = server.cpu()?;
@@ -157,8 +178,12 @@ fn measure(
             let cpu3 = server.cpu()?;
             anyhow::ensure!(c.count > 0, "no certificate accepted");
             let spent = (cpu1 - cpu0) + (cpu3 - cpu2);
-            let wall = a.elapsed + c.elapsed;
+            per_lease.push(phase_cost(cpu_a - cpu0, &a));
+            per_lease_single.push(phase_cost(cpu1 - cpu_a, &a1));
+            per_certificate.push(phase_cost(cpu3 - cpu2, &c));
+            let wall = a.elapsed + a1.elapsed + c.elapsed;
             assigned.push(a.rate());
+            single.push(a1.rate());
             certified.push(c.rate());
             combined.push(c.count as f64 / wall.as_secs_f64());
             cpu.push(spent.as_secs_f64() / c.count as f64);
@@ -168,6 +193,10 @@ fn measure(
             workers,
             replication,
             assigned: median_f64(assigned),
+            assigned_single: median_f64(single),
+            lease_cpu: median_cost(per_lease),
+            lease_cpu_single: median_cost(per_lease_single),
+            certificate_cpu: median_cost(per_certificate),
             certified: median_f64(certified),
             combined: median_f64(combined),
             cpu_per_unit: Duration::from_secs_f64(median_f64(cpu)),
@@ -177,6 +206,29 @@ fn measure(
     });
     server.stop()?;
     result
+}
+
+/// Coordinator CPU per operation of a timed phase, and the cores it kept busy.
+fn phase_cost(cpu: Duration, phase: &Timed) -> (f64, f64) {
+    (
+        cpu.as_secs_f64() / phase.count.max(1) as f64,
+        cpu.as_secs_f64() / phase.elapsed.as_secs_f64().max(1e-9),
+    )
+}
+
+/// The median CPU per operation over the rounds, with the cores busy of that round.
+fn median_cost(mut rounds: Vec<(f64, f64)>) -> (Duration, f64) {
+    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (cpu, busy) = rounds[rounds.len() / 2];
+    (Duration::from_secs_f64(cpu), busy)
+}
+
+/// "N µs coordinator CPU each, C cores busy".
+fn fmt_cost((cpu, busy): (Duration, f64)) -> String {
+    format!(
+        "{:.0} µs coordinator CPU each, {busy:.2} cores busy",
+        cpu.as_secs_f64() * 1e6
+    )
 }
 
 /// The transport reference: the echo service in its own process, the same connections and
@@ -236,16 +288,37 @@ pub fn dispatch_figures(exe: &Path, size: Size) -> anyhow::Result<Vec<Row>> {
             d.replication
         );
         rows.push(Row {
-            figure: format!("coordinator dispatch: replicas leased per second ({what})"),
-            measured: fmt_rate(d.assigned),
+            figure: format!(
+                "coordinator dispatch: replicas leased per second ({what}; up to {} units per `RequestWork`, as `fallow worker` asks)",
+                worker_request()
+            ),
+            measured: format!("{} ({})", fmt_rate(d.assigned), fmt_cost(d.lease_cpu)),
             reference: reference.clone(),
             ratio: Some(d.assigned / echo),
             goal: goal.clone(),
             met: Some(verdict(d.assigned)),
         });
         rows.push(Row {
+            figure: format!(
+                "  … same, one unit per `RequestWork` (a worker's first request, or `--prefetch 0`) ({what})"
+            ),
+            measured: format!(
+                "{} ({})",
+                fmt_rate(d.assigned_single),
+                fmt_cost(d.lease_cpu_single)
+            ),
+            reference: reference.clone(),
+            ratio: Some(d.assigned_single / echo),
+            goal: "diagnostic".into(),
+            met: None,
+        });
+        rows.push(Row {
             figure: format!("coordinator dispatch: certificates accepted per second ({what})"),
-            measured: fmt_rate(d.certified),
+            measured: format!(
+                "{} ({})",
+                fmt_rate(d.certified),
+                fmt_cost(d.certificate_cpu)
+            ),
             reference: reference.clone(),
             ratio: Some(d.certified / echo),
             goal: goal.clone(),

@@ -15,6 +15,8 @@
 //!   protobuf types); `server`: servers under test as child processes.
 //! - [`dashboard_load`]: the coordinator's dispatch throughput with 1,000 live dashboard
 //!   viewers against none, in one run.
+//! - [`endtoend`]: the share of a worker's CPU time spent in guest code, over the demo's
+//!   project with a coordinator and two workers in processes of their own.
 //! - [`latency`]: an interactive program's scheduling delay with the worker's guest
 //!   threads busy on every core at a 50 % CPU limit, against no worker, in one run.
 //! - [`Report`]: the printed table.
@@ -23,6 +25,7 @@
 
 pub mod dashboard_load;
 pub mod dispatch;
+pub mod endtoend;
 pub mod latency;
 mod load;
 pub mod server;
@@ -355,13 +358,14 @@ pub fn verification_cost(size: Size) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The groups of figures, for `--only`.
-pub const GROUPS: [&str; 6] = [
+pub const GROUPS: [&str; 7] = [
     "guest",
     "verification",
     "dispatch",
     "memory",
     "dashboard",
     "latency",
+    "endtoend",
 ];
 
 /// Runs every figure and returns the report. Guest code runs on this thread: call it from
@@ -423,6 +427,10 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
     if groups.contains(&"latency") {
         eprintln!("interactive latency beside a busy worker...");
         report.rows.extend(latency::rows(size)?);
+    }
+    if groups.contains(&"endtoend") {
+        eprintln!("end to end: guest share of worker CPU...");
+        report.rows.extend(endtoend::rows(exe, size)?);
     }
     Ok(report)
 }

@@ -3,10 +3,11 @@
 //! bench that touches generated protobuf types.
 //!
 //! Each simulated worker has its own ed25519 identity and account, registers with a signed
-//! [`protocol::Registration`], asks for one unit at a time (as `fallow worker` does), and
-//! certifies each unit with real signed claims. A measurement has two timed phases with an
-//! untimed one between them, so that each timed phase costs the client one RPC per
-//! operation, exactly like the echo reference it is compared with:
+//! [`protocol::Registration`], asks for work as `fallow worker` does in steady state (one
+//! unit to run and enough to refill its prefetch buffer in one `RequestWork`) or one unit at
+//! a time, and certifies each unit with real signed claims. A measurement has timed phases
+//! with an untimed one between them, so that each timed phase costs the client one RPC per
+//! request, like the echo reference it is compared with:
 //! 1. [`Load::assign`]: every worker asks for work in turn until a deadline;
 //! 2. [`sign`] (untimed): the claims for what was leased are signed;
 //! 3. [`Load::certify`]: every certificate is submitted.
@@ -261,12 +262,13 @@ impl Load {
             .collect()
     }
 
-    /// Workers ask for one unit each, in turn, until `duration` has passed or the queue is
-    /// empty; returns every lease handed out.
+    /// Workers ask for up to `per_request` units each, in turn, until `duration` has passed
+    /// or the queue is empty; returns every lease handed out.
     pub async fn assign(
         &self,
         fleet: &Arc<Fleet>,
         duration: Duration,
+        per_request: u32,
     ) -> anyhow::Result<(Vec<Lease>, Timed)> {
         let concurrency = self.concurrency.min(fleet.len()).max(1);
         let started = Instant::now();
@@ -284,7 +286,7 @@ impl Load {
                         let r = client
                             .request_work(pb::WorkRequest {
                                 public_key: fleet.keys[i].clone(),
-                                max_units: 1,
+                                max_units: per_request,
                                 ..Default::default()
                             })
                             .await
@@ -469,7 +471,8 @@ pub async fn serve_echo(
     tonic::transport::Server::builder()
         .add_service(EchoServer::new(EchoService))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY, as the coordinator's sockets.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop,
         )
         .await?;

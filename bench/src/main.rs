@@ -9,15 +9,25 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these groups of figures (comma-separated): guest, verification, dispatch,
-    /// memory, dashboard, latency. Default: all.
+    /// memory, dashboard, latency, endtoend. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Internal: serve `coordinator` or `echo` as a server under test, until stdin closes.
+    /// Internal: serve `coordinator`, `echo` or `worker` as a process under test, until
+    /// stdin closes.
     #[arg(long, hide = true)]
     serve: Option<String>,
-    /// Internal: the coordinator's data directory with `--serve coordinator`.
+    /// Internal: the data directory with `--serve coordinator` or `--serve worker`.
     #[arg(long, hide = true)]
     data: Option<std::path::PathBuf>,
+    /// Internal: the coordinator URL with `--serve worker`.
+    #[arg(long, hide = true)]
+    coordinator: Option<String>,
+    /// Internal: the submitter key a `--serve worker` runs projects of.
+    #[arg(long, hide = true)]
+    submitter: Option<protocol::SubmitterKey>,
+    /// Internal: the account of a `--serve worker`.
+    #[arg(long, hide = true)]
+    account: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,8 +38,23 @@ fn main() -> anyhow::Result<()> {
             return bench::server::serve(bench::server::Role::Coordinator { data });
         }
         (Some("echo"), None) => return bench::server::serve(bench::server::Role::Echo),
+        (Some("worker"), Some(data)) => {
+            let (Some(coordinator), Some(submitter), Some(account)) =
+                (args.coordinator, args.submitter, args.account)
+            else {
+                anyhow::bail!("--serve worker needs --coordinator, --submitter and --account");
+            };
+            return bench::endtoend::serve_worker(bench::endtoend::WorkerRole {
+                data,
+                coordinator,
+                submitter,
+                account,
+            });
+        }
         (Some(role), _) => {
-            anyhow::bail!("--serve {role}: expected coordinator --data DIR, or echo")
+            anyhow::bail!(
+                "--serve {role}: expected coordinator --data DIR, echo, or worker --data DIR ..."
+            )
         }
     }
     let size = if args.quick {

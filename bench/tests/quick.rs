@@ -20,6 +20,7 @@ fn quick_benchmarks_run_and_native_matches_the_sandbox() {
         "scaling: 10 workers",
         "coordinator memory after a restart",
         "interactive 1 ms sleep, median oversleep",
+        "end to end: guest share of worker CPU, the demo project",
     ] {
         assert!(table.contains(figure), "no {figure:?} row in\n{table}");
     }
