@@ -485,3 +485,122 @@ fn host_calls_with_wild_arguments_get_errnos_or_trap_the_same_way_every_time() {
         run(sb, hostile::ABICALL, &call(17, 0, 0xfffff, 0), too_big).expect_err("too large");
     assert_eq!(failed.kind, FailureKind::CheckpointTooLarge, "{failed:?}");
 }
+
+/// A module that writes to stdout the words it finds at `ADDRESSES` in its 3 MiB memory,
+/// then leaves a marker at each: a memory slot reused by the next execution must not show
+/// them. The addresses straddle [`KEEP_RESIDENT`] (reset by `memset` below it, handed
+/// back to the kernel above it).
+fn peeker() -> Vec<u8> {
+    const ADDRESSES: [i32; 4] = [
+        100,
+        KEEP_RESIDENT as i32 - 8,
+        KEEP_RESIDENT as i32 + 4096,
+        0x2F_0000,
+    ];
+    fn uleb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn const_i32(v: i32, out: &mut Vec<u8>) {
+        out.push(0x41);
+        let mut v = i64::from(v);
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn name(s: &str, out: &mut Vec<u8>) {
+        uleb(s.len() as u32, out);
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        uleb(body.len() as u32, out);
+        out.extend_from_slice(body);
+    }
+    const STORE: [u8; 3] = [0x36, 2, 0];
+    const LOAD: [u8; 3] = [0x28, 2, 0];
+    let mut code = vec![0]; // no locals
+    // The iovec at 0: 16 bytes from 16.
+    for (at, value) in [(0, 16), (4, 4 * ADDRESSES.len() as i32)] {
+        const_i32(at, &mut code);
+        const_i32(value, &mut code);
+        code.extend(STORE);
+    }
+    for (i, address) in ADDRESSES.iter().enumerate() {
+        const_i32(16 + 4 * i as i32, &mut code);
+        const_i32(*address, &mut code);
+        code.extend(LOAD);
+        code.extend(STORE);
+    }
+    // fd_write(1, iovs 0, 1 iovec, nwritten at 8), result dropped.
+    for v in [1, 0, 1, 8] {
+        const_i32(v, &mut code);
+    }
+    code.extend([0x10, 0, 0x1a]);
+    for address in ADDRESSES {
+        const_i32(address, &mut code);
+        const_i32(0x5eed_5eed, &mut code);
+        code.extend(STORE);
+    }
+    code.push(0x0b);
+
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(
+        1,
+        &[2, 0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f, 0x60, 0, 0],
+        &mut m,
+    );
+    let mut imports = vec![1];
+    name("wasi_snapshot_preview1", &mut imports);
+    name("fd_write", &mut imports);
+    imports.extend([0, 0]);
+    section(2, &imports, &mut m);
+    section(3, &[1, 1], &mut m);
+    section(5, &[1, 0, 48], &mut m); // 48 pages: 3 MiB
+    let mut exports = vec![2];
+    name("memory", &mut exports);
+    exports.extend([2, 0]);
+    name("_start", &mut exports);
+    exports.extend([0, 1]);
+    section(7, &exports, &mut m);
+    let mut body = Vec::new();
+    uleb(code.len() as u32, &mut body);
+    body.extend(code);
+    let mut codes = vec![1];
+    codes.extend(body);
+    section(10, &codes, &mut m);
+    m
+}
+
+#[test]
+fn a_reused_memory_slot_shows_nothing_of_the_previous_execution() {
+    // One slot, so every execution reuses the same pooled memory.
+    let sb = Sandbox::new(SandboxConfig {
+        slots: 1,
+        max_memory_mb: 16,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let wasm = peeker();
+    for round in 0..3 {
+        let out = run(&sb, &wasm, b"", limits()).expect("runs").output;
+        assert_eq!(
+            out,
+            vec![0; 16],
+            "round {round}: the memory held what an earlier execution left"
+        );
+    }
+}
