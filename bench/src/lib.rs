@@ -141,7 +141,7 @@ struct Kernel {
     nan_canonicalization: bool,
 }
 
-const KERNELS: [Kernel; 4] = [
+const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "primes",
         wasm: artifacts::PRIMES,
@@ -165,6 +165,22 @@ const KERNELS: [Kernel; 4] = [
         quick: "0 0 128 96 512 384 2000\n",
         full: "0 0 512 384 512 384 2000\n",
         nan_canonicalization: false,
+    },
+    Kernel {
+        name: "n-body",
+        wasm: artifacts::NBODY,
+        native: nbody::compute,
+        quick: "100000\n",
+        full: "1000000\n",
+        nan_canonicalization: false,
+    },
+    Kernel {
+        name: "n-body, NaN canonicalization on",
+        wasm: artifacts::NBODY,
+        native: nbody::compute,
+        quick: "100000\n",
+        full: "1000000\n",
+        nan_canonicalization: true,
     },
     Kernel {
         name: "mandelbrot, NaN canonicalization on",

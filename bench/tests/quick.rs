@@ -15,6 +15,7 @@ fn quick_benchmarks_run_and_native_matches_the_sandbox() {
     for figure in [
         "per-unit sandbox overhead",
         "guest speed: primes",
+        "guest speed: n-body",
         "verification cost: executions per verified unit",
         "coordinator dispatch: certificates accepted per second",
         "scaling: 10 workers",

@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("mandelbrot", &["mandelbrot"]),
     ("primes", &["primes"]),
     ("pi", &["pi"]),
+    ("nbody", &["nbody"]),
     ("sum", &["sum"]),
     ("pi-reduce", &["pi-reduce"]),
     ("collatz", &["collatz"]),

@@ -32,6 +32,11 @@ pub const PRIMES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/primes.wasm"
 /// `<hits> <samples>\n`.
 pub const PI: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pi.wasm"));
 
+/// The Sun and the Jovian planets, `steps` symplectic Euler steps of 0.01 in double
+/// precision. Input: `steps` (1 to 10^9); output: `<energy before> <energy after> <bits
+/// of the energy after, hex>\n`.
+pub const NBODY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nbody.wasm"));
+
 /// Reducer: sums integer unit outputs; output `N\n`.
 pub const SUM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sum.wasm"));
 
