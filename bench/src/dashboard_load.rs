@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
 use protocol::{Claim, Digest, Identity, Limits, ProjectId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -359,20 +358,7 @@ async fn submit(url: &str, token: &str, units: usize) -> anyhow::Result<ProjectI
         signatures: None,
     };
     spec.sign(&protocol::Identity::generate()?);
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(url.to_string())
-        .await?
-        .max_encoding_message_size(256 << 20);
-    let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let id = client
-        .submit_project(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("submit: {}", s.message()))?
-        .into_inner()
-        .project_id;
-    Ok(ProjectId(id))
+    crate::load::submit(&mut crate::load::coordinator(url).await?, token, spec).await
 }
 
 #[cfg(test)]

@@ -23,11 +23,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
 use protocol::{Identity, Limits, SubmitterKey};
 use tokio_util::sync::CancellationToken;
 
+use crate::load;
 use crate::server::{Role, Server};
 use crate::{Row, Size};
 
@@ -270,30 +270,11 @@ async fn submit_and_wait(
     workers: &mut [WorkerProcess],
 ) -> anyhow::Result<(u64, Duration)> {
     let total = spec.units.len() as u64;
-    let mut client = pb::coordinator_client::CoordinatorClient::connect(url.to_string())
-        .await?
-        .max_encoding_message_size(64 << 20);
+    let mut client = load::coordinator(url).await?;
     let started = Instant::now();
-    let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let project_id = client
-        .submit_project(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("submit: {}", s.message()))?
-        .into_inner()
-        .project_id;
+    let project = load::submit(&mut client, token, spec).await?;
     loop {
-        let status = client
-            .list_projects(pb::ListProjectsRequest { project_id })
-            .await
-            .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?
-            .into_inner()
-            .projects
-            .into_iter()
-            .next()
-            .context("the coordinator lost the project")?;
+        let status = load::progress(&mut client, project).await?;
         if status.finished {
             if status.verified != total {
                 bail!(

@@ -71,6 +71,68 @@ pub struct Lease {
     unit: u64,
 }
 
+/// A client of the coordinator at `url` that may send a submission of any size the
+/// coordinator takes.
+pub(crate) async fn coordinator(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+    Ok(CoordinatorClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?
+        .max_encoding_message_size(256 << 20))
+}
+
+/// Submits the signed `spec` with the submit `token`; returns the project's id.
+pub(crate) async fn submit(
+    client: &mut CoordinatorClient<Channel>,
+    token: &str,
+    spec: ProjectSpec,
+) -> anyhow::Result<ProjectId> {
+    let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let id = client
+        .submit_project(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("SubmitProject: {}", s.message()))?
+        .into_inner()
+        .project_id;
+    Ok(ProjectId(id))
+}
+
+/// Where a project stands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Progress {
+    /// No unit is left to settle.
+    pub finished: bool,
+    /// Units verified and failed.
+    pub verified: u64,
+    pub failed: u64,
+    /// Executions so far.
+    pub executions: u64,
+}
+
+/// The progress of project `id`.
+pub(crate) async fn progress(
+    client: &mut CoordinatorClient<Channel>,
+    id: ProjectId,
+) -> anyhow::Result<Progress> {
+    let status = client
+        .list_projects(pb::ListProjectsRequest { project_id: id.0 })
+        .await
+        .map_err(|s| anyhow::anyhow!("ListProjects: {}", s.message()))?
+        .into_inner()
+        .projects
+        .into_iter()
+        .next()
+        .with_context(|| format!("the coordinator has no project {}", id.0))?;
+    Ok(Progress {
+        finished: status.finished,
+        verified: status.verified,
+        failed: status.failed,
+        executions: status.executions,
+    })
+}
+
 /// A certificate ready to submit.
 pub struct Certificate(pb::CertificateSubmission);
 
@@ -182,18 +244,8 @@ impl Load {
         // Signed before the clock starts: signing is the submitter's cost, not dispatch.
         spec.sign(&protocol::Identity::generate()?);
         let started = Instant::now();
-        let mut request = tonic::Request::new(pb::SubmitProjectRequest::from(spec));
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let id = self
-            .client(0)
-            .submit_project(request)
-            .await
-            .context("SubmitProject")?
-            .into_inner()
-            .project_id;
-        Ok((ProjectId(id), started.elapsed()))
+        let id = submit(&mut self.client(0), token, spec).await?;
+        Ok((id, started.elapsed()))
     }
 
     /// Registers every worker of `fleet` (each with its own account and a peer address, as
