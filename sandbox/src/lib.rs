@@ -28,8 +28,7 @@ mod host;
 pub use checkpoint::{Checkpoint, Proceed};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::{Digest, Failure, FailureKind, Limits};
@@ -222,7 +221,7 @@ pub struct Sandbox {
     cache: Mutex<HashMap<(Digest, bool), Compiled>>,
     cache_limit: usize,
     consume_fuel: bool,
-    stop_ticker: Arc<AtomicBool>,
+    watchdog: Arc<Watchdog>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -233,7 +232,78 @@ impl std::fmt::Debug for Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
+        self.watchdog.lock().stop = true;
+        self.watchdog.wake.notify_one();
+    }
+}
+
+/// The wall-clock watchdog's shared state. Its thread ticks every engine's epoch each
+/// [`EPOCH_TICK`] while at least one guest runs, and waits on `wake` while none does: an
+/// idle worker on a volunteer's laptop costs no wake-ups (it used to tick 100 times a
+/// second whether or not anything ran).
+#[derive(Default)]
+struct Watchdog {
+    state: Mutex<WatchState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// Executions under way ([`Running`] guards alive).
+    running: usize,
+    /// Set when the [`Sandbox`] is dropped: the thread ends.
+    stop: bool,
+    /// Whether the thread is waiting for a guest to start (tests look at this).
+    parked: bool,
+    /// Ticks so far (tests look at this).
+    ticks: u64,
+}
+
+impl Watchdog {
+    fn lock(&self) -> MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks an execution as running until the guard drops, waking the thread if it slept.
+    fn enter(self: &Arc<Self>) -> Running {
+        let mut s = self.lock();
+        s.running += 1;
+        if s.running == 1 {
+            self.wake.notify_one();
+        }
+        Running(self.clone())
+    }
+
+    /// The thread's loop.
+    fn watch(&self, engines: [Engine; 2]) {
+        let mut s = self.lock();
+        loop {
+            if s.stop {
+                return;
+            }
+            if s.running == 0 {
+                s.parked = true;
+                s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.parked = false;
+                continue;
+            }
+            drop(s);
+            std::thread::sleep(EPOCH_TICK);
+            for e in &engines {
+                e.increment_epoch();
+            }
+            s = self.lock();
+            s.ticks += 1;
+        }
+    }
+}
+
+/// One execution's hold on the [`Watchdog`].
+struct Running(Arc<Watchdog>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
     }
 }
 
@@ -253,19 +323,12 @@ impl Sandbox {
                 .map(|(module, name, _)| (module.to_string(), name.to_string()))
                 .collect()
         };
-        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let watchdog = Arc::new(Watchdog::default());
         let engines = [plain.engine.clone(), canonical.engine.clone()];
-        let stop = stop_ticker.clone();
+        let watch = watchdog.clone();
         std::thread::Builder::new()
             .name("fallow-watchdog".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    for e in &engines {
-                        e.increment_epoch();
-                    }
-                }
-            })
+            .spawn(move || watch.watch(engines))
             .map_err(|e| Error::Engine(format!("cannot start watchdog thread: {e}")))?;
         Ok(Sandbox {
             plain,
@@ -274,7 +337,7 @@ impl Sandbox {
             cache: Mutex::new(HashMap::new()),
             cache_limit: config.module_cache.max(1),
             consume_fuel: config.consume_fuel,
-            stop_ticker,
+            watchdog,
         })
     }
 
@@ -535,6 +598,7 @@ impl Sandbox {
         let mut segment = resumed_from;
         let mut current = resume;
         let mut fuel_here = 0u64;
+        let _running = self.watchdog.enter();
         loop {
             let before = current.as_ref().map_or(0, |c| c.fuel);
             let (host, pipes) = Host::new(input, seed, limits, current.as_ref());

@@ -110,6 +110,54 @@ fn the_wall_clock_watchdog_stops_a_guest_with_fuel_to_spare() {
     assert_eq!(got, Some(FailureKind::Timeout), "{reason}");
 }
 
+/// Waits (up to 10 s) until the watchdog thread waits for a guest; returns its tick count.
+fn parked_ticks(sb: &Sandbox) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = sb.watchdog.lock();
+        if s.parked {
+            return s.ticks;
+        }
+        drop(s);
+        assert!(Instant::now() < deadline, "the watchdog never went idle");
+        std::thread::sleep(EPOCH_TICK);
+    }
+}
+
+#[test]
+fn the_watchdog_sleeps_while_no_guest_runs_and_wakes_for_one() {
+    let sb = Sandbox::new(SandboxConfig {
+        slots: 1,
+        max_memory_mb: 32,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let idle = parked_ticks(&sb);
+    std::thread::sleep(EPOCH_TICK * 5);
+    assert_eq!(
+        parked_ticks(&sb),
+        idle,
+        "the watchdog ticked with nothing running"
+    );
+    // Only the watchdog's ticks can stop a guest with fuel to spare: it woke up. (The
+    // fuel, seconds' worth, ends the test should the watchdog sleep through the run.)
+    let limits = Limits {
+        fuel: 20_000_000_000,
+        wall_seconds: 1,
+        ..limits()
+    };
+    let failure = run(&sb, hostile::SPIN, b"", limits).expect_err("spins until stopped");
+    assert_eq!(failure.kind, FailureKind::Timeout, "{failure}");
+    let after = parked_ticks(&sb);
+    assert!(after > idle, "the watchdog did not tick while a guest ran");
+    std::thread::sleep(EPOCH_TICK * 5);
+    assert_eq!(
+        parked_ticks(&sb),
+        after,
+        "the watchdog ticked after the guest ended"
+    );
+}
+
 #[test]
 fn an_honest_guest_is_bit_exact_and_reports_identical_fuel() {
     let sb = sandbox_ref();
