@@ -535,12 +535,16 @@ fn host_calls_with_wild_arguments_get_errnos_or_trap_the_same_way_every_time() {
 }
 
 /// A module that writes to stdout the words it finds at `ADDRESSES` in its 3 MiB memory,
-/// then leaves a marker at each: a memory slot reused by the next execution must not show
-/// them. The addresses straddle [`KEEP_RESIDENT`] (reset by `memset` below it, handed
-/// back to the kernel above it).
+/// then fills all of it with 0xAB (every page written: more than [`KEEP_RESIDENT`] holds,
+/// so wasmtime's page-by-page reset cannot take them all) and leaves a marker at each
+/// address: a memory slot reused by the next execution must show none of it. The
+/// addresses straddle [`KEEP_RESIDENT`] (reset in place below it, handed back to the
+/// kernel above it).
 fn peeker() -> Vec<u8> {
-    const ADDRESSES: [i32; 4] = [
+    const ADDRESSES: [i32; 6] = [
         100,
+        0x10_0000,
+        0x18_0000,
         KEEP_RESIDENT as i32 - 8,
         KEEP_RESIDENT as i32 + 4096,
         0x2F_0000,
@@ -598,6 +602,11 @@ fn peeker() -> Vec<u8> {
         const_i32(v, &mut code);
     }
     code.extend([0x10, 0, 0x1a]);
+    // memory.fill(0, 0xAB, 3 MiB)
+    for v in [0, 0xAB, 3 << 20] {
+        const_i32(v, &mut code);
+    }
+    code.extend([0xfc, 11, 0]);
     for address in ADDRESSES {
         const_i32(address, &mut code);
         const_i32(0x5eed_5eed, &mut code);
@@ -647,7 +656,7 @@ fn a_reused_memory_slot_shows_nothing_of_the_previous_execution() {
         let out = run(&sb, &wasm, b"", limits()).expect("runs").output;
         assert_eq!(
             out,
-            vec![0; 16],
+            vec![0; 24],
             "round {round}: the memory held what an earlier execution left"
         );
     }
