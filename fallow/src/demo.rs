@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use coordinator::scheduler::TRUST_AFTER;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
@@ -142,7 +143,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         if cores == 1 { "" } else { "s" }
     );
     println!(
-        "every tile runs on 2 independent workers and counts only when their signed results match."
+        "every tile runs on 2 independent workers and counts only when their signed results match;"
+    );
+    println!(
+        "a worker with {TRUST_AFTER} results confirmed by others earns tiles of its own, secretly spot-checked (adaptive replication)."
     );
     if liar {
         println!("worker 0 lies: it corrupts every output it produces.");
@@ -188,6 +192,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         status.executions as f64 / status.verified.max(1) as f64,
         status.replication,
         status.quorum
+    );
+    println!(
+        "  solo tiles          {} (run by one trusted worker; {} more secretly spot-checked)",
+        status.solo, status.spot_checks
     );
     println!(
         "  disputes            {} (disagreeing results that needed an extra replica)",

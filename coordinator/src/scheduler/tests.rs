@@ -275,6 +275,25 @@ fn a_returned_unit_goes_to_another_worker_without_counting_an_execution() {
 }
 
 #[test]
+fn handing_back_a_unit_verified_meanwhile_changes_nothing() {
+    // A worker shutting down hands back what it still holds, including a unit it ran and
+    // voted on that its peers' certificate has verified meanwhile: its replica stays as
+    // it was and the execution still counts.
+    let mut s = setup(1, 2, 2, 4);
+    assert_eq!(units(s.assign(id(1), 1, 0)), vec![UnitId(0)]);
+    assert_eq!(units(s.assign(id(2), 1, 0)), vec![UnitId(0)]);
+    let cert = certify(&mut s, 0, &[1, 2], b"out");
+    assert!(matches!(cert, Ok(Some(_))), "{cert:?}");
+    assert_eq!(s.project(P).map(|p| p.stats.executions), Some(2));
+    let changes = s.give_back(id(1), UnitId(0));
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(
+        s.project(P).map(|p| (p.stats.executions, p.stats.verified)),
+        Some((2, 1))
+    );
+}
+
+#[test]
 fn workers_that_handed_a_unit_back_can_take_it_again() {
     // Two replicas wanted, and only two workers: both hand the unit back (a work buffer
     // that could not start it in time), and then both must still be able to run it.
