@@ -146,7 +146,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "every tile runs on 2 independent workers and counts only when their signed results match;"
     );
     println!(
-        "a worker with {TRUST_AFTER} results confirmed by others earns tiles of its own, secretly spot-checked (adaptive replication)."
+        "a worker whose last {TRUST_AFTER} results others confirmed earns tiles of its own, secretly spot-checked (adaptive replication)."
     );
     if liar {
         println!("worker 0 lies: it corrupts every output it produces.");
