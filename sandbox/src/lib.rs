@@ -120,7 +120,8 @@ pub const GUEST_THREAD_STACK: usize = 8 << 20;
 /// instead of being handed back to the kernel (`madvise`), whose page-table teardown and
 /// TLB shootdown (an interrupt to every core) were over half of a short unit's cost. Only
 /// the pages the guest wrote are reset where Linux has `PAGEMAP_SCAN` (6.7+; `memset` of
-/// the whole region otherwise): 2.6x less per-unit overhead again (BENCHMARKS.md).
+/// the whole region otherwise): 2.6x less per-unit overhead for a guest that writes little,
+/// 1.7x more for one that writes every page of this region (BENCHMARKS.md).
 const KEEP_RESIDENT: usize = 2 << 20;
 /// The same for tables.
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
