@@ -13,6 +13,76 @@
 //! commits before it can learn which. A solo result is accepted and remembered as
 //! unchecked; any mismatch (or proven equivocation) drops the worker's trust to zero and
 //! re-opens every unchecked result it had in that project for re-verification by others.
+//!
+//! # Placement
+//! Colluding accounts that hold every replica reaching a unit's quorum get their agreed
+//! wrong answer accepted, so who gets a unit's next replica must not follow *when* they
+//! ask. Handing it to whoever asked next (first in, first out) let two accounts asking
+//! back-to-back hold both replicas of every unit the first of them opened. Instead:
+//!
+//! - Fresh units (no replica yet) wait in a FIFO queue: who takes a first replica does not
+//!   matter. A unit that has had a replica and wants another (its first replica is out, a
+//!   dispute or a lost lease wants one more, it was re-opened) waits in the **open pool**
+//!   (no longer at the back of the queue, behind every fresh unit).
+//! - Each lease is drawn with the scheduler's OS-seeded generator: uniformly one of
+//!   `max(P, s)` slots, `P` being the pool's size and the **spread** `s` the number of
+//!   *other* workers that asked for work in the last lease period (at least 1). A slot
+//!   below `P` is that open unit, any other the next fresh unit; with no fresh unit left,
+//!   one of the `P`. A unit the worker may not take (the clash rule: never two replicas of
+//!   a unit to one worker, account or network; a reservation, below) is drawn again, up to
+//!   [`DRAW_ATTEMPTS`] times. So a lease costs O(1) whatever the pool's size.
+//! - So a unit's next replica goes to one of about the next `s` requests, each as likely
+//!   as the others, and about `s / 2` units are open at a time. The `k` requests that an
+//!   adversary sends right after it took a unit's first replica get its second with
+//!   probability about `k / s`: with `s` the number of other workers, that is its share of
+//!   the fleet, the chance it has anyway. The price: a unit's replicas start about one
+//!   request of each other worker apart (TRUST.md measures time to verify).
+//!
+//! The bound: an adversary whose accounts are a fraction `f` of the workers asking for work,
+//! and that ask no faster than the others, holds all `q` replicas of a unit with probability
+//! about `f^q`; timing its requests (all of them right after its first replica) at most
+//! doubles each later factor, `≤ f·(2f)^(q−1)`: `2f²` for `q = 2`. A colluding pair among
+//! `W` workers asking back-to-back holds both replicas of about `3/W²` of the units (`2/W²`
+//! by share alone; first in, first out gave it every unit the first of them opened). What
+//! it does not bound: accounts that take more work than the others (they do not compute,
+//! so they can ask faster) raise `f` to their share of the leases, up to the per-worker
+//! rate limits; and when no fresh unit is left (the end of a project), a unit that lost its
+//! live replicas (lease expired, handed back, failed) or was re-opened goes to one of the
+//! next `P` requests for the `P` units still open, so a few colluders asking back-to-back
+//! take such a unit's replicas with probability about `k / P` each.
+//!
+//! # Trust shapes placement
+//! A worker is **established** in a project once it has [`ESTABLISHED_AFTER`] consecutive
+//! results there confirmed by another account (its `Trust`; an offence or a failure where
+//! others succeeded resets it). While the rule applies, a unit's next replica is
+//! **reserved** for an established worker whenever a worker that is not established could
+//! complete a quorum with no established worker in it: the votes for one result with no
+//! established voter, plus the running replicas of workers that are not established (they
+//! may agree with anything), plus one more, reach the unit's `required`. With quorum 2 that
+//! is every unit whose first replica went to a new worker, and every dispute a new worker
+//! could settle with another. So brand-new accounts, however many, cannot decide a unit
+//! among themselves: to lie they need established accounts, each of which costs
+//! [`ESTABLISHED_AFTER`] honest results confirmed by others and loses the status on its
+//! first offence.
+//!
+//! The rule applies in a project while at least half of the workers that asked for work
+//! lately (this lease period or the last) are established there: only then can they take
+//! a replica of every unit the others open (below half, they cannot, and new workers would
+//! sit idle). So a new deployment, a new project, or a fleet of mostly new volunteers works
+//! as before, and the rule starts once half the fleet has its record; an adversary can
+//! switch it off only by bringing as many new accounts as the fleet has established ones,
+//! where the share bound above (`f ≥ 1/2`) already says little. A reservation lapses if no
+//! established worker takes the replica within one lease period (their accounts or
+//! networks clash with the unit's, they do not accept the project, or too few ask); then
+//! anyone may, as before.
+//!
+//! Why at placement rather than after the votes (let a quorum of new workers agree, then
+//! ask one more replica of an established worker): workers certify with exactly `quorum`
+//! agreeing claims (`protocol::quorum`), so a third agreeing claim need never reach the
+//! coordinator and such a unit could wait for ever; and every such unit would cost an
+//! execution more. Reserving costs no execution, only a wait for an established asker, and
+//! nothing is persisted: a reservation is derived from the votes, the replicas and the
+//! trust table whenever a request looks at the unit.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -58,8 +128,21 @@ pub fn spot_check_probability(consecutive: u32, threshold: u32, error_bound: f64
     (1.0 - error_bound / worst).clamp(SPOT_CHECK_FLOOR, 1.0)
 }
 
-/// How far into the pending queue one work request looks for a unit this worker may take.
+/// How far into the fresh queue, and into the open pool, one work request looks for units
+/// this worker may take.
 const SCAN_LIMIT: usize = 4096;
+
+/// Random draws from the open pool one lease may make before it settles for a fresh unit
+/// (or, with none left, looks through the pool): draws that hit units the worker may not
+/// take are drawn again.
+const DRAW_ATTEMPTS: usize = 16;
+
+/// Consecutive results confirmed by another account after which a worker is established in
+/// a project: while the trust rule applies there, a replica that could complete a quorum of
+/// workers none of them established is reserved for an established one (see the module
+/// doc, `# Trust shapes placement`). The same record [`TRUST_AFTER`] asks of a worker
+/// before it runs units alone.
+pub const ESTABLISHED_AFTER: u32 = TRUST_AFTER;
 
 /// A project as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -207,6 +290,12 @@ pub(crate) struct Unit {
     replicas: Vec<Replica>,
     /// Revealed claims received so far, one per worker (dropped once verified).
     votes: BTreeMap<WorkerId, Claim>,
+    /// Listed in the scheduler's open pool.
+    pooled: bool,
+    /// Until when its next replica is reserved for an established worker: set when a
+    /// request first finds it reserved, cleared when an established worker takes a replica;
+    /// once passed, anyone may take its replicas until then. In memory only.
+    hold_until: Option<u64>,
 }
 
 impl Unit {
@@ -463,7 +552,14 @@ pub struct Scheduler {
     units: UnitTable,
     /// Verified units restored in someone's unchecked window: kept whole at start-up.
     pinned: HashSet<UnitId>,
+    /// Fresh units, first in first out.
     queue: VecDeque<UnitId>,
+    /// Units that have had a replica and want another, in no order (see `# Placement`);
+    /// entries of units that no longer want one are dropped when a request meets them.
+    open: Vec<UnitId>,
+    /// Who asked for work lately: the spread of the open-pool draw, and whether the trust
+    /// rule applies.
+    askers: Askers,
     leases: BinaryHeap<Reverse<(u64, UnitId)>>,
     lease_ms: u64,
     workers: HashMap<WorkerId, (Arc<str>, Option<Arc<str>>)>,
@@ -474,6 +570,160 @@ pub struct Scheduler {
     /// (unit, worker) pairs whose votes no longer count: the worker was caught changing
     /// its answer for that unit.
     disqualified: HashSet<(UnitId, WorkerId)>,
+}
+
+/// Distinct workers that asked for work in the current lease period and how many did in
+/// the one before (counts that never need a scan), in all and per project among those
+/// established there.
+#[derive(Debug, Default)]
+struct Askers {
+    since: u64,
+    all: Recent,
+    established: HashMap<ProjectId, Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    current: HashSet<WorkerId>,
+    previous: usize,
+}
+
+impl Recent {
+    fn roll(&mut self, recent: bool) {
+        self.previous = if recent { self.current.len() } else { 0 };
+        self.current.clear();
+    }
+
+    fn count(&self) -> usize {
+        self.current.len().max(self.previous)
+    }
+}
+
+impl Askers {
+    /// `worker` asked at `now`, established in `projects`.
+    fn saw(
+        &mut self,
+        worker: WorkerId,
+        now: u64,
+        period: u64,
+        projects: impl Iterator<Item = ProjectId>,
+    ) {
+        let period = period.max(1);
+        if now >= self.since.saturating_add(period) {
+            let recent = now < self.since.saturating_add(period.saturating_mul(2));
+            self.all.roll(recent);
+            self.established.retain(|_, r| {
+                r.roll(recent);
+                r.previous > 0
+            });
+            self.since = now;
+        }
+        self.all.current.insert(worker);
+        for p in projects {
+            self.established
+                .entry(p)
+                .or_default()
+                .current
+                .insert(worker);
+        }
+    }
+
+    /// Workers that asked lately.
+    fn count(&self) -> usize {
+        self.all.count()
+    }
+
+    /// Whether the trust rule applies in `project`: at least half the workers that asked
+    /// lately are established there, so they can take the replicas it reserves.
+    fn rule_active(&self, project: ProjectId) -> bool {
+        let established = self.established.get(&project).map_or(0, Recent::count);
+        established > 0 && 2 * established >= self.count()
+    }
+}
+
+/// The worker a request is for, as placement sees it.
+struct Asker<'a> {
+    worker: WorkerId,
+    account: &'a Arc<str>,
+    /// Its network, when replicas must come from different networks.
+    subnet: Option<&'a Arc<str>>,
+    accept: &'a dyn Fn(&Project) -> bool,
+}
+
+/// Whether a worker may take an open unit.
+enum Open {
+    Yes,
+    No,
+    /// The unit wants no replica any more.
+    Gone,
+}
+
+/// Where one request's walk through the fresh queue stands.
+#[derive(Debug, Default)]
+struct FreshScan {
+    /// Queue entries looked at.
+    looked: usize,
+    /// No fresh unit left for this request.
+    exhausted: bool,
+    /// Units of projects the worker does not accept, to put back in order.
+    kept: Vec<UnitId>,
+}
+
+fn established(
+    trust: &HashMap<(WorkerId, ProjectId), Trust>,
+    worker: WorkerId,
+    project: ProjectId,
+) -> bool {
+    trust
+        .get(&(worker, project))
+        .is_some_and(|t| t.consecutive >= ESTABLISHED_AFTER)
+}
+
+/// Whether one more replica from a worker that is not established could complete a quorum
+/// of `unit` in which no worker is established: the votes of some result with no
+/// established voter, plus every running replica of a worker that is not established
+/// (it may agree with anything), plus that one, reach `required`.
+fn needs_established(unit: &Unit, trust: &HashMap<(WorkerId, ProjectId), Trust>) -> bool {
+    let is_established = |w: WorkerId| established(trust, w, unit.project);
+    let running = unit
+        .replicas
+        .iter()
+        .filter(|r| {
+            r.state == AssignmentState::Active
+                && !unit.votes.contains_key(&r.worker)
+                && !is_established(r.worker)
+        })
+        .count() as u32;
+    let mut best = 0;
+    if !unit.votes.is_empty() {
+        // Per result: voters, and whether one of them is established.
+        let mut groups: BTreeMap<(Digest, u64), (u32, bool)> = BTreeMap::new();
+        for c in unit.votes.values() {
+            let g = groups.entry((c.digest, c.fuel)).or_default();
+            g.0 += 1;
+            g.1 |= is_established(c.worker);
+        }
+        best = groups
+            .values()
+            .filter(|g| !g.1)
+            .map(|g| g.0)
+            .max()
+            .unwrap_or(0);
+    }
+    best + running + 1 >= unit.required
+}
+
+/// Whether `unit` may not go to a worker of `account` (and `subnet`, when networks must
+/// differ): a replica of one of them is already there. A replica handed back unrun does
+/// not count: its worker (or another of its account or network) may take the unit again,
+/// or a small fleet whose workers handed a unit back could never give it its replicas.
+fn clash(unit: &Unit, worker: WorkerId, account: &Arc<str>, subnet: Option<&Arc<str>>) -> bool {
+    unit.replicas.iter().any(|r| {
+        r.state != AssignmentState::Returned
+            && (r.worker == worker
+                || r.account == *account
+                || (subnet.is_some() && r.subnet.as_ref() == subnet))
+    })
 }
 
 /// The full state of unit `id`, expanding a compact slot (a free function, so callers can
@@ -501,6 +751,8 @@ fn full<'a>(
                 required: quorum,
                 replicas: Vec::new(),
                 votes: BTreeMap::new(),
+                pooled: false,
+                hold_until: None,
             })
         }
     };
@@ -639,19 +891,26 @@ impl Scheduler {
                 }
             })
             .collect();
-        let unit = Unit {
+        let mut unit = Unit {
             project,
             status,
             target,
             required: required.max(1),
             replicas,
             votes: votes.into_iter().map(|c| (c.worker, c)).collect(),
+            pooled: false,
+            hold_until: None,
         };
         if unit.live() > 0 {
             self.leases.push(Reverse((until, id)));
         }
         if unit.wants_replica() {
-            self.queue.push_back(id);
+            if unit.replicas.is_empty() && unit.votes.is_empty() {
+                self.queue.push_back(id);
+            } else {
+                unit.pooled = true;
+                self.open.push(id);
+            }
         }
         self.units.insert(id, Slot::Full(Box::new(unit)));
     }
@@ -774,9 +1033,26 @@ impl Scheduler {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Uniformly one of `0..n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next_random() * n as f64) as usize).min(n.saturating_sub(1))
+    }
+
+    /// Lists a unit that wants another replica in the open pool (once).
+    fn pool(&mut self, id: UnitId) {
+        if let Some(Slot::Full(u)) = self.units.get_mut(id)
+            && !u.pooled
+        {
+            u.pooled = true;
+            self.open.push(id);
+        }
+    }
+
     /// Leases up to `max` units to `worker`, never two replicas of one unit to the same
-    /// worker, account or (unless on loopback) network prefix. Replicas of one unit go out
-    /// together so its quorum forms quickly. A throttled worker gets one unit per day.
+    /// worker, account or (unless on loopback) network prefix. Each unit is drawn at random
+    /// between the open units it may take and the next fresh one (see the module doc,
+    /// `# Placement`), so when it asks does not decide which units it shares with whom. A
+    /// throttled worker gets one unit per day. Leases come sorted by unit id.
     pub fn assign(&mut self, worker: WorkerId, max: usize, now: u64) -> Assigned {
         self.assign_from(worker, max, now, &|_| true)
     }
@@ -800,98 +1076,222 @@ impl Scheduler {
         } else {
             max
         };
+        let trust = &self.trust;
+        let established_in = self
+            .projects
+            .values()
+            .filter(|p| !p.finished() && established(trust, worker, p.id) && accept(p))
+            .map(|p| p.id);
+        self.askers.saw(worker, now, self.lease_ms, established_in);
+        let spread = self.askers.count().saturating_sub(1).max(1);
         let (account, subnet) = self.identity_of(worker);
         let subnet = subnet.filter(|_| self.distinct_subnets);
-        let mut kept = VecDeque::new();
-        let mut scanned = 0;
-        while out.leases.len() < max && scanned < SCAN_LIMIT {
+        let who = Asker {
+            worker,
+            account: &account,
+            subnet: subnet.as_ref(),
+            accept,
+        };
+        let mut fresh = FreshScan::default();
+        while out.leases.len() < max {
+            let id = match self.draw(&who, spread, fresh.exhausted, now) {
+                Some(id) => id,
+                None if fresh.exhausted => break,
+                None => match self.next_fresh(accept, &mut fresh) {
+                    Some(id) => id,
+                    None => continue, // none left: the next draw is from the pool only
+                },
+            };
+            self.lease(id, worker, &account, &subnet, now, &mut out);
+        }
+        // Fresh units this worker may not take keep their place at the front.
+        while let Some(id) = fresh.kept.pop() {
+            self.queue.push_front(id);
+        }
+        out.leases.sort_by_key(|l| l.unit);
+        if !out.leases.is_empty() {
+            self.standing.entry(worker).or_default().last_unit_at = now;
+        }
+        out
+    }
+
+    /// One draw for a lease (module doc, `# Placement`): uniformly one of `max(pool, spread)`
+    /// slots, a slot past the pool meaning "a fresh unit" (`None`); with no fresh unit left,
+    /// one of the pool's units. A slot holding a unit `who` may not take is drawn again, up to
+    /// [`DRAW_ATTEMPTS`] times; then, with fresh units left, a fresh one, else a look through
+    /// the first [`SCAN_LIMIT`] pool entries for any unit it may take. O(1) per lease
+    /// unless most of the pool is closed to `who`.
+    fn draw(&mut self, who: &Asker<'_>, spread: usize, no_fresh: bool, now: u64) -> Option<UnitId> {
+        for _ in 0..DRAW_ATTEMPTS {
+            let len = self.open.len();
+            let slots = if no_fresh { len } else { len.max(spread) };
+            if slots == 0 {
+                return None;
+            }
+            let i = self.below(slots);
+            if i >= len {
+                return None;
+            }
+            match self.open_for(i, who, now) {
+                Open::Yes => return Some(self.open[i]),
+                Open::No => {}
+                Open::Gone => {
+                    self.open.swap_remove(i);
+                }
+            }
+        }
+        if !no_fresh {
+            return None;
+        }
+        let mut candidates = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() && i < SCAN_LIMIT {
+            match self.open_for(i, who, now) {
+                Open::Yes => candidates.push(self.open[i]),
+                Open::No => {}
+                Open::Gone => {
+                    self.open.swap_remove(i);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let pick = self.below(candidates.len());
+        Some(candidates[pick])
+    }
+
+    /// Whether `who` may take the unit at `open[i]`; [`Open::Gone`] if it wants no replica
+    /// any more (its pool entry is to be dropped).
+    fn open_for(&mut self, i: usize, who: &Asker<'_>, now: u64) -> Open {
+        let Some(Slot::Full(unit)) = self.units.get_mut(self.open[i]) else {
+            return Open::Gone; // settled and compacted
+        };
+        if !unit.wants_replica() {
+            unit.pooled = false;
+            return Open::Gone;
+        }
+        let Some(project) = self.projects.get(&unit.project) else {
+            return Open::No;
+        };
+        if clash(unit, who.worker, who.account, who.subnet) || !(who.accept)(project) {
+            return Open::No;
+        }
+        if self.askers.rule_active(project.id)
+            && !established(&self.trust, who.worker, project.id)
+            && needs_established(unit, &self.trust)
+            && now < *unit.hold_until.get_or_insert(now + self.lease_ms)
+        {
+            return Open::No; // reserved for an established worker
+        }
+        Open::Yes
+    }
+
+    /// The next fresh unit from the queue whose project `accept`s, if any within the scan
+    /// limit; units of other projects are set aside in `scan.kept`.
+    fn next_fresh(
+        &mut self,
+        accept: &dyn Fn(&Project) -> bool,
+        scan: &mut FreshScan,
+    ) -> Option<UnitId> {
+        while !scan.exhausted && scan.looked < SCAN_LIMIT {
             let Some(id) = self.queue.pop_front() else {
                 break;
             };
-            scanned += 1;
-            if matches!(self.units.get(id), None | Some(Slot::Verified(_))) {
-                continue; // settled: drop from the queue
+            scan.looked += 1;
+            let project = match self.units.get(id) {
+                None | Some(Slot::Verified(_)) => continue, // settled: drop from the queue
+                Some(slot) => slot.project(),
+            };
+            if !self.projects.get(&project).is_some_and(accept) {
+                scan.kept.push(id);
+                continue;
             }
             let Some(unit) = full(&mut self.units, &self.projects, id) else {
                 continue;
             };
             if !unit.wants_replica() {
-                continue; // settled or fully replicated: drop from the queue
+                continue; // settled: drop from the queue
             }
-            // A replica handed back unrun does not count: its worker (or another of its
-            // account or network) may take the unit again, or a small fleet whose workers
-            // handed a unit back could never give it its replicas.
-            let clash = unit.replicas.iter().any(|r| {
-                r.state != AssignmentState::Returned
-                    && (r.worker == worker
-                        || r.account == account
-                        || (subnet.is_some() && r.subnet.is_some() && r.subnet == subnet))
-            }) || !self.projects.get(&unit.project).is_some_and(accept);
-            if clash {
-                kept.push_back(id);
+            if !unit.replicas.is_empty() || !unit.votes.is_empty() {
+                self.pool(id); // not fresh after all: drawn like every open unit
                 continue;
             }
-            let fresh = unit.replicas.is_empty() && unit.votes.is_empty();
-            let project = unit.project;
-            let plan = if fresh {
-                self.plan(worker, project)
-            } else {
-                None
-            };
-            let until = now + self.lease_ms;
-            let Some(unit) = full(&mut self.units, &self.projects, id) else {
-                continue;
-            };
-            if let Some((target, required)) = plan {
-                unit.target = target;
-                unit.required = required;
-                out.changes.push(Change::Plan {
-                    unit: id,
-                    target,
-                    required,
-                });
-            }
-            match unit.replicas.iter_mut().find(|r| r.worker == worker) {
-                // Its own handed-back replica comes back to life (one row per unit and
-                // worker, in memory as in the store).
-                Some(r) => {
-                    r.state = AssignmentState::Active;
-                    r.lease_until = until;
-                    r.failure = None;
-                    r.account = account.clone();
-                    r.subnet = subnet.clone();
-                }
-                None => unit.replicas.push(Replica {
-                    worker,
-                    state: AssignmentState::Active,
-                    lease_until: until,
-                    failure: None,
-                    account: account.clone(),
-                    subnet: subnet.clone(),
-                }),
-            }
-            if unit.wants_replica() {
-                // Its next replica must go to another worker: keep it at the front.
-                kept.push_back(id);
-            }
-            self.leases.push(Reverse((until, id)));
-            if let Some(p) = self.projects.get_mut(&project) {
-                p.stats.executions += 1;
-            }
-            out.leases.push(Lease {
+            return Some(id);
+        }
+        scan.exhausted = true;
+        None
+    }
+
+    /// Leases unit `id` (which it may take) to `worker`.
+    fn lease(
+        &mut self,
+        id: UnitId,
+        worker: WorkerId,
+        account: &Arc<str>,
+        subnet: &Option<Arc<str>>,
+        now: u64,
+        out: &mut Assigned,
+    ) {
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
+            return;
+        };
+        let fresh = unit.replicas.is_empty() && unit.votes.is_empty();
+        let project = unit.project;
+        let plan = if fresh {
+            self.plan(worker, project)
+        } else {
+            None
+        };
+        let until = now + self.lease_ms;
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
+            return;
+        };
+        if let Some((target, required)) = plan {
+            unit.target = target;
+            unit.required = required;
+            out.changes.push(Change::Plan {
                 unit: id,
-                project,
-                until,
+                target,
+                required,
             });
         }
-        // Units this worker could not take keep their place at the front.
-        while let Some(id) = kept.pop_back() {
-            self.queue.push_front(id);
+        if established(&self.trust, worker, project) {
+            unit.hold_until = None; // a reservation served: the next one waits anew
         }
-        if !out.leases.is_empty() {
-            self.standing.entry(worker).or_default().last_unit_at = now;
+        match unit.replicas.iter_mut().find(|r| r.worker == worker) {
+            // Its own handed-back replica comes back to life (one row per unit and
+            // worker, in memory as in the store).
+            Some(r) => {
+                r.state = AssignmentState::Active;
+                r.lease_until = until;
+                r.failure = None;
+                r.account = account.clone();
+                r.subnet = subnet.clone();
+            }
+            None => unit.replicas.push(Replica {
+                worker,
+                state: AssignmentState::Active,
+                lease_until: until,
+                failure: None,
+                account: account.clone(),
+                subnet: subnet.clone(),
+            }),
         }
-        out
+        if unit.wants_replica() {
+            self.pool(id); // its next replica goes to a later request, drawn at random
+        }
+        self.leases.push(Reverse((until, id)));
+        if let Some(p) = self.projects.get_mut(&project) {
+            p.stats.executions += 1;
+        }
+        out.leases.push(Lease {
+            unit: id,
+            project,
+            until,
+        });
     }
 
     /// For a fresh unit whose first replica goes to `worker`: run it solo, or secretly
@@ -953,7 +1353,7 @@ impl Scheduler {
         settled
     }
 
-    /// Expires every lease that ran out before `now`; the units go back to the queue.
+    /// Expires every lease that ran out before `now`; the units go back to the open pool.
     pub fn expire(&mut self, now: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         while let Some(Reverse((until, id))) = self.leases.peek().copied() {
@@ -1304,7 +1704,7 @@ impl Scheduler {
             );
             self.fail_unit(id, reason, changes);
         } else if full(&mut self.units, &self.projects, id).is_some_and(|u| u.wants_replica()) {
-            self.queue.push_back(id);
+            self.pool(id);
         }
         Ok(Verdict::Recorded)
     }
@@ -1532,7 +1932,7 @@ impl Scheduler {
             revoke,
             required,
         });
-        self.queue.push_back(id);
+        self.pool(id);
     }
 
     fn active_replica(&mut self, worker: WorkerId, id: UnitId) -> Option<&mut Replica> {
@@ -1546,7 +1946,7 @@ impl Scheduler {
     }
 
     /// After a replica stopped counting: fail the unit if it used all its executions,
-    /// otherwise queue it for another replica.
+    /// otherwise put it in the open pool for another replica.
     fn after_loss(&mut self, id: UnitId, changes: &mut Vec<Change>) {
         let Some(unit) = full(&mut self.units, &self.projects, id) else {
             return;
@@ -1576,7 +1976,7 @@ impl Scheduler {
             );
             self.fail_unit(id, reason, changes);
         } else if unit.wants_replica() {
-            self.queue.push_back(id);
+            self.pool(id);
         }
     }
 

@@ -84,6 +84,11 @@ pub struct Scenario {
     pub forgers: f64,
     /// A network partition between even and odd workers over this window (ms).
     pub partition: Option<(u64, u64)>,
+    /// The colluders steer placement by request timing: they run every unit for the same
+    /// time, so they are idle together, and then ask for work one right after the other
+    /// (an instant after the first, before any honest worker), hoping the second gets the
+    /// unit whose first replica the first just took.
+    pub back_to_back: bool,
 }
 
 impl Scenario {
@@ -100,6 +105,7 @@ impl Scenario {
             crashers: 0.0,
             forgers: 0.0,
             partition: None,
+            back_to_back: false,
         }
     }
 
@@ -124,8 +130,20 @@ impl Scenario {
                 ..base.clone()
             },
             Scenario {
+                name: "colluding pair asking back-to-back",
+                colluders: 2,
+                back_to_back: true,
+                ..base.clone()
+            },
+            Scenario {
                 name: "Sybil: one adversary, 10% of accounts",
                 colluders: workers / 10,
+                ..base.clone()
+            },
+            Scenario {
+                name: "Sybil, 10%, asking back-to-back",
+                colluders: workers / 10,
+                back_to_back: true,
                 ..base.clone()
             },
             Scenario {
@@ -169,6 +187,9 @@ pub struct Report {
     pub wrong_accepted: u64,
     /// Wrong results that were accepted at some point and later re-opened and corrected.
     pub corrected: u64,
+    /// Units at least two of whose replicas were leased, all to colluders: the units
+    /// whose every vote the adversary cast.
+    pub held_by_colluders: u64,
     /// Cheating workers (liars, colluders, copiers).
     pub cheaters: u64,
     /// Of those, caught (trust reset or throttled).
@@ -272,6 +293,11 @@ struct Sim {
     report: Report,
     verified: BTreeMap<UnitId, Digest>,
     first_lease: HashMap<UnitId, u64>,
+    /// Per unit: replicas leased, and how many of them to colluders.
+    holders: HashMap<UnitId, (u32, u32)>,
+    /// The order in which workers ask for work each tick (colluders asking back-to-back
+    /// are consecutive in it).
+    order: Vec<usize>,
     verify_times: Vec<u64>,
     ever_wrong: BTreeSet<UnitId>,
     partition: Option<(u64, u64)>,
@@ -373,6 +399,17 @@ pub fn run(s: &Scenario) -> Report {
             submitted: BTreeSet::new(),
         });
     }
+    // Everyone asks in slot order; colluders asking back-to-back ask together, where the
+    // first of them stands.
+    let colluder = |i: &usize| workers[*i].kind == Kind::Colluder;
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    for i in 0..n {
+        if !s.back_to_back || !colluder(&i) {
+            order.push(i);
+        } else if !(0..i).any(|j| colluder(&j)) {
+            order.extend((i..n).filter(colluder));
+        }
+    }
     let mut sim = Sim {
         sched,
         workers,
@@ -385,6 +422,8 @@ pub fn run(s: &Scenario) -> Report {
         },
         verified: BTreeMap::new(),
         first_lease: HashMap::new(),
+        holders: HashMap::new(),
+        order,
         verify_times: Vec::new(),
         ever_wrong: BTreeSet::new(),
         partition: s.partition,
@@ -413,8 +452,9 @@ impl Sim {
             let changes = self.sched.expire(now);
             self.after(changes);
             let crash_p = if s.crashers > 0.0 { 0.2 } else { 0.0 };
-            for i in 0..self.workers.len() {
-                self.step_worker(i, now, crash_p);
+            for k in 0..self.order.len() {
+                let i = self.order[k];
+                self.step_worker(i, now, crash_p, s.back_to_back);
             }
             if now % POLL_MS == 0 {
                 for i in 0..self.workers.len() {
@@ -434,7 +474,7 @@ impl Sim {
         }
     }
 
-    fn step_worker(&mut self, i: usize, now: u64, crash_p: f64) {
+    fn step_worker(&mut self, i: usize, now: u64, crash_p: f64, back_to_back: bool) {
         let w = &self.workers[i];
         if w.down_until > now {
             return;
@@ -464,10 +504,15 @@ impl Sim {
         let a = self.sched.assign(self.workers[i].id, 1, now);
         for lease in a.leases {
             self.first_lease.entry(lease.unit).or_insert(now);
-            let speed = if self.workers[i].kind == Kind::Copier {
-                100 // does no work
-            } else {
-                500 + self.rng.next() % 1500
+            let kind = self.workers[i].kind;
+            let held = self.holders.entry(lease.unit).or_default();
+            held.0 += 1;
+            held.1 += u32::from(kind == Kind::Colluder);
+            let speed = match kind {
+                Kind::Copier => 100, // does no work
+                // The honest mean, the same for all of them: idle together, ask together.
+                Kind::Colluder if back_to_back => 1_250,
+                _ => 500 + self.rng.next() % 1500,
             };
             let w = &mut self.workers[i];
             w.book.hold(lease.unit, 2);
@@ -759,6 +804,11 @@ impl Sim {
                 r.wrong_accepted += 1;
             }
         }
+        r.held_by_colluders = self
+            .holders
+            .values()
+            .filter(|(all, colluders)| *all >= 2 && colluders == all)
+            .count() as u64;
         r.corrected = self
             .ever_wrong
             .iter()
@@ -802,7 +852,7 @@ fn reason_name(r: Reason) -> &'static str {
 /// Formats reports as a Markdown table.
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| scenario | units | verified | executions / verified | wrong accepted | corrected later | cheaters caught | honest penalised | mean / p95 time to verify (sim s) | gossip bytes / unit | board rejections | coordinator rejections |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | units | verified | executions / verified | wrong accepted | corrected later | held wholly by colluders | cheaters caught | honest penalised | mean / p95 time to verify (sim s) | gossip bytes / unit | board rejections | coordinator rejections |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         let rejections: Vec<String> = r
@@ -812,7 +862,7 @@ pub fn table(reports: &[Report]) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         out.push_str(&format!(
-            "| {} | {} | {}{} | {:.3} | {} | {} | {}/{} | {} | {:.1} / {:.1} | {:.0} | {} | {} |\n",
+            "| {} | {} | {}{} | {:.3} | {} | {} | {} | {}/{} | {} | {:.1} / {:.1} | {:.0} | {} | {} |\n",
             r.name,
             r.units,
             r.verified,
@@ -820,6 +870,7 @@ pub fn table(reports: &[Report]) -> String {
             r.executions_per_verified(),
             r.wrong_accepted,
             r.corrected,
+            r.held_by_colluders,
             r.caught,
             r.cheaters,
             r.honest_penalised,

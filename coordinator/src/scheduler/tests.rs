@@ -515,12 +515,12 @@ fn trusted_workers_run_most_units_alone_and_cannot_tell() {
                 .expect("valid")
                 .expect("solo verified");
         } else {
-            // Worker 3 asks next and gets the spot check (the assignment to worker 1
-            // looked the same).
-            let other = units(s.assign(id(3), 1, 0));
+            // Worker 2, the only other worker, gets the spot check (the assignment to
+            // worker 1 looked the same).
+            let other = units(s.assign(id(2), 1, 0));
             checked += 1;
-            assert_eq!(other, [unit], "a spot check goes to the next worker");
-            certify(&mut s, unit.0, &[1, 3], b"ok")
+            assert_eq!(other, [unit], "a spot check goes to another worker");
+            certify(&mut s, unit.0, &[1, 2], b"ok")
                 .expect("valid")
                 .expect("verified");
         }
@@ -550,12 +550,13 @@ fn a_caught_liar_loses_trust_and_its_unchecked_results_are_reverified() {
             solo_units.push(unit);
             continue;
         }
-        let a3 = s.assign(id(3), 1, 0);
-        assert_eq!(units(a3), [unit], "{:?}", a.changes);
+        // Worker 2, the only other worker, gets the spot check.
+        let a2 = s.assign(id(2), 1, 0);
+        assert_eq!(units(a2), [unit], "{:?}", a.changes);
         certify(&mut s, unit.0, &[1], b"lie").expect("recorded");
         let cert = Certificate {
             unit,
-            claims: vec![claim(3, unit.0, b"ok")],
+            claims: vec![claim(2, unit.0, b"ok")],
         };
         let out = s.submit(&cert, Some(b"ok")).expect("valid");
         assert_eq!(
@@ -703,4 +704,240 @@ fn a_worker_is_leased_only_units_of_projects_it_accepts() {
     // Project 1's units were kept in the queue for others.
     assert_eq!(units(s.assign(id(2), 10, 0)).len(), 4);
     assert!(units(s.assign_from(id(3), 10, 0, &|_| false)).is_empty());
+}
+
+/// Two colluding accounts that always ask right after each other, each time just after
+/// two honest workers asked (the three honest workers take turns, so each asks less often
+/// than a colluder). Returns, for `units` units with replication 2, the fraction of units
+/// whose two replicas both went to the colluders and the fraction of the units a colluder
+/// held whose other replica was the other colluder's.
+fn back_to_back(units: u64, seed: u64) -> (f64, f64) {
+    let mut s = Scheduler::new(LEASE, seed);
+    s.add_project(project(units, 2, 2, 5));
+    for u in 0..units {
+        s.add_unit(
+            UnitId(u),
+            P,
+            UnitStatus::Pending,
+            2,
+            2,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+    }
+    let (a, b, honest) = (1u8, 2u8, [3u8, 4, 5]);
+    for n in [a, b].iter().chain(&honest) {
+        s.register(id(*n), &info(&format!("account-{n}"), None));
+    }
+    let mut holders: HashMap<UnitId, Vec<u8>> = HashMap::new();
+    let mut now = 0;
+    for round in 0.. {
+        now += 10;
+        let mut leased = 0;
+        for n in [honest[(2 * round) % 3], honest[(2 * round + 1) % 3], a, b] {
+            for lease in s.assign(id(n), 1, now).leases {
+                holders.entry(lease.unit).or_default().push(n);
+                leased += 1;
+            }
+        }
+        if leased == 0 {
+            break;
+        }
+    }
+    let colluder = |n: &u8| *n == a || *n == b;
+    let both = holders
+        .values()
+        .filter(|h| h.len() == 2 && h.iter().all(colluder))
+        .count();
+    let touched = holders.values().filter(|h| h.iter().any(colluder)).count();
+    assert_eq!(holders.len() as u64, units, "every unit placed");
+    assert!(holders.values().all(|h| h.len() == 2), "two replicas each");
+    (
+        both as f64 / units as f64,
+        both as f64 / touched.max(1) as f64,
+    )
+}
+
+#[test]
+fn colluders_asking_back_to_back_do_not_get_both_replicas() {
+    // Each colluder takes a quarter of the replicas, each honest worker a sixth: by share
+    // alone, a unit's two replicas are the two colluders' with probability about
+    // 2 · 1/4 · 1/3 ≈ 17 %, and a unit a colluder holds has the other colluder on it with
+    // probability about 1/3. Handing the next replica to whoever asks next gave the second
+    // colluder every unit the first took: half of all units, and all of theirs.
+    for seed in [7, 8, 9] {
+        let (all, theirs) = back_to_back(2_000, seed);
+        assert!(all < 0.25, "seed {seed}: {:.1} % of units", all * 100.0);
+        assert!(
+            theirs < 0.45,
+            "seed {seed}: {:.1} % of the colluders' units",
+            theirs * 100.0
+        );
+        println!(
+            "seed {seed}: both replicas to the colluders: {:.1} % of units, {:.1} % of theirs",
+            all * 100.0,
+            theirs * 100.0
+        );
+    }
+}
+
+#[test]
+fn a_unit_a_worker_opens_goes_to_a_random_next_asker() {
+    // Five workers in turn, one unit each: a unit's second replica must not always go to
+    // the worker asking right after the first (it goes to any of the next few askers).
+    let mut s = setup(1_000, 2, 2, 5);
+    let mut first: HashMap<UnitId, u8> = HashMap::new();
+    let (mut next, mut later) = (0, 0);
+    let mut previous = 0u8;
+    for turn in 0..1_000u64 {
+        let n = (turn % 5) as u8 + 1;
+        for unit in units(s.assign(id(n), 1, turn)) {
+            match first.get(&unit) {
+                None => {
+                    first.insert(unit, n);
+                }
+                Some(&by) if by == previous => next += 1,
+                Some(_) => later += 1,
+            }
+        }
+        previous = n;
+    }
+    assert!(next + later > 400, "{next} {later}");
+    assert!(
+        next * 2 < next + later,
+        "the next asker got {next} of {} second replicas",
+        next + later
+    );
+}
+
+/// Workers 1 and 2 earn an established record in `P` together (with only two workers,
+/// each unit's second replica goes to the other).
+fn established_pair(units_total: u64) -> Scheduler {
+    let mut s = setup(units_total, 2, 2, 5);
+    for u in 0..u64::from(ESTABLISHED_AFTER) {
+        assert_eq!(units(s.assign(id(1), 1, 0)), [UnitId(u)]);
+        assert_eq!(units(s.assign(id(2), 1, 0)), [UnitId(u)]);
+        certify(&mut s, u, &[1, 2], b"ok")
+            .expect("valid")
+            .expect("verified");
+    }
+    s
+}
+
+#[test]
+fn brand_new_accounts_cannot_decide_a_unit_together_while_established_ones_are_active() {
+    let mut s = established_pair(100);
+    let now = 100;
+    // The established workers ask for work (each takes a replica of one fresh unit).
+    let mut by_established = units(s.assign(id(1), 1, now));
+    by_established.extend(units(s.assign(id(2), 1, now)));
+    // Two brand-new accounts: half the askers are established, so the rule applies. The
+    // second replica of a unit a new account opened is for an established worker only.
+    let a3 = units(s.assign(id(3), 5, now));
+    let a4 = units(s.assign(id(4), 10, now));
+    assert_eq!((a3.len(), a4.len()), (5, 10));
+    assert!(a3.iter().all(|u| !a4.contains(u)), "{a3:?} {a4:?}");
+    assert!(a3.iter().chain(&a4).all(|u| !by_established.contains(u)));
+    // An established worker takes them all (among others).
+    let a2 = units(s.assign(id(2), 100, now));
+    assert!(a3.iter().chain(&a4).all(|u| a2.contains(u)), "{a2:?}");
+    for (n, opened) in [(3, &a3), (4, &a4)] {
+        for unit in opened {
+            let v = certify(&mut s, unit.0, &[n, 2], b"ok")
+                .expect("valid")
+                .expect("verified");
+            assert!(v.signers.contains(&id(2)));
+        }
+    }
+    // Their results were confirmed by an established worker: they are on their way.
+    assert_eq!(s.trust(id(3), P).map(|t| t.consecutive), Some(5));
+    assert_eq!(s.trust(id(4), P).map(|t| t.consecutive), Some(10));
+}
+
+#[test]
+fn a_dispute_a_new_account_could_settle_with_another_goes_to_an_established_worker() {
+    let mut s = established_pair(100);
+    let now = 100;
+    s.assign(id(1), 1, now);
+    s.assign(id(2), 1, now);
+    let a3 = units(s.assign(id(3), 1, now));
+    let unit = a3[0];
+    assert!(!units(s.assign(id(4), 100, now)).contains(&unit));
+    assert!(units(s.assign(id(2), 100, now)).contains(&unit));
+    // The new account lies; the established worker disagrees: a third opinion is needed,
+    // and another new account agreeing with the first would settle it.
+    let changes = dispute(
+        &mut s,
+        unit.0,
+        &[claim(3, unit.0, b"lie"), claim(2, unit.0, b"ok")],
+    )
+    .expect("valid");
+    assert!(changes.contains(&Change::Target { unit, target: 3 }));
+    assert!(!units(s.assign(id(4), 100, now)).contains(&unit));
+    assert!(units(s.assign(id(1), 100, now)).contains(&unit));
+    let v = certify(&mut s, unit.0, &[1], b"ok")
+        .expect("valid")
+        .expect("verified");
+    assert_eq!(v.digest, Digest::of(b"ok"));
+    assert_eq!(s.trust(id(3), P).map(|t| t.offences), Some(1));
+}
+
+#[test]
+fn new_accounts_pair_up_as_before_when_the_rule_does_not_apply() {
+    // Holds units 3 and 4 both took, having asked in that order at `now`.
+    fn paired(s: &mut Scheduler, now: u64) -> Vec<UnitId> {
+        let a3 = units(s.assign(id(3), 5, now));
+        let a4 = units(s.assign(id(4), 10, now));
+        a3.into_iter().filter(|u| a4.contains(u)).collect()
+    }
+
+    // A brand-new fleet: nobody is established.
+    let mut s = setup(100, 2, 2, 5);
+    let both = paired(&mut s, 0);
+    assert!(!both.is_empty());
+    assert!(
+        certify(&mut s, both[0].0, &[3, 4], b"out")
+            .expect("valid")
+            .is_some()
+    );
+
+    // Established workers exist, but have not asked for work for two lease periods.
+    let mut s = established_pair(100);
+    s.assign(id(1), 1, 0);
+    let both = paired(&mut s, 10 * LEASE);
+    assert!(!both.is_empty());
+    assert!(
+        certify(&mut s, both[0].0, &[3, 4], b"out")
+            .expect("valid")
+            .is_some()
+    );
+
+    // Fewer than half the askers are established: they could not take a replica of every
+    // unit the new ones open.
+    let mut s = established_pair(100);
+    s.assign(id(1), 1, 0);
+    s.assign(id(5), 1, 0);
+    assert!(!paired(&mut s, 0).is_empty());
+
+    // The rule applies, but no established worker takes a reserved replica within a lease
+    // period: then anyone may.
+    let mut s = established_pair(100);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    let a3 = units(s.assign(id(3), 5, 0));
+    assert!(
+        units(s.assign(id(4), 10, 0))
+            .iter()
+            .all(|u| !a3.contains(u)),
+        "reserved"
+    );
+    let later = units(s.assign(id(4), 10, LEASE + 1));
+    let both: Vec<&UnitId> = a3.iter().filter(|u| later.contains(u)).collect();
+    assert!(!both.is_empty(), "the reservation lapsed: {a3:?} {later:?}");
+    assert!(
+        certify(&mut s, both[0].0, &[3, 4], b"out")
+            .expect("valid")
+            .is_some()
+    );
 }
