@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The coordinator answers every worker with one shared copy of a module's bytes
+        // (`coordinator::modules`), not a copy per call.
+        .bytes(".fallow.v1.GetModuleResponse.module")
         .compile_fds(descriptors)?;
     Ok(())
 }

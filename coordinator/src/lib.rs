@@ -14,6 +14,8 @@
 //!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
 //! - [`tls`]: the certificate served off loopback (self-signed on first start).
 //! - `body_limit`: request size caps per method (uploads large, everything else small).
+//! - `modules`: `GetModule` in bounded memory (a shared cache, a send budget, turns per
+//!   caller address). Connections themselves are bounded by the `connections` crate.
 //! - [`serve`]: start a coordinator on a listener until a shutdown signal.
 
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 pub mod auth;
 mod body_limit;
 mod dashboard;
+mod modules;
 mod reducer;
 pub mod scheduler;
 mod service;
@@ -150,6 +153,20 @@ pub struct CoordinatorConfig {
     /// Serve gRPC and the dashboard over TLS with this certificate. Default `None`: plain
     /// HTTP, for loopback (`fallow coordinator` turns TLS on for any other address).
     pub tls: Option<tls::TlsIdentity>,
+    /// Most connections open at once from one address (an IPv4 address or an IPv6 /64);
+    /// past it a new connection is closed as soon as it is accepted. A worker or the CLI
+    /// needs one; raise it for a lab of more workers behind one NAT address. Loopback is
+    /// exempt unless `limit_loopback`. 0: no cap. Default 256.
+    pub max_connections_per_address: usize,
+    /// A connection with no request in flight for this long is closed (silent ones,
+    /// slowloris ones that never finish their headers, HTTP/2 ones that only answer
+    /// pings); clients reconnect when they next call. Workers call at least every
+    /// `lease / 4`. Must be more than zero. Default 300 s.
+    pub idle_timeout: Duration,
+    /// Apply the per-address limits (`max_connections_per_address`, and the module
+    /// downloads one address may have in progress) to loopback clients too. Default
+    /// false: a test fleet, or a reverse proxy on the same host, connects from loopback.
+    pub limit_loopback: bool,
     /// Test-only fault injection: hand every unit out with one byte of its input changed,
     /// as a compromised coordinator would (workers must refuse to run it). Default false.
     pub tamper_inputs: bool,
@@ -167,6 +184,9 @@ impl Default for CoordinatorConfig {
             max_pending_writes: 65_536,
             require_enrollment: false,
             tls: None,
+            max_connections_per_address: connections::Limits::default().per_address,
+            idle_timeout: connections::Limits::default().idle_timeout,
+            limit_loopback: false,
             tamper_inputs: false,
         }
     }
@@ -187,7 +207,20 @@ impl CoordinatorConfig {
         if self.max_pending_writes == 0 {
             return Err("max pending writes must be at least 1".into());
         }
+        if self.idle_timeout.is_zero() {
+            return Err("--idle-timeout-seconds must be at least 1 (got 0)".into());
+        }
         Ok(())
+    }
+
+    /// The limits the API's connections are served with.
+    pub fn connection_limits(&self) -> connections::Limits {
+        connections::Limits {
+            per_address: self.max_connections_per_address,
+            exempt_loopback: !self.limit_loopback,
+            idle_timeout: self.idle_timeout,
+            ..connections::Limits::default()
+        }
     }
 }
 

@@ -55,6 +55,15 @@ pub enum Command {
         /// 0: no limit.
         #[arg(long, default_value_t = 60)]
         registrations_per_minute: u32,
+        /// Most connections open at once from one IPv4 address or IPv6 /64 (loopback
+        /// exempt); a connection past it is closed as soon as it is accepted. A worker
+        /// needs one: raise it for a lab of more workers behind one NAT address. 0: no cap.
+        #[arg(long, default_value_t = 256)]
+        max_connections_per_address: usize,
+        /// Seconds a connection may go without a request in flight before it is closed
+        /// (clients reconnect when they next call); at least 1.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout_seconds: u64,
         /// Take only enrolled workers: every worker call must carry a token minted with
         /// `fallow token create --worker --name NAME`; `fallow token revoke --worker NAME`
         /// cuts off the workers using it at once.

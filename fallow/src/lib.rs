@@ -50,6 +50,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_same_network,
             worker_requests_per_second,
             registrations_per_minute,
+            max_connections_per_address,
+            idle_timeout_seconds,
             require_enrollment,
             tls,
             tls_cert,
@@ -67,6 +69,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 distinct_subnets: !allow_same_network,
                 worker_requests_per_second,
                 registrations_per_minute,
+                max_connections_per_address,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout_seconds),
                 require_enrollment,
                 tamper_inputs: matches!(fault, Some(cli::CoordinatorFaultArg::TamperInput)),
                 ..Default::default()

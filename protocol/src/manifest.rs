@@ -196,6 +196,12 @@ impl ProjectSpec {
     /// receipt). Module contents are checked by the sandbox. The message names the key and
     /// the fix.
     pub fn validate(&self) -> Result<(), String> {
+        // The CLI reads no bigger file, but a raw `SubmitProject` can carry anything up to
+        // the upload cap: every receiver checks the sizes again here.
+        check_module_size("wasm", &self.module)?;
+        if let Some(reducer) = &self.reducer {
+            check_module_size("[reduce].wasm", reducer)?;
+        }
         // Checked untrimmed: whitespace around the name is stored and shown too, and a
         // newline or tab is whitespace as well as a control character.
         let name = &self.name;
@@ -254,6 +260,18 @@ impl ProjectSpec {
         }
         Ok(())
     }
+}
+
+/// Refuses a module over [`MAX_MODULE_BYTES`], naming `key`, the size and the limit.
+fn check_module_size(key: &str, module: &[u8]) -> Result<(), String> {
+    if module.len() > MAX_MODULE_BYTES {
+        return Err(format!(
+            "{key}: the module is {} bytes, over the {MAX_MODULE_BYTES}-byte ({} MiB) limit",
+            module.len(),
+            MAX_MODULE_BYTES >> 20
+        ));
+    }
+    Ok(())
 }
 
 /// Unit names become file names in `fallow results`, so they must be safe ones.

@@ -350,6 +350,83 @@ mod tests {
         assert!(Claim::try_from(no_key).is_err());
     }
 
+    /// Every documented submission limit is checked by the receiver's conversion, whatever
+    /// the sender checked: a raw `SubmitProject` over one is refused naming it.
+    #[test]
+    fn submissions_over_a_documented_limit_are_refused_on_the_wire() {
+        use crate::manifest::{MAX_INPUT_BYTES, MAX_MODULE_BYTES, MAX_UNITS};
+        fn unit(name: &str, input: Vec<u8>) -> pb::UnitInput {
+            pb::UnitInput {
+                name: name.into(),
+                input,
+                signature: Vec::new(),
+            }
+        }
+        let good = || pb::SubmitProjectRequest {
+            name: "p".into(),
+            module: b"\0asm\x01\0\0\0".to_vec(),
+            reducer: Vec::new(),
+            replication: 2,
+            quorum: 2,
+            max_replicas: 5,
+            limits: Some(Limits::default().into()),
+            units: vec![unit("a", b"1".to_vec())],
+            manifest: String::new(),
+            fixed_replication: false,
+            error_bound: 0.0,
+            submitter_key: Vec::new(),
+        };
+        type Edit = fn(&mut pb::SubmitProjectRequest);
+        let cases: [(&str, Edit, &str); 9] = [
+            (
+                "module",
+                |r| r.module = vec![0; MAX_MODULE_BYTES + 1],
+                "wasm: the module is 67108865 bytes, over the 67108864-byte (64 MiB) limit",
+            ),
+            (
+                "reducer",
+                |r| r.reducer = vec![0; MAX_MODULE_BYTES + 1],
+                "[reduce].wasm: the module is 67108865 bytes, over the 67108864-byte (64 MiB)",
+            ),
+            (
+                "units",
+                |r| r.units = vec![unit("a", Vec::new()); MAX_UNITS + 1],
+                "1000001 units, at most 1000000",
+            ),
+            (
+                "input",
+                |r| r.units[0].input = vec![0; MAX_INPUT_BYTES + 1],
+                "16777217 bytes of input, at most 16777216",
+            ),
+            ("name", |r| r.name = "p".repeat(101), "1 to 100 printable"),
+            (
+                "unit name",
+                |r| r.units[0].name = "u".repeat(201),
+                "1 to 200 characters",
+            ),
+            (
+                "reserved unit name",
+                |r| r.units[0].name = "aggregate".into(),
+                "reserved",
+            ),
+            ("replication", |r| r.replication = 65, "between 1 and 64"),
+            (
+                "max_replicas",
+                |r| r.max_replicas = 65,
+                "max_replicas must be",
+            ),
+        ];
+        assert!(ProjectSpec::try_from(good()).is_ok());
+        for (what, edit, named) in cases {
+            let mut request = good();
+            edit(&mut request);
+            match ProjectSpec::try_from(request) {
+                Ok(_) => panic!("{what}: accepted over its limit"),
+                Err(e) => assert!(e.to_string().contains(named), "{what}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn limits_out_of_range_are_refused_on_the_wire() {
         let mut l = pb::Limits::from(Limits::default());
