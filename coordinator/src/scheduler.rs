@@ -30,7 +30,7 @@
 //!   below `P` is that open unit, any other the next fresh unit; with no fresh unit left,
 //!   one of the `P`. A unit the worker may not take (the clash rule: never two replicas of
 //!   a unit to one worker, account or network; a reservation, below) is drawn again, up to
-//!   [`DRAW_ATTEMPTS`] times. So a lease costs O(1) whatever the pool's size.
+//!   `DRAW_ATTEMPTS` times. So a lease costs O(1) whatever the pool's size.
 //! - So a unit's next replica goes to one of about the next `s` requests, each as likely
 //!   as the others, and about `s / 2` units are open at a time. The `k` requests that an
 //!   adversary sends right after it took a unit's first replica get its second with
@@ -38,18 +38,20 @@
 //!   the fleet, the chance it has anyway. The price: a unit's replicas start about one
 //!   request of each other worker apart (TRUST.md measures time to verify).
 //!
-//! The bound: an adversary whose accounts are a fraction `f` of the workers asking for work,
-//! and that ask no faster than the others, holds all `q` replicas of a unit with probability
-//! about `f^q`; timing its requests (all of them right after its first replica) at most
-//! doubles each later factor, `≤ f·(2f)^(q−1)`: `2f²` for `q = 2`. A colluding pair among
-//! `W` workers asking back-to-back holds both replicas of about `3/W²` of the units (`2/W²`
-//! by share alone; first in, first out gave it every unit the first of them opened). What
-//! it does not bound: accounts that take more work than the others (they do not compute,
-//! so they can ask faster) raise `f` to their share of the leases, up to the per-worker
-//! rate limits; and when no fresh unit is left (the end of a project), a unit that lost its
-//! live replicas (lease expired, handed back, failed) or was re-opened goes to one of the
-//! next `P` requests for the `P` units still open, so a few colluders asking back-to-back
-//! take such a unit's replicas with probability about `k / P` each.
+//! The bound: an adversary whose accounts are a fraction `f` of the workers asking for
+//! work, and that ask no faster than the others, holds all `q` replicas of a unit with
+//! probability about `f^q`; timing its requests (all of them right after its first replica)
+//! at most doubles each later factor, `≤ f·(2f)^(q−1)`. For `q = 2` that is `f²` (`2f²`
+//! timed), plus the disputes it wins (`≈ 2f²(1−f)`, doubled if timed): `≈ 3f²` of the
+//! units, `6f²` at worst (TRUST.md measures it, before and after the trust rule below
+//! starts). A colluding pair among `W` workers asking back-to-back holds both replicas of
+//! about `3/W²` of the units (`2/W²` by share alone; first in, first out gave it every unit
+//! the first of them opened). What it does not bound: accounts that take more work than the
+//! others (they do not compute, so they can ask faster) raise `f` to their share of the
+//! leases, up to the per-worker rate limits; and when no fresh unit is left (the end of a
+//! project), a unit that lost its live replicas (lease expired, handed back, failed) or was
+//! re-opened goes to one of the next `P` requests for the `P` units still open, so `k`
+//! colluders asking back-to-back get its next replica with probability about `k / P`.
 //!
 //! # Trust shapes placement
 //! A worker is **established** in a project once it has [`ESTABLISHED_AFTER`] consecutive
