@@ -293,8 +293,8 @@ async fn worker(
     certified: Arc<AtomicU64>,
     halt: CancellationToken,
 ) -> anyhow::Result<()> {
-    let identity = Identity::generate()?;
-    let client = worker::rpc::CoordinatorClient::new(&url, identity.id())?;
+    let identity = Arc::new(Identity::generate()?);
+    let client = worker::rpc::CoordinatorClient::new(&url, identity.clone())?;
     let name = format!("bench-{i}");
     // One account each: the coordinator never gives one account two replicas of a unit.
     client

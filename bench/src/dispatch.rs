@@ -174,7 +174,7 @@ fn measure(
             let cpu1 = server.cpu()?;
             let certificates = load::sign(&fleet, &leases, replication as usize);
             let cpu2 = server.cpu()?;
-            let c = load.certify(certificates).await?;
+            let c = load.certify(&fleet, certificates).await?;
             let cpu3 = server.cpu()?;
             anyhow::ensure!(c.count > 0, "no certificate accepted");
             let spent = (cpu1 - cpu0) + (cpu3 - cpu2);

@@ -133,8 +133,33 @@ pub(crate) async fn progress(
     })
 }
 
-/// A certificate ready to submit.
-pub struct Certificate(pb::CertificateSubmission);
+/// A certificate ready to submit, by the fleet's worker `.1`.
+pub struct Certificate(pb::CertificateSubmission, usize);
+
+/// Stamps for every simulated worker's calls (one clock for the whole fleet: strictly
+/// increasing for each worker too, as `protocol::call` requires).
+static STAMPS: std::sync::LazyLock<protocol::call::Stamper> =
+    std::sync::LazyLock::new(protocol::call::Stamper::default);
+
+/// `message` as a call to `method` signed by `identity`, as `fallow worker` sends it
+/// (`protocol::call`): the coordinator refuses worker calls without it.
+pub(crate) fn signed<T: prost::Message>(
+    identity: &Identity,
+    method: &'static str,
+    message: T,
+) -> tonic::Request<T> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let stamp = identity.sign_call(method, STAMPS.next(now_us), &message.encode_to_vec());
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = stamp.encode().parse() {
+        request
+            .metadata_mut()
+            .insert(protocol::call::CALL_HEADER, value);
+    }
+    request
+}
 
 /// A timed phase: how many operations and how long they took.
 #[derive(Debug, Clone, Copy)]
@@ -263,17 +288,21 @@ impl Load {
             };
             let signature = fleet.identities[i].sign_registration(&registration);
             client
-                .register_worker(pb::RegisterWorkerRequest {
-                    public_key: fleet.keys[i].clone(),
-                    name: name.clone(),
-                    peer_addr: peer_addr.clone(),
-                    cores: 1,
-                    version: "bench".into(),
-                    signature: signature.to_vec(),
-                    account: account.clone(),
-                    team: String::new(),
-                    platform: "bench".into(),
-                })
+                .register_worker(signed(
+                    &fleet.identities[i],
+                    "RegisterWorker",
+                    pb::RegisterWorkerRequest {
+                        public_key: fleet.keys[i].clone(),
+                        name: name.clone(),
+                        peer_addr: peer_addr.clone(),
+                        cores: 1,
+                        version: "bench".into(),
+                        signature: signature.to_vec(),
+                        account: account.clone(),
+                        team: String::new(),
+                        platform: "bench".into(),
+                    },
+                ))
                 .await
                 .context("RegisterWorker")?;
             Ok::<_, anyhow::Error>(1)
@@ -336,11 +365,15 @@ impl Load {
                             break;
                         }
                         let r = client
-                            .request_work(pb::WorkRequest {
-                                public_key: fleet.keys[i].clone(),
-                                max_units: per_request,
-                                ..Default::default()
-                            })
+                            .request_work(signed(
+                                &fleet.identities[i],
+                                "RequestWork",
+                                pb::WorkRequest {
+                                    public_key: fleet.keys[i].clone(),
+                                    max_units: per_request,
+                                    ..Default::default()
+                                },
+                            ))
                             .await
                             .context("RequestWork")?
                             .into_inner();
@@ -369,23 +402,31 @@ impl Load {
     }
 
     /// Submits every certificate; counts those accepted.
-    pub async fn certify(&self, certificates: Vec<Certificate>) -> anyhow::Result<Timed> {
+    pub async fn certify(
+        &self,
+        fleet: &Arc<Fleet>,
+        certificates: Vec<Certificate>,
+    ) -> anyhow::Result<Timed> {
         let concurrency = self.concurrency.min(certificates.len()).max(1);
-        let mut shares: Vec<Vec<pb::CertificateSubmission>> = vec![Vec::new(); concurrency];
+        let mut shares: Vec<Vec<Certificate>> = (0..concurrency).map(|_| Vec::new()).collect();
         for (i, c) in certificates.into_iter().enumerate() {
-            shares[i % concurrency].push(c.0);
+            shares[i % concurrency].push(c);
         }
         let started = Instant::now();
         let tasks: Vec<_> = shares
             .into_iter()
             .enumerate()
             .map(|(t, share)| {
-                let mut client = self.client(t);
+                let (mut client, fleet) = (self.client(t), fleet.clone());
                 tokio::spawn(async move {
                     let mut accepted = 0u64;
-                    for c in share {
+                    for Certificate(c, worker) in share {
                         let ack = client
-                            .submit_certificate(c)
+                            .submit_certificate(signed(
+                                &fleet.identities[worker],
+                                "SubmitCertificate",
+                                c,
+                            ))
                             .await
                             .context("SubmitCertificate")?
                             .into_inner();
@@ -441,12 +482,15 @@ pub fn sign(fleet: &Fleet, leases: &[Lease], quorum: usize) -> Vec<Certificate> 
                                     )
                                 })
                                 .collect();
-                            Certificate(pb::CertificateSubmission {
-                                unit_id: first.unit,
-                                claims: wire::claims_to_wire(&claims),
-                                output,
-                                submitter_key: fleet.keys[first.worker].clone(),
-                            })
+                            Certificate(
+                                pb::CertificateSubmission {
+                                    unit_id: first.unit,
+                                    claims: wire::claims_to_wire(&claims),
+                                    output,
+                                    submitter_key: fleet.keys[first.worker].clone(),
+                                },
+                                first.worker,
+                            )
                         })
                         .collect::<Vec<_>>()
                 })

@@ -1736,7 +1736,8 @@ impl Scheduler {
         let mut aged = Vec::new();
         if let Some(p) = self.projects.get_mut(&project) {
             p.stats.verified += 1;
-            p.stats.credit += verified.fuel * verified.signers.len() as u64;
+            let granted = verified.fuel.saturating_mul(verified.signers.len() as u64);
+            p.stats.credit = p.stats.credit.saturating_add(granted);
         }
         for (worker, claim) in votes {
             if claim.digest == verified.digest && claim.fuel == verified.fuel {

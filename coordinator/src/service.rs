@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use protocol::call::{self, CallStamp, ReplayGuard};
 use protocol::manifest::ProjectSpec;
 use protocol::provenance::SubmitterKey;
 use protocol::{Certificate, Digest, ProjectId, UnitId, WorkerId, wire};
@@ -146,6 +147,8 @@ struct Inner<S> {
     reducing: std::sync::Mutex<HashSet<ProjectId>>,
     /// Hooks and snapshots of the read-only dashboard; handlers only bump its counters.
     dashboard: Arc<Dashboard>,
+    /// `GetModule`'s cache and bounds (see [`crate::modules`]).
+    modules: crate::modules::Modules,
 }
 
 struct State {
@@ -156,6 +159,8 @@ struct State {
     listed: Vec<WorkerId>,
     /// Draws peer samples (splitmix64).
     rng: u64,
+    /// The call stamps workers used lately: each is accepted once (`protocol::call`).
+    calls: ReplayGuard,
 }
 
 /// One request's writes and who waits for them to be committed. A job without writes is
@@ -256,7 +261,18 @@ struct WorkerEntry {
     last_seen: u64,
     account: String,
     team: String,
+    /// Calls this worker may make beyond its request rate, earned by the work leased to it
+    /// ([`BACKED_CALLS_PER_LEASE`] a unit): see [`CoordinatorService::admit_backed`].
+    backed: u32,
 }
+
+/// Calls a leased unit entitles its worker to beyond the request rate: waiting its turn
+/// (a heartbeat), the certificate, a failure report or a dispute, and retries. An honest
+/// fleet on tiny units makes calls in proportion to the units it runs, so a rate alone
+/// would refuse it; work is leased only as fast as the scheduler hands it out.
+const BACKED_CALLS_PER_LEASE: u32 = 8;
+/// Most backed calls a worker may hold (a thousand units' worth).
+const MAX_BACKED_CALLS: u32 = BACKED_CALLS_PER_LEASE * 1024;
 
 /// Longest account or team name.
 const MAX_ACCOUNT_LEN: usize = 64;
@@ -372,6 +388,7 @@ pub(crate) async fn run<S: Store>(
                     last_seen: now,
                     account: w.account,
                     team: w.team,
+                    backed: 0,
                 },
             )
         })
@@ -414,12 +431,14 @@ pub(crate) async fn run<S: Store>(
                 peers_version: 1,
                 listed,
                 rng: seed ^ 0x5EED,
+                calls: ReplayGuard::default(),
             }),
             lease_ms,
             tamper_inputs: config.tamper_inputs,
             tasks: TaskTracker::new(),
             reducing: std::sync::Mutex::new(HashSet::new()),
             dashboard: dashboard.clone(),
+            modules: crate::modules::Modules::new(config.limit_loopback),
         }),
     };
     let cancel = CancellationToken::new();
@@ -470,25 +489,28 @@ pub(crate) async fn run<S: Store>(
     // Live dashboard streams never end on their own: stopping the broadcaster (`cancel`)
     // closes them, so the graceful shutdown can finish.
     let stop = cancel.clone();
-    let mut builder = tonic::transport::Server::builder();
+    // At most `max_connections_per_address` from one address, idle ones closed, dead
+    // peers dropped by keepalive, requests timed out (`connections`).
+    let connections = connections::Connections::new(config.connection_limits());
+    let mut builder = connections::server(connections.limits());
     if let Some(identity) = &config.tls {
         // ALPN offers h2 only; browsers then load the dashboard over HTTP/2 as well.
         builder = builder.tls_config(identity.server_config())?;
     }
     let result = builder
         .accept_http1(true)
+        .layer(connections.layer())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            // Accepted sockets get TCP_NODELAY (tonic sets it only on sockets it binds
-            // itself): without it, a response written in two pieces (headers and data,
-            // then trailers) waits for the client's delayed ACK, ~40 ms on Linux.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                stop.cancel();
-            },
-        )
+        .serve_with_incoming_shutdown(connections.incoming(listener), async move {
+            shutdown.await;
+            stop.cancel();
+        })
         .await;
+    tracing::info!(
+        refused = connections.refused(),
+        idle_closed = connections.idle_closed(),
+        "connections refused past the cap per address, and closed for being idle"
+    );
     cancel.cancel();
     service.inner.tasks.close();
     // Reducers in flight are abandoned at shutdown; their projects are reduced again on the
@@ -516,6 +538,9 @@ async fn expiry_loop<S: Store>(service: CoordinatorService<S>, cancel: Cancellat
         }
         let now = now_ms();
         let mut state = service.inner.state.lock().await;
+        if ticks.is_multiple_of(240) {
+            state.calls.forget_quiet(now_us());
+        }
         let changes = state.sched.expire(now);
         if changes.is_empty() {
             continue;
@@ -561,6 +586,43 @@ pub(crate) fn to_status(e: Error) -> Status {
 
 fn worker_key(bytes: &[u8]) -> Result<WorkerId, Status> {
     WorkerId::from_slice("public_key", bytes).map_err(|e| to_status(e.into()))
+}
+
+/// Microseconds since the Unix epoch: the clock call stamps are checked against.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Authenticates a worker call (`protocol::call`): its `fallow-call` header must be the
+/// signature of the key the request names (`key`) over `method` and the encoded request.
+/// Pure CPU, done before the state lock and before the rate limiter, so a request naming
+/// someone else's key spends neither the victim's rate nor the lock; the replay check
+/// follows under the lock ([`CoordinatorService::fresh`]).
+fn authenticate<T: prost::Message>(
+    method: &'static str,
+    request: &Request<T>,
+    key: &[u8],
+) -> Result<(WorkerId, CallStamp), Status> {
+    let worker = worker_key(key)?;
+    let header = request
+        .metadata()
+        .get(call::CALL_HEADER)
+        .ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "{method}: no {} header: worker calls must be signed by the worker key they name (a worker older than this coordinator? upgrade it)",
+                call::CALL_HEADER
+            ))
+        })?
+        .to_str()
+        .map_err(|_| Status::unauthenticated(format!("{method}: the {} header is not ASCII", call::CALL_HEADER)))?;
+    let stamp =
+        CallStamp::parse(header).map_err(|e| Status::unauthenticated(format!("{method}: {e}")))?;
+    call::verify(worker, method, &stamp, &request.get_ref().encode_to_vec())
+        .map_err(|e| Status::unauthenticated(format!("{method}: {e}")))?;
+    Ok((worker, stamp))
 }
 
 impl<S: Store> CoordinatorService<S> {
@@ -619,6 +681,21 @@ impl<S: Store> CoordinatorService<S> {
             ))),
             Ok(()) => Ok(()),
         }
+    }
+
+    /// Admits a call that follows from leased work (heartbeat, certificate, failure,
+    /// dispute, misbehaviour report): it spends one of the calls the worker's leases earned
+    /// ([`BACKED_CALLS_PER_LEASE`]) if it has any, and only otherwise counts against the
+    /// request rate ([`CoordinatorService::admit`]). So an honest worker on tiny units is
+    /// never refused, while a key flooding without work is.
+    fn admit_backed(&self, state: &mut State, worker: WorkerId) -> Result<(), Status> {
+        if let Some(entry) = state.workers.get_mut(&worker)
+            && entry.backed > 0
+        {
+            entry.backed -= 1;
+            return Ok(());
+        }
+        self.admit(worker)
     }
 
     /// Refuses a project the data dir's disk has no room for: twice its size (rows and
@@ -764,6 +841,42 @@ impl<S: Store> CoordinatorService<S> {
                 addr: w.peer_addr.clone(),
             })
             .collect()
+    }
+
+    /// Admits an authenticated call's stamp once ([`ReplayGuard`]); a stamp off the
+    /// coordinator's clock is refused with the clock in the `fallow-now` header, so the
+    /// worker can correct itself and retry.
+    fn fresh(state: &mut State, worker: WorkerId, stamp: &CallStamp) -> Result<(), Status> {
+        let now = now_us();
+        state
+            .calls
+            .admit(worker, stamp.timestamp_us, now)
+            .map_err(|refusal| {
+                let mut status = Status::unauthenticated(format!("worker {worker}: {refusal}"));
+                if let Ok(value) = (now / 1000).to_string().parse() {
+                    status.metadata_mut().insert(call::NOW_HEADER, value);
+                }
+                status
+            })
+    }
+
+    /// Refuses claims that state more fuel than their project allows a unit. Fuel is the
+    /// credit unit and all matching replicas must state the same, so without this two
+    /// colluding accounts could agree on any fuel (up to 2^64 − 1) for a correct output
+    /// and be credited for it; a unit can never burn more than `[limits].fuel`, its
+    /// checkpointed segments included (they share that one budget).
+    fn check_fuel(state: &State, claims: &[protocol::Claim]) -> Result<(), Status> {
+        for claim in claims {
+            if let Some(p) = state.sched.project(claim.project)
+                && claim.fuel > p.limits.fuel
+            {
+                return Err(Status::invalid_argument(format!(
+                    "the claim by worker {} for unit {} states {} fuel, more than project {}'s limit of {} a unit",
+                    claim.worker, claim.unit, claim.fuel, p.id, p.limits.fuel
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn known_worker(state: &mut State, worker: WorkerId, now: u64) -> Result<(), Status> {
@@ -1125,10 +1238,10 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         self.writable()?;
+        let (id, stamp) = authenticate("RegisterWorker", &request, &request.get_ref().public_key)?;
         let subnet = subnet_of(request.remote_addr());
         self.inner.registrations.admit(subnet.as_deref())?;
         let r = request.into_inner();
-        let id = worker_key(&r.public_key)?;
         self.admit(id)?;
         let registration = protocol::Registration {
             name: &r.name,
@@ -1155,6 +1268,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let cores = r.cores.clamp(1, 1024);
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
+        Self::fresh(&mut state, id, &stamp)?;
         let worker = StoredWorker {
             id,
             name: r.name.clone(),
@@ -1175,6 +1289,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             },
         );
         let listed = !r.peer_addr.is_empty();
+        let previous_backed = state.workers.get(&id).map_or(0, |w| w.backed);
         let previous = state.workers.insert(
             id,
             WorkerEntry {
@@ -1182,6 +1297,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 last_seen: now,
                 account: r.account.clone(),
                 team: r.team.clone(),
+                backed: previous_backed,
             },
         );
         if listed {
@@ -1200,6 +1316,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             heartbeat_ms: (self.inner.lease_ms / 4).max(100),
             lease_ms: self.inner.lease_ms,
             peers,
+            now_ms: now_ms(),
         }))
     }
 
@@ -1207,17 +1324,19 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let (id, stamp) = authenticate("Heartbeat", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        let id = worker_key(&r.public_key)?;
-        self.admit(id)?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         if Self::known_worker(&mut state, id, now).is_err() {
             return Ok(Response::new(pb::HeartbeatResponse {
                 unknown_worker: true,
+                now_ms: now,
                 ..Default::default()
             }));
         }
+        Self::fresh(&mut state, id, &stamp)?;
+        self.admit_backed(&mut state, id)?;
         let held: Vec<UnitId> = r.held_units.iter().map(|&u| UnitId(u)).collect();
         let settled = state.sched.heartbeat(id, &held, now);
         let version = state.peers_version;
@@ -1231,6 +1350,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             peers_version: version,
             peers,
             unknown_worker: false,
+            now_ms: now,
         }))
     }
 
@@ -1239,8 +1359,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::WorkRequest>,
     ) -> Result<Response<pb::WorkResponse>, Status> {
         self.writable()?;
+        let (id, stamp) = authenticate("RequestWork", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        let id = worker_key(&r.public_key)?;
         self.admit(id)?;
         let max = r.max_units.clamp(1, MAX_UNITS_PER_REQUEST) as usize;
         let accept_keys = r
@@ -1264,8 +1384,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let (leases, projects, committed) = {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
+            Self::fresh(&mut state, id, &stamp)?;
             let assigned = state.sched.assign_from(id, max, now, &accept);
             let leases = assigned.leases;
+            if let Some(entry) = state.workers.get_mut(&id) {
+                let earned = BACKED_CALLS_PER_LEASE.saturating_mul(leases.len() as u32);
+                entry.backed = entry.backed.saturating_add(earned).min(MAX_BACKED_CALLS);
+            }
             self.inner.dashboard.assigned(leases.len());
             let committed = if leases.is_empty() {
                 None
@@ -1345,10 +1470,18 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::GetModuleRequest>,
     ) -> Result<Response<pb::GetModuleResponse>, Status> {
+        let remote = request.remote_addr();
         let digest = Digest::from_slice("digest", &request.into_inner().digest)
             .map_err(|e| to_status(e.into()))?;
-        match self.inner.store.module(digest).await.map_err(to_status)? {
-            Some(module) => Ok(Response::new(pb::GetModuleResponse { module })),
+        let store = self.inner.store.as_ref();
+        match self.inner.modules.serve(store, digest, remote).await? {
+            Some((module, sending)) => {
+                let mut response = Response::new(pb::GetModuleResponse { module });
+                // The caller's turn and the module's share of the send budget, held until
+                // the response has been sent (`connections::KeepUntilSent`).
+                response.extensions_mut().insert(sending);
+                Ok(response)
+            }
             None => Err(Status::not_found(format!(
                 "no module with digest {}",
                 digest.to_hex()
@@ -1361,14 +1494,15 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::FailureReport>,
     ) -> Result<Response<pb::Ack>, Status> {
         self.writable()?;
+        let (id, stamp) = authenticate("ReportFailure", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        let id = worker_key(&r.public_key)?;
-        self.admit(id)?;
         let failure = wire::failure_from_wire(r.kind, r.detail).map_err(|e| to_status(e.into()))?;
         let unit = UnitId(r.unit_id);
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, id, now)?;
+        Self::fresh(&mut state, id, &stamp)?;
+        self.admit_backed(&mut state, id)?;
         tracing::info!(%unit, worker = %id, reason = %failure, "execution failed");
         if let Some(project) = state.sched.unit_project(unit) {
             self.inner.dashboard.execution_failed(
@@ -1395,10 +1529,12 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::CertificateSubmission>,
     ) -> Result<Response<pb::CertificateAck>, Status> {
         self.writable()?;
+        let (submitter, stamp) = authenticate(
+            "SubmitCertificate",
+            &request,
+            &request.get_ref().submitter_key,
+        )?;
         let r = request.into_inner();
-        if let Ok(submitter) = WorkerId::from_slice("submitter_key", &r.submitter_key) {
-            self.admit(submitter)?;
-        }
         let cert = Certificate {
             unit: UnitId(r.unit_id),
             claims: wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?,
@@ -1414,6 +1550,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         })?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
+        Self::known_worker(&mut state, submitter, now)?;
+        Self::fresh(&mut state, submitter, &stamp)?;
+        self.admit_backed(&mut state, submitter)?;
+        Self::check_fuel(&state, &checked.certificate().claims).inspect_err(|e| {
+            tracing::warn!(%unit, "certificate rejected: {}", e.message());
+            dashboard.certificate(claims, CertificateOutcome::Rejected);
+        })?;
         let submitted = state
             .sched
             .submit_checked(&checked, Some(&output))
@@ -1505,9 +1648,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::Dispute>,
     ) -> Result<Response<pb::Ack>, Status> {
         self.writable()?;
+        let (reporter, stamp) =
+            authenticate("ReportDispute", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        let reporter = worker_key(&r.public_key)?;
-        self.admit(reporter)?;
         let claims = wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?;
         let unit = UnitId(r.unit_id);
         let checked = SignedCertificate::check(Certificate {
@@ -1521,6 +1664,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, reporter, now)?;
+        Self::fresh(&mut state, reporter, &stamp)?;
+        self.admit_backed(&mut state, reporter)?;
+        Self::check_fuel(&state, &checked.certificate().claims)?;
         let submitted = state.sched.submit_checked(&checked, None).map_err(|e| {
             tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
             to_status(e)
@@ -1542,14 +1688,19 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::Evidence>,
     ) -> Result<Response<pb::Ack>, Status> {
         self.writable()?;
+        let (reporter, stamp) = authenticate(
+            "ReportMisbehaviour",
+            &request,
+            &request.get_ref().reporter_key,
+        )?;
         let r = request.into_inner();
-        let reporter = worker_key(&r.reporter_key)?;
-        self.admit(reporter)?;
         let evidence = wire::Evidence::try_from(r).map_err(|e| to_status(e.into()))?;
         let (offender, unit) = evidence.offender().map_err(|e| to_status(e.into()))?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, reporter, now)?;
+        Self::fresh(&mut state, reporter, &stamp)?;
+        self.admit_backed(&mut state, reporter)?;
         let changes = state
             .sched
             .misbehaviour(offender, unit)
@@ -1592,13 +1743,20 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::ReturnUnitsRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
         self.writable()?;
+        let (id, stamp) = authenticate("ReturnUnits", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        let id = worker_key(&r.public_key)?;
         self.admit(id)?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
         Self::known_worker(&mut state, id, now)?;
+        Self::fresh(&mut state, id, &stamp)?;
         let returned = r.unit_ids.len();
+        // Work handed back earns no calls: leasing and returning must not farm them.
+        if let Some(entry) = state.workers.get_mut(&id) {
+            let forfeit =
+                BACKED_CALLS_PER_LEASE.saturating_mul(returned.min(u32::MAX as usize) as u32);
+            entry.backed = entry.backed.saturating_sub(forfeit);
+        }
         let mut changes = Vec::new();
         for unit in r.unit_ids {
             changes.extend(state.sched.give_back(id, UnitId(unit)));

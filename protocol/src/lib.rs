@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`ids`]: `ProjectId`, `UnitId`, `WorkerId`, `Digest` — ids and digests are types.
 //! - [`identity`]: a worker's ed25519 key pair, kept in its data dir.
+//! - [`call`]: authenticated worker calls: signed, stamped, never replayed.
 //! - [`claim`]: commit–reveal claims: a signed seal first, then "unit U produced output
 //!   with digest D using F fuel" opening it.
 //! - [`certificate`]: `quorum` matching claims from distinct workers, checked against the
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+pub mod call;
 pub mod certificate;
 pub mod claim;
 pub mod error;

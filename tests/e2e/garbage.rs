@@ -96,7 +96,7 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
         .await
         .map(drop);
     expect_error("a 5-byte worker key", bad_key).await;
-    let rogue = Identity::generate().expect("identity");
+    let rogue = std::sync::Arc::new(Identity::generate().expect("identity"));
     let forged = raw
         .register_worker(pb::RegisterWorkerRequest {
             public_key: rogue.id().0.to_vec(),
@@ -139,7 +139,7 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
     expect_error("a certificate from an unregistered worker", cert).await;
 
     // Registered properly (to learn the peers), the rogue still lies.
-    let client = CoordinatorClient::new(&url, rogue.id()).expect("client");
+    let client = CoordinatorClient::new(&url, rogue.clone()).expect("client");
     let registration = client
         .register(
             &rogue,
@@ -275,19 +275,31 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
         drop(truncated);
     }
 
-    // 5. A flood: 1,000 heartbeats at once on one connection. Beyond its rate (100 a
-    // second, 200 in a burst) the worker is refused, saying so; the others are not slowed.
+    // 5. A flood: 1,000 heartbeats at once on one connection, each properly signed and
+    // stamped (`protocol::call`). Beyond its rate (100 a second, 200 in a burst) the worker
+    // is refused, saying so; the others are not slowed.
     let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..1000 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    for i in 0..1000 {
         let mut raw = raw.clone();
-        let key = rogue.id().0.to_vec();
-        flood.spawn(async move {
-            raw.heartbeat(pb::HeartbeatRequest {
-                public_key: key,
-                ..Default::default()
-            })
-            .await
-        });
+        let message = pb::HeartbeatRequest {
+            public_key: rogue.id().0.to_vec(),
+            ..Default::default()
+        };
+        let stamp = rogue.sign_call(
+            "Heartbeat",
+            now_us + i,
+            &prost::Message::encode_to_vec(&message),
+        );
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            protocol::call::CALL_HEADER,
+            stamp.encode().parse().expect("ASCII"),
+        );
+        flood.spawn(async move { raw.heartbeat(request).await });
     }
     let mut limited = 0;
     while let Some(answer) = flood.join_next().await {

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod adversary;
 mod auth;
 mod chaos;
 mod checkpoint;
@@ -14,6 +15,7 @@ mod faults;
 mod garbage;
 mod gossip;
 mod hostile;
+mod limits;
 mod partition;
 mod primes;
 mod shares;

@@ -409,7 +409,7 @@ impl Held {
 }
 
 struct Shared {
-    identity: Identity,
+    identity: Arc<Identity>,
     account: String,
     config: WorkerConfig,
     client: CoordinatorClient,
@@ -635,14 +635,16 @@ impl Attached {
         share_fraction: f64,
         common: &Common,
     ) -> Result<Attached, Error> {
-        let identity = Identity::load_or_create(&config.data_dir.join("worker.key"))?;
+        let identity = Arc::new(Identity::load_or_create(
+            &config.data_dir.join("worker.key"),
+        )?);
         let account = config
             .account
             .clone()
             .unwrap_or_else(|| default_account(identity.id()));
         let client = CoordinatorClient::enrolled(
             &config.coordinator,
-            identity.id(),
+            identity.clone(),
             &config.trust(),
             config.enroll_token.as_deref(),
         )?;
@@ -727,13 +729,15 @@ impl Attached {
         let server = listener.map(|listener| {
             let stop = peer_stop.clone();
             let svc = rpc::PeerService::new(shared.clone());
+            // As the coordinator's: a cap per address (loopback exempt), idle connections
+            // closed, keepalive, a request timeout (`connections`, default limits).
+            let connections = connections::Connections::new(connections::Limits::default());
             tokio::spawn(
-                tonic::transport::Server::builder()
+                connections::server(connections.limits())
+                    .layer(connections.layer())
                     .add_service(svc)
                     .serve_with_incoming_shutdown(
-                        // TCP_NODELAY, as the coordinator's (see there).
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
+                        connections.incoming(listener),
                         stop.cancelled_owned(),
                     ),
             )

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prost::Message as _;
 use proto::v1 as pb;
 use protocol::board::{Reason, View};
+use protocol::call::{self, Stamper};
 use protocol::certificate::MAX_CLAIMS;
 use protocol::claim::Commitment;
 use protocol::provenance::{Signer, SubmitterKey};
@@ -183,12 +184,27 @@ pub struct HeartbeatReply {
     pub unknown_worker: bool,
 }
 
-/// The coordinator, seen from a worker. Cheap to clone; reconnects by itself.
+/// The generated client with the enrollment interceptor.
+type Raw = pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, Enrollment>>;
+
+/// The coordinator, seen from a worker. Cheap to clone; reconnects by itself. Every call
+/// that names this worker is signed by its key and stamped on the coordinator's clock
+/// (`protocol::call`).
 #[derive(Debug, Clone)]
 pub struct CoordinatorClient {
-    inner: pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, Enrollment>>,
+    inner: Raw,
     key: Vec<u8>,
+    identity: Arc<Identity>,
+    clock: Arc<Stamper>,
     connection: Connection,
+}
+
+/// Microseconds since the Unix epoch on this machine's clock.
+fn local_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Adds the worker's enrollment token, if it has one, to every coordinator call.
@@ -225,21 +241,21 @@ fn peers_from_wire(peers: Vec<pb::PeerInfo>) -> Vec<PeerInfo> {
 impl CoordinatorClient {
     /// A client for `url` (e.g. `http://127.0.0.1:7070`) with the default [`Trust`]: plain
     /// HTTP on loopback only, an unpinned `https://` trusted on first use for this process.
-    pub fn new(url: &str, worker: WorkerId) -> Result<Self, Error> {
-        CoordinatorClient::with_trust(url, worker, &Trust::default())
+    pub fn new(url: &str, identity: Arc<Identity>) -> Result<Self, Error> {
+        CoordinatorClient::with_trust(url, identity, &Trust::default())
     }
 
     /// A client for `url` (`https://HOST:PORT#sha256=HEX`, see [`crate::tls`]); connects on
     /// first use.
-    pub fn with_trust(url: &str, worker: WorkerId, trust: &Trust) -> Result<Self, Error> {
-        CoordinatorClient::enrolled(url, worker, trust, None)
+    pub fn with_trust(url: &str, identity: Arc<Identity>, trust: &Trust) -> Result<Self, Error> {
+        CoordinatorClient::enrolled(url, identity, trust, None)
     }
 
     /// [`CoordinatorClient::with_trust`] sending `enrollment` (a token from the
     /// coordinator's enrollment list, see `coordinator::auth`) with every call.
     pub fn enrolled(
         url: &str,
-        worker: WorkerId,
+        identity: Arc<Identity>,
         trust: &Trust,
         enrollment: Option<&str>,
     ) -> Result<Self, Error> {
@@ -263,9 +279,58 @@ impl CoordinatorClient {
         .max_encoding_message_size(256 << 20);
         Ok(CoordinatorClient {
             inner,
-            key: worker.0.to_vec(),
+            key: identity.id().0.to_vec(),
+            identity,
+            clock: Arc::default(),
             connection,
         })
+    }
+
+    /// Makes the call to `method` with the request `make` builds, signed and stamped; a
+    /// refusal for a stamp off the coordinator's clock (it names the clock in the
+    /// `fallow-now` header) corrects this worker's view of that clock and is retried once.
+    async fn call<T, R, Fut>(
+        &self,
+        method: &'static str,
+        make: impl Fn() -> T,
+        send: impl Fn(Raw, tonic::Request<T>) -> Fut,
+    ) -> Result<R, Status>
+    where
+        T: prost::Message,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut corrected = false;
+        loop {
+            let message = make();
+            let stamp = self.identity.sign_call(
+                method,
+                self.clock.next(local_us()),
+                &message.encode_to_vec(),
+            );
+            let mut request = tonic::Request::new(message);
+            if let Ok(value) = stamp.encode().parse() {
+                request.metadata_mut().insert(call::CALL_HEADER, value);
+            }
+            match send(self.inner.clone(), request).await {
+                Err(status) if !corrected && status.code() == tonic::Code::Unauthenticated => {
+                    let Some(now) = status
+                        .metadata()
+                        .get(call::NOW_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                    else {
+                        return Err(status);
+                    };
+                    tracing::warn!(
+                        "{method}: {}; correcting this worker's view of the coordinator's clock",
+                        status.message()
+                    );
+                    self.clock.learn(now, local_us());
+                    corrected = true;
+                }
+                other => return other.map(Response::into_inner),
+            }
+        }
     }
 
     /// Maps a failed call's status, naming a refused certificate rather than reporting
@@ -292,22 +357,26 @@ impl CoordinatorClient {
             peer_addr: me.peer_addr,
         });
         let r = self
-            .inner
-            .clone()
-            .register_worker(pb::RegisterWorkerRequest {
-                public_key: self.key.clone(),
-                name: me.name.to_string(),
-                peer_addr: me.peer_addr.to_string(),
-                cores: me.cores,
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                signature: signature.to_vec(),
-                account: me.account.to_string(),
-                team: me.team.to_string(),
-                platform: platform(),
-            })
+            .call(
+                "RegisterWorker",
+                || pb::RegisterWorkerRequest {
+                    public_key: self.key.clone(),
+                    name: me.name.to_string(),
+                    peer_addr: me.peer_addr.to_string(),
+                    cores: me.cores,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    signature: signature.to_vec(),
+                    account: me.account.to_string(),
+                    team: me.team.to_string(),
+                    platform: platform(),
+                },
+                |mut c, r| async move { c.register_worker(r).await },
+            )
             .await
-            .map_err(self.rpc("RegisterWorker"))?
-            .into_inner();
+            .map_err(self.rpc("RegisterWorker"))?;
+        if r.now_ms != 0 {
+            self.clock.learn(r.now_ms, local_us());
+        }
         Ok(Registration {
             heartbeat: Duration::from_millis(r.heartbeat_ms.clamp(100, 600_000)),
             peers: peers_from_wire(r.peers),
@@ -321,16 +390,20 @@ impl CoordinatorClient {
         peers_version: u64,
     ) -> Result<HeartbeatReply, Error> {
         let r = self
-            .inner
-            .clone()
-            .heartbeat(pb::HeartbeatRequest {
-                public_key: self.key.clone(),
-                held_units: held.iter().map(|u| u.0).collect(),
-                peers_version,
-            })
+            .call(
+                "Heartbeat",
+                || pb::HeartbeatRequest {
+                    public_key: self.key.clone(),
+                    held_units: held.iter().map(|u| u.0).collect(),
+                    peers_version,
+                },
+                |mut c, r| async move { c.heartbeat(r).await },
+            )
             .await
-            .map_err(self.rpc("Heartbeat"))?
-            .into_inner();
+            .map_err(self.rpc("Heartbeat"))?;
+        if r.now_ms != 0 {
+            self.clock.learn(r.now_ms, local_us());
+        }
         Ok(HeartbeatReply {
             settled: r.settled_units.into_iter().map(UnitId).collect(),
             peers: (r.peers_version != peers_version)
@@ -347,17 +420,18 @@ impl CoordinatorClient {
         allow_unsigned: bool,
     ) -> Result<(Vec<Assignment>, Duration), Error> {
         let r = self
-            .inner
-            .clone()
-            .request_work(pb::WorkRequest {
-                public_key: self.key.clone(),
-                max_units: max,
-                accept_submitters: accept_submitters.iter().map(|k| k.0.to_vec()).collect(),
-                allow_unsigned,
-            })
+            .call(
+                "RequestWork",
+                || pb::WorkRequest {
+                    public_key: self.key.clone(),
+                    max_units: max,
+                    accept_submitters: accept_submitters.iter().map(|k| k.0.to_vec()).collect(),
+                    allow_unsigned,
+                },
+                |mut c, r| async move { c.request_work(r).await },
+            )
             .await
-            .map_err(self.rpc("RequestWork"))?
-            .into_inner();
+            .map_err(self.rpc("RequestWork"))?;
         let mut out = Vec::with_capacity(r.assignments.len());
         for a in r.assignments {
             out.push(Assignment::try_from(a)?);
@@ -379,22 +453,25 @@ impl CoordinatorClient {
             .await
             .map_err(self.rpc("GetModule"))?
             .into_inner()
-            .module)
+            .module
+            .into())
     }
 
     /// Reports a failed execution.
     pub async fn report_failure(&self, unit: UnitId, failure: &Failure) -> Result<(), Error> {
-        self.inner
-            .clone()
-            .report_failure(pb::FailureReport {
+        self.call(
+            "ReportFailure",
+            || pb::FailureReport {
                 public_key: self.key.clone(),
                 unit_id: unit.0,
                 kind: pb::FailureKind::from(failure.kind).into(),
                 detail: failure.detail.clone(),
                 exit_code: 0,
-            })
-            .await
-            .map_err(self.rpc("ReportFailure"))?;
+            },
+            |mut c, r| async move { c.report_failure(r).await },
+        )
+        .await
+        .map_err(self.rpc("ReportFailure"))?;
         Ok(())
     }
 
@@ -406,17 +483,18 @@ impl CoordinatorClient {
         output: &[u8],
     ) -> Result<CertificateOutcome, Error> {
         let ack = self
-            .inner
-            .clone()
-            .submit_certificate(pb::CertificateSubmission {
-                unit_id: unit.0,
-                claims: wire::claims_to_wire(claims),
-                output: output.to_vec(),
-                submitter_key: self.key.clone(),
-            })
+            .call(
+                "SubmitCertificate",
+                || pb::CertificateSubmission {
+                    unit_id: unit.0,
+                    claims: wire::claims_to_wire(claims),
+                    output: output.to_vec(),
+                    submitter_key: self.key.clone(),
+                },
+                |mut c, r| async move { c.submit_certificate(r).await },
+            )
             .await
-            .map_err(self.rpc("SubmitCertificate"))?
-            .into_inner();
+            .map_err(self.rpc("SubmitCertificate"))?;
         Ok(CertificateOutcome {
             accepted: ack.accepted,
             recorded: ack.recorded,
@@ -425,40 +503,47 @@ impl CoordinatorClient {
 
     /// Reports proof that a worker changed its answer.
     pub async fn report_misbehaviour(&self, evidence: &Evidence) -> Result<(), Error> {
-        let mut e = pb::Evidence::from(evidence);
-        e.reporter_key = self.key.clone();
-        self.inner
-            .clone()
-            .report_misbehaviour(e)
-            .await
-            .map_err(self.rpc("ReportMisbehaviour"))?;
+        self.call(
+            "ReportMisbehaviour",
+            || pb::Evidence {
+                reporter_key: self.key.clone(),
+                ..pb::Evidence::from(evidence)
+            },
+            |mut c, r| async move { c.report_misbehaviour(r).await },
+        )
+        .await
+        .map_err(self.rpc("ReportMisbehaviour"))?;
         Ok(())
     }
 
     /// Reports disagreeing claims.
     pub async fn dispute(&self, unit: UnitId, claims: &[Claim]) -> Result<(), Error> {
-        self.inner
-            .clone()
-            .report_dispute(pb::Dispute {
+        self.call(
+            "ReportDispute",
+            || pb::Dispute {
                 public_key: self.key.clone(),
                 unit_id: unit.0,
                 claims: wire::claims_to_wire(claims),
-            })
-            .await
-            .map_err(self.rpc("ReportDispute"))?;
+            },
+            |mut c, r| async move { c.report_dispute(r).await },
+        )
+        .await
+        .map_err(self.rpc("ReportDispute"))?;
         Ok(())
     }
 
     /// Hands units back.
     pub async fn return_units(&self, units: &[UnitId]) -> Result<(), Error> {
-        self.inner
-            .clone()
-            .return_units(pb::ReturnUnitsRequest {
+        self.call(
+            "ReturnUnits",
+            || pb::ReturnUnitsRequest {
                 public_key: self.key.clone(),
                 unit_ids: units.iter().map(|u| u.0).collect(),
-            })
-            .await
-            .map_err(self.rpc("ReturnUnits"))?;
+            },
+            |mut c, r| async move { c.return_units(r).await },
+        )
+        .await
+        .map_err(self.rpc("ReturnUnits"))?;
         Ok(())
     }
 }

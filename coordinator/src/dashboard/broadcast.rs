@@ -173,7 +173,7 @@ impl Broadcaster {
             totals.failed += p.failed;
             totals.in_progress += summary.in_progress;
             totals.pending += summary.pending;
-            totals.credit += p.credit;
+            totals.credit = totals.credit.saturating_add(p.credit);
             totals.units_per_minute += summary.units_per_minute;
             summaries.push(summary);
         }

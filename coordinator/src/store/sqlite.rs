@@ -32,13 +32,23 @@ use crate::scheduler::{
 
 /// Every account with its credit, verified units, latest team and workers. The two
 /// per-account subqueries use the `workers_account` index.
-const LEADERBOARD_ACCOUNTS: &str = "SELECT a.account AS name, COALESCE(SUM(c.fuel), 0) AS credit, COUNT(c.unit) AS verified,
+///
+/// Credit is summed with `TOTAL` (floating point), never `SUM`: an integer `SUM` that
+/// passes 2^63 fails the whole query ("integer overflow"), and one bad row must not take
+/// the leaderboard or the coordinator's start-up down with it (see [`credit_of`]).
+const LEADERBOARD_ACCOUNTS: &str = "SELECT a.account AS name, TOTAL(MAX(c.fuel, 0)) AS credit, COUNT(c.unit) AS verified,
     (SELECT team FROM workers w WHERE w.account = a.account ORDER BY registered_ms DESC LIMIT 1) AS team,
     (SELECT COUNT(*) FROM workers w WHERE w.account = a.account) AS workers
  FROM (SELECT DISTINCT account FROM workers UNION SELECT DISTINCT account FROM credit) a
  LEFT JOIN credit c ON c.account = a.account
  WHERE a.account != ''
  GROUP BY a.account ORDER BY credit DESC, name";
+
+/// The `credit` column of a row summed with `TOTAL`: whole fuel units, saturating at
+/// `u64::MAX` (a float converts to an integer saturating; NaN gives 0).
+fn credit_of(row: &sqlx::sqlite::SqliteRow) -> Result<u64, sqlx::Error> {
+    Ok(row.try_get::<f64, _>("credit")? as u64)
+}
 
 /// Schema version written to `PRAGMA user_version`. A database with a higher version was
 /// written by a newer Fallow and is refused rather than misread; older ones are migrated.
@@ -667,13 +677,13 @@ impl Store for SqliteStore {
             projects.insert(p.id, p);
         }
         for row in sqlx::query(
-            "SELECT u.project AS project, COALESCE(SUM(c.fuel), 0) AS credit FROM credit c JOIN units u ON u.id = c.unit GROUP BY u.project",
+            "SELECT u.project AS project, TOTAL(MAX(c.fuel, 0)) AS credit FROM credit c JOIN units u ON u.id = c.unit GROUP BY u.project",
         )
         .fetch_all(&self.pool)
         .await?
         {
             if let Some(p) = projects.get_mut(&ProjectId(row.try_get::<i64, _>("project")? as u64)) {
-                p.stats.credit = row.try_get::<i64, _>("credit")? as u64;
+                p.stats.credit = credit_of(&row)?;
             }
         }
         snapshot.projects = projects.into_values().collect();
@@ -1131,14 +1141,14 @@ impl Store for SqliteStore {
                 team: row
                     .try_get::<Option<String>, _>("team")?
                     .unwrap_or_default(),
-                credit: row.try_get::<i64, _>("credit")? as u64,
+                credit: credit_of(&row)?,
                 verified: row.try_get::<i64, _>("verified")? as u64,
                 workers: row.try_get::<i64, _>("workers")? as u32,
             });
         }
         let mut teams = Vec::new();
         for row in sqlx::query(
-            "SELECT team AS name, SUM(fuel) AS credit, COUNT(DISTINCT account) AS accounts
+            "SELECT team AS name, TOTAL(MAX(fuel, 0)) AS credit, COUNT(DISTINCT account) AS accounts
              FROM credit WHERE team != '' GROUP BY team ORDER BY credit DESC, name",
         )
         .fetch_all(&self.pool)
@@ -1146,7 +1156,7 @@ impl Store for SqliteStore {
         {
             teams.push(TeamTotal {
                 name: row.try_get("name")?,
-                credit: row.try_get::<i64, _>("credit")? as u64,
+                credit: credit_of(&row)?,
                 accounts: row.try_get::<i64, _>("accounts")? as u32,
             });
         }
@@ -1296,6 +1306,40 @@ mod tests {
             manifest: String::new(),
             signatures: None,
         }
+    }
+
+    /// Credit rows whose integer sum passes 2^63 (what inflated fuel claims once stored)
+    /// neither stop the store from loading nor the leaderboard from answering: credit is
+    /// summed with `TOTAL` and saturates.
+    #[tokio::test]
+    async fn credit_past_the_integer_range_loads_and_saturates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w1 = Identity::from_seed([1; 32]).id();
+        let w2 = Identity::from_seed([2; 32]).id();
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (_, units) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        let verified = Verified {
+            digest: Digest::of(b"out"),
+            fuel: i64::MAX as u64,
+            signers: vec![w1, w2],
+        };
+        let credit = [w1, w2].map(|worker| CreditTo {
+            worker,
+            account: "colluders".into(),
+            team: "lab".into(),
+        });
+        store
+            .record_verified(units[0], b"out", &verified, &credit, 3)
+            .await
+            .expect("record");
+        let (snapshot, _) = load_all(&store).await;
+        assert!(snapshot.projects[0].stats.credit >= i64::MAX as u64);
+        let (accounts, teams) = store.leaderboard().await.expect("leaderboard");
+        assert!(accounts[0].credit >= i64::MAX as u64, "{accounts:?}");
+        assert!(teams[0].credit >= i64::MAX as u64);
     }
 
     #[tokio::test]

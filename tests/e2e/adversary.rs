@@ -1,0 +1,398 @@
+//! The adversary suite: attacks over the wire against a real coordinator and real honest
+//! workers on 127.0.0.1. The attacker is built from the generated protobuf types and the
+//! protocol's published signing rules (`protocol::call`, `protocol::claim`) only — never
+//! the worker's own code path — so it can send exactly what a hostile client would: other
+//! workers' public keys, replays, forged stamps, inflated numbers.
+//!
+//! Every test asserts what users care about: the honest project completes with the right
+//! answer, no honest worker is flagged, the coordinator restarts cleanly, and each attack
+//! is refused and counted.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prost::Message;
+use proto::v1 as pb;
+use proto::v1::coordinator_client::CoordinatorClient;
+use protocol::{Claim, Digest, Identity, ProjectId, UnitId, wire};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::dashboard::http_get;
+use crate::harness::{Cluster, PRIMES_BELOW_TWO_BILLION, n, primes_below_two_billion, sum_outputs};
+
+/// Microseconds on this machine's clock (the coordinator's too: same machine).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64
+}
+
+/// `message` as a call to `method` stamped `timestamp_us` and signed by `signer`
+/// (`protocol::call`): the header an honest worker sends, made by hand.
+fn signed<T: Message>(
+    signer: &Identity,
+    method: &str,
+    timestamp_us: u64,
+    message: T,
+) -> tonic::Request<T> {
+    let stamp = signer.sign_call(method, timestamp_us, &message.encode_to_vec());
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        protocol::call::CALL_HEADER,
+        stamp.encode().parse().expect("an ASCII header"),
+    );
+    request
+}
+
+/// A raw client of the coordinator at `url`.
+async fn connect(url: &str) -> CoordinatorClient<Channel> {
+    CoordinatorClient::connect(url.to_string())
+        .await
+        .expect("connect to the coordinator")
+        .max_encoding_message_size(256 << 20)
+        .max_decoding_message_size(256 << 20)
+}
+
+/// Registers `id` under `account` with no peer address (it accepts no connections); the
+/// answer names live peers (other workers' public keys: no secret).
+async fn register(
+    raw: &mut CoordinatorClient<Channel>,
+    id: &Identity,
+    account: &str,
+) -> pb::RegisterWorkerResponse {
+    let registration = protocol::Registration {
+        name: account,
+        account,
+        team: "",
+        peer_addr: "",
+    };
+    let message = pb::RegisterWorkerRequest {
+        public_key: id.id().0.to_vec(),
+        name: account.into(),
+        account: account.into(),
+        signature: id.sign_registration(&registration).to_vec(),
+        cores: 1,
+        ..Default::default()
+    };
+    raw.register_worker(signed(id, "RegisterWorker", now_us(), message))
+        .await
+        .expect("a properly signed registration is accepted")
+        .into_inner()
+}
+
+/// Asserts `result` is a refusal with `code`; returns its message.
+fn refused<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+) -> String {
+    match result {
+        Err(status) => {
+            assert_eq!(status.code(), code, "{what}: {status:?}");
+            assert!(
+                !status.message().is_empty(),
+                "{what}: refused without a reason"
+            );
+            status.message().to_string()
+        }
+        Ok(answer) => panic!("{what}: accepted: {answer:?}"),
+    }
+}
+
+/// The sum of every sample of `name` whose labels contain `label` in a Prometheus text.
+fn counted(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Item 1 of the adversary issue: with only public keys (handed out by RegisterWorker's
+/// peer list), an outsider forged failure reports for both holders of every unit and
+/// failed an honest project in two seconds, learnt what a victim held by heartbeat, and
+/// got an honest volunteer flagged. Now every such call must be signed by the key it
+/// names, and a signed call cannot be replayed, moved to another method or edited.
+#[test]
+fn a_stranger_with_public_keys_can_fail_nothing_learn_nothing_and_flag_nobody() {
+    let mut c = Cluster::start(10);
+    for _ in 0..3 {
+        c.start_worker(&[]);
+    }
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-under-attack", 40, false);
+    let id = c.submit(&manifest).expect("accepted");
+    c.wait_until(id, Duration::from_secs(120), "first units verified", |s| {
+        n(s, "verified") >= 1
+    });
+
+    let coordinator: SocketAddr = c.addr.parse().expect("coordinator address");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let attempts = runtime.block_on(async {
+        let mut raw = connect(&c.url).await;
+        let attacker = Identity::generate().expect("identity");
+        // An insider: a registered account, as any holder of a shared enrollment is.
+        let peers = register(&mut raw, &attacker, "mallory").await.peers;
+        // Honest workers accept connections, so they are all in the peer list.
+        let victims: Vec<Vec<u8>> = peers.iter().map(|p| p.public_key.clone()).collect();
+        assert_eq!(victims.len(), 3, "the honest workers' keys: {peers:?}");
+        // Unit ids are sequential from 1: every unit of the project is a target.
+        let units: Vec<u64> = (1..=60).collect();
+        let mut attempts = 0u64;
+        for victim in &victims {
+            for &unit in &units {
+                let report = pb::FailureReport {
+                    public_key: victim.clone(),
+                    unit_id: unit,
+                    kind: pb::FailureKind::Trap.into(),
+                    detail: "forged by attacker".into(),
+                    exit_code: 0,
+                };
+                // Unsigned, then signed by the attacker's own key in the victim's name.
+                refused(
+                    "an unsigned failure report in a victim's name",
+                    raw.report_failure(report.clone()).await,
+                    tonic::Code::Unauthenticated,
+                );
+                let message = refused(
+                    "a failure report in a victim's name signed by another key",
+                    raw.report_failure(signed(&attacker, "ReportFailure", now_us(), report))
+                        .await,
+                    tonic::Code::Unauthenticated,
+                );
+                assert!(message.contains("signature"), "{message}");
+                attempts += 2;
+            }
+            // What does the victim hold? Not the attacker's business.
+            refused(
+                "a heartbeat in a victim's name",
+                raw.heartbeat(signed(
+                    &attacker,
+                    "Heartbeat",
+                    now_us(),
+                    pb::HeartbeatRequest {
+                        public_key: victim.clone(),
+                        held_units: units.clone(),
+                        peers_version: 0,
+                    },
+                ))
+                .await,
+                tonic::Code::Unauthenticated,
+            );
+            // Take work in its name (it would then miss those leases), or hand its back.
+            refused(
+                "a work request in a victim's name",
+                raw.request_work(signed(
+                    &attacker,
+                    "RequestWork",
+                    now_us(),
+                    pb::WorkRequest {
+                        public_key: victim.clone(),
+                        max_units: 64,
+                        ..Default::default()
+                    },
+                ))
+                .await,
+                tonic::Code::Unauthenticated,
+            );
+            refused(
+                "handing a victim's units back",
+                raw.return_units(tonic::Request::new(pb::ReturnUnitsRequest {
+                    public_key: victim.clone(),
+                    unit_ids: units.clone(),
+                }))
+                .await,
+                tonic::Code::Unauthenticated,
+            );
+            attempts += 3;
+        }
+
+        // Its own signed calls cannot be replayed, moved to another method or edited.
+        let beat = pb::HeartbeatRequest {
+            public_key: attacker.id().0.to_vec(),
+            held_units: vec![1],
+            peers_version: 0,
+        };
+        let at = now_us();
+        raw.heartbeat(signed(&attacker, "Heartbeat", at, beat.clone()))
+            .await
+            .expect("the attacker's own heartbeat");
+        let message = refused(
+            "a replayed heartbeat",
+            raw.heartbeat(signed(&attacker, "Heartbeat", at, beat.clone()))
+                .await,
+            tonic::Code::Unauthenticated,
+        );
+        assert!(message.contains("replay"), "{message}");
+        let moved = signed(&attacker, "Heartbeat", now_us(), beat.clone());
+        let (metadata, _, _) = moved.into_parts();
+        let mut as_failure = tonic::Request::new(pb::ReturnUnitsRequest {
+            public_key: attacker.id().0.to_vec(),
+            unit_ids: vec![1],
+        });
+        *as_failure.metadata_mut() = metadata;
+        refused(
+            "a heartbeat's stamp on another call",
+            raw.return_units(as_failure).await,
+            tonic::Code::Unauthenticated,
+        );
+        let edited = signed(&attacker, "Heartbeat", now_us(), beat.clone());
+        let (metadata, extensions, _) = edited.into_parts();
+        let mut other = beat.clone();
+        other.held_units = units.clone();
+        refused(
+            "a heartbeat edited after signing",
+            raw.heartbeat(tonic::Request::from_parts(metadata, extensions, other))
+                .await,
+            tonic::Code::Unauthenticated,
+        );
+        // A stamp from the past (or the future) is refused, naming the coordinator's clock.
+        let status = raw
+            .heartbeat(signed(&attacker, "Heartbeat", at - 3_600_000_000, beat))
+            .await
+            .expect_err("a stamp an hour old");
+        assert!(
+            status.metadata().get(protocol::call::NOW_HEADER).is_some(),
+            "{status:?}"
+        );
+        attempts + 4
+    });
+
+    let status = c.wait_finished(id, Duration::from_secs(300));
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (40, 0),
+        "the honest project must complete: {status}"
+    );
+    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 40));
+    let workers: Value =
+        serde_json::from_str(&http_get(coordinator, "/api/workers")).expect("JSON");
+    assert_eq!(
+        workers["flagged"], 0,
+        "an honest worker was flagged: {workers}"
+    );
+    let metrics = http_get(coordinator, "/metrics");
+    let unauthenticated = counted(
+        &metrics,
+        "fallow_rejected_requests_total",
+        "code=\"Unauthenticated\"",
+    );
+    assert!(
+        unauthenticated >= attempts,
+        "{attempts} forged calls, {unauthenticated} counted as unauthenticated:\n{metrics}"
+    );
+    println!("{attempts} forged or replayed calls refused and counted; the project completed");
+}
+
+/// Item 2: two colluding accounts certified a correct output with fuel 2^63 − 1; the
+/// credit sum overflowed, `fallow accounts` failed and the coordinator refused to restart.
+/// Now a claim over the project's fuel limit is refused, and what is credited stays within
+/// it, across a kill -9 and a restart.
+#[test]
+fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
+    let mut c = Cluster::start(30);
+    // No honest worker: the two colluders hold both replicas of every unit.
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-inflated", 4, false);
+    let project = c.submit(&manifest).expect("accepted");
+    let limit = protocol::Limits::default().fuel;
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut raw = connect(&c.url).await;
+        let a = Identity::generate().expect("identity");
+        let b = Identity::generate().expect("identity");
+        register(&mut raw, &a, "colluder-a").await;
+        register(&mut raw, &b, "colluder-b").await;
+        let mut leased = Vec::new();
+        for id in [&a, &b] {
+            let work = raw
+                .request_work(signed(
+                    id,
+                    "RequestWork",
+                    now_us(),
+                    pb::WorkRequest {
+                        public_key: id.id().0.to_vec(),
+                        max_units: 64,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("work")
+                .into_inner();
+            leased.push(
+                work.assignments
+                    .iter()
+                    .map(|x| x.unit_id)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(leased[0], leased[1], "both colluders hold every unit");
+        assert_eq!(leased[0].len(), 4);
+        let output = b"42\n".to_vec();
+        let digest = Digest::of(&output);
+        for (i, &unit) in leased[0].iter().enumerate() {
+            for fuel in [u64::MAX, i64::MAX as u64, limit + 1] {
+                let claims = [&a, &b]
+                    .map(|w| Claim::sign(w, ProjectId(project), UnitId(unit), digest, fuel));
+                let message = refused(
+                    &format!("a certificate claiming {fuel} fuel"),
+                    raw.submit_certificate(signed(
+                        &a,
+                        "SubmitCertificate",
+                        now_us(),
+                        pb::CertificateSubmission {
+                            unit_id: unit,
+                            claims: wire::claims_to_wire(&claims),
+                            output: output.clone(),
+                            submitter_key: a.id().0.to_vec(),
+                        },
+                    ))
+                    .await,
+                    tonic::Code::InvalidArgument,
+                );
+                assert!(message.contains("limit"), "{message}");
+            }
+            // Within the limit the colluders' agreement is accepted (only placement and
+            // the trust rules defend a unit whose every replica they hold).
+            if i < 2 {
+                let claims = [&a, &b]
+                    .map(|w| Claim::sign(w, ProjectId(project), UnitId(unit), digest, limit));
+                let ack = raw
+                    .submit_certificate(signed(
+                        &b,
+                        "SubmitCertificate",
+                        now_us(),
+                        pb::CertificateSubmission {
+                            unit_id: unit,
+                            claims: wire::claims_to_wire(&claims),
+                            output: output.clone(),
+                            submitter_key: b.id().0.to_vec(),
+                        },
+                    ))
+                    .await
+                    .expect("a certificate within the limit")
+                    .into_inner();
+                assert!(ack.accepted);
+            }
+        }
+    });
+
+    let check = |c: &Cluster| {
+        let accounts = c.accounts();
+        for (name, verified, credit) in &accounts {
+            assert!(
+                *credit <= verified * limit,
+                "{name}: {credit} credit for {verified} units of at most {limit} fuel"
+            );
+        }
+        let credited: u64 = accounts.iter().map(|a| a.2).sum();
+        assert_eq!(credited, 2 * 2 * limit, "{accounts:?}");
+    };
+    check(&c);
+    c.kill_coordinator();
+    c.start_coordinator();
+    check(&c);
+    let status = c.status(project).expect("status after the restart");
+    assert_eq!(n(&status, "verified"), 2, "{status}");
+}
