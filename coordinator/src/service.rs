@@ -139,6 +139,8 @@ struct Inner<S> {
     /// The data directory, whose free space is checked before a project is accepted.
     data_dir: PathBuf,
     sandbox: Arc<Sandbox>,
+    /// The coordinator's own key (`DATA/coordinator.key`): it vouches for workers with it.
+    key: protocol::Identity,
     state: Mutex<State>,
     lease_ms: u64,
     /// [`CoordinatorConfig::tamper_inputs`] (test-only).
@@ -395,6 +397,11 @@ pub(crate) async fn run<S: Store>(
         .collect();
     tracing::info!(projects, units, data = %config.data_dir.display(), "store loaded");
     // The coordinator runs guest code only for reducers: two slots are plenty.
+    let key = protocol::Identity::load_or_create(&config.data_dir.join("coordinator.key"))
+        .map_err(|e| Error::DataDir {
+            path: config.data_dir.clone(),
+            message: e.to_string(),
+        })?;
     let sandbox = Sandbox::new(SandboxConfig {
         slots: 2,
         ..SandboxConfig::default()
@@ -425,6 +432,7 @@ pub(crate) async fn run<S: Store>(
             worker_rate: config.worker_requests_per_second,
             data_dir: config.data_dir.clone(),
             sandbox: Arc::new(sandbox),
+            key,
             state: Mutex::new(State {
                 sched,
                 workers,
@@ -1317,6 +1325,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             lease_ms: self.inner.lease_ms,
             peers,
             now_ms: now_ms(),
+            coordinator_key: self.inner.key.id().0.to_vec(),
         }))
     }
 

@@ -171,6 +171,8 @@ pub struct Registration {
     pub heartbeat: Duration,
     /// Peers known now.
     pub peers: Vec<PeerInfo>,
+    /// The coordinator's own key (`None` from a coordinator older than this field).
+    pub coordinator_key: Option<WorkerId>,
 }
 
 /// What a heartbeat told us.
@@ -378,6 +380,11 @@ impl CoordinatorClient {
             self.clock.learn(r.now_ms, local_us());
         }
         Ok(Registration {
+            coordinator_key: WorkerId::from_slice(
+                "RegisterWorkerResponse.coordinator_key",
+                &r.coordinator_key,
+            )
+            .ok(),
             heartbeat: Duration::from_millis(r.heartbeat_ms.clamp(100, 600_000)),
             peers: peers_from_wire(r.peers),
         })
