@@ -1462,6 +1462,18 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 submitter_key: signer.map(|s| s.key.0.to_vec()).unwrap_or_default(),
                 terms: signer.map(|s| s.terms.0.to_vec()).unwrap_or_default(),
                 signature: signature.map(|s| s.to_vec()).unwrap_or_default(),
+                // Boards file the worker's commitment only with this (protocol::ticket, which
+                // explains the expiry).
+                ticket: Some(pb::LeaseTicket::from(
+                    &self.inner.key.sign_ticket(
+                        id,
+                        lease.project,
+                        lease.unit,
+                        lease
+                            .until
+                            .saturating_add(protocol::ticket::GRACE_MS.max(self.inner.lease_ms)),
+                    ),
+                )),
             });
         }
         let retry_after_ms = if assignments.is_empty() {

@@ -17,6 +17,7 @@ use protocol::board::{Board, BoardLimits, View};
 use protocol::certificate::MAX_CLAIMS;
 use protocol::claim::Commitment;
 use protocol::quorum::{Action, QuorumBook, Timing};
+use protocol::ticket::Ticket;
 use protocol::{Claim, Digest, Identity, ProjectId, UnitId, WorkerId};
 
 const WORKERS: u8 = 4;
@@ -48,6 +49,14 @@ static POOL: LazyLock<Vec<Claim>> = LazyLock::new(|| {
     pool
 });
 
+/// The coordinator the board takes tickets from, and a ticket for each pool claim.
+static COORDINATOR: LazyLock<Identity> = LazyLock::new(|| Identity::from_seed([200; 32]));
+static TICKETS: LazyLock<Vec<Ticket>> = LazyLock::new(|| {
+    POOL.iter()
+        .map(|c| COORDINATOR.sign_ticket(c.worker, c.project, c.unit, u64::MAX))
+        .collect()
+});
+
 /// The pool's workers (plus one that never signs anything), as board askers.
 static ASKERS: LazyLock<Vec<WorkerId>> = LazyLock::new(|| {
     (1..=WORKERS + 1)
@@ -59,6 +68,19 @@ static ASKERS: LazyLock<Vec<WorkerId>> = LazyLock::new(|| {
 struct Msg {
     index: u8,
     tamper: Option<Tamper>,
+    /// The lease ticket sent with a commitment.
+    ticket: TicketChoice,
+}
+
+#[derive(Debug, Arbitrary, Clone, Copy)]
+enum TicketChoice {
+    /// The coordinator's ticket for the untampered claim's worker, project and unit.
+    Valid,
+    None,
+    /// The ticket of another pool claim (another worker, unit or project).
+    Other(u8),
+    /// A ticket with this expiry, signed by a key the board does not know.
+    Stranger(u16),
 }
 
 #[derive(Debug, Arbitrary, Clone, Copy)]
@@ -110,7 +132,8 @@ fuzz_target!(|input: Input| {
     let mut board = Board::new(BoardLimits {
         max_units: usize::from(input.max_units % 4),
         ttl_ms: u64::from(input.ttl_ms),
-    });
+    })
+    .vouched_by(COORDINATOR.id());
     let mut book = QuorumBook::new(Timing {
         reveal_after_ms: u64::from(input.reveal_after_ms),
         submit_after_ms: u64::from(input.submit_after_ms),
@@ -125,11 +148,20 @@ fuzz_target!(|input: Input| {
     for op in input.ops.into_iter().take(64) {
         match op {
             Op::Commit(m, dt) => {
-                let c = claim(m).commitment();
+                let c = commitment(m);
                 match board.commit(c.clone(), at(dt)) {
                     Ok(n) => {
                         assert!(n >= 1 && n as usize <= MAX_CLAIMS);
-                        assert_eq!(board.commitment(c.unit, c.worker), Some(&c));
+                        // Filed only with the coordinator's ticket for exactly this lease,
+                        // and kept without it.
+                        let ticket = c.ticket.expect("filed only with a ticket");
+                        assert!(
+                            ticket
+                                .verify(COORDINATOR.id(), c.worker, c.project, c.unit, 0)
+                                .is_ok()
+                        );
+                        let filed = board.commitment(c.unit, c.worker).expect("filed");
+                        assert_eq!(*filed, c.clone().with_ticket(None));
                     }
                     Err(_) => rejected += 1,
                 }
@@ -151,7 +183,7 @@ fuzz_target!(|input: Input| {
                 now,
             } => {
                 let commitments: Vec<Commitment> =
-                    commitments.into_iter().take(16).map(|m| claim(m).commitment()).collect();
+                    commitments.into_iter().take(16).map(commitment).collect();
                 let reveals: Vec<Claim> = reveals.into_iter().take(16).map(claim).collect();
                 let want: Vec<UnitId> = want.into_iter().take(8).map(unit).collect();
                 let (views, refused) = board.exchange(commitments, reveals.clone(), &want, at(now));
@@ -218,6 +250,20 @@ fuzz_target!(|input: Input| {
 
 fn unit(u: u8) -> UnitId {
     UnitId(if u % 2 == 0 { 5 } else { 6 })
+}
+
+/// `m`'s commitment with the ticket it chose.
+fn commitment(m: Msg) -> Commitment {
+    let ticket = match m.ticket {
+        TicketChoice::Valid => Some(TICKETS[usize::from(m.index) % POOL.len()]),
+        TicketChoice::None => None,
+        TicketChoice::Other(i) => Some(TICKETS[usize::from(i) % POOL.len()]),
+        TicketChoice::Stranger(expires) => Some(Ticket {
+            expires_ms: u64::from(expires),
+            signature: [7; 64],
+        }),
+    };
+    claim(m).commitment().with_ticket(ticket)
 }
 
 fn claim(m: Msg) -> Claim {

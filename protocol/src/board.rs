@@ -10,7 +10,13 @@
 //!   is refused; the first stands ([`Reason::Equivocation`]);
 //! - reveals are handed out only to workers whose own reveal is on the board
 //!   ([`Board::view`]), so nobody learns a digest before it has bound itself to its own;
-//! - until then a holder learns only *how many* commitments exist, not whose.
+//! - until then a holder learns only *how many* commitments exist, not whose;
+//! - a commitment is filed only with the coordinator's lease ticket for exactly its worker,
+//!   project and unit, unexpired when first accepted ([`crate::ticket`]), checked against
+//!   the one coordinator key the board's worker registered with ([`Board::vouched_by`]).
+//!   So nobody but the workers holding a unit can occupy it (no junk project blocking the
+//!   real one, no filling a unit to [`MAX_CLAIMS`] or the board with made-up units), and a
+//!   board that knows no coordinator key yet files nothing ([`Reason::NoCoordinatorKey`]).
 //!
 //! Every refusal is counted by reason ([`Board::rejections`]) and, where the offending
 //! message carries a valid signature, attributed to the worker that signed it
@@ -20,6 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::certificate::MAX_CLAIMS;
 use crate::claim::Commitment;
+use crate::ticket::TicketError;
 use crate::{Claim, ProjectId, UnitId, WorkerId};
 
 /// Why a board refused a message.
@@ -41,11 +48,20 @@ pub enum Reason {
     BoardFull,
     /// A message for a unit this board knows under another project.
     WrongProject,
+    /// A commitment without a lease ticket.
+    NoTicket,
+    /// A lease ticket that is not the coordinator's for this worker, project and unit.
+    BadTicket,
+    /// A lease ticket past its expiry when the commitment first arrived.
+    TicketExpired,
+    /// The board's worker does not know its coordinator's key yet (not registered, or a
+    /// coordinator too old to send it), so it cannot check tickets.
+    NoCoordinatorKey,
 }
 
 impl Reason {
     /// Every reason, in a stable order (for metrics and reports).
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 12] = [
         Reason::BadSignature,
         Reason::RevealWithoutCommitment,
         Reason::RevealMismatch,
@@ -54,6 +70,10 @@ impl Reason {
         Reason::TooManyClaims,
         Reason::BoardFull,
         Reason::WrongProject,
+        Reason::NoTicket,
+        Reason::BadTicket,
+        Reason::TicketExpired,
+        Reason::NoCoordinatorKey,
     ];
 
     /// Stable snake_case name.
@@ -67,6 +87,10 @@ impl Reason {
             Reason::TooManyClaims => "too_many_claims",
             Reason::BoardFull => "board_full",
             Reason::WrongProject => "wrong_project",
+            Reason::NoTicket => "no_ticket",
+            Reason::BadTicket => "bad_ticket",
+            Reason::TicketExpired => "ticket_expired",
+            Reason::NoCoordinatorKey => "no_coordinator_key",
         }
     }
 }
@@ -127,6 +151,8 @@ pub struct Board {
     units: HashMap<UnitId, Entry>,
     limits: BoardLimits,
     rejections: BTreeMap<Reason, u64>,
+    /// The key whose lease tickets admit commitments (`None`: admit none).
+    coordinator: Option<WorkerId>,
 }
 
 impl Board {
@@ -138,8 +164,23 @@ impl Board {
         }
     }
 
-    /// Takes a commitment; returns the number of distinct commitments for its unit.
-    pub fn commit(&mut self, c: Commitment, now: u64) -> Result<u32, Rejection> {
+    /// Accept commitments with lease tickets signed by `coordinator` (the key the board's
+    /// worker registered with; one board serves one coordinator).
+    pub fn vouched_by(mut self, coordinator: WorkerId) -> Self {
+        self.coordinator = Some(coordinator);
+        self
+    }
+
+    /// Sets or changes the coordinator key (learnt at registration, after the board
+    /// started serving).
+    pub fn set_coordinator(&mut self, coordinator: WorkerId) {
+        self.coordinator = Some(coordinator);
+    }
+
+    /// Takes a commitment; returns the number of distinct commitments for its unit. `now`
+    /// is Unix ms (lease tickets expire on it). The ticket is checked and dropped: the
+    /// board keeps and shows the commitment alone.
+    pub fn commit(&mut self, mut c: Commitment, now: u64) -> Result<u32, Rejection> {
         let unit = c.unit;
         let reject = |reason, offender| Rejection {
             reason,
@@ -148,6 +189,25 @@ impl Board {
         };
         if c.verify().is_err() {
             return Err(self.count(reject(Reason::BadSignature, None)));
+        }
+        let Some(coordinator) = self.coordinator else {
+            return Err(self.count(reject(Reason::NoCoordinatorKey, None)));
+        };
+        let Some(ticket) = c.ticket.take() else {
+            return Err(self.count(reject(Reason::NoTicket, None)));
+        };
+        // Expiry bounds when a worker's commitment is first accepted; once one is on file,
+        // a re-sent one is a replay and a different one equivocation, whatever the age.
+        let filed = self.commitment(unit, c.worker).is_some();
+        match ticket.verify(coordinator, c.worker, c.project, unit, now) {
+            Ok(()) => {}
+            Err(TicketError::Expired) if filed => {}
+            Err(TicketError::Expired) => {
+                return Err(self.count(reject(Reason::TicketExpired, None)));
+            }
+            Err(TicketError::BadSignature) => {
+                return Err(self.count(reject(Reason::BadTicket, None)));
+            }
         }
         if !self.units.contains_key(&unit) && self.units.len() >= self.limits.max_units {
             return Err(self.count(reject(Reason::BoardFull, None)));
@@ -330,16 +390,31 @@ mod tests {
         )
     }
 
+    /// The coordinator the test boards take tickets from.
+    fn coordinator() -> Identity {
+        Identity::from_seed([200; 32])
+    }
+
+    fn board() -> Board {
+        Board::default().vouched_by(coordinator().id())
+    }
+
+    /// `claim`'s commitment with a lease ticket for it, valid until `u64::MAX`.
+    fn ticketed(claim: &Claim) -> Commitment {
+        let t = coordinator().sign_ticket(claim.worker, claim.project, claim.unit, u64::MAX);
+        claim.commitment().with_ticket(Some(t))
+    }
+
     fn id(n: u8) -> WorkerId {
         Identity::from_seed([n; 32]).id()
     }
 
     #[test]
     fn reveals_are_shown_only_to_workers_that_revealed() {
-        let mut b = Board::default();
+        let mut b = board();
         let (a, c) = (claim(1, b"x"), claim(2, b"x"));
-        assert_eq!(b.commit(a.commitment(), 0), Ok(1));
-        assert_eq!(b.commit(c.commitment(), 0), Ok(2));
+        assert_eq!(b.commit(ticketed(&a), 0), Ok(1));
+        assert_eq!(b.commit(ticketed(&c), 0), Ok(2));
         b.reveal(a.clone(), 1).expect("opens");
         // Worker 2 sees the count but not worker 1's digest until it reveals its own.
         let before = b.view(UnitId(5), id(2));
@@ -356,10 +431,10 @@ mod tests {
 
     #[test]
     fn exchange_shows_reveals_only_to_askers_presenting_their_filed_reveal() {
-        let mut b = Board::default();
+        let mut b = board();
         let (a, c) = (claim(1, b"x"), claim(2, b"x"));
         let (views, rejected) = b.exchange(
-            vec![a.commitment(), c.commitment()],
+            vec![ticketed(&a), ticketed(&c)],
             vec![a.clone()],
             &[UnitId(5)],
             0,
@@ -380,12 +455,12 @@ mod tests {
 
     #[test]
     fn a_lazy_copier_is_caught_and_named() {
-        let mut b = Board::default();
+        let mut b = board();
         let honest = claim(1, b"x");
         let copier = Identity::from_seed([2; 32]);
         let guess = Claim::sign(&copier, ProjectId(1), UnitId(5), Digest::of(b"?"), 10);
-        b.commit(honest.commitment(), 0).expect("commit");
-        b.commit(guess.commitment(), 0).expect("commit");
+        b.commit(ticketed(&honest), 0).expect("commit");
+        b.commit(ticketed(&guess), 0).expect("commit");
         b.reveal(honest.clone(), 1).expect("reveal");
         // The copier cannot see the honest digest without revealing first...
         assert!(b.view(UnitId(5), copier.id()).reveals.is_empty());
@@ -404,21 +479,22 @@ mod tests {
         let mut b = Board::new(BoardLimits {
             max_units: 1,
             ttl_ms: 100,
-        });
+        })
+        .vouched_by(coordinator().id());
         let a = claim(1, b"x");
-        let mut forged = a.commitment();
+        let mut forged = ticketed(&a);
         forged.seal[0] ^= 1;
         assert_eq!(
             b.commit(forged, 0).map_err(|r| r.reason),
             Err(Reason::BadSignature)
         );
-        b.commit(a.commitment(), 0).expect("commit");
+        b.commit(ticketed(&a), 0).expect("commit");
         assert_eq!(
-            b.commit(a.commitment(), 0).map_err(|r| r.reason),
+            b.commit(ticketed(&a), 0).map_err(|r| r.reason),
             Err(Reason::Replayed)
         );
         let other = claim(1, b"y");
-        let r = b.commit(other.commitment(), 0).expect_err("equivocation");
+        let r = b.commit(ticketed(&other), 0).expect_err("equivocation");
         assert_eq!((r.reason, r.offender), (Reason::Equivocation, Some(id(1))));
         assert_eq!(
             b.reveal(claim(3, b"x"), 0).map_err(|r| r.reason),
@@ -439,12 +515,91 @@ mod tests {
             1,
         );
         assert_eq!(
-            b.commit(next.commitment(), 0).map_err(|r| r.reason),
+            b.commit(ticketed(&next), 0).map_err(|r| r.reason),
             Err(Reason::BoardFull)
         );
         b.expire(1000);
         assert!(b.is_empty());
         let total: u64 = b.rejections().values().sum();
         assert_eq!(total, 6);
+    }
+
+    /// What a flood of well-formed, self-signed junk did to a board before tickets: a
+    /// commitment under a made-up project took the unit (`wrong_project` for the real
+    /// one), 64 filled it (`too_many_claims`). Now none is filed and the real
+    /// commitments are.
+    #[test]
+    fn junk_without_tickets_blocks_nothing() {
+        let mut b = board();
+        let attacker = Identity::from_seed([66; 32]);
+        let decoy = Claim::sign(&attacker, ProjectId(99), UnitId(5), Digest::of(b"?"), 1);
+        assert_eq!(
+            b.commit(decoy.commitment(), 0).map_err(|r| r.reason),
+            Err(Reason::NoTicket)
+        );
+        for n in 0..MAX_CLAIMS as u64 + 8 {
+            let mut seed = [0; 32];
+            seed[..8].copy_from_slice(&(n + 1000).to_le_bytes());
+            let sybil = Identity::from_seed(seed);
+            let junk = Claim::sign(&sybil, ProjectId(1), UnitId(5), Digest::of(b"?"), 1);
+            assert_eq!(
+                b.commit(junk.commitment(), 0).map_err(|r| r.reason),
+                Err(Reason::NoTicket)
+            );
+        }
+        assert!(b.is_empty(), "nothing filed, not even an empty unit");
+        assert_eq!(b.commit(ticketed(&claim(1, b"x")), 0), Ok(1));
+        assert_eq!(b.commit(ticketed(&claim(2, b"x")), 0), Ok(2));
+        assert_eq!(b.rejections()[&Reason::NoTicket], MAX_CLAIMS as u64 + 9);
+    }
+
+    #[test]
+    fn a_ticket_admits_only_its_own_worker_project_and_unit_until_it_expires() {
+        let check = |ticket: crate::ticket::Ticket, now| {
+            let mut b = board();
+            let c = claim(1, b"x").commitment().with_ticket(Some(ticket));
+            b.commit(c, now).map_err(|r| r.reason)
+        };
+        let key = coordinator();
+        let (w, other) = (id(1), id(2));
+        let (p, u) = (ProjectId(1), UnitId(5));
+        assert_eq!(check(key.sign_ticket(w, p, u, 10), 10), Ok(1));
+        let bad = Err(Reason::BadTicket);
+        assert_eq!(check(key.sign_ticket(other, p, u, 10), 0), bad);
+        assert_eq!(check(key.sign_ticket(w, ProjectId(2), u, 10), 0), bad);
+        assert_eq!(check(key.sign_ticket(w, p, UnitId(6), 10), 0), bad);
+        let stranger = Identity::from_seed([7; 32]);
+        assert_eq!(
+            check(stranger.sign_ticket(w, p, u, 10), 0),
+            bad,
+            "another key"
+        );
+        assert_eq!(
+            check(key.sign_ticket(w, p, u, 10), 11),
+            Err(Reason::TicketExpired)
+        );
+        // Expiry bounds the first acceptance only: a filed commitment re-sent later is
+        // the usual replay, and its reveal is taken.
+        let mut b = board();
+        let a = claim(1, b"x");
+        let c = a
+            .commitment()
+            .with_ticket(Some(key.sign_ticket(w, p, u, 10)));
+        assert_eq!(b.commit(c.clone(), 5), Ok(1));
+        assert_eq!(b.commit(c, 50).map_err(|r| r.reason), Err(Reason::Replayed));
+        b.reveal(a.clone(), 60).expect("reveal after expiry");
+        // Boards keep and show the commitment without its ticket.
+        assert_eq!(b.commitment(u, w), Some(&a.commitment()));
+    }
+
+    #[test]
+    fn a_board_without_its_coordinator_key_files_nothing() {
+        let mut b = Board::default();
+        assert_eq!(
+            b.commit(ticketed(&claim(1, b"x")), 0).map_err(|r| r.reason),
+            Err(Reason::NoCoordinatorKey)
+        );
+        b.set_coordinator(coordinator().id());
+        assert_eq!(b.commit(ticketed(&claim(1, b"x")), 0), Ok(1));
     }
 }

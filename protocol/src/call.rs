@@ -252,6 +252,11 @@ impl Stamper {
         self.offset_us.store(offset, Ordering::Relaxed);
     }
 
+    /// The coordinator's clock (µs) at local time `local_us`, as far as we know it.
+    pub fn now_us(&self, local_us: u64) -> u64 {
+        local_us.saturating_add_signed(self.offset_us.load(Ordering::Relaxed))
+    }
+
     /// The next stamp at local time `local_us`: strictly above every earlier one.
     pub fn next(&self, local_us: u64) -> u64 {
         let now = local_us.saturating_add_signed(self.offset_us.load(Ordering::Relaxed));

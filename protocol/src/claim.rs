@@ -41,9 +41,19 @@ pub struct Commitment {
     pub seal: Seal,
     /// ed25519 signature over the commitment bytes.
     pub signature: [u8; 64],
+    /// The coordinator's lease ticket for (worker, project, unit), which a board needs to
+    /// file the commitment ([`crate::ticket`]). Not covered by the worker's signature (the
+    /// coordinator signs it); boards drop it once checked, so views never carry it.
+    pub ticket: Option<crate::ticket::Ticket>,
 }
 
 impl Commitment {
+    /// The same commitment carrying `ticket`.
+    pub fn with_ticket(mut self, ticket: Option<crate::ticket::Ticket>) -> Self {
+        self.ticket = ticket;
+        self
+    }
+
     /// Checks the signature (`verify_strict`: no malleable or small-order keys).
     pub fn verify(&self) -> Result<(), Error> {
         let message = commitment_bytes(self.project, self.unit, self.worker, &self.seal);
@@ -137,6 +147,7 @@ impl Claim {
             worker: self.worker,
             seal: self.seal(),
             signature: self.signature,
+            ticket: None,
         }
     }
 

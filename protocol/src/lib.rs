@@ -16,6 +16,8 @@
 //! - [`quorum`]: the sans-IO commit–reveal tally a worker keeps per unit it holds.
 //! - [`board`]: the sans-IO board a rendezvous peer keeps: commitments, reveals, and the
 //!   counted reasons it refuses messages for.
+//! - [`ticket`]: lease tickets, the coordinator's voucher that a worker holds a unit,
+//!   without which boards file no commitment.
 //! - [`rendezvous`]: which peers a unit's claims go to (highest-random-weight hashing).
 //! - [`manifest`]: the project manifest (TOML) and its validation.
 //! - [`provenance`]: signed projects: the submitter's key signs every unit with the
@@ -42,6 +44,7 @@ pub mod provenance;
 pub mod quorum;
 pub mod reduce;
 pub mod rendezvous;
+pub mod ticket;
 pub mod tls;
 pub mod wire;
 

@@ -288,7 +288,9 @@ mod tests {
 
     /// Two holders and one board, driven until quiet; returns what each submitted.
     fn run_pair(a: Claim, b: Claim) -> Vec<Action> {
-        let mut board = Board::default();
+        // Boards file commitments only with the coordinator's lease ticket.
+        let coordinator = Identity::from_seed([200; 32]);
+        let mut board = Board::default().vouched_by(coordinator.id());
         let mut books = [QuorumBook::default(), QuorumBook::default()];
         let ids = [a.worker, b.worker];
         let mut out = Vec::new();
@@ -296,7 +298,15 @@ mod tests {
             book.hold(U, 2);
             for act in book.add_own(c, 0) {
                 if let Action::Commit { commitment, .. } = act {
-                    board.commit(commitment, 0).expect("commit");
+                    let ticket = coordinator.sign_ticket(
+                        commitment.worker,
+                        commitment.project,
+                        commitment.unit,
+                        u64::MAX,
+                    );
+                    board
+                        .commit(commitment.with_ticket(Some(ticket)), 0)
+                        .expect("commit");
                 }
             }
         }

@@ -7,6 +7,7 @@ use proto::v1 as pb;
 use crate::claim::Commitment;
 use crate::manifest::ProjectSpec;
 use crate::provenance::{Signatures, SubmitterKey};
+use crate::ticket::Ticket;
 use crate::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
 
 fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Error> {
@@ -53,7 +54,27 @@ impl TryFrom<pb::Commitment> for Commitment {
             worker: WorkerId::from_slice("Commitment.worker_key", &c.worker_key)?,
             seal: fixed("Commitment.seal", &c.seal)?,
             signature: fixed("Commitment.signature", &c.signature)?,
+            ticket: c.ticket.map(Ticket::try_from).transpose()?,
         })
+    }
+}
+
+impl TryFrom<pb::LeaseTicket> for Ticket {
+    type Error = Error;
+    fn try_from(t: pb::LeaseTicket) -> Result<Self, Error> {
+        Ok(Ticket {
+            expires_ms: t.expires_ms,
+            signature: fixed("LeaseTicket.signature", &t.signature)?,
+        })
+    }
+}
+
+impl From<&Ticket> for pb::LeaseTicket {
+    fn from(t: &Ticket) -> Self {
+        pb::LeaseTicket {
+            expires_ms: t.expires_ms,
+            signature: t.signature.to_vec(),
+        }
     }
 }
 
@@ -65,6 +86,7 @@ impl From<&Commitment> for pb::Commitment {
             worker_key: c.worker.0.to_vec(),
             seal: c.seal.to_vec(),
             signature: c.signature.to_vec(),
+            ticket: c.ticket.as_ref().map(pb::LeaseTicket::from),
         }
     }
 }

@@ -27,6 +27,7 @@ use protocol::board::{Board, BoardLimits, Reason, View};
 use protocol::claim::Commitment;
 use protocol::quorum::{Action, QuorumBook, Timing};
 use protocol::rendezvous::{BOARDS_PER_UNIT, boards};
+use protocol::ticket::Ticket;
 use protocol::{Certificate, Claim, Digest, Identity, Limits, ProjectId, UnitId, WorkerId};
 
 const PROJECT: ProjectId = ProjectId(1);
@@ -272,6 +273,8 @@ struct SimWorker {
     sent_reveal: HashMap<UnitId, BTreeSet<WorkerId>>,
     copied: BTreeSet<UnitId>,
     last_claim: Option<Claim>,
+    /// The coordinator's lease tickets for the units it holds, sent with commitments.
+    tickets: HashMap<UnitId, Ticket>,
     /// Units whose certificate (complete or partial) is out: no more polling, like the
     /// real worker; the coordinator combines whatever else arrives.
     submitted: BTreeSet<UnitId>,
@@ -286,6 +289,8 @@ fn fuel_of(unit: UnitId) -> u64 {
 }
 
 struct Sim {
+    /// Signs lease tickets like the real coordinator (`protocol::ticket`).
+    coordinator: Identity,
     sched: Scheduler,
     workers: Vec<SimWorker>,
     index: HashMap<WorkerId, usize>,
@@ -367,6 +372,10 @@ pub fn run(s: &Scenario) -> Report {
     }
     let mut workers = Vec::with_capacity(n);
     let mut index = HashMap::new();
+    // The coordinator's key: it signs lease tickets, without which boards file nothing.
+    let mut coordinator_seed = [0xc0; 32];
+    coordinator_seed[..8].copy_from_slice(&s.seed.to_le_bytes());
+    let coordinator = Identity::from_seed(coordinator_seed);
     for (i, kind) in kinds.into_iter().enumerate() {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -388,7 +397,7 @@ pub fn run(s: &Scenario) -> Report {
             kind,
             half: i % 2,
             book: QuorumBook::new(Timing::default()),
-            board: Board::new(BoardLimits::default()),
+            board: Board::new(BoardLimits::default()).vouched_by(coordinator.id()),
             running: None,
             down_until: 0,
             outputs: HashMap::new(),
@@ -396,6 +405,7 @@ pub fn run(s: &Scenario) -> Report {
             sent_reveal: HashMap::new(),
             copied: BTreeSet::new(),
             last_claim: None,
+            tickets: HashMap::new(),
             submitted: BTreeSet::new(),
         });
     }
@@ -411,6 +421,7 @@ pub fn run(s: &Scenario) -> Report {
         }
     }
     let mut sim = Sim {
+        coordinator,
         sched,
         workers,
         index,
@@ -493,7 +504,8 @@ impl Sim {
                 w.running = None;
                 w.down_until = now + 2 * LEASE_MS;
                 w.book = QuorumBook::new(Timing::default());
-                w.board = Board::new(BoardLimits::default());
+                w.board = Board::new(BoardLimits::default()).vouched_by(self.coordinator.id());
+                w.tickets.clear();
                 w.sent_commit.clear();
                 w.sent_reveal.clear();
                 w.submitted.clear();
@@ -514,7 +526,14 @@ impl Sim {
                 Kind::Colluder if back_to_back => 1_250,
                 _ => 500 + self.rng.next() % 1500,
             };
+            let ticket = self.coordinator.sign_ticket(
+                self.workers[i].id,
+                lease.project,
+                lease.unit,
+                lease.until + protocol::ticket::GRACE_MS.max(LEASE_MS),
+            );
             let w = &mut self.workers[i];
+            w.tickets.insert(lease.unit, ticket);
             w.book.hold(lease.unit, 2);
             w.running = Some((lease.unit, now + speed));
         }
@@ -597,7 +616,8 @@ impl Sim {
                 let w = &mut self.workers[i];
                 let entry = per_board.entry(b).or_default();
                 if w.sent_commit.entry(unit).or_default().insert(b) {
-                    entry.0.push(own.commitment());
+                    let ticket = w.tickets.get(&unit).copied();
+                    entry.0.push(own.commitment().with_ticket(ticket));
                 }
                 if revealed {
                     // Presenting our reveal is what entitles us to the others'.
@@ -710,8 +730,10 @@ impl Sim {
         let mut replayed = own.clone();
         replayed.unit = UnitId(unit.0 + 1);
         // The board counts each refusal by reason; the report reads the counts at the end.
+        let ticket = self.workers[i].tickets.get(&own.unit).copied();
+        let own_commitment = own.commitment().with_ticket(ticket);
         self.workers[j].board.exchange(
-            vec![forged, own.commitment(), own.commitment()],
+            vec![forged, own_commitment.clone(), own_commitment],
             vec![replayed.clone()],
             &[],
             now,
@@ -783,6 +805,7 @@ impl Sim {
             }
             let w = &mut self.workers[i];
             w.book.release(unit);
+            w.tickets.remove(&unit);
             w.outputs.remove(&unit);
             w.sent_commit.remove(&unit);
             w.sent_reveal.remove(&unit);

@@ -396,3 +396,170 @@ fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
     let status = c.status(project).expect("status after the restart");
     assert_eq!(n(&status, "verified"), 2, "{status}");
 }
+
+/// Item 5: boards filed commitments from anyone for anything. One under a made-up project
+/// made a board refuse the real project's commitment for that unit (`wrong_project`), 64
+/// junk ones filled it (`too_many_claims`), unit ids are sequential, and a flood of
+/// well-formed exchanges drove a worker to 90 % of a core. Now a board files a commitment
+/// only with the coordinator's lease ticket for exactly its worker, project and unit, and
+/// the peer service is rate-limited per connection, address and key.
+#[test]
+fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited() {
+    let mut c = Cluster::start(10);
+    let metrics: Vec<SocketAddr> = (0..3).map(|_| crate::dashboard::free_port()).collect();
+    for m in &metrics {
+        c.start_worker(&["--metrics", &m.to_string()]);
+    }
+    // Unattacked, for the time it takes.
+    let calm = primes_below_two_billion(c.dir.path(), "primes-calm", 20, false);
+    let started = std::time::Instant::now();
+    let calm = c.submit(&calm).expect("accepted");
+    c.wait_finished(calm, Duration::from_secs(300));
+    let calm_time = started.elapsed();
+
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-beside-junk", 20, false);
+    let started = std::time::Instant::now();
+    let id = c.submit(&manifest).expect("accepted");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (junk, flood, limited) = runtime.block_on(async {
+        let mut raw = connect(&c.url).await;
+        let attacker = Identity::generate().expect("identity");
+        let peers: Vec<String> = register(&mut raw, &attacker, "mallory")
+            .await
+            .peers
+            .into_iter()
+            .map(|p| p.addr)
+            .filter(|a| !a.is_empty())
+            .collect();
+        assert_eq!(peers.len(), 3, "the honest workers' boards: {peers:?}");
+        // 64 Sybil keys: enough to fill a unit to too_many_claims.
+        let sybils: Vec<Identity> = (0..64u8)
+            .map(|i| Identity::from_seed([i.wrapping_add(100); 32]))
+            .collect();
+        let commitment = |who: &Identity, project: u64, unit: u64| {
+            let claim = Claim::sign(
+                who,
+                ProjectId(project),
+                UnitId(unit),
+                Digest::of(b"junk"),
+                1,
+            );
+            pb::Commitment::from(&claim.commitment())
+        };
+        // Every unit id up to well past this project's: a made-up project first (it used to
+        // take the unit), then 64 Sybils, a ticket made up and one signed by the attacker.
+        let mut batches: Vec<Vec<pb::Commitment>> = Vec::new();
+        for unit in 1..=60u64 {
+            let mut batch = vec![commitment(&attacker, 999, unit)];
+            batch.extend(sybils.iter().map(|s| commitment(s, id, unit)));
+            let mut forged = commitment(&attacker, id, unit);
+            forged.ticket = Some(pb::LeaseTicket {
+                expires_ms: u64::MAX,
+                signature: vec![7; 64],
+            });
+            batch.push(forged);
+            let mut own_key = commitment(&attacker, id, unit);
+            let ticket = attacker.sign_ticket(attacker.id(), ProjectId(id), UnitId(unit), u64::MAX);
+            own_key.ticket = Some(pb::LeaseTicket {
+                expires_ms: ticket.expires_ms,
+                signature: ticket.signature.to_vec(),
+            });
+            batch.push(own_key);
+            batches.push(batch);
+        }
+        let mut junk = 0u64;
+        for addr in &peers {
+            let mut peer = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect to a peer");
+            // Seven units' junk per exchange (468 commitments, under the 512 limit).
+            for chunk in batches.chunks(7) {
+                let commitments: Vec<pb::Commitment> = chunk.concat();
+                let n = commitments.len() as u64;
+                let views = peer
+                    .exchange(pb::BoardExchange {
+                        commitments,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("junk within the rate is answered")
+                    .into_inner();
+                assert_eq!(
+                    views.rejected.len() as u64,
+                    n,
+                    "every junk commitment refused"
+                );
+                junk += n;
+            }
+        }
+        // A flood of well-formed exchanges at one board over one connection.
+        let mut peer = pb::peer_client::PeerClient::connect(format!("http://{}", peers[0]))
+            .await
+            .expect("connect to a peer");
+        let (mut flood, mut limited) = (0u64, 0u64);
+        for unit in 0..1000u64 {
+            let result = peer
+                .exchange(pb::BoardExchange {
+                    commitments: vec![commitment(&attacker, id, unit % 60 + 1)],
+                    want_units: vec![unit % 60 + 1],
+                    ..Default::default()
+                })
+                .await;
+            flood += 1;
+            match result {
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => limited += 1,
+                Err(status) => panic!("flood: {status:?}"),
+                Ok(_) => {}
+            }
+        }
+        (junk, flood, limited)
+    });
+
+    let status = c.wait_finished(id, Duration::from_secs(300));
+    let attacked_time = started.elapsed();
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (20, 0),
+        "the honest project must complete: {status}"
+    );
+    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 20));
+    assert!(
+        attacked_time <= calm_time * 2 + Duration::from_secs(10),
+        "{attacked_time:?} under attack, {calm_time:?} without"
+    );
+    let text: Vec<String> = metrics.iter().map(|m| http_get(*m, "/metrics")).collect();
+    let rejected = |reason: &str| -> u64 {
+        text.iter()
+            .map(|t| {
+                counted(
+                    t,
+                    "fallow_worker_board_rejections_total",
+                    &format!("reason=\"{reason}\""),
+                )
+            })
+            .sum()
+    };
+    let (no_ticket, bad_ticket) = (rejected("no_ticket"), rejected("bad_ticket"));
+    assert!(
+        no_ticket + bad_ticket >= junk,
+        "{junk} junk commitments sent, {no_ticket} no_ticket + {bad_ticket} bad_ticket counted"
+    );
+    for reason in ["wrong_project", "too_many_claims", "board_full"] {
+        assert_eq!(
+            rejected(reason),
+            0,
+            "{reason}: an honest commitment was refused"
+        );
+    }
+    let refused: u64 = text
+        .iter()
+        .map(|t| counted(t, "fallow_worker_gossip_requests_refused", ""))
+        .sum();
+    assert!(
+        limited >= flood / 2 && refused >= limited,
+        "{flood} flooding exchanges: {limited} refused as RESOURCE_EXHAUSTED, {refused} counted"
+    );
+    println!(
+        "{junk} junk commitments refused ({no_ticket} no_ticket, {bad_ticket} bad_ticket); {limited} of {flood} flooding exchanges rate-limited; {calm_time:?} calm, {attacked_time:?} under attack"
+    );
+}

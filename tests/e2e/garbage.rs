@@ -248,6 +248,7 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
                     worker_key: rogue.id().0.to_vec(),
                     seal: vec![3; 32],
                     signature: vec![4; 64],
+                    ticket: None,
                 }],
                 reveals: vec![pb::Claim {
                     project_id: 1,

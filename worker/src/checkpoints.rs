@@ -221,6 +221,10 @@ mod tests {
                 },
                 signature: [7; 64],
             }),
+            ticket: Some(protocol::ticket::Ticket {
+                expires_ms: 123,
+                signature: [8; 64],
+            }),
         }
     }
 

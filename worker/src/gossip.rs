@@ -17,6 +17,7 @@ use protocol::board::{Reason, View};
 use protocol::claim::Commitment;
 use protocol::quorum::{Action, QuorumBook, Timing};
 use protocol::rendezvous::{self, BOARDS_PER_UNIT};
+use protocol::ticket::Ticket;
 use protocol::wire::Evidence;
 use protocol::{Claim, ProjectId, UnitId, WorkerId};
 
@@ -112,6 +113,8 @@ pub enum Effect {
 #[derive(Debug)]
 struct Pending {
     project: ProjectId,
+    /// The coordinator's lease ticket, sent with our commitment (boards need it).
+    ticket: Option<Ticket>,
     commitment: Option<Commitment>,
     reveal: Option<Claim>,
     /// Boards that have our commitment on file.
@@ -151,11 +154,14 @@ impl Holder {
         }
     }
 
-    /// A unit was leased to us.
-    pub fn hold(&mut self, unit: UnitId, project: ProjectId, quorum: u32) {
+    /// A unit was leased to us, vouched for by `ticket` (`None` from a coordinator that
+    /// issues none: boards then refuse our commitment and the unit ends in a partial
+    /// certificate).
+    pub fn hold(&mut self, unit: UnitId, project: ProjectId, quorum: u32, ticket: Option<Ticket>) {
         self.book.hold(unit, quorum);
         self.units.entry(unit).or_insert(Pending {
             project,
+            ticket,
             commitment: None,
             reveal: None,
             delivered: BTreeSet::new(),
@@ -268,7 +274,8 @@ impl Holder {
                 | Reason::RevealWithoutCommitment
                 | Reason::RevealMismatch
                 | Reason::Equivocation
-                | Reason::WrongProject => {
+                | Reason::WrongProject
+                | Reason::BadTicket => {
                     // Our own messages are signed correctly and consistent: the board is
                     // broken or lying.
                     tracing::warn!(board = %board, unit = %unit, reason = reason.as_str(), "board refused our message");
@@ -276,6 +283,13 @@ impl Holder {
                 }
                 Reason::TooManyClaims | Reason::BoardFull => {
                     tracing::debug!(board = %board, unit = %unit, reason = reason.as_str(), "board is full");
+                    refused.insert(*unit);
+                }
+                // No ticket from our coordinator, a late commit, or a board that has not
+                // registered yet: retried at the next poll; the partial-certificate
+                // deadline covers a unit no board takes.
+                Reason::NoTicket | Reason::TicketExpired | Reason::NoCoordinatorKey => {
+                    tracing::debug!(board = %board, unit = %unit, reason = reason.as_str(), "board did not take our commitment");
                     refused.insert(*unit);
                 }
             }
@@ -346,7 +360,7 @@ impl Holder {
             match action {
                 Action::Commit { commitment, .. } => {
                     if let Some(p) = self.units.get_mut(&unit) {
-                        p.commitment = Some(commitment);
+                        p.commitment = Some(commitment.with_ticket(p.ticket));
                         p.delivered.clear();
                         p.next_poll = now;
                     }
@@ -406,6 +420,15 @@ mod tests {
 
     const P: ProjectId = ProjectId(1);
 
+    /// The coordinator whose tickets the test boards accept.
+    fn coordinator() -> Identity {
+        Identity::from_seed([200; 32])
+    }
+
+    fn ticket(worker: &Identity, unit: u64) -> Option<Ticket> {
+        Some(coordinator().sign_ticket(worker.id(), P, UnitId(unit), u64::MAX))
+    }
+
     /// In-memory twin of the network: one board per member, and holders that exchange with
     /// them directly. Counts what each holder sends.
     struct Net {
@@ -427,7 +450,11 @@ mod tests {
         fn new(members: u8, holders: u8) -> Self {
             let ids: Vec<Identity> = (0..members).map(|i| Identity::from_seed([i; 32])).collect();
             let members: Vec<WorkerId> = ids.iter().map(Identity::id).collect();
-            let boards = members.iter().map(|m| (*m, Board::default())).collect();
+            let key = coordinator().id();
+            let boards = members
+                .iter()
+                .map(|m| (*m, Board::default().vouched_by(key)))
+                .collect();
             let holders = ids
                 .into_iter()
                 .take(holders as usize)
@@ -447,7 +474,7 @@ mod tests {
         fn run(&mut self, h: usize, unit: u64, output: &[u8], now: u64) {
             let (id, holder) = &mut self.holders[h];
             let claim = Claim::sign(id, P, UnitId(unit), Digest::of(output), 100);
-            holder.hold(UnitId(unit), P, 2);
+            holder.hold(UnitId(unit), P, 2, ticket(id, unit));
             let effects = holder.add_own(claim, now);
             self.effects[h].extend(effects);
         }
@@ -597,7 +624,7 @@ mod tests {
         let cheat = Identity::from_seed([9; 32]);
         let honest = Identity::from_seed([1; 32]);
         let mut holder = Holder::new(Timing::default(), PollConfig::default());
-        holder.hold(UnitId(4), P, 2);
+        holder.hold(UnitId(4), P, 2, ticket(&honest, 4));
         let mine = Claim::sign(&honest, P, UnitId(4), Digest::of(b"ok"), 5);
         holder.add_own(mine, 0);
         let a = Claim::sign(&cheat, P, UnitId(4), Digest::of(b"ok"), 5).commitment();
@@ -660,7 +687,7 @@ mod tests {
     fn a_board_showing_a_forged_reveal_is_flagged() {
         let me = Identity::from_seed([1; 32]);
         let mut holder = Holder::new(Timing::default(), PollConfig::default());
-        holder.hold(UnitId(4), P, 2);
+        holder.hold(UnitId(4), P, 2, ticket(&me, 4));
         holder.add_own(Claim::sign(&me, P, UnitId(4), Digest::of(b"ok"), 5), 0);
         let mut forged = Claim::sign(
             &Identity::from_seed([2; 32]),

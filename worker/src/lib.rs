@@ -20,6 +20,8 @@
 //! - `checkpoints`: checkpoints of running units on disk (atomic writes, keyed by
 //!   coordinator, project, unit, module and input), resumed after a restart.
 //! - `rpc`: the gRPC boundary (coordinator client, peer service and client).
+//! - `peer_limiter`: how often a connection, an address or a worker key may call the
+//!   peer service.
 //! - [`tls`]: how the coordinator is reached: plain HTTP on loopback, TLS pinned to its
 //!   certificate's SHA-256 (in the URL or trusted on first use) anywhere else.
 //! - [`provenance`]: whose projects run here: each unit's submitter signature is checked
@@ -49,6 +51,7 @@ pub mod gossip;
 pub mod membership;
 mod metrics;
 mod modules;
+mod peer_limiter;
 pub mod rpc;
 mod shares;
 mod stats;
@@ -984,7 +987,8 @@ impl Shared {
     /// Our board answers one exchange (from a peer, or from ourselves without RPC).
     /// Refusals are counted by reason; those that prove misbehaviour are reported.
     fn serve(&self, commitments: Vec<Commitment>, reveals: Vec<Claim>, want: &[UnitId]) -> Reply {
-        let now = self.now_ms();
+        // The board runs on the coordinator's clock: lease tickets expire on it.
+        let now = self.client.coordinator_now_ms();
         // Kept to pair an offender's message with its filed commitment; bounded by the
         // request limits.
         let (sent_commitments, sent_reveals) = (commitments.clone(), reveals.clone());
@@ -1057,6 +1061,13 @@ impl Shared {
             };
             match self.client.register(&self.identity, me).await {
                 Ok(reg) => {
+                    // Our board files commitments only with this coordinator's tickets.
+                    match reg.coordinator_key {
+                        Some(key) => lock(&self.board).set_coordinator(key),
+                        None => tracing::warn!(
+                            "the coordinator sends no key (older version): our board files no commitments"
+                        ),
+                    }
                     self.seed_membership(&reg.peers);
                     *lock(&self.peers) = (0, reg.peers);
                     tracing::info!(coordinator = %self.config.coordinator, "registered");
@@ -1280,7 +1291,7 @@ impl Shared {
             }
         }
         lock(&self.held).insert(a.unit, Held::new(a.project, None));
-        lock(&self.holder).hold(a.unit, a.project, a.quorum);
+        lock(&self.holder).hold(a.unit, a.project, a.quorum, a.ticket);
         let compiled = match self
             .modules
             .get(&self.client, a.module, a.limits.nan_canonicalization)
@@ -1519,7 +1530,7 @@ impl Shared {
             }
             if swept.elapsed() >= BOARD_SWEEP {
                 swept = Instant::now();
-                lock(&self.board).expire(self.now_ms());
+                lock(&self.board).expire(self.client.coordinator_now_ms());
             }
             let members = self.members();
             let ids: Vec<WorkerId> = members.iter().map(|m| m.id).collect();
@@ -1876,7 +1887,13 @@ mod tests {
 
     #[test]
     fn a_board_turns_a_copier_and_an_equivocator_into_evidence_the_coordinator_accepts() {
-        let mut board = Board::default();
+        let coordinator = Identity::from_seed([200; 32]);
+        let mut board = Board::default().vouched_by(coordinator.id());
+        // Commitments as holders send them: with their lease tickets.
+        let c = |claim: &Claim| {
+            let t = coordinator.sign_ticket(claim.worker, claim.project, claim.unit, u64::MAX);
+            claim.commitment().with_ticket(Some(t))
+        };
         let honest = Claim::sign(
             &Identity::from_seed([1; 32]),
             ProjectId(1),
@@ -1890,14 +1907,14 @@ mod tests {
         let first = Claim::sign(&cheat, ProjectId(1), UnitId(5), Digest::of(b"a"), 10);
         let second = Claim::sign(&cheat, ProjectId(1), UnitId(5), Digest::of(b"b"), 10);
         board.exchange(
-            vec![honest.commitment(), guess.commitment(), first.commitment()],
+            vec![c(&honest), c(&guess), c(&first)],
             vec![honest.clone()],
             &[],
             0,
         );
         // The copier reveals the honest digest; the cheat commits again differently.
         let copied = Claim::sign(&copier, ProjectId(1), UnitId(5), honest.digest, 10);
-        let commitments = vec![second.commitment()];
+        let commitments = vec![c(&second)];
         let reveals = vec![copied.clone()];
         let (_, rejected) = board.exchange(commitments.clone(), reveals.clone(), &[], 1);
         let found = evidence(&board, &rejected, &commitments, &reveals);
@@ -1911,8 +1928,8 @@ mod tests {
             "{found:?}"
         );
         // A harmless refusal (a replay) accuses nobody.
-        let (_, rejected) = board.exchange(vec![honest.commitment()], Vec::new(), &[], 2);
-        assert!(evidence(&board, &rejected, &[honest.commitment()], &[]).is_empty());
+        let (_, rejected) = board.exchange(vec![c(&honest)], Vec::new(), &[], 2);
+        assert!(evidence(&board, &rejected, &[c(&honest)], &[]).is_empty());
     }
 
     #[test]

@@ -202,6 +202,7 @@ mod tests {
             quorum: spec.quorum,
             lease: Duration::from_secs(60),
             signed,
+            ticket: None,
         }
     }
 

@@ -12,6 +12,7 @@ use protocol::call::{self, Stamper};
 use protocol::certificate::MAX_CLAIMS;
 use protocol::claim::Commitment;
 use protocol::provenance::{Signer, SubmitterKey};
+use protocol::ticket::Ticket;
 use protocol::wire::Evidence;
 use protocol::{Claim, Digest, Failure, Identity, Limits, ProjectId, UnitId, WorkerId, wire};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -46,6 +47,10 @@ pub struct Assignment {
     /// The submitter's signature over the unit; `None` for a project from before
     /// projects were signed.
     pub signed: Option<Signed>,
+    /// The coordinator's lease ticket, attached to our commitment so boards file it
+    /// (`None` from a coordinator that issues none, or an assignment saved before tickets:
+    /// boards then refuse the commitment and the unit ends in a partial certificate).
+    pub ticket: Option<Ticket>,
 }
 
 /// Who signed a unit's project, and the signature over the unit.
@@ -78,6 +83,7 @@ impl TryFrom<pb::Assignment> for Assignment {
         };
         Ok(Assignment {
             signed,
+            ticket: a.ticket.map(Ticket::try_from).transpose()?,
             project: ProjectId(a.project_id),
             unit: UnitId(a.unit_id),
             name: a.unit_name,
@@ -115,6 +121,7 @@ impl Assignment {
                 .signed
                 .map(|s| s.signature.to_vec())
                 .unwrap_or_default(),
+            ticket: self.ticket.as_ref().map(pb::LeaseTicket::from),
         }
         .encode_to_vec()
     }
@@ -286,6 +293,12 @@ impl CoordinatorClient {
             clock: Arc::default(),
             connection,
         })
+    }
+
+    /// The coordinator's clock (Unix ms) as this worker knows it: what lease tickets
+    /// expire on, so our board checks them on it.
+    pub fn coordinator_now_ms(&self) -> u64 {
+        self.clock.now_us(local_us()) / 1000
     }
 
     /// Makes the call to `method` with the request `make` builds, signed and stamped; a
@@ -599,13 +612,18 @@ type Parsed = (Vec<Commitment>, Vec<Claim>, Vec<UnitId>);
 #[derive(Debug)]
 pub struct PeerService<H> {
     host: Arc<H>,
+    /// Exchanges per connection, address and key (`crate::peer_limiter`).
+    limiter: crate::peer_limiter::PeerLimiter,
 }
 
 impl<H: BoardHost> PeerService<H> {
     /// A service in front of `host`.
     pub fn new(host: Arc<H>) -> pb::peer_server::PeerServer<Self> {
-        pb::peer_server::PeerServer::new(PeerService { host })
-            .max_decoding_message_size(MAX_EXCHANGE_BYTES)
+        pb::peer_server::PeerServer::new(PeerService {
+            host,
+            limiter: Default::default(),
+        })
+        .max_decoding_message_size(MAX_EXCHANGE_BYTES)
     }
 
     fn parse(&self, r: pb::BoardExchange) -> Result<Parsed, Status> {
@@ -645,7 +663,15 @@ impl<H: BoardHost> pb::peer_server::Peer for PeerService<H> {
         &self,
         request: tonic::Request<pb::BoardExchange>,
     ) -> Result<Response<pb::BoardViews>, Status> {
+        let remote = request.remote_addr();
         let (commitments, reveals, want) = self.parse(request.into_inner())?;
+        // After the cheap size and shape checks, before any signature is verified.
+        let keys = commitments.iter().map(|c| c.worker);
+        let keys = keys.chain(reveals.iter().map(|c| c.worker));
+        if let Err(limited) = self.limiter.admit(remote, keys) {
+            self.host.refused("rate_limited");
+            return Err(Status::resource_exhausted(limited.0));
+        }
         let reply = self.host.exchange(commitments, reveals, &want);
         Ok(Response::new(reply_to_wire(&reply)))
     }
@@ -801,7 +827,7 @@ mod tests {
         tokio_util::sync::CancellationToken,
     ) {
         let host = Arc::new(Host {
-            board: Mutex::new(Board::default()),
+            board: Mutex::new(Board::default().vouched_by(coordinator().id())),
             refused: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -821,6 +847,23 @@ mod tests {
         (host, client, addr, stop)
     }
 
+    /// The coordinator whose lease tickets the test board accepts.
+    fn coordinator() -> Identity {
+        Identity::from_seed([200; 32])
+    }
+
+    trait Ticketed {
+        fn ticketed(&self) -> Commitment;
+    }
+
+    impl Ticketed for Claim {
+        /// The commitment with the coordinator's lease ticket, as a holder sends it.
+        fn ticketed(&self) -> Commitment {
+            let t = coordinator().sign_ticket(self.worker, self.project, self.unit, u64::MAX);
+            self.commitment().with_ticket(Some(t))
+        }
+    }
+
     fn claim(n: u8, output: &[u8]) -> Claim {
         Claim::sign(
             &Identity::from_seed([n; 32]),
@@ -838,7 +881,7 @@ mod tests {
         let reply = client
             .exchange(&Request {
                 board: a.worker,
-                commitments: vec![a.commitment(), b.commitment()],
+                commitments: vec![a.ticketed(), b.ticketed()],
                 reveals: Vec::new(),
                 want: vec![UnitId(5)],
             })
@@ -849,7 +892,7 @@ mod tests {
         let reply = client
             .exchange(&Request {
                 board: a.worker,
-                commitments: vec![a.commitment()],
+                commitments: vec![a.ticketed()],
                 reveals: vec![a.clone(), b.clone()],
                 want: vec![UnitId(5)],
             })
@@ -869,7 +912,7 @@ mod tests {
         let reply = client
             .exchange(&Request {
                 board: a.worker,
-                commitments: vec![c.commitment()],
+                commitments: vec![c.ticketed()],
                 reveals: vec![copied],
                 want: vec![UnitId(5)],
             })
