@@ -170,6 +170,9 @@ pub fn serve(role: Role) -> anyhow::Result<()> {
                     // A small fleet's simulated workers each ask far more often than a real
                     // worker's few requests a second; the limiter still runs its check.
                     worker_requests_per_second: 1_000_000,
+                    // They lease many units each and certify them later, in a phase of
+                    // their own.
+                    limit_unfinished_leases: false,
                     ..Default::default()
                 };
                 coordinator::serve_with(listener, store, config, stop).await?;

@@ -167,6 +167,11 @@ pub struct CoordinatorConfig {
     /// downloads one address may have in progress) to loopback clients too. Default
     /// false: a test fleet, or a reverse proxy on the same host, connects from loopback.
     pub limit_loopback: bool,
+    /// Limit each worker's unfinished leases by its record (`scheduler::UNFINISHED_BASE`,
+    /// plus one per result confirmed by another account), so an account's share of the
+    /// leases follows its record rather than how fast it asks. Default true; only load
+    /// generators whose simulated workers lease many units and answer later turn it off.
+    pub limit_unfinished_leases: bool,
     /// Test-only fault injection: hand every unit out with one byte of its input changed,
     /// as a compromised coordinator would (workers must refuse to run it). Default false.
     pub tamper_inputs: bool,
@@ -187,6 +192,7 @@ impl Default for CoordinatorConfig {
             max_connections_per_address: connections::Limits::default().per_address,
             idle_timeout: connections::Limits::default().idle_timeout,
             limit_loopback: false,
+            limit_unfinished_leases: true,
             tamper_inputs: false,
         }
     }

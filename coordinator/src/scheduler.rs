@@ -139,6 +139,19 @@ const SCAN_LIMIT: usize = 4096;
 /// take are drawn again.
 const DRAW_ATTEMPTS: usize = 16;
 
+/// Unfinished leases a worker may hold before it has a record (BOINC's limit on jobs in
+/// progress): see [`Scheduler::unfinished`]. Each of its results confirmed by another
+/// account raises the limit by one, up to [`UNFINISHED_MAX`]; an error halves the record,
+/// an offence clears it. So how many units an account can take at once, and how often it
+/// can hand units back to draw again, follows its record, not how fast it asks: the random
+/// draw of the open pool (`# Placement`) then bounds colluders by their share of the
+/// fleet's unfinished work. An honest worker holds its running units plus a buffer of 2
+/// (`--prefetch`): a one- or two-core worker is within the limit from the start, a bigger
+/// one reaches its cores as its first results are confirmed.
+pub const UNFINISHED_BASE: usize = 4;
+/// Most unfinished leases any worker may hold.
+pub const UNFINISHED_MAX: usize = 4096;
+
 /// Consecutive results confirmed by another account after which a worker is established in
 /// a project: while the trust rule applies there, a replica that could complete a quorum of
 /// workers none of them established is reserved for an established one (see the module
@@ -572,6 +585,14 @@ pub struct Scheduler {
     /// (unit, worker) pairs whose votes no longer count: the worker was caught changing
     /// its answer for that unit.
     disqualified: HashSet<(UnitId, WorkerId)>,
+    /// Units each worker was leased lately, pruned to the unfinished ones on its next
+    /// request ([`Scheduler::unfinished`]).
+    leased: HashMap<WorkerId, Vec<UnitId>>,
+    /// Results of each worker confirmed by another account (all projects): raises its
+    /// limit of unfinished leases ([`UNFINISHED_BASE`]). Restored from trust at start-up.
+    record: HashMap<WorkerId, u32>,
+    /// The limit of unfinished leases is off (benchmarks that lease without answering).
+    unlimited: bool,
 }
 
 /// Distinct workers that asked for work in the current lease period and how many did in
@@ -809,6 +830,8 @@ impl Scheduler {
     /// Restores a worker's trust in a project (start-up).
     pub fn restore_trust(&mut self, worker: WorkerId, project: ProjectId, trust: Trust) {
         self.pinned.extend(trust.unchecked.iter().copied());
+        let record = self.record.entry(worker).or_default();
+        *record = record.saturating_add(trust.consecutive);
         self.trust.insert((worker, project), trust);
     }
 
@@ -1078,6 +1101,25 @@ impl Scheduler {
         } else {
             max
         };
+        // Units of projects whose replicas vote together (quorum 2 or more) count against
+        // the worker's limit of unfinished leases; at the limit it may still take units of
+        // quorum-1 projects, where no placement decides anything.
+        let mut room = if self.unlimited {
+            usize::MAX
+        } else {
+            let limit = UNFINISHED_BASE
+                .saturating_add(self.record.get(&worker).copied().unwrap_or(0) as usize)
+                .min(UNFINISHED_MAX);
+            limit.saturating_sub(self.unfinished(worker, now))
+        };
+        eprintln!(
+            "DEBUG assign {worker} room {room} record {:?} leased {:?}",
+            self.record.get(&worker),
+            self.leased.get(&worker)
+        );
+        let single = |p: &Project| p.quorum < 2 && accept(p);
+        // A worker at its limit still counts as asking: it is part of the fleet the open
+        // pool's draw spreads replicas over.
         let trust = &self.trust;
         let established_in = self
             .projects
@@ -1085,26 +1127,36 @@ impl Scheduler {
             .filter(|p| !p.finished() && established(trust, worker, p.id) && accept(p))
             .map(|p| p.id);
         self.askers.saw(worker, now, self.lease_ms, established_in);
+        if room == 0 && !self.projects.values().any(|p| !p.finished() && single(p)) {
+            return out;
+        }
         let spread = self.askers.count().saturating_sub(1).max(1);
         let (account, subnet) = self.identity_of(worker);
         let subnet = subnet.filter(|_| self.distinct_subnets);
-        let who = Asker {
-            worker,
-            account: &account,
-            subnet: subnet.as_ref(),
-            accept,
-        };
         let mut fresh = FreshScan::default();
         while out.leases.len() < max {
+            let accept_now: &dyn Fn(&Project) -> bool = if room == 0 { &single } else { accept };
+            let who = Asker {
+                worker,
+                account: &account,
+                subnet: subnet.as_ref(),
+                accept: accept_now,
+            };
             let id = match self.draw(&who, spread, fresh.exhausted, now) {
                 Some(id) => id,
                 None if fresh.exhausted => break,
-                None => match self.next_fresh(accept, &mut fresh) {
+                None => match self.next_fresh(accept_now, &mut fresh) {
                     Some(id) => id,
                     None => continue, // none left: the next draw is from the pool only
                 },
             };
+            let leased = out.leases.len();
             self.lease(id, worker, &account, &subnet, now, &mut out);
+            let voting = out.leases[leased..]
+                .iter()
+                .filter(|l| self.projects.get(&l.project).is_some_and(|p| p.quorum >= 2))
+                .count();
+            room = room.saturating_sub(voting);
         }
         // Fresh units this worker may not take keep their place at the front.
         while let Some(id) = fresh.kept.pop() {
@@ -1113,8 +1165,55 @@ impl Scheduler {
         out.leases.sort_by_key(|l| l.unit);
         if !out.leases.is_empty() {
             self.standing.entry(worker).or_default().last_unit_at = now;
+            if !self.unlimited {
+                self.leased
+                    .entry(worker)
+                    .or_default()
+                    .extend(out.leases.iter().map(|l| l.unit));
+            }
         }
         out
+    }
+
+    /// How many of `worker`'s leases of units of projects with quorum 2 or more are
+    /// unfinished at `now`: its replica is running and
+    /// its vote not in, or it handed the unit back less than a lease ago (so handing units
+    /// back to draw again costs the same as holding them). Prunes the worker's list to
+    /// those, so a request costs O(its limit), and forgets a worker with none.
+    fn unfinished(&mut self, worker: WorkerId, now: u64) -> usize {
+        let Some(list) = self.leased.get_mut(&worker) else {
+            return 0;
+        };
+        let (units, projects) = (&self.units, &self.projects);
+        list.sort_unstable();
+        list.dedup();
+        list.retain(|&id| {
+            let Some(Slot::Full(unit)) = units.get(id) else {
+                return false; // settled and compacted
+            };
+            unit.status == UnitStatus::Pending
+                && projects.get(&unit.project).is_some_and(|p| p.quorum >= 2)
+                && !unit.votes.contains_key(&worker)
+                && unit.replicas.iter().any(|r| {
+                    r.worker == worker
+                        && match r.state {
+                            AssignmentState::Active => true,
+                            AssignmentState::Returned => r.lease_until > now,
+                            _ => false,
+                        }
+                })
+        });
+        let n = list.len();
+        if n == 0 {
+            self.leased.remove(&worker);
+        }
+        n
+    }
+
+    /// Turns the limit of unfinished leases per worker ([`UNFINISHED_BASE`]) off: for
+    /// load generators that lease many units per simulated worker and answer later.
+    pub fn set_unlimited(&mut self, on: bool) {
+        self.unlimited = on;
     }
 
     /// One draw for a lease (module doc, `# Placement`): uniformly one of `max(pool, spread)`
@@ -1831,6 +1930,8 @@ impl Scheduler {
     }
 
     fn confirmed(&mut self, worker: WorkerId, project: ProjectId, changes: &mut Vec<Change>) {
+        let record = self.record.entry(worker).or_default();
+        *record = record.saturating_add(1);
         let t = self.trust.entry((worker, project)).or_default();
         t.consecutive = t.consecutive.saturating_add(1);
         changes.push(Change::Trust {
@@ -1854,6 +1955,9 @@ impl Scheduler {
     /// A failure where others succeeded: trust resets, no re-verification (nothing was
     /// claimed).
     fn error(&mut self, worker: WorkerId, project: ProjectId, changes: &mut Vec<Change>) {
+        if let Some(record) = self.record.get_mut(&worker) {
+            *record /= 2;
+        }
         let t = self.trust.entry((worker, project)).or_default();
         t.consecutive = 0;
         changes.push(Change::Trust {
@@ -1868,6 +1972,7 @@ impl Scheduler {
     /// A wrong or changed answer: trust drops to zero and every unchecked solo result of
     /// the worker in the project is re-opened.
     fn offence(&mut self, worker: WorkerId, project: ProjectId, changes: &mut Vec<Change>) {
+        self.record.remove(&worker);
         let t = self.trust.entry((worker, project)).or_default();
         t.consecutive = 0;
         t.offences = t.offences.saturating_add(1);

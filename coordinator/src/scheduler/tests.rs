@@ -713,6 +713,8 @@ fn a_worker_is_leased_only_units_of_projects_it_accepts() {
 /// held whose other replica was the other colluder's.
 fn back_to_back(units: u64, seed: u64) -> (f64, f64) {
     let mut s = Scheduler::new(LEASE, seed);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     s.add_project(project(units, 2, 2, 5));
     for u in 0..units {
         s.add_unit(
@@ -787,6 +789,8 @@ fn a_unit_a_worker_opens_goes_to_a_random_next_asker() {
     // Five workers in turn, one unit each: a unit's second replica must not always go to
     // the worker asking right after the first (it goes to any of the next few askers).
     let mut s = setup(1_000, 2, 2, 5);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     let mut first: HashMap<UnitId, u8> = HashMap::new();
     let (mut next, mut later) = (0, 0);
     let mut previous = 0u8;
@@ -828,6 +832,8 @@ fn established_pair(units_total: u64) -> Scheduler {
 #[test]
 fn brand_new_accounts_cannot_decide_a_unit_together_while_established_ones_are_active() {
     let mut s = established_pair(100);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     let now = 100;
     // The established workers ask for work (each takes a replica of one fresh unit).
     let mut by_established = units(s.assign(id(1), 1, now));
@@ -858,6 +864,8 @@ fn brand_new_accounts_cannot_decide_a_unit_together_while_established_ones_are_a
 #[test]
 fn a_dispute_a_new_account_could_settle_with_another_goes_to_an_established_worker() {
     let mut s = established_pair(100);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     let now = 100;
     s.assign(id(1), 1, now);
     s.assign(id(2), 1, now);
@@ -894,6 +902,8 @@ fn new_accounts_pair_up_as_before_when_the_rule_does_not_apply() {
 
     // A brand-new fleet: nobody is established.
     let mut s = setup(100, 2, 2, 5);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     let both = paired(&mut s, 0);
     assert!(!both.is_empty());
     assert!(
@@ -904,6 +914,8 @@ fn new_accounts_pair_up_as_before_when_the_rule_does_not_apply() {
 
     // Established workers exist, but have not asked for work for two lease periods.
     let mut s = established_pair(100);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     s.assign(id(1), 1, 0);
     let both = paired(&mut s, 10 * LEASE);
     assert!(!both.is_empty());
@@ -916,6 +928,8 @@ fn new_accounts_pair_up_as_before_when_the_rule_does_not_apply() {
     // Fewer than half the askers are established: they could not take a replica of every
     // unit the new ones open.
     let mut s = established_pair(100);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     s.assign(id(1), 1, 0);
     s.assign(id(5), 1, 0);
     assert!(!paired(&mut s, 0).is_empty());
@@ -923,6 +937,8 @@ fn new_accounts_pair_up_as_before_when_the_rule_does_not_apply() {
     // The rule applies, but no established worker takes a reserved replica within a lease
     // period: then anyone may.
     let mut s = established_pair(100);
+    // Simulated workers that never answer: placement alone, no limit of unfinished leases.
+    s.set_unlimited(true);
     s.assign(id(1), 1, 0);
     s.assign(id(2), 1, 0);
     let a3 = units(s.assign(id(3), 5, 0));
@@ -940,4 +956,72 @@ fn new_accounts_pair_up_as_before_when_the_rule_does_not_apply() {
             .expect("valid")
             .is_some()
     );
+}
+
+/// An account that takes units and never answers holds at most [`UNFINISHED_BASE`] of a
+/// voting project's units: asking for more, asking faster, or handing units back to draw
+/// again gets it no more within a lease; each result confirmed by another account raises
+/// its limit by one; quorum-1 projects are not limited.
+#[test]
+fn unfinished_leases_follow_the_record_not_the_asking() {
+    let mut s = setup(100, 2, 2, 5);
+    let got = units(s.assign(id(1), 64, 0));
+    assert_eq!(got.len(), UNFINISHED_BASE);
+    assert!(
+        units(s.assign(id(1), 64, 1)).is_empty(),
+        "asked again at once"
+    );
+    for &u in &got {
+        s.give_back(id(1), u);
+    }
+    assert!(
+        units(s.assign(id(1), 64, 2)).is_empty(),
+        "handed back to draw again"
+    );
+    // Its answers finish units: worker 2 confirms two of them.
+    let mut s = setup(100, 2, 2, 5);
+    let mine = units(s.assign(id(1), 64, 0));
+    let theirs = units(s.assign(id(2), 64, 0));
+    let shared: Vec<UnitId> = mine
+        .iter()
+        .filter(|u| theirs.contains(u))
+        .copied()
+        .collect();
+    assert!(!shared.is_empty(), "{mine:?} {theirs:?}");
+    for u in &shared {
+        assert!(
+            certify(&mut s, u.0, &[1, 2], b"out")
+                .expect("certify")
+                .is_some()
+        );
+    }
+    // Its limit grew by one per confirmed result; the finished units freed their places.
+    let more = units(s.assign(id(1), 64, 3));
+    assert_eq!(more.len(), shared.len() + shared.len(), "{more:?}");
+    // A quorum-1 project's units are not limited.
+    let mut s = Scheduler::new(LEASE, 7);
+    s.add_project(project(100, 1, 1, 3));
+    for u in 0..100 {
+        s.add_unit(
+            UnitId(u),
+            P,
+            UnitStatus::Pending,
+            1,
+            1,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+    }
+    assert_eq!(units(s.assign(id(1), 64, 0)).len(), 64);
+}
+
+/// A lapsed lease is no longer unfinished: the worker may take units again.
+#[test]
+fn expired_leases_free_their_places() {
+    let mut s = setup(100, 2, 2, 5);
+    assert_eq!(units(s.assign(id(1), 1, 0)).len(), 1);
+    assert_eq!(units(s.assign(id(1), 64, 0)).len(), 3);
+    s.expire(LEASE + 1);
+    assert_eq!(units(s.assign(id(1), 64, LEASE + 2)).len(), 4);
 }
