@@ -336,6 +336,7 @@ pub(crate) async fn run<S: Store>(
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), now);
     let mut sched = Scheduler::new(lease_ms, seed);
     sched.set_distinct_subnets(config.distinct_subnets);
+    sched.set_unlimited(!config.limit_unfinished_leases);
     let projects = snapshot.projects.len();
     let (dashboard, published) = Dashboard::new(&snapshot.workers);
     for w in &snapshot.workers {
