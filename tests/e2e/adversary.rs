@@ -306,26 +306,8 @@ fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
         register(&mut raw, &b, "colluder-b").await;
         let mut leased = Vec::new();
         for id in [&a, &b] {
-            let work = raw
-                .request_work(signed(
-                    id,
-                    "RequestWork",
-                    now_us(),
-                    pb::WorkRequest {
-                        public_key: id.id().0.to_vec(),
-                        max_units: 64,
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .expect("work")
-                .into_inner();
-            leased.push(
-                work.assignments
-                    .iter()
-                    .map(|x| x.unit_id)
-                    .collect::<Vec<_>>(),
-            );
+            let work = request_work(&mut raw, id, 64).await.expect("work");
+            leased.push(work.iter().map(|x| x.unit_id).collect::<Vec<_>>());
         }
         assert_eq!(leased[0], leased[1], "both colluders hold every unit");
         assert_eq!(leased[0].len(), 4);
@@ -397,23 +379,27 @@ fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
     assert_eq!(n(&status, "verified"), 2, "{status}");
 }
 
-/// Asks for one unit as `id`; the unit ids leased.
-async fn take_one(raw: &mut CoordinatorClient<Channel>, id: &Identity) -> Vec<pb::Assignment> {
-    match raw
-        .request_work(signed(
-            id,
-            "RequestWork",
-            now_us(),
-            pb::WorkRequest {
-                public_key: id.id().0.to_vec(),
-                max_units: 1,
-                ..Default::default()
-            },
-        ))
+/// RequestWork for up to `max` units as `id`, signed.
+async fn request_work(
+    raw: &mut CoordinatorClient<Channel>,
+    id: &Identity,
+    max: u32,
+) -> Result<Vec<pb::Assignment>, tonic::Status> {
+    let message = pb::WorkRequest {
+        public_key: id.id().0.to_vec(),
+        max_units: max,
+        ..Default::default()
+    };
+    raw.request_work(signed(id, "RequestWork", now_us(), message))
         .await
-    {
-        Ok(r) => r.into_inner().assignments,
-        // Over the rate: asking as fast as the limit lets them means this happens.
+        .map(|r| r.into_inner().assignments)
+}
+
+/// Asks for one unit as `id`; what was leased (nothing when over the rate: asking as fast
+/// as the limit lets them means this happens).
+async fn take_one(raw: &mut CoordinatorClient<Channel>, id: &Identity) -> Vec<pb::Assignment> {
+    match request_work(raw, id, 1).await {
+        Ok(assignments) => assignments,
         Err(status) if status.code() == tonic::Code::ResourceExhausted => Vec::new(),
         Err(status) => panic!("RequestWork: {status:?}"),
     }
