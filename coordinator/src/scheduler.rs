@@ -1670,6 +1670,15 @@ impl Scheduler {
                     claim.worker
                 )));
             }
+            // Fuel is the credit unit and matching replicas must state the same, so two
+            // colluders could otherwise agree on any fuel for a correct output: a unit
+            // never burns more than `[limits].fuel`, checkpointed segments included.
+            if claim.fuel > project.limits.fuel {
+                return Err(reject(format!(
+                    "the claim by {} states {} fuel, more than project {}'s limit of {} a unit",
+                    claim.worker, claim.fuel, project.id, project.limits.fuel
+                )));
+            }
             if verify_signatures {
                 claim.verify()?;
             }

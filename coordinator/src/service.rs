@@ -869,25 +869,6 @@ impl<S: Store> CoordinatorService<S> {
             })
     }
 
-    /// Refuses claims that state more fuel than their project allows a unit. Fuel is the
-    /// credit unit and all matching replicas must state the same, so without this two
-    /// colluding accounts could agree on any fuel (up to 2^64 − 1) for a correct output
-    /// and be credited for it; a unit can never burn more than `[limits].fuel`, its
-    /// checkpointed segments included (they share that one budget).
-    fn check_fuel(state: &State, claims: &[protocol::Claim]) -> Result<(), Status> {
-        for claim in claims {
-            if let Some(p) = state.sched.project(claim.project)
-                && claim.fuel > p.limits.fuel
-            {
-                return Err(Status::invalid_argument(format!(
-                    "the claim by worker {} for unit {} states {} fuel, more than project {}'s limit of {} a unit",
-                    claim.worker, claim.unit, claim.fuel, p.id, p.limits.fuel
-                )));
-            }
-        }
-        Ok(())
-    }
-
     fn known_worker(state: &mut State, worker: WorkerId, now: u64) -> Result<(), Status> {
         match state.workers.get_mut(&worker) {
             Some(w) => {
@@ -1575,10 +1556,6 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         Self::known_worker(&mut state, submitter, now)?;
         Self::fresh(&mut state, submitter, &stamp)?;
         self.admit_backed(&mut state, submitter)?;
-        Self::check_fuel(&state, &checked.certificate().claims).inspect_err(|e| {
-            tracing::warn!(%unit, "certificate rejected: {}", e.message());
-            dashboard.certificate(claims, CertificateOutcome::Rejected);
-        })?;
         let submitted = state
             .sched
             .submit_checked(&checked, Some(&output))
@@ -1688,7 +1665,6 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         Self::known_worker(&mut state, reporter, now)?;
         Self::fresh(&mut state, reporter, &stamp)?;
         self.admit_backed(&mut state, reporter)?;
-        Self::check_fuel(&state, &checked.certificate().claims)?;
         let submitted = state.sched.submit_checked(&checked, None).map_err(|e| {
             tracing::warn!(%unit, worker = %reporter, "dispute rejected: {e}");
             to_status(e)

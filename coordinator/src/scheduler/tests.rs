@@ -1025,3 +1025,30 @@ fn expired_leases_free_their_places() {
     s.expire(LEASE + 1);
     assert_eq!(units(s.assign(id(1), 64, LEASE + 2)).len(), 4);
 }
+
+/// A claim over the project's fuel limit is refused, so colluders cannot agree on inflated
+/// fuel (the credit unit) for a correct output; at the limit it is accepted.
+#[test]
+fn claims_over_the_fuel_limit_are_refused() {
+    let mut s = setup(1, 2, 2, 5);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    let limit = project(1, 2, 2, 5).limits.fuel;
+    let signed = |n: u8, fuel: u64| Claim::sign(&worker(n), P, UnitId(0), Digest::of(b"out"), fuel);
+    for fuel in [limit + 1, u64::MAX] {
+        let cert = Certificate {
+            unit: UnitId(0),
+            claims: vec![signed(1, fuel), signed(2, fuel)],
+        };
+        let e = s.submit(&cert, Some(b"out")).expect_err("over the limit");
+        assert!(e.to_string().contains("limit"), "{e}");
+    }
+    let cert = Certificate {
+        unit: UnitId(0),
+        claims: vec![signed(1, limit), signed(2, limit)],
+    };
+    assert!(matches!(
+        s.submit(&cert, Some(b"out")).expect("at the limit").verdict,
+        Verdict::Verified(_)
+    ));
+}
