@@ -1,5 +1,6 @@
 //! The dashboard in a real headless Chromium (Debian `chromium` + `chromium-driver`, which
-//! `.ci/run` installs), driven with fantoccini: a Mandelbrot project's progress and picture
+//! `scripts/test` installs; elsewhere `FALLOW_CHROMIUM` and `FALLOW_CHROMEDRIVER` name
+//! them), driven with fantoccini: a Mandelbrot project's progress and picture
 //! fill in live, without a reload, and no page raises a JavaScript error.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,8 +13,17 @@ use serde_json::json;
 
 use crate::harness::{Cluster, project};
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// chromedriver: `FALLOW_CHROMEDRIVER`, else Debian's.
+fn chromedriver() -> PathBuf {
+    std::env::var_os("FALLOW_CHROMEDRIVER")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromedriver"), PathBuf::from)
+}
+
+/// Chromium: `FALLOW_CHROMIUM`, else Debian's.
+fn chromium() -> PathBuf {
+    std::env::var_os("FALLOW_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
 
 /// Tiles of the test picture: 12 x 9 tiles of 64 px, enough units that the picture is
 /// always caught part-way (with 30 tiles two workers sometimes finished between two paints).
@@ -23,11 +33,13 @@ const TILE: u32 = 64;
 
 #[test]
 fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
-    for path in [CHROMEDRIVER, CHROMIUM] {
+    for path in [chromedriver(), chromium()] {
         assert!(
-            Path::new(path).exists(),
-            "{path} is missing: the browser tests need Debian's chromium and chromium-driver \
-             (`apt-get install -y chromium chromium-driver`; .ci/run installs them)"
+            path.exists(),
+            "{} is missing: the browser test needs Chromium and chromedriver; run the tests \
+             with `scripts/test`, which installs Debian's chromium and chromium-driver, or set \
+             FALLOW_CHROMIUM and FALLOW_CHROMEDRIVER",
+            path.display()
         );
     }
     let shots = screenshot_dir();
@@ -349,7 +361,7 @@ struct ChromeDriver {
 impl ChromeDriver {
     fn start(profile: &Path) -> ChromeDriver {
         let addr = free_port();
-        let child = Command::new(CHROMEDRIVER)
+        let child = Command::new(chromedriver())
             .arg(format!("--port={}", addr.port()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -375,7 +387,7 @@ impl ChromeDriver {
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
-                "binary": CHROMIUM,
+                "binary": chromium(),
                 "args": [
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",
