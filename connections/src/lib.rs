@@ -18,8 +18,11 @@
 //! - [`KeepUntilSent`]: a value a handler attaches to its response to keep it alive until
 //!   the response has been sent (e.g. a permit bounding the bytes being sent).
 //! - [`Address`]: what the cap counts per — an IPv4 address or an IPv6 /64.
+//! - [`peer_tls`]: worker-to-worker TLS, each board's certificate bound to its worker key.
 
 #![forbid(unsafe_code)]
+
+pub mod peer_tls;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -38,6 +41,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
+
+/// What can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Making or using a peer TLS identity or endpoint.
+    #[error("peer TLS: {0}")]
+    PeerTls(String),
+}
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming, TlsConnectInfo};
 
 /// How long an HTTP/2 connection may go without any frame before the server pings it.

@@ -10,6 +10,9 @@ use crate::{Error, WorkerId};
 /// Domain separation for registration signatures.
 const REGISTER_CONTEXT: &[u8] = b"fallow/register/v2\0";
 
+/// Domain separation for binding a peer TLS key to a worker key ([`Identity::sign_peer_tls`]).
+const PEER_TLS_CONTEXT: &[u8] = b"fallow/peer-tls/v1\0";
+
 /// A worker's signing key. The public half is its [`WorkerId`].
 pub struct Identity {
     key: SigningKey,
@@ -104,6 +107,13 @@ impl Identity {
         self.sign_raw(&registration.message())
     }
 
+    /// Binds a TLS key to this worker: a signature over the DER `SubjectPublicKeyInfo` of
+    /// the certificate its peer service serves. The TLS key is a separate key, so the
+    /// worker key never signs a TLS handshake (whose signed bytes a client partly chooses).
+    pub fn sign_peer_tls(&self, spki_der: &[u8]) -> [u8; 64] {
+        self.sign_raw(&peer_tls_message(spki_der))
+    }
+
     /// A salt derived from the secret key, for when the OS random source fails: as hidden
     /// from others as a random one, though not fresh per claim.
     pub(crate) fn derive_salt(
@@ -156,9 +166,40 @@ pub fn verify_registration(
         .map_err(|_| Error::malformed("RegisterWorkerRequest.signature", "does not verify"))
 }
 
+fn peer_tls_message(spki_der: &[u8]) -> Vec<u8> {
+    let mut m = PEER_TLS_CONTEXT.to_vec();
+    m.extend_from_slice(spki_der);
+    m
+}
+
+/// Checks that `worker` bound the TLS key `spki_der` ([`Identity::sign_peer_tls`]).
+pub fn verify_peer_tls(worker: WorkerId, spki_der: &[u8], signature: &[u8]) -> Result<(), Error> {
+    crate::claim::verify_signature(worker, &peer_tls_message(spki_der), signature)
+        .map_err(|_| Error::malformed("peer TLS certificate binding", "does not verify"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_tls_binding_verifies_only_for_its_worker_and_key() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let sig = a.sign_peer_tls(b"spki of a's tls key");
+        assert!(verify_peer_tls(a.id(), b"spki of a's tls key", &sig).is_ok());
+        assert!(verify_peer_tls(b.id(), b"spki of a's tls key", &sig).is_err());
+        assert!(verify_peer_tls(a.id(), b"spki of another key", &sig).is_err());
+        assert!(verify_peer_tls(a.id(), b"spki of a's tls key", &sig[..63]).is_err());
+        // Not a registration signature either.
+        let registration = Registration {
+            name: "",
+            account: "",
+            team: "",
+            peer_addr: "",
+        };
+        assert!(verify_registration(a.id(), &registration, &sig).is_err());
+    }
 
     #[test]
     fn key_file_round_trips_and_garbage_is_refused() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use prost::Message;
 use proto::v1 as pb;
 use proto::v1::coordinator_client::CoordinatorClient;
-use protocol::{Claim, Digest, Identity, ProjectId, UnitId, wire};
+use protocol::{Claim, Digest, Identity, ProjectId, UnitId, WorkerId, wire};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -57,6 +57,11 @@ async fn connect(url: &str) -> CoordinatorClient<Channel> {
 
 /// Registers `id` under `account` with no peer address (it accepts no connections); the
 /// answer names live peers (other workers' public keys: no secret).
+/// The worker key a peer list names.
+fn key_of(info: &pb::PeerInfo) -> WorkerId {
+    WorkerId(info.public_key.as_slice().try_into().expect("a worker key"))
+}
+
 async fn register(
     raw: &mut CoordinatorClient<Channel>,
     id: &Identity,
@@ -624,13 +629,12 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
         // machine one may be a beat late (CI once saw two of three), so ask until all
         // three are listed.
         let listed = std::time::Instant::now();
-        let peers: Vec<String> = loop {
-            let peers: Vec<String> = register(&mut raw, &attacker, "mallory")
+        let peers: Vec<pb::PeerInfo> = loop {
+            let peers: Vec<pb::PeerInfo> = register(&mut raw, &attacker, "mallory")
                 .await
                 .peers
                 .into_iter()
-                .map(|p| p.addr)
-                .filter(|a| !a.is_empty())
+                .filter(|p| !p.addr.is_empty())
                 .collect();
             if peers.len() == 3 || listed.elapsed() > Duration::from_secs(60) {
                 break peers;
@@ -638,6 +642,27 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         assert_eq!(peers.len(), 3, "the honest workers' boards: {peers:?}");
+        // Boards speak only TLS: plain HTTP/2 gets no gRPC answer, and a client that names
+        // another worker than the one at the address refuses its certificate.
+        for info in &peers {
+            if let Ok(mut plain) =
+                pb::peer_client::PeerClient::connect(format!("http://{}", info.addr)).await
+            {
+                plain
+                    .exchange(pb::BoardExchange::default())
+                    .await
+                    .expect_err("a board answers plain HTTP/2");
+            }
+            let addr = info.addr.parse().expect("address");
+            let elsewhere = connections::peer_tls::endpoint(addr, attacker.id())
+                .expect("endpoint")
+                .connect()
+                .await;
+            assert!(
+                elsewhere.is_err(),
+                "a board at {addr} passed for the attacker's key"
+            );
+        }
         // 64 Sybil keys: enough to fill a unit to too_many_claims.
         let sybils: Vec<Identity> = (0..64u8)
             .map(|i| Identity::from_seed([i.wrapping_add(100); 32]))
@@ -674,10 +699,8 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
             batches.push(batch);
         }
         let mut junk = 0u64;
-        for addr in &peers {
-            let mut peer = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
-                .await
-                .expect("connect to a peer");
+        for info in &peers {
+            let mut peer = crate::harness::peer(&info.addr, key_of(info)).await;
             // Seven units' junk per exchange (468 commitments, under the 512 limit).
             for chunk in batches.chunks(7) {
                 let commitments: Vec<pb::Commitment> = chunk.concat();
@@ -699,9 +722,7 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
             }
         }
         // A flood of well-formed exchanges at one board over one connection.
-        let mut peer = pb::peer_client::PeerClient::connect(format!("http://{}", peers[0]))
-            .await
-            .expect("connect to a peer");
+        let mut peer = crate::harness::peer(&peers[0].addr, key_of(&peers[0])).await;
         let (mut flood, mut limited) = (0u64, 0u64);
         for unit in 0..1000u64 {
             let result = peer

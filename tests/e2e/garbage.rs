@@ -218,20 +218,18 @@ async fn rogue(url: String, coordinator: SocketAddr) -> u64 {
 
     // 4. The peers: garbage bytes, an oversized exchange, and forged, out-of-order board
     // messages (a reveal with no commitment, a commitment with a bad signature).
-    let peers: Vec<String> = registration
+    let peers: Vec<&worker::rpc::PeerInfo> = registration
         .peers
         .iter()
-        .map(|p| p.addr.clone())
-        .filter(|a| !a.is_empty())
+        .filter(|p| !p.addr.is_empty())
         .collect();
     assert!(!peers.is_empty(), "the honest workers are members");
-    for addr in &peers {
-        if let Ok(a) = addr.parse() {
+    for info in &peers {
+        if let Ok(a) = info.addr.parse() {
             raw_garbage(a);
         }
-        let mut peer = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
+        let mut peer = crate::harness::peer(&info.addr, info.id)
             .await
-            .expect("connect to a peer")
             .max_encoding_message_size(64 << 20);
         let oversized = peer
             .exchange(pb::BoardExchange {

@@ -16,6 +16,21 @@ pub const NEVER_SUSPEND: [&str; 4] = [
     "0",
 ];
 
+/// A raw client for the board of worker `key` at `addr`, as any peer reaches it: over TLS,
+/// accepting only a certificate bound to that worker's key (`connections::peer_tls`).
+pub async fn peer(
+    addr: &str,
+    key: protocol::WorkerId,
+) -> proto::v1::peer_client::PeerClient<tonic::transport::Channel> {
+    let addr = addr.parse().expect("a peer address");
+    let channel = connections::peer_tls::endpoint(addr, key)
+        .expect("peer endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to the board at {addr}: {e}"));
+    proto::v1::peer_client::PeerClient::new(channel)
+}
+
 /// The binary under test.
 pub fn fallow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fallow"));

@@ -117,6 +117,9 @@ pub enum Error {
     /// The peer server failed.
     #[error("peer server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The peer service's TLS identity or a peer's endpoint could not be made.
+    #[error(transparent)]
+    PeerTls(#[from] connections::Error),
     /// The local control API: the worker is not running, refused the token or the
     /// request; the text says which and what to do.
     #[error("{0}")]
@@ -428,7 +431,7 @@ struct Shared {
     peers: Mutex<(u64, Vec<PeerInfo>)>,
     /// Boards that failed us recently, avoided until the instant given.
     suspects: Mutex<HashMap<WorkerId, Instant>>,
-    peer_clients: Mutex<HashMap<SocketAddr, PeerClient>>,
+    peer_clients: Mutex<HashMap<(SocketAddr, WorkerId), PeerClient>>,
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
     control: Arc<control::Control>,
@@ -729,21 +732,32 @@ impl Attached {
             "worker starting"
         );
         let peer_stop = CancellationToken::new();
-        let server = listener.map(|listener| {
+        let server = match listener {
+            None => None,
+            Some(listener) => Some((
+                listener,
+                // Served over TLS with a fresh key bound to this worker's key: peers reach
+                // this board encrypted, and only as this worker (`connections::peer_tls`).
+                connections::peer_tls::PeerTls::new(&shared.identity)?.server_config(),
+            )),
+        };
+        let server = server.map(|(listener, tls)| {
             let stop = peer_stop.clone();
             let svc = rpc::PeerService::new(shared.clone());
             // As the coordinator's: a cap per address (loopback exempt), idle connections
             // closed, keepalive, a request timeout (`connections`, default limits).
             let connections = connections::Connections::new(connections::Limits::default());
-            tokio::spawn(
-                connections::server(connections.limits())
+            let server = connections::server(connections.limits()).tls_config(tls);
+            tokio::spawn(async move {
+                server?
                     .layer(connections.layer())
                     .add_service(svc)
                     .serve_with_incoming_shutdown(
                         connections.incoming(listener),
                         stop.cancelled_owned(),
-                    ),
-            )
+                    )
+                    .await
+            })
         });
         Ok(Attached {
             shared,
@@ -1118,16 +1132,18 @@ impl Shared {
         }
     }
 
-    fn peer_client(&self, addr: SocketAddr) -> Result<PeerClient, Error> {
+    /// A client for `board`'s board at `addr`, connecting only to that worker (TLS bound
+    /// to its key).
+    fn peer_client(&self, board: WorkerId, addr: SocketAddr) -> Result<PeerClient, Error> {
         let mut clients = lock(&self.peer_clients);
-        if let Some(c) = clients.get(&addr) {
+        if let Some(c) = clients.get(&(addr, board)) {
             return Ok(c.clone());
         }
-        let c = PeerClient::new(&addr.to_string())?;
+        let c = PeerClient::new(addr, board)?;
         if clients.len() > 1024 {
             clients.clear(); // members come and go; reconnecting is cheap
         }
-        clients.insert(addr, c.clone());
+        clients.insert((addr, board), c.clone());
         Ok(c)
     }
 
@@ -1557,7 +1573,7 @@ impl Shared {
                 let client = members
                     .iter()
                     .find(|m| m.id == request.board)
-                    .map(|m| self.peer_client(m.addr));
+                    .map(|m| self.peer_client(m.id, m.addr));
                 match client {
                     Some(Ok(client)) => {
                         exchanges.spawn(async move {

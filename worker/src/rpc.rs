@@ -2,6 +2,7 @@
 //! for the coordinator speaking domain types, the `Peer` service (the rendezvous board other
 //! workers exchange commitments and reveals with), and the client side of that service.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use protocol::{Claim, Digest, Failure, Identity, Limits, ProjectId, UnitId, Work
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use crate::Error;
@@ -763,10 +764,10 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A lazily connecting client for the peer at `addr` (host:port).
-    pub fn new(addr: &str) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Config(format!("bad peer address {addr:?}: {e}")))?
+    /// A lazily connecting client for the board of worker `board` at `addr`: over TLS,
+    /// accepting only a certificate bound to `board`'s key (`connections::peer_tls`).
+    pub fn new(addr: SocketAddr, board: WorkerId) -> Result<Self, Error> {
+        let endpoint = connections::peer_tls::endpoint(addr, board)?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5));
         Ok(PeerClient {
@@ -835,16 +836,24 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = tokio_util::sync::CancellationToken::new();
+        let tls = connections::peer_tls::PeerTls::new(&board()).expect("peer tls");
         tokio::spawn(
             tonic::transport::Server::builder()
+                .tls_config(tls.server_config())
+                .expect("tls")
                 .add_service(PeerService::new(host.clone()))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stop.clone().cancelled_owned(),
                 ),
         );
-        let client = PeerClient::new(&addr.to_string()).expect("client");
+        let client = PeerClient::new(addr, board().id()).expect("client");
         (host, client, addr, stop)
+    }
+
+    /// The worker whose board the test serves.
+    fn board() -> Identity {
+        Identity::from_seed([100; 32])
     }
 
     /// The coordinator whose lease tickets the test board accepts.
@@ -932,9 +941,13 @@ mod tests {
     async fn oversized_and_malformed_exchanges_are_refused_with_a_clear_status() {
         let (host, client, addr, stop) = serve().await;
         // A raw client without our own encoding limit, to see the board's.
-        let raw = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
+        let raw = pb::peer_client::PeerClient::new(
+            connections::peer_tls::endpoint(addr, board().id())
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect"),
+        );
         let too_many = Request {
             want: (0..MAX_EXCHANGE_UNITS as u64 + 1).map(UnitId).collect(),
             ..Request::to(WorkerId([0; 32]))
@@ -983,6 +996,45 @@ mod tests {
             vec!["too_many_units", "too_many_messages", "malformed"]
         );
         assert!(host.board.lock().expect("lock").is_empty());
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_board_is_reached_only_over_tls_and_only_as_the_worker_named() {
+        let (host, client, addr, stop) = serve().await;
+        let a = claim(1, b"x");
+        let request = Request {
+            board: board().id(),
+            commitments: vec![a.ticketed()],
+            reveals: Vec::new(),
+            want: vec![UnitId(5)],
+        };
+        client
+            .exchange(&request)
+            .await
+            .expect("the named board answers");
+        // A client that expects another worker at this address refuses the certificate
+        // and sends nothing.
+        let wrong = PeerClient::new(addr, a.worker).expect("client");
+        let err = wrong.exchange(&request).await.expect_err("not that worker");
+        assert!(err.to_string().contains("Exchange"), "{err}");
+        // Plain HTTP/2 gets no gRPC answer at all.
+        let plain = pb::peer_client::PeerClient::connect(format!("http://{addr}")).await;
+        if let Ok(mut plain) = plain {
+            plain
+                .exchange(pb::BoardExchange::default())
+                .await
+                .expect_err("plaintext is not served");
+        }
+        assert_eq!(
+            host.board
+                .lock()
+                .expect("lock")
+                .rejections()
+                .values()
+                .sum::<u64>(),
+            0
+        );
         stop.cancel();
     }
 }
