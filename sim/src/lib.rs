@@ -28,7 +28,9 @@ use protocol::claim::Commitment;
 use protocol::quorum::{Action, QuorumBook, Timing};
 use protocol::rendezvous::{BOARDS_PER_UNIT, boards};
 use protocol::ticket::Ticket;
-use protocol::{Certificate, Claim, Digest, Identity, Limits, ProjectId, UnitId, WorkerId};
+use protocol::{
+    Certificate, Claim, Digest, Failure, FailureKind, Identity, Limits, ProjectId, UnitId, WorkerId,
+};
 
 const PROJECT: ProjectId = ProjectId(1);
 /// Simulated time per step.
@@ -209,8 +211,10 @@ pub struct Report {
     pub spot_checks: u64,
     /// Board refusals by reason.
     pub board_rejections: BTreeMap<&'static str, u64>,
-    /// Certificates and disputes the coordinator refused.
+    /// Certificates, disputes and forged failure reports the coordinator refused.
     pub coordinator_rejections: u64,
+    /// Failure reports forged in another worker's name: refused, and accepted (must stay 0).
+    pub forged_failures: (u64, u64),
     /// Simulated time at the end (ms).
     pub sim_ms: u64,
     /// Whether the run settled every unit before the time limit.
@@ -738,12 +742,67 @@ impl Sim {
             &[],
             now,
         );
+        // Board squatting: a commitment for the unit under a made-up project (on the wire
+        // it once made a board refuse the real project's commitment for that unit), with
+        // a lease ticket the forger signed itself.
+        let squat = Claim::sign(
+            &self.workers[i].identity,
+            ProjectId(own.project.0 ^ 0x5151),
+            unit,
+            own.digest,
+            own.fuel,
+        );
+        let own_ticket =
+            self.workers[i]
+                .identity
+                .sign_ticket(squat.worker, squat.project, unit, u64::MAX);
+        self.workers[j].board.exchange(
+            vec![squat.commitment().with_ticket(Some(own_ticket))],
+            Vec::new(),
+            &[],
+            now,
+        );
         // And a certificate for a unit it never held.
         let cert = Certificate {
             unit: replayed.unit,
             claims: vec![replayed],
         };
         self.submit(&cert, Some(b"forged"));
+        self.forge_failure(i, j, unit, now);
+    }
+
+    /// A failure report in the name of board `j`'s worker for `unit` (on the wire, before
+    /// calls were signed, such reports failed 40 of 40 units of an honest project). The
+    /// forger can sign only with its own key; the coordinator checks the call against the
+    /// key it names, as `coordinator::service` does, and only a call that verifies reaches
+    /// the scheduler.
+    fn forge_failure(&mut self, i: usize, j: usize, unit: UnitId, now: u64) {
+        if i == j {
+            return; // its own board: a report in its own name is no forgery
+        }
+        let victim = self.workers[j].id;
+        let body = format!("ReportFailure {victim} {} trap", unit.0);
+        let stamp =
+            self.workers[i]
+                .identity
+                .sign_call("ReportFailure", now * 1000, body.as_bytes());
+        if protocol::call::verify(victim, "ReportFailure", &stamp, body.as_bytes()).is_err() {
+            self.report.coordinator_rejections += 1;
+            self.report.forged_failures.0 += 1;
+            return;
+        }
+        // Reached only if the call check let a forgery through: the scenario measures the
+        // attack, not an assumption about it.
+        match self
+            .sched
+            .report_failure(victim, unit, Failure::new(FailureKind::Trap, "forged"))
+        {
+            Ok(changes) => {
+                self.report.forged_failures.1 += 1;
+                self.after(changes);
+            }
+            Err(_) => self.report.coordinator_rejections += 1,
+        }
     }
 
     fn act(&mut self, i: usize, actions: Vec<Action>, _now: u64) {

@@ -106,6 +106,13 @@ fn forged_and_replayed_messages_are_refused_and_counted() {
     let replayed = r.board_rejections.get("replayed").copied().unwrap_or(0);
     assert!(bad > 0 && replayed > 0, "{r:?}");
     assert!(r.coordinator_rejections > 0, "{r:?}");
+    // Failure reports in a holder's name, signed with the forger's own key: all refused.
+    let (refused, accepted) = r.forged_failures;
+    assert!(refused > 0 && accepted == 0, "{r:?}");
+    // Commitments squatting a unit under a made-up project, with a ticket the forger
+    // signed itself: refused, and the real project's units all verified (`check`).
+    let squats = r.board_rejections.get("bad_ticket").copied().unwrap_or(0);
+    assert!(squats > 0, "{r:?}");
 }
 
 #[test]
