@@ -10,6 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use worker::tls::Trust;
 
+use coordinator::scheduler::Outcome;
+
 use crate::client::{Client, Status};
 
 /// `fallow coordinator`.
@@ -146,6 +148,7 @@ pub async fn submit(
     trust: &Trust,
     token: Option<String>,
     key: Option<PathBuf>,
+    once: bool,
 ) -> anyhow::Result<()> {
     let mut spec = protocol::manifest::load(manifest)?;
     let submitter = submitter_key(key)?;
@@ -160,10 +163,38 @@ pub async fn submit(
             .map(|t| t.trim().to_string())
     });
     let client = Client::connect(coordinator, trust).await?.with_token(token);
-    let id = client.submit(spec).await?;
-    eprintln!("submitted project {name:?} with {units} units");
-    println!("{id}");
+    let submitted = client.submit(spec, once).await?;
+    if submitted.reused {
+        eprintln!(
+            "project {name:?} was submitted before as project {} (the same module, inputs and terms); --once: nothing submitted",
+            submitted.id
+        );
+    } else {
+        eprintln!("submitted project {name:?} with {units} units");
+        if !submitted.duplicates.is_empty() {
+            eprintln!(
+                "warning: {}",
+                duplicate_warning(&submitted.duplicates, submitted.id)
+            );
+        }
+    }
+    println!("{}", submitted.id);
     Ok(())
+}
+
+/// What `fallow submit` says when the same project was submitted before.
+fn duplicate_warning(earlier: &[u64], id: u64) -> String {
+    let list = earlier
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "the same module, inputs and terms were already submitted as project{} {list}; \
+         project {id} is another copy and runs every unit again \
+         (`fallow submit --once` submits only what was not submitted before)",
+        if earlier.len() == 1 { "" } else { "s" }
+    )
 }
 
 /// Where the submitter key lives: `--key`/`FALLOW_SUBMITTER_KEY`, else
@@ -220,7 +251,7 @@ pub async fn status(
 ) -> anyhow::Result<()> {
     let client = Client::connect(coordinator, trust).await?;
     if wait {
-        wait_for(&client, project, json).await?;
+        wait_for(&client, project, Progress::for_status(json)).await?;
     }
     let projects = client.status(project).await?;
     print_status(&projects, json)?;
@@ -245,20 +276,25 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
         "id", "name", "verified", "total", "failed", "running", "execs"
     )?;
     for p in projects {
-        let state = if p.finished {
-            "finished"
-        } else if p.total == p.verified + p.failed {
-            "reducing"
-        } else {
-            "running"
-        };
         writeln!(
             out,
-            "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  {state}",
-            p.id, p.name, p.verified, p.total, p.failed, p.in_progress, p.executions
+            "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  {}",
+            p.id,
+            p.name,
+            p.verified,
+            p.total,
+            p.failed,
+            p.in_progress,
+            p.executions,
+            p.outcome.as_str()
         )?;
         if !p.aggregate_error.is_empty() {
             writeln!(out, "      reducer failed: {}", p.aggregate_error)?;
+        } else if p.outcome == Outcome::Failed {
+            writeln!(
+                out,
+                "      every unit failed: `fallow results` writes why to failed.txt"
+            )?;
         }
         if p.submitter.is_empty() {
             writeln!(
@@ -270,17 +306,44 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar per project until all shown projects are finished.
+/// How `wait_for` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// A progress bar per project (on stderr, when it is a terminal).
+    Bars,
+    /// A line per project each time its numbers change: for logs and pipes, where bars
+    /// would show nothing until the end. On stderr when stdout is kept for JSON.
+    Lines {
+        /// Write them to stderr.
+        stderr: bool,
+    },
+}
+
+impl Progress {
+    /// `fallow status --wait`: bars on a terminal, lines otherwise (and with `--json`).
+    fn for_status(json: bool) -> Progress {
+        use std::io::IsTerminal;
+        if !json && std::io::stdout().is_terminal() {
+            Progress::Bars
+        } else {
+            Progress::Lines { stderr: json }
+        }
+    }
+}
+
+/// Shows progress until all shown projects are finished.
 pub(crate) async fn wait_for(
     client: &Client,
     project: Option<u64>,
-    quiet: bool,
+    progress: Progress,
 ) -> anyhow::Result<()> {
-    let multi = if quiet {
-        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-    } else {
-        MultiProgress::new()
+    let multi = match progress {
+        Progress::Bars => MultiProgress::new(),
+        Progress::Lines { .. } => {
+            MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        }
     };
+    let mut lines = ChangeLines::default();
     let style = ProgressStyle::with_template(
         "{prefix:>16} [{bar:40.green/white}] {pos}/{len} verified {msg} ({eta} left)",
     )
@@ -291,6 +354,18 @@ pub(crate) async fn wait_for(
         let projects = client.status(project).await?;
         if projects.is_empty() {
             bail!("no projects to wait for");
+        }
+        if let Progress::Lines { stderr } = progress {
+            for line in lines.changed(&projects) {
+                // A closed pipe is the reader's choice, not an error of ours.
+                if stderr {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
         }
         for p in &projects {
             let bar = bars.entry(p.id).or_insert_with(|| {
@@ -310,6 +385,45 @@ pub(crate) async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The progress lines of `status --wait` without a terminal: one per project whose line
+/// changed since it was last printed.
+#[derive(Debug, Default)]
+struct ChangeLines {
+    last: std::collections::HashMap<u64, String>,
+}
+
+impl ChangeLines {
+    fn changed(&mut self, projects: &[Status]) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in projects {
+            let line = progress_line(p);
+            if self.last.get(&p.id) != Some(&line) {
+                self.last.insert(p.id, line.clone());
+                out.push(line);
+            }
+        }
+        out
+    }
+}
+
+/// `project 3 primes: running · 12/40 verified · 1 failed · 4 running`.
+fn progress_line(p: &Status) -> String {
+    let mut line = format!(
+        "project {} {}: {} · {}/{} verified · {} failed · {} running",
+        p.id,
+        p.name,
+        p.outcome.as_str(),
+        p.verified,
+        p.total,
+        p.failed,
+        p.in_progress
+    );
+    if !p.aggregate_error.is_empty() {
+        line.push_str(&format!(" · reducer failed: {}", p.aggregate_error));
+    }
+    line
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -371,16 +485,36 @@ pub async fn accounts(coordinator: &str, trust: &Trust, json: bool) -> anyhow::R
     Ok(())
 }
 
-/// `fallow results`.
+/// `fallow results`: refuses a directory holding something else than this project's
+/// results (unless `force`), writes the outputs, `failed.txt` and the aggregate, and
+/// fails when the reducer did.
 pub async fn results(
     coordinator: &str,
     trust: &Trust,
     project: u64,
     out: &Path,
+    force: bool,
 ) -> anyhow::Result<()> {
     let client = Client::connect(coordinator, trust).await?;
+    let status = client
+        .status(Some(project))
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("project {project} is not on {coordinator}"))?;
+    let marker = ResultsMarker {
+        project,
+        name: status.name.clone(),
+        coordinator: coordinator.to_string(),
+    };
+    check_results_dir(out, &marker, force)?;
     let results = client.results(project).await?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // First, so a directory left half-written still says whose results it holds.
+    write_atomic(
+        &out.join(RESULTS_MARKER),
+        format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
+    )?;
     for (unit, output) in &results.verified {
         // Names were checked at submit, but this coordinator may not be ours: never let a
         // name escape the output directory.
@@ -393,23 +527,100 @@ pub async fn results(
         failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
     }
     write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
-    match &results.aggregate {
-        Some(Ok(bytes)) => write_atomic(&out.join("aggregate"), bytes)?,
-        Some(Err(e)) => eprintln!("reducer failed: {e}"),
-        None => {}
+    if let Some(Ok(bytes)) = &results.aggregate {
+        write_atomic(&out.join("aggregate"), bytes)?;
     }
-    eprintln!(
-        "wrote {} verified outputs, {} failed units{} to {}",
+    let wrote = format!(
+        "{} verified outputs and {} failed units",
         results.verified.len(),
-        results.failed.len(),
-        if matches!(results.aggregate, Some(Ok(_))) {
-            " and the aggregate"
-        } else {
-            ""
-        },
-        out.display()
+        results.failed.len()
     );
+    match &results.aggregate {
+        Some(Err(e)) => bail!(
+            "project {project}'s reducer failed: {e}; wrote {wrote} to {}, but there is no aggregate",
+            out.display()
+        ),
+        Some(Ok(_)) => eprintln!("wrote {wrote} and the aggregate to {}", out.display()),
+        None if status.has_reducer => eprintln!(
+            "wrote {wrote} to {}; no aggregate yet: project {project} is {} ({} of {} units settled)",
+            out.display(),
+            status.outcome.as_str(),
+            status.verified + status.failed,
+            status.total
+        ),
+        None => eprintln!("wrote {wrote} to {}", out.display()),
+    }
     Ok(())
+}
+
+/// The file in a results directory that names the project whose results it holds (a
+/// unit's name never starts with a dot, so no output can take its place).
+const RESULTS_MARKER: &str = ".fallow-results";
+
+/// What [`RESULTS_MARKER`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ResultsMarker {
+    /// The project id.
+    project: u64,
+    /// Its name.
+    name: String,
+    /// The coordinator it came from (for the record; the same project may be reached
+    /// under another URL).
+    coordinator: String,
+}
+
+/// Refuses to write `mine` into `dir` when it holds anything but `mine`'s results (another
+/// project's, or files of no project) unless `force`: two projects' outputs would mix.
+fn check_results_dir(dir: &Path, mine: &ResultsMarker, force: bool) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let theirs: Option<ResultsMarker> = std::fs::read_to_string(dir.join(RESULTS_MARKER))
+        .ok()
+        .and_then(|text| serde_json::from_str(text.trim()).ok());
+    let same = theirs
+        .as_ref()
+        .is_some_and(|t| t.project == mine.project && t.name == mine.name);
+    if same {
+        return Ok(());
+    }
+    let holds = match &theirs {
+        Some(t) => format!(
+            "holds the results of project {} {:?} (from {})",
+            t.project, t.name, t.coordinator
+        ),
+        None => format!(
+            "is not empty ({} entr{}, e.g. {:?}) and holds no results of project {}",
+            names.len(),
+            if names.len() == 1 { "y" } else { "ies" },
+            names.iter().min().map(String::as_str).unwrap_or_default(),
+            mine.project
+        ),
+    };
+    if force {
+        eprintln!(
+            "warning: {} {holds}; writing project {} {:?} there anyway (--force)",
+            dir.display(),
+            mine.project,
+            mine.name
+        );
+        return Ok(());
+    }
+    bail!(
+        "{} {holds}: choose an empty or new --out directory, or pass --force to write project {} {:?} there anyway (files of the same name are replaced, the others stay)",
+        dir.display(),
+        mine.project,
+        mine.name
+    )
 }
 
 /// Writes via a temporary file and a rename, so a crash never leaves half a result.

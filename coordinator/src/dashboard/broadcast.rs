@@ -21,7 +21,8 @@ use super::snapshot::{
     Sample, TeamRow, Totals, WorkerRow, Workers, frame,
 };
 use super::{Dashboard, metrics, render};
-use crate::store::Store;
+use crate::scheduler::Outcome;
+use crate::store::{CorruptOutput, Store, StoredOutput};
 
 /// Shortest time between two captures.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -67,6 +68,9 @@ pub(crate) trait Source: Clone + Send + Sync + 'static {
     fn capture(&self) -> impl Future<Output = (Capture, Duration)> + Send;
     /// The store.
     fn store(&self) -> &Self::Store;
+    /// Sends units whose stored outputs failed their digest check back for verification
+    /// (the one thing the dashboard asks of the state: it never shows such an output).
+    fn reverify(&self, corrupt: Vec<CorruptOutput>) -> impl Future<Output = ()> + Send;
 }
 
 /// Runs until `cancel`; dropping `tx` at the end closes every live stream, which lets the
@@ -339,6 +343,13 @@ impl Broadcaster {
             quorum: p.quorum,
             max_replicas: p.max_replicas,
             finished: p.finished,
+            outcome: Outcome::of(
+                p.total,
+                p.verified,
+                p.failed,
+                p.finished,
+                p.aggregate == "failed",
+            ),
             aggregate: p.aggregate,
             units_per_minute: per_ms * 60_000.0,
             eta_seconds,
@@ -479,7 +490,10 @@ impl Broadcaster {
         self.deferred |= behind && !allowed;
         if behind && allowed {
             m.rendered = Some(Instant::now());
-            let (painted, read) = paint(source.store(), p.id, m).await;
+            let (painted, read, corrupt) = paint(source.store(), p.id, m).await;
+            if !corrupt.is_empty() {
+                source.reverify(corrupt).await;
+            }
             // Only what the store returned counts as seen: a unit the scheduler already
             // counts as verified may not be readable yet, and is painted on the next pass.
             m.verified_seen = read;
@@ -511,32 +525,45 @@ impl Broadcaster {
     }
 }
 
-/// Paints every verified tile not painted yet; returns whether anything was painted and
-/// how many verified outputs the store returned. The first output that is not a tile marks
-/// the project as not a picture.
-async fn paint<St: Store>(store: &St, project: ProjectId, m: &mut MosaicState) -> (bool, u64) {
+/// Paints every verified tile not painted yet; returns whether anything was painted, how
+/// many verified outputs the store returned, and the outputs that failed their digest
+/// check (not painted). The first output that is not a tile marks the project as not a
+/// picture.
+async fn paint<St: Store>(
+    store: &St,
+    project: ProjectId,
+    m: &mut MosaicState,
+) -> (bool, u64, Vec<CorruptOutput>) {
     let mut painted = false;
     let mut read = 0u64;
+    let mut corrupt = Vec::new();
     let mut after = None;
     loop {
         let page = match store.verified_outputs(project, after.clone(), 64).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(%project, "dashboard: cannot read outputs: {e}");
-                return (painted, read);
+                return (painted, read, corrupt);
             }
         };
         let Some(last) = page.last() else {
-            return (painted, read);
+            return (painted, read, corrupt);
         };
-        after = Some(last.name.clone());
+        after = Some(last.name().to_string());
         read += page.len() as u64;
         for v in page {
+            let v = match v {
+                StoredOutput::Intact(v) => v,
+                StoredOutput::Corrupt(c) => {
+                    corrupt.push(c);
+                    continue;
+                }
+            };
             let tile = match mosaic::parse_tile(&v.output) {
                 Ok(t) => t,
                 Err(_) if m.canvas.is_none() => {
                     m.not_image = true;
-                    return (false, read);
+                    return (false, read, corrupt);
                 }
                 Err(e) => {
                     tracing::debug!(%project, unit = %v.name, "not drawn: {e}");
