@@ -829,3 +829,121 @@ pub fn token(data: &Path, action: crate::cli::TokenAction) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(project: u64, name: &str) -> ResultsMarker {
+        ResultsMarker {
+            project,
+            name: name.into(),
+            coordinator: "http://127.0.0.1:7070".into(),
+        }
+    }
+
+    /// `results` writes into a new or empty directory, or one holding the same project's
+    /// results; anything else only with --force.
+    #[test]
+    fn results_refuse_a_directory_holding_other_files_unless_forced() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mine = marker(3, "primes");
+        let new = root.path().join("new");
+        check_results_dir(&new, &mine, false).expect("a new directory");
+        std::fs::create_dir(&new).expect("mkdir");
+        check_results_dir(&new, &mine, false).expect("an empty directory");
+
+        let same = root.path().join("same");
+        std::fs::create_dir(&same).expect("mkdir");
+        std::fs::write(same.join("u1"), "1").expect("output");
+        std::fs::write(
+            same.join(RESULTS_MARKER),
+            serde_json::to_string(&marker(3, "primes")).expect("json"),
+        )
+        .expect("marker");
+        check_results_dir(&same, &mine, false).expect("this project's results");
+
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).expect("mkdir");
+        std::fs::write(
+            other.join(RESULTS_MARKER),
+            serde_json::to_string(&marker(2, "mandel")).expect("json"),
+        )
+        .expect("marker");
+        let err = check_results_dir(&other, &mine, false)
+            .expect_err("another project's results")
+            .to_string();
+        assert!(
+            err.contains("holds the results of project 2 \"mandel\"") && err.contains("--force"),
+            "{err}"
+        );
+        check_results_dir(&other, &mine, true).expect("forced");
+
+        let stray = root.path().join("stray");
+        std::fs::create_dir(&stray).expect("mkdir");
+        std::fs::write(stray.join("notes.txt"), "mine").expect("file");
+        let err = check_results_dir(&stray, &mine, false)
+            .expect_err("files of no project")
+            .to_string();
+        assert!(
+            err.contains("is not empty") && err.contains("\"notes.txt\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_submission_is_named() {
+        let one = duplicate_warning(&[3], 7);
+        assert!(
+            one.contains("submitted as project 3;") && one.contains("project 7 is another copy"),
+            "{one}"
+        );
+        assert!(one.contains("--once"), "{one}");
+        assert!(duplicate_warning(&[3, 5], 7).contains("projects 3, 5;"));
+    }
+
+    fn status(verified: u64, failed: u64, running: u64, finished: bool) -> Status {
+        let total = 4;
+        Status {
+            id: 1,
+            name: "p".into(),
+            total,
+            verified,
+            failed,
+            in_progress: running,
+            pending: total - verified - failed - running,
+            executions: 0,
+            disputes: 0,
+            replication: 2,
+            quorum: 2,
+            credit: 0,
+            solo: 0,
+            spot_checks: 0,
+            mismatches: 0,
+            reopened: 0,
+            finished,
+            outcome: Outcome::of(total, verified, failed, finished, false),
+            has_reducer: false,
+            aggregate_ready: false,
+            aggregate_error: String::new(),
+            submitter: String::new(),
+        }
+    }
+
+    /// Without a terminal, `status --wait` prints a line each time a project's numbers
+    /// change, and nothing while they stay the same.
+    #[test]
+    fn progress_lines_come_once_per_change() {
+        let mut lines = ChangeLines::default();
+        assert_eq!(
+            lines.changed(&[status(0, 0, 0, false)]),
+            ["project 1 p: running · 0/4 verified · 0 failed · 0 running"]
+        );
+        assert!(lines.changed(&[status(0, 0, 0, false)]).is_empty());
+        assert_eq!(lines.changed(&[status(1, 0, 2, false)]).len(), 1);
+        assert_eq!(
+            lines.changed(&[status(0, 4, 0, true)]),
+            ["project 1 p: failed · 0/4 verified · 4 failed · 0 running"]
+        );
+    }
+}

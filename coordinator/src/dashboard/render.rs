@@ -571,4 +571,25 @@ mod tests {
         let map = unit_map("vvrpf");
         assert_eq!(map.matches("<rect").count(), 4, "{map}");
     }
+
+    /// A finished project reads "done" only when nothing failed: the row of a project
+    /// whose units all failed says "failed" (it once said "100.0 % … done").
+    #[test]
+    fn a_finished_project_says_done_partly_failed_or_failed() {
+        let row = |outcome| {
+            project_row(&ProjectSummary {
+                id: 1,
+                name: "p".into(),
+                total: 4,
+                failed: 4,
+                finished: true,
+                outcome,
+                percent: 100.0,
+                ..ProjectSummary::default()
+            })
+        };
+        assert!(row(Outcome::Failed).contains("<td class=\"num\">failed</td>"));
+        assert!(row(Outcome::Done).contains("<td class=\"num\">done</td>"));
+        assert!(row(Outcome::Partial).contains(">done, some units failed</td>"));
+    }
 }

@@ -1096,3 +1096,20 @@ fn a_unit_sent_back_for_reverification_is_verified_again_by_other_workers() {
     assert!(p.finished());
     assert_eq!(p.stats.verified, 1);
 }
+
+/// Finished is not done: a project whose units or reducer all failed says so.
+#[test]
+fn a_projects_outcome_tells_done_from_failed() {
+    // (total, verified, failed, finished, reducer failed) → outcome
+    let check = |numbers: (u64, u64, u64, bool, bool), want: Outcome| {
+        let (t, v, f, finished, reducer) = numbers;
+        assert_eq!(Outcome::of(t, v, f, finished, reducer), want, "{numbers:?}");
+    };
+    check((10, 3, 1, false, false), Outcome::Running);
+    check((10, 9, 1, false, false), Outcome::Reducing);
+    check((10, 10, 0, true, false), Outcome::Done);
+    check((10, 9, 1, true, false), Outcome::Partial);
+    check((10, 0, 10, true, false), Outcome::Failed);
+    check((10, 10, 0, true, true), Outcome::Failed);
+    assert_eq!(Outcome::Failed.as_str(), "failed");
+}

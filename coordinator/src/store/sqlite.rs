@@ -393,7 +393,7 @@ async fn connect_checked(dir: &Path, path: &Path, fresh: bool) -> Result<SqliteP
     let problems = match checked {
         Ok(lines) if lines.len() == 1 && lines[0] == "ok" => None,
         Ok(lines) => Some(format!(
-            "fails SQLite's quick check ({}{})",
+            "is damaged: it fails SQLite's quick check ({}{})",
             lines.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
             if lines.len() > 3 { "; …" } else { "" }
         )),
@@ -1526,6 +1526,16 @@ mod tests {
         (snapshot, units)
     }
 
+    /// The outputs of a page, all of which must have passed their digest check.
+    fn intact(page: Vec<StoredOutput>) -> Vec<VerifiedOutput> {
+        page.into_iter()
+            .map(|o| match o {
+                StoredOutput::Intact(v) => v,
+                StoredOutput::Corrupt(c) => panic!("{c} failed its digest check"),
+            })
+            .collect()
+    }
+
     fn spec() -> ProjectSpec {
         ProjectSpec {
             name: "p".into(),
@@ -1674,9 +1684,12 @@ mod tests {
             ),
             (project, 2, 1, 14, 1)
         );
+        // Stores before 2026-12 kept the reason with a "reducer failed: " in front, which
+        // status then doubled: it is read without.
+        assert_eq!(p.aggregate, Aggregate::Failed("exit code 2".into()));
         assert_eq!(
-            p.aggregate,
-            Aggregate::Failed("reducer failed: exit code 2".into())
+            store.aggregate(project).await.expect("aggregate"),
+            Some(Err("exit code 2".into()))
         );
         let b = loaded.iter().find(|u| u.id == units[1]).expect("unit b");
         assert_eq!(b.target, 3);
@@ -1684,10 +1697,12 @@ mod tests {
             b.replicas[0].2.as_ref().map(|f| f.kind),
             Some(FailureKind::FuelExhausted)
         );
-        let outputs = store
-            .verified_outputs(project, None, 10)
-            .await
-            .expect("outputs");
+        let outputs = intact(
+            store
+                .verified_outputs(project, None, 10)
+                .await
+                .expect("outputs"),
+        );
         assert_eq!(
             (
                 outputs.len(),
@@ -1946,5 +1961,208 @@ mod tests {
             .expect_err("newer schema accepted")
             .to_string();
         assert!(err.contains("newer Fallow"), "{err}");
+    }
+
+    /// A unit verified with output `out` (digest and credit as a certificate gives them).
+    async fn verify(store: &SqliteStore, unit: UnitId, out: &[u8]) {
+        let w1 = Identity::from_seed([1; 32]).id();
+        let w2 = Identity::from_seed([2; 32]).id();
+        store
+            .insert_assignments(&[(unit, w1), (unit, w2)], 2)
+            .await
+            .expect("lease");
+        let verified = Verified {
+            digest: Digest::of(out),
+            fuel: 7,
+            signers: vec![w1, w2],
+        };
+        let credit = [w1, w2].map(|worker| CreditTo {
+            worker,
+            account: worker.to_string(),
+            team: String::new(),
+        });
+        assert!(
+            store
+                .record_verified(unit, out, &verified, &credit, 3)
+                .await
+                .expect("record")
+        );
+    }
+
+    /// One byte changed inside a stored output passes every SQLite check; the digest check
+    /// on read refuses it, naming the unit, and sending it back keeps the signers' credit.
+    #[tokio::test]
+    async fn an_output_changed_at_rest_is_refused_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (project, units) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        verify(&store, units[0], b"41\n").await;
+        verify(&store, units[1], b"42\n").await;
+        sqlx::query("UPDATE units SET output = $1 WHERE id = $2")
+            .bind(&b"43\n"[..])
+            .bind(units[1].0 as i64)
+            .execute(&store.pool)
+            .await
+            .expect("tamper");
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&store.pool)
+            .await
+            .expect("integrity check");
+        assert_eq!(integrity, "ok", "SQLite cannot see it");
+        let page = store
+            .verified_outputs(project, None, 10)
+            .await
+            .expect("outputs");
+        assert!(matches!(&page[0], StoredOutput::Intact(v) if v.output == b"41\n"));
+        match &page[1] {
+            StoredOutput::Corrupt(c) => {
+                assert_eq!((c.unit, c.name.as_str()), (units[1], "b"));
+                assert_eq!(c.to_string(), format!("unit \"b\" (id {})", units[1]));
+            }
+            StoredOutput::Intact(v) => panic!("served {:?}", v.output),
+        }
+        let ran = store.unit_workers(units[1]).await.expect("workers");
+        assert_eq!(ran.len(), 2);
+        store
+            .apply(
+                &[Change::Reverify {
+                    unit: units[1],
+                    required: 2,
+                }],
+                4,
+            )
+            .await
+            .expect("send back");
+        let page = intact(
+            store
+                .verified_outputs(project, None, 10)
+                .await
+                .expect("outputs"),
+        );
+        assert_eq!(page.len(), 1, "only the intact output is listed");
+        let (_, loaded) = load_all(&store).await;
+        let u = loaded.iter().find(|u| u.id == units[1]).expect("unit");
+        assert_eq!(u.status, UnitStatus::Pending);
+        assert!(
+            u.replicas
+                .iter()
+                .all(|r| r.1 == AssignmentState::Superseded),
+            "{:?}",
+            u.replicas
+        );
+        let (accounts, _) = store.leaderboard().await.expect("leaderboard");
+        assert!(
+            accounts.iter().all(|a| a.verified == 2),
+            "the signers keep their credit: {accounts:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn same_units_compares_names_and_inputs_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (project, _) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        let same = |units: Vec<(&str, &[u8])>| {
+            let units: Vec<(String, Vec<u8>)> = units
+                .into_iter()
+                .map(|(n, i)| (n.to_string(), i.to_vec()))
+                .collect();
+            let store = store.clone();
+            async move { store.same_units(project, &units).await.expect("compare") }
+        };
+        assert!(same(vec![("a", b"1"), ("b", b"2")]).await);
+        assert!(!same(vec![("a", b"1"), ("b", b"3")]).await, "another input");
+        assert!(!same(vec![("b", b"2"), ("a", b"1")]).await, "another order");
+        assert!(!same(vec![("a", b"1")]).await, "fewer units");
+        assert!(!same(vec![("a", b"1"), ("b", b"2"), ("c", b"3")]).await);
+    }
+
+    /// Each way a store is lost or damaged, refused with the problem and the way out; a
+    /// new directory, and a healthy store with --start-afresh, open as usual.
+    #[tokio::test]
+    async fn a_lost_or_damaged_store_is_refused_unless_started_afresh() {
+        async fn made(dir: &Path) {
+            let store = SqliteStore::open(dir).await.expect("create");
+            store
+                .insert_project(&spec(), Digest::of(b"m"), None, 1)
+                .await
+                .expect("insert");
+            // Closed before the files are damaged: a connection closing later would
+            // write its checkpoint over the damage.
+            store.pool.close().await;
+        }
+        async fn refused(dir: &Path, problem: &str) {
+            let err = SqliteStore::open(dir)
+                .await
+                .expect_err("opened")
+                .to_string();
+            assert!(err.contains(problem), "{err}");
+            assert!(err.contains("--start-afresh"), "{err}");
+        }
+        let db = |dir: &Path| dir.join("fallow.db");
+
+        let zero = tempfile::tempdir().expect("tempdir");
+        made(zero.path()).await;
+        std::fs::remove_file(zero.path().join("fallow.db-wal")).ok();
+        std::fs::write(db(zero.path()), b"").expect("truncate");
+        refused(zero.path(), "is empty (0 bytes)").await;
+
+        let gone = tempfile::tempdir().expect("tempdir");
+        made(gone.path()).await;
+        std::fs::remove_file(db(gone.path())).expect("delete");
+        std::fs::write(gone.path().join("fallow.db-wal"), b"left behind").expect("wal");
+        refused(gone.path(), "write-ahead log").await;
+        std::fs::remove_file(gone.path().join("fallow.db-wal")).expect("delete wal");
+        refused(gone.path(), "is missing").await;
+
+        let overwritten = tempfile::tempdir().expect("tempdir");
+        made(overwritten.path()).await;
+        {
+            // Pages 2 onwards overwritten (the header stays): it opens, and fails the check.
+            let store = SqliteStore::open(overwritten.path()).await.expect("open");
+            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&store.pool)
+                .await
+                .expect("checkpoint");
+            store.pool.close().await;
+        }
+        let mut bytes = std::fs::read(db(overwritten.path())).expect("read");
+        assert!(bytes.len() > 8192, "{} bytes", bytes.len());
+        let end = bytes.len();
+        bytes[4096..end].fill(0x5a);
+        std::fs::write(db(overwritten.path()), bytes).expect("overwrite");
+        refused(overwritten.path(), "damaged").await;
+
+        // --start-afresh sets what is left aside and starts empty.
+        let afresh = OpenOptions { start_afresh: true };
+        for dir in [&zero, &overwritten] {
+            let store = SqliteStore::open_with(dir.path(), afresh)
+                .await
+                .expect("afresh");
+            let (snapshot, _) = load_all(&store).await;
+            assert!(snapshot.projects.is_empty());
+            let aside = std::fs::read_dir(dir.path())
+                .expect("dir")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("fallow.db.aside-"))
+                .count();
+            assert_eq!(aside, 1, "the damaged store is kept aside");
+        }
+        // A healthy store is not touched by the flag, and a new directory needs none.
+        let healthy = tempfile::tempdir().expect("tempdir");
+        made(healthy.path()).await;
+        let store = SqliteStore::open_with(healthy.path(), afresh)
+            .await
+            .expect("healthy");
+        assert_eq!(load_all(&store).await.0.projects.len(), 1);
+        let new = tempfile::tempdir().expect("tempdir");
+        drop(SqliteStore::open(&new.path().join("data")).await.expect("new"));
+        assert!(new.path().join("data").join(MARKER).exists());
     }
 }
