@@ -21,7 +21,13 @@ pub async fn coordinator(
     mut config: coordinator::CoordinatorConfig,
 ) -> anyhow::Result<()> {
     let data = config.data_dir.clone();
-    let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
+    let store = coordinator::store::sqlite::SqliteStore::open_with(
+        &data,
+        coordinator::store::sqlite::OpenOptions {
+            start_afresh: config.start_afresh,
+        },
+    )
+    .await?;
     let identity = tls.identity(listen, &data)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
