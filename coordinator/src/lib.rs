@@ -135,7 +135,11 @@ fn corrupt_message(units: &[store::CorruptOutput]) -> String {
          matching {} digest): not served; sent back to be verified again",
         if units.len() == 1 { "" } else { "s" },
         names.join(", "),
-        if units.len() == 1 { "it was" } else { "they were" },
+        if units.len() == 1 {
+            "it was"
+        } else {
+            "they were"
+        },
         if units.len() == 1 { "its" } else { "their" },
     )
 }

@@ -81,9 +81,7 @@ pub(crate) async fn reduce<S: Store>(
             let _ = tx.send(outcome);
         });
     let outcome = match spawned {
-        Ok(_) => rx
-            .await
-            .unwrap_or_else(|_| Err("its thread died".into())),
+        Ok(_) => rx.await.unwrap_or_else(|_| Err("its thread died".into())),
         Err(e) => Err(format!("cannot start its thread: {e}")),
     };
     if let Err(e) = &outcome {

@@ -225,7 +225,13 @@ pub enum Outcome {
 impl Outcome {
     /// The outcome of a project with these numbers: `finished` means every unit settled
     /// and the reducer, if any, ran; `reducer_failed` that it failed.
-    pub fn of(total: u64, verified: u64, failed: u64, finished: bool, reducer_failed: bool) -> Self {
+    pub fn of(
+        total: u64,
+        verified: u64,
+        failed: u64,
+        finished: bool,
+        reducer_failed: bool,
+    ) -> Self {
         let settled = verified + failed >= total;
         match (settled, finished) {
             (false, _) => Outcome::Running,

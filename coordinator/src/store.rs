@@ -296,8 +296,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<StoredOutput>, Error>> + Send;
 
     /// Every worker that ever held a lease on `unit` or was credited for it.
-    fn unit_workers(&self, unit: UnitId)
-    -> impl Future<Output = Result<Vec<WorkerId>, Error>> + Send;
+    fn unit_workers(
+        &self,
+        unit: UnitId,
+    ) -> impl Future<Output = Result<Vec<WorkerId>, Error>> + Send;
 
     /// Whether `project`'s units are exactly `units` (names and inputs, in order).
     fn same_units(

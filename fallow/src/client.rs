@@ -291,8 +291,7 @@ impl Client {
             } else {
                 anyhow!("results stream broke: {}", s.message())
             }
-        })?
-        {
+        })? {
             match item.item {
                 Some(pb::result_item::Item::Verified(v)) => {
                     results.verified.push((v.unit, v.output))

@@ -74,7 +74,10 @@ fn a_verified_output_changed_at_rest_is_refused_and_verified_again() {
         out.to_str().expect("utf-8"),
     ]);
     let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-    assert!(!r.status.success(), "the changed output was served: {stderr}");
+    assert!(
+        !r.status.success(),
+        "the changed output was served: {stderr}"
+    );
     assert!(
         stderr.contains(&format!("unit {unit:?}"))
             && stderr.contains("changed on disk")
@@ -100,7 +103,8 @@ fn a_verified_output_changed_at_rest_is_refused_and_verified_again() {
         "17984\n"
     );
     assert!(
-        c.coordinator_log().contains("sent back to be verified again"),
+        c.coordinator_log()
+            .contains("sent back to be verified again"),
         "{}",
         c.logs()
     );
@@ -120,7 +124,10 @@ fn a_coordinator_refuses_to_start_on_an_emptied_store() {
         stderr.contains("fallow.db") && stderr.contains("is empty (0 bytes)"),
         "names the problem: {stderr}"
     );
-    assert!(stderr.contains("--start-afresh"), "names the way out: {stderr}");
+    assert!(
+        stderr.contains("--start-afresh"),
+        "names the way out: {stderr}"
+    );
 
     // Told to start afresh: it starts, with the old files kept aside.
     let mut child = coordinator(&data, &["--start-afresh"]);
@@ -134,7 +141,11 @@ fn a_coordinator_refuses_to_start_on_an_emptied_store() {
     let aside = std::fs::read_dir(&data)
         .expect("data dir")
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("fallow.db.aside-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("fallow.db.aside-")
+        });
     assert!(aside, "the emptied store is kept aside");
 }
 

@@ -115,26 +115,35 @@ fn the_cli_and_the_dashboard_tell_the_truth() {
     let out = out_dir.to_str().expect("utf-8");
     let r = c.cli(&["results", &a.to_string(), "--out", out]);
     let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-    assert!(!r.status.success(), "results exited 0 though the reducer failed: {stderr}");
+    assert!(
+        !r.status.success(),
+        "results exited 0 though the reducer failed: {stderr}"
+    );
     assert!(
         stderr.contains("reducer failed:") && stderr.contains("no aggregate"),
         "{stderr}"
     );
     assert_eq!(stderr.matches("reducer failed").count(), 1, "{stderr}");
-    assert!(out_dir.join("failed.txt").exists(), "the outputs are written all the same");
+    assert!(
+        out_dir.join("failed.txt").exists(),
+        "the outputs are written all the same"
+    );
     assert!(!out_dir.join("aggregate").exists());
 
     // Every unit of the other project failed: "failed", in status and on the dashboard.
     let status = c.wait_finished(b, Duration::from_secs(240));
-    assert_eq!((n(&status, "verified"), n(&status, "failed")), (0, 4), "{status}");
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (0, 4),
+        "{status}"
+    );
     assert_eq!(status["outcome"], "failed", "{status}");
     let text = String::from_utf8_lossy(&c.cli(&["status", &b.to_string()]).stdout).into_owned();
     assert!(text.contains("every unit failed"), "{text}");
     let addr: SocketAddr = c.addr.parse().expect("coordinator address");
     let started = Instant::now();
     loop {
-        let projects: Value =
-            serde_json::from_str(&http_get(addr, "/api/projects")).expect("JSON");
+        let projects: Value = serde_json::from_str(&http_get(addr, "/api/projects")).expect("JSON");
         let outcome = |id: u64| {
             projects
                 .as_array()
@@ -170,9 +179,5 @@ fn the_cli_and_the_dashboard_tell_the_truth() {
         "{stderr}"
     );
     let r = c.cli(&["results", &b.to_string(), "--out", out, "--force"]);
-    assert!(
-        r.status.success(),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }

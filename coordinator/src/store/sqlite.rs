@@ -421,7 +421,11 @@ fn lost(dir: &Path, path: &Path) -> Option<String> {
     let held = [dir.join(MARKER), dir.join("coordinator.key"), wal.clone()]
         .iter()
         .find(|p| p.exists())
-        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
     let held = held?;
     let why = format!("this directory held a store ({held} is there)");
     match std::fs::metadata(path) {
@@ -2150,7 +2154,11 @@ mod tests {
             let aside = std::fs::read_dir(dir.path())
                 .expect("dir")
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("fallow.db.aside-"))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("fallow.db.aside-")
+                })
                 .count();
             assert_eq!(aside, 1, "the damaged store is kept aside");
         }
@@ -2162,7 +2170,11 @@ mod tests {
             .expect("healthy");
         assert_eq!(load_all(&store).await.0.projects.len(), 1);
         let new = tempfile::tempdir().expect("tempdir");
-        drop(SqliteStore::open(&new.path().join("data")).await.expect("new"));
+        drop(
+            SqliteStore::open(&new.path().join("data"))
+                .await
+                .expect("new"),
+        );
         assert!(new.path().join("data").join(MARKER).exists());
     }
 }
