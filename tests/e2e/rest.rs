@@ -29,7 +29,9 @@ fn a_verified_output_changed_at_rest_is_refused_and_verified_again() {
     let before = c.wait_finished(id, Duration::from_secs(240));
     assert_eq!(sum_outputs(&c.results(id)), (17_984, 10));
 
-    // One byte of one stored output changed, with the coordinator stopped.
+    // One byte of one stored output changed, with the coordinator stopped. The last unit by
+    // name: the dashboard, which also checks what it reads, stops reading this project at
+    // its first output (not a picture tile), so `results` is the first to read it.
     c.kill_coordinator();
     let db = c.coordinator_data().join("fallow.db");
     let (unit, changed) = tokio::runtime::Runtime::new()
@@ -40,7 +42,7 @@ fn a_verified_output_changed_at_rest_is_refused_and_verified_again() {
                 .await
                 .expect("open fallow.db");
             let row = sqlx::query(
-                "SELECT id, name, output FROM units WHERE project = $1 AND state = 1 ORDER BY name LIMIT 1",
+                "SELECT id, name, output FROM units WHERE project = $1 AND state = 1 ORDER BY name DESC LIMIT 1",
             )
             .bind(id as i64)
             .fetch_one(&pool)

@@ -719,4 +719,71 @@ mod tests {
         assert_eq!(h[1].workers_online, 2);
         assert!(b.charts.throughput_svg.contains("class=\"line\""));
     }
+
+    /// A tile whose stored bytes no longer match their digest is not drawn: it is handed
+    /// back to be verified again.
+    #[tokio::test]
+    async fn a_tile_that_fails_its_digest_check_is_not_painted() {
+        use crate::store::sqlite::SqliteStore;
+        use protocol::certificate::Verified;
+        use protocol::{Digest, Identity};
+        fn tile(x: u32) -> Vec<u8> {
+            let mut t =
+                format!("P6\n# fallow-tile x={x} y=0 width=4 height=2\n2 2\n255\n").into_bytes();
+            t.extend(std::iter::repeat_n(200, 12));
+            t
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let spec = protocol::manifest::ProjectSpec {
+            name: "m".into(),
+            module: b"\0asm\x01\0\0\0".to_vec(),
+            reducer: None,
+            replication: 1,
+            quorum: 1,
+            max_replicas: 2,
+            adaptive: false,
+            error_bound: 0.02,
+            limits: protocol::Limits::default(),
+            units: vec![("a".into(), b"0".to_vec()), ("b".into(), b"2".to_vec())],
+            manifest: String::new(),
+            signatures: None,
+        };
+        let (project, units) = store
+            .insert_project(&spec, Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        let w = Identity::from_seed([1; 32]).id();
+        for (unit, output, digest) in [
+            (units[0], tile(0), Digest::of(&tile(0))),
+            // Stored with a digest its bytes do not have: as if changed on disk.
+            (units[1], tile(2), Digest::of(b"what was verified")),
+        ] {
+            let verified = Verified {
+                digest,
+                fuel: 1,
+                signers: vec![w],
+            };
+            store
+                .record_verified(unit, &output, &verified, &[], 2)
+                .await
+                .expect("record");
+        }
+        let mut m = MosaicState::default();
+        let (painted, read, corrupt) = paint(&store, project, &mut m).await;
+        assert!(painted);
+        assert_eq!(read, 2);
+        assert_eq!(
+            corrupt,
+            [CorruptOutput {
+                unit: units[1],
+                name: "b".into()
+            }]
+        );
+        assert_eq!(
+            m.canvas.as_ref().map(Canvas::tiles),
+            Some(1),
+            "only the intact tile"
+        );
+    }
 }
