@@ -21,8 +21,12 @@
     return Math.floor(s / 3600) + " h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + " min";
   }
 
+  // As render.rs `outcome_label`: a finished project whose units or reducer failed is not
+  // "done".
+  var OUTCOMES = { done: "done", partial: "done, some units failed", failed: "failed" };
+
   function eta(p) {
-    if (p.finished) return "done";
+    if (p.finished) return OUTCOMES[p.outcome] || "\u2014";
     return p.eta_seconds == null ? "\u2014" : duration(p.eta_seconds);
   }
 

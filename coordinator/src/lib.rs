@@ -57,6 +57,25 @@ pub enum Error {
     /// The database holds something this version cannot read.
     #[error("database holds invalid data: {0}")]
     Corrupt(String),
+    /// The store is gone or damaged (missing or empty in a directory that held one, not a
+    /// database, failing its quick check); nothing was opened or changed.
+    #[error(
+        "{}: the store {problem}. Restore fallow.db from a backup (with the coordinator stopped), \
+         or start with an empty store, losing its projects: `fallow coordinator --start-afresh` \
+         (what is left is kept aside as fallow.db.aside-TIME)",
+        path.display()
+    )]
+    StoreDamaged {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Stored outputs of verified units no longer match the digests they were verified
+    /// with (changed on disk). They were not served; the units were sent back for
+    /// verification.
+    #[error("{}", corrupt_message(.0))]
+    CorruptOutputs(Vec<store::CorruptOutput>),
     /// No such unit.
     #[error("unknown unit {0}")]
     UnknownUnit(UnitId),
@@ -103,6 +122,26 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// "the stored output of verified unit "u7" (id 12) changed on disk …".
+fn corrupt_message(units: &[store::CorruptOutput]) -> String {
+    let mut names: Vec<String> = units.iter().take(5).map(ToString::to_string).collect();
+    if units.len() > 5 {
+        names.push(format!("and {} more", units.len() - 5));
+    }
+    format!(
+        "the stored output{} of verified {} changed on disk since {} verified (no longer \
+         matching {} digest): not served; sent back to be verified again",
+        if units.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        if units.len() == 1 {
+            "it was"
+        } else {
+            "they were"
+        },
+        if units.len() == 1 { "its" } else { "their" },
+    )
 }
 
 impl Error {
@@ -172,6 +211,10 @@ pub struct CoordinatorConfig {
     /// leases follows its record rather than how fast it asks. Default true; only load
     /// generators whose simulated workers lease many units and answer later turn it off.
     pub limit_unfinished_leases: bool,
+    /// When the store is missing from a data directory that held one, empty, or damaged:
+    /// set what is left aside and start with an empty store instead of refusing to start
+    /// (see [`store::sqlite::OpenOptions`]). Default false.
+    pub start_afresh: bool,
     /// Test-only fault injection: hand every unit out with one byte of its input changed,
     /// as a compromised coordinator would (workers must refuse to run it). Default false.
     pub tamper_inputs: bool,
@@ -193,6 +236,7 @@ impl Default for CoordinatorConfig {
             idle_timeout: connections::Limits::default().idle_timeout,
             limit_loopback: false,
             limit_unfinished_leases: true,
+            start_afresh: false,
             tamper_inputs: false,
         }
     }
@@ -238,7 +282,13 @@ pub async fn serve(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let store = store::sqlite::SqliteStore::open(&config.data_dir).await?;
+    let store = store::sqlite::SqliteStore::open_with(
+        &config.data_dir,
+        store::sqlite::OpenOptions {
+            start_afresh: config.start_afresh,
+        },
+    )
+    .await?;
     serve_with(listener, store, config, shutdown).await
 }
 

@@ -203,6 +203,57 @@ pub enum Aggregate {
     Failed(String),
 }
 
+/// How a project stands, in the words `fallow status` and the dashboard use: a project
+/// whose units all failed is finished, but it is not "done".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Units are still to settle.
+    #[default]
+    Running,
+    /// Every unit settled; the reducer has yet to run.
+    Reducing,
+    /// Finished: every unit verified, and the aggregate computed if there is a reducer.
+    Done,
+    /// Finished with some units verified and some failed (and the aggregate, if any,
+    /// computed over the verified ones).
+    Partial,
+    /// Finished with nothing to show: every unit failed, or the reducer failed.
+    Failed,
+}
+
+impl Outcome {
+    /// The outcome of a project with these numbers: `finished` means every unit settled
+    /// and the reducer, if any, ran; `reducer_failed` that it failed.
+    pub fn of(
+        total: u64,
+        verified: u64,
+        failed: u64,
+        finished: bool,
+        reducer_failed: bool,
+    ) -> Self {
+        let settled = verified + failed >= total;
+        match (settled, finished) {
+            (false, _) => Outcome::Running,
+            (true, false) => Outcome::Reducing,
+            (true, true) if reducer_failed || (verified == 0 && failed > 0) => Outcome::Failed,
+            (true, true) if failed > 0 => Outcome::Partial,
+            (true, true) => Outcome::Done,
+        }
+    }
+
+    /// One word: `running`, `reducing`, `done`, `partial`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Reducing => "reducing",
+            Outcome::Done => "done",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// Counters shown by `fallow status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProjectStats {
@@ -454,6 +505,16 @@ pub enum Change {
         unit: UnitId,
         /// The worker whose result is no longer trusted.
         revoke: WorkerId,
+        /// Matching claims needed now.
+        required: u32,
+    },
+    /// A verified unit goes back to pending because its stored output no longer matches
+    /// its digest (changed on disk): the output is withdrawn, its replicas superseded (so
+    /// other workers verify it again; a worker that ran it before would commit twice on
+    /// the same boards), and the signers keep their credit.
+    Reverify {
+        /// The unit.
+        unit: UnitId,
         /// Matching claims needed now.
         required: u32,
     },
@@ -2050,6 +2111,57 @@ impl Scheduler {
             required,
         });
         self.pool(id);
+    }
+
+    /// Sends a verified unit whose stored output failed its digest check back for
+    /// verification: pending again, needing the project's quorum from workers other than
+    /// `ran` (everyone who held it before, from the store: a compact verified unit no
+    /// longer lists its replicas). Its project's aggregate is computed again once it is
+    /// verified. Nothing happens to a unit that is not verified (already sent back).
+    pub fn reverify(&mut self, id: UnitId, ran: &[WorkerId], now: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut known: Vec<(WorkerId, Arc<str>, Option<Arc<str>>)> = ran
+            .iter()
+            .map(|w| {
+                let (account, subnet) = self.identity_of(*w);
+                (*w, account, subnet)
+            })
+            .collect();
+        let Some(unit) = full(&mut self.units, &self.projects, id) else {
+            return changes;
+        };
+        if unit.status != UnitStatus::Verified {
+            return changes;
+        }
+        let Some(project) = self.projects.get_mut(&unit.project) else {
+            return changes;
+        };
+        let required = project.quorum.max(1);
+        unit.status = UnitStatus::Pending;
+        unit.required = required;
+        for r in unit.replicas.iter_mut() {
+            if matches!(r.state, AssignmentState::Active) {
+                r.state = AssignmentState::Superseded;
+            }
+        }
+        known.retain(|(w, _, _)| !unit.has(*w));
+        for (worker, account, subnet) in known {
+            unit.replicas.push(Replica {
+                worker,
+                state: AssignmentState::Superseded,
+                lease_until: now,
+                failure: None,
+                account,
+                subnet,
+            });
+        }
+        unit.target = required;
+        unit.votes.clear();
+        project.stats.verified = project.stats.verified.saturating_sub(1);
+        project.aggregate = Aggregate::Pending;
+        changes.push(Change::Reverify { unit: id, required });
+        self.pool(id);
+        changes
     }
 
     fn active_replica(&mut self, worker: WorkerId, id: UnitId) -> Option<&mut Replica> {

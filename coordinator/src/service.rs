@@ -35,7 +35,9 @@ use crate::dashboard::{self, CertificateOutcome, Dashboard, ExecutionFailure};
 use crate::scheduler::{
     Aggregate, Change, Scheduler, SignedCertificate, UnitStatus, Verdict, WorkerInfo,
 };
-use crate::store::{CreditTo, LeasedInput, Store, StoredWorker, Write};
+use crate::store::{
+    CorruptOutput, CreditTo, LeasedInput, Store, StoredOutput, StoredWorker, Write,
+};
 use crate::{CoordinatorConfig, Error, now_ms};
 
 /// Most units one work request may lease.
@@ -572,6 +574,7 @@ pub(crate) fn to_status(e: Error) -> Status {
             Status::invalid_argument(e.to_string())
         }
         Error::UnknownUnit(_) | Error::UnknownProject(_) => Status::not_found(e.to_string()),
+        Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
         Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
             Status::failed_precondition(e.to_string())
         }
@@ -583,6 +586,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         }
         Error::Store(_)
         | Error::DataDir { .. }
+        | Error::StoreDamaged { .. }
         | Error::Corrupt(_)
         | Error::BadTile(_)
         | Error::Tls { .. }
@@ -914,6 +918,76 @@ impl<S: Store> CoordinatorService<S> {
         Ok(())
     }
 
+    /// Projects (oldest first) with the same module, inputs and terms as `spec`: the
+    /// scheduler's numbers narrow them down, the store compares the inputs.
+    async fn duplicates_of(
+        &self,
+        spec: &ProjectSpec,
+        module: Digest,
+        terms: Digest,
+    ) -> Result<Vec<ProjectId>, Status> {
+        let candidates: Vec<ProjectId> = {
+            let state = self.inner.state.lock().await;
+            state
+                .sched
+                .projects()
+                .filter(|p| {
+                    p.signer.as_ref().is_some_and(|g| g.terms == terms)
+                        && p.module == module
+                        && p.limits == spec.limits
+                        && p.quorum == spec.quorum
+                        && p.stats.total == spec.units.len() as u64
+                })
+                .map(|p| p.id)
+                .collect()
+        };
+        let mut same = Vec::new();
+        for id in candidates {
+            if self
+                .inner
+                .store
+                .same_units(id, &spec.units)
+                .await
+                .map_err(to_status)?
+            {
+                same.push(id);
+            }
+        }
+        Ok(same)
+    }
+
+    /// Sends units whose stored outputs failed their digest check back for verification
+    /// (`Scheduler::reverify`: other workers run them again), durably.
+    pub(crate) async fn reverify(&self, corrupt: &[CorruptOutput]) {
+        for c in corrupt {
+            let ran = match self.inner.store.unit_workers(c.unit).await {
+                Ok(ran) => ran,
+                Err(e) => {
+                    tracing::error!(unit = %c.unit, "cannot send {c} back for verification: {e}");
+                    continue;
+                }
+            };
+            let mut state = self.inner.state.lock().await;
+            let now = now_ms();
+            let changes = state.sched.reverify(c.unit, &ran, now);
+            if changes.is_empty() {
+                continue; // sent back already
+            }
+            tracing::error!(
+                unit = %c.unit,
+                "the stored output of {c} changed on disk since it was verified (no longer matching its digest): not served; sent back to be verified again"
+            );
+            // Not `commit`: nothing here finishes a project, and `commit` may start reducers,
+            // which call this.
+            let committed = self.queue(vec![(Write::Changes(changes), now)]);
+            drop(state);
+            if let Err(e) = Self::committed(committed).await {
+                tracing::error!(unit = %c.unit, "cannot record that {c} goes back for verification: {}", e.message());
+            }
+        }
+        self.inner.dashboard.changed();
+    }
+
     /// Starts the reducer of `project` if it is finished and has no aggregate yet.
     async fn maybe_reduce(&self, project: ProjectId) {
         let job = {
@@ -956,6 +1030,10 @@ impl<S: Store> CoordinatorService<S> {
                         .sched
                         .set_aggregate(project, aggregate);
                     inner.dashboard.changed();
+                }
+                Err(Error::CorruptOutputs(corrupt)) => {
+                    tracing::error!(%project, "reducer not run: {}", Error::CorruptOutputs(corrupt.clone()));
+                    service.reverify(&corrupt).await;
                 }
                 Err(e) => tracing::error!(%project, "cannot store aggregate: {e}"),
             }
@@ -1046,6 +1124,10 @@ impl<S: Store> dashboard::Source for CoordinatorService<S> {
     fn store(&self) -> &S {
         &self.inner.store
     }
+
+    async fn reverify(&self, corrupt: Vec<CorruptOutput>) {
+        CoordinatorService::reverify(self, &corrupt).await;
+    }
 }
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::ResultItem, Status>> + Send>>;
@@ -1059,7 +1141,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::SubmitProjectRequest>,
     ) -> Result<Response<pb::SubmitProjectResponse>, Status> {
         self.writable()?;
-        let spec = ProjectSpec::try_from(request.into_inner()).map_err(|e| to_status(e.into()))?;
+        let request = request.into_inner();
+        let once = request.once;
+        let spec = ProjectSpec::try_from(request).map_err(|e| to_status(e.into()))?;
         self.room_for(&spec)?;
         // Compiling a module takes tens of milliseconds: keep it off the async threads.
         let sandbox = self.inner.sandbox.clone();
@@ -1086,6 +1170,16 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         .await
         .map_err(|e| Status::internal(format!("module check panicked: {e}")))??;
         let module = Digest::of(&spec.module);
+        let duplicates = self.duplicates_of(&spec, module, signer.terms).await?;
+        let duplicate_ids: Vec<u64> = duplicates.iter().map(|p| p.0).collect();
+        if once && let Some(first) = duplicates.first() {
+            tracing::info!(project = %first, name = %spec.name, "submitted again with --once: nothing created");
+            return Ok(Response::new(pb::SubmitProjectResponse {
+                project_id: first.0,
+                duplicates: duplicate_ids,
+                reused: true,
+            }));
+        }
         let reducer = spec.reducer.as_deref().map(Digest::of);
         let now = now_ms();
         let mut state = self.inner.state.lock().await;
@@ -1127,8 +1221,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         }
         tracing::info!(project = %id, name = %spec.name, units = units.len(), submitter = %signer.key, "project accepted");
         self.inner.dashboard.changed();
+        if !duplicates.is_empty() {
+            tracing::info!(project = %id, earlier = ?duplicate_ids, "the same module, inputs and terms were submitted before");
+        }
         Ok(Response::new(pb::SubmitProjectResponse {
             project_id: id.0,
+            duplicates: duplicate_ids,
+            reused: false,
         }))
     }
 
@@ -1163,6 +1262,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             let store = &service.inner.store;
             let send = |item| tx.send(Ok(pb::ResultItem { item: Some(item) }));
             let mut after = None;
+            // Outputs that fail their digest check: once there is one the answer is an
+            // error, and the rest is read only to find every such output.
+            let mut corrupt = Vec::new();
             loop {
                 let page = match store.verified_outputs(project, after.clone(), 256).await {
                     Ok(p) => p,
@@ -1172,8 +1274,16 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                     }
                 };
                 let Some(last) = page.last() else { break };
-                after = Some(last.name.clone());
+                after = Some(last.name().to_string());
                 for v in page {
+                    let v = match v {
+                        StoredOutput::Intact(v) if corrupt.is_empty() => v,
+                        StoredOutput::Intact(_) => continue,
+                        StoredOutput::Corrupt(c) => {
+                            corrupt.push(c);
+                            continue;
+                        }
+                    };
                     let item = pb::result_item::Item::Verified(pb::VerifiedOutput {
                         unit: v.name,
                         output: v.output,
@@ -1185,6 +1295,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                         return;
                     }
                 }
+            }
+            if !corrupt.is_empty() {
+                service.reverify(&corrupt).await;
+                let _ = tx
+                    .send(Err(to_status(Error::CorruptOutputs(corrupt))))
+                    .await;
+                return;
             }
             match store.failed_units(project).await {
                 Ok(failed) => {

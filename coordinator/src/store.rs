@@ -143,9 +143,11 @@ pub enum Write {
     Worker(StoredWorker),
 }
 
-/// A verified output for `fallow results`.
+/// A verified output for `fallow results`, whose bytes matched their digest when read.
 #[derive(Debug, Clone)]
 pub struct VerifiedOutput {
+    /// The unit.
+    pub unit: UnitId,
     /// Unit name.
     pub name: String,
     /// Output bytes.
@@ -156,6 +158,42 @@ pub struct VerifiedOutput {
     pub fuel: u64,
     /// Who signed the certificate.
     pub signers: Vec<WorkerId>,
+}
+
+/// A verified unit whose stored output no longer matches the digest it was verified with
+/// (changed on disk, or unreadable): never served; the caller sends the unit back for
+/// verification ([`crate::scheduler::Scheduler::reverify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptOutput {
+    /// The unit.
+    pub unit: UnitId,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::fmt::Display for CorruptOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unit {:?} (id {})", self.name, self.unit)
+    }
+}
+
+/// One verified unit's stored output as read: intact, or refused by the digest check.
+#[derive(Debug, Clone)]
+pub enum StoredOutput {
+    /// The bytes match their digest.
+    Intact(VerifiedOutput),
+    /// They do not: not to be served.
+    Corrupt(CorruptOutput),
+}
+
+impl StoredOutput {
+    /// The unit's name (the order outputs are listed in).
+    pub fn name(&self) -> &str {
+        match self {
+            StoredOutput::Intact(v) => &v.name,
+            StoredOutput::Corrupt(c) => &c.name,
+        }
+    }
 }
 
 /// What a worker gets of a leased unit from the store.
@@ -248,12 +286,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Verified outputs of a project, sorted by unit name, `limit` at a time after `after`.
+    /// Every output is checked against the digest it was verified with as it is read: one
+    /// that does not match comes back as [`StoredOutput::Corrupt`], never as bytes.
     fn verified_outputs(
         &self,
         project: ProjectId,
         after: Option<String>,
         limit: u32,
-    ) -> impl Future<Output = Result<Vec<VerifiedOutput>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<StoredOutput>, Error>> + Send;
+
+    /// Every worker that ever held a lease on `unit` or was credited for it.
+    fn unit_workers(
+        &self,
+        unit: UnitId,
+    ) -> impl Future<Output = Result<Vec<WorkerId>, Error>> + Send;
+
+    /// Whether `project`'s units are exactly `units` (names and inputs, in order).
+    fn same_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Failed units of a project with their reasons, sorted by name.
     fn failed_units(

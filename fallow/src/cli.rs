@@ -82,6 +82,12 @@ pub enum Command {
         /// The private key (PEM) of --tls-cert.
         #[arg(long, requires = "tls_cert", value_name = "PATH")]
         tls_key: Option<PathBuf>,
+        /// When the store (DATA/fallow.db) is missing from a data directory that held
+        /// one, empty, or damaged: set what is left aside (fallow.db*.aside-TIME) and start
+        /// with an empty store, losing its projects. Without it the coordinator refuses to
+        /// start and says what is wrong. A healthy store is opened as usual.
+        #[arg(long)]
+        start_afresh: bool,
         /// Test-only fault injection.
         #[arg(long, hide = true, value_enum)]
         fault: Option<CoordinatorFaultArg>,
@@ -183,6 +189,12 @@ pub enum Command {
         /// before running anything. Default ~/.config/fallow/submitter.key.
         #[arg(long, env = "FALLOW_SUBMITTER_KEY", value_name = "PATH")]
         key: Option<PathBuf>,
+        /// Submit only if no project with the same module, inputs and terms is on the
+        /// coordinator; otherwise print that project's id and create nothing. Without it
+        /// a repeated submission is accepted as another project, with a warning naming
+        /// the earlier one.
+        #[arg(long)]
+        once: bool,
     },
     /// Print your submitter public key (making the key on first use), for volunteers who
     /// want their workers to run only your projects (`fallow worker --submitter-key HEX`).
@@ -208,7 +220,8 @@ pub enum Command {
         /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
-        /// Show a progress bar until the project(s) finish.
+        /// Wait until the project(s) finish: progress bars on a terminal, otherwise (and
+        /// with --json, on stderr) a line per project each time its numbers change.
         #[arg(long)]
         wait: bool,
         /// JSON Lines: one object per project.
@@ -224,13 +237,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a project's verified outputs, failures and aggregate to a directory.
+    /// Write a project's verified outputs, failures and aggregate to a directory. Fails
+    /// (exit code 1) when the reducer failed, or when a stored output no longer matches
+    /// its digest (the unit is then verified again).
     Results {
         /// Project id.
         project: u64,
-        /// Output directory (created if missing).
+        /// Output directory (created if missing). It must be empty or hold this project's
+        /// results (named in its `.fallow-results` file).
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it holds other files or another project's results.
+        #[arg(long)]
+        force: bool,
         /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,

@@ -43,6 +43,9 @@ pub struct Status {
     pub reopened: u64,
     /// Every unit settled (and the aggregate computed, if there is a reducer).
     pub finished: bool,
+    /// `running`, `reducing`, `done`, `partial` (some units failed) or `failed` (every
+    /// unit failed, or the reducer did): finished is not the same as done.
+    pub outcome: coordinator::scheduler::Outcome,
     /// Whether the project has a reducer.
     pub has_reducer: bool,
     /// The aggregate is ready.
@@ -84,6 +87,13 @@ pub struct Team {
 impl From<pb::ProjectStatus> for Status {
     fn from(p: pb::ProjectStatus) -> Self {
         Status {
+            outcome: coordinator::scheduler::Outcome::of(
+                p.total,
+                p.verified,
+                p.failed,
+                p.finished,
+                !p.aggregate_error.is_empty(),
+            ),
             id: p.id,
             name: p.name,
             total: p.total,
@@ -107,6 +117,17 @@ impl From<pb::ProjectStatus> for Status {
             submitter: p.submitter,
         }
     }
+}
+
+/// What the coordinator did with a submitted project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The new project's id (or, when `reused`, the earliest duplicate's).
+    pub id: u64,
+    /// Earlier projects with the same module, inputs and terms, oldest first.
+    pub duplicates: Vec<u64>,
+    /// Nothing was created (`--once` and a duplicate exists).
+    pub reused: bool,
 }
 
 /// Everything `fallow results` writes.
@@ -174,12 +195,15 @@ impl Client {
         Ok(request)
     }
 
-    /// Uploads a project; returns its id.
-    pub async fn submit(&self, spec: ProjectSpec) -> anyhow::Result<u64> {
+    /// Uploads a project (with `once`: only if no project with the same module, inputs
+    /// and terms exists).
+    pub async fn submit(&self, spec: ProjectSpec, once: bool) -> anyhow::Result<Submitted> {
+        let mut request = pb::SubmitProjectRequest::from(spec);
+        request.once = once;
         let r = self
             .inner
             .clone()
-            .submit_project(self.authorized(pb::SubmitProjectRequest::from(spec))?)
+            .submit_project(self.authorized(request)?)
             .await
             .map_err(|s| {
                 anyhow!(
@@ -187,8 +211,13 @@ impl Client {
                     self.url,
                     s.message()
                 )
-            })?;
-        Ok(r.into_inner().project_id)
+            })?
+            .into_inner();
+        Ok(Submitted {
+            id: r.project_id,
+            duplicates: r.duplicates,
+            reused: r.reused,
+        })
     }
 
     /// Progress of one project or all.
@@ -208,7 +237,6 @@ impl Client {
             .collect())
     }
 
-    /// All results of a project.
     /// Accounts and teams by credit.
     pub async fn accounts(&self) -> anyhow::Result<(Vec<Account>, Vec<Team>)> {
         let r = self
@@ -241,6 +269,7 @@ impl Client {
         Ok((accounts, teams))
     }
 
+    /// All results of a project.
     pub async fn results(&self, project: u64) -> anyhow::Result<Results> {
         let mut stream = self
             .inner
@@ -252,11 +281,17 @@ impl Client {
             .map_err(|s| anyhow!("{}", s.message()))?
             .into_inner();
         let mut results = Results::default();
-        while let Some(item) = stream
-            .message()
-            .await
-            .map_err(|s| anyhow!("results stream broke: {}", s.message()))?
-        {
+        while let Some(item) = stream.message().await.map_err(|s| {
+            if s.code() == tonic::Code::DataLoss {
+                anyhow!(
+                    "the coordinator refused project {project}'s results: {}; nothing was \
+                     written: run `fallow results` again once the project is finished",
+                    s.message()
+                )
+            } else {
+                anyhow!("results stream broke: {}", s.message())
+            }
+        })? {
             match item.item {
                 Some(pb::result_item::Item::Verified(v)) => {
                     results.verified.push((v.unit, v.output))

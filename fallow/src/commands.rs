@@ -10,6 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use worker::tls::Trust;
 
+use coordinator::scheduler::Outcome;
+
 use crate::client::{Client, Status};
 
 /// `fallow coordinator`.
@@ -19,7 +21,13 @@ pub async fn coordinator(
     mut config: coordinator::CoordinatorConfig,
 ) -> anyhow::Result<()> {
     let data = config.data_dir.clone();
-    let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
+    let store = coordinator::store::sqlite::SqliteStore::open_with(
+        &data,
+        coordinator::store::sqlite::OpenOptions {
+            start_afresh: config.start_afresh,
+        },
+    )
+    .await?;
     let identity = tls.identity(listen, &data)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -146,6 +154,7 @@ pub async fn submit(
     trust: &Trust,
     token: Option<String>,
     key: Option<PathBuf>,
+    once: bool,
 ) -> anyhow::Result<()> {
     let mut spec = protocol::manifest::load(manifest)?;
     let submitter = submitter_key(key)?;
@@ -160,10 +169,38 @@ pub async fn submit(
             .map(|t| t.trim().to_string())
     });
     let client = Client::connect(coordinator, trust).await?.with_token(token);
-    let id = client.submit(spec).await?;
-    eprintln!("submitted project {name:?} with {units} units");
-    println!("{id}");
+    let submitted = client.submit(spec, once).await?;
+    if submitted.reused {
+        eprintln!(
+            "project {name:?} was submitted before as project {} (the same module, inputs and terms); --once: nothing submitted",
+            submitted.id
+        );
+    } else {
+        eprintln!("submitted project {name:?} with {units} units");
+        if !submitted.duplicates.is_empty() {
+            eprintln!(
+                "warning: {}",
+                duplicate_warning(&submitted.duplicates, submitted.id)
+            );
+        }
+    }
+    println!("{}", submitted.id);
     Ok(())
+}
+
+/// What `fallow submit` says when the same project was submitted before.
+fn duplicate_warning(earlier: &[u64], id: u64) -> String {
+    let list = earlier
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "the same module, inputs and terms were already submitted as project{} {list}; \
+         project {id} is another copy and runs every unit again \
+         (`fallow submit --once` submits only what was not submitted before)",
+        if earlier.len() == 1 { "" } else { "s" }
+    )
 }
 
 /// Where the submitter key lives: `--key`/`FALLOW_SUBMITTER_KEY`, else
@@ -220,7 +257,7 @@ pub async fn status(
 ) -> anyhow::Result<()> {
     let client = Client::connect(coordinator, trust).await?;
     if wait {
-        wait_for(&client, project, json).await?;
+        wait_for(&client, project, Progress::for_status(json)).await?;
     }
     let projects = client.status(project).await?;
     print_status(&projects, json)?;
@@ -245,20 +282,25 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
         "id", "name", "verified", "total", "failed", "running", "execs"
     )?;
     for p in projects {
-        let state = if p.finished {
-            "finished"
-        } else if p.total == p.verified + p.failed {
-            "reducing"
-        } else {
-            "running"
-        };
         writeln!(
             out,
-            "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  {state}",
-            p.id, p.name, p.verified, p.total, p.failed, p.in_progress, p.executions
+            "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  {}",
+            p.id,
+            p.name,
+            p.verified,
+            p.total,
+            p.failed,
+            p.in_progress,
+            p.executions,
+            p.outcome.as_str()
         )?;
         if !p.aggregate_error.is_empty() {
             writeln!(out, "      reducer failed: {}", p.aggregate_error)?;
+        } else if p.outcome == Outcome::Failed {
+            writeln!(
+                out,
+                "      every unit failed: `fallow results` writes why to failed.txt"
+            )?;
         }
         if p.submitter.is_empty() {
             writeln!(
@@ -270,17 +312,44 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar per project until all shown projects are finished.
+/// How `wait_for` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// A progress bar per project (on stderr, when it is a terminal).
+    Bars,
+    /// A line per project each time its numbers change: for logs and pipes, where bars
+    /// would show nothing until the end. On stderr when stdout is kept for JSON.
+    Lines {
+        /// Write them to stderr.
+        stderr: bool,
+    },
+}
+
+impl Progress {
+    /// `fallow status --wait`: bars on a terminal, lines otherwise (and with `--json`).
+    fn for_status(json: bool) -> Progress {
+        use std::io::IsTerminal;
+        if !json && std::io::stdout().is_terminal() {
+            Progress::Bars
+        } else {
+            Progress::Lines { stderr: json }
+        }
+    }
+}
+
+/// Shows progress until all shown projects are finished.
 pub(crate) async fn wait_for(
     client: &Client,
     project: Option<u64>,
-    quiet: bool,
+    progress: Progress,
 ) -> anyhow::Result<()> {
-    let multi = if quiet {
-        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-    } else {
-        MultiProgress::new()
+    let multi = match progress {
+        Progress::Bars => MultiProgress::new(),
+        Progress::Lines { .. } => {
+            MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        }
     };
+    let mut lines = ChangeLines::default();
     let style = ProgressStyle::with_template(
         "{prefix:>16} [{bar:40.green/white}] {pos}/{len} verified {msg} ({eta} left)",
     )
@@ -291,6 +360,18 @@ pub(crate) async fn wait_for(
         let projects = client.status(project).await?;
         if projects.is_empty() {
             bail!("no projects to wait for");
+        }
+        if let Progress::Lines { stderr } = progress {
+            for line in lines.changed(&projects) {
+                // A closed pipe is the reader's choice, not an error of ours.
+                if stderr {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
         }
         for p in &projects {
             let bar = bars.entry(p.id).or_insert_with(|| {
@@ -310,6 +391,45 @@ pub(crate) async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The progress lines of `status --wait` without a terminal: one per project whose line
+/// changed since it was last printed.
+#[derive(Debug, Default)]
+struct ChangeLines {
+    last: std::collections::HashMap<u64, String>,
+}
+
+impl ChangeLines {
+    fn changed(&mut self, projects: &[Status]) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in projects {
+            let line = progress_line(p);
+            if self.last.get(&p.id) != Some(&line) {
+                self.last.insert(p.id, line.clone());
+                out.push(line);
+            }
+        }
+        out
+    }
+}
+
+/// `project 3 primes: running · 12/40 verified · 1 failed · 4 running`.
+fn progress_line(p: &Status) -> String {
+    let mut line = format!(
+        "project {} {}: {} · {}/{} verified · {} failed · {} running",
+        p.id,
+        p.name,
+        p.outcome.as_str(),
+        p.verified,
+        p.total,
+        p.failed,
+        p.in_progress
+    );
+    if !p.aggregate_error.is_empty() {
+        line.push_str(&format!(" · reducer failed: {}", p.aggregate_error));
+    }
+    line
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -371,16 +491,36 @@ pub async fn accounts(coordinator: &str, trust: &Trust, json: bool) -> anyhow::R
     Ok(())
 }
 
-/// `fallow results`.
+/// `fallow results`: refuses a directory holding something else than this project's
+/// results (unless `force`), writes the outputs, `failed.txt` and the aggregate, and
+/// fails when the reducer did.
 pub async fn results(
     coordinator: &str,
     trust: &Trust,
     project: u64,
     out: &Path,
+    force: bool,
 ) -> anyhow::Result<()> {
     let client = Client::connect(coordinator, trust).await?;
+    let status = client
+        .status(Some(project))
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("project {project} is not on {coordinator}"))?;
+    let marker = ResultsMarker {
+        project,
+        name: status.name.clone(),
+        coordinator: coordinator.to_string(),
+    };
+    check_results_dir(out, &marker, force)?;
     let results = client.results(project).await?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // First, so a directory left half-written still says whose results it holds.
+    write_atomic(
+        &out.join(RESULTS_MARKER),
+        format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
+    )?;
     for (unit, output) in &results.verified {
         // Names were checked at submit, but this coordinator may not be ours: never let a
         // name escape the output directory.
@@ -393,23 +533,100 @@ pub async fn results(
         failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
     }
     write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
-    match &results.aggregate {
-        Some(Ok(bytes)) => write_atomic(&out.join("aggregate"), bytes)?,
-        Some(Err(e)) => eprintln!("reducer failed: {e}"),
-        None => {}
+    if let Some(Ok(bytes)) = &results.aggregate {
+        write_atomic(&out.join("aggregate"), bytes)?;
     }
-    eprintln!(
-        "wrote {} verified outputs, {} failed units{} to {}",
+    let wrote = format!(
+        "{} verified outputs and {} failed units",
         results.verified.len(),
-        results.failed.len(),
-        if matches!(results.aggregate, Some(Ok(_))) {
-            " and the aggregate"
-        } else {
-            ""
-        },
-        out.display()
+        results.failed.len()
     );
+    match &results.aggregate {
+        Some(Err(e)) => bail!(
+            "project {project}'s reducer failed: {e}; wrote {wrote} to {}, but there is no aggregate",
+            out.display()
+        ),
+        Some(Ok(_)) => eprintln!("wrote {wrote} and the aggregate to {}", out.display()),
+        None if status.has_reducer => eprintln!(
+            "wrote {wrote} to {}; no aggregate yet: project {project} is {} ({} of {} units settled)",
+            out.display(),
+            status.outcome.as_str(),
+            status.verified + status.failed,
+            status.total
+        ),
+        None => eprintln!("wrote {wrote} to {}", out.display()),
+    }
     Ok(())
+}
+
+/// The file in a results directory that names the project whose results it holds (a
+/// unit's name never starts with a dot, so no output can take its place).
+const RESULTS_MARKER: &str = ".fallow-results";
+
+/// What [`RESULTS_MARKER`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ResultsMarker {
+    /// The project id.
+    project: u64,
+    /// Its name.
+    name: String,
+    /// The coordinator it came from (for the record; the same project may be reached
+    /// under another URL).
+    coordinator: String,
+}
+
+/// Refuses to write `mine` into `dir` when it holds anything but `mine`'s results (another
+/// project's, or files of no project) unless `force`: two projects' outputs would mix.
+fn check_results_dir(dir: &Path, mine: &ResultsMarker, force: bool) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let theirs: Option<ResultsMarker> = std::fs::read_to_string(dir.join(RESULTS_MARKER))
+        .ok()
+        .and_then(|text| serde_json::from_str(text.trim()).ok());
+    let same = theirs
+        .as_ref()
+        .is_some_and(|t| t.project == mine.project && t.name == mine.name);
+    if same {
+        return Ok(());
+    }
+    let holds = match &theirs {
+        Some(t) => format!(
+            "holds the results of project {} {:?} (from {})",
+            t.project, t.name, t.coordinator
+        ),
+        None => format!(
+            "is not empty ({} entr{}, e.g. {:?}) and holds no results of project {}",
+            names.len(),
+            if names.len() == 1 { "y" } else { "ies" },
+            names.iter().min().map(String::as_str).unwrap_or_default(),
+            mine.project
+        ),
+    };
+    if force {
+        eprintln!(
+            "warning: {} {holds}; writing project {} {:?} there anyway (--force)",
+            dir.display(),
+            mine.project,
+            mine.name
+        );
+        return Ok(());
+    }
+    bail!(
+        "{} {holds}: choose an empty or new --out directory, or pass --force to write project {} {:?} there anyway (files of the same name are replaced, the others stay)",
+        dir.display(),
+        mine.project,
+        mine.name
+    )
 }
 
 /// Writes via a temporary file and a rename, so a crash never leaves half a result.
@@ -617,4 +834,122 @@ pub fn token(data: &Path, action: crate::cli::TokenAction) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(project: u64, name: &str) -> ResultsMarker {
+        ResultsMarker {
+            project,
+            name: name.into(),
+            coordinator: "http://127.0.0.1:7070".into(),
+        }
+    }
+
+    /// `results` writes into a new or empty directory, or one holding the same project's
+    /// results; anything else only with --force.
+    #[test]
+    fn results_refuse_a_directory_holding_other_files_unless_forced() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mine = marker(3, "primes");
+        let new = root.path().join("new");
+        check_results_dir(&new, &mine, false).expect("a new directory");
+        std::fs::create_dir(&new).expect("mkdir");
+        check_results_dir(&new, &mine, false).expect("an empty directory");
+
+        let same = root.path().join("same");
+        std::fs::create_dir(&same).expect("mkdir");
+        std::fs::write(same.join("u1"), "1").expect("output");
+        std::fs::write(
+            same.join(RESULTS_MARKER),
+            serde_json::to_string(&marker(3, "primes")).expect("json"),
+        )
+        .expect("marker");
+        check_results_dir(&same, &mine, false).expect("this project's results");
+
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).expect("mkdir");
+        std::fs::write(
+            other.join(RESULTS_MARKER),
+            serde_json::to_string(&marker(2, "mandel")).expect("json"),
+        )
+        .expect("marker");
+        let err = check_results_dir(&other, &mine, false)
+            .expect_err("another project's results")
+            .to_string();
+        assert!(
+            err.contains("holds the results of project 2 \"mandel\"") && err.contains("--force"),
+            "{err}"
+        );
+        check_results_dir(&other, &mine, true).expect("forced");
+
+        let stray = root.path().join("stray");
+        std::fs::create_dir(&stray).expect("mkdir");
+        std::fs::write(stray.join("notes.txt"), "mine").expect("file");
+        let err = check_results_dir(&stray, &mine, false)
+            .expect_err("files of no project")
+            .to_string();
+        assert!(
+            err.contains("is not empty") && err.contains("\"notes.txt\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_submission_is_named() {
+        let one = duplicate_warning(&[3], 7);
+        assert!(
+            one.contains("submitted as project 3;") && one.contains("project 7 is another copy"),
+            "{one}"
+        );
+        assert!(one.contains("--once"), "{one}");
+        assert!(duplicate_warning(&[3, 5], 7).contains("projects 3, 5;"));
+    }
+
+    fn status(verified: u64, failed: u64, running: u64, finished: bool) -> Status {
+        let total = 4;
+        Status {
+            id: 1,
+            name: "p".into(),
+            total,
+            verified,
+            failed,
+            in_progress: running,
+            pending: total - verified - failed - running,
+            executions: 0,
+            disputes: 0,
+            replication: 2,
+            quorum: 2,
+            credit: 0,
+            solo: 0,
+            spot_checks: 0,
+            mismatches: 0,
+            reopened: 0,
+            finished,
+            outcome: Outcome::of(total, verified, failed, finished, false),
+            has_reducer: false,
+            aggregate_ready: false,
+            aggregate_error: String::new(),
+            submitter: String::new(),
+        }
+    }
+
+    /// Without a terminal, `status --wait` prints a line each time a project's numbers
+    /// change, and nothing while they stay the same.
+    #[test]
+    fn progress_lines_come_once_per_change() {
+        let mut lines = ChangeLines::default();
+        assert_eq!(
+            lines.changed(&[status(0, 0, 0, false)]),
+            ["project 1 p: running · 0/4 verified · 0 failed · 0 running"]
+        );
+        assert!(lines.changed(&[status(0, 0, 0, false)]).is_empty());
+        assert_eq!(lines.changed(&[status(1, 0, 2, false)]).len(), 1);
+        assert_eq!(
+            lines.changed(&[status(0, 4, 0, true)]),
+            ["project 1 p: failed · 0/4 verified · 4 failed · 0 running"]
+        );
+    }
 }

@@ -137,7 +137,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         allow_plaintext: true,
     };
     let client = Client::connect(&url, &trust).await?.with_token(Some(token));
-    let project = client.submit(spec).await?;
+    let project = client.submit(spec, false).await?.id;
     println!(
         "Fallow demo: {workers} workers ({cores} core{} each) render a {width}x{height} Mandelbrot in {tiles} tiles;",
         if cores == 1 { "" } else { "s" }
@@ -152,7 +152,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         println!("worker 0 lies: it corrupts every output it produces.");
     }
     println!("watch it live: {url}/projects/{project}");
-    crate::commands::wait_for(&client, Some(project), false).await?;
+    crate::commands::wait_for(&client, Some(project), crate::commands::Progress::Bars).await?;
     let status = client
         .status(Some(project))
         .await?

@@ -56,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             tls_cert,
             tls_key,
+            start_afresh,
             fault,
         } => {
             let tls = commands::ServeTls {
@@ -72,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_connections_per_address,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout_seconds),
                 require_enrollment,
+                start_afresh,
                 tamper_inputs: matches!(fault, Some(cli::CoordinatorFaultArg::TamperInput)),
                 ..Default::default()
             };
@@ -139,7 +141,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             coordinator,
             token,
             key,
-        } => commands::submit(&manifest, &coordinator, &trust, token, key).await,
+            once,
+        } => commands::submit(&manifest, &coordinator, &trust, token, key, once).await,
         Command::Key { key } => commands::key(key),
         Command::Token { action, data } => commands::token(&data, action),
         Command::Status {
@@ -152,7 +155,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             project,
             out,
             coordinator,
-        } => commands::results(&coordinator, &trust, project, &out).await,
+            force,
+        } => commands::results(&coordinator, &trust, project, &out, force).await,
         Command::Accounts { coordinator, json } => {
             commands::accounts(&coordinator, &trust, json).await
         }

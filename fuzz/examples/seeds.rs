@@ -52,6 +52,7 @@ fn main() -> std::io::Result<()> {
         ],
         manifest: "name = 'primes'\n".into(),
         submitter_key: Vec::new(),
+        once: false,
     };
     write("wire", "submit-project-unsigned", &wire(3, &|| project.encode_to_vec()))?;
     let mut signed = protocol::manifest::ProjectSpec::try_from(project.clone())

@@ -325,6 +325,7 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
                 .as_ref()
                 .map(|g| g.key.0.to_vec())
                 .unwrap_or_default(),
+            once: false,
             units: s
                 .units
                 .into_iter()
@@ -397,6 +398,7 @@ mod tests {
             fixed_replication: false,
             error_bound: 0.0,
             submitter_key: Vec::new(),
+            once: false,
         };
         type Edit = fn(&mut pb::SubmitProjectRequest);
         let cases: [(&str, Edit, &str); 9] = [

@@ -560,7 +560,8 @@ pub fn sum_outputs(dir: &Path) -> (u64, usize) {
     let mut files = 0;
     for entry in std::fs::read_dir(dir).expect("results dir").flatten() {
         let name = entry.file_name().into_string().expect("utf-8");
-        if name == "failed.txt" || name == "aggregate" {
+        // `.fallow-results` names the project; unit names never start with a dot.
+        if name == "failed.txt" || name == "aggregate" || name.starts_with('.') {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).expect("output");

@@ -18,6 +18,8 @@ mod hostile;
 mod limits;
 mod partition;
 mod primes;
+mod rest;
 mod shares;
 mod signed;
 mod tls;
+mod truth;

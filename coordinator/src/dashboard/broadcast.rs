@@ -21,7 +21,8 @@ use super::snapshot::{
     Sample, TeamRow, Totals, WorkerRow, Workers, frame,
 };
 use super::{Dashboard, metrics, render};
-use crate::store::Store;
+use crate::scheduler::Outcome;
+use crate::store::{CorruptOutput, Store, StoredOutput};
 
 /// Shortest time between two captures.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -67,6 +68,9 @@ pub(crate) trait Source: Clone + Send + Sync + 'static {
     fn capture(&self) -> impl Future<Output = (Capture, Duration)> + Send;
     /// The store.
     fn store(&self) -> &Self::Store;
+    /// Sends units whose stored outputs failed their digest check back for verification
+    /// (the one thing the dashboard asks of the state: it never shows such an output).
+    fn reverify(&self, corrupt: Vec<CorruptOutput>) -> impl Future<Output = ()> + Send;
 }
 
 /// Runs until `cancel`; dropping `tx` at the end closes every live stream, which lets the
@@ -339,6 +343,13 @@ impl Broadcaster {
             quorum: p.quorum,
             max_replicas: p.max_replicas,
             finished: p.finished,
+            outcome: Outcome::of(
+                p.total,
+                p.verified,
+                p.failed,
+                p.finished,
+                p.aggregate == "failed",
+            ),
             aggregate: p.aggregate,
             units_per_minute: per_ms * 60_000.0,
             eta_seconds,
@@ -479,7 +490,10 @@ impl Broadcaster {
         self.deferred |= behind && !allowed;
         if behind && allowed {
             m.rendered = Some(Instant::now());
-            let (painted, read) = paint(source.store(), p.id, m).await;
+            let (painted, read, corrupt) = paint(source.store(), p.id, m).await;
+            if !corrupt.is_empty() {
+                source.reverify(corrupt).await;
+            }
             // Only what the store returned counts as seen: a unit the scheduler already
             // counts as verified may not be readable yet, and is painted on the next pass.
             m.verified_seen = read;
@@ -511,32 +525,45 @@ impl Broadcaster {
     }
 }
 
-/// Paints every verified tile not painted yet; returns whether anything was painted and
-/// how many verified outputs the store returned. The first output that is not a tile marks
-/// the project as not a picture.
-async fn paint<St: Store>(store: &St, project: ProjectId, m: &mut MosaicState) -> (bool, u64) {
+/// Paints every verified tile not painted yet; returns whether anything was painted, how
+/// many verified outputs the store returned, and the outputs that failed their digest
+/// check (not painted). The first output that is not a tile marks the project as not a
+/// picture.
+async fn paint<St: Store>(
+    store: &St,
+    project: ProjectId,
+    m: &mut MosaicState,
+) -> (bool, u64, Vec<CorruptOutput>) {
     let mut painted = false;
     let mut read = 0u64;
+    let mut corrupt = Vec::new();
     let mut after = None;
     loop {
         let page = match store.verified_outputs(project, after.clone(), 64).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(%project, "dashboard: cannot read outputs: {e}");
-                return (painted, read);
+                return (painted, read, corrupt);
             }
         };
         let Some(last) = page.last() else {
-            return (painted, read);
+            return (painted, read, corrupt);
         };
-        after = Some(last.name.clone());
+        after = Some(last.name().to_string());
         read += page.len() as u64;
         for v in page {
+            let v = match v {
+                StoredOutput::Intact(v) => v,
+                StoredOutput::Corrupt(c) => {
+                    corrupt.push(c);
+                    continue;
+                }
+            };
             let tile = match mosaic::parse_tile(&v.output) {
                 Ok(t) => t,
                 Err(_) if m.canvas.is_none() => {
                     m.not_image = true;
-                    return (false, read);
+                    return (false, read, corrupt);
                 }
                 Err(e) => {
                     tracing::debug!(%project, unit = %v.name, "not drawn: {e}");
@@ -691,5 +718,72 @@ mod tests {
         assert!((h[1].units_per_minute - 300.0).abs() < 1e-9, "{h:?}");
         assert_eq!(h[1].workers_online, 2);
         assert!(b.charts.throughput_svg.contains("class=\"line\""));
+    }
+
+    /// A tile whose stored bytes no longer match their digest is not drawn: it is handed
+    /// back to be verified again.
+    #[tokio::test]
+    async fn a_tile_that_fails_its_digest_check_is_not_painted() {
+        use crate::store::sqlite::SqliteStore;
+        use protocol::certificate::Verified;
+        use protocol::{Digest, Identity};
+        fn tile(x: u32) -> Vec<u8> {
+            let mut t =
+                format!("P6\n# fallow-tile x={x} y=0 width=4 height=2\n2 2\n255\n").into_bytes();
+            t.extend(std::iter::repeat_n(200, 12));
+            t
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let spec = protocol::manifest::ProjectSpec {
+            name: "m".into(),
+            module: b"\0asm\x01\0\0\0".to_vec(),
+            reducer: None,
+            replication: 1,
+            quorum: 1,
+            max_replicas: 2,
+            adaptive: false,
+            error_bound: 0.02,
+            limits: protocol::Limits::default(),
+            units: vec![("a".into(), b"0".to_vec()), ("b".into(), b"2".to_vec())],
+            manifest: String::new(),
+            signatures: None,
+        };
+        let (project, units) = store
+            .insert_project(&spec, Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        let w = Identity::from_seed([1; 32]).id();
+        for (unit, output, digest) in [
+            (units[0], tile(0), Digest::of(&tile(0))),
+            // Stored with a digest its bytes do not have: as if changed on disk.
+            (units[1], tile(2), Digest::of(b"what was verified")),
+        ] {
+            let verified = Verified {
+                digest,
+                fuel: 1,
+                signers: vec![w],
+            };
+            store
+                .record_verified(unit, &output, &verified, &[], 2)
+                .await
+                .expect("record");
+        }
+        let mut m = MosaicState::default();
+        let (painted, read, corrupt) = paint(&store, project, &mut m).await;
+        assert!(painted);
+        assert_eq!(read, 2);
+        assert_eq!(
+            corrupt,
+            [CorruptOutput {
+                unit: units[1],
+                name: "b".into()
+            }]
+        );
+        assert_eq!(
+            m.canvas.as_ref().map(Canvas::tiles),
+            Some(1),
+            "only the intact tile"
+        );
     }
 }

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use super::snapshot::{ProjectPage, ProjectSummary, Published};
+use crate::scheduler::Outcome;
 
 /// Accounts and teams listed on the volunteers page (the export has them all).
 const LEADERBOARD_SHOWN: usize = 100;
@@ -48,11 +49,24 @@ pub(crate) fn duration(s: u64) -> String {
     }
 }
 
+/// Time to finish, or once finished how it ended: done, partly failed or failed (a
+/// finished project is not "done" when its units or its reducer failed).
 fn eta(p: &ProjectSummary) -> String {
     match (p.finished, p.eta_seconds) {
-        (true, _) => "done".into(),
+        (true, _) => outcome_label(p.outcome).into(),
         (false, Some(s)) => duration(s),
         (false, None) => "—".into(),
+    }
+}
+
+/// What a finished project shows where a running one shows its ETA (`dashboard.js` says
+/// the same).
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Done => "done",
+        Outcome::Partial => "done, some units failed",
+        Outcome::Failed => "failed",
+        Outcome::Running | Outcome::Reducing => "—",
     }
 }
 
@@ -556,5 +570,26 @@ mod tests {
         assert!(chart.contains("class=\"line\""), "{chart}");
         let map = unit_map("vvrpf");
         assert_eq!(map.matches("<rect").count(), 4, "{map}");
+    }
+
+    /// A finished project reads "done" only when nothing failed: the row of a project
+    /// whose units all failed says "failed" (it once said "100.0 % … done").
+    #[test]
+    fn a_finished_project_says_done_partly_failed_or_failed() {
+        let row = |outcome| {
+            project_row(&ProjectSummary {
+                id: 1,
+                name: "p".into(),
+                total: 4,
+                failed: 4,
+                finished: true,
+                outcome,
+                percent: 100.0,
+                ..ProjectSummary::default()
+            })
+        };
+        assert!(row(Outcome::Failed).contains("<td class=\"num\">failed</td>"));
+        assert!(row(Outcome::Done).contains("<td class=\"num\">done</td>"));
+        assert!(row(Outcome::Partial).contains(">done, some units failed</td>"));
     }
 }

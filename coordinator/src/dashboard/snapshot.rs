@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use protocol::{ProjectId, WorkerId};
 use serde::Serialize;
 
-use crate::scheduler::{Aggregate, Scheduler, UnitState};
+use crate::scheduler::{Aggregate, Outcome, Scheduler, UnitState};
 
 /// Projects with at most this many units get a per-unit state map.
 pub(crate) const UNIT_MAP_LIMIT: u64 = 4096;
@@ -236,6 +236,9 @@ pub(crate) struct ProjectSummary {
     pub quorum: u32,
     pub max_replicas: u32,
     pub finished: bool,
+    /// `running`, `reducing`, `done`, `partial` (some units failed) or `failed` (every
+    /// unit, or the reducer): finished is not the same as done.
+    pub outcome: Outcome,
     /// `none`, `pending`, `ready` or `failed`.
     pub aggregate: &'static str,
     /// Verified and failed units per minute over the last minute.

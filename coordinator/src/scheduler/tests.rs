@@ -1052,3 +1052,64 @@ fn claims_over_the_fuel_limit_are_refused() {
         Verdict::Verified(_)
     ));
 }
+
+/// A verified unit whose stored output changed on disk goes back for verification by
+/// workers that have not run it (a worker that ran it would commit twice on the same
+/// boards), and its project is no longer finished until it verifies again.
+#[test]
+fn a_unit_sent_back_for_reverification_is_verified_again_by_other_workers() {
+    let mut s = setup(1, 2, 2, 2);
+    s.assign(id(1), 1, 0);
+    s.assign(id(2), 1, 0);
+    certify(&mut s, 0, &[1, 2], b"out")
+        .expect("valid")
+        .expect("first");
+    assert!(s.project(P).expect("project").finished());
+    // The unit is compact by now: the store names who ran it.
+    let changes = s.reverify(UnitId(0), &[id(1), id(2)], 10);
+    assert_eq!(
+        changes,
+        [Change::Reverify {
+            unit: UnitId(0),
+            required: 2
+        }]
+    );
+    assert!(
+        s.reverify(UnitId(0), &[id(1), id(2)], 11).is_empty(),
+        "sent back once"
+    );
+    let p = s.project(P).expect("project");
+    assert!(!p.finished());
+    assert_eq!(p.stats.verified, 0);
+    assert!(units(s.assign(id(1), 1, 20)).is_empty(), "ran it before");
+    assert!(units(s.assign(id(2), 1, 20)).is_empty(), "ran it before");
+    assert_eq!(units(s.assign(id(3), 1, 20)), [UnitId(0)]);
+    assert_eq!(
+        units(s.assign(id(4), 1, 20)),
+        [UnitId(0)],
+        "superseded replicas do not count against max_replicas"
+    );
+    certify(&mut s, 0, &[3, 4], b"out")
+        .expect("valid")
+        .expect("verified again");
+    let p = s.project(P).expect("project");
+    assert!(p.finished());
+    assert_eq!(p.stats.verified, 1);
+}
+
+/// Finished is not done: a project whose units or reducer all failed says so.
+#[test]
+fn a_projects_outcome_tells_done_from_failed() {
+    // (total, verified, failed, finished, reducer failed) → outcome
+    let check = |numbers: (u64, u64, u64, bool, bool), want: Outcome| {
+        let (t, v, f, finished, reducer) = numbers;
+        assert_eq!(Outcome::of(t, v, f, finished, reducer), want, "{numbers:?}");
+    };
+    check((10, 3, 1, false, false), Outcome::Running);
+    check((10, 9, 1, false, false), Outcome::Reducing);
+    check((10, 10, 0, true, false), Outcome::Done);
+    check((10, 9, 1, true, false), Outcome::Partial);
+    check((10, 0, 10, true, false), Outcome::Failed);
+    check((10, 10, 0, true, true), Outcome::Failed);
+    assert_eq!(Outcome::Failed.as_str(), "failed");
+}

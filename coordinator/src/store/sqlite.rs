@@ -22,8 +22,8 @@ use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, W
 use protocol::provenance::{Signer, SubmitterKey};
 
 use super::{
-    AccountTotal, CreditTo, LeasedInput, LoadedCounts, Snapshot, Store, StoredUnit, StoredWorker,
-    TeamTotal, VerifiedOutput, Write,
+    AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Snapshot, Store,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, VerifiedOutput, Write,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -208,9 +208,64 @@ pub struct SqliteStore {
     _lock: std::sync::Arc<std::fs::File>,
 }
 
+/// How [`SqliteStore::open_with`] treats a store that is gone or damaged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// When `fallow.db` is missing from a directory that held a store, empty, unreadable
+    /// or fails its quick check: set what is left of it aside (renamed
+    /// `fallow.db*.aside-<Unix ms>`) and start with an empty store. A healthy store is
+    /// opened as usual, so the flag is harmless to leave on. Default false: refuse to
+    /// start, naming the problem ([`Error::StoreDamaged`]).
+    pub start_afresh: bool,
+}
+
+/// Written beside a store once it exists: from then on a missing or empty `fallow.db` is
+/// a lost store, not a first start.
+pub const MARKER: &str = "store.marker";
+
+const MARKER_TEXT: &str = "This directory holds a Fallow coordinator's store (fallow.db). While this file \
+exists the coordinator refuses to start on a missing or empty fallow.db; \
+`fallow coordinator --start-afresh` starts an empty store instead.\n";
+
+/// Why a store cannot be opened as it is.
+enum OpenFailure {
+    /// Gone, empty or damaged: what is wrong (`--start-afresh` may set it aside).
+    Damaged(String),
+    /// Anything else (permissions, a full disk): never a reason to set a store aside.
+    Other(Error),
+}
+
+impl From<sqlx::Error> for OpenFailure {
+    fn from(e: sqlx::Error) -> Self {
+        match damage(&e) {
+            Some(problem) => OpenFailure::Damaged(problem),
+            None => OpenFailure::Other(Error::Store(e)),
+        }
+    }
+}
+
+/// SQLITE_CORRUPT (11) and SQLITE_NOTADB (26): the file is damaged, not merely unusable.
+fn damage(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "11" || c == "26") => {
+            Some(format!("is damaged ({})", d.message()))
+        }
+        _ => None,
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) `<dir>/fallow.db`.
+    /// Opens (creating if needed) `<dir>/fallow.db`, refusing a lost or damaged store
+    /// (see [`OpenOptions`]).
     pub async fn open(dir: &Path) -> Result<Self, Error> {
+        SqliteStore::open_with(dir, OpenOptions::default()).await
+    }
+
+    /// Opens (creating if needed) `<dir>/fallow.db`: takes the directory's lock, refuses a
+    /// store that is missing from a directory that held one (`store.marker`, or a
+    /// `coordinator.key` or write-ahead log left behind), empty, not a database or failing
+    /// `PRAGMA quick_check` — unless `options.start_afresh` — then migrates and marks it.
+    pub async fn open_with(dir: &Path, options: OpenOptions) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::DataDir {
             path: dir.to_path_buf(),
             message: e.to_string(),
@@ -231,22 +286,29 @@ impl SqliteStore {
                 },
             });
         }
-        let path = dir.join("fallow.db");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| Error::DataDir {
-                path: path.clone(),
-                message: format!("cannot open database: {e}"),
-            })?;
+        let path = crate::database_path(dir);
+        let pool = match connect_checked(dir, &path, false).await {
+            Ok(pool) => pool,
+            Err(OpenFailure::Other(e)) => return Err(e),
+            Err(OpenFailure::Damaged(problem)) if options.start_afresh => {
+                let aside = set_aside(dir)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "the store {problem}: --start-afresh set it aside ({}) and starts an empty store",
+                    aside.join(", ")
+                );
+                match connect_checked(dir, &path, true).await {
+                    Ok(pool) => pool,
+                    Err(OpenFailure::Other(e)) => return Err(e),
+                    Err(OpenFailure::Damaged(problem)) => {
+                        return Err(Error::StoreDamaged { path, problem });
+                    }
+                }
+            }
+            Err(OpenFailure::Damaged(problem)) => {
+                return Err(Error::StoreDamaged { path, problem });
+            }
+        };
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&pool)
             .await?;
@@ -284,10 +346,125 @@ impl SqliteStore {
         sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)
             .await?;
+        let marker = dir.join(MARKER);
+        if !marker.exists() {
+            std::fs::write(&marker, MARKER_TEXT).map_err(|e| Error::DataDir {
+                path: marker.clone(),
+                message: format!("cannot write: {e}"),
+            })?;
+        }
         Ok(SqliteStore {
             pool,
             _lock: std::sync::Arc::new(lock),
         })
+    }
+}
+
+/// Connects to `path` after checking that a store that existed is still there (unless
+/// `fresh`: just set aside), and runs `PRAGMA quick_check`.
+async fn connect_checked(dir: &Path, path: &Path, fresh: bool) -> Result<SqlitePool, OpenFailure> {
+    if !fresh && let Some(problem) = lost(dir, path) {
+        return Err(OpenFailure::Damaged(problem));
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|e| match damage(&e) {
+            Some(problem) => OpenFailure::Damaged(problem),
+            None => OpenFailure::Other(Error::DataDir {
+                path: path.to_path_buf(),
+                message: format!("cannot open database: {e}"),
+            }),
+        })?;
+    // Reads every page's structure (not the row contents: outputs are checked against their
+    // digests when read). Linear in the file's size; the time taken is logged.
+    let started = std::time::Instant::now();
+    let checked = sqlx::query_scalar::<_, String>("PRAGMA quick_check")
+        .fetch_all(&pool)
+        .await;
+    let problems = match checked {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => None,
+        Ok(lines) => Some(format!(
+            "is damaged: it fails SQLite's quick check ({}{})",
+            lines.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+            if lines.len() > 3 { "; …" } else { "" }
+        )),
+        Err(e) => match OpenFailure::from(e) {
+            OpenFailure::Damaged(problem) => Some(problem),
+            OpenFailure::Other(e) => {
+                pool.close().await;
+                return Err(OpenFailure::Other(e));
+            }
+        },
+    };
+    if let Some(problem) = problems {
+        pool.close().await;
+        return Err(OpenFailure::Damaged(problem));
+    }
+    tracing::info!(path = %path.display(), took = ?started.elapsed(), "store passed its quick check");
+    Ok(pool)
+}
+
+/// Whether the store of a directory that held one is gone: `fallow.db` missing or empty
+/// while `store.marker`, a `coordinator.key` (every coordinator since lease tickets makes
+/// one) or the store's write-ahead log says a store was there.
+fn lost(dir: &Path, path: &Path) -> Option<String> {
+    let wal = dir.join("fallow.db-wal");
+    let held = [dir.join(MARKER), dir.join("coordinator.key"), wal.clone()]
+        .iter()
+        .find(|p| p.exists())
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let held = held?;
+    let why = format!("this directory held a store ({held} is there)");
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(if wal.exists() {
+            format!("is missing but its write-ahead log fallow.db-wal is still there: {why}")
+        } else {
+            format!("is missing: {why}")
+        }),
+        Ok(m) if m.len() == 0 => Some(format!("is empty (0 bytes): {why}")),
+        _ => None,
+    }
+}
+
+/// Renames what is left of a store (`fallow.db`, its WAL and shared-memory files) to
+/// `NAME.aside-<Unix ms>`; returns the new names.
+fn set_aside(dir: &Path) -> Result<Vec<String>, Error> {
+    let stamp = crate::now_ms();
+    let mut moved = Vec::new();
+    for name in ["fallow.db", "fallow.db-wal", "fallow.db-shm"] {
+        let from = dir.join(name);
+        if !from.exists() {
+            continue;
+        }
+        let to = format!("{name}.aside-{stamp}");
+        std::fs::rename(&from, dir.join(&to)).map_err(|e| Error::DataDir {
+            path: from.clone(),
+            message: format!("cannot set it aside: {e}"),
+        })?;
+        moved.push(to);
+    }
+    Ok(moved)
+}
+
+/// Why a reducer failed, without the "reducer failed: " that stores before 2026-12 put in
+/// front (the CLI and the dashboard say it themselves).
+fn reducer_reason(stored: String) -> String {
+    match stored.strip_prefix("reducer failed: ") {
+        Some(rest) => rest.to_string(),
+        None => stored,
     }
 }
 
@@ -340,7 +517,7 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
         ) {
             (false, _) => Aggregate::Pending,
             (true, None) => Aggregate::Ready,
-            (true, Some(e)) => Aggregate::Failed(e),
+            (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
         },
     })
 }
@@ -389,7 +566,7 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
-    /// Queues one scheduler change (all but `Reopen`, which is conditional).
+    /// Queues one scheduler change (all but `Reopen` and `Reverify`, which are conditional).
     fn change(&mut self, change: &'a Change, now: i64) -> Result<(), Error> {
         match change {
             Change::Replica {
@@ -497,7 +674,7 @@ impl<'a> Batch<'a> {
                 self.int(i64::from(*errors_in_row))?;
                 self.int(i64::from(*throttled))?;
             }
-            Change::Reopen { .. } => {}
+            Change::Reopen { .. } | Change::Reverify { .. } => {}
         }
         Ok(())
     }
@@ -515,11 +692,12 @@ async fn discard(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
 }
 
 /// A verified unit goes back to pending (if it is still verified): its output and the
-/// liar's credit are withdrawn, its replicas superseded, its project's aggregate dropped.
+/// liar's credit (if any: a unit whose stored output changed on disk keeps its signers'
+/// credit) are withdrawn, its replicas superseded, its project's aggregate dropped.
 async fn reopen(
     tx: &mut SqliteConnection,
     unit: UnitId,
-    revoke: WorkerId,
+    revoke: Option<WorkerId>,
     required: u32,
 ) -> Result<(), Error> {
     let reopened = sqlx::query(
@@ -536,11 +714,13 @@ async fn reopen(
     if reopened == 0 {
         return Ok(());
     }
-    sqlx::query("DELETE FROM credit WHERE unit = $1 AND worker = $2")
-        .bind(unit.0 as i64)
-        .bind(&revoke.0[..])
-        .execute(&mut *tx)
-        .await?;
+    if let Some(revoke) = revoke {
+        sqlx::query("DELETE FROM credit WHERE unit = $1 AND worker = $2")
+            .bind(unit.0 as i64)
+            .bind(&revoke.0[..])
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query("UPDATE assignments SET state = $1 WHERE unit = $2 AND state = $3")
         .bind(AssignmentState::Superseded.code())
         .bind(unit.0 as i64)
@@ -1012,7 +1192,10 @@ impl Store for SqliteStore {
                             {
                                 // Conditional on the unit's state: run on its own, in order.
                                 batch.flush(&mut tx).await?;
-                                reopen(&mut tx, *unit, *revoke, *required).await?;
+                                reopen(&mut tx, *unit, Some(*revoke), *required).await?;
+                            } else if let Change::Reverify { unit, required } = change {
+                                batch.flush(&mut tx).await?;
+                                reopen(&mut tx, *unit, None, *required).await?;
                             } else {
                                 batch.change(change, now)?;
                             }
@@ -1172,7 +1355,7 @@ impl Store for SqliteStore {
         project: ProjectId,
         after: Option<String>,
         limit: u32,
-    ) -> Result<Vec<VerifiedOutput>, Error> {
+    ) -> Result<Vec<StoredOutput>, Error> {
         let rows = sqlx::query(
             "SELECT id, name, output, digest, fuel FROM units
              WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
@@ -1185,25 +1368,81 @@ impl Store for SqliteStore {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let unit: i64 = row.try_get("id")?;
+            let id: i64 = row.try_get("id")?;
+            let unit = UnitId(id as u64);
+            let name: String = row.try_get("name")?;
+            let output: Option<Vec<u8>> = row.try_get("output")?;
+            let stored: Option<Vec<u8>> = row.try_get("digest")?;
+            let fuel: Option<i64> = row.try_get("fuel")?;
+            // The digest the unit was verified with, over the bytes as they are now: SQLite's
+            // own checks see pages, never a changed byte inside a value.
+            let (Some(output), Some(fuel), Some(digest)) = (
+                output,
+                fuel,
+                stored.and_then(|d| Digest::from_slice("stored digest", &d).ok()),
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            if Digest::of(&output) != digest {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            }
             let signers = sqlx::query_scalar::<_, Vec<u8>>(
                 "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
             )
-            .bind(unit)
+            .bind(id)
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(|b| worker_id(b))
             .collect::<Result<_, _>>()?;
-            out.push(VerifiedOutput {
-                name: row.try_get("name")?,
-                output: row.try_get("output")?,
-                digest: digest(row.try_get("digest")?)?,
-                fuel: row.try_get::<i64, _>("fuel")? as u64,
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: fuel as u64,
                 signers,
-            });
+            }));
         }
         Ok(out)
+    }
+
+    async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {
+        sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT worker FROM assignments WHERE unit = $1 UNION SELECT worker FROM credit WHERE unit = $1",
+        )
+        .bind(unit.0 as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|b| worker_id(b))
+        .collect()
+    }
+
+    async fn same_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+    ) -> Result<bool, Error> {
+        // Units are inserted in the order given, so id order is the submitted order.
+        let mut rows = sqlx::query("SELECT name, input FROM units WHERE project = $1 ORDER BY id")
+            .bind(project.0 as i64)
+            .fetch(&self.pool);
+        let mut expected = units.iter();
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            let Some((name, input)) = expected.next() else {
+                return Ok(false);
+            };
+            if row.try_get::<&str, _>("name")? != name.as_str()
+                || row.try_get::<&[u8], _>("input")? != input.as_slice()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(expected.next().is_none())
     }
 
     async fn failed_units(&self, project: ProjectId) -> Result<Vec<(String, String)>, Error> {
@@ -1259,7 +1498,7 @@ impl Store for SqliteStore {
         }
         let error: Option<String> = row.try_get("aggregate_error")?;
         Ok(Some(match error {
-            Some(e) => Err(e),
+            Some(e) => Err(reducer_reason(e)),
             None => Ok(row
                 .try_get::<Option<Vec<u8>>, _>("aggregate")?
                 .unwrap_or_default()),
@@ -1289,6 +1528,16 @@ mod tests {
             }
         }
         (snapshot, units)
+    }
+
+    /// The outputs of a page, all of which must have passed their digest check.
+    fn intact(page: Vec<StoredOutput>) -> Vec<VerifiedOutput> {
+        page.into_iter()
+            .map(|o| match o {
+                StoredOutput::Intact(v) => v,
+                StoredOutput::Corrupt(c) => panic!("{c} failed its digest check"),
+            })
+            .collect()
     }
 
     fn spec() -> ProjectSpec {
@@ -1439,9 +1688,12 @@ mod tests {
             ),
             (project, 2, 1, 14, 1)
         );
+        // Stores before 2026-12 kept the reason with a "reducer failed: " in front, which
+        // status then doubled: it is read without.
+        assert_eq!(p.aggregate, Aggregate::Failed("exit code 2".into()));
         assert_eq!(
-            p.aggregate,
-            Aggregate::Failed("reducer failed: exit code 2".into())
+            store.aggregate(project).await.expect("aggregate"),
+            Some(Err("exit code 2".into()))
         );
         let b = loaded.iter().find(|u| u.id == units[1]).expect("unit b");
         assert_eq!(b.target, 3);
@@ -1449,10 +1701,12 @@ mod tests {
             b.replicas[0].2.as_ref().map(|f| f.kind),
             Some(FailureKind::FuelExhausted)
         );
-        let outputs = store
-            .verified_outputs(project, None, 10)
-            .await
-            .expect("outputs");
+        let outputs = intact(
+            store
+                .verified_outputs(project, None, 10)
+                .await
+                .expect("outputs"),
+        );
         assert_eq!(
             (
                 outputs.len(),
@@ -1711,5 +1965,216 @@ mod tests {
             .expect_err("newer schema accepted")
             .to_string();
         assert!(err.contains("newer Fallow"), "{err}");
+    }
+
+    /// A unit verified with output `out` (digest and credit as a certificate gives them).
+    async fn verify(store: &SqliteStore, unit: UnitId, out: &[u8]) {
+        let w1 = Identity::from_seed([1; 32]).id();
+        let w2 = Identity::from_seed([2; 32]).id();
+        store
+            .insert_assignments(&[(unit, w1), (unit, w2)], 2)
+            .await
+            .expect("lease");
+        let verified = Verified {
+            digest: Digest::of(out),
+            fuel: 7,
+            signers: vec![w1, w2],
+        };
+        let credit = [w1, w2].map(|worker| CreditTo {
+            worker,
+            account: worker.to_string(),
+            team: String::new(),
+        });
+        assert!(
+            store
+                .record_verified(unit, out, &verified, &credit, 3)
+                .await
+                .expect("record")
+        );
+    }
+
+    /// One byte changed inside a stored output passes every SQLite check; the digest check
+    /// on read refuses it, naming the unit, and sending it back keeps the signers' credit.
+    #[tokio::test]
+    async fn an_output_changed_at_rest_is_refused_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (project, units) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        verify(&store, units[0], b"41\n").await;
+        verify(&store, units[1], b"42\n").await;
+        sqlx::query("UPDATE units SET output = $1 WHERE id = $2")
+            .bind(&b"43\n"[..])
+            .bind(units[1].0 as i64)
+            .execute(&store.pool)
+            .await
+            .expect("tamper");
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&store.pool)
+            .await
+            .expect("integrity check");
+        assert_eq!(integrity, "ok", "SQLite cannot see it");
+        let page = store
+            .verified_outputs(project, None, 10)
+            .await
+            .expect("outputs");
+        assert!(matches!(&page[0], StoredOutput::Intact(v) if v.output == b"41\n"));
+        match &page[1] {
+            StoredOutput::Corrupt(c) => {
+                assert_eq!((c.unit, c.name.as_str()), (units[1], "b"));
+                assert_eq!(c.to_string(), format!("unit \"b\" (id {})", units[1]));
+            }
+            StoredOutput::Intact(v) => panic!("served {:?}", v.output),
+        }
+        let ran = store.unit_workers(units[1]).await.expect("workers");
+        assert_eq!(ran.len(), 2);
+        store
+            .apply(
+                &[Change::Reverify {
+                    unit: units[1],
+                    required: 2,
+                }],
+                4,
+            )
+            .await
+            .expect("send back");
+        let page = intact(
+            store
+                .verified_outputs(project, None, 10)
+                .await
+                .expect("outputs"),
+        );
+        assert_eq!(page.len(), 1, "only the intact output is listed");
+        let (_, loaded) = load_all(&store).await;
+        let u = loaded.iter().find(|u| u.id == units[1]).expect("unit");
+        assert_eq!(u.status, UnitStatus::Pending);
+        assert!(
+            u.replicas
+                .iter()
+                .all(|r| r.1 == AssignmentState::Superseded),
+            "{:?}",
+            u.replicas
+        );
+        let (accounts, _) = store.leaderboard().await.expect("leaderboard");
+        assert!(
+            accounts.iter().all(|a| a.verified == 2),
+            "the signers keep their credit: {accounts:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn same_units_compares_names_and_inputs_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (project, _) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        let same = |units: Vec<(&str, &[u8])>| {
+            let units: Vec<(String, Vec<u8>)> = units
+                .into_iter()
+                .map(|(n, i)| (n.to_string(), i.to_vec()))
+                .collect();
+            let store = store.clone();
+            async move { store.same_units(project, &units).await.expect("compare") }
+        };
+        assert!(same(vec![("a", b"1"), ("b", b"2")]).await);
+        assert!(!same(vec![("a", b"1"), ("b", b"3")]).await, "another input");
+        assert!(!same(vec![("b", b"2"), ("a", b"1")]).await, "another order");
+        assert!(!same(vec![("a", b"1")]).await, "fewer units");
+        assert!(!same(vec![("a", b"1"), ("b", b"2"), ("c", b"3")]).await);
+    }
+
+    /// Each way a store is lost or damaged, refused with the problem and the way out; a
+    /// new directory, and a healthy store with --start-afresh, open as usual.
+    #[tokio::test]
+    async fn a_lost_or_damaged_store_is_refused_unless_started_afresh() {
+        async fn made(dir: &Path) {
+            let store = SqliteStore::open(dir).await.expect("create");
+            store
+                .insert_project(&spec(), Digest::of(b"m"), None, 1)
+                .await
+                .expect("insert");
+            // Closed before the files are damaged: a connection closing later would
+            // write its checkpoint over the damage.
+            store.pool.close().await;
+        }
+        async fn refused(dir: &Path, problem: &str) {
+            let err = SqliteStore::open(dir)
+                .await
+                .expect_err("opened")
+                .to_string();
+            assert!(err.contains(problem), "{err}");
+            assert!(err.contains("--start-afresh"), "{err}");
+        }
+        let db = |dir: &Path| dir.join("fallow.db");
+
+        let zero = tempfile::tempdir().expect("tempdir");
+        made(zero.path()).await;
+        std::fs::remove_file(zero.path().join("fallow.db-wal")).ok();
+        std::fs::write(db(zero.path()), b"").expect("truncate");
+        refused(zero.path(), "is empty (0 bytes)").await;
+
+        let gone = tempfile::tempdir().expect("tempdir");
+        made(gone.path()).await;
+        std::fs::remove_file(db(gone.path())).expect("delete");
+        std::fs::write(gone.path().join("fallow.db-wal"), b"left behind").expect("wal");
+        refused(gone.path(), "write-ahead log").await;
+        std::fs::remove_file(gone.path().join("fallow.db-wal")).expect("delete wal");
+        refused(gone.path(), "is missing").await;
+
+        let overwritten = tempfile::tempdir().expect("tempdir");
+        made(overwritten.path()).await;
+        {
+            // Pages 2 onwards overwritten (the header stays): it opens, and fails the check.
+            let store = SqliteStore::open(overwritten.path()).await.expect("open");
+            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&store.pool)
+                .await
+                .expect("checkpoint");
+            store.pool.close().await;
+        }
+        let mut bytes = std::fs::read(db(overwritten.path())).expect("read");
+        assert!(bytes.len() > 8192, "{} bytes", bytes.len());
+        let end = bytes.len();
+        bytes[4096..end].fill(0x5a);
+        std::fs::write(db(overwritten.path()), bytes).expect("overwrite");
+        refused(overwritten.path(), "damaged").await;
+
+        // --start-afresh sets what is left aside and starts empty.
+        let afresh = OpenOptions { start_afresh: true };
+        for dir in [&zero, &overwritten] {
+            let store = SqliteStore::open_with(dir.path(), afresh)
+                .await
+                .expect("afresh");
+            let (snapshot, _) = load_all(&store).await;
+            assert!(snapshot.projects.is_empty());
+            let aside = std::fs::read_dir(dir.path())
+                .expect("dir")
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("fallow.db.aside-")
+                })
+                .count();
+            assert_eq!(aside, 1, "the damaged store is kept aside");
+        }
+        // A healthy store is not touched by the flag, and a new directory needs none.
+        let healthy = tempfile::tempdir().expect("tempdir");
+        made(healthy.path()).await;
+        let store = SqliteStore::open_with(healthy.path(), afresh)
+            .await
+            .expect("healthy");
+        assert_eq!(load_all(&store).await.0.projects.len(), 1);
+        let new = tempfile::tempdir().expect("tempdir");
+        drop(
+            SqliteStore::open(&new.path().join("data"))
+                .await
+                .expect("new"),
+        );
+        assert!(new.path().join("data").join(MARKER).exists());
     }
 }
