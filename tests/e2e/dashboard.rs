@@ -141,15 +141,26 @@ fn dashboard_shows_live_progress_and_the_picture_in_chromium() {
 
         // The overview lists the project as done, with its numbers in the HTML.
         browser.goto(&format!("{base}/")).await.expect("overview");
-        let row = browser
-            .find(Locator::Css(&format!("tr[data-project=\"{id}\"]")))
-            .await
-            .expect("the project's row");
-        let text = row.text().await.expect("row text");
-        assert!(
-            text.contains("mandelbrot") && text.contains("100.0"),
-            "{text}"
+        // Read in one script: the page rebuilds its rows on every update, so an element
+        // found first may be gone by the time its text is asked for.
+        let row_text = format!(
+            "const r = document.querySelector('tr[data-project=\"{id}\"]'); \
+             return r ? r.innerText : '';"
         );
+        wait_for(
+            &browser,
+            "the project's row, done",
+            Duration::from_secs(15),
+            |b| {
+                let script = row_text.clone();
+                async move {
+                    let text = b.execute(&script, vec![]).await.expect("run script");
+                    let text = text.as_str().unwrap_or_default();
+                    text.contains("mandelbrot") && text.contains("100.0")
+                }
+            },
+        )
+        .await;
         wait_for(
             &browser,
             "the live stream",
