@@ -1173,11 +1173,6 @@ impl Scheduler {
                 .min(UNFINISHED_MAX);
             limit.saturating_sub(self.unfinished(worker, now))
         };
-        eprintln!(
-            "DEBUG assign {worker} room {room} record {:?} leased {:?}",
-            self.record.get(&worker),
-            self.leased.get(&worker)
-        );
         let single = |p: &Project| p.quorum < 2 && accept(p);
         // A worker at its limit still counts as asking: it is part of the fleet the open
         // pool's draw spreads replicas over.
