@@ -367,6 +367,20 @@ pub enum UnitState {
     Failed,
 }
 
+/// A unit that wants another replica which no online worker may take: every online
+/// account already has a replica of it that counts (run, running, failed or expired; a
+/// replica handed back does not count). With the fleet as it is it waits for ever, so
+/// [`Scheduler::waiting`] lists it for status, the dashboard and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The unit.
+    pub unit: UnitId,
+    /// Its project.
+    pub project: ProjectId,
+    /// Online accounts, all of which have run it.
+    pub accounts: usize,
+}
+
 /// A unit leased to a worker by [`Scheduler::assign`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -985,6 +999,40 @@ impl Scheduler {
             .count() as u64
     }
 
+    /// Units that want a replica none of the `online` accounts may take (see [`Waiting`]),
+    /// by unit id; at most [`SCAN_LIMIT`] open units are looked at. Networks are not
+    /// considered: a unit that waits only for a worker on another network is not listed.
+    pub fn waiting(&self, online: &HashSet<&str>) -> Vec<Waiting> {
+        if online.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<Waiting> = self
+            .open
+            .iter()
+            .take(SCAN_LIMIT)
+            .filter_map(|&id| match self.units.get(id) {
+                Some(Slot::Full(u))
+                    if u.wants_replica()
+                        && online.iter().all(|account| {
+                            u.replicas.iter().any(|r| {
+                                r.state != AssignmentState::Returned && &*r.account == *account
+                            })
+                        }) =>
+                {
+                    Some(Waiting {
+                        unit: id,
+                        project: u.project,
+                        accounts: online.len(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|w| w.unit);
+        out.dedup();
+        out
+    }
+
     /// The project a unit belongs to.
     pub fn unit_project(&self, id: UnitId) -> Option<ProjectId> {
         self.units.get(id).map(Slot::project)
@@ -1112,11 +1160,6 @@ impl Scheduler {
                 .min(UNFINISHED_MAX);
             limit.saturating_sub(self.unfinished(worker, now))
         };
-        eprintln!(
-            "DEBUG assign {worker} room {room} record {:?} leased {:?}",
-            self.record.get(&worker),
-            self.leased.get(&worker)
-        );
         let single = |p: &Project| p.quorum < 2 && accept(p);
         // A worker at its limit still counts as asking: it is part of the fleet the open
         // pool's draw spreads replicas over.

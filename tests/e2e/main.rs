@@ -20,4 +20,5 @@ mod partition;
 mod primes;
 mod shares;
 mod signed;
+mod stuck;
 mod tls;

@@ -100,9 +100,14 @@ pub enum Error {
     /// Malformed data from the coordinator or a peer.
     #[error(transparent)]
     Protocol(#[from] protocol::Error),
-    /// A module could not be fetched or compiled.
+    /// The module does not compile or instantiate: the module's fault (reported as
+    /// `bad_module`). Never used for this worker's own trouble.
     #[error("module: {0}")]
     Module(String),
+    /// This worker's own trouble, not the unit's: a guest thread gone, bad bytes in
+    /// transit, an injected test fault. Units it hits are handed back, not failed.
+    #[error("{0}")]
+    Local(String),
     /// The sandbox could not start.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
@@ -157,6 +162,9 @@ impl Error {
 pub enum Fault {
     /// Change every output before signing it (a lying or broken worker).
     CorruptOutput,
+    /// The first unit's preparation fails once as a local I/O error would (a worker-side,
+    /// non-deterministic failure): the unit must be handed back, not failed.
+    LocalFailureOnce,
 }
 
 /// A coordinator to work for and its resource share (`--attach URL[=SHARE]`).
@@ -447,6 +455,8 @@ struct Shared {
     share_fraction: f64,
     /// Work requests failed in a row.
     failures: Mutex<u32>,
+    /// [`Fault::LocalFailureOnce`] has fired.
+    fault_fired: std::sync::atomic::AtomicBool,
     started: Instant,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -700,6 +710,7 @@ impl Attached {
             unit_time: Mutex::new(None),
             share_fraction,
             failures: Mutex::new(0),
+            fault_fired: std::sync::atomic::AtomicBool::new(false),
             identity,
             account,
             client,
@@ -943,6 +954,9 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
+
+/// How long a core waits after handing a unit back for its own trouble.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
 /// How soon a worker that knows no peers heartbeats again (to learn them).
 const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -1292,22 +1306,31 @@ impl Shared {
         }
         lock(&self.held).insert(a.unit, Held::new(a.project, None));
         lock(&self.holder).hold(a.unit, a.project, a.quorum, a.ticket);
-        let compiled = match self
-            .modules
-            .get(&self.client, a.module, a.limits.nan_canonicalization)
-            .await
+        let prepared = if self.config.fault == Some(Fault::LocalFailureOnce)
+            && !self
+                .fault_fired
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
+            Err(Error::io(
+                &self.config.data_dir.join("modules"),
+                std::io::Error::other("injected by --fault local-failure-once"),
+            ))
+        } else {
+            self.modules
+                .get(&self.client, a.module, a.limits.nan_canonicalization)
+                .await
+        };
+        let compiled = match prepared {
             Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(unit = %a.unit, "cannot prepare module: {e}");
-                if e.is_transient() {
-                    // The coordinator is unreachable: drop the unit here; its lease expires and
-                    // the coordinator gives it to someone else.
-                    self.release(a.unit);
-                    return;
-                }
+            // Only the module's own fault fails the unit (`bad_module`).
+            Err(e @ Error::Module(_)) => {
+                tracing::warn!(unit = %a.unit, "module does not compile: {e}");
                 let failure = Failure::new(protocol::FailureKind::BadModule, e.to_string());
                 self.report_failure(a.unit, failure).await;
+                return;
+            }
+            Err(e) => {
+                self.hand_back_local(a.unit, &e).await;
                 return;
             }
         };
@@ -1340,6 +1363,20 @@ impl Shared {
                 on_checkpoint,
             )
             .await;
+        let result = match result {
+            Err(e) => {
+                self.control.gate().finished(gate::Finished {
+                    unit: a.unit.0,
+                    name: a.name.clone(),
+                    result: "handed back".to_string(),
+                    fuel: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                self.hand_back_local(a.unit, &e).await;
+                return;
+            }
+            Ok(r) => r,
+        };
         let result = match result {
             Ok(Finished::Stopped(c)) => {
                 // Shutting down: the checkpoint is on disk; the unit stays held so the
@@ -1465,7 +1502,11 @@ impl Shared {
         }
         let units: Vec<UnitId> = pending.iter().map(|a| a.unit).collect();
         let version = lock(&self.peers).0;
-        let settled: HashSet<UnitId> = match self.client.heartbeat(&units, version).await {
+        let settled: HashSet<UnitId> = match self
+            .client
+            .heartbeat(&units, version, &self.run_report())
+            .await
+        {
             Ok(reply) => reply.settled.into_iter().collect(),
             Err(e) => {
                 // Leases are renewed by the next heartbeat if the coordinator comes back;
@@ -1493,6 +1534,81 @@ impl Shared {
                 queue.push_back(a);
             }
         }
+    }
+
+    /// This worker's own trouble (`e`: its disk, its cache, its guest threads, the
+    /// network) stopped `unit`: hand it back rather than fail it. A handed-back replica
+    /// does not count against the unit, and this worker stays eligible for it, so a small
+    /// fleet whose every account must run the unit still completes it. The core waits a
+    /// little before asking for work again, so a persistent local fault does not spin.
+    async fn hand_back_local(&self, unit: UnitId, e: &Error) {
+        tracing::warn!(%unit, "handing the unit back: this worker's own trouble, not the unit's: {e}");
+        self.release(unit);
+        if let Err(e) = self.client.return_units(&[unit]).await {
+            tracing::warn!(%unit, "could not hand it back ({e}); its lease will expire");
+        }
+        pause(&self.cancel, LOCAL_RETRY).await;
+    }
+
+    /// What this worker reports with its heartbeats: suspended (and why), running (it
+    /// holds a unit without a result) or idle.
+    fn run_report(&self) -> rpc::RunReport {
+        let decision = self.control.decision();
+        if let Some(reason) = decision.reason_text() {
+            return rpc::RunReport {
+                state: "suspended",
+                reason,
+            };
+        }
+        let busy = lock(&self.held).values().any(|h| h.output.is_none());
+        rpc::RunReport {
+            state: if busy { "running" } else { "idle" },
+            reason: String::new(),
+        }
+    }
+
+    /// Suspended for `suspend_hand_back_seconds`: the units held without a result or a
+    /// checkpoint on disk go back to the coordinator now (a paused execution of one of
+    /// them, if it ever resumes, finds its unit released and drops its result), so the
+    /// fleet runs them instead of waiting for this machine. Checkpointed units are kept,
+    /// but only within their current lease. Returns the units whose leases to renew:
+    /// those whose result is in.
+    async fn hand_back_while_suspended(&self) -> Vec<UnitId> {
+        let (renew, back) = {
+            let held = lock(&self.held);
+            let mut renew = Vec::new();
+            let mut back = Vec::new();
+            for (unit, h) in held.iter() {
+                if h.output.is_some() {
+                    renew.push(*unit);
+                } else if !h
+                    .checkpoint
+                    .as_ref()
+                    .is_some_and(|k| self.checkpoints.load(k).is_some())
+                {
+                    back.push(*unit);
+                }
+            }
+            (renew, back)
+        };
+        if !back.is_empty() {
+            for unit in &back {
+                self.release(*unit);
+            }
+            lock(&self.buffer).retain(|(a, _)| !back.contains(&a.unit));
+            let reason = self.control.decision().reason_text().unwrap_or_default();
+            match self.client.return_units(&back).await {
+                Ok(()) => tracing::info!(
+                    units = back.len(),
+                    "suspended ({reason}) past suspend_hand_back_seconds: handed the units without a result or checkpoint back"
+                ),
+                Err(e) => tracing::warn!(
+                    units = back.len(),
+                    "suspended past suspend_hand_back_seconds, but could not hand units back ({e}); their leases will expire"
+                ),
+            }
+        }
+        renew
     }
 
     async fn report_failure(&self, unit: UnitId, failure: Failure) {
@@ -1709,7 +1825,11 @@ impl Shared {
             return false;
         }
         let version = lock(&self.peers).0;
-        match self.client.heartbeat(&[unit], version).await {
+        match self
+            .client
+            .heartbeat(&[unit], version, &self.run_report())
+            .await
+        {
             Ok(reply) if reply.settled.contains(&unit) => {
                 self.release(unit);
                 false
@@ -1734,13 +1854,22 @@ impl Shared {
             if !pause(&self.cancel, wait).await {
                 return;
             }
-            let held: Vec<UnitId> = lock(&self.held).keys().copied().collect();
+            // Suspended past the grace: hand back what has no result and no checkpoint,
+            // and renew only the leases of units whose result is in.
+            let held: Vec<UnitId> = if self.control.decision().hand_back {
+                self.hand_back_while_suspended().await
+            } else {
+                lock(&self.held).keys().copied().collect()
+            };
             let version = lock(&self.peers).0;
             // A coordinator that stops answering (a cut link drops packets, it does not
             // refuse them) must not leave the worker silent until the request timeout: a
             // beat with no answer within its interval counts as failed.
             let patience = every.max(Duration::from_secs(1));
-            let beat = tokio::time::timeout(patience, self.client.heartbeat(&held, version)).await;
+            let report = self.run_report();
+            let beat =
+                tokio::time::timeout(patience, self.client.heartbeat(&held, version, &report))
+                    .await;
             let beat = match beat {
                 Ok(beat) => beat.map_err(|e| e.to_string()),
                 Err(_) => Err(format!(

@@ -182,6 +182,15 @@ pub struct Registration {
     pub coordinator_key: Option<WorkerId>,
 }
 
+/// What a worker reports about itself with each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// `running`, `idle` or `suspended`.
+    pub state: &'static str,
+    /// Why, in words, when suspended; empty otherwise.
+    pub reason: String,
+}
+
 /// What a heartbeat told us.
 #[derive(Debug, Clone, Default)]
 pub struct HeartbeatReply {
@@ -408,6 +417,7 @@ impl CoordinatorClient {
         &self,
         held: &[UnitId],
         peers_version: u64,
+        run: &RunReport,
     ) -> Result<HeartbeatReply, Error> {
         let r = self
             .call(
@@ -416,6 +426,8 @@ impl CoordinatorClient {
                     public_key: self.key.clone(),
                     held_units: held.iter().map(|u| u.0).collect(),
                     peers_version,
+                    run_state: run.state.to_string(),
+                    state_reason: run.reason.clone(),
                 },
                 |mut c, r| async move { c.heartbeat(r).await },
             )
