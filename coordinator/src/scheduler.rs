@@ -529,6 +529,9 @@ pub struct Assigned {
     pub leases: Vec<Lease>,
     /// Adaptive-replication plans to persist with them.
     pub changes: Vec<Change>,
+    /// The worker was at its limit of unfinished leases ([`UNFINISHED_BASE`] plus its
+    /// record), given here: it got no unit of a voting project for that reason.
+    pub capped: Option<usize>,
 }
 
 /// The outcome of a certificate or dispute.
@@ -1011,8 +1014,11 @@ impl Scheduler {
             .iter()
             .take(SCAN_LIMIT)
             .filter_map(|&id| match self.units.get(id) {
+                // A unit with fewer replicas than there are online accounts cannot have
+                // had one from each: the common case, decided without a scan.
                 Some(Slot::Full(u))
                     if u.wants_replica()
+                        && u.replicas.len() >= online.len()
                         && online.iter().all(|account| {
                             u.replicas.iter().any(|r| {
                                 r.state != AssignmentState::Returned && &*r.account == *account
@@ -1158,7 +1164,11 @@ impl Scheduler {
             let limit = UNFINISHED_BASE
                 .saturating_add(self.record.get(&worker).copied().unwrap_or(0) as usize)
                 .min(UNFINISHED_MAX);
-            limit.saturating_sub(self.unfinished(worker, now))
+            let room = limit.saturating_sub(self.unfinished(worker, now));
+            if room == 0 {
+                out.capped = Some(limit);
+            }
+            room
         };
         let single = |p: &Project| p.quorum < 2 && accept(p);
         // A worker at its limit still counts as asking: it is part of the fleet the open

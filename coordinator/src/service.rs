@@ -944,15 +944,22 @@ impl<S: Store> CoordinatorService<S> {
     }
 
     /// Logs each unit that newly waits for a worker of another account, once until it
-    /// stops waiting.
+    /// stops waiting (a few by name, the rest counted).
     fn log_waiting(state: &mut State, waiting: &[crate::scheduler::Waiting]) {
-        let now: HashSet<UnitId> = waiting.iter().map(|w| w.unit).collect();
-        for w in waiting {
-            if !state.waiting_logged.contains(&w.unit) {
-                tracing::warn!(project = %w.project, "{}", fleet::waiting_sentence(w.unit, w.accounts));
-            }
+        let new: Vec<&crate::scheduler::Waiting> = waiting
+            .iter()
+            .filter(|w| !state.waiting_logged.contains(&w.unit))
+            .collect();
+        for w in new.iter().take(fleet::WAITING_NAMED) {
+            tracing::warn!(project = %w.project, "{}", fleet::waiting_sentence(w.unit, w.accounts));
         }
-        state.waiting_logged = now;
+        if new.len() > fleet::WAITING_NAMED {
+            tracing::warn!(
+                "{} more units need a worker of another account: every online account has run them",
+                new.len() - fleet::WAITING_NAMED
+            );
+        }
+        state.waiting_logged = waiting.iter().map(|w| w.unit).collect();
     }
 
     /// Starts the reducer of `project` if it is finished and has no aggregate yet.
@@ -1453,11 +1460,12 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             None => allow_unsigned,
         };
         let now = now_ms();
-        let (leases, projects, committed) = {
+        let (leases, projects, committed, capped) = {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
             Self::fresh(&mut state, id, &stamp)?;
             let assigned = state.sched.assign_from(id, max, now, &accept);
+            let capped = assigned.capped;
             let leases = assigned.leases;
             if let Some(entry) = state.workers.get_mut(&id) {
                 let earned = BACKED_CALLS_PER_LEASE.saturating_mul(leases.len() as u32);
@@ -1477,7 +1485,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 .iter()
                 .filter_map(|l| state.sched.project(l.project).map(|p| (p.id, p.clone())))
                 .collect();
-            (leases, projects, committed)
+            (leases, projects, committed, capped)
         };
         if let Some(committed) = committed {
             Self::committed(committed).await?;
@@ -1544,9 +1552,17 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         } else {
             0
         };
+        let reason = match capped {
+            Some(limit) if assignments.is_empty() => format!(
+                "this worker holds {limit} unfinished units of projects with a quorum, its limit \
+                 for now (it rises by one with each of its results another account confirms)"
+            ),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::WorkResponse {
             assignments,
             retry_after_ms,
+            reason,
         }))
     }
 

@@ -104,8 +104,8 @@ fn padded(wasm: &[u8], pad: usize) -> Vec<u8> {
 fn workers_with_all_their_cores_share_one_module_across_three_projects() {
     let mut c = Cluster::start(30);
     // Submitted at once, before any worker: every core of both workers asks for work at
-    // the same moment and gets units of the same module (of a real module's size, 2 MiB).
-    let module = padded(artifacts::PRIMES, 2 << 20);
+    // the same moment and gets units of the same module, large enough (16 MiB) for concurrent downloads and writes to overlap.
+    let module = padded(artifacts::PRIMES, 16 << 20);
     let ids: Vec<u64> = ["left", "middle", "right"]
         .iter()
         .map(|name| primes_with(&c, name, &module, 600_000, 6, 2, 2))

@@ -457,6 +457,8 @@ struct Shared {
     failures: Mutex<u32>,
     /// [`Fault::LocalFailureOnce`] has fired.
     fault_fired: std::sync::atomic::AtomicBool,
+    /// The coordinator's last reason for no work, and when it was logged.
+    no_work_said: Mutex<Option<(String, Instant)>>,
     started: Instant,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -711,6 +713,7 @@ impl Attached {
             share_fraction,
             failures: Mutex::new(0),
             fault_fired: std::sync::atomic::AtomicBool::new(false),
+            no_work_said: Mutex::new(None),
             identity,
             account,
             client,
@@ -955,6 +958,9 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
 
+/// Least time between two logs of the same reason for no work.
+const NO_WORK_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a core waits after handing a unit back for its own trouble.
 const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
@@ -1169,7 +1175,7 @@ impl Shared {
         let asked = Instant::now();
         let work = tokio::select! {
             _ = self.cancel.cancelled() => return Next::Stop,
-            w = self.client.request_work(
+            w = self.client.request_work_why(
                 1 + want as u32,
                 self.policy.accepted(),
                 self.policy.allow_unsigned(),
@@ -1177,7 +1183,7 @@ impl Shared {
         };
         self.metrics.idle(asked.elapsed());
         match work {
-            Ok((units, _)) if !units.is_empty() => {
+            Ok((units, _, _)) if !units.is_empty() => {
                 *lock(&self.failures) = 0;
                 let mut units = units.into_iter();
                 let first = units.next();
@@ -1192,7 +1198,10 @@ impl Shared {
                     None => Next::Wait(Duration::ZERO),
                 }
             }
-            Ok((_, wait)) => Next::Wait(wait),
+            Ok((_, wait, reason)) => {
+                self.say_why_no_work(reason);
+                Next::Wait(wait)
+            }
             Err(e) => {
                 let failures = {
                     let mut failures = lock(&self.failures);
@@ -1204,6 +1213,24 @@ impl Shared {
                 }
                 Next::Wait(backoff(failures))
             }
+        }
+    }
+
+    /// Logs the coordinator's reason for giving no work (at most once a minute, and when
+    /// it changes), so a capped worker is not silently idle.
+    fn say_why_no_work(&self, reason: String) {
+        let mut last = lock(&self.no_work_said);
+        if reason.is_empty() {
+            *last = None;
+            return;
+        }
+        let due = match &*last {
+            Some((said, at)) => *said != reason || at.elapsed() >= NO_WORK_LOG_EVERY,
+            None => true,
+        };
+        if due {
+            tracing::info!(coordinator = %self.config.coordinator, "no work for now: {reason}");
+            *last = Some((reason, Instant::now()));
         }
     }
 

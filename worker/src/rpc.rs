@@ -451,6 +451,20 @@ impl CoordinatorClient {
         accept_submitters: &[SubmitterKey],
         allow_unsigned: bool,
     ) -> Result<(Vec<Assignment>, Duration), Error> {
+        let (units, wait, _) = self
+            .request_work_why(max, accept_submitters, allow_unsigned)
+            .await?;
+        Ok((units, wait))
+    }
+
+    /// [`CoordinatorClient::request_work`], with the coordinator's reason when it assigned
+    /// nothing because of this worker (empty otherwise).
+    pub async fn request_work_why(
+        &self,
+        max: u32,
+        accept_submitters: &[SubmitterKey],
+        allow_unsigned: bool,
+    ) -> Result<(Vec<Assignment>, Duration, String), Error> {
         let r = self
             .call(
                 "RequestWork",
@@ -468,9 +482,11 @@ impl CoordinatorClient {
         for a in r.assignments {
             out.push(Assignment::try_from(a)?);
         }
+        let reason: String = r.reason.chars().filter(|c| !c.is_control()).take(300).collect();
         Ok((
             out,
             Duration::from_millis(r.retry_after_ms.clamp(0, 60_000)),
+            reason,
         ))
     }
 

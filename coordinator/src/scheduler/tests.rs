@@ -361,6 +361,19 @@ fn a_small_fleet_says_which_units_wait_for_another_account_and_hand_backs_never_
 }
 
 #[test]
+fn a_worker_at_its_limit_of_unfinished_units_is_told_so() {
+    let mut s = setup(10, 2, 2, 4);
+    let first = s.assign(id(1), UNFINISHED_BASE, 0);
+    assert_eq!(first.leases.len(), UNFINISHED_BASE);
+    assert_eq!(first.capped, None);
+    let next = s.assign(id(1), 1, 1);
+    assert!(next.leases.is_empty());
+    assert_eq!(next.capped, Some(UNFINISHED_BASE), "no work, and why");
+    // Another worker has room.
+    assert_eq!(s.assign(id(2), 1, 1).capped, None);
+}
+
+#[test]
 fn leases_loaded_after_a_restart_get_a_fresh_deadline() {
     let mut s = Scheduler::new(LEASE, 7);
     s.add_project(project(1, 1, 1, 3));
