@@ -1608,10 +1608,10 @@ impl Shared {
             for (unit, h) in held.iter() {
                 if h.output.is_some() {
                     renew.push(*unit);
-                } else if !h
+                } else if h
                     .checkpoint
                     .as_ref()
-                    .is_some_and(|k| self.checkpoints.load(k).is_some())
+                    .is_none_or(|k| self.checkpoints.load(k).is_none())
                 {
                     back.push(*unit);
                 }

@@ -482,7 +482,12 @@ impl CoordinatorClient {
         for a in r.assignments {
             out.push(Assignment::try_from(a)?);
         }
-        let reason: String = r.reason.chars().filter(|c| !c.is_control()).take(300).collect();
+        let reason: String = r
+            .reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect();
         Ok((
             out,
             Duration::from_millis(r.retry_after_ms.clamp(0, 60_000)),
