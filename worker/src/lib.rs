@@ -1601,23 +1601,20 @@ impl Shared {
     /// but only within their current lease. Returns the units whose leases to renew:
     /// those whose result is in.
     async fn hand_back_while_suspended(&self) -> Vec<UnitId> {
-        let (renew, back) = {
-            let held = lock(&self.held);
-            let mut renew = Vec::new();
-            let mut back = Vec::new();
-            for (unit, h) in held.iter() {
-                if h.output.is_some() {
-                    renew.push(*unit);
-                } else if h
-                    .checkpoint
-                    .as_ref()
-                    .is_none_or(|k| self.checkpoints.load(k).is_none())
-                {
-                    back.push(*unit);
-                }
+        // Copied out first: the checkpoint files are read without holding the lock.
+        let held: Vec<(UnitId, bool, Option<Key>)> = lock(&self.held)
+            .iter()
+            .map(|(unit, h)| (*unit, h.output.is_some(), h.checkpoint.clone()))
+            .collect();
+        let mut renew = Vec::new();
+        let mut back = Vec::new();
+        for (unit, done, key) in held {
+            if done {
+                renew.push(unit);
+            } else if key.is_none_or(|k| self.checkpoints.load(&k).is_none()) {
+                back.push(unit);
             }
-            (renew, back)
-        };
+        }
         if !back.is_empty() {
             for unit in &back {
                 self.release(*unit);
