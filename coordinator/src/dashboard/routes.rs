@@ -596,8 +596,18 @@ mod tests {
             html.contains("<tr class=\"flagged\"><td title=\"abab"),
             "{html}"
         );
+        // A suspended worker says so, and why.
+        assert!(
+            html.contains("suspended: other programs use 47 % of the CPUs"),
+            "{html}"
+        );
         let (_, _, json) = call(Method::GET, "/api/workers").await;
         assert!(json.contains("\"flagged\":true"), "{json}");
+        assert!(json.contains("\"state\":\"suspended\""), "{json}");
+        assert!(
+            json.contains("\"state_reason\":\"other programs use 47 % of the CPUs\""),
+            "{json}"
+        );
     }
 
     #[tokio::test]
