@@ -52,6 +52,8 @@ fn decision(running: bool, cores: usize, cpu_limit_percent: u32) -> Decision {
         cpu_limit_percent,
         memory_budget: u64::MAX,
         user_active: false,
+        other_cpu_percent: 0,
+        hand_back: false,
     }
 }
 

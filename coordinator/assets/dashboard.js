@@ -27,11 +27,12 @@
 
   function eta(p) {
     if (p.finished) return OUTCOMES[p.outcome] || "\u2014";
-    return p.eta_seconds == null ? "\u2014" : duration(p.eta_seconds);
+    return p.eta_seconds == null ? "unknown" : duration(p.eta_seconds);
   }
 
   function format(key, value, data) {
     if (key.slice(-4) === ".eta") return eta(get(data, key.slice(0, -4)));
+    if (typeof value === "string") return value;
     if (typeof value === "number" && !Number.isInteger(value)) return value.toFixed(1);
     if (key === "percent" || key.slice(-8) === ".percent") return Number(value).toFixed(1);
     return int(value);

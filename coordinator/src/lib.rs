@@ -10,6 +10,8 @@
 //! - `service`: the gRPC boundary (the only module here that touches `proto` types) and the
 //!   async shell that drives the scheduler and persists its changes.
 //! - `reducer`: runs a finished project's reducer in the sandbox.
+//! - [`fleet`]: what the workers are doing (running, suspended and why, idle, offline)
+//!   and the sentences for units no online worker may take, for status and the dashboard.
 //! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
 //!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
 //! - [`tls`]: the certificate served off loopback (self-signed on first start).
@@ -23,6 +25,7 @@
 pub mod auth;
 mod body_limit;
 mod dashboard;
+pub mod fleet;
 mod modules;
 mod reducer;
 pub mod scheduler;

@@ -418,6 +418,20 @@ pub enum UnitState {
     Failed,
 }
 
+/// A unit that wants another replica which no online worker may take: every online
+/// account already has a replica of it that counts (run, running, failed or expired; a
+/// replica handed back does not count). With the fleet as it is it waits for ever, so
+/// [`Scheduler::waiting`] lists it for status, the dashboard and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The unit.
+    pub unit: UnitId,
+    /// Its project.
+    pub project: ProjectId,
+    /// Online accounts, all of which have run it.
+    pub accounts: usize,
+}
+
 /// A unit leased to a worker by [`Scheduler::assign`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -576,6 +590,9 @@ pub struct Assigned {
     pub leases: Vec<Lease>,
     /// Adaptive-replication plans to persist with them.
     pub changes: Vec<Change>,
+    /// The worker was at its limit of unfinished leases ([`UNFINISHED_BASE`] plus its
+    /// record), given here: it got no unit of a voting project for that reason.
+    pub capped: Option<usize>,
 }
 
 /// The outcome of a certificate or dispute.
@@ -1046,6 +1063,43 @@ impl Scheduler {
             .count() as u64
     }
 
+    /// Units that want a replica none of the `online` accounts may take (see [`Waiting`]),
+    /// by unit id; at most [`SCAN_LIMIT`] open units are looked at. Networks are not
+    /// considered: a unit that waits only for a worker on another network is not listed.
+    pub fn waiting(&self, online: &HashSet<&str>) -> Vec<Waiting> {
+        if online.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<Waiting> = self
+            .open
+            .iter()
+            .take(SCAN_LIMIT)
+            .filter_map(|&id| match self.units.get(id) {
+                // A unit with fewer replicas than there are online accounts cannot have
+                // had one from each: the common case, decided without a scan.
+                Some(Slot::Full(u))
+                    if u.wants_replica()
+                        && u.replicas.len() >= online.len()
+                        && online.iter().all(|account| {
+                            u.replicas.iter().any(|r| {
+                                r.state != AssignmentState::Returned && &*r.account == *account
+                            })
+                        }) =>
+                {
+                    Some(Waiting {
+                        unit: id,
+                        project: u.project,
+                        accounts: online.len(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|w| w.unit);
+        out.dedup();
+        out
+    }
+
     /// The project a unit belongs to.
     pub fn unit_project(&self, id: UnitId) -> Option<ProjectId> {
         self.units.get(id).map(Slot::project)
@@ -1171,7 +1225,11 @@ impl Scheduler {
             let limit = UNFINISHED_BASE
                 .saturating_add(self.record.get(&worker).copied().unwrap_or(0) as usize)
                 .min(UNFINISHED_MAX);
-            limit.saturating_sub(self.unfinished(worker, now))
+            let room = limit.saturating_sub(self.unfinished(worker, now));
+            if room == 0 {
+                out.capped = Some(limit);
+            }
+            room
         };
         let single = |p: &Project| p.quorum < 2 && accept(p);
         // A worker at its limit still counts as asking: it is part of the fleet the open

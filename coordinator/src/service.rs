@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::dashboard::{self, CertificateOutcome, Dashboard, ExecutionFailure};
+use crate::fleet::{self, Fleet, Reported, RunState};
 use crate::scheduler::{
     Aggregate, Change, Scheduler, SignedCertificate, UnitStatus, Verdict, WorkerInfo,
 };
@@ -165,6 +166,9 @@ struct State {
     rng: u64,
     /// The call stamps workers used lately: each is accepted once (`protocol::call`).
     calls: ReplayGuard,
+    /// Units already logged as waiting for a worker of another account (logged again
+    /// only after they stopped waiting).
+    waiting_logged: HashSet<UnitId>,
 }
 
 /// One request's writes and who waits for them to be committed. A job without writes is
@@ -268,6 +272,8 @@ struct WorkerEntry {
     /// Calls this worker may make beyond its request rate, earned by the work leased to it
     /// ([`BACKED_CALLS_PER_LEASE`] a unit): see [`CoordinatorService::admit_backed`].
     backed: u32,
+    /// What its last heartbeat said it is doing.
+    reported: Reported,
 }
 
 /// Calls a leased unit entitles its worker to beyond the request rate: waiting its turn
@@ -394,6 +400,7 @@ pub(crate) async fn run<S: Store>(
                     account: w.account,
                     team: w.team,
                     backed: 0,
+                    reported: Reported::default(),
                 },
             )
         })
@@ -443,6 +450,7 @@ pub(crate) async fn run<S: Store>(
                 listed,
                 rng: seed ^ 0x5EED,
                 calls: ReplayGuard::default(),
+                waiting_logged: HashSet::new(),
             }),
             lease_ms,
             tamper_inputs: config.tamper_inputs,
@@ -988,6 +996,46 @@ impl<S: Store> CoordinatorService<S> {
         self.inner.dashboard.changed();
     }
 
+    /// Online workers by state, as their heartbeats report it.
+    fn fleet(state: &State, now: u64, lease_ms: u64) -> Fleet {
+        Fleet::count(
+            state
+                .workers
+                .values()
+                .map(|w| (w.reported.at(w.last_seen, now, lease_ms), &w.reported)),
+        )
+    }
+
+    /// Units that want a replica no online account may take (`Scheduler::waiting`).
+    fn waiting(state: &State, now: u64, lease_ms: u64) -> Vec<crate::scheduler::Waiting> {
+        let online: HashSet<&str> = state
+            .workers
+            .values()
+            .filter(|w| now.saturating_sub(w.last_seen) <= lease_ms)
+            .map(|w| w.account.as_str())
+            .collect();
+        state.sched.waiting(&online)
+    }
+
+    /// Logs each unit that newly waits for a worker of another account, once until it
+    /// stops waiting (a few by name, the rest counted).
+    fn log_waiting(state: &mut State, waiting: &[crate::scheduler::Waiting]) {
+        let new: Vec<&crate::scheduler::Waiting> = waiting
+            .iter()
+            .filter(|w| !state.waiting_logged.contains(&w.unit))
+            .collect();
+        for w in new.iter().take(fleet::WAITING_NAMED) {
+            tracing::warn!(project = %w.project, "{}", fleet::waiting_sentence(w.unit, w.accounts));
+        }
+        if new.len() > fleet::WAITING_NAMED {
+            tracing::warn!(
+                "{} more units need a worker of another account: every online account has run them",
+                new.len() - fleet::WAITING_NAMED
+            );
+        }
+        state.waiting_logged = waiting.iter().map(|w| w.unit).collect();
+    }
+
     /// Starts the reducer of `project` if it is finished and has no aggregate yet.
     async fn maybe_reduce(&self, project: ProjectId) {
         let job = {
@@ -1052,12 +1100,17 @@ impl<S: Store> CoordinatorService<S> {
         {
             return Err(to_status(Error::UnknownProject(id)));
         }
+        let now = now_ms();
+        let fleet = Self::fleet(&state, now, self.inner.lease_ms);
+        let waiting = Self::waiting(&state, now, self.inner.lease_ms);
         let mut out = Vec::new();
         for p in state
             .sched
             .projects()
             .filter(|p| id.is_none_or(|id| id == p.id))
         {
+            let waits: Vec<&crate::scheduler::Waiting> =
+                waiting.iter().filter(|w| w.project == p.id).collect();
             let in_progress = state.sched.in_progress(p.id);
             let s = p.stats;
             let aggregate_error = match &p.aggregate {
@@ -1087,6 +1140,11 @@ impl<S: Store> CoordinatorService<S> {
                 mismatches: s.mismatches,
                 reopened: s.reopened,
                 submitter: p.signer.map(|g| g.key.to_hex()).unwrap_or_default(),
+                workers_running: fleet.running,
+                workers_suspended: fleet.suspended,
+                workers_idle: fleet.idle,
+                fleet: fleet.sentence(),
+                waiting: fleet::waiting_sentences(&waits),
             });
         }
         // The scheduler runs ahead of the disk (answers wait for the group commit): report
@@ -1103,14 +1161,27 @@ impl<S: Store> dashboard::Source for CoordinatorService<S> {
     type Store = S;
 
     async fn capture(&self) -> (dashboard::snapshot::Capture, Duration) {
-        let state = self.inner.state.lock().await;
+        let mut state = self.inner.state.lock().await;
         let held = std::time::Instant::now();
-        let capture = dashboard::snapshot::Capture::take(
+        let now = now_ms();
+        let waiting = Self::waiting(&state, now, self.inner.lease_ms);
+        Self::log_waiting(&mut state, &waiting);
+        let mut capture = dashboard::snapshot::Capture::take(
             &state.sched,
             state.workers.iter().map(|(id, w)| (*id, w.last_seen)),
             self.inner.lease_ms,
-            now_ms(),
+            now,
         );
+        capture.reported = state
+            .workers
+            .iter()
+            .map(|(id, w)| (*id, w.reported.clone()))
+            .collect();
+        for p in capture.projects.iter_mut() {
+            let waits: Vec<&crate::scheduler::Waiting> =
+                waiting.iter().filter(|w| w.project == p.id).collect();
+            p.waiting = fleet::waiting_sentences(&waits);
+        }
         // Published only once what it shows is on disk (see `status_of`).
         let durable = self.queue(Vec::new());
         drop(state);
@@ -1405,6 +1476,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 account: r.account.clone(),
                 team: r.team.clone(),
                 backed: previous_backed,
+                reported: Reported::default(),
             },
         );
         if listed {
@@ -1446,6 +1518,22 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         Self::fresh(&mut state, id, &stamp)?;
         self.admit_backed(&mut state, id)?;
         let held: Vec<UnitId> = r.held_units.iter().map(|&u| UnitId(u)).collect();
+        let reported = Reported::from_wire(&r.run_state, &r.state_reason);
+        if let Some(w) = state.workers.get_mut(&id)
+            && w.reported != reported
+        {
+            match reported.state {
+                RunState::Suspended => {
+                    tracing::info!(worker = %id, account = %w.account, "worker suspended: {}", reported.reason)
+                }
+                _ if w.reported.state == RunState::Suspended => {
+                    tracing::info!(worker = %id, account = %w.account, "worker no longer suspended")
+                }
+                _ => {}
+            }
+            w.reported = reported;
+            self.inner.dashboard.changed();
+        }
         let settled = state.sched.heartbeat(id, &held, now);
         let version = state.peers_version;
         let peers = if r.peers_version != version {
@@ -1489,11 +1577,12 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             None => allow_unsigned,
         };
         let now = now_ms();
-        let (leases, projects, committed) = {
+        let (leases, projects, committed, capped) = {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
             Self::fresh(&mut state, id, &stamp)?;
             let assigned = state.sched.assign_from(id, max, now, &accept);
+            let capped = assigned.capped;
             let leases = assigned.leases;
             if let Some(entry) = state.workers.get_mut(&id) {
                 let earned = BACKED_CALLS_PER_LEASE.saturating_mul(leases.len() as u32);
@@ -1513,7 +1602,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 .iter()
                 .filter_map(|l| state.sched.project(l.project).map(|p| (p.id, p.clone())))
                 .collect();
-            (leases, projects, committed)
+            (leases, projects, committed, capped)
         };
         if let Some(committed) = committed {
             Self::committed(committed).await?;
@@ -1580,9 +1669,17 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         } else {
             0
         };
+        let reason = match capped {
+            Some(limit) if assignments.is_empty() => format!(
+                "this worker holds {limit} unfinished units of projects with a quorum, its limit \
+                 for now (it rises by one with each of its results another account confirms)"
+            ),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::WorkResponse {
             assignments,
             retry_after_ms,
+            reason,
         }))
     }
 

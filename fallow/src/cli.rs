@@ -169,6 +169,11 @@ pub enum Command {
         /// Test-only fault injection.
         #[arg(long, hide = true, value_enum)]
         fault: Option<FaultArg>,
+        /// A machine given over to Fallow (a server, a cluster node): never suspend for
+        /// the user or for other programs (run_if_idle_minutes = 0,
+        /// suspend_cpu_busy_percent = 0; preference flags given too still win).
+        #[arg(long)]
+        dedicated: bool,
         /// Preferences (override `prefs.toml` in --data until restart or `prefs set`).
         #[command(flatten)]
         prefs: PrefFlags,
@@ -390,6 +395,10 @@ pub struct PrefFlags {
     /// Local time windows to compute in, e.g. 08:00-18:00,22:00-02:00 ("any" = always).
     #[arg(long)]
     pub run_hours: Option<String>,
+    /// Once suspended this many seconds, hand back the units without a result or
+    /// checkpoint (0 = at once).
+    #[arg(long)]
+    pub suspend_hand_back_seconds: Option<u32>,
 }
 
 impl PrefFlags {
@@ -425,6 +434,10 @@ impl PrefFlags {
         put("disk_cache_mb", self.disk_cache_mb.map(|v| v.to_string()));
         put("run_on_battery", self.run_on_battery.map(|v| v.to_string()));
         put("run_hours", self.run_hours.clone());
+        put(
+            "suspend_hand_back_seconds",
+            self.suspend_hand_back_seconds.map(|v| v.to_string()),
+        );
         m
     }
 }
@@ -442,4 +455,6 @@ pub enum CoordinatorFaultArg {
 pub enum FaultArg {
     /// Corrupt every output before signing it.
     CorruptOutput,
+    /// Fail the first unit's preparation once, as a local I/O error would.
+    LocalFailureOnce,
 }

@@ -56,6 +56,15 @@ pub struct Status {
     /// The submitter key that signed the project, hex ("" for a project from before
     /// projects were signed).
     pub submitter: String,
+    /// Online workers computing, suspended and idle (the whole fleet, not this project).
+    pub workers_running: u32,
+    pub workers_suspended: u32,
+    pub workers_idle: u32,
+    /// The fleet in words: "2 running, 1 suspended: other programs use 47 % of the CPUs".
+    pub fleet: String,
+    /// Units that need a worker of another account, in words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
 }
 
 /// A volunteer account on the leaderboard, as `fallow accounts --json` prints it.
@@ -115,6 +124,11 @@ impl From<pb::ProjectStatus> for Status {
             aggregate_ready: p.aggregate_ready,
             aggregate_error: p.aggregate_error,
             submitter: p.submitter,
+            workers_running: p.workers_running,
+            workers_suspended: p.workers_suspended,
+            workers_idle: p.workers_idle,
+            fleet: p.fleet,
+            waiting: p.waiting,
         }
     }
 }

@@ -276,6 +276,9 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
         writeln!(out, "no projects")?;
         return Ok(());
     }
+    if let Some(p) = projects.first() {
+        writeln!(out, "workers: {}", p.fleet)?;
+    }
     writeln!(
         out,
         "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  state",
@@ -301,6 +304,9 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
                 out,
                 "      every unit failed: `fallow results` writes why to failed.txt"
             )?;
+        }
+        for w in &p.waiting {
+            writeln!(out, "      waiting: {w}")?;
         }
         if p.submitter.is_empty() {
             writeln!(
@@ -351,11 +357,12 @@ pub(crate) async fn wait_for(
     };
     let mut lines = ChangeLines::default();
     let style = ProgressStyle::with_template(
-        "{prefix:>16} [{bar:40.green/white}] {pos}/{len} verified {msg} ({eta} left)",
+        "{prefix:>16} [{bar:40.green/white}] {pos}/{len} verified {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
     let mut bars: std::collections::HashMap<u64, ProgressBar> = std::collections::HashMap::new();
+    let mut said: std::collections::HashMap<u64, Vec<String>> = std::collections::HashMap::new();
     loop {
         let projects = client.status(project).await?;
         if projects.is_empty() {
@@ -381,7 +388,28 @@ pub(crate) async fn wait_for(
                 b
             });
             bar.set_position(p.verified);
-            bar.set_message(format!("· {} failed · {} running", p.failed, p.in_progress));
+            // indicatif's own estimate reads "0s left" when nothing moves: say "unknown"
+            // while no worker computes, and why.
+            let left = if p.workers_running == 0 {
+                format!("(ETA unknown; workers: {})", p.fleet)
+            } else {
+                format!(
+                    "({} left; workers: {})",
+                    indicatif::HumanDuration(bar.eta()),
+                    p.fleet
+                )
+            };
+            bar.set_message(format!(
+                "· {} failed · {} running {left}",
+                p.failed, p.in_progress
+            ));
+            let before = said.entry(p.id).or_default();
+            if *before != p.waiting {
+                for w in p.waiting.iter().filter(|w| !before.contains(w)) {
+                    let _ = multi.println(format!("project {}: {w}", p.id));
+                }
+                *before = p.waiting.clone();
+            }
             if p.finished {
                 bar.finish();
             }

@@ -103,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             submitter_keys,
             allow_unsigned_projects,
             fault,
+            dedicated,
             prefs,
         } => {
             let attach = attach
@@ -121,9 +122,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer_advertise,
                 drain: std::time::Duration::from_secs(drain_seconds),
                 checkpoint_every: std::time::Duration::from_secs(checkpoint_seconds),
-                fault: fault.map(|cli::FaultArg::CorruptOutput| worker::Fault::CorruptOutput),
+                fault: fault.map(|f| match f {
+                    cli::FaultArg::CorruptOutput => worker::Fault::CorruptOutput,
+                    cli::FaultArg::LocalFailureOnce => worker::Fault::LocalFailureOnce,
+                }),
                 metrics,
-                prefs: prefs.to_map(),
+                prefs: if dedicated {
+                    let mut map = worker::prefs::dedicated();
+                    map.extend(prefs.to_map());
+                    map
+                } else {
+                    prefs.to_map()
+                },
                 insecure_plaintext: cli.insecure_plaintext,
                 enroll_token,
                 submitters: submitter_keys,

@@ -187,6 +187,7 @@ fn a_stranger_with_public_keys_can_fail_nothing_learn_nothing_and_flag_nobody() 
                         public_key: victim.clone(),
                         held_units: units.clone(),
                         peers_version: 0,
+                        ..Default::default()
                     },
                 ))
                 .await,
@@ -225,6 +226,7 @@ fn a_stranger_with_public_keys_can_fail_nothing_learn_nothing_and_flag_nobody() 
             public_key: attacker.id().0.to_vec(),
             held_units: vec![1],
             peers_version: 0,
+            ..Default::default()
         };
         let at = now_us();
         raw.heartbeat(signed(&attacker, "Heartbeat", at, beat.clone()))

@@ -8,13 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Test workers share the machine with the coordinator, each other and the test runner:
-/// neither user activity nor that load may suspend them.
-pub const NEVER_SUSPEND: [&str; 4] = [
-    "--run-if-idle-minutes",
-    "0",
-    "--suspend-cpu-busy-percent",
-    "0",
-];
+/// neither user activity nor that load may suspend them (`--dedicated`).
+pub const NEVER_SUSPEND: [&str; 1] = ["--dedicated"];
 
 /// A raw client for the board of worker `key` at `addr`, as any peer reaches it: over TLS,
 /// accepting only a certificate bound to that worker's key (`connections::peer_tls`).

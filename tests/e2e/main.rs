@@ -21,5 +21,6 @@ mod primes;
 mod rest;
 mod shares;
 mod signed;
+mod stuck;
 mod tls;
 mod truth;

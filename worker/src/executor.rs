@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use protocol::{Failure, FailureKind, Limits};
+#[cfg(test)]
+use protocol::FailureKind;
+use protocol::{Failure, Limits};
 #[cfg(test)]
 use sandbox::Execution;
 use sandbox::{Checkpoint, Compiled, Finished, Pacer, Proceed, Sandbox};
@@ -75,6 +77,7 @@ impl Executor {
         limits: Limits,
         pacer: Box<dyn Pacer>,
     ) -> Result<Execution, Failure> {
+        let local = |e: crate::Error| Failure::new(FailureKind::BadModule, e.to_string());
         match self
             .run_resumable(
                 compiled,
@@ -85,7 +88,8 @@ impl Executor {
                 pacer,
                 Box::new(|_| Proceed::Continue),
             )
-            .await?
+            .await
+            .map_err(local)??
         {
             Finished::Done(e) => Ok(e),
             Finished::Stopped(_) => Err(Failure::new(FailureKind::BadModule, "stopped")),
@@ -94,7 +98,9 @@ impl Executor {
 
     /// Runs one execution from `resume` (or the start), held and slowed by `pacer`,
     /// calling `on_checkpoint` on the guest thread after every checkpoint the guest saves,
-    /// and waits for it without blocking the async runtime.
+    /// and waits for it without blocking the async runtime. The outer error is this
+    /// worker's trouble (its guest threads are gone), never the unit's: the caller hands
+    /// the unit back instead of reporting a failure.
     #[allow(clippy::too_many_arguments)]
     pub async fn run_resumable(
         &self,
@@ -105,7 +111,7 @@ impl Executor {
         resume: Option<Checkpoint>,
         pacer: Box<dyn Pacer>,
         mut on_checkpoint: Box<dyn FnMut(&Checkpoint) -> Proceed + Send>,
-    ) -> Result<Finished, Failure> {
+    ) -> Result<Result<Finished, Failure>, crate::Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |sandbox| {
             // Thread CPU time, not wall time: guest threads may share cores.
@@ -124,16 +130,9 @@ impl Executor {
             let _ = tx.send(outcome);
         });
         if self.jobs.send(job).is_err() {
-            return Err(Failure::new(
-                FailureKind::BadModule,
-                "guest threads are gone",
-            ));
+            return Err(crate::Error::Local("the guest threads are gone".into()));
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(Failure::new(
-                FailureKind::BadModule,
-                "guest thread died during the run",
-            ))
-        })
+        rx.await
+            .map_err(|_| crate::Error::Local("a guest thread died during the run".into()))
     }
 }

@@ -279,6 +279,8 @@ mod tests {
             cpu_limit_percent: 100,
             memory_budget: budget_mb << 20,
             user_active: false,
+            other_cpu_percent: 0,
+            hand_back: false,
         }
     }
 

@@ -100,9 +100,14 @@ pub enum Error {
     /// Malformed data from the coordinator or a peer.
     #[error(transparent)]
     Protocol(#[from] protocol::Error),
-    /// A module could not be fetched or compiled.
+    /// The module does not compile or instantiate: the module's fault (reported as
+    /// `bad_module`). Never used for this worker's own trouble.
     #[error("module: {0}")]
     Module(String),
+    /// This worker's own trouble, not the unit's: a guest thread gone, bad bytes in
+    /// transit, an injected test fault. Units it hits are handed back, not failed.
+    #[error("{0}")]
+    Local(String),
     /// The sandbox could not start.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
@@ -160,6 +165,9 @@ impl Error {
 pub enum Fault {
     /// Change every output before signing it (a lying or broken worker).
     CorruptOutput,
+    /// The first unit's preparation fails once as a local I/O error would (a worker-side,
+    /// non-deterministic failure): the unit must be handed back, not failed.
+    LocalFailureOnce,
 }
 
 /// A coordinator to work for and its resource share (`--attach URL[=SHARE]`).
@@ -450,6 +458,10 @@ struct Shared {
     share_fraction: f64,
     /// Work requests failed in a row.
     failures: Mutex<u32>,
+    /// [`Fault::LocalFailureOnce`] has fired.
+    fault_fired: std::sync::atomic::AtomicBool,
+    /// The coordinator's last reason for no work, and when it was logged.
+    no_work_said: Mutex<Option<(String, Instant)>>,
     started: Instant,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -703,6 +715,8 @@ impl Attached {
             unit_time: Mutex::new(None),
             share_fraction,
             failures: Mutex::new(0),
+            fault_fired: std::sync::atomic::AtomicBool::new(false),
+            no_work_said: Mutex::new(None),
             identity,
             account,
             client,
@@ -958,6 +972,12 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
 
+/// Least time between two logs of the same reason for no work.
+const NO_WORK_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a core waits after handing a unit back for its own trouble.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
+
 /// How soon a worker that knows no peers heartbeats again (to learn them).
 const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often the gossip loop wakes; each unit is polled at its own pace
@@ -1171,7 +1191,7 @@ impl Shared {
         let asked = Instant::now();
         let work = tokio::select! {
             _ = self.cancel.cancelled() => return Next::Stop,
-            w = self.client.request_work(
+            w = self.client.request_work_why(
                 1 + want as u32,
                 self.policy.accepted(),
                 self.policy.allow_unsigned(),
@@ -1179,7 +1199,7 @@ impl Shared {
         };
         self.metrics.idle(asked.elapsed());
         match work {
-            Ok((units, _)) if !units.is_empty() => {
+            Ok((units, _, _)) if !units.is_empty() => {
                 *lock(&self.failures) = 0;
                 let mut units = units.into_iter();
                 let first = units.next();
@@ -1194,7 +1214,10 @@ impl Shared {
                     None => Next::Wait(Duration::ZERO),
                 }
             }
-            Ok((_, wait)) => Next::Wait(wait),
+            Ok((_, wait, reason)) => {
+                self.say_why_no_work(reason);
+                Next::Wait(wait)
+            }
             Err(e) => {
                 let failures = {
                     let mut failures = lock(&self.failures);
@@ -1206,6 +1229,24 @@ impl Shared {
                 }
                 Next::Wait(backoff(failures))
             }
+        }
+    }
+
+    /// Logs the coordinator's reason for giving no work (at most once a minute, and when
+    /// it changes), so a capped worker is not silently idle.
+    fn say_why_no_work(&self, reason: String) {
+        let mut last = lock(&self.no_work_said);
+        if reason.is_empty() {
+            *last = None;
+            return;
+        }
+        let due = match &*last {
+            Some((said, at)) => *said != reason || at.elapsed() >= NO_WORK_LOG_EVERY,
+            None => true,
+        };
+        if due {
+            tracing::info!(coordinator = %self.config.coordinator, "no work for now: {reason}");
+            *last = Some((reason, Instant::now()));
         }
     }
 
@@ -1308,22 +1349,31 @@ impl Shared {
         }
         lock(&self.held).insert(a.unit, Held::new(a.project, None));
         lock(&self.holder).hold(a.unit, a.project, a.quorum, a.ticket);
-        let compiled = match self
-            .modules
-            .get(&self.client, a.module, a.limits.nan_canonicalization)
-            .await
+        let prepared = if self.config.fault == Some(Fault::LocalFailureOnce)
+            && !self
+                .fault_fired
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
+            Err(Error::io(
+                &self.config.data_dir.join("modules"),
+                std::io::Error::other("injected by --fault local-failure-once"),
+            ))
+        } else {
+            self.modules
+                .get(&self.client, a.module, a.limits.nan_canonicalization)
+                .await
+        };
+        let compiled = match prepared {
             Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(unit = %a.unit, "cannot prepare module: {e}");
-                if e.is_transient() {
-                    // The coordinator is unreachable: drop the unit here; its lease expires and
-                    // the coordinator gives it to someone else.
-                    self.release(a.unit);
-                    return;
-                }
+            // Only the module's own fault fails the unit (`bad_module`).
+            Err(e @ Error::Module(_)) => {
+                tracing::warn!(unit = %a.unit, "module does not compile: {e}");
                 let failure = Failure::new(protocol::FailureKind::BadModule, e.to_string());
                 self.report_failure(a.unit, failure).await;
+                return;
+            }
+            Err(e) => {
+                self.hand_back_local(a.unit, &e).await;
                 return;
             }
         };
@@ -1356,6 +1406,20 @@ impl Shared {
                 on_checkpoint,
             )
             .await;
+        let result = match result {
+            Err(e) => {
+                self.control.gate().finished(gate::Finished {
+                    unit: a.unit.0,
+                    name: a.name.clone(),
+                    result: "handed back".to_string(),
+                    fuel: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                self.hand_back_local(a.unit, &e).await;
+                return;
+            }
+            Ok(r) => r,
+        };
         let result = match result {
             Ok(Finished::Stopped(c)) => {
                 // Shutting down: the checkpoint is on disk; the unit stays held so the
@@ -1481,7 +1545,11 @@ impl Shared {
         }
         let units: Vec<UnitId> = pending.iter().map(|a| a.unit).collect();
         let version = lock(&self.peers).0;
-        let settled: HashSet<UnitId> = match self.client.heartbeat(&units, version).await {
+        let settled: HashSet<UnitId> = match self
+            .client
+            .heartbeat(&units, version, &self.run_report())
+            .await
+        {
             Ok(reply) => reply.settled.into_iter().collect(),
             Err(e) => {
                 // Leases are renewed by the next heartbeat if the coordinator comes back;
@@ -1509,6 +1577,78 @@ impl Shared {
                 queue.push_back(a);
             }
         }
+    }
+
+    /// This worker's own trouble (`e`: its disk, its cache, its guest threads, the
+    /// network) stopped `unit`: hand it back rather than fail it. A handed-back replica
+    /// does not count against the unit, and this worker stays eligible for it, so a small
+    /// fleet whose every account must run the unit still completes it. The core waits a
+    /// little before asking for work again, so a persistent local fault does not spin.
+    async fn hand_back_local(&self, unit: UnitId, e: &Error) {
+        tracing::warn!(%unit, "handing the unit back: this worker's own trouble, not the unit's: {e}");
+        self.release(unit);
+        if let Err(e) = self.client.return_units(&[unit]).await {
+            tracing::warn!(%unit, "could not hand it back ({e}); its lease will expire");
+        }
+        pause(&self.cancel, LOCAL_RETRY).await;
+    }
+
+    /// What this worker reports with its heartbeats: suspended (and why), running (it
+    /// holds a unit without a result) or idle.
+    fn run_report(&self) -> rpc::RunReport {
+        let decision = self.control.decision();
+        if let Some(reason) = decision.reason_text() {
+            return rpc::RunReport {
+                state: "suspended",
+                reason,
+            };
+        }
+        let busy = lock(&self.held).values().any(|h| h.output.is_none());
+        rpc::RunReport {
+            state: if busy { "running" } else { "idle" },
+            reason: String::new(),
+        }
+    }
+
+    /// Suspended for `suspend_hand_back_seconds`: the units held without a result or a
+    /// checkpoint on disk go back to the coordinator now (a paused execution of one of
+    /// them, if it ever resumes, finds its unit released and drops its result), so the
+    /// fleet runs them instead of waiting for this machine. Checkpointed units are kept,
+    /// but only within their current lease. Returns the units whose leases to renew:
+    /// those whose result is in.
+    async fn hand_back_while_suspended(&self) -> Vec<UnitId> {
+        // Copied out first: the checkpoint files are read without holding the lock.
+        let held: Vec<(UnitId, bool, Option<Key>)> = lock(&self.held)
+            .iter()
+            .map(|(unit, h)| (*unit, h.output.is_some(), h.checkpoint.clone()))
+            .collect();
+        let mut renew = Vec::new();
+        let mut back = Vec::new();
+        for (unit, done, key) in held {
+            if done {
+                renew.push(unit);
+            } else if key.is_none_or(|k| self.checkpoints.load(&k).is_none()) {
+                back.push(unit);
+            }
+        }
+        if !back.is_empty() {
+            for unit in &back {
+                self.release(*unit);
+            }
+            lock(&self.buffer).retain(|(a, _)| !back.contains(&a.unit));
+            let reason = self.control.decision().reason_text().unwrap_or_default();
+            match self.client.return_units(&back).await {
+                Ok(()) => tracing::info!(
+                    units = back.len(),
+                    "suspended ({reason}) past suspend_hand_back_seconds: handed the units without a result or checkpoint back"
+                ),
+                Err(e) => tracing::warn!(
+                    units = back.len(),
+                    "suspended past suspend_hand_back_seconds, but could not hand units back ({e}); their leases will expire"
+                ),
+            }
+        }
+        renew
     }
 
     async fn report_failure(&self, unit: UnitId, failure: Failure) {
@@ -1725,7 +1865,11 @@ impl Shared {
             return false;
         }
         let version = lock(&self.peers).0;
-        match self.client.heartbeat(&[unit], version).await {
+        match self
+            .client
+            .heartbeat(&[unit], version, &self.run_report())
+            .await
+        {
             Ok(reply) if reply.settled.contains(&unit) => {
                 self.release(unit);
                 false
@@ -1750,13 +1894,22 @@ impl Shared {
             if !pause(&self.cancel, wait).await {
                 return;
             }
-            let held: Vec<UnitId> = lock(&self.held).keys().copied().collect();
+            // Suspended past the grace: hand back what has no result and no checkpoint,
+            // and renew only the leases of units whose result is in.
+            let held: Vec<UnitId> = if self.control.decision().hand_back {
+                self.hand_back_while_suspended().await
+            } else {
+                lock(&self.held).keys().copied().collect()
+            };
             let version = lock(&self.peers).0;
             // A coordinator that stops answering (a cut link drops packets, it does not
             // refuse them) must not leave the worker silent until the request timeout: a
             // beat with no answer within its interval counts as failed.
             let patience = every.max(Duration::from_secs(1));
-            let beat = tokio::time::timeout(patience, self.client.heartbeat(&held, version)).await;
+            let report = self.run_report();
+            let beat =
+                tokio::time::timeout(patience, self.client.heartbeat(&held, version, &report))
+                    .await;
             let beat = match beat {
                 Ok(beat) => beat.map_err(|e| e.to_string()),
                 Err(_) => Err(format!(

@@ -3,10 +3,18 @@
 //! compiled in the sandbox's cache. The on-disk cache stays under `disk_cache_mb`: past
 //! it the least recently used files go (a module in use is recompiled from memory, and
 //! fetched again if ever needed).
+//!
+//! Each module is prepared once however many cores (and prefetched units) ask at the same
+//! time: the first asker fetches and compiles, the others wait for it and find it compiled.
+//! The disk cache is only a cache: when writing it fails (a full or read-only disk) the
+//! module is compiled from the bytes already in memory. So [`Error::Module`] from here
+//! always means the module itself does not compile; every other error is this worker's
+//! (or the network's) trouble, and the caller hands the unit back.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use protocol::Digest;
 use sandbox::{Compiled, Sandbox};
@@ -21,21 +29,66 @@ pub struct Modules {
     sandbox: Arc<Sandbox>,
     /// Size cap of `dir` in bytes, changed live by the preferences.
     cap: Arc<AtomicU64>,
+    /// One preparation per digest at a time: the turn every asker of that digest waits
+    /// for (removed when nobody waits any more).
+    turns: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Distinguishes the temporary files of concurrent writers (two attachments of one
+/// worker may share the directory).
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Modules {
     /// Modules kept under `dir`, at most `cap` bytes of them.
     pub fn new(dir: PathBuf, sandbox: Arc<Sandbox>, cap: Arc<AtomicU64>) -> Self {
-        Modules { dir, sandbox, cap }
+        Modules {
+            dir,
+            sandbox,
+            cap,
+            turns: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The compiled module for `digest`, fetching and compiling it if needed.
+    /// The compiled module for `digest`, fetching and compiling it if needed. Concurrent
+    /// calls for one digest fetch and compile it once.
     pub async fn get(
         &self,
         client: &CoordinatorClient,
         digest: Digest,
         nan: bool,
     ) -> Result<Compiled, Error> {
+        let turn = self.lock_turns().entry(digest).or_default().clone();
+        let result = {
+            let _mine = turn.lock().await;
+            self.prepare(client, digest, nan).await
+        };
+        let mut turns = self.lock_turns();
+        // The map's reference and ours: nobody else waits for this digest.
+        if Arc::strong_count(&turn) <= 2 {
+            turns.remove(&digest);
+        }
+        result
+    }
+
+    fn lock_turns(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<tokio::sync::Mutex<()>>>> {
+        // Single map operations: a poisoned lock is still consistent.
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn prepare(
+        &self,
+        client: &CoordinatorClient,
+        digest: Digest,
+        nan: bool,
+    ) -> Result<Compiled, Error> {
+        // Compiled by an earlier asker: the empty bytes are never looked at on a cache hit.
+        if self.sandbox.is_cached(digest, nan)
+            && let Ok(compiled) = self.sandbox.compile(digest, &[], nan)
+        {
+            return Ok(compiled);
+        }
         let path = self.dir.join(format!("{}.wasm", digest.to_hex()));
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) if Digest::of(&bytes) == digest => {
@@ -48,23 +101,13 @@ impl Modules {
             _ => {
                 let bytes = client.module(digest).await?;
                 if Digest::of(&bytes) != digest {
-                    return Err(Error::Module(format!(
-                        "coordinator sent bytes that do not hash to {digest}"
+                    return Err(Error::Local(format!(
+                        "the coordinator sent module bytes that do not hash to {digest}"
                     )));
                 }
-                tokio::fs::create_dir_all(&self.dir)
-                    .await
-                    .map_err(|e| Error::io(&self.dir, e))?;
-                let tmp = path.with_extension("tmp");
-                tokio::fs::write(&tmp, &bytes)
-                    .await
-                    .map_err(|e| Error::io(&tmp, e))?;
-                tokio::fs::rename(&tmp, &path)
-                    .await
-                    .map_err(|e| Error::io(&path, e))?;
-                let (dir, cap) = (self.dir.clone(), self.cap.load(Ordering::Relaxed));
-                let keep = path.clone();
-                let _ = tokio::task::spawn_blocking(move || evict(&dir, cap, &keep)).await;
+                if let Err(e) = self.store(&path, &bytes).await {
+                    tracing::warn!(module = %digest, "cannot keep the module in the disk cache ({e}); compiling it from memory");
+                }
                 bytes
             }
         };
@@ -74,6 +117,31 @@ impl Modules {
             .await
             .map_err(|e| Error::Module(format!("compiler panicked: {e}")))?
             .map_err(|e| Error::Module(e.to_string()))
+    }
+
+    /// Writes `bytes` to `path` atomically (a temporary file of this writer's own, then a
+    /// rename), then trims the cache to its cap.
+    async fn store(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| Error::io(&self.dir, e))?;
+        let tmp = path.with_extension(format!(
+            "{}-{}.tmp",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = match tokio::fs::write(&tmp, bytes).await {
+            Ok(()) => tokio::fs::rename(&tmp, path).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Error::io(path, e));
+        }
+        let (dir, cap) = (self.dir.clone(), self.cap.load(Ordering::Relaxed));
+        let keep = path.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || evict(&dir, cap, &keep)).await;
+        Ok(())
     }
 }
 

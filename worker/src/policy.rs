@@ -96,12 +96,39 @@ pub struct Decision {
     pub memory_budget: u64,
     /// Whether the user counts as active (the in-use memory limit applies).
     pub user_active: bool,
+    /// Other programs' CPU load at this decision, whole percent of all cores (for the
+    /// reason shown to others).
+    #[serde(default)]
+    pub other_cpu_percent: u32,
+    /// Suspended for at least `suspend_hand_back_seconds`: the worker hands back the units
+    /// it holds that have no result and no checkpoint, and stops renewing the leases of
+    /// the checkpointed ones (kept only within their lease).
+    #[serde(default)]
+    pub hand_back: bool,
 }
 
 impl Decision {
     /// Whether guests may compute.
     pub fn running(&self) -> bool {
         self.state == State::Running
+    }
+
+    /// Why the worker is suspended, in words for the coordinator's operators and
+    /// submitters (e.g. "other programs use 47 % of the CPUs"); `None` while running.
+    pub fn reason_text(&self) -> Option<String> {
+        let State::Suspended(reason) = self.state else {
+            return None;
+        };
+        Some(match reason {
+            Reason::ByUser => "suspended by its owner (`fallow worker suspend`)".to_string(),
+            Reason::OnBattery => "on battery".to_string(),
+            Reason::OutsideHours => "outside its run_hours".to_string(),
+            Reason::UserActive => "its user is active".to_string(),
+            Reason::CpuBusy => format!(
+                "other programs use {} % of the CPUs",
+                self.other_cpu_percent
+            ),
+        })
     }
 }
 
@@ -115,6 +142,8 @@ pub struct Policy {
     /// suspended for it; `None` while it is above.
     cpu_calm_since: Option<u64>,
     cpu_busy: bool,
+    /// Since when (ms) the worker has been suspended, for any reason; `None` while running.
+    suspended_since: Option<u64>,
 }
 
 impl Policy {
@@ -125,6 +154,7 @@ impl Policy {
             by_user: false,
             cpu_calm_since: None,
             cpu_busy: false,
+            suspended_since: None,
         }
     }
 
@@ -170,6 +200,17 @@ impl Policy {
         } else {
             State::Running
         };
+        let hand_back = match state {
+            State::Running => {
+                self.suspended_since = None;
+                false
+            }
+            State::Suspended(_) => {
+                let since = *self.suspended_since.get_or_insert(now_ms);
+                now_ms.saturating_sub(since)
+                    >= u64::from(prefs.suspend_hand_back_seconds).saturating_mul(1000)
+            }
+        };
         let cores = match prefs.max_cores {
             0 => self.threads,
             n => (n as usize).min(self.threads),
@@ -185,6 +226,8 @@ impl Policy {
             cpu_limit_percent: prefs.cpu_limit_percent.clamp(1, 100),
             memory_budget: (u128::from(r.total_memory) * u128::from(percent) / 100) as u64,
             user_active,
+            other_cpu_percent: r.other_cpu_percent.clamp(0.0, 100.0).round() as u32,
+            hand_back,
         }
     }
 
@@ -340,6 +383,51 @@ mod tests {
             p.step(1, &Readings::default(), &Prefs::default()).state,
             Running
         );
+    }
+
+    #[test]
+    fn a_worker_suspended_past_the_grace_hands_back_and_says_why() {
+        let prefs = Prefs {
+            suspend_hand_back_seconds: 60,
+            ..Prefs::default()
+        };
+        let load = |pct: f32| Readings {
+            other_cpu_percent: pct,
+            ..Readings::default()
+        };
+        let mut p = Policy::new(2);
+        let d = p.step(0, &load(5.0), &prefs);
+        assert!(d.running() && !d.hand_back && d.reason_text().is_none());
+        let d = p.step(1_000, &load(47.2), &prefs);
+        assert_eq!(d.state, State::Suspended(Reason::CpuBusy));
+        assert!(!d.hand_back, "not within the grace");
+        assert_eq!(
+            d.reason_text().as_deref(),
+            Some("other programs use 47 % of the CPUs")
+        );
+        assert!(!p.step(60_999, &load(47.0), &prefs).hand_back);
+        assert!(p.step(61_000, &load(47.0), &prefs).hand_back);
+        // Still suspended during the calm period; running again starts the grace anew
+        // next time.
+        assert!(p.step(62_000, &load(1.0), &prefs).hand_back);
+        let d = p.step(72_000, &load(1.0), &prefs);
+        assert!(d.running() && !d.hand_back);
+        p.suspend();
+        let d = p.step(73_000, &load(1.0), &prefs);
+        assert!(!d.hand_back);
+        assert!(
+            d.reason_text()
+                .is_some_and(|r| r.contains("fallow worker suspend"))
+        );
+        assert!(p.step(133_000, &load(1.0), &prefs).hand_back);
+        // 0: at once.
+        let now = Prefs {
+            suspend_hand_back_seconds: 0,
+            ..Prefs::default()
+        };
+        let mut p = Policy::new(1);
+        p.suspend();
+        assert!(p.step(0, &Readings::default(), &now).hand_back);
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub struct Prefs {
     /// excluded; a window may wrap midnight, e.g. `"22:00-06:00"`). Default empty = any
     /// time.
     pub run_hours: Vec<Window>,
+    /// Once suspended this many seconds (for any reason), hand back the units this worker
+    /// holds that have neither a result nor a checkpoint on disk, so other workers run
+    /// them; checkpointed units are kept, but only within their current lease (it is no
+    /// longer renewed). Default 300; 0 = at once; at most 86400.
+    pub suspend_hand_back_seconds: u32,
 }
 
 impl Default for Prefs {
@@ -68,6 +73,7 @@ impl Default for Prefs {
             disk_cache_mb: 1024,
             run_on_battery: false,
             run_hours: Vec::new(),
+            suspend_hand_back_seconds: 300,
         }
     }
 }
@@ -83,6 +89,7 @@ pub const KEYS: &[&str] = &[
     "disk_cache_mb",
     "run_on_battery",
     "run_hours",
+    "suspend_hand_back_seconds",
 ];
 
 impl Prefs {
@@ -124,6 +131,12 @@ impl Prefs {
             100,
         )?;
         within("disk_cache_mb", self.disk_cache_mb, 1, 1 << 20)?;
+        within(
+            "suspend_hand_back_seconds",
+            self.suspend_hand_back_seconds.into(),
+            0,
+            86_400,
+        )?;
         if self.run_hours.len() > 48 {
             return Err(Error::Config(format!(
                 "{FILE}: run_hours has at most 48 windows (got {})",

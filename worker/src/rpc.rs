@@ -183,6 +183,15 @@ pub struct Registration {
     pub coordinator_key: Option<WorkerId>,
 }
 
+/// What a worker reports about itself with each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// `running`, `idle` or `suspended`.
+    pub state: &'static str,
+    /// Why, in words, when suspended; empty otherwise.
+    pub reason: String,
+}
+
 /// What a heartbeat told us.
 #[derive(Debug, Clone, Default)]
 pub struct HeartbeatReply {
@@ -409,6 +418,7 @@ impl CoordinatorClient {
         &self,
         held: &[UnitId],
         peers_version: u64,
+        run: &RunReport,
     ) -> Result<HeartbeatReply, Error> {
         let r = self
             .call(
@@ -417,6 +427,8 @@ impl CoordinatorClient {
                     public_key: self.key.clone(),
                     held_units: held.iter().map(|u| u.0).collect(),
                     peers_version,
+                    run_state: run.state.to_string(),
+                    state_reason: run.reason.clone(),
                 },
                 |mut c, r| async move { c.heartbeat(r).await },
             )
@@ -440,6 +452,20 @@ impl CoordinatorClient {
         accept_submitters: &[SubmitterKey],
         allow_unsigned: bool,
     ) -> Result<(Vec<Assignment>, Duration), Error> {
+        let (units, wait, _) = self
+            .request_work_why(max, accept_submitters, allow_unsigned)
+            .await?;
+        Ok((units, wait))
+    }
+
+    /// [`CoordinatorClient::request_work`], with the coordinator's reason when it assigned
+    /// nothing because of this worker (empty otherwise).
+    pub async fn request_work_why(
+        &self,
+        max: u32,
+        accept_submitters: &[SubmitterKey],
+        allow_unsigned: bool,
+    ) -> Result<(Vec<Assignment>, Duration, String), Error> {
         let r = self
             .call(
                 "RequestWork",
@@ -457,9 +483,16 @@ impl CoordinatorClient {
         for a in r.assignments {
             out.push(Assignment::try_from(a)?);
         }
+        let reason: String = r
+            .reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect();
         Ok((
             out,
             Duration::from_millis(r.retry_after_ms.clamp(0, 60_000)),
+            reason,
         ))
     }
 

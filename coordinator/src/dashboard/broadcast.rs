@@ -167,11 +167,16 @@ impl Broadcaster {
             projects: capture.projects.len() as u64,
             workers_online: online,
             workers_known: workers.workers.len() as u64,
+            workers_running: workers.running,
+            workers_suspended: workers.suspended,
+            workers_idle: workers.idle,
+            fleet: workers.fleet.clone(),
             ..Default::default()
         };
+        let computing = workers.running > 0;
         let mut summaries = Vec::new();
         for p in &capture.projects {
-            let summary = self.summary(p, at);
+            let summary = self.summary(p, at, computing);
             totals.units += p.total;
             totals.verified += p.verified;
             totals.failed += p.failed;
@@ -306,8 +311,9 @@ impl Broadcaster {
         self.leaderboard.clone()
     }
 
-    /// A project's numbers with its recent rate and ETA.
-    fn summary(&mut self, p: &ProjectCapture, at: u64) -> ProjectSummary {
+    /// A project's numbers with its recent rate and ETA (unknown while no worker is
+    /// `computing`: a recent rate says nothing about a fleet that stopped).
+    fn summary(&mut self, p: &ProjectCapture, at: u64, computing: bool) -> ProjectSummary {
         let settled = p.verified + p.failed;
         let window = self.rates.entry(p.id).or_default();
         window.push_back((at, settled));
@@ -325,7 +331,7 @@ impl Broadcaster {
             _ => 0.0,
         };
         let remaining = p.total.saturating_sub(settled);
-        let eta_seconds = (remaining > 0 && per_ms > 0.0)
+        let eta_seconds = (remaining > 0 && per_ms > 0.0 && computing)
             .then(|| (remaining as f64 / per_ms / 1000.0).ceil() as u64);
         ProjectSummary {
             id: p.id.0,
@@ -353,6 +359,7 @@ impl Broadcaster {
             aggregate: p.aggregate,
             units_per_minute: per_ms * 60_000.0,
             eta_seconds,
+            waiting: p.waiting.clone(),
             percent: if p.total == 0 {
                 100.0
             } else {
@@ -584,10 +591,18 @@ async fn paint<St: Store>(
 fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) -> Workers {
     let seen: HashMap<WorkerId, u64> = capture.workers.iter().copied().collect();
     let flagged: std::collections::HashSet<WorkerId> = capture.flagged.iter().copied().collect();
+    let unknown = crate::fleet::Reported::default();
+    let mut states = Vec::with_capacity(directory.len());
     let mut rows: Vec<WorkerRow> = directory
         .iter()
         .map(|(id, info)| {
             let last_seen = seen.get(id).copied();
+            let reported = capture.reported.get(id).unwrap_or(&unknown);
+            let state = match last_seen {
+                Some(t) => reported.at(t, capture.at, capture.lease_ms),
+                None => crate::fleet::RunState::Offline,
+            };
+            states.push((state, reported));
             WorkerRow {
                 id: id.to_string(),
                 name: info.name.clone(),
@@ -601,6 +616,12 @@ fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) 
                 },
                 online: last_seen.is_some_and(|t| capture.at.saturating_sub(t) <= capture.lease_ms),
                 last_seen_ms: last_seen,
+                state: state.as_str(),
+                state_reason: if state == crate::fleet::RunState::Suspended {
+                    reported.reason.clone()
+                } else {
+                    String::new()
+                },
                 flagged: flagged.contains(id),
             }
         })
@@ -625,9 +646,14 @@ fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) 
         platforms[i].cores += u64::from(w.cores);
     }
     platforms.sort_by(|a, b| b.workers.cmp(&a.workers).then(a.platform.cmp(&b.platform)));
+    let fleet = crate::fleet::Fleet::count(states.into_iter());
     Workers {
         generated_ms: capture.at,
         online: rows.iter().filter(|w| w.online).count() as u64,
+        running: fleet.running.into(),
+        suspended: fleet.suspended.into(),
+        idle: fleet.idle.into(),
+        fleet: fleet.sentence(),
         flagged: rows.iter().filter(|w| w.flagged).count() as u64,
         workers: rows,
         platforms,
@@ -688,21 +714,26 @@ mod tests {
             finished: false,
             aggregate: "none",
             units: None,
+            waiting: Vec::new(),
         }
     }
 
     #[test]
     fn rate_and_eta_come_from_the_last_minute() {
         let mut b = Broadcaster::default();
-        let first = b.summary(&project(0), 1_000);
+        let first = b.summary(&project(0), 1_000, true);
         assert_eq!((first.units_per_minute, first.eta_seconds), (0.0, None));
-        let s = b.summary(&project(10), 11_000);
+        let s = b.summary(&project(10), 11_000, true);
         assert!((s.units_per_minute - 60.0).abs() < 1e-9, "{s:?}");
         assert_eq!(s.eta_seconds, Some(90));
+        // The same rate with no worker computing (all suspended): unknown, not "0 s".
+        let mut still = Broadcaster::default();
+        still.summary(&project(0), 1_000, false);
+        assert_eq!(still.summary(&project(10), 11_000, false).eta_seconds, None);
         assert_eq!((s.pending, s.percent), (85, 10.0));
         // A minute later the old sample has left the window: the rate is the recent one.
-        b.summary(&project(10), 70_000);
-        let s = b.summary(&project(10), 80_000);
+        b.summary(&project(10), 70_000, true);
+        let s = b.summary(&project(10), 80_000, true);
         assert_eq!(s.units_per_minute, 0.0, "{s:?}");
         assert_eq!(s.eta_seconds, None);
     }

@@ -55,7 +55,8 @@ fn eta(p: &ProjectSummary) -> String {
     match (p.finished, p.eta_seconds) {
         (true, _) => outcome_label(p.outcome).into(),
         (false, Some(s)) => duration(s),
-        (false, None) => "—".into(),
+        // No recent rate, or no worker computing: nobody can say.
+        (false, None) => "unknown".into(),
     }
 }
 
@@ -172,7 +173,11 @@ pub(crate) fn overview(p: &Published) -> String {
         int(t.workers_online),
     ));
     body.push_str(&card("credit (fuel)", "totals.credit", int(t.credit)));
-    body.push_str("</section><h2>Projects</h2>");
+    let _ = write!(
+        body,
+        "</section><p class=\"lead\">Workers: <b data-k=\"totals.fleet\">{}</b></p><h2>Projects</h2>",
+        esc(&t.fleet)
+    );
     body.push_str("<table class=\"projects\"><thead><tr><th>project</th><th class=\"wide\">progress</th><th class=\"num\">units/min</th><th class=\"num\">to finish</th></tr></thead><tbody id=\"projects\">");
     for s in &o.projects {
         body.push_str(&project_row(s));
@@ -204,6 +209,13 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
         eta = eta(p),
         upm = p.units_per_minute,
     );
+    if !p.waiting.is_empty() {
+        body.push_str("<section class=\"waiting\"><h2>Waiting for a worker</h2><ul>");
+        for w in &p.waiting {
+            let _ = write!(body, "<li>{}</li>", esc(w));
+        }
+        body.push_str("</ul></section>");
+    }
     body.push_str("<section class=\"cards\">");
     body.push_str(&card("units", "project.total", int(p.total)));
     body.push_str(&card("verified", "project.verified", int(p.verified)));
@@ -323,9 +335,10 @@ pub(crate) fn volunteers(p: &Published) -> String {
     let w = &p.workers;
     let _ = write!(
         body,
-        "<h2>Workers by platform</h2><p class=\"lead\"><b data-k=\"totals.workers_online\">{}</b> online of {} known</p><table><thead><tr><th>platform</th><th class=\"num\">workers</th><th class=\"num\">online</th><th class=\"num\">cores</th></tr></thead><tbody>",
+        "<h2>Workers by platform</h2><p class=\"lead\"><b data-k=\"totals.workers_online\">{}</b> online of {} known: {}</p><table><thead><tr><th>platform</th><th class=\"num\">workers</th><th class=\"num\">online</th><th class=\"num\">cores</th></tr></thead><tbody>",
         int(w.online),
-        int(w.workers.len() as u64)
+        int(w.workers.len() as u64),
+        esc(&w.fleet)
     );
     for r in &w.platforms {
         let _ = write!(
@@ -356,7 +369,11 @@ pub(crate) fn volunteers(p: &Published) -> String {
             acc = esc(&r.account),
             pl = esc(&r.platform),
             c = r.cores,
-            s = if r.online { "online" } else { "offline" },
+            s = if r.state_reason.is_empty() {
+                r.state.to_string()
+            } else {
+                format!("{}: {}", r.state, esc(&r.state_reason))
+            },
             flag = if r.flagged {
                 ", flagged: throttled to one unit a day"
             } else {

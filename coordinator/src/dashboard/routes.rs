@@ -290,6 +290,8 @@ async fn export(State(d): Shared, Path(file): Path<String>) -> Response {
                 "cores",
                 "online",
                 "last_seen_ms",
+                "state",
+                "state_reason",
             ],
             p.workers.workers.iter().map(worker_row).collect(),
         ),
@@ -346,6 +348,8 @@ fn worker_row(w: &WorkerRow) -> Vec<String> {
         w.cores.to_string(),
         w.online.to_string(),
         w.last_seen_ms.map(|t| t.to_string()).unwrap_or_default(),
+        w.state.to_string(),
+        w.state_reason.clone(),
     ]
 }
 
@@ -512,6 +516,8 @@ mod tests {
                 platform: "linux-x86_64".into(),
                 online: true,
                 last_seen_ms: Some(1),
+                state: "suspended",
+                state_reason: "other programs use 47 % of the CPUs".into(),
                 flagged: true,
             }],
             ..Default::default()
@@ -590,8 +596,18 @@ mod tests {
             html.contains("<tr class=\"flagged\"><td title=\"abab"),
             "{html}"
         );
+        // A suspended worker says so, and why.
+        assert!(
+            html.contains("suspended: other programs use 47 % of the CPUs"),
+            "{html}"
+        );
         let (_, _, json) = call(Method::GET, "/api/workers").await;
         assert!(json.contains("\"flagged\":true"), "{json}");
+        assert!(json.contains("\"state\":\"suspended\""), "{json}");
+        assert!(
+            json.contains("\"state_reason\":\"other programs use 47 % of the CPUs\""),
+            "{json}"
+        );
     }
 
     #[tokio::test]

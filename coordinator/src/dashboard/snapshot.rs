@@ -27,6 +27,8 @@ pub(crate) struct Capture {
     pub lease_ms: u64,
     /// Workers throttled to one unit a day for repeated wrong or failed results.
     pub flagged: Vec<WorkerId>,
+    /// What each worker's last heartbeat said it is doing.
+    pub reported: HashMap<WorkerId, crate::fleet::Reported>,
 }
 
 /// One project's numbers.
@@ -52,6 +54,8 @@ pub(crate) struct ProjectCapture {
     /// One state letter per unit in unit order (`v`erified, `f`ailed, `r`unning,
     /// `p`ending), for projects of at most [`UNIT_MAP_LIMIT`] units.
     pub units: Option<String>,
+    /// Units that need a worker of another account, in words (`fleet::waiting_sentences`).
+    pub waiting: Vec<String>,
 }
 
 impl Capture {
@@ -91,6 +95,7 @@ impl Capture {
                         in_progress: 0,
                         extra_replicas: 0,
                         units: None,
+                        waiting: Vec::new(),
                     },
                 )
             })
@@ -126,6 +131,7 @@ impl Capture {
             workers: workers.collect(),
             flagged: sched.flagged(),
             lease_ms,
+            reported: HashMap::new(),
         }
     }
 }
@@ -211,6 +217,12 @@ pub(crate) struct Totals {
     pub credit: u64,
     pub workers_online: u64,
     pub workers_known: u64,
+    /// Online workers computing, suspended, and with nothing to do.
+    pub workers_running: u64,
+    pub workers_suspended: u64,
+    pub workers_idle: u64,
+    /// The fleet in words: "2 running, 1 suspended: other programs use 47 % of the CPUs".
+    pub fleet: String,
     /// Units settled per minute over the last minute.
     pub units_per_minute: f64,
 }
@@ -243,8 +255,12 @@ pub(crate) struct ProjectSummary {
     pub aggregate: &'static str,
     /// Verified and failed units per minute over the last minute.
     pub units_per_minute: f64,
-    /// Seconds to finish at the recent rate; absent when finished or not moving.
+    /// Seconds to finish at the recent rate; absent when finished, not moving, or no
+    /// worker is computing (the ETA is then unknown).
     pub eta_seconds: Option<u64>,
+    /// Units that need a worker of another account ("unit 7 needs a worker of another
+    /// account: all 3 online accounts have run it"); empty when none.
+    pub waiting: Vec<String>,
     /// Percent settled (verified + failed), 0-100.
     pub percent: f64,
 }
@@ -320,6 +336,12 @@ pub(crate) struct Charts {
 pub(crate) struct Workers {
     pub generated_ms: u64,
     pub online: u64,
+    /// Online workers computing, suspended, and with nothing to do.
+    pub running: u64,
+    pub suspended: u64,
+    pub idle: u64,
+    /// The fleet in words: "2 running, 1 suspended: other programs use 47 % of the CPUs".
+    pub fleet: String,
     /// Workers flagged (throttled) for repeated wrong or failed results.
     pub flagged: u64,
     pub workers: Vec<WorkerRow>,
@@ -341,6 +363,11 @@ pub(crate) struct WorkerRow {
     pub online: bool,
     /// Last heard from (Unix ms); absent when not since the coordinator started.
     pub last_seen_ms: Option<u64>,
+    /// `running`, `suspended`, `idle` or `offline`.
+    pub state: &'static str,
+    /// Why it is suspended, in words (e.g. "other programs use 47 % of the CPUs"); empty
+    /// unless suspended.
+    pub state_reason: String,
     /// Throttled to one unit a day after repeated wrong or failed results (BOINC's
     /// punitive mode), so volunteers and operators can see who is being held back.
     pub flagged: bool,

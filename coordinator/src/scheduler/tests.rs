@@ -311,6 +311,69 @@ fn workers_that_handed_a_unit_back_can_take_it_again() {
 }
 
 #[test]
+fn a_small_fleet_says_which_units_wait_for_another_account_and_hand_backs_never_strand_one() {
+    // Three workers of three accounts, replication = quorum = 3: every account must run
+    // every unit.
+    let accounts = ["a", "b", "c"];
+    let online: HashSet<&str> = accounts.iter().copied().collect();
+    let fleet = |s: &mut Scheduler| {
+        for (n, a) in (1..=3).zip(accounts) {
+            s.register(id(n), &info(a, None));
+        }
+    };
+    // A worker-side failure reported as the unit's failure used up that account's turn:
+    // the unit wants a third replica that no online account may take, and says so.
+    let mut s = setup(1, 3, 3, 6);
+    fleet(&mut s);
+    for n in 1..=3 {
+        assert_eq!(units(s.assign(id(n), 1, 0)), vec![UnitId(0)]);
+    }
+    assert!(s.waiting(&online).is_empty(), "every replica is running");
+    let bad = Failure::new(FailureKind::BadModule, "No such file or directory");
+    s.report_failure(id(3), UnitId(0), bad).expect("leased");
+    for n in 1..=3 {
+        assert!(units(s.assign(id(n), 1, 10)).is_empty());
+    }
+    assert_eq!(
+        s.waiting(&online),
+        vec![Waiting {
+            unit: UnitId(0),
+            project: P,
+            accounts: 3
+        }]
+    );
+    // With a fourth account online it no longer waits for ever.
+    let four: HashSet<&str> = ["a", "b", "c", "d"].into_iter().collect();
+    assert!(s.waiting(&four).is_empty());
+
+    // The same trouble handed back instead: the worker stays eligible, takes the unit
+    // again, and the three accounts verify it.
+    let mut s = setup(1, 3, 3, 6);
+    fleet(&mut s);
+    for n in 1..=3 {
+        assert_eq!(units(s.assign(id(n), 1, 0)), vec![UnitId(0)]);
+    }
+    s.give_back(id(3), UnitId(0));
+    assert!(s.waiting(&online).is_empty());
+    assert_eq!(units(s.assign(id(3), 1, 10)), vec![UnitId(0)]);
+    let cert = certify(&mut s, 0, &[1, 2, 3], b"out");
+    assert!(matches!(cert, Ok(Some(_))), "{cert:?}");
+}
+
+#[test]
+fn a_worker_at_its_limit_of_unfinished_units_is_told_so() {
+    let mut s = setup(10, 2, 2, 4);
+    let first = s.assign(id(1), UNFINISHED_BASE, 0);
+    assert_eq!(first.leases.len(), UNFINISHED_BASE);
+    assert_eq!(first.capped, None);
+    let next = s.assign(id(1), 1, 1);
+    assert!(next.leases.is_empty());
+    assert_eq!(next.capped, Some(UNFINISHED_BASE), "no work, and why");
+    // Another worker has room.
+    assert_eq!(s.assign(id(2), 1, 1).capped, None);
+}
+
+#[test]
 fn leases_loaded_after_a_restart_get_a_fresh_deadline() {
     let mut s = Scheduler::new(LEASE, 7);
     s.add_project(project(1, 1, 1, 3));
