@@ -266,7 +266,15 @@ struct WorkerEntry {
     /// Calls this worker may make beyond its request rate, earned by the work leased to it
     /// ([`BACKED_CALLS_PER_LEASE`] a unit): see [`CoordinatorService::admit_backed`].
     backed: u32,
+    /// Expiry of the last membership credential sent (0: none yet; after a restart the
+    /// next heartbeat brings one).
+    vouched_until: u64,
 }
+
+/// How long the coordinator waits for a registering worker to prove its peer address
+/// (`Peer.Prove`): connect and answer. A worker that does not answer in time registers
+/// without inbound connections.
+const PROVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Calls a leased unit entitles its worker to beyond the request rate: waiting its turn
 /// (a heartbeat), the certificate, a failure report or a dispute, and retries. An honest
@@ -392,6 +400,7 @@ pub(crate) async fn run<S: Store>(
                     account: w.account,
                     team: w.team,
                     backed: 0,
+                    vouched_until: 0,
                 },
             )
         })
@@ -767,6 +776,49 @@ impl<S: Store> CoordinatorService<S> {
         committed
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+    }
+
+    /// Checks that `worker` answers at `peer_addr`: calls its `Peer.Prove` with a fresh
+    /// nonce and verifies the signature (`protocol::membership`). The error says why not.
+    async fn prove_peer(&self, worker: WorkerId, peer_addr: &str) -> Result<(), String> {
+        let addr: std::net::SocketAddr = peer_addr
+            .parse()
+            .map_err(|_| format!("{peer_addr:?} is not host:port"))?;
+        let mut nonce = [0u8; protocol::membership::NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no OS random source: {e}"))?;
+        let coordinator = self.inner.key.id();
+        let call = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(PROVE_TIMEOUT)
+                .timeout(PROVE_TIMEOUT)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to its peer service at {addr}: {e}"))?;
+            pb::peer_client::PeerClient::new(channel)
+                .prove(pb::ProveRequest {
+                    nonce: nonce.to_vec(),
+                    peer_addr: peer_addr.to_string(),
+                    coordinator_key: coordinator.0.to_vec(),
+                })
+                .await
+                .map(Response::into_inner)
+                .map_err(|s| format!("its peer service at {addr} refused Prove: {}", s.message()))
+        };
+        let answer = tokio::time::timeout(PROVE_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no answer from {addr} within {PROVE_TIMEOUT:?}"))??;
+        if answer.public_key != worker.0 {
+            return Err(format!("another worker answers at {addr}"));
+        }
+        protocol::membership::verify_peer_proof(
+            worker,
+            coordinator,
+            &nonce,
+            peer_addr,
+            &answer.signature,
+        )
+        .map_err(|e| format!("proof from {addr}: {e}"))
     }
 
     /// What a worker is told about its peers: a worker that accepts connections gets a
@@ -1256,13 +1308,30 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             )));
         }
         let cores = r.cores.clamp(1, 1024);
+        // Vouch only for an address the worker proves it answers at (outside the lock: a
+        // network round trip). Otherwise it works on without inbound connections.
+        let (peer_addr, peer_warning) = if r.peer_addr.is_empty() {
+            (String::new(), String::new())
+        } else {
+            match self.prove_peer(id, &r.peer_addr).await {
+                Ok(()) => (r.peer_addr.clone(), String::new()),
+                Err(why) => {
+                    tracing::warn!(worker = %id, peer_addr = %r.peer_addr, "peer address not vouched for: {why}; registered without inbound connections");
+                    (String::new(), why)
+                }
+            }
+        };
         let now = now_ms();
+        let credential = peer_addr
+            .parse()
+            .ok()
+            .map(|addr| protocol::membership::Credential::issue(&self.inner.key, id, addr, now));
         let mut state = self.inner.state.lock().await;
         Self::fresh(&mut state, id, &stamp)?;
         let worker = StoredWorker {
             id,
             name: r.name.clone(),
-            peer_addr: r.peer_addr.clone(),
+            peer_addr: peer_addr.clone(),
             cores,
             account: r.account.clone(),
             team: r.team.clone(),
@@ -1278,16 +1347,17 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 subnet,
             },
         );
-        let listed = !r.peer_addr.is_empty();
+        let listed = !peer_addr.is_empty();
         let previous_backed = state.workers.get(&id).map_or(0, |w| w.backed);
         let previous = state.workers.insert(
             id,
             WorkerEntry {
-                peer_addr: r.peer_addr,
+                peer_addr,
                 last_seen: now,
                 account: r.account.clone(),
                 team: r.team.clone(),
                 backed: previous_backed,
+                vouched_until: credential.as_ref().map_or(0, |c| c.expires_ms),
             },
         );
         if listed {
@@ -1308,6 +1378,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             peers,
             now_ms: now_ms(),
             coordinator_key: self.inner.key.id().0.to_vec(),
+            membership_credential: credential.map(|c| c.to_bytes()).unwrap_or_default(),
+            peer_warning,
         }))
     }
 
@@ -1336,12 +1408,21 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         } else {
             Vec::new()
         };
+        // Renew the membership credential of a vouched worker well before it expires.
+        let credential = state.workers.get_mut(&id).and_then(|w| {
+            let due = w.vouched_until.saturating_sub(now) < protocol::membership::RENEW_BEFORE_MS;
+            let addr = w.peer_addr.parse().ok().filter(|_| due)?;
+            let c = protocol::membership::Credential::issue(&self.inner.key, id, addr, now);
+            w.vouched_until = c.expires_ms;
+            Some(c.to_bytes())
+        });
         Ok(Response::new(pb::HeartbeatResponse {
             settled_units: settled.iter().map(|u| u.0).collect(),
             peers_version: version,
             peers,
             unknown_worker: false,
             now_ms: now,
+            membership_credential: credential.unwrap_or_default(),
         }))
     }
 

@@ -423,6 +423,8 @@ struct Shared {
     /// Offenders already reported from our board, so a replayed proof is reported once.
     reported: Mutex<HashSet<(UnitId, WorkerId)>>,
     membership: Option<MembershipHandle>,
+    /// The coordinator's key, learnt at registration: membership credentials verify under it.
+    coordinator_key: Mutex<Option<WorkerId>>,
     /// The coordinator's peer list and its version: the seed for membership, and the
     /// member list itself for a worker without inbound connections.
     peers: Mutex<(u64, Vec<PeerInfo>)>,
@@ -501,6 +503,7 @@ pub async fn run_with_stats(
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
     })?);
+    let membership_counters = Arc::new(membership::Counters::default());
     let common = Common {
         executor: Arc::new(
             Executor::new(sandbox.clone(), config.cores)
@@ -514,8 +517,9 @@ pub async fn run_with_stats(
             &config.submitters,
             config.allow_unsigned,
         )?),
-        metrics: Arc::new(metrics::Metrics::new(stats.clone())),
+        metrics: Arc::new(metrics::Metrics::new(stats.clone(), membership_counters.clone())),
         stats,
+        membership_counters,
         cancel: CancellationToken::new(),
     };
     let total: u64 = attachments.iter().map(|a| u64::from(a.share)).sum();
@@ -621,6 +625,8 @@ struct Common {
     checkpoints: Arc<Checkpoints>,
     metrics: Arc<metrics::Metrics>,
     stats: Arc<Stats>,
+    /// SWIM datagrams and members the memberships refused (one count for all coordinators).
+    membership_counters: Arc<membership::Counters>,
     cancel: CancellationToken,
 }
 
@@ -681,7 +687,12 @@ impl Attached {
                     id: identity.id(),
                     addr: advertise,
                 };
-                let membership = membership::spawn(MembershipConfig::new(me), udp)?;
+                let membership = membership::spawn(
+                    MembershipConfig::new(me),
+                    identity.clone(),
+                    udp,
+                    common.membership_counters.clone(),
+                )?;
                 (Some(listener), Some(membership), Some(advertise))
             }
             None => (None, None, None),
@@ -708,6 +719,7 @@ impl Attached {
             board: Mutex::new(Board::new(BoardLimits::default())),
             reported: Mutex::new(HashSet::new()),
             membership,
+            coordinator_key: Mutex::new(None),
             peers: Mutex::new((0, Vec::new())),
             suspects: Mutex::new(HashMap::new()),
             peer_clients: Mutex::new(HashMap::new()),
@@ -977,6 +989,22 @@ impl BoardHost for Shared {
         tracing::debug!(why, "refused a board exchange");
         self.stats.refused();
     }
+
+    fn prove(
+        &self,
+        coordinator: WorkerId,
+        nonce: &[u8; protocol::membership::NONCE_LEN],
+        peer_addr: &str,
+    ) -> Option<(WorkerId, [u8; 64])> {
+        // Only the address we advertise: we vouch for nothing else.
+        let me = self.membership.as_ref()?.me();
+        (me.addr.to_string() == peer_addr).then(|| {
+            (
+                self.identity.id(),
+                self.identity.sign_peer_proof(coordinator, nonce, peer_addr),
+            )
+        })
+    }
 }
 
 impl Shared {
@@ -1068,6 +1096,14 @@ impl Shared {
                             "the coordinator sends no key (older version): our board files no commitments"
                         ),
                     }
+                    self.vouched(reg.coordinator_key, reg.credential);
+                    if !reg.peer_warning.is_empty() {
+                        tracing::warn!(
+                            "the coordinator does not vouch for peer address {advertise}: {}; \
+                             working without inbound connections (never a board)",
+                            reg.peer_warning
+                        );
+                    }
                     self.seed_membership(&reg.peers);
                     *lock(&self.peers) = (0, reg.peers);
                     tracing::info!(coordinator = %self.config.coordinator, "registered");
@@ -1087,6 +1123,22 @@ impl Shared {
             if !pause(&self.cancel, backoff(attempt)).await {
                 return None;
             }
+        }
+    }
+
+    /// Hands the coordinator's membership credential for us to the membership (which joins
+    /// only with one).
+    fn vouched(
+        &self,
+        coordinator: Option<WorkerId>,
+        credential: Option<protocol::membership::Credential>,
+    ) {
+        let coordinator = coordinator.or(*lock(&self.coordinator_key));
+        if let (Some(m), Some(coordinator), Some(credential)) =
+            (&self.membership, coordinator, credential)
+        {
+            *lock(&self.coordinator_key) = Some(coordinator);
+            m.set_credential(coordinator, credential);
         }
     }
 
@@ -1761,6 +1813,7 @@ impl Shared {
                     if let Some(peers) = reply.peers {
                         *lock(&self.peers) = peers;
                     }
+                    self.vouched(None, reply.credential);
                     // Every beat, not only on change: a seed that was down at first may be
                     // up now (the membership rate-limits announcements per peer).
                     let peers = lock(&self.peers).1.clone();
