@@ -721,11 +721,7 @@ fn swim_datagram(
 }
 
 /// A UDP socket that counts the bytes it receives, until the task is aborted.
-async fn udp_counter() -> (
-    SocketAddr,
-    Arc<AtomicU64>,
-    tokio::task::JoinHandle<()>,
-) {
+async fn udp_counter() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -824,11 +820,17 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
         // The honest members know each other before the attack.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while scrape(&metrics, "fallow_worker_membership_members ", "") != [3, 3, 3] {
-            assert!(std::time::Instant::now() < deadline, "honest members never met");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "honest members never met"
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let dropped_before: u64 =
-            scrape(&metrics, "fallow_worker_membership_drops_total", "").iter().sum();
+        let total = |name: &str| -> u64 { scrape(&metrics, name, "").iter().sum() };
+        let before = (
+            total("fallow_worker_membership_drops_total"),
+            total("fallow_worker_membership_members_stripped_total"),
+        );
 
         // A registration naming the victim as its peer service: not proven (no Fallow peer
         // service answers there), so not vouched for and never listed.
@@ -878,7 +880,14 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
                     swim_datagram(m, own_addr, Some(real), peer, ANNOUNCE, &[]),
                 ];
                 let from_own = [
-                    swim_datagram(m, own_addr, Some(real), peer, &ping_req(&[9; 32], victim), &[]),
+                    swim_datagram(
+                        m,
+                        own_addr,
+                        Some(real),
+                        peer,
+                        &ping_req(&[9; 32], victim),
+                        &[],
+                    ),
                     // Admitted (the insider is a member), its fake members stripped.
                     swim_datagram(m, own_addr, Some(real), peer, GOSSIP, &fakes),
                 ];
@@ -888,7 +897,11 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
                 for d in &from_own {
                     own.send_to(d, to).await.expect("send");
                 }
-                sent += spoofed.iter().chain(&from_own).map(|d| d.len() as u64).sum::<u64>();
+                sent += spoofed
+                    .iter()
+                    .chain(&from_own)
+                    .map(|d| d.len() as u64)
+                    .sum::<u64>();
                 datagrams += 7;
                 fakes_sent += 3 * fakes.len() as u64;
             }
@@ -900,14 +913,8 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
         let insider_fakes = datagrams / 7 * 8;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let (dropped, stripped) = loop {
-            let dropped = scrape(&metrics, "fallow_worker_membership_drops_total", "")
-                .iter()
-                .sum::<u64>()
-                - dropped_before;
-            let stripped: u64 =
-                scrape(&metrics, "fallow_worker_membership_members_stripped_total", "")
-                    .iter()
-                    .sum();
+            let dropped = total("fallow_worker_membership_drops_total") - before.0;
+            let stripped = total("fallow_worker_membership_members_stripped_total") - before.1;
             if (dropped >= refusable && stripped >= insider_fakes)
                 || std::time::Instant::now() > deadline
             {
@@ -918,14 +925,15 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
         // Anything reflected would be on its way by now.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let members = scrape(&metrics, "fallow_worker_membership_members ", "");
-        let by_reason: Vec<(&str, u64)> = ["unsigned", "uncredentialed", "wrong_source", "not_for_us"]
-            .into_iter()
-            .map(|r| {
-                let label = format!("reason=\"{r}\"");
-                let n = scrape(&metrics, "fallow_worker_membership_drops_total", &label);
-                (r, n.iter().sum())
-            })
-            .collect();
+        let by_reason: Vec<(&str, u64)> =
+            ["unsigned", "uncredentialed", "wrong_source", "not_for_us"]
+                .into_iter()
+                .map(|r| {
+                    let label = format!("reason=\"{r}\"");
+                    let n = scrape(&metrics, "fallow_worker_membership_drops_total", &label);
+                    (r, n.iter().sum())
+                })
+                .collect();
         // Later registrations still list the honest workers, never the victim.
         let later = listed(&mut raw, &observer, "observer", 3).await;
         assert!(
@@ -944,9 +952,11 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
             stripped,
             by_reason,
             members,
+            before,
         }
     });
     let r = report;
+    assert_eq!(r.before, (0, 0), "honest SWIM traffic was refused");
     assert_eq!(
         r.received, 0,
         "{} datagrams ({} bytes) made workers send {} bytes to the victim",
@@ -980,8 +990,17 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
     );
     assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 20));
     println!(
-        "{} SWIM datagrams ({} bytes; {} fake members) naming a third address or from the wrong one: it received {} bytes; {} refused and counted ({:?}), {} gossiped fake members stripped; members per worker {:?}",
-        r.datagrams, r.sent, r.fakes_sent, r.received, r.dropped, r.by_reason, r.stripped, r.members
+        "{} SWIM datagrams ({} bytes; {} fake members) naming a third address or from the wrong one: it received {} bytes; {} refused and counted ({:?}), {} gossiped fake members stripped; members per worker {:?}; before the attack {} refused, {} stripped",
+        r.datagrams,
+        r.sent,
+        r.fakes_sent,
+        r.received,
+        r.dropped,
+        r.by_reason,
+        r.stripped,
+        r.members,
+        r.before.0,
+        r.before.1
     );
 }
 
@@ -1003,6 +1022,8 @@ struct SwimReport {
     by_reason: Vec<(&'static str, u64)>,
     /// Each worker's live members at the end, itself included.
     members: Vec<u64>,
+    /// Datagrams refused and members stripped before the attack (honest traffic).
+    before: (u64, u64),
 }
 
 /// Item 5: boards filed commitments from anyone for anything. One under a made-up project

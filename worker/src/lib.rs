@@ -517,7 +517,10 @@ pub async fn run_with_stats(
             &config.submitters,
             config.allow_unsigned,
         )?),
-        metrics: Arc::new(metrics::Metrics::new(stats.clone(), membership_counters.clone())),
+        metrics: Arc::new(metrics::Metrics::new(
+            stats.clone(),
+            membership_counters.clone(),
+        )),
         stats,
         membership_counters,
         cancel: CancellationToken::new(),

@@ -344,7 +344,7 @@ pub fn spawn(
     let max_packet = foca_config.max_packet_size.get();
     let foca = Foca::new(
         me,
-        foca_config,
+        foca_config.clone(),
         SmallRng::from_seed(first(&seed)),
         PostcardCodec,
     );
@@ -364,6 +364,7 @@ pub fn spawn(
             counters: counters.clone(),
         },
         foca,
+        foca_config,
         runtime: AccumulatingRuntime::new(),
         socket,
         timers: BinaryHeap::new(),
@@ -403,6 +404,8 @@ struct Shell {
     identity: Arc<Identity>,
     gate: Gate,
     foca: Foca<SwimId, PostcardCodec, SmallRng, foca::NoCustomBroadcast>,
+    /// For the fresh start at the first credential.
+    foca_config: Config,
     runtime: AccumulatingRuntime<SwimId>,
     socket: UdpSocket,
     /// Due timer events, earliest first; the sequence number keeps events due at the same
@@ -499,6 +502,18 @@ impl Shell {
             signature: credential.signature.to_vec(),
             ..current
         };
+        if current.signature.is_empty() {
+            // The first one: nothing was sent or admitted without it, so foca starts afresh
+            // with it. A rename would gossip the uncredentialed identity as down, and every
+            // member would strip (and count) it.
+            self.foca = Foca::new(
+                renewed,
+                self.foca_config.clone(),
+                SmallRng::seed_from_u64(self.rng.random()),
+                PostcardCodec,
+            );
+            return;
+        }
         if let Err(e) = self.foca.change_identity(renewed, &mut self.runtime) {
             tracing::debug!("membership: new credential: {e}");
         }
@@ -925,6 +940,17 @@ mod tests {
         })
         .await;
         assert!(c.members().contains(&mb), "c learned b through gossip");
+        for h in [&a, &b, &c] {
+            let counters = h.counters();
+            assert_eq!(
+                (
+                    counters.datagrams(),
+                    counters.members.load(Ordering::Relaxed)
+                ),
+                (0, 0),
+                "honest traffic is never refused: {counters:?}"
+            );
+        }
         b.shutdown().await;
         until("b gone from a and c", || {
             [&a, &c]

@@ -14,8 +14,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::membership::Counters;
@@ -165,7 +165,7 @@ struct Membership(Arc<Counters>);
 impl Collector for Membership {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
-            "membership_counters",
+            "membership_drops",
             "SWIM datagrams refused before reaching the membership, by reason",
             None,
             MetricType::Counter,
