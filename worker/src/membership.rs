@@ -47,14 +47,11 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use foca::{
-    AccumulatingRuntime, Codec, Config, Foca, Header, Message, OwnedNotification, PostcardCodec,
-    Timer,
-};
-use protocol::membership::{Credential, sign_datagram, split_datagram, verify_datagram};
+use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
+use protocol::membership::{Credential, DATAGRAM_SIGNATURE_LEN, sign_datagram};
 use protocol::{Identity, WorkerId};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -65,6 +62,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
+mod gate;
+
+pub use gate::Counters;
+use gate::{Gate, SwimId};
+
 /// A member of the network: a worker that accepts inbound connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
@@ -74,61 +76,7 @@ pub struct Member {
     pub addr: SocketAddr,
 }
 
-/// The identity foca gossips. `Addr` is the worker key: two identities with the same key
-/// are the same worker, and the newer `bump` (then the later credential) wins. It carries
-/// the coordinator's credential for (key, addr): `expires_ms` and `signature` (empty for
-/// the bare identity we announce to, which is never admitted into a table).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-struct SwimId {
-    key: [u8; 32],
-    addr: SocketAddr,
-    bump: u64,
-    expires_ms: u64,
-    signature: Vec<u8>,
-}
-
-impl std::fmt::Debug for SwimId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}#{}", WorkerId(self.key), self.addr, self.bump)
-    }
-}
-
-impl foca::Identity for SwimId {
-    type Addr = [u8; 32];
-
-    fn renew(&self) -> Option<Self> {
-        // Declared down by mistake (a pause, a lost packet burst): rejoin as a newer self.
-        Some(SwimId {
-            bump: self.bump.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> [u8; 32] {
-        self.key
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        (self.bump, self.expires_ms) > (adversary.bump, adversary.expires_ms)
-    }
-}
-
 impl SwimId {
-    fn credential(&self) -> Option<Credential> {
-        Some(Credential {
-            worker: WorkerId(self.key),
-            addr: self.addr,
-            expires_ms: self.expires_ms,
-            signature: self.signature.as_slice().try_into().ok()?,
-        })
-    }
-
-    /// Whether the coordinator `coordinator` vouches for this identity at `now_ms`.
-    fn vouched(&self, coordinator: WorkerId, now_ms: u64) -> bool {
-        self.credential()
-            .is_some_and(|c| c.verify(coordinator, now_ms).is_ok())
-    }
-
     fn member(&self) -> Member {
         Member {
             id: WorkerId(self.key),
@@ -152,6 +100,10 @@ pub struct MembershipConfig {
     /// 4096: far above any fleet one coordinator serves today, small enough that a flood
     /// costs a few MiB at worst.
     pub max_members: usize,
+    /// The most members one source may introduce that we did not know, per minute
+    /// (others it gossips are dropped and counted). Default
+    /// [`NEW_PER_SOURCE_PER_MINUTE`].
+    pub new_per_source_per_minute: u32,
 }
 
 impl MembershipConfig {
@@ -162,6 +114,7 @@ impl MembershipConfig {
             expected_size: 64,
             probe_period: Duration::from_secs(1),
             max_members: 4096,
+            new_per_source_per_minute: NEW_PER_SOURCE_PER_MINUTE,
         }
     }
 
@@ -189,47 +142,6 @@ enum Command {
     Seed(Vec<Member>),
     /// The coordinator's key and its (renewed) credential for us.
     Credential(WorkerId, Credential),
-}
-
-/// Datagrams and members refused by the admission check, by reason, and the members in
-/// the table. One set may be shared by several memberships (one per coordinator): the
-/// refusals and the table sizes add up.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Unsigned, badly signed or not framed as SWIM.
-    pub unsigned: AtomicU64,
-    /// The sender, or an identity it names, has no valid credential (none, forged, expired).
-    pub uncredentialed: AtomicU64,
-    /// The UDP source is not the sender's credentialed address (spoofed or relayed).
-    pub wrong_source: AtomicU64,
-    /// Addressed to another worker (a replay).
-    pub not_for_us: AtomicU64,
-    /// Gossiped members stripped: uncredentialed, over the per-source cap or the table cap.
-    pub members: AtomicU64,
-    /// Live members in the table now, this worker included (a gauge).
-    pub live: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The datagram counters by reason, as exported (`fallow_worker_membership_drops`).
-    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("unsigned", get(&self.unsigned)),
-            ("uncredentialed", get(&self.uncredentialed)),
-            ("wrong_source", get(&self.wrong_source)),
-            ("not_for_us", get(&self.not_for_us)),
-        ]
-    }
-
-    /// All datagrams dropped (members stripped not included).
-    pub fn datagrams(&self) -> u64 {
-        self.by_reason().iter().map(|(_, n)| n).sum()
-    }
 }
 
 /// The running membership: owner of the SWIM task. Cheap reads of the live members;
@@ -355,14 +267,12 @@ pub fn spawn(
     counters.live.fetch_add(1, Ordering::Relaxed);
     let shell = Shell {
         identity,
-        gate: Gate {
-            me: config.me.id,
-            coordinator: None,
-            max_members: config.max_members.max(1),
-            introduced: HashMap::new(),
-            verified: HashMap::new(),
-            counters: counters.clone(),
-        },
+        gate: Gate::new(
+            config.me.id,
+            config.max_members,
+            config.new_per_source_per_minute,
+            counters.clone(),
+        ),
         foca,
         foca_config,
         runtime: AccumulatingRuntime::new(),
@@ -388,6 +298,12 @@ pub fn spawn(
     })
 }
 
+/// A source may introduce at most this many members we did not know in a minute, by
+/// default: an honest member's feed to a newcomer is the whole table, so this is generous
+/// for joining (the rest arrives through later gossip) and bounds what one source can push
+/// at us.
+pub const NEW_PER_SOURCE_PER_MINUTE: u32 = 256;
+
 /// Don't announce to the same listed peer more often than this (it may be down, or not a
 /// member at all).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
@@ -395,11 +311,6 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
 /// SWIM spreads the rest, and announcing to a large list would be traffic in the size of
 /// the network.
 const ANNOUNCE_AT_MOST: usize = 3;
-/// A source may introduce at most this many members we did not know in a minute: an honest
-/// member's feed to a newcomer is the whole table, so this is generous for joining (the
-/// rest arrives through later gossip) and bounds what one source can push at us.
-pub const NEW_PER_SOURCE_PER_MINUTE: u32 = 256;
-
 struct Shell {
     identity: Arc<Identity>,
     gate: Gate,
@@ -422,7 +333,9 @@ struct Shell {
 
 impl Shell {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
-        let mut buf = vec![0u8; self.max_packet + 1];
+        // foca fills packets up to `max_packet`; each carries our signature in front, and
+        // one byte more shows a datagram too long to be one of ours.
+        let mut buf = vec![0u8; self.max_packet + DATAGRAM_SIGNATURE_LEN + 1];
         loop {
             let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
             tokio::select! {
@@ -431,8 +344,9 @@ impl Shell {
                     Ok((len, from)) => {
                         // The gate checks signature, credentials and source; foca then checks
                         // size, framing and that the sender is not us.
-                        let known = self.known();
-                        if let Some(payload) = self.gate.admit(&buf[..len], from, unix_ms(), &known, Instant::now())
+                        let foca = &self.foca;
+                        let known = || foca.iter_membership_state().map(|m| m.id().key).collect();
+                        if let Some(payload) = self.gate.admit(&buf[..len], from, unix_ms(), known)
                             && let Err(e) = self.foca.handle_data(&payload, &mut self.runtime)
                         {
                             tracing::debug!("membership: dropped a datagram: {e}");
@@ -475,20 +389,12 @@ impl Shell {
     /// Moves the shared live-members gauge from what we published last to `now`.
     fn count_live(&self, now: usize) {
         let before = self.members.borrow().len();
-        let live = &self.gate.counters.live;
+        let live = &self.gate.counters().live;
         if now >= before {
             live.fetch_add((now - before) as u64, Ordering::Relaxed);
         } else {
             live.fetch_sub((before - now) as u64, Ordering::Relaxed);
         }
-    }
-
-    /// Keys of the members in foca's table (live or not).
-    fn known(&self) -> std::collections::HashSet<[u8; 32]> {
-        self.foca
-            .iter_membership_state()
-            .map(|m| m.id().key)
-            .collect()
     }
 
     fn credential(&mut self, coordinator: WorkerId, credential: Credential) {
@@ -636,155 +542,6 @@ impl Shell {
     }
 }
 
-/// The admission check in front of foca (see the module doc): signatures, credentials,
-/// source address, caps. Its own counters; no I/O.
-struct Gate {
-    me: WorkerId,
-    /// `None` until registration told us the coordinator's key: then nothing is admitted.
-    coordinator: Option<WorkerId>,
-    max_members: usize,
-    /// Per source: start of its current minute and members it introduced in it.
-    introduced: HashMap<SocketAddr, (Instant, u32)>,
-    /// Credentials already verified, by key (address, expiry, signature): the same identity
-    /// arrives in nearly every datagram, and a lookup is far cheaper than a verification.
-    verified: HashMap<[u8; 32], (SocketAddr, u64, Vec<u8>)>,
-    counters: Arc<Counters>,
-}
-
-impl Gate {
-    /// Whether `coordinator` vouches for `id` at `now_ms`, verifying each credential once.
-    fn vouched(&mut self, id: &SwimId, coordinator: WorkerId, now_ms: u64) -> bool {
-        if now_ms >= id.expires_ms {
-            return false;
-        }
-        if self
-            .verified
-            .get(&id.key)
-            .is_some_and(|(addr, expires, sig)| {
-                *addr == id.addr && *expires == id.expires_ms && *sig == id.signature
-            })
-        {
-            return true;
-        }
-        if !id.vouched(coordinator, now_ms) {
-            return false;
-        }
-        if self.verified.len() >= self.max_members.saturating_mul(2) {
-            self.verified.clear();
-        }
-        self.verified
-            .insert(id.key, (id.addr, id.expires_ms, id.signature.clone()));
-        true
-    }
-
-    /// The foca payload of `datagram` if it is admitted, with gossiped members that are not
-    /// stripped out; `None` (counted) otherwise.
-    fn admit(
-        &mut self,
-        datagram: &[u8],
-        from: SocketAddr,
-        now_ms: u64,
-        known: &std::collections::HashSet<[u8; 32]>,
-        now: Instant,
-    ) -> Option<Vec<u8>> {
-        let Some(coordinator) = self.coordinator else {
-            Counters::bump(&self.counters.uncredentialed);
-            return None;
-        };
-        let Some((signature, payload)) = split_datagram(datagram) else {
-            Counters::bump(&self.counters.unsigned);
-            return None;
-        };
-        let mut rest = payload;
-        let Ok(header) = Codec::<SwimId>::decode_header(&mut PostcardCodec, &mut rest) else {
-            Counters::bump(&self.counters.unsigned);
-            return None;
-        };
-        if !verify_datagram(WorkerId(header.src.key), signature, payload) {
-            Counters::bump(&self.counters.unsigned);
-            return None;
-        }
-        let named_ok = match named(&header) {
-            Some(id) => self.vouched(id, coordinator, now_ms),
-            None => true,
-        };
-        if !self.vouched(&header.src, coordinator, now_ms) || !named_ok {
-            Counters::bump(&self.counters.uncredentialed);
-            return None;
-        }
-        if header.src.addr != from {
-            Counters::bump(&self.counters.wrong_source);
-            return None;
-        }
-        if header.dst.key != self.me.0 {
-            Counters::bump(&self.counters.not_for_us);
-            return None;
-        }
-        let header_len = payload.len() - rest.len();
-        if rest.len() < 2 || header.message == Message::Broadcast {
-            return Some(payload.to_vec());
-        }
-        // foca's layout after the header: a big-endian u16 count, then the members.
-        let count = u16::from_be_bytes([rest[0], rest[1]]);
-        rest = &rest[2..];
-        let mut kept: Vec<&[u8]> = Vec::new();
-        let mut budget = *self.introduced.entry(from).or_insert((now, 0));
-        if now.duration_since(budget.0) >= Duration::from_secs(60) {
-            budget = (now, 0);
-        }
-        let mut table = known.len();
-        for _ in 0..count {
-            let before = rest;
-            let Ok(member) = Codec::<SwimId>::decode_member(&mut PostcardCodec, &mut rest) else {
-                Counters::bump(&self.counters.unsigned);
-                return None;
-            };
-            let bytes = &before[..before.len() - rest.len()];
-            let id = member.id();
-            let fresh = !known.contains(&id.key) && id.key != self.me.0;
-            // Caps first: they are cheaper than a signature.
-            let keep = id.key == self.me.0
-                || ((!fresh || (budget.1 < NEW_PER_SOURCE_PER_MINUTE && table < self.max_members))
-                    && self.vouched(id, coordinator, now_ms));
-            if keep {
-                if fresh {
-                    budget.1 += 1;
-                    table += 1;
-                }
-                kept.push(bytes);
-            } else {
-                Counters::bump(&self.counters.members);
-            }
-        }
-        self.introduced.insert(from, budget);
-        // Keep the per-source map as bounded as the table it protects.
-        if self.introduced.len() > self.max_members.saturating_mul(2) {
-            self.introduced
-                .retain(|_, (at, _)| now.duration_since(*at) < Duration::from_secs(60));
-        }
-        let mut out = Vec::with_capacity(payload.len());
-        out.extend_from_slice(&payload[..header_len]);
-        out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-        for bytes in kept {
-            out.extend_from_slice(bytes);
-        }
-        out.extend_from_slice(rest);
-        Some(out)
-    }
-}
-
-/// The identity a message names besides sender and receiver (a probe's target or origin):
-/// foca sends to it, so it must be vouched for too.
-fn named(header: &Header<SwimId>) -> Option<&SwimId> {
-    match &header.message {
-        Message::PingReq { target: id, .. }
-        | Message::IndirectAck { target: id, .. }
-        | Message::IndirectPing { origin: id, .. }
-        | Message::ForwardedAck { origin: id, .. } => Some(id),
-        _ => None,
-    }
-}
-
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -807,8 +564,13 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    use foca::{Codec, Header, Message};
     use protocol::Identity;
+    use protocol::membership::split_datagram;
+
+    use super::*;
 
     /// The coordinator of these tests: it vouches for members by signing credentials.
     fn coordinator() -> Identity {
