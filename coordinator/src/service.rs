@@ -1308,6 +1308,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             )));
         }
         let cores = r.cores.clamp(1, 1024);
+        // A replayed registration is refused before it costs a proof round trip.
+        Self::fresh(&mut *self.inner.state.lock().await, id, &stamp)?;
         // Vouch only for an address the worker proves it answers at (outside the lock: a
         // network round trip). Otherwise it works on without inbound connections.
         let (peer_addr, peer_warning) = if r.peer_addr.is_empty() {
@@ -1327,7 +1329,6 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             .ok()
             .map(|addr| protocol::membership::Credential::issue(&self.inner.key, id, addr, now));
         let mut state = self.inner.state.lock().await;
-        Self::fresh(&mut state, id, &stamp)?;
         let worker = StoredWorker {
             id,
             name: r.name.clone(),
