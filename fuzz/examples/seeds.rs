@@ -176,7 +176,7 @@ fn main() -> std::io::Result<()> {
         let id = Identity::from_seed([n; 32]);
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + u16::from(n)));
         let c = protocol::membership::Credential::issue(&coordinator, id.id(), addr, t0);
-        gate::SwimId { key: c.worker.0, addr, bump: 1, expires_ms: c.expires_ms, signature: c.signature.to_vec() }
+        gate::SwimId::new(&c, 1)
     };
     let header = foca::Header { src: member(1), src_incarnation: 0, dst: member(7), message: foca::Message::<gate::SwimId>::Gossip };
     let mut payload = Vec::new();

@@ -107,13 +107,7 @@ impl Who {
     fn swim_id(&self) -> SwimId {
         let i = self.key as usize % (KEYS + 1);
         let (genuine, forged) = &CREDENTIALS[i];
-        let mut id = SwimId {
-            key: genuine.worker.0,
-            addr: genuine.addr,
-            bump: u64::from(self.bump),
-            expires_ms: genuine.expires_ms,
-            signature: genuine.signature.to_vec(),
-        };
+        let mut id = SwimId::new(genuine, u64::from(self.bump));
         match self.vouch {
             Vouch::Genuine => {}
             Vouch::Forged => id.signature = forged.signature.to_vec(),

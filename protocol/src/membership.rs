@@ -118,9 +118,6 @@ pub enum Refusal {
     /// Valid once, but past `expires_ms`.
     #[error("credential expired")]
     Expired,
-    /// The credential is for another worker or address than the one presenting it.
-    #[error("credential names another worker or address")]
-    Mismatch,
 }
 
 impl Credential {

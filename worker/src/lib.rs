@@ -1152,12 +1152,13 @@ impl Shared {
     }
 
     /// The members a unit's boards are chosen from: SWIM's live members for a member, the
-    /// coordinator's list of reachable workers for a worker without inbound connections;
-    /// minus boards that failed us recently.
+    /// coordinator's list of reachable workers for a worker without inbound connections
+    /// (or whose peer address the coordinator does not vouch for: nobody admits it into
+    /// the membership); minus boards that failed us recently.
     fn members(&self) -> Vec<Member> {
         let mut members = match &self.membership {
-            Some(m) => m.members().to_vec(),
-            None => peers_as_members(&lock(&self.peers).1),
+            Some(m) if m.credentialed() => m.members().to_vec(),
+            _ => peers_as_members(&lock(&self.peers).1),
         };
         let now = Instant::now();
         let mut suspects = lock(&self.suspects);

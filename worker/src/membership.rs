@@ -155,6 +155,7 @@ pub struct MembershipHandle {
     local: SocketAddr,
     me: Member,
     counters: Arc<Counters>,
+    credentialed: std::sync::atomic::AtomicBool,
 }
 
 impl MembershipHandle {
@@ -196,10 +197,17 @@ impl MembershipHandle {
             );
             return;
         }
+        self.credentialed.store(true, Ordering::Relaxed);
         // Never dropped silently: the shell reads commands as fast as it reads packets.
         let _ = self
             .commands
             .try_send(Command::Credential(coordinator, credential));
+    }
+
+    /// Whether the coordinator gave us a credential: without one nobody admits us, and we
+    /// see no members but ourselves.
+    pub fn credentialed(&self) -> bool {
+        self.credentialed.load(Ordering::Relaxed)
     }
 
     /// Announces us to `peers` not yet known as live (the coordinator's list is the seed;
@@ -295,6 +303,7 @@ pub fn spawn(
         local,
         me: config.me,
         counters,
+        credentialed: Default::default(),
     })
 }
 
@@ -403,11 +412,8 @@ impl Shell {
         if current.expires_ms >= credential.expires_ms && !current.signature.is_empty() {
             return;
         }
-        let renewed = SwimId {
-            expires_ms: credential.expires_ms,
-            signature: credential.signature.to_vec(),
-            ..current
-        };
+        // `set_credential` passes on only credentials for our key and address.
+        let renewed = SwimId::new(&credential, current.bump);
         if current.signature.is_empty() {
             // The first one: nothing was sent or admitted without it, so foca starts afresh
             // with it. A rename would gossip the uncredentialed identity as down, and every
@@ -627,13 +633,7 @@ mod tests {
     }
 
     fn swim(c: &Credential) -> SwimId {
-        SwimId {
-            key: c.worker.0,
-            addr: c.addr,
-            bump: 1,
-            expires_ms: c.expires_ms,
-            signature: c.signature.to_vec(),
-        }
+        SwimId::new(c, 1)
     }
 
     fn bare(key: [u8; 32], addr: SocketAddr) -> SwimId {

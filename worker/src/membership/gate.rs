@@ -58,6 +58,18 @@ impl foca::Identity for SwimId {
 }
 
 impl SwimId {
+    /// The identity `credential` vouches for (its worker key and address), incarnation
+    /// `bump`.
+    pub fn new(credential: &Credential, bump: u64) -> Self {
+        SwimId {
+            key: credential.worker.0,
+            addr: credential.addr,
+            bump,
+            expires_ms: credential.expires_ms,
+            signature: credential.signature.to_vec(),
+        }
+    }
+
     /// The credential this identity carries (not verified); `None` if it has none.
     pub fn credential(&self) -> Option<Credential> {
         Some(Credential {
@@ -322,14 +334,7 @@ mod tests {
 
     /// Worker `n` as it announces itself: vouched for by `by` at `at(n)` from `T0`.
     fn swim(n: u8, by: &Identity) -> SwimId {
-        let c = Credential::issue(by, id(n).id(), at(n), T0);
-        SwimId {
-            key: c.worker.0,
-            addr: c.addr,
-            bump: 1,
-            expires_ms: c.expires_ms,
-            signature: c.signature.to_vec(),
-        }
+        SwimId::new(&Credential::issue(by, id(n).id(), at(n), T0), 1)
     }
 
     fn vouched(n: u8) -> SwimId {
