@@ -196,6 +196,8 @@ enum Step {
 /// One input's gate, its model of foca's table and what it checked.
 struct Run {
     gate: Gate,
+    /// The key the gate was last given.
+    coordinator: Option<WorkerId>,
     counters: Arc<Counters>,
     now: u64,
     known: HashSet<[u8; 32]>,
@@ -211,7 +213,7 @@ fuzz_target!(|data: &[u8]| {
     let mut run = Run::new();
     match mode {
         0 => {
-            run.gate.coordinator = Some(COORDINATOR.id());
+            run.set_coordinator(COORDINATOR.id());
             run.offer(rest, addr(0));
         }
         1 => check_credential(rest, T0),
@@ -224,6 +226,7 @@ impl Run {
         let counters = Arc::new(Counters::default());
         Run {
             gate: Gate::new(me(), MAX_MEMBERS, PER_SOURCE, counters.clone()),
+            coordinator: None,
             counters,
             now: T0,
             known: HashSet::new(),
@@ -309,7 +312,7 @@ impl Run {
                 }
                 Step::Coordinator(ours) => {
                     let key = if ours { &*COORDINATOR } else { &*OTHER };
-                    self.gate.coordinator = Some(key.id());
+                    self.set_coordinator(key.id());
                 }
                 Step::Clock(ms) => self.now = self.now.saturating_add(u64::from(ms) * 64),
                 Step::ClockBack(ms) => {
@@ -335,6 +338,11 @@ impl Run {
         }
     }
 
+    fn set_coordinator(&mut self, key: WorkerId) {
+        self.gate.set_coordinator(key);
+        self.coordinator = Some(key);
+    }
+
     /// Offers `datagram` from `from` to the gate and checks what it did.
     fn offer(&mut self, datagram: &[u8], from: SocketAddr) {
         let refused_before = self.counters.datagrams();
@@ -348,7 +356,7 @@ impl Run {
             return;
         };
         assert_eq!(refused, 0, "an admitted datagram is not counted as refused");
-        let coordinator = self.gate.coordinator.expect("nothing is admitted without a key");
+        let coordinator = self.coordinator.expect("nothing is admitted without a key");
 
         // The datagram itself.
         let (signature, payload) = split_datagram(datagram).expect("admitted, so signed");
@@ -437,7 +445,7 @@ fn decode_members(rest: &mut &[u8]) -> Option<Vec<Member<SwimId>>> {
     let (count, tail) = rest.split_first_chunk::<2>()?;
     *rest = tail;
     (0..u16::from_be_bytes(*count))
-        .map(|_| PostcardCodec.decode_member(rest).ok())
+        .map(|_| PostcardCodec.decode_member(&mut *rest).ok())
         .collect()
 }
 

@@ -407,7 +407,7 @@ impl Shell {
     }
 
     fn credential(&mut self, coordinator: WorkerId, credential: Credential) {
-        self.gate.coordinator = Some(coordinator);
+        self.gate.set_coordinator(coordinator);
         let current = self.foca.identity().clone();
         if current.expires_ms >= credential.expires_ms && !current.signature.is_empty() {
             return;

@@ -141,19 +141,20 @@ impl Counters {
 pub struct Gate {
     me: WorkerId,
     /// `None` until registration told us the coordinator's key: then nothing is admitted.
-    pub coordinator: Option<WorkerId>,
+    coordinator: Option<WorkerId>,
     max_members: usize,
     per_source: u32,
     /// Per source: start of its current minute (Unix ms) and members it introduced in it.
     introduced: HashMap<SocketAddr, (u64, u32)>,
-    /// Credentials already verified, by key (address, expiry, signature): the same identity
-    /// arrives in nearly every datagram, and a lookup is far cheaper than a verification.
+    /// Credentials already verified under `coordinator`, by key (address, expiry,
+    /// signature): the same identity arrives in nearly every datagram, and a lookup is far
+    /// cheaper than a verification.
     verified: HashMap<[u8; 32], (SocketAddr, u64, Vec<u8>)>,
     counters: Arc<Counters>,
 }
 
 impl Gate {
-    /// The gate of worker `me`, admitting nobody until [`Gate::coordinator`] is set, its
+    /// The gate of worker `me`, admitting nobody until [`Gate::set_coordinator`], its
     /// table capped at `max_members`, `per_source` new members a minute from one source;
     /// refusals counted in `counters`.
     pub fn new(me: WorkerId, max_members: usize, per_source: u32, counters: Arc<Counters>) -> Self {
@@ -171,6 +172,15 @@ impl Gate {
     /// What it counted.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Credentials verify under `coordinator` from now on. A different key forgets every
+    /// credential verified under the old one.
+    pub fn set_coordinator(&mut self, coordinator: WorkerId) {
+        if self.coordinator != Some(coordinator) {
+            self.verified.clear();
+            self.coordinator = Some(coordinator);
+        }
     }
 
     /// Whether `coordinator` vouches for `id` at `now_ms`, verifying each credential once.
@@ -425,7 +435,7 @@ mod tests {
 
     fn gate() -> Gate {
         let mut gate = Gate::new(id(9).id(), 4, 2, Arc::default());
-        gate.coordinator = Some(coordinator().id());
+        gate.set_coordinator(coordinator().id());
         gate
     }
 
@@ -542,6 +552,23 @@ mod tests {
         for (what, d, from, now, want) in cases {
             assert_eq!(offer(&mut gate(), &d, from, now, &[]), want, "{what}");
         }
+        // A credential verified once is remembered, but only under the key it verified
+        // under (found by the `membership` fuzz target).
+        let mut g = gate();
+        let d = announce(vouched(1));
+        assert_eq!(
+            offer(&mut g, &d, at(1), T0, &[]),
+            Admitted {
+                kept: 0,
+                stripped: 0
+            }
+        );
+        g.set_coordinator(other.id());
+        assert_eq!(
+            offer(&mut g, &d, at(1), T0, &[]),
+            Refused("uncredentialed"),
+            "after the coordinator key changed"
+        );
         let mut early = Gate::new(id(9).id(), 4, 2, Arc::default());
         assert_eq!(
             offer(&mut early, &announce(vouched(1)), at(1), T0, &[]),
