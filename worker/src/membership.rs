@@ -14,7 +14,8 @@
 //! (`protocol::membership`): a worker joins once registration gave it a **credential** —
 //! the coordinator's signature over its key and the peer address the coordinator proved it
 //! answers at — and its SWIM identity carries that credential. Every datagram is signed by
-//! the sender's worker key (`sign_datagram`). Before `handle_data`, `Gate::admit` drops a
+//! the sender's worker key (`sign_datagram`). Before `handle_data`, `gate::Gate::admit`
+//! (sans-IO, in its own module so the `membership` fuzz target runs it as is) drops a
 //! datagram unless its signature verifies under the sender identity's key, the sender's
 //! credential verifies under the coordinator key and has not expired, the UDP source is
 //! the credentialed address, and it is addressed to our key; every identity named inside
@@ -31,9 +32,12 @@
 //! forwarded port (symmetric NAT), or on a multi-homed host whose kernel picks another
 //! source IP, is dropped by the others and never becomes a board; like a worker whose UDP
 //! is blocked, it then sees no members but itself and its claims reach the coordinator as
-//! partial certificates. Credential renewal changes
-//! the identity (foca's `change_identity`: the old one is declared down, the new one
-//! replaces it by `win_addr_conflict`), once every five minutes per member.
+//! partial certificates. A worker the coordinator gives no credential sends nothing and
+//! chooses boards from the coordinator's list instead, as one behind NAT does.
+//!
+//! Nothing is sent before the first credential, and foca starts afresh with it. Renewal
+//! changes the identity (foca's `change_identity`: the old one is declared down, the new
+//! one replaces it by `win_addr_conflict`), once every five minutes per member.
 //!
 //! foca is itself the sans-IO core (it returns packets to send, timers to schedule and
 //! notifications through [`foca::AccumulatingRuntime`]); this module is its shell, following
