@@ -117,6 +117,23 @@ fn metered_fleet(name: &str, units: u64, verified: u64) -> (Cluster, u64, Vec<So
     (c, id, metrics)
 }
 
+/// Waits (up to `limit`) for the honest primes project `id` of `units` units to finish,
+/// and asserts what users care about: every unit verified, none failed, and the right
+/// answer in the results (no wrong one reached them).
+fn assert_honest_answer(c: &Cluster, id: u64, units: u64, limit: Duration) {
+    let status = c.wait_finished(id, limit);
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (units, 0),
+        "the honest project must complete: {status}"
+    );
+    assert_eq!(
+        sum_outputs(&c.results(id)),
+        (PRIMES_BELOW_TWO_BILLION, units as usize),
+        "a wrong answer reached the results"
+    );
+}
+
 /// The workers with a peer address the coordinator lists to `id` (registered anew under
 /// `account` each time it asks), once at least `want` are listed or after a minute: it
 /// lists those it heard from within a lease, and on a loaded machine one may be a beat
@@ -311,13 +328,7 @@ fn a_stranger_with_public_keys_can_fail_nothing_learn_nothing_and_flag_nobody() 
         attempts + 4
     });
 
-    let status = c.wait_finished(id, Duration::from_secs(300));
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (40, 0),
-        "the honest project must complete: {status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 40));
+    assert_honest_answer(&c, id, 40, Duration::from_secs(300));
     let workers: Value =
         serde_json::from_str(&http_get(coordinator, "/api/workers")).expect("JSON");
     assert_eq!(
@@ -540,13 +551,7 @@ fn colluders_asking_back_to_back_are_measured_and_cannot_spoil_the_project() {
         "colluding pair asking back-to-back: held both replicas of {both} of the {took} units it took ({:.1} %)",
         100.0 * fraction
     );
-    let status = c.wait_finished(id, Duration::from_secs(400));
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (200, 0),
-        "{status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 200));
+    assert_honest_answer(&c, id, 200, Duration::from_secs(400));
 }
 
 /// Item 3's trust rule, over the wire: once the honest workers are established in a
@@ -625,17 +630,7 @@ fn new_colluders_cannot_verify_a_wrong_answer_against_an_established_fleet() {
         both, 0,
         "a pair of new accounts held both replicas of a unit"
     );
-    let status = c.wait_finished(project, Duration::from_secs(400));
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (200, 0),
-        "{status}"
-    );
-    assert_eq!(
-        sum_outputs(&c.results(project)),
-        (PRIMES_BELOW_TWO_BILLION, 200),
-        "a wrong answer reached the results"
-    );
+    assert_honest_answer(&c, project, 200, Duration::from_secs(400));
 }
 
 /// LEB128, as postcard encodes integers.
@@ -991,13 +986,7 @@ fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
         r.stripped
     );
 
-    let status = c.wait_finished(id, Duration::from_secs(300));
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (20, 0),
-        "the honest project must complete: {status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 20));
+    assert_honest_answer(&c, id, 20, Duration::from_secs(300));
     println!(
         "{} SWIM datagrams ({} bytes; {} fake members) naming a third address or from the wrong one: it received {} bytes; {} refused and counted ({:?}), {} gossiped fake members stripped; members per worker {:?}; before the attack {} refused, {} stripped",
         r.datagrams,
@@ -1152,14 +1141,8 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
         (junk, flood, limited)
     });
 
-    let status = c.wait_finished(id, Duration::from_secs(300));
+    assert_honest_answer(&c, id, 20, Duration::from_secs(300));
     let attacked_time = started.elapsed();
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (20, 0),
-        "the honest project must complete: {status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 20));
     assert!(
         attacked_time <= calm_time * 2 + Duration::from_secs(10),
         "{attacked_time:?} under attack, {calm_time:?} without"
