@@ -961,6 +961,14 @@ fn backoff(attempt: u32) -> Duration {
 
 /// How soon a worker that knows no peers heartbeats again (to learn them).
 const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A worker with a peer service whose address the coordinator could not prove registers
+/// again after this, then after twice as long each time up to [`PROVE_RETRY_MAX`]: a proof
+/// that timed out on a loaded machine, or a port forwarded a little late, must not keep it
+/// out of the membership for good.
+const PROVE_RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between such registrations.
+const PROVE_RETRY_MAX: Duration = Duration::from_secs(600);
 /// How often the gossip loop wakes; each unit is polled at its own pace
 /// ([`PollConfig`]), this only bounds the added latency.
 const GOSSIP_TICK: Duration = Duration::from_millis(250);
@@ -1778,6 +1786,8 @@ impl Shared {
     /// membership with it.
     async fn heartbeat_loop(self: Arc<Self>, mut every: Duration, advertise: String) {
         let mut failures = 0u32;
+        let mut prove_retry = PROVE_RETRY_FIRST;
+        let mut next_prove = Instant::now() + prove_retry;
         loop {
             // A worker that knows no peers yet (it registered before the others) asks
             // again soon: without peers it has no boards to gossip with, and its results
@@ -1822,11 +1832,21 @@ impl Shared {
                     // up now (the membership rate-limits announcements per peer).
                     let peers = lock(&self.peers).1.clone();
                     self.seed_membership(&peers);
+                    let unproven = self.membership.as_ref().is_some_and(|m| !m.credentialed());
                     if reply.unknown_worker {
                         tracing::warn!("coordinator does not know this worker; registering again");
                         if let Some(h) = self.register(&advertise).await {
                             every = h;
                         }
+                    } else if unproven && Instant::now() >= next_prove {
+                        tracing::info!(
+                            "registering again so that the coordinator tries our peer address {advertise} once more"
+                        );
+                        if let Some(h) = self.register(&advertise).await {
+                            every = h;
+                        }
+                        prove_retry = (prove_retry * 2).min(PROVE_RETRY_MAX);
+                        next_prove = Instant::now() + prove_retry;
                     }
                 }
                 Err(e) => {
