@@ -576,10 +576,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod tests {
     use std::sync::atomic::AtomicU64;
 
-    use foca::{Codec, Header, Message};
+    use foca::{Codec, Message};
     use protocol::Identity;
     use protocol::membership::split_datagram;
 
+    use super::gate::tests::signed_datagram;
     use super::*;
 
     /// The coordinator of these tests: it vouches for members by signing credentials.
@@ -648,33 +649,6 @@ mod tests {
             expires_ms: u64::MAX,
             signature: vec![7; 64],
         }
-    }
-
-    /// A SWIM datagram as a raw socket would send it: `message` from `src` to `dst` with
-    /// `members`, signed by `signer`.
-    fn datagram(
-        signer: &Identity,
-        src: SwimId,
-        dst: SwimId,
-        message: Message<SwimId>,
-        members: &[SwimId],
-    ) -> Vec<u8> {
-        let mut payload = Vec::new();
-        let header = Header {
-            src,
-            src_incarnation: 0,
-            dst,
-            message,
-        };
-        Codec::encode_header(&mut PostcardCodec, &header, &mut payload).expect("header");
-        if !members.is_empty() {
-            payload.extend_from_slice(&(members.len() as u16).to_be_bytes());
-            for m in members {
-                let member = foca::Member::new(m.clone(), 0, foca::State::Alive);
-                Codec::encode_member(&mut PostcardCodec, &member, &mut payload).expect("member");
-            }
-        }
-        sign_datagram(signer, &payload)
     }
 
     /// A socket that counts what it receives.
@@ -822,7 +796,7 @@ mod tests {
         let b_credential = Credential::issue(&c, b.me().id, b.me().addr, unix_ms());
         let attacks = [
             // An Announce naming the victim, no credential at all.
-            datagram(
+            signed_datagram(
                 &attacker,
                 bare(attacker.id().0, victim),
                 dst.clone(),
@@ -830,7 +804,7 @@ mod tests {
                 &[],
             ),
             // With a credential the attacker signed itself.
-            datagram(
+            signed_datagram(
                 &attacker,
                 swim(&forged),
                 dst.clone(),
@@ -838,7 +812,7 @@ mod tests {
                 &[],
             ),
             // b's real identity (replayed from the wire) but not b's signature.
-            datagram(
+            signed_datagram(
                 &attacker,
                 swim(&b_credential),
                 dst.clone(),
@@ -846,7 +820,7 @@ mod tests {
                 &[],
             ),
             // A probe request whose target is the victim.
-            datagram(
+            signed_datagram(
                 &attacker,
                 swim(&forged),
                 dst.clone(),
@@ -865,7 +839,7 @@ mod tests {
         }
         // A real vouched member's packet sent from a spoofed source (here: another socket)
         // is refused for its source.
-        let b_signed = datagram(
+        let b_signed = signed_datagram(
             &Identity::from_seed([2; 32]),
             swim(&b_credential),
             dst.clone(),
@@ -907,7 +881,7 @@ mod tests {
             unix_ms(),
         );
         // Join properly first: a's answer to our Announce names its current identity.
-        let announce = datagram(
+        let announce = signed_datagram(
             &attacker,
             swim(&mine),
             bare(a.me().id.0, a.me().addr),
@@ -944,7 +918,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let d = datagram(&attacker, swim(&mine), dst.clone(), Message::Gossip, &fakes);
+            let d = signed_datagram(&attacker, swim(&mine), dst.clone(), Message::Gossip, &fakes);
             raw.send_to(&d, a.local_addr()).await.expect("send");
             sent += fakes.len();
             // Paced so the socket buffer of the receiver does not drop any.

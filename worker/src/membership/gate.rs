@@ -320,7 +320,7 @@ fn named(header: &Header<SwimId>) -> Option<&SwimId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use foca::{Member, State};
     use protocol::Identity;
     use protocol::membership::sign_datagram;
@@ -364,6 +364,18 @@ mod tests {
         message: Message<SwimId>,
         members: &[SwimId],
     ) -> Vec<u8> {
+        signed_datagram(&id(signer), src, dst, message, members)
+    }
+
+    /// A SWIM datagram as a member (or a raw socket) sends it: `message` from `src` to
+    /// `dst` gossiping `members` (alive), signed by `signer`.
+    pub(in crate::membership) fn signed_datagram(
+        signer: &Identity,
+        src: SwimId,
+        dst: SwimId,
+        message: Message<SwimId>,
+        members: &[SwimId],
+    ) -> Vec<u8> {
         let header = Header {
             src,
             src_incarnation: 0,
@@ -383,7 +395,7 @@ mod tests {
                     .expect("member");
             }
         }
-        sign_datagram(&id(signer), &payload)
+        sign_datagram(signer, &payload)
     }
 
     /// What the gate did with one datagram.
