@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-20}
-targets=${FUZZ_TARGETS:-manifest wire claims call board reduce}
+targets=${FUZZ_TARGETS:-manifest wire claims call board membership reduce}
 # Optimized by default: a cold debug build saves only ~20 % of the compile CPU (measured),
 # while an optimized one runs the signature-heavy targets through far more inputs.
 case ${FUZZ_BUILD:-release} in

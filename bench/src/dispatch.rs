@@ -338,7 +338,7 @@ pub fn dispatch_figures(exe: &Path, size: Size) -> anyhow::Result<Vec<Row>> {
     });
     rows.push(Row {
         figure: format!(
-            "  … worker registrations per second ({} workers, signed, with peer addresses)",
+            "  … worker registrations per second ({} workers, signed, no peer address)",
             fmt_count(main.workers as u64)
         ),
         measured: fmt_rate(main.registered),

@@ -274,7 +274,15 @@ struct WorkerEntry {
     backed: u32,
     /// What its last heartbeat said it is doing.
     reported: Reported,
+    /// Expiry of the last membership credential sent (0: none yet; after a restart the
+    /// next heartbeat brings one).
+    vouched_until: u64,
 }
+
+/// How long the coordinator waits for a registering worker to prove its peer address
+/// (`Peer.Prove`): connect and answer. A worker that does not answer in time registers
+/// without inbound connections.
+const PROVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Calls a leased unit entitles its worker to beyond the request rate: waiting its turn
 /// (a heartbeat), the certificate, a failure report or a dispute, and retries. An honest
@@ -401,6 +409,7 @@ pub(crate) async fn run<S: Store>(
                     team: w.team,
                     backed: 0,
                     reported: Reported::default(),
+                    vouched_until: 0,
                 },
             )
         })
@@ -779,6 +788,51 @@ impl<S: Store> CoordinatorService<S> {
         committed
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+    }
+
+    /// Checks that `worker` answers at `peer_addr`: calls its `Peer.Prove` with a fresh
+    /// nonce and verifies the signature (`protocol::membership`). The error says why not.
+    async fn prove_peer(&self, worker: WorkerId, peer_addr: &str) -> Result<(), String> {
+        let addr: std::net::SocketAddr = peer_addr
+            .parse()
+            .map_err(|_| format!("{peer_addr:?} is not host:port"))?;
+        let mut nonce = [0u8; protocol::membership::NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no OS random source: {e}"))?;
+        let coordinator = self.inner.key.id();
+        let call = async {
+            // Over peer TLS, accepting only a certificate bound to the registering worker's
+            // key: whoever else answers at the address gets no further than the handshake.
+            let channel = connections::peer_tls::endpoint(addr, worker)
+                .map_err(|e| e.to_string())?
+                .connect_timeout(PROVE_TIMEOUT)
+                .timeout(PROVE_TIMEOUT)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to its peer service at {addr}: {e}"))?;
+            pb::peer_client::PeerClient::new(channel)
+                .prove(pb::ProveRequest {
+                    nonce: nonce.to_vec(),
+                    peer_addr: peer_addr.to_string(),
+                    coordinator_key: coordinator.0.to_vec(),
+                })
+                .await
+                .map(Response::into_inner)
+                .map_err(|s| format!("its peer service at {addr} refused Prove: {}", s.message()))
+        };
+        let answer = tokio::time::timeout(PROVE_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no answer from {addr} within {PROVE_TIMEOUT:?}"))??;
+        if answer.public_key != worker.0 {
+            return Err(format!("another worker answers at {addr}"));
+        }
+        protocol::membership::verify_peer_proof(
+            worker,
+            coordinator,
+            &nonce,
+            peer_addr,
+            &answer.signature,
+        )
+        .map_err(|e| format!("proof from {addr}: {e}"))
     }
 
     /// What a worker is told about its peers: a worker that accepts connections gets a
@@ -1444,13 +1498,31 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             )));
         }
         let cores = r.cores.clamp(1, 1024);
+        // A replayed registration is refused before it costs a proof round trip.
+        Self::fresh(&mut *self.inner.state.lock().await, id, &stamp)?;
+        // Vouch only for an address the worker proves it answers at (outside the lock: a
+        // network round trip). Otherwise it works on without inbound connections.
+        let (peer_addr, peer_warning) = if r.peer_addr.is_empty() {
+            (String::new(), String::new())
+        } else {
+            match self.prove_peer(id, &r.peer_addr).await {
+                Ok(()) => (r.peer_addr.clone(), String::new()),
+                Err(why) => {
+                    tracing::warn!(worker = %id, peer_addr = %r.peer_addr, "peer address not vouched for: {why}; registered without inbound connections");
+                    (String::new(), why)
+                }
+            }
+        };
         let now = now_ms();
+        let credential = peer_addr
+            .parse()
+            .ok()
+            .map(|addr| protocol::membership::Credential::issue(&self.inner.key, id, addr, now));
         let mut state = self.inner.state.lock().await;
-        Self::fresh(&mut state, id, &stamp)?;
         let worker = StoredWorker {
             id,
             name: r.name.clone(),
-            peer_addr: r.peer_addr.clone(),
+            peer_addr: peer_addr.clone(),
             cores,
             account: r.account.clone(),
             team: r.team.clone(),
@@ -1466,17 +1538,18 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 subnet,
             },
         );
-        let listed = !r.peer_addr.is_empty();
+        let listed = !peer_addr.is_empty();
         let previous_backed = state.workers.get(&id).map_or(0, |w| w.backed);
         let previous = state.workers.insert(
             id,
             WorkerEntry {
-                peer_addr: r.peer_addr,
+                peer_addr,
                 last_seen: now,
                 account: r.account.clone(),
                 team: r.team.clone(),
                 backed: previous_backed,
                 reported: Reported::default(),
+                vouched_until: credential.as_ref().map_or(0, |c| c.expires_ms),
             },
         );
         if listed {
@@ -1497,6 +1570,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             peers,
             now_ms: now_ms(),
             coordinator_key: self.inner.key.id().0.to_vec(),
+            membership_credential: credential.map(|c| c.to_bytes()).unwrap_or_default(),
+            peer_warning,
         }))
     }
 
@@ -1541,12 +1616,21 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         } else {
             Vec::new()
         };
+        // Renew the membership credential of a vouched worker well before it expires.
+        let credential = state.workers.get_mut(&id).and_then(|w| {
+            let due = w.vouched_until.saturating_sub(now) < protocol::membership::RENEW_BEFORE_MS;
+            let addr = w.peer_addr.parse().ok().filter(|_| due)?;
+            let c = protocol::membership::Credential::issue(&self.inner.key, id, addr, now);
+            w.vouched_until = c.expires_ms;
+            Some(c.to_bytes())
+        });
         Ok(Response::new(pb::HeartbeatResponse {
             settled_units: settled.iter().map(|u| u.0).collect(),
             peers_version: version,
             peers,
             unknown_worker: false,
             now_ms: now,
+            membership_credential: credential.unwrap_or_default(),
         }))
     }
 

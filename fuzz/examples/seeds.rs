@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use foca::Codec;
 use prost::Message;
 use proto::v1 as pb;
 use protocol::wire::Evidence;
@@ -166,5 +167,38 @@ fn main() -> std::io::Result<()> {
     write("abi", "bad-pointer", &call(0x80, 1, 0xffff_fff0, 3))?;
     let every: Vec<u8> = (0..20u8).flat_map(|op| call(op, 1024, 64, 2)).collect();
     write("abi", "every-call", &every)?;
+
+    // membership: mode 0, a datagram the gate admits (from the first member, at its
+    // credentialed address, gossiping two more and one forged); mode 1, a genuine
+    // credential; other modes, steps. Keys and times as in fuzz_targets/membership.rs.
+    let coordinator = Identity::from_seed([200; 32]);
+    let t0 = 1_800_000_000_000;
+    let member = |n: u8| {
+        let id = Identity::from_seed([n; 32]);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + u16::from(n)));
+        let c = protocol::membership::Credential::issue(&coordinator, id.id(), addr, t0);
+        gate::SwimId::new(&c, 1)
+    };
+    let header = foca::Header { src: member(1), src_incarnation: 0, dst: member(7), message: foca::Message::<gate::SwimId>::Gossip };
+    let mut payload = Vec::new();
+    foca::PostcardCodec.encode_header(&header, &mut payload).expect("header");
+    let mut forged = member(4);
+    forged.signature = vec![7; 64];
+    let gossiped = [member(2), member(3), forged];
+    payload.extend_from_slice(&(gossiped.len() as u16).to_be_bytes());
+    for m in gossiped {
+        foca::PostcardCodec.encode_member(&foca::Member::alive(m), &mut payload).expect("member");
+    }
+    let datagram = protocol::membership::sign_datagram(&Identity::from_seed([1; 32]), &payload);
+    write("membership", "gossip", &[vec![0], datagram].concat())?;
+    let credential = protocol::membership::Credential::issue(&coordinator, Identity::from_seed([1; 32]).id(), "127.0.0.1:7001".parse().expect("addr"), t0);
+    write("membership", "credential", &[vec![1], credential.to_bytes()].concat())?;
+    write("membership", "steps", &[2; 256])?;
+    write("membership", "ramp", &(0..=255u8).cycle().skip(2).take(1024).collect::<Vec<u8>>())?;
     Ok(())
 }
+
+/// The worker's SWIM identity type, as the `membership` target includes it.
+#[allow(dead_code)]
+#[path = "../../worker/src/membership/gate.rs"]
+mod gate;

@@ -25,6 +25,8 @@
 //! - [`limits`]: per-project sandbox limits with their defaults and bounds.
 //! - [`failure`]: why a unit ended without output.
 //! - [`reduce`]: the reducer input framing.
+//! - [`membership`]: who may be a SWIM member: peer proofs, coordinator credentials,
+//!   signed datagrams.
 //! - [`tls`]: certificate fingerprints and the coordinator URLs that pin them.
 //! - [`wire`]: the one boundary between protobuf messages and these types.
 
@@ -40,6 +42,7 @@ pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod manifest;
+pub mod membership;
 pub mod provenance;
 pub mod quorum;
 pub mod reduce;

@@ -9,6 +9,8 @@
 //! is refused and counted.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
@@ -67,16 +69,27 @@ async fn register(
     id: &Identity,
     account: &str,
 ) -> pb::RegisterWorkerResponse {
+    register_at(raw, id, account, "").await
+}
+
+/// [`register`] naming `peer_addr` as its peer service.
+async fn register_at(
+    raw: &mut CoordinatorClient<Channel>,
+    id: &Identity,
+    account: &str,
+    peer_addr: &str,
+) -> pb::RegisterWorkerResponse {
     let registration = protocol::Registration {
         name: account,
         account,
         team: "",
-        peer_addr: "",
+        peer_addr,
     };
     let message = pb::RegisterWorkerRequest {
         public_key: id.id().0.to_vec(),
         name: account.into(),
         account: account.into(),
+        peer_addr: peer_addr.into(),
         signature: id.sign_registration(&registration).to_vec(),
         cores: 1,
         ..Default::default()
@@ -90,16 +103,65 @@ async fn register(
 /// A coordinator and three honest one-core workers running a fixed-replication primes
 /// project of `units` units (its id), returned once `verified` of them are verified.
 fn honest_fleet(name: &str, units: u64, verified: u64) -> (Cluster, u64) {
+    let (c, id, _) = metered_fleet(name, units, verified);
+    (c, id)
+}
+
+/// [`honest_fleet`], each worker serving `/metrics` at the addresses returned.
+fn metered_fleet(name: &str, units: u64, verified: u64) -> (Cluster, u64, Vec<SocketAddr>) {
     let mut c = Cluster::start(10);
-    for _ in 0..3 {
-        c.start_worker(&[]);
+    let metrics: Vec<SocketAddr> = (0..3).map(|_| crate::dashboard::free_port()).collect();
+    for m in &metrics {
+        c.start_worker(&["--metrics", &m.to_string()]);
     }
     let manifest = primes_below_two_billion(c.dir.path(), name, units, false);
     let id = c.submit(&manifest).expect("accepted");
     c.wait_until(id, Duration::from_secs(120), "first units verified", |s| {
         n(s, "verified") >= verified
     });
-    (c, id)
+    (c, id, metrics)
+}
+
+/// Waits (up to `limit`) for the honest primes project `id` of `units` units to finish,
+/// and asserts what users care about: every unit verified, none failed, and the right
+/// answer in the results (no wrong one reached them).
+fn assert_honest_answer(c: &Cluster, id: u64, units: u64, limit: Duration) {
+    let status = c.wait_finished(id, limit);
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (units, 0),
+        "the honest project must complete: {status}"
+    );
+    assert_eq!(
+        sum_outputs(&c.results(id)),
+        (PRIMES_BELOW_TWO_BILLION, units as usize),
+        "a wrong answer reached the results"
+    );
+}
+
+/// The workers with a peer address the coordinator lists to `id` (registered anew under
+/// `account` each time it asks), once at least `want` are listed or after a minute: it
+/// lists those it heard from within a lease, and on a loaded machine one may be a beat
+/// late (CI once saw two of three).
+async fn listed(
+    raw: &mut CoordinatorClient<Channel>,
+    id: &Identity,
+    account: &str,
+    want: usize,
+) -> Vec<pb::PeerInfo> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let peers: Vec<pb::PeerInfo> = register(raw, id, account)
+            .await
+            .peers
+            .into_iter()
+            .filter(|p| !p.addr.is_empty())
+            .collect();
+        if peers.len() >= want || std::time::Instant::now() > deadline {
+            return peers;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Asserts `result` is a refusal with `code`; returns its message.
@@ -273,13 +335,7 @@ fn a_stranger_with_public_keys_can_fail_nothing_learn_nothing_and_flag_nobody() 
         attempts + 4
     });
 
-    let status = c.wait_finished(id, Duration::from_secs(300));
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (40, 0),
-        "the honest project must complete: {status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 40));
+    assert_honest_answer(&c, id, 40, Duration::from_secs(300));
     let workers: Value =
         serde_json::from_str(&http_get(coordinator, "/api/workers")).expect("JSON");
     assert_eq!(
@@ -502,13 +558,7 @@ fn colluders_asking_back_to_back_are_measured_and_cannot_spoil_the_project() {
         "colluding pair asking back-to-back: held both replicas of {both} of the {took} units it took ({:.1} %)",
         100.0 * fraction
     );
-    let status = c.wait_finished(id, Duration::from_secs(400));
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (200, 0),
-        "{status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 200));
+    assert_honest_answer(&c, id, 200, Duration::from_secs(400));
 }
 
 /// Item 3's trust rule, over the wire: once the honest workers are established in a
@@ -587,17 +637,403 @@ fn new_colluders_cannot_verify_a_wrong_answer_against_an_established_fleet() {
         both, 0,
         "a pair of new accounts held both replicas of a unit"
     );
-    let status = c.wait_finished(project, Duration::from_secs(400));
+    assert_honest_answer(&c, project, 200, Duration::from_secs(400));
+}
+
+/// LEB128, as postcard encodes integers.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A membership credential as a SWIM identity carries it: expiry (Unix ms) and signature.
+type Vouch<'a> = (u64, &'a [u8]);
+
+/// A credential nobody issued.
+const MADE_UP: Vouch<'static> = (u64::MAX / 2, &[7; 64]);
+
+/// A worker's SWIM identity as postcard encodes it (`worker::membership::SwimId`): key,
+/// IPv4 address, bump, and — unless `credential` is `None` (the format before
+/// credentials) — a credential's expiry and signature.
+fn swim_id(out: &mut Vec<u8>, key: &[u8], addr: SocketAddr, credential: Option<Vouch>) {
+    out.extend_from_slice(key);
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    out.push(0); // SocketAddr::V4
+    out.extend_from_slice(&v4.ip().octets());
+    varint(out, u64::from(v4.port()));
+    varint(out, 1); // bump
+    if let Some((expires_ms, signature)) = credential {
+        varint(out, expires_ms);
+        varint(out, signature.len() as u64);
+        out.extend_from_slice(signature);
+    }
+}
+
+/// `foca::Message` variants in postcard (the variant index, then the fields).
+const ANNOUNCE: &[u8] = &[6];
+const GOSSIP: &[u8] = &[8];
+
+/// A probe request (`foca::Message::PingReq`) whose target is `key` at `addr`.
+fn ping_req(key: &[u8], addr: SocketAddr) -> Vec<u8> {
+    let mut m = vec![2];
+    swim_id(&mut m, key, addr, Some(MADE_UP));
+    m.push(1); // probe number
+    m
+}
+
+/// A foca datagram from `signer`'s key at `src` (with `credential`; `None`: the whole
+/// datagram in the format before credentials, unsigned) to the worker `dst` carrying
+/// `message` and gossiping `members` (alive, with made-up credentials).
+fn swim_datagram(
+    signer: &Identity,
+    src: SocketAddr,
+    credential: Option<Vouch>,
+    dst: &pb::PeerInfo,
+    message: &[u8],
+    members: &[([u8; 32], SocketAddr)],
+) -> Vec<u8> {
+    let made_up = credential.map(|_| MADE_UP);
+    let mut p = Vec::new();
+    swim_id(&mut p, &signer.id().0, src, credential);
+    varint(&mut p, 0); // incarnation
+    let to: SocketAddr = dst.addr.parse().expect("peer address");
+    swim_id(&mut p, &dst.public_key, to, made_up);
+    p.extend_from_slice(message);
+    if !members.is_empty() {
+        p.extend_from_slice(&(members.len() as u16).to_be_bytes());
+        for (key, addr) in members {
+            swim_id(&mut p, key, *addr, made_up);
+            varint(&mut p, 0); // incarnation
+            varint(&mut p, 0); // State::Alive
+        }
+    }
+    match credential {
+        None => p,
+        Some(_) => protocol::membership::sign_datagram(signer, &p),
+    }
+}
+
+/// A UDP socket that counts the bytes it receives, until the task is aborted.
+async fn udp_counter() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let bytes = Arc::new(AtomicU64::new(0));
+    let seen = bytes.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+            seen.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    });
+    (addr, bytes, task)
+}
+
+/// A peer service that answers only `Prove`, by the protocol's rule
+/// (`Identity::sign_peer_proof`): all an attacker needs to have its own address vouched for.
+struct ProveOnly(Arc<Identity>);
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for ProveOnly {
+    async fn exchange(
+        &self,
+        _: tonic::Request<pb::BoardExchange>,
+    ) -> Result<tonic::Response<pb::BoardViews>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a board"))
+    }
+
+    async fn prove(
+        &self,
+        request: tonic::Request<pb::ProveRequest>,
+    ) -> Result<tonic::Response<pb::ProveResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let bad = |_| tonic::Status::invalid_argument("bad ProveRequest");
+        let coordinator = protocol::WorkerId(r.coordinator_key.try_into().map_err(bad)?);
+        let nonce: [u8; 32] = r.nonce.try_into().map_err(bad)?;
+        Ok(tonic::Response::new(pb::ProveResponse {
+            public_key: self.0.id().0.to_vec(),
+            signature: self
+                .0
+                .sign_peer_proof(coordinator, &nonce, &r.peer_addr)
+                .to_vec(),
+        }))
+    }
+}
+
+/// Serves [`ProveOnly`] for `id` over TLS and binds UDP on the same port (as a worker's peer
+/// address serves both); returns that address and the UDP socket.
+async fn serve_proofs(id: Arc<Identity>) -> (SocketAddr, tokio::net::UdpSocket) {
+    for _ in 0..20 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The same port number may be taken for UDP: try another.
+        let Ok(udp) = tokio::net::UdpSocket::bind(addr).await else {
+            continue;
+        };
+        // Over peer TLS bound to its own key, as the coordinator's proof call requires.
+        let tls = connections::peer_tls::PeerTls::new(&id).expect("peer tls");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls.server_config())
+                .expect("tls")
+                .add_service(pb::peer_server::PeerServer::new(ProveOnly(id)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        return (addr, udp);
+    }
+    panic!("no port free for both TCP and UDP");
+}
+
+/// Each worker's value of the metric `name` (samples whose labels contain `label`, summed).
+fn scrape(metrics: &[SocketAddr], name: &str, label: &str) -> Vec<u64> {
+    metrics
+        .iter()
+        .map(|m| counted(&http_get(*m, "/metrics"), name, label))
+        .collect()
+}
+
+/// Item 4: SWIM membership was open. A spoofed Announce naming a third address made a
+/// worker send its feed there (12.7x amplification), 1,200 gossip packets added 10,000
+/// fake members to each worker, and registering with a chosen `peer_addr` made workers
+/// send UDP to it. Now the coordinator vouches only for an address the worker proves it
+/// answers at, and members admit only datagrams signed by a credentialed member from its
+/// credentialed address, and only credentialed members from them, capped per source.
+/// Attacked both from outside (spoofed sources, made-up credentials, the old format) and
+/// by an insider whose own address is vouched for.
+#[test]
+fn spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table() {
+    const ROUNDS: u64 = 100;
+    let (c, id, metrics) = metered_fleet("primes-beside-swim-attacks", 20, 1);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let report = runtime.block_on(async {
+        let (victim, received, victim_task) = udp_counter().await;
+        let mut raw = connect(&c.url).await;
+        let observer = Identity::generate().expect("identity");
+        let honest = listed(&mut raw, &observer, "observer", 3).await;
+        assert_eq!(honest.len(), 3, "the honest workers are listed: {honest:?}");
+        // The honest members know each other before the attack.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while scrape(&metrics, "fallow_worker_membership_members ", "") != [3, 3, 3] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "honest members never met"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let total = |name: &str| -> u64 { scrape(&metrics, name, "").iter().sum() };
+        // Honest traffic is refused only for a moment at start (`early`: a member may hear
+        // of another a beat before that one learns it is vouched for).
+        let early = total("fallow_worker_membership_drops_total{reason=\"early\"}");
+        let refused_before = total("fallow_worker_membership_drops_total");
+        let before = (
+            refused_before - early,
+            total("fallow_worker_membership_members_stripped_total"),
+        );
+
+        // A registration naming the victim as its peer service: not proven (no Fallow peer
+        // service answers there), so not vouched for and never listed.
+        let sybil = Identity::generate().expect("identity");
+        let answer = register_at(&mut raw, &sybil, "sybil", &victim.to_string()).await;
+        assert!(
+            answer.membership_credential.is_empty(),
+            "no credential for an unproven address"
+        );
+        assert!(!answer.peer_warning.is_empty(), "the worker is told why");
+
+        // An insider: it answers Prove at its own address, so it is vouched for there.
+        let mallory = Arc::new(Identity::generate().expect("identity"));
+        let (own_addr, own) = serve_proofs(mallory.clone()).await;
+        let answer = register_at(&mut raw, &mallory, "mallory", &own_addr.to_string()).await;
+        let credential = protocol::membership::Credential::from_bytes(
+            "membership_credential",
+            &answer.membership_credential,
+        )
+        .expect("a credential for a proven address");
+        let real: Vouch = (credential.expires_ms, &credential.signature);
+
+        // From another socket (as a spoofed source would be): the format before
+        // credentials, made-up credentials and the insider's real one, all naming the
+        // victim or sent from the wrong place. From the insider's own address: a probe
+        // request aimed at the victim, and gossip of fake members at the victim.
+        let spoofer = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (mut sent, mut datagrams, mut fakes_sent) = (0u64, 0u64, 0u64);
+        for round in 0..ROUNDS {
+            for peer in &honest {
+                let to: SocketAddr = peer.addr.parse().expect("peer address");
+                let fakes: Vec<([u8; 32], SocketAddr)> = (0..8u64)
+                    .map(|i| {
+                        let mut key = [1u8; 32];
+                        key[..8].copy_from_slice(&(round * 8 + i).to_le_bytes());
+                        (key, victim)
+                    })
+                    .collect();
+                let m = &*mallory;
+                let spoofed = [
+                    swim_datagram(m, victim, None, peer, ANNOUNCE, &[]),
+                    swim_datagram(m, victim, Some(MADE_UP), peer, ANNOUNCE, &[]),
+                    swim_datagram(m, victim, None, peer, GOSSIP, &fakes),
+                    swim_datagram(m, victim, Some(MADE_UP), peer, GOSSIP, &fakes),
+                    swim_datagram(m, own_addr, Some(real), peer, ANNOUNCE, &[]),
+                ];
+                let from_own = [
+                    swim_datagram(
+                        m,
+                        own_addr,
+                        Some(real),
+                        peer,
+                        &ping_req(&[9; 32], victim),
+                        &[],
+                    ),
+                    // Admitted (the insider is a member), its fake members stripped.
+                    swim_datagram(m, own_addr, Some(real), peer, GOSSIP, &fakes),
+                ];
+                for d in &spoofed {
+                    spoofer.send_to(d, to).await.expect("send");
+                }
+                for d in &from_own {
+                    own.send_to(d, to).await.expect("send");
+                }
+                sent += spoofed
+                    .iter()
+                    .chain(&from_own)
+                    .map(|d| d.len() as u64)
+                    .sum::<u64>();
+                datagrams += 7;
+                fakes_sent += 3 * fakes.len() as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Every datagram but the insider's gossip is refused whole; of that gossip every
+        // member is stripped. UDP on a loaded machine may lose a few, so wait, then judge.
+        let refusable = datagrams / 7 * 6;
+        let insider_fakes = datagrams / 7 * 8;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (dropped, stripped) = loop {
+            let dropped = total("fallow_worker_membership_drops_total") - refused_before;
+            let stripped = total("fallow_worker_membership_members_stripped_total") - before.1;
+            if (dropped >= refusable && stripped >= insider_fakes)
+                || std::time::Instant::now() > deadline
+            {
+                break (dropped, stripped);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        // Anything reflected would be on its way by now.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let members = scrape(&metrics, "fallow_worker_membership_members ", "");
+        let by_reason: Vec<(&str, u64)> = [
+            "early",
+            "unsigned",
+            "uncredentialed",
+            "wrong_source",
+            "not_for_us",
+        ]
+        .into_iter()
+        .map(|r| {
+            let label = format!("reason=\"{r}\"");
+            let n = scrape(&metrics, "fallow_worker_membership_drops_total", &label);
+            (r, n.iter().sum())
+        })
+        .collect();
+        // Later registrations still list the honest workers, never the victim.
+        let later = listed(&mut raw, &observer, "observer", 3).await;
+        assert!(
+            later.iter().all(|p| p.addr != victim.to_string()),
+            "the unproven address is listed: {later:?}"
+        );
+        victim_task.abort();
+        SwimReport {
+            sent,
+            datagrams,
+            fakes_sent,
+            received: received.load(Ordering::Relaxed),
+            refusable,
+            dropped,
+            insider_fakes,
+            stripped,
+            by_reason,
+            members,
+            before,
+        }
+    });
+    let r = report;
+    assert_eq!(r.before, (0, 0), "honest SWIM traffic was refused");
     assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (200, 0),
-        "{status}"
+        r.received, 0,
+        "{} datagrams ({} bytes) made workers send {} bytes to the victim",
+        r.datagrams, r.sent, r.received
     );
-    assert_eq!(
-        sum_outputs(&c.results(project)),
-        (PRIMES_BELOW_TWO_BILLION, 200),
-        "a wrong answer reached the results"
+    assert!(
+        r.members.iter().all(|&m| (3..=4).contains(&m)),
+        "each table holds the three honest workers and at most the vouched insider: {:?}",
+        r.members
     );
+    // Counted: at least 90 % of what was sent (loopback UDP drops a few under load).
+    assert!(
+        r.dropped >= r.refusable * 9 / 10,
+        "{} refusable datagrams sent, {} counted: {:?}",
+        r.refusable,
+        r.dropped,
+        r.by_reason
+    );
+    assert!(
+        r.stripped >= r.insider_fakes * 9 / 10,
+        "{} fake members gossiped by the insider, {} stripped",
+        r.insider_fakes,
+        r.stripped
+    );
+
+    assert_honest_answer(&c, id, 20, Duration::from_secs(300));
+    println!(
+        "{} SWIM datagrams ({} bytes; {} fake members) naming a third address or from the wrong one: it received {} bytes; {} refused and counted ({:?}), {} gossiped fake members stripped; members per worker {:?}; before the attack {} refused, {} stripped",
+        r.datagrams,
+        r.sent,
+        r.fakes_sent,
+        r.received,
+        r.dropped,
+        r.by_reason,
+        r.stripped,
+        r.members,
+        r.before.0,
+        r.before.1
+    );
+}
+
+/// What [`spoofed_and_vouched_swim_attackers_reflect_nothing_and_poison_no_table`] saw.
+struct SwimReport {
+    /// Bytes and datagrams sent, fake members named in them.
+    sent: u64,
+    datagrams: u64,
+    fakes_sent: u64,
+    /// Bytes the victim received.
+    received: u64,
+    /// Datagrams that should be refused whole, and those the workers counted as refused.
+    refusable: u64,
+    dropped: u64,
+    /// Fake members the insider gossiped (admitted datagrams), and the members the
+    /// workers stripped; the refusals by reason.
+    insider_fakes: u64,
+    stripped: u64,
+    by_reason: Vec<(&'static str, u64)>,
+    /// Each worker's live members at the end, itself included.
+    members: Vec<u64>,
+    /// Datagrams refused (other than `early`) and members stripped before the attack
+    /// (honest traffic).
+    before: (u64, u64),
 }
 
 /// Item 5: boards filed commitments from anyone for anything. One under a made-up project
@@ -627,22 +1063,7 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
     let (junk, flood, limited) = runtime.block_on(async {
         let mut raw = connect(&c.url).await;
         let attacker = Identity::generate().expect("identity");
-        // The coordinator lists the workers it heard from within a lease; on a loaded
-        // machine one may be a beat late (CI once saw two of three), so ask until all
-        // three are listed.
-        let listed = std::time::Instant::now();
-        let peers: Vec<pb::PeerInfo> = loop {
-            let peers: Vec<pb::PeerInfo> = register(&mut raw, &attacker, "mallory")
-                .await
-                .peers
-                .into_iter()
-                .filter(|p| !p.addr.is_empty())
-                .collect();
-            if peers.len() == 3 || listed.elapsed() > Duration::from_secs(60) {
-                break peers;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let peers: Vec<pb::PeerInfo> = listed(&mut raw, &attacker, "mallory", 3).await;
         assert_eq!(peers.len(), 3, "the honest workers' boards: {peers:?}");
         // Boards speak only TLS: plain HTTP/2 gets no gRPC answer, and a client that names
         // another worker than the one at the address refuses its certificate.
@@ -744,14 +1165,8 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
         (junk, flood, limited)
     });
 
-    let status = c.wait_finished(id, Duration::from_secs(300));
+    assert_honest_answer(&c, id, 20, Duration::from_secs(300));
     let attacked_time = started.elapsed();
-    assert_eq!(
-        (n(&status, "verified"), n(&status, "failed")),
-        (20, 0),
-        "the honest project must complete: {status}"
-    );
-    assert_eq!(sum_outputs(&c.results(id)), (PRIMES_BELOW_TWO_BILLION, 20));
     assert!(
         attacked_time <= calm_time * 2 + Duration::from_secs(10),
         "{attacked_time:?} under attack, {calm_time:?} without"

@@ -434,6 +434,8 @@ struct Shared {
     /// Offenders already reported from our board, so a replayed proof is reported once.
     reported: Mutex<HashSet<(UnitId, WorkerId)>>,
     membership: Option<MembershipHandle>,
+    /// The coordinator's key, learnt at registration: membership credentials verify under it.
+    coordinator_key: Mutex<Option<WorkerId>>,
     /// The coordinator's peer list and its version: the seed for membership, and the
     /// member list itself for a worker without inbound connections.
     peers: Mutex<(u64, Vec<PeerInfo>)>,
@@ -516,6 +518,7 @@ pub async fn run_with_stats(
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
     })?);
+    let membership_counters = Arc::new(membership::Counters::default());
     let common = Common {
         executor: Arc::new(
             Executor::new(sandbox.clone(), config.cores)
@@ -529,8 +532,12 @@ pub async fn run_with_stats(
             &config.submitters,
             config.allow_unsigned,
         )?),
-        metrics: Arc::new(metrics::Metrics::new(stats.clone())),
+        metrics: Arc::new(metrics::Metrics::new(
+            stats.clone(),
+            membership_counters.clone(),
+        )),
         stats,
+        membership_counters,
         cancel: CancellationToken::new(),
     };
     let total: u64 = attachments.iter().map(|a| u64::from(a.share)).sum();
@@ -636,6 +643,8 @@ struct Common {
     checkpoints: Arc<Checkpoints>,
     metrics: Arc<metrics::Metrics>,
     stats: Arc<Stats>,
+    /// SWIM datagrams and members the memberships refused (one count for all coordinators).
+    membership_counters: Arc<membership::Counters>,
     cancel: CancellationToken,
 }
 
@@ -696,7 +705,12 @@ impl Attached {
                     id: identity.id(),
                     addr: advertise,
                 };
-                let membership = membership::spawn(MembershipConfig::new(me), udp)?;
+                let membership = membership::spawn(
+                    MembershipConfig::new(me),
+                    identity.clone(),
+                    udp,
+                    common.membership_counters.clone(),
+                )?;
                 (Some(listener), Some(membership), Some(advertise))
             }
             None => (None, None, None),
@@ -725,6 +739,7 @@ impl Attached {
             board: Mutex::new(Board::new(BoardLimits::default())),
             reported: Mutex::new(HashSet::new()),
             membership,
+            coordinator_key: Mutex::new(None),
             peers: Mutex::new((0, Vec::new())),
             suspects: Mutex::new(HashMap::new()),
             peer_clients: Mutex::new(HashMap::new()),
@@ -980,6 +995,14 @@ const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
 /// How soon a worker that knows no peers heartbeats again (to learn them).
 const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A worker with a peer service whose address the coordinator could not prove registers
+/// again after this, then after twice as long each time up to [`PROVE_RETRY_MAX`]: a proof
+/// that timed out on a loaded machine, or a port forwarded a little late, must not keep it
+/// out of the membership for good.
+const PROVE_RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between such registrations.
+const PROVE_RETRY_MAX: Duration = Duration::from_secs(600);
 /// How often the gossip loop wakes; each unit is polled at its own pace
 /// ([`PollConfig`]), this only bounds the added latency.
 const GOSSIP_TICK: Duration = Duration::from_millis(250);
@@ -1010,6 +1033,22 @@ impl BoardHost for Shared {
     fn refused(&self, why: &'static str) {
         tracing::debug!(why, "refused a board exchange");
         self.stats.refused();
+    }
+
+    fn prove(
+        &self,
+        coordinator: WorkerId,
+        nonce: &[u8; protocol::membership::NONCE_LEN],
+        peer_addr: &str,
+    ) -> Option<(WorkerId, [u8; 64])> {
+        // Only the address we advertise: we vouch for nothing else.
+        let me = self.membership.as_ref()?.me();
+        (me.addr.to_string() == peer_addr).then(|| {
+            (
+                self.identity.id(),
+                self.identity.sign_peer_proof(coordinator, nonce, peer_addr),
+            )
+        })
     }
 }
 
@@ -1102,6 +1141,14 @@ impl Shared {
                             "the coordinator sends no key (older version): our board files no commitments"
                         ),
                     }
+                    self.vouched(reg.coordinator_key, reg.credential);
+                    if !reg.peer_warning.is_empty() {
+                        tracing::warn!(
+                            "the coordinator does not vouch for peer address {advertise}: {}; \
+                             working without inbound connections (never a board)",
+                            reg.peer_warning
+                        );
+                    }
                     self.seed_membership(&reg.peers);
                     *lock(&self.peers) = (0, reg.peers);
                     tracing::info!(coordinator = %self.config.coordinator, "registered");
@@ -1124,6 +1171,22 @@ impl Shared {
         }
     }
 
+    /// Hands the coordinator's membership credential for us to the membership (which joins
+    /// only with one).
+    fn vouched(
+        &self,
+        coordinator: Option<WorkerId>,
+        credential: Option<protocol::membership::Credential>,
+    ) {
+        let coordinator = coordinator.or(*lock(&self.coordinator_key));
+        if let (Some(m), Some(coordinator), Some(credential)) =
+            (&self.membership, coordinator, credential)
+        {
+            *lock(&self.coordinator_key) = Some(coordinator);
+            m.set_credential(coordinator, credential);
+        }
+    }
+
     fn seed_membership(&self, peers: &[PeerInfo]) {
         if let Some(m) = &self.membership {
             m.seed(peers_as_members(peers));
@@ -1131,12 +1194,13 @@ impl Shared {
     }
 
     /// The members a unit's boards are chosen from: SWIM's live members for a member, the
-    /// coordinator's list of reachable workers for a worker without inbound connections;
-    /// minus boards that failed us recently.
+    /// coordinator's list of reachable workers for a worker without inbound connections
+    /// (or whose peer address the coordinator does not vouch for: nobody admits it into
+    /// the membership); minus boards that failed us recently.
     fn members(&self) -> Vec<Member> {
         let mut members = match &self.membership {
-            Some(m) => m.members().to_vec(),
-            None => peers_as_members(&lock(&self.peers).1),
+            Some(m) if m.credentialed() => m.members().to_vec(),
+            _ => peers_as_members(&lock(&self.peers).1),
         };
         let now = Instant::now();
         let mut suspects = lock(&self.suspects);
@@ -1882,6 +1946,8 @@ impl Shared {
     /// membership with it.
     async fn heartbeat_loop(self: Arc<Self>, mut every: Duration, advertise: String) {
         let mut failures = 0u32;
+        let mut prove_retry = PROVE_RETRY_FIRST;
+        let mut next_prove = Instant::now() + prove_retry;
         loop {
             // A worker that knows no peers yet (it registered before the others) asks
             // again soon: without peers it has no boards to gossip with, and its results
@@ -1930,15 +1996,26 @@ impl Shared {
                     if let Some(peers) = reply.peers {
                         *lock(&self.peers) = peers;
                     }
+                    self.vouched(None, reply.credential);
                     // Every beat, not only on change: a seed that was down at first may be
                     // up now (the membership rate-limits announcements per peer).
                     let peers = lock(&self.peers).1.clone();
                     self.seed_membership(&peers);
+                    let unproven = self.membership.as_ref().is_some_and(|m| !m.credentialed());
                     if reply.unknown_worker {
                         tracing::warn!("coordinator does not know this worker; registering again");
                         if let Some(h) = self.register(&advertise).await {
                             every = h;
                         }
+                    } else if unproven && Instant::now() >= next_prove {
+                        tracing::info!(
+                            "registering again so that the coordinator tries our peer address {advertise} once more"
+                        );
+                        if let Some(h) = self.register(&advertise).await {
+                            every = h;
+                        }
+                        prove_retry = (prove_retry * 2).min(PROVE_RETRY_MAX);
+                        next_prove = Instant::now() + prove_retry;
                     }
                 }
                 Err(e) => {

@@ -7,6 +7,38 @@
 //! start time in ms, renewed when the cluster declares us down), so a restarted worker
 //! replaces its old incarnation.
 //!
+//! # Who is admitted
+//!
+//! foca trusts whatever its transport hands it and replies to the address an identity
+//! names, so this shell admits only what the coordinator vouches for
+//! (`protocol::membership`): a worker joins once registration gave it a **credential** —
+//! the coordinator's signature over its key and the peer address the coordinator proved it
+//! answers at — and its SWIM identity carries that credential. Every datagram is signed by
+//! the sender's worker key (`sign_datagram`). Before `handle_data`, `gate::Gate::admit`
+//! (sans-IO, in its own module so the `membership` fuzz target runs it as is) drops a
+//! datagram unless its signature verifies under the sender identity's key, the sender's
+//! credential verifies under the coordinator key and has not expired, the UDP source is
+//! the credentialed address, and it is addressed to our key; every identity named inside
+//! it (probe targets and origins) must be credentialed too, and gossiped members without a
+//! valid credential are stripped. A source may introduce at most
+//! [`NEW_PER_SOURCE_PER_MINUTE`] unknown members a minute and the table holds at most
+//! `max_members`. So nothing makes a worker send UDP to an address the coordinator has not
+//! verified for the key it is sent to. A replayed datagram can at most make a member send
+//! to a vouched member. Expired members are declared down locally. Refusals are counted
+//! ([`MembershipHandle::counters`], exported as `fallow_worker_membership_*`).
+//!
+//! The price of the source check: a member's datagrams must leave from its advertised
+//! address. A worker behind a NAT that rewrites UDP source ports differently from its
+//! forwarded port (symmetric NAT), or on a multi-homed host whose kernel picks another
+//! source IP, is dropped by the others and never becomes a board; like a worker whose UDP
+//! is blocked, it then sees no members but itself and its claims reach the coordinator as
+//! partial certificates. A worker the coordinator gives no credential sends nothing and
+//! chooses boards from the coordinator's list instead, as one behind NAT does.
+//!
+//! Nothing is sent before the first credential, and foca starts afresh with it. Renewal
+//! changes the identity (foca's `change_identity`: the old one is declared down, the new
+//! one replaces it by `win_addr_conflict`), once every five minutes per member.
+//!
 //! foca is itself the sans-IO core (it returns packets to send, timers to schedule and
 //! notifications through [`foca::AccumulatingRuntime`]); this module is its shell, following
 //! foca's documented pattern: one task owns the `Foca` value and feeds it UDP datagrams
@@ -19,10 +51,12 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
-use protocol::WorkerId;
+use protocol::membership::{Credential, DATAGRAM_SIGNATURE_LEN, sign_datagram};
+use protocol::{Identity, WorkerId};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::net::UdpSocket;
@@ -32,6 +66,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
+mod gate;
+
+pub use gate::Counters;
+use gate::{Gate, SwimId};
+
 /// A member of the network: a worker that accepts inbound connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
@@ -39,41 +78,6 @@ pub struct Member {
     pub id: WorkerId,
     /// Its peer service (gRPC over TCP; SWIM over UDP on the same port number).
     pub addr: SocketAddr,
-}
-
-/// The identity foca gossips. `Addr` is the worker key: two identities with the same key
-/// are the same worker, and the newer `bump` wins.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-struct SwimId {
-    key: [u8; 32],
-    addr: SocketAddr,
-    bump: u64,
-}
-
-impl std::fmt::Debug for SwimId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}#{}", WorkerId(self.key), self.addr, self.bump)
-    }
-}
-
-impl foca::Identity for SwimId {
-    type Addr = [u8; 32];
-
-    fn renew(&self) -> Option<Self> {
-        // Declared down by mistake (a pause, a lost packet burst): rejoin as a newer self.
-        Some(SwimId {
-            bump: self.bump.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> [u8; 32] {
-        self.key
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
-    }
 }
 
 impl SwimId {
@@ -96,6 +100,14 @@ pub struct MembershipConfig {
     pub expected_size: u32,
     /// SWIM probe period. Default 1 s (foca's LAN preset). Tests shorten it.
     pub probe_period: Duration,
+    /// The most members kept (others gossiped to us are dropped and counted). Default
+    /// 4096: far above any fleet one coordinator serves today, small enough that a flood
+    /// costs a few MiB at worst.
+    pub max_members: usize,
+    /// The most members one source may introduce that we did not know, per minute
+    /// (others it gossips are dropped and counted). Default
+    /// [`NEW_PER_SOURCE_PER_MINUTE`].
+    pub new_per_source_per_minute: u32,
 }
 
 impl MembershipConfig {
@@ -105,6 +117,8 @@ impl MembershipConfig {
             me,
             expected_size: 64,
             probe_period: Duration::from_secs(1),
+            max_members: 4096,
+            new_per_source_per_minute: NEW_PER_SOURCE_PER_MINUTE,
         }
     }
 
@@ -130,6 +144,8 @@ impl MembershipConfig {
 enum Command {
     /// Announce ourselves to workers the coordinator listed that foca does not know yet.
     Seed(Vec<Member>),
+    /// The coordinator's key and its (renewed) credential for us.
+    Credential(WorkerId, Credential),
 }
 
 /// The running membership: owner of the SWIM task. Cheap reads of the live members;
@@ -141,6 +157,9 @@ pub struct MembershipHandle {
     stop: CancellationToken,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     local: SocketAddr,
+    me: Member,
+    counters: Arc<Counters>,
+    credentialed: std::sync::atomic::AtomicBool,
 }
 
 impl MembershipHandle {
@@ -157,6 +176,42 @@ impl MembershipHandle {
     /// The UDP address the SWIM socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// This worker as a member (its advertised peer address).
+    pub fn me(&self) -> Member {
+        self.me
+    }
+
+    /// What the admission check refused so far, and the table's size.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Hands over the coordinator's key and credential for us: the first one lets us join,
+    /// later ones renew it. A credential for another key or address is ignored (logged).
+    pub fn set_credential(&self, coordinator: WorkerId, credential: Credential) {
+        if credential.worker != self.me.id || credential.addr != self.me.addr {
+            tracing::warn!(
+                "membership: the coordinator's credential names {}@{}, not us ({}@{}); not joining",
+                credential.worker,
+                credential.addr,
+                self.me.id,
+                self.me.addr
+            );
+            return;
+        }
+        self.credentialed.store(true, Ordering::Relaxed);
+        // Never dropped silently: the shell reads commands as fast as it reads packets.
+        let _ = self
+            .commands
+            .try_send(Command::Credential(coordinator, credential));
+    }
+
+    /// Whether the coordinator gave us a credential: without one nobody admits us, and we
+    /// see no members but ourselves.
+    pub fn credentialed(&self) -> bool {
+        self.credentialed.load(Ordering::Relaxed)
     }
 
     /// Announces us to `peers` not yet known as live (the coordinator's list is the seed;
@@ -186,8 +241,15 @@ impl MembershipHandle {
 }
 
 /// Joins the network on `socket` (bound by the caller, so it can pick the port of its gRPC
-/// listener) and starts the SWIM task.
-pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHandle, Error> {
+/// listener) and starts the SWIM task. `identity` signs our datagrams; nothing is sent
+/// until [`MembershipHandle::set_credential`] gives us a credential. Refusals are counted
+/// in `counters` (may be shared by the caller's memberships; read by its metrics).
+pub fn spawn(
+    config: MembershipConfig,
+    identity: Arc<Identity>,
+    socket: UdpSocket,
+    counters: Arc<Counters>,
+) -> Result<MembershipHandle, Error> {
     let local = socket
         .local_addr()
         .map_err(|e| Error::Config(format!("membership socket: {e}")))?;
@@ -198,23 +260,33 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
     let me = SwimId {
         key: config.me.id.0,
         addr: config.me.addr,
-        bump: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64),
+        bump: unix_ms(),
+        expires_ms: 0,
+        signature: Vec::new(),
     };
     let foca_config = config.foca();
     let max_packet = foca_config.max_packet_size.get();
     let foca = Foca::new(
         me,
-        foca_config,
+        foca_config.clone(),
         SmallRng::from_seed(first(&seed)),
         PostcardCodec,
     );
     let (members_tx, members) = watch::channel(Arc::new(vec![config.me]));
     let (commands, commands_rx) = mpsc::channel(64);
     let stop = CancellationToken::new();
+    // The list starts with us.
+    counters.live.fetch_add(1, Ordering::Relaxed);
     let shell = Shell {
+        identity,
+        gate: Gate::new(
+            config.me.id,
+            config.max_members,
+            config.new_per_source_per_minute,
+            counters.clone(),
+        ),
         foca,
+        foca_config,
         runtime: AccumulatingRuntime::new(),
         socket,
         timers: BinaryHeap::new(),
@@ -233,8 +305,17 @@ pub fn spawn(config: MembershipConfig, socket: UdpSocket) -> Result<MembershipHa
         stop,
         task: std::sync::Mutex::new(Some(task)),
         local,
+        me: config.me,
+        counters,
+        credentialed: Default::default(),
     })
 }
+
+/// A source may introduce at most this many members we did not know in a minute, by
+/// default: an honest member's feed to a newcomer is the whole table, so this is generous
+/// for joining (the rest arrives through later gossip) and bounds what one source can push
+/// at us.
+pub const NEW_PER_SOURCE_PER_MINUTE: u32 = 256;
 
 /// Don't announce to the same listed peer more often than this (it may be down, or not a
 /// member at all).
@@ -243,9 +324,12 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
 /// SWIM spreads the rest, and announcing to a large list would be traffic in the size of
 /// the network.
 const ANNOUNCE_AT_MOST: usize = 3;
-
 struct Shell {
+    identity: Arc<Identity>,
+    gate: Gate,
     foca: Foca<SwimId, PostcardCodec, SmallRng, foca::NoCustomBroadcast>,
+    /// For the fresh start at the first credential.
+    foca_config: Config,
     runtime: AccumulatingRuntime<SwimId>,
     socket: UdpSocket,
     /// Due timer events, earliest first; the sequence number keeps events due at the same
@@ -262,16 +346,22 @@ struct Shell {
 
 impl Shell {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
-        let mut buf = vec![0u8; self.max_packet + 1];
+        // foca fills packets up to `max_packet`; each carries our signature in front, and
+        // one byte more shows a datagram too long to be one of ours.
+        let mut buf = vec![0u8; self.max_packet + DATAGRAM_SIGNATURE_LEN + 1];
         loop {
             let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, _from)) => {
-                        // foca checks size, framing and that the sender is not us; a bad
-                        // datagram is dropped with a debug log, never trusted.
-                        if let Err(e) = self.foca.handle_data(&buf[..len], &mut self.runtime) {
+                    Ok((len, from)) => {
+                        // The gate checks signature, credentials and source; foca then checks
+                        // size, framing and that the sender is not us.
+                        let foca = &self.foca;
+                        let known = || foca.iter_membership_state().map(|m| m.id().key).collect();
+                        if let Some(payload) = self.gate.admit(&buf[..len], from, unix_ms(), known)
+                            && let Err(e) = self.foca.handle_data(&payload, &mut self.runtime)
+                        {
                             tracing::debug!("membership: dropped a datagram: {e}");
                         }
                     }
@@ -280,6 +370,9 @@ impl Shell {
                 },
                 Some(command) = commands.recv() => match command {
                     Command::Seed(peers) => self.announce(peers),
+                    Command::Credential(coordinator, credential) => {
+                        self.credential(coordinator, credential)
+                    }
                 },
                 _ = sleep_until_opt(next) => {
                     let now = Instant::now();
@@ -293,6 +386,7 @@ impl Shell {
                             tracing::debug!("membership timer: {e}");
                         }
                     }
+                    self.expire();
                 }
             }
             self.drain().await;
@@ -302,9 +396,69 @@ impl Shell {
             tracing::debug!("membership: leaving: {e}");
         }
         self.drain().await;
+        self.count_live(0);
+    }
+
+    /// Moves the shared live-members gauge from what we published last to `now`.
+    fn count_live(&self, now: usize) {
+        let before = self.members.borrow().len();
+        let live = &self.gate.counters().live;
+        if now >= before {
+            live.fetch_add((now - before) as u64, Ordering::Relaxed);
+        } else {
+            live.fetch_sub((before - now) as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn credential(&mut self, coordinator: WorkerId, credential: Credential) {
+        self.gate.set_coordinator(coordinator);
+        let current = self.foca.identity().clone();
+        if current.expires_ms >= credential.expires_ms && !current.signature.is_empty() {
+            return;
+        }
+        // `set_credential` passes on only credentials for our key and address.
+        let renewed = SwimId::new(&credential, current.bump);
+        if current.signature.is_empty() {
+            // The first one: nothing was sent or admitted without it, so foca starts afresh
+            // with it. A rename would gossip the uncredentialed identity as down, and every
+            // member would strip (and count) it.
+            self.foca = Foca::new(
+                renewed,
+                self.foca_config.clone(),
+                SmallRng::seed_from_u64(self.rng.random()),
+                PostcardCodec,
+            );
+            return;
+        }
+        if let Err(e) = self.foca.change_identity(renewed, &mut self.runtime) {
+            tracing::debug!("membership: new credential: {e}");
+        }
+    }
+
+    /// Declares down the members whose credential expired (their signatures were checked
+    /// when they were admitted).
+    fn expire(&mut self) {
+        let now = unix_ms();
+        let expired: Vec<foca::Member<SwimId>> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.id().expires_ms <= now)
+            .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), foca::State::Down))
+            .collect();
+        if !expired.is_empty()
+            && let Err(e) = self
+                .foca
+                .apply_many(expired.into_iter(), false, &mut self.runtime)
+        {
+            tracing::debug!("membership: expiring members: {e}");
+        }
     }
 
     fn announce(&mut self, peers: Vec<Member>) {
+        if self.foca.identity().signature.is_empty() {
+            // Without a credential nobody would admit us; the next heartbeat seeds again.
+            return;
+        }
         let now = Instant::now();
         let mut due: Vec<Member> = peers
             .into_iter()
@@ -326,10 +480,14 @@ impl Shell {
             self.announced.insert(peer.id, now);
             // bump 0 loses every conflict: the peer's real identity replaces it as soon as
             // it answers.
+            // The address is the coordinator's (it lists only proven ones); the receiver
+            // checks only that the key is its own.
             let target = SwimId {
                 key: peer.id.0,
                 addr: peer.addr,
                 bump: 0,
+                expires_ms: 0,
+                signature: Vec::new(),
             };
             if let Err(e) = self.foca.announce(target, &mut self.runtime) {
                 tracing::debug!("membership: announce to {}: {e}", peer.addr);
@@ -344,6 +502,7 @@ impl Shell {
     /// list if it changed.
     async fn drain(&mut self) {
         while let Some((to, data)) = self.runtime.to_send() {
+            let data = sign_datagram(&self.identity, &data);
             // UDP is fire-and-forget; SWIM tolerates loss by design.
             if let Err(e) = self.socket.send_to(&data, to.addr).await {
                 tracing::debug!("membership: send to {}: {e}", to.addr);
@@ -387,9 +546,16 @@ impl Shell {
             live.push(self.me);
             live.sort();
             live.dedup_by_key(|m| m.id);
+            self.count_live(live.len());
             self.members.send_replace(Arc::new(live));
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
 }
 
 /// The first `N` bytes of `bytes` (callers pass enough).
@@ -408,22 +574,59 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use protocol::Identity;
+    use std::sync::atomic::AtomicU64;
 
-    async fn start(n: u8) -> MembershipHandle {
+    use foca::{Codec, Message};
+    use protocol::Identity;
+    use protocol::membership::split_datagram;
+
+    use super::gate::tests::signed_datagram;
+    use super::*;
+
+    /// The coordinator of these tests: it vouches for members by signing credentials.
+    fn coordinator() -> Identity {
+        Identity::from_seed([200; 32])
+    }
+
+    /// A member on loopback; vouched for by [`coordinator`] when `vouched`.
+    async fn start_with(n: u8, vouched: bool, max_members: usize) -> MembershipHandle {
+        start_issued(n, vouched, max_members, unix_ms()).await
+    }
+
+    /// [`start_with`], its credential issued at `issued_ms` (for one that expires soon).
+    async fn start_issued(
+        n: u8,
+        vouched: bool,
+        max_members: usize,
+        issued_ms: u64,
+    ) -> MembershipHandle {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().expect("addr");
+        let identity = Arc::new(Identity::from_seed([n; 32]));
         let me = Member {
-            id: Identity::from_seed([n; 32]).id(),
+            id: identity.id(),
             addr,
         };
         let config = MembershipConfig {
             probe_period: Duration::from_millis(100),
             expected_size: 4,
+            max_members,
             ..MembershipConfig::new(me)
         };
-        spawn(config, socket).expect("spawn")
+        let handle = spawn(config, identity, socket, Arc::default()).expect("spawn");
+        let c = coordinator();
+        if vouched {
+            handle.set_credential(c.id(), Credential::issue(&c, me.id, addr, issued_ms));
+        } else {
+            // It knows the coordinator's key but has no credential for itself.
+            let other = Identity::from_seed([201; 32]);
+            handle.set_credential(c.id(), Credential::issue(&other, me.id, addr, unix_ms()));
+        }
+        handle
+    }
+
+    async fn start(n: u8) -> MembershipHandle {
+        start_with(n, true, 4096).await
     }
 
     async fn until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -434,18 +637,41 @@ mod tests {
         }
     }
 
+    fn swim(c: &Credential) -> SwimId {
+        SwimId::new(c, 1)
+    }
+
+    fn bare(key: [u8; 32], addr: SocketAddr) -> SwimId {
+        SwimId {
+            key,
+            addr,
+            bump: 1,
+            expires_ms: u64::MAX,
+            signature: vec![7; 64],
+        }
+    }
+
+    /// A socket that counts what it receives.
+    async fn counter() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let bytes = Arc::new(AtomicU64::new(0));
+        let seen = bytes.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+                seen.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        (addr, bytes, task)
+    }
+
     #[tokio::test]
     async fn members_find_each_other_from_one_seed_and_see_a_leaver_go() {
         let a = start(1).await;
         let b = start(2).await;
         let c = start(3).await;
-        let me = |h: &MembershipHandle| {
-            h.members()[..]
-                .iter()
-                .find(|m| m.addr == h.local_addr())
-                .copied()
-        };
-        let (ma, mb) = (me(&a).expect("a"), me(&b).expect("b"));
+        let (ma, mb) = (a.me(), b.me());
         // b and c only know a; SWIM tells each about the other.
         b.seed(vec![ma]);
         c.seed(vec![ma]);
@@ -454,6 +680,17 @@ mod tests {
         })
         .await;
         assert!(c.members().contains(&mb), "c learned b through gossip");
+        for h in [&a, &b, &c] {
+            let counters = h.counters();
+            assert_eq!(
+                (
+                    counters.datagrams(),
+                    counters.members.load(Ordering::Relaxed)
+                ),
+                (0, 0),
+                "honest traffic is never refused: {counters:?}"
+            );
+        }
         b.shutdown().await;
         until("b gone from a and c", || {
             [&a, &c]
@@ -479,5 +716,241 @@ mod tests {
         until("a still works", || a.members().len() == 2).await;
         a.shutdown().await;
         b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn only_members_the_coordinator_vouches_for_are_admitted() {
+        let a = start(1).await;
+        let b = start(2).await;
+        // Its credential is signed by another key: it announces itself, nobody admits it.
+        let c = start_with(3, false, 4096).await;
+        let ma = a.me();
+        b.seed(vec![ma]);
+        c.seed(vec![ma]);
+        until("a and b see each other", || {
+            a.members().len() == 2 && b.members().len() == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for h in [&a, &b] {
+            assert!(
+                !h.members().iter().any(|m| m.id == c.me().id),
+                "the member without a valid credential is not admitted"
+            );
+        }
+        assert_eq!(c.members().len(), 1, "and it admits nobody either");
+        a.shutdown().await;
+        b.shutdown().await;
+        c.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_renewed_credential_keeps_a_member_and_an_expired_one_drops_it() {
+        let ttl = protocol::membership::CREDENTIAL_TTL_MS;
+        let a = start(1).await;
+        let b = start(2).await;
+        // c's credential expires in three seconds and is never renewed (as when the
+        // coordinator stops vouching for it).
+        let c = start_issued(3, true, 4096, unix_ms() - ttl + 3_000).await;
+        b.seed(vec![a.me()]);
+        c.seed(vec![a.me()]);
+        until("three members everywhere", || {
+            [&a, &b, &c].iter().all(|h| h.members().len() == 3)
+        })
+        .await;
+        // b's is renewed: it changes identity (a later credential) and stays a member.
+        let coordinator = coordinator();
+        b.set_credential(
+            coordinator.id(),
+            Credential::issue(&coordinator, b.me().id, b.me().addr, unix_ms() + 1_000),
+        );
+        until("c dropped by a and b", || {
+            [&a, &b]
+                .iter()
+                .all(|h| !h.members().iter().any(|m| m.id == c.me().id))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            a.members().iter().any(|m| m.id == b.me().id)
+                && b.members().iter().any(|m| m.id == a.me().id),
+            "a and b stay members across b's renewal"
+        );
+        for h in [a, b, c] {
+            h.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spoofed_announce_makes_a_member_send_nothing_to_a_third_address() {
+        let a = start(1).await;
+        let b = start(2).await;
+        b.seed(vec![a.me()]);
+        until("a and b see each other", || a.members().len() == 2).await;
+        let (victim, received, task) = counter().await;
+        let attacker = Identity::from_seed([66; 32]);
+        let raw = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let c = coordinator();
+        let dst = bare(a.me().id.0, a.me().addr);
+        let forged = Credential::issue(&attacker, attacker.id(), victim, unix_ms());
+        let b_credential = Credential::issue(&c, b.me().id, b.me().addr, unix_ms());
+        let attacks = [
+            // An Announce naming the victim, no credential at all.
+            signed_datagram(
+                &attacker,
+                bare(attacker.id().0, victim),
+                dst.clone(),
+                Message::Announce,
+                &[],
+            ),
+            // With a credential the attacker signed itself.
+            signed_datagram(
+                &attacker,
+                swim(&forged),
+                dst.clone(),
+                Message::Announce,
+                &[],
+            ),
+            // b's real identity (replayed from the wire) but not b's signature.
+            signed_datagram(
+                &attacker,
+                swim(&b_credential),
+                dst.clone(),
+                Message::Announce,
+                &[],
+            ),
+            // A probe request whose target is the victim.
+            signed_datagram(
+                &attacker,
+                swim(&forged),
+                dst.clone(),
+                Message::PingReq {
+                    target: bare([9; 32], victim),
+                    probe_number: 1,
+                },
+                &[],
+            ),
+        ];
+        for _ in 0..50 {
+            for d in &attacks {
+                raw.send_to(d, a.local_addr()).await.expect("send");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // A real vouched member's packet sent from a spoofed source (here: another socket)
+        // is refused for its source.
+        let b_signed = signed_datagram(
+            &Identity::from_seed([2; 32]),
+            swim(&b_credential),
+            dst.clone(),
+            Message::Announce,
+            &[],
+        );
+        raw.send_to(&b_signed, a.local_addr()).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            0,
+            "nothing reached the victim"
+        );
+        let drops = a.counters();
+        assert!(
+            drops.datagrams() >= 201,
+            "every spoofed datagram was counted: {drops:?}"
+        );
+        assert!(drops.wrong_source.load(Ordering::Relaxed) >= 1, "{drops:?}");
+        assert_eq!(a.members().len(), 2, "nobody joined");
+        task.abort();
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_fake_members_leaves_a_bounded_table_of_vouched_members() {
+        const CAP: usize = 16;
+        let a = start_with(1, true, CAP).await;
+        let (victim, received, task) = counter().await;
+        // The attacker is a vouched member itself (it registered one worker honestly).
+        let raw = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let attacker = Identity::from_seed([66; 32]);
+        let c = coordinator();
+        let mine = Credential::issue(
+            &c,
+            attacker.id(),
+            raw.local_addr().expect("addr"),
+            unix_ms(),
+        );
+        // Join properly first: a's answer to our Announce names its current identity.
+        let announce = signed_datagram(
+            &attacker,
+            swim(&mine),
+            bare(a.me().id.0, a.me().addr),
+            Message::Announce,
+            &[],
+        );
+        raw.send_to(&announce, a.local_addr()).await.expect("send");
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), raw.recv_from(&mut buf))
+            .await
+            .expect("a answers a vouched member")
+            .expect("recv");
+        let (_, payload) = split_datagram(&buf[..n]).expect("signed");
+        let dst = Codec::<SwimId>::decode_header(&mut PostcardCodec, &mut &payload[..])
+            .expect("header")
+            .src;
+        let mut sent = 0;
+        // Eight members a datagram fit foca's 1,400-byte packets.
+        for round in 0..100u32 {
+            // Fakes naming the victim without a credential, and fakes with real credentials
+            // for unused loopback ports (as if the coordinator had vouched for them).
+            let fakes: Vec<SwimId> = (0..8u32)
+                .map(|i| {
+                    let mut key = [0u8; 32];
+                    key[..4].copy_from_slice(&(round * 100 + i).to_le_bytes());
+                    key[31] = 1;
+                    if i % 2 == 0 {
+                        bare(key, victim)
+                    } else {
+                        let addr: SocketAddr = format!("127.0.0.9:{}", 1000 + round * 8 + i)
+                            .parse()
+                            .expect("addr");
+                        swim(&Credential::issue(&c, WorkerId(key), addr, unix_ms()))
+                    }
+                })
+                .collect();
+            let d = signed_datagram(&attacker, swim(&mine), dst.clone(), Message::Gossip, &fakes);
+            raw.send_to(&d, a.local_addr()).await.expect("send");
+            sent += fakes.len();
+            // Paced so the socket buffer of the receiver does not drop any.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let members = a.members();
+        assert!(
+            members.len() <= CAP + 1,
+            "table bounded: {} members",
+            members.len()
+        );
+        assert!(
+            members.iter().all(|m| m.addr != victim),
+            "no uncredentialed member admitted"
+        );
+        assert_eq!(
+            a.counters().live.load(Ordering::Relaxed) as usize,
+            members.len(),
+            "the exported gauge is the table"
+        );
+        assert!(
+            a.counters().members.load(Ordering::Relaxed) as usize >= sent - CAP,
+            "the rest were counted: {:?}",
+            a.counters()
+        );
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            0,
+            "nothing reached the victim"
+        );
+        task.abort();
+        a.shutdown().await;
     }
 }

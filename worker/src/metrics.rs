@@ -1,11 +1,12 @@
 //! `fallow worker --metrics ADDR`: the worker's counters in Prometheus text format
 //! (prometheus-client), served read-only on their own small HTTP listener: executions by
-//! result (trap reasons included), fuel, busy and idle time, and the gossip [`Stats`].
+//! result (trap reasons included), fuel, busy and idle time, the gossip [`Stats`] and the
+//! SWIM admission check's refusals ([`Counters`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -14,8 +15,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::membership::Counters;
 use crate::{Error, Stats};
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -34,8 +37,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// The worker's metrics, with the gossip counters of `stats` read at each scrape.
-    pub(crate) fn new(stats: Arc<Stats>) -> Self {
+    /// The worker's metrics, with the gossip counters of `stats` and the membership's
+    /// refusals (`drops`) read at each scrape.
+    pub(crate) fn new(stats: Arc<Stats>, drops: Arc<Counters>) -> Self {
         let mut registry = Registry::with_prefix("fallow_worker");
         let m = Metrics {
             registry: Registry::default(),
@@ -61,6 +65,7 @@ impl Metrics {
             m.idle.clone(),
         );
         registry.register_collector(Box::new(Gossip(stats)));
+        registry.register_collector(Box::new(Membership(drops)));
         Metrics { registry, ..m }
     }
 
@@ -148,6 +153,41 @@ impl Collector for Gossip {
             let labels = vec![("reason", *reason)];
             ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
+        Ok(())
+    }
+}
+
+/// The SWIM admission check's refusals and the live member count ([`Counters`]), read
+/// when scraped.
+#[derive(Debug)]
+struct Membership(Arc<Counters>);
+
+impl Collector for Membership {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "membership_drops",
+            "SWIM datagrams refused before reaching the membership, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in self.0.by_reason() {
+            let labels = vec![("reason", reason)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "membership_members_stripped",
+            "Gossiped members dropped: without a valid credential, or over the per-source or table cap",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.members.load(Ordering::Relaxed)).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "membership_members",
+            "Live SWIM members, this worker included (summed over its coordinators)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.live.load(Ordering::Relaxed) as i64).encode(metric)?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The peer service is open to anyone who can reach the port, and every `Exchange` costs
 //! signature checks: well-formed junk once drove a worker from 13 % to 90 % of a core. So
-//! each `Exchange` is charged, before it is parsed further than tonic's decoding, to
+//! each `Exchange` (and each `Prove`, which costs a signature; it names no keys) is charged, before it is parsed further than tonic's decoding, to
 //!
 //! - its **connection** (the caller's socket address): [`PER_CONNECTION_PER_SECOND`]
 //!   sustained, bursts of [`PER_CONNECTION_BURST`] — loopback included;

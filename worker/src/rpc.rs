@@ -181,6 +181,10 @@ pub struct Registration {
     pub peers: Vec<PeerInfo>,
     /// The coordinator's own key (`None` from a coordinator older than this field).
     pub coordinator_key: Option<WorkerId>,
+    /// The coordinator's membership credential for our peer address (`None` without one).
+    pub credential: Option<protocol::membership::Credential>,
+    /// Why the coordinator did not vouch for our peer address ("" if it did or none).
+    pub peer_warning: String,
 }
 
 /// What a worker reports about itself with each heartbeat.
@@ -201,6 +205,8 @@ pub struct HeartbeatReply {
     pub peers: Option<(u64, Vec<PeerInfo>)>,
     /// The coordinator does not know us: register again.
     pub unknown_worker: bool,
+    /// A renewed membership credential.
+    pub credential: Option<protocol::membership::Credential>,
 }
 
 /// The generated client with the enrollment interceptor.
@@ -408,6 +414,11 @@ impl CoordinatorClient {
                 &r.coordinator_key,
             )
             .ok(),
+            credential: credential_from_wire(
+                "RegisterWorkerResponse.membership_credential",
+                &r.membership_credential,
+            ),
+            peer_warning: r.peer_warning,
             heartbeat: Duration::from_millis(r.heartbeat_ms.clamp(100, 600_000)),
             peers: peers_from_wire(r.peers),
         })
@@ -442,6 +453,10 @@ impl CoordinatorClient {
             peers: (r.peers_version != peers_version)
                 .then(|| (r.peers_version, peers_from_wire(r.peers))),
             unknown_worker: r.unknown_worker,
+            credential: credential_from_wire(
+                "HeartbeatResponse.membership_credential",
+                &r.membership_credential,
+            ),
         })
     }
 
@@ -637,6 +652,16 @@ pub trait BoardHost: Send + Sync + 'static {
     -> Reply;
     /// A request was refused before reaching the board (too big or malformed).
     fn refused(&self, why: &'static str);
+    /// Signs a peer proof for `peer_addr` (`protocol::membership`) if it is the address
+    /// this host serves; `None` otherwise (the default: a host that proves nothing).
+    fn prove(
+        &self,
+        _coordinator: WorkerId,
+        _nonce: &[u8; protocol::membership::NONCE_LEN],
+        _peer_addr: &str,
+    ) -> Option<(WorkerId, [u8; 64])> {
+        None
+    }
 }
 
 /// A well-formed exchange: commitments, reveals, wanted units.
@@ -709,6 +734,50 @@ impl<H: BoardHost> pb::peer_server::Peer for PeerService<H> {
         let reply = self.host.exchange(commitments, reveals, &want);
         Ok(Response::new(reply_to_wire(&reply)))
     }
+
+    async fn prove(
+        &self,
+        request: tonic::Request<pb::ProveRequest>,
+    ) -> Result<Response<pb::ProveResponse>, Status> {
+        // Each answer costs a signature: charged like an exchange (the coordinator asks
+        // once per registration).
+        if let Err(limited) = self.limiter.admit(request.remote_addr(), []) {
+            self.host.refused("rate_limited");
+            return Err(Status::resource_exhausted(limited.0));
+        }
+        let r = request.into_inner();
+        let coordinator = WorkerId::from_slice("ProveRequest.coordinator_key", &r.coordinator_key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let nonce: [u8; protocol::membership::NONCE_LEN] = r
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("ProveRequest.nonce: must be 32 bytes"))?;
+        match self.host.prove(coordinator, &nonce, &r.peer_addr) {
+            Some((key, signature)) => Ok(Response::new(pb::ProveResponse {
+                public_key: key.0.to_vec(),
+                signature: signature.to_vec(),
+            })),
+            None => Err(Status::failed_precondition(format!(
+                "this worker does not serve {:?}",
+                r.peer_addr
+            ))),
+        }
+    }
+}
+
+/// A membership credential from the wire; a malformed one is logged and ignored (the
+/// worker then stays out of the membership until a good one comes).
+fn credential_from_wire(
+    field: &'static str,
+    bytes: &[u8],
+) -> Option<protocol::membership::Credential> {
+    if bytes.is_empty() {
+        return None;
+    }
+    protocol::membership::Credential::from_bytes(field, bytes)
+        .inspect_err(|e| tracing::warn!("{e}"))
+        .ok()
 }
 
 fn reply_to_wire(reply: &Reply) -> pb::BoardViews {
