@@ -368,16 +368,24 @@ pub(crate) async fn wait_for(
         if projects.is_empty() {
             bail!("no projects to wait for");
         }
-        if let Progress::Lines { stderr } = progress {
+        // A line for the reader: above the bars, or on its own without a terminal.
+        let say = |line: &str| match progress {
+            Progress::Bars => {
+                let _ = multi.println(line);
+            }
+            // A closed pipe is the reader's choice, not an error of ours.
+            Progress::Lines { stderr: true } => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+            Progress::Lines { stderr: false } => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        };
+        if let Progress::Lines { .. } = progress {
             for line in lines.changed(&projects) {
-                // A closed pipe is the reader's choice, not an error of ours.
-                if stderr {
-                    let _ = writeln!(std::io::stderr(), "{line}");
-                } else {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{line}");
-                    let _ = out.flush();
-                }
+                say(&line);
             }
         }
         for p in &projects {
@@ -406,7 +414,7 @@ pub(crate) async fn wait_for(
             let before = said.entry(p.id).or_default();
             if *before != p.waiting {
                 for w in p.waiting.iter().filter(|w| !before.contains(w)) {
-                    let _ = multi.println(format!("project {}: {w}", p.id));
+                    say(&format!("project {}: {w}", p.id));
                 }
                 *before = p.waiting.clone();
             }
@@ -442,7 +450,8 @@ impl ChangeLines {
     }
 }
 
-/// `project 3 primes: running · 12/40 verified · 1 failed · 4 running`.
+/// `project 3 primes: running · 12/40 verified · 1 failed · 4 running · workers: 2
+/// running, 1 suspended: …` (the fleet only while the project runs).
 fn progress_line(p: &Status) -> String {
     let mut line = format!(
         "project {} {}: {} · {}/{} verified · {} failed · {} running",
@@ -456,6 +465,9 @@ fn progress_line(p: &Status) -> String {
     );
     if !p.aggregate_error.is_empty() {
         line.push_str(&format!(" · reducer failed: {}", p.aggregate_error));
+    }
+    if !p.finished && !p.fleet.is_empty() {
+        line.push_str(&format!(" · workers: {}", p.fleet));
     }
     line
 }
@@ -961,6 +973,11 @@ mod tests {
             aggregate_ready: false,
             aggregate_error: String::new(),
             submitter: String::new(),
+            workers_running: 0,
+            workers_suspended: 0,
+            workers_idle: 0,
+            fleet: String::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -978,6 +995,15 @@ mod tests {
         assert_eq!(
             lines.changed(&[status(0, 4, 0, true)]),
             ["project 1 p: failed · 0/4 verified · 4 failed · 0 running"]
+        );
+        // While it runs, the line says what the fleet does, and a change there is a change.
+        let mut suspended = status(1, 0, 0, false);
+        suspended.fleet = "1 suspended: other programs use 47 % of the CPUs".into();
+        assert_eq!(
+            lines.changed(&[suspended]),
+            [
+                "project 1 p: running · 1/4 verified · 0 failed · 0 running · workers: 1 suspended: other programs use 47 % of the CPUs"
+            ]
         );
     }
 }
