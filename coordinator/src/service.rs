@@ -285,7 +285,8 @@ struct WorkerEntry {
 const PROVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Calls a leased unit entitles its worker to beyond the request rate: waiting its turn
-/// (a heartbeat), the certificate, a failure report or a dispute, and retries. An honest
+/// (a heartbeat), the certificate, a failure report or a dispute, asking for the next
+/// unit, and retries. An honest
 /// fleet on tiny units makes calls in proportion to the units it runs, so a rate alone
 /// would refuse it; work is leased only as fast as the scheduler hands it out.
 const BACKED_CALLS_PER_LEASE: u32 = 8;
@@ -713,8 +714,8 @@ impl<S: Store> CoordinatorService<S> {
         }
     }
 
-    /// Admits a call that follows from leased work (heartbeat, certificate, failure,
-    /// dispute, misbehaviour report): it spends one of the calls the worker's leases earned
+    /// Admits a call that follows from leased work (heartbeat, asking for more work,
+    /// certificate, failure, dispute, misbehaviour report): it spends one of the calls the worker's leases earned
     /// ([`BACKED_CALLS_PER_LEASE`]) if it has any, and only otherwise counts against the
     /// request rate ([`CoordinatorService::admit`]). So an honest worker on tiny units is
     /// never refused, while a key flooding without work is.
@@ -1641,7 +1642,6 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         self.writable()?;
         let (id, stamp) = authenticate("RequestWork", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        self.admit(id)?;
         let max = r.max_units.clamp(1, MAX_UNITS_PER_REQUEST) as usize;
         let accept_keys = r
             .accept_submitters
@@ -1665,6 +1665,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             let mut state = self.inner.state.lock().await;
             Self::known_worker(&mut state, id, now)?;
             Self::fresh(&mut state, id, &stamp)?;
+            // Asking for the next unit is part of the work a lease pays for: a worker on
+            // tiny units asks as often as it finishes one.
+            self.admit_backed(&mut state, id)?;
             let assigned = state.sched.assign_from(id, max, now, &accept);
             let capped = assigned.capped;
             let leases = assigned.leases;

@@ -2,8 +2,9 @@
 //! against a real coordinator: a module over 64 MiB in a correctly signed raw
 //! `SubmitProject` is refused naming the limit; idle, silent and slowloris connections are
 //! closed after the idle timeout while an honest client carries on; connections past the
-//! cap from one address are closed at accept; and serving one big module to many callers
-//! at once holds less than one copy per call.
+//! cap from one address are closed at accept; serving one big module to many callers
+//! at once holds less than one copy per call; and an honest fleet on tiny units is never
+//! refused by the rate limit.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -455,4 +456,63 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// Issue 17, item 7: with small units the default rate limit once refused 537,276 honest
+/// `SubmitCertificate` calls in 20 minutes. Each unit leased now earns its worker the
+/// calls it needs beyond the rate, so three honest workers at the default limits run
+/// 2,000 tiny units with no refusal at all — while a flood from one key without work is
+/// still refused (`garbage.rs`: 1,000 heartbeats at once).
+#[test]
+fn an_honest_fleet_on_tiny_units_is_never_refused_by_the_rate_limit() {
+    // A tenth of the default rate (100 calls a second), so that the workers' calls are
+    // well past the rate: each one runs about 20 units a second.
+    let mut c =
+        crate::harness::Cluster::start_with(30, &["--worker-requests-per-second", "10"], |_| {});
+    for _ in 0..3 {
+        c.start_worker(&[]);
+    }
+    // 2,000 units of 100 numbers each: a few milliseconds apiece, so the workers call as
+    // fast as they can.
+    let manifest = crate::harness::project(
+        c.dir.path(),
+        "primes-tiny",
+        artifacts::PRIMES,
+        None,
+        "replication = 2\nquorum = 2\n[inputs]\nsweep = { from = 0, to = 200_000, step = 100 }\n",
+    );
+    let id = c.submit(&manifest).expect("accepted");
+    let status = c.wait_finished(id, Duration::from_secs(600));
+    assert_eq!(
+        (
+            crate::harness::n(&status, "verified"),
+            crate::harness::n(&status, "failed")
+        ),
+        (2000, 0),
+        "{status}"
+    );
+    assert_eq!(crate::harness::sum_outputs(&c.results(id)), (17_984, 2000));
+    let coordinator: SocketAddr = c.addr.parse().expect("coordinator address");
+    let text = crate::dashboard::http_get(coordinator, "/metrics");
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("fallow_rejected_requests_total{"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    println!(
+        "2,000 tiny units, {} executions: refused calls {refused:?}",
+        crate::harness::n(&status, "executions")
+    );
+    assert!(
+        refused.is_empty(),
+        "honest calls were refused: {refused:?}\n{}",
+        c.logs()
+    );
+    for i in 0..3 {
+        let log = c.worker_log(i);
+        assert!(
+            !log.contains("RESOURCE_EXHAUSTED") && !log.contains("rate limit"),
+            "worker {i} was told to slow down:\n{log}"
+        );
+    }
 }
