@@ -2091,16 +2091,29 @@ mod tests {
     /// new directory, and a healthy store with --start-afresh, open as usual.
     #[tokio::test]
     async fn a_lost_or_damaged_store_is_refused_unless_started_afresh() {
-        async fn made(dir: &Path) {
-            let store = SqliteStore::open(dir).await.expect("create");
+        // Every damaged store starts as a copy of one made here, closed and checkpointed
+        // with its log emptied. Made in place, a store was sometimes repaired behind the
+        // test's back: `close` can return before SQLite's worker threads have closed
+        // every connection, and one closing after the damage checkpointed its
+        // write-ahead log into the damaged file. A copy shares no file with them.
+        let template = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SqliteStore::open(template.path()).await.expect("create");
             store
                 .insert_project(&spec(), Digest::of(b"m"), None, 1)
                 .await
                 .expect("insert");
-            // Closed before the files are damaged: a connection closing later would
-            // write its checkpoint over the damage.
+            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&store.pool)
+                .await
+                .expect("checkpoint");
             store.pool.close().await;
         }
+        let made = |dir: &Path| {
+            for name in ["fallow.db", MARKER] {
+                std::fs::copy(template.path().join(name), dir.join(name)).expect("copy");
+            }
+        };
         async fn refused(dir: &Path, problem: &str) {
             let err = SqliteStore::open(dir)
                 .await
@@ -2112,13 +2125,13 @@ mod tests {
         let db = |dir: &Path| dir.join("fallow.db");
 
         let zero = tempfile::tempdir().expect("tempdir");
-        made(zero.path()).await;
+        made(zero.path());
         std::fs::remove_file(zero.path().join("fallow.db-wal")).ok();
         std::fs::write(db(zero.path()), b"").expect("truncate");
         refused(zero.path(), "is empty (0 bytes)").await;
 
         let gone = tempfile::tempdir().expect("tempdir");
-        made(gone.path()).await;
+        made(gone.path());
         std::fs::remove_file(db(gone.path())).expect("delete");
         std::fs::write(gone.path().join("fallow.db-wal"), b"left behind").expect("wal");
         refused(gone.path(), "write-ahead log").await;
@@ -2126,16 +2139,8 @@ mod tests {
         refused(gone.path(), "is missing").await;
 
         let overwritten = tempfile::tempdir().expect("tempdir");
-        made(overwritten.path()).await;
-        {
-            // Pages 2 onwards overwritten (the header stays): it opens, and fails the check.
-            let store = SqliteStore::open(overwritten.path()).await.expect("open");
-            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&store.pool)
-                .await
-                .expect("checkpoint");
-            store.pool.close().await;
-        }
+        made(overwritten.path());
+        // Pages 2 onwards overwritten (the header stays): it opens, and fails the check.
         let mut bytes = std::fs::read(db(overwritten.path())).expect("read");
         assert!(bytes.len() > 8192, "{} bytes", bytes.len());
         let end = bytes.len();
@@ -2164,7 +2169,7 @@ mod tests {
         }
         // A healthy store is not touched by the flag, and a new directory needs none.
         let healthy = tempfile::tempdir().expect("tempdir");
-        made(healthy.path()).await;
+        made(healthy.path());
         let store = SqliteStore::open_with(healthy.path(), afresh)
             .await
             .expect("healthy");
