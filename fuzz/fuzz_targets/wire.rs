@@ -15,7 +15,7 @@ use protocol::identity::{Registration, verify_registration};
 use protocol::manifest::ProjectSpec;
 use proto::wire::{claims_from_wire, claims_to_wire, failure_from_wire, limits_from_wire};
 use protocol::evidence::Evidence;
-use protocol::{Claim, Limits, WorkerId};
+use protocol::{Claim, WorkerId};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
