@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use proto::v1 as pb;
 use proto::v1::coordinator_client::CoordinatorClient;
+use proto::wire;
 use protocol::manifest::ProjectSpec;
-use protocol::{Claim, Digest, Identity, Limits, ProjectId, UnitId, wire};
+use protocol::{Claim, Digest, Identity, Limits, ProjectId, UnitId};
 use tonic::transport::Channel;
 
 mod echo_pb {

@@ -20,10 +20,13 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use proto::wire;
+use protocol::assignment::{Assignment, Signed};
 use protocol::call::{self, CallStamp, ReplayGuard};
+use protocol::evidence::Evidence;
 use protocol::manifest::ProjectSpec;
 use protocol::provenance::SubmitterKey;
-use protocol::{Certificate, Digest, ProjectId, UnitId, WorkerId, wire};
+use protocol::{Certificate, Digest, ProjectId, UnitId, WorkerId};
 use sandbox::{Sandbox, SandboxConfig};
 use tokio::sync::Mutex;
 use tokio_stream::Stream;
@@ -1724,23 +1727,26 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             if self.inner.tamper_inputs {
                 input.push(b'!');
             }
-            let signer = p.signer.as_ref();
-            assignments.push(pb::Assignment {
-                project_id: lease.project.0,
-                unit_id: lease.unit.0,
-                unit_name: name,
+            // A signed project's units all carry a signature (`SubmitProject` refuses one
+            // without), so both are set or neither.
+            let signed = p
+                .signer
+                .zip(signature)
+                .map(|(signer, signature)| Signed { signer, signature });
+            let assignment = Assignment {
+                project: lease.project,
+                unit: lease.unit,
+                name,
                 input,
-                module_digest: p.module.0.to_vec(),
-                limits: Some(p.limits.into()),
+                module: p.module,
+                limits: p.limits,
                 quorum: p.quorum,
-                lease_ms: self.inner.lease_ms,
-                submitter_key: signer.map(|s| s.key.0.to_vec()).unwrap_or_default(),
-                terms: signer.map(|s| s.terms.0.to_vec()).unwrap_or_default(),
-                signature: signature.map(|s| s.to_vec()).unwrap_or_default(),
+                lease: Duration::from_millis(self.inner.lease_ms),
+                signed,
                 // Boards file the worker's commitment only with this (protocol::ticket, which
                 // explains the expiry).
-                ticket: Some(pb::LeaseTicket::from(
-                    &self.inner.key.sign_ticket(
+                ticket: Some(
+                    self.inner.key.sign_ticket(
                         id,
                         lease.project,
                         lease.unit,
@@ -1748,8 +1754,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                             .until
                             .saturating_add(protocol::ticket::GRACE_MS.max(self.inner.lease_ms)),
                     ),
-                )),
-            });
+                ),
+            };
+            assignments.push(pb::Assignment::from(&assignment));
         }
         let retry_after_ms = if assignments.is_empty() {
             IDLE_RETRY_MS
@@ -1993,7 +2000,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             &request.get_ref().reporter_key,
         )?;
         let r = request.into_inner();
-        let evidence = wire::Evidence::try_from(r).map_err(|e| to_status(e.into()))?;
+        let evidence = Evidence::try_from(r).map_err(|e| to_status(e.into()))?;
         let (offender, unit) = evidence.offender().map_err(|e| to_status(e.into()))?;
         let now = now_ms();
         let mut state = self.inner.state.lock().await;

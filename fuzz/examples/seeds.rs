@@ -7,7 +7,7 @@ use std::path::Path;
 use foca::Codec;
 use prost::Message;
 use proto::v1 as pb;
-use protocol::wire::Evidence;
+use protocol::evidence::Evidence;
 use protocol::{Claim, Digest, Identity, Limits, ProjectId, Registration, UnitId};
 
 fn main() -> std::io::Result<()> {

@@ -1,4 +1,4 @@
-//! Every protobuf → domain conversion in `protocol::wire`, on arbitrary bytes.
+//! Every protobuf → domain conversion in `proto::wire`, on arbitrary bytes.
 //!
 //! The first byte picks the message type; the rest is decoded with prost as that message
 //! (exactly what tonic does with a request body) and converted. Nothing may panic, and
@@ -13,8 +13,9 @@ use protocol::claim::Commitment;
 use protocol::failure::MAX_DETAIL;
 use protocol::identity::{Registration, verify_registration};
 use protocol::manifest::ProjectSpec;
-use protocol::wire::{Evidence, claims_from_wire, claims_to_wire, failure_from_wire};
-use protocol::{Claim, Limits, WorkerId};
+use proto::wire::{claims_from_wire, claims_to_wire, failure_from_wire, limits_from_wire};
+use protocol::evidence::Evidence;
+use protocol::{Claim, WorkerId};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
@@ -111,9 +112,9 @@ fn submit_project(bytes: &[u8]) {
 fn limits(bytes: &[u8]) {
     // An empty body decodes as all-default fields; `None` stands for a missing message.
     let wire = pb::Limits::decode(bytes).ok();
-    if let Ok(l) = Limits::try_from(wire) {
+    if let Ok(l) = limits_from_wire(wire) {
         assert!(l.validate().is_ok());
-        assert_eq!(Limits::try_from(Some(pb::Limits::from(l))).ok(), Some(l));
+        assert_eq!(limits_from_wire(Some(pb::Limits::from(l))).ok(), Some(l));
     }
 }
 

@@ -55,7 +55,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn malformed(field: &'static str, problem: impl Into<String>) -> Self {
+    /// A [`Error::Malformed`] for `field`; `proto::wire` rejects bad messages with it too.
+    pub fn malformed(field: &'static str, problem: impl Into<String>) -> Self {
         Error::Malformed {
             field,
             problem: problem.into(),

@@ -4,13 +4,17 @@
 //! Everything here is pure (no clock, no sockets); the only file access is
 //! `manifest::load` and `identity::load_or_create`. The coordinator and the worker
 //! drive these types from their async shells; the simulations drive them directly.
+//! Nothing here knows protobuf: `proto::wire` converts between these types and the
+//! generated messages, so this crate (and `sandbox`) builds without tonic and prost.
 //!
 //! # Layout
 //! - [`ids`]: `ProjectId`, `UnitId`, `WorkerId`, `Digest` — ids and digests are types.
 //! - [`identity`]: a worker's ed25519 key pair, kept in its data dir.
 //! - [`call`]: authenticated worker calls: signed, stamped, never replayed.
+//! - [`assignment`]: a unit leased to a worker, as the coordinator sends it.
 //! - [`claim`]: commit–reveal claims: a signed seal first, then "unit U produced output
 //!   with digest D using F fuel" opening it.
+//! - [`evidence`]: proof that a worker changed its answer, which a board reports.
 //! - [`certificate`]: `quorum` matching claims from distinct workers, checked against the
 //!   output bytes; the coordinator accepts results only through [`certificate::check`].
 //! - [`quorum`]: the sans-IO commit–reveal tally a worker keeps per unit it holds.
@@ -28,15 +32,16 @@
 //! - [`membership`]: who may be a SWIM member: peer proofs, coordinator credentials,
 //!   signed datagrams.
 //! - [`tls`]: certificate fingerprints and the coordinator URLs that pin them.
-//! - [`wire`]: the one boundary between protobuf messages and these types.
 
 #![forbid(unsafe_code)]
 
+pub mod assignment;
 pub mod board;
 pub mod call;
 pub mod certificate;
 pub mod claim;
 pub mod error;
+pub mod evidence;
 pub mod failure;
 pub mod identity;
 pub mod ids;
@@ -49,7 +54,6 @@ pub mod reduce;
 pub mod rendezvous;
 pub mod ticket;
 pub mod tls;
-pub mod wire;
 
 pub use certificate::Certificate;
 pub use claim::Claim;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use prost::Message;
 use proto::v1 as pb;
 use proto::v1::coordinator_client::CoordinatorClient;
-use protocol::{Claim, Digest, Identity, ProjectId, UnitId, WorkerId, wire};
+use proto::wire;
+use protocol::{Claim, Digest, Identity, ProjectId, UnitId, WorkerId};
 use serde_json::Value;
 use tonic::transport::Channel;
 

@@ -94,7 +94,7 @@ impl Checkpoints {
             let mut record = Vec::new();
             record.extend_from_slice(&(coordinator.len() as u32).to_le_bytes());
             record.extend_from_slice(coordinator.as_bytes());
-            record.extend_from_slice(&a.encode());
+            record.extend_from_slice(&crate::rpc::encode_assignment(a));
             write_atomically(&unit, &record)?;
         }
         write_atomically(&self.path(key, "ckpt"), &checkpoint.encode())
@@ -147,7 +147,7 @@ fn read_unit(path: &Path) -> Option<(String, Assignment)> {
     let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
     let (url, rest) = rest.split_at_checked(len)?;
     let url = String::from_utf8(url.to_vec()).ok()?;
-    Some((url, Assignment::decode(rest).ok()?))
+    Some((url, crate::rpc::decode_assignment(rest).ok()?))
 }
 
 /// Writes `bytes` to `path` so that a crash at any moment leaves either the old file or

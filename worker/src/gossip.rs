@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use protocol::board::{Reason, View};
 use protocol::claim::Commitment;
+use protocol::evidence::Evidence;
 use protocol::quorum::{Action, QuorumBook, Timing};
 use protocol::rendezvous::{self, BOARDS_PER_UNIT};
 use protocol::ticket::Ticket;
-use protocol::wire::Evidence;
 use protocol::{Claim, ProjectId, UnitId, WorkerId};
 
 /// Polling settings.

@@ -68,8 +68,8 @@ use std::time::{Duration, Instant};
 
 use protocol::board::{Board, BoardLimits, Reason, Rejection};
 use protocol::claim::Commitment;
+use protocol::evidence::Evidence;
 use protocol::quorum::Timing;
-use protocol::wire::Evidence;
 use protocol::{Claim, Digest, Failure, Identity, ProjectId, UnitId, WorkerId};
 use sandbox::{Finished, Proceed, Sandbox, SandboxConfig};
 use tokio_util::sync::CancellationToken;

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use prost::Message as _;
 use proto::v1 as pb;
+use proto::wire;
 use protocol::board::{Reason, View};
 use protocol::call::{self, Stamper};
 use protocol::certificate::MAX_CLAIMS;
 use protocol::claim::Commitment;
-use protocol::provenance::{Signer, SubmitterKey};
-use protocol::ticket::Ticket;
-use protocol::wire::Evidence;
-use protocol::{Claim, Digest, Failure, Identity, Limits, ProjectId, UnitId, WorkerId, wire};
+use protocol::evidence::Evidence;
+use protocol::provenance::SubmitterKey;
+use protocol::{Claim, Digest, Failure, Identity, UnitId, WorkerId};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -26,117 +26,23 @@ use crate::Error;
 use crate::gossip::{Reply, Request};
 use crate::tls::{Connection, Trust};
 
-/// A unit leased to this worker.
-#[derive(Debug, Clone)]
-pub struct Assignment {
-    /// Project.
-    pub project: ProjectId,
-    /// Unit.
-    pub unit: UnitId,
-    /// Unit name (part of the random seed).
-    pub name: String,
-    /// stdin.
-    pub input: Vec<u8>,
-    /// Module digest.
-    pub module: Digest,
-    /// Sandbox limits.
-    pub limits: Limits,
-    /// Matching claims needed.
-    pub quorum: u32,
-    /// The lease the coordinator granted with it: the deadline for starting it.
-    pub lease: Duration,
-    /// The submitter's signature over the unit; `None` for a project from before
-    /// projects were signed.
-    pub signed: Option<Signed>,
-    /// The coordinator's lease ticket, attached to our commitment so boards file it
-    /// (`None` from a coordinator that issues none, or an assignment saved before tickets:
-    /// boards then refuse the commitment and the unit ends in a partial certificate).
-    pub ticket: Option<Ticket>,
+pub use protocol::assignment::{Assignment, Signed};
+
+/// An assignment as bytes, kept on disk beside a checkpoint so a restarted worker can resume
+/// the unit (the protobuf message the coordinator sent, mapped by `proto::wire`).
+pub fn encode_assignment(a: &Assignment) -> Vec<u8> {
+    pb::Assignment::from(a).encode_to_vec()
 }
 
-/// Who signed a unit's project, and the signature over the unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Signed {
-    /// The submitter key and the project's terms digest.
-    pub signer: Signer,
-    /// The submitter's signature over the unit (`protocol::provenance::UnitTerms`).
-    pub signature: [u8; 64],
-}
-
-impl TryFrom<pb::Assignment> for Assignment {
-    type Error = Error;
-    fn try_from(a: pb::Assignment) -> Result<Self, Error> {
-        let signed = if a.submitter_key.is_empty() && a.terms.is_empty() && a.signature.is_empty() {
-            None
-        } else {
-            Some(Signed {
-                signer: Signer {
-                    key: SubmitterKey::from_slice("Assignment.submitter_key", &a.submitter_key)?,
-                    terms: Digest::from_slice("Assignment.terms", &a.terms)?,
-                },
-                signature: a.signature.as_slice().try_into().map_err(|_| {
-                    protocol::Error::Malformed {
-                        field: "Assignment.signature",
-                        problem: format!("{} bytes, expected 64", a.signature.len()),
-                    }
-                })?,
-            })
-        };
-        Ok(Assignment {
-            signed,
-            ticket: a.ticket.map(Ticket::try_from).transpose()?,
-            project: ProjectId(a.project_id),
-            unit: UnitId(a.unit_id),
-            name: a.unit_name,
-            input: a.input,
-            module: Digest::from_slice("Assignment.module_digest", &a.module_digest)?,
-            limits: Limits::try_from(a.limits)?,
-            quorum: a.quorum,
-            lease: Duration::from_millis(a.lease_ms),
+/// Reads [`encode_assignment`] back, checking it like one from the coordinator.
+pub fn decode_assignment(bytes: &[u8]) -> Result<Assignment, Error> {
+    let a = pb::Assignment::decode(bytes).map_err(|e| {
+        Error::Protocol(protocol::Error::Malformed {
+            field: "Assignment",
+            problem: e.to_string(),
         })
-    }
-}
-
-impl Assignment {
-    /// The assignment as bytes, kept on disk beside a checkpoint so a restarted worker can
-    /// resume the unit (the protobuf message the coordinator sent).
-    pub fn encode(&self) -> Vec<u8> {
-        pb::Assignment {
-            project_id: self.project.0,
-            unit_id: self.unit.0,
-            unit_name: self.name.clone(),
-            input: self.input.clone(),
-            module_digest: self.module.0.to_vec(),
-            limits: Some(self.limits.into()),
-            quorum: self.quorum,
-            lease_ms: self.lease.as_millis() as u64,
-            submitter_key: self
-                .signed
-                .map(|s| s.signer.key.0.to_vec())
-                .unwrap_or_default(),
-            terms: self
-                .signed
-                .map(|s| s.signer.terms.0.to_vec())
-                .unwrap_or_default(),
-            signature: self
-                .signed
-                .map(|s| s.signature.to_vec())
-                .unwrap_or_default(),
-            ticket: self.ticket.as_ref().map(pb::LeaseTicket::from),
-        }
-        .encode_to_vec()
-    }
-
-    /// Reads [`Assignment::encode`] back, checking it like one from the coordinator.
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let a = pb::Assignment::decode(bytes).map_err(|e| {
-            Error::Protocol(protocol::Error::Malformed {
-                field: "Assignment",
-                problem: e.to_string(),
-            })
-        })?;
-        Assignment::try_from(a)
-    }
+    })?;
+    Ok(Assignment::try_from(a)?)
 }
 
 /// A peer worker, as the coordinator lists it.
@@ -895,6 +801,7 @@ impl PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::ProjectId;
     use protocol::board::Board;
     use std::sync::Mutex;
 

@@ -1,14 +1,23 @@
 //! The boundary between protobuf messages and domain types: every conversion of a shared
 //! message lives here, and every one that reads network data is a `TryFrom` that rejects bad
 //! input with [`Error::Malformed`] naming the field ("parse, don't validate").
+//!
+//! The conversions return `protocol::Error` rather than an error type of this crate: a bad
+//! message is refused by the same domain checks (`Digest::from_slice`, `Limits::validate`,
+//! `ProjectSpec::validate`) that return it, every caller already maps it to a `tonic::Status`
+//! or its own error in one place, and a second enum here would only wrap it.
 
-use proto::v1 as pb;
+use std::time::Duration;
 
-use crate::claim::Commitment;
-use crate::manifest::ProjectSpec;
-use crate::provenance::{Signatures, SubmitterKey};
-use crate::ticket::Ticket;
-use crate::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+use protocol::assignment::{Assignment, Signed};
+use protocol::claim::Commitment;
+use protocol::evidence::Evidence;
+use protocol::manifest::ProjectSpec;
+use protocol::provenance::{Signatures, Signer, SubmitterKey};
+use protocol::ticket::Ticket;
+use protocol::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+
+use crate::v1 as pb;
 
 fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Error> {
     bytes
@@ -91,44 +100,64 @@ impl From<&Commitment> for pb::Commitment {
     }
 }
 
-/// Proof that a worker changed its answer for a unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Evidence {
-    /// A signed claim that does not open the same worker's signed commitment.
-    Mismatch(Commitment, Claim),
-    /// Two different signed commitments by one worker for one unit.
-    Equivocation(Commitment, Commitment),
+impl TryFrom<pb::Assignment> for Assignment {
+    type Error = Error;
+    fn try_from(a: pb::Assignment) -> Result<Self, Error> {
+        let signed = if a.submitter_key.is_empty() && a.terms.is_empty() && a.signature.is_empty() {
+            None
+        } else {
+            Some(Signed {
+                signer: Signer {
+                    key: SubmitterKey::from_slice("Assignment.submitter_key", &a.submitter_key)?,
+                    terms: Digest::from_slice("Assignment.terms", &a.terms)?,
+                },
+                signature: a.signature.as_slice().try_into().map_err(|_| {
+                    Error::malformed(
+                        "Assignment.signature",
+                        format!("{} bytes, expected 64", a.signature.len()),
+                    )
+                })?,
+            })
+        };
+        Ok(Assignment {
+            signed,
+            ticket: a.ticket.map(Ticket::try_from).transpose()?,
+            project: ProjectId(a.project_id),
+            unit: UnitId(a.unit_id),
+            name: a.unit_name,
+            input: a.input,
+            module: Digest::from_slice("Assignment.module_digest", &a.module_digest)?,
+            limits: limits_from_wire(a.limits)?,
+            quorum: a.quorum,
+            lease: Duration::from_millis(a.lease_ms),
+        })
+    }
 }
 
-impl Evidence {
-    /// The worker the evidence is against, if it proves anything: both messages must be
-    /// validly signed by the same worker, be about the same unit, and differ.
-    pub fn offender(&self) -> Result<(WorkerId, UnitId), Error> {
-        let bad = |why: &str| Err(Error::malformed("Evidence", why.to_string()));
-        let (first, second) = match self {
-            Evidence::Mismatch(c, claim) => {
-                if claim.opens(c) {
-                    return bad("the claim opens the commitment: nothing wrong");
-                }
-                claim.verify()?;
-                (c, claim.commitment())
-            }
-            Evidence::Equivocation(a, b) => {
-                if a.seal == b.seal {
-                    return bad("the commitments are the same");
-                }
-                b.verify()?;
-                (a, b.clone())
-            }
-        };
-        first.verify()?;
-        if first.worker != second.worker
-            || first.unit != second.unit
-            || first.project != second.project
-        {
-            return bad("the two messages are by different workers or about different units");
+/// The one mapping of an assignment to the wire: the coordinator sends it, the worker keeps
+/// it on disk beside a checkpoint.
+impl From<&Assignment> for pb::Assignment {
+    fn from(a: &Assignment) -> Self {
+        pb::Assignment {
+            project_id: a.project.0,
+            unit_id: a.unit.0,
+            unit_name: a.name.clone(),
+            input: a.input.clone(),
+            module_digest: a.module.0.to_vec(),
+            limits: Some(a.limits.into()),
+            quorum: a.quorum,
+            lease_ms: a.lease.as_millis() as u64,
+            submitter_key: a
+                .signed
+                .map(|s| s.signer.key.0.to_vec())
+                .unwrap_or_default(),
+            terms: a
+                .signed
+                .map(|s| s.signer.terms.0.to_vec())
+                .unwrap_or_default(),
+            signature: a.signed.map(|s| s.signature.to_vec()).unwrap_or_default(),
+            ticket: a.ticket.as_ref().map(pb::LeaseTicket::from),
         }
-        Ok((first.worker, first.unit))
     }
 }
 
@@ -179,27 +208,26 @@ pub fn claims_to_wire(claims: &[Claim]) -> Vec<pb::Claim> {
     claims.iter().map(pb::Claim::from).collect()
 }
 
-impl TryFrom<Option<pb::Limits>> for Limits {
-    type Error = Error;
-    fn try_from(l: Option<pb::Limits>) -> Result<Self, Error> {
-        let l = l.ok_or_else(|| Error::malformed("limits", "missing"))?;
-        let limits = Limits {
-            fuel: l.fuel,
-            memory_mb: l.memory_mb,
-            wall_seconds: l.wall_seconds,
-            max_output_bytes: l.max_output_bytes,
-            nan_canonicalization: l.nan_canonicalization,
-            // 0: sent by a coordinator that predates checkpoints.
-            max_checkpoint_bytes: match l.max_checkpoint_bytes {
-                0 => Limits::default().max_checkpoint_bytes,
-                n => n,
-            },
-        };
-        limits
-            .validate()
-            .map_err(|p| Error::malformed("limits", p))?;
-        Ok(limits)
-    }
+/// Reads a message's `limits` field, refusing a missing one. (A function, not a `TryFrom`
+/// on `Option<pb::Limits>`: neither `Option` nor `Limits` is this crate's.)
+pub fn limits_from_wire(l: Option<pb::Limits>) -> Result<Limits, Error> {
+    let l = l.ok_or_else(|| Error::malformed("limits", "missing"))?;
+    let limits = Limits {
+        fuel: l.fuel,
+        memory_mb: l.memory_mb,
+        wall_seconds: l.wall_seconds,
+        max_output_bytes: l.max_output_bytes,
+        nan_canonicalization: l.nan_canonicalization,
+        // 0: sent by a coordinator that predates checkpoints.
+        max_checkpoint_bytes: match l.max_checkpoint_bytes {
+            0 => Limits::default().max_checkpoint_bytes,
+            n => n,
+        },
+    };
+    limits
+        .validate()
+        .map_err(|p| Error::malformed("limits", p))?;
+    Ok(limits)
 }
 
 impl From<Limits> for pb::Limits {
@@ -267,11 +295,11 @@ impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
             max_replicas: r.max_replicas,
             adaptive: !r.fixed_replication,
             error_bound: if r.error_bound == 0.0 {
-                crate::manifest::DEFAULT_ERROR_BOUND
+                protocol::manifest::DEFAULT_ERROR_BOUND
             } else {
                 r.error_bound
             },
-            limits: Limits::try_from(r.limits)?,
+            limits: limits_from_wire(r.limits)?,
             signatures: None,
             units: Vec::with_capacity(r.units.len()),
             manifest: r.manifest,
@@ -349,7 +377,7 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Identity;
+    use protocol::Identity;
 
     #[test]
     fn claims_round_trip_and_malformed_ones_are_refused() {
@@ -377,7 +405,7 @@ mod tests {
     /// the sender checked: a raw `SubmitProject` over one is refused naming it.
     #[test]
     fn submissions_over_a_documented_limit_are_refused_on_the_wire() {
-        use crate::manifest::{MAX_INPUT_BYTES, MAX_MODULE_BYTES, MAX_UNITS};
+        use protocol::manifest::{MAX_INPUT_BYTES, MAX_MODULE_BYTES, MAX_UNITS};
         fn unit(name: &str, input: Vec<u8>) -> pb::UnitInput {
             pb::UnitInput {
                 name: name.into(),
@@ -455,7 +483,7 @@ mod tests {
     fn limits_out_of_range_are_refused_on_the_wire() {
         let mut l = pb::Limits::from(Limits::default());
         l.memory_mb = 1_000_000;
-        assert!(Limits::try_from(Some(l)).is_err());
-        assert!(Limits::try_from(None).is_err());
+        assert!(limits_from_wire(Some(l)).is_err());
+        assert!(limits_from_wire(None).is_err());
     }
 }
