@@ -340,10 +340,7 @@ pub(crate) async fn run<S: Store>(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    config.validate().map_err(|message| Error::DataDir {
-        path: config.data_dir.clone(),
-        message,
-    })?;
+    config.validate()?;
     let lease_ms = config.lease.as_millis() as u64;
     let snapshot = store.load().await?;
     let now = now_ms();
@@ -602,6 +599,7 @@ pub(crate) fn to_status(e: Error) -> Status {
             ))
         }
         Error::Store(_)
+        | Error::Config { .. }
         | Error::DataDir { .. }
         | Error::StoreDamaged { .. }
         | Error::Corrupt(_)
