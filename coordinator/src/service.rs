@@ -162,8 +162,8 @@ struct State {
     peers_version: u64,
     /// Workers that registered with a peer address, for sampling.
     listed: Vec<WorkerId>,
-    /// Draws peer samples (splitmix64).
-    rng: u64,
+    /// Draws peer samples.
+    rng: protocol::rng::SplitMix64,
     /// The call stamps workers used lately: each is accepted once (`protocol::call`).
     calls: ReplayGuard,
     /// Units already logged as waiting for a worker of another account (logged again
@@ -253,15 +253,6 @@ async fn writer<S: Store>(
         }
         pending.fetch_sub(taken, Ordering::SeqCst);
     }
-}
-
-/// Splitmix64 step.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 struct WorkerEntry {
@@ -454,7 +445,7 @@ pub(crate) async fn run<S: Store>(
                 workers,
                 peers_version: 1,
                 listed,
-                rng: seed ^ 0x5EED,
+                rng: protocol::rng::SplitMix64::new(seed ^ 0x5EED),
                 calls: ReplayGuard::default(),
                 waiting_logged: HashSet::new(),
             }),
@@ -863,7 +854,7 @@ impl<S: Store> CoordinatorService<S> {
             if out.len() >= PEER_SAMPLE {
                 break;
             }
-            let id = state.listed[(next_random(&mut state.rng) % n as u64) as usize];
+            let id = state.listed[(state.rng.next_u64() % n as u64) as usize];
             self.offer_peer(state, id, except, now, &mut picked, &mut out);
         }
         if draws == 0 {
