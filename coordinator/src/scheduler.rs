@@ -111,8 +111,6 @@ pub const THROTTLE_PERIOD_MS: u64 = 24 * 60 * 60 * 1000;
 /// Unchecked solo results remembered per (worker, project) for re-verification; older
 /// ones are final.
 pub const UNCHECKED_WINDOW: usize = 1024;
-/// Default project error bound (see [`spot_check_probability`]).
-pub const DEFAULT_ERROR_BOUND: f64 = 0.02;
 
 /// Probability that a unit first taken by a worker with `consecutive` confirmed results is
 /// secretly replicated anyway. 1 below the trust threshold. Above it, chosen so that for a
