@@ -1266,7 +1266,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             // not sign as sent is refused whole, naming the first bad unit.
             let key = spec
                 .verify_signatures()
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                .map_err(|e| to_status(e.into()))?;
             let signer = protocol::provenance::Signer {
                 key,
                 terms: spec.terms(),
