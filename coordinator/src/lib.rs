@@ -94,6 +94,13 @@ pub enum Error {
     /// No such project.
     #[error("unknown project {0}")]
     UnknownProject(ProjectId),
+    /// No module with this digest in the store.
+    #[error("no module with digest {}", .0.to_hex())]
+    UnknownModule(protocol::Digest),
+    /// The coordinator is shutting down: the request was not carried out (it may be
+    /// tried again once the coordinator is back).
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
     /// A worker that never registered (or registered with another coordinator).
     #[error("unknown worker {0}: register first")]
     UnknownWorker(String),

@@ -578,7 +578,10 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::Protocol(_) | Error::Module(_) | Error::BadDispute(_) => {
             Status::invalid_argument(e.to_string())
         }
-        Error::UnknownUnit(_) | Error::UnknownProject(_) => Status::not_found(e.to_string()),
+        Error::UnknownUnit(_) | Error::UnknownProject(_) | Error::UnknownModule(_) => {
+            Status::not_found(e.to_string())
+        }
+        Error::ShuttingDown => Status::unavailable(e.to_string()),
         Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
         Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
             Status::failed_precondition(e.to_string())
@@ -656,9 +659,7 @@ impl<S: Store> CoordinatorService<S> {
         self.inner.pending_writes.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.inner.writes.send(Job { writes, done }) {
             self.inner.pending_writes.fetch_sub(1, Ordering::SeqCst);
-            let _ =
-                e.0.done
-                    .send(Err(Status::unavailable("the coordinator is shutting down")));
+            let _ = e.0.done.send(Err(to_status(Error::ShuttingDown)));
         }
         committed
     }
@@ -776,7 +777,7 @@ impl<S: Store> CoordinatorService<S> {
     ) -> Result<(), Status> {
         committed
             .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .map_err(|_| to_status(Error::ShuttingDown))?
     }
 
     /// Checks that `worker` answers at `peer_addr`: calls its `Peer.Prove` with a fresh
@@ -1264,9 +1265,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let (spec, signer) = tokio::task::spawn_blocking(move || -> Result<_, Status> {
             // Every unit's signature, before anything else: a project its submitter did
             // not sign as sent is refused whole, naming the first bad unit.
-            let key = spec
-                .verify_signatures()
-                .map_err(|e| to_status(e.into()))?;
+            let key = spec.verify_signatures().map_err(|e| to_status(e.into()))?;
             let signer = protocol::provenance::Signer {
                 key,
                 terms: spec.terms(),
@@ -1772,10 +1771,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 response.extensions_mut().insert(sending);
                 Ok(response)
             }
-            None => Err(Status::not_found(format!(
-                "no module with digest {}",
-                digest.to_hex()
-            ))),
+            None => Err(to_status(Error::UnknownModule(digest))),
         }
     }
 

@@ -384,13 +384,19 @@ mod tests {
     /// The pure half fills the documented defaults without touching a file.
     #[test]
     fn parse_and_to_spec_fill_the_defaults() {
-        let text = "name = \"p\"\nwasm = \"m.wasm\"\n[inputs]\nsweep = { from = 0, to = 4, step = 2 }\n";
+        let text =
+            "name = \"p\"\nwasm = \"m.wasm\"\n[inputs]\nsweep = { from = 0, to = 4, step = 2 }\n";
         let manifest = Manifest::parse(text).expect("parses");
         let sweep = manifest.inputs.sweep.expect("a sweep");
         let units = sweep_units(sweep).expect("units");
         let spec = manifest.to_spec(b"\0asm\x01\0\0\0".to_vec(), None, units, text.into());
         assert_eq!(
-            (spec.replication, spec.quorum, spec.max_replicas, spec.adaptive),
+            (
+                spec.replication,
+                spec.quorum,
+                spec.max_replicas,
+                spec.adaptive
+            ),
             (2, 2, 5, true)
         );
         assert_eq!(spec.error_bound, DEFAULT_ERROR_BOUND);

@@ -27,8 +27,8 @@ use protocol::board::{Board, BoardLimits, Reason, View};
 use protocol::claim::Commitment;
 use protocol::quorum::{Action, QuorumBook, Timing};
 use protocol::rendezvous::{BOARDS_PER_UNIT, boards};
-use protocol::ticket::Ticket;
 use protocol::rng::SplitMix64;
+use protocol::ticket::Ticket;
 use protocol::{
     Certificate, Claim, Digest, Failure, FailureKind, Identity, Limits, ProjectId, UnitId, WorkerId,
 };
