@@ -49,6 +49,15 @@ pub enum Error {
     /// The database failed; the operation's transaction was rolled back.
     #[error("database: {0}")]
     Store(#[from] sqlx::Error),
+    /// A setting is out of range; nothing was opened or served. `flag` names the
+    /// `fallow coordinator` flag (or config field) and its value, `message` the rule.
+    #[error("{flag}: {message}")]
+    Config {
+        /// The flag and the value given, e.g. `--lease-seconds 0`.
+        flag: String,
+        /// What the value must be, e.g. `must be at least 1`.
+        message: String,
+    },
     /// The data directory cannot be used.
     #[error("data directory {}: {message}", path.display())]
     DataDir {
@@ -85,6 +94,13 @@ pub enum Error {
     /// No such project.
     #[error("unknown project {0}")]
     UnknownProject(ProjectId),
+    /// No module with this digest in the store.
+    #[error("no module with digest {}", .0.to_hex())]
+    UnknownModule(protocol::Digest),
+    /// The coordinator is shutting down: the request was not carried out (it may be
+    /// tried again once the coordinator is back).
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
     /// A worker that never registered (or registered with another coordinator).
     #[error("unknown worker {0}: register first")]
     UnknownWorker(String),
@@ -246,22 +262,32 @@ impl Default for CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    /// Checks the settings, naming the bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the settings, naming the bad one ([`Error::Config`]).
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |flag: String, message: &str| {
+            Err(Error::Config {
+                flag,
+                message: message.into(),
+            })
+        };
         if self.lease < Duration::from_secs(1) {
-            return Err(format!(
-                "--lease-seconds must be at least 1 (got {:?})",
-                self.lease
-            ));
+            return bad(
+                format!("--lease-seconds {}", self.lease.as_secs()),
+                "must be at least 1",
+            );
         }
         if self.max_message_bytes < 1 << 20 {
-            return Err("max message size must be at least 1 MiB".into());
+            // No flag sets it: only code that builds the config does.
+            return bad(
+                format!("max_message_bytes {}", self.max_message_bytes),
+                "must be at least 1 MiB (1048576)",
+            );
         }
         if self.max_pending_writes == 0 {
-            return Err("max pending writes must be at least 1".into());
+            return bad("max_pending_writes 0".into(), "must be at least 1");
         }
         if self.idle_timeout.is_zero() {
-            return Err("--idle-timeout-seconds must be at least 1 (got 0)".into());
+            return bad("--idle-timeout-seconds 0".into(), "must be at least 1");
         }
         Ok(())
     }
@@ -317,4 +343,48 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bad setting is a config error naming the flag and its value, never the data dir.
+    #[test]
+    fn validate_names_the_flag() {
+        let check = |config: CoordinatorConfig, expected: &str| {
+            let err = config.validate().expect_err("accepted");
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+            assert_eq!(err.to_string(), expected);
+        };
+        check(
+            CoordinatorConfig {
+                lease: Duration::ZERO,
+                ..Default::default()
+            },
+            "--lease-seconds 0: must be at least 1",
+        );
+        check(
+            CoordinatorConfig {
+                idle_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            "--idle-timeout-seconds 0: must be at least 1",
+        );
+        check(
+            CoordinatorConfig {
+                max_pending_writes: 0,
+                ..Default::default()
+            },
+            "max_pending_writes 0: must be at least 1",
+        );
+        check(
+            CoordinatorConfig {
+                max_message_bytes: 1000,
+                ..Default::default()
+            },
+            "max_message_bytes 1000: must be at least 1 MiB (1048576)",
+        );
+        assert!(CoordinatorConfig::default().validate().is_ok());
+    }
 }

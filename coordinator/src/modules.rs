@@ -106,7 +106,7 @@ impl Modules {
             .clone()
             .acquire_many_owned(share)
             .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+            .map_err(|_| crate::service::to_status(crate::Error::ShuttingDown))?;
         Ok(Some((module, KeepUntilSent::new((turn, sending)))))
     }
 
@@ -138,7 +138,7 @@ impl Modules {
             turns
                 .acquire_owned()
                 .await
-                .map_err(|_| Status::unavailable("the coordinator is shutting down"))?,
+                .map_err(|_| crate::service::to_status(crate::Error::ShuttingDown))?,
         );
         Ok(turn)
     }

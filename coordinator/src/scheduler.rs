@@ -91,6 +91,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use protocol::certificate::{self, Certificate, UnitFacts, Verified};
+use protocol::rng::SplitMix64;
 use protocol::{Claim, Digest, Failure, Limits, ProjectId, UnitId, WorkerId};
 
 use crate::Error;
@@ -110,8 +111,6 @@ pub const THROTTLE_PERIOD_MS: u64 = 24 * 60 * 60 * 1000;
 /// Unchecked solo results remembered per (worker, project) for re-verification; older
 /// ones are final.
 pub const UNCHECKED_WINDOW: usize = 1024;
-/// Default project error bound (see [`spot_check_probability`]).
-pub const DEFAULT_ERROR_BOUND: f64 = 0.02;
 
 /// Probability that a unit first taken by a worker with `consecutive` confirmed results is
 /// secretly replicated anyway. 1 below the trust threshold. Above it, chosen so that for a
@@ -658,7 +657,8 @@ pub struct Scheduler {
     workers: HashMap<WorkerId, (Arc<str>, Option<Arc<str>>)>,
     trust: HashMap<(WorkerId, ProjectId), Trust>,
     standing: HashMap<WorkerId, Standing>,
-    rng: u64,
+    /// Picks spot checks and pool slots.
+    rng: SplitMix64,
     distinct_subnets: bool,
     /// (unit, worker) pairs whose votes no longer count: the worker was caught changing
     /// its answer for that unit.
@@ -872,7 +872,7 @@ impl Scheduler {
     pub fn new(lease_ms: u64, seed: u64) -> Self {
         Scheduler {
             lease_ms,
-            rng: seed,
+            rng: SplitMix64::new(seed),
             distinct_subnets: true,
             ..Default::default()
         }
@@ -1164,13 +1164,7 @@ impl Scheduler {
     }
 
     fn next_random(&mut self) -> f64 {
-        // splitmix64: tiny, seedable, good enough to pick spot checks.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.unit()
     }
 
     /// Uniformly one of `0..n` (`n` > 0).

@@ -165,8 +165,8 @@ struct State {
     peers_version: u64,
     /// Workers that registered with a peer address, for sampling.
     listed: Vec<WorkerId>,
-    /// Draws peer samples (splitmix64).
-    rng: u64,
+    /// Draws peer samples.
+    rng: protocol::rng::SplitMix64,
     /// The call stamps workers used lately: each is accepted once (`protocol::call`).
     calls: ReplayGuard,
     /// Units already logged as waiting for a worker of another account (logged again
@@ -258,15 +258,6 @@ async fn writer<S: Store>(
     }
 }
 
-/// Splitmix64 step.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 struct WorkerEntry {
     peer_addr: String,
     last_seen: u64,
@@ -344,10 +335,7 @@ pub(crate) async fn run<S: Store>(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    config.validate().map_err(|message| Error::DataDir {
-        path: config.data_dir.clone(),
-        message,
-    })?;
+    config.validate()?;
     let lease_ms = config.lease.as_millis() as u64;
     let snapshot = store.load().await?;
     let now = now_ms();
@@ -461,7 +449,7 @@ pub(crate) async fn run<S: Store>(
                 workers,
                 peers_version: 1,
                 listed,
-                rng: seed ^ 0x5EED,
+                rng: protocol::rng::SplitMix64::new(seed ^ 0x5EED),
                 calls: ReplayGuard::default(),
                 waiting_logged: HashSet::new(),
             }),
@@ -594,7 +582,10 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::Protocol(_) | Error::Module(_) | Error::BadDispute(_) => {
             Status::invalid_argument(e.to_string())
         }
-        Error::UnknownUnit(_) | Error::UnknownProject(_) => Status::not_found(e.to_string()),
+        Error::UnknownUnit(_) | Error::UnknownProject(_) | Error::UnknownModule(_) => {
+            Status::not_found(e.to_string())
+        }
+        Error::ShuttingDown => Status::unavailable(e.to_string()),
         Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
         Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
             Status::failed_precondition(e.to_string())
@@ -606,6 +597,7 @@ pub(crate) fn to_status(e: Error) -> Status {
             ))
         }
         Error::Store(_)
+        | Error::Config { .. }
         | Error::DataDir { .. }
         | Error::StoreDamaged { .. }
         | Error::Corrupt(_)
@@ -671,9 +663,7 @@ impl<S: Store> CoordinatorService<S> {
         self.inner.pending_writes.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.inner.writes.send(Job { writes, done }) {
             self.inner.pending_writes.fetch_sub(1, Ordering::SeqCst);
-            let _ =
-                e.0.done
-                    .send(Err(Status::unavailable("the coordinator is shutting down")));
+            let _ = e.0.done.send(Err(to_status(Error::ShuttingDown)));
         }
         committed
     }
@@ -791,7 +781,7 @@ impl<S: Store> CoordinatorService<S> {
     ) -> Result<(), Status> {
         committed
             .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .map_err(|_| to_status(Error::ShuttingDown))?
     }
 
     /// Checks that `worker` answers at `peer_addr`: calls its `Peer.Prove` with a fresh
@@ -869,7 +859,7 @@ impl<S: Store> CoordinatorService<S> {
             if out.len() >= PEER_SAMPLE {
                 break;
             }
-            let id = state.listed[(next_random(&mut state.rng) % n as u64) as usize];
+            let id = state.listed[(state.rng.next_u64() % n as u64) as usize];
             self.offer_peer(state, id, except, now, &mut picked, &mut out);
         }
         if draws == 0 {
@@ -1279,9 +1269,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let (spec, signer) = tokio::task::spawn_blocking(move || -> Result<_, Status> {
             // Every unit's signature, before anything else: a project its submitter did
             // not sign as sent is refused whole, naming the first bad unit.
-            let key = spec
-                .verify_signatures()
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let key = spec.verify_signatures().map_err(|e| to_status(e.into()))?;
             let signer = protocol::provenance::Signer {
                 key,
                 terms: spec.terms(),
@@ -1793,10 +1781,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 response.extensions_mut().insert(sending);
                 Ok(response)
             }
-            None => Err(Status::not_found(format!(
-                "no module with digest {}",
-                digest.to_hex()
-            ))),
+            None => Err(to_status(Error::UnknownModule(digest))),
         }
     }
 

@@ -20,6 +20,8 @@ pub async fn coordinator(
     tls: ServeTls,
     mut config: coordinator::CoordinatorConfig,
 ) -> anyhow::Result<()> {
+    // Before the store is opened or created: a bad flag leaves nothing behind.
+    config.validate().context("fallow coordinator")?;
     let data = config.data_dir.clone();
     let store = coordinator::store::sqlite::SqliteStore::open_with(
         &data,

@@ -1,18 +1,18 @@
 //! Manifest text → `Manifest` → `ProjectSpec::validate`, without touching files.
 //!
 //! `protocol::manifest::load` reads the manifest, its modules and its input directory from
-//! disk, so it cannot be fuzzed directly. This target does what `load` does with the text
-//! (same TOML type, same defaults) and stands in fixed bytes for the files: the parsing,
-//! the sweep arithmetic, the unit-name rules and the structural validation all run on
-//! hostile input. Nothing may panic; accepted values must keep the documented bounds.
+//! disk, so it is not fuzzed directly. This target runs its pure half, `Manifest::parse`
+//! and `Manifest::to_spec` (the same parsing and defaults `load` uses), and stands in
+//! fixed bytes for the files: the parsing, the sweep arithmetic, the unit-name rules and
+//! the structural validation all run on hostile input. Nothing may panic; accepted values
+//! must keep the documented bounds.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use protocol::Limits;
 use protocol::manifest::{
-    DEFAULT_ERROR_BOUND, MAX_REPLICAS, MAX_UNITS, Manifest, ProjectSpec, check_unit_name,
-    sweep_units,
+    MAX_REPLICAS, MAX_UNITS, Manifest, ProjectSpec, check_unit_name, sweep_units,
 };
 
 /// Sweeps that would produce more units than this are only checked for the "too many" path:
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     // Unit-name rules on the raw text too: names come from file names and sweeps.
     check_name(text);
 
-    let Ok(manifest) = toml::from_str::<Manifest>(text) else {
+    let Ok(manifest) = Manifest::parse(text) else {
         return;
     };
     let _ = manifest.limits.validate();
@@ -55,23 +55,10 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => return,
     };
-    // The same defaults as `manifest::load`.
-    let spec = ProjectSpec {
-        name: manifest.name,
-        module: b"\0asm\x01\0\0\0".to_vec(),
-        reducer: manifest.reduce.map(|_| b"\0asm\x01\0\0\0".to_vec()),
-        replication: manifest.replication,
-        quorum: manifest.quorum.unwrap_or(manifest.replication),
-        max_replicas: manifest
-            .max_replicas
-            .unwrap_or(manifest.replication.saturating_add(3)),
-        adaptive: manifest.adaptive,
-        error_bound: manifest.error_bound.unwrap_or(DEFAULT_ERROR_BOUND),
-        limits: manifest.limits,
-        units,
-        manifest: text.to_string(),
-        signatures: None,
-    };
+    // Stand-in modules; the defaults are `manifest::load`'s own.
+    let module = b"\0asm\x01\0\0\0".to_vec();
+    let reducer = manifest.reduce.as_ref().map(|_| module.clone());
+    let spec = manifest.to_spec(module, reducer, units, text.to_string());
     if spec.validate().is_ok() {
         check_accepted(&spec);
     }

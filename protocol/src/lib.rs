@@ -23,6 +23,8 @@
 //! - [`ticket`]: lease tickets, the coordinator's voucher that a worker holds a unit,
 //!   without which boards file no commitment.
 //! - [`rendezvous`]: which peers a unit's claims go to (highest-random-weight hashing).
+//! - [`rng`]: splitmix64, the one small seedable generator (spot checks, peer samples,
+//!   simulations).
 //! - [`manifest`]: the project manifest (TOML) and its validation.
 //! - [`provenance`]: signed projects: the submitter's key signs every unit with the
 //!   project's module, limits and terms; workers check before running.
@@ -52,6 +54,7 @@ pub mod provenance;
 pub mod quorum;
 pub mod reduce;
 pub mod rendezvous;
+pub mod rng;
 pub mod ticket;
 pub mod tls;
 

@@ -2,7 +2,8 @@
 //!
 //! [`load`] is, with `identity::load_or_create`, the only code in this crate that reads
 //! files: it resolves the manifest's paths and inputs into a [`ProjectSpec`] that the CLI
-//! uploads and the coordinator validates again with [`ProjectSpec::validate`].
+//! uploads and the coordinator validates again with [`ProjectSpec::validate`]. Its pure
+//! half, [`Manifest::parse`] and [`Manifest::to_spec`], is what the fuzz target runs.
 
 use std::path::{Path, PathBuf};
 
@@ -124,14 +125,15 @@ pub struct ProjectSpec {
     pub signatures: Option<crate::provenance::Signatures>,
 }
 
-/// Reads the manifest at `path`, its modules and its inputs.
+/// Reads the manifest at `path`, its modules and its inputs: the file side of
+/// [`Manifest::parse`] and [`Manifest::to_spec`].
 pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
     let fail = |message: String| Error::Manifest {
         path: path.to_path_buf(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let manifest: Manifest = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let manifest = Manifest::parse(&text).map_err(fail)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let read_module = |key: &str, rel: &Path| -> Result<Vec<u8>, Error> {
         let file = base.join(rel);
@@ -170,25 +172,45 @@ pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
             ));
         }
     };
-    let quorum = manifest.quorum.unwrap_or(manifest.replication);
-    let spec = ProjectSpec {
-        name: manifest.name,
-        module,
-        reducer,
-        replication: manifest.replication,
-        quorum,
-        max_replicas: manifest
-            .max_replicas
-            .unwrap_or(manifest.replication.saturating_add(3)),
-        adaptive: manifest.adaptive,
-        error_bound: manifest.error_bound.unwrap_or(DEFAULT_ERROR_BOUND),
-        limits: manifest.limits,
-        units,
-        manifest: text,
-        signatures: None,
-    };
+    let spec = manifest.to_spec(module, reducer, units, text);
     spec.validate().map_err(fail)?;
     Ok(spec)
+}
+
+impl Manifest {
+    /// Parses manifest text; no file is read. The message is TOML's, naming the line.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| e.to_string())
+    }
+
+    /// The project this manifest describes, with the module, reducer and units its paths
+    /// and `[inputs]` resolve to, and every default filled in (`quorum` = `replication`,
+    /// `max_replicas` = `replication + 3`, `error_bound` = [`DEFAULT_ERROR_BOUND`]). Not
+    /// validated: call [`ProjectSpec::validate`]. `text` is kept as the record.
+    pub fn to_spec(
+        self,
+        module: Vec<u8>,
+        reducer: Option<Vec<u8>>,
+        units: Vec<(String, Vec<u8>)>,
+        text: String,
+    ) -> ProjectSpec {
+        ProjectSpec {
+            name: self.name,
+            module,
+            reducer,
+            replication: self.replication,
+            quorum: self.quorum.unwrap_or(self.replication),
+            max_replicas: self
+                .max_replicas
+                .unwrap_or(self.replication.saturating_add(3)),
+            adaptive: self.adaptive,
+            error_bound: self.error_bound.unwrap_or(DEFAULT_ERROR_BOUND),
+            limits: self.limits,
+            units,
+            manifest: text,
+            signatures: None,
+        }
+    }
 }
 
 impl ProjectSpec {
@@ -358,6 +380,32 @@ pub fn sweep_units(s: Sweep) -> Result<Vec<(String, Vec<u8>)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pure half fills the documented defaults without touching a file.
+    #[test]
+    fn parse_and_to_spec_fill_the_defaults() {
+        let text =
+            "name = \"p\"\nwasm = \"m.wasm\"\n[inputs]\nsweep = { from = 0, to = 4, step = 2 }\n";
+        let manifest = Manifest::parse(text).expect("parses");
+        let sweep = manifest.inputs.sweep.expect("a sweep");
+        let units = sweep_units(sweep).expect("units");
+        let spec = manifest.to_spec(b"\0asm\x01\0\0\0".to_vec(), None, units, text.into());
+        assert_eq!(
+            (
+                spec.replication,
+                spec.quorum,
+                spec.max_replicas,
+                spec.adaptive
+            ),
+            (2, 2, 5, true)
+        );
+        assert_eq!(spec.error_bound, DEFAULT_ERROR_BOUND);
+        assert_eq!(spec.units.len(), 2);
+        assert_eq!(spec.manifest, text);
+        assert!(spec.validate().is_ok());
+        let err = Manifest::parse("name = 1").expect_err("not a manifest");
+        assert!(err.contains("name"), "{err}");
+    }
 
     fn write_project(manifest: &str) -> (PathBuf, PathBuf) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -27,6 +27,7 @@ use protocol::board::{Board, BoardLimits, Reason, View};
 use protocol::claim::Commitment;
 use protocol::quorum::{Action, QuorumBook, Timing};
 use protocol::rendezvous::{BOARDS_PER_UNIT, boards};
+use protocol::rng::SplitMix64;
 use protocol::ticket::Ticket;
 use protocol::{
     Certificate, Claim, Digest, Failure, FailureKind, Identity, Limits, ProjectId, UnitId, WorkerId,
@@ -238,28 +239,13 @@ impl Report {
     }
 }
 
-/// splitmix64.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+/// Thirty-two bytes from four draws of `rng` (salts and guesses).
+fn random_bytes(rng: &mut SplitMix64) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for chunk in b.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn bytes(&mut self) -> [u8; 32] {
-        let mut b = [0u8; 32];
-        for chunk in b.chunks_mut(8) {
-            chunk.copy_from_slice(&self.next().to_le_bytes());
-        }
-        b
-    }
+    b
 }
 
 struct SimWorker {
@@ -298,7 +284,7 @@ struct Sim {
     sched: Scheduler,
     workers: Vec<SimWorker>,
     index: HashMap<WorkerId, usize>,
-    rng: Rng,
+    rng: SplitMix64,
     report: Report,
     verified: BTreeMap<UnitId, Digest>,
     first_lease: HashMap<UnitId, u64>,
@@ -320,8 +306,8 @@ struct Sim {
 
 /// Runs a scenario to the end.
 pub fn run(s: &Scenario) -> Report {
-    let mut rng = Rng(s.seed);
-    let mut sched = Scheduler::new(LEASE_MS, rng.next());
+    let mut rng = SplitMix64::new(s.seed);
+    let mut sched = Scheduler::new(LEASE_MS, rng.next_u64());
     sched.add_project(Project {
         id: PROJECT,
         name: s.name.into(),
@@ -371,7 +357,7 @@ pub fn run(s: &Scenario) -> Report {
     take(frac(s.crashers), Kind::Crasher, &mut kinds);
     take(frac(s.forgers), Kind::Forger, &mut kinds);
     for i in (1..n).rev() {
-        let j = (rng.next() % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         kinds.swap(i, j);
     }
     let mut workers = Vec::with_capacity(n);
@@ -528,7 +514,7 @@ impl Sim {
                 Kind::Copier => 100, // does no work
                 // The honest mean, the same for all of them: idle together, ask together.
                 Kind::Colluder if back_to_back => 1_250,
-                _ => 500 + self.rng.next() % 1500,
+                _ => 500 + self.rng.next_u64() % 1500,
             };
             let ticket = self.coordinator.sign_ticket(
                 self.workers[i].id,
@@ -544,8 +530,8 @@ impl Sim {
     }
 
     fn finish_unit(&mut self, i: usize, unit: UnitId, now: u64) {
-        let salt = self.rng.bytes();
-        let guess = self.rng.bytes();
+        let salt = random_bytes(&mut self.rng);
+        let guess = random_bytes(&mut self.rng);
         let w = &mut self.workers[i];
         w.running = None;
         let output = match w.kind {
@@ -696,7 +682,7 @@ impl Sim {
         let Some(other) = view.reveals.iter().find(|c| c.worker != w.id).cloned() else {
             return;
         };
-        let salt = self.rng.bytes();
+        let salt = random_bytes(&mut self.rng);
         let w = &mut self.workers[i];
         w.copied.insert(unit);
         let copy =

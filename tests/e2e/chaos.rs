@@ -21,7 +21,7 @@ fn twenty_coordinator_kills_and_worker_crashes_lose_nothing_and_double_nothing()
         .and_then(|s| s.parse().ok())
         .unwrap_or(25_482_469_648);
     println!("chaos seed {seed} (replay with FALLOW_CHAOS_SEED={seed})");
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix(protocol::rng::SplitMix64::new(seed));
 
     let mut c = Cluster::start(10);
     for _ in 0..3 {
@@ -87,19 +87,11 @@ fn twenty_coordinator_kills_and_worker_crashes_lose_nothing_and_double_nothing()
     println!("restart after the run answered in {:?}", again.elapsed());
 }
 
-/// splitmix64: a seeded schedule, so a failing run can be replayed.
-struct SplitMix(u64);
+/// A seeded schedule, so a failing run can be replayed.
+struct SplitMix(protocol::rng::SplitMix64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
+        lo + self.0.next_u64() % (hi - lo)
     }
 }

@@ -181,3 +181,38 @@ fn the_cli_and_the_dashboard_tell_the_truth() {
     let r = c.cli(&["results", &b.to_string(), "--out", out, "--force"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+/// A bad flag is named with its value and the rule, before anything is opened: not
+/// blamed on the data directory (issue 19).
+#[test]
+fn a_bad_coordinator_flag_is_named_not_blamed_on_the_data_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    for (flag, expected) in [
+        (
+            ["--lease-seconds", "0"],
+            "fallow coordinator: --lease-seconds 0: must be at least 1",
+        ),
+        (
+            ["--idle-timeout-seconds", "0"],
+            "fallow coordinator: --idle-timeout-seconds 0: must be at least 1",
+        ),
+    ] {
+        let out = fallow()
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(flag)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fallow coordinator");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {flag:?}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("data directory"), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).is_empty(),
+            "announced an address"
+        );
+        assert!(!data.exists(), "made the data directory");
+    }
+}

@@ -495,7 +495,10 @@ pub async fn run_with_stats(
     // Two workers on one data dir would share an identity and trip over each other's
     // leases: the lock lives as long as this function.
     let _lock = lock_data_dir(&config.data_dir)?;
-    let identity = Identity::load_or_create(&config.data_dir.join("worker.key"))?;
+    // Loaded once: every attached coordinator knows this worker by the same key.
+    let identity = Arc::new(Identity::load_or_create(
+        &config.data_dir.join("worker.key"),
+    )?);
     let account = config
         .account
         .clone()
@@ -520,6 +523,8 @@ pub async fn run_with_stats(
     })?);
     let membership_counters = Arc::new(membership::Counters::default());
     let common = Common {
+        identity: identity.clone(),
+        account: account.clone(),
         executor: Arc::new(
             Executor::new(sandbox.clone(), config.cores)
                 .map_err(|e| Error::Config(format!("cannot start guest threads: {e}")))?,
@@ -636,6 +641,10 @@ pub async fn run_with_stats(
 /// What every attachment of one worker shares: the guest threads, the checkpoint store,
 /// the preferences and policy, the counters and the stop signal.
 struct Common {
+    /// This worker's key (`DATA/worker.key`), the same for every coordinator.
+    identity: Arc<Identity>,
+    /// The account credit goes to (`--account`, or [`default_account`]).
+    account: String,
     sandbox: Arc<Sandbox>,
     control: Arc<control::Control>,
     policy: Arc<provenance::Policy>,
@@ -662,13 +671,8 @@ impl Attached {
         share_fraction: f64,
         common: &Common,
     ) -> Result<Attached, Error> {
-        let identity = Arc::new(Identity::load_or_create(
-            &config.data_dir.join("worker.key"),
-        )?);
-        let account = config
-            .account
-            .clone()
-            .unwrap_or_else(|| default_account(identity.id()));
+        let identity = common.identity.clone();
+        let account = common.account.clone();
         let client = CoordinatorClient::enrolled(
             &config.coordinator,
             identity.clone(),

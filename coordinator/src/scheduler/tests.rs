@@ -30,7 +30,7 @@ fn project(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Proj
         },
         aggregate: Aggregate::Pending,
         adaptive: false,
-        error_bound: DEFAULT_ERROR_BOUND,
+        error_bound: protocol::manifest::DEFAULT_ERROR_BOUND,
         signer: None,
     }
 }
