@@ -267,6 +267,9 @@ impl Gate {
         }
         let known = known();
         let mut table = known.len();
+        // Counted once the whole datagram is admitted: one that fails to decode further on
+        // is refused as a whole, and counted once, for that.
+        let mut stripped = 0u64;
         for _ in 0..count {
             let before = rest;
             let Ok(member) = Codec::<SwimId>::decode_member(&mut PostcardCodec, &mut rest) else {
@@ -287,9 +290,10 @@ impl Gate {
                 }
                 kept.push(bytes);
             } else {
-                Counters::bump(&self.counters.members);
+                stripped += 1;
             }
         }
+        self.counters.members.fetch_add(stripped, Ordering::Relaxed);
         self.introduced.insert(from, budget);
         // Keep the per-source map as bounded as the table it protects.
         if self.introduced.len() > self.max_members.saturating_mul(2) {
@@ -440,6 +444,7 @@ pub(super) mod tests {
                     .map(|(b, _)| b.0)
                     .collect();
                 assert_eq!(counted.len(), 1, "a refusal is counted once: {counted:?}");
+                assert_eq!(stripped, 0, "a refused datagram strips no member");
                 Outcome::Refused(counted[0])
             }
         }
@@ -586,6 +591,33 @@ pub(super) mod tests {
             offer(&mut early, &announce(vouched(1)), at(1), T0, &[]),
             Refused("early"),
             "before the coordinator key is known"
+        );
+    }
+
+    /// Found by the `membership` fuzz target: a datagram whose gossip strips a member and
+    /// then fails to decode was refused and counted, and its stripped member counted too.
+    #[test]
+    fn a_datagram_refused_part_way_through_its_gossip_is_counted_once() {
+        let header = Header {
+            src: vouched(1),
+            src_incarnation: 0,
+            dst: vouched(9),
+            message: Message::<SwimId>::Gossip,
+        };
+        let mut payload = Vec::new();
+        PostcardCodec
+            .encode_header(&header, &mut payload)
+            .expect("header");
+        // Two members announced, one sent: a forged one, which would be stripped.
+        payload.extend_from_slice(&2u16.to_be_bytes());
+        let forged = Member::new(swim(3, &id(201)), 0, State::Alive);
+        PostcardCodec
+            .encode_member(&forged, &mut payload)
+            .expect("member");
+        let datagram = sign_datagram(&id(1), &payload);
+        assert_eq!(
+            offer(&mut gate(), &datagram, at(1), T0, &[1]),
+            Outcome::Refused("unsigned")
         );
     }
 
