@@ -136,3 +136,66 @@ impl Executor {
             .map_err(|_| crate::Error::Local("a guest thread died during the run".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Digest;
+    use sandbox::SandboxConfig;
+
+    /// On a single-threaded runtime, a guest that spins for a second must not stop other
+    /// tasks: the ticker keeps running while the guest computes.
+    #[test]
+    fn guests_never_block_the_async_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let sandbox = Arc::new(
+                Sandbox::new(SandboxConfig {
+                    slots: 1,
+                    max_memory_mb: 64,
+                    ..Default::default()
+                })
+                .expect("sandbox"),
+            );
+            let executor = Executor::new(sandbox.clone(), 1).expect("executor");
+            let spin = artifacts::hostile::SPIN;
+            let compiled = sandbox
+                .compile(Digest::of(spin), spin, false)
+                .expect("compile");
+            let limits = protocol::Limits {
+                fuel: 1 << 50,
+                wall_seconds: 1,
+                ..Default::default()
+            };
+            let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let ticker = {
+                let ticks = ticks.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            };
+            struct NoPace;
+            impl sandbox::Pacer for NoPace {
+                fn pace(&mut self, _fuel_used: u64) {}
+            }
+            let outcome = executor
+                .run(compiled, Vec::new(), [0; 32], limits, Box::new(NoPace))
+                .await;
+            ticker.abort();
+            assert_eq!(
+                outcome.map_err(|f| f.kind).err(),
+                Some(protocol::FailureKind::Timeout)
+            );
+            assert!(
+                ticks.load(std::sync::atomic::Ordering::Relaxed) > 5,
+                "the runtime was blocked while the guest ran"
+            );
+        });
+    }
+}

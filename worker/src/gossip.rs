@@ -1,6 +1,6 @@
 //! The holder side of commit–reveal over rendezvous boards: a sans-IO state machine around
 //! [`QuorumBook`] that decides which boards to talk to, what to send them and what the
-//! replies mean. The shell (`lib.rs`) owns the clock, the membership and the transport; it
+//! replies mean. The shell (`attachment::exchange`) owns the clock, the membership and the transport; it
 //! calls [`Holder::plan`] every poll, sends each [`Request`] (over gRPC, or straight to its
 //! own board when the board is itself), feeds the answers to [`Holder::on_reply`] and
 //! carries out the returned [`Effect`]s.
@@ -21,6 +21,11 @@ use protocol::rendezvous::{self, BOARDS_PER_UNIT};
 use protocol::ticket::Ticket;
 use protocol::{Claim, ProjectId, UnitId, WorkerId};
 
+/// Most units one exchange may ask about: holders split bigger batches, and the board
+/// service (`rpc`) refuses bigger requests. A board's answer holds up to
+/// [`protocol::certificate::MAX_CLAIMS`] reveals and commitments per unit, so this bounds it to a few MiB.
+pub const MAX_EXCHANGE_UNITS: usize = 256;
+
 /// Polling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollConfig {
@@ -29,8 +34,8 @@ pub struct PollConfig {
     /// Once the partial-certificate deadline has passed, poll only this often (ms): the
     /// coordinator may be combining claims, or we are the only replica. Default 3000.
     pub slow_every_ms: u64,
-    /// Most units in one request to one board (bigger batches are split). Default 256,
-    /// the board service's limit.
+    /// Most units in one request to one board (bigger batches are split). Default
+    /// [`MAX_EXCHANGE_UNITS`], the board service's limit.
     pub max_units_per_request: usize,
 }
 
@@ -39,7 +44,7 @@ impl Default for PollConfig {
         PollConfig {
             every_ms: 500,
             slow_every_ms: 3_000,
-            max_units_per_request: crate::rpc::MAX_EXCHANGE_UNITS,
+            max_units_per_request: MAX_EXCHANGE_UNITS,
         }
     }
 }
@@ -439,6 +444,20 @@ mod tests {
         effects: Vec<Vec<Effect>>,
     }
 
+    /// Roughly the encoded size of `request`: the exact size is the wire boundary's
+    /// (`rpc::request_len`), and this module does not know the wire. Commitments (with
+    /// their ticket) and reveals are fixed-size signed messages; each message and the
+    /// request carry a few bytes of framing.
+    fn approx_len(request: &Request) -> u64 {
+        const COMMITMENT: u64 = 2 * 8 + 32 + 32 + 64 + (8 + 64) + 12;
+        const REVEAL: u64 = 2 * 8 + 32 + 8 + 32 + 64 + 32 + 12;
+        const FRAMING: u64 = 6;
+        FRAMING
+            + COMMITMENT * request.commitments.len() as u64
+            + REVEAL * request.reveals.len() as u64
+            + 8 * request.want.len() as u64
+    }
+
     #[derive(Debug, Default, Clone, Copy)]
     struct Traffic {
         calls: u64,
@@ -486,7 +505,7 @@ mod tests {
                 let mut effects = holder.tick(now);
                 for request in holder.plan(&self.members, now) {
                     self.sent[h].calls += 1;
-                    self.sent[h].bytes += crate::rpc::request_len(&request) as u64;
+                    self.sent[h].bytes += approx_len(&request);
                     let board = self.boards.get_mut(&request.board).expect("a member");
                     let (views, rejected) = board.exchange(
                         request.commitments.clone(),

@@ -528,9 +528,7 @@ pub fn platform() -> String {
     format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-/// Most units one Exchange may ask about (the response holds up to [`MAX_CLAIMS`] reveals
-/// and commitments per unit, so this bounds it to a few MiB).
-pub const MAX_EXCHANGE_UNITS: usize = 256;
+pub use crate::gossip::MAX_EXCHANGE_UNITS;
 /// Most commitments plus reveals in one Exchange.
 pub const MAX_EXCHANGE_MESSAGES: usize = 2 * MAX_EXCHANGE_UNITS;
 /// Largest encoded Exchange request a board decodes.

@@ -1,0 +1,563 @@
+//! One coordinator this worker works for ([`Attached`]): its registration and heartbeats,
+//! its peer service and membership, and the state the loops share ([`Shared`]). The
+//! shell's other parts are submodules, each an `impl Shared` block over the same state:
+//! - `work`: the cores' loop — leasing (with prefetch), running, checkpointing and
+//!   handing back units.
+//! - `exchange`: the gossip loop — polling the boards of held units and uploading
+//!   certificates.
+//! - `board`: our own rendezvous board as the peer service serves it, and the evidence
+//!   it reports.
+
+mod board;
+mod exchange;
+mod work;
+
+pub(crate) use work::core_loop;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::board::{Board, BoardLimits};
+use protocol::quorum::Timing;
+use protocol::{Claim, Identity, ProjectId, UnitId, WorkerId};
+use sandbox::Sandbox;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::checkpoints::{Checkpoints, Key};
+use crate::config::{AttachmentConfig, WorkerConfig};
+use crate::executor::Executor;
+use crate::gossip::{Holder, PollConfig};
+use crate::membership::{self, Member, MembershipConfig, MembershipHandle};
+use crate::modules::Modules;
+use crate::rpc::{self, Assignment, CoordinatorClient, Introduction, PeerClient, PeerInfo};
+use crate::{Error, Stats, control, lock, metrics, provenance};
+
+/// What every attachment of one worker shares: the guest threads, the checkpoint store,
+/// the preferences and policy, the counters and the stop signal.
+pub(crate) struct Common {
+    /// This worker's key (`DATA/worker.key`), the same for every coordinator.
+    pub(crate) identity: Arc<Identity>,
+    /// The account credit goes to (`--account`, or [`default_account`]).
+    pub(crate) account: String,
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) control: Arc<control::Control>,
+    pub(crate) policy: Arc<provenance::Policy>,
+    pub(crate) executor: Arc<Executor>,
+    pub(crate) checkpoints: Arc<Checkpoints>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) stats: Arc<Stats>,
+    /// SWIM datagrams and members the memberships refused (one count for all coordinators).
+    pub(crate) membership_counters: Arc<membership::Counters>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// One coordinator this worker works for: its state, peer server and membership.
+pub(crate) struct Attached {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) advertised: String,
+    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    peer_stop: CancellationToken,
+}
+
+impl Attached {
+    pub(crate) async fn start(
+        config: Arc<WorkerConfig>,
+        attachment: AttachmentConfig,
+        common: &Common,
+    ) -> Result<Attached, Error> {
+        let identity = common.identity.clone();
+        let account = common.account.clone();
+        let client = CoordinatorClient::enrolled(
+            &attachment.url,
+            identity.clone(),
+            &config.trust(),
+            config.enroll_token.as_deref(),
+        )?;
+        let sockets = if config.inbound {
+            match bind_peer(attachment.peer_listen).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}; carrying on without inbound connections (as with --no-inbound): \
+                         this worker talks to boards but is never one"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (listener, membership, advertise) = match sockets {
+            Some((listener, udp)) => {
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| Error::Config(format!("peer listener: {e}")))?;
+                let advertise = match attachment.peer_advertise {
+                    Some(a) => a,
+                    None => {
+                        SocketAddr::new(advertise_ip(&attachment.url, local).await, local.port())
+                    }
+                };
+                let me = Member {
+                    id: identity.id(),
+                    addr: advertise,
+                };
+                let membership = membership::spawn(
+                    MembershipConfig::new(me),
+                    identity.clone(),
+                    udp,
+                    common.membership_counters.clone(),
+                )?;
+                (Some(listener), Some(membership), Some(advertise))
+            }
+            None => (None, None, None),
+        };
+        let shared = Arc::new(Shared {
+            modules: Modules::new(
+                config.data_dir.join("modules"),
+                common.sandbox.clone(),
+                common.control.disk_cap(),
+            ),
+            control: common.control.clone(),
+            policy: common.policy.clone(),
+            checkpoints: common.checkpoints.clone(),
+            resume: Mutex::new(VecDeque::new()),
+            buffer: Mutex::new(VecDeque::new()),
+            unit_time: Mutex::new(None),
+            failures: Mutex::new(0),
+            fault_fired: std::sync::atomic::AtomicBool::new(false),
+            no_work_said: Mutex::new(None),
+            identity,
+            account,
+            client,
+            holder: Mutex::new(Holder::new(Timing::default(), PollConfig::default())),
+            held: Mutex::new(HashMap::new()),
+            board: Mutex::new(Board::new(BoardLimits::default())),
+            reported: Mutex::new(HashSet::new()),
+            membership,
+            coordinator_key: Mutex::new(None),
+            peers: Mutex::new((0, Vec::new())),
+            suspects: Mutex::new(HashMap::new()),
+            peer_clients: Mutex::new(HashMap::new()),
+            metrics: common.metrics.clone(),
+            stats: common.stats.clone(),
+            executor: common.executor.clone(),
+            started: Instant::now(),
+            tasks: TaskTracker::new(),
+            cancel: common.cancel.clone(),
+            config,
+            attachment,
+        });
+        let advertised = advertise.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(
+            coordinator = %shared.attachment.url,
+            worker = %shared.identity.id(),
+            account = %shared.account,
+            peer = if advertised.is_empty() { "none (no inbound connections)" } else { advertised.as_str() },
+            cores = shared.config.cores,
+            "worker starting"
+        );
+        let peer_stop = CancellationToken::new();
+        let server = match listener {
+            None => None,
+            Some(listener) => Some((
+                listener,
+                // Served over TLS with a fresh key bound to this worker's key: peers reach
+                // this board encrypted, and only as this worker (`connections::peer_tls`).
+                connections::peer_tls::PeerTls::new(&shared.identity)?.server_config(),
+            )),
+        };
+        let server = server.map(|(listener, tls)| {
+            let stop = peer_stop.clone();
+            let svc = rpc::PeerService::new(shared.clone());
+            // As the coordinator's: a cap per address (loopback exempt), idle connections
+            // closed, keepalive, a request timeout (`connections`, default limits).
+            let connections = connections::Connections::new(connections::Limits::default());
+            let server = connections::server(connections.limits()).tls_config(tls);
+            tokio::spawn(async move {
+                server?
+                    .layer(connections.layer())
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        connections.incoming(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            })
+        });
+        Ok(Attached {
+            shared,
+            advertised,
+            server,
+            peer_stop,
+        })
+    }
+
+    pub(crate) async fn stop(self) {
+        self.peer_stop.cancel();
+        if let Some(server) = self.server {
+            let _ = server.await;
+        }
+        self.shared.stop_membership().await;
+    }
+}
+
+/// A unit this worker holds.
+struct Held {
+    project: ProjectId,
+    /// Its checkpoint files, for a module that checkpoints.
+    checkpoint: Option<Key>,
+    output: Option<Vec<u8>>,
+    /// A certificate upload is running; the next one waits here (the latest wins).
+    uploading: bool,
+    next_certificate: Option<(Vec<Claim>, bool)>,
+}
+
+impl Held {
+    /// A unit just leased (or taken back), with no result yet.
+    fn new(project: ProjectId, checkpoint: Option<Key>) -> Held {
+        Held {
+            project,
+            checkpoint,
+            output: None,
+            uploading: false,
+            next_certificate: None,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    identity: Arc<Identity>,
+    account: String,
+    /// The worker's settings, validated once and shared by every attachment.
+    config: Arc<WorkerConfig>,
+    /// What is this coordinator's own: its URL, share and peer address.
+    attachment: AttachmentConfig,
+    client: CoordinatorClient,
+    holder: Mutex<Holder>,
+    held: Mutex<HashMap<UnitId, Held>>,
+    /// Our rendezvous board (members only; a no-inbound worker never gets asked).
+    board: Mutex<Board>,
+    /// Offenders already reported from our board, so a replayed proof is reported once.
+    reported: Mutex<HashSet<(UnitId, WorkerId)>>,
+    membership: Option<MembershipHandle>,
+    /// The coordinator's key, learnt at registration: membership credentials verify under it.
+    coordinator_key: Mutex<Option<WorkerId>>,
+    /// The coordinator's peer list and its version: the seed for membership, and the
+    /// member list itself for a worker without inbound connections.
+    peers: Mutex<(u64, Vec<PeerInfo>)>,
+    /// Boards that failed us recently, avoided until the instant given.
+    suspects: Mutex<HashMap<WorkerId, Instant>>,
+    peer_clients: Mutex<HashMap<(SocketAddr, WorkerId), PeerClient>>,
+    stats: Arc<Stats>,
+    metrics: Arc<metrics::Metrics>,
+    control: Arc<control::Control>,
+    /// Whose projects this worker runs (shared by every attached coordinator).
+    policy: Arc<provenance::Policy>,
+    executor: Arc<Executor>,
+    modules: Modules,
+    checkpoints: Arc<Checkpoints>,
+    /// Units with a checkpoint on disk from before a restart, run before asking for more.
+    resume: Mutex<VecDeque<Assignment>>,
+    /// Prefetched units (leased, held, not started) and when they came.
+    buffer: Mutex<VecDeque<(Assignment, Instant)>>,
+    /// Wall time of a unit here (moving average) and the lease units come with.
+    unit_time: Mutex<Option<(Duration, Duration)>>,
+    /// Work requests failed in a row.
+    failures: Mutex<u32>,
+    /// [`Fault::LocalFailureOnce`] has fired.
+    fault_fired: std::sync::atomic::AtomicBool,
+    /// The coordinator's last reason for no work, and when it was logged.
+    no_work_said: Mutex<Option<(String, Instant)>>,
+    started: Instant,
+    pub(crate) tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn stop_membership(&self) {
+        if let Some(m) = &self.membership {
+            m.shutdown().await;
+        }
+    }
+
+    /// Registers, retrying until the coordinator answers; `None` if shut down first.
+    pub(crate) async fn register(&self, advertise: &str) -> Option<Duration> {
+        let mut attempt = 0u32;
+        loop {
+            let me = Introduction {
+                name: &self.config.name,
+                account: &self.account,
+                team: &self.config.team,
+                peer_addr: advertise,
+                cores: self.config.cores as u32,
+            };
+            match self.client.register(&self.identity, me).await {
+                Ok(reg) => {
+                    // Our board files commitments only with this coordinator's tickets.
+                    match reg.coordinator_key {
+                        Some(key) => lock(&self.board).set_coordinator(key),
+                        None => tracing::warn!(
+                            "the coordinator sends no key (older version): our board files no commitments"
+                        ),
+                    }
+                    self.vouched(reg.coordinator_key, reg.credential);
+                    if !reg.peer_warning.is_empty() {
+                        tracing::warn!(
+                            "the coordinator does not vouch for peer address {advertise}: {}; \
+                             working without inbound connections (never a board)",
+                            reg.peer_warning
+                        );
+                    }
+                    self.seed_membership(&reg.peers);
+                    *lock(&self.peers) = (0, reg.peers);
+                    tracing::info!(coordinator = %self.attachment.url, "registered");
+                    return Some(reg.heartbeat);
+                }
+                Err(e) if e.is_transient() => {
+                    if attempt.is_multiple_of(8) {
+                        tracing::warn!("waiting for coordinator at {}: {e}", self.attachment.url);
+                    }
+                }
+                Err(e) => tracing::error!("registration refused: {e}"),
+            }
+            attempt += 1;
+            if !pause(&self.cancel, backoff(attempt)).await {
+                return None;
+            }
+        }
+    }
+
+    /// Hands the coordinator's membership credential for us to the membership (which joins
+    /// only with one).
+    fn vouched(
+        &self,
+        coordinator: Option<WorkerId>,
+        credential: Option<protocol::membership::Credential>,
+    ) {
+        let coordinator = coordinator.or(*lock(&self.coordinator_key));
+        if let (Some(m), Some(coordinator), Some(credential)) =
+            (&self.membership, coordinator, credential)
+        {
+            *lock(&self.coordinator_key) = Some(coordinator);
+            m.set_credential(coordinator, credential);
+        }
+    }
+
+    fn seed_membership(&self, peers: &[PeerInfo]) {
+        if let Some(m) = &self.membership {
+            m.seed(peers_as_members(peers));
+        }
+    }
+
+    /// What this worker reports with its heartbeats: suspended (and why), running (it
+    /// holds a unit without a result) or idle.
+    fn run_report(&self) -> rpc::RunReport {
+        let decision = self.control.decision();
+        if let Some(reason) = decision.reason_text() {
+            return rpc::RunReport {
+                state: "suspended",
+                reason,
+            };
+        }
+        let busy = lock(&self.held).values().any(|h| h.output.is_none());
+        rpc::RunReport {
+            state: if busy { "running" } else { "idle" },
+            reason: String::new(),
+        }
+    }
+
+    /// Keeps leases alive, drops settled units, refreshes the peer list and seeds the
+    /// membership with it.
+    pub(crate) async fn heartbeat_loop(self: Arc<Self>, mut every: Duration, advertise: String) {
+        let mut failures = 0u32;
+        let mut prove_retry = PROVE_RETRY_FIRST;
+        let mut next_prove = Instant::now() + prove_retry;
+        loop {
+            // A worker that knows no peers yet (it registered before the others) asks
+            // again soon: without peers it has no boards to gossip with, and its results
+            // could only go to the coordinator as partial certificates.
+            let wait = if lock(&self.peers).1.is_empty() {
+                every.min(PEERLESS_HEARTBEAT)
+            } else {
+                every
+            };
+            if !pause(&self.cancel, wait).await {
+                return;
+            }
+            // Suspended past the grace: hand back what has no result and no checkpoint,
+            // and renew only the leases of units whose result is in.
+            let held: Vec<UnitId> = if self.control.decision().hand_back {
+                self.hand_back_while_suspended().await
+            } else {
+                lock(&self.held).keys().copied().collect()
+            };
+            let version = lock(&self.peers).0;
+            // A coordinator that stops answering (a cut link drops packets, it does not
+            // refuse them) must not leave the worker silent until the request timeout: a
+            // beat with no answer within its interval counts as failed.
+            let patience = every.max(Duration::from_secs(1));
+            let report = self.run_report();
+            let beat =
+                tokio::time::timeout(patience, self.client.heartbeat(&held, version, &report))
+                    .await;
+            let beat = match beat {
+                Ok(beat) => beat.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "no answer from {} within {patience:?}; holding {} units whose leases lapse if this lasts",
+                    self.attachment.url,
+                    held.len()
+                )),
+            };
+            match beat {
+                Ok(reply) => {
+                    if failures > 0 {
+                        tracing::info!("coordinator reachable again");
+                    }
+                    failures = 0;
+                    for unit in reply.settled {
+                        self.release(unit);
+                    }
+                    if let Some(peers) = reply.peers {
+                        *lock(&self.peers) = peers;
+                    }
+                    self.vouched(None, reply.credential);
+                    // Every beat, not only on change: a seed that was down at first may be
+                    // up now (the membership rate-limits announcements per peer).
+                    let peers = lock(&self.peers).1.clone();
+                    self.seed_membership(&peers);
+                    let unproven = self.membership.as_ref().is_some_and(|m| !m.credentialed());
+                    if reply.unknown_worker {
+                        tracing::warn!("coordinator does not know this worker; registering again");
+                        if let Some(h) = self.register(&advertise).await {
+                            every = h;
+                        }
+                    } else if unproven && Instant::now() >= next_prove {
+                        tracing::info!(
+                            "registering again so that the coordinator tries our peer address {advertise} once more"
+                        );
+                        if let Some(h) = self.register(&advertise).await {
+                            every = h;
+                        }
+                        prove_retry = (prove_retry * 2).min(PROVE_RETRY_MAX);
+                        next_prove = Instant::now() + prove_retry;
+                    }
+                }
+                Err(e) => {
+                    if failures.is_multiple_of(8) {
+                        tracing::warn!("heartbeat failed: {e}");
+                    }
+                    failures += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Binds the peer service's TCP listener and the membership's UDP socket on the same port
+/// number (so one address, and one port to forward, serves both). With port 0 the OS picks
+/// the TCP port; if that UDP port happens to be taken, try another.
+async fn bind_peer(
+    listen: SocketAddr,
+) -> Result<(tokio::net::TcpListener, tokio::net::UdpSocket), Error> {
+    let mut last = None;
+    for _ in 0..8 {
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::Config(format!("--peer-listen {listen} (TCP): {e}")))?;
+        let port = tcp
+            .local_addr()
+            .map_err(|e| Error::Config(format!("--peer-listen {listen}: {e}")))?
+            .port();
+        match tokio::net::UdpSocket::bind(SocketAddr::new(listen.ip(), port)).await {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) if listen.port() == 0 => last = Some(e),
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "--peer-listen {listen} (UDP, for membership): {e}"
+                )));
+            }
+        }
+    }
+    Err(Error::Config(format!(
+        "--peer-listen {listen}: no port free for both TCP and UDP ({})",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// The local IP this machine uses to reach the coordinator (so peers on the same network
+/// can reach us); the listen IP if it is specific; loopback as a last resort.
+async fn advertise_ip(coordinator: &str, local: SocketAddr) -> std::net::IpAddr {
+    if !local.ip().is_unspecified() {
+        return local.ip();
+    }
+    let hostport = coordinator
+        .split("://")
+        .nth(1)
+        .unwrap_or(coordinator)
+        .split(['/', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if let Ok(mut addrs) = tokio::net::lookup_host(hostport).await
+        && let Some(target) = addrs.next()
+    {
+        let bind = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        if let Ok(sock) = tokio::net::UdpSocket::bind(bind).await
+            && sock.connect(target).await.is_ok()
+            && let Ok(addr) = sock.local_addr()
+        {
+            return addr.ip();
+        }
+    }
+    std::net::IpAddr::from([127, 0, 0, 1])
+}
+
+/// Sleeps for `d` unless cancelled; returns false when cancelled.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Exponential backoff for an unreachable coordinator: 250 ms doubling to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
+}
+
+/// How soon a worker that knows no peers heartbeats again (to learn them).
+const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A worker with a peer service whose address the coordinator could not prove registers
+/// again after this, then after twice as long each time up to [`PROVE_RETRY_MAX`]: a proof
+/// that timed out on a loaded machine, or a port forwarded a little late, must not keep it
+/// out of the membership for good.
+const PROVE_RETRY_FIRST: Duration = Duration::from_secs(10);
+
+/// The longest wait between such registrations.
+const PROVE_RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// The coordinator's peers that accept inbound connections, as members.
+fn peers_as_members(peers: &[PeerInfo]) -> Vec<Member> {
+    peers
+        .iter()
+        .filter_map(|p| {
+            Some(Member {
+                id: p.id,
+                addr: p.addr.parse().ok()?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,274 @@
+//! The holder's side of an attachment: the gossip loop that polls the boards of held
+//! units (driving the sans-IO [`Holder`](crate::gossip::Holder)), carrying out what it
+//! decides, and uploading certificates to the coordinator in turn.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::{Claim, ProjectId, UnitId, WorkerId};
+
+use super::{Shared, backoff, pause, peers_as_members};
+use crate::gossip::{self, Effect, Reply, Request};
+use crate::membership::Member;
+use crate::rpc::{self, PeerClient};
+use crate::{Error, lock};
+
+/// How often the gossip loop wakes; each unit is polled at its own pace
+/// ([`PollConfig`]), this only bounds the added latency.
+pub(super) const GOSSIP_TICK: Duration = Duration::from_millis(250);
+
+/// Holders that reach the same quorum normally see it within one poll of each other. The
+/// first-ranked claimant ([`gossip::submit_rank`]) uploads the output at once; each later
+/// rank waits this much longer and uploads only if the unit is still not settled, so the
+/// output normally travels once.
+const SUBMIT_GRACE: Duration = Duration::from_secs(2);
+
+/// A board that failed an exchange is avoided this long (its units go to the next-ranked
+/// members meanwhile); SWIM removes it for good if it is really gone.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// How often our board drops the units untouched for `BoardLimits::ttl_ms`.
+const BOARD_SWEEP: Duration = Duration::from_secs(10);
+
+impl Shared {
+    /// Polls the boards of held units until shutdown: one batched exchange per board.
+    pub(crate) async fn gossip_loop(self: Arc<Self>) {
+        let me = self.identity.id();
+        let mut swept = Instant::now();
+        loop {
+            if !pause(&self.cancel, GOSSIP_TICK).await {
+                return;
+            }
+            if swept.elapsed() >= BOARD_SWEEP {
+                swept = Instant::now();
+                lock(&self.board).expire(self.client.coordinator_now_ms());
+            }
+            let members = self.members();
+            let ids: Vec<WorkerId> = members.iter().map(|m| m.id).collect();
+            let now = self.now_ms();
+            let (effects, requests) = {
+                let mut holder = lock(&self.holder);
+                let effects = holder.tick(now);
+                (effects, holder.plan(&ids, now))
+            };
+            self.carry_out(effects);
+            let mut exchanges = tokio::task::JoinSet::new();
+            for request in requests {
+                self.stats.sent(rpc::request_len(&request));
+                if request.board == me {
+                    // Our own board: no RPC.
+                    let reply = self.serve(
+                        request.commitments.clone(),
+                        request.reveals.clone(),
+                        &request.want,
+                    );
+                    self.on_reply(&request, Ok(reply));
+                    continue;
+                }
+                let client = members
+                    .iter()
+                    .find(|m| m.id == request.board)
+                    .map(|m| self.peer_client(m.id, m.addr));
+                match client {
+                    Some(Ok(client)) => {
+                        exchanges.spawn(async move {
+                            let reply = client.exchange(&request).await;
+                            (request, reply)
+                        });
+                    }
+                    Some(Err(e)) => self.on_reply(&request, Err(e)),
+                    None => {} // cannot happen: boards are drawn from `members`
+                }
+            }
+            while let Some(done) = exchanges.join_next().await {
+                if let Ok((request, reply)) = done {
+                    self.on_reply(&request, reply);
+                }
+            }
+        }
+    }
+
+    fn on_reply(self: &Arc<Self>, request: &Request, reply: Result<Reply, Error>) {
+        match reply {
+            Ok(reply) => {
+                let now = self.now_ms();
+                let effects = lock(&self.holder).on_reply(request, reply, now);
+                self.carry_out(effects);
+            }
+            Err(e) => {
+                tracing::debug!(board = %request.board, "exchange failed: {e}");
+                self.stats.failed();
+                lock(&self.holder).on_failure(request);
+                self.suspect(request.board);
+            }
+        }
+    }
+
+    /// Carries out what the holder decided, in the background.
+    pub(super) fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Certificate {
+                    unit,
+                    claims,
+                    complete,
+                } => self.certify(unit, claims, complete),
+                Effect::Dispute { unit, claims } => {
+                    self.stats.dispute();
+                    let client = self.client.clone();
+                    self.tasks.spawn(async move {
+                        tracing::info!(%unit, claims = claims.len(), "claims disagree; reporting a dispute");
+                        if let Err(e) = client.dispute(unit, &claims).await {
+                            tracing::warn!(%unit, "dispute not taken: {e}");
+                        }
+                    });
+                }
+                Effect::Misbehaviour(evidence) => self.report_misbehaviour(*evidence),
+                Effect::BadBoard { board, problem } => {
+                    tracing::warn!(%board, "board sent bad data ({problem}); avoiding it");
+                    self.suspect(board);
+                }
+            }
+        }
+    }
+
+    /// Queues a certificate for `unit`; one upload per unit runs at a time, and a newer
+    /// certificate replaces a queued one (a complete one is never replaced by a partial).
+    fn certify(self: &Arc<Self>, unit: UnitId, claims: Vec<Claim>, complete: bool) {
+        {
+            let mut held = lock(&self.held);
+            let Some(h) = held.get_mut(&unit) else { return };
+            if h.output.is_none() {
+                return;
+            }
+            if !h
+                .next_certificate
+                .as_ref()
+                .is_some_and(|(_, c)| *c && !complete)
+            {
+                h.next_certificate = Some((claims, complete));
+            }
+            if h.uploading {
+                return;
+            }
+            h.uploading = true;
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move { me.upload(unit).await });
+    }
+
+    async fn upload(self: Arc<Self>, unit: UnitId) {
+        loop {
+            let next = {
+                let mut held = lock(&self.held);
+                let Some(h) = held.get_mut(&unit) else { return };
+                match (h.next_certificate.take(), &h.output) {
+                    (Some((claims, complete)), Some(output)) => {
+                        (h.project, claims, complete, output.clone())
+                    }
+                    _ => {
+                        h.uploading = false;
+                        return;
+                    }
+                }
+            };
+            let (project, claims, complete, output) = next;
+            if complete && !self.wait_turn(project, unit, &claims).await {
+                return; // settled by another claimant (released), or shutting down
+            }
+            self.stats.certificate(complete);
+            let mut attempt = 0u32;
+            let outcome = loop {
+                match self.client.submit_certificate(unit, &claims, &output).await {
+                    Ok(outcome) => break Some(outcome),
+                    Err(e) if e.is_transient() => {
+                        attempt += 1;
+                        if attempt % 8 == 1 {
+                            tracing::warn!(%unit, "certificate not delivered yet: {e}");
+                        }
+                        if !pause(&self.cancel, backoff(attempt)).await {
+                            return; // shutdown: the unit is handed back
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%unit, "certificate refused: {e}");
+                        break None;
+                    }
+                }
+            };
+            tracing::debug!(%unit, complete, ?outcome, "certificate submitted");
+            match outcome {
+                // Kept toward the quorum but not verified yet: hold on, more may come.
+                Some(o) if o.recorded && !o.accepted => {}
+                // Verified (by us or before us), or refused: nothing more to do here.
+                _ => {
+                    self.release(unit);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits our turn to upload a complete certificate; false if the unit got settled
+    /// meanwhile (and is released) or we are shutting down.
+    async fn wait_turn(&self, project: ProjectId, unit: UnitId, claims: &[Claim]) -> bool {
+        let rank = gossip::submit_rank(project, unit, self.identity.id(), claims);
+        if rank == 0 {
+            return true;
+        }
+        if !pause(&self.cancel, SUBMIT_GRACE * rank as u32).await {
+            return false;
+        }
+        let version = lock(&self.peers).0;
+        match self
+            .client
+            .heartbeat(&[unit], version, &self.run_report())
+            .await
+        {
+            Ok(reply) if reply.settled.contains(&unit) => {
+                self.release(unit);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The members a unit's boards are chosen from: SWIM's live members for a member, the
+    /// coordinator's list of reachable workers for a worker without inbound connections
+    /// (or whose peer address the coordinator does not vouch for: nobody admits it into
+    /// the membership); minus boards that failed us recently.
+    fn members(&self) -> Vec<Member> {
+        let mut members = match &self.membership {
+            Some(m) if m.credentialed() => m.members().to_vec(),
+            _ => peers_as_members(&lock(&self.peers).1),
+        };
+        let now = Instant::now();
+        let mut suspects = lock(&self.suspects);
+        suspects.retain(|_, until| *until > now);
+        let me = self.identity.id();
+        members.retain(|m| m.id == me || !suspects.contains_key(&m.id));
+        members
+    }
+
+    fn suspect(&self, board: WorkerId) {
+        if board != self.identity.id() {
+            lock(&self.suspects).insert(board, Instant::now() + SUSPECT_FOR);
+        }
+    }
+
+    /// A client for `board`'s board at `addr`, connecting only to that worker (TLS bound
+    /// to its key).
+    fn peer_client(&self, board: WorkerId, addr: SocketAddr) -> Result<PeerClient, Error> {
+        let mut clients = lock(&self.peer_clients);
+        if let Some(c) = clients.get(&(addr, board)) {
+            return Ok(c.clone());
+        }
+        let c = PeerClient::new(addr, board)?;
+        if clients.len() > 1024 {
+            clients.clear(); // members come and go; reconnecting is cheap
+        }
+        clients.insert((addr, board), c.clone());
+        Ok(c)
+    }
+}
