@@ -201,6 +201,36 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Start a project: writes NAME/ with the program, NAME/build.sh (builds NAME.wasm),
+    /// NAME/fallow.toml (the manifest), example inputs and a README. After `./build.sh`,
+    /// `fallow run` and `fallow submit` take it as it stands.
+    New {
+        /// The project's directory (new; its last component names the project).
+        name: PathBuf,
+        /// The language of the program.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::new::Lang,
+    },
+    /// Run one unit here, in the sandbox a worker uses (same limits, ABI and random seed),
+    /// to try a module before submitting it. The guest's stdout goes unchanged to stdout;
+    /// fuel, time, the digest and any failure reason go to stderr. Exits non-zero when the
+    /// unit fails, with the reason a worker would report.
+    Run {
+        /// The module: a WASI preview 1 command (`.wasm`).
+        module: PathBuf,
+        /// The unit's input (its stdin). Default: read this command's stdin.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// The unit's name, which seeds its random numbers (`random_get`) as on a
+        /// coordinator. Default: the input file's name (as `[inputs] dir` names units),
+        /// or `stdin`.
+        #[arg(long, value_name = "UNIT")]
+        name: Option<String>,
+        /// Apply this manifest's `[limits]` (fuel, memory, wall time, output size, NaN
+        /// canonicalization). Default: the default limits.
+        #[arg(long, value_name = "FALLOW.TOML")]
+        manifest: Option<PathBuf>,
+    },
     /// Print your submitter public key (making the key on first use), for volunteers who
     /// want their workers to run only your projects (`fallow worker --submitter-key HEX`).
     Key {

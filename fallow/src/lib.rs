@@ -7,6 +7,8 @@
 //! - `commands`: one function per subcommand.
 //! - `demo`: the bundled Mandelbrot run.
 //! - `mosaic`: assembles Mandelbrot tiles into one PNG.
+//! - `new`: `fallow new`, project templates (Rust, C) in `templates/`.
+//! - `run`: `fallow run`, one unit in the worker's sandbox on this machine.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +17,8 @@ mod client;
 mod commands;
 mod demo;
 pub mod mosaic;
+pub mod new;
+mod run;
 
 use cli::{Cli, Command};
 
@@ -154,6 +158,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             once,
         } => commands::submit(&manifest, &coordinator, &trust, token, key, once).await,
         Command::Key { key } => commands::key(key),
+        Command::New { name, lang } => {
+            for file in new::create(&name, lang)? {
+                println!("{}", file.display());
+            }
+            eprintln!(
+                "next: cd {} && ./build.sh && fallow run {}.wasm --input inputs/… --manifest fallow.toml",
+                name.display(),
+                name.file_name()
+                    .map_or_else(Default::default, |n| n.to_string_lossy())
+            );
+            Ok(())
+        }
+        Command::Run {
+            module,
+            input,
+            name,
+            manifest,
+        } => {
+            let options = run::Options {
+                module,
+                input,
+                name,
+                manifest,
+            };
+            // Guest code blocks its thread: keep it off the async runtime's workers.
+            tokio::task::spawn_blocking(move || run::run(options)).await?
+        }
         Command::Token { action, data } => commands::token(&data, action),
         Command::Status {
             project,

@@ -407,6 +407,31 @@ mod tests {
         assert!(err.contains("name"), "{err}");
     }
 
+    /// `fuel = 1e18` is a TOML float: the error says to write the digits, and shows them.
+    #[test]
+    fn a_float_limit_names_the_fix() {
+        let base =
+            "name = \"p\"\nwasm = \"m.wasm\"\n[inputs]\nsweep = { from = 0, to = 4, step = 2 }\n";
+        let err = Manifest::parse(&format!("{base}[limits]\nfuel = 1e18\n")).expect_err("a float");
+        assert!(err.contains("fuel"), "{err}");
+        assert!(err.contains("1_000_000_000_000_000_000"), "{err}");
+        assert!(err.contains("whole number"), "{err}");
+        let err =
+            Manifest::parse(&format!("{base}[limits]\nmemory_mb = 1.5\n")).expect_err("a float");
+        assert!(
+            err.contains("memory_mb") && err.contains("whole number"),
+            "{err}"
+        );
+        let err =
+            Manifest::parse(&format!("{base}[limits]\nwall_seconds = -3\n")).expect_err("negative");
+        assert!(err.contains("negative"), "{err}");
+        let ok = Manifest::parse(&format!(
+            "{base}[limits]\nfuel = 1_000_000_000\nmemory_mb = 128\n"
+        ))
+        .expect("integers parse");
+        assert_eq!((ok.limits.fuel, ok.limits.memory_mb), (1_000_000_000, 128));
+    }
+
     fn write_project(manifest: &str) -> (PathBuf, PathBuf) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(

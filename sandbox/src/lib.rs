@@ -709,8 +709,39 @@ fn stderr_suffix(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
     } else {
-        format!("; stderr: {stderr}")
+        format!("; stderr: {stderr}{}", hints(stderr))
     }
+}
+
+/// What to do about messages a guest's language runtime prints when it meets the sandbox's
+/// rules, none of which says that the sandbox is why (found by scientists porting programs).
+fn hints(stderr: &str) -> String {
+    const HINTS: [(&[&str], &str); 2] = [
+        (
+            // wasi-libc's strerror(ENOTCAPABLE) after fopen; Rust's std::fs, which finds no
+            // preopened directory (ENOENT is WASI's errno 44, ENOTCAPABLE 76). No unit has a
+            // file, so any of these is about the missing files.
+            &[
+                "Capabilities insufficient",
+                "No such file or directory",
+                "os error 76",
+                "pre-opened file descriptor",
+            ],
+            "a unit has no files: read the unit's input from stdin and write the result to \
+             stdout (README: the guest ABI)",
+        ),
+        (
+            &["RUST_BACKTRACE"],
+            "a guest cannot set environment variables, so there is no backtrace: the panic \
+             message above is the reason; reproduce it with `fallow run MODULE.wasm --input \
+             FILE`, or run the program natively",
+        ),
+    ];
+    HINTS
+        .iter()
+        .filter(|(needles, _)| needles.iter().any(|n| stderr.contains(n)))
+        .map(|(_, hint)| format!(" (hint: {hint})"))
+        .collect()
 }
 
 fn classify_error(e: &wasmtime::Error, memory_hit: bool, limits: &Limits, stderr: &str) -> Failure {

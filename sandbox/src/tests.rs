@@ -81,7 +81,7 @@ fn hostile_guests_each_fail_with_their_own_reason() {
             "opens a file",
             hostile::OPENFILE,
             FailureKind::ExitCode,
-            "exit code 1",
+            "hint: a unit has no files",
         ),
         (
             "exit 3",
@@ -95,6 +95,21 @@ fn hostile_guests_each_fail_with_their_own_reason() {
         assert_eq!(got, Some(kind), "{name}: {reason}");
         assert!(reason.contains(text), "{name}: {reason:?} lacks {text:?}");
     }
+}
+
+/// Messages of language runtimes that do not say the sandbox is why get a hint that does.
+#[test]
+fn runtime_messages_about_files_and_backtraces_get_a_hint() {
+    let c = "fopen: Capabilities insufficient";
+    assert!(
+        stderr_suffix(c).contains("hint: a unit has no files"),
+        "{}",
+        stderr_suffix(c)
+    );
+    let rust = "thread 'main' panicked at src/main.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace";
+    assert!(stderr_suffix(rust).contains("hint: a guest cannot set environment variables"));
+    assert_eq!(stderr_suffix("plain trouble"), "; stderr: plain trouble");
+    assert_eq!(stderr_suffix(""), "");
 }
 
 #[test]
