@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 
 class FallowError(Exception):
     """Anything the Fallow client refuses or the coordinator refused."""
@@ -15,8 +17,9 @@ class KeyFileError(FallowError):
     """The submitter key file cannot be read, made or used."""
 
 
-class ConnectionError(FallowError):  # noqa: A001 - scoped to this package
-    """The coordinator cannot be reached at the URL given."""
+class ConnectionError(FallowError, builtins.ConnectionError):  # noqa: A001
+    """The coordinator cannot be reached at the URL given, or is not the one pinned. Also a
+    built-in `ConnectionError`, so code catching that one catches it too."""
 
 
 class AuthenticationError(FallowError):
