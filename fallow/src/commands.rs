@@ -159,6 +159,9 @@ pub async fn submit(
     once: bool,
 ) -> anyhow::Result<()> {
     let mut spec = protocol::manifest::load(manifest)?;
+    for warning in sandbox::determinism_warnings(&spec.module) {
+        eprintln!("warning: {}: {warning}", manifest.display());
+    }
     let submitter = submitter_key(key)?;
     spec.sign(&submitter);
     let units = spec.units.len();

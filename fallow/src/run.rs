@@ -38,6 +38,9 @@ pub fn default_name(input: Option<&Path>) -> String {
 pub fn run(options: Options) -> anyhow::Result<()> {
     let module = std::fs::read(&options.module)
         .with_context(|| format!("cannot read the module {}", options.module.display()))?;
+    for warning in sandbox::determinism_warnings(&module) {
+        eprintln!("warning: {}: {warning}", options.module.display());
+    }
     let limits = match &options.manifest {
         Some(path) => limits_of(path)?,
         None => Limits::default(),

@@ -12,7 +12,8 @@
 use libfuzzer_sys::fuzz_target;
 use protocol::Limits;
 use protocol::manifest::{
-    MAX_REPLICAS, MAX_UNITS, Manifest, ProjectSpec, check_unit_name, sweep_units,
+    MAX_REPLICAS, MAX_UNITS, Manifest, ProjectSpec, Source, check_unit_name, linspace_units,
+    sweep_units, table_units,
 };
 
 /// Sweeps that would produce more units than this are only checked for the "too many" path:
@@ -32,10 +33,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = manifest.limits.validate();
 
-    let units = match (&manifest.inputs.dir, &manifest.inputs.sweep) {
+    let units = match manifest.inputs.source() {
         // A directory's files are read by `load`; stand in two well-formed units.
-        (Some(_), None) => vec![("a".to_string(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
-        (None, Some(sweep)) => {
+        Ok(Source::Dir(_)) => vec![("a".to_string(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+        Ok(Source::Sweep(sweep)) => {
             let count = if sweep.step > 0 {
                 (sweep.to as i128 - sweep.from as i128 + sweep.step as i128 - 1)
                     / sweep.step as i128
@@ -45,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
             if count > SWEEP_BUILD_CAP && count <= MAX_UNITS as i128 {
                 return;
             }
-            match sweep_units(*sweep) {
+            match sweep_units(sweep) {
                 Ok(units) => {
                     check_sweep(sweep.from, sweep.to, &units);
                     units
@@ -53,7 +54,21 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => return,
             }
         }
-        _ => return,
+        Ok(Source::Linspace(l)) => {
+            if l.count as i128 > SWEEP_BUILD_CAP {
+                return;
+            }
+            match linspace_units(l) {
+                Ok(units) => units,
+                Err(_) => return,
+            }
+        }
+        // The table's file is read by `load`: the fuzzer's own bytes stand in for it.
+        Ok(Source::Table(_)) => match table_units(data) {
+            Ok(units) => units,
+            Err(_) => return,
+        },
+        Err(_) => return,
     };
     // Stand-in modules; the defaults are `manifest::load`'s own.
     let module = b"\0asm\x01\0\0\0".to_vec();

@@ -5,6 +5,7 @@
 //! uploads and the coordinator validates again with [`ProjectSpec::validate`]. Its pure
 //! half, [`Manifest::parse`] and [`Manifest::to_spec`], is what the fuzz target runs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -64,15 +65,60 @@ fn default_adaptive() -> bool {
 /// Default of `error_bound`.
 pub const DEFAULT_ERROR_BOUND: f64 = 0.02;
 
-/// `[inputs]`: exactly one of `dir` or `sweep`.
+/// `[inputs]`: exactly one of `dir`, `sweep`, `linspace` or `table` ([`Inputs::source`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inputs {
     /// One unit per file in this directory (relative to the manifest); the file name names
     /// the unit and its bytes are the unit's stdin.
     pub dir: Option<PathBuf>,
-    /// A numeric range split into units.
+    /// An integer range split into units.
     pub sweep: Option<Sweep>,
+    /// Evenly spaced numbers, one unit each.
+    pub linspace: Option<Linspace>,
+    /// A CSV file (relative to the manifest) with a header line: one unit per data row,
+    /// named by its first column; the unit's stdin is the header line and its row.
+    pub table: Option<PathBuf>,
+}
+
+/// Where a manifest's units come from: the one `[inputs]` key it gives.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// `dir`: one unit per file (read by [`load`]).
+    Dir(&'a Path),
+    /// `sweep`: [`sweep_units`].
+    Sweep(Sweep),
+    /// `linspace`: [`linspace_units`].
+    Linspace(Linspace),
+    /// `table`: [`table_units`] of the file's bytes.
+    Table(&'a Path),
+}
+
+impl Inputs {
+    /// The one source of units; an error names the keys given when there is not exactly one.
+    pub fn source(&self) -> Result<Source<'_>, String> {
+        let mut given = Vec::new();
+        if let Some(d) = &self.dir {
+            given.push(("dir", Source::Dir(d)));
+        }
+        if let Some(s) = self.sweep {
+            given.push(("sweep", Source::Sweep(s)));
+        }
+        if let Some(l) = self.linspace {
+            given.push(("linspace", Source::Linspace(l)));
+        }
+        if let Some(t) = &self.table {
+            given.push(("table", Source::Table(t)));
+        }
+        match given.as_slice() {
+            [(_, source)] => Ok(*source),
+            [] => Err("[inputs] needs one of `dir = \"inputs\"` (one unit per file), `sweep = { from = 0, to = 100, step = 10 }`, `linspace = { from = 0.0, to = 1.0, count = 11 }` or `table = \"params.csv\"` (one unit per row)".into()),
+            more => Err(format!(
+                "[inputs] has {}; keep exactly one",
+                more.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
+            )),
+        }
+    }
 }
 
 /// `sweep = { from, to, step }`: unit `a` gets stdin `"a b\n"` with `b = min(a + step, to)`.
@@ -85,6 +131,21 @@ pub struct Sweep {
     pub to: i64,
     /// Width of each unit's sub-range.
     pub step: i64,
+}
+
+/// `linspace = { from, to, count }`: `count` evenly spaced numbers from `from` to `to`, both
+/// included (as `numpy.linspace`). Each is one unit, named by the number as Rust prints
+/// an `f64` shortest and exactly (`2.5`, `3.0`, `1e-7`), with that text and a newline as
+/// its stdin.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Linspace {
+    /// First value.
+    pub from: f64,
+    /// Last value (included when `count` > 1).
+    pub to: f64,
+    /// How many values: 1 to [`MAX_UNITS`].
+    pub count: u32,
 }
 
 /// `[reduce]`: a reducer folds all verified outputs into the aggregate.
@@ -158,18 +219,19 @@ pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
         Some(r) => Some(read_module("[reduce].wasm", &r.wasm)?),
         None => None,
     };
-    let units = match (&manifest.inputs.dir, &manifest.inputs.sweep) {
-        (Some(dir), None) => read_dir_units(&base.join(dir)).map_err(fail)?,
-        (None, Some(sweep)) => sweep_units(*sweep).map_err(fail)?,
-        (Some(_), Some(_)) => {
-            return Err(fail(
-                "[inputs] has both `dir` and `sweep`; keep exactly one".into(),
-            ));
-        }
-        (None, None) => {
-            return Err(fail(
-                "[inputs] needs `dir = \"inputs\"` (one unit per file) or `sweep = { from = 0, to = 100, step = 10 }`".into(),
-            ));
+    let units = match manifest.inputs.source().map_err(fail)? {
+        Source::Dir(dir) => read_dir_units(&base.join(dir)).map_err(fail)?,
+        Source::Sweep(sweep) => sweep_units(sweep).map_err(fail)?,
+        Source::Linspace(l) => linspace_units(l).map_err(fail)?,
+        Source::Table(table) => {
+            let file = base.join(table);
+            let bytes = std::fs::read(&file).map_err(|e| {
+                fail(format!(
+                    "[inputs].table = {table:?}: cannot read {}: {e} (paths are relative to the manifest)",
+                    file.display()
+                ))
+            })?;
+            table_units(&bytes).map_err(fail)?
         }
     };
     let spec = manifest.to_spec(module, reducer, units, text);
@@ -350,6 +412,114 @@ fn read_dir_units(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(units)
 }
 
+/// The units of a `linspace`; an error names the bad key.
+pub fn linspace_units(l: Linspace) -> Result<Vec<(String, Vec<u8>)>, String> {
+    if !l.from.is_finite() || !l.to.is_finite() {
+        return Err(format!(
+            "[inputs].linspace: from and to must be finite numbers (got {} and {})",
+            l.from, l.to
+        ));
+    }
+    if l.count == 0 || l.count as usize > MAX_UNITS {
+        return Err(format!(
+            "[inputs].linspace.count must be from 1 to {MAX_UNITS} (got {})",
+            l.count
+        ));
+    }
+    let last = f64::from(l.count - 1);
+    let mut units: Vec<(String, Vec<u8>)> = Vec::with_capacity(l.count as usize);
+    for i in 0..l.count {
+        let v = if i == 0 {
+            l.from
+        } else if i == l.count - 1 {
+            l.to
+        } else {
+            l.from + (l.to - l.from) * (f64::from(i) / last)
+        };
+        // `{:?}` is the shortest text that reads back as the same f64, with an exponent
+        // for very large or small numbers, so names stay short and distinct.
+        let name = format!("{v:?}");
+        if units.last().is_some_and(|(prev, _)| *prev == name) {
+            return Err(format!(
+                "[inputs].linspace: {} values between {} and {} repeat ({name} twice): lower count or widen the range",
+                l.count, l.from, l.to
+            ));
+        }
+        let input = format!("{name}\n").into_bytes();
+        units.push((name, input));
+    }
+    Ok(units)
+}
+
+/// The units of a `table`: a CSV file whose first line is a header. Each data row is one
+/// unit named by its first column (trimmed); its stdin is the header line and the row as
+/// they are written in the file, each ending in `\n`. An error names the row.
+pub fn table_units(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(bytes);
+    let header_end =
+        match reader.headers() {
+            Ok(h) if h.iter().any(|f| !f.trim().is_empty()) => reader.position().byte(),
+            Ok(_) => return Err(
+                "[inputs].table: the file is empty; its first line must be a header (column names)"
+                    .into(),
+            ),
+            Err(e) => return Err(format!("[inputs].table: {e}")),
+        };
+    let raw = |from: u64, to: u64| -> Vec<u8> {
+        let (from, to) = (from as usize, (to as usize).min(bytes.len()));
+        let line = bytes.get(from..to).unwrap_or_default();
+        // Blank lines the reader skipped before the row are not part of it.
+        let skip = line
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        let line = &line[skip..];
+        let mut line = line.strip_suffix(b"\n").unwrap_or(line);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.to_vec()
+    };
+    let header = raw(0, header_end);
+    let mut units: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut rows: HashMap<String, u64> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        let start = reader.position().byte();
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(format!("[inputs].table: {e}")),
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        let name = record.get(0).unwrap_or_default().trim().to_string();
+        if name.is_empty() {
+            return Err(format!(
+                "[inputs].table: line {line}: the first column (the unit's name) is empty"
+            ));
+        }
+        check_unit_name(&name).map_err(|e| format!("[inputs].table: line {line}: {e}"))?;
+        if let Some(earlier) = rows.insert(name.clone(), line) {
+            return Err(format!(
+                "[inputs].table: line {line}: unit {name:?} is also on line {earlier}; names must be unique"
+            ));
+        }
+        let mut input = header.clone();
+        input.push(b'\n');
+        input.extend_from_slice(&raw(start, reader.position().byte()));
+        input.push(b'\n');
+        units.push((name, input));
+        if units.len() > MAX_UNITS {
+            return Err(format!("[inputs].table has more than {MAX_UNITS} rows"));
+        }
+    }
+    if units.is_empty() {
+        return Err("[inputs].table has a header but no rows: one unit per row".into());
+    }
+    Ok(units)
+}
+
 /// The units of a sweep; an error names the bad key.
 pub fn sweep_units(s: Sweep) -> Result<Vec<(String, Vec<u8>)>, String> {
     if s.step <= 0 {
@@ -430,6 +600,102 @@ mod tests {
         ))
         .expect("integers parse");
         assert_eq!((ok.limits.fuel, ok.limits.memory_mb), (1_000_000_000, 128));
+    }
+
+    /// `linspace` includes both ends, names units by value, and refuses repeats.
+    #[test]
+    fn linspace_spaces_evenly_and_names_units_by_value() {
+        let units = linspace_units(Linspace {
+            from: 2.5,
+            to: 4.0,
+            count: 4,
+        })
+        .expect("units");
+        let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["2.5", "3.0", "3.5", "4.0"]);
+        assert_eq!(units[1].1, b"3.0\n");
+        let one = linspace_units(Linspace {
+            from: -1e-9,
+            to: 7.0,
+            count: 1,
+        })
+        .expect("one");
+        assert_eq!(one, [("-1e-9".to_string(), b"-1e-9\n".to_vec())]);
+        for (bad, says) in [
+            (
+                Linspace {
+                    from: 0.0,
+                    to: 1.0,
+                    count: 0,
+                },
+                "count",
+            ),
+            (
+                Linspace {
+                    from: f64::NAN,
+                    to: 1.0,
+                    count: 3,
+                },
+                "finite",
+            ),
+            (
+                Linspace {
+                    from: 1.0,
+                    to: 1.0,
+                    count: 3,
+                },
+                "repeat",
+            ),
+        ] {
+            let err = linspace_units(bad).expect_err("refused");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    /// A table gives one unit per row: named by the first column, stdin the header and the
+    /// row as written; bad rows are named by line.
+    #[test]
+    fn a_table_gives_one_unit_per_row_with_its_header() {
+        let csv = b"name,r,x0\r\nlow,2.8,0.5\r\n\nhigh,\"3.9\",0.25\n";
+        let units = table_units(csv).expect("units");
+        assert_eq!(
+            units,
+            [
+                ("low".to_string(), b"name,r,x0\nlow,2.8,0.5\n".to_vec()),
+                (
+                    "high".to_string(),
+                    b"name,r,x0\nhigh,\"3.9\",0.25\n".to_vec()
+                ),
+            ]
+        );
+        for (bad, says) in [
+            (&b""[..], "empty"),
+            (b"name,r\n", "no rows"),
+            (b"name,r\na,1\na,2\n", "also on line 2"),
+            (b"name,r\n,1\n", "empty"),
+            (b"name,r\na,1,9\n", "fields"),
+            (b"name,r\n../etc,1\n", "line 2"),
+        ] {
+            let err = table_units(bad).expect_err("refused");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    /// Exactly one source of units, and the error names the keys given.
+    #[test]
+    fn inputs_take_exactly_one_source() {
+        let base = "name = \"p\"\nwasm = \"m.wasm\"\n[inputs]\n";
+        let two =
+            Manifest::parse(&format!("{base}dir = \"i\"\ntable = \"t.csv\"\n")).expect("parses");
+        let err = two.inputs.source().expect_err("two");
+        assert!(err.contains("`dir` and `table`"), "{err}");
+        let none = Manifest::parse(base).expect("parses");
+        assert!(none.inputs.source().expect_err("none").contains("linspace"));
+        let one = Manifest::parse(&format!(
+            "{base}linspace = {{ from = 0.0, to = 1.0, count = 3 }}\n"
+        ))
+        .expect("parses");
+        assert!(matches!(one.inputs.source(), Ok(Source::Linspace(_))));
     }
 
     fn write_project(manifest: &str) -> (PathBuf, PathBuf) {

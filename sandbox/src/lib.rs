@@ -705,6 +705,40 @@ impl Sandbox {
     }
 }
 
+/// Warnings about a module's determinism pitfalls, read from its imports (nothing is
+/// compiled): what `fallow submit` and `fallow run` print before going on. Empty for a
+/// module that is not WebAssembly (the compile error says more).
+pub fn determinism_warnings(bytes: &[u8]) -> Vec<String> {
+    use wasmparser::{Parser, Payload};
+    let mut wasi = HashSet::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(Payload::ImportSection(reader)) => {
+                for import in reader.into_imports().flatten() {
+                    if import.module == "wasi_snapshot_preview1" {
+                        wasi.insert(import.name.to_string());
+                    }
+                }
+            }
+            Ok(Payload::CodeSectionStart { .. }) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let mut warnings = Vec::new();
+    if wasi.contains("clock_time_get") && !wasi.contains("random_get") {
+        warnings.push(
+            "the module reads the clock (clock_time_get) but never asks for random numbers \
+             (random_get): clocks are frozen in the sandbox, so a generator seeded from the time \
+             (srand(time(NULL)), a seed from SystemTime) gives every unit the same numbers. Seed \
+             it from getentropy() in C or the getrandom crate in Rust: the stream is the same on \
+             every worker of a unit and differs between units. Ignore this if the clock is read \
+             for another reason."
+                .to_string(),
+        );
+    }
+    warnings
+}
+
 fn stderr_suffix(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()

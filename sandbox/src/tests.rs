@@ -676,3 +676,41 @@ fn a_reused_memory_slot_shows_nothing_of_the_previous_execution() {
         );
     }
 }
+
+/// A module whose only content is imports of these WASI functions (type `() -> ()`; the
+/// warning reads names only).
+fn importing(names: &[&str]) -> Vec<u8> {
+    let mut imports = vec![names.len() as u8];
+    for name in names {
+        let module = b"wasi_snapshot_preview1";
+        imports.push(module.len() as u8);
+        imports.extend_from_slice(module);
+        imports.push(name.len() as u8);
+        imports.extend_from_slice(name.as_bytes());
+        imports.extend_from_slice(&[0x00, 0x00]); // a function of type 0
+    }
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    wasm.extend_from_slice(&[0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type 0: () -> ()
+    wasm.push(0x02);
+    wasm.push(imports.len() as u8);
+    wasm.extend_from_slice(&imports);
+    wasm
+}
+
+/// A clock read without random numbers is the `srand(time(NULL))` pitfall: warned about.
+#[test]
+fn a_module_reading_the_clock_but_no_random_numbers_is_warned_about() {
+    let warned = determinism_warnings(&importing(&["fd_write", "clock_time_get"]));
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("getentropy"), "{}", warned[0]);
+    for fine in [
+        importing(&["fd_write", "clock_time_get", "random_get"]),
+        importing(&["fd_write", "random_get"]),
+        importing(&["fd_write"]),
+        b"not wasm".to_vec(),
+    ] {
+        assert!(determinism_warnings(&fine).is_empty());
+    }
+    // The real guests: none of them reads the clock.
+    assert!(determinism_warnings(artifacts::PRIMES).is_empty());
+}

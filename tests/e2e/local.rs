@@ -128,3 +128,59 @@ fn a_local_run_gives_the_bytes_and_fuel_a_worker_gives() {
     assert!(!run.status.success());
     assert!(stderr.contains("not a WebAssembly module"), "{stderr}");
 }
+
+/// `[inputs] table` and `linspace` reach each unit's stdin as the README says: a unit per
+/// row named by its first column with the header and its row, a unit per number.
+#[test]
+fn table_and_linspace_units_get_the_documented_stdin() {
+    let mut c = Cluster::start(30);
+    c.start_worker(&[]);
+    let table = project(
+        c.dir.path(),
+        "table",
+        artifacts::hostile::ECHO,
+        None,
+        "replication = 1\nquorum = 1\nadaptive = false\n[inputs]\ntable = \"params.csv\"\n",
+    );
+    std::fs::write(
+        table.with_file_name("params.csv"),
+        "name,r,x0\r\nlow,2.8,0.5\r\n\"high\",\"3,9\",0.25\n",
+    )
+    .expect("csv");
+    let linspace = project(
+        c.dir.path(),
+        "linspace",
+        artifacts::hostile::ECHO,
+        None,
+        "replication = 1\nquorum = 1\nadaptive = false\n[inputs]\nlinspace = { from = 2.5, to = 4.0, count = 4 }\n",
+    );
+    let (t, l) = (
+        c.submit(&table).expect("table accepted"),
+        c.submit(&linspace).expect("linspace accepted"),
+    );
+    for (id, units) in [(t, 2), (l, 4)] {
+        let status = c.wait_finished(id, Duration::from_secs(120));
+        assert_eq!(n(&status, "verified"), units, "{status}");
+    }
+    let out = c.results(t);
+    let read = |dir: &std::path::Path, unit: &str| {
+        std::fs::read_to_string(dir.join(unit)).unwrap_or_else(|e| panic!("unit {unit}: {e}"))
+    };
+    assert_eq!(read(&out, "low"), "name,r,x0\nlow,2.8,0.5\n");
+    assert_eq!(read(&out, "high"), "name,r,x0\n\"high\",\"3,9\",0.25\n");
+    let out = c.results(l);
+    for v in ["2.5", "3.0", "3.5", "4.0"] {
+        assert_eq!(read(&out, v), format!("{v}\n"));
+    }
+    // A table row with a name that is not a file name is refused, naming its line.
+    let bad = project(
+        c.dir.path(),
+        "bad-table",
+        artifacts::hostile::ECHO,
+        None,
+        "[inputs]\ntable = \"params.csv\"\n",
+    );
+    std::fs::write(bad.with_file_name("params.csv"), "name,r\nok,1\n../up,2\n").expect("csv");
+    let err = c.submit(&bad).expect_err("refused");
+    assert!(err.contains("line 3"), "{err}");
+}

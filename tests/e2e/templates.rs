@@ -69,6 +69,7 @@ fn new_build_run_submit(lang: &str, needs: &str) {
             local[0].1, local[1].1,
             "units a and b drew the same numbers"
         );
+        time_seeded_rand_is_warned_about(&dir);
     }
 
     // Submitted as it stands, to two workers of different accounts (replication 2).
@@ -101,5 +102,49 @@ fn the_c_template_builds_runs_and_verifies_as_it_stands() {
     new_build_run_submit(
         "c",
         "Debian's clang, lld, wasi-libc and libclang-rt-14-dev-wasm32",
+    );
+}
+
+/// The determinism pitfall of C: `srand(time(NULL))` seeds every unit alike, because the
+/// clock is frozen. `fallow run` warns, naming the fix.
+fn time_seeded_rand_is_warned_about(dir: &Path) {
+    let source = dir.join("timeseeded.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <stdlib.h>\n#include <time.h>\n\
+         int main(void) { srand(time(NULL)); printf(\"%d\\n\", rand()); return 0; }\n",
+    )
+    .expect("write source");
+    let module = dir.join("timeseeded.wasm");
+    let built = Command::new("clang")
+        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .arg(&module)
+        .arg(&source)
+        .output()
+        .expect("clang");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut outputs = Vec::new();
+    for name in ["a", "b"] {
+        let run = fallow()
+            .arg("run")
+            .arg(&module)
+            .args(["--name", name, "--input", "/dev/null"])
+            .output()
+            .expect("fallow run");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("warning") && stderr.contains("getentropy()"),
+            "{stderr}"
+        );
+        outputs.push(run.stdout);
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "a frozen clock seeds every unit alike"
     );
 }

@@ -21,7 +21,9 @@ signatures the client makes:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import math
 import os
 import pathlib
 import re
@@ -254,6 +256,111 @@ def sweep_units(start: int, stop: int, step: int) -> list[tuple[str, bytes]]:
     return units
 
 
+def rust_float(v: float) -> str:
+    """`v` as Rust's `{:?}` prints an f64 (how `linspace` names units): the shortest text
+    that reads back as `v`, like Python's repr, but `1e-5`/`1e16` where repr writes
+    `1e-05`/`1e+16` (both switch to an exponent below 1e-4 and from 1e16)."""
+    text = repr(v)
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    sign = "-" if exponent.startswith("-") else ""
+    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+
+
+def linspace_units(start: float, stop: float, count: int) -> list[tuple[str, bytes]]:
+    """`linspace = { from, to, count }`: both ends included, each number one unit named by
+    its text (as `protocol::manifest::linspace_units`)."""
+    if not (math.isfinite(start) and math.isfinite(stop)):
+        raise ManifestError(f"[inputs].linspace: from and to must be finite numbers (got {start} and {stop})")
+    if not 1 <= count <= MAX_UNITS:
+        raise ManifestError(f"[inputs].linspace.count must be from 1 to {MAX_UNITS} (got {count})")
+    last = float(count - 1)
+    units: list[tuple[str, bytes]] = []
+    for i in range(count):
+        if i == 0:
+            v = start
+        elif i == count - 1:
+            v = stop
+        else:
+            v = start + (stop - start) * (i / last)
+        name = rust_float(v)
+        if units and units[-1][0] == name:
+            raise ManifestError(
+                f"[inputs].linspace: {count} values between {start} and {stop} repeat ({name} twice): "
+                "lower count or widen the range"
+            )
+        units.append((name, f"{name}\n".encode()))
+    return units
+
+
+def table_units(data: bytes) -> list[tuple[str, bytes]]:
+    """`table = "params.csv"`: one unit per data row, named by its first column; its stdin
+    is the header line and the row as written (as `protocol::manifest::table_units`)."""
+    records = _csv_records(data)
+    if not records or not any(f.strip() for f in _fields(records[0][1])):
+        raise ManifestError("[inputs].table: the file is empty; its first line must be a header (column names)")
+    header = records[0][1]
+    width = len(_fields(header))
+    units: list[tuple[str, bytes]] = []
+    seen: dict[str, int] = {}
+    for line, raw in records[1:]:
+        fields = _fields(raw)
+        if len(fields) != width:
+            raise ManifestError(
+                f"[inputs].table: line {line}: found record with {len(fields)} fields, "
+                f"but the header has {width} fields"
+            )
+        name = fields[0].strip()
+        if not name:
+            raise ManifestError(f"[inputs].table: line {line}: the first column (the unit's name) is empty")
+        try:
+            check_unit_name(name)
+        except ManifestError as e:
+            raise ManifestError(f"[inputs].table: line {line}: {e}") from e
+        if name in seen:
+            raise ManifestError(
+                f"[inputs].table: line {line}: unit {name!r} is also on line {seen[name]}; names must be unique"
+            )
+        seen[name] = line
+        units.append((name, header + b"\n" + raw + b"\n"))
+        if len(units) > MAX_UNITS:
+            raise ManifestError(f"[inputs].table has more than {MAX_UNITS} rows")
+    if not units:
+        raise ManifestError("[inputs].table has a header but no rows: one unit per row")
+    return units
+
+
+def _csv_records(data: bytes) -> list[tuple[int, bytes]]:
+    """The raw records of a CSV file with the line each starts on: a record ends at a line
+    break outside quotes; blank lines are skipped; the line break is not kept."""
+    records: list[tuple[int, bytes]] = []
+    line, start, quoted = 1, 0, False
+    record_line = 1
+    for i in range(len(data) + 1):
+        c = data[i : i + 1]
+        if c == b'"':
+            quoted = not quoted
+        elif c in (b"\n", b"") and not quoted:
+            raw = data[start:i]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if raw:
+                records.append((record_line, raw))
+            start = i + 1
+            record_line = line + 1
+        if c == b"\n":
+            line += 1
+    return records
+
+
+def _fields(raw: bytes) -> list[str]:
+    try:
+        return next(csv.reader([raw.decode()]))
+    except (UnicodeDecodeError, csv.Error, StopIteration) as e:
+        raise ManifestError(f"[inputs].table: {e}") from e
+
+
 _TOP_KEYS = {
     "name", "wasm", "replication", "quorum", "max_replicas", "adaptive", "error_bound",
     "limits", "inputs", "reduce",
@@ -317,10 +424,12 @@ def load_manifest(path: "os.PathLike[str] | str") -> Project:
     )
 
     inputs = m["inputs"]
-    if not isinstance(inputs, dict) or set(inputs) - {"dir", "sweep"}:
-        raise fail("[inputs] takes `dir` or `sweep`")
-    if "dir" in inputs and "sweep" in inputs:
-        raise fail("[inputs] has both `dir` and `sweep`; keep exactly one")
+    sources = ("dir", "sweep", "linspace", "table")
+    if not isinstance(inputs, dict) or set(inputs) - set(sources):
+        raise fail("[inputs] takes one of `dir`, `sweep`, `linspace` or `table`")
+    given = [k for k in sources if k in inputs]
+    if len(given) > 1:
+        raise fail(f"[inputs] has {' and '.join(f'`{k}`' for k in given)}; keep exactly one")
     if "dir" in inputs:
         units = _dir_units(base / inputs["dir"], fail)
     elif "sweep" in inputs:
@@ -331,10 +440,30 @@ def load_manifest(path: "os.PathLike[str] | str") -> Project:
             units = sweep_units(s["from"], s["to"], s["step"])
         except ManifestError as e:
             raise fail(str(e)) from e
+    elif "linspace" in inputs:
+        s = inputs["linspace"]
+        if not isinstance(s, dict) or set(s) != {"from", "to", "count"}:
+            raise fail("[inputs].linspace needs exactly `from`, `to` and `count`")
+        try:
+            units = linspace_units(float(s["from"]), float(s["to"]), whole("[inputs].linspace.count", s["count"]))
+        except (ManifestError, TypeError, ValueError) as e:
+            raise fail(str(e)) from e
+    elif "table" in inputs:
+        rel = inputs["table"]
+        try:
+            data = (base / rel).read_bytes()
+        except (OSError, TypeError) as e:
+            raise fail(f"[inputs].table = {rel!r}: cannot read it: {e} (paths are relative to the manifest)") from e
+        try:
+            units = table_units(data)
+        except ManifestError as e:
+            raise fail(str(e)) from e
     else:
         raise fail(
-            '[inputs] needs `dir = "inputs"` (one unit per file) or '
-            "`sweep = { from = 0, to = 100, step = 10 }`"
+            '[inputs] needs one of `dir = "inputs"` (one unit per file), '
+            "`sweep = { from = 0, to = 100, step = 10 }`, "
+            "`linspace = { from = 0.0, to = 1.0, count = 11 }` or "
+            '`table = "params.csv"` (one unit per row)'
         )
     if not units:
         raise fail("[inputs] produced no work units")

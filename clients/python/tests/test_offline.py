@@ -3,6 +3,7 @@ Rust side resolves them, and the key file is the one `fallow key` uses."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -90,3 +91,38 @@ def test_one_key_file_serves_both_tools(tmp_path):
     (tmp_path / "bad.key").write_text("not a key")
     with pytest.raises(Exception, match="not hex"):
         SubmitterKey.load_or_create(tmp_path / "bad.key")
+
+
+def test_linspace_names_units_as_rust_prints_floats():
+    from fallow_client.project import linspace_units, rust_float
+
+    units = linspace_units(2.5, 4.0, 4)
+    assert [n for n, _ in units] == ["2.5", "3.0", "3.5", "4.0"]
+    assert units[1][1] == b"3.0\n"
+    assert linspace_units(-1e-9, 7.0, 1) == [("-1e-9", b"-1e-9\n")]
+    assert [rust_float(v) for v in (1e16, 1.5e-5, 0.0001, 123.25, -0.0)] == [
+        "1e16", "1.5e-5", "0.0001", "123.25", "-0.0",
+    ]
+    for bad in ((0.0, 1.0, 0), (float("nan"), 1.0, 3), (1.0, 1.0, 3)):
+        with pytest.raises(ManifestError):
+            linspace_units(*bad)
+
+
+def test_a_table_gives_one_unit_per_row_as_the_rust_side_does():
+    from fallow_client.project import table_units
+
+    data = b'name,r,x0\r\nlow,2.8,0.5\r\n\nhigh,"3.9",0.25\n'
+    assert table_units(data) == [
+        ("low", b"name,r,x0\nlow,2.8,0.5\n"),
+        ("high", b'name,r,x0\nhigh,"3.9",0.25\n'),
+    ]
+    for bad, says in (
+        (b"", "empty"),
+        (b"name,r\n", "no rows"),
+        (b"name,r\na,1\na,2\n", "also on line 2"),
+        (b"name,r\n,1\n", "empty"),
+        (b"name,r\na,1,9\n", "fields"),
+        (b"name,r\n../etc,1\n", "line 2"),
+    ):
+        with pytest.raises(ManifestError, match=re.escape(says)):
+            table_units(bad)
