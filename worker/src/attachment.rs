@@ -14,25 +14,24 @@ mod work;
 
 pub(crate) use work::core_loop;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::board::{Board, BoardLimits};
-use protocol::quorum::Timing;
-use protocol::{Claim, Identity, ProjectId, UnitId, WorkerId};
+use protocol::{Identity, UnitId, WorkerId};
 use sandbox::Sandbox;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checkpoints::{Checkpoints, Key};
+use crate::checkpoints::Checkpoints;
 use crate::config::{AttachmentConfig, WorkerConfig};
 use crate::executor::Executor;
-use crate::gossip::{Holder, PollConfig};
+use crate::lifecycle::{self, Lifecycle};
 use crate::membership::{self, Member, MembershipConfig, MembershipHandle};
 use crate::modules::Modules;
-use crate::rpc::{self, Assignment, CoordinatorClient, Introduction, PeerClient, PeerInfo};
+use crate::rpc::{self, CoordinatorClient, Introduction, PeerClient, PeerInfo};
 use crate::{Error, Stats, control, lock, metrics, provenance};
 
 /// What every attachment of one worker shares: the guest threads, the checkpoint store,
@@ -124,17 +123,15 @@ impl Attached {
             control: common.control.clone(),
             policy: common.policy.clone(),
             checkpoints: common.checkpoints.clone(),
-            resume: Mutex::new(VecDeque::new()),
-            buffer: Mutex::new(VecDeque::new()),
-            unit_time: Mutex::new(None),
-            failures: Mutex::new(0),
             fault_fired: std::sync::atomic::AtomicBool::new(false),
-            no_work_said: Mutex::new(None),
+            life: Mutex::new(Lifecycle::new(lifecycle::Settings {
+                me: identity.id(),
+                cores: config.cores as f64 * attachment.share_fraction,
+                prefetch: config.prefetch,
+            })),
             identity,
             account,
             client,
-            holder: Mutex::new(Holder::new(Timing::default(), PollConfig::default())),
-            held: Mutex::new(HashMap::new()),
             board: Mutex::new(Board::new(BoardLimits::default())),
             reported: Mutex::new(HashSet::new()),
             membership,
@@ -205,30 +202,6 @@ impl Attached {
     }
 }
 
-/// A unit this worker holds.
-struct Held {
-    project: ProjectId,
-    /// Its checkpoint files, for a module that checkpoints.
-    checkpoint: Option<Key>,
-    output: Option<Vec<u8>>,
-    /// A certificate upload is running; the next one waits here (the latest wins).
-    uploading: bool,
-    next_certificate: Option<(Vec<Claim>, bool)>,
-}
-
-impl Held {
-    /// A unit just leased (or taken back), with no result yet.
-    fn new(project: ProjectId, checkpoint: Option<Key>) -> Held {
-        Held {
-            project,
-            checkpoint,
-            output: None,
-            uploading: false,
-            next_certificate: None,
-        }
-    }
-}
-
 pub(crate) struct Shared {
     identity: Arc<Identity>,
     account: String,
@@ -237,8 +210,9 @@ pub(crate) struct Shared {
     /// What is this coordinator's own: its URL, share and peer address.
     attachment: AttachmentConfig,
     client: CoordinatorClient,
-    holder: Mutex<Holder>,
-    held: Mutex<HashMap<UnitId, Held>>,
+    /// Every unit this attachment holds, from lease to release, and their commit–reveal
+    /// exchanges: one lock for all of the units' state.
+    life: Mutex<Lifecycle>,
     /// Our rendezvous board (members only; a no-inbound worker never gets asked).
     board: Mutex<Board>,
     /// Offenders already reported from our board, so a replayed proof is reported once.
@@ -260,26 +234,18 @@ pub(crate) struct Shared {
     executor: Arc<Executor>,
     modules: Modules,
     checkpoints: Arc<Checkpoints>,
-    /// Units with a checkpoint on disk from before a restart, run before asking for more.
-    resume: Mutex<VecDeque<Assignment>>,
-    /// Prefetched units (leased, held, not started) and when they came.
-    buffer: Mutex<VecDeque<(Assignment, Instant)>>,
-    /// Wall time of a unit here (moving average) and the lease units come with.
-    unit_time: Mutex<Option<(Duration, Duration)>>,
-    /// Work requests failed in a row.
-    failures: Mutex<u32>,
     /// [`Fault::LocalFailureOnce`] has fired.
     fault_fired: std::sync::atomic::AtomicBool,
-    /// The coordinator's last reason for no work, and when it was logged.
-    no_work_said: Mutex<Option<(String, Instant)>>,
+    /// When this attachment started: the lifecycle's clock counts from here.
     started: Instant,
     pub(crate) tasks: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The lifecycle's clock: the time since this attachment started.
+    fn now(&self) -> Duration {
+        self.started.elapsed()
     }
 
     async fn stop_membership(&self) {
@@ -367,7 +333,7 @@ impl Shared {
                 reason,
             };
         }
-        let busy = lock(&self.held).values().any(|h| h.output.is_none());
+        let busy = lock(&self.life).busy();
         rpc::RunReport {
             state: if busy { "running" } else { "idle" },
             reason: String::new(),
@@ -394,11 +360,7 @@ impl Shared {
             }
             // Suspended past the grace: hand back what has no result and no checkpoint,
             // and renew only the leases of units whose result is in.
-            let held: Vec<UnitId> = if self.control.decision().hand_back {
-                self.hand_back_while_suspended().await
-            } else {
-                lock(&self.held).keys().copied().collect()
-            };
+            let held = self.units_to_renew().await;
             let version = lock(&self.peers).0;
             // A coordinator that stops answering (a cut link drops packets, it does not
             // refuse them) must not leave the worker silent until the request timeout: a
@@ -422,9 +384,7 @@ impl Shared {
                         tracing::info!("coordinator reachable again");
                     }
                     failures = 0;
-                    for unit in reply.settled {
-                        self.release(unit);
-                    }
+                    lock(&self.life).settled(&reply.settled);
                     if let Some(peers) = reply.peers {
                         *lock(&self.peers) = peers;
                     }

@@ -55,8 +55,8 @@ pub enum Effect {
         /// What went wrong.
         failure: Failure,
     },
-    /// Upload a certificate with our output, then call [`Lifecycle::uploaded`]. At most
-    /// one upload per unit is out at a time.
+    /// Upload a certificate with our output, then call [`Lifecycle::uploaded`] (which may
+    /// give the next one). At most one upload per unit is out at a time.
     Upload(Upload),
     /// Report disagreeing revealed claims.
     Dispute {
@@ -395,12 +395,16 @@ impl Lifecycle {
     /// An upload of `unit` ended: `None` if the certificate was refused. Kept toward the
     /// quorum but not verified yet, the unit stays held (more claims may come, and the next
     /// queued certificate goes out); verified or refused, it is released.
-    pub fn uploaded(&mut self, unit: UnitId, outcome: Option<CertificateOutcome>) -> Vec<Effect> {
+    pub fn uploaded(
+        &mut self,
+        unit: UnitId,
+        outcome: Option<CertificateOutcome>,
+    ) -> Option<Upload> {
         match outcome {
-            Some(o) if o.recorded && !o.accepted => self.next_upload(unit).into_iter().collect(),
+            Some(o) if o.recorded && !o.accepted => self.next_upload(unit),
             _ => {
                 self.release(unit);
-                Vec::new()
+                None
             }
         }
     }
@@ -533,7 +537,9 @@ impl Lifecycle {
 
     /// Whether a held unit has no result yet (the run report says "running").
     pub fn busy(&self) -> bool {
-        self.units.values().any(|u| u.output.is_none())
+        self.units
+            .keys()
+            .any(|unit| !matches!(self.phase(*unit), Some(Phase::Committed | Phase::Uploading)))
     }
 
     /// The held units, in order.
@@ -583,7 +589,7 @@ impl Lifecycle {
                     unit,
                     claims,
                     complete,
-                } => out.extend(self.certify(unit, claims, complete)),
+                } => out.extend(self.certify(unit, claims, complete).map(Effect::Upload)),
                 gossip::Effect::Dispute { unit, claims } => {
                     out.push(Effect::Dispute { unit, claims })
                 }
@@ -598,7 +604,7 @@ impl Lifecycle {
 
     /// Queues a certificate for `unit`; one upload per unit is out at a time, and a newer
     /// certificate replaces a queued one (a complete one is never replaced by a partial).
-    fn certify(&mut self, unit: UnitId, claims: Vec<Claim>, complete: bool) -> Option<Effect> {
+    fn certify(&mut self, unit: UnitId, claims: Vec<Claim>, complete: bool) -> Option<Upload> {
         let u = self.units.get_mut(&unit)?;
         u.output.as_ref()?;
         if !u
@@ -616,7 +622,7 @@ impl Lifecycle {
     }
 
     /// The queued certificate of `unit` goes out, or its uploads are over for now.
-    fn next_upload(&mut self, unit: UnitId) -> Option<Effect> {
+    fn next_upload(&mut self, unit: UnitId) -> Option<Upload> {
         let me = self.settings.me;
         let u = self.units.get_mut(&unit)?;
         match (u.next_certificate.take(), &u.output) {
@@ -626,13 +632,13 @@ impl Lifecycle {
                 } else {
                     0
                 };
-                Some(Effect::Upload(Upload {
+                Some(Upload {
                     unit,
                     output: output.clone(),
                     claims,
                     complete,
                     rank,
-                }))
+                })
             }
             _ => {
                 u.uploading = false;

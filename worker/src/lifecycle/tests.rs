@@ -218,18 +218,14 @@ impl World {
             }
             Ev::Certificate(u, complete) => {
                 let claim = Claim::sign(&me(), P, UnitId(u), Digest::of(b"ok"), 100);
-                summary(
-                    &self
-                        .lc
-                        .certify(UnitId(u), vec![claim], complete)
-                        .into_iter()
-                        .collect::<Vec<_>>(),
-                )
+                let upload = self.lc.certify(UnitId(u), vec![claim], complete);
+                summary(&upload.map(Effect::Upload).into_iter().collect::<Vec<_>>())
             }
             Ev::Uploaded(u, outcome) => {
                 let outcome =
                     outcome.map(|(recorded, accepted)| CertificateOutcome { accepted, recorded });
-                summary(&self.lc.uploaded(UnitId(u), outcome))
+                let next = self.lc.uploaded(UnitId(u), outcome);
+                summary(&next.map(Effect::Upload).into_iter().collect::<Vec<_>>())
             }
             Ev::Settled(us) => {
                 self.lc.settled(&units(us));
