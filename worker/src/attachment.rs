@@ -132,13 +132,12 @@ impl Attached {
             identity,
             account,
             client,
-            board: Mutex::new(Board::new(BoardLimits::default())),
-            reported: Mutex::new(HashSet::new()),
+            board: Mutex::new(OwnBoard {
+                board: Board::new(BoardLimits::default()),
+                reported: HashSet::new(),
+            }),
             membership,
-            coordinator_key: Mutex::new(None),
-            peers: Mutex::new((0, Vec::new())),
-            suspects: Mutex::new(HashMap::new()),
-            peer_clients: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Peers::default()),
             metrics: common.metrics.clone(),
             stats: common.stats.clone(),
             executor: common.executor.clone(),
@@ -202,6 +201,29 @@ impl Attached {
     }
 }
 
+/// Our rendezvous board, and the offenders it has reported.
+struct OwnBoard {
+    board: Board,
+    /// Offenders already reported from our board, so a replayed proof is reported once.
+    reported: HashSet<(UnitId, WorkerId)>,
+}
+
+/// What an attachment knows of its peers.
+#[derive(Default)]
+struct Peers {
+    /// The version of the coordinator's peer list.
+    version: u64,
+    /// The coordinator's peer list: the seed for membership, and the member list itself
+    /// for a worker without inbound connections.
+    list: Vec<PeerInfo>,
+    /// The coordinator's key, learnt at registration: membership credentials verify under it.
+    coordinator_key: Option<WorkerId>,
+    /// Boards that failed us recently, avoided until the instant given.
+    suspects: HashMap<WorkerId, Instant>,
+    /// Open connections to boards, by address and key.
+    clients: HashMap<(SocketAddr, WorkerId), PeerClient>,
+}
+
 pub(crate) struct Shared {
     identity: Arc<Identity>,
     account: String,
@@ -214,18 +236,10 @@ pub(crate) struct Shared {
     /// exchanges: one lock for all of the units' state.
     life: Mutex<Lifecycle>,
     /// Our rendezvous board (members only; a no-inbound worker never gets asked).
-    board: Mutex<Board>,
-    /// Offenders already reported from our board, so a replayed proof is reported once.
-    reported: Mutex<HashSet<(UnitId, WorkerId)>>,
+    board: Mutex<OwnBoard>,
     membership: Option<MembershipHandle>,
-    /// The coordinator's key, learnt at registration: membership credentials verify under it.
-    coordinator_key: Mutex<Option<WorkerId>>,
-    /// The coordinator's peer list and its version: the seed for membership, and the
-    /// member list itself for a worker without inbound connections.
-    peers: Mutex<(u64, Vec<PeerInfo>)>,
-    /// Boards that failed us recently, avoided until the instant given.
-    suspects: Mutex<HashMap<WorkerId, Instant>>,
-    peer_clients: Mutex<HashMap<(SocketAddr, WorkerId), PeerClient>>,
+    /// What this attachment knows of its peers and how it reaches their boards.
+    peers: Mutex<Peers>,
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
     control: Arc<control::Control>,
@@ -269,7 +283,7 @@ impl Shared {
                 Ok(reg) => {
                     // Our board files commitments only with this coordinator's tickets.
                     match reg.coordinator_key {
-                        Some(key) => lock(&self.board).set_coordinator(key),
+                        Some(key) => lock(&self.board).board.set_coordinator(key),
                         None => tracing::warn!(
                             "the coordinator sends no key (older version): our board files no commitments"
                         ),
@@ -283,7 +297,11 @@ impl Shared {
                         );
                     }
                     self.seed_membership(&reg.peers);
-                    *lock(&self.peers) = (0, reg.peers);
+                    {
+                        let mut peers = lock(&self.peers);
+                        peers.version = 0;
+                        peers.list = reg.peers;
+                    }
                     tracing::info!(coordinator = %self.attachment.url, "registered");
                     return Some(reg.heartbeat);
                 }
@@ -308,11 +326,11 @@ impl Shared {
         coordinator: Option<WorkerId>,
         credential: Option<protocol::membership::Credential>,
     ) {
-        let coordinator = coordinator.or(*lock(&self.coordinator_key));
+        let coordinator = coordinator.or(lock(&self.peers).coordinator_key);
         if let (Some(m), Some(coordinator), Some(credential)) =
             (&self.membership, coordinator, credential)
         {
-            *lock(&self.coordinator_key) = Some(coordinator);
+            lock(&self.peers).coordinator_key = Some(coordinator);
             m.set_credential(coordinator, credential);
         }
     }
@@ -350,7 +368,7 @@ impl Shared {
             // A worker that knows no peers yet (it registered before the others) asks
             // again soon: without peers it has no boards to gossip with, and its results
             // could only go to the coordinator as partial certificates.
-            let wait = if lock(&self.peers).1.is_empty() {
+            let wait = if lock(&self.peers).list.is_empty() {
                 every.min(PEERLESS_HEARTBEAT)
             } else {
                 every
@@ -361,7 +379,7 @@ impl Shared {
             // Suspended past the grace: hand back what has no result and no checkpoint,
             // and renew only the leases of units whose result is in.
             let held = self.units_to_renew().await;
-            let version = lock(&self.peers).0;
+            let version = lock(&self.peers).version;
             // A coordinator that stops answering (a cut link drops packets, it does not
             // refuse them) must not leave the worker silent until the request timeout: a
             // beat with no answer within its interval counts as failed.
@@ -386,12 +404,13 @@ impl Shared {
                     failures = 0;
                     lock(&self.life).settled(&reply.settled);
                     if let Some(peers) = reply.peers {
-                        *lock(&self.peers) = peers;
+                        let mut known = lock(&self.peers);
+                        (known.version, known.list) = peers;
                     }
                     self.vouched(None, reply.credential);
                     // Every beat, not only on change: a seed that was down at first may be
                     // up now (the membership rate-limits announcements per peer).
-                    let peers = lock(&self.peers).1.clone();
+                    let peers = lock(&self.peers).list.clone();
                     self.seed_membership(&peers);
                     let unproven = self.membership.as_ref().is_some_and(|m| !m.credentialed());
                     if reply.unknown_worker {

@@ -43,7 +43,9 @@ impl Shared {
             }
             if swept.elapsed() >= BOARD_SWEEP {
                 swept = Instant::now();
-                lock(&self.board).expire(self.client.coordinator_now_ms());
+                lock(&self.board)
+                    .board
+                    .expire(self.client.coordinator_now_ms());
             }
             let members = self.members();
             let ids: Vec<WorkerId> = members.iter().map(|m| m.id).collect();
@@ -193,7 +195,7 @@ impl Shared {
         if !pause(&self.cancel, SUBMIT_GRACE * rank as u32).await {
             return false;
         }
-        let version = lock(&self.peers).0;
+        let version = lock(&self.peers).version;
         match self
             .client
             .heartbeat(&[unit], version, &self.run_report())
@@ -214,10 +216,10 @@ impl Shared {
     fn members(&self) -> Vec<Member> {
         let mut members = match &self.membership {
             Some(m) if m.credentialed() => m.members().to_vec(),
-            _ => peers_as_members(&lock(&self.peers).1),
+            _ => peers_as_members(&lock(&self.peers).list),
         };
         let now = Instant::now();
-        let mut suspects = lock(&self.suspects);
+        let suspects = &mut lock(&self.peers).suspects;
         suspects.retain(|_, until| *until > now);
         let me = self.identity.id();
         members.retain(|m| m.id == me || !suspects.contains_key(&m.id));
@@ -226,14 +228,16 @@ impl Shared {
 
     fn suspect(&self, board: WorkerId) {
         if board != self.identity.id() {
-            lock(&self.suspects).insert(board, Instant::now() + SUSPECT_FOR);
+            lock(&self.peers)
+                .suspects
+                .insert(board, Instant::now() + SUSPECT_FOR);
         }
     }
 
     /// A client for `board`'s board at `addr`, connecting only to that worker (TLS bound
     /// to its key).
     fn peer_client(&self, board: WorkerId, addr: SocketAddr) -> Result<PeerClient, Error> {
-        let mut clients = lock(&self.peer_clients);
+        let clients = &mut lock(&self.peers).clients;
         if let Some(c) = clients.get(&(addr, board)) {
             return Ok(c.clone());
         }

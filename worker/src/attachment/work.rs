@@ -371,7 +371,7 @@ impl Shared {
             return;
         }
         let units: Vec<UnitId> = pending.iter().map(|a| a.unit).collect();
-        let version = lock(&self.peers).0;
+        let version = lock(&self.peers).version;
         let settled: HashSet<UnitId> = match self
             .client
             .heartbeat(&units, version, &self.run_report())
