@@ -158,11 +158,25 @@ pub enum Phase {
     Checkpointed,
     /// Its failure is being reported.
     Failing,
-    /// Our result is in: our claim is committed on the unit's boards, revealed and
-    /// certified as the quorum forms ([`Holder`]).
+    /// Our result is in and our claim is committed on the unit's boards ([`Holder`]).
     Committed,
+    /// Our claim is revealed (the quorum's commitments are in, or the reveal deadline
+    /// passed); partial certificates may go out.
+    Revealed,
+    /// Our complete certificate is made: waiting for the coordinator to verify the unit.
+    Certifying,
     /// A certificate upload is out.
     Uploading,
+}
+
+impl Phase {
+    /// Whether our result is in (the run report says "running" while a unit has none).
+    pub fn has_result(self) -> bool {
+        matches!(
+            self,
+            Phase::Committed | Phase::Revealed | Phase::Certifying | Phase::Uploading
+        )
+    }
 }
 
 /// One held unit.
@@ -539,7 +553,7 @@ impl Lifecycle {
     pub fn busy(&self) -> bool {
         self.units
             .keys()
-            .any(|unit| !matches!(self.phase(*unit), Some(Phase::Committed | Phase::Uploading)))
+            .any(|unit| self.phase(*unit).is_some_and(|p| !p.has_result()))
     }
 
     /// The held units, in order.
@@ -552,10 +566,14 @@ impl Lifecycle {
     /// Where `unit` is; `None` once it is released.
     pub fn phase(&self, unit: UnitId) -> Option<Phase> {
         let u = self.units.get(&unit)?;
-        Some(match (&u.output, u.uploading) {
-            (Some(_), true) => Phase::Uploading,
-            (Some(_), false) => Phase::Committed,
-            (None, _) => u.phase,
+        if u.output.is_none() {
+            return Some(u.phase);
+        }
+        Some(match (u.uploading, self.holder.progress(unit)) {
+            (true, _) => Phase::Uploading,
+            (false, Some((_, true))) => Phase::Certifying,
+            (false, Some((true, false))) => Phase::Revealed,
+            (false, _) => Phase::Committed,
         })
     }
 

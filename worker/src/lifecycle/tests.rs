@@ -387,6 +387,7 @@ fn a_unit_runs_commits_certifies_uploads_and_is_released() {
         // Two commitments: we reveal; with our reveal on the board we see theirs.
         (At(2), ""),
         (Tick, ""),
+        (State, "1 revealed, idle"),
         (At(3), ""),
         (Tick, &complete),
         (State, "1 uploading, idle"),
@@ -412,12 +413,12 @@ fn a_lone_replica_uploads_a_partial_certificate_then_the_complete_one() {
         (State, "1 uploading, idle"),
         // Recorded, not verified: hold on, more may come.
         (Uploaded(1, Some((true, false))), ""),
-        (State, "1 committed, idle"),
+        (State, "1 revealed, idle"),
         (PeerClaims(1, b"ok"), ""),
         (At(5), ""),
         (Tick, &complete),
         (Uploaded(1, Some((true, false))), ""),
-        (State, "1 committed, idle"),
+        (State, "1 certifying, idle"),
         // Verified by another claimant's upload: the coordinator settles it.
         (Settled(&[1]), ""),
         (State, "idle"),
