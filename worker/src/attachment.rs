@@ -9,7 +9,10 @@
 //!   it reports.
 
 mod board;
+mod coordinator;
 mod exchange;
+#[cfg(test)]
+mod tests;
 mod work;
 
 pub(crate) use work::core_loop;
@@ -25,6 +28,7 @@ use sandbox::Sandbox;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::coordinator::Coordinator;
 use crate::checkpoints::Checkpoints;
 use crate::config::{AttachmentConfig, WorkerConfig};
 use crate::executor::Executor;
@@ -131,6 +135,7 @@ impl Attached {
             })),
             identity,
             account,
+            coordinator: Arc::new(client.clone()),
             client,
             board: Mutex::new(OwnBoard {
                 board: Board::new(BoardLimits::default()),
@@ -231,7 +236,10 @@ pub(crate) struct Shared {
     config: Arc<WorkerConfig>,
     /// What is this coordinator's own: its URL, share and peer address.
     attachment: AttachmentConfig,
+    /// Registration, module downloads and misbehaviour reports.
     client: CoordinatorClient,
+    /// The calls about units (the same client; a twin in the shell's tests).
+    coordinator: Arc<dyn Coordinator>,
     /// Every unit this attachment holds, from lease to release, and their commit–reveal
     /// exchanges: one lock for all of the units' state.
     life: Mutex<Lifecycle>,
@@ -385,9 +393,11 @@ impl Shared {
             // beat with no answer within its interval counts as failed.
             let patience = every.max(Duration::from_secs(1));
             let report = self.run_report();
-            let beat =
-                tokio::time::timeout(patience, self.client.heartbeat(&held, version, &report))
-                    .await;
+            let beat = tokio::time::timeout(
+                patience,
+                self.coordinator.heartbeat(&held, version, &report),
+            )
+            .await;
             let beat = match beat {
                 Ok(beat) => beat.map_err(|e| e.to_string()),
                 Err(_) => Err(format!(

@@ -23,7 +23,7 @@ pub(super) const GOSSIP_TICK: Duration = Duration::from_millis(250);
 /// first-ranked claimant ([`gossip::submit_rank`]) uploads the output at once; each later
 /// rank waits this much longer and uploads only if the unit is still not settled, so the
 /// output normally travels once.
-const SUBMIT_GRACE: Duration = Duration::from_secs(2);
+pub(super) const SUBMIT_GRACE: Duration = Duration::from_secs(2);
 
 /// A board that failed an exchange is avoided this long (its units go to the next-ranked
 /// members meanwhile); SWIM removes it for good if it is really gone.
@@ -112,10 +112,10 @@ impl Shared {
                 }
                 Effect::Dispute { unit, claims } => {
                     self.stats.dispute();
-                    let client = self.client.clone();
+                    let coordinator = self.coordinator.clone();
                     self.tasks.spawn(async move {
                         tracing::info!(%unit, claims = claims.len(), "claims disagree; reporting a dispute");
-                        if let Err(e) = client.dispute(unit, &claims).await {
+                        if let Err(e) = coordinator.dispute(unit, &claims).await {
                             tracing::warn!(%unit, "dispute not taken: {e}");
                         }
                     });
@@ -144,7 +144,7 @@ impl Shared {
     }
 
     /// Uploads a certificate, and the ones queued behind it, one at a time.
-    async fn upload(self: Arc<Self>, mut upload: Upload) {
+    pub(super) async fn upload(self: Arc<Self>, mut upload: Upload) {
         loop {
             let Upload {
                 unit,
@@ -159,7 +159,11 @@ impl Shared {
             self.stats.certificate(complete);
             let mut attempt = 0u32;
             let outcome = loop {
-                match self.client.submit_certificate(unit, &claims, &output).await {
+                match self
+                    .coordinator
+                    .submit_certificate(unit, &claims, &output)
+                    .await
+                {
                     Ok(outcome) => break Some(outcome),
                     Err(e) if e.is_transient() => {
                         attempt += 1;
@@ -197,7 +201,7 @@ impl Shared {
         }
         let version = lock(&self.peers).version;
         match self
-            .client
+            .coordinator
             .heartbeat(&[unit], version, &self.run_report())
             .await
         {

@@ -76,7 +76,7 @@ enum Next {
 }
 
 /// How long a core waits after handing a unit back for its own trouble.
-const LOCAL_RETRY: Duration = Duration::from_secs(1);
+pub(super) const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
 impl Shared {
     /// The next unit for a core working for this coordinator: a unit to resume, a
@@ -94,7 +94,7 @@ impl Shared {
         let asked = Instant::now();
         let work = tokio::select! {
             _ = self.cancel.cancelled() => return Next::Stop,
-            w = self.client.request_work_why(
+            w = self.coordinator.request_work(
                 1 + more as u32,
                 self.policy.accepted(),
                 self.policy.allow_unsigned(),
@@ -373,7 +373,7 @@ impl Shared {
         let units: Vec<UnitId> = pending.iter().map(|a| a.unit).collect();
         let version = lock(&self.peers).version;
         let settled: HashSet<UnitId> = match self
-            .client
+            .coordinator
             .heartbeat(&units, version, &self.run_report())
             .await
         {
@@ -406,7 +406,7 @@ impl Shared {
     /// does not count against the unit, and this worker stays eligible for it, so a small
     /// fleet whose every account must run the unit still completes it. The core waits a
     /// little before asking for work again, so a persistent local fault does not spin.
-    async fn local_trouble(self: &Arc<Self>, unit: UnitId, e: &Error) {
+    pub(super) async fn local_trouble(self: &Arc<Self>, unit: UnitId, e: &Error) {
         tracing::warn!(%unit, "handing the unit back: this worker's own trouble, not the unit's: {e}");
         let effects = lock(&self.life).local_trouble(unit);
         self.perform(effects).await;
@@ -448,7 +448,7 @@ impl Shared {
                 "handing buffered units back early: they could not start before their deadline"
             );
         }
-        let returned = self.client.return_units(units).await;
+        let returned = self.coordinator.return_units(units).await;
         match (why, returned) {
             (HandBack::Suspended, Ok(())) => {
                 let reason = self.control.decision().reason_text().unwrap_or_default();
@@ -486,7 +486,7 @@ impl Shared {
     pub(super) async fn report_failure(&self, unit: UnitId, failure: Failure) {
         let mut attempt = 0u32;
         loop {
-            match self.client.report_failure(unit, &failure).await {
+            match self.coordinator.report_failure(unit, &failure).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && !self.cancel.is_cancelled() => {
                     attempt += 1;
