@@ -9,30 +9,33 @@
 //!   it reports.
 
 mod board;
+mod coordinator;
 mod exchange;
+#[cfg(test)]
+mod tests;
 mod work;
 
 pub(crate) use work::core_loop;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::board::{Board, BoardLimits};
-use protocol::quorum::Timing;
-use protocol::{Claim, Identity, ProjectId, UnitId, WorkerId};
+use protocol::{Identity, UnitId, WorkerId};
 use sandbox::Sandbox;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checkpoints::{Checkpoints, Key};
+use self::coordinator::Coordinator;
+use crate::checkpoints::Checkpoints;
 use crate::config::{AttachmentConfig, WorkerConfig};
 use crate::executor::Executor;
-use crate::gossip::{Holder, PollConfig};
+use crate::lifecycle::{self, Lifecycle};
 use crate::membership::{self, Member, MembershipConfig, MembershipHandle};
 use crate::modules::Modules;
-use crate::rpc::{self, Assignment, CoordinatorClient, Introduction, PeerClient, PeerInfo};
+use crate::rpc::{self, CoordinatorClient, Introduction, PeerClient, PeerInfo};
 use crate::{Error, Stats, control, lock, metrics, provenance};
 
 /// What every attachment of one worker shares: the guest threads, the checkpoint store,
@@ -124,24 +127,22 @@ impl Attached {
             control: common.control.clone(),
             policy: common.policy.clone(),
             checkpoints: common.checkpoints.clone(),
-            resume: Mutex::new(VecDeque::new()),
-            buffer: Mutex::new(VecDeque::new()),
-            unit_time: Mutex::new(None),
-            failures: Mutex::new(0),
             fault_fired: std::sync::atomic::AtomicBool::new(false),
-            no_work_said: Mutex::new(None),
+            life: Mutex::new(Lifecycle::new(lifecycle::Settings {
+                me: identity.id(),
+                cores: config.cores as f64 * attachment.share_fraction,
+                prefetch: config.prefetch,
+            })),
             identity,
             account,
+            coordinator: Arc::new(client.clone()),
             client,
-            holder: Mutex::new(Holder::new(Timing::default(), PollConfig::default())),
-            held: Mutex::new(HashMap::new()),
-            board: Mutex::new(Board::new(BoardLimits::default())),
-            reported: Mutex::new(HashSet::new()),
+            board: Mutex::new(OwnBoard {
+                board: Board::new(BoardLimits::default()),
+                reported: HashSet::new(),
+            }),
             membership,
-            coordinator_key: Mutex::new(None),
-            peers: Mutex::new((0, Vec::new())),
-            suspects: Mutex::new(HashMap::new()),
-            peer_clients: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Peers::default()),
             metrics: common.metrics.clone(),
             stats: common.stats.clone(),
             executor: common.executor.clone(),
@@ -205,28 +206,27 @@ impl Attached {
     }
 }
 
-/// A unit this worker holds.
-struct Held {
-    project: ProjectId,
-    /// Its checkpoint files, for a module that checkpoints.
-    checkpoint: Option<Key>,
-    output: Option<Vec<u8>>,
-    /// A certificate upload is running; the next one waits here (the latest wins).
-    uploading: bool,
-    next_certificate: Option<(Vec<Claim>, bool)>,
+/// Our rendezvous board, and the offenders it has reported.
+struct OwnBoard {
+    board: Board,
+    /// Offenders already reported from our board, so a replayed proof is reported once.
+    reported: HashSet<(UnitId, WorkerId)>,
 }
 
-impl Held {
-    /// A unit just leased (or taken back), with no result yet.
-    fn new(project: ProjectId, checkpoint: Option<Key>) -> Held {
-        Held {
-            project,
-            checkpoint,
-            output: None,
-            uploading: false,
-            next_certificate: None,
-        }
-    }
+/// What an attachment knows of its peers.
+#[derive(Default)]
+struct Peers {
+    /// The version of the coordinator's peer list.
+    version: u64,
+    /// The coordinator's peer list: the seed for membership, and the member list itself
+    /// for a worker without inbound connections.
+    list: Vec<PeerInfo>,
+    /// The coordinator's key, learnt at registration: membership credentials verify under it.
+    coordinator_key: Option<WorkerId>,
+    /// Boards that failed us recently, avoided until the instant given.
+    suspects: HashMap<WorkerId, Instant>,
+    /// Open connections to boards, by address and key.
+    clients: HashMap<(SocketAddr, WorkerId), PeerClient>,
 }
 
 pub(crate) struct Shared {
@@ -236,22 +236,18 @@ pub(crate) struct Shared {
     config: Arc<WorkerConfig>,
     /// What is this coordinator's own: its URL, share and peer address.
     attachment: AttachmentConfig,
+    /// Registration, module downloads and misbehaviour reports.
     client: CoordinatorClient,
-    holder: Mutex<Holder>,
-    held: Mutex<HashMap<UnitId, Held>>,
+    /// The calls about units (the same client; a twin in the shell's tests).
+    coordinator: Arc<dyn Coordinator>,
+    /// Every unit this attachment holds, from lease to release, and their commit–reveal
+    /// exchanges: one lock for all of the units' state.
+    life: Mutex<Lifecycle>,
     /// Our rendezvous board (members only; a no-inbound worker never gets asked).
-    board: Mutex<Board>,
-    /// Offenders already reported from our board, so a replayed proof is reported once.
-    reported: Mutex<HashSet<(UnitId, WorkerId)>>,
+    board: Mutex<OwnBoard>,
     membership: Option<MembershipHandle>,
-    /// The coordinator's key, learnt at registration: membership credentials verify under it.
-    coordinator_key: Mutex<Option<WorkerId>>,
-    /// The coordinator's peer list and its version: the seed for membership, and the
-    /// member list itself for a worker without inbound connections.
-    peers: Mutex<(u64, Vec<PeerInfo>)>,
-    /// Boards that failed us recently, avoided until the instant given.
-    suspects: Mutex<HashMap<WorkerId, Instant>>,
-    peer_clients: Mutex<HashMap<(SocketAddr, WorkerId), PeerClient>>,
+    /// What this attachment knows of its peers and how it reaches their boards.
+    peers: Mutex<Peers>,
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
     control: Arc<control::Control>,
@@ -260,26 +256,18 @@ pub(crate) struct Shared {
     executor: Arc<Executor>,
     modules: Modules,
     checkpoints: Arc<Checkpoints>,
-    /// Units with a checkpoint on disk from before a restart, run before asking for more.
-    resume: Mutex<VecDeque<Assignment>>,
-    /// Prefetched units (leased, held, not started) and when they came.
-    buffer: Mutex<VecDeque<(Assignment, Instant)>>,
-    /// Wall time of a unit here (moving average) and the lease units come with.
-    unit_time: Mutex<Option<(Duration, Duration)>>,
-    /// Work requests failed in a row.
-    failures: Mutex<u32>,
     /// [`Fault::LocalFailureOnce`] has fired.
     fault_fired: std::sync::atomic::AtomicBool,
-    /// The coordinator's last reason for no work, and when it was logged.
-    no_work_said: Mutex<Option<(String, Instant)>>,
+    /// When this attachment started: the lifecycle's clock counts from here.
     started: Instant,
     pub(crate) tasks: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The lifecycle's clock: the time since this attachment started.
+    fn now(&self) -> Duration {
+        self.started.elapsed()
     }
 
     async fn stop_membership(&self) {
@@ -303,7 +291,7 @@ impl Shared {
                 Ok(reg) => {
                     // Our board files commitments only with this coordinator's tickets.
                     match reg.coordinator_key {
-                        Some(key) => lock(&self.board).set_coordinator(key),
+                        Some(key) => lock(&self.board).board.set_coordinator(key),
                         None => tracing::warn!(
                             "the coordinator sends no key (older version): our board files no commitments"
                         ),
@@ -317,7 +305,11 @@ impl Shared {
                         );
                     }
                     self.seed_membership(&reg.peers);
-                    *lock(&self.peers) = (0, reg.peers);
+                    {
+                        let mut peers = lock(&self.peers);
+                        peers.version = 0;
+                        peers.list = reg.peers;
+                    }
                     tracing::info!(coordinator = %self.attachment.url, "registered");
                     return Some(reg.heartbeat);
                 }
@@ -342,11 +334,11 @@ impl Shared {
         coordinator: Option<WorkerId>,
         credential: Option<protocol::membership::Credential>,
     ) {
-        let coordinator = coordinator.or(*lock(&self.coordinator_key));
+        let coordinator = coordinator.or(lock(&self.peers).coordinator_key);
         if let (Some(m), Some(coordinator), Some(credential)) =
             (&self.membership, coordinator, credential)
         {
-            *lock(&self.coordinator_key) = Some(coordinator);
+            lock(&self.peers).coordinator_key = Some(coordinator);
             m.set_credential(coordinator, credential);
         }
     }
@@ -367,7 +359,7 @@ impl Shared {
                 reason,
             };
         }
-        let busy = lock(&self.held).values().any(|h| h.output.is_none());
+        let busy = lock(&self.life).busy();
         rpc::RunReport {
             state: if busy { "running" } else { "idle" },
             reason: String::new(),
@@ -384,7 +376,7 @@ impl Shared {
             // A worker that knows no peers yet (it registered before the others) asks
             // again soon: without peers it has no boards to gossip with, and its results
             // could only go to the coordinator as partial certificates.
-            let wait = if lock(&self.peers).1.is_empty() {
+            let wait = if lock(&self.peers).list.is_empty() {
                 every.min(PEERLESS_HEARTBEAT)
             } else {
                 every
@@ -394,20 +386,18 @@ impl Shared {
             }
             // Suspended past the grace: hand back what has no result and no checkpoint,
             // and renew only the leases of units whose result is in.
-            let held: Vec<UnitId> = if self.control.decision().hand_back {
-                self.hand_back_while_suspended().await
-            } else {
-                lock(&self.held).keys().copied().collect()
-            };
-            let version = lock(&self.peers).0;
+            let held = self.units_to_renew().await;
+            let version = lock(&self.peers).version;
             // A coordinator that stops answering (a cut link drops packets, it does not
             // refuse them) must not leave the worker silent until the request timeout: a
             // beat with no answer within its interval counts as failed.
             let patience = every.max(Duration::from_secs(1));
             let report = self.run_report();
-            let beat =
-                tokio::time::timeout(patience, self.client.heartbeat(&held, version, &report))
-                    .await;
+            let beat = tokio::time::timeout(
+                patience,
+                self.coordinator.heartbeat(&held, version, &report),
+            )
+            .await;
             let beat = match beat {
                 Ok(beat) => beat.map_err(|e| e.to_string()),
                 Err(_) => Err(format!(
@@ -422,16 +412,15 @@ impl Shared {
                         tracing::info!("coordinator reachable again");
                     }
                     failures = 0;
-                    for unit in reply.settled {
-                        self.release(unit);
-                    }
+                    lock(&self.life).settled(&reply.settled);
                     if let Some(peers) = reply.peers {
-                        *lock(&self.peers) = peers;
+                        let mut known = lock(&self.peers);
+                        (known.version, known.list) = peers;
                     }
                     self.vouched(None, reply.credential);
                     // Every beat, not only on change: a seed that was down at first may be
                     // up now (the membership rate-limits announcements per peer).
-                    let peers = lock(&self.peers).1.clone();
+                    let peers = lock(&self.peers).list.clone();
                     self.seed_membership(&peers);
                     let unproven = self.membership.as_ref().is_some_and(|m| !m.credentialed());
                     if reply.unknown_worker {

@@ -189,6 +189,14 @@ impl Holder {
         self.units.keys().copied().collect()
     }
 
+    /// How far `unit` got: whether our claim is revealed, and whether its complete
+    /// certificate is out (`None` before our own claim).
+    pub fn progress(&self, unit: UnitId) -> Option<(bool, bool)> {
+        let p = self.units.get(&unit)?;
+        p.commitment.as_ref()?;
+        Some((p.reveal.is_some(), p.done))
+    }
+
     /// Whether any unit still needs its boards.
     pub fn polling(&self) -> bool {
         self.units

@@ -11,15 +11,19 @@
 //! - `config`: [`WorkerConfig`], [`Attach`], [`Fault`], validation, and the
 //!   per-coordinator `AttachmentConfig`. `error`: [`Error`], the crate's one error type.
 //! - `attachment`: one coordinator this worker works for — registration, heartbeats, peer
-//!   service and membership, and `Shared`, the state its loops share. Its submodules:
+//!   service and membership, and `Shared`, the state its loops share (the units' state
+//!   is one `Mutex<Lifecycle>`: the shell awaits I/O, feeds it events and carries out its
+//!   effects). Its submodules:
 //!   `work` (the cores' loop: leasing with prefetch, running, checkpointing, handing
 //!   back), `exchange` (the gossip loop over the boards of held units, certificate
 //!   uploads) and `board` (our own rendezvous board as peers reach it, and the evidence
 //!   it reports).
 //! - `shares`: how the cores are split over the attached coordinators by resource share,
 //!   and how many units to prefetch.
+//! - `lifecycle`: the sans-IO life of the units one attachment holds (leased, buffered,
+//!   running, committed, uploading, handed back, checkpointed), with time as an input.
 //! - `gossip`: [`gossip::Holder`], the sans-IO holder side (which boards, what to send,
-//!   what the answers mean) around [`protocol::quorum::QuorumBook`].
+//!   what the answers mean) around [`protocol::quorum::QuorumBook`]; the lifecycle owns it.
 //! - `membership`: SWIM membership with foca over UDP, for workers that accept inbound
 //!   connections (the members, who can be boards).
 //! - `stats`: counters of exchanges, board refusals by reason and reports.
@@ -55,6 +59,7 @@ mod error;
 mod executor;
 pub mod gate;
 pub mod gossip;
+mod lifecycle;
 pub mod membership;
 mod metrics;
 mod modules;

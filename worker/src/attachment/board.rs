@@ -59,9 +59,9 @@ impl Shared {
         // request limits.
         let (sent_commitments, sent_reveals) = (commitments.clone(), reveals.clone());
         let (views, rejected, evidence) = {
-            let mut board = lock(&self.board);
+            let board = &mut lock(&self.board).board;
             let (views, rejected) = board.exchange(commitments, reveals, want, now);
-            let evidence = evidence(&board, &rejected, &sent_commitments, &sent_reveals);
+            let evidence = evidence(board, &rejected, &sent_commitments, &sent_reveals);
             (views, rejected, evidence)
         };
         self.stats.served();
@@ -90,7 +90,7 @@ impl Shared {
             return; // proves nothing: never accuse on it
         };
         {
-            let mut reported = lock(&self.reported);
+            let reported = &mut lock(&self.board).reported;
             if reported.len() > 10_000 {
                 reported.clear();
             }

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{Claim, ProjectId, UnitId, WorkerId};
+use protocol::{UnitId, WorkerId};
 
 use super::{Shared, backoff, pause, peers_as_members};
-use crate::gossip::{self, Effect, Reply, Request};
+use crate::gossip::{Reply, Request};
+use crate::lifecycle::{Effect, Upload};
 use crate::membership::Member;
 use crate::rpc::{self, PeerClient};
 use crate::{Error, lock};
@@ -22,7 +23,7 @@ pub(super) const GOSSIP_TICK: Duration = Duration::from_millis(250);
 /// first-ranked claimant ([`gossip::submit_rank`]) uploads the output at once; each later
 /// rank waits this much longer and uploads only if the unit is still not settled, so the
 /// output normally travels once.
-const SUBMIT_GRACE: Duration = Duration::from_secs(2);
+pub(super) const SUBMIT_GRACE: Duration = Duration::from_secs(2);
 
 /// A board that failed an exchange is avoided this long (its units go to the next-ranked
 /// members meanwhile); SWIM removes it for good if it is really gone.
@@ -42,16 +43,13 @@ impl Shared {
             }
             if swept.elapsed() >= BOARD_SWEEP {
                 swept = Instant::now();
-                lock(&self.board).expire(self.client.coordinator_now_ms());
+                lock(&self.board)
+                    .board
+                    .expire(self.client.coordinator_now_ms());
             }
             let members = self.members();
             let ids: Vec<WorkerId> = members.iter().map(|m| m.id).collect();
-            let now = self.now_ms();
-            let (effects, requests) = {
-                let mut holder = lock(&self.holder);
-                let effects = holder.tick(now);
-                (effects, holder.plan(&ids, now))
-            };
+            let (requests, effects) = lock(&self.life).tick(&ids, self.now());
             self.carry_out(effects);
             let mut exchanges = tokio::task::JoinSet::new();
             for request in requests {
@@ -92,34 +90,32 @@ impl Shared {
     fn on_reply(self: &Arc<Self>, request: &Request, reply: Result<Reply, Error>) {
         match reply {
             Ok(reply) => {
-                let now = self.now_ms();
-                let effects = lock(&self.holder).on_reply(request, reply, now);
+                let effects = lock(&self.life).on_reply(request, reply, self.now());
                 self.carry_out(effects);
             }
             Err(e) => {
                 tracing::debug!(board = %request.board, "exchange failed: {e}");
                 self.stats.failed();
-                lock(&self.holder).on_failure(request);
+                lock(&self.life).on_exchange_failed(request);
                 self.suspect(request.board);
             }
         }
     }
 
-    /// Carries out what the holder decided, in the background.
+    /// Carries out the lifecycle's effects in the background.
     pub(super) fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Certificate {
-                    unit,
-                    claims,
-                    complete,
-                } => self.certify(unit, claims, complete),
+                Effect::Upload(upload) => {
+                    let me = self.clone();
+                    self.tasks.spawn(async move { me.upload(upload).await });
+                }
                 Effect::Dispute { unit, claims } => {
                     self.stats.dispute();
-                    let client = self.client.clone();
+                    let coordinator = self.coordinator.clone();
                     self.tasks.spawn(async move {
                         tracing::info!(%unit, claims = claims.len(), "claims disagree; reporting a dispute");
-                        if let Err(e) = client.dispute(unit, &claims).await {
+                        if let Err(e) = coordinator.dispute(unit, &claims).await {
                             tracing::warn!(%unit, "dispute not taken: {e}");
                         }
                     });
@@ -129,58 +125,45 @@ impl Shared {
                     tracing::warn!(%board, "board sent bad data ({problem}); avoiding it");
                     self.suspect(board);
                 }
-            }
-        }
-    }
-
-    /// Queues a certificate for `unit`; one upload per unit runs at a time, and a newer
-    /// certificate replaces a queued one (a complete one is never replaced by a partial).
-    fn certify(self: &Arc<Self>, unit: UnitId, claims: Vec<Claim>, complete: bool) {
-        {
-            let mut held = lock(&self.held);
-            let Some(h) = held.get_mut(&unit) else { return };
-            if h.output.is_none() {
-                return;
-            }
-            if !h
-                .next_certificate
-                .as_ref()
-                .is_some_and(|(_, c)| *c && !complete)
-            {
-                h.next_certificate = Some((claims, complete));
-            }
-            if h.uploading {
-                return;
-            }
-            h.uploading = true;
-        }
-        let me = self.clone();
-        self.tasks.spawn(async move { me.upload(unit).await });
-    }
-
-    async fn upload(self: Arc<Self>, unit: UnitId) {
-        loop {
-            let next = {
-                let mut held = lock(&self.held);
-                let Some(h) = held.get_mut(&unit) else { return };
-                match (h.next_certificate.take(), &h.output) {
-                    (Some((claims, complete)), Some(output)) => {
-                        (h.project, claims, complete, output.clone())
-                    }
-                    _ => {
-                        h.uploading = false;
-                        return;
-                    }
+                Effect::DeleteCheckpoint { unit, key } => {
+                    tracing::info!(%unit, "checkpointed unit is no longer ours; deleting its checkpoint");
+                    self.checkpoints.remove(&key);
                 }
-            };
-            let (project, claims, complete, output) = next;
-            if complete && !self.wait_turn(project, unit, &claims).await {
+                Effect::HandBack { units, why } => {
+                    let me = self.clone();
+                    self.tasks
+                        .spawn(async move { me.hand_back(&units, why).await });
+                }
+                Effect::ReportFailure { unit, failure } => {
+                    let me = self.clone();
+                    self.tasks
+                        .spawn(async move { me.report_failure(unit, failure).await });
+                }
+            }
+        }
+    }
+
+    /// Uploads a certificate, and the ones queued behind it, one at a time.
+    pub(super) async fn upload(self: Arc<Self>, mut upload: Upload) {
+        loop {
+            let Upload {
+                unit,
+                claims,
+                output,
+                complete,
+                rank,
+            } = upload;
+            if !self.wait_turn(unit, rank).await {
                 return; // settled by another claimant (released), or shutting down
             }
             self.stats.certificate(complete);
             let mut attempt = 0u32;
             let outcome = loop {
-                match self.client.submit_certificate(unit, &claims, &output).await {
+                match self
+                    .coordinator
+                    .submit_certificate(unit, &claims, &output)
+                    .await
+                {
                     Ok(outcome) => break Some(outcome),
                     Err(e) if e.is_transient() => {
                         attempt += 1;
@@ -198,36 +181,32 @@ impl Shared {
                 }
             };
             tracing::debug!(%unit, complete, ?outcome, "certificate submitted");
-            match outcome {
-                // Kept toward the quorum but not verified yet: hold on, more may come.
-                Some(o) if o.recorded && !o.accepted => {}
-                // Verified (by us or before us), or refused: nothing more to do here.
-                _ => {
-                    self.release(unit);
-                    return;
-                }
+            // Kept toward the quorum but not verified yet, the unit stays held and the next
+            // queued certificate goes out; verified or refused, it is released.
+            match lock(&self.life).uploaded(unit, outcome) {
+                Some(next) => upload = next,
+                None => return,
             }
         }
     }
 
-    /// Waits our turn to upload a complete certificate; false if the unit got settled
-    /// meanwhile (and is released) or we are shutting down.
-    async fn wait_turn(&self, project: ProjectId, unit: UnitId, claims: &[Claim]) -> bool {
-        let rank = gossip::submit_rank(project, unit, self.identity.id(), claims);
+    /// Waits our turn (`rank` grace periods) to upload a complete certificate; false if
+    /// the unit got settled meanwhile (and is released) or we are shutting down.
+    async fn wait_turn(&self, unit: UnitId, rank: usize) -> bool {
         if rank == 0 {
             return true;
         }
         if !pause(&self.cancel, SUBMIT_GRACE * rank as u32).await {
             return false;
         }
-        let version = lock(&self.peers).0;
+        let version = lock(&self.peers).version;
         match self
-            .client
+            .coordinator
             .heartbeat(&[unit], version, &self.run_report())
             .await
         {
             Ok(reply) if reply.settled.contains(&unit) => {
-                self.release(unit);
+                lock(&self.life).settled(&[unit]);
                 false
             }
             _ => true,
@@ -241,10 +220,10 @@ impl Shared {
     fn members(&self) -> Vec<Member> {
         let mut members = match &self.membership {
             Some(m) if m.credentialed() => m.members().to_vec(),
-            _ => peers_as_members(&lock(&self.peers).1),
+            _ => peers_as_members(&lock(&self.peers).list),
         };
         let now = Instant::now();
-        let mut suspects = lock(&self.suspects);
+        let suspects = &mut lock(&self.peers).suspects;
         suspects.retain(|_, until| *until > now);
         let me = self.identity.id();
         members.retain(|m| m.id == me || !suspects.contains_key(&m.id));
@@ -253,14 +232,16 @@ impl Shared {
 
     fn suspect(&self, board: WorkerId) {
         if board != self.identity.id() {
-            lock(&self.suspects).insert(board, Instant::now() + SUSPECT_FOR);
+            lock(&self.peers)
+                .suspects
+                .insert(board, Instant::now() + SUSPECT_FOR);
         }
     }
 
     /// A client for `board`'s board at `addr`, connecting only to that worker (TLS bound
     /// to its key).
     fn peer_client(&self, board: WorkerId, addr: SocketAddr) -> Result<PeerClient, Error> {
-        let mut clients = lock(&self.peer_clients);
+        let clients = &mut lock(&self.peers).clients;
         if let Some(c) = clients.get(&(addr, board)) {
             return Ok(c.clone());
         }

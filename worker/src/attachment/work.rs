@@ -1,6 +1,7 @@
 //! The cores' side of an attachment: which unit a core runs next (resumed, buffered or
 //! leased now, with prefetch), running it in the sandbox with its checkpoints, and
-//! handing units back or reporting their failure.
+//! handing units back or reporting their failure. The decisions are the lifecycle's
+//! ([`crate::lifecycle::Lifecycle`]); this side awaits the I/O and carries them out.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,12 @@ use sandbox::{Finished, Proceed};
 use tokio_util::sync::CancellationToken;
 
 use super::exchange::GOSSIP_TICK;
-use super::{Held, Shared, backoff, pause};
+use super::{Shared, backoff, pause};
 use crate::checkpoints::{Key, Throttle};
 use crate::config::Fault;
+use crate::lifecycle::{self, Effect, HandBack, Ran};
 use crate::rpc::Assignment;
-use crate::shares::{Shares, prefetch};
+use crate::shares::Shares;
 use crate::{Error, control, gate, lock, provenance};
 
 /// One core: works for the attachment [`Shares::pick`] names, one unit at a time, until
@@ -73,11 +75,8 @@ enum Next {
     Stop,
 }
 
-/// Least time between two logs of the same reason for no work.
-const NO_WORK_LOG_EVERY: Duration = Duration::from_secs(60);
-
 /// How long a core waits after handing a unit back for its own trouble.
-const LOCAL_RETRY: Duration = Duration::from_secs(1);
+pub(super) const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
 impl Shared {
     /// The next unit for a core working for this coordinator: a unit to resume, a
@@ -86,26 +85,17 @@ impl Shared {
         if self.cancel.is_cancelled() {
             return Next::Stop;
         }
-        if let Some(a) = lock(&self.resume).pop_front() {
-            return Next::Unit(Box::new(a));
-        }
-        self.hand_back_overdue();
-        loop {
-            let Some((a, _)) = lock(&self.buffer).pop_front() else {
-                break;
-            };
-            if lock(&self.held).contains_key(&a.unit) {
-                return Next::Unit(Box::new(a)); // still ours (not settled meanwhile)
-            }
-        }
-        let want = self
-            .prefetch_target()
-            .saturating_sub(lock(&self.buffer).len());
+        let (next, effects) = lock(&self.life).next_to_run(self.now());
+        self.carry_out(effects);
+        let more = match next {
+            lifecycle::Next::Run(a) => return Next::Unit(a),
+            lifecycle::Next::Ask { more } => more,
+        };
         let asked = Instant::now();
         let work = tokio::select! {
             _ = self.cancel.cancelled() => return Next::Stop,
-            w = self.client.request_work_why(
-                1 + want as u32,
+            w = self.coordinator.request_work(
+                1 + more as u32,
                 self.policy.accepted(),
                 self.policy.allow_unsigned(),
             ) => w,
@@ -113,30 +103,21 @@ impl Shared {
         self.metrics.idle(asked.elapsed());
         match work {
             Ok((units, _, _)) if !units.is_empty() => {
-                *lock(&self.failures) = 0;
-                let mut units = units.into_iter();
-                let first = units.next();
-                let now = Instant::now();
-                for a in units {
-                    // Held at once, so heartbeats keep its lease and a shutdown hands it back.
-                    lock(&self.held).insert(a.unit, Held::new(a.project, None));
-                    lock(&self.buffer).push_back((a, now));
-                }
-                match first {
+                match lock(&self.life).leased(units, self.now()) {
                     Some(a) => Next::Unit(Box::new(a)),
                     None => Next::Wait(Duration::ZERO),
                 }
             }
             Ok((_, wait, reason)) => {
-                self.say_why_no_work(reason);
+                // Logged when it changes, and at most once a minute otherwise, so a capped
+                // worker is not silently idle.
+                if lock(&self.life).no_work(reason.clone(), self.now()) {
+                    tracing::info!(coordinator = %self.attachment.url, "no work for now: {reason}");
+                }
                 Next::Wait(wait)
             }
             Err(e) => {
-                let failures = {
-                    let mut failures = lock(&self.failures);
-                    *failures += 1;
-                    *failures
-                };
+                let failures = lock(&self.life).work_failed();
                 if failures % 8 == 1 {
                     tracing::warn!(slot, coordinator = %self.attachment.url, "cannot get work: {e}");
                 }
@@ -145,95 +126,36 @@ impl Shared {
         }
     }
 
-    /// Logs the coordinator's reason for giving no work (at most once a minute, and when
-    /// it changes), so a capped worker is not silently idle.
-    fn say_why_no_work(&self, reason: String) {
-        let mut last = lock(&self.no_work_said);
-        if reason.is_empty() {
-            *last = None;
-            return;
-        }
-        let due = match &*last {
-            Some((said, at)) => *said != reason || at.elapsed() >= NO_WORK_LOG_EVERY,
-            None => true,
-        };
-        if due {
-            tracing::info!(coordinator = %self.attachment.url, "no work for now: {reason}");
-            *last = Some((reason, Instant::now()));
-        }
-    }
-
-    /// How many units to keep buffered: what this coordinator's share of the cores can
-    /// start within half the units' lease at the measured unit time, at most `prefetch`.
-    fn prefetch_target(&self) -> usize {
-        let Some((unit, lease)) = *lock(&self.unit_time) else {
-            return 0;
-        };
-        let cores = self.config.cores as f64 * self.attachment.share_fraction;
-        prefetch::target(Some(unit), cores, lease, self.config.prefetch)
-    }
-
-    /// Hands back buffered units that could no longer start and finish within their
-    /// lease, while another worker still can.
-    fn hand_back_overdue(self: &Arc<Self>) {
-        let unit = lock(&self.unit_time).map(|(u, _)| u);
-        let now = Instant::now();
-        let overdue: Vec<UnitId> = {
-            let mut buffer = lock(&self.buffer);
-            let (late, keep): (Vec<_>, Vec<_>) = buffer
-                .drain(..)
-                .partition(|(a, at)| prefetch::overdue(now - *at, unit, a.lease));
-            *buffer = keep.into();
-            late.into_iter().map(|(a, _)| a.unit).collect()
-        };
-        if overdue.is_empty() {
-            return;
-        }
-        for u in &overdue {
-            self.release(*u);
-        }
-        tracing::info!(
-            units = overdue.len(),
-            "handing buffered units back early: they could not start before their deadline"
-        );
-        let client = self.client.clone();
-        self.tasks.spawn(async move {
-            if let Err(e) = client.return_units(&overdue).await {
-                tracing::warn!(
-                    "could not hand buffered units back ({e}); their leases will expire"
-                );
-            }
-        });
+    /// The units whose checkpoint files are on disk (read without holding the lock).
+    fn checkpoints_on_disk(&self) -> HashSet<UnitId> {
+        let keys = lock(&self.life).checkpoint_keys();
+        keys.into_iter()
+            .filter(|(_, key)| self.checkpoints.load(key).is_some())
+            .map(|(unit, _)| unit)
+            .collect()
     }
 
     /// After the drain: units with a checkpoint on disk keep their lease (a restart within
     /// the coordinator's lease time resumes them here; otherwise the lease expires and
     /// another worker runs them); everything else goes back now.
-    pub(crate) async fn settle_held_units(&self, overran: bool) {
-        let (kept, unfinished): (Vec<_>, Vec<_>) = lock(&self.held)
-            .iter()
-            .map(|(unit, h)| (*unit, h.checkpoint.clone()))
-            .partition(|(_, key)| {
-                key.as_ref()
-                    .is_some_and(|k| self.checkpoints.load(k).is_some())
-            });
-        for (unit, _) in &kept {
+    pub(crate) async fn settle_held_units(self: &Arc<Self>, overran: bool) {
+        let on_disk = self.checkpoints_on_disk();
+        let (kept, effects) = lock(&self.life).drain(&on_disk);
+        for unit in &kept {
             tracing::info!(%unit, "kept unit with its checkpoint; restart this worker before its lease expires to resume it");
         }
-        let unfinished: Vec<UnitId> = unfinished.into_iter().map(|(u, _)| u).collect();
-        if !unfinished.is_empty() {
-            match self.client.return_units(&unfinished).await {
-                Ok(()) => tracing::info!(units = unfinished.len(), "handed unfinished units back"),
-                Err(e) => tracing::warn!(
-                    "could not hand {} units back ({e}); their leases will expire",
-                    unfinished.len()
-                ),
-            }
-        }
+        let handed_back: usize = effects
+            .iter()
+            .map(|e| match e {
+                Effect::HandBack { units, .. } => units.len(),
+                _ => 0,
+            })
+            .sum();
+        self.perform(effects).await;
         if overran {
             tracing::warn!(
                 kept = kept.len(),
-                handed_back = unfinished.len(),
+                handed_back,
                 "drain deadline passed with executions still running; their units are accounted for above"
             );
         }
@@ -242,26 +164,23 @@ impl Shared {
     async fn execute(self: &Arc<Self>, a: Assignment) {
         // The submitter's signature first: nothing unsigned by a key this worker accepts,
         // or changed since it was signed, is fetched, compiled or run.
-        match self.policy.check(&self.attachment.url, &a) {
-            Ok(()) => {}
+        let refused = match self.policy.check(&self.attachment.url, &a) {
+            Ok(()) => None,
             Err(provenance::Refusal::BadSignature(e)) => {
                 tracing::warn!(unit = %a.unit, project = %a.project, "refusing to run a unit: {e}");
-                lock(&self.held).insert(a.unit, Held::new(a.project, None));
-                let failure = Failure::new(protocol::FailureKind::BadSignature, e);
-                self.report_failure(a.unit, failure).await;
-                return;
+                Some(Some(Failure::new(protocol::FailureKind::BadSignature, e)))
             }
             Err(provenance::Refusal::NotAccepted(e)) => {
                 tracing::warn!(unit = %a.unit, "handing a unit back unrun: {e}");
-                self.release(a.unit);
-                if let Err(e) = self.client.return_units(&[a.unit]).await {
-                    tracing::warn!(unit = %a.unit, "could not hand it back ({e}); its lease will expire");
-                }
-                return;
+                Some(None)
             }
+        };
+        if let Some(bad_signature) = refused {
+            let effects = lock(&self.life).refused(&a, bad_signature);
+            self.perform(effects).await;
+            return;
         }
-        lock(&self.held).insert(a.unit, Held::new(a.project, None));
-        lock(&self.holder).hold(a.unit, a.project, a.quorum, a.ticket);
+        lock(&self.life).started(&a);
         let prepared = if self.config.fault == Some(Fault::LocalFailureOnce)
             && !self
                 .fault_fired
@@ -282,11 +201,12 @@ impl Shared {
             Err(e @ Error::Module(_)) => {
                 tracing::warn!(unit = %a.unit, "module does not compile: {e}");
                 let failure = Failure::new(protocol::FailureKind::BadModule, e.to_string());
-                self.report_failure(a.unit, failure).await;
+                let effects = lock(&self.life).bad_module(a.unit, failure);
+                self.perform(effects).await;
                 return;
             }
             Err(e) => {
-                self.hand_back_local(a.unit, &e).await;
+                self.local_trouble(a.unit, &e).await;
                 return;
             }
         };
@@ -295,9 +215,7 @@ impl Shared {
             .checkpoints()
             .then(|| Key::new(&self.attachment.url, &a));
         let resume = key.as_ref().and_then(|k| self.checkpoints.load(k));
-        if let Some(h) = lock(&self.held).get_mut(&a.unit) {
-            h.checkpoint = key.clone();
-        }
+        lock(&self.life).checkpointing(a.unit, key.clone());
         if let Some(c) = &resume {
             tracing::info!(unit = %a.unit, name = %a.name, checkpoint = c.segment, fuel = c.fuel, "resuming unit from its checkpoint");
         }
@@ -328,7 +246,7 @@ impl Shared {
                     fuel: 0,
                     seconds: started.elapsed().as_secs_f64(),
                 });
-                self.hand_back_local(a.unit, &e).await;
+                self.local_trouble(a.unit, &e).await;
                 return;
             }
             Ok(r) => r,
@@ -346,14 +264,12 @@ impl Shared {
                     fuel: c.fuel,
                     seconds: started.elapsed().as_secs_f64(),
                 });
+                lock(&self.life).ran(a.unit, Ran::Stopped, self.now());
                 return;
             }
             Ok(Finished::Done(exec)) => {
                 if exec.resumed_from == 0 {
-                    let took = started.elapsed();
-                    let mut t = lock(&self.unit_time);
-                    let avg = t.map_or(took, |(avg, _)| (avg * 3 + took) / 4);
-                    *t = Some((avg, a.lease));
+                    lock(&self.life).measured(started.elapsed(), a.lease);
                 }
                 Ok(exec)
             }
@@ -374,10 +290,8 @@ impl Shared {
             fuel,
             seconds: started.elapsed().as_secs_f64(),
         });
-        if !lock(&self.held).contains_key(&a.unit) {
-            return; // settled by others while we ran
-        }
-        match result {
+        // A unit settled by others (or handed back) while it ran drops its result.
+        let outcome = match result {
             Ok(mut exec) => {
                 if self.config.fault == Some(Fault::CorruptOutput) {
                     exec.output
@@ -395,18 +309,18 @@ impl Shared {
                     "unit ran"
                 );
                 let claim = Claim::sign(&self.identity, a.project, a.unit, exec.digest, exec.fuel);
-                if let Some(h) = lock(&self.held).get_mut(&a.unit) {
-                    h.output = Some(exec.output);
+                Ran::Done {
+                    claim,
+                    output: exec.output,
                 }
-                let now = self.now_ms();
-                let effects = lock(&self.holder).add_own(claim, now);
-                self.carry_out(effects);
             }
             Err(failure) => {
                 tracing::info!(unit = %a.unit, name = %a.name, reason = %failure, "unit failed");
-                self.report_failure(a.unit, failure).await;
+                Ran::Failed(failure)
             }
-        }
+        };
+        let effects = lock(&self.life).ran(a.unit, outcome, self.now());
+        self.perform(effects).await;
     }
 
     /// What the guest thread does with each checkpoint of a unit: write it to disk (at
@@ -451,15 +365,15 @@ impl Shared {
     /// After (re)registering: units with a checkpoint on disk whose lease this worker
     /// still holds are queued to resume first; the others went elsewhere meanwhile, and
     /// their checkpoints are deleted.
-    pub(crate) async fn take_back_checkpointed_units(&self) {
+    pub(crate) async fn take_back_checkpointed_units(self: &Arc<Self>) {
         let pending = self.checkpoints.pending(&self.attachment.url);
         if pending.is_empty() {
             return;
         }
         let units: Vec<UnitId> = pending.iter().map(|a| a.unit).collect();
-        let version = lock(&self.peers).0;
+        let version = lock(&self.peers).version;
         let settled: HashSet<UnitId> = match self
-            .client
+            .coordinator
             .heartbeat(&units, version, &self.run_report())
             .await
         {
@@ -473,22 +387,18 @@ impl Shared {
                 HashSet::new()
             }
         };
-        let mut queue = lock(&self.resume);
-        for a in pending {
-            if settled.contains(&a.unit) {
-                tracing::info!(unit = %a.unit, "checkpointed unit is no longer ours; deleting its checkpoint");
-                self.checkpoints.remove(&Key::new(&self.attachment.url, &a));
-            } else {
-                tracing::info!(unit = %a.unit, name = %a.name, "taking back a checkpointed unit");
-                // Held from now on, so heartbeats renew its lease even while this worker is
-                // suspended before the unit starts again.
-                lock(&self.held).insert(
-                    a.unit,
-                    Held::new(a.project, Some(Key::new(&self.attachment.url, &a))),
-                );
-                queue.push_back(a);
-            }
-        }
+        let pending: Vec<(Assignment, Key)> = pending
+            .into_iter()
+            .map(|a| {
+                if !settled.contains(&a.unit) {
+                    tracing::info!(unit = %a.unit, name = %a.name, "taking back a checkpointed unit");
+                }
+                let key = Key::new(&self.attachment.url, &a);
+                (a, key)
+            })
+            .collect();
+        let effects = lock(&self.life).take_back(pending, &settled);
+        self.carry_out(effects);
     }
 
     /// This worker's own trouble (`e`: its disk, its cache, its guest threads, the
@@ -496,60 +406,87 @@ impl Shared {
     /// does not count against the unit, and this worker stays eligible for it, so a small
     /// fleet whose every account must run the unit still completes it. The core waits a
     /// little before asking for work again, so a persistent local fault does not spin.
-    async fn hand_back_local(&self, unit: UnitId, e: &Error) {
+    pub(super) async fn local_trouble(self: &Arc<Self>, unit: UnitId, e: &Error) {
         tracing::warn!(%unit, "handing the unit back: this worker's own trouble, not the unit's: {e}");
-        self.release(unit);
-        if let Err(e) = self.client.return_units(&[unit]).await {
-            tracing::warn!(%unit, "could not hand it back ({e}); its lease will expire");
-        }
-        pause(&self.cancel, LOCAL_RETRY).await;
+        let effects = lock(&self.life).local_trouble(unit);
+        self.perform(effects).await;
     }
 
-    /// Suspended for `suspend_hand_back_seconds`: the units held without a result or a
-    /// checkpoint on disk go back to the coordinator now (a paused execution of one of
-    /// them, if it ever resumes, finds its unit released and drops its result), so the
-    /// fleet runs them instead of waiting for this machine. Checkpointed units are kept,
-    /// but only within their current lease. Returns the units whose leases to renew:
-    /// those whose result is in.
-    pub(super) async fn hand_back_while_suspended(&self) -> Vec<UnitId> {
-        // Copied out first: the checkpoint files are read without holding the lock.
-        let held: Vec<(UnitId, bool, Option<Key>)> = lock(&self.held)
-            .iter()
-            .map(|(unit, h)| (*unit, h.output.is_some(), h.checkpoint.clone()))
-            .collect();
-        let mut renew = Vec::new();
-        let mut back = Vec::new();
-        for (unit, done, key) in held {
-            if done {
-                renew.push(unit);
-            } else if key.is_none_or(|k| self.checkpoints.load(&k).is_none()) {
-                back.push(unit);
-            }
-        }
-        if !back.is_empty() {
-            for unit in &back {
-                self.release(*unit);
-            }
-            lock(&self.buffer).retain(|(a, _)| !back.contains(&a.unit));
-            let reason = self.control.decision().reason_text().unwrap_or_default();
-            match self.client.return_units(&back).await {
-                Ok(()) => tracing::info!(
-                    units = back.len(),
-                    "suspended ({reason}) past suspend_hand_back_seconds: handed the units without a result or checkpoint back"
-                ),
-                Err(e) => tracing::warn!(
-                    units = back.len(),
-                    "suspended past suspend_hand_back_seconds, but could not hand units back ({e}); their leases will expire"
-                ),
-            }
-        }
+    /// Before a heartbeat: the units whose leases to renew. Suspended for
+    /// `suspend_hand_back_seconds`, the units held without a result or a checkpoint on
+    /// disk go back to the coordinator first ([`Lifecycle::heartbeat`]).
+    pub(super) async fn units_to_renew(self: &Arc<Self>) -> Vec<UnitId> {
+        let suspended = self.control.decision().hand_back;
+        let on_disk = if suspended {
+            self.checkpoints_on_disk()
+        } else {
+            HashSet::new()
+        };
+        let (renew, effects) = lock(&self.life).heartbeat(suspended, &on_disk);
+        self.perform(effects).await;
         renew
     }
 
-    async fn report_failure(&self, unit: UnitId, failure: Failure) {
+    /// Carries out the lifecycle's effects, awaiting hand-backs and failure reports (the
+    /// caller goes on only once they are done, as a core waits before its next unit) and
+    /// starting the rest in the background.
+    pub(super) async fn perform(self: &Arc<Self>, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::HandBack { units, why } => self.hand_back(&units, why).await,
+                Effect::ReportFailure { unit, failure } => self.report_failure(unit, failure).await,
+                other => self.carry_out(vec![other]),
+            }
+        }
+    }
+
+    /// Returns `units` to the coordinator (the lifecycle released them already).
+    pub(super) async fn hand_back(&self, units: &[UnitId], why: HandBack) {
+        if why == HandBack::Overdue {
+            tracing::info!(
+                units = units.len(),
+                "handing buffered units back early: they could not start before their deadline"
+            );
+        }
+        let returned = self.coordinator.return_units(units).await;
+        match (why, returned) {
+            (HandBack::Suspended, Ok(())) => {
+                let reason = self.control.decision().reason_text().unwrap_or_default();
+                tracing::info!(
+                    units = units.len(),
+                    "suspended ({reason}) past suspend_hand_back_seconds: handed the units without a result or checkpoint back"
+                )
+            }
+            (HandBack::Suspended, Err(e)) => tracing::warn!(
+                units = units.len(),
+                "suspended past suspend_hand_back_seconds, but could not hand units back ({e}); their leases will expire"
+            ),
+            (HandBack::Drained, Ok(())) => {
+                tracing::info!(units = units.len(), "handed unfinished units back")
+            }
+            (HandBack::Drained, Err(e)) => tracing::warn!(
+                "could not hand {} units back ({e}); their leases will expire",
+                units.len()
+            ),
+            (HandBack::Overdue, Err(e)) => {
+                tracing::warn!("could not hand buffered units back ({e}); their leases will expire")
+            }
+            (HandBack::Local | HandBack::NotAccepted, Err(e)) => {
+                tracing::warn!(units = ?units, "could not hand it back ({e}); its lease will expire")
+            }
+            (_, Ok(())) => {}
+        }
+        if why == HandBack::Local {
+            pause(&self.cancel, LOCAL_RETRY).await;
+        }
+    }
+
+    /// Reports a failed unit (retrying while the coordinator is unreachable), then
+    /// forgets it.
+    pub(super) async fn report_failure(&self, unit: UnitId, failure: Failure) {
         let mut attempt = 0u32;
         loop {
-            match self.client.report_failure(unit, &failure).await {
+            match self.coordinator.report_failure(unit, &failure).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && !self.cancel.is_cancelled() => {
                     attempt += 1;
@@ -563,11 +500,6 @@ impl Shared {
                 }
             }
         }
-        self.release(unit);
-    }
-
-    pub(super) fn release(&self, unit: UnitId) {
-        lock(&self.held).remove(&unit);
-        lock(&self.holder).release(unit);
+        lock(&self.life).failure_reported(unit);
     }
 }
