@@ -8,6 +8,16 @@
 //! the writer has committed it: an acknowledged result is on disk. The writer applies the
 //! changes of every request that arrived meanwhile in one transaction (group commit), in
 //! the order the lock gave them. Claim signatures are checked before the lock is taken.
+//!
+//! # Layout
+//! - `handlers`: the tonic handlers (`impl Coordinator`) and their request checks.
+//! - `projects`: submission checks against the state (disk room, earlier duplicates).
+//! - `status`: `ListProjects`' answer and the dashboard's capture.
+//! - `registry`: the worker registry, the request and registration limiters, call
+//!   freshness, peer sampling and proving.
+//! - `writer`: the group-commit writer and the path every change takes to it.
+//! - `tasks`: lease expiry, reducer runs and re-verification in the background.
+//! - `server`: loading the store and serving gRPC and the dashboard on one listener.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -97,7 +107,9 @@ struct State {
     waiting_logged: HashSet<UnitId>,
 }
 
-/// The one mapping from domain errors to gRPC statuses.
+/// The one mapping from domain errors to gRPC statuses: every `Status` the coordinator
+/// answers with is made here (the auth and body-size layers call it too), with the
+/// message of the error's `Display`.
 pub(crate) fn to_status(e: Error) -> Status {
     match &e {
         Error::Protocol(_) | Error::Module(_) | Error::BadDispute(_) => {
@@ -105,6 +117,32 @@ pub(crate) fn to_status(e: Error) -> Status {
         }
         Error::UnknownUnit(_) | Error::UnknownProject(_) | Error::UnknownModule(_) => {
             Status::not_found(e.to_string())
+        }
+        Error::BadName { .. }
+        | Error::BadPlatform { .. }
+        | Error::BadPeerAddr(_)
+        | Error::TooManySubmitters(_)
+        | Error::BadWasm { .. } => Status::invalid_argument(e.to_string()),
+        Error::DiskFull
+        | Error::NotDurable
+        | Error::Overloaded { .. }
+        | Error::NoRoom { .. }
+        | Error::RateLimited { .. }
+        | Error::RegistrationsLimited { .. }
+        | Error::DownloadsInProgress { .. }
+        | Error::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        Error::UnsignedCall { .. } | Error::BadCall { .. } | Error::NotAuthorized(_) => {
+            Status::unauthenticated(e.to_string())
+        }
+        Error::StaleCall { now_ms, .. } => {
+            let mut status = Status::unauthenticated(e.to_string());
+            // The coordinator's clock, so the worker can correct its own and retry.
+            if let Ok(value) = now_ms.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert(protocol::call::NOW_HEADER, value);
+            }
+            status
         }
         Error::ShuttingDown => Status::unavailable(e.to_string()),
         Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
@@ -124,6 +162,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::Corrupt(_)
         | Error::BadTile(_)
         | Error::Tls { .. }
+        | Error::CheckPanicked(_)
         | Error::Transport(_) => {
             tracing::error!("internal error: {e}");
             Status::internal(e.to_string())

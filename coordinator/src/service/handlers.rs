@@ -35,7 +35,8 @@ pub(super) const IDLE_RETRY_MS: u64 = 500;
 /// Longest account or team name.
 pub(super) const MAX_ACCOUNT_LEN: usize = 64;
 
-pub(super) fn check_name(what: &str, value: &str, optional: bool) -> Result<(), Status> {
+/// Checks a worker, account or team name ([`Error::BadName`]).
+pub(super) fn check_name(what: &'static str, value: &str, optional: bool) -> Result<(), Status> {
     if (value.is_empty() && optional)
         || (!value.is_empty()
             && value.len() <= MAX_ACCOUNT_LEN
@@ -44,9 +45,11 @@ pub(super) fn check_name(what: &str, value: &str, optional: bool) -> Result<(), 
     {
         return Ok(());
     }
-    Err(Status::invalid_argument(format!(
-        "{what} must be 1 to {MAX_ACCOUNT_LEN} printable characters without surrounding spaces (got {value:?})"
-    )))
+    Err(to_status(Error::BadName {
+        what,
+        value: value.to_string(),
+        max: MAX_ACCOUNT_LEN,
+    }))
 }
 
 pub(super) fn worker_key(bytes: &[u8]) -> Result<WorkerId, Status> {
@@ -67,18 +70,22 @@ pub(super) fn authenticate<T: prost::Message>(
     let header = request
         .metadata()
         .get(call::CALL_HEADER)
-        .ok_or_else(|| {
-            Status::unauthenticated(format!(
-                "{method}: no {} header: worker calls must be signed by the worker key they name (a worker older than this coordinator? upgrade it)",
-                call::CALL_HEADER
-            ))
-        })?
+        .ok_or_else(|| to_status(Error::UnsignedCall { method }))?
         .to_str()
-        .map_err(|_| Status::unauthenticated(format!("{method}: the {} header is not ASCII", call::CALL_HEADER)))?;
-    let stamp =
-        CallStamp::parse(header).map_err(|e| Status::unauthenticated(format!("{method}: {e}")))?;
-    call::verify(worker, method, &stamp, &request.get_ref().encode_to_vec())
-        .map_err(|e| Status::unauthenticated(format!("{method}: {e}")))?;
+        .map_err(|_| {
+            to_status(Error::BadCall {
+                method,
+                problem: format!("the {} header is not ASCII", call::CALL_HEADER),
+            })
+        })?;
+    let bad = |e: protocol::Error| {
+        to_status(Error::BadCall {
+            method,
+            problem: e.to_string(),
+        })
+    };
+    let stamp = CallStamp::parse(header).map_err(bad)?;
+    call::verify(worker, method, &stamp, &request.get_ref().encode_to_vec()).map_err(bad)?;
     Ok((worker, stamp))
 }
 
@@ -107,18 +114,24 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 key,
                 terms: spec.terms(),
             };
-            sandbox
-                .inspect(&spec.module)
-                .map_err(|e| Status::invalid_argument(format!("wasm: {e}")))?;
+            sandbox.inspect(&spec.module).map_err(|error| {
+                to_status(Error::BadWasm {
+                    field: "wasm",
+                    error,
+                })
+            })?;
             if let Some(r) = &spec.reducer {
-                sandbox
-                    .inspect(r)
-                    .map_err(|e| Status::invalid_argument(format!("[reduce].wasm: {e}")))?;
+                sandbox.inspect(r).map_err(|error| {
+                    to_status(Error::BadWasm {
+                        field: "[reduce].wasm",
+                        error,
+                    })
+                })?;
             }
             Ok((spec, signer))
         })
         .await
-        .map_err(|e| Status::internal(format!("module check panicked: {e}")))??;
+        .map_err(|e| to_status(Error::CheckPanicked(e.to_string())))??;
         let module = Digest::of(&spec.module);
         let duplicates = self.duplicates_of(&spec, module, signer.terms).await?;
         let duplicate_ids: Vec<u64> = duplicates.iter().map(|p| p.0).collect();
@@ -187,7 +200,9 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let id = request.into_inner().project_id;
         let projects = self.status_of((id != 0).then_some(ProjectId(id))).await?;
-        Ok(Response::new(pb::ListProjectsResponse { projects }))
+        Ok(Response::new(pb::ListProjectsResponse {
+            projects: projects.iter().map(pb::ProjectStatus::from).collect(),
+        }))
     }
 
     async fn get_results(
@@ -312,15 +327,12 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         check_name("account", &r.account, false)?;
         check_name("team", &r.team, true)?;
         if r.platform.len() > MAX_ACCOUNT_LEN || r.platform.chars().any(char::is_control) {
-            return Err(Status::invalid_argument(
-                "platform must be at most 64 printable characters",
-            ));
+            return Err(to_status(Error::BadPlatform {
+                max: MAX_ACCOUNT_LEN,
+            }));
         }
         if !r.peer_addr.is_empty() && r.peer_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "peer_addr {:?} is not host:port (an IP address and a port), or empty for a worker that accepts no connections",
-                r.peer_addr
-            )));
+            return Err(to_status(Error::BadPeerAddr(r.peer_addr)));
         }
         let cores = r.cores.clamp(1, 1024);
         // A replayed registration is refused before it costs a proof round trip.
@@ -475,9 +487,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             .collect::<Result<HashSet<_>, _>>()
             .map_err(|e| to_status(e.into()))?;
         if accept_keys.len() > MAX_ACCEPTED_SUBMITTERS {
-            return Err(Status::invalid_argument(format!(
-                "WorkRequest.accept_submitters: more than {MAX_ACCEPTED_SUBMITTERS} keys"
-            )));
+            return Err(to_status(Error::TooManySubmitters(MAX_ACCEPTED_SUBMITTERS)));
         }
         let allow_unsigned = r.allow_unsigned;
         let accept = move |p: &crate::scheduler::Project| match &p.signer {

@@ -6,6 +6,7 @@ use protocol::{Digest, ProjectId};
 use tonic::Status;
 
 use super::{CoordinatorService, to_status};
+use crate::Error;
 use crate::store::Store;
 
 /// Free space kept in reserve on the data dir's disk beyond what a new project needs
@@ -28,14 +29,13 @@ impl<S: Store> CoordinatorService<S> {
                 .sum::<usize>();
         let need = 2 * size as u64 + DISK_RESERVE;
         match fs4::available_space(&self.inner.data_dir) {
-            Ok(free) if free < need => Err(Status::resource_exhausted(format!(
-                "the coordinator's disk is too full for this project: {} MiB free in {}, it needs {} MiB (twice the project's {} MiB plus {} MiB kept for results); nothing was created",
-                free >> 20,
-                self.inner.data_dir.display(),
-                need.div_ceil(1 << 20),
-                (size as u64).div_ceil(1 << 20),
-                DISK_RESERVE >> 20
-            ))),
+            Ok(free) if free < need => Err(to_status(Error::NoRoom {
+                free_mib: free >> 20,
+                dir: self.inner.data_dir.clone(),
+                need_mib: need.div_ceil(1 << 20),
+                size_mib: (size as u64).div_ceil(1 << 20),
+                reserve_mib: DISK_RESERVE >> 20,
+            })),
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::warn!(

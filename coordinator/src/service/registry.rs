@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use protocol::WorkerId;
-use protocol::call::{self, CallStamp};
+use protocol::call::CallStamp;
 use tonic::{Response, Status};
 
 use super::{CoordinatorService, State, now_us, to_status};
@@ -56,10 +56,10 @@ impl RegistrationLimiter {
             return Ok(());
         }
         limiter.check_key(&network.to_string()).map_err(|_| {
-            Status::resource_exhausted(format!(
-                "more than {} worker registrations a minute from {network}; retry later",
-                self.per_minute
-            ))
+            to_status(Error::RegistrationsLimited {
+                network: network.to_string(),
+                per_minute: self.per_minute,
+            })
         })
     }
 
@@ -140,10 +140,10 @@ impl<S: Store> CoordinatorService<S> {
             return Ok(());
         }
         match limiter.check_key(&worker) {
-            Err(_) => Err(Status::resource_exhausted(format!(
-                "worker {worker} makes more than {} requests per second; slow down",
-                self.inner.worker_rate
-            ))),
+            Err(_) => Err(to_status(Error::RateLimited {
+                worker,
+                rate: self.inner.worker_rate,
+            })),
             Ok(()) => Ok(()),
         }
     }
@@ -314,11 +314,11 @@ impl<S: Store> CoordinatorService<S> {
             .calls
             .admit(worker, stamp.timestamp_us, now)
             .map_err(|refusal| {
-                let mut status = Status::unauthenticated(format!("worker {worker}: {refusal}"));
-                if let Ok(value) = (now / 1000).to_string().parse() {
-                    status.metadata_mut().insert(call::NOW_HEADER, value);
-                }
-                status
+                to_status(Error::StaleCall {
+                    worker,
+                    refusal: refusal.to_string(),
+                    now_ms: now / 1000,
+                })
             })
     }
 

@@ -4,14 +4,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use proto::v1 as pb;
 use protocol::ProjectId;
 use tonic::Status;
 
 use super::{CoordinatorService, State, to_status};
 use crate::dashboard;
 use crate::fleet::{self, Fleet};
-use crate::scheduler::Aggregate;
+use crate::status::{ProjectStatus, project_status};
 use crate::store::{CorruptOutput, Store};
 use crate::{Error, now_ms};
 
@@ -60,10 +59,11 @@ impl<S: Store> CoordinatorService<S> {
         state.waiting_logged = waiting.iter().map(|w| w.unit).collect();
     }
 
+    /// The status of project `id` (or of every project), once what it reports is durable.
     pub(super) async fn status_of(
         &self,
         id: Option<ProjectId>,
-    ) -> Result<Vec<pb::ProjectStatus>, Status> {
+    ) -> Result<Vec<ProjectStatus>, Status> {
         let state = self.inner.state.lock().await;
         if let Some(id) = id
             && state.sched.project(id).is_none()
@@ -73,50 +73,21 @@ impl<S: Store> CoordinatorService<S> {
         let now = now_ms();
         let fleet = Self::fleet(&state, now, self.inner.lease_ms);
         let waiting = Self::waiting(&state, now, self.inner.lease_ms);
-        let mut out = Vec::new();
-        for p in state
+        let out: Vec<ProjectStatus> = state
             .sched
             .projects()
             .filter(|p| id.is_none_or(|id| id == p.id))
-        {
-            let waits: Vec<&crate::scheduler::Waiting> =
-                waiting.iter().filter(|w| w.project == p.id).collect();
-            let in_progress = state.sched.in_progress(p.id);
-            let s = p.stats;
-            let aggregate_error = match &p.aggregate {
-                Aggregate::Failed(e) => e.clone(),
-                Aggregate::Pending | Aggregate::Ready => String::new(),
-            };
-            out.push(pb::ProjectStatus {
-                id: p.id.0,
-                name: p.name.clone(),
-                total: s.total,
-                verified: s.verified,
-                failed: s.failed,
-                in_progress,
-                pending: s.total.saturating_sub(s.verified + s.failed + in_progress),
-                finished: p.finished()
-                    && (p.reducer.is_none() || p.aggregate != Aggregate::Pending),
-                executions: s.executions,
-                disputes: s.disputes,
-                has_reducer: p.reducer.is_some(),
-                aggregate_ready: p.aggregate == Aggregate::Ready,
-                aggregate_error,
-                replication: p.replication,
-                quorum: p.quorum,
-                credit: s.credit,
-                solo: s.solo,
-                spot_checks: s.spot_checks,
-                mismatches: s.mismatches,
-                reopened: s.reopened,
-                submitter: p.signer.map(|g| g.key.to_hex()).unwrap_or_default(),
-                workers_running: fleet.running,
-                workers_suspended: fleet.suspended,
-                workers_idle: fleet.idle,
-                fleet: fleet.sentence(),
-                waiting: fleet::waiting_sentences(&waits),
-            });
-        }
+            .map(|p| {
+                let waits: Vec<&crate::scheduler::Waiting> =
+                    waiting.iter().filter(|w| w.project == p.id).collect();
+                project_status(
+                    p,
+                    state.sched.in_progress(p.id),
+                    &fleet,
+                    fleet::waiting_sentences(&waits),
+                )
+            })
+            .collect();
         // The scheduler runs ahead of the disk (answers wait for the group commit): report
         // only what is durable, so a crash never makes a reported count go back.
         let durable = self.queue(Vec::new());
@@ -136,8 +107,10 @@ impl<S: Store> dashboard::Source for CoordinatorService<S> {
         let now = now_ms();
         let waiting = Self::waiting(&state, now, self.inner.lease_ms);
         Self::log_waiting(&mut state, &waiting);
+        let fleet = Self::fleet(&state, now, self.inner.lease_ms);
         let mut capture = dashboard::snapshot::Capture::take(
             &state.sched,
+            &fleet,
             state.workers.iter().map(|(id, w)| (*id, w.last_seen)),
             self.inner.lease_ms,
             now,
@@ -148,9 +121,11 @@ impl<S: Store> dashboard::Source for CoordinatorService<S> {
             .map(|(id, w)| (*id, w.reported.clone()))
             .collect();
         for p in capture.projects.iter_mut() {
-            let waits: Vec<&crate::scheduler::Waiting> =
-                waiting.iter().filter(|w| w.project == p.id).collect();
-            p.waiting = fleet::waiting_sentences(&waits);
+            let waits: Vec<&crate::scheduler::Waiting> = waiting
+                .iter()
+                .filter(|w| w.project == p.status.id)
+                .collect();
+            p.status.waiting = fleet::waiting_sentences(&waits);
         }
         // Published only once what it shows is on disk (see `status_of`).
         let durable = self.queue(Vec::new());

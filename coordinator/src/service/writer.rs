@@ -123,15 +123,11 @@ impl<S: Store> CoordinatorService<S> {
     /// scheduler is touched, so a refused request changed nothing.
     pub(super) fn writable(&self) -> Result<(), Status> {
         if self.inner.disk_full.load(Ordering::SeqCst) {
-            return Err(Status::resource_exhausted(
-                "the coordinator's disk is full: it accepts no changes until space is freed in its data directory (what it accepted before is kept); retry later",
-            ));
+            return Err(to_status(Error::DiskFull));
         }
         let pending = self.inner.pending_writes.load(Ordering::SeqCst);
         if pending >= self.inner.max_pending_writes {
-            return Err(Status::resource_exhausted(format!(
-                "the coordinator is overloaded: {pending} accepted changes wait to be written; retry shortly"
-            )));
+            return Err(to_status(Error::Overloaded { pending }));
         }
         Ok(())
     }
@@ -147,9 +143,7 @@ impl<S: Store> CoordinatorService<S> {
             match tokio::time::timeout(FULL_DISK_PATIENCE, &mut committed).await {
                 Ok(result) => return result,
                 Err(_) if self.inner.disk_full.load(Ordering::SeqCst) => {
-                    return Err(Status::resource_exhausted(
-                        "the coordinator's disk is full: its latest changes are not on disk yet, so it reports no counts until space is freed in its data directory",
-                    ));
+                    return Err(to_status(Error::NotDurable));
                 }
                 Err(_) => {} // slow, not full: keep waiting
             }
