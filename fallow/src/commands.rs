@@ -953,7 +953,7 @@ mod tests {
     fn status(verified: u64, failed: u64, running: u64, finished: bool) -> Status {
         let total = 4;
         Status {
-            id: 1,
+            id: protocol::ProjectId(1),
             name: "p".into(),
             total,
             verified,
