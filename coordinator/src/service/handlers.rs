@@ -22,7 +22,7 @@ use super::{CoordinatorService, to_status};
 use crate::dashboard::{CertificateOutcome, ExecutionFailure};
 use crate::fleet::{Reported, RunState};
 use crate::scheduler::{Aggregate, Change, SignedCertificate, UnitStatus, Verdict, WorkerInfo};
-use crate::store::{CreditTo, LeasedInput, Store, StoredOutput, StoredWorker, Write};
+use crate::store::{CreditTo, LeasedInput, Store, StoredWorker, Write};
 use crate::{Error, now_ms};
 
 /// Most units one work request may lease.
@@ -223,83 +223,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let service = self.clone();
-        tokio::spawn(async move {
-            let store = &service.inner.store;
-            let send = |item| tx.send(Ok(pb::ResultItem { item: Some(item) }));
-            let mut after = None;
-            // Outputs that fail their digest check: once there is one the answer is an
-            // error, and the rest is read only to find every such output.
-            let mut corrupt = Vec::new();
-            loop {
-                let page = match store.verified_outputs(project, after.clone(), 256).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(to_status(e))).await;
-                        return;
-                    }
-                };
-                let Some(last) = page.last() else { break };
-                after = Some(last.name().to_string());
-                for v in page {
-                    let v = match v {
-                        StoredOutput::Intact(v) if corrupt.is_empty() => v,
-                        StoredOutput::Intact(_) => continue,
-                        StoredOutput::Corrupt(c) => {
-                            corrupt.push(c);
-                            continue;
-                        }
-                    };
-                    let item = pb::result_item::Item::Verified(pb::VerifiedOutput {
-                        unit: v.name,
-                        output: v.output,
-                        digest: v.digest.0.to_vec(),
-                        fuel: v.fuel,
-                        signers: v.signers.iter().map(|s| s.0.to_vec()).collect(),
-                    });
-                    if send(item).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            if !corrupt.is_empty() {
-                service.reverify(&corrupt).await;
-                let _ = tx
-                    .send(Err(to_status(Error::CorruptOutputs(corrupt))))
-                    .await;
-                return;
-            }
-            match store.failed_units(project).await {
-                Ok(failed) => {
-                    for (unit, reason) in failed {
-                        if send(pb::result_item::Item::Failed(pb::FailedUnit {
-                            unit,
-                            reason,
-                        }))
-                        .await
-                        .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(to_status(e))).await;
-                    return;
-                }
-            }
-            match store.aggregate(project).await {
-                Ok(Some(Ok(bytes))) => {
-                    let _ = send(pb::result_item::Item::Aggregate(bytes)).await;
-                }
-                Ok(Some(Err(e))) => {
-                    let _ = send(pb::result_item::Item::AggregateError(e)).await;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(to_status(e))).await;
-                }
-            }
-        });
+        tokio::spawn(Self::send_results(service, project, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

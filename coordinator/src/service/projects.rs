@@ -1,13 +1,14 @@
-//! Project submission checks that need the coordinator's state: free disk space and
-//! earlier submissions of the same project.
+//! Project submission checks that need the coordinator's state (free disk space, earlier
+//! submissions of the same project), and the results stream of `GetResults`.
 
+use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
 use protocol::{Digest, ProjectId};
 use tonic::Status;
 
 use super::{CoordinatorService, to_status};
 use crate::Error;
-use crate::store::Store;
+use crate::store::{Store, StoredOutput};
 
 /// Free space kept in reserve on the data dir's disk beyond what a new project needs
 /// (twice its size: the rows and the write-ahead log), for the results of the projects
@@ -83,5 +84,90 @@ impl<S: Store> CoordinatorService<S> {
             }
         }
         Ok(same)
+    }
+
+    /// Streams `project`'s results to `tx`: verified outputs page by page, then failed
+    /// units, then the aggregate. Outputs that fail their digest check end the stream with
+    /// an error, after every such output was found and sent back for verification.
+    pub(super) async fn send_results(
+        service: CoordinatorService<S>,
+        project: ProjectId,
+        tx: tokio::sync::mpsc::Sender<Result<pb::ResultItem, Status>>,
+    ) {
+        let store = &service.inner.store;
+        let send = |item| tx.send(Ok(pb::ResultItem { item: Some(item) }));
+        let mut after = None;
+        // Outputs that fail their digest check: once there is one the answer is an
+        // error, and the rest is read only to find every such output.
+        let mut corrupt = Vec::new();
+        loop {
+            let page = match store.verified_outputs(project, after.clone(), 256).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(to_status(e))).await;
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = Some(last.name().to_string());
+            for v in page {
+                let v = match v {
+                    StoredOutput::Intact(v) if corrupt.is_empty() => v,
+                    StoredOutput::Intact(_) => continue,
+                    StoredOutput::Corrupt(c) => {
+                        corrupt.push(c);
+                        continue;
+                    }
+                };
+                let item = pb::result_item::Item::Verified(pb::VerifiedOutput {
+                    unit: v.name,
+                    output: v.output,
+                    digest: v.digest.0.to_vec(),
+                    fuel: v.fuel,
+                    signers: v.signers.iter().map(|s| s.0.to_vec()).collect(),
+                });
+                if send(item).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            service.reverify(&corrupt).await;
+            let _ = tx
+                .send(Err(to_status(Error::CorruptOutputs(corrupt))))
+                .await;
+            return;
+        }
+        match store.failed_units(project).await {
+            Ok(failed) => {
+                for (unit, reason) in failed {
+                    if send(pb::result_item::Item::Failed(pb::FailedUnit {
+                        unit,
+                        reason,
+                    }))
+                    .await
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(to_status(e))).await;
+                return;
+            }
+        }
+        match store.aggregate(project).await {
+            Ok(Some(Ok(bytes))) => {
+                let _ = send(pb::result_item::Item::Aggregate(bytes)).await;
+            }
+            Ok(Some(Err(e))) => {
+                let _ = send(pb::result_item::Item::AggregateError(e)).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = tx.send(Err(to_status(e))).await;
+            }
+        }
     }
 }
