@@ -203,7 +203,7 @@ pub(crate) async fn require_token(
                 "this coordinator only takes enrolled workers: start the worker with `--enroll-token TOKEN` (or FALLOW_ENROLL_TOKEN); its operator mints one with `fallow token create --worker --name NAME`"
             }
         };
-        return tonic::Status::unauthenticated(refusal)
+        return crate::service::to_status(Error::NotAuthorized(refusal.to_string()))
             .into_http::<axum::body::Body>()
             .into_response();
     }
@@ -224,7 +224,7 @@ pub(crate) async fn require_token(
             None => "the token is not valid on this coordinator (unknown or revoked)".into(),
         },
     };
-    tonic::Status::unauthenticated(refusal)
+    crate::service::to_status(Error::NotAuthorized(refusal))
         .into_http::<axum::body::Body>()
         .into_response()
 }

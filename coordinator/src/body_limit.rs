@@ -97,17 +97,16 @@ impl Body for Capped {
                 if let Some(data) = frame.data_ref() {
                     this.read = this.read.saturating_add(data.len());
                     if this.read > this.limit {
-                        return Poll::Ready(Some(Err(Box::new(
-                            tonic::Status::resource_exhausted(format!(
-                                "a {} request may be at most {} bytes; this one is larger",
-                                if this.method.is_empty() {
-                                    "gRPC"
+                        return Poll::Ready(Some(Err(Box::new(crate::service::to_status(
+                            crate::Error::TooLarge {
+                                method: if this.method.is_empty() {
+                                    "gRPC".to_string()
                                 } else {
-                                    &this.method
+                                    this.method.clone()
                                 },
-                                this.limit
-                            )),
-                        ))));
+                                limit: this.limit,
+                            },
+                        )))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -10,6 +10,7 @@
 //! - `service`: the gRPC boundary (the only module here that touches `proto` types) and the
 //!   async shell that drives the scheduler and persists its changes.
 //! - `reducer`: runs a finished project's reducer in the sandbox.
+//! - [`status`]: the one place a project's status is built from the scheduler.
 //! - [`fleet`]: what the workers are doing (running, suspended and why, idle, offline)
 //!   and the sentences for units no online worker may take, for status and the dashboard.
 //! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
@@ -30,6 +31,7 @@ mod modules;
 mod reducer;
 pub mod scheduler;
 mod service;
+pub mod status;
 pub mod store;
 pub mod tls;
 
@@ -37,7 +39,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use protocol::{ProjectId, UnitId};
+use protocol::{ProjectId, UnitId, WorkerId};
 
 pub use dashboard::mosaic;
 pub use service::CoordinatorService;
@@ -101,6 +103,159 @@ pub enum Error {
     /// tried again once the coordinator is back).
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// The data directory's disk is full: the change was refused before the scheduler
+    /// was touched. What was accepted before is kept and written once space is freed.
+    #[error(
+        "the coordinator's disk is full: it accepts no changes until space is freed in its \
+         data directory (what it accepted before is kept); retry later"
+    )]
+    DiskFull,
+    /// The disk is full and the latest changes are not on disk yet: counts are refused
+    /// rather than reported before they are durable. Nothing was changed.
+    #[error(
+        "the coordinator's disk is full: its latest changes are not on disk yet, so it \
+         reports no counts until space is freed in its data directory"
+    )]
+    NotDurable,
+    /// Too many accepted changes wait to be written (load shedding,
+    /// [`CoordinatorConfig::max_pending_writes`]); the request changed nothing.
+    #[error(
+        "the coordinator is overloaded: {pending} accepted changes wait to be written; retry shortly"
+    )]
+    Overloaded {
+        /// Changes waiting for the writer.
+        pending: usize,
+    },
+    /// The data directory's disk has no room for a submitted project (twice its size plus
+    /// a reserve for results); nothing was created.
+    #[error(
+        "the coordinator's disk is too full for this project: {free_mib} MiB free in {}, it \
+         needs {need_mib} MiB (twice the project's {size_mib} MiB plus {reserve_mib} MiB kept \
+         for results); nothing was created",
+        dir.display()
+    )]
+    NoRoom {
+        /// Free space on the data directory's disk.
+        free_mib: u64,
+        /// The data directory.
+        dir: PathBuf,
+        /// What the project needs.
+        need_mib: u64,
+        /// The project's size.
+        size_mib: u64,
+        /// The reserve kept for results.
+        reserve_mib: u64,
+    },
+    /// A worker key called more often than
+    /// [`CoordinatorConfig::worker_requests_per_second`] allows.
+    #[error("worker {worker} makes more than {rate} requests per second; slow down")]
+    RateLimited {
+        /// The worker.
+        worker: WorkerId,
+        /// Its allowed rate.
+        rate: u32,
+    },
+    /// Too many worker registrations from one network
+    /// ([`CoordinatorConfig::registrations_per_minute`]); nothing was registered.
+    #[error("more than {per_minute} worker registrations a minute from {network}; retry later")]
+    RegistrationsLimited {
+        /// The /24 or /48 they come from.
+        network: String,
+        /// The allowed rate.
+        per_minute: u32,
+    },
+    /// Too many module downloads in progress from one address (`GetModule`).
+    #[error(
+        "{limit} module downloads already in progress from {address}; retry when they are done"
+    )]
+    DownloadsInProgress {
+        /// The most in progress at once.
+        limit: usize,
+        /// The caller's address.
+        address: String,
+    },
+    /// A request body over its method's size cap; it was cut off, unread.
+    #[error("a {method} request may be at most {limit} bytes; this one is larger")]
+    TooLarge {
+        /// The gRPC method ("gRPC" when unknown).
+        method: String,
+        /// Its cap in bytes.
+        limit: usize,
+    },
+    /// A worker, account or team name that is empty, too long, padded with spaces or
+    /// holds control characters; nothing was registered.
+    #[error(
+        "{what} must be 1 to {max} printable characters without surrounding spaces (got {value:?})"
+    )]
+    BadName {
+        /// Which name ("worker name", "account", "team").
+        what: &'static str,
+        /// The name given.
+        value: String,
+        /// The longest allowed.
+        max: usize,
+    },
+    /// A worker's platform string is too long or holds control characters.
+    #[error("platform must be at most {max} printable characters")]
+    BadPlatform {
+        /// The longest allowed.
+        max: usize,
+    },
+    /// A registering worker's peer address is not an IP address and port.
+    #[error(
+        "peer_addr {0:?} is not host:port (an IP address and a port), or empty for a worker \
+         that accepts no connections"
+    )]
+    BadPeerAddr(String),
+    /// A work request lists more submitter keys than a worker may.
+    #[error("WorkRequest.accept_submitters: more than {0} keys")]
+    TooManySubmitters(usize),
+    /// A submitted module or reducer is not a module the sandbox accepts; nothing was
+    /// created.
+    #[error("{field}: {error}")]
+    BadWasm {
+        /// "wasm" or "[reduce].wasm".
+        field: &'static str,
+        /// Why the sandbox refused it.
+        error: sandbox::Error,
+    },
+    /// The task checking a submitted project's modules panicked; nothing was created.
+    #[error("module check panicked: {0}")]
+    CheckPanicked(String),
+    /// A worker call without the `fallow-call` signature header.
+    #[error(
+        "{method}: no {} header: worker calls must be signed by the worker key they name (a \
+         worker older than this coordinator? upgrade it)",
+        protocol::call::CALL_HEADER
+    )]
+    UnsignedCall {
+        /// The gRPC method.
+        method: &'static str,
+    },
+    /// A worker call whose signature header is unreadable or does not verify.
+    #[error("{method}: {problem}")]
+    BadCall {
+        /// The gRPC method.
+        method: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A worker call whose stamp was used before or is off the coordinator's clock;
+    /// refused with the clock (`now_ms`) so the worker can correct itself and retry.
+    #[error("worker {worker}: {refusal}")]
+    StaleCall {
+        /// The worker.
+        worker: WorkerId,
+        /// Why the stamp was refused.
+        refusal: String,
+        /// The coordinator's clock (Unix ms), sent in the `fallow-now` header.
+        now_ms: u64,
+    },
+    /// A call without a valid token: a submit token for project calls, an enrollment for
+    /// worker calls when enrollment is required (see [`auth`]). The message says how to
+    /// get one.
+    #[error("{0}")]
+    NotAuthorized(String),
     /// A worker that never registered (or registered with another coordinator).
     #[error("unknown worker {0}: register first")]
     UnknownWorker(String),

@@ -120,10 +120,10 @@ impl Modules {
                 calls: 0,
             });
             if caller.calls >= CALLS_PER_ADDRESS {
-                return Err(Status::resource_exhausted(format!(
-                    "{CALLS_PER_ADDRESS} module downloads already in progress from {address}; \
-                     retry when they are done"
-                )));
+                return Err(to_status(crate::Error::DownloadsInProgress {
+                    limit: CALLS_PER_ADDRESS,
+                    address: address.to_string(),
+                }));
             }
             caller.calls += 1;
             caller.turns.clone()

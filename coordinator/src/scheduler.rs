@@ -202,56 +202,9 @@ pub enum Aggregate {
     Failed(String),
 }
 
-/// How a project stands, in the words `fallow status` and the dashboard use: a project
-/// whose units all failed is finished, but it is not "done".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Units are still to settle.
-    #[default]
-    Running,
-    /// Every unit settled; the reducer has yet to run.
-    Reducing,
-    /// Finished: every unit verified, and the aggregate computed if there is a reducer.
-    Done,
-    /// Finished with some units verified and some failed (and the aggregate, if any,
-    /// computed over the verified ones).
-    Partial,
-    /// Finished with nothing to show: every unit failed, or the reducer failed.
-    Failed,
-}
-
-impl Outcome {
-    /// The outcome of a project with these numbers: `finished` means every unit settled
-    /// and the reducer, if any, ran; `reducer_failed` that it failed.
-    pub fn of(
-        total: u64,
-        verified: u64,
-        failed: u64,
-        finished: bool,
-        reducer_failed: bool,
-    ) -> Self {
-        let settled = verified + failed >= total;
-        match (settled, finished) {
-            (false, _) => Outcome::Running,
-            (true, false) => Outcome::Reducing,
-            (true, true) if reducer_failed || (verified == 0 && failed > 0) => Outcome::Failed,
-            (true, true) if failed > 0 => Outcome::Partial,
-            (true, true) => Outcome::Done,
-        }
-    }
-
-    /// One word: `running`, `reducing`, `done`, `partial`, `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Running => "running",
-            Outcome::Reducing => "reducing",
-            Outcome::Done => "done",
-            Outcome::Partial => "partial",
-            Outcome::Failed => "failed",
-        }
-    }
-}
+/// How a project stands (moved to `protocol::status`, beside the status view that
+/// reports it).
+pub use protocol::status::Outcome;
 
 /// Counters shown by `fallow status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

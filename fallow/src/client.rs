@@ -6,66 +6,9 @@ use protocol::manifest::ProjectSpec;
 use tonic::transport::Channel;
 use worker::tls::Trust;
 
-/// A project's progress, as `fallow status --json` prints it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Status {
-    /// Project id.
-    pub id: u64,
-    /// Name.
-    pub name: String,
-    /// Units.
-    pub total: u64,
-    /// Verified units.
-    pub verified: u64,
-    /// Failed units.
-    pub failed: u64,
-    /// Units running or awaiting their quorum.
-    pub in_progress: u64,
-    /// Units not yet started.
-    pub pending: u64,
-    /// Executions handed out so far (all replicas).
-    pub executions: u64,
-    /// Disagreements reported by workers.
-    pub disputes: u64,
-    /// Executions per unit wanted.
-    pub replication: u32,
-    /// Matching results needed.
-    pub quorum: u32,
-    /// Fuel credited to volunteers.
-    pub credit: u64,
-    /// Units run alone by trusted workers (adaptive replication).
-    pub solo: u64,
-    /// Trusted workers' units secretly replicated as a spot check.
-    pub spot_checks: u64,
-    /// Votes that disagreed with the verified result, and proven changed answers.
-    pub mismatches: u64,
-    /// Verified units re-opened because their solo worker was caught later.
-    pub reopened: u64,
-    /// Every unit settled (and the aggregate computed, if there is a reducer).
-    pub finished: bool,
-    /// `running`, `reducing`, `done`, `partial` (some units failed) or `failed` (every
-    /// unit failed, or the reducer did): finished is not the same as done.
-    pub outcome: coordinator::scheduler::Outcome,
-    /// Whether the project has a reducer.
-    pub has_reducer: bool,
-    /// The aggregate is ready.
-    pub aggregate_ready: bool,
-    /// Why the reducer failed, if it did.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub aggregate_error: String,
-    /// The submitter key that signed the project, hex ("" for a project from before
-    /// projects were signed).
-    pub submitter: String,
-    /// Online workers computing, suspended and idle (the whole fleet, not this project).
-    pub workers_running: u32,
-    pub workers_suspended: u32,
-    pub workers_idle: u32,
-    /// The fleet in words: "2 running, 1 suspended: other programs use 47 % of the CPUs".
-    pub fleet: String,
-    /// Units that need a worker of another account, in words.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub waiting: Vec<String>,
-}
+/// A project's progress, as `fallow status --json` prints it: the coordinator's one
+/// status view, converted from the wire once here (`proto::wire`).
+pub type Status = protocol::status::ProjectStatus;
 
 /// A volunteer account on the leaderboard, as `fallow accounts --json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -91,46 +34,6 @@ pub struct Team {
     pub credit: u64,
     /// Accounts credited under it.
     pub accounts: u32,
-}
-
-impl From<pb::ProjectStatus> for Status {
-    fn from(p: pb::ProjectStatus) -> Self {
-        Status {
-            outcome: coordinator::scheduler::Outcome::of(
-                p.total,
-                p.verified,
-                p.failed,
-                p.finished,
-                !p.aggregate_error.is_empty(),
-            ),
-            id: p.id,
-            name: p.name,
-            total: p.total,
-            verified: p.verified,
-            failed: p.failed,
-            in_progress: p.in_progress,
-            pending: p.pending,
-            executions: p.executions,
-            disputes: p.disputes,
-            replication: p.replication,
-            solo: p.solo,
-            spot_checks: p.spot_checks,
-            mismatches: p.mismatches,
-            reopened: p.reopened,
-            quorum: p.quorum,
-            credit: p.credit,
-            finished: p.finished,
-            has_reducer: p.has_reducer,
-            aggregate_ready: p.aggregate_ready,
-            aggregate_error: p.aggregate_error,
-            submitter: p.submitter,
-            workers_running: p.workers_running,
-            workers_suspended: p.workers_suspended,
-            workers_idle: p.workers_idle,
-            fleet: p.fleet,
-            waiting: p.waiting,
-        }
-    }
 }
 
 /// What the coordinator did with a submitted project.

@@ -293,7 +293,7 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:>4}  {:<24} {:>8} {:>8} {:>6} {:>8} {:>8}  {}",
-            p.id,
+            p.id.0,
             p.name,
             p.verified,
             p.total,
@@ -394,7 +394,7 @@ pub(crate) async fn wait_for(
             }
         }
         for p in &projects {
-            let bar = bars.entry(p.id).or_insert_with(|| {
+            let bar = bars.entry(p.id.0).or_insert_with(|| {
                 let b = multi.add(ProgressBar::new(p.total));
                 b.set_style(style.clone());
                 b.set_prefix(format!("{} {}", p.id, truncate(&p.name, 12)));
@@ -416,7 +416,7 @@ pub(crate) async fn wait_for(
                 "· {} failed · {} running {left}",
                 p.failed, p.in_progress
             ));
-            let before = said.entry(p.id).or_default();
+            let before = said.entry(p.id.0).or_default();
             if *before != p.waiting {
                 for w in p.waiting.iter().filter(|w| !before.contains(w)) {
                     say(&format!("project {}: {w}", p.id));
@@ -446,8 +446,8 @@ impl ChangeLines {
         let mut out = Vec::new();
         for p in projects {
             let line = progress_line(p);
-            if self.last.get(&p.id) != Some(&line) {
-                self.last.insert(p.id, line.clone());
+            if self.last.get(&p.id.0) != Some(&line) {
+                self.last.insert(p.id.0, line.clone());
                 out.push(line);
             }
         }
@@ -956,7 +956,7 @@ mod tests {
     fn status(verified: u64, failed: u64, running: u64, finished: bool) -> Status {
         let total = 4;
         Status {
-            id: 1,
+            id: protocol::ProjectId(1),
             name: "p".into(),
             total,
             verified,

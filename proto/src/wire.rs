@@ -14,6 +14,7 @@ use protocol::claim::Commitment;
 use protocol::evidence::Evidence;
 use protocol::manifest::ProjectSpec;
 use protocol::provenance::{Signatures, Signer, SubmitterKey};
+use protocol::status::{Outcome, ProjectStatus};
 use protocol::ticket::Ticket;
 use protocol::{Claim, Digest, Error, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
 
@@ -370,6 +371,82 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
                 })
                 .collect(),
             manifest: s.manifest,
+        }
+    }
+}
+
+/// The one mapping of a project's status to the wire (`ListProjects`).
+impl From<&ProjectStatus> for pb::ProjectStatus {
+    fn from(s: &ProjectStatus) -> Self {
+        pb::ProjectStatus {
+            id: s.id.0,
+            name: s.name.clone(),
+            total: s.total,
+            verified: s.verified,
+            failed: s.failed,
+            in_progress: s.in_progress,
+            pending: s.pending,
+            finished: s.finished,
+            executions: s.executions,
+            disputes: s.disputes,
+            has_reducer: s.has_reducer,
+            aggregate_ready: s.aggregate_ready,
+            aggregate_error: s.aggregate_error.clone(),
+            replication: s.replication,
+            quorum: s.quorum,
+            credit: s.credit,
+            solo: s.solo,
+            spot_checks: s.spot_checks,
+            mismatches: s.mismatches,
+            reopened: s.reopened,
+            submitter: s.submitter.clone(),
+            workers_running: s.workers_running,
+            workers_suspended: s.workers_suspended,
+            workers_idle: s.workers_idle,
+            fleet: s.fleet.clone(),
+            waiting: s.waiting.clone(),
+        }
+    }
+}
+
+/// A project's status as the coordinator sent it; the outcome is derived from its numbers
+/// (the wire does not carry it). Every field is plain data, so nothing is refused.
+impl From<pb::ProjectStatus> for ProjectStatus {
+    fn from(p: pb::ProjectStatus) -> Self {
+        ProjectStatus {
+            outcome: Outcome::of(
+                p.total,
+                p.verified,
+                p.failed,
+                p.finished,
+                !p.aggregate_error.is_empty(),
+            ),
+            id: ProjectId(p.id),
+            name: p.name,
+            total: p.total,
+            verified: p.verified,
+            failed: p.failed,
+            in_progress: p.in_progress,
+            pending: p.pending,
+            executions: p.executions,
+            disputes: p.disputes,
+            replication: p.replication,
+            quorum: p.quorum,
+            credit: p.credit,
+            solo: p.solo,
+            spot_checks: p.spot_checks,
+            mismatches: p.mismatches,
+            reopened: p.reopened,
+            finished: p.finished,
+            has_reducer: p.has_reducer,
+            aggregate_ready: p.aggregate_ready,
+            aggregate_error: p.aggregate_error,
+            submitter: p.submitter,
+            workers_running: p.workers_running,
+            workers_suspended: p.workers_suspended,
+            workers_idle: p.workers_idle,
+            fleet: p.fleet,
+            waiting: p.waiting,
         }
     }
 }

@@ -31,6 +31,7 @@
 //! - [`limits`]: per-project sandbox limits with their defaults and bounds.
 //! - [`failure`]: why a unit ended without output.
 //! - [`reduce`]: the reducer input framing.
+//! - [`status`]: `ProjectStatus`, the one view of a project's progress, and its `Outcome`.
 //! - [`membership`]: who may be a SWIM member: peer proofs, coordinator credentials,
 //!   signed datagrams.
 //! - [`tls`]: certificate fingerprints and the coordinator URLs that pin them.
@@ -55,6 +56,7 @@ pub mod quorum;
 pub mod reduce;
 pub mod rendezvous;
 pub mod rng;
+pub mod status;
 pub mod ticket;
 pub mod tls;
 

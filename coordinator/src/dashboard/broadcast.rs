@@ -21,7 +21,6 @@ use super::snapshot::{
     Sample, TeamRow, Totals, WorkerRow, Workers, frame,
 };
 use super::{Dashboard, metrics, render};
-use crate::scheduler::Outcome;
 use crate::store::{CorruptOutput, Store, StoredOutput};
 
 /// Shortest time between two captures.
@@ -177,17 +176,17 @@ impl Broadcaster {
         let mut summaries = Vec::new();
         for p in &capture.projects {
             let summary = self.summary(p, at, computing);
-            totals.units += p.total;
-            totals.verified += p.verified;
-            totals.failed += p.failed;
+            totals.units += p.status.total;
+            totals.verified += p.status.verified;
+            totals.failed += p.status.failed;
             totals.in_progress += summary.in_progress;
             totals.pending += summary.pending;
-            totals.credit = totals.credit.saturating_add(p.credit);
+            totals.credit = totals.credit.saturating_add(p.status.credit);
             totals.units_per_minute += summary.units_per_minute;
             summaries.push(summary);
         }
         self.rates
-            .retain(|id, _| capture.projects.iter().any(|p| p.id == *id));
+            .retain(|id, _| capture.projects.iter().any(|p| p.status.id == *id));
         self.sample(
             at,
             totals.verified + totals.failed,
@@ -199,7 +198,9 @@ impl Broadcaster {
         let failures = dashboard.failures();
         let mut projects = std::collections::BTreeMap::new();
         for (p, summary) in capture.projects.iter().zip(&summaries) {
-            let recent = self.failure_rows(source, &directory, &failures, p.id).await;
+            let recent = self
+                .failure_rows(source, &directory, &failures, p.status.id)
+                .await;
             let failed_units = self.failed_units(source, p).await;
             let (mosaic, mosaic_png, mosaic_previous) = self.mosaic(source, p).await;
             let detail = ProjectDetail {
@@ -213,7 +214,7 @@ impl Broadcaster {
             };
             let body = json(&detail);
             projects.insert(
-                p.id.0,
+                p.status.id.0,
                 ProjectPage {
                     event: frame("project", self.version, &body),
                     json: body,
@@ -314,8 +315,8 @@ impl Broadcaster {
     /// A project's numbers with its recent rate and ETA (unknown while no worker is
     /// `computing`: a recent rate says nothing about a fleet that stopped).
     fn summary(&mut self, p: &ProjectCapture, at: u64, computing: bool) -> ProjectSummary {
-        let settled = p.verified + p.failed;
-        let window = self.rates.entry(p.id).or_default();
+        let settled = p.status.verified + p.status.failed;
+        let window = self.rates.entry(p.status.id).or_default();
         window.push_back((at, settled));
         while window.len() > 2
             && window
@@ -330,40 +331,34 @@ impl Broadcaster {
             }
             _ => 0.0,
         };
-        let remaining = p.total.saturating_sub(settled);
+        let remaining = p.status.total.saturating_sub(settled);
         let eta_seconds = (remaining > 0 && per_ms > 0.0 && computing)
             .then(|| (remaining as f64 / per_ms / 1000.0).ceil() as u64);
         ProjectSummary {
-            id: p.id.0,
-            name: p.name.clone(),
-            total: p.total,
-            verified: p.verified,
-            failed: p.failed,
-            in_progress: p.in_progress,
-            pending: remaining.saturating_sub(p.in_progress),
-            executions: p.executions,
-            disputes: p.disputes,
+            id: p.status.id.0,
+            name: p.status.name.clone(),
+            total: p.status.total,
+            verified: p.status.verified,
+            failed: p.status.failed,
+            in_progress: p.status.in_progress,
+            pending: p.status.pending,
+            executions: p.status.executions,
+            disputes: p.status.disputes,
             extra_replicas: p.extra_replicas,
-            credit: p.credit,
-            replication: p.replication,
-            quorum: p.quorum,
+            credit: p.status.credit,
+            replication: p.status.replication,
+            quorum: p.status.quorum,
             max_replicas: p.max_replicas,
-            finished: p.finished,
-            outcome: Outcome::of(
-                p.total,
-                p.verified,
-                p.failed,
-                p.finished,
-                p.aggregate == "failed",
-            ),
+            finished: p.status.finished,
+            outcome: p.status.outcome,
             aggregate: p.aggregate,
             units_per_minute: per_ms * 60_000.0,
             eta_seconds,
-            waiting: p.waiting.clone(),
-            percent: if p.total == 0 {
+            waiting: p.status.waiting.clone(),
+            percent: if p.status.total == 0 {
                 100.0
             } else {
-                100.0 * settled as f64 / p.total as f64
+                100.0 * settled as f64 / p.status.total as f64
             },
         }
     }
@@ -460,27 +455,28 @@ impl Broadcaster {
 
     /// Units that failed for good, re-read from the store when their number changed.
     async fn failed_units<S: Source>(&mut self, source: &S, p: &ProjectCapture) -> Vec<FailedUnit> {
-        if let Some((count, rows)) = self.failed_units.get(&p.id)
-            && *count == p.failed
+        if let Some((count, rows)) = self.failed_units.get(&p.status.id)
+            && *count == p.status.failed
         {
             return rows.clone();
         }
-        let rows: Vec<FailedUnit> = if p.failed == 0 {
+        let rows: Vec<FailedUnit> = if p.status.failed == 0 {
             Vec::new()
         } else {
-            match source.store().failed_units(p.id).await {
+            match source.store().failed_units(p.status.id).await {
                 Ok(all) => all
                     .into_iter()
                     .take(FAILED_UNITS_SHOWN)
                     .map(|(unit, reason)| FailedUnit { unit, reason })
                     .collect(),
                 Err(e) => {
-                    tracing::warn!(project = %p.id, "dashboard: cannot read failed units: {e}");
+                    tracing::warn!(project = %p.status.id, "dashboard: cannot read failed units: {e}");
                     return Vec::new();
                 }
             }
         };
-        self.failed_units.insert(p.id, (p.failed, rows.clone()));
+        self.failed_units
+            .insert(p.status.id, (p.status.failed, rows.clone()));
         rows
     }
 
@@ -491,20 +487,22 @@ impl Broadcaster {
         source: &S,
         p: &ProjectCapture,
     ) -> (Option<MosaicInfo>, Option<Bytes>, Option<(u64, Bytes)>) {
-        let m = self.mosaics.entry(p.id).or_default();
-        let behind = p.total <= MOSAIC_UNIT_LIMIT && !m.not_image && p.verified > m.verified_seen;
+        let m = self.mosaics.entry(p.status.id).or_default();
+        let behind = p.status.total <= MOSAIC_UNIT_LIMIT
+            && !m.not_image
+            && p.status.verified > m.verified_seen;
         let allowed = m.rendered.is_none_or(|t| t.elapsed() >= MOSAIC_EVERY);
         self.deferred |= behind && !allowed;
         if behind && allowed {
             m.rendered = Some(Instant::now());
-            let (painted, read, corrupt) = paint(source.store(), p.id, m).await;
+            let (painted, read, corrupt) = paint(source.store(), p.status.id, m).await;
             if !corrupt.is_empty() {
                 source.reverify(corrupt).await;
             }
             // Only what the store returned counts as seen: a unit the scheduler already
             // counts as verified may not be readable yet, and is painted on the next pass.
             m.verified_seen = read;
-            self.deferred |= !m.not_image && p.verified > read;
+            self.deferred |= !m.not_image && p.status.verified > read;
             if painted && let Some(canvas) = m.canvas.clone() {
                 match tokio::task::spawn_blocking(move || canvas.png()).await {
                     Ok(Ok(png)) => {
@@ -526,7 +524,7 @@ impl Broadcaster {
                 width: c.width,
                 height: c.height,
                 version: m.version,
-                url: format!("/api/projects/{}/mosaic.png?v={}", p.id.0, m.version),
+                url: format!("/api/projects/{}/mosaic.png?v={}", p.status.id.0, m.version),
             });
         (info, m.png.clone(), m.previous.clone())
     }
@@ -695,26 +693,43 @@ fn json(value: &impl Serialize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::Outcome;
 
     fn project(verified: u64) -> ProjectCapture {
         ProjectCapture {
-            id: ProjectId(1),
-            name: "p".into(),
-            total: 100,
-            verified,
-            failed: 0,
-            in_progress: 5,
-            executions: 0,
-            disputes: 0,
-            credit: 0,
-            replication: 2,
-            quorum: 2,
+            status: crate::status::ProjectStatus {
+                id: ProjectId(1),
+                name: "p".into(),
+                total: 100,
+                verified,
+                failed: 0,
+                in_progress: 5,
+                pending: 100 - verified - 5,
+                executions: 0,
+                disputes: 0,
+                replication: 2,
+                quorum: 2,
+                credit: 0,
+                solo: 0,
+                spot_checks: 0,
+                mismatches: 0,
+                reopened: 0,
+                finished: false,
+                outcome: Outcome::Running,
+                has_reducer: false,
+                aggregate_ready: false,
+                aggregate_error: String::new(),
+                submitter: String::new(),
+                workers_running: 0,
+                workers_suspended: 0,
+                workers_idle: 0,
+                fleet: String::new(),
+                waiting: Vec::new(),
+            },
             max_replicas: 5,
             extra_replicas: 0,
-            finished: false,
             aggregate: "none",
             units: None,
-            waiting: Vec::new(),
         }
     }
 

@@ -9,7 +9,9 @@ use axum::body::Bytes;
 use protocol::{ProjectId, WorkerId};
 use serde::Serialize;
 
+use crate::fleet::Fleet;
 use crate::scheduler::{Aggregate, Outcome, Scheduler, UnitState};
+use crate::status::{ProjectStatus, project_status};
 
 /// Projects with at most this many units get a per-unit state map.
 pub(crate) const UNIT_MAP_LIMIT: u64 = 4096;
@@ -34,100 +36,86 @@ pub(crate) struct Capture {
 /// One project's numbers.
 #[derive(Debug, Clone)]
 pub(crate) struct ProjectCapture {
-    pub id: ProjectId,
-    pub name: String,
-    pub total: u64,
-    pub verified: u64,
-    pub failed: u64,
-    pub in_progress: u64,
-    pub executions: u64,
-    pub disputes: u64,
-    pub credit: u64,
-    pub replication: u32,
-    pub quorum: u32,
+    /// What `fallow status` shows too, built by [`crate::status::project_status`]
+    /// (`waiting` is filled in by the capture's caller).
+    pub status: ProjectStatus,
     pub max_replicas: u32,
     /// Executions beyond `replication` on any unit (after disputes, failures, expiries).
     pub extra_replicas: u64,
-    /// Every unit settled and the aggregate (if any) done.
-    pub finished: bool,
     pub aggregate: &'static str,
     /// One state letter per unit in unit order (`v`erified, `f`ailed, `r`unning,
     /// `p`ending), for projects of at most [`UNIT_MAP_LIMIT`] units.
     pub units: Option<String>,
-    /// Units that need a worker of another account, in words (`fleet::waiting_sentences`).
-    pub waiting: Vec<String>,
+}
+
+/// What one pass over the units counts for a project.
+#[derive(Default)]
+struct UnitCounts {
+    in_progress: u64,
+    extra_replicas: u64,
+    /// (unit id, state letter), for projects of at most [`UNIT_MAP_LIMIT`] units.
+    letters: Vec<(u64, u8)>,
 }
 
 impl Capture {
-    /// Copies what the dashboard shows; O(projects + units + workers).
+    /// Copies what the dashboard shows; O(projects + units + workers). `fleet` is the
+    /// online fleet, as `fallow status` reports it.
     pub(crate) fn take(
         sched: &Scheduler,
+        fleet: &Fleet,
         workers: impl Iterator<Item = (WorkerId, u64)>,
         lease_ms: u64,
         now: u64,
     ) -> Capture {
-        let mut projects: BTreeMap<ProjectId, ProjectCapture> = sched
+        // (replication, total) of each project, for the pass over the units.
+        let shape: HashMap<ProjectId, (u32, u64)> = sched
             .projects()
-            .map(|p| {
-                let s = p.stats;
-                (
-                    p.id,
-                    ProjectCapture {
-                        id: p.id,
-                        name: p.name.clone(),
-                        total: s.total,
-                        verified: s.verified,
-                        failed: s.failed,
-                        executions: s.executions,
-                        disputes: s.disputes,
-                        credit: s.credit,
-                        replication: p.replication,
-                        quorum: p.quorum,
-                        max_replicas: p.max_replicas,
-                        finished: p.finished()
-                            && (p.reducer.is_none() || p.aggregate != Aggregate::Pending),
-                        aggregate: match (&p.aggregate, p.reducer.is_some()) {
-                            (_, false) => "none",
-                            (Aggregate::Pending, true) => "pending",
-                            (Aggregate::Ready, true) => "ready",
-                            (Aggregate::Failed(_), true) => "failed",
-                        },
-                        in_progress: 0,
-                        extra_replicas: 0,
-                        units: None,
-                        waiting: Vec::new(),
-                    },
-                )
-            })
+            .map(|p| (p.id, (p.replication, p.stats.total)))
             .collect();
-        let mut maps: HashMap<ProjectId, Vec<(u64, u8)>> = HashMap::new();
+        let mut counts: HashMap<ProjectId, UnitCounts> = HashMap::new();
         for u in sched.unit_views() {
-            let Some(p) = projects.get_mut(&u.project) else {
+            let Some(&(replication, total)) = shape.get(&u.project) else {
                 continue;
             };
+            let c = counts.entry(u.project).or_default();
             if u.state == UnitState::Running {
-                p.in_progress += 1;
+                c.in_progress += 1;
             }
-            p.extra_replicas += u64::from(u.executions.saturating_sub(p.replication));
-            if p.total <= UNIT_MAP_LIMIT {
+            c.extra_replicas += u64::from(u.executions.saturating_sub(replication));
+            if total <= UNIT_MAP_LIMIT {
                 let letter = match u.state {
                     UnitState::Verified => b'v',
                     UnitState::Failed => b'f',
                     UnitState::Running => b'r',
                     UnitState::Pending => b'p',
                 };
-                maps.entry(u.project).or_default().push((u.id.0, letter));
+                c.letters.push((u.id.0, letter));
             }
         }
-        for (id, mut units) in maps {
-            units.sort_unstable();
-            if let Some(p) = projects.get_mut(&id) {
-                p.units = Some(units.into_iter().map(|(_, l)| char::from(l)).collect());
-            }
-        }
+        let mut projects: Vec<ProjectCapture> = sched
+            .projects()
+            .map(|p| {
+                let mut c = counts.remove(&p.id).unwrap_or_default();
+                c.letters.sort_unstable();
+                ProjectCapture {
+                    status: project_status(p, c.in_progress, fleet, Vec::new()),
+                    max_replicas: p.max_replicas,
+                    extra_replicas: c.extra_replicas,
+                    aggregate: match (&p.aggregate, p.reducer.is_some()) {
+                        (_, false) => "none",
+                        (Aggregate::Pending, true) => "pending",
+                        (Aggregate::Ready, true) => "ready",
+                        (Aggregate::Failed(_), true) => "failed",
+                    },
+                    units: (!c.letters.is_empty())
+                        .then(|| c.letters.into_iter().map(|(_, l)| char::from(l)).collect()),
+                }
+            })
+            .collect();
+        projects.sort_unstable_by_key(|p| p.status.id);
         Capture {
             at: now,
-            projects: projects.into_values().collect(),
+            projects,
             workers: workers.collect(),
             flagged: sched.flagged(),
             lease_ms,
