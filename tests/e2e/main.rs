@@ -2,6 +2,10 @@
 //! real WASM projects. Each test gets its own temporary directory and ports.
 
 mod harness;
+// The throwaway PostgreSQL cluster of the store's tests, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../coordinator/src/store/testpg.rs"]
+mod testpg;
 
 mod adversary;
 mod auth;
@@ -17,6 +21,7 @@ mod gossip;
 mod hostile;
 mod limits;
 mod partition;
+mod postgres;
 mod primes;
 mod rest;
 mod shares;
