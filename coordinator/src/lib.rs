@@ -428,6 +428,29 @@ mod tests {
             },
             "max_message_bytes 1000: must be at least 1 MiB (1048576)",
         );
+        check(
+            CoordinatorConfig {
+                database: Some("mysql://root:secret@db/fallow".into()),
+                ..Default::default()
+            },
+            "--database mysql://root@db/fallow: must be a postgres:// or postgresql:// URL",
+        );
+        check(
+            CoordinatorConfig {
+                database: Some("postgres://fallow@db/fallow".into()),
+                start_afresh: true,
+                ..Default::default()
+            },
+            "--start-afresh with --database postgres://fallow@db/fallow: --start-afresh \
+             applies to the embedded SQLite store only",
+        );
         assert!(CoordinatorConfig::default().validate().is_ok());
+        for url in ["postgres://fallow@db:5432/fallow", "postgresql://u:p@db/f"] {
+            let config = CoordinatorConfig {
+                database: Some(url.into()),
+                ..Default::default()
+            };
+            assert!(config.validate().is_ok(), "{url}");
+        }
     }
 }

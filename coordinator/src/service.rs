@@ -603,7 +603,9 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::Corrupt(_)
         | Error::BadTile(_)
         | Error::Tls { .. }
-        | Error::Transport(_) => {
+        | Error::Transport(_)
+        | Error::Database { .. }
+        | Error::Backup { .. } => {
             tracing::error!("internal error: {e}");
             Status::internal(e.to_string())
         }

@@ -48,7 +48,12 @@ pub enum Command {
         /// of DATA/fallow.db: postgres://USER[:PASSWORD]@HOST:PORT/DB (or postgresql://;
         /// PGPASSWORD works too). The database must exist; the coordinator creates its
         /// tables. One coordinator per database.
-        #[arg(long, env = "FALLOW_DATABASE", hide_env_values = true, value_name = "URL")]
+        #[arg(
+            long,
+            env = "FALLOW_DATABASE",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
         database: Option<String>,
         /// Seconds a lease lasts without a heartbeat before the unit is reassigned.
         #[arg(long, default_value_t = 120)]

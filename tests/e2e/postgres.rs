@@ -74,7 +74,11 @@ fn a_coordinator_on_postgres_is_killed_mid_run_and_loses_nothing_verified() {
     c.start_coordinator();
     let again = c.status(id).expect("status after the second restart");
     assert_eq!(
-        (n(&again, "verified"), n(&again, "credit"), again["finished"].clone()),
+        (
+            n(&again, "verified"),
+            n(&again, "credit"),
+            again["finished"].clone()
+        ),
         (100, n(&status, "credit"), serde_json::Value::Bool(true)),
         "{again}"
     );

@@ -204,10 +204,9 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<(), Error> {
         .bind(MIGRATE_KEY)
         .execute(&mut *tx)
         .await?;
-    let has_version: bool =
-        sqlx::query_scalar("SELECT to_regclass('schema_version') IS NOT NULL")
-            .fetch_one(&mut *tx)
-            .await?;
+    let has_version: bool = sqlx::query_scalar("SELECT to_regclass('schema_version') IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await?;
     let version: i64 = if has_version {
         sqlx::query_scalar("SELECT version FROM schema_version")
             .fetch_optional(&mut *tx)
@@ -256,7 +255,12 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<(), Error> {
         for statement in schema::statements(text) {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
-        tracing::info!(database = shown, "database migrated from schema {} to {}", migration.from, migration.from + 1);
+        tracing::info!(
+            database = shown,
+            "database migrated from schema {} to {}",
+            migration.from,
+            migration.from + 1
+        );
     }
     sqlx::raw_sql(schema::POSTGRES).execute(&mut *tx).await?;
     sqlx::query(
@@ -585,11 +589,16 @@ async fn reopen(
 /// New leases, up to 200 rows per statement. A pair given twice in one statement is
 /// written once: PostgreSQL refuses an upsert that touches a row twice (SQLite applies
 /// both, to the same effect).
-async fn assign(tx: &mut PgConnection, leases: &[(UnitId, WorkerId)], now: i64) -> Result<(), Error> {
+async fn assign(
+    tx: &mut PgConnection,
+    leases: &[(UnitId, WorkerId)],
+    now: i64,
+) -> Result<(), Error> {
     let mut seen = HashSet::new();
     let leases: Vec<&(UnitId, WorkerId)> = leases.iter().filter(|l| seen.insert(**l)).collect();
     for chunk in leases.chunks(200) {
-        let mut sql = String::from("INSERT INTO assignments (unit, worker, state, created_ms) VALUES ");
+        let mut sql =
+            String::from("INSERT INTO assignments (unit, worker, state, created_ms) VALUES ");
         let mut args = sqlx::postgres::PgArguments::default();
         for (i, (unit, worker)) in chunk.iter().enumerate() {
             let n = i * 4;
@@ -1024,11 +1033,15 @@ impl Store for PostgresStore {
         let mut out = Vec::with_capacity(units.len());
         for chunk in units.chunks(500) {
             // Ids past BIGINT name no unit: left out, as an unknown id is.
-            let ids: Vec<i64> = chunk.iter().filter_map(|u| i64::try_from(u.0).ok()).collect();
-            for row in sqlx::query("SELECT id, name, input, signature FROM units WHERE id = ANY($1)")
-                .bind(ids)
-                .fetch_all(&self.pool)
-                .await?
+            let ids: Vec<i64> = chunk
+                .iter()
+                .filter_map(|u| i64::try_from(u.0).ok())
+                .collect();
+            for row in
+                sqlx::query("SELECT id, name, input, signature FROM units WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(&self.pool)
+                    .await?
             {
                 let signature: Option<Vec<u8>> = row.try_get("signature")?;
                 out.push(LeasedInput {
@@ -1343,8 +1356,7 @@ impl Store for PostgresStore {
             Some(e) => Err(reducer_reason(e)),
             None => Ok(row
                 .try_get::<Option<Vec<u8>>, _>("aggregate")?
-                .unwrap_or_default(),
-            ),
+                .unwrap_or_default()),
         }))
     }
 }
@@ -1356,8 +1368,14 @@ mod tests {
     #[test]
     fn redact_drops_the_password_and_nothing_else() {
         for (url, shown) in [
-            ("postgres://fallow:s3cret@db:5432/fallow", "postgres://fallow@db:5432/fallow"),
-            ("postgresql://fallow@db/fallow", "postgresql://fallow@db/fallow"),
+            (
+                "postgres://fallow:s3cret@db:5432/fallow",
+                "postgres://fallow@db:5432/fallow",
+            ),
+            (
+                "postgresql://fallow@db/fallow",
+                "postgresql://fallow@db/fallow",
+            ),
             (
                 "postgres://u:p@h/d?sslmode=disable&password=x",
                 "postgres://u@h/d?sslmode=disable",

@@ -58,7 +58,7 @@ const UNIT_FAILED: i64 = 2;
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(in crate::store) pool: SqlitePool,
     /// Held for the life of the store: one coordinator per data directory, because the
     /// scheduler keeps its state in memory and a second one would hand out the same units.
     _lock: std::sync::Arc<std::fs::File>,
@@ -229,7 +229,9 @@ pub async fn backup(dir: &Path, out: &Path) -> Result<(), Error> {
         message,
     };
     if out.exists() {
-        return Err(refuse("already exists; a backup never overwrites a file".into()));
+        return Err(refuse(
+            "already exists; a backup never overwrites a file".into(),
+        ));
     }
     let target = out
         .to_str()
@@ -1587,7 +1589,10 @@ mod tests {
             .expect("aggregate");
         let copy = dir.path().join("backup.db");
         backup(dir.path(), &copy).await.expect("backup");
-        let again = backup(dir.path(), &copy).await.expect_err("overwrote").to_string();
+        let again = backup(dir.path(), &copy)
+            .await
+            .expect_err("overwrote")
+            .to_string();
         assert!(again.contains("already exists"), "{again}");
         // Written after the backup: not in it.
         store
@@ -1597,7 +1602,9 @@ mod tests {
 
         let restored = tempfile::tempdir().expect("tempdir");
         std::fs::copy(&copy, restored.path().join("fallow.db")).expect("restore");
-        let back = SqliteStore::open(restored.path()).await.expect("open the restored store");
+        let back = SqliteStore::open(restored.path())
+            .await
+            .expect("open the restored store");
         let outputs = |page: Vec<StoredOutput>| {
             intact(page)
                 .into_iter()
@@ -1608,8 +1615,17 @@ mod tests {
         let p = &snapshot.projects[0];
         assert_eq!((p.id, p.stats.total, p.stats.verified), (project, 2, 2));
         assert_eq!(
-            outputs(back.verified_outputs(project, None, 10).await.expect("outputs")),
-            outputs(store.verified_outputs(project, None, 10).await.expect("outputs"))
+            outputs(
+                back.verified_outputs(project, None, 10)
+                    .await
+                    .expect("outputs")
+            ),
+            outputs(
+                store
+                    .verified_outputs(project, None, 10)
+                    .await
+                    .expect("outputs")
+            )
         );
         assert_eq!(
             back.aggregate(project).await.expect("aggregate"),

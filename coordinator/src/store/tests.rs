@@ -15,7 +15,7 @@ use crate::scheduler::{Aggregate, AssignmentState, Change, UnitStatus};
 
 /// Where a store lives for one test, and what a test needs to do behind its back.
 trait Backend: Sized {
-    type S: Store + Clone;
+    type S: Store + Clone + std::fmt::Debug;
     /// A new, empty place for a store.
     fn new() -> Self;
     /// Opens (creating it the first time) the store there.
@@ -262,10 +262,7 @@ async fn state_survives_reopening_and_results_are_recorded_once<B: Backend>() {
                         unit: units[1],
                         worker: w1,
                         state: AssignmentState::Failed,
-                        failure: Some(Failure::new(
-                            FailureKind::FuelExhausted,
-                            "used all fuel",
-                        )),
+                        failure: Some(Failure::new(FailureKind::FuelExhausted, "used all fuel")),
                     },
                     Change::Target {
                         unit: units[1],
@@ -388,7 +385,6 @@ async fn reopening_a_unit_withdraws_its_output_and_the_liars_credit_once<B: Back
     );
 }
 
-
 async fn a_unit_handed_back_can_be_leased_again_to_the_same_worker<B: Backend>() {
     let b = B::new();
     let store = b.open().await.expect("open");
@@ -473,10 +469,7 @@ async fn a_signed_project_keeps_its_signer_and_unit_signatures<B: Backend>() {
 async fn a_second_coordinator_on_the_same_store_is_refused<B: Backend>() {
     let b = B::new();
     let _first = b.open().await.expect("first");
-    let err = b.open()
-        .await
-        .expect_err("second opened")
-        .to_string();
+    let err = b.open().await.expect_err("second opened").to_string();
     assert!(err.contains("another coordinator"), "{err}");
 }
 
@@ -486,7 +479,8 @@ async fn a_database_from_a_newer_version_is_refused<B: Backend>() {
     let store = b.open().await.expect("open");
     b.set_version(&store, 99).await;
     drop(store);
-    let err = b.open()
+    let err = b
+        .open()
         .await
         .expect_err("newer schema accepted")
         .to_string();
@@ -693,7 +687,10 @@ async fn the_group_commit_applies_every_write_in_order_or_none<B: Backend>() {
     assert_eq!(snapshot.workers.len(), 2);
     assert_eq!(snapshot.projects[0].stats.credit, 18);
     let a = loaded.iter().find(|u| u.id == units[0]).expect("a");
-    assert_eq!((a.status.clone(), a.replicas.len()), (UnitStatus::Verified, 2));
+    assert_eq!(
+        (a.status.clone(), a.replicas.len()),
+        (UnitStatus::Verified, 2)
+    );
     let u = loaded.iter().find(|u| u.id == units[1]).expect("b");
     assert_eq!(u.votes, vec![vote]);
     assert_eq!(u.replicas.len(), 1);
@@ -702,10 +699,18 @@ async fn the_group_commit_applies_every_write_in_order_or_none<B: Backend>() {
         (AssignmentState::Returned, true),
         "the later change wins"
     );
-    let page = intact(store.verified_outputs(project, None, 10).await.expect("outputs"));
+    let page = intact(
+        store
+            .verified_outputs(project, None, 10)
+            .await
+            .expect("outputs"),
+    );
     assert_eq!((page.len(), page[0].output.as_slice()), (1, &out[..]));
     let (accounts, _) = store.leaderboard().await.expect("leaderboard");
-    assert!(accounts.iter().all(|a| a.credit == 9 && a.verified == 1), "{accounts:?}");
+    assert!(
+        accounts.iter().all(|a| a.credit == 9 && a.verified == 1),
+        "{accounts:?}"
+    );
 
     // A lease of a unit that does not exist fails the whole call: the registration before
     // it in the same call is not kept.
@@ -762,7 +767,9 @@ async fn an_unreachable_database_is_named_without_its_password() {
         .expect_err("connected to nothing")
         .to_string();
     assert!(
-        err.starts_with(&format!("database postgres://fallow@127.0.0.1:{port}/fallow: cannot connect")),
+        err.starts_with(&format!(
+            "database postgres://fallow@127.0.0.1:{port}/fallow: cannot connect"
+        )),
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
