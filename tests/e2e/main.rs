@@ -9,6 +9,7 @@ mod testpg;
 
 mod adversary;
 mod auth;
+mod backup;
 mod chaos;
 mod checkpoint;
 mod control;
