@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`scheduler`]: the sans-IO state machine (leases, replicas, disputes, failures).
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::sqlite`] is the
-//!   embedded default.
+//!   embedded default, [`store::postgres`] keeps it in PostgreSQL (`--database`); both
+//!   share [`store::schema`].
 //! - `service`: the gRPC boundary (the only module here that touches `proto` types) and the
 //!   async shell that drives the scheduler and persists its changes.
 //! - `reducer`: runs a finished project's reducer in the sandbox.
