@@ -155,12 +155,17 @@ fn a_fleet_as_small_as_the_replication_completes_after_worker_side_failures() {
     );
     // The text says the same. Polled: on a loaded machine a late heartbeat can leave no
     // account online for a moment, and then nothing waits on "another account".
-    poll(&c, Duration::from_secs(60), "the waiting unit in text", || {
-        let out = c.cli(&["status", &id.to_string()]);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("needs a worker of another account")
-            .then_some(())
-    });
+    poll(
+        &c,
+        Duration::from_secs(60),
+        "the waiting unit in text",
+        || {
+            let out = c.cli(&["status", &id.to_string()]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("needs a worker of another account")
+                .then_some(())
+        },
+    );
     poll(
         &c,
         Duration::from_secs(60),
