@@ -49,7 +49,7 @@ fn independent_liars_never_get_a_wrong_result_accepted_and_are_caught() {
 #[test]
 fn colluders_and_sybils_are_caught() {
     // Colluders can out-vote an honest worker on a unit (the Sybil bound in
-    // ARCHITECTURE.md); what must hold is that they are caught and the run completes.
+    // docs/protocol.md); what must hold is that they are caught and the run completes.
     for name in ["colluding pair", "Sybil"] {
         let r = run(&scenario(name));
         assert!(r.settled, "{r:?}");
