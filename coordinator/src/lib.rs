@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`scheduler`]: the sans-IO state machine (leases, replicas, disputes, failures).
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::sqlite`] is the
-//!   embedded default.
+//!   embedded default, [`store::postgres`] keeps it in PostgreSQL (`--database`); both
+//!   share [`store::schema`].
 //! - `service`: the gRPC boundary (the only module here that touches `proto` types) and the
 //!   async shell that drives the scheduler and persists its changes.
 //! - `reducer`: runs a finished project's reducer in the sandbox.
@@ -296,6 +297,24 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The PostgreSQL database of `--database` cannot be used (unreachable, refused, used
+    /// by another coordinator, or written by a newer Fallow); nothing was changed in it.
+    #[error("database {url}: {message}")]
+    Database {
+        /// The URL, without its password ([`store::postgres::redact`]).
+        url: String,
+        /// What is wrong, and the way out where there is one.
+        message: String,
+    },
+    /// A backup of the embedded store cannot be written to this file (it exists, or the
+    /// write failed); the store was not changed.
+    #[error("backup {}: {message}", path.display())]
+    Backup {
+        /// The backup file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// "the stored output of verified unit "u7" (id 12) changed on disk …".
@@ -325,7 +344,9 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::Store(sqlx::Error::Database(d)) => {
-                d.code().is_some_and(|c| c == "13") || d.message().contains("disk is full")
+                // SQLITE_FULL, or PostgreSQL's disk_full (SQLSTATE 53100).
+                d.code().is_some_and(|c| c == "13" || c == "53100")
+                    || d.message().contains("disk is full")
             }
             Error::Store(sqlx::Error::Io(e)) => {
                 e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
@@ -389,6 +410,11 @@ pub struct CoordinatorConfig {
     /// set what is left aside and start with an empty store instead of refusing to start
     /// (see [`store::sqlite::OpenOptions`]). Default false.
     pub start_afresh: bool,
+    /// The PostgreSQL database to keep the store in (`postgres://USER@HOST:PORT/DB` or
+    /// `postgresql://…`; a password may be given in the URL or by `PGPASSWORD`). Default
+    /// `None`: the embedded SQLite store `data_dir/fallow.db`. Either way `data_dir` keeps
+    /// the coordinator's key, TLS certificate and tokens (see [`store::postgres`]).
+    pub database: Option<String>,
     /// Test-only fault injection: hand every unit out with one byte of its input changed,
     /// as a compromised coordinator would (workers must refuse to run it). Default false.
     pub tamper_inputs: bool,
@@ -411,6 +437,7 @@ impl Default for CoordinatorConfig {
             limit_loopback: false,
             limit_unfinished_leases: true,
             start_afresh: false,
+            database: None,
             tamper_inputs: false,
         }
     }
@@ -444,6 +471,18 @@ impl CoordinatorConfig {
         if self.idle_timeout.is_zero() {
             return bad("--idle-timeout-seconds 0".into(), "must be at least 1");
         }
+        if let Some(url) = &self.database {
+            let flag = format!("--database {}", store::postgres::redact(url));
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return bad(flag, "must be a postgres:// or postgresql:// URL");
+            }
+            if self.start_afresh {
+                return bad(
+                    format!("--start-afresh with {flag}"),
+                    "--start-afresh applies to the embedded SQLite store only",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -459,13 +498,18 @@ impl CoordinatorConfig {
 }
 
 /// Runs a coordinator on `listener` until `shutdown` completes: opens (or creates) the
-/// store under `config.data_dir`, resumes every project in it, and serves the gRPC API and,
-/// on the same port over HTTP/1.1, the read-only dashboard (`http://ADDR/`).
+/// store (in `config.database`, or under `config.data_dir`), resumes every project in it,
+/// and serves the gRPC API and, on the same port over HTTP/1.1, the read-only dashboard
+/// (`http://ADDR/`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    if let Some(url) = &config.database {
+        let store = store::postgres::PostgresStore::connect(url).await?;
+        return serve_with(listener, store, config, shutdown).await;
+    }
     let store = store::sqlite::SqliteStore::open_with(
         &config.data_dir,
         store::sqlite::OpenOptions {
@@ -540,6 +584,29 @@ mod tests {
             },
             "max_message_bytes 1000: must be at least 1 MiB (1048576)",
         );
+        check(
+            CoordinatorConfig {
+                database: Some("mysql://root:secret@db/fallow".into()),
+                ..Default::default()
+            },
+            "--database mysql://root@db/fallow: must be a postgres:// or postgresql:// URL",
+        );
+        check(
+            CoordinatorConfig {
+                database: Some("postgres://fallow@db/fallow".into()),
+                start_afresh: true,
+                ..Default::default()
+            },
+            "--start-afresh with --database postgres://fallow@db/fallow: --start-afresh \
+             applies to the embedded SQLite store only",
+        );
         assert!(CoordinatorConfig::default().validate().is_ok());
+        for url in ["postgres://fallow@db:5432/fallow", "postgresql://u:p@db/f"] {
+            let config = CoordinatorConfig {
+                database: Some(url.into()),
+                ..Default::default()
+            };
+            assert!(config.validate().is_ok(), "{url}");
+        }
     }
 }

@@ -163,7 +163,9 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::BadTile(_)
         | Error::Tls { .. }
         | Error::CheckPanicked(_)
-        | Error::Transport(_) => {
+        | Error::Transport(_)
+        | Error::Database { .. }
+        | Error::Backup { .. } => {
             tracing::error!("internal error: {e}");
             Status::internal(e.to_string())
         }

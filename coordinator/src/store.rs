@@ -1,8 +1,16 @@
-//! Durable state behind one trait. The embedded SQLite backend ([`sqlite::SqliteStore`]) is
-//! the default; the trait speaks only domain types so a PostgreSQL backend (same sqlx API,
-//! same `$N` placeholders) can slot in for multi-coordinator deployments.
+//! Durable state behind one trait, with two back-ends that share one schema history
+//! ([`schema`]) and one test suite (`store::tests`): the embedded SQLite store
+//! ([`sqlite::SqliteStore`], `DATA/fallow.db`), the default, and PostgreSQL
+//! ([`postgres::PostgresStore`], `fallow coordinator --database postgres://…`). The trait
+//! speaks only domain types.
 
+pub mod postgres;
+pub mod schema;
 pub mod sqlite;
+#[cfg(test)]
+mod testpg;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +22,7 @@ use protocol::{Claim, Digest, Failure, ProjectId, UnitId, WorkerId};
 use crate::Error;
 use crate::scheduler::{AssignmentState, Change, Project, Standing, Trust, UnitStatus};
 
-/// A unit as loaded at start-up (no input or output bytes: those stay on disk).
+/// A unit as loaded at start-up (no input or output bytes: those stay in the database).
 #[derive(Debug, Clone)]
 pub struct StoredUnit {
     /// Id.

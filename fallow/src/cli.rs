@@ -37,16 +37,33 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator: gRPC API and web dashboard on --listen, state in SQLite under
-    /// --data.
+    /// --data (or in PostgreSQL with --database). With a subcommand, work on its store
+    /// instead (backup).
+    #[command(args_conflicts_with_subcommands = true)]
     Coordinator {
+        /// Work on the store instead of serving.
+        #[command(subcommand)]
+        action: Option<CoordinatorAction>,
         /// Address to serve the gRPC API and the read-only dashboard on (port 0 picks a free
         /// port; the chosen address is printed as `listening on ADDR`, then the dashboard's
         /// URL as `dashboard on http://ADDR/`).
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
-        /// Data directory; restarting on the same one resumes everything.
+        /// Data directory; restarting on the same one resumes everything. With --database
+        /// it keeps only the coordinator's key, TLS certificate and tokens.
         #[arg(long, default_value = "fallow-data")]
         data: PathBuf,
+        /// Keep the store (projects, units, results, workers, credit) in PostgreSQL instead
+        /// of DATA/fallow.db: postgres://USER[:PASSWORD]@HOST:PORT/DB (or postgresql://;
+        /// PGPASSWORD works too). The database must exist; the coordinator creates its
+        /// tables. One coordinator per database.
+        #[arg(
+            long,
+            env = "FALLOW_DATABASE",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        database: Option<String>,
         /// Seconds a lease lasts without a heartbeat before the unit is reassigned.
         #[arg(long, default_value_t = 120)]
         lease_seconds: u64,
@@ -358,6 +375,23 @@ pub enum TokenAction {
         /// A worker enrollment.
         #[arg(long)]
         worker: bool,
+    },
+}
+
+/// `fallow coordinator` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CoordinatorAction {
+    /// Copy the embedded store (DATA/fallow.db) into a new file, also while the coordinator
+    /// runs (SQLite's VACUUM INTO: a consistent copy of the last committed state). To
+    /// restore, stop the coordinator and put the file in place as DATA/fallow.db. A store
+    /// in PostgreSQL (--database) is backed up with pg_dump instead.
+    Backup {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "fallow-data")]
+        data: PathBuf,
+        /// The backup file to write; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 

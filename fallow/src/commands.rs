@@ -18,18 +18,55 @@ use crate::client::{Client, Status};
 pub async fn coordinator(
     listen: SocketAddr,
     tls: ServeTls,
-    mut config: coordinator::CoordinatorConfig,
+    config: coordinator::CoordinatorConfig,
 ) -> anyhow::Result<()> {
     // Before the store is opened or created: a bad flag leaves nothing behind.
     config.validate().context("fallow coordinator")?;
+    match config.database.clone() {
+        Some(url) => {
+            let store = coordinator::store::postgres::PostgresStore::connect(&url).await?;
+            // The key, TLS certificate and tokens stay in the data directory.
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create data directory {}", config.data_dir.display())
+            })?;
+            serve(listen, tls, config, store).await
+        }
+        None => {
+            let store = coordinator::store::sqlite::SqliteStore::open_with(
+                &config.data_dir,
+                coordinator::store::sqlite::OpenOptions {
+                    start_afresh: config.start_afresh,
+                },
+            )
+            .await?;
+            serve(listen, tls, config, store).await
+        }
+    }
+}
+
+/// `fallow coordinator backup`.
+pub async fn coordinator_action(action: crate::cli::CoordinatorAction) -> anyhow::Result<()> {
+    match action {
+        crate::cli::CoordinatorAction::Backup { data, out } => {
+            coordinator::store::sqlite::backup(&data, &out).await?;
+            println!(
+                "backed up {} to {}",
+                coordinator::database_path(&data).display(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The rest of `fallow coordinator`, once its store is open.
+async fn serve(
+    listen: SocketAddr,
+    tls: ServeTls,
+    mut config: coordinator::CoordinatorConfig,
+    store: impl coordinator::store::Store,
+) -> anyhow::Result<()> {
     let data = config.data_dir.clone();
-    let store = coordinator::store::sqlite::SqliteStore::open_with(
-        &data,
-        coordinator::store::sqlite::OpenOptions {
-            start_afresh: config.start_afresh,
-        },
-    )
-    .await?;
     let identity = tls.identity(listen, &data)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

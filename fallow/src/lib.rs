@@ -48,8 +48,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Coordinator {
+            action: Some(action),
+            ..
+        } => commands::coordinator_action(action).await,
+        Command::Coordinator {
+            action: None,
             listen,
             data,
+            database,
             lease_seconds,
             allow_same_network,
             worker_requests_per_second,
@@ -70,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = coordinator::CoordinatorConfig {
                 data_dir: data,
+                database,
                 lease: std::time::Duration::from_secs(lease_seconds),
                 distinct_subnets: !allow_same_network,
                 worker_requests_per_second,

@@ -2,9 +2,14 @@
 //! real WASM projects. Each test gets its own temporary directory and ports.
 
 mod harness;
+// The throwaway PostgreSQL cluster of the store's tests, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../coordinator/src/store/testpg.rs"]
+mod testpg;
 
 mod adversary;
 mod auth;
+mod backup;
 mod chaos;
 mod checkpoint;
 mod control;
@@ -18,6 +23,7 @@ mod hostile;
 mod limits;
 mod local;
 mod partition;
+mod postgres;
 mod primes;
 mod rest;
 mod shares;

@@ -21,6 +21,7 @@ use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, W
 
 use protocol::provenance::{Signer, SubmitterKey};
 
+use super::schema::{self, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Snapshot, Store,
     StoredOutput, StoredUnit, StoredWorker, TeamTotal, VerifiedOutput, Write,
@@ -50,151 +51,6 @@ fn credit_of(row: &sqlx::sqlite::SqliteRow) -> Result<u64, sqlx::Error> {
     Ok(row.try_get::<f64, _>("credit")? as u64)
 }
 
-/// Schema version written to `PRAGMA user_version`. A database with a higher version was
-/// written by a newer Fallow and is refused rather than misread; older ones are migrated.
-const SCHEMA_VERSION: i64 = 4;
-
-/// Version 1 → 2: accounts and teams, adaptive replication, votes and trust. Columns are
-/// added with defaults; the new tables come from [`SCHEMA`].
-const MIGRATE_1_TO_2: &str = r#"
-ALTER TABLE projects ADD COLUMN adaptive INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE projects ADD COLUMN error_bound REAL NOT NULL DEFAULT 0.02;
-ALTER TABLE units ADD COLUMN required INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE workers ADD COLUMN account TEXT NOT NULL DEFAULT '';
-ALTER TABLE workers ADD COLUMN team TEXT NOT NULL DEFAULT '';
-ALTER TABLE workers ADD COLUMN platform TEXT NOT NULL DEFAULT '';
-ALTER TABLE workers ADD COLUMN subnet TEXT;
-ALTER TABLE credit ADD COLUMN account TEXT NOT NULL DEFAULT '';
-ALTER TABLE credit ADD COLUMN team TEXT NOT NULL DEFAULT '';
-"#;
-
-/// Version 2 → 3: the projects' checkpoint size cap (`[limits].max_checkpoint_bytes`).
-const MIGRATE_2_TO_3: &str = r#"
-ALTER TABLE projects ADD COLUMN max_checkpoint_bytes INTEGER NOT NULL DEFAULT 16777216;
-"#;
-
-/// Version 3 → 4: signed projects (the submitter's key, the terms digest, a signature per
-/// unit). Projects from before stay unsigned (NULL): workers run them only when they allow
-/// unsigned projects.
-const MIGRATE_3_TO_4: &str = r#"
-ALTER TABLE projects ADD COLUMN submitter BLOB;
-ALTER TABLE projects ADD COLUMN terms BLOB;
-ALTER TABLE units ADD COLUMN signature BLOB;
-"#;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS modules (
-    digest BLOB PRIMARY KEY,
-    bytes BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS projects (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    manifest TEXT NOT NULL,
-    module BLOB NOT NULL REFERENCES modules(digest),
-    reducer BLOB REFERENCES modules(digest),
-    replication INTEGER NOT NULL,
-    quorum INTEGER NOT NULL,
-    max_replicas INTEGER NOT NULL,
-    fuel INTEGER NOT NULL,
-    memory_mb INTEGER NOT NULL,
-    wall_seconds INTEGER NOT NULL,
-    max_output_bytes INTEGER NOT NULL,
-    nan_canonicalization INTEGER NOT NULL,
-    max_checkpoint_bytes INTEGER NOT NULL DEFAULT 16777216,
-    disputes INTEGER NOT NULL DEFAULT 0,
-    adaptive INTEGER NOT NULL DEFAULT 1,
-    error_bound REAL NOT NULL DEFAULT 0.02,
-    created_ms INTEGER NOT NULL,
-    aggregate_done INTEGER NOT NULL DEFAULT 0,
-    aggregate BLOB,
-    aggregate_error TEXT,
-    submitter BLOB,
-    terms BLOB
-);
-CREATE TABLE IF NOT EXISTS units (
-    id INTEGER PRIMARY KEY,
-    project INTEGER NOT NULL REFERENCES projects(id),
-    name TEXT NOT NULL,
-    input BLOB NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0,
-    target INTEGER NOT NULL,
-    required INTEGER NOT NULL DEFAULT 0,
-    output BLOB,
-    digest BLOB,
-    fuel INTEGER,
-    reason TEXT,
-    settled_ms INTEGER,
-    signature BLOB,
-    UNIQUE (project, name)
-);
-CREATE TABLE IF NOT EXISTS assignments (
-    unit INTEGER NOT NULL REFERENCES units(id),
-    worker BLOB NOT NULL,
-    state INTEGER NOT NULL,
-    failure_kind TEXT,
-    reason TEXT,
-    created_ms INTEGER NOT NULL,
-    PRIMARY KEY (unit, worker)
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id BLOB PRIMARY KEY,
-    name TEXT NOT NULL,
-    peer_addr TEXT NOT NULL,
-    cores INTEGER NOT NULL,
-    registered_ms INTEGER NOT NULL,
-    account TEXT NOT NULL DEFAULT '',
-    team TEXT NOT NULL DEFAULT '',
-    platform TEXT NOT NULL DEFAULT '',
-    subnet TEXT
-);
--- One row per (unit, signer): the primary key is what makes credit impossible to grant twice.
-CREATE TABLE IF NOT EXISTS credit (
-    unit INTEGER NOT NULL REFERENCES units(id),
-    worker BLOB NOT NULL,
-    fuel INTEGER NOT NULL,
-    account TEXT NOT NULL DEFAULT '',
-    team TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (unit, worker)
-);
-CREATE INDEX IF NOT EXISTS credit_account ON credit (account);
--- The leaderboard looks up each account's workers: without this, a scan of every worker
--- per account (14 s of CPU at 10,000 accounts; 0.1 s with it). Created by any start.
-CREATE INDEX IF NOT EXISTS workers_account ON workers (account, registered_ms);
-CREATE TABLE IF NOT EXISTS votes (
-    unit INTEGER NOT NULL REFERENCES units(id),
-    worker BLOB NOT NULL,
-    digest BLOB NOT NULL,
-    fuel INTEGER NOT NULL,
-    salt BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    PRIMARY KEY (unit, worker)
-);
-CREATE TABLE IF NOT EXISTS trust (
-    worker BLOB NOT NULL,
-    project INTEGER NOT NULL REFERENCES projects(id),
-    consecutive INTEGER NOT NULL,
-    offences INTEGER NOT NULL,
-    PRIMARY KEY (worker, project)
-);
-CREATE TABLE IF NOT EXISTS unchecked (
-    worker BLOB NOT NULL,
-    project INTEGER NOT NULL,
-    unit INTEGER NOT NULL,
-    PRIMARY KEY (worker, project, unit)
-);
-CREATE TABLE IF NOT EXISTS disqualified (
-    unit INTEGER NOT NULL,
-    worker BLOB NOT NULL,
-    PRIMARY KEY (unit, worker)
-);
-CREATE TABLE IF NOT EXISTS standing (
-    worker BLOB PRIMARY KEY,
-    errors_in_row INTEGER NOT NULL,
-    throttled INTEGER NOT NULL
-);
-"#;
-
 const UNIT_PENDING: i64 = 0;
 const UNIT_VERIFIED: i64 = 1;
 const UNIT_FAILED: i64 = 2;
@@ -202,7 +58,7 @@ const UNIT_FAILED: i64 = 2;
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(in crate::store) pool: SqlitePool,
     /// Held for the life of the store: one coordinator per data directory, because the
     /// scheduler keeps its state in memory and a second one would hand out the same units.
     _lock: std::sync::Arc<std::fs::File>,
@@ -320,21 +176,14 @@ impl SqliteStore {
                 ),
             });
         }
-        for (from, migration) in [
-            (1, MIGRATE_1_TO_2),
-            (2, MIGRATE_2_TO_3),
-            (3, MIGRATE_3_TO_4),
-        ] {
+        for migration in schema::MIGRATIONS {
+            let from = migration.from;
             if version == 0 || version > from {
                 continue;
             }
             // One statement at a time in one transaction: all columns or none.
             let mut tx = pool.begin().await?;
-            for statement in migration
-                .split(';')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
+            for statement in schema::statements(migration.sqlite) {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -342,7 +191,7 @@ impl SqliteStore {
         }
         // Idempotent (CREATE ... IF NOT EXISTS), so no transaction is needed; the version is
         // written after the tables exist.
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        sqlx::raw_sql(schema::SQLITE).execute(&pool).await?;
         sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)
             .await?;
@@ -358,6 +207,47 @@ impl SqliteStore {
             _lock: std::sync::Arc::new(lock),
         })
     }
+}
+
+/// Copies the store of data directory `dir` into the new file `out`, also while a
+/// coordinator runs on it: SQLite's `VACUUM INTO` writes a consistent, compacted copy of
+/// the last committed state, without taking the directory's lock or stopping anyone (a
+/// running coordinator's writes wait for it at most their busy timeout). The copy is a
+/// complete `fallow.db`: restore it by stopping the coordinator and putting it in place
+/// as `DATA/fallow.db` (with `store.marker`, the key, TLS files and tokens left as they
+/// are). `out` is never overwritten.
+pub async fn backup(dir: &Path, out: &Path) -> Result<(), Error> {
+    let path = crate::database_path(dir);
+    if !path.is_file() {
+        return Err(Error::DataDir {
+            path: dir.to_path_buf(),
+            message: "holds no store (fallow.db is missing)".into(),
+        });
+    }
+    let refuse = |message: String| Error::Backup {
+        path: out.to_path_buf(),
+        message,
+    };
+    if out.exists() {
+        return Err(refuse(
+            "already exists; a backup never overwrites a file".into(),
+        ));
+    }
+    let target = out
+        .to_str()
+        .ok_or_else(|| refuse("is not a UTF-8 path".into()))?;
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(Duration::from_secs(30));
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    let copied = sqlx::query("VACUUM INTO $1")
+        .bind(target)
+        .execute(&mut conn)
+        .await;
+    let closed = conn.close().await;
+    copied.map_err(|e| refuse(format!("cannot write the backup: {e}")))?;
+    closed?;
+    Ok(())
 }
 
 /// Connects to `path` after checking that a store that existed is still there (unless
@@ -1508,279 +1398,11 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! What only SQLite has: migrations from older files, its query plans, a lost or
+    //! damaged file. The suite both back-ends share is `store::tests`.
     use super::*;
-    use protocol::{Identity, Limits};
-
-    /// `load` and `load_units` together, with the unit counters applied to the projects.
-    async fn load_all(store: &SqliteStore) -> (Snapshot, Vec<StoredUnit>) {
-        let mut snapshot = store.load().await.expect("load");
-        let mut units = Vec::new();
-        let counts = store
-            .load_units(|u| units.push(u))
-            .await
-            .expect("load units");
-        for p in &mut snapshot.projects {
-            if let Some(c) = counts.get(&p.id) {
-                p.stats.total += c.total;
-                p.stats.verified += c.verified;
-                p.stats.failed += c.failed;
-                p.stats.executions += c.executions;
-            }
-        }
-        (snapshot, units)
-    }
-
-    /// The outputs of a page, all of which must have passed their digest check.
-    fn intact(page: Vec<StoredOutput>) -> Vec<VerifiedOutput> {
-        page.into_iter()
-            .map(|o| match o {
-                StoredOutput::Intact(v) => v,
-                StoredOutput::Corrupt(c) => panic!("{c} failed its digest check"),
-            })
-            .collect()
-    }
-
-    fn spec() -> ProjectSpec {
-        ProjectSpec {
-            name: "p".into(),
-            module: b"\0asm\x01\0\0\0".to_vec(),
-            reducer: None,
-            replication: 2,
-            quorum: 2,
-            max_replicas: 5,
-            adaptive: true,
-            error_bound: 0.02,
-            limits: Limits::default(),
-            units: vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
-            manifest: String::new(),
-            signatures: None,
-        }
-    }
-
-    /// Credit rows whose integer sum passes 2^63 (what inflated fuel claims once stored)
-    /// neither stop the store from loading nor the leaderboard from answering: credit is
-    /// summed with `TOTAL` and saturates.
-    #[tokio::test]
-    async fn credit_past_the_integer_range_loads_and_saturates() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let w1 = Identity::from_seed([1; 32]).id();
-        let w2 = Identity::from_seed([2; 32]).id();
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        let (_, units) = store
-            .insert_project(&spec(), Digest::of(b"m"), None, 1)
-            .await
-            .expect("insert");
-        let verified = Verified {
-            digest: Digest::of(b"out"),
-            fuel: i64::MAX as u64,
-            signers: vec![w1, w2],
-        };
-        let credit = [w1, w2].map(|worker| CreditTo {
-            worker,
-            account: "colluders".into(),
-            team: "lab".into(),
-        });
-        store
-            .record_verified(units[0], b"out", &verified, &credit, 3)
-            .await
-            .expect("record");
-        let (snapshot, _) = load_all(&store).await;
-        assert!(snapshot.projects[0].stats.credit >= i64::MAX as u64);
-        let (accounts, teams) = store.leaderboard().await.expect("leaderboard");
-        assert!(accounts[0].credit >= i64::MAX as u64, "{accounts:?}");
-        assert!(teams[0].credit >= i64::MAX as u64);
-    }
-
-    #[tokio::test]
-    async fn state_survives_reopening_and_results_are_recorded_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let w1 = Identity::from_seed([1; 32]).id();
-        let w2 = Identity::from_seed([2; 32]).id();
-        let (project, units) = {
-            let store = SqliteStore::open(dir.path()).await.expect("open");
-            let (project, units) = store
-                .insert_project(&spec(), Digest::of(b"m"), None, 1)
-                .await
-                .expect("insert");
-            store
-                .insert_assignments(&[(units[0], w1), (units[0], w2), (units[1], w1)], 2)
-                .await
-                .expect("assign");
-            let verified = Verified {
-                digest: Digest::of(b"out"),
-                fuel: 7,
-                signers: vec![w1, w2],
-            };
-            let credit = [
-                CreditTo {
-                    worker: w1,
-                    account: "alice".into(),
-                    team: "lab".into(),
-                },
-                CreditTo {
-                    worker: w2,
-                    account: "bob".into(),
-                    team: "lab".into(),
-                },
-            ];
-            assert!(
-                store
-                    .record_verified(units[0], b"out", &verified, &credit, 3)
-                    .await
-                    .expect("first")
-            );
-            assert!(
-                !store
-                    .record_verified(units[0], b"out", &verified, &credit, 4)
-                    .await
-                    .expect("second"),
-                "counted once"
-            );
-            let (accounts, teams) = store.leaderboard().await.expect("leaderboard");
-            assert_eq!(
-                accounts
-                    .iter()
-                    .map(|a| (a.name.as_str(), a.credit))
-                    .collect::<Vec<_>>(),
-                [("alice", 7), ("bob", 7)]
-            );
-            assert_eq!(
-                (teams[0].name.as_str(), teams[0].credit, teams[0].accounts),
-                ("lab", 14, 2)
-            );
-            store
-                .apply(
-                    &[
-                        Change::Replica {
-                            unit: units[1],
-                            worker: w1,
-                            state: AssignmentState::Failed,
-                            failure: Some(Failure::new(
-                                FailureKind::FuelExhausted,
-                                "used all fuel",
-                            )),
-                        },
-                        Change::Target {
-                            unit: units[1],
-                            target: 3,
-                        },
-                    ],
-                    5,
-                )
-                .await
-                .expect("apply");
-            store
-                .set_aggregate(project, Err("reducer failed: exit code 2".into()))
-                .await
-                .expect("aggregate");
-            (project, units)
-        };
-        let store = SqliteStore::open(dir.path()).await.expect("reopen");
-        let (snapshot, loaded) = load_all(&store).await;
-        let p = &snapshot.projects[0];
-        assert_eq!(
-            (
-                p.id,
-                p.stats.total,
-                p.stats.verified,
-                p.stats.credit,
-                p.stats.disputes
-            ),
-            (project, 2, 1, 14, 1)
-        );
-        // Stores before 2026-12 kept the reason with a "reducer failed: " in front, which
-        // status then doubled: it is read without.
-        assert_eq!(p.aggregate, Aggregate::Failed("exit code 2".into()));
-        assert_eq!(
-            store.aggregate(project).await.expect("aggregate"),
-            Some(Err("exit code 2".into()))
-        );
-        let b = loaded.iter().find(|u| u.id == units[1]).expect("unit b");
-        assert_eq!(b.target, 3);
-        assert_eq!(
-            b.replicas[0].2.as_ref().map(|f| f.kind),
-            Some(FailureKind::FuelExhausted)
-        );
-        let outputs = intact(
-            store
-                .verified_outputs(project, None, 10)
-                .await
-                .expect("outputs"),
-        );
-        assert_eq!(
-            (
-                outputs.len(),
-                outputs[0].name.as_str(),
-                outputs[0].output.as_slice()
-            ),
-            (1, "a", &b"out"[..])
-        );
-        assert_eq!(outputs[0].signers.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn reopening_a_unit_withdraws_its_output_and_the_liars_credit_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (w1, w2) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        let (project, units) = store
-            .insert_project(&spec(), Digest::of(b"m"), None, 1)
-            .await
-            .expect("insert");
-        let solo = Verified {
-            digest: Digest::of(b"lie"),
-            fuel: 7,
-            signers: vec![w1.id()],
-        };
-        let to = |w: &Identity, a: &str| CreditTo {
-            worker: w.id(),
-            account: a.into(),
-            team: String::new(),
-        };
-        store
-            .record_verified(units[0], b"lie", &solo, &[to(&w1, "liar")], 2)
-            .await
-            .expect("solo");
-        let reopen = Change::Reopen {
-            unit: units[0],
-            revoke: w1.id(),
-            required: 2,
-        };
-        // Applying the same re-open twice (a retried request) withdraws once.
-        store
-            .apply(std::slice::from_ref(&reopen), 3)
-            .await
-            .expect("reopen");
-        store.apply(&[reopen], 3).await.expect("again");
-        assert!(
-            store
-                .verified_outputs(project, None, 10)
-                .await
-                .expect("outputs")
-                .is_empty()
-        );
-        let vote = Claim::sign(&w2, project, units[0], Digest::of(b"ok"), 7);
-        store
-            .apply(
-                &[Change::Vote {
-                    claim: vote.clone(),
-                }],
-                4,
-            )
-            .await
-            .expect("vote");
-        let (_, loaded) = load_all(&store).await;
-        let u = loaded.iter().find(|u| u.id == units[0]).expect("unit");
-        assert_eq!(
-            (u.status.clone(), u.required, u.votes.clone()),
-            (UnitStatus::Pending, 2, vec![vote])
-        );
-        let (accounts, _) = store.leaderboard().await.expect("leaderboard");
-        assert!(
-            accounts.iter().all(|a| a.name != "liar" || a.credit == 0),
-            "{accounts:?}"
-        );
-    }
+    use crate::store::tests::{intact, load_all, spec, verify};
+    use protocol::Limits;
 
     #[tokio::test]
     async fn a_schema_1_database_is_migrated_and_keeps_its_results() {
@@ -1855,240 +1477,6 @@ mod tests {
             );
         }
     }
-
-    #[tokio::test]
-    async fn a_unit_handed_back_can_be_leased_again_to_the_same_worker() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        let w = Identity::from_seed([1; 32]).id();
-        let (_, units) = store
-            .insert_project(&spec(), Digest::of(b"m"), None, 1)
-            .await
-            .expect("insert");
-        store
-            .insert_assignments(&[(units[0], w)], 2)
-            .await
-            .expect("lease");
-        store
-            .apply(
-                &[Change::Replica {
-                    unit: units[0],
-                    worker: w,
-                    state: AssignmentState::Returned,
-                    failure: None,
-                }],
-                3,
-            )
-            .await
-            .expect("hand back");
-        store
-            .insert_assignments(&[(units[0], w)], 4)
-            .await
-            .expect("lease again");
-        let (_, loaded) = load_all(&store).await;
-        let replicas = &loaded
-            .iter()
-            .find(|u| u.id == units[0])
-            .expect("unit")
-            .replicas;
-        assert_eq!(replicas.len(), 1, "{replicas:?}");
-        assert_eq!(replicas[0].1, AssignmentState::Active);
-    }
-
-    #[tokio::test]
-    async fn a_signed_project_keeps_its_signer_and_unit_signatures() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let alice = Identity::from_seed([4; 32]);
-        let mut signed = spec();
-        signed.units = (0..450).map(|i| (format!("u{i}"), vec![i as u8])).collect();
-        signed.sign(&alice);
-        let (project, units) = {
-            let store = SqliteStore::open(dir.path()).await.expect("open");
-            store
-                .insert_project(&signed, Digest::of(&signed.module), None, 1)
-                .await
-                .expect("insert")
-        };
-        let store = SqliteStore::open(dir.path()).await.expect("reopen");
-        let (snap, _) = load_all(&store).await;
-        let p = snap
-            .projects
-            .iter()
-            .find(|p| p.id == project)
-            .expect("project");
-        assert_eq!(
-            p.signer,
-            Some(Signer {
-                key: SubmitterKey::of(&alice),
-                terms: signed.terms(),
-            })
-        );
-        // Units past the first insert chunks of 200 keep their own signatures.
-        let inputs = store
-            .unit_inputs(&[units[0], units[449], units[201]])
-            .await
-            .expect("inputs");
-        let sigs = &signed.signatures.as_ref().expect("signed").units;
-        for got in inputs {
-            let i = units
-                .iter()
-                .position(|u| *u == got.unit)
-                .expect("one of ours");
-            assert_eq!(got.name, format!("u{i}"));
-            assert_eq!(got.signature, Some(sigs[i]), "unit {i}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_second_coordinator_on_the_same_data_dir_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let _first = SqliteStore::open(dir.path()).await.expect("first");
-        let err = SqliteStore::open(dir.path())
-            .await
-            .expect_err("second opened")
-            .to_string();
-        assert!(err.contains("another coordinator"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn a_database_from_a_newer_version_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(SqliteStore::open(dir.path()).await.expect("create"));
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        sqlx::raw_sql("PRAGMA user_version = 99")
-            .execute(&store.pool)
-            .await
-            .expect("bump");
-        drop(store);
-        let err = SqliteStore::open(dir.path())
-            .await
-            .expect_err("newer schema accepted")
-            .to_string();
-        assert!(err.contains("newer Fallow"), "{err}");
-    }
-
-    /// A unit verified with output `out` (digest and credit as a certificate gives them).
-    async fn verify(store: &SqliteStore, unit: UnitId, out: &[u8]) {
-        let w1 = Identity::from_seed([1; 32]).id();
-        let w2 = Identity::from_seed([2; 32]).id();
-        store
-            .insert_assignments(&[(unit, w1), (unit, w2)], 2)
-            .await
-            .expect("lease");
-        let verified = Verified {
-            digest: Digest::of(out),
-            fuel: 7,
-            signers: vec![w1, w2],
-        };
-        let credit = [w1, w2].map(|worker| CreditTo {
-            worker,
-            account: worker.to_string(),
-            team: String::new(),
-        });
-        assert!(
-            store
-                .record_verified(unit, out, &verified, &credit, 3)
-                .await
-                .expect("record")
-        );
-    }
-
-    /// One byte changed inside a stored output passes every SQLite check; the digest check
-    /// on read refuses it, naming the unit, and sending it back keeps the signers' credit.
-    #[tokio::test]
-    async fn an_output_changed_at_rest_is_refused_when_read() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        let (project, units) = store
-            .insert_project(&spec(), Digest::of(b"m"), None, 1)
-            .await
-            .expect("insert");
-        verify(&store, units[0], b"41\n").await;
-        verify(&store, units[1], b"42\n").await;
-        sqlx::query("UPDATE units SET output = $1 WHERE id = $2")
-            .bind(&b"43\n"[..])
-            .bind(units[1].0 as i64)
-            .execute(&store.pool)
-            .await
-            .expect("tamper");
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&store.pool)
-            .await
-            .expect("integrity check");
-        assert_eq!(integrity, "ok", "SQLite cannot see it");
-        let page = store
-            .verified_outputs(project, None, 10)
-            .await
-            .expect("outputs");
-        assert!(matches!(&page[0], StoredOutput::Intact(v) if v.output == b"41\n"));
-        match &page[1] {
-            StoredOutput::Corrupt(c) => {
-                assert_eq!((c.unit, c.name.as_str()), (units[1], "b"));
-                assert_eq!(c.to_string(), format!("unit \"b\" (id {})", units[1]));
-            }
-            StoredOutput::Intact(v) => panic!("served {:?}", v.output),
-        }
-        let ran = store.unit_workers(units[1]).await.expect("workers");
-        assert_eq!(ran.len(), 2);
-        store
-            .apply(
-                &[Change::Reverify {
-                    unit: units[1],
-                    required: 2,
-                }],
-                4,
-            )
-            .await
-            .expect("send back");
-        let page = intact(
-            store
-                .verified_outputs(project, None, 10)
-                .await
-                .expect("outputs"),
-        );
-        assert_eq!(page.len(), 1, "only the intact output is listed");
-        let (_, loaded) = load_all(&store).await;
-        let u = loaded.iter().find(|u| u.id == units[1]).expect("unit");
-        assert_eq!(u.status, UnitStatus::Pending);
-        assert!(
-            u.replicas
-                .iter()
-                .all(|r| r.1 == AssignmentState::Superseded),
-            "{:?}",
-            u.replicas
-        );
-        let (accounts, _) = store.leaderboard().await.expect("leaderboard");
-        assert!(
-            accounts.iter().all(|a| a.verified == 2),
-            "the signers keep their credit: {accounts:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn same_units_compares_names_and_inputs_in_order() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        let (project, _) = store
-            .insert_project(&spec(), Digest::of(b"m"), None, 1)
-            .await
-            .expect("insert");
-        let same = |units: Vec<(&str, &[u8])>| {
-            let units: Vec<(String, Vec<u8>)> = units
-                .into_iter()
-                .map(|(n, i)| (n.to_string(), i.to_vec()))
-                .collect();
-            let store = store.clone();
-            async move { store.same_units(project, &units).await.expect("compare") }
-        };
-        assert!(same(vec![("a", b"1"), ("b", b"2")]).await);
-        assert!(!same(vec![("a", b"1"), ("b", b"3")]).await, "another input");
-        assert!(!same(vec![("b", b"2"), ("a", b"1")]).await, "another order");
-        assert!(!same(vec![("a", b"1")]).await, "fewer units");
-        assert!(!same(vec![("a", b"1"), ("b", b"2"), ("c", b"3")]).await);
-    }
-
-    /// Each way a store is lost or damaged, refused with the problem and the way out; a
-    /// new directory, and a healthy store with --start-afresh, open as usual.
     #[tokio::test]
     async fn a_lost_or_damaged_store_is_refused_unless_started_afresh() {
         // Every damaged store starts as a copy of one made here, closed and checkpointed
@@ -2181,5 +1569,71 @@ mod tests {
                 .expect("new"),
         );
         assert!(new.path().join("data").join(MARKER).exists());
+    }
+
+    /// A finished project backed up while its store is open, restored into another data
+    /// directory, serves the same results, aggregate and credit.
+    #[tokio::test]
+    async fn a_backup_restores_a_finished_project() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let (project, units) = store
+            .insert_project(&spec(), Digest::of(b"m"), None, 1)
+            .await
+            .expect("insert");
+        verify(&store, units[0], b"41\n").await;
+        verify(&store, units[1], b"42\n").await;
+        store
+            .set_aggregate(project, Ok(b"83\n".to_vec()))
+            .await
+            .expect("aggregate");
+        let copy = dir.path().join("backup.db");
+        backup(dir.path(), &copy).await.expect("backup");
+        let again = backup(dir.path(), &copy)
+            .await
+            .expect_err("overwrote")
+            .to_string();
+        assert!(again.contains("already exists"), "{again}");
+        // Written after the backup: not in it.
+        store
+            .set_aggregate(project, Err("changed later".into()))
+            .await
+            .expect("aggregate");
+
+        let restored = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(&copy, restored.path().join("fallow.db")).expect("restore");
+        let back = SqliteStore::open(restored.path())
+            .await
+            .expect("open the restored store");
+        let outputs = |page: Vec<StoredOutput>| {
+            intact(page)
+                .into_iter()
+                .map(|o| (o.name, o.output, o.signers))
+                .collect::<Vec<_>>()
+        };
+        let (snapshot, _) = load_all(&back).await;
+        let p = &snapshot.projects[0];
+        assert_eq!((p.id, p.stats.total, p.stats.verified), (project, 2, 2));
+        assert_eq!(
+            outputs(
+                back.verified_outputs(project, None, 10)
+                    .await
+                    .expect("outputs")
+            ),
+            outputs(
+                store
+                    .verified_outputs(project, None, 10)
+                    .await
+                    .expect("outputs")
+            )
+        );
+        assert_eq!(
+            back.aggregate(project).await.expect("aggregate"),
+            Some(Ok(b"83\n".to_vec()))
+        );
+        assert_eq!(
+            back.leaderboard().await.expect("leaderboard"),
+            store.leaderboard().await.expect("leaderboard")
+        );
     }
 }

@@ -1,0 +1,1389 @@
+//! The store in PostgreSQL (`fallow coordinator --database postgres://USER@HOST:PORT/DB`),
+//! with the same semantics as the embedded [`super::sqlite`] store, table for table
+//! ([`super::schema::POSTGRES`]).
+//!
+//! **Everything is in the database**, unit inputs and outputs included (`BYTEA`, as SQLite
+//! keeps them as `BLOB`s inside `fallow.db`): a coordinator's data directory then holds no
+//! project state, so a coordinator can move to another machine, and several coordinators
+//! can later share one database, without copying files. PostgreSQL compresses large values
+//! out of line (TOAST) on its own.
+//!
+//! **One coordinator per database, for now.** The scheduler keeps its state in memory, so
+//! a second coordinator on the same database would hand out the same units. The store
+//! holds a session advisory lock ([`LOCK_KEY`]) on a connection of its own for its whole
+//! life, as the SQLite store holds `coordinator.lock`; PostgreSQL releases it when that
+//! connection ends, also when the coordinator is killed.
+//!
+//! **Checks at rest.** As in SQLite, every verified output is checked against the digest it
+//! was verified with when it is read ([`Store::verified_outputs`]); page-level damage is
+//! PostgreSQL's to detect (`initdb --data-checksums`). There is no "lost store" check as
+//! for `fallow.db`: a database that is empty is a new one, and one that holds Fallow's
+//! tables without `schema_version`, or tables of something else, is refused.
+//!
+//! **Integers.** Every integer column is `BIGINT` (`i64`). Ids and times are converted with
+//! a check ([`id`]); fuel and byte limits are stored as their 64 bits ([`bits`]), as SQLite
+//! stores them, because a claim's fuel must read back exactly for its signature to verify;
+//! credit sums skip negative (past 2^63) fuel as SQLite's do. Values read back are checked
+//! ([`count`]): one out of range is [`Error::Corrupt`], never a panic or a silent cast.
+//!
+//! **Writes.** PostgreSQL runs one statement per prepared query, so [`Store::write`] runs
+//! the group commit's statements one by one (each prepared once per connection) inside one
+//! transaction, rather than SQLite's many-statement batches; leases still go many rows per
+//! statement.
+//!
+//! TLS to the database is not built in yet (sqlx's `postgres` driver without a TLS
+//! feature): use a database on the same host or a private network, or a TLS tunnel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
+use tokio_stream::StreamExt;
+
+use protocol::certificate::Verified;
+use protocol::manifest::ProjectSpec;
+use protocol::provenance::{Signer, SubmitterKey};
+use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+
+use super::schema::{self, FIRST_POSTGRES_VERSION, SCHEMA_VERSION};
+use super::{
+    AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Snapshot, Store,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, VerifiedOutput, Write,
+};
+use crate::Error;
+use crate::scheduler::{
+    Aggregate, AssignmentState, Change, Project, ProjectStats, Standing, Trust, UnitStatus,
+};
+
+/// The session advisory lock a coordinator holds on its database ("fallow" in ASCII).
+pub const LOCK_KEY: i64 = 0x66_61_6c_6c_6f_77;
+
+/// The transaction advisory lock that serialises schema creation and migrations, so two
+/// coordinators started at once on a new database do not race to create it.
+const MIGRATE_KEY: i64 = LOCK_KEY + 1;
+
+/// How long [`PostgresStore::connect`] waits for the coordinator lock: a coordinator that
+/// was just stopped or killed releases it as soon as PostgreSQL sees its connection close.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long connecting may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const UNIT_PENDING: i64 = 0;
+const UNIT_VERIFIED: i64 = 1;
+const UNIT_FAILED: i64 = 2;
+
+/// Every account with its credit, verified units, latest team and workers: the SQLite
+/// store's query in PostgreSQL. The sum is `NUMERIC` in PostgreSQL (it cannot overflow)
+/// and is read as a float that saturates when converted, as SQLite's `TOTAL`.
+const LEADERBOARD_ACCOUNTS: &str = "SELECT a.account AS name,
+    COALESCE(SUM(GREATEST(c.fuel, 0)), 0)::float8 AS credit, COUNT(c.unit) AS verified,
+    (SELECT team FROM workers w WHERE w.account = a.account ORDER BY registered_ms DESC LIMIT 1) AS team,
+    (SELECT COUNT(*) FROM workers w WHERE w.account = a.account) AS workers
+ FROM (SELECT DISTINCT account FROM workers UNION SELECT DISTINCT account FROM credit) a
+ LEFT JOIN credit c ON c.account = a.account
+ WHERE a.account <> ''
+ GROUP BY a.account ORDER BY credit DESC, name";
+
+/// PostgreSQL-backed [`Store`].
+#[derive(Clone)]
+pub struct PostgresStore {
+    pub(in crate::store) pool: PgPool,
+    /// The connection holding [`LOCK_KEY`], for the life of the store (never used: the
+    /// lock lasts as long as the connection).
+    _lock: Arc<std::sync::Mutex<PgConnection>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+/// `url` without its password (in the user part or a `password=` parameter), to name the
+/// database in messages and logs.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return url.split('?').next().unwrap_or_default().to_string(),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_string(),
+    };
+    let query = query
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+        .filter(|q| !q.is_empty())
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme}://{authority}{path}{query}")
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, takes the coordinator lock (waiting up to
+    /// [`LOCK_WAIT`] for a coordinator just stopped to let go of it), then creates or
+    /// migrates the schema. Errors name the URL without its password.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let shown = redact(url);
+        let failed = |message: String| Error::Database {
+            url: shown.clone(),
+            message,
+        };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| failed(format!("not a PostgreSQL URL: {e}")))?
+            .application_name("fallow coordinator");
+        let unreachable = |e: String| {
+            failed(format!(
+                "cannot connect ({e}); is PostgreSQL running there, and do the user, \
+                 password and database exist?"
+            ))
+        };
+        let mut lock = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| unreachable(format!("no answer in {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LOCK_KEY)
+                .fetch_one(&mut lock)
+                .await?;
+            if locked {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failed(
+                    "another coordinator is using this database (it holds the coordinator \
+                     lock); stop it, or use another database"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        migrate(&pool, &shown).await?;
+        Ok(PostgresStore {
+            pool,
+            _lock: Arc::new(std::sync::Mutex::new(lock)),
+        })
+    }
+}
+
+/// Creates the schema in a new database, or migrates an older one, in one transaction.
+async fn migrate(pool: &PgPool, shown: &str) -> Result<(), Error> {
+    let refuse = |message: String| Error::Database {
+        url: shown.to_string(),
+        message,
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATE_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let has_version: bool = sqlx::query_scalar("SELECT to_regclass('schema_version') IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await?;
+    let version: i64 = if has_version {
+        sqlx::query_scalar("SELECT version FROM schema_version")
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    if version == 0 {
+        let taken: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema()
+                AND tablename <> 'schema_version')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if taken {
+            return Err(refuse(
+                "holds tables but no Fallow schema version: not a Fallow store (or a damaged \
+                 one); give the coordinator an empty database of its own"
+                    .into(),
+            ));
+        }
+    }
+    if version > SCHEMA_VERSION {
+        return Err(refuse(format!(
+            "written by a newer Fallow (schema {version}, this one understands \
+             {SCHEMA_VERSION}); use that version or another database"
+        )));
+    }
+    if version != 0 && version < FIRST_POSTGRES_VERSION {
+        return Err(Error::Corrupt(format!(
+            "a PostgreSQL store at schema {version}, older than any PostgreSQL store can be \
+             ({FIRST_POSTGRES_VERSION})"
+        )));
+    }
+    for migration in schema::MIGRATIONS {
+        if version == 0 || migration.from < version {
+            continue;
+        }
+        let Some(text) = migration.postgres else {
+            return Err(Error::Corrupt(format!(
+                "no PostgreSQL migration from schema {}",
+                migration.from
+            )));
+        };
+        for statement in schema::statements(text) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tracing::info!(
+            database = shown,
+            "database migrated from schema {} to {}",
+            migration.from,
+            migration.from + 1
+        );
+    }
+    sqlx::raw_sql(schema::POSTGRES).execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO schema_version (only_row, version) VALUES (TRUE, $1)
+         ON CONFLICT (only_row) DO UPDATE SET version = excluded.version",
+    )
+    .bind(SCHEMA_VERSION)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// An id or a time as `BIGINT`. Every one the store hands out fits; one that does not (a
+/// unit id from a request, say) is refused before anything is written.
+fn id(v: u64) -> Result<i64, Error> {
+    i64::try_from(v).map_err(|_| {
+        Error::Store(sqlx::Error::Encode(
+            format!("{v} does not fit PostgreSQL's BIGINT").into(),
+        ))
+    })
+}
+
+/// A fuel amount or byte limit as its 64 bits, as SQLite stores them: values past 2^63
+/// read back exactly ([`unbits`]), which a signed claim's fuel must.
+fn bits(v: u64) -> i64 {
+    v as i64
+}
+
+/// The inverse of [`bits`].
+fn unbits(v: i64) -> u64 {
+    v as u64
+}
+
+/// A non-negative integer column as `u64` (ids, counts, times).
+fn count(row: &PgRow, column: &str) -> Result<u64, Error> {
+    let v: i64 = row.try_get(column)?;
+    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{column} is negative ({v})")))
+}
+
+/// A small integer column as `u32` (replicas, cores, counters).
+fn small(row: &PgRow, column: &str) -> Result<u32, Error> {
+    let v: i64 = row.try_get(column)?;
+    u32::try_from(v).map_err(|_| Error::Corrupt(format!("{column} out of range ({v})")))
+}
+
+/// A sum read as a float: whole fuel units, saturating at `u64::MAX` (NaN gives 0).
+fn credit_of(row: &PgRow) -> Result<u64, Error> {
+    Ok(row.try_get::<f64, _>("credit")? as u64)
+}
+
+fn worker_id(bytes: &[u8]) -> Result<WorkerId, Error> {
+    WorkerId::from_slice("stored worker id", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn digest(bytes: &[u8]) -> Result<Digest, Error> {
+    Digest::from_slice("stored digest", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// Why a reducer failed, without the "reducer failed: " older stores put in front.
+fn reducer_reason(stored: String) -> String {
+    match stored.strip_prefix("reducer failed: ") {
+        Some(rest) => rest.to_string(),
+        None => stored,
+    }
+}
+
+fn project_from_row(row: &PgRow) -> Result<Project, Error> {
+    let reducer: Option<Vec<u8>> = row.try_get("reducer")?;
+    Ok(Project {
+        id: ProjectId(count(row, "id")?),
+        name: row.try_get("name")?,
+        replication: small(row, "replication")?,
+        quorum: small(row, "quorum")?,
+        max_replicas: small(row, "max_replicas")?,
+        limits: Limits {
+            fuel: unbits(row.try_get("fuel")?),
+            memory_mb: small(row, "memory_mb")?,
+            wall_seconds: small(row, "wall_seconds")?,
+            max_output_bytes: unbits(row.try_get("max_output_bytes")?),
+            nan_canonicalization: row.try_get::<i64, _>("nan_canonicalization")? != 0,
+            max_checkpoint_bytes: unbits(row.try_get("max_checkpoint_bytes")?),
+        },
+        module: digest(row.try_get("module")?)?,
+        reducer: reducer.as_deref().map(digest).transpose()?,
+        stats: ProjectStats {
+            disputes: count(row, "disputes")?,
+            ..ProjectStats::default()
+        },
+        adaptive: row.try_get::<i64, _>("adaptive")? != 0,
+        error_bound: row.try_get::<f64, _>("error_bound")?,
+        signer: match (
+            row.try_get::<Option<Vec<u8>>, _>("submitter")?,
+            row.try_get::<Option<Vec<u8>>, _>("terms")?,
+        ) {
+            (Some(key), Some(terms)) => Some(Signer {
+                key: SubmitterKey::from_slice("stored submitter key", &key)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                terms: digest(&terms)?,
+            }),
+            _ => None,
+        },
+        aggregate: match (
+            row.try_get::<i64, _>("aggregate_done")? != 0,
+            row.try_get::<Option<String>, _>("aggregate_error")?,
+        ) {
+            (false, _) => Aggregate::Pending,
+            (true, None) => Aggregate::Ready,
+            (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
+        },
+    })
+}
+
+/// Closes a connection whose work failed instead of returning it to the pool: whatever
+/// state a failed COMMIT left on it goes with it, and the pool opens a fresh one.
+async fn discard(conn: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    if let Err(e) = conn.close().await {
+        tracing::warn!("closing a database connection after a failed write: {e}");
+    }
+}
+
+/// One scheduler change (all but `Reopen` and `Reverify`, see [`reopen`]), as the SQLite
+/// store's batch writes it, one statement at a time.
+async fn change(tx: &mut PgConnection, change: &Change, now: i64) -> Result<(), Error> {
+    match change {
+        Change::Replica {
+            unit,
+            worker,
+            state,
+            failure,
+        } => {
+            sqlx::query(
+                "UPDATE assignments SET state = $1, failure_kind = $2, reason = $3 WHERE unit = $4 AND worker = $5",
+            )
+            .bind(state.code())
+            .bind(failure.as_ref().map(|f| f.kind.as_str()))
+            .bind(failure.as_ref().map(|f| f.detail.as_str()))
+            .bind(id(unit.0)?)
+            .bind(&worker.0[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Target { unit, target } => {
+            sqlx::query("UPDATE units SET target = $1 WHERE id = $2")
+                .bind(i64::from(*target))
+                .bind(id(unit.0)?)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE projects SET disputes = disputes + 1 WHERE id = (SELECT project FROM units WHERE id = $1)",
+            )
+            .bind(id(unit.0)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::UnitFailed { unit, reason } => {
+            sqlx::query(
+                "UPDATE units SET state = $1, reason = $2, settled_ms = $3 WHERE id = $4 AND state = $5",
+            )
+            .bind(UNIT_FAILED)
+            .bind(reason)
+            .bind(now)
+            .bind(id(unit.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM votes WHERE unit = $1")
+                .bind(id(unit.0)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::Plan {
+            unit,
+            target,
+            required,
+        } => {
+            sqlx::query("UPDATE units SET target = $1, required = $2 WHERE id = $3")
+                .bind(i64::from(*target))
+                .bind(i64::from(*required))
+                .bind(id(unit.0)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::Vote { claim } => {
+            sqlx::query(
+                "INSERT INTO votes (unit, worker, digest, fuel, salt, signature) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (unit, worker) DO NOTHING",
+            )
+            .bind(id(claim.unit.0)?)
+            .bind(&claim.worker.0[..])
+            .bind(&claim.digest.0[..])
+            .bind(bits(claim.fuel))
+            .bind(&claim.salt[..])
+            .bind(&claim.signature[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Trust {
+            worker,
+            project,
+            consecutive,
+            offences,
+        } => {
+            sqlx::query(
+                "INSERT INTO trust (worker, project, consecutive, offences) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (worker, project) DO UPDATE SET consecutive = excluded.consecutive, offences = excluded.offences",
+            )
+            .bind(&worker.0[..])
+            .bind(id(project.0)?)
+            .bind(i64::from(*consecutive))
+            .bind(i64::from(*offences))
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Unchecked {
+            worker,
+            project,
+            unit,
+        } => {
+            sqlx::query(
+                "INSERT INTO unchecked (worker, project, unit) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&worker.0[..])
+            .bind(id(project.0)?)
+            .bind(id(unit.0)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::UncheckedCleared { worker, project } => {
+            sqlx::query("DELETE FROM unchecked WHERE worker = $1 AND project = $2")
+                .bind(&worker.0[..])
+                .bind(id(project.0)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::Disqualified { unit, worker } => {
+            sqlx::query(
+                "INSERT INTO disqualified (unit, worker) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(id(unit.0)?)
+            .bind(&worker.0[..])
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM votes WHERE unit = $1 AND worker = $2")
+                .bind(id(unit.0)?)
+                .bind(&worker.0[..])
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::Standing {
+            worker,
+            errors_in_row,
+            throttled,
+        } => {
+            sqlx::query(
+                "INSERT INTO standing (worker, errors_in_row, throttled) VALUES ($1, $2, $3)
+                 ON CONFLICT (worker) DO UPDATE SET errors_in_row = excluded.errors_in_row, throttled = excluded.throttled",
+            )
+            .bind(&worker.0[..])
+            .bind(i64::from(*errors_in_row))
+            .bind(i64::from(*throttled))
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Reopen {
+            unit,
+            revoke,
+            required,
+        } => reopen(tx, *unit, Some(*revoke), *required).await?,
+        Change::Reverify { unit, required } => reopen(tx, *unit, None, *required).await?,
+    }
+    Ok(())
+}
+
+/// A verified unit goes back to pending (if it is still verified), as in the SQLite store:
+/// its output and the liar's credit (if any) are withdrawn, its replicas superseded, its
+/// project's aggregate dropped.
+async fn reopen(
+    tx: &mut PgConnection,
+    unit: UnitId,
+    revoke: Option<WorkerId>,
+    required: u32,
+) -> Result<(), Error> {
+    let unit = id(unit.0)?;
+    let reopened = sqlx::query(
+        "UPDATE units SET state = $1, output = NULL, digest = NULL, fuel = NULL, settled_ms = NULL,
+            required = $2, target = $2 WHERE id = $3 AND state = $4",
+    )
+    .bind(UNIT_PENDING)
+    .bind(i64::from(required))
+    .bind(unit)
+    .bind(UNIT_VERIFIED)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if reopened == 0 {
+        return Ok(());
+    }
+    if let Some(revoke) = revoke {
+        sqlx::query("DELETE FROM credit WHERE unit = $1 AND worker = $2")
+            .bind(unit)
+            .bind(&revoke.0[..])
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE assignments SET state = $1 WHERE unit = $2 AND state = $3")
+        .bind(AssignmentState::Superseded.code())
+        .bind(unit)
+        .bind(AssignmentState::Active.code())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM votes WHERE unit = $1")
+        .bind(unit)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL
+         WHERE id = (SELECT project FROM units WHERE id = $1)",
+    )
+    .bind(unit)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// New leases, up to 200 rows per statement. A pair given twice in one statement is
+/// written once: PostgreSQL refuses an upsert that touches a row twice (SQLite applies
+/// both, to the same effect).
+async fn assign(
+    tx: &mut PgConnection,
+    leases: &[(UnitId, WorkerId)],
+    now: i64,
+) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    let leases: Vec<&(UnitId, WorkerId)> = leases.iter().filter(|l| seen.insert(**l)).collect();
+    for chunk in leases.chunks(200) {
+        let mut sql =
+            String::from("INSERT INTO assignments (unit, worker, state, created_ms) VALUES ");
+        let mut args = sqlx::postgres::PgArguments::default();
+        for (i, (unit, worker)) in chunk.iter().enumerate() {
+            let n = i * 4;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+            add(&mut args, id(unit.0)?)?;
+            add(&mut args, worker.0.to_vec())?;
+            add(&mut args, AssignmentState::Active.code())?;
+            add(&mut args, now)?;
+        }
+        // A unit handed back and leased again to the same worker.
+        sql.push_str(
+            " ON CONFLICT (unit, worker) DO UPDATE SET state = excluded.state, \
+             failure_kind = NULL, reason = NULL, created_ms = excluded.created_ms",
+        );
+        sqlx::query_with(&sql, args)
+            .persistent(chunk.len() == 200)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn add<'q, T>(args: &mut sqlx::postgres::PgArguments, value: T) -> Result<(), Error>
+where
+    T: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'q,
+{
+    sqlx::Arguments::add(args, value).map_err(|e| Error::Store(sqlx::Error::Encode(e)))
+}
+
+/// A verified unit, credit first and only while the unit is still pending: exactly once.
+/// Returns whether it was recorded.
+async fn verified(
+    tx: &mut PgConnection,
+    unit: UnitId,
+    output: &[u8],
+    verified: &Verified,
+    credit: &[CreditTo],
+    now: i64,
+) -> Result<bool, Error> {
+    let unit = id(unit.0)?;
+    for signer in &verified.signers {
+        let to = credit.iter().find(|c| c.worker == *signer);
+        sqlx::query(
+            "INSERT INTO credit (unit, worker, fuel, account, team)
+             SELECT $1, $2, $3, $4, $5 FROM units WHERE id = $1 AND state = $6
+             ON CONFLICT (unit, worker) DO NOTHING",
+        )
+        .bind(unit)
+        .bind(&signer.0[..])
+        .bind(bits(verified.fuel))
+        .bind(to.map_or("", |c| c.account.as_str()))
+        .bind(to.map_or("", |c| c.team.as_str()))
+        .bind(UNIT_PENDING)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let updated = sqlx::query(
+        "UPDATE units SET state = $1, output = $2, digest = $3, fuel = $4, settled_ms = $5 WHERE id = $6 AND state = $7",
+    )
+    .bind(UNIT_VERIFIED)
+    .bind(output)
+    .bind(&verified.digest.0[..])
+    .bind(bits(verified.fuel))
+    .bind(now)
+    .bind(unit)
+    .bind(UNIT_PENDING)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM votes WHERE unit = $1")
+        .bind(unit)
+        .execute(&mut *tx)
+        .await?;
+    Ok(updated > 0)
+}
+
+impl Store for PostgresStore {
+    async fn insert_project(
+        &self,
+        spec: &ProjectSpec,
+        module: Digest,
+        reducer: Option<Digest>,
+        now: u64,
+    ) -> Result<(ProjectId, Vec<UnitId>), Error> {
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, spec, module, reducer, now).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(
+            conn: &mut PgConnection,
+            spec: &ProjectSpec,
+            module: Digest,
+            reducer: Option<Digest>,
+            now: u64,
+        ) -> Result<(ProjectId, Vec<UnitId>), Error> {
+            let mut tx = conn.begin().await?;
+            let mut modules = vec![(module, &spec.module)];
+            if let (Some(d), Some(bytes)) = (reducer, &spec.reducer) {
+                modules.push((d, bytes));
+            }
+            for (digest, bytes) in modules {
+                sqlx::query(
+                    "INSERT INTO modules (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+                )
+                .bind(&digest.0[..])
+                .bind(&bytes[..])
+                .execute(&mut *tx)
+                .await?;
+            }
+            let l = spec.limits;
+            let project: i64 = sqlx::query_scalar(
+                "INSERT INTO projects (name, manifest, module, reducer, replication, quorum, max_replicas, fuel, memory_mb,
+                    wall_seconds, max_output_bytes, nan_canonicalization, created_ms, adaptive, error_bound,
+                    max_checkpoint_bytes, submitter, terms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+            )
+            .bind(spec.name.trim())
+            .bind(&spec.manifest)
+            .bind(&module.0[..])
+            .bind(reducer.map(|d| d.0.to_vec()))
+            .bind(i64::from(spec.replication))
+            .bind(i64::from(spec.quorum))
+            .bind(i64::from(spec.max_replicas))
+            .bind(bits(l.fuel))
+            .bind(i64::from(l.memory_mb))
+            .bind(i64::from(l.wall_seconds))
+            .bind(bits(l.max_output_bytes))
+            .bind(i64::from(l.nan_canonicalization))
+            .bind(id(now)?)
+            .bind(i64::from(spec.adaptive))
+            .bind(spec.error_bound)
+            .bind(bits(l.max_checkpoint_bytes))
+            .bind(spec.signatures.as_ref().map(|g| g.key.0.to_vec()))
+            .bind(spec.signatures.as_ref().map(|_| spec.terms().0.to_vec()))
+            .fetch_one(&mut *tx)
+            .await?;
+            // Many rows per statement: one round trip per 200 units instead of one per unit.
+            let mut units = Vec::with_capacity(spec.units.len());
+            let signatures = spec.signatures.as_ref().map(|g| &g.units);
+            for (c, chunk) in spec.units.chunks(200).enumerate() {
+                let mut sql = String::from(
+                    "INSERT INTO units (project, name, input, target, required, signature) VALUES ",
+                );
+                let mut args = sqlx::postgres::PgArguments::default();
+                for (i, (name, input)) in chunk.iter().enumerate() {
+                    let n = i * 6;
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6
+                    ));
+                    let signature = signatures.and_then(|s| s.get(c * 200 + i));
+                    add(&mut args, project)?;
+                    add(&mut args, name.clone())?;
+                    add(&mut args, input.clone())?;
+                    add(&mut args, i64::from(spec.replication))?;
+                    add(&mut args, i64::from(spec.quorum))?;
+                    add(&mut args, signature.map(|s| s.to_vec()))?;
+                }
+                sql.push_str(" RETURNING id");
+                let mut ids: Vec<i64> = sqlx::query_scalar_with(&sql, args)
+                    .persistent(chunk.len() == 200)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                // Ids grow in insertion order; RETURNING does not promise an order.
+                ids.sort_unstable();
+                for u in ids {
+                    units.push(UnitId(u64::try_from(u).map_err(|_| {
+                        Error::Corrupt(format!("a negative unit id ({u})"))
+                    })?));
+                }
+            }
+            tx.commit().await?;
+            let project = u64::try_from(project)
+                .map_err(|_| Error::Corrupt(format!("a negative project id ({project})")))?;
+            Ok((ProjectId(project), units))
+        }
+    }
+
+    async fn load(&self) -> Result<Snapshot, Error> {
+        let mut snapshot = Snapshot::default();
+        let mut projects = BTreeMap::new();
+        // Named columns: the aggregate (up to 64 MiB) stays in the database.
+        for row in sqlx::query(
+            "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
+                max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
+                adaptive, error_bound, max_checkpoint_bytes, submitter, terms
+             FROM projects ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let p = project_from_row(&row)?;
+            projects.insert(p.id, p);
+        }
+        for row in sqlx::query(
+            "SELECT u.project AS project, COALESCE(SUM(GREATEST(c.fuel, 0)), 0)::float8 AS credit
+             FROM credit c JOIN units u ON u.id = c.unit GROUP BY u.project",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            if let Some(p) = projects.get_mut(&ProjectId(count(&row, "project")?)) {
+                p.stats.credit = credit_of(&row)?;
+            }
+        }
+        snapshot.projects = projects.into_values().collect();
+        for row in sqlx::query(
+            "SELECT id, name, peer_addr, cores, account, team, platform, subnet FROM workers",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            snapshot.workers.push(StoredWorker {
+                id: worker_id(row.try_get("id")?)?,
+                name: row.try_get("name")?,
+                peer_addr: row.try_get("peer_addr")?,
+                cores: small(&row, "cores")?,
+                account: row.try_get("account")?,
+                team: row.try_get("team")?,
+                platform: row.try_get("platform")?,
+                subnet: row.try_get("subnet")?,
+            });
+        }
+        let mut trust: BTreeMap<(WorkerId, u64), Trust> = BTreeMap::new();
+        for row in sqlx::query("SELECT worker, project, consecutive, offences FROM trust")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            trust.insert(
+                (worker_id(row.try_get("worker")?)?, count(&row, "project")?),
+                Trust {
+                    consecutive: small(&row, "consecutive")?,
+                    offences: small(&row, "offences")?,
+                    unchecked: Default::default(),
+                },
+            );
+        }
+        for row in sqlx::query("SELECT worker, project, unit FROM unchecked ORDER BY unit")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let key = (worker_id(row.try_get("worker")?)?, count(&row, "project")?);
+            trust
+                .entry(key)
+                .or_default()
+                .unchecked
+                .push_back(UnitId(count(&row, "unit")?));
+        }
+        snapshot.trust = trust
+            .into_iter()
+            .map(|((w, p), t)| (w, ProjectId(p), t))
+            .collect();
+        for row in sqlx::query("SELECT unit, worker FROM disqualified")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.disqualified.push((
+                UnitId(count(&row, "unit")?),
+                worker_id(row.try_get("worker")?)?,
+            ));
+        }
+        for row in sqlx::query("SELECT worker, errors_in_row, throttled FROM standing")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.standing.push((
+                worker_id(row.try_get("worker")?)?,
+                Standing {
+                    errors_in_row: small(&row, "errors_in_row")?,
+                    throttled: row.try_get::<i64, _>("throttled")? != 0,
+                    last_unit_at: 0,
+                },
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    async fn load_units<F: FnMut(StoredUnit) + Send>(
+        &self,
+        mut on_unit: F,
+    ) -> Result<HashMap<ProjectId, LoadedCounts>, Error> {
+        let mut quorum: HashMap<ProjectId, u32> = HashMap::new();
+        for row in sqlx::query("SELECT id, quorum FROM projects")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            quorum.insert(ProjectId(count(&row, "id")?), small(&row, "quorum")?);
+        }
+        // Three streams in unit order, merged: nothing but the current unit is in memory.
+        let mut units = sqlx::query(
+            "SELECT id, project, state, target, required, reason FROM units ORDER BY id",
+        )
+        .fetch(&self.pool);
+        let mut assignments = sqlx::query(
+            "SELECT unit, worker, state, failure_kind, reason FROM assignments ORDER BY unit, created_ms, seq",
+        )
+        .fetch(&self.pool);
+        let mut votes = sqlx::query(
+            "SELECT v.unit AS unit, u.project AS project, v.worker AS worker, v.digest AS digest, v.fuel AS fuel,
+                v.salt AS salt, v.signature AS signature
+             FROM votes v JOIN units u ON u.id = v.unit ORDER BY v.unit",
+        )
+        .fetch(&self.pool);
+        type Replica = (WorkerId, AssignmentState, Option<Failure>);
+        let next_assignment =
+            |row: Option<Result<PgRow, sqlx::Error>>| -> Result<Option<(u64, Replica)>, Error> {
+                let Some(row) = row.transpose()? else {
+                    return Ok(None);
+                };
+                let state = AssignmentState::from_code(row.try_get("state")?);
+                let kind: Option<String> = row.try_get("failure_kind")?;
+                let reason: Option<String> = row.try_get("reason")?;
+                let failure = kind
+                    .as_deref()
+                    .and_then(FailureKind::parse)
+                    .map(|k| Failure::new(k, reason.unwrap_or_default()));
+                Ok(Some((
+                    count(&row, "unit")?,
+                    (worker_id(row.try_get("worker")?)?, state, failure),
+                )))
+            };
+        let next_vote = |row: Option<Result<PgRow, sqlx::Error>>| -> Result<Option<Claim>, Error> {
+            let Some(row) = row.transpose()? else {
+                return Ok(None);
+            };
+            let salt: Vec<u8> = row.try_get("salt")?;
+            let signature: Vec<u8> = row.try_get("signature")?;
+            Ok(Some(Claim {
+                project: ProjectId(count(&row, "project")?),
+                unit: UnitId(count(&row, "unit")?),
+                digest: digest(row.try_get("digest")?)?,
+                fuel: unbits(row.try_get("fuel")?),
+                worker: worker_id(row.try_get("worker")?)?,
+                salt: salt
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("vote salt is not 32 bytes".into()))?,
+                signature: signature
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("vote signature is not 64 bytes".into()))?,
+            }))
+        };
+        let mut assignment = next_assignment(assignments.next().await)?;
+        let mut vote = next_vote(votes.next().await)?;
+        let mut counts: HashMap<ProjectId, LoadedCounts> = HashMap::new();
+        while let Some(row) = units.next().await {
+            let row = row?;
+            let id = count(&row, "id")?;
+            let project = ProjectId(count(&row, "project")?);
+            let status = match row.try_get::<i64, _>("state")? {
+                UNIT_VERIFIED => UnitStatus::Verified,
+                UNIT_FAILED => UnitStatus::Failed(
+                    row.try_get::<Option<String>, _>("reason")?
+                        .unwrap_or_default(),
+                ),
+                _ => UnitStatus::Pending,
+            };
+            let mut replicas = Vec::new();
+            while let Some((unit, _)) = &assignment
+                && *unit <= id
+            {
+                if let Some((unit, r)) = assignment.take()
+                    && unit == id
+                {
+                    replicas.push(r);
+                }
+                assignment = next_assignment(assignments.next().await)?;
+            }
+            let mut unit_votes = Vec::new();
+            while let Some(c) = &vote
+                && c.unit.0 <= id
+            {
+                if let Some(c) = vote.take()
+                    && c.unit.0 == id
+                {
+                    unit_votes.push(c);
+                }
+                vote = next_vote(votes.next().await)?;
+            }
+            let c = counts.entry(project).or_default();
+            c.total += 1;
+            c.executions += replicas
+                .iter()
+                .filter(|r| r.1 != AssignmentState::Returned)
+                .count() as u64;
+            match status {
+                UnitStatus::Verified => c.verified += 1,
+                UnitStatus::Failed(_) => c.failed += 1,
+                UnitStatus::Pending => {}
+            }
+            let required = match small(&row, "required")? {
+                0 => quorum.get(&project).copied().unwrap_or(1),
+                n => n,
+            };
+            on_unit(StoredUnit {
+                id: UnitId(id),
+                project,
+                status,
+                target: small(&row, "target")?,
+                required,
+                replicas,
+                votes: unit_votes,
+            });
+        }
+        Ok(counts)
+    }
+
+    async fn unit_input(&self, unit: UnitId) -> Result<(String, Vec<u8>), Error> {
+        let key = i64::try_from(unit.0).map_err(|_| Error::UnknownUnit(unit))?;
+        let row = sqlx::query("SELECT name, input FROM units WHERE id = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::UnknownUnit(unit))?;
+        Ok((row.try_get("name")?, row.try_get("input")?))
+    }
+
+    async fn unit_inputs(&self, units: &[UnitId]) -> Result<Vec<LeasedInput>, Error> {
+        let mut out = Vec::with_capacity(units.len());
+        for chunk in units.chunks(500) {
+            // Ids past BIGINT name no unit: left out, as an unknown id is.
+            let ids: Vec<i64> = chunk
+                .iter()
+                .filter_map(|u| i64::try_from(u.0).ok())
+                .collect();
+            for row in
+                sqlx::query("SELECT id, name, input, signature FROM units WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(&self.pool)
+                    .await?
+            {
+                let signature: Option<Vec<u8>> = row.try_get("signature")?;
+                out.push(LeasedInput {
+                    unit: UnitId(count(&row, "id")?),
+                    name: row.try_get("name")?,
+                    input: row.try_get("input")?,
+                    signature: signature
+                        .map(|s| {
+                            <[u8; 64]>::try_from(s.as_slice()).map_err(|_| {
+                                Error::Corrupt(format!("a unit signature of {} bytes", s.len()))
+                            })
+                        })
+                        .transpose()?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, writes: &[(Write, u64)]) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, writes).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(conn: &mut PgConnection, writes: &[(Write, u64)]) -> Result<(), Error> {
+            let mut tx = conn.begin().await?;
+            for (write, now) in writes {
+                let now = id(*now)?;
+                match write {
+                    Write::Assignments(leases) => assign(&mut tx, leases, now).await?,
+                    Write::Changes(changes) => {
+                        for c in changes {
+                            change(&mut tx, c, now).await?;
+                        }
+                    }
+                    Write::Verified {
+                        unit,
+                        output,
+                        verified: v,
+                        credit,
+                    } => {
+                        verified(&mut tx, *unit, output, v, credit, now).await?;
+                    }
+                    Write::Worker(w) => {
+                        sqlx::query(
+                            "INSERT INTO workers (id, name, peer_addr, cores, registered_ms, account, team, platform, subnet)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                             ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_addr = excluded.peer_addr,
+                                cores = excluded.cores, account = excluded.account, team = excluded.team,
+                                platform = excluded.platform, subnet = excluded.subnet, registered_ms = excluded.registered_ms",
+                        )
+                        .bind(&w.id.0[..])
+                        .bind(&w.name)
+                        .bind(&w.peer_addr)
+                        .bind(i64::from(w.cores))
+                        .bind(now)
+                        .bind(&w.account)
+                        .bind(&w.team)
+                        .bind(&w.platform)
+                        .bind(w.subnet.as_deref())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+    }
+
+    async fn module(&self, digest: Digest) -> Result<Option<Vec<u8>>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM modules WHERE digest = $1")
+                .bind(&digest.0[..])
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn insert_assignments(
+        &self,
+        leases: &[(UnitId, WorkerId)],
+        now: u64,
+    ) -> Result<(), Error> {
+        self.write(&[(Write::Assignments(leases.to_vec()), now)])
+            .await
+    }
+
+    async fn apply(&self, changes: &[Change], now: u64) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(&[(Write::Changes(changes.to_vec()), now)]).await
+    }
+
+    async fn record_verified(
+        &self,
+        unit: UnitId,
+        output: &[u8],
+        v: &Verified,
+        credit: &[CreditTo],
+        now: u64,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        // Not settled yet: record it; settled: the transaction is dropped, nothing changes.
+        if !verified(&mut tx, unit, output, v, credit, id(now)?).await? {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn leaderboard(&self) -> Result<(Vec<AccountTotal>, Vec<TeamTotal>), Error> {
+        let mut accounts = Vec::new();
+        for row in sqlx::query(LEADERBOARD_ACCOUNTS)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            accounts.push(AccountTotal {
+                name: row.try_get("name")?,
+                team: row
+                    .try_get::<Option<String>, _>("team")?
+                    .unwrap_or_default(),
+                credit: credit_of(&row)?,
+                verified: count(&row, "verified")?,
+                workers: small(&row, "workers")?,
+            });
+        }
+        let mut teams = Vec::new();
+        for row in sqlx::query(
+            "SELECT team AS name, COALESCE(SUM(GREATEST(fuel, 0)), 0)::float8 AS credit,
+                COUNT(DISTINCT account) AS accounts
+             FROM credit WHERE team <> '' GROUP BY team ORDER BY credit DESC, name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            teams.push(TeamTotal {
+                name: row.try_get("name")?,
+                credit: credit_of(&row)?,
+                accounts: small(&row, "accounts")?,
+            });
+        }
+        Ok((accounts, teams))
+    }
+
+    async fn upsert_worker(&self, w: &StoredWorker, now: u64) -> Result<(), Error> {
+        self.write(&[(Write::Worker(w.clone()), now)]).await
+    }
+
+    async fn verified_outputs(
+        &self,
+        project: ProjectId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let Ok(project) = i64::try_from(project.0) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT id, name, output, digest, fuel FROM units
+             WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
+        )
+        .bind(project)
+        .bind(UNIT_VERIFIED)
+        .bind(after.unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: i64 = row.try_get("id")?;
+            let unit = UnitId(count(&row, "id")?);
+            let name: String = row.try_get("name")?;
+            let output: Option<Vec<u8>> = row.try_get("output")?;
+            let stored: Option<Vec<u8>> = row.try_get("digest")?;
+            let fuel: Option<i64> = row.try_get("fuel")?;
+            // The digest the unit was verified with, over the bytes as they are now.
+            let (Some(output), Some(fuel), Some(digest)) = (
+                output,
+                fuel,
+                stored.and_then(|d| Digest::from_slice("stored digest", &d).ok()),
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            if Digest::of(&output) != digest {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            }
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: unbits(fuel),
+                signers,
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {
+        let Ok(unit) = i64::try_from(unit.0) else {
+            return Ok(Vec::new());
+        };
+        sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT worker FROM assignments WHERE unit = $1 UNION SELECT worker FROM credit WHERE unit = $1",
+        )
+        .bind(unit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|b| worker_id(b))
+        .collect()
+    }
+
+    async fn same_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+    ) -> Result<bool, Error> {
+        let project = id(project.0)?;
+        // Units are inserted in the order given, so id order is the submitted order.
+        let mut rows = sqlx::query("SELECT name, input FROM units WHERE project = $1 ORDER BY id")
+            .bind(project)
+            .fetch(&self.pool);
+        let mut expected = units.iter();
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            let Some((name, input)) = expected.next() else {
+                return Ok(false);
+            };
+            if row.try_get::<&str, _>("name")? != name.as_str()
+                || row.try_get::<&[u8], _>("input")? != input.as_slice()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(expected.next().is_none())
+    }
+
+    async fn failed_units(&self, project: ProjectId) -> Result<Vec<(String, String)>, Error> {
+        let project = id(project.0)?;
+        let rows = sqlx::query(
+            "SELECT name, reason FROM units WHERE project = $1 AND state = $2 ORDER BY name",
+        )
+        .bind(project)
+        .bind(UNIT_FAILED)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name")?,
+                    r.try_get::<Option<String>, _>("reason")?
+                        .unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_aggregate(
+        &self,
+        project: ProjectId,
+        aggregate: Result<Vec<u8>, String>,
+    ) -> Result<(), Error> {
+        let (bytes, error) = match aggregate {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e)),
+        };
+        sqlx::query(
+            "UPDATE projects SET aggregate_done = 1, aggregate = $1, aggregate_error = $2 WHERE id = $3",
+        )
+        .bind(bytes)
+        .bind(error)
+        .bind(id(project.0)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn aggregate(
+        &self,
+        project: ProjectId,
+    ) -> Result<Option<Result<Vec<u8>, String>>, Error> {
+        let key = i64::try_from(project.0).map_err(|_| Error::UnknownProject(project))?;
+        let row = sqlx::query(
+            "SELECT aggregate_done, aggregate, aggregate_error FROM projects WHERE id = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::UnknownProject(project))?;
+        if row.try_get::<i64, _>("aggregate_done")? == 0 {
+            return Ok(None);
+        }
+        let error: Option<String> = row.try_get("aggregate_error")?;
+        Ok(Some(match error {
+            Some(e) => Err(reducer_reason(e)),
+            None => Ok(row
+                .try_get::<Option<Vec<u8>>, _>("aggregate")?
+                .unwrap_or_default()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_drops_the_password_and_nothing_else() {
+        for (url, shown) in [
+            (
+                "postgres://fallow:s3cret@db:5432/fallow",
+                "postgres://fallow@db:5432/fallow",
+            ),
+            (
+                "postgresql://fallow@db/fallow",
+                "postgresql://fallow@db/fallow",
+            ),
+            (
+                "postgres://u:p@h/d?sslmode=disable&password=x",
+                "postgres://u@h/d?sslmode=disable",
+            ),
+            ("postgres://h:5432/d?password=x", "postgres://h:5432/d"),
+            ("postgres://u:p@h", "postgres://u@h"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+}
