@@ -98,6 +98,13 @@ fn a_local_run_gives_the_bytes_and_fuel_a_worker_gives() {
         claimed, fuel,
         "the fuel in the lines is the fuel fallow run measured"
     );
+    let no_out = c.cli(&["results", &id.to_string()]);
+    assert!(!no_out.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_out.stderr).contains("--out DIR is needed"),
+        "{}",
+        String::from_utf8_lossy(&no_out.stderr)
+    );
 
     // The input on stdin, the name given: the same bytes again.
     let mut child = fallow()
