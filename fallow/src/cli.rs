@@ -19,6 +19,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `fallow results` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultsFormat {
+    /// A directory: a file per verified unit, failed.txt, aggregate.
+    Dir,
+    /// JSON lines: one object per unit.
+    Jsonl,
+}
+
 /// Default coordinator URL for clients and workers.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 
@@ -296,9 +305,18 @@ pub enum Command {
         /// Project id.
         project: u64,
         /// Output directory (created if missing). It must be empty or hold this project's
-        /// results (named in its `.fallow-results` file).
+        /// results (named in its `.fallow-results` file). Required with `--format dir`;
+        /// with `--format jsonl` the lines go here as `results.jsonl` instead of stdout.
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// `dir`: one file per verified unit, `failed.txt` and `aggregate`. `jsonl`: one JSON
+        /// object per unit — `unit`, `state` (`verified` or `failed`), and for a verified
+        /// unit `digest` (hex BLAKE3), `fuel`, `signers` (hex worker keys), `output_bytes`
+        /// and `output` (the output as text when it is UTF-8, else `output_base64`); for a
+        /// failed one `reason` — to stdout, or with `--out` into DIR/results.jsonl beside
+        /// the files `dir` writes.
+        #[arg(long, value_enum, default_value = "dir")]
+        format: ResultsFormat,
         /// Write into --out even if it holds other files or another project's results.
         #[arg(long)]
         force: bool,

@@ -50,12 +50,27 @@ pub struct Submitted {
 /// Everything `fallow results` writes.
 #[derive(Debug, Default)]
 pub struct Results {
-    /// `(unit, output)` per verified unit.
-    pub verified: Vec<(String, Vec<u8>)>,
+    /// Each verified unit, in unit-name order.
+    pub verified: Vec<Verified>,
     /// `(unit, reason)` per failed unit.
     pub failed: Vec<(String, String)>,
     /// The aggregate, or why the reducer failed.
     pub aggregate: Option<Result<Vec<u8>, String>>,
+}
+
+/// A verified unit as the coordinator holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The unit's name.
+    pub unit: String,
+    /// Its verified output.
+    pub output: Vec<u8>,
+    /// BLAKE3 of `output`, as the signers claimed it.
+    pub digest: Vec<u8>,
+    /// Fuel each signer claimed (the unit's credit).
+    pub fuel: u64,
+    /// The ed25519 keys of the workers whose signed claims verified it.
+    pub signers: Vec<Vec<u8>>,
 }
 
 /// A connected coordinator client.
@@ -210,9 +225,13 @@ impl Client {
             }
         })? {
             match item.item {
-                Some(pb::result_item::Item::Verified(v)) => {
-                    results.verified.push((v.unit, v.output))
-                }
+                Some(pb::result_item::Item::Verified(v)) => results.verified.push(Verified {
+                    unit: v.unit,
+                    output: v.output,
+                    digest: v.digest,
+                    fuel: v.fuel,
+                    signers: v.signers,
+                }),
                 Some(pb::result_item::Item::Failed(f)) => results.failed.push((f.unit, f.reason)),
                 Some(pb::result_item::Item::Aggregate(a)) => results.aggregate = Some(Ok(a)),
                 Some(pb::result_item::Item::AggregateError(e)) => results.aggregate = Some(Err(e)),

@@ -580,9 +580,15 @@ pub async fn results(
     coordinator: &str,
     trust: &Trust,
     project: u64,
-    out: &Path,
+    out: Option<&Path>,
+    format: crate::cli::ResultsFormat,
     force: bool,
 ) -> anyhow::Result<()> {
+    if out.is_none() && format == crate::cli::ResultsFormat::Dir {
+        bail!(
+            "--out DIR is needed to write the results as files; or --format jsonl prints them to stdout"
+        );
+    }
     let client = Client::connect(coordinator, trust).await?;
     let status = client
         .status(Some(project))
@@ -595,48 +601,109 @@ pub async fn results(
         name: status.name.clone(),
         coordinator: coordinator.to_string(),
     };
-    check_results_dir(out, &marker, force)?;
+    if let Some(out) = out {
+        check_results_dir(out, &marker, force)?;
+    }
     let results = client.results(project).await?;
+    // Names were checked at submit, but this coordinator may not be ours: never let a name
+    // escape the output directory (nor reach a script's JSON unchecked).
+    for v in &results.verified {
+        protocol::manifest::check_unit_name(&v.unit)
+            .map_err(|e| anyhow::anyhow!("coordinator sent a bad unit name: {e}"))?;
+    }
+    let jsonl = (format == crate::cli::ResultsFormat::Jsonl).then(|| results_jsonl(&results));
+    let Some(out) = out else {
+        // `--format jsonl` without `--out`: the lines are the whole answer.
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(jsonl.unwrap_or_default().as_bytes())?;
+        stdout.flush()?;
+        return reducer_outcome(project, &results, &status, None);
+    };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // First, so a directory left half-written still says whose results it holds.
     write_atomic(
         &out.join(RESULTS_MARKER),
         format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
     )?;
-    for (unit, output) in &results.verified {
-        // Names were checked at submit, but this coordinator may not be ours: never let a
-        // name escape the output directory.
-        protocol::manifest::check_unit_name(unit)
-            .map_err(|e| anyhow::anyhow!("coordinator sent a bad unit name: {e}"))?;
-        write_atomic(&out.join(unit), output)?;
+    for v in &results.verified {
+        write_atomic(&out.join(&v.unit), &v.output)?;
     }
     let mut failed = String::new();
     for (unit, reason) in &results.failed {
         failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
     }
     write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
+    if let Some(lines) = &jsonl {
+        write_atomic(&out.join(RESULTS_JSONL), lines.as_bytes())?;
+    }
     if let Some(Ok(bytes)) = &results.aggregate {
         write_atomic(&out.join("aggregate"), bytes)?;
     }
+    reducer_outcome(project, &results, &status, Some(out))
+}
+
+/// The JSON lines file `--format jsonl --out DIR` writes: a name no unit may have
+/// ([`protocol::manifest::RESERVED_UNIT_NAMES`]).
+const RESULTS_JSONL: &str = "results.jsonl";
+
+/// One JSON object per unit, verified ones first (in unit-name order), then failed ones.
+fn results_jsonl(results: &crate::client::Results) -> String {
+    use base64::Engine as _;
+    let mut lines = String::new();
+    for v in &results.verified {
+        let mut object = serde_json::json!({
+            "unit": v.unit,
+            "state": "verified",
+            "digest": hex::encode(&v.digest),
+            "fuel": v.fuel,
+            "signers": v.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+            "output_bytes": v.output.len(),
+        });
+        match std::str::from_utf8(&v.output) {
+            Ok(text) => object["output"] = text.into(),
+            Err(_) => {
+                object["output_base64"] = base64::engine::general_purpose::STANDARD
+                    .encode(&v.output)
+                    .into()
+            }
+        }
+        lines.push_str(&object.to_string());
+        lines.push('\n');
+    }
+    for (unit, reason) in &results.failed {
+        let object = serde_json::json!({ "unit": unit, "state": "failed", "reason": reason });
+        lines.push_str(&object.to_string());
+        lines.push('\n');
+    }
+    lines
+}
+
+/// What `fallow results` says last, and whether it fails: a failed reducer is an error
+/// (the outputs were written all the same).
+fn reducer_outcome(
+    project: u64,
+    results: &crate::client::Results,
+    status: &crate::client::Status,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
     let wrote = format!(
         "{} verified outputs and {} failed units",
         results.verified.len(),
         results.failed.len()
     );
+    let to = out.map_or_else(|| "stdout".to_string(), |o| o.display().to_string());
     match &results.aggregate {
         Some(Err(e)) => bail!(
-            "project {project}'s reducer failed: {e}; wrote {wrote} to {}, but there is no aggregate",
-            out.display()
+            "project {project}'s reducer failed: {e}; wrote {wrote} to {to}, but there is no aggregate"
         ),
-        Some(Ok(_)) => eprintln!("wrote {wrote} and the aggregate to {}", out.display()),
+        Some(Ok(_)) if out.is_some() => eprintln!("wrote {wrote} and the aggregate to {to}"),
         None if status.has_reducer => eprintln!(
-            "wrote {wrote} to {}; no aggregate yet: project {project} is {} ({} of {} units settled)",
-            out.display(),
+            "wrote {wrote} to {to}; no aggregate yet: project {project} is {} ({} of {} units settled)",
             status.outcome.as_str(),
             status.verified + status.failed,
             status.total
         ),
-        None => eprintln!("wrote {wrote} to {}", out.display()),
+        _ => eprintln!("wrote {wrote} to {to}"),
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let parsed = results
         .verified
         .iter()
-        .map(|(name, bytes)| mosaic::parse_tile(bytes).with_context(|| format!("tile {name}")))
+        .map(|v| mosaic::parse_tile(&v.output).with_context(|| format!("tile {}", v.unit)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (w, h, rgb) = mosaic::assemble(&parsed)?;
     mosaic::write_png(out, w, h, &rgb)?;

@@ -202,9 +202,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Results {
             project,
             out,
+            format,
             coordinator,
             force,
-        } => commands::results(&coordinator, &trust, project, &out, force).await,
+        } => commands::results(&coordinator, &trust, project, out.as_deref(), format, force).await,
         Command::Accounts { coordinator, json } => {
             commands::accounts(&coordinator, &trust, json).await
         }

@@ -21,7 +21,7 @@ pub const MAX_MODULE_BYTES: usize = 64 << 20;
 /// Most replicas (executions) of one unit, whatever the manifest says.
 pub const MAX_REPLICAS: u32 = 64;
 /// Unit names a results directory already uses for its own files.
-pub const RESERVED_UNIT_NAMES: [&str; 2] = ["aggregate", "failed.txt"];
+pub const RESERVED_UNIT_NAMES: [&str; 3] = ["aggregate", "failed.txt", "results.jsonl"];
 
 /// The manifest as written. Every key is documented in the README with its default.
 #[derive(Debug, Clone, Deserialize)]

@@ -71,6 +71,41 @@ fn a_local_run_gives_the_bytes_and_fuel_a_worker_gives() {
         "the fuel workers claimed: {status}"
     );
 
+    // The same units as JSON lines, for scripts: outputs, fuel and signers per unit.
+    let jsonl = c.cli(&["results", &id.to_string(), "--format", "jsonl"]);
+    assert!(
+        jsonl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&jsonl.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(jsonl.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let mut claimed = 0;
+    for line in &lines {
+        let unit = line["unit"].as_str().expect("unit");
+        assert_eq!(line["state"], "verified", "{line}");
+        let output = std::fs::read_to_string(out.join(unit)).expect("output");
+        assert_eq!(line["output"].as_str(), Some(output.as_str()), "{line}");
+        assert_eq!(line["signers"].as_array().map(Vec::len), Some(1), "{line}");
+        assert_eq!(line["digest"].as_str().map(str::len), Some(64), "{line}");
+        claimed += line["fuel"].as_u64().expect("fuel");
+    }
+    assert_eq!(
+        claimed, fuel,
+        "the fuel in the lines is the fuel fallow run measured"
+    );
+    let no_out = c.cli(&["results", &id.to_string()]);
+    assert!(!no_out.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_out.stderr).contains("--out DIR is needed"),
+        "{}",
+        String::from_utf8_lossy(&no_out.stderr)
+    );
+
     // The input on stdin, the name given: the same bytes again.
     let mut child = fallow()
         .args(["run", module.to_str().expect("utf-8"), "--name", "0"])

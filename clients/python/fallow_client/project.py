@@ -49,7 +49,7 @@ MAX_INPUT_BYTES = 16 << 20
 #: Largest module (project or reducer).
 MAX_MODULE_BYTES = 64 << 20
 #: Unit names a results directory uses for its own files.
-RESERVED_UNIT_NAMES = ("aggregate", "failed.txt")
+RESERVED_UNIT_NAMES = ("aggregate", "failed.txt", "results.jsonl")
 
 _UNIT_NAME = re.compile(r"[A-Za-z0-9._\-+=,@]{1,200}")
 
