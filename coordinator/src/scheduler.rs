@@ -624,7 +624,26 @@ pub struct Scheduler {
     record: HashMap<WorkerId, u32>,
     /// The limit of unfinished leases is off (benchmarks that lease without answering).
     unlimited: bool,
+    /// Per project, whether the units verified since start-up all share one output.
+    same_output: HashMap<ProjectId, SameOutput>,
 }
+
+/// Verified units of one project seen by this scheduler and whether their outputs all
+/// share the first one's digest: the determinism pitfall (a generator seeded from the
+/// frozen clock) gives every unit the same answer, which verification alone cannot see.
+#[derive(Debug, Clone, Copy)]
+struct SameOutput {
+    /// The digest of the first unit verified.
+    first: Digest,
+    /// Units verified with that digest.
+    count: u64,
+    /// A unit verified with another digest: nothing to warn about.
+    differs: bool,
+}
+
+/// Verified units that must all share one output (and be distinct units of a project of at
+/// least as many) before [`Scheduler::warnings`] says so.
+pub const SAME_OUTPUT_WARNING_AFTER: u64 = 5;
 
 /// Distinct workers that asked for work in the current lease period and how many did in
 /// the one before (counts that never need a scan), in all and per project among those
@@ -1051,6 +1070,24 @@ impl Scheduler {
         out.sort_by_key(|w| w.unit);
         out.dedup();
         out
+    }
+
+    /// What may be wrong with a project itself, in words: today, that every unit verified
+    /// since start-up (at least [`SAME_OUTPUT_WARNING_AFTER`]) gave the same output.
+    pub fn warnings(&self, project: ProjectId) -> Vec<String> {
+        let Some(t) = self.same_output.get(&project) else {
+            return Vec::new();
+        };
+        if t.differs || t.count < SAME_OUTPUT_WARNING_AFTER {
+            return Vec::new();
+        }
+        vec![format!(
+            "all {} units verified so far have the same output (digest {}): if units should \
+             differ, check how the module seeds its random numbers: the clock is frozen, so \
+             a seed from the time is the same in every unit (seed from getentropy() or \
+             getrandom instead; docs/guides.md)",
+            t.count, t.first
+        )]
     }
 
     /// The project a unit belongs to.
@@ -1895,6 +1932,16 @@ impl Scheduler {
         unit.status = UnitStatus::Verified;
         let project = unit.project;
         let votes = std::mem::take(&mut unit.votes);
+        let tally = self.same_output.entry(project).or_insert(SameOutput {
+            first: verified.digest,
+            count: 0,
+            differs: false,
+        });
+        if verified.digest == tally.first {
+            tally.count += 1;
+        } else {
+            tally.differs = true;
+        }
         let failed: Vec<WorkerId> = unit
             .replicas
             .iter()

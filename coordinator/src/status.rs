@@ -8,13 +8,15 @@ use crate::fleet::Fleet;
 use crate::scheduler::{Aggregate, Project};
 
 /// `project`'s status with `in_progress` of its units running or awaiting their quorum,
-/// the online `fleet`, and the units `waiting` for a worker of another account (in words,
-/// `fleet::waiting_sentences`).
+/// the online `fleet`, the units `waiting` for a worker of another account (in words,
+/// `fleet::waiting_sentences`), and `warnings` about the project itself
+/// (`Scheduler::warnings`).
 pub fn project_status(
     project: &Project,
     in_progress: u64,
     fleet: &Fleet,
     waiting: Vec<String>,
+    warnings: Vec<String>,
 ) -> ProjectStatus {
     let p = project;
     let s = p.stats;
@@ -57,5 +59,6 @@ pub fn project_status(
         workers_idle: fleet.idle,
         fleet: fleet.sentence(),
         waiting,
+        warnings,
     }
 }

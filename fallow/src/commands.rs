@@ -350,6 +350,9 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
         for w in &p.waiting {
             writeln!(out, "      waiting: {w}")?;
         }
+        for w in &p.warnings {
+            writeln!(out, "      warning: {w}")?;
+        }
         if p.submitter.is_empty() {
             writeln!(
                 out,
@@ -405,6 +408,7 @@ pub(crate) async fn wait_for(
     .progress_chars("=> ");
     let mut bars: std::collections::HashMap<u64, ProgressBar> = std::collections::HashMap::new();
     let mut said: std::collections::HashMap<u64, Vec<String>> = std::collections::HashMap::new();
+    let mut warned: std::collections::HashSet<(u64, String)> = std::collections::HashSet::new();
     loop {
         let projects = client.status(project).await?;
         if projects.is_empty() {
@@ -459,6 +463,12 @@ pub(crate) async fn wait_for(
                     say(&format!("project {}: {w}", p.id));
                 }
                 *before = p.waiting.clone();
+            }
+            // Each warning once: it stays true while the project runs.
+            for w in &p.warnings {
+                if warned.insert((p.id.0, w.clone())) {
+                    say(&format!("project {}: warning: {w}", p.id));
+                }
             }
             if p.finished {
                 bar.finish();
@@ -1087,6 +1097,7 @@ mod tests {
             workers_idle: 0,
             fleet: String::new(),
             waiting: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

@@ -405,6 +405,7 @@ impl From<&ProjectStatus> for pb::ProjectStatus {
             workers_idle: s.workers_idle,
             fleet: s.fleet.clone(),
             waiting: s.waiting.clone(),
+            warnings: s.warnings.clone(),
         }
     }
 }
@@ -447,6 +448,7 @@ impl From<pb::ProjectStatus> for ProjectStatus {
             workers_idle: p.workers_idle,
             fleet: p.fleet,
             waiting: p.waiting,
+            warnings: p.warnings,
         }
     }
 }

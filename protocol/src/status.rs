@@ -68,6 +68,11 @@ pub struct ProjectStatus {
     /// Units that need a worker of another account, in words.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<String>,
+    /// What may be wrong with the project itself, in words (for example every unit giving
+    /// the same output, the sign of a seed taken from the frozen clock). Left out of JSON
+    /// when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Serializes a project id as its number, as `fallow status --json` always has.

@@ -216,3 +216,41 @@ fn a_bad_coordinator_flag_is_named_not_blamed_on_the_data_directory() {
         assert!(!data.exists(), "made the data directory");
     }
 }
+
+/// Units that all give the same output are said in words (status JSON and text): the sign
+/// of random numbers seeded from the frozen clock, which quorums cannot see.
+#[test]
+fn units_that_all_give_the_same_output_are_warned_about() {
+    let mut c = Cluster::start(30);
+    c.start_worker(&[]);
+    c.start_worker(&[]);
+    let manifest = project(
+        c.dir.path(),
+        "same",
+        artifacts::hostile::ECHO,
+        None,
+        "replication = 2\nadaptive = false\n[inputs]\ndir = \"inputs\"\n",
+    );
+    let inputs = manifest.with_file_name("inputs");
+    std::fs::create_dir_all(&inputs).expect("inputs");
+    for unit in 0..6 {
+        std::fs::write(inputs.join(format!("u{unit}")), "seeded from the clock\n").expect("input");
+    }
+    let id = c.submit(&manifest).expect("accepted");
+    let s = c.wait_finished(id, Duration::from_secs(120));
+    let warnings = s["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{s}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .is_some_and(|w| w.contains("same output") && w.contains("getentropy")),
+        "{s}"
+    );
+    let text = c.cli(&["status", &id.to_string()]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains("warning: all 6 units verified so far have the same output"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+}

@@ -66,11 +66,14 @@ class Status:
     fleet: str
     #: Units that need a worker of another account, in words.
     waiting: tuple[str, ...]
+    #: What may be wrong with the project itself, e.g. every unit giving the same output.
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def _from_pb(cls, p: "pb.ProjectStatus") -> "Status":
-        fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls) if f.name not in ("outcome", "waiting")}
-        return cls(**fields, waiting=tuple(p.waiting), outcome=_outcome(p))
+        lists = ("outcome", "waiting", "warnings")
+        fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls) if f.name not in lists}
+        return cls(**fields, waiting=tuple(p.waiting), warnings=tuple(p.warnings), outcome=_outcome(p))
 
 
 def _outcome(p: "pb.ProjectStatus") -> str:

@@ -725,6 +725,7 @@ mod tests {
                 workers_idle: 0,
                 fleet: String::new(),
                 waiting: Vec::new(),
+                warnings: Vec::new(),
             },
             max_replicas: 5,
             extra_replicas: 0,

@@ -98,7 +98,7 @@ impl Capture {
                 let mut c = counts.remove(&p.id).unwrap_or_default();
                 c.letters.sort_unstable();
                 ProjectCapture {
-                    status: project_status(p, c.in_progress, fleet, Vec::new()),
+                    status: project_status(p, c.in_progress, fleet, Vec::new(), Vec::new()),
                     max_replicas: p.max_replicas,
                     extra_replicas: c.extra_replicas,
                     aggregate: match (&p.aggregate, p.reducer.is_some()) {

@@ -1176,3 +1176,32 @@ fn a_projects_outcome_tells_done_from_failed() {
     check((10, 10, 0, true, true), Outcome::Failed);
     assert_eq!(Outcome::Failed.as_str(), "failed");
 }
+
+/// Every unit giving the same output is said in words once enough have verified, and
+/// not once one differs: the frozen-clock seeding pitfall, which quorums cannot see.
+#[test]
+fn units_that_all_give_the_same_output_are_warned_about() {
+    let mut s = setup(8, 2, 2, 5);
+    // Each unit leased to both workers (first in, first out) and verified with `output`.
+    let verify = |s: &mut Scheduler, unit: u64, output: &[u8]| {
+        assert_eq!(units(s.assign(id(1), 1, 0)), [UnitId(unit)]);
+        assert_eq!(units(s.assign(id(2), 1, 0)), [UnitId(unit)]);
+        certify(s, unit, &[1, 2], output)
+            .expect("valid")
+            .expect("first");
+    };
+    for unit in 0..SAME_OUTPUT_WARNING_AFTER - 1 {
+        verify(&mut s, unit, b"42\n");
+        assert!(s.warnings(P).is_empty(), "only {} so far", unit + 1);
+    }
+    verify(&mut s, SAME_OUTPUT_WARNING_AFTER - 1, b"42\n");
+    let warned = s.warnings(P);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("same output") && warned[0].contains("getentropy"),
+        "{warned:?}"
+    );
+    verify(&mut s, SAME_OUTPUT_WARNING_AFTER, b"43\n");
+    assert!(s.warnings(P).is_empty(), "one unit differs");
+    assert!(s.warnings(ProjectId(99)).is_empty());
+}

@@ -85,6 +85,7 @@ impl<S: Store> CoordinatorService<S> {
                     state.sched.in_progress(p.id),
                     &fleet,
                     fleet::waiting_sentences(&waits),
+                    state.sched.warnings(p.id),
                 )
             })
             .collect();

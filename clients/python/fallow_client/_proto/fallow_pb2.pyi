@@ -123,7 +123,7 @@ class ListProjectsRequest(_message.Message):
     def __init__(self, project_id: _Optional[int] = ...) -> None: ...
 
 class ProjectStatus(_message.Message):
-    __slots__ = ("id", "name", "total", "verified", "failed", "in_progress", "pending", "finished", "executions", "disputes", "has_reducer", "aggregate_ready", "aggregate_error", "replication", "quorum", "credit", "solo", "spot_checks", "mismatches", "reopened", "submitter", "workers_running", "workers_suspended", "workers_idle", "fleet", "waiting")
+    __slots__ = ("id", "name", "total", "verified", "failed", "in_progress", "pending", "finished", "executions", "disputes", "has_reducer", "aggregate_ready", "aggregate_error", "replication", "quorum", "credit", "solo", "spot_checks", "mismatches", "reopened", "submitter", "workers_running", "workers_suspended", "workers_idle", "fleet", "waiting", "warnings")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class ProjectStatus(_message.Message):
     WORKERS_IDLE_FIELD_NUMBER: _ClassVar[int]
     FLEET_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     total: int
@@ -176,7 +177,8 @@ class ProjectStatus(_message.Message):
     workers_idle: int
     fleet: str
     waiting: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., total: _Optional[int] = ..., verified: _Optional[int] = ..., failed: _Optional[int] = ..., in_progress: _Optional[int] = ..., pending: _Optional[int] = ..., finished: _Optional[bool] = ..., executions: _Optional[int] = ..., disputes: _Optional[int] = ..., has_reducer: _Optional[bool] = ..., aggregate_ready: _Optional[bool] = ..., aggregate_error: _Optional[str] = ..., replication: _Optional[int] = ..., quorum: _Optional[int] = ..., credit: _Optional[int] = ..., solo: _Optional[int] = ..., spot_checks: _Optional[int] = ..., mismatches: _Optional[int] = ..., reopened: _Optional[int] = ..., submitter: _Optional[str] = ..., workers_running: _Optional[int] = ..., workers_suspended: _Optional[int] = ..., workers_idle: _Optional[int] = ..., fleet: _Optional[str] = ..., waiting: _Optional[_Iterable[str]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., total: _Optional[int] = ..., verified: _Optional[int] = ..., failed: _Optional[int] = ..., in_progress: _Optional[int] = ..., pending: _Optional[int] = ..., finished: _Optional[bool] = ..., executions: _Optional[int] = ..., disputes: _Optional[int] = ..., has_reducer: _Optional[bool] = ..., aggregate_ready: _Optional[bool] = ..., aggregate_error: _Optional[str] = ..., replication: _Optional[int] = ..., quorum: _Optional[int] = ..., credit: _Optional[int] = ..., solo: _Optional[int] = ..., spot_checks: _Optional[int] = ..., mismatches: _Optional[int] = ..., reopened: _Optional[int] = ..., submitter: _Optional[str] = ..., workers_running: _Optional[int] = ..., workers_suspended: _Optional[int] = ..., workers_idle: _Optional[int] = ..., fleet: _Optional[str] = ..., waiting: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListProjectsResponse(_message.Message):
     __slots__ = ("projects",)
