@@ -128,6 +128,118 @@ pub struct LoadedCounts {
     pub executions: u64,
 }
 
+/// A unit's row as a back-end decoded it, before its replicas and votes are merged in
+/// ([`merge_units`]).
+#[derive(Debug, Clone)]
+pub(crate) struct UnitRow {
+    /// Id.
+    pub id: u64,
+    /// Project.
+    pub project: ProjectId,
+    /// Status.
+    pub status: UnitStatus,
+    /// Replicas wanted.
+    pub target: u32,
+    /// Matching claims needed; 0 in rows written before schema 2 (then the project's
+    /// quorum).
+    pub required: u32,
+}
+
+/// A replica as loaded: the worker, its assignment's state and any failure it reported.
+pub(crate) type Replica = (WorkerId, AssignmentState, Option<Failure>);
+
+/// A reported failure from its stored kind and reason (an unknown kind is none).
+pub(crate) fn failure_of(kind: Option<String>, reason: Option<String>) -> Option<Failure> {
+    kind.as_deref()
+        .and_then(protocol::FailureKind::parse)
+        .map(|k| Failure::new(k, reason.unwrap_or_default()))
+}
+
+/// A stored vote's salt and signature, refused as corrupt when not 32 and 64 bytes.
+pub(crate) fn vote_seal(salt: Vec<u8>, signature: Vec<u8>) -> Result<([u8; 32], [u8; 64]), Error> {
+    Ok((
+        salt.try_into()
+            .map_err(|_| Error::Corrupt("vote salt is not 32 bytes".into()))?,
+        signature
+            .try_into()
+            .map_err(|_| Error::Corrupt("vote signature is not 64 bytes".into()))?,
+    ))
+}
+
+/// What both back-ends' `load_units` do with their three streams, each in unit order
+/// (units; assignments; votes): merged, so nothing but the current unit is in memory,
+/// each unit handed to `on_unit` with its replicas and votes, and counted per project.
+/// `quorum` fills `required` for rows written before schema 2.
+pub(crate) async fn merge_units<U, A, V, F>(
+    quorum: &HashMap<ProjectId, u32>,
+    mut units: U,
+    mut assignments: A,
+    mut votes: V,
+    mut on_unit: F,
+) -> Result<HashMap<ProjectId, LoadedCounts>, Error>
+where
+    U: tokio_stream::Stream<Item = Result<UnitRow, Error>> + Unpin,
+    A: tokio_stream::Stream<Item = Result<(u64, Replica), Error>> + Unpin,
+    V: tokio_stream::Stream<Item = Result<Claim, Error>> + Unpin,
+    F: FnMut(StoredUnit),
+{
+    use tokio_stream::StreamExt;
+    let mut assignment = assignments.next().await.transpose()?;
+    let mut vote = votes.next().await.transpose()?;
+    let mut counts: HashMap<ProjectId, LoadedCounts> = HashMap::new();
+    while let Some(row) = units.next().await {
+        let row = row?;
+        let id = row.id;
+        let mut replicas = Vec::new();
+        while let Some((unit, _)) = &assignment
+            && *unit <= id
+        {
+            if let Some((unit, r)) = assignment.take()
+                && unit == id
+            {
+                replicas.push(r);
+            }
+            assignment = assignments.next().await.transpose()?;
+        }
+        let mut unit_votes = Vec::new();
+        while let Some(c) = &vote
+            && c.unit.0 <= id
+        {
+            if let Some(c) = vote.take()
+                && c.unit.0 == id
+            {
+                unit_votes.push(c);
+            }
+            vote = votes.next().await.transpose()?;
+        }
+        let c = counts.entry(row.project).or_default();
+        c.total += 1;
+        c.executions += replicas
+            .iter()
+            .filter(|r| r.1 != AssignmentState::Returned)
+            .count() as u64;
+        match row.status {
+            UnitStatus::Verified => c.verified += 1,
+            UnitStatus::Failed(_) => c.failed += 1,
+            UnitStatus::Pending => {}
+        }
+        let required = match row.required {
+            0 => quorum.get(&row.project).copied().unwrap_or(1), // written before schema 2
+            n => n,
+        };
+        on_unit(StoredUnit {
+            id: UnitId(id),
+            project: row.project,
+            status: row.status,
+            target: row.target,
+            required,
+            replicas,
+            votes: unit_votes,
+        });
+    }
+    Ok(counts)
+}
+
 /// One durable change, for [`Store::write`]. The writes of many requests are applied
 /// together, in order, in one transaction.
 #[derive(Debug, Clone)]

@@ -17,14 +17,15 @@ use tokio_stream::StreamExt;
 
 use protocol::certificate::Verified;
 use protocol::manifest::ProjectSpec;
-use protocol::{Claim, Digest, Failure, FailureKind, Limits, ProjectId, UnitId, WorkerId};
+use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
 
 use protocol::provenance::{Signer, SubmitterKey};
 
 use super::schema::{self, SCHEMA_VERSION};
 use super::{
-    AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, VerifiedOutput, Write,
+    AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, failure_of,
+    merge_units, vote_seal,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -879,7 +880,7 @@ impl Store for SqliteStore {
 
     async fn load_units<F: FnMut(StoredUnit) + Send>(
         &self,
-        mut on_unit: F,
+        on_unit: F,
     ) -> Result<HashMap<ProjectId, LoadedCounts>, Error> {
         let mut quorum: HashMap<ProjectId, u32> = HashMap::new();
         for row in sqlx::query("SELECT id, quorum FROM projects")
@@ -891,123 +892,63 @@ impl Store for SqliteStore {
                 row.try_get::<i64, _>("quorum")? as u32,
             );
         }
-        // Three streams in unit order, merged: nothing but the current unit is in memory.
-        let mut units = sqlx::query(
+        // Three streams in unit order, merged by `merge_units`.
+        let units = sqlx::query(
             "SELECT id, project, state, target, required, reason FROM units ORDER BY id",
         )
-        .fetch(&self.pool);
-        let mut assignments = sqlx::query(
+        .fetch(&self.pool)
+        .map(|row| -> Result<UnitRow, Error> {
+            let row = row?;
+            Ok(UnitRow {
+                id: row.try_get::<i64, _>("id")? as u64,
+                project: ProjectId(row.try_get::<i64, _>("project")? as u64),
+                status: match row.try_get::<i64, _>("state")? {
+                    UNIT_VERIFIED => UnitStatus::Verified,
+                    UNIT_FAILED => UnitStatus::Failed(
+                        row.try_get::<Option<String>, _>("reason")?
+                            .unwrap_or_default(),
+                    ),
+                    _ => UnitStatus::Pending,
+                },
+                target: row.try_get::<i64, _>("target")? as u32,
+                required: row.try_get::<i64, _>("required")? as u32,
+            })
+        });
+        let assignments = sqlx::query(
             "SELECT unit, worker, state, failure_kind, reason FROM assignments ORDER BY unit, created_ms, rowid",
         )
-        .fetch(&self.pool);
-        let mut votes = sqlx::query(
+        .fetch(&self.pool)
+        .map(|row| -> Result<(u64, Replica), Error> {
+            let row = row?;
+            Ok((
+                row.try_get::<i64, _>("unit")? as u64,
+                (
+                    worker_id(row.try_get("worker")?)?,
+                    AssignmentState::from_code(row.try_get("state")?),
+                    failure_of(row.try_get("failure_kind")?, row.try_get("reason")?),
+                ),
+            ))
+        });
+        let votes = sqlx::query(
             "SELECT v.unit AS unit, u.project AS project, v.worker AS worker, v.digest AS digest, v.fuel AS fuel,
                 v.salt AS salt, v.signature AS signature
              FROM votes v JOIN units u ON u.id = v.unit ORDER BY v.unit",
         )
-        .fetch(&self.pool);
-        type Replica = (WorkerId, AssignmentState, Option<Failure>);
-        let next_assignment =
-            |row: Option<Result<SqliteRow, sqlx::Error>>| -> Result<Option<(u64, Replica)>, Error> {
-                let Some(row) = row.transpose()? else {
-                    return Ok(None);
-                };
-                let state = AssignmentState::from_code(row.try_get("state")?);
-                let kind: Option<String> = row.try_get("failure_kind")?;
-                let reason: Option<String> = row.try_get("reason")?;
-                let failure = kind
-                    .as_deref()
-                    .and_then(FailureKind::parse)
-                    .map(|k| Failure::new(k, reason.unwrap_or_default()));
-                Ok(Some((
-                    row.try_get::<i64, _>("unit")? as u64,
-                    (worker_id(row.try_get("worker")?)?, state, failure),
-                )))
-            };
-        let next_vote =
-            |row: Option<Result<SqliteRow, sqlx::Error>>| -> Result<Option<Claim>, Error> {
-                let Some(row) = row.transpose()? else {
-                    return Ok(None);
-                };
-                let salt: Vec<u8> = row.try_get("salt")?;
-                let signature: Vec<u8> = row.try_get("signature")?;
-                Ok(Some(Claim {
-                    project: ProjectId(row.try_get::<i64, _>("project")? as u64),
-                    unit: UnitId(row.try_get::<i64, _>("unit")? as u64),
-                    digest: digest(row.try_get("digest")?)?,
-                    fuel: row.try_get::<i64, _>("fuel")? as u64,
-                    worker: worker_id(row.try_get("worker")?)?,
-                    salt: salt
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("vote salt is not 32 bytes".into()))?,
-                    signature: signature
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("vote signature is not 64 bytes".into()))?,
-                }))
-            };
-        let mut assignment = next_assignment(assignments.next().await)?;
-        let mut vote = next_vote(votes.next().await)?;
-        let mut counts: HashMap<ProjectId, LoadedCounts> = HashMap::new();
-        while let Some(row) = units.next().await {
+        .fetch(&self.pool)
+        .map(|row| -> Result<Claim, Error> {
             let row = row?;
-            let id = row.try_get::<i64, _>("id")? as u64;
-            let project = ProjectId(row.try_get::<i64, _>("project")? as u64);
-            let status = match row.try_get::<i64, _>("state")? {
-                UNIT_VERIFIED => UnitStatus::Verified,
-                UNIT_FAILED => UnitStatus::Failed(
-                    row.try_get::<Option<String>, _>("reason")?
-                        .unwrap_or_default(),
-                ),
-                _ => UnitStatus::Pending,
-            };
-            let mut replicas = Vec::new();
-            while let Some((unit, _)) = &assignment
-                && *unit <= id
-            {
-                if let Some((unit, r)) = assignment.take()
-                    && unit == id
-                {
-                    replicas.push(r);
-                }
-                assignment = next_assignment(assignments.next().await)?;
-            }
-            let mut unit_votes = Vec::new();
-            while let Some(c) = &vote
-                && c.unit.0 <= id
-            {
-                if let Some(c) = vote.take()
-                    && c.unit.0 == id
-                {
-                    unit_votes.push(c);
-                }
-                vote = next_vote(votes.next().await)?;
-            }
-            let c = counts.entry(project).or_default();
-            c.total += 1;
-            c.executions += replicas
-                .iter()
-                .filter(|r| r.1 != AssignmentState::Returned)
-                .count() as u64;
-            match status {
-                UnitStatus::Verified => c.verified += 1,
-                UnitStatus::Failed(_) => c.failed += 1,
-                UnitStatus::Pending => {}
-            }
-            let required = match row.try_get::<i64, _>("required")? {
-                0 => quorum.get(&project).copied().unwrap_or(1), // written before schema 2
-                n => n as u32,
-            };
-            on_unit(StoredUnit {
-                id: UnitId(id),
-                project,
-                status,
-                target: row.try_get::<i64, _>("target")? as u32,
-                required,
-                replicas,
-                votes: unit_votes,
-            });
-        }
-        Ok(counts)
+            let (salt, signature) = vote_seal(row.try_get("salt")?, row.try_get("signature")?)?;
+            Ok(Claim {
+                project: ProjectId(row.try_get::<i64, _>("project")? as u64),
+                unit: UnitId(row.try_get::<i64, _>("unit")? as u64),
+                digest: digest(row.try_get("digest")?)?,
+                fuel: row.try_get::<i64, _>("fuel")? as u64,
+                worker: worker_id(row.try_get("worker")?)?,
+                salt,
+                signature,
+            })
+        });
+        merge_units(&quorum, units, assignments, votes, on_unit).await
     }
 
     async fn module(&self, digest: Digest) -> Result<Option<Vec<u8>>, Error> {
