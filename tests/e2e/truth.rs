@@ -253,4 +253,27 @@ fn units_that_all_give_the_same_output_are_warned_about() {
         "{}",
         String::from_utf8_lossy(&text.stdout)
     );
+    // And the dashboard, once its snapshot has caught up (it is published every second).
+    let addr: SocketAddr = c.addr.parse().expect("coordinator address");
+    let started = Instant::now();
+    loop {
+        let projects: Value = serde_json::from_str(&http_get(addr, "/api/projects")).expect("JSON");
+        let warned = projects
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["id"] == id))
+            .and_then(|p| p["warnings"].as_array().map(Vec::len));
+        if warned == Some(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the dashboard does not warn: {projects}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let page = http_get(addr, &format!("/projects/{id}"));
+    assert!(
+        page.contains("Check the project") && page.contains("same output"),
+        "{page}"
+    );
 }

@@ -355,6 +355,7 @@ impl Broadcaster {
             units_per_minute: per_ms * 60_000.0,
             eta_seconds,
             waiting: p.status.waiting.clone(),
+            warnings: p.status.warnings.clone(),
             percent: if p.status.total == 0 {
                 100.0
             } else {

@@ -216,6 +216,13 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
         }
         body.push_str("</ul></section>");
     }
+    if !p.warnings.is_empty() {
+        body.push_str("<section class=\"waiting\"><h2>Check the project</h2><ul>");
+        for w in &p.warnings {
+            let _ = write!(body, "<li>{}</li>", esc(w));
+        }
+        body.push_str("</ul></section>");
+    }
     body.push_str("<section class=\"cards\">");
     body.push_str(&card("units", "project.total", int(p.total)));
     body.push_str(&card("verified", "project.verified", int(p.verified)));

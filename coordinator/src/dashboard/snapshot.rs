@@ -98,7 +98,13 @@ impl Capture {
                 let mut c = counts.remove(&p.id).unwrap_or_default();
                 c.letters.sort_unstable();
                 ProjectCapture {
-                    status: project_status(p, c.in_progress, fleet, Vec::new(), Vec::new()),
+                    status: project_status(
+                        p,
+                        c.in_progress,
+                        fleet,
+                        Vec::new(),
+                        sched.warnings(p.id),
+                    ),
                     max_replicas: p.max_replicas,
                     extra_replicas: c.extra_replicas,
                     aggregate: match (&p.aggregate, p.reducer.is_some()) {
@@ -249,6 +255,9 @@ pub(crate) struct ProjectSummary {
     /// Units that need a worker of another account ("unit 7 needs a worker of another
     /// account: all 3 online accounts have run it"); empty when none.
     pub waiting: Vec<String>,
+    /// What may be wrong with the project itself (every unit giving the same output);
+    /// empty when nothing.
+    pub warnings: Vec<String>,
     /// Percent settled (verified + failed), 0-100.
     pub percent: f64,
 }
