@@ -155,6 +155,30 @@ pub(crate) fn failure_of(kind: Option<String>, reason: Option<String>) -> Option
         .map(|k| Failure::new(k, reason.unwrap_or_default()))
 }
 
+/// A worker key read back from the store; a malformed one is corruption.
+pub(crate) fn worker_id(bytes: &[u8]) -> Result<WorkerId, Error> {
+    WorkerId::from_slice("stored worker id", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// A digest read back from the store; a malformed one is corruption.
+pub(crate) fn digest(bytes: &[u8]) -> Result<Digest, Error> {
+    Digest::from_slice("stored digest", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// A verified unit's stored output checked against the digest it was verified with, over
+/// the bytes as they are now (a database's own checks see pages, never a changed byte
+/// inside a value): the output, its digest and the fuel column, or `None` when any is
+/// missing or they do not match, which both back-ends report as corrupt.
+pub(crate) fn intact_output(
+    output: Option<Vec<u8>>,
+    digest: Option<Vec<u8>>,
+    fuel: Option<i64>,
+) -> Option<(Vec<u8>, Digest, i64)> {
+    let digest = Digest::from_slice("stored digest", &digest?).ok()?;
+    let output = output?;
+    (Digest::of(&output) == digest).then_some((output, digest, fuel?))
+}
+
 /// A stored vote's salt and signature, refused as corrupt when not 32 and 64 bytes.
 pub(crate) fn vote_seal(salt: Vec<u8>, signature: Vec<u8>) -> Result<([u8; 32], [u8; 64]), Error> {
     Ok((

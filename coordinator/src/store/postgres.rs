@@ -51,8 +51,8 @@ use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
 use super::schema::{self, FIRST_POSTGRES_VERSION, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, failure_of,
-    merge_units, vote_seal,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, digest,
+    failure_of, intact_output, merge_units, vote_seal, worker_id,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -311,14 +311,6 @@ fn small(row: &PgRow, column: &str) -> Result<u32, Error> {
 /// A sum read as a float: whole fuel units, saturating at `u64::MAX` (NaN gives 0).
 fn credit_of(row: &PgRow) -> Result<u64, Error> {
     Ok(row.try_get::<f64, _>("credit")? as u64)
-}
-
-fn worker_id(bytes: &[u8]) -> Result<WorkerId, Error> {
-    WorkerId::from_slice("stored worker id", bytes).map_err(|e| Error::Corrupt(e.to_string()))
-}
-
-fn digest(bytes: &[u8]) -> Result<Digest, Error> {
-    Digest::from_slice("stored digest", bytes).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
 /// Why a reducer failed, without the "reducer failed: " older stores put in front.
@@ -1161,22 +1153,14 @@ impl Store for PostgresStore {
             let key: i64 = row.try_get("id")?;
             let unit = UnitId(count(&row, "id")?);
             let name: String = row.try_get("name")?;
-            let output: Option<Vec<u8>> = row.try_get("output")?;
-            let stored: Option<Vec<u8>> = row.try_get("digest")?;
-            let fuel: Option<i64> = row.try_get("fuel")?;
-            // The digest the unit was verified with, over the bytes as they are now.
-            let (Some(output), Some(fuel), Some(digest)) = (
-                output,
-                fuel,
-                stored.and_then(|d| Digest::from_slice("stored digest", &d).ok()),
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
             ) else {
                 out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
                 continue;
             };
-            if Digest::of(&output) != digest {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            }
             let signers = sqlx::query_scalar::<_, Vec<u8>>(
                 "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
             )

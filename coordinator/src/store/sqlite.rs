@@ -24,8 +24,8 @@ use protocol::provenance::{Signer, SubmitterKey};
 use super::schema::{self, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, failure_of,
-    merge_units, vote_seal,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, digest,
+    failure_of, intact_output, merge_units, vote_seal, worker_id,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -357,14 +357,6 @@ fn reducer_reason(stored: String) -> String {
         Some(rest) => rest.to_string(),
         None => stored,
     }
-}
-
-fn worker_id(bytes: &[u8]) -> Result<WorkerId, Error> {
-    WorkerId::from_slice("stored worker id", bytes).map_err(|e| Error::Corrupt(e.to_string()))
-}
-
-fn digest(bytes: &[u8]) -> Result<Digest, Error> {
-    Digest::from_slice("stored digest", bytes).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
 fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
@@ -1202,23 +1194,14 @@ impl Store for SqliteStore {
             let id: i64 = row.try_get("id")?;
             let unit = UnitId(id as u64);
             let name: String = row.try_get("name")?;
-            let output: Option<Vec<u8>> = row.try_get("output")?;
-            let stored: Option<Vec<u8>> = row.try_get("digest")?;
-            let fuel: Option<i64> = row.try_get("fuel")?;
-            // The digest the unit was verified with, over the bytes as they are now: SQLite's
-            // own checks see pages, never a changed byte inside a value.
-            let (Some(output), Some(fuel), Some(digest)) = (
-                output,
-                fuel,
-                stored.and_then(|d| Digest::from_slice("stored digest", &d).ok()),
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
             ) else {
                 out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
                 continue;
             };
-            if Digest::of(&output) != digest {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            }
             let signers = sqlx::query_scalar::<_, Vec<u8>>(
                 "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
             )
