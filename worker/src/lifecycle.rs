@@ -4,7 +4,7 @@
 //! failed, handed back, or kept with a checkpoint on disk for a restart, which takes it
 //! back into the resume queue.
 //!
-//! [`Lifecycle`] reads no clock and does no I/O. The shell (`lib.rs`) passes `now` (the
+//! [`Lifecycle`] reads no clock and does no I/O. The shell (`attachment` and its `work` and `exchange` modules) passes `now` (the
 //! time since the attachment started) and what it learnt (a lease, a finished run, a
 //! board's answer, an upload's outcome, the coordinator's settled units, which
 //! checkpoint files are on disk) and carries out the returned [`Effect`]s: hand units
