@@ -4,9 +4,9 @@
 //! failed, handed back, or kept with a checkpoint on disk for a restart, which takes it
 //! back into the resume queue.
 //!
-//! [`Lifecycle`] reads no clock and does no I/O. The shell (`attachment` and its `work` and `exchange` modules) passes `now` (the
-//! time since the attachment started) and what it learnt (a lease, a finished run, a
-//! board's answer, an upload's outcome, the coordinator's settled units, which
+//! [`Lifecycle`] reads no clock and does no I/O. The shell (`attachment` and its `work`
+//! and `exchange` modules) passes `now` (the time since the attachment started) and what
+//! it learnt (a lease, a finished run, a board's answer, an upload's outcome, the coordinator's settled units, which
 //! checkpoint files are on disk) and carries out the returned [`Effect`]s: hand units
 //! back, report a failure, upload a certificate, report a dispute or misbehaviour,
 //! avoid a board, delete a checkpoint. One value of it, under one lock, is all the state
