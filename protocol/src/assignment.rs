@@ -34,6 +34,9 @@ pub struct Assignment {
     /// (`None` from a coordinator that issues none, or an assignment saved before tickets:
     /// boards then refuse the commitment and the unit ends in a partial certificate).
     pub ticket: Option<Ticket>,
+    /// The project's data files (mounted under `/data`), sorted by name; covered by the
+    /// unit's signature.
+    pub data: Vec<crate::data::DataFile>,
 }
 
 /// Who signed a unit's project, and the signature over the unit.

@@ -26,6 +26,8 @@
 //! - [`rng`]: splitmix64, the one small seedable generator (spot checks, peer samples,
 //!   simulations).
 //! - [`manifest`]: the project manifest (TOML) and its validation.
+//! - [`data`]: project data files (`[data]`, mounted under `/data`): names, limits and the
+//!   list digest unit signatures cover.
 //! - [`provenance`]: signed projects: the submitter's key signs every unit with the
 //!   project's module, limits and terms; workers check before running.
 //! - [`limits`]: per-project sandbox limits with their defaults and bounds.
@@ -43,6 +45,7 @@ pub mod board;
 pub mod call;
 pub mod certificate;
 pub mod claim;
+pub mod data;
 pub mod error;
 pub mod evidence;
 pub mod failure;

@@ -52,6 +52,9 @@ pub struct Manifest {
     pub inputs: Inputs,
     /// Optional reducer.
     pub reduce: Option<Reduce>,
+    /// Files mounted read-only under `/data` in every unit ([`crate::data`]).
+    #[serde(default)]
+    pub data: Data,
 }
 
 fn default_replication() -> u32 {
@@ -156,6 +159,52 @@ pub struct Reduce {
     pub wasm: PathBuf,
 }
 
+/// `[data]`: `files = ["params.db", "table.bin"]` (each mounted by its file name) and/or
+/// `NAME = "path"` entries (mounted as `/data/NAME`); paths are relative to the manifest.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Data {
+    /// Files mounted under their own file names.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Files mounted under the name given.
+    #[serde(flatten)]
+    pub named: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Data {
+    /// Every `(name, path)`, sorted by name; an error names a duplicate or a bad name.
+    pub fn entries(&self) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for path in &self.files {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("[data].files: {path:?} has no file name"))?;
+            crate::data::check_name(name).map_err(|e| {
+                format!("{e}; or name it yourself: `my-name = {path:?}` under [data]")
+            })?;
+            out.push((name.to_string(), path.clone()));
+        }
+        for (name, path) in &self.named {
+            crate::data::check_name(name)?;
+            out.push((name.clone(), path.clone()));
+        }
+        out.sort();
+        for pair in out.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(format!(
+                    "[data]: two files are mounted as {}/{} ({:?} and {:?}); name one `other = \"path\"`",
+                    crate::data::MOUNT,
+                    pair[0].0,
+                    pair[0].1,
+                    pair[1].1
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A project ready to submit: modules loaded, inputs resolved.
 #[derive(Debug, Clone)]
 pub struct ProjectSpec {
@@ -181,6 +230,11 @@ pub struct ProjectSpec {
     pub units: Vec<(String, Vec<u8>)>,
     /// The manifest text, kept for the record.
     pub manifest: String,
+    /// The `[data]` files, sorted by name (empty for none).
+    pub data: Vec<crate::data::DataFile>,
+    /// Where [`load`] read each of `data`, in the same order; empty in a spec that came
+    /// from the wire.
+    pub data_paths: Vec<PathBuf>,
     /// The submitter's signatures ([`crate::provenance`]); `None` until
     /// [`ProjectSpec::sign`]. The coordinator refuses unsigned projects.
     pub signatures: Option<crate::provenance::Signatures>,
@@ -234,7 +288,41 @@ pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
             table_units(&bytes).map_err(fail)?
         }
     };
-    let spec = manifest.to_spec(module, reducer, units, text);
+    let entries = manifest.data.entries().map_err(fail)?;
+    let mut data = Vec::with_capacity(entries.len());
+    let mut data_paths = Vec::with_capacity(entries.len());
+    for (name, rel) in entries {
+        let file = base.join(&rel);
+        let meta = std::fs::metadata(&file).map_err(|e| {
+            fail(format!(
+                "[data] {name} = {rel:?}: cannot read {}: {e} (paths are relative to the manifest)",
+                file.display()
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(fail(format!(
+                "[data] {name} = {rel:?}: {} is not a file (directories cannot be mounted; name each file)",
+                file.display()
+            )));
+        }
+        // Checked before hashing so a 50 GiB file is refused at once, not after minutes.
+        if meta.len() > crate::data::MAX_FILE_BYTES {
+            crate::data::check_list(&[crate::data::DataFile {
+                name: name.clone(),
+                size: meta.len(),
+                digest: crate::Digest([0; 32]),
+            }])
+            .map_err(fail)?;
+        }
+        let (size, digest) = crate::data::hash_file(&file).map_err(|e| {
+            fail(format!("[data] {name}: cannot read {}: {e}", file.display()))
+        })?;
+        data.push(crate::data::DataFile { name, size, digest });
+        data_paths.push(file);
+    }
+    let mut spec = manifest.to_spec(module, reducer, units, text);
+    spec.data = data;
+    spec.data_paths = data_paths;
     spec.validate().map_err(fail)?;
     Ok(spec)
 }
@@ -246,7 +334,8 @@ impl Manifest {
     }
 
     /// The project this manifest describes, with the module, reducer and units its paths
-    /// and `[inputs]` resolve to, and every default filled in (`quorum` = `replication`,
+    /// and `[inputs]` resolve to (no data files: [`load`] hashes those), and every default
+    /// filled in (`quorum` = `replication`,
     /// `max_replicas` = `replication + 3`, `error_bound` = [`DEFAULT_ERROR_BOUND`]). Not
     /// validated: call [`ProjectSpec::validate`]. `text` is kept as the record.
     pub fn to_spec(
@@ -270,6 +359,8 @@ impl Manifest {
             limits: self.limits,
             units,
             manifest: text,
+            data: Vec::new(),
+            data_paths: Vec::new(),
             signatures: None,
         }
     }
@@ -320,6 +411,7 @@ impl ProjectSpec {
             ));
         }
         self.limits.validate()?;
+        crate::data::check_list(&self.data)?;
         if self.units.is_empty() {
             return Err("[inputs] produced no work units".into());
         }
@@ -808,6 +900,37 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    /// `[data]` takes `files = [...]` and `name = "path"`, sorted by name, hashed; bad
+    /// names, missing files and duplicates are refused naming the key and the fix.
+    #[test]
+    fn data_files_are_listed_hashed_and_checked() {
+        let base = "name='p'\nwasm='m.wasm'\n[inputs]\ndir='inputs'\n[data]\n";
+        let (dir, path) = write_project(&format!(
+            "{base}files = ['params.db']\ntable = 'sub/T.BIN'\n"
+        ));
+        std::fs::write(dir.join("params.db"), b"p=1\n").expect("write");
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.join("sub/T.BIN"), b"1\n2\n").expect("write");
+        let spec = load(&path).expect("loads");
+        let names: Vec<_> = spec.data.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["params.db", "table"]);
+        assert_eq!(spec.data[1].size, 4);
+        assert_eq!(spec.data[1].digest, crate::Digest::of(b"1\n2\n"));
+        assert_eq!(spec.data_paths[1], dir.join("sub/T.BIN"));
+        let _ = std::fs::remove_dir_all(dir);
+        for (data, says) in [
+            ("files = ['missing.bin']\n", "missing.bin"),
+            ("files = ['inputs/a', 'inputs/a']\n", "two files are mounted as /data/a"),
+            ("files = ['m.wasm']\nBig = 'inputs/a'\n", "a-z"),
+            ("files = ['inputs']\n", "not a file"),
+        ] {
+            let err = check(&format!("{base}{data}"));
+            assert!(err.contains("[data]"), "{err}");
+            assert!(err.contains(says), "{says:?} not in {err}");
+        }
+        assert_eq!(check(&format!("{base}files = ['m.wasm']\n")), "ok");
     }
 
     #[test]

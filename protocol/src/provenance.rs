@@ -10,6 +10,7 @@
 //!
 //! ```text
 //! "fallow/project-unit/v1\0" ‖ terms ‖ module digest ‖ limits ‖ quorum ‖ len ‖ unit name ‖ BLAKE3(input)
+//!     [‖ data list digest, only when the project has `[data]` files (crate::data::list_digest)]
 //! terms = BLAKE3("fallow/project-terms/v1\0" ‖ name ‖ BLAKE3(manifest) ‖ reducer digest
 //!                ‖ replication ‖ max_replicas ‖ adaptive ‖ error bound ‖ number of units)
 //! ```
@@ -126,6 +127,9 @@ pub struct UnitTerms<'a> {
     pub name: &'a str,
     /// The unit's stdin.
     pub input: &'a [u8],
+    /// [`crate::data::list_digest`] of the project's data files; `None` without data, so
+    /// a project without data signs exactly the bytes it signed before data existed.
+    pub data: Option<Digest>,
 }
 
 impl UnitTerms<'_> {
@@ -145,6 +149,11 @@ impl UnitTerms<'_> {
         m.extend_from_slice(&(self.name.len() as u64).to_le_bytes());
         m.extend_from_slice(self.name.as_bytes());
         m.extend_from_slice(blake3::hash(self.input).as_bytes());
+        // Fixed-size fields end the message, so 32 more bytes cannot be read as another
+        // unit's message.
+        if let Some(data) = self.data {
+            m.extend_from_slice(&data.0);
+        }
         m
     }
 
@@ -158,7 +167,7 @@ impl UnitTerms<'_> {
         crate::claim::verify_signature(WorkerId(key.0), &self.message(), signature).map_err(|_| {
             Error::ProjectSignature(format!(
                 "the signature on unit {:?} does not verify under submitter key {key}: its \
-                 module, limits, input or project terms are not what that key signed",
+                 module, limits, input, data files or project terms are not what that key signed",
                 self.name
             ))
         })
@@ -205,6 +214,7 @@ impl ProjectSpec {
             quorum: self.quorum,
             name,
             input,
+            data: crate::data::list_digest(&self.data),
         })
     }
 
@@ -300,8 +310,39 @@ mod tests {
                 .map(|i| (format!("u{i}"), format!("{i}\n").into_bytes()))
                 .collect(),
             manifest: "name = \"p\"".into(),
+            data: Vec::new(),
+            data_paths: Vec::new(),
             signatures: None,
         }
+    }
+
+    /// The data list is signed: a coordinator that swaps a data file (or its size or name)
+    /// breaks every unit's signature, and a worker checking one unit sees it.
+    #[test]
+    fn swapping_a_data_file_breaks_the_signature() {
+        let alice = Identity::from_seed([7; 32]);
+        let mut p = spec(2);
+        p.data = vec![crate::data::DataFile {
+            name: "table".into(),
+            size: 3,
+            digest: Digest::of(b"abc"),
+        }];
+        p.sign(&alice);
+        assert!(p.verify_signatures().is_ok());
+        let key = SubmitterKey::of(&alice);
+        let sig = p.signatures.as_ref().expect("signed").units[0];
+        let unit = p.unit_terms(p.terms(), 0).expect("unit 0");
+        assert!(unit.verify(key, &sig).is_ok());
+        let mut swapped = p.data.clone();
+        swapped[0].digest = Digest::of(b"abd");
+        let tampered = UnitTerms {
+            data: crate::data::list_digest(&swapped),
+            ..unit
+        };
+        assert!(tampered.verify(key, &sig).is_err());
+        let mut q = p.clone();
+        q.data.clear();
+        assert!(q.verify_signatures().is_err(), "dropping the data is seen");
     }
 
     #[test]
