@@ -357,6 +357,8 @@ async fn submit(url: &str, token: &str, units: usize) -> anyhow::Result<ProjectI
             .map(|i| (format!("u{i:07}"), format!("{i}\n").into_bytes()))
             .collect(),
         manifest: String::new(),
+        data: Vec::new(),
+        data_paths: Vec::new(),
         signatures: None,
     };
     spec.sign(&protocol::Identity::generate()?);

@@ -87,6 +87,8 @@ impl Variant {
             },
             units,
             manifest: String::new(),
+            data: Vec::new(),
+            data_paths: Vec::new(),
             signatures: None,
         }
     }

@@ -265,6 +265,8 @@ impl Load {
                 .map(|i| (format!("u{i}"), i.to_le_bytes().to_vec()))
                 .collect(),
             manifest: String::new(),
+            data: Vec::new(),
+            data_paths: Vec::new(),
             signatures: None,
         };
         // Signed before the clock starts: signing is the submitter's cost, not dispatch.

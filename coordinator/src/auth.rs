@@ -33,13 +33,19 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Worker enrollment tokens, in the same format.
 pub const ENROLLMENTS_FILE: &str = "enrollments";
 /// gRPC methods that need a token.
-const PROTECTED: &[&str] = &["/fallow.v1.Coordinator/SubmitProject"];
+/// Data uploads are a submission's first half: the same token.
+const PROTECTED: &[&str] = &[
+    "/fallow.v1.Coordinator/SubmitProject",
+    "/fallow.v1.Coordinator/PutData",
+    "/fallow.v1.Coordinator/HasData",
+];
 /// gRPC methods of workers, which need an enrollment when one is required.
 const WORKER_METHODS: &[&str] = &[
     "/fallow.v1.Coordinator/RegisterWorker",
     "/fallow.v1.Coordinator/Heartbeat",
     "/fallow.v1.Coordinator/RequestWork",
     "/fallow.v1.Coordinator/GetModule",
+    "/fallow.v1.Coordinator/GetData",
     "/fallow.v1.Coordinator/ReportFailure",
     "/fallow.v1.Coordinator/SubmitCertificate",
     "/fallow.v1.Coordinator/ReportDispute",

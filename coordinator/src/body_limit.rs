@@ -44,6 +44,11 @@ impl Caps {
     pub(crate) fn for_path(&self, path: &str) -> usize {
         match path.rsplit('/').next() {
             Some("SubmitProject") => self.upload,
+            // One data file streamed in chunks, with room for the framing of small chunks;
+            // the handler holds the file to the size its first message announces.
+            Some("PutData") => {
+                (protocol::data::MAX_FILE_BYTES + protocol::data::MAX_FILE_BYTES / 8) as usize
+            }
             Some("SubmitCertificate") => self.certificate,
             _ => self.other,
         }

@@ -220,6 +220,16 @@ pub enum Error {
         /// Why the sandbox refused it.
         error: sandbox::Error,
     },
+    /// A data upload or download request was malformed, or the uploaded bytes did not
+    /// hash to the digest named; nothing was stored.
+    #[error("{0}")]
+    BadData(String),
+    /// A data file named by a submission or a download is not held here (never uploaded,
+    /// or its upload did not finish); nothing was created.
+    #[error(
+        "data file {0} is not on this coordinator: upload it first with PutData (`fallow submit` does)"
+    )]
+    DataNotHeld(String),
     /// The task checking a submitted project's modules panicked; nothing was created.
     #[error("module check panicked: {0}")]
     CheckPanicked(String),

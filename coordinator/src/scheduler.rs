@@ -188,6 +188,8 @@ pub struct Project {
     /// The submitter who signed every unit, and the project's terms digest; `None` for a
     /// project submitted before projects were signed (schema 3 and older).
     pub signer: Option<protocol::provenance::Signer>,
+    /// The project's data files, sorted by name (sent with every assignment).
+    pub data: std::sync::Arc<[protocol::data::DataFile]>,
 }
 
 /// A project's aggregate, as far as the scheduler needs to know (the bytes stay in the

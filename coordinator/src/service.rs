@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - `handlers`: the tonic handlers (`impl Coordinator`) and their request checks.
+//! - `data`: project data files: the chunked `PutData` upload and `GetData` download.
 //! - `projects`: submission checks against the state (disk room, earlier duplicates).
 //! - `status`: `ListProjects`' answer and the dashboard's capture.
 //! - `registry`: the worker registry, the request and registration limiters, call
@@ -40,6 +41,7 @@ use registry::{RegistrationLimiter, WorkerEntry};
 pub(crate) use server::run;
 use writer::Job;
 
+mod data;
 mod handlers;
 mod projects;
 mod registry;
@@ -112,7 +114,7 @@ struct State {
 /// message of the error's `Display`.
 pub(crate) fn to_status(e: Error) -> Status {
     match &e {
-        Error::Protocol(_) | Error::Module(_) | Error::BadDispute(_) => {
+        Error::Protocol(_) | Error::Module(_) | Error::BadDispute(_) | Error::BadData(_) => {
             Status::invalid_argument(e.to_string())
         }
         Error::UnknownUnit(_) | Error::UnknownProject(_) | Error::UnknownModule(_) => {
@@ -146,7 +148,10 @@ pub(crate) fn to_status(e: Error) -> Status {
         }
         Error::ShuttingDown => Status::unavailable(e.to_string()),
         Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
-        Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
+        Error::UnknownWorker(_)
+        | Error::NotLeased { .. }
+        | Error::AlreadyFailed { .. }
+        | Error::DataNotHeld(_) => {
             Status::failed_precondition(e.to_string())
         }
         Error::Store(_) if e.is_disk_full() => {

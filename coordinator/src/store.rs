@@ -470,4 +470,41 @@ pub trait Store: Send + Sync + 'static {
         &self,
         project: ProjectId,
     ) -> impl Future<Output = Result<Option<Result<Vec<u8>, String>>, Error>> + Send;
+
+    /// The sizes of the data files among `digests` held whole (uploaded and verified).
+    fn data_held(
+        &self,
+        digests: &[Digest],
+    ) -> impl Future<Output = Result<HashMap<Digest, u64>, Error>> + Send;
+
+    /// Stores chunk `index` (of [`protocol::data::CHUNK_BYTES`], the last may be shorter)
+    /// of the unfinished upload `upload`, a key of the uploader's own: no reader sees it
+    /// until [`Store::finish_data`].
+    fn put_data_chunk(
+        &self,
+        upload: [u8; 32],
+        index: u64,
+        bytes: &[u8],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Makes the chunks of `upload` the data file `digest` of `size` bytes, in one
+    /// transaction; when the file is already held (another upload finished first) they are
+    /// dropped instead. The caller has checked the bytes hash to `digest`. Returns whether
+    /// the file was already held.
+    fn finish_data(
+        &self,
+        upload: [u8; 32],
+        digest: Digest,
+        size: u64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Drops the chunks of an upload that failed.
+    fn discard_data(&self, upload: [u8; 32]) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Chunk `index` of a held data file (`None` past its end or for a file not held).
+    fn data_chunk(
+        &self,
+        digest: Digest,
+        index: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, Error>> + Send;
 }

@@ -152,6 +152,89 @@ impl Client {
         })
     }
 
+    /// Uploads the data files of `spec` the coordinator does not hold yet (by digest), each
+    /// streamed in chunks of [`protocol::data::CHUNK_BYTES`]. Returns how many were sent.
+    pub async fn upload_data(&self, spec: &ProjectSpec) -> anyhow::Result<usize> {
+        if spec.data.is_empty() {
+            return Ok(0);
+        }
+        let digests = spec.data.iter().map(|f| f.digest.0.to_vec()).collect();
+        let present = self
+            .inner
+            .clone()
+            .has_data(self.authorized(pb::HasDataRequest { digests })?)
+            .await
+            .map_err(|s| anyhow!("coordinator {} refused HasData: {}", self.url, s.message()))?
+            .into_inner()
+            .present;
+        let mut sent = 0;
+        for (file, path) in spec.data.iter().zip(&spec.data_paths) {
+            if present.iter().any(|d| d[..] == file.digest.0[..]) {
+                continue;
+            }
+            let bytes = std::fs::File::open(path)
+                .map_err(|e| anyhow!("[data] {}: cannot read {}: {e}", file.name, path.display()))?;
+            let (digest, size) = (file.digest.0.to_vec(), file.size);
+            let (name, shown) = (file.name.clone(), path.display().to_string());
+            // Read on a blocking thread, a chunk at a time: a 1 GiB file is never in memory.
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::DataChunk>(2);
+            let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                use std::io::Read;
+                let mut bytes = bytes;
+                let mut offset = 0u64;
+                loop {
+                    let mut buf = vec![0u8; protocol::data::CHUNK_BYTES];
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        let n = bytes
+                            .read(&mut buf[filled..])
+                            .map_err(|e| anyhow!("[data] {name}: cannot read {shown}: {e}"))?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    buf.truncate(filled);
+                    let first = offset == 0;
+                    if filled == 0 && !first {
+                        return Ok(());
+                    }
+                    let chunk = pb::DataChunk {
+                        digest: if first { digest.clone() } else { Vec::new() },
+                        size: if first { size } else { 0 },
+                        offset,
+                        bytes: buf,
+                    };
+                    offset += filled as u64;
+                    if tx.blocking_send(chunk).is_err() || filled == 0 {
+                        return Ok(());
+                    }
+                }
+            });
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let result = self
+                .inner
+                .clone()
+                .put_data(self.authorized(stream)?)
+                .await
+                .map_err(|s| {
+                    anyhow!(
+                        "coordinator {} refused data file {} ({}): {}",
+                        self.url,
+                        file.name,
+                        path.display(),
+                        s.message()
+                    )
+                });
+            reader
+                .await
+                .map_err(|e| anyhow!("reading {} panicked: {e}", path.display()))??;
+            result?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
     /// Progress of one project or all.
     pub async fn status(&self, project: Option<u64>) -> anyhow::Result<Vec<Status>> {
         let r = self

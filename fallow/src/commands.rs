@@ -211,6 +211,16 @@ pub async fn submit(
             .map(|t| t.trim().to_string())
     });
     let client = Client::connect(coordinator, trust).await?.with_token(token);
+    // Data first, each file once: the coordinator refuses a project naming data it lacks.
+    let uploaded = client.upload_data(&spec).await?;
+    if !spec.data.is_empty() {
+        eprintln!(
+            "data: {} of {} files uploaded ({} already on the coordinator)",
+            uploaded,
+            spec.data.len(),
+            spec.data.len() - uploaded
+        );
+    }
     let submitted = client.submit(spec, once).await?;
     if submitted.reused {
         eprintln!(

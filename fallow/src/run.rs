@@ -41,9 +41,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     for warning in sandbox::determinism_warnings(&module) {
         eprintln!("warning: {}: {warning}", options.module.display());
     }
-    let limits = match &options.manifest {
-        Some(path) => limits_of(path)?,
-        None => Limits::default(),
+    let (limits, data) = match &options.manifest {
+        Some(path) => (limits_of(path)?, data_of(path)?),
+        None => (Limits::default(), None),
     };
     let input = match &options.input {
         Some(path) => std::fs::read(path)
@@ -80,7 +80,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("guest".into())
             .stack_size(sandbox::GUEST_THREAD_STACK)
-            .spawn_scoped(s, || sandbox.run(&compiled, &input, seed, &limits))
+            .spawn_scoped(s, || {
+                sandbox.run_with_data(
+                    &compiled,
+                    &input,
+                    seed,
+                    &limits,
+                    data.as_ref().map(|d| &d.mount),
+                )
+            })
             .context("cannot start the guest thread")?
             .join()
             .map_err(|_| anyhow::anyhow!("the guest thread panicked"))
@@ -114,6 +122,60 @@ fn summary(name: &str, exec: &Execution, limits: &Limits, seconds: f64) -> Strin
         limits.fuel,
         exec.fuel as f64 * 100.0 / limits.fuel.max(1) as f64,
     )
+}
+
+/// The manifest's `[data]` files in a directory of their own, named as a worker names
+/// them, removed when dropped.
+struct LocalData {
+    mount: sandbox::DataMount,
+    dir: PathBuf,
+}
+
+impl Drop for LocalData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Mounts the manifest's `[data]` files as a worker would: the same names under `/data`,
+/// the same read-only, deterministic view (hard links to the files, or copies where the
+/// file system has none). `None` without data.
+fn data_of(path: &Path) -> anyhow::Result<Option<LocalData>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let manifest = protocol::manifest::Manifest::parse(&text)
+        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+    let entries = manifest
+        .data
+        .entries()
+        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let dir = std::env::temp_dir().join(format!("fallow-run-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let local = LocalData {
+        mount: sandbox::DataMount::new(&dir, entries.iter().map(|(n, _)| n.clone()).collect()),
+        dir: dir.clone(),
+    };
+    for (name, rel) in &entries {
+        let file = base.join(rel);
+        if !std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
+            anyhow::bail!(
+                "manifest {}: [data] {name} = {rel:?}: {} is not a readable file (paths are relative to the manifest)",
+                path.display(),
+                file.display()
+            );
+        }
+        let link = dir.join(name);
+        if std::fs::hard_link(&file, &link).is_err() {
+            std::fs::copy(&file, &link)
+                .with_context(|| format!("cannot copy {} for /data", file.display()))?;
+        }
+    }
+    Ok(Some(local))
 }
 
 /// The `[limits]` of a manifest, checked as `fallow submit` checks them (only the

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use protocol::assignment::{Assignment, Signed};
 use protocol::claim::Commitment;
+use protocol::data::DataFile;
 use protocol::evidence::Evidence;
 use protocol::manifest::ProjectSpec;
 use protocol::provenance::{Signatures, Signer, SubmitterKey};
@@ -131,6 +132,7 @@ impl TryFrom<pb::Assignment> for Assignment {
             limits: limits_from_wire(a.limits)?,
             quorum: a.quorum,
             lease: Duration::from_millis(a.lease_ms),
+            data: data_from_wire("Assignment.data", a.data)?,
         })
     }
 }
@@ -158,6 +160,34 @@ impl From<&Assignment> for pb::Assignment {
                 .unwrap_or_default(),
             signature: a.signed.map(|s| s.signature.to_vec()).unwrap_or_default(),
             ticket: a.ticket.as_ref().map(pb::LeaseTicket::from),
+            data: a.data.iter().map(pb::DataFile::from).collect(),
+        }
+    }
+}
+
+/// A data list from the wire: digests of 32 bytes, and the list checked whole
+/// ([`protocol::data::check_list`]: names, order, limits).
+pub fn data_from_wire(field: &'static str, files: Vec<pb::DataFile>) -> Result<Vec<DataFile>, Error> {
+    let files = files
+        .into_iter()
+        .map(|f| {
+            Ok(DataFile {
+                digest: Digest::from_slice("DataFile.digest", &f.digest)?,
+                name: f.name,
+                size: f.size,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    protocol::data::check_list(&files).map_err(|e| Error::malformed(field, e))?;
+    Ok(files)
+}
+
+impl From<&DataFile> for pb::DataFile {
+    fn from(f: &DataFile) -> Self {
+        pb::DataFile {
+            name: f.name.clone(),
+            size: f.size,
+            digest: f.digest.0.to_vec(),
         }
     }
 }
@@ -304,6 +334,8 @@ impl TryFrom<pb::SubmitProjectRequest> for ProjectSpec {
             signatures: None,
             units: Vec::with_capacity(r.units.len()),
             manifest: r.manifest,
+            data: data_from_wire("SubmitProjectRequest.data", r.data)?,
+            data_paths: Vec::new(),
         };
         let mut signatures = Vec::with_capacity(r.units.len());
         for u in r.units {
@@ -355,6 +387,7 @@ impl From<ProjectSpec> for pb::SubmitProjectRequest {
                 .map(|g| g.key.0.to_vec())
                 .unwrap_or_default(),
             once: false,
+            data: s.data.iter().map(pb::DataFile::from).collect(),
             units: s
                 .units
                 .into_iter()

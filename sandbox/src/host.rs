@@ -5,11 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::Limits;
-use wasmtime::{Linker, ResourceLimiter};
+use wasmtime::{Caller, Linker, ResourceLimiter};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p1::types::{self as wasi, Filetype};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1 as _;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+use wiggle::{GuestMemory, GuestPtr};
 
+use crate::DataMount;
 use crate::checkpoint::{self, Checkpoint, Slot};
 
 /// The only import module guests may use.
@@ -20,9 +24,20 @@ const STDERR_CAPACITY: usize = 4096;
 
 /// WASI errno ENOTSUP.
 const ENOTSUP: i32 = 58;
+/// WASI errno ENOTDIR.
+const ENOTDIR: i32 = 54;
+/// WASI errno EFAULT.
+const EFAULT: i32 = 21;
+/// WASI errno EINVAL.
+const EINVAL: i32 = 28;
+/// The frozen wall clock (2000-01-01T00:00:00Z) in nanoseconds: every data file's and the
+/// mount's access, modification and change time.
+const FROZEN_NS: u64 = 946_684_800 * 1_000_000_000;
 
 pub(crate) struct Host {
     wasi: WasiP1Ctx,
+    /// The names `fd_readdir` lists for the data mount, sorted (empty: no mount).
+    data_names: Arc<[String]>,
     pub(crate) limiter: Limiter,
     pub(crate) checkpoint: Slot,
 }
@@ -56,7 +71,8 @@ impl Host {
         seed: [u8; 32],
         limits: &Limits,
         resume: Option<&Checkpoint>,
-    ) -> (Self, Pipes) {
+        data: Option<&DataMount>,
+    ) -> Result<(Self, Pipes), String> {
         let written = resume.map_or(0, |c| c.stdout.len());
         // One byte over the cap lets the sandbox tell "exactly at the limit" from "over it".
         let stdout =
@@ -70,7 +86,17 @@ impl Host {
             Arc::new(AtomicU64::new(positions[0])),
             Arc::new(AtomicU64::new(positions[1])),
         ];
-        let wasi = WasiCtxBuilder::new()
+        let mut builder = WasiCtxBuilder::new();
+        if let Some(mount) = data {
+            // Read-only: wasmtime refuses writes, creating, renaming and removing files, and
+            // cap-std refuses any path leading out of the directory (`..`, absolute
+            // symlinks). What would still vary by host (times, inodes, directory order) is
+            // rewritten by the shadowed calls in `add_to_linker`.
+            builder
+                .preopened_dir(&mount.dir, protocol::data::MOUNT, FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open {}: {e:#}", mount.dir.display()))?;
+        }
+        let wasi = builder
             .stdin(MemoryInputPipe::new(input.to_vec()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -91,6 +117,7 @@ impl Host {
             .build_p1();
         let host = Host {
             wasi,
+            data_names: data.map_or_else(|| Arc::from([]), |m| m.names.clone()),
             limiter: Limiter {
                 memory_bytes: (limits.memory_mb as usize) << 20,
                 hit: false,
@@ -102,12 +129,16 @@ impl Host {
                 random,
             },
         };
-        (host, Pipes { stdout, stderr })
+        Ok((host, Pipes { stdout, stderr }))
     }
 
     /// Store data for enumerating the linker; never runs a guest.
     pub(crate) fn placeholder() -> Self {
-        Host::new(&[], [0; 32], &Limits::default(), None).0
+        match Host::new(&[], [0; 32], &Limits::default(), None, None) {
+            Ok((host, _)) => host,
+            // Without a mount nothing in `new` can fail.
+            Err(e) => unreachable!("a host without a data mount failed: {e}"),
+        }
     }
 }
 
@@ -122,9 +153,166 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "poll_oneoff",
         |_: i32, _: i32, _: i32, _: i32| -> i32 { ENOTSUP },
     )?;
+    // The data mount's metadata, made the same on every worker (see `deterministic`): the
+    // real call runs, then what varies by host is rewritten before the guest sees it.
+    linker.func_wrap(
+        WASI_MODULE,
+        "fd_filestat_get",
+        |mut caller: Caller<'_, Host>, fd: i32, buf: i32| -> wasmtime::Result<i32> {
+            with_memory(&mut caller, |wasi, _, mem| {
+                let stat = run(wasi.fd_filestat_get(mem, wasi::Fd::from(fd as u32)));
+                write_stat(mem, buf, stat)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI_MODULE,
+        "path_filestat_get",
+        |mut caller: Caller<'_, Host>,
+         fd: i32,
+         flags: i32,
+         path: i32,
+         path_len: i32,
+         buf: i32|
+         -> wasmtime::Result<i32> {
+            with_memory(&mut caller, |wasi, _, mem| {
+                let Some(flags) = wasi::Lookupflags::from_bits(flags as u32) else {
+                    return Ok(EINVAL);
+                };
+                let path = GuestPtr::<str>::new((path as u32, path_len as u32));
+                let stat = run(wasi.path_filestat_get(mem, wasi::Fd::from(fd as u32), flags, path));
+                write_stat(mem, buf, stat)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI_MODULE,
+        "fd_readdir",
+        |mut caller: Caller<'_, Host>,
+         fd: i32,
+         buf: i32,
+         buf_len: i32,
+         cookie: i64,
+         used: i32|
+         -> wasmtime::Result<i32> {
+            with_memory(&mut caller, |wasi, names, mem| {
+                readdir(wasi, names, mem, fd, buf as u32, buf_len as u32, cookie as u64, used)
+            })
+        },
+    )?;
     linker.allow_shadowing(false);
     checkpoint::add_to_linker(linker)?;
     Ok(())
+}
+
+/// Runs `f` with the guest's memory, the WASI context and the data mount's names.
+fn with_memory(
+    caller: &mut Caller<'_, Host>,
+    f: impl FnOnce(&mut WasiP1Ctx, &[String], &mut GuestMemory<'_>) -> wasmtime::Result<i32>,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        // Every command exports its memory (`inspect` checks it), so a call without one
+        // is the guest's fault, the same everywhere.
+        wasmtime::bail!("the module exports no memory");
+    };
+    let (bytes, host) = memory.data_and_store_mut(caller);
+    let names = host.data_names.clone();
+    f(&mut host.wasi, &names, &mut GuestMemory::Unshared(bytes))
+}
+
+/// Drives one of wasmtime-wasi's async preview 1 calls to completion, as its own
+/// synchronous linker does.
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    wasmtime_wasi::runtime::in_tokio(f)
+}
+
+/// The errno of a failed call, or the trap it carries (a wild pointer, say).
+fn errno(e: wasi::Error) -> wasmtime::Result<i32> {
+    Ok(e.downcast()? as i32)
+}
+
+/// What a file or directory of the data mount looks like from any worker: its size (a
+/// file's is its bytes; a directory's, which varies by host file system, is 0), no device
+/// or inode number, one link, and every time at the frozen clock. stdin, stdout and
+/// stderr are left as wasmtime reports them (all zero already).
+fn deterministic(mut st: wasi::Filestat) -> wasi::Filestat {
+    if matches!(
+        st.filetype,
+        Filetype::RegularFile | Filetype::Directory | Filetype::SymbolicLink
+    ) {
+        if st.filetype != Filetype::RegularFile {
+            st.size = 0;
+        }
+        st.dev = 0;
+        st.ino = 0;
+        st.nlink = 1;
+        st.atim = FROZEN_NS;
+        st.mtim = FROZEN_NS;
+        st.ctim = FROZEN_NS;
+    }
+    st
+}
+
+fn write_stat(
+    mem: &mut GuestMemory<'_>,
+    buf: i32,
+    stat: Result<wasi::Filestat, wasi::Error>,
+) -> wasmtime::Result<i32> {
+    match stat {
+        Ok(st) => match mem.write(GuestPtr::<wasi::Filestat>::new(buf as u32), deterministic(st)) {
+            Ok(()) => Ok(0),
+            Err(_) => Ok(EFAULT),
+        },
+        Err(e) => errno(e),
+    }
+}
+
+/// `fd_readdir` of the data mount: `.`, `..` and the data files by name in byte order,
+/// every inode 0, laid out (and truncated at `buf_len`) exactly as wasmtime-wasi lays out
+/// its own entries. The host's directory order and inode numbers never reach the guest.
+/// The mount is flat, so any directory a guest can open is the mount itself.
+#[allow(clippy::too_many_arguments)]
+fn readdir(
+    wasi: &mut WasiP1Ctx,
+    names: &[String],
+    mem: &mut GuestMemory<'_>,
+    fd: i32,
+    buf: u32,
+    buf_len: u32,
+    cookie: u64,
+    used: i32,
+) -> wasmtime::Result<i32> {
+    match run(wasi.fd_filestat_get(mem, wasi::Fd::from(fd as u32))) {
+        Ok(st) if st.filetype == Filetype::Directory => {}
+        Ok(_) => return Ok(ENOTDIR),
+        Err(e) => return errno(e),
+    }
+    let entries = [(".", Filetype::Directory), ("..", Filetype::Directory)]
+        .into_iter()
+        .chain(names.iter().map(|n| (n.as_str(), Filetype::RegularFile)));
+    let mut out = Vec::new();
+    for (i, (name, kind)) in entries.enumerate().skip(cookie.min(usize::MAX as u64) as usize) {
+        // struct dirent { d_next: u64, d_ino: u64, d_namlen: u32, d_type: u8 } (24 bytes)
+        out.extend_from_slice(&(i as u64 + 1).to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.push(kind as u8);
+        out.extend_from_slice(&[0; 3]);
+        out.extend_from_slice(name.as_bytes());
+        if out.len() >= buf_len as usize {
+            break;
+        }
+    }
+    out.truncate(buf_len as usize);
+    let dst = GuestPtr::<u8>::new(buf).as_array(out.len() as u32);
+    if mem.copy_from_slice(&out, dst).is_err()
+        || mem
+            .write(GuestPtr::<u32>::new(used as u32), out.len() as u32)
+            .is_err()
+    {
+        return Ok(EFAULT);
+    }
+    Ok(0)
 }
 
 /// Caps linear memory at the project's `memory_mb` and remembers that the cap was hit, so

@@ -14,7 +14,8 @@
 //!
 //! # Determinism
 //! A guest sees: stdin = the unit's input; argv = `["main"]`; no environment variables; no
-//! preopened directories (so no files) and no sockets; WASI clocks frozen at
+//! files but the project's data files, read-only under `/data` with metadata the same on
+//! every machine ([`DataMount`]), and no sockets; WASI clocks frozen at
 //! 2000-01-01T00:00:00Z (monotonic clock at 0); WASI random = a BLAKE3 stream seeded by the
 //! caller from the work unit; `poll_oneoff` (sleeping) answers `ENOTSUP` at once instead of
 //! blocking. Threads and relaxed SIMD are disabled; NaN canonicalization is a per-project
@@ -158,6 +159,38 @@ impl Pacer for Unpaced {
 struct Pace {
     pacer: Box<dyn Pacer>,
     running: Duration,
+}
+
+/// A project's data files, mounted read-only at `/data` ([`protocol::data::MOUNT`]) in
+/// every execution given it.
+///
+/// The guest sees the same thing on every machine: `dir` is opened as a WASI preopen with
+/// read-only rights (writes, creating, renaming, removing and paths leading outside are
+/// refused by wasmtime and cap-std), and the calls that would show the host — `fd_filestat_get`,
+/// `path_filestat_get` and `fd_readdir` — are shadowed: sizes as they are, inodes and
+/// devices 0, one link, every time at the frozen clock, the listing `.`, `..` and
+/// [`DataMount::names`] in byte order. Reading a file gives its bytes, as natively.
+#[derive(Debug, Clone)]
+pub struct DataMount {
+    dir: std::path::PathBuf,
+    names: Arc<[String]>,
+}
+
+impl DataMount {
+    /// `dir` must hold exactly the regular files `names` (no links out, nothing else): the
+    /// caller builds it (a worker from its verified cache, `fallow run` from the manifest).
+    pub fn new(dir: impl Into<std::path::PathBuf>, mut names: Vec<String>) -> Self {
+        names.sort();
+        DataMount {
+            dir: dir.into(),
+            names: names.into(),
+        }
+    }
+
+    /// The files' names, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
 }
 
 /// A successful execution.
@@ -536,6 +569,31 @@ impl Sandbox {
         self.run_paced(compiled, input, seed, limits, Box::new(Unpaced))
     }
 
+    /// [`Sandbox::run`] with a project's data files mounted at `/data`.
+    pub fn run_with_data(
+        &self,
+        compiled: &Compiled,
+        input: &[u8],
+        seed: [u8; 32],
+        limits: &Limits,
+        data: Option<&DataMount>,
+    ) -> Result<Execution, Failure> {
+        match self.run_resumable(
+            compiled,
+            input,
+            seed,
+            limits,
+            data,
+            None,
+            Box::new(Unpaced),
+            &mut |_| Proceed::Continue,
+        )? {
+            Finished::Done(exec) => Ok(exec),
+            // Unreachable: the callback above never stops.
+            Finished::Stopped(_) => Err(Failure::new(FailureKind::BadModule, "stopped")),
+        }
+    }
+
     /// [`Sandbox::run`] with a [`Pacer`] called about every [`EPOCH_TICK`] of the guest's
     /// running time. `wall_seconds` counts only the time the guest was not held by the
     /// pacer, so a suspended unit does not time out.
@@ -547,7 +605,7 @@ impl Sandbox {
         limits: &Limits,
         pacer: Box<dyn Pacer>,
     ) -> Result<Execution, Failure> {
-        match self.run_resumable(compiled, input, seed, limits, None, pacer, &mut |_| {
+        match self.run_resumable(compiled, input, seed, limits, None, None, pacer, &mut |_| {
             Proceed::Continue
         })? {
             Finished::Done(exec) => Ok(exec),
@@ -561,7 +619,8 @@ impl Sandbox {
     /// this thread after every `checkpoint_save` — to persist it, and to say whether to
     /// carry on or stop there. Output and fuel are the same whether or not the unit was
     /// resumed (see [`checkpoint`]). `wall_seconds` covers the guest's running time over
-    /// every segment of this call, time held by `pacer` excluded.
+    /// every segment of this call, time held by `pacer` excluded. `data`, if given, is
+    /// mounted at `/data` ([`DataMount`]).
     #[allow(clippy::too_many_arguments)]
     pub fn run_resumable(
         &self,
@@ -569,6 +628,7 @@ impl Sandbox {
         input: &[u8],
         seed: [u8; 32],
         limits: &Limits,
+        data: Option<&DataMount>,
         resume: Option<Checkpoint>,
         mut pacer: Box<dyn Pacer>,
         on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Proceed,
@@ -604,7 +664,12 @@ impl Sandbox {
         let _running = self.watchdog.enter();
         loop {
             let before = current.as_ref().map_or(0, |c| c.fuel);
-            let (host, pipes) = Host::new(input, seed, limits, current.as_ref());
+            // A mount that cannot be opened is this machine's trouble (the caller built
+            // it), reported as such rather than as anything the guest did.
+            let (host, pipes) = Host::new(input, seed, limits, current.as_ref(), data)
+                .map_err(|e| {
+                    Failure::new(FailureKind::BadModule, format!("data mount: {e}"))
+                })?;
             let mut store = Store::new(&flavour.engine, host);
             store.limiter(|h| &mut h.limiter);
             let budget = limits.fuel - before;
@@ -753,15 +818,16 @@ fn hints(stderr: &str) -> String {
     const HINTS: [(&[&str], &str); 2] = [
         (
             // wasi-libc's strerror(ENOTCAPABLE) after fopen; Rust's std::fs, which finds no
-            // preopened directory (ENOENT is WASI's errno 44, ENOTCAPABLE 76). No unit has a
-            // file, so any of these is about the missing files.
+            // preopened directory (ENOENT is WASI's errno 44, ENOTCAPABLE 76). The only files
+            // are the data files under /data, read-only, so any of these is about that.
             &[
                 "Capabilities insufficient",
                 "No such file or directory",
                 "os error 76",
                 "pre-opened file descriptor",
             ],
-            "a unit has no files: read the unit's input from stdin and write the result to \
+            "the only files are the project's data files, read-only under /data (the \
+             manifest's [data]); read the unit's input from stdin and write the result to \
              stdout (README: the guest ABI)",
         ),
         (

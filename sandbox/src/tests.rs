@@ -81,7 +81,7 @@ fn hostile_guests_each_fail_with_their_own_reason() {
             "opens a file",
             hostile::OPENFILE,
             FailureKind::ExitCode,
-            "hint: a unit has no files",
+            "hint: the only files are the project's data files",
         ),
         (
             "exit 3",
@@ -102,7 +102,7 @@ fn hostile_guests_each_fail_with_their_own_reason() {
 fn runtime_messages_about_files_and_backtraces_get_a_hint() {
     let c = "fopen: Capabilities insufficient";
     assert!(
-        stderr_suffix(c).contains("hint: a unit has no files"),
+        stderr_suffix(c).contains("hint: the only files are the project's data files"),
         "{}",
         stderr_suffix(c)
     );
@@ -282,6 +282,7 @@ fn run_checkpointed(
             input,
             [9; 32],
             &limits,
+            None,
             resume,
             Box::new(Unpaced),
             &mut |c| {
@@ -713,4 +714,119 @@ fn a_module_reading_the_clock_but_no_random_numbers_is_warned_about() {
     }
     // The real guests: none of them reads the clock.
     assert!(determinism_warnings(artifacts::PRIMES).is_empty());
+}
+
+/// A fresh directory under the system's temporary directory, removed by the caller.
+fn scratch(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fallow-sandbox-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+fn run_mounted(wasm: &[u8], input: &[u8], data: Option<&DataMount>) -> Result<Execution, Failure> {
+    let sb = sandbox_ref();
+    let limits = limits();
+    let compiled = sb.compile(Digest::of(wasm), wasm, false).expect("compiles");
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(GUEST_THREAD_STACK)
+            .spawn_scoped(s, || sb.run_with_data(&compiled, input, [9; 32], &limits, data))
+            .expect("thread")
+            .join()
+            .expect("join")
+    })
+}
+
+const TABLE: &[u8] = b"10\n20\n30\n40\n";
+
+/// The data mount shows nothing of the host: the same guest over two host directories
+/// holding the same files — made in another order, at other times, one with an extra
+/// hard link — prints byte-identical listings and metadata (inodes 0, times frozen,
+/// names in byte order); each file reads as its bytes; and writing, creating, removing,
+/// renaming and reaching outside the mount are all refused.
+#[test]
+fn the_data_mount_is_read_only_and_the_same_from_any_host_directory() {
+    let (a, b) = (scratch("mount-a"), scratch("mount-b"));
+    std::fs::write(a.join("table"), TABLE).expect("write");
+    std::fs::write(a.join("b.bin"), [0u8, 1, 2, 255]).expect("write");
+    std::fs::write(b.join("b.bin"), [0u8, 1, 2, 255]).expect("write");
+    std::fs::write(b.join("table"), TABLE).expect("write");
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_234_567);
+    std::fs::File::options()
+        .append(true)
+        .open(b.join("table"))
+        .and_then(|f| f.set_modified(old))
+        .expect("mtime");
+    std::fs::hard_link(b.join("b.bin"), b.join("..").join(format!(
+        "fallow-sandbox-extra-link-{}",
+        std::process::id()
+    )))
+    .expect("link");
+    let names = vec!["table".to_string(), "b.bin".to_string()];
+    let probe = |dir: &std::path::Path| {
+        let mount = DataMount::new(dir, names.clone());
+        let exec = run_mounted(artifacts::DATAPROBE, b"", Some(&mount)).expect("probe runs");
+        String::from_utf8(exec.output).expect("text")
+    };
+    let (from_a, from_b) = (probe(&a), probe(&b));
+    let _ = std::fs::remove_file(b.join("..").join(format!(
+        "fallow-sandbox-extra-link-{}",
+        std::process::id()
+    )));
+    assert_eq!(from_a, from_b, "the host directory shows through");
+    // Entries in byte order, inode 0, one link, every time at 2000-01-01T00:00:00Z.
+    let entries: Vec<&str> = from_a.lines().filter(|l| l.starts_with("entry ")).collect();
+    assert!(entries[0].starts_with("entry /data/b.bin:"), "{from_a}");
+    assert!(entries[1].starts_with("entry /data/table:"), "{from_a}");
+    assert!(
+        entries[1].contains("dev=0 ino=0 nlink=1 size=12 file=true dir=false mtim=946684800000000000"),
+        "{from_a}"
+    );
+    assert!(from_a.contains("/data: dev=0 ino=0 nlink=1 size=0 file=false dir=true"), "{from_a}");
+    // The guest's checksum of each file is the checksum of its bytes.
+    let fnv = |bytes: &[u8]| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        format!("fnv={h:016x}")
+    };
+    assert!(from_a.contains(&fnv(TABLE)), "{from_a}");
+    assert!(from_a.contains(&fnv(&[0, 1, 2, 255])), "{from_a}");
+    for op in ["write", "append", "remove", "rename", "create", "mkdir", "outside ..", "outside /etc", "outside /"] {
+        let line = from_a
+            .lines()
+            .find(|l| l.starts_with(&format!("{op}:")))
+            .unwrap_or_else(|| panic!("no {op} line in {from_a}"));
+        assert!(line.contains("refused"), "{line}");
+    }
+    // Nothing was changed on the host either.
+    assert_eq!(std::fs::read(a.join("table")).expect("read"), TABLE);
+    assert!(!a.join("new").exists() && !a.join("renamed").exists());
+    let _ = std::fs::remove_dir_all(a);
+    let _ = std::fs::remove_dir_all(b);
+}
+
+/// A guest reading a data file computes what the same program computes natively; without
+/// the mount it fails naming /data.
+#[test]
+fn a_guest_reads_its_data_file_like_a_native_program() {
+    let dir = scratch("lookup");
+    std::fs::write(dir.join("table"), TABLE).expect("write");
+    let mount = DataMount::new(&dir, vec!["table".into()]);
+    let exec = run_mounted(artifacts::LOOKUP, b"0 3 3", Some(&mount)).expect("runs");
+    assert_eq!(exec.output, b"90\n");
+    let again = run_mounted(artifacts::LOOKUP, b"0 3 3", Some(&mount)).expect("runs");
+    assert_eq!((again.output, again.fuel), (exec.output, exec.fuel));
+    let failure = run_mounted(artifacts::LOOKUP, b"0", None).expect_err("no data");
+    assert_eq!(failure.kind, FailureKind::ExitCode);
+    assert!(failure.detail.contains("/data/table"), "{failure}");
+    assert!(failure.detail.contains("hint: the only files"), "{failure}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -19,6 +19,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("sum", &["sum"]),
     ("pi-reduce", &["pi-reduce"]),
     ("collatz", &["collatz"]),
+    ("lookup", &["lookup", "dataprobe"]),
     (
         "hostile",
         &[

@@ -371,6 +371,8 @@ fn project(name: &str, module: Vec<u8>, reducer: Option<Vec<u8>>) -> ProjectSpec
         limits: Limits::default(),
         units: vec![("0".into(), b"0 1000\n".to_vec())],
         manifest: format!("name = {name:?}"),
+        data: Vec::new(),
+        data_paths: Vec::new(),
         signatures: None,
     };
     spec.sign(&Identity::from_seed([17; 32]));

@@ -50,6 +50,8 @@ pub(crate) struct Common {
     pub(crate) policy: Arc<provenance::Policy>,
     pub(crate) executor: Arc<Executor>,
     pub(crate) checkpoints: Arc<Checkpoints>,
+    /// Project data files, content-addressed: one cache for every coordinator.
+    pub(crate) data: Arc<crate::data::DataCache>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) stats: Arc<Stats>,
     /// SWIM datagrams and members the memberships refused (one count for all coordinators).
@@ -124,6 +126,7 @@ impl Attached {
                 common.sandbox.clone(),
                 common.control.disk_cap(),
             ),
+            data: common.data.clone(),
             control: common.control.clone(),
             policy: common.policy.clone(),
             checkpoints: common.checkpoints.clone(),
@@ -255,6 +258,8 @@ pub(crate) struct Shared {
     policy: Arc<provenance::Policy>,
     executor: Arc<Executor>,
     modules: Modules,
+    /// Project data files (shared with the worker's other attachments).
+    data: Arc<crate::data::DataCache>,
     checkpoints: Arc<Checkpoints>,
     /// [`Fault::LocalFailureOnce`] has fired.
     fault_fired: std::sync::atomic::AtomicBool,

@@ -225,6 +225,7 @@ mod tests {
                 expires_ms: 123,
                 signature: [8; 64],
             }),
+            data: Vec::new(),
         }
     }
 

@@ -23,6 +23,11 @@ pub enum Error {
     /// `bad_module`). Never used for this worker's own trouble.
     #[error("module: {0}")]
     Module(String),
+    /// A project's data files do not fit in this worker's `disk_cache_mb`: the unit fails
+    /// with this reason (it names the sizes and the fix) rather than waiting for room that
+    /// never comes.
+    #[error("{0}")]
+    DataTooLarge(String),
     /// This worker's own trouble, not the unit's: a guest thread gone, bad bytes in
     /// transit, an injected test fault. Units it hits are handed back, not failed.
     #[error("{0}")]

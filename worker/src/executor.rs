@@ -85,6 +85,7 @@ impl Executor {
                 seed,
                 limits,
                 None,
+                None,
                 pacer,
                 Box::new(|_| Proceed::Continue),
             )
@@ -108,6 +109,7 @@ impl Executor {
         input: Vec<u8>,
         seed: [u8; 32],
         limits: Limits,
+        data: Option<sandbox::DataMount>,
         resume: Option<Checkpoint>,
         pacer: Box<dyn Pacer>,
         mut on_checkpoint: Box<dyn FnMut(&Checkpoint) -> Proceed + Send>,
@@ -121,6 +123,7 @@ impl Executor {
                 &input,
                 seed,
                 &limits,
+                data.as_ref(),
                 resume,
                 pacer,
                 &mut *on_checkpoint,

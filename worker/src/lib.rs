@@ -54,6 +54,7 @@
 mod attachment;
 mod checkpoints;
 mod config;
+mod data;
 pub mod control;
 mod error;
 mod executor;
@@ -153,6 +154,10 @@ pub async fn run_with_stats(
         ),
         sandbox,
         checkpoints: Arc::new(Checkpoints::open(config.data_dir.join("checkpoints"))?),
+        data: Arc::new(data::DataCache::new(
+            &config.data_dir.join("data"),
+            control.disk_cap(),
+        )),
         control,
         policy: Arc::new(provenance::Policy::load(
             &config.data_dir,

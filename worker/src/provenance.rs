@@ -110,6 +110,7 @@ impl Policy {
             quorum: a.quorum,
             name: &a.name,
             input: &a.input,
+            data: protocol::data::list_digest(&a.data),
         }
         .verify(signed.signer.key, &signed.signature)
         .map_err(|e| Refusal::BadSignature(e.to_string()))?;
@@ -179,6 +180,8 @@ mod tests {
             limits: Limits::default(),
             units: vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
             manifest: String::new(),
+            data: Vec::new(),
+            data_paths: Vec::new(),
             signatures: None,
         }
     }
@@ -203,6 +206,7 @@ mod tests {
             lease: Duration::from_secs(60),
             signed,
             ticket: None,
+            data: Vec::new(),
         }
     }
 

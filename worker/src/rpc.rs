@@ -432,6 +432,46 @@ impl CoordinatorClient {
             .into())
     }
 
+    /// Appends data file `digest` to `out` from byte `offset` on (`GetData`, streamed in
+    /// chunks), calling `on_chunk` with each chunk's length. Returns the bytes written; an
+    /// error after some chunks leaves them written, so the caller resumes from there.
+    pub async fn data(
+        &self,
+        digest: Digest,
+        offset: u64,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64, Error> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self
+            .inner
+            .clone()
+            .get_data(pb::GetDataRequest {
+                digest: digest.0.to_vec(),
+                offset,
+            })
+            .await
+            .map_err(self.rpc("GetData"))?
+            .into_inner();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(self.rpc("GetData"))? {
+            if chunk.offset != offset + written {
+                return Err(Error::Local(format!(
+                    "GetData sent bytes at offset {} where {} was next",
+                    chunk.offset,
+                    offset + written
+                )));
+            }
+            out.write_all(&chunk.bytes)
+                .await
+                .map_err(|e| Error::Local(format!("cannot write data file {digest}: {e}")))?;
+            written += chunk.bytes.len() as u64;
+        }
+        out.flush()
+            .await
+            .map_err(|e| Error::Local(format!("cannot write data file {digest}: {e}")))?;
+        Ok(written)
+    }
+
     /// Reports a failed execution.
     pub async fn report_failure(&self, unit: UnitId, failure: &Failure) -> Result<(), Error> {
         self.call(

@@ -795,6 +795,8 @@ mod tests {
             limits: protocol::Limits::default(),
             units: vec![("a".into(), b"0".to_vec()), ("b".into(), b"2".to_vec())],
             manifest: String::new(),
+            data: Vec::new(),
+            data_paths: Vec::new(),
             signatures: None,
         };
         let (project, units) = store

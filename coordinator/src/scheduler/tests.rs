@@ -32,6 +32,7 @@ fn project(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Proj
         adaptive: false,
         error_bound: protocol::manifest::DEFAULT_ERROR_BOUND,
         signer: None,
+        data: Default::default(),
     }
 }
 

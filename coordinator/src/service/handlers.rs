@@ -94,6 +94,31 @@ type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::ResultItem, Status>> + 
 #[tonic::async_trait]
 impl<S: Store> Coordinator for CoordinatorService<S> {
     type GetResultsStream = ResultStream;
+    type GetDataStream = super::data::DataStream;
+
+    async fn has_data(
+        &self,
+        request: Request<pb::HasDataRequest>,
+    ) -> Result<Response<pb::HasDataResponse>, Status> {
+        let present = CoordinatorService::has_data(self, request.into_inner().digests).await?;
+        Ok(Response::new(pb::HasDataResponse { present }))
+    }
+
+    async fn put_data(
+        &self,
+        request: Request<tonic::Streaming<pb::DataChunk>>,
+    ) -> Result<Response<pb::PutDataResponse>, Status> {
+        CoordinatorService::put_data(self, request).await
+    }
+
+    async fn get_data(
+        &self,
+        request: Request<pb::GetDataRequest>,
+    ) -> Result<Response<Self::GetDataStream>, Status> {
+        Ok(Response::new(
+            CoordinatorService::get_data(self, request.into_inner()).await?,
+        ))
+    }
 
     async fn submit_project(
         &self,
@@ -104,6 +129,25 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         let once = request.once;
         let spec = ProjectSpec::try_from(request).map_err(|e| to_status(e.into()))?;
         self.room_for(&spec)?;
+        // Every data file must be here whole before the project is: a worker could not
+        // fetch one that is not.
+        if !spec.data.is_empty() {
+            let digests: Vec<Digest> = spec.data.iter().map(|f| f.digest).collect();
+            let held = self.inner.store.data_held(&digests).await.map_err(to_status)?;
+            for f in &spec.data {
+                match held.get(&f.digest) {
+                    Some(&size) if size == f.size => {}
+                    _ => {
+                        return Err(to_status(Error::DataNotHeld(format!(
+                            "{} ({}, {} bytes)",
+                            f.name,
+                            f.digest.to_hex(),
+                            f.size
+                        ))));
+                    }
+                }
+            }
+        }
         // Compiling a module takes tens of milliseconds: keep it off the async threads.
         let sandbox = self.inner.sandbox.clone();
         let (spec, signer) = tokio::task::spawn_blocking(move || -> Result<_, Status> {
@@ -169,6 +213,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             adaptive: spec.adaptive,
             error_bound: spec.error_bound,
             signer: Some(signer),
+            data: spec.data.clone().into(),
         });
         for unit in units.iter().copied() {
             state.sched.add_unit(
@@ -497,6 +542,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 limits: p.limits,
                 quorum: p.quorum,
                 lease: Duration::from_millis(self.inner.lease_ms),
+                data: p.data.to_vec(),
                 signed,
                 // Boards file the worker's commitment only with this (protocol::ticket, which
                 // explains the expiry).

@@ -28,13 +28,19 @@ impl<S: Store> CoordinatorService<S> {
                 .iter()
                 .map(|(name, input)| name.len() + input.len() + 64)
                 .sum::<usize>();
-        let need = 2 * size as u64 + DISK_RESERVE;
+        self.room_for_bytes(size as u64)
+    }
+
+    /// Refuses `size` more bytes of store (a project, a data file) when the disk would
+    /// keep less than the reserve.
+    pub(super) fn room_for_bytes(&self, size: u64) -> Result<(), Status> {
+        let need = 2 * size + DISK_RESERVE;
         match fs4::available_space(&self.inner.data_dir) {
             Ok(free) if free < need => Err(to_status(Error::NoRoom {
                 free_mib: free >> 20,
                 dir: self.inner.data_dir.clone(),
                 need_mib: need.div_ceil(1 << 20),
-                size_mib: (size as u64).div_ceil(1 << 20),
+                size_mib: size.div_ceil(1 << 20),
                 reserve_mib: DISK_RESERVE >> 20,
             })),
             Ok(_) => Ok(()),

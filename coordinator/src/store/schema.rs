@@ -20,7 +20,7 @@
 //! names page in the same order on both.
 
 /// The schema version both back-ends write. Older stores are migrated on open.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The first version a PostgreSQL store can have: PostgreSQL support began at schema 4,
 /// so no PostgreSQL store is older and the earlier migrations have no PostgreSQL text.
@@ -76,6 +76,20 @@ ALTER TABLE projects ADD COLUMN terms BLOB;
 ALTER TABLE units ADD COLUMN signature BLOB;
 "#,
         postgres: None,
+    },
+    // 4 → 5: a placeholder for another branch's schema 5 (renumbered when they merge);
+    // nothing changes here.
+    Migration {
+        from: 4,
+        sqlite: "",
+        postgres: Some(""),
+    },
+    // 5 → 6: project data files (`[data]`): the files in chunks, and each project's list.
+    // Only new tables, which come from the current schema.
+    Migration {
+        from: 5,
+        sqlite: "",
+        postgres: Some(""),
     },
 ];
 
@@ -197,6 +211,23 @@ CREATE TABLE IF NOT EXISTS standing (
     errors_in_row INTEGER NOT NULL,
     throttled INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS data_files (
+    digest BLOB PRIMARY KEY,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS data_chunks (
+    digest BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (digest, idx)
+);
+CREATE TABLE IF NOT EXISTS project_data (
+    project INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    digest BLOB NOT NULL REFERENCES data_files(digest),
+    size INTEGER NOT NULL,
+    PRIMARY KEY (project, name)
+);
 "#;
 
 /// The current schema for PostgreSQL, table for table and column for column the same as
@@ -317,5 +348,22 @@ CREATE TABLE IF NOT EXISTS standing (
     worker BYTEA PRIMARY KEY,
     errors_in_row BIGINT NOT NULL,
     throttled BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS data_files (
+    digest BYTEA PRIMARY KEY,
+    size BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS data_chunks (
+    digest BYTEA NOT NULL,
+    idx BIGINT NOT NULL,
+    bytes BYTEA NOT NULL,
+    PRIMARY KEY (digest, idx)
+);
+CREATE TABLE IF NOT EXISTS project_data (
+    project BIGINT NOT NULL REFERENCES projects(id),
+    name TEXT COLLATE "C" NOT NULL,
+    digest BYTEA NOT NULL REFERENCES data_files(digest),
+    size BIGINT NOT NULL,
+    PRIMARY KEY (project, name)
 );
 "#;

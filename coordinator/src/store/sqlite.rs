@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Connection, Row, SqlitePool};
 use tokio_stream::StreamExt;
 
+use protocol::data::DataFile;
 use protocol::certificate::Verified;
 use protocol::manifest::ProjectSpec;
 use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
@@ -402,6 +403,7 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
             (true, None) => Aggregate::Ready,
             (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
         },
+        data: Default::default(),
     })
 }
 
@@ -686,6 +688,16 @@ impl Store for SqliteStore {
         .bind(spec.signatures.as_ref().map(|_| spec.terms().0.to_vec()))
         .fetch_one(&mut *tx)
         .await?;
+            // The files themselves were uploaded before (`PutData`) and checked held.
+            for f in &spec.data {
+                sqlx::query("INSERT INTO project_data (project, name, digest, size) VALUES ($1, $2, $3, $4)")
+                    .bind(id)
+                    .bind(f.name.as_str())
+                    .bind(&f.digest.0[..])
+                    .bind(f.size as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // Many rows per statement: one round trip per 200 units instead of one per unit.
             let mut units = Vec::with_capacity(spec.units.len());
             let signatures = spec.signatures.as_ref().map(|g| &g.units);
@@ -748,6 +760,22 @@ impl Store for SqliteStore {
             if let Some(p) = projects.get_mut(&ProjectId(row.try_get::<i64, _>("project")? as u64)) {
                 p.stats.credit = credit_of(&row)?;
             }
+        }
+        let mut data: HashMap<ProjectId, Vec<DataFile>> = HashMap::new();
+        for row in sqlx::query("SELECT project, name, digest, size FROM project_data ORDER BY project, name")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            data.entry(ProjectId(row.try_get::<i64, _>("project")? as u64))
+                .or_default()
+                .push(DataFile {
+                    name: row.try_get("name")?,
+                    size: row.try_get::<i64, _>("size")? as u64,
+                    digest: digest(row.try_get("digest")?)?,
+                });
+        }
+        for p in projects.values_mut() {
+            p.data = data.remove(&p.id).unwrap_or_default().into();
         }
         snapshot.projects = projects.into_values().collect();
         for row in sqlx::query(
@@ -1317,6 +1345,76 @@ impl Store for SqliteStore {
                 .try_get::<Option<Vec<u8>>, _>("aggregate")?
                 .unwrap_or_default()),
         }))
+    }
+
+    async fn data_held(&self, digests: &[Digest]) -> Result<HashMap<Digest, u64>, Error> {
+        let mut held = HashMap::new();
+        for d in digests {
+            let size: Option<i64> = sqlx::query_scalar("SELECT size FROM data_files WHERE digest = $1")
+                .bind(&d.0[..])
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(size) = size {
+                held.insert(*d, size as u64);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn put_data_chunk(&self, upload: [u8; 32], index: u64, bytes: &[u8]) -> Result<(), Error> {
+        sqlx::query("INSERT INTO data_chunks (digest, idx, bytes) VALUES ($1, $2, $3) ON CONFLICT (digest, idx) DO UPDATE SET bytes = excluded.bytes")
+            .bind(&upload[..])
+            .bind(index as i64)
+            .bind(bytes)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_data(&self, upload: [u8; 32], digest: Digest, size: u64) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<i64> = sqlx::query_scalar("SELECT size FROM data_files WHERE digest = $1")
+            .bind(&digest.0[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+        if held.is_some() {
+            sqlx::query("DELETE FROM data_chunks WHERE digest = $1")
+                .bind(&upload[..])
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query("UPDATE data_chunks SET digest = $1 WHERE digest = $2")
+                .bind(&digest.0[..])
+                .bind(&upload[..])
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO data_files (digest, size) VALUES ($1, $2)")
+                .bind(&digest.0[..])
+                .bind(size as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(held.is_some())
+    }
+
+    async fn discard_data(&self, upload: [u8; 32]) -> Result<(), Error> {
+        sqlx::query("DELETE FROM data_chunks WHERE digest = $1")
+            .bind(&upload[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn data_chunk(&self, digest: Digest, index: u64) -> Result<Option<Vec<u8>>, Error> {
+        // Only a held file's chunks: an unfinished upload keyed by the same bytes is not one.
+        Ok(sqlx::query_scalar(
+            "SELECT c.bytes FROM data_chunks c JOIN data_files f ON f.digest = c.digest WHERE c.digest = $1 AND c.idx = $2",
+        )
+        .bind(&digest.0[..])
+        .bind(index as i64)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }
 

@@ -118,6 +118,7 @@ suite!(
     an_output_changed_at_rest_is_refused_when_read,
     same_units_compares_names_and_inputs_in_order,
     the_group_commit_applies_every_write_in_order_or_none,
+    data_files_are_held_only_once_finished_and_projects_keep_their_list,
 );
 
 /// `load` and `load_units` together, with the unit counters applied to the projects.
@@ -162,6 +163,8 @@ pub(super) fn spec() -> ProjectSpec {
         limits: Limits::default(),
         units: vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
         manifest: String::new(),
+        data: Vec::new(),
+        data_paths: Vec::new(),
         signatures: None,
     }
 }
@@ -464,6 +467,57 @@ async fn a_signed_project_keeps_its_signer_and_unit_signatures<B: Backend>() {
         assert_eq!(got.name, format!("u{i}"));
         assert_eq!(got.signature, Some(sigs[i]), "unit {i}");
     }
+}
+
+/// A data file is readable only once its upload finished; a second upload of the same file
+/// leaves one copy; a failed upload leaves nothing; a project keeps its data list across a
+/// reopen.
+async fn data_files_are_held_only_once_finished_and_projects_keep_their_list<B: Backend>() {
+    use protocol::data::{CHUNK_BYTES, DataFile};
+    let b = B::new();
+    let store = b.open().await.expect("open");
+    let bytes: Vec<u8> = (0..CHUNK_BYTES * 2 + 10).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&bytes);
+    let (up1, up2, bad) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        store.put_data_chunk(up1, i as u64, chunk).await.expect("chunk");
+    }
+    assert!(store.data_held(&[digest]).await.expect("held").is_empty());
+    assert_eq!(store.data_chunk(digest, 0).await.expect("read"), None, "unfinished");
+    assert!(!store.finish_data(up1, digest, bytes.len() as u64).await.expect("finish"));
+    // The same file again (another coordinator, say): kept once.
+    for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        store.put_data_chunk(up2, i as u64, chunk).await.expect("chunk");
+    }
+    assert!(store.finish_data(up2, digest, bytes.len() as u64).await.expect("finish"));
+    store.put_data_chunk(bad, 0, b"junk").await.expect("chunk");
+    store.discard_data(bad).await.expect("discard");
+    assert_eq!(store.data_chunk(Digest(bad), 0).await.expect("read"), None);
+    let held = store.data_held(&[digest, Digest([9; 32])]).await.expect("held");
+    assert_eq!(held.into_iter().collect::<Vec<_>>(), [(digest, bytes.len() as u64)]);
+    let mut read = Vec::new();
+    for i in 0.. {
+        match store.data_chunk(digest, i).await.expect("read") {
+            Some(c) => read.extend_from_slice(&c),
+            None => break,
+        }
+    }
+    assert_eq!(read, bytes);
+    let mut with_data = spec();
+    with_data.data = vec![DataFile {
+        name: "table".into(),
+        size: bytes.len() as u64,
+        digest,
+    }];
+    let (project, _) = store
+        .insert_project(&with_data, Digest::of(&with_data.module), None, 1)
+        .await
+        .expect("insert");
+    drop(store);
+    let store = b.open().await.expect("reopen");
+    let (snap, _) = load_all(&store).await;
+    let p = snap.projects.iter().find(|p| p.id == project).expect("project");
+    assert_eq!(&p.data[..], &with_data.data[..]);
 }
 
 async fn a_second_coordinator_on_the_same_store_is_refused<B: Backend>() {

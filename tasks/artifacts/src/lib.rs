@@ -49,6 +49,15 @@ pub const PI_REDUCE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pi-reduce
 /// `<sum of steps> <max steps> <first n with max steps>\n`.
 pub const COLLATZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/collatz.wasm"));
 
+/// Sums rows of the data file `/data/table` (one integer per line) named by stdin (row
+/// numbers), plus `/data/offset` if present; output `<sum>\n`.
+pub const LOOKUP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lookup.wasm"));
+
+/// Prints what a guest can learn about `/data`: the listing with every entry's metadata,
+/// each file's checksum, and the outcome of each forbidden operation (write, create,
+/// remove, reaching outside).
+pub const DATAPROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dataprobe.wasm"));
+
 /// Misbehaving guests for testing the sandbox, plus well-behaved controls.
 pub mod hostile {
     /// Loops forever without making any host calls.
@@ -83,6 +92,8 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("sum", SUM),
     ("pi-reduce", PI_REDUCE),
     ("collatz", COLLATZ),
+    ("lookup", LOOKUP),
+    ("lookup/dataprobe", DATAPROBE),
     ("hostile/spin", hostile::SPIN),
     ("hostile/membomb", hostile::MEMBOMB),
     ("hostile/recurse", hostile::RECURSE),
@@ -101,7 +112,7 @@ mod tests {
 
     #[test]
     fn every_module_is_wasm() {
-        assert_eq!(ALL.len(), 16);
+        assert_eq!(ALL.len(), 18);
         for (name, module) in ALL {
             assert!(!module.is_empty(), "{name} is empty");
             assert!(module.starts_with(b"\0asm"), "{name} lacks the wasm magic");

@@ -210,6 +210,22 @@ impl Shared {
                 return;
             }
         };
+        // The project's data files, fetched once per worker and mounted for this unit; the
+        // mount (and its hold on the files) lasts until this function returns.
+        let mounted = match self.data.mount(&self.client, &a.data).await {
+            Ok(m) => m,
+            Err(e @ Error::DataTooLarge(_)) => {
+                tracing::warn!(unit = %a.unit, "cannot run a unit: {e}");
+                let failure = Failure::new(protocol::FailureKind::BadModule, e.to_string());
+                let effects = lock(&self.life).bad_module(a.unit, failure);
+                self.perform(effects).await;
+                return;
+            }
+            Err(e) => {
+                self.local_trouble(a.unit, &e).await;
+                return;
+            }
+        };
         let seed = protocol::unit_seed(&a.name, &a.input);
         let key = compiled
             .checkpoints()
@@ -232,6 +248,7 @@ impl Shared {
                 a.input.clone(),
                 seed,
                 a.limits,
+                mounted.as_ref().map(|m| m.mount.clone()),
                 resume,
                 Box::new(pacer),
                 on_checkpoint,

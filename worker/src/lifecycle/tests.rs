@@ -35,6 +35,7 @@ fn assignment(unit: u64) -> Assignment {
         lease: LEASE,
         signed: None,
         ticket: Some(coordinator().sign_ticket(me().id(), P, UnitId(unit), u64::MAX)),
+        data: Vec::new(),
     }
 }
 
