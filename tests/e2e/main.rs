@@ -14,6 +14,7 @@ mod chaos;
 mod checkpoint;
 mod control;
 mod dashboard;
+mod data;
 mod demo;
 mod diskfull;
 mod faults;
