@@ -19,7 +19,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("sum", &["sum"]),
     ("pi-reduce", &["pi-reduce"]),
     ("collatz", &["collatz"]),
-    ("lookup", &["lookup", "dataprobe"]),
+    ("lookup", &["lookup"]),
     (
         "hostile",
         &[
@@ -33,6 +33,7 @@ const GUESTS: &[(&str, &[&str])] = &[
             "exit3",
             "hoard",
             "abicall",
+            "dataprobe",
         ],
     ),
 ];

@@ -93,7 +93,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("pi-reduce", PI_REDUCE),
     ("collatz", COLLATZ),
     ("lookup", LOOKUP),
-    ("lookup/dataprobe", DATAPROBE),
+    ("hostile/dataprobe", DATAPROBE),
     ("hostile/spin", hostile::SPIN),
     ("hostile/membomb", hostile::MEMBOMB),
     ("hostile/recurse", hostile::RECURSE),

@@ -1,30 +1,80 @@
-//! Shows everything a guest can learn about the data mount, one line per fact, so a test
-//! can compare two runs over different host directories byte for byte: the listing of
-//! `/data` with each entry's metadata, each file's BLAKE3-free checksum (FNV-1a) and size
-//! read by `read`, and the outcome of every forbidden operation (write, create, remove,
-//! rename, reaching outside with `..` and absolute paths). Exits 0.
+//! Shows everything a guest can learn about the data mount (`/data`), one line per fact,
+//! so a test can compare two runs over different host directories byte for byte: the
+//! listing with each entry's metadata (std's and every field of the raw
+//! `path_filestat_get`), each file's checksum (FNV-1a) as read, and the outcome of every
+//! forbidden operation (write, create, remove, rename, reaching outside with `..` and
+//! absolute paths). Exits 0.
+
+// The one raw WASI call below (see `raw_stat`).
+#![allow(unsafe_code)]
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::wasi::fs::MetadataExt;
+use std::time::SystemTime;
+
+// The raw call, because std shows inode, device and link count only through the unstable
+// `std::os::wasi::fs::MetadataExt`.
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+unsafe extern "C" {
+    fn path_filestat_get(fd: i32, flags: i32, path: *const u8, path_len: usize, buf: *mut u8) -> i32;
+}
+
+/// The first preopen: /data.
+const DATA_FD: i32 = 3;
+
+/// Every field of `path_filestat_get` for `path` (relative to /data): dev, ino, filetype,
+/// nlink, size, atim, mtim, ctim.
+fn raw_stat(path: &str) -> String {
+    let mut buf = [0u8; 64];
+    // SAFETY: `buf` is 64 writable bytes, the size of WASI's filestat; `path` is valid
+    // for `path.len()` bytes.
+    let errno = unsafe { path_filestat_get(DATA_FD, 1, path.as_ptr(), path.len(), buf.as_mut_ptr()) };
+    if errno != 0 {
+        return format!("errno {errno}");
+    }
+    let u = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&buf[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    format!(
+        "dev={} ino={} type={} nlink={} size={} atim={} mtim={} ctim={}",
+        u(0),
+        u(8),
+        buf[16],
+        u(24),
+        u(32),
+        u(40),
+        u(48),
+        u(56)
+    )
+}
+
+fn secs(t: std::io::Result<SystemTime>) -> String {
+    match t {
+        Ok(t) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos().to_string(),
+            Err(_) => "before-epoch".into(),
+        },
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
 
 fn main() {
     let mut out = String::new();
     let meta = |m: &fs::Metadata| {
         format!(
-            "dev={} ino={} nlink={} size={} file={} dir={} mtim={} atim={} ctim={} ro={}",
-            m.dev(),
-            m.ino(),
-            m.nlink(),
-            m.size(),
+            "len={} file={} dir={} modified={} accessed={} created={} ro={}",
+            m.len(),
             m.is_file(),
             m.is_dir(),
-            m.mtim(),
-            m.atim(),
-            m.ctim(),
+            secs(m.modified()),
+            secs(m.accessed()),
+            secs(m.created()),
             m.permissions().readonly()
         )
     };
+
     match fs::metadata("/data") {
         Ok(m) => out.push_str(&format!("/data: {}\n", meta(&m))),
         Err(e) => out.push_str(&format!("/data: error {e}\n")),
@@ -37,6 +87,8 @@ fn main() {
                         let path = e.path();
                         let m = e.metadata().map(|m| meta(&m)).unwrap_or_else(|e| e.to_string());
                         out.push_str(&format!("entry {}: {m}\n", path.display()));
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        out.push_str(&format!("  raw {}\n", raw_stat(&name)));
                         let mut bytes = Vec::new();
                         let read = fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes));
                         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
