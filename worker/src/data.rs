@@ -37,8 +37,6 @@ pub struct DataCache {
     turns: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Blobs in use by running units (count per digest): never evicted.
     pinned: Arc<Mutex<HashMap<Digest, usize>>>,
-    /// Downloads started (tests and the log).
-    fetches: AtomicU64,
 }
 
 /// A unit's mounted data: the mount, and the pins and directory it holds until dropped.
@@ -85,13 +83,7 @@ impl DataCache {
             cap,
             turns: Mutex::new(HashMap::new()),
             pinned: Arc::new(Mutex::new(HashMap::new())),
-            fetches: AtomicU64::new(0),
         }
-    }
-
-    /// Downloads started since this cache was made.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// The project's files, fetched if needed, mounted for one unit. `None` for a project
@@ -192,7 +184,6 @@ impl DataCache {
         let need = f.size;
         let _ = tokio::task::spawn_blocking(move || evict(&blobs, cap.saturating_sub(need), &pinned))
             .await;
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let part = self.blobs.join(format!("{}.part", f.digest.to_hex()));
         let mut last = None;
         for attempt in 1..=ATTEMPTS {

@@ -24,7 +24,7 @@ fn bad(message: String) -> Status {
 
 impl<S: Store> CoordinatorService<S> {
     /// `HasData`: the digests asked for that are held whole.
-    pub(super) async fn has_data(&self, digests: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, Status> {
+    pub(super) async fn data_present(&self, digests: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, Status> {
         if digests.len() > protocol::data::MAX_FILES {
             return Err(bad(format!(
                 "HasData: {} digests, at most {}",
@@ -53,7 +53,7 @@ impl<S: Store> CoordinatorService<S> {
     /// `PutData`: hashes the chunks as they arrive and stores them under a key of this
     /// upload's own; they become the file only if the bytes hash to the digest named, so
     /// a half-sent or lying upload leaves nothing anyone can fetch.
-    pub(super) async fn put_data(
+    pub(super) async fn receive_data(
         &self,
         request: Request<Streaming<pb::DataChunk>>,
     ) -> Result<Response<pb::PutDataResponse>, Status> {
@@ -162,7 +162,7 @@ impl<S: Store> CoordinatorService<S> {
 
     /// `GetData`: the file from `offset`, one stored chunk per message, read from the
     /// store as the client takes them (a slow client holds one chunk, not the file).
-    pub(super) async fn get_data(&self, request: pb::GetDataRequest) -> Result<DataStream, Status> {
+    pub(super) async fn send_data(&self, request: pb::GetDataRequest) -> Result<DataStream, Status> {
         let digest =
             Digest::from_slice("GetDataRequest.digest", &request.digest).map_err(|e| to_status(e.into()))?;
         let store = self.inner.store.clone();

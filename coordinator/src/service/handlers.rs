@@ -100,7 +100,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::HasDataRequest>,
     ) -> Result<Response<pb::HasDataResponse>, Status> {
-        let present = CoordinatorService::has_data(self, request.into_inner().digests).await?;
+        let present = self.data_present(request.into_inner().digests).await?;
         Ok(Response::new(pb::HasDataResponse { present }))
     }
 
@@ -108,7 +108,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<tonic::Streaming<pb::DataChunk>>,
     ) -> Result<Response<pb::PutDataResponse>, Status> {
-        CoordinatorService::put_data(self, request).await
+        self.receive_data(request).await
     }
 
     async fn get_data(
@@ -116,7 +116,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::GetDataRequest>,
     ) -> Result<Response<Self::GetDataStream>, Status> {
         Ok(Response::new(
-            CoordinatorService::get_data(self, request.into_inner()).await?,
+            self.send_data(request.into_inner()).await?,
         ))
     }
 
