@@ -151,9 +151,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::UnknownWorker(_)
         | Error::NotLeased { .. }
         | Error::AlreadyFailed { .. }
-        | Error::DataNotHeld(_) => {
-            Status::failed_precondition(e.to_string())
-        }
+        | Error::DataNotHeld(_) => Status::failed_precondition(e.to_string()),
         Error::Store(_) if e.is_disk_full() => {
             tracing::error!("refused a change: {e}");
             Status::resource_exhausted(format!(

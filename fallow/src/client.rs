@@ -172,8 +172,9 @@ impl Client {
             if present.iter().any(|d| d[..] == file.digest.0[..]) {
                 continue;
             }
-            let bytes = std::fs::File::open(path)
-                .map_err(|e| anyhow!("[data] {}: cannot read {}: {e}", file.name, path.display()))?;
+            let bytes = std::fs::File::open(path).map_err(|e| {
+                anyhow!("[data] {}: cannot read {}: {e}", file.name, path.display())
+            })?;
             let (digest, size) = (file.digest.0.to_vec(), file.size);
             let (name, shown) = (file.name.clone(), path.display().to_string());
             // Read on a blocking thread, a chunk at a time: a 1 GiB file is never in memory.

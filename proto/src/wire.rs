@@ -167,7 +167,10 @@ impl From<&Assignment> for pb::Assignment {
 
 /// A data list from the wire: digests of 32 bytes, and the list checked whole
 /// ([`protocol::data::check_list`]: names, order, limits).
-pub fn data_from_wire(field: &'static str, files: Vec<pb::DataFile>) -> Result<Vec<DataFile>, Error> {
+pub fn data_from_wire(
+    field: &'static str,
+    files: Vec<pb::DataFile>,
+) -> Result<Vec<DataFile>, Error> {
     let files = files
         .into_iter()
         .map(|f| {

@@ -165,7 +165,9 @@ mod tests {
                 "limit per project",
             ),
             (
-                (0..=MAX_FILES).map(|i| file(&format!("f{i:03}"), 1)).collect(),
+                (0..=MAX_FILES)
+                    .map(|i| file(&format!("f{i:03}"), 1))
+                    .collect(),
                 "at most 32",
             ),
             (vec![file("b", 1), file("a", 1)], "sorted"),

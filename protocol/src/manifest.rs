@@ -315,7 +315,10 @@ pub fn load(path: &Path) -> Result<ProjectSpec, Error> {
             .map_err(fail)?;
         }
         let (size, digest) = crate::data::hash_file(&file).map_err(|e| {
-            fail(format!("[data] {name}: cannot read {}: {e}", file.display()))
+            fail(format!(
+                "[data] {name}: cannot read {}: {e}",
+                file.display()
+            ))
         })?;
         data.push(crate::data::DataFile { name, size, digest });
         data_paths.push(file);
@@ -922,7 +925,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
         for (data, says) in [
             ("files = ['missing.bin']\n", "missing.bin"),
-            ("files = ['inputs/a', 'inputs/a']\n", "two files are mounted as /data/a"),
+            (
+                "files = ['inputs/a', 'inputs/a']\n",
+                "two files are mounted as /data/a",
+            ),
             ("files = ['m.wasm']\nBig = 'inputs/a'\n", "a-z"),
             ("files = ['inputs']\n", "not a file"),
         ] {

@@ -196,7 +196,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
          used: i32|
          -> wasmtime::Result<i32> {
             with_memory(&mut caller, |wasi, names, mem| {
-                readdir(wasi, names, mem, fd, buf as u32, buf_len as u32, cookie as u64, used)
+                readdir(
+                    wasi,
+                    names,
+                    mem,
+                    fd,
+                    buf as u32,
+                    buf_len as u32,
+                    cookie as u64,
+                    used,
+                )
             })
         },
     )?;
@@ -259,7 +268,10 @@ fn write_stat(
     stat: Result<wasi::Filestat, wasi::Error>,
 ) -> wasmtime::Result<i32> {
     match stat {
-        Ok(st) => match mem.write(GuestPtr::<wasi::Filestat>::new(buf as u32), deterministic(st)) {
+        Ok(st) => match mem.write(
+            GuestPtr::<wasi::Filestat>::new(buf as u32),
+            deterministic(st),
+        ) {
             Ok(()) => Ok(0),
             Err(_) => Ok(EFAULT),
         },
@@ -291,7 +303,10 @@ fn readdir(
         .into_iter()
         .chain(names.iter().map(|n| (n.as_str(), Filetype::RegularFile)));
     let mut out = Vec::new();
-    for (i, (name, kind)) in entries.enumerate().skip(cookie.min(usize::MAX as u64) as usize) {
+    for (i, (name, kind)) in entries
+        .enumerate()
+        .skip(cookie.min(usize::MAX as u64) as usize)
+    {
         // struct dirent { d_next: u64, d_ino: u64, d_namlen: u32, d_type: u8 } (24 bytes)
         out.extend_from_slice(&(i as u64 + 1).to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());

@@ -605,9 +605,16 @@ impl Sandbox {
         limits: &Limits,
         pacer: Box<dyn Pacer>,
     ) -> Result<Execution, Failure> {
-        match self.run_resumable(compiled, input, seed, limits, None, None, pacer, &mut |_| {
-            Proceed::Continue
-        })? {
+        match self.run_resumable(
+            compiled,
+            input,
+            seed,
+            limits,
+            None,
+            None,
+            pacer,
+            &mut |_| Proceed::Continue,
+        )? {
             Finished::Done(exec) => Ok(exec),
             // Unreachable: the callback above never stops.
             Finished::Stopped(_) => Err(Failure::new(FailureKind::BadModule, "stopped")),
@@ -667,9 +674,7 @@ impl Sandbox {
             // A mount that cannot be opened is this machine's trouble (the caller built
             // it), reported as such rather than as anything the guest did.
             let (host, pipes) = Host::new(input, seed, limits, current.as_ref(), data)
-                .map_err(|e| {
-                    Failure::new(FailureKind::BadModule, format!("data mount: {e}"))
-                })?;
+                .map_err(|e| Failure::new(FailureKind::BadModule, format!("data mount: {e}")))?;
             let mut store = Store::new(&flavour.engine, host);
             store.limiter(|h| &mut h.limiter);
             let budget = limits.fuel - before;

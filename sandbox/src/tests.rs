@@ -736,7 +736,9 @@ fn run_mounted(wasm: &[u8], input: &[u8], data: Option<&DataMount>) -> Result<Ex
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .stack_size(GUEST_THREAD_STACK)
-            .spawn_scoped(s, || sb.run_with_data(&compiled, input, [9; 32], &limits, data))
+            .spawn_scoped(s, || {
+                sb.run_with_data(&compiled, input, [9; 32], &limits, data)
+            })
             .expect("thread")
             .join()
             .expect("join")
@@ -763,10 +765,11 @@ fn the_data_mount_is_read_only_and_the_same_from_any_host_directory() {
         .open(b.join("table"))
         .and_then(|f| f.set_modified(old))
         .expect("mtime");
-    std::fs::hard_link(b.join("b.bin"), b.join("..").join(format!(
-        "fallow-sandbox-extra-link-{}",
-        std::process::id()
-    )))
+    std::fs::hard_link(
+        b.join("b.bin"),
+        b.join("..")
+            .join(format!("fallow-sandbox-extra-link-{}", std::process::id())),
+    )
     .expect("link");
     let names = vec!["table".to_string(), "b.bin".to_string()];
     let probe = |dir: &std::path::Path| {
@@ -775,10 +778,10 @@ fn the_data_mount_is_read_only_and_the_same_from_any_host_directory() {
         String::from_utf8(exec.output).expect("text")
     };
     let (from_a, from_b) = (probe(&a), probe(&b));
-    let _ = std::fs::remove_file(b.join("..").join(format!(
-        "fallow-sandbox-extra-link-{}",
-        std::process::id()
-    )));
+    let _ = std::fs::remove_file(
+        b.join("..")
+            .join(format!("fallow-sandbox-extra-link-{}", std::process::id())),
+    );
     assert_eq!(from_a, from_b, "the host directory shows through");
     // Entries in byte order, inode 0, one link, every time at 2000-01-01T00:00:00Z.
     let entries: Vec<&str> = from_a.lines().filter(|l| l.starts_with("entry ")).collect();
@@ -786,14 +789,21 @@ fn the_data_mount_is_read_only_and_the_same_from_any_host_directory() {
     assert!(entries[1].starts_with("entry /data/table:"), "{from_a}");
     let frozen = "946684800000000000";
     assert!(
-        entries[1].contains(&format!("len=12 file=true dir=false modified={frozen} accessed={frozen}")),
+        entries[1].contains(&format!(
+            "len=12 file=true dir=false modified={frozen} accessed={frozen}"
+        )),
         "{from_a}"
     );
     assert!(
-        from_a.contains(&format!("raw dev=0 ino=0 type=4 nlink=1 size=12 atim={frozen} mtim={frozen} ctim={frozen}")),
+        from_a.contains(&format!(
+            "raw dev=0 ino=0 type=4 nlink=1 size=12 atim={frozen} mtim={frozen} ctim={frozen}"
+        )),
         "{from_a}"
     );
-    assert!(from_a.contains("/data: len=0 file=false dir=true"), "{from_a}");
+    assert!(
+        from_a.contains("/data: len=0 file=false dir=true"),
+        "{from_a}"
+    );
     // The guest's checksum of each file is the checksum of its bytes.
     let fnv = |bytes: &[u8]| {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -804,7 +814,17 @@ fn the_data_mount_is_read_only_and_the_same_from_any_host_directory() {
     };
     assert!(from_a.contains(&fnv(TABLE)), "{from_a}");
     assert!(from_a.contains(&fnv(&[0, 1, 2, 255])), "{from_a}");
-    for op in ["write", "append", "remove", "rename", "create", "mkdir", "outside ..", "outside /etc", "outside /"] {
+    for op in [
+        "write",
+        "append",
+        "remove",
+        "rename",
+        "create",
+        "mkdir",
+        "outside ..",
+        "outside /etc",
+        "outside /",
+    ] {
         let line = from_a
             .lines()
             .find(|l| l.starts_with(&format!("{op}:")))

@@ -43,6 +43,17 @@ fn expected(rows: &[u64]) -> String {
     format!("{}\n", rows.iter().map(|&i| row(i)).sum::<i64>() + 7)
 }
 
+/// `fallow submit MANIFEST` as `Cluster::submit` runs it, with its whole output.
+fn submit(c: &Cluster, manifest: &Path) -> std::process::Output {
+    fallow()
+        .env("FALLOW_SUBMITTER_KEY", crate::harness::submitter_key())
+        .arg("submit")
+        .arg(manifest)
+        .args(["--coordinator", &c.url, "--token", &c.token])
+        .output()
+        .expect("run fallow submit")
+}
+
 /// How many data files worker `i` downloaded, by its logs.
 fn fetched(log: &str) -> usize {
     log.matches("data file fetched and verified").count()
@@ -54,21 +65,37 @@ fn units_read_data_files_each_worker_fetches_once_and_keeps_across_a_restart() {
     let shared = c.dir.path().join("shared");
     std::fs::create_dir_all(&shared).expect("shared");
     let table: String = (0..ROWS).map(|i| format!("{}\n", row(i))).collect();
-    assert!(table.len() > 3 << 20, "several chunks: {} bytes", table.len());
+    assert!(
+        table.len() > 3 << 20,
+        "several chunks: {} bytes",
+        table.len()
+    );
     std::fs::write(shared.join("table.txt"), &table).expect("table");
     std::fs::write(shared.join("offset"), "7\n").expect("offset");
     let w0 = c.start_worker(&[]);
     let w1 = c.start_worker(&[]);
 
-    let units: [(&str, &[u64]); 3] = [("a", &[0, 1, 2]), ("b", &[ROWS - 1]), ("c", &[5, 5, 599_000])];
+    let units: [(&str, &[u64]); 3] = [
+        ("a", &[0, 1, 2]),
+        ("b", &[ROWS - 1]),
+        ("c", &[5, 5, 599_000]),
+    ];
     let first = write_project(c.dir.path(), "lookup-1", &units);
-    let submit = c.cli(&["submit", first.to_str().expect("utf-8")]);
+    let submit = submit(&c, &first);
     let said = String::from_utf8_lossy(&submit.stderr).into_owned();
     assert!(submit.status.success(), "{said}");
     assert!(said.contains("data: 2 of 2 files uploaded"), "{said}");
-    let id: u64 = String::from_utf8_lossy(&submit.stdout).trim().parse().expect("id");
+    let id: u64 = String::from_utf8_lossy(&submit.stdout)
+        .trim()
+        .parse()
+        .expect("id");
     let status = c.wait_finished(id, Duration::from_secs(240));
-    assert_eq!((n(&status, "verified"), n(&status, "failed")), (3, 0), "{status}\n{}", c.logs());
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (3, 0),
+        "{status}\n{}",
+        c.logs()
+    );
     let out = c.results(id);
     for (unit, rows) in units {
         assert_eq!(
@@ -79,10 +106,18 @@ fn units_read_data_files_each_worker_fetches_once_and_keeps_across_a_restart() {
     }
     // Both workers ran every unit (replication 2) and fetched each of the 2 files once.
     for w in [w0, w1] {
-        assert_eq!(fetched(&c.worker_logs(w)), 2, "worker {w}:\n{}", c.worker_logs(w));
+        assert_eq!(
+            fetched(&c.worker_logs(w)),
+            2,
+            "worker {w}:\n{}",
+            c.worker_logs(w)
+        );
         let blobs = c.worker_dir(w).join("data").join("blobs");
         let table_blob = blobs.join(Digest::of(table.as_bytes()).to_hex());
-        assert_eq!(std::fs::read(&table_blob).expect("cached"), table.as_bytes());
+        assert_eq!(
+            std::fs::read(&table_blob).expect("cached"),
+            table.as_bytes()
+        );
     }
 
     // `fallow run` mounts the same files the same way: the bytes the workers signed.
@@ -94,7 +129,11 @@ fn units_read_data_files_each_worker_fetches_once_and_keeps_across_a_restart() {
         .arg(&first)
         .output()
         .expect("fallow run");
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert_eq!(run.stdout, std::fs::read(out.join("c")).expect("output"));
 
     // A second project on the same data: nothing uploaded again; a restarted worker and the
@@ -103,19 +142,38 @@ fn units_read_data_files_each_worker_fetches_once_and_keeps_across_a_restart() {
     c.restart_worker(w0, &[]);
     let more: [(&str, &[u64]); 2] = [("d", &[3]), ("e", &[4, 6])];
     let second = write_project(c.dir.path(), "lookup-2", &more);
-    let submit = c.cli(&["submit", second.to_str().expect("utf-8")]);
+    let submit = self::submit(&c, &second);
     let said = String::from_utf8_lossy(&submit.stderr).into_owned();
     assert!(submit.status.success(), "{said}");
-    assert!(said.contains("data: 0 of 2 files uploaded (2 already on the coordinator)"), "{said}");
-    let id: u64 = String::from_utf8_lossy(&submit.stdout).trim().parse().expect("id");
+    assert!(
+        said.contains("data: 0 of 2 files uploaded (2 already on the coordinator)"),
+        "{said}"
+    );
+    let id: u64 = String::from_utf8_lossy(&submit.stdout)
+        .trim()
+        .parse()
+        .expect("id");
     let status = c.wait_finished(id, Duration::from_secs(240));
-    assert_eq!((n(&status, "verified"), n(&status, "failed")), (2, 0), "{status}\n{}", c.logs());
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (2, 0),
+        "{status}\n{}",
+        c.logs()
+    );
     let out = c.results(id);
     for (unit, rows) in more {
-        assert_eq!(std::fs::read_to_string(out.join(unit)).expect("output"), expected(rows));
+        assert_eq!(
+            std::fs::read_to_string(out.join(unit)).expect("output"),
+            expected(rows)
+        );
     }
     for w in [w0, w1] {
-        assert_eq!(fetched(&c.worker_logs(w)), 2, "worker {w} fetched again:\n{}", c.worker_logs(w));
+        assert_eq!(
+            fetched(&c.worker_logs(w)),
+            2,
+            "worker {w} fetched again:\n{}",
+            c.worker_logs(w)
+        );
     }
 }
 
@@ -124,7 +182,7 @@ fn units_read_data_files_each_worker_fetches_once_and_keeps_across_a_restart() {
 #[test]
 fn a_project_naming_data_the_coordinator_lacks_is_refused() {
     let c = Cluster::start(30);
-    let token = std::fs::read_to_string(c.coordinator_data().join("admin.token")).expect("token");
+    let token = c.token.clone();
     let mut spec = ProjectSpec {
         name: "no-data".into(),
         module: artifacts::LOOKUP.to_vec(),
@@ -158,9 +216,17 @@ fn a_project_naming_data_the_coordinator_lacks_is_refused() {
         );
         client.submit_project(request).await.expect_err("refused")
     });
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     assert!(refused.message().contains("table"), "{}", refused.message());
-    assert!(refused.message().contains("upload it first"), "{}", refused.message());
+    assert!(
+        refused.message().contains("upload it first"),
+        "{}",
+        refused.message()
+    );
     let status = c.cli(&["status"]);
     assert!(!String::from_utf8_lossy(&status.stdout).contains("no-data"));
 }

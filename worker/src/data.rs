@@ -182,8 +182,9 @@ impl DataCache {
         let pinned: Vec<Digest> = lock(&self.pinned).keys().copied().collect();
         let blobs = self.blobs.clone();
         let need = f.size;
-        let _ = tokio::task::spawn_blocking(move || evict(&blobs, cap.saturating_sub(need), &pinned))
-            .await;
+        let _ =
+            tokio::task::spawn_blocking(move || evict(&blobs, cap.saturating_sub(need), &pinned))
+                .await;
         let part = self.blobs.join(format!("{}.part", f.digest.to_hex()));
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
@@ -243,7 +244,12 @@ fn evict(dir: &Path, cap: u64, pinned: &[Digest]) -> usize {
             let m = e.metadata().ok()?;
             let name = e.file_name().to_string_lossy().into_owned();
             let stem = name.trim_end_matches(".part").to_string();
-            Some((m.modified().ok()?, m.len(), e.path(), pinned.contains(&stem)))
+            Some((
+                m.modified().ok()?,
+                m.len(),
+                e.path(),
+                pinned.contains(&stem),
+            ))
         })
         .collect();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -275,7 +281,10 @@ mod tests {
         for (i, d) in digests.iter().enumerate() {
             let p = dir.path().join(d.to_hex());
             std::fs::write(&p, vec![0u8; 100]).expect("write");
-            let f = std::fs::File::options().append(true).open(&p).expect("open");
+            let f = std::fs::File::options()
+                .append(true)
+                .open(&p)
+                .expect("open");
             f.set_modified(t0 + std::time::Duration::from_secs(i as u64))
                 .expect("mtime");
         }

@@ -54,8 +54,8 @@
 mod attachment;
 mod checkpoints;
 mod config;
-mod data;
 pub mod control;
+mod data;
 mod error;
 mod executor;
 pub mod gate;

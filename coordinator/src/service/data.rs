@@ -62,8 +62,8 @@ impl<S: Store> CoordinatorService<S> {
         let Some(first) = stream.message().await? else {
             return Err(bad("PutData: the stream held no chunk".into()));
         };
-        let digest =
-            Digest::from_slice("DataChunk.digest", &first.digest).map_err(|e| to_status(e.into()))?;
+        let digest = Digest::from_slice("DataChunk.digest", &first.digest)
+            .map_err(|e| to_status(e.into()))?;
         let size = first.size;
         if size > MAX_FILE_BYTES {
             return Err(bad(format!(
@@ -162,9 +162,12 @@ impl<S: Store> CoordinatorService<S> {
 
     /// `GetData`: the file from `offset`, one stored chunk per message, read from the
     /// store as the client takes them (a slow client holds one chunk, not the file).
-    pub(super) async fn send_data(&self, request: pb::GetDataRequest) -> Result<DataStream, Status> {
-        let digest =
-            Digest::from_slice("GetDataRequest.digest", &request.digest).map_err(|e| to_status(e.into()))?;
+    pub(super) async fn send_data(
+        &self,
+        request: pb::GetDataRequest,
+    ) -> Result<DataStream, Status> {
+        let digest = Digest::from_slice("GetDataRequest.digest", &request.digest)
+            .map_err(|e| to_status(e.into()))?;
         let store = self.inner.store.clone();
         let Some(&size) = store
             .data_held(&[digest])
@@ -176,7 +179,9 @@ impl<S: Store> CoordinatorService<S> {
         };
         let offset = request.offset;
         if offset > size {
-            return Err(bad(format!("GetData: offset {offset} is past the end ({size} bytes)")));
+            return Err(bad(format!(
+                "GetData: offset {offset} is past the end ({size} bytes)"
+            )));
         }
         let chunk = CHUNK_BYTES as u64;
         // Two chunks in flight at most: a slow client holds the task, not the file.

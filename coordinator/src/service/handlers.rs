@@ -115,9 +115,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::GetDataRequest>,
     ) -> Result<Response<Self::GetDataStream>, Status> {
-        Ok(Response::new(
-            self.send_data(request.into_inner()).await?,
-        ))
+        Ok(Response::new(self.send_data(request.into_inner()).await?))
     }
 
     async fn submit_project(
@@ -133,7 +131,12 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         // fetch one that is not.
         if !spec.data.is_empty() {
             let digests: Vec<Digest> = spec.data.iter().map(|f| f.digest).collect();
-            let held = self.inner.store.data_held(&digests).await.map_err(to_status)?;
+            let held = self
+                .inner
+                .store
+                .data_held(&digests)
+                .await
+                .map_err(to_status)?;
             for f in &spec.data {
                 match held.get(&f.digest) {
                     Some(&size) if size == f.size => {}

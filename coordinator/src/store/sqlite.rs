@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Connection, Row, SqlitePool};
 use tokio_stream::StreamExt;
 
-use protocol::data::DataFile;
 use protocol::certificate::Verified;
+use protocol::data::DataFile;
 use protocol::manifest::ProjectSpec;
 use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
 
@@ -762,9 +762,11 @@ impl Store for SqliteStore {
             }
         }
         let mut data: HashMap<ProjectId, Vec<DataFile>> = HashMap::new();
-        for row in sqlx::query("SELECT project, name, digest, size FROM project_data ORDER BY project, name")
-            .fetch_all(&self.pool)
-            .await?
+        for row in sqlx::query(
+            "SELECT project, name, digest, size FROM project_data ORDER BY project, name",
+        )
+        .fetch_all(&self.pool)
+        .await?
         {
             data.entry(ProjectId(row.try_get::<i64, _>("project")? as u64))
                 .or_default()
@@ -1350,10 +1352,11 @@ impl Store for SqliteStore {
     async fn data_held(&self, digests: &[Digest]) -> Result<HashMap<Digest, u64>, Error> {
         let mut held = HashMap::new();
         for d in digests {
-            let size: Option<i64> = sqlx::query_scalar("SELECT size FROM data_files WHERE digest = $1")
-                .bind(&d.0[..])
-                .fetch_optional(&self.pool)
-                .await?;
+            let size: Option<i64> =
+                sqlx::query_scalar("SELECT size FROM data_files WHERE digest = $1")
+                    .bind(&d.0[..])
+                    .fetch_optional(&self.pool)
+                    .await?;
             if let Some(size) = size {
                 held.insert(*d, size as u64);
             }
@@ -1361,7 +1364,12 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
-    async fn put_data_chunk(&self, upload: [u8; 32], index: u64, bytes: &[u8]) -> Result<(), Error> {
+    async fn put_data_chunk(
+        &self,
+        upload: [u8; 32],
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         sqlx::query("INSERT INTO data_chunks (digest, idx, bytes) VALUES ($1, $2, $3) ON CONFLICT (digest, idx) DO UPDATE SET bytes = excluded.bytes")
             .bind(&upload[..])
             .bind(index as i64)
@@ -1371,7 +1379,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn finish_data(&self, upload: [u8; 32], digest: Digest, size: u64) -> Result<bool, Error> {
+    async fn finish_data(
+        &self,
+        upload: [u8; 32],
+        digest: Digest,
+        size: u64,
+    ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         let held: Option<i64> = sqlx::query_scalar("SELECT size FROM data_files WHERE digest = $1")
             .bind(&digest.0[..])

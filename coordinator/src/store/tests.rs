@@ -480,21 +480,47 @@ async fn data_files_are_held_only_once_finished_and_projects_keep_their_list<B: 
     let digest = Digest::of(&bytes);
     let (up1, up2, bad) = ([1u8; 32], [2u8; 32], [3u8; 32]);
     for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-        store.put_data_chunk(up1, i as u64, chunk).await.expect("chunk");
+        store
+            .put_data_chunk(up1, i as u64, chunk)
+            .await
+            .expect("chunk");
     }
     assert!(store.data_held(&[digest]).await.expect("held").is_empty());
-    assert_eq!(store.data_chunk(digest, 0).await.expect("read"), None, "unfinished");
-    assert!(!store.finish_data(up1, digest, bytes.len() as u64).await.expect("finish"));
+    assert_eq!(
+        store.data_chunk(digest, 0).await.expect("read"),
+        None,
+        "unfinished"
+    );
+    assert!(
+        !store
+            .finish_data(up1, digest, bytes.len() as u64)
+            .await
+            .expect("finish")
+    );
     // The same file again (another coordinator, say): kept once.
     for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-        store.put_data_chunk(up2, i as u64, chunk).await.expect("chunk");
+        store
+            .put_data_chunk(up2, i as u64, chunk)
+            .await
+            .expect("chunk");
     }
-    assert!(store.finish_data(up2, digest, bytes.len() as u64).await.expect("finish"));
+    assert!(
+        store
+            .finish_data(up2, digest, bytes.len() as u64)
+            .await
+            .expect("finish")
+    );
     store.put_data_chunk(bad, 0, b"junk").await.expect("chunk");
     store.discard_data(bad).await.expect("discard");
     assert_eq!(store.data_chunk(Digest(bad), 0).await.expect("read"), None);
-    let held = store.data_held(&[digest, Digest([9; 32])]).await.expect("held");
-    assert_eq!(held.into_iter().collect::<Vec<_>>(), [(digest, bytes.len() as u64)]);
+    let held = store
+        .data_held(&[digest, Digest([9; 32])])
+        .await
+        .expect("held");
+    assert_eq!(
+        held.into_iter().collect::<Vec<_>>(),
+        [(digest, bytes.len() as u64)]
+    );
     let mut read = Vec::new();
     for i in 0.. {
         match store.data_chunk(digest, i).await.expect("read") {
@@ -516,7 +542,11 @@ async fn data_files_are_held_only_once_finished_and_projects_keep_their_list<B: 
     drop(store);
     let store = b.open().await.expect("reopen");
     let (snap, _) = load_all(&store).await;
-    let p = snap.projects.iter().find(|p| p.id == project).expect("project");
+    let p = snap
+        .projects
+        .iter()
+        .find(|p| p.id == project)
+        .expect("project");
     assert_eq!(&p.data[..], &with_data.data[..]);
 }
 

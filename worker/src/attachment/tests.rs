@@ -134,7 +134,10 @@ fn shell(twin: Arc<Twin>, dir: &std::path::Path) -> Arc<Shared> {
     let stats = Arc::new(Stats::default());
     Arc::new(Shared {
         modules: Modules::new(dir.join("modules"), sandbox.clone(), control.disk_cap()),
-        data: Arc::new(crate::data::DataCache::new(&dir.join("data"), control.disk_cap())),
+        data: Arc::new(crate::data::DataCache::new(
+            &dir.join("data"),
+            control.disk_cap(),
+        )),
         control,
         policy: Arc::new(provenance::Policy::load(dir, &[], true).expect("policy")),
         checkpoints: Arc::new(Checkpoints::open(dir.join("checkpoints")).expect("checkpoints")),

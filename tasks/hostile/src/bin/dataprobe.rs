@@ -16,7 +16,13 @@ use std::time::SystemTime;
 // `std::os::wasi::fs::MetadataExt`.
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
 unsafe extern "C" {
-    fn path_filestat_get(fd: i32, flags: i32, path: *const u8, path_len: usize, buf: *mut u8) -> i32;
+    fn path_filestat_get(
+        fd: i32,
+        flags: i32,
+        path: *const u8,
+        path_len: usize,
+        buf: *mut u8,
+    ) -> i32;
 }
 
 /// The first preopen: /data.
@@ -28,7 +34,8 @@ fn raw_stat(path: &str) -> String {
     let mut buf = [0u8; 64];
     // SAFETY: `buf` is 64 writable bytes, the size of WASI's filestat; `path` is valid
     // for `path.len()` bytes.
-    let errno = unsafe { path_filestat_get(DATA_FD, 1, path.as_ptr(), path.len(), buf.as_mut_ptr()) };
+    let errno =
+        unsafe { path_filestat_get(DATA_FD, 1, path.as_ptr(), path.len(), buf.as_mut_ptr()) };
     if errno != 0 {
         return format!("errno {errno}");
     }
@@ -85,19 +92,26 @@ fn main() {
                 match entry {
                     Ok(e) => {
                         let path = e.path();
-                        let m = e.metadata().map(|m| meta(&m)).unwrap_or_else(|e| e.to_string());
+                        let m = e
+                            .metadata()
+                            .map(|m| meta(&m))
+                            .unwrap_or_else(|e| e.to_string());
                         out.push_str(&format!("entry {}: {m}\n", path.display()));
                         let name = e.file_name().to_string_lossy().into_owned();
                         out.push_str(&format!("  raw {}\n", raw_stat(&name)));
                         let mut bytes = Vec::new();
-                        let read = fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes));
+                        let read =
+                            fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes));
                         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
                         for b in &bytes {
                             h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
                         }
                         out.push_str(&format!("  read {read:?} fnv={h:016x}\n"));
                         if let Ok(f) = fs::File::open(&path) {
-                            let fm = f.metadata().map(|m| meta(&m)).unwrap_or_else(|e| e.to_string());
+                            let fm = f
+                                .metadata()
+                                .map(|m| meta(&m))
+                                .unwrap_or_else(|e| e.to_string());
                             out.push_str(&format!("  fstat {fm}\n"));
                         }
                     }
@@ -113,15 +127,21 @@ fn main() {
         .and_then(|e| e.ok())
         .map(|e| e.path());
     let mut attempt = |what: &str, r: std::io::Result<()>| {
-        out.push_str(&format!("{what}: {}\n", match r {
-            Ok(()) => "ALLOWED".to_string(),
-            Err(e) => format!("refused ({:?})", e.kind()),
-        }));
+        out.push_str(&format!(
+            "{what}: {}\n",
+            match r {
+                Ok(()) => "ALLOWED".to_string(),
+                Err(e) => format!("refused ({:?})", e.kind()),
+            }
+        ));
     };
     if let Some(first) = &first {
         attempt(
             "write",
-            OpenOptions::new().write(true).open(first).and_then(|mut f| f.write_all(b"x")),
+            OpenOptions::new()
+                .write(true)
+                .open(first)
+                .and_then(|mut f| f.write_all(b"x")),
         );
         attempt(
             "append",

@@ -23,7 +23,11 @@ fn run() -> Result<i64, String> {
         .map_err(|e| format!("cannot read /data/table: {e}"))?;
     let rows: Vec<i64> = table
         .lines()
-        .map(|l| l.trim().parse::<i64>().map_err(|e| format!("table row {l:?}: {e}")))
+        .map(|l| {
+            l.trim()
+                .parse::<i64>()
+                .map_err(|e| format!("table row {l:?}: {e}"))
+        })
         .collect::<Result<_, _>>()?;
     let mut input = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
