@@ -17,6 +17,8 @@
 //! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
 //!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
 //! - [`tls`]: the certificate served off loopback (self-signed on first start).
+//! - [`deployment`]: on PostgreSQL, the key, certificate and tokens kept in the database,
+//!   so every coordinator on it (active, then a standby taking over) is the same deployment.
 //! - `body_limit`: request size caps per method (uploads large, everything else small).
 //! - `modules`: `GetModule` in bounded memory (a shared cache, a send budget, turns per
 //!   caller address). Connections themselves are bounded by the `connections` crate.
@@ -27,6 +29,7 @@
 pub mod auth;
 mod body_limit;
 mod dashboard;
+pub mod deployment;
 pub mod fleet;
 mod modules;
 mod reducer;
@@ -413,7 +416,8 @@ pub struct CoordinatorConfig {
     /// The PostgreSQL database to keep the store in (`postgres://USER@HOST:PORT/DB` or
     /// `postgresql://…`; a password may be given in the URL or by `PGPASSWORD`). Default
     /// `None`: the embedded SQLite store `data_dir/fallow.db`. Either way `data_dir` keeps
-    /// the coordinator's key, TLS certificate and tokens (see [`store::postgres`]).
+    /// the coordinator's key, TLS certificate and tokens; on PostgreSQL `fallow
+    /// coordinator` keeps the originals in the database ([`deployment`]).
     pub database: Option<String>,
     /// Test-only fault injection: hand every unit out with one byte of its input changed,
     /// as a compromised coordinator would (workers must refuse to run it). Default false.

@@ -20,7 +20,7 @@
 //! names page in the same order on both.
 
 /// The schema version both back-ends write. Older stores are migrated on open.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The first version a PostgreSQL store can have: PostgreSQL support began at schema 4,
 /// so no PostgreSQL store is older and the earlier migrations have no PostgreSQL text.
@@ -76,6 +76,23 @@ ALTER TABLE projects ADD COLUMN terms BLOB;
 ALTER TABLE units ADD COLUMN signature BLOB;
 "#,
         postgres: None,
+    },
+    // 4 → 5: the deployment's files (coordinator key, TLS certificate and key, tokens) in
+    // the database, so every coordinator on one PostgreSQL serves as the same deployment
+    // (`crate::deployment`). SQLite gets the table from the current schema and leaves it
+    // empty: an embedded coordinator keeps these files in its data directory.
+    Migration {
+        from: 4,
+        sqlite: "",
+        postgres: Some(
+            r#"
+CREATE TABLE IF NOT EXISTS deployment_files (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    bytes BYTEA NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+"#,
+        ),
     },
 ];
 
@@ -197,6 +214,11 @@ CREATE TABLE IF NOT EXISTS standing (
     errors_in_row INTEGER NOT NULL,
     throttled INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deployment_files (
+    name TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 "#;
 
 /// The current schema for PostgreSQL, table for table and column for column the same as
@@ -317,5 +339,10 @@ CREATE TABLE IF NOT EXISTS standing (
     worker BYTEA PRIMARY KEY,
     errors_in_row BIGINT NOT NULL,
     throttled BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deployment_files (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    bytes BYTEA NOT NULL,
+    updated_ms BIGINT NOT NULL
 );
 "#;

@@ -791,3 +791,122 @@ async fn a_database_of_something_else_is_refused() {
         .to_string();
     assert!(err.contains("not a Fallow store"), "{err}");
 }
+
+/// A second coordinator on a held database stands by, is told who holds it, and takes the
+/// database over as soon as the holder goes (its session ends, as with kill -9).
+#[tokio::test]
+async fn a_standby_waits_for_the_holder_and_takes_over_when_it_goes() {
+    let pg = TestPg::start();
+    let url = pg.url();
+    let active = PostgresStore::stand_by(&url, "fallow coordinator a", |_| {
+        panic!("the first coordinator stood by")
+    })
+    .await
+    .expect("active");
+    let (told, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    // Polled here rather than spawned: sqlx's connection futures are not `Send` for every
+    // lifetime, which `tokio::spawn` asks.
+    let standby = PostgresStore::stand_by(&url, "fallow coordinator b", move |holder| {
+        let _ = told.send(holder.cloned());
+    });
+    tokio::pin!(standby);
+    let holder = tokio::select! {
+        h = heard.recv() => h.expect("told"),
+        _ = &mut standby => panic!("took a held database"),
+    };
+    let holder = holder.expect("PostgreSQL shows the holder's session");
+    assert_eq!(holder.application, "fallow coordinator a");
+    assert!(
+        holder.to_string().contains("fallow coordinator a"),
+        "{holder}"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        _ = &mut standby => panic!("took a held database"),
+    }
+    // The deployment's files: the first one put wins unless replaced.
+    assert!(
+        active
+            .put_deployment_file("tokens", b"one", false)
+            .await
+            .expect("put")
+    );
+    assert!(
+        !active
+            .put_deployment_file("tokens", b"two", false)
+            .await
+            .expect("put")
+    );
+    drop(active);
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(30), standby)
+        .await
+        .expect("took over within 30 s")
+        .expect("store");
+    let files = taken.deployment_files().await.expect("files");
+    assert_eq!(files.get("tokens").map(Vec::as_slice), Some(&b"one"[..]));
+    assert!(
+        taken
+            .put_deployment_file("tokens", b"three", true)
+            .await
+            .expect("replace")
+    );
+    let files = taken.deployment_files().await.expect("files");
+    assert_eq!(files.get("tokens").map(Vec::as_slice), Some(&b"three"[..]));
+}
+
+/// The first coordinator on a database puts the deployment's key, certificate and tokens
+/// there; the next one, in another data directory, loads the same.
+#[tokio::test]
+async fn every_coordinator_on_a_database_loads_the_first_ones_deployment() {
+    let pg = TestPg::start();
+    let store = PostgresStore::connect(&pg.url()).await.expect("store");
+    let (first, second) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    std::fs::create_dir_all(first.path().join("tls")).expect("tls dir");
+    std::fs::write(first.path().join("tls/cert.pem"), "CERT").expect("cert");
+    std::fs::write(first.path().join("tls/key.pem"), "KEY").expect("key");
+    assert!(
+        crate::deployment::pull(&store, first.path())
+            .await
+            .expect("pull")
+            .is_empty()
+    );
+    let put = crate::deployment::push(&store, first.path(), false)
+        .await
+        .expect("push");
+    for name in [
+        "coordinator.key",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "tokens",
+        "admin.token",
+    ] {
+        assert!(put.iter().any(|p| p == name), "{name} not put: {put:?}");
+    }
+    // The second has a key of its own from an earlier life: the deployment's replaces it.
+    std::fs::write(second.path().join("coordinator.key"), [7u8; 32]).expect("old key");
+    crate::deployment::pull(&store, second.path())
+        .await
+        .expect("pull");
+    assert!(
+        crate::deployment::push(&store, second.path(), false)
+            .await
+            .expect("push")
+            .is_empty()
+    );
+    for name in [
+        "coordinator.key",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "tokens",
+        "admin.token",
+    ] {
+        assert_eq!(
+            std::fs::read(first.path().join(name)).expect("first"),
+            std::fs::read(second.path().join(name)).expect("second"),
+            "{name}"
+        );
+    }
+}
