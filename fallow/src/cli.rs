@@ -50,13 +50,16 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
         /// Data directory; restarting on the same one resumes everything. With --database
-        /// it keeps only the coordinator's key, TLS certificate and tokens.
+        /// it keeps only a copy of the deployment's key, TLS certificate and tokens, whose
+        /// originals are in the database (the same for every coordinator on it).
         #[arg(long, default_value = "fallow-data")]
         data: PathBuf,
         /// Keep the store (projects, units, results, workers, credit) in PostgreSQL instead
         /// of DATA/fallow.db: postgres://USER[:PASSWORD]@HOST:PORT/DB (or postgresql://;
         /// PGPASSWORD works too). The database must exist; the coordinator creates its
-        /// tables. One coordinator per database.
+        /// tables. One coordinator serves a database at a time: another started on it is a
+        /// standby, which says so, waits, and takes over (printing `listening on ADDR`)
+        /// when the active one stops or dies.
         #[arg(
             long,
             env = "FALLOW_DATABASE",
@@ -128,13 +131,18 @@ pub enum Command {
         /// Coordinator URL (when no --attach is given): http://127.0.0.1:PORT on loopback,
         /// otherwise https://HOST:PORT#sha256=HEX as `fallow coordinator` prints it (without
         /// `#sha256=` the first certificate seen is trusted and remembered in
-        /// DATA/known_coordinators).
-        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        /// DATA/known_coordinators). A comma-separated list URL1,URL2,… names the
+        /// coordinators of ONE deployment (an active one and standbys on one PostgreSQL):
+        /// the worker works for one at a time and, when it cannot reach it for a few
+        /// seconds, moves to the next, keeping its key, credit and units. Independent
+        /// coordinators are --attach flags instead.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR, value_name = "URL[,URL…]")]
         coordinator: String,
-        /// Work for this coordinator (URL as for --coordinator) with a resource share (default 100); repeat for
-        /// several. Cores are split over time in proportion to the shares of those with
-        /// work. Replaces --coordinator.
-        #[arg(long, value_name = "URL[=SHARE]")]
+        /// Work for this coordinator (URL as for --coordinator, or a comma-separated list of
+        /// one deployment's coordinators) with a resource share (default 100); repeat for
+        /// several independent coordinators. Cores are split over time in proportion to the
+        /// shares of those with work. Replaces --coordinator.
+        #[arg(long, value_name = "URL[,URL…][=SHARE]")]
         attach: Vec<String>,
         /// Most units buffered per coordinator beyond the running ones (0: none); never
         /// more than can start before their lease runs out.

@@ -86,6 +86,21 @@ impl Client {
     /// Connects to `url` (`https://HOST:PORT#sha256=HEX` off loopback, see
     /// `worker::tls`), with an error that says what to check.
     pub async fn connect(url: &str, trust: &Trust) -> anyhow::Result<Self> {
+        // A deployment's URL list, as `fallow worker --coordinator` takes it (so one
+        // FALLOW_COORDINATOR serves both): the first coordinator that answers. A standby
+        // does not listen, so it is passed over at once.
+        let mut last = None;
+        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            match Client::connect_one(one, trust).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator URL given")))
+    }
+
+    /// [`Client::connect`] to one coordinator.
+    async fn connect_one(url: &str, trust: &Trust) -> anyhow::Result<Self> {
         let connection = worker::tls::connect(url, trust)?;
         let channel = match connection.endpoint.connect().await {
             Ok(channel) => channel,

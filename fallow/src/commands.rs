@@ -24,12 +24,19 @@ pub async fn coordinator(
     config.validate().context("fallow coordinator")?;
     match config.database.clone() {
         Some(url) => {
-            let store = coordinator::store::postgres::PostgresStore::connect(&url).await?;
-            // The key, TLS certificate and tokens stay in the data directory.
+            let store = stand_by(&url).await?;
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
                 format!("cannot create data directory {}", config.data_dir.display())
             })?;
-            serve(listen, tls, config, store).await
+            // The deployment's key, certificate and tokens: the database's, or this
+            // coordinator's put there if it is the first (`coordinator::deployment`).
+            let data = &config.data_dir;
+            coordinator::deployment::pull(&store, data).await?;
+            tls.identity(listen, data)?;
+            coordinator::deployment::push(&store, data, config.require_enrollment).await?;
+            coordinator::deployment::watch(store.clone(), data.clone());
+            let lost = store.lost();
+            serve(listen, tls, config, store, lost).await
         }
         None => {
             let store = coordinator::store::sqlite::SqliteStore::open_with(
@@ -39,7 +46,7 @@ pub async fn coordinator(
                 },
             )
             .await?;
-            serve(listen, tls, config, store).await
+            serve(listen, tls, config, store, std::future::pending()).await
         }
     }
 }
@@ -59,12 +66,42 @@ pub async fn coordinator_action(action: crate::cli::CoordinatorAction) -> anyhow
     }
 }
 
-/// The rest of `fallow coordinator`, once its store is open.
+/// Opens the PostgreSQL store at `url`, as a standby while another coordinator holds it:
+/// says so on stderr (stdout's first line stays `listening on ADDR`, printed once this one
+/// serves), waits, and takes over when the holder stops or dies.
+async fn stand_by(url: &str) -> anyhow::Result<coordinator::store::postgres::PostgresStore> {
+    let shown = coordinator::store::postgres::redact(url);
+    let name = format!(
+        "fallow coordinator {} pid {}",
+        host_name(),
+        std::process::id()
+    );
+    let stood = std::sync::atomic::AtomicBool::new(false);
+    let store = coordinator::store::postgres::PostgresStore::stand_by(url, &name, |holder| {
+        stood.store(true, std::sync::atomic::Ordering::Relaxed);
+        let who = holder.map_or_else(|| "another coordinator".to_string(), |h| h.to_string());
+        eprintln!(
+            "standby: {who} holds database {shown}; this coordinator waits and takes over \
+             when it stops"
+        );
+        tracing::info!(holder = %who, database = %shown, "standing by");
+    })
+    .await?;
+    if stood.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("standby: the database is free; taking over {shown}");
+        tracing::info!(database = %shown, "taking over as the active coordinator");
+    }
+    Ok(store)
+}
+
+/// The rest of `fallow coordinator`, once its store is open; it stops on Ctrl-C/SIGTERM,
+/// or with an error when `lost` completes (the store's database lock is gone).
 async fn serve(
     listen: SocketAddr,
     tls: ServeTls,
     mut config: coordinator::CoordinatorConfig,
     store: impl coordinator::store::Store,
+    lost: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let data = config.data_dir.clone();
     let identity = tls.identity(listen, &data)?;
@@ -110,7 +147,24 @@ async fn serve(
     let _ = stdout.flush();
     drop(stdout);
     config.tls = identity;
-    coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
+    let was_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let was_lost = was_lost.clone();
+        async move {
+            tokio::select! {
+                () = crate::shutdown_signal() => {}
+                () = lost => was_lost.store(true, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
+    };
+    coordinator::serve_with(listener, store, config, shutdown).await?;
+    if was_lost.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!(
+            "lost the database's coordinator lock (its connection failed), so stopped serving: \
+             two coordinators must never schedule one database at once. Start this one again: \
+             it stands by if another coordinator took over"
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ mod control;
 mod dashboard;
 mod demo;
 mod diskfull;
+mod failover;
 mod faults;
 mod garbage;
 mod gossip;
