@@ -211,6 +211,9 @@ impl std::fmt::Display for Holder {
     }
 }
 
+/// What a standby is told once, with who holds the database.
+type OnStandby<'a> = &'a mut (dyn FnMut(Option<&Holder>) + Send);
+
 /// How long a standby waits between two tries of the coordinator lock.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 
@@ -257,7 +260,7 @@ impl PostgresStore {
     async fn open(
         url: &str,
         name: &str,
-        mut standby: Option<&mut (dyn FnMut(Option<&Holder>) + Send)>,
+        mut standby: Option<OnStandby<'_>>,
     ) -> Result<Self, Error> {
         let shown = redact(url);
         let failed = |message: String| Error::Database {
