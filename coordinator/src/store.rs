@@ -287,6 +287,10 @@ pub enum Write {
     Worker(StoredWorker),
 }
 
+/// Most unit ids one [`Store::verified_outputs_of`] call looks up (one statement's
+/// parameters stay far below SQLite's limit of 32,766).
+pub const MAX_OUTPUTS_OF: usize = 256;
+
 /// A verified output for `fallow results`, whose bytes matched their digest when read.
 #[derive(Debug, Clone)]
 pub struct VerifiedOutput {
@@ -302,6 +306,8 @@ pub struct VerifiedOutput {
     pub fuel: u64,
     /// Who signed the certificate.
     pub signers: Vec<WorkerId>,
+    /// When the coordinator recorded it (Unix milliseconds).
+    pub verified_ms: u64,
 }
 
 /// A verified unit whose stored output no longer matches the digest it was verified with
@@ -437,6 +443,16 @@ pub trait Store: Send + Sync + 'static {
         project: ProjectId,
         after: Option<String>,
         limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredOutput>, Error>> + Send;
+
+    /// The verified outputs of those of `units` that belong to `project` and are verified
+    /// in the store, sorted by unit name (at most [`MAX_OUTPUTS_OF`] ids a call; the rest
+    /// are ignored). Checked as they are read, like [`Store::verified_outputs`]. A unit the
+    /// scheduler has verified but the writer has not yet committed is simply absent.
+    fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
     ) -> impl Future<Output = Result<Vec<StoredOutput>, Error>> + Send;
 
     /// Every worker that ever held a lease on `unit` or was credited for it.

@@ -320,6 +320,13 @@ pub enum Command {
         /// Write into --out even if it holds other files or another project's results.
         #[arg(long)]
         force: bool,
+        /// Keep going while the project runs: write each output (and print or append each
+        /// JSON line) as its unit verifies, then the failed units and the aggregate once the
+        /// project is finished. Where the project stands is printed to stderr every 30 s.
+        /// A unit re-opened and verified again is written again (a later JSON line for a
+        /// unit supersedes an earlier one).
+        #[arg(long)]
+        follow: bool,
         /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,

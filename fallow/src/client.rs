@@ -71,6 +71,8 @@ pub struct Verified {
     pub fuel: u64,
     /// The ed25519 keys of the workers whose signed claims verified it.
     pub signers: Vec<Vec<u8>>,
+    /// When the coordinator recorded it (Unix milliseconds; 0 from an older coordinator).
+    pub verified_ms: u64,
 }
 
 /// A connected coordinator client.
@@ -203,41 +205,95 @@ impl Client {
 
     /// All results of a project.
     pub async fn results(&self, project: u64) -> anyhow::Result<Results> {
-        let mut stream = self
+        let mut stream = self.result_stream(project, false).await?;
+        let mut results = Results::default();
+        while let Some(item) = stream.next().await? {
+            match item {
+                ResultItem::Verified(v) => results.verified.push(v),
+                ResultItem::Failed { unit, reason } => results.failed.push((unit, reason)),
+                ResultItem::Aggregate(a) => results.aggregate = Some(a),
+            }
+        }
+        Ok(results)
+    }
+
+    /// A project's results as they arrive: verified outputs (in unit-name order, then, when
+    /// `follow`, each unit as it verifies until the project is finished), then failed units,
+    /// then the aggregate.
+    pub async fn result_stream(&self, project: u64, follow: bool) -> anyhow::Result<ResultStream> {
+        let inner = self
             .inner
             .clone()
             .get_results(pb::GetResultsRequest {
                 project_id: project,
+                follow,
             })
             .await
             .map_err(|s| anyhow!("{}", s.message()))?
             .into_inner();
-        let mut results = Results::default();
-        while let Some(item) = stream.message().await.map_err(|s| {
-            if s.code() == tonic::Code::DataLoss {
-                anyhow!(
-                    "the coordinator refused project {project}'s results: {}; nothing was \
-                     written: run `fallow results` again once the project is finished",
-                    s.message()
-                )
-            } else {
-                anyhow!("results stream broke: {}", s.message())
-            }
-        })? {
-            match item.item {
-                Some(pb::result_item::Item::Verified(v)) => results.verified.push(Verified {
+        Ok(ResultStream { inner, project })
+    }
+}
+
+/// One result as it arrives ([`Client::result_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultItem {
+    /// A verified unit.
+    Verified(Verified),
+    /// A failed unit and why.
+    Failed {
+        /// The unit's name.
+        unit: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The aggregate, or why the reducer failed.
+    Aggregate(Result<Vec<u8>, String>),
+}
+
+/// The results of one project, item by item.
+pub struct ResultStream {
+    inner: tonic::Streaming<pb::ResultItem>,
+    project: u64,
+}
+
+impl ResultStream {
+    /// The next item; `None` at the end.
+    pub async fn next(&mut self) -> anyhow::Result<Option<ResultItem>> {
+        let project = self.project;
+        loop {
+            let Some(item) = self.inner.message().await.map_err(|s| {
+                if s.code() == tonic::Code::DataLoss {
+                    anyhow!(
+                        "the coordinator refused project {project}'s results: {}; nothing was \
+                         written: run `fallow results` again once the project is finished",
+                        s.message()
+                    )
+                } else {
+                    anyhow!("results stream broke: {}", s.message())
+                }
+            })?
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(match item.item {
+                Some(pb::result_item::Item::Verified(v)) => ResultItem::Verified(Verified {
                     unit: v.unit,
                     output: v.output,
                     digest: v.digest,
                     fuel: v.fuel,
                     signers: v.signers,
+                    verified_ms: v.verified_ms,
                 }),
-                Some(pb::result_item::Item::Failed(f)) => results.failed.push((f.unit, f.reason)),
-                Some(pb::result_item::Item::Aggregate(a)) => results.aggregate = Some(Ok(a)),
-                Some(pb::result_item::Item::AggregateError(e)) => results.aggregate = Some(Err(e)),
-                None => {}
-            }
+                Some(pb::result_item::Item::Failed(f)) => ResultItem::Failed {
+                    unit: f.unit,
+                    reason: f.reason,
+                },
+                Some(pb::result_item::Item::Aggregate(a)) => ResultItem::Aggregate(Ok(a)),
+                Some(pb::result_item::Item::AggregateError(e)) => ResultItem::Aggregate(Err(e)),
+                // An item this client does not know (a newer coordinator): skipped.
+                None => continue,
+            }));
         }
-        Ok(results)
     }
 }

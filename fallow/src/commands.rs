@@ -585,7 +585,8 @@ pub async fn accounts(coordinator: &str, trust: &Trust, json: bool) -> anyhow::R
 
 /// `fallow results`: refuses a directory holding something else than this project's
 /// results (unless `force`), writes the outputs, `failed.txt` and the aggregate, and
-/// fails when the reducer did.
+/// fails when the reducer did. With `follow`, each output is written as its unit verifies
+/// (and each JSON line printed or appended at once) until the project is finished.
 pub async fn results(
     coordinator: &str,
     trust: &Trust,
@@ -593,6 +594,7 @@ pub async fn results(
     out: Option<&Path>,
     format: crate::cli::ResultsFormat,
     force: bool,
+    follow: bool,
 ) -> anyhow::Result<()> {
     if out.is_none() && format == crate::cli::ResultsFormat::Dir {
         bail!(
@@ -613,79 +615,199 @@ pub async fn results(
     };
     if let Some(out) = out {
         check_results_dir(out, &marker, force)?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        // First, so a directory left half-written still says whose results it holds.
+        write_atomic(
+            &out.join(RESULTS_MARKER),
+            format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
+        )?;
     }
-    let results = client.results(project).await?;
-    // Names were checked at submit, but this coordinator may not be ours: never let a name
-    // escape the output directory (nor reach a script's JSON unchecked).
-    for v in &results.verified {
-        protocol::manifest::check_unit_name(&v.unit)
-            .map_err(|e| anyhow::anyhow!("coordinator sent a bad unit name: {e}"))?;
+    let mut sink = ResultsSink::new(out, format == crate::cli::ResultsFormat::Jsonl, follow)?;
+    let mut stream = client.result_stream(project, follow).await?;
+    // While following, say every half minute where the project stands, so a long wait
+    // explains itself (on stderr: stdout may be the JSON lines).
+    let progress = follow.then(|| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(FOLLOW_PROGRESS_EVERY).await;
+                if let Ok(projects) = client.status(Some(project)).await
+                    && let Some(p) = projects.first()
+                {
+                    let mut line = progress_line(p);
+                    for w in &p.waiting {
+                        line.push_str(&format!("\n  waiting: {w}"));
+                    }
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                }
+            }
+        })
+    });
+    let mut results = crate::client::Results::default();
+    let received = async {
+        while let Some(item) = stream.next().await? {
+            match item {
+                crate::client::ResultItem::Verified(v) => {
+                    // Names were checked at submit, but this coordinator may not be ours:
+                    // never let a name escape the output directory (nor reach a script's
+                    // JSON unchecked).
+                    protocol::manifest::check_unit_name(&v.unit)
+                        .map_err(|e| anyhow!("coordinator sent a bad unit name: {e}"))?;
+                    if follow {
+                        sink.verified(&v)?;
+                    }
+                    results.verified.push(crate::client::Verified {
+                        output: if follow { Vec::new() } else { v.output },
+                        ..v
+                    });
+                }
+                crate::client::ResultItem::Failed { unit, reason } => {
+                    results.failed.push((unit, reason))
+                }
+                crate::client::ResultItem::Aggregate(a) => results.aggregate = Some(a),
+            }
+        }
+        anyhow::Ok(())
     }
-    let jsonl = (format == crate::cli::ResultsFormat::Jsonl).then(|| results_jsonl(&results));
-    let Some(out) = out else {
-        // `--format jsonl` without `--out`: the lines are the whole answer.
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(jsonl.unwrap_or_default().as_bytes())?;
-        stdout.flush()?;
-        return reducer_outcome(project, &results, &status, None);
+    .await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    received?;
+    // Without --follow nothing is written before the whole answer is in: an answer that
+    // ends in an error leaves the directory as it was.
+    if !follow {
+        for v in &results.verified {
+            sink.verified(v)?;
+        }
+    }
+    sink.finish(&results)?;
+    let status = if follow {
+        // Finished now: say so from a fresh status, not the one from before the wait.
+        client
+            .status(Some(project))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(status)
+    } else {
+        status
     };
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    // First, so a directory left half-written still says whose results it holds.
-    write_atomic(
-        &out.join(RESULTS_MARKER),
-        format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
-    )?;
-    for v in &results.verified {
-        write_atomic(&out.join(&v.unit), &v.output)?;
+    reducer_outcome(project, &results, &status, out)
+}
+
+/// How often `fallow results --follow` prints where the project stands.
+const FOLLOW_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// Where `fallow results` puts what arrives: files in `--out`, JSON lines on stdout or in
+/// DIR/results.jsonl.
+struct ResultsSink<'a> {
+    out: Option<&'a Path>,
+    /// The JSON lines written so far (`--format jsonl` without `--follow` into a
+    /// directory: written whole at the end, like every other file).
+    lines: Option<String>,
+    /// Where JSON lines go at once: stdout, or (with `--follow --out`) the
+    /// results.jsonl file, appended to as units verify.
+    live: Option<Box<dyn Write>>,
+}
+
+impl<'a> ResultsSink<'a> {
+    fn new(out: Option<&'a Path>, jsonl: bool, follow: bool) -> anyhow::Result<Self> {
+        let (lines, live): (Option<String>, Option<Box<dyn Write>>) = match (jsonl, out) {
+            (false, _) => (None, None),
+            (true, None) => (None, Some(Box::new(std::io::stdout()))),
+            (true, Some(dir)) if follow => {
+                let path = dir.join(RESULTS_JSONL);
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                (None, Some(Box::new(file)))
+            }
+            (true, Some(_)) => (Some(String::new()), None),
+        };
+        Ok(ResultsSink { out, lines, live })
     }
-    let mut failed = String::new();
-    for (unit, reason) in &results.failed {
-        failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
+
+    fn line(&mut self, object: &serde_json::Value) -> anyhow::Result<()> {
+        let line = format!("{object}\n");
+        if let Some(lines) = &mut self.lines {
+            lines.push_str(&line);
+        }
+        if let Some(live) = &mut self.live {
+            live.write_all(line.as_bytes())?;
+            live.flush()?;
+        }
+        Ok(())
     }
-    write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
-    if let Some(lines) = &jsonl {
-        write_atomic(&out.join(RESULTS_JSONL), lines.as_bytes())?;
+
+    /// One verified unit: its file, its JSON line.
+    fn verified(&mut self, v: &crate::client::Verified) -> anyhow::Result<()> {
+        if let Some(out) = self.out {
+            write_atomic(&out.join(&v.unit), &v.output)?;
+        }
+        if self.lines.is_some() || self.live.is_some() {
+            self.line(&verified_json(v))?;
+        }
+        Ok(())
     }
-    if let Some(Ok(bytes)) = &results.aggregate {
-        write_atomic(&out.join("aggregate"), bytes)?;
+
+    /// The failed units (their JSON lines and failed.txt), the aggregate, and the JSON
+    /// lines file when it is written whole.
+    fn finish(mut self, results: &crate::client::Results) -> anyhow::Result<()> {
+        for (unit, reason) in &results.failed {
+            if self.lines.is_some() || self.live.is_some() {
+                self.line(
+                    &serde_json::json!({ "unit": unit, "state": "failed", "reason": reason }),
+                )?;
+            }
+        }
+        let Some(out) = self.out else {
+            return Ok(());
+        };
+        let mut failed = String::new();
+        for (unit, reason) in &results.failed {
+            failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
+        }
+        write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
+        if let Some(lines) = &self.lines {
+            write_atomic(&out.join(RESULTS_JSONL), lines.as_bytes())?;
+        }
+        if let Some(Ok(bytes)) = &results.aggregate {
+            write_atomic(&out.join("aggregate"), bytes)?;
+        }
+        Ok(())
     }
-    reducer_outcome(project, &results, &status, Some(out))
 }
 
 /// The JSON lines file `--format jsonl --out DIR` writes: a name no unit may have
 /// ([`protocol::manifest::RESERVED_UNIT_NAMES`]).
 const RESULTS_JSONL: &str = "results.jsonl";
 
-/// One JSON object per unit, verified ones first (in unit-name order), then failed ones.
-fn results_jsonl(results: &crate::client::Results) -> String {
+/// A verified unit's JSON line: name, digest, fuel, signers, when it was verified and the
+/// output (as text when it is UTF-8, else base64).
+fn verified_json(v: &crate::client::Verified) -> serde_json::Value {
     use base64::Engine as _;
-    let mut lines = String::new();
-    for v in &results.verified {
-        let mut object = serde_json::json!({
-            "unit": v.unit,
-            "state": "verified",
-            "digest": hex::encode(&v.digest),
-            "fuel": v.fuel,
-            "signers": v.signers.iter().map(hex::encode).collect::<Vec<_>>(),
-            "output_bytes": v.output.len(),
-        });
-        match std::str::from_utf8(&v.output) {
-            Ok(text) => object["output"] = text.into(),
-            Err(_) => {
-                object["output_base64"] = base64::engine::general_purpose::STANDARD
-                    .encode(&v.output)
-                    .into()
-            }
+    let mut object = serde_json::json!({
+        "unit": v.unit,
+        "state": "verified",
+        "digest": hex::encode(&v.digest),
+        "fuel": v.fuel,
+        "signers": v.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+        "verified_ms": v.verified_ms,
+        "output_bytes": v.output.len(),
+    });
+    match std::str::from_utf8(&v.output) {
+        Ok(text) => object["output"] = text.into(),
+        Err(_) => {
+            object["output_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(&v.output)
+                .into()
         }
-        lines.push_str(&object.to_string());
-        lines.push('\n');
     }
-    for (unit, reason) in &results.failed {
-        let object = serde_json::json!({ "unit": unit, "state": "failed", "reason": reason });
-        lines.push_str(&object.to_string());
-        lines.push('\n');
-    }
-    lines
+    object
 }
 
 /// What `fallow results` says last, and whether it fails: a failed reducer is an error

@@ -205,7 +205,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             coordinator,
             force,
-        } => commands::results(&coordinator, &trust, project, out.as_deref(), format, force).await,
+            follow,
+        } => {
+            commands::results(
+                &coordinator,
+                &trust,
+                project,
+                out.as_deref(),
+                format,
+                force,
+                follow,
+            )
+            .await
+        }
         Command::Accounts { coordinator, json } => {
             commands::accounts(&coordinator, &trust, json).await
         }

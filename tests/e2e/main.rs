@@ -17,6 +17,7 @@ mod dashboard;
 mod demo;
 mod diskfull;
 mod faults;
+mod follow;
 mod garbage;
 mod gossip;
 mod hostile;

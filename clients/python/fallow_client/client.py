@@ -97,6 +97,8 @@ class Verified:
     digest: bytes
     fuel: int
     signers: tuple[bytes, ...]
+    verified_ms: int = 0
+    """When the coordinator recorded it, Unix milliseconds (0 from an older coordinator)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,23 +243,30 @@ class Client:
                 )
             time.sleep(poll)
 
-    def results(self, project: int) -> Iterator[tuple[str, bytes]]:
+    def results(self, project: int, follow: bool = False) -> Iterator[tuple[str, bytes]]:
         """`(unit name, output)` per verified unit, streamed as the coordinator sends them
-        (sorted by unit name). `results_detailed` also yields failed units and the
+        (sorted by unit name; with `follow=True`, then each unit as it verifies, until the
+        project is finished). `results_detailed` also yields failed units and the
         aggregate."""
-        for item in self.results_detailed(project):
+        for item in self.results_detailed(project, follow=follow):
             if isinstance(item, Verified):
                 yield item.unit, item.output
 
-    def results_detailed(self, project: int) -> Iterator[Union[Verified, Failed, Aggregate]]:
+    def results_detailed(
+        self, project: int, follow: bool = False
+    ) -> Iterator[Union[Verified, Failed, Aggregate]]:
         """Every result of a project: `Verified` units, `Failed` units, and at most one
-        `Aggregate` (the reducer's output or its error), as `fallow results` writes them."""
+        `Aggregate` (the reducer's output or its error), as `fallow results` writes them.
+        With `follow=True` the iterator keeps going while the project runs: each unit is
+        yielded as it verifies (a unit re-opened and verified again comes again), and the
+        failed units and the aggregate follow once the project is finished."""
         try:
-            for item in self._stub.GetResults(pb.GetResultsRequest(project_id=project), timeout=None):
+            request = pb.GetResultsRequest(project_id=project, follow=follow)
+            for item in self._stub.GetResults(request, timeout=None):
                 kind = item.WhichOneof("item")
                 if kind == "verified":
                     v = item.verified
-                    yield Verified(v.unit, v.output, v.digest, v.fuel, tuple(v.signers))
+                    yield Verified(v.unit, v.output, v.digest, v.fuel, tuple(v.signers), v.verified_ms)
                 elif kind == "failed":
                     yield Failed(item.failed.unit, item.failed.reason)
                 elif kind == "aggregate":

@@ -209,7 +209,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::GetResultsRequest>,
     ) -> Result<Response<ResultStream>, Status> {
-        let project = ProjectId(request.into_inner().project_id);
+        let request = request.into_inner();
+        let project = ProjectId(request.project_id);
         if self
             .inner
             .state
@@ -223,7 +224,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let service = self.clone();
-        tokio::spawn(Self::send_results(service, project, tx));
+        tokio::spawn(Self::send_results(service, project, request.follow, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -140,6 +140,45 @@ pub fn redact(url: &str) -> String {
 }
 
 impl PostgresStore {
+    /// Verified units as read (`id, name, output, digest, fuel, settled_ms`), each with its
+    /// signers, checked against its digest: a mismatch is [`StoredOutput::Corrupt`].
+    async fn stored_outputs(&self, rows: Vec<PgRow>) -> Result<Vec<StoredOutput>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: i64 = row.try_get("id")?;
+            let unit = UnitId(count(&row, "id")?);
+            let name: String = row.try_get("name")?;
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            let verified_ms: Option<i64> = row.try_get("settled_ms")?;
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: unbits(fuel),
+                signers,
+                verified_ms: verified_ms.map_or(0, unbits),
+            }));
+        }
+        Ok(out)
+    }
+
     /// Connects to the database at `url`, takes the coordinator lock (waiting up to
     /// [`LOCK_WAIT`] for a coordinator just stopped to let go of it), then creates or
     /// migrates the schema. Errors name the URL without its password.
@@ -1139,7 +1178,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT id, name, output, digest, fuel FROM units
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
              WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
         )
         .bind(project)
@@ -1148,38 +1187,36 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: i64 = row.try_get("id")?;
-            let unit = UnitId(count(&row, "id")?);
-            let name: String = row.try_get("name")?;
-            let Some((output, digest, fuel)) = intact_output(
-                row.try_get("output")?,
-                row.try_get("digest")?,
-                row.try_get("fuel")?,
-            ) else {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            };
-            let signers = sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
-            )
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await?
+        self.stored_outputs(rows).await
+    }
+
+    async fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let Ok(project) = i64::try_from(project.0) else {
+            return Ok(Vec::new());
+        };
+        // Ids past i64 name no stored unit.
+        let ids: Vec<i64> = units
             .iter()
-            .map(|b| worker_id(b))
-            .collect::<Result<_, _>>()?;
-            out.push(StoredOutput::Intact(VerifiedOutput {
-                unit,
-                name,
-                output,
-                digest,
-                fuel: unbits(fuel),
-                signers,
-            }));
+            .take(super::MAX_OUTPUTS_OF)
+            .filter_map(|u| i64::try_from(u.0).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let rows = sqlx::query(
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
+             WHERE project = $1 AND state = $2 AND id = ANY($3) ORDER BY name",
+        )
+        .bind(project)
+        .bind(UNIT_VERIFIED)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        self.stored_outputs(rows).await
     }
 
     async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {

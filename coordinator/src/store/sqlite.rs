@@ -112,6 +112,48 @@ fn damage(e: &sqlx::Error) -> Option<String> {
 }
 
 impl SqliteStore {
+    /// Verified units as read (`id, name, output, digest, fuel, settled_ms`), each with its
+    /// signers, checked against its digest: a mismatch is [`StoredOutput::Corrupt`].
+    async fn stored_outputs(
+        &self,
+        rows: Vec<sqlx::sqlite::SqliteRow>,
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let unit = UnitId(id as u64);
+            let name: String = row.try_get("name")?;
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            let verified_ms: Option<i64> = row.try_get("settled_ms")?;
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: fuel as u64,
+                signers,
+                verified_ms: verified_ms.unwrap_or(0).max(0) as u64,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Opens (creating if needed) `<dir>/fallow.db`, refusing a lost or damaged store
     /// (see [`OpenOptions`]).
     pub async fn open(dir: &Path) -> Result<Self, Error> {
@@ -1180,7 +1222,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<StoredOutput>, Error> {
         let rows = sqlx::query(
-            "SELECT id, name, output, digest, fuel FROM units
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
              WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
         )
         .bind(project.0 as i64)
@@ -1189,38 +1231,33 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let unit = UnitId(id as u64);
-            let name: String = row.try_get("name")?;
-            let Some((output, digest, fuel)) = intact_output(
-                row.try_get("output")?,
-                row.try_get("digest")?,
-                row.try_get("fuel")?,
-            ) else {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            };
-            let signers = sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
-            )
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|b| worker_id(b))
-            .collect::<Result<_, _>>()?;
-            out.push(StoredOutput::Intact(VerifiedOutput {
-                unit,
-                name,
-                output,
-                digest,
-                fuel: fuel as u64,
-                signers,
-            }));
+        self.stored_outputs(rows).await
+    }
+
+    async fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let units = &units[..units.len().min(super::MAX_OUTPUTS_OF)];
+        if units.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let mut query = sqlx::QueryBuilder::new(
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units WHERE project = ",
+        );
+        query
+            .push_bind(project.0 as i64)
+            .push(" AND state = ")
+            .push_bind(UNIT_VERIFIED)
+            .push(" AND id IN (");
+        let mut ids = query.separated(", ");
+        for unit in units {
+            ids.push_bind(unit.0 as i64);
+        }
+        query.push(") ORDER BY name");
+        let rows = query.build().fetch_all(&self.pool).await?;
+        self.stored_outputs(rows).await
     }
 
     async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {

@@ -320,6 +320,30 @@ async fn state_survives_reopening_and_results_are_recorded_once<B: Backend>() {
         (1, "a", &b"out"[..])
     );
     assert_eq!(outputs[0].signers.len(), 2);
+    assert_eq!(
+        outputs[0].verified_ms, 3,
+        "the first record's time, not the second's"
+    );
+    // By id (`fallow results --follow`): only verified units of this project come back.
+    let of = intact(
+        store
+            .verified_outputs_of(project, &[units[1], units[0], UnitId(u64::MAX)])
+            .await
+            .expect("outputs of"),
+    );
+    assert_eq!(
+        of.iter()
+            .map(|o| (o.unit, o.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(units[0], "a")]
+    );
+    assert!(
+        store
+            .verified_outputs_of(ProjectId(project.0 + 1), &[units[0]])
+            .await
+            .expect("other project")
+            .is_empty()
+    );
 }
 
 async fn reopening_a_unit_withdraws_its_output_and_the_liars_credit_once<B: Backend>() {

@@ -187,10 +187,12 @@ class ListProjectsResponse(_message.Message):
     def __init__(self, projects: _Optional[_Iterable[_Union[ProjectStatus, _Mapping]]] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
-    __slots__ = ("project_id",)
+    __slots__ = ("project_id", "follow")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     project_id: int
-    def __init__(self, project_id: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, project_id: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class ResultItem(_message.Message):
     __slots__ = ("verified", "failed", "aggregate", "aggregate_error")
@@ -205,18 +207,20 @@ class ResultItem(_message.Message):
     def __init__(self, verified: _Optional[_Union[VerifiedOutput, _Mapping]] = ..., failed: _Optional[_Union[FailedUnit, _Mapping]] = ..., aggregate: _Optional[bytes] = ..., aggregate_error: _Optional[str] = ...) -> None: ...
 
 class VerifiedOutput(_message.Message):
-    __slots__ = ("unit", "output", "digest", "fuel", "signers")
+    __slots__ = ("unit", "output", "digest", "fuel", "signers", "verified_ms")
     UNIT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FUEL_FIELD_NUMBER: _ClassVar[int]
     SIGNERS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_MS_FIELD_NUMBER: _ClassVar[int]
     unit: str
     output: bytes
     digest: bytes
     fuel: int
     signers: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, unit: _Optional[str] = ..., output: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., fuel: _Optional[int] = ..., signers: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    verified_ms: int
+    def __init__(self, unit: _Optional[str] = ..., output: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., fuel: _Optional[int] = ..., signers: _Optional[_Iterable[bytes]] = ..., verified_ms: _Optional[int] = ...) -> None: ...
 
 class FailedUnit(_message.Message):
     __slots__ = ("unit", "reason")
