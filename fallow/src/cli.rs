@@ -47,7 +47,7 @@ pub enum Command {
         /// Address to serve the gRPC API and the read-only dashboard on (port 0 picks a free
         /// port; the chosen address is printed as `listening on ADDR`, then the dashboard's
         /// URL as `dashboard on http://ADDR/`).
-        #[arg(long, default_value = "127.0.0.1:7070")]
+        #[arg(long, env = "FALLOW_LISTEN", default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
         /// Data directory; restarting on the same one resumes everything. With --database
         /// it keeps only the coordinator's key, TLS certificate and tokens.
@@ -158,7 +158,7 @@ pub enum Command {
         team: String,
         /// Address for the peer service other workers call: gRPC on TCP and membership
         /// (SWIM) on UDP, same port number (port 0 = any port free for both).
-        #[arg(long, default_value = "0.0.0.0:0")]
+        #[arg(long, env = "FALLOW_PEER_LISTEN", default_value = "0.0.0.0:0")]
         peer_listen: SocketAddr,
         /// Address peers should use to reach this worker, TCP and UDP (default: derived).
         #[arg(long)]
@@ -197,8 +197,9 @@ pub enum Command {
         fault: Option<FaultArg>,
         /// A machine given over to Fallow (a server, a cluster node): never suspend for
         /// the user or for other programs (run_if_idle_minutes = 0,
-        /// suspend_cpu_busy_percent = 0; preference flags given too still win).
-        #[arg(long)]
+        /// suspend_cpu_busy_percent = 0; preference flags given too still win). Also
+        /// FALLOW_DEDICATED=1.
+        #[arg(long, env = "FALLOW_DEDICATED", value_parser = clap::builder::FalseyValueParser::new())]
         dedicated: bool,
         /// Preferences (override `prefs.toml` in --data until restart or `prefs set`).
         #[command(flatten)]

@@ -1,5 +1,7 @@
 //! The CLI's gRPC boundary: submit, status and results, speaking domain types.
 
+use std::time::Duration;
+
 use anyhow::{Context, anyhow, bail};
 use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
@@ -75,6 +77,9 @@ pub struct Verified {
     pub verified_ms: u64,
 }
 
+/// How long a client keeps trying to reach a coordinator that does not answer.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// A connected coordinator client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -89,17 +94,33 @@ impl Client {
     /// `worker::tls`), with an error that says what to check.
     pub async fn connect(url: &str, trust: &Trust) -> anyhow::Result<Self> {
         let connection = worker::tls::connect(url, trust)?;
-        let channel = match connection.endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                if let Some(refusal) = connection.refusal() {
-                    bail!("{refusal}");
+        // A coordinator started a moment ago (`fallow coordinator &` then `fallow submit`)
+        // may not listen yet: keep trying for a few seconds, saying so, before giving up.
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let mut said = false;
+        let channel = loop {
+            match connection.endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(e) => {
+                    if let Some(refusal) = connection.refusal() {
+                        bail!("{refusal}");
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
+                            )
+                        });
+                    }
+                    if !said {
+                        eprintln!(
+                            "the coordinator at {url} does not answer yet; trying again for {} s",
+                            CONNECT_PATIENCE.as_secs()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
-                    )
-                });
             }
         };
         Ok(Client {

@@ -203,14 +203,16 @@ pub async fn submit(
     spec.sign(&submitter);
     let units = spec.units.len();
     let name = spec.name.clone();
+    let client = Client::connect(coordinator, trust).await?;
     // Without --token: the admin token of a coordinator started here on the default data
-    // dir, so the five-minute path needs no copying of secrets.
+    // dir, so the five-minute path needs no copying of secrets. Read once connected: a
+    // coordinator that was just started writes it before it answers.
     let token = token.or_else(|| {
         std::fs::read_to_string(Path::new("fallow-data").join(coordinator::auth::ADMIN_TOKEN_FILE))
             .ok()
             .map(|t| t.trim().to_string())
     });
-    let client = Client::connect(coordinator, trust).await?.with_token(token);
+    let client = client.with_token(token);
     let submitted = client.submit(spec, once).await?;
     if submitted.reused {
         eprintln!(

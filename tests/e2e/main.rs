@@ -33,3 +33,4 @@ mod stuck;
 mod templates;
 mod tls;
 mod truth;
+mod walkthrough;
