@@ -617,14 +617,15 @@ pub async fn results(
     };
     if let Some(out) = out {
         check_results_dir(out, &marker, force)?;
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        // First, so a directory left half-written still says whose results it holds.
-        write_atomic(
-            &out.join(RESULTS_MARKER),
-            format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
-        )?;
     }
-    let mut sink = ResultsSink::new(out, format == crate::cli::ResultsFormat::Jsonl, follow)?;
+    let jsonl = format == crate::cli::ResultsFormat::Jsonl;
+    // Without --follow nothing is written before the whole answer is in: an answer that
+    // ends in an error leaves no directory behind.
+    let mut sink = if follow {
+        Some(ResultsSink::new(out, &marker, jsonl, follow)?)
+    } else {
+        None
+    };
     let mut stream = client.result_stream(project, follow).await?;
     // While following, say every half minute where the project stands, so a long wait
     // explains itself (on stderr: stdout may be the JSON lines).
@@ -659,7 +660,7 @@ pub async fn results(
                     // JSON unchecked).
                     protocol::manifest::check_unit_name(&v.unit)
                         .map_err(|e| anyhow!("coordinator sent a bad unit name: {e}"))?;
-                    if follow {
+                    if let Some(sink) = &mut sink {
                         sink.verified(&v)?;
                     }
                     results.verified.push(crate::client::Verified {
@@ -680,13 +681,16 @@ pub async fn results(
         progress.abort();
     }
     received?;
-    // Without --follow nothing is written before the whole answer is in: an answer that
-    // ends in an error leaves the directory as it was.
-    if !follow {
-        for v in &results.verified {
-            sink.verified(v)?;
+    let sink = match sink {
+        Some(sink) => sink,
+        None => {
+            let mut sink = ResultsSink::new(out, &marker, jsonl, follow)?;
+            for v in &results.verified {
+                sink.verified(v)?;
+            }
+            sink
         }
-    }
+    };
     sink.finish(&results)?;
     let status = if follow {
         // Finished now: say so from a fresh status, not the one from before the wait.
@@ -718,7 +722,22 @@ struct ResultsSink<'a> {
 }
 
 impl<'a> ResultsSink<'a> {
-    fn new(out: Option<&'a Path>, jsonl: bool, follow: bool) -> anyhow::Result<Self> {
+    /// Creates `out` (if given) with its marker first, so a directory left half-written
+    /// still says whose results it holds.
+    fn new(
+        out: Option<&'a Path>,
+        marker: &ResultsMarker,
+        jsonl: bool,
+        follow: bool,
+    ) -> anyhow::Result<Self> {
+        if let Some(out) = out {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            write_atomic(
+                &out.join(RESULTS_MARKER),
+                format!("{}\n", serde_json::to_string(marker)?).as_bytes(),
+            )?;
+        }
         let (lines, live): (Option<String>, Option<Box<dyn Write>>) = match (jsonl, out) {
             (false, _) => (None, None),
             (true, None) => (None, Some(Box::new(std::io::stdout()))),
