@@ -28,6 +28,12 @@ impl<S: Store> CoordinatorService<S> {
                 .iter()
                 .map(|(name, input)| name.len() + input.len() + 64)
                 .sum::<usize>();
+        self.room_for_bytes(size)
+    }
+
+    /// [`CoordinatorService::room_for`] `size` bytes of new rows (units added by `fallow
+    /// extend`).
+    pub(super) fn room_for_bytes(&self, size: usize) -> Result<(), Status> {
         let need = 2 * size as u64 + DISK_RESERVE;
         match fs4::available_space(&self.inner.data_dir) {
             Ok(free) if free < need => Err(to_status(Error::NoRoom {
