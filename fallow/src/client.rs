@@ -259,7 +259,10 @@ impl Client {
         };
         let r = self
             .signed("ControlProject", message, submitter, |client, request| {
-                Box::pin(async move { client.control_project(request).await })
+                Box::pin(async move {
+                    let mut client = client;
+                    client.control_project(request).await
+                })
             })
             .await
             .map_err(|s| anyhow!("{}", s.message()))?;
@@ -275,7 +278,10 @@ impl Client {
         let message = pb::ExtendRequest::from(extension);
         let r = self
             .signed("ExtendProject", message, submitter, |client, request| {
-                Box::pin(async move { client.extend_project(request).await })
+                Box::pin(async move {
+                    let mut client = client;
+                    client.extend_project(request).await
+                })
             })
             .await
             .map_err(|s| anyhow!("{}", s.message()))?;
