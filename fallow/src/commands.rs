@@ -1226,6 +1226,7 @@ mod tests {
             total,
             verified,
             failed,
+            cancelled: 0,
             in_progress: running,
             pending: total - verified - failed - running,
             executions: 0,
@@ -1238,11 +1239,19 @@ mod tests {
             mismatches: 0,
             reopened: 0,
             finished,
-            outcome: Outcome::of(total, verified, failed, finished, false),
+            outcome: Outcome::of(
+                total,
+                (verified, failed, 0),
+                finished,
+                false,
+                protocol::control::State::Active,
+            ),
+            state: protocol::control::State::Active,
             has_reducer: false,
             aggregate_ready: false,
             aggregate_error: String::new(),
             submitter: String::new(),
+            terms: None,
             workers_running: 0,
             workers_suspended: 0,
             workers_idle: 0,
@@ -1250,6 +1259,38 @@ mod tests {
             waiting: Vec::new(),
             warnings: Vec::new(),
         }
+    }
+
+    /// Each control command says what happened and what to do next.
+    #[test]
+    fn control_sentences_say_what_happened() {
+        use protocol::control::{Action, Done, State};
+        let done = |units, pending, in_progress| Done {
+            state: State::Paused,
+            units,
+            pending,
+            in_progress,
+        };
+        assert_eq!(
+            control_sentence(3, Action::Pause, &done(0, 12, 0)),
+            "project 3 paused: 12 units pending will not be leased until `fallow resume 3`"
+        );
+        let paused = control_sentence(3, Action::Pause, &done(0, 12, 1));
+        assert!(
+            paused.ends_with("; 1 unit leased may still finish and verify"),
+            "{paused}"
+        );
+        let cancel = control_sentence(3, Action::Cancel, &done(5, 0, 0));
+        assert!(
+            cancel.starts_with("project 3 cancelled: 5 units"),
+            "{cancel}"
+        );
+        assert!(cancel.contains("`fallow results 3`"), "{cancel}");
+        let retry = control_sentence(3, Action::Retry, &done(1, 1, 0));
+        assert!(
+            retry.starts_with("project 3: 1 unit that failed will run again"),
+            "{retry}"
+        );
     }
 
     /// Without a terminal, `status --wait` prints a line each time a project's numbers

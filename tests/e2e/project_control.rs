@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::harness::{Cluster, fallow, n, project, sum_outputs};
 
 /// Primes below 2000, the answer of [`primes`]'s first 10 units plus its extension.
