@@ -2442,6 +2442,9 @@ impl Scheduler {
         let in_progress = self.in_progress(id);
         let mut cancelled = 0u64;
         for unit in self.units_of(id) {
+            if matches!(self.units.get(unit), Some(Slot::Verified(_))) {
+                continue; // settled: left compact
+            }
             if let Some(u) = full(&mut self.units, &self.projects, unit)
                 && u.status == UnitStatus::Pending
             {
