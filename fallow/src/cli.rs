@@ -275,6 +275,31 @@ pub enum Command {
         #[arg(long, global = true, default_value = "fallow-data")]
         data: PathBuf,
     },
+    /// Cancel a project, for good: units not yet settled end as cancelled, workers drop
+    /// them, verified results stay downloadable (`fallow results`). Only the submitter key
+    /// that signed the project may.
+    Cancel(ControlArgs),
+    /// Pause a project: none of its units is leased until `fallow resume`; units already
+    /// leased may still finish and verify. Only its submitter key may.
+    Pause(ControlArgs),
+    /// Resume a paused project: its units are leased again. Only its submitter key may.
+    Resume(ControlArgs),
+    /// Run a project's failed units again: they go back to pending with their failure
+    /// history cleared (so the same workers may run them). Only its submitter key may.
+    Retry(ControlArgs),
+    /// Run a finished project's reducer again now (over its verified outputs). Only its
+    /// submitter key may.
+    Reduce(ControlArgs),
+    /// Add units to a project: MANIFEST's units (its `[inputs]`), signed under the
+    /// project's terms; its module, [limits] and quorum must be the project's (usually
+    /// the project's own manifest with new inputs). Unit names must be new. The reducer
+    /// runs again once every unit settles. Only the project's submitter key may.
+    Extend {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// The manifest whose units to add.
+        manifest: PathBuf,
+    },
     /// Show progress of one project or all.
     Status {
         /// Project id (default: all projects).
@@ -547,4 +572,20 @@ pub enum FaultArg {
     CorruptOutput,
     /// Fail the first unit's preparation once, as a local I/O error would.
     LocalFailureOnce,
+}
+
+/// What every project control command (`fallow cancel|pause|resume|retry|reduce|extend`)
+/// takes: the project and who asks.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Project id.
+    pub project: u64,
+    /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
+    #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+    /// The submitter key that signed the project (as for `fallow submit --key`); the call
+    /// is signed with it, and any other key is refused. Default
+    /// ~/.config/fallow/submitter.key.
+    #[arg(long, env = "FALLOW_SUBMITTER_KEY", value_name = "PATH")]
+    pub key: Option<PathBuf>,
 }

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use prost::Message;
 use proto::v1 as pb;
+use proto::wire;
+use protocol::control::{Action, Done, Extension};
 use protocol::manifest::ProjectSpec;
 use tonic::transport::Channel;
 use worker::tls::Trust;
@@ -253,6 +256,101 @@ impl Client {
             .map_err(|s| anyhow!("{}", s.message()))?
             .into_inner();
         Ok(ResultStream { inner, project })
+    }
+
+    /// A project control call (`fallow cancel|pause|resume|retry|reduce`), signed with
+    /// the submitter key `submitter`.
+    pub async fn control(
+        &self,
+        project: u64,
+        action: Action,
+        submitter: &protocol::Identity,
+    ) -> anyhow::Result<Done> {
+        let message = pb::ControlRequest {
+            project_id: project,
+            action: wire::action_to_wire(action) as i32,
+            submitter_key: submitter.id().0.to_vec(),
+        };
+        let r = self
+            .signed("ControlProject", message, submitter, |client, request| {
+                Box::pin(async move {
+                    let mut client = client;
+                    client.control_project(request).await
+                })
+            })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?;
+        Ok(Done::from(r))
+    }
+
+    /// Adds units to a project (`fallow extend`); `extension` is signed already.
+    pub async fn extend(
+        &self,
+        extension: Extension,
+        submitter: &protocol::Identity,
+    ) -> anyhow::Result<Done> {
+        let message = pb::ExtendRequest::from(extension);
+        let r = self
+            .signed("ExtendProject", message, submitter, |client, request| {
+                Box::pin(async move {
+                    let mut client = client;
+                    client.extend_project(request).await
+                })
+            })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?;
+        Ok(Done::from(r))
+    }
+
+    /// Sends `message` to `method` with a `fallow-call` header signed by `submitter`
+    /// (`protocol::call`), stamped with this machine's clock; if the coordinator refuses
+    /// the stamp as out of range, once more on the clock it sent back.
+    async fn signed<T, R>(
+        &self,
+        method: &'static str,
+        message: T,
+        submitter: &protocol::Identity,
+        call: impl Fn(
+            pb::coordinator_client::CoordinatorClient<Channel>,
+            tonic::Request<T>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>> + Send>,
+        >,
+    ) -> Result<R, tonic::Status>
+    where
+        T: Message + Clone,
+    {
+        let body = message.encode_to_vec();
+        let local_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let request = |stamp_us: u64| {
+            let stamp = submitter.sign_call(method, stamp_us, &body);
+            let mut request = tonic::Request::new(message.clone());
+            if let Ok(value) = stamp.encode().parse() {
+                request
+                    .metadata_mut()
+                    .insert(protocol::call::CALL_HEADER, value);
+            }
+            request
+        };
+        match call(self.inner.clone(), request(local_us)).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(status) => {
+                let coordinator_ms = status
+                    .metadata()
+                    .get(protocol::call::NOW_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                match coordinator_ms {
+                    Some(ms) if status.code() == tonic::Code::Unauthenticated => {
+                        let r = call(self.inner.clone(), request(ms.saturating_mul(1000))).await?;
+                        Ok(r.into_inner())
+                    }
+                    _ => Err(status),
+                }
+            }
+        }
     }
 }
 

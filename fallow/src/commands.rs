@@ -291,6 +291,144 @@ pub fn key(key: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fallow cancel|pause|resume|retry|reduce`: signs the call with the submitter key and
+/// says what happened.
+pub async fn control(
+    args: &crate::cli::ControlArgs,
+    trust: &Trust,
+    action: protocol::control::Action,
+) -> anyhow::Result<()> {
+    let submitter = submitter_key(args.key.clone())?;
+    let client = Client::connect(&args.coordinator, trust).await?;
+    let project = args.project;
+    let done = client
+        .control(project, action, &submitter)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "coordinator {} refused to {action} project {project}: {e}",
+                args.coordinator
+            )
+        })?;
+    println!("{}", control_sentence(project, action, &done));
+    Ok(())
+}
+
+/// What a control call did, in one sentence.
+fn control_sentence(
+    project: u64,
+    action: protocol::control::Action,
+    d: &protocol::control::Done,
+) -> String {
+    use protocol::control::Action;
+    let units = |n: u64| {
+        if n == 1 {
+            "1 unit".to_string()
+        } else {
+            format!("{n} units")
+        }
+    };
+    let running = if d.in_progress > 0 {
+        format!(
+            "; {} leased may still finish and verify",
+            units(d.in_progress)
+        )
+    } else {
+        String::new()
+    };
+    match action {
+        Action::Pause => format!(
+            "project {project} paused: {} pending will not be leased until `fallow resume {project}`{running}",
+            units(d.pending)
+        ),
+        Action::Resume => format!(
+            "project {project} resumed: {} pending will be leased again",
+            units(d.pending)
+        ),
+        Action::Cancel => format!(
+            "project {project} cancelled: {} not yet settled ended as cancelled (workers drop \
+             the ones they hold); verified results stay: `fallow results {project}`",
+            units(d.units)
+        ),
+        Action::Retry => format!(
+            "project {project}: {} that failed will run again ({} pending now); `fallow status {project}` shows progress",
+            units(d.units),
+            d.pending
+        ),
+        Action::Reduce => format!(
+            "project {project}: reducer started again; `fallow status {project}` says when the \
+             aggregate is ready, `fallow results {project}` writes it"
+        ),
+    }
+}
+
+/// `fallow extend PROJECT MANIFEST`: signs MANIFEST's units under the project's terms
+/// (which the coordinator's status names) and adds them.
+pub async fn extend(
+    args: &crate::cli::ControlArgs,
+    trust: &Trust,
+    manifest: &Path,
+) -> anyhow::Result<()> {
+    let spec = protocol::manifest::load(manifest)?;
+    let submitter = submitter_key(args.key.clone())?;
+    let client = Client::connect(&args.coordinator, trust).await?;
+    let project = args.project;
+    let status = client
+        .status(Some(project))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("coordinator {} has no project {project}", args.coordinator))?;
+    let Some(terms) = status.terms else {
+        bail!(
+            "project {project} was submitted before projects were signed: it has no terms to \
+             sign new units under, so it cannot be extended"
+        );
+    };
+    let module = protocol::Digest::of(&spec.module);
+    let signatures = spec
+        .units
+        .iter()
+        .map(|(name, input)| {
+            protocol::provenance::UnitTerms {
+                terms,
+                module,
+                limits: spec.limits,
+                quorum: spec.quorum,
+                name,
+                input,
+            }
+            .sign(&submitter)
+        })
+        .collect();
+    let count = spec.units.len();
+    let extension = protocol::control::Extension {
+        project: protocol::ProjectId(project),
+        key: protocol::SubmitterKey::of(&submitter),
+        units: spec.units,
+        signatures,
+    };
+    let done = client.extend(extension, &submitter).await.map_err(|e| {
+        anyhow!(
+            "coordinator {} refused to extend project {project} with {}: {e}",
+            args.coordinator,
+            manifest.display()
+        )
+    })?;
+    let paused = if done.state == protocol::control::State::Paused {
+        format!(" (the project is paused: `fallow resume {project}` leases them)")
+    } else {
+        String::new()
+    };
+    println!(
+        "project {project} extended: {count} units added from {}, {} pending now{paused}; the \
+         reducer, if any, runs again once every unit settles",
+        manifest.display(),
+        done.pending
+    );
+    Ok(())
+}
+
 /// `fallow status`.
 pub async fn status(
     coordinator: &str,
@@ -348,6 +486,19 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
                 out,
                 "      every unit failed: `fallow results` writes why to failed.txt"
             )?;
+        }
+        match p.state {
+            protocol::control::State::Paused => writeln!(
+                out,
+                "      paused: {} units pending are not leased until `fallow resume {}`",
+                p.pending, p.id.0
+            )?,
+            protocol::control::State::Cancelled => writeln!(
+                out,
+                "      cancelled: {} units ended unsettled; verified results stay downloadable",
+                p.cancelled
+            )?,
+            protocol::control::State::Active => {}
         }
         for w in &p.waiting {
             writeln!(out, "      waiting: {w}")?;
@@ -1218,6 +1369,7 @@ mod tests {
             total,
             verified,
             failed,
+            cancelled: 0,
             in_progress: running,
             pending: total - verified - failed - running,
             executions: 0,
@@ -1230,11 +1382,19 @@ mod tests {
             mismatches: 0,
             reopened: 0,
             finished,
-            outcome: Outcome::of(total, verified, failed, finished, false),
+            outcome: Outcome::of(
+                total,
+                (verified, failed, 0),
+                finished,
+                false,
+                protocol::control::State::Active,
+            ),
+            state: protocol::control::State::Active,
             has_reducer: false,
             aggregate_ready: false,
             aggregate_error: String::new(),
             submitter: String::new(),
+            terms: None,
             workers_running: 0,
             workers_suspended: 0,
             workers_idle: 0,
@@ -1242,6 +1402,38 @@ mod tests {
             waiting: Vec::new(),
             warnings: Vec::new(),
         }
+    }
+
+    /// Each control command says what happened and what to do next.
+    #[test]
+    fn control_sentences_say_what_happened() {
+        use protocol::control::{Action, Done, State};
+        let done = |units, pending, in_progress| Done {
+            state: State::Paused,
+            units,
+            pending,
+            in_progress,
+        };
+        assert_eq!(
+            control_sentence(3, Action::Pause, &done(0, 12, 0)),
+            "project 3 paused: 12 units pending will not be leased until `fallow resume 3`"
+        );
+        let paused = control_sentence(3, Action::Pause, &done(0, 12, 1));
+        assert!(
+            paused.ends_with("; 1 unit leased may still finish and verify"),
+            "{paused}"
+        );
+        let cancel = control_sentence(3, Action::Cancel, &done(5, 0, 0));
+        assert!(
+            cancel.starts_with("project 3 cancelled: 5 units"),
+            "{cancel}"
+        );
+        assert!(cancel.contains("`fallow results 3`"), "{cancel}");
+        let retry = control_sentence(3, Action::Retry, &done(1, 1, 0));
+        assert!(
+            retry.starts_with("project 3: 1 unit that failed will run again"),
+            "{retry}"
+        );
     }
 
     /// Without a terminal, `status --wait` prints a line each time a project's numbers

@@ -26,6 +26,7 @@ mod local;
 mod partition;
 mod postgres;
 mod primes;
+mod project_control;
 mod rest;
 mod shares;
 mod signed;

@@ -169,6 +169,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             adaptive: spec.adaptive,
             error_bound: spec.error_bound,
             signer: Some(signer),
+            control: Default::default(),
         });
         for unit in units.iter().copied() {
             state.sched.add_unit(
@@ -795,6 +796,20 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 })
                 .collect(),
         }))
+    }
+
+    async fn control_project(
+        &self,
+        request: Request<pb::ControlRequest>,
+    ) -> Result<Response<pb::ControlResponse>, Status> {
+        self.control(request).await
+    }
+
+    async fn extend_project(
+        &self,
+        request: Request<pb::ExtendRequest>,
+    ) -> Result<Response<pb::ControlResponse>, Status> {
+        self.extend(request).await
     }
 
     async fn return_units(

@@ -31,6 +31,12 @@ impl<S: Store> CoordinatorService<S> {
                 .iter()
                 .map(|(name, input)| name.len() + input.len() + 64)
                 .sum::<usize>();
+        self.room_for_bytes(size)
+    }
+
+    /// [`CoordinatorService::room_for`] `size` bytes of new rows (units added by `fallow
+    /// extend`).
+    pub(super) fn room_for_bytes(&self, size: usize) -> Result<(), Status> {
         let need = 2 * size as u64 + DISK_RESERVE;
         match fs4::available_space(&self.inner.data_dir) {
             Ok(free) if free < need => Err(to_status(Error::NoRoom {
@@ -207,8 +213,11 @@ impl<S: Store> CoordinatorService<S> {
                     .sched
                     .project(project)
                     .ok_or(Error::UnknownProject(project))?;
-                let done =
-                    p.finished() && (p.reducer.is_none() || p.aggregate != Aggregate::Pending);
+                // A cancelled project's reducer runs only when asked (`fallow reduce`).
+                let done = p.finished()
+                    && (p.reducer.is_none()
+                        || p.aggregate != Aggregate::Pending
+                        || p.control == protocol::control::State::Cancelled);
                 let verified: HashSet<UnitId> = state
                     .sched
                     .unit_views()

@@ -51,8 +51,8 @@ use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
 use super::schema::{self, FIRST_POSTGRES_VERSION, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, digest,
-    failure_of, intact_output, merge_units, vote_seal, worker_id,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, control_of,
+    digest, failure_of, intact_output, merge_units, vote_seal, worker_id,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -76,6 +76,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const UNIT_PENDING: i64 = 0;
 const UNIT_VERIFIED: i64 = 1;
 const UNIT_FAILED: i64 = 2;
+const UNIT_CANCELLED: i64 = 3;
 
 /// Every account with its credit, verified units, latest team and workers: the SQLite
 /// store's query in PostgreSQL. The sum is `NUMERIC` in PostgreSQL (it cannot overflow)
@@ -403,6 +404,7 @@ fn project_from_row(row: &PgRow) -> Result<Project, Error> {
             (true, None) => Aggregate::Ready,
             (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
         },
+        control: control_of(row.try_get("control")?)?,
     })
 }
 
@@ -563,6 +565,66 @@ async fn change(tx: &mut PgConnection, change: &Change, now: i64) -> Result<(), 
             required,
         } => reopen(tx, *unit, Some(*revoke), *required).await?,
         Change::Reverify { unit, required } => reopen(tx, *unit, None, *required).await?,
+        Change::Control { project, state } => {
+            sqlx::query("UPDATE projects SET control = $1 WHERE id = $2")
+                .bind(state.code())
+                .bind(id(project.0)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::CancelUnits { project } => {
+            sqlx::query(
+                "DELETE FROM votes WHERE unit IN (SELECT id FROM units WHERE project = $1 AND state = $2)",
+            )
+            .bind(id(project.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE units SET state = $1, settled_ms = $2 WHERE project = $3 AND state = $4",
+            )
+            .bind(UNIT_CANCELLED)
+            .bind(now)
+            .bind(id(project.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Retried {
+            unit,
+            target,
+            required,
+        } => {
+            sqlx::query(
+                "UPDATE units SET state = $1, reason = NULL, settled_ms = NULL, target = $2, required = $3
+                 WHERE id = $4 AND state = $5",
+            )
+            .bind(UNIT_PENDING)
+            .bind(i64::from(*target))
+            .bind(i64::from(*required))
+            .bind(id(unit.0)?)
+            .bind(UNIT_FAILED)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE assignments SET state = $1, failure_kind = NULL, reason = NULL
+                 WHERE unit = $2 AND state IN ($3, $4)",
+            )
+            .bind(AssignmentState::Retried.code())
+            .bind(id(unit.0)?)
+            .bind(AssignmentState::Failed.code())
+            .bind(AssignmentState::Expired.code())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::AggregateReset { project } => {
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(id(project.0)?)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -823,6 +885,71 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn insert_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+        signatures: &[[u8; 64]],
+        target: u32,
+        required: u32,
+    ) -> Result<Vec<UnitId>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, project, units, signatures, target, required).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(
+            conn: &mut PgConnection,
+            project: ProjectId,
+            units: &[(String, Vec<u8>)],
+            signatures: &[[u8; 64]],
+            target: u32,
+            required: u32,
+        ) -> Result<Vec<UnitId>, Error> {
+            let mut tx = conn.begin().await?;
+            let pid = id(project.0)?;
+            let mut ids = Vec::with_capacity(units.len());
+            for (i, (name, input)) in units.iter().enumerate() {
+                // As in the SQLite store: one row at a time, the unique index finds a taken
+                // name.
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO units (project, name, input, target, required, signature)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project, name) DO NOTHING RETURNING id",
+                )
+                .bind(pid)
+                .bind(name.as_str())
+                .bind(&input[..])
+                .bind(i64::from(target))
+                .bind(i64::from(required))
+                .bind(signatures.get(i).map(|s| s.to_vec()))
+                .fetch_optional(&mut *tx)
+                .await?;
+                match inserted {
+                    Some(u) => ids
+                        .push(UnitId(u64::try_from(u).map_err(|_| {
+                            Error::Corrupt(format!("a negative unit id ({u})"))
+                        })?)),
+                    None => {
+                        return Err(Error::DuplicateUnit {
+                            project,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(pid)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(ids)
+        }
+    }
+
     async fn load(&self) -> Result<Snapshot, Error> {
         let mut snapshot = Snapshot::default();
         let mut projects = BTreeMap::new();
@@ -830,7 +957,7 @@ impl Store for PostgresStore {
         for row in sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
                 max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
-                adaptive, error_bound, max_checkpoint_bytes, submitter, terms
+                adaptive, error_bound, max_checkpoint_bytes, submitter, terms, control
              FROM projects ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -945,6 +1072,7 @@ impl Store for PostgresStore {
                 project: ProjectId(count(&row, "project")?),
                 status: match row.try_get::<i64, _>("state")? {
                     UNIT_VERIFIED => UnitStatus::Verified,
+                    UNIT_CANCELLED => UnitStatus::Cancelled,
                     UNIT_FAILED => UnitStatus::Failed(
                         row.try_get::<Option<String>, _>("reason")?
                             .unwrap_or_default(),
