@@ -280,6 +280,54 @@ pub enum Error {
     /// A dispute that proves nothing (agreeing, foreign or forged claims).
     #[error("dispute rejected: {0}")]
     BadDispute(String),
+    /// The unit's project was cancelled; results for it are no longer accepted.
+    #[error("unit {unit} was cancelled with its project: its result is no longer wanted")]
+    UnitCancelled {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// A control call signed by a key other than the project's submitter; nothing changed.
+    #[error(
+        "project {project} was submitted by key {submitter}: only that key may control it \
+         (this call was signed by {key}; pass the submitter's key file with --key)"
+    )]
+    NotSubmitter {
+        /// The project.
+        project: ProjectId,
+        /// Its submitter.
+        submitter: protocol::SubmitterKey,
+        /// Who signed the call.
+        key: protocol::SubmitterKey,
+    },
+    /// A control call for a project from before projects were signed: it has no
+    /// submitter key, so nobody may control it. Nothing changed.
+    #[error(
+        "project {0} was submitted before projects were signed: it has no submitter key, so \
+         nobody can control it"
+    )]
+    Uncontrollable(ProjectId),
+    /// A control call that does not apply to the project as it stands (cancelled, nothing
+    /// to retry, no reducer, …); the text says why and what to do. Nothing changed.
+    #[error("cannot {action} project {project}: {reason}")]
+    ControlRefused {
+        /// The verb (`pause`, `retry`, …).
+        action: &'static str,
+        /// The project.
+        project: ProjectId,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// An extension names a unit the project already has; nothing was added.
+    #[error(
+        "project {project} already has a unit named {name:?}: units added by `fallow extend` \
+         need new names; nothing was added"
+    )]
+    DuplicateUnit {
+        /// The project.
+        project: ProjectId,
+        /// The unit name taken.
+        name: String,
+    },
     /// Malformed message, bad signature or invalid certificate.
     #[error(transparent)]
     Protocol(#[from] protocol::Error),

@@ -11,6 +11,8 @@
 //!
 //! # Layout
 //! - `handlers`: the tonic handlers (`impl Coordinator`) and their request checks.
+//! - `control`: project control by its submitter (cancel, pause, resume, retry, extend,
+//!   reduce), authenticated by the submitter key.
 //! - `projects`: submission checks against the state (disk room, earlier duplicates).
 //! - `status`: `ListProjects`' answer and the dashboard's capture.
 //! - `registry`: the worker registry, the request and registration limiters, call
@@ -40,6 +42,7 @@ use registry::{RegistrationLimiter, WorkerEntry};
 pub(crate) use server::run;
 use writer::Job;
 
+mod control;
 mod handlers;
 mod projects;
 mod registry;
@@ -146,9 +149,15 @@ pub(crate) fn to_status(e: Error) -> Status {
         }
         Error::ShuttingDown => Status::unavailable(e.to_string()),
         Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
-        Error::UnknownWorker(_) | Error::NotLeased { .. } | Error::AlreadyFailed { .. } => {
-            Status::failed_precondition(e.to_string())
+        Error::UnknownWorker(_)
+        | Error::NotLeased { .. }
+        | Error::AlreadyFailed { .. }
+        | Error::UnitCancelled { .. }
+        | Error::ControlRefused { .. } => Status::failed_precondition(e.to_string()),
+        Error::NotSubmitter { .. } | Error::Uncontrollable(_) => {
+            Status::permission_denied(e.to_string())
         }
+        Error::DuplicateUnit { .. } => Status::already_exists(e.to_string()),
         Error::Store(_) if e.is_disk_full() => {
             tracing::error!("refused a change: {e}");
             Status::resource_exhausted(format!(

@@ -55,8 +55,8 @@ use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
 use super::schema::{self, FIRST_POSTGRES_VERSION, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, digest,
-    failure_of, intact_output, merge_units, vote_seal, worker_id,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, control_of,
+    digest, failure_of, intact_output, merge_units, vote_seal, worker_id,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -80,6 +80,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const UNIT_PENDING: i64 = 0;
 const UNIT_VERIFIED: i64 = 1;
 const UNIT_FAILED: i64 = 2;
+const UNIT_CANCELLED: i64 = 3;
 
 /// Every account with its credit, verified units, latest team and workers: the SQLite
 /// store's query in PostgreSQL. The sum is `NUMERIC` in PostgreSQL (it cannot overflow)
@@ -227,6 +228,45 @@ const FENCE_WAIT: Duration = Duration::from_secs(10);
 const APPLICATION: &str = "fallow coordinator";
 
 impl PostgresStore {
+    /// Verified units as read (`id, name, output, digest, fuel, settled_ms`), each with its
+    /// signers, checked against its digest: a mismatch is [`StoredOutput::Corrupt`].
+    async fn stored_outputs(&self, rows: Vec<PgRow>) -> Result<Vec<StoredOutput>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: i64 = row.try_get("id")?;
+            let unit = UnitId(count(&row, "id")?);
+            let name: String = row.try_get("name")?;
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            let verified_ms: Option<i64> = row.try_get("settled_ms")?;
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: unbits(fuel),
+                signers,
+                verified_ms: verified_ms.map_or(0, unbits),
+            }));
+        }
+        Ok(out)
+    }
+
     /// Connects to the database at `url`, takes the coordinator lock (waiting up to
     /// [`LOCK_WAIT`] for a coordinator just stopped to let go of it), then creates or
     /// migrates the schema. Errors name the URL without its password. A database another
@@ -630,6 +670,7 @@ fn project_from_row(row: &PgRow) -> Result<Project, Error> {
             (true, None) => Aggregate::Ready,
             (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
         },
+        control: control_of(row.try_get("control")?)?,
     })
 }
 
@@ -790,6 +831,66 @@ async fn change(tx: &mut PgConnection, change: &Change, now: i64) -> Result<(), 
             required,
         } => reopen(tx, *unit, Some(*revoke), *required).await?,
         Change::Reverify { unit, required } => reopen(tx, *unit, None, *required).await?,
+        Change::Control { project, state } => {
+            sqlx::query("UPDATE projects SET control = $1 WHERE id = $2")
+                .bind(state.code())
+                .bind(id(project.0)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::CancelUnits { project } => {
+            sqlx::query(
+                "DELETE FROM votes WHERE unit IN (SELECT id FROM units WHERE project = $1 AND state = $2)",
+            )
+            .bind(id(project.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE units SET state = $1, settled_ms = $2 WHERE project = $3 AND state = $4",
+            )
+            .bind(UNIT_CANCELLED)
+            .bind(now)
+            .bind(id(project.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Retried {
+            unit,
+            target,
+            required,
+        } => {
+            sqlx::query(
+                "UPDATE units SET state = $1, reason = NULL, settled_ms = NULL, target = $2, required = $3
+                 WHERE id = $4 AND state = $5",
+            )
+            .bind(UNIT_PENDING)
+            .bind(i64::from(*target))
+            .bind(i64::from(*required))
+            .bind(id(unit.0)?)
+            .bind(UNIT_FAILED)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE assignments SET state = $1, failure_kind = NULL, reason = NULL
+                 WHERE unit = $2 AND state IN ($3, $4)",
+            )
+            .bind(AssignmentState::Retried.code())
+            .bind(id(unit.0)?)
+            .bind(AssignmentState::Failed.code())
+            .bind(AssignmentState::Expired.code())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::AggregateReset { project } => {
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(id(project.0)?)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -1050,6 +1151,71 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn insert_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+        signatures: &[[u8; 64]],
+        target: u32,
+        required: u32,
+    ) -> Result<Vec<UnitId>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, project, units, signatures, target, required).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(
+            conn: &mut PgConnection,
+            project: ProjectId,
+            units: &[(String, Vec<u8>)],
+            signatures: &[[u8; 64]],
+            target: u32,
+            required: u32,
+        ) -> Result<Vec<UnitId>, Error> {
+            let mut tx = conn.begin().await?;
+            let pid = id(project.0)?;
+            let mut ids = Vec::with_capacity(units.len());
+            for (i, (name, input)) in units.iter().enumerate() {
+                // As in the SQLite store: one row at a time, the unique index finds a taken
+                // name.
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO units (project, name, input, target, required, signature)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project, name) DO NOTHING RETURNING id",
+                )
+                .bind(pid)
+                .bind(name.as_str())
+                .bind(&input[..])
+                .bind(i64::from(target))
+                .bind(i64::from(required))
+                .bind(signatures.get(i).map(|s| s.to_vec()))
+                .fetch_optional(&mut *tx)
+                .await?;
+                match inserted {
+                    Some(u) => ids
+                        .push(UnitId(u64::try_from(u).map_err(|_| {
+                            Error::Corrupt(format!("a negative unit id ({u})"))
+                        })?)),
+                    None => {
+                        return Err(Error::DuplicateUnit {
+                            project,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(pid)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(ids)
+        }
+    }
+
     async fn load(&self) -> Result<Snapshot, Error> {
         let mut snapshot = Snapshot::default();
         let mut projects = BTreeMap::new();
@@ -1057,7 +1223,7 @@ impl Store for PostgresStore {
         for row in sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
                 max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
-                adaptive, error_bound, max_checkpoint_bytes, submitter, terms
+                adaptive, error_bound, max_checkpoint_bytes, submitter, terms, control
              FROM projects ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -1172,6 +1338,7 @@ impl Store for PostgresStore {
                 project: ProjectId(count(&row, "project")?),
                 status: match row.try_get::<i64, _>("state")? {
                     UNIT_VERIFIED => UnitStatus::Verified,
+                    UNIT_CANCELLED => UnitStatus::Cancelled,
                     UNIT_FAILED => UnitStatus::Failed(
                         row.try_get::<Option<String>, _>("reason")?
                             .unwrap_or_default(),
@@ -1405,7 +1572,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT id, name, output, digest, fuel FROM units
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
              WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
         )
         .bind(project)
@@ -1414,38 +1581,36 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: i64 = row.try_get("id")?;
-            let unit = UnitId(count(&row, "id")?);
-            let name: String = row.try_get("name")?;
-            let Some((output, digest, fuel)) = intact_output(
-                row.try_get("output")?,
-                row.try_get("digest")?,
-                row.try_get("fuel")?,
-            ) else {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            };
-            let signers = sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
-            )
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await?
+        self.stored_outputs(rows).await
+    }
+
+    async fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let Ok(project) = i64::try_from(project.0) else {
+            return Ok(Vec::new());
+        };
+        // Ids past i64 name no stored unit.
+        let ids: Vec<i64> = units
             .iter()
-            .map(|b| worker_id(b))
-            .collect::<Result<_, _>>()?;
-            out.push(StoredOutput::Intact(VerifiedOutput {
-                unit,
-                name,
-                output,
-                digest,
-                fuel: unbits(fuel),
-                signers,
-            }));
+            .take(super::MAX_OUTPUTS_OF)
+            .filter_map(|u| i64::try_from(u.0).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let rows = sqlx::query(
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
+             WHERE project = $1 AND state = $2 AND id = ANY($3) ORDER BY name",
+        )
+        .bind(project)
+        .bind(UNIT_VERIFIED)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        self.stored_outputs(rows).await
     }
 
     async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {

@@ -118,6 +118,7 @@ suite!(
     an_output_changed_at_rest_is_refused_when_read,
     same_units_compares_names_and_inputs_in_order,
     the_group_commit_applies_every_write_in_order_or_none,
+    project_control_survives_reopening,
 );
 
 /// `load` and `load_units` together, with the unit counters applied to the projects.
@@ -133,6 +134,7 @@ pub(super) async fn load_all<S: Store>(store: &S) -> (Snapshot, Vec<StoredUnit>)
             p.stats.total += c.total;
             p.stats.verified += c.verified;
             p.stats.failed += c.failed;
+            p.stats.cancelled += c.cancelled;
             p.stats.executions += c.executions;
         }
     }
@@ -320,6 +322,30 @@ async fn state_survives_reopening_and_results_are_recorded_once<B: Backend>() {
         (1, "a", &b"out"[..])
     );
     assert_eq!(outputs[0].signers.len(), 2);
+    assert_eq!(
+        outputs[0].verified_ms, 3,
+        "the first record's time, not the second's"
+    );
+    // By id (`fallow results --follow`): only verified units of this project come back.
+    let of = intact(
+        store
+            .verified_outputs_of(project, &[units[1], units[0], UnitId(u64::MAX)])
+            .await
+            .expect("outputs of"),
+    );
+    assert_eq!(
+        of.iter()
+            .map(|o| (o.unit, o.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(units[0], "a")]
+    );
+    assert!(
+        store
+            .verified_outputs_of(ProjectId(project.0 + 1), &[units[0]])
+            .await
+            .expect("other project")
+            .is_empty()
+    );
 }
 
 async fn reopening_a_unit_withdraws_its_output_and_the_liars_credit_once<B: Backend>() {
@@ -909,4 +935,148 @@ async fn every_coordinator_on_a_database_loads_the_first_ones_deployment() {
             "{name}"
         );
     }
+}
+
+/// What `fallow retry`, `extend`, `pause` and `cancel` change is on disk: a retried unit is
+/// pending with its failed replica cleared, added units load (a taken name adds nothing),
+/// the aggregate they outdate is dropped, and the control state and cancelled units load
+/// after a restart.
+async fn project_control_survives_reopening<B: Backend>() {
+    use protocol::control::State;
+    let b = B::new();
+    let w = Identity::from_seed([1; 32]).id();
+    let mut three = spec();
+    three.units.push(("c".into(), b"3".to_vec()));
+    three.reducer = Some(b"r".to_vec());
+    let (project, units) = {
+        let store = b.open().await.expect("open");
+        let (project, units) = store
+            .insert_project(&three, Digest::of(b"m"), Some(Digest::of(b"r")), 1)
+            .await
+            .expect("insert");
+        store
+            .insert_assignments(&[(units[0], w), (units[1], w)], 2)
+            .await
+            .expect("lease");
+        let trap = Failure::new(FailureKind::Trap, "unreachable");
+        store
+            .apply(
+                &[
+                    Change::Replica {
+                        unit: units[0],
+                        worker: w,
+                        state: AssignmentState::Failed,
+                        failure: Some(trap),
+                    },
+                    Change::UnitFailed {
+                        unit: units[0],
+                        reason: "trap".into(),
+                    },
+                ],
+                3,
+            )
+            .await
+            .expect("fail a");
+        let verified = Verified {
+            digest: Digest::of(b"out"),
+            fuel: 7,
+            signers: vec![w],
+        };
+        assert!(
+            store
+                .record_verified(units[1], b"out", &verified, &[], 4)
+                .await
+                .expect("verify b")
+        );
+        store
+            .set_aggregate(project, Ok(b"agg".to_vec()))
+            .await
+            .expect("aggregate");
+        store
+            .apply(
+                &[
+                    Change::Retried {
+                        unit: units[0],
+                        target: 2,
+                        required: 2,
+                    },
+                    Change::Control {
+                        project,
+                        state: State::Paused,
+                    },
+                ],
+                5,
+            )
+            .await
+            .expect("retry and pause");
+        // A taken name adds nothing, not even the new unit before it.
+        let e = store
+            .insert_units(
+                project,
+                &[("e".into(), b"5".to_vec()), ("b".into(), b"x".to_vec())],
+                &[[1; 64], [2; 64]],
+                2,
+                2,
+            )
+            .await
+            .expect_err("b is taken");
+        assert!(e.to_string().contains("\"b\""), "{e}");
+        let added = store
+            .insert_units(project, &[("d".into(), b"4".to_vec())], &[[9; 64]], 2, 2)
+            .await
+            .expect("extend");
+        assert_eq!(added.len(), 1);
+        assert_eq!(store.aggregate(project).await.expect("read"), None);
+        let inputs = store.unit_inputs(&added).await.expect("inputs");
+        assert_eq!(inputs[0].name, "d");
+        assert_eq!(inputs[0].signature, Some([9; 64]));
+        (project, units)
+    };
+    {
+        let store = b.open().await.expect("reopen");
+        let (snap, loaded) = load_all(&store).await;
+        let p = snap.projects.iter().find(|p| p.id == project).expect("p");
+        assert_eq!(p.control, State::Paused);
+        assert_eq!((p.stats.total, p.stats.verified, p.stats.failed), (4, 1, 0));
+        assert_eq!(p.aggregate, Aggregate::Pending);
+        let a = loaded.iter().find(|u| u.id == units[0]).expect("a");
+        assert_eq!(a.status, UnitStatus::Pending);
+        assert_eq!(a.replicas, [(w, AssignmentState::Retried, None)]);
+        store
+            .apply(
+                &[
+                    Change::Control {
+                        project,
+                        state: State::Cancelled,
+                    },
+                    Change::CancelUnits { project },
+                ],
+                6,
+            )
+            .await
+            .expect("cancel");
+    }
+    let store = b.open().await.expect("reopen again");
+    let (snap, loaded) = load_all(&store).await;
+    let p = snap.projects.iter().find(|p| p.id == project).expect("p");
+    assert_eq!(p.control, State::Cancelled);
+    assert_eq!((p.stats.verified, p.stats.cancelled), (1, 3));
+    let states: Vec<_> = loaded.iter().map(|u| u.status.clone()).collect();
+    assert_eq!(
+        states,
+        [
+            UnitStatus::Cancelled,
+            UnitStatus::Verified,
+            UnitStatus::Cancelled,
+            UnitStatus::Cancelled
+        ]
+    );
+    // Verified results stay.
+    let outputs = intact(
+        store
+            .verified_outputs(project, None, 10)
+            .await
+            .expect("outputs"),
+    );
+    assert_eq!(outputs.len(), 1);
 }

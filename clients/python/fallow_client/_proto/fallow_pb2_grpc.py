@@ -104,6 +104,16 @@ class CoordinatorStub:
                 request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsRequest.SerializeToString,
                 response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsResponse.FromString,
                 _registered_method=True)
+        self.ControlProject = channel.unary_unary(
+                '/fallow.v1.Coordinator/ControlProject',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+                _registered_method=True)
+        self.ExtendProject = channel.unary_unary(
+                '/fallow.v1.Coordinator/ExtendProject',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -207,6 +217,24 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlProject(self, request, context):
+        """Project control by its submitter: cancel, pause, resume, retry failed units, or run
+        the reducer again. Carries a `fallow-call` header like a worker call, signed by the
+        submitter key the request names; any key but the project's is refused with
+        PERMISSION_DENIED (protocol::control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendProject(self, request, context):
+        """More units for a running or finished project, each signed by the submitter like a
+        submitted unit (under the project's terms); authenticated as ControlProject.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +302,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListAccounts,
                     request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsRequest.FromString,
                     response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'ControlProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlProject,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.SerializeToString,
+            ),
+            'ExtendProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendProject,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -632,6 +670,60 @@ class Coordinator:
             '/fallow.v1.Coordinator/ListAccounts',
             fallow__client_dot___proto_dot_fallow__pb2.ListAccountsRequest.SerializeToString,
             fallow__client_dot___proto_dot_fallow__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/ControlProject',
+            fallow__client_dot___proto_dot_fallow__pb2.ControlRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/ExtendProject',
+            fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
             options,
             channel_credentials,
             insecure,
