@@ -23,9 +23,12 @@
 
   // As render.rs `outcome_label`: a finished project whose units or reducer failed is not
   // "done".
-  var OUTCOMES = { done: "done", partial: "done, some units failed", failed: "failed" };
+  var OUTCOMES = {
+    done: "done", partial: "done, some units failed", failed: "failed", cancelled: "cancelled"
+  };
 
   function eta(p) {
+    if (p.outcome === "paused") return "paused";
     if (p.finished) return OUTCOMES[p.outcome] || "\u2014";
     return p.eta_seconds == null ? "unknown" : duration(p.eta_seconds);
   }

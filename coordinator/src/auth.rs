@@ -387,7 +387,7 @@ fn create_empty(path: &Path) -> Result<(), Error> {
 /// Writes `bytes` to `path` atomically (temporary file, then rename), readable by its
 /// owner only. The temporary file's name is this process's own, so two processes
 /// writing the same list (a coordinator and `fallow token`) never share one.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));

@@ -16,7 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 /// The caps, in bytes of request body (gRPC framing included).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caps {
-    /// `SubmitProject`: the whole project (`CoordinatorConfig::max_message_bytes`).
+    /// `SubmitProject` and `ExtendProject`: the whole project, or the units added to it
+    /// (`CoordinatorConfig::max_message_bytes`).
     pub upload: usize,
     /// `SubmitCertificate`: an output of up to 64 MiB plus its claims.
     pub certificate: usize,
@@ -43,7 +44,7 @@ impl Caps {
     /// The cap for a request to `path` (`/fallow.v1.Coordinator/Method`).
     pub(crate) fn for_path(&self, path: &str) -> usize {
         match path.rsplit('/').next() {
-            Some("SubmitProject") => self.upload,
+            Some("SubmitProject" | "ExtendProject") => self.upload,
             // One data file streamed in chunks, with room for the framing of small chunks;
             // the handler holds the file to the size its first message announces.
             Some("PutData") => {
@@ -145,6 +146,10 @@ mod tests {
         assert_eq!(
             caps.for_path("/fallow.v1.Coordinator/SubmitCertificate"),
             (64 << 20) + (1 << 20)
+        );
+        assert_eq!(
+            caps.for_path("/fallow.v1.Coordinator/ExtendProject"),
+            caps.for_path("/fallow.v1.Coordinator/SubmitProject")
         );
         assert_eq!(caps.for_path("/fallow.v1.Coordinator/Heartbeat"), 4 << 20);
         assert_eq!(caps.for_path("/"), 4 << 20);

@@ -17,6 +17,8 @@
 //! - `dashboard`: the read-only web dashboard, JSON API and `/metrics`, served on the same
 //!   port as gRPC; [`mosaic`] paints Mandelbrot tiles into a picture.
 //! - [`tls`]: the certificate served off loopback (self-signed on first start).
+//! - [`deployment`]: on PostgreSQL, the key, certificate and tokens kept in the database,
+//!   so every coordinator on it (active, then a standby taking over) is the same deployment.
 //! - `body_limit`: request size caps per method (uploads large, everything else small).
 //! - `modules`: `GetModule` in bounded memory (a shared cache, a send budget, turns per
 //!   caller address). Connections themselves are bounded by the `connections` crate.
@@ -27,6 +29,7 @@
 pub mod auth;
 mod body_limit;
 mod dashboard;
+pub mod deployment;
 pub mod fleet;
 mod modules;
 mod reducer;
@@ -287,6 +290,54 @@ pub enum Error {
     /// A dispute that proves nothing (agreeing, foreign or forged claims).
     #[error("dispute rejected: {0}")]
     BadDispute(String),
+    /// The unit's project was cancelled; results for it are no longer accepted.
+    #[error("unit {unit} was cancelled with its project: its result is no longer wanted")]
+    UnitCancelled {
+        /// The unit.
+        unit: UnitId,
+    },
+    /// A control call signed by a key other than the project's submitter; nothing changed.
+    #[error(
+        "project {project} was submitted by key {submitter}: only that key may control it \
+         (this call was signed by {key}; pass the submitter's key file with --key)"
+    )]
+    NotSubmitter {
+        /// The project.
+        project: ProjectId,
+        /// Its submitter.
+        submitter: protocol::SubmitterKey,
+        /// Who signed the call.
+        key: protocol::SubmitterKey,
+    },
+    /// A control call for a project from before projects were signed: it has no
+    /// submitter key, so nobody may control it. Nothing changed.
+    #[error(
+        "project {0} was submitted before projects were signed: it has no submitter key, so \
+         nobody can control it"
+    )]
+    Uncontrollable(ProjectId),
+    /// A control call that does not apply to the project as it stands (cancelled, nothing
+    /// to retry, no reducer, …); the text says why and what to do. Nothing changed.
+    #[error("cannot {action} project {project}: {reason}")]
+    ControlRefused {
+        /// The verb (`pause`, `retry`, …).
+        action: &'static str,
+        /// The project.
+        project: ProjectId,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// An extension names a unit the project already has; nothing was added.
+    #[error(
+        "project {project} already has a unit named {name:?}: units added by `fallow extend` \
+         need new names; nothing was added"
+    )]
+    DuplicateUnit {
+        /// The project.
+        project: ProjectId,
+        /// The unit name taken.
+        name: String,
+    },
     /// Malformed message, bad signature or invalid certificate.
     #[error(transparent)]
     Protocol(#[from] protocol::Error),
@@ -423,7 +474,8 @@ pub struct CoordinatorConfig {
     /// The PostgreSQL database to keep the store in (`postgres://USER@HOST:PORT/DB` or
     /// `postgresql://…`; a password may be given in the URL or by `PGPASSWORD`). Default
     /// `None`: the embedded SQLite store `data_dir/fallow.db`. Either way `data_dir` keeps
-    /// the coordinator's key, TLS certificate and tokens (see [`store::postgres`]).
+    /// the coordinator's key, TLS certificate and tokens; on PostgreSQL `fallow
+    /// coordinator` keeps the originals in the database ([`deployment`]).
     pub database: Option<String>,
     /// Test-only fault injection: hand every unit out with one byte of its input changed,
     /// as a compromised coordinator would (workers must refuse to run it). Default false.

@@ -91,6 +91,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use protocol::certificate::{self, Certificate, UnitFacts, Verified};
+use protocol::control::{Action, Done, State};
 use protocol::rng::SplitMix64;
 use protocol::{Claim, Digest, Failure, Limits, ProjectId, UnitId, WorkerId};
 
@@ -190,6 +191,9 @@ pub struct Project {
     pub signer: Option<protocol::provenance::Signer>,
     /// The project's data files, sorted by name (sent with every assignment).
     pub data: std::sync::Arc<[protocol::data::DataFile]>,
+    /// The submitter's control: active, paused (no new leases) or cancelled (final). See
+    /// [`Scheduler::pause`] and the other control methods.
+    pub control: State,
 }
 
 /// A project's aggregate, as far as the scheduler needs to know (the bytes stay in the
@@ -217,6 +221,8 @@ pub struct ProjectStats {
     pub verified: u64,
     /// Units failed.
     pub failed: u64,
+    /// Units ended by a cancel before they settled.
+    pub cancelled: u64,
     /// Executions handed out (all replicas, disputes included).
     pub executions: u64,
     /// Disputes that raised a unit's replica target (disagreeing claims).
@@ -234,9 +240,9 @@ pub struct ProjectStats {
 }
 
 impl Project {
-    /// Whether every unit is verified or failed.
+    /// Whether every unit is settled: verified, failed or cancelled.
     pub fn finished(&self) -> bool {
-        self.stats.verified + self.stats.failed >= self.stats.total
+        self.stats.verified + self.stats.failed + self.stats.cancelled >= self.stats.total
     }
 }
 
@@ -249,6 +255,8 @@ pub enum UnitStatus {
     Verified,
     /// Failed with a reason.
     Failed(String),
+    /// Ended unsettled by its project's cancel.
+    Cancelled,
 }
 
 /// What happened to one replica.
@@ -264,6 +272,10 @@ pub enum AssignmentState {
     Returned,
     /// Its unit was re-opened after it had been verified: done, but no longer counted.
     Superseded,
+    /// Ended (failed or expired) before its unit was sent back by `fallow retry`: an
+    /// execution that happened, but no longer counted against `max_replicas`, and its
+    /// worker may take the unit again.
+    Retried,
 }
 
 impl AssignmentState {
@@ -275,6 +287,7 @@ impl AssignmentState {
             AssignmentState::Expired => 2,
             AssignmentState::Returned => 3,
             AssignmentState::Superseded => 4,
+            AssignmentState::Retried => 5,
         }
     }
 
@@ -285,6 +298,7 @@ impl AssignmentState {
             1 => AssignmentState::Failed,
             3 => AssignmentState::Returned,
             4 => AssignmentState::Superseded,
+            5 => AssignmentState::Retried,
             _ => AssignmentState::Expired,
         }
     }
@@ -333,7 +347,9 @@ impl Unit {
             .filter(|r| {
                 !matches!(
                     r.state,
-                    AssignmentState::Returned | AssignmentState::Superseded
+                    AssignmentState::Returned
+                        | AssignmentState::Superseded
+                        | AssignmentState::Retried
                 )
             })
             .count() as u32
@@ -370,6 +386,8 @@ pub enum UnitState {
     Verified,
     /// Failed for good.
     Failed,
+    /// Cancelled with its project.
+    Cancelled,
 }
 
 /// A unit that wants another replica which no online worker may take: every online
@@ -501,6 +519,34 @@ pub enum Change {
         errors_in_row: u32,
         /// Throttled to one unit per day (and flagged).
         throttled: bool,
+    },
+    /// The submitter paused, resumed or cancelled the project.
+    Control {
+        /// The project.
+        project: ProjectId,
+        /// Its state now.
+        state: State,
+    },
+    /// Every unit of the project still pending ends as cancelled (its votes dropped).
+    CancelUnits {
+        /// The project.
+        project: ProjectId,
+    },
+    /// A failed unit goes back to pending (`fallow retry`): its reason is cleared, its
+    /// failed and expired replicas become [`AssignmentState::Retried`] without their
+    /// failures.
+    Retried {
+        /// The unit.
+        unit: UnitId,
+        /// Replicas wanted.
+        target: u32,
+        /// Matching claims needed.
+        required: u32,
+    },
+    /// The project's aggregate (or reducer failure) is dropped: it is computed again.
+    AggregateReset {
+        /// The project.
+        project: ProjectId,
     },
 }
 
@@ -794,11 +840,18 @@ fn needs_established(unit: &Unit, trust: &HashMap<(WorkerId, ProjectId), Trust>)
 /// or a small fleet whose workers handed a unit back could never give it its replicas.
 fn clash(unit: &Unit, worker: WorkerId, account: &Arc<str>, subnet: Option<&Arc<str>>) -> bool {
     unit.replicas.iter().any(|r| {
-        r.state != AssignmentState::Returned
+        counts_for_clash(r.state)
             && (r.worker == worker
                 || r.account == *account
                 || (subnet.is_some() && r.subnet.as_ref() == subnet))
     })
+}
+
+/// Whether a replica in `state` keeps its worker, account and network from another replica
+/// of the unit: all do but one handed back unrun, and one from before a `fallow retry`
+/// (the retry clears the unit's history, so a small fleet can run it again).
+fn counts_for_clash(state: AssignmentState) -> bool {
+    !matches!(state, AssignmentState::Returned | AssignmentState::Retried)
 }
 
 /// The full state of unit `id`, expanding a compact slot (a free function, so callers can
@@ -935,6 +988,11 @@ impl Scheduler {
         votes: Vec<Claim>,
         now: u64,
     ) {
+        // A paused project's units wait outside the queue and the pool until `resume`.
+        let leasable = self
+            .projects
+            .get(&project)
+            .is_none_or(|p| p.control == State::Active);
         if replicas.is_empty() && votes.is_empty() {
             let defaults = self
                 .projects
@@ -943,7 +1001,9 @@ impl Scheduler {
             match status {
                 UnitStatus::Pending if defaults == Some((target, required.max(1))) => {
                     self.units.insert(id, Slot::Fresh(project));
-                    self.queue.push_back(id);
+                    if leasable {
+                        self.queue.push_back(id);
+                    }
                     return;
                 }
                 UnitStatus::Verified if !self.pinned.contains(&id) => {
@@ -981,7 +1041,7 @@ impl Scheduler {
         if unit.live() > 0 {
             self.leases.push(Reverse((until, id)));
         }
-        if unit.wants_replica() {
+        if unit.wants_replica() && leasable {
             if unit.replicas.is_empty() && unit.votes.is_empty() {
                 self.queue.push_back(id);
             } else {
@@ -993,19 +1053,13 @@ impl Scheduler {
     }
 
     /// Adds counters of units loaded from the store (start-up, after [`Scheduler::add_unit`]).
-    pub fn restore_counts(
-        &mut self,
-        id: ProjectId,
-        total: u64,
-        verified: u64,
-        failed: u64,
-        executions: u64,
-    ) {
+    pub fn restore_counts(&mut self, id: ProjectId, counts: crate::store::LoadedCounts) {
         if let Some(p) = self.projects.get_mut(&id) {
-            p.stats.total += total;
-            p.stats.verified += verified;
-            p.stats.failed += failed;
-            p.stats.executions += executions;
+            p.stats.total += counts.total;
+            p.stats.verified += counts.verified;
+            p.stats.failed += counts.failed;
+            p.stats.cancelled += counts.cancelled;
+            p.stats.executions += counts.executions;
         }
     }
 
@@ -1055,9 +1109,9 @@ impl Scheduler {
                     if u.wants_replica()
                         && u.replicas.len() >= online.len()
                         && online.iter().all(|account| {
-                            u.replicas.iter().any(|r| {
-                                r.state != AssignmentState::Returned && &*r.account == *account
-                            })
+                            u.replicas
+                                .iter()
+                                .any(|r| counts_for_clash(r.state) && &*r.account == *account)
                         }) =>
                 {
                     Some(Waiting {
@@ -1118,6 +1172,7 @@ impl Scheduler {
                 state: match u.status {
                     UnitStatus::Verified => UnitState::Verified,
                     UnitStatus::Failed(_) => UnitState::Failed,
+                    UnitStatus::Cancelled => UnitState::Cancelled,
                     UnitStatus::Pending if u.live() > 0 => UnitState::Running,
                     UnitStatus::Pending => UnitState::Pending,
                 },
@@ -1192,6 +1247,8 @@ impl Scheduler {
         now: u64,
         accept: &dyn Fn(&Project) -> bool,
     ) -> Assigned {
+        // Units of paused and cancelled projects are never leased.
+        let accept = &|p: &Project| p.control == State::Active && accept(p);
         let mut out = Assigned::default();
         let standing = self.standing(worker);
         let max = if standing.throttled {
@@ -1377,6 +1434,11 @@ impl Scheduler {
         let Some(project) = self.projects.get(&unit.project) else {
             return Open::No;
         };
+        if project.control != State::Active {
+            // Paused or cancelled: out of the pool; `resume` pools it again.
+            unit.pooled = false;
+            return Open::Gone;
+        }
         if clash(unit, who.worker, who.account, who.subnet) || !(who.accept)(project) {
             return Open::No;
         }
@@ -1406,6 +1468,13 @@ impl Scheduler {
                 None | Some(Slot::Verified(_)) => continue, // settled: drop from the queue
                 Some(slot) => slot.project(),
             };
+            if self
+                .projects
+                .get(&project)
+                .is_some_and(|p| p.control != State::Active)
+            {
+                continue; // paused or cancelled: dropped; `resume` queues it again
+            }
             if !self.projects.get(&project).is_some_and(accept) {
                 scan.kept.push(id);
                 continue;
@@ -1740,6 +1809,7 @@ impl Scheduler {
                     reason: reason.clone(),
                 });
             }
+            UnitStatus::Cancelled => return Err(Error::UnitCancelled { unit: id }),
             UnitStatus::Pending => {}
         }
         let project = self
@@ -2256,6 +2326,297 @@ impl Scheduler {
         } else if unit.wants_replica() {
             self.pool(id);
         }
+    }
+
+    /// The project `id` for a control `action`, refused when it is unknown or cancelled
+    /// (cancel is final; asking to cancel again is refused too, so a script learns it).
+    fn controllable(&mut self, id: ProjectId, action: Action) -> Result<&mut Project, Error> {
+        let p = self
+            .projects
+            .get_mut(&id)
+            .ok_or(Error::UnknownProject(id))?;
+        if p.control == State::Cancelled {
+            return Err(Error::ControlRefused {
+                action: action.as_str(),
+                project: id,
+                reason: "it was cancelled, which is final; its verified results stay \
+                         downloadable with `fallow results`"
+                    .into(),
+            });
+        }
+        Ok(p)
+    }
+
+    /// The units of `project`, sorted by id (an O(units) walk: control calls are rare).
+    fn units_of(&self, project: ProjectId) -> Vec<UnitId> {
+        let mut ids: Vec<UnitId> = self
+            .units
+            .iter()
+            .filter(|(_, s)| s.project() == project)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// What a control call on project `id` leaves, `units` being how many it changed: the
+    /// project's state and its units pending and leased now.
+    pub fn done(&self, id: ProjectId, units: u64) -> Done {
+        let in_progress = self.in_progress(id);
+        let (state, pending) = self.projects.get(&id).map_or((State::Active, 0), |p| {
+            let s = p.stats;
+            let settled = s.verified + s.failed + s.cancelled + in_progress;
+            (p.control, s.total.saturating_sub(settled))
+        });
+        Done {
+            state,
+            units,
+            pending,
+            in_progress,
+        }
+    }
+
+    /// Pauses a project: none of its units is leased until [`Scheduler::resume`]; leases
+    /// already out run on and their results verify as usual. Pausing a paused project
+    /// changes nothing. Refused for a cancelled project.
+    pub fn pause(&mut self, id: ProjectId) -> Result<(Done, Vec<Change>), Error> {
+        let p = self.controllable(id, Action::Pause)?;
+        if p.control == State::Paused {
+            return Ok((self.done(id, 0), Vec::new()));
+        }
+        p.control = State::Paused;
+        // Out of the fresh queue now (the open pool drops its units when a draw meets them),
+        // so a big paused project costs other projects' requests nothing.
+        let units = &self.units;
+        self.queue
+            .retain(|u| units.get(*u).is_some_and(|s| s.project() != id));
+        Ok((
+            self.done(id, 0),
+            vec![Change::Control {
+                project: id,
+                state: State::Paused,
+            }],
+        ))
+    }
+
+    /// Resumes a paused project: its units that want a replica are queued (fresh ones) or
+    /// pooled again. Resuming an active project changes nothing; refused when cancelled.
+    pub fn resume(&mut self, id: ProjectId) -> Result<(Done, Vec<Change>), Error> {
+        let p = self.controllable(id, Action::Resume)?;
+        if p.control == State::Active {
+            return Ok((self.done(id, 0), Vec::new()));
+        }
+        p.control = State::Active;
+        for unit in self.units_of(id) {
+            self.requeue(unit);
+        }
+        Ok((
+            self.done(id, 0),
+            vec![Change::Control {
+                project: id,
+                state: State::Active,
+            }],
+        ))
+    }
+
+    /// Puts a unit that wants a replica where requests find it: the fresh queue when it
+    /// has never had one, the open pool otherwise.
+    fn requeue(&mut self, id: UnitId) {
+        match self.units.get(id) {
+            Some(Slot::Fresh(_)) => self.queue.push_back(id),
+            Some(Slot::Full(u)) if u.wants_replica() => {
+                if u.replicas.is_empty() && u.votes.is_empty() {
+                    self.queue.push_back(id);
+                } else {
+                    self.pool(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Cancels a project, for good: every unit not yet settled ends as
+    /// [`UnitStatus::Cancelled`] (workers holding one learn it from their next heartbeat's
+    /// settled list and drop it; a late result for it is refused), no unit is leased any
+    /// more, verified results stay, and the reducer does not run by itself.
+    pub fn cancel(&mut self, id: ProjectId) -> Result<(Done, Vec<Change>), Error> {
+        self.controllable(id, Action::Cancel)?;
+        let in_progress = self.in_progress(id);
+        let mut cancelled = 0u64;
+        for unit in self.units_of(id) {
+            if matches!(self.units.get(unit), Some(Slot::Verified(_))) {
+                continue; // settled: left compact
+            }
+            if let Some(u) = full(&mut self.units, &self.projects, unit)
+                && u.status == UnitStatus::Pending
+            {
+                u.status = UnitStatus::Cancelled;
+                u.votes.clear();
+                u.hold_until = None;
+                cancelled += 1;
+            }
+        }
+        let units = &self.units;
+        self.queue
+            .retain(|u| units.get(*u).is_some_and(|s| s.project() != id));
+        if let Some(p) = self.projects.get_mut(&id) {
+            p.control = State::Cancelled;
+            p.stats.cancelled += cancelled;
+        }
+        let mut done = self.done(id, cancelled);
+        done.in_progress = in_progress;
+        Ok((
+            done,
+            vec![
+                Change::Control {
+                    project: id,
+                    state: State::Cancelled,
+                },
+                Change::CancelUnits { project: id },
+            ],
+        ))
+    }
+
+    /// Sends every failed unit of a project back to pending with its failure history
+    /// cleared: the reason goes, its failed and expired replicas no longer count against
+    /// `max_replicas` nor keep their workers from running it again
+    /// ([`AssignmentState::Retried`]), and it wants the project's replication anew. The
+    /// project is unfinished again; an aggregate it had is dropped and computed again once
+    /// everything settles. Refused when nothing failed, or the project was cancelled.
+    pub fn retry(&mut self, id: ProjectId) -> Result<(Done, Vec<Change>), Error> {
+        let p = self.controllable(id, Action::Retry)?;
+        if p.stats.failed == 0 {
+            return Err(Error::ControlRefused {
+                action: Action::Retry.as_str(),
+                project: id,
+                reason: "none of its units failed: there is nothing to retry".into(),
+            });
+        }
+        let (target, required) = (p.replication, p.quorum.max(1));
+        let mut changes = Vec::new();
+        if p.aggregate != Aggregate::Pending {
+            p.aggregate = Aggregate::Pending;
+            changes.push(Change::AggregateReset { project: id });
+        }
+        let mut retried = 0u64;
+        for unit in self.units_of(id) {
+            let Some(Slot::Full(u)) = self.units.get_mut(unit) else {
+                continue; // compact slots are never failed
+            };
+            if !matches!(u.status, UnitStatus::Failed(_)) {
+                continue;
+            }
+            u.status = UnitStatus::Pending;
+            u.votes.clear();
+            u.hold_until = None;
+            u.target = target;
+            u.required = required;
+            for r in u.replicas.iter_mut() {
+                if matches!(r.state, AssignmentState::Failed | AssignmentState::Expired) {
+                    r.state = AssignmentState::Retried;
+                    r.failure = None;
+                }
+            }
+            retried += 1;
+            changes.push(Change::Retried {
+                unit,
+                target,
+                required,
+            });
+            if self
+                .projects
+                .get(&id)
+                .is_some_and(|p| p.control == State::Active)
+            {
+                self.requeue(unit);
+            }
+        }
+        if let Some(p) = self.projects.get_mut(&id) {
+            p.stats.failed = p.stats.failed.saturating_sub(retried);
+        }
+        Ok((self.done(id, retried), changes))
+    }
+
+    /// Checks that units may be added to a project (it exists and was not cancelled).
+    pub fn check_extend(&mut self, id: ProjectId) -> Result<(), Error> {
+        self.controllable(id, Action::Resume)
+            .map_err(|e| match e {
+                Error::ControlRefused {
+                    project, reason, ..
+                } => Error::ControlRefused {
+                    action: "extend",
+                    project,
+                    reason,
+                },
+                e => e,
+            })
+            .map(|_| ())
+    }
+
+    /// Adds units the store has just stored to a project ([`Scheduler::check_extend`]
+    /// first): pending with the project's replication, queued unless it is paused. The
+    /// project is unfinished again; its aggregate (dropped by the store in the same
+    /// transaction) is computed again once every unit settles.
+    pub fn extend(&mut self, id: ProjectId, units: &[UnitId], now: u64) -> Done {
+        let Some(p) = self.projects.get_mut(&id) else {
+            return Done::default();
+        };
+        p.stats.total += units.len() as u64;
+        p.aggregate = Aggregate::Pending;
+        let (replication, quorum) = (p.replication, p.quorum);
+        for &unit in units {
+            self.add_unit(
+                unit,
+                id,
+                UnitStatus::Pending,
+                replication,
+                quorum,
+                Vec::new(),
+                Vec::new(),
+                now,
+            );
+        }
+        self.done(id, units.len() as u64)
+    }
+
+    /// Prepares running a project's reducer again: refused when it has none or units are
+    /// still to settle (it then runs by itself once they are), or nothing verified. Drops
+    /// the aggregate; returns the reducer and the project's limits to run it with.
+    pub fn rereduce(&mut self, id: ProjectId) -> Result<(Digest, Limits, Vec<Change>), Error> {
+        let p = self
+            .projects
+            .get_mut(&id)
+            .ok_or(Error::UnknownProject(id))?;
+        let refuse = |reason: String| Error::ControlRefused {
+            action: Action::Reduce.as_str(),
+            project: id,
+            reason,
+        };
+        let Some(reducer) = p.reducer else {
+            return Err(refuse(
+                "it has no reducer (a [reduce] section in its manifest)".into(),
+            ));
+        };
+        if !p.finished() {
+            let s = p.stats;
+            let open = s.total.saturating_sub(s.verified + s.failed + s.cancelled);
+            return Err(refuse(format!(
+                "{open} of its {} units are not settled yet; the reducer runs by itself once \
+                 they are (`fallow status {id} --wait`)",
+                s.total
+            )));
+        }
+        if p.stats.verified == 0 {
+            return Err(refuse(
+                "none of its units verified: nothing to reduce".into(),
+            ));
+        }
+        let mut changes = Vec::new();
+        if p.aggregate != Aggregate::Pending {
+            p.aggregate = Aggregate::Pending;
+            changes.push(Change::AggregateReset { project: id });
+        }
+        Ok((reducer, p.limits, changes))
     }
 
     fn fail_unit(&mut self, id: UnitId, reason: String, changes: &mut Vec<Change>) {

@@ -11,6 +11,8 @@
 //!
 //! # Layout
 //! - `handlers`: the tonic handlers (`impl Coordinator`) and their request checks.
+//! - `control`: project control by its submitter (cancel, pause, resume, retry, extend,
+//!   reduce), authenticated by the submitter key.
 //! - `data`: project data files: the chunked `PutData` upload and `GetData` download.
 //! - `projects`: submission checks against the state (disk room, earlier duplicates).
 //! - `status`: `ListProjects`' answer and the dashboard's capture.
@@ -41,6 +43,7 @@ use registry::{RegistrationLimiter, WorkerEntry};
 pub(crate) use server::run;
 use writer::Job;
 
+mod control;
 mod data;
 mod handlers;
 mod projects;
@@ -151,7 +154,13 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::UnknownWorker(_)
         | Error::NotLeased { .. }
         | Error::AlreadyFailed { .. }
-        | Error::DataNotHeld(_) => Status::failed_precondition(e.to_string()),
+        | Error::DataNotHeld(_)
+        | Error::UnitCancelled { .. }
+        | Error::ControlRefused { .. } => Status::failed_precondition(e.to_string()),
+        Error::NotSubmitter { .. } | Error::Uncontrollable(_) => {
+            Status::permission_denied(e.to_string())
+        }
+        Error::DuplicateUnit { .. } => Status::already_exists(e.to_string()),
         Error::Store(_) if e.is_disk_full() => {
             tracing::error!("refused a change: {e}");
             Status::resource_exhausted(format!(

@@ -24,15 +24,22 @@ pub fn project_status(
         Aggregate::Failed(e) => e.clone(),
         Aggregate::Pending | Aggregate::Ready => String::new(),
     };
-    let finished = p.finished() && (p.reducer.is_none() || p.aggregate != Aggregate::Pending);
+    // A cancelled project is finished without its reducer, which does not run by itself.
+    let finished = p.finished()
+        && (p.reducer.is_none()
+            || p.aggregate != Aggregate::Pending
+            || p.control == protocol::control::State::Cancelled);
     ProjectStatus {
         id: p.id,
         name: p.name.clone(),
         total: s.total,
         verified: s.verified,
         failed: s.failed,
+        cancelled: s.cancelled,
         in_progress,
-        pending: s.total.saturating_sub(s.verified + s.failed + in_progress),
+        pending: s
+            .total
+            .saturating_sub(s.verified + s.failed + s.cancelled + in_progress),
         executions: s.executions,
         disputes: s.disputes,
         replication: p.replication,
@@ -45,15 +52,17 @@ pub fn project_status(
         finished,
         outcome: Outcome::of(
             s.total,
-            s.verified,
-            s.failed,
+            (s.verified, s.failed, s.cancelled),
             finished,
             p.reducer.is_some() && matches!(p.aggregate, Aggregate::Failed(_)),
+            p.control,
         ),
+        state: p.control,
         has_reducer: p.reducer.is_some(),
         aggregate_ready: p.aggregate == Aggregate::Ready,
         aggregate_error,
         submitter: p.signer.map(|g| g.key.to_hex()).unwrap_or_default(),
+        terms: p.signer.map(|g| g.terms),
         workers_running: fleet.running,
         workers_suspended: fleet.suspended,
         workers_idle: fleet.idle,

@@ -124,6 +124,8 @@ pub struct LoadedCounts {
     pub verified: u64,
     /// Failed units.
     pub failed: u64,
+    /// Units cancelled with their project.
+    pub cancelled: u64,
     /// Executions (replicas not handed back).
     pub executions: u64,
 }
@@ -158,6 +160,12 @@ pub(crate) fn failure_of(kind: Option<String>, reason: Option<String>) -> Option
 /// A worker key read back from the store; a malformed one is corruption.
 pub(crate) fn worker_id(bytes: &[u8]) -> Result<WorkerId, Error> {
     WorkerId::from_slice("stored worker id", bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// A project's stored control state; a code this version does not know is corruption.
+pub(crate) fn control_of(code: i64) -> Result<protocol::control::State, Error> {
+    protocol::control::State::from_code(code)
+        .ok_or_else(|| Error::Corrupt(format!("project control state {code}")))
 }
 
 /// A digest read back from the store; a malformed one is corruption.
@@ -245,6 +253,7 @@ where
         match row.status {
             UnitStatus::Verified => c.verified += 1,
             UnitStatus::Failed(_) => c.failed += 1,
+            UnitStatus::Cancelled => c.cancelled += 1,
             UnitStatus::Pending => {}
         }
         let required = match row.required {
@@ -287,6 +296,10 @@ pub enum Write {
     Worker(StoredWorker),
 }
 
+/// Most unit ids one [`Store::verified_outputs_of`] call looks up (one statement's
+/// parameters stay far below SQLite's limit of 32,766).
+pub const MAX_OUTPUTS_OF: usize = 256;
+
 /// A verified output for `fallow results`, whose bytes matched their digest when read.
 #[derive(Debug, Clone)]
 pub struct VerifiedOutput {
@@ -302,6 +315,8 @@ pub struct VerifiedOutput {
     pub fuel: u64,
     /// Who signed the certificate.
     pub signers: Vec<WorkerId>,
+    /// When the coordinator recorded it (Unix milliseconds).
+    pub verified_ms: u64,
 }
 
 /// A verified unit whose stored output no longer matches the digest it was verified with
@@ -363,6 +378,20 @@ pub trait Store: Send + Sync + 'static {
         reducer: Option<Digest>,
         now: u64,
     ) -> impl Future<Output = Result<(ProjectId, Vec<UnitId>), Error>> + Send;
+
+    /// Adds signed units to an existing project (`fallow extend`) in one transaction, each
+    /// wanting `target` replicas and `required` matching claims, and drops the project's
+    /// aggregate (it is computed again once they settle). A name the project already has
+    /// is refused ([`Error::DuplicateUnit`], naming it) and nothing is added. Returns the
+    /// new units' ids in the order given.
+    fn insert_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+        signatures: &[[u8; 64]],
+        target: u32,
+        required: u32,
+    ) -> impl Future<Output = Result<Vec<UnitId>, Error>> + Send;
 
     /// Loads everything the scheduler needs but the units.
     fn load(&self) -> impl Future<Output = Result<Snapshot, Error>> + Send;
@@ -437,6 +466,16 @@ pub trait Store: Send + Sync + 'static {
         project: ProjectId,
         after: Option<String>,
         limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredOutput>, Error>> + Send;
+
+    /// The verified outputs of those of `units` that belong to `project` and are verified
+    /// in the store, sorted by unit name (at most [`MAX_OUTPUTS_OF`] ids a call; the rest
+    /// are ignored). Checked as they are read, like [`Store::verified_outputs`]. A unit the
+    /// scheduler has verified but the writer has not yet committed is simply absent.
+    fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
     ) -> impl Future<Output = Result<Vec<StoredOutput>, Error>> + Send;
 
     /// Every worker that ever held a lease on `unit` or was credited for it.

@@ -47,16 +47,19 @@ pub enum Command {
         /// Address to serve the gRPC API and the read-only dashboard on (port 0 picks a free
         /// port; the chosen address is printed as `listening on ADDR`, then the dashboard's
         /// URL as `dashboard on http://ADDR/`).
-        #[arg(long, default_value = "127.0.0.1:7070")]
+        #[arg(long, env = "FALLOW_LISTEN", default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
         /// Data directory; restarting on the same one resumes everything. With --database
-        /// it keeps only the coordinator's key, TLS certificate and tokens.
+        /// it keeps only a copy of the deployment's key, TLS certificate and tokens, whose
+        /// originals are in the database (the same for every coordinator on it).
         #[arg(long, default_value = "fallow-data")]
         data: PathBuf,
         /// Keep the store (projects, units, results, workers, credit) in PostgreSQL instead
         /// of DATA/fallow.db: postgres://USER[:PASSWORD]@HOST:PORT/DB (or postgresql://;
         /// PGPASSWORD works too). The database must exist; the coordinator creates its
-        /// tables. One coordinator per database.
+        /// tables. One coordinator serves a database at a time: another started on it is a
+        /// standby, which says so, waits, and takes over (printing `listening on ADDR`)
+        /// when the active one stops or dies.
         #[arg(
             long,
             env = "FALLOW_DATABASE",
@@ -128,13 +131,18 @@ pub enum Command {
         /// Coordinator URL (when no --attach is given): http://127.0.0.1:PORT on loopback,
         /// otherwise https://HOST:PORT#sha256=HEX as `fallow coordinator` prints it (without
         /// `#sha256=` the first certificate seen is trusted and remembered in
-        /// DATA/known_coordinators).
-        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+        /// DATA/known_coordinators). A comma-separated list URL1,URL2,… names the
+        /// coordinators of ONE deployment (an active one and standbys on one PostgreSQL):
+        /// the worker works for one at a time and, when it cannot reach it for a few
+        /// seconds, moves to the next, keeping its key, credit and units. Independent
+        /// coordinators are --attach flags instead.
+        #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR, value_name = "URL[,URL…]")]
         coordinator: String,
-        /// Work for this coordinator (URL as for --coordinator) with a resource share (default 100); repeat for
-        /// several. Cores are split over time in proportion to the shares of those with
-        /// work. Replaces --coordinator.
-        #[arg(long, value_name = "URL[=SHARE]")]
+        /// Work for this coordinator (URL as for --coordinator, or a comma-separated list of
+        /// one deployment's coordinators) with a resource share (default 100); repeat for
+        /// several independent coordinators. Cores are split over time in proportion to the
+        /// shares of those with work. Replaces --coordinator.
+        #[arg(long, value_name = "URL[,URL…][=SHARE]")]
         attach: Vec<String>,
         /// Most units buffered per coordinator beyond the running ones (0: none); never
         /// more than can start before their lease runs out.
@@ -158,7 +166,7 @@ pub enum Command {
         team: String,
         /// Address for the peer service other workers call: gRPC on TCP and membership
         /// (SWIM) on UDP, same port number (port 0 = any port free for both).
-        #[arg(long, default_value = "0.0.0.0:0")]
+        #[arg(long, env = "FALLOW_PEER_LISTEN", default_value = "0.0.0.0:0")]
         peer_listen: SocketAddr,
         /// Address peers should use to reach this worker, TCP and UDP (default: derived).
         #[arg(long)]
@@ -197,8 +205,9 @@ pub enum Command {
         fault: Option<FaultArg>,
         /// A machine given over to Fallow (a server, a cluster node): never suspend for
         /// the user or for other programs (run_if_idle_minutes = 0,
-        /// suspend_cpu_busy_percent = 0; preference flags given too still win).
-        #[arg(long)]
+        /// suspend_cpu_busy_percent = 0; preference flags given too still win). Also
+        /// FALLOW_DEDICATED=1.
+        #[arg(long, env = "FALLOW_DEDICATED", value_parser = clap::builder::FalseyValueParser::new())]
         dedicated: bool,
         /// Preferences (override `prefs.toml` in --data until restart or `prefs set`).
         #[command(flatten)]
@@ -274,6 +283,31 @@ pub enum Command {
         #[arg(long, global = true, default_value = "fallow-data")]
         data: PathBuf,
     },
+    /// Cancel a project, for good: units not yet settled end as cancelled, workers drop
+    /// them, verified results stay downloadable (`fallow results`). Only the submitter key
+    /// that signed the project may.
+    Cancel(ControlArgs),
+    /// Pause a project: none of its units is leased until `fallow resume`; units already
+    /// leased may still finish and verify. Only its submitter key may.
+    Pause(ControlArgs),
+    /// Resume a paused project: its units are leased again. Only its submitter key may.
+    Resume(ControlArgs),
+    /// Run a project's failed units again: they go back to pending with their failure
+    /// history cleared (so the same workers may run them). Only its submitter key may.
+    Retry(ControlArgs),
+    /// Run a finished project's reducer again now (over its verified outputs). Only its
+    /// submitter key may.
+    Reduce(ControlArgs),
+    /// Add units to a project: MANIFEST's units (its `[inputs]`), signed under the
+    /// project's terms; its module, [limits] and quorum must be the project's (usually
+    /// the project's own manifest with new inputs). Unit names must be new. The reducer
+    /// runs again once every unit settles. Only the project's submitter key may.
+    Extend {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// The manifest whose units to add.
+        manifest: PathBuf,
+    },
     /// Show progress of one project or all.
     Status {
         /// Project id (default: all projects).
@@ -320,6 +354,13 @@ pub enum Command {
         /// Write into --out even if it holds other files or another project's results.
         #[arg(long)]
         force: bool,
+        /// Keep going while the project runs: write each output (and print or append each
+        /// JSON line) as its unit verifies, then the failed units and the aggregate once the
+        /// project is finished. Where the project stands is printed to stderr every 30 s.
+        /// A unit re-opened and verified again is written again (a later JSON line for a
+        /// unit supersedes an earlier one).
+        #[arg(long)]
+        follow: bool,
         /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
         #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
         coordinator: String,
@@ -539,4 +580,20 @@ pub enum FaultArg {
     CorruptOutput,
     /// Fail the first unit's preparation once, as a local I/O error would.
     LocalFailureOnce,
+}
+
+/// What every project control command (`fallow cancel|pause|resume|retry|reduce|extend`)
+/// takes: the project and who asks.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Project id.
+    pub project: u64,
+    /// Coordinator URL: https://HOST:PORT#sha256=HEX off loopback.
+    #[arg(long, env = "FALLOW_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+    /// The submitter key that signed the project (as for `fallow submit --key`); the call
+    /// is signed with it, and any other key is refused. Default
+    /// ~/.config/fallow/submitter.key.
+    #[arg(long, env = "FALLOW_SUBMITTER_KEY", value_name = "PATH")]
+    pub key: Option<PathBuf>,
 }

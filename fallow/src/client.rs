@@ -1,7 +1,12 @@
 //! The CLI's gRPC boundary: submit, status and results, speaking domain types.
 
+use std::time::Duration;
+
 use anyhow::{Context, anyhow, bail};
+use prost::Message;
 use proto::v1 as pb;
+use proto::wire;
+use protocol::control::{Action, Done, Extension};
 use protocol::manifest::ProjectSpec;
 use tonic::transport::Channel;
 use worker::tls::Trust;
@@ -71,7 +76,12 @@ pub struct Verified {
     pub fuel: u64,
     /// The ed25519 keys of the workers whose signed claims verified it.
     pub signers: Vec<Vec<u8>>,
+    /// When the coordinator recorded it (Unix milliseconds; 0 from an older coordinator).
+    pub verified_ms: u64,
 }
+
+/// How long a client keeps trying to reach a coordinator that does not answer.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A connected coordinator client.
 #[derive(Debug, Clone)]
@@ -86,18 +96,49 @@ impl Client {
     /// Connects to `url` (`https://HOST:PORT#sha256=HEX` off loopback, see
     /// `worker::tls`), with an error that says what to check.
     pub async fn connect(url: &str, trust: &Trust) -> anyhow::Result<Self> {
+        // A deployment's URL list, as `fallow worker --coordinator` takes it (so one
+        // FALLOW_COORDINATOR serves both): the first coordinator that answers. A standby
+        // does not listen, so it is passed over at once.
+        let mut last = None;
+        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            match Client::connect_one(one, trust).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator URL given")))
+    }
+
+    /// [`Client::connect`] to one coordinator.
+    async fn connect_one(url: &str, trust: &Trust) -> anyhow::Result<Self> {
         let connection = worker::tls::connect(url, trust)?;
-        let channel = match connection.endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                if let Some(refusal) = connection.refusal() {
-                    bail!("{refusal}");
+        // A coordinator started a moment ago (`fallow coordinator &` then `fallow submit`)
+        // may not listen yet: keep trying for a few seconds, saying so, before giving up.
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let mut said = false;
+        let channel = loop {
+            match connection.endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(e) => {
+                    if let Some(refusal) = connection.refusal() {
+                        bail!("{refusal}");
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
+                            )
+                        });
+                    }
+                    if !said {
+                        eprintln!(
+                            "the coordinator at {url} does not answer yet; trying again for {} s",
+                            CONNECT_PATIENCE.as_secs()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot reach the coordinator at {url} (is `fallow coordinator` running there?)"
-                    )
-                });
             }
         };
         Ok(Client {
@@ -287,41 +328,190 @@ impl Client {
 
     /// All results of a project.
     pub async fn results(&self, project: u64) -> anyhow::Result<Results> {
-        let mut stream = self
+        let mut stream = self.result_stream(project, false).await?;
+        let mut results = Results::default();
+        while let Some(item) = stream.next().await? {
+            match item {
+                ResultItem::Verified(v) => results.verified.push(v),
+                ResultItem::Failed { unit, reason } => results.failed.push((unit, reason)),
+                ResultItem::Aggregate(a) => results.aggregate = Some(a),
+            }
+        }
+        Ok(results)
+    }
+
+    /// A project's results as they arrive: verified outputs (in unit-name order, then, when
+    /// `follow`, each unit as it verifies until the project is finished), then failed units,
+    /// then the aggregate.
+    pub async fn result_stream(&self, project: u64, follow: bool) -> anyhow::Result<ResultStream> {
+        let inner = self
             .inner
             .clone()
             .get_results(pb::GetResultsRequest {
                 project_id: project,
+                follow,
             })
             .await
             .map_err(|s| anyhow!("{}", s.message()))?
             .into_inner();
-        let mut results = Results::default();
-        while let Some(item) = stream.message().await.map_err(|s| {
-            if s.code() == tonic::Code::DataLoss {
-                anyhow!(
-                    "the coordinator refused project {project}'s results: {}; nothing was \
-                     written: run `fallow results` again once the project is finished",
-                    s.message()
-                )
-            } else {
-                anyhow!("results stream broke: {}", s.message())
+        Ok(ResultStream { inner, project })
+    }
+
+    /// A project control call (`fallow cancel|pause|resume|retry|reduce`), signed with
+    /// the submitter key `submitter`.
+    pub async fn control(
+        &self,
+        project: u64,
+        action: Action,
+        submitter: &protocol::Identity,
+    ) -> anyhow::Result<Done> {
+        let message = pb::ControlRequest {
+            project_id: project,
+            action: wire::action_to_wire(action) as i32,
+            submitter_key: submitter.id().0.to_vec(),
+        };
+        let r = self
+            .signed("ControlProject", message, submitter, |client, request| {
+                Box::pin(async move {
+                    let mut client = client;
+                    client.control_project(request).await
+                })
+            })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?;
+        Ok(Done::from(r))
+    }
+
+    /// Adds units to a project (`fallow extend`); `extension` is signed already.
+    pub async fn extend(
+        &self,
+        extension: Extension,
+        submitter: &protocol::Identity,
+    ) -> anyhow::Result<Done> {
+        let message = pb::ExtendRequest::from(extension);
+        let r = self
+            .signed("ExtendProject", message, submitter, |client, request| {
+                Box::pin(async move {
+                    let mut client = client;
+                    client.extend_project(request).await
+                })
+            })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?;
+        Ok(Done::from(r))
+    }
+
+    /// Sends `message` to `method` with a `fallow-call` header signed by `submitter`
+    /// (`protocol::call`), stamped with this machine's clock; if the coordinator refuses
+    /// the stamp as out of range, once more on the clock it sent back.
+    async fn signed<T, R>(
+        &self,
+        method: &'static str,
+        message: T,
+        submitter: &protocol::Identity,
+        call: impl Fn(
+            pb::coordinator_client::CoordinatorClient<Channel>,
+            tonic::Request<T>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>> + Send>,
+        >,
+    ) -> Result<R, tonic::Status>
+    where
+        T: Message + Clone,
+    {
+        let body = message.encode_to_vec();
+        let local_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let request = |stamp_us: u64| {
+            let stamp = submitter.sign_call(method, stamp_us, &body);
+            let mut request = tonic::Request::new(message.clone());
+            if let Ok(value) = stamp.encode().parse() {
+                request
+                    .metadata_mut()
+                    .insert(protocol::call::CALL_HEADER, value);
             }
-        })? {
-            match item.item {
-                Some(pb::result_item::Item::Verified(v)) => results.verified.push(Verified {
+            request
+        };
+        match call(self.inner.clone(), request(local_us)).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(status) => {
+                let coordinator_ms = status
+                    .metadata()
+                    .get(protocol::call::NOW_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                match coordinator_ms {
+                    Some(ms) if status.code() == tonic::Code::Unauthenticated => {
+                        let r = call(self.inner.clone(), request(ms.saturating_mul(1000))).await?;
+                        Ok(r.into_inner())
+                    }
+                    _ => Err(status),
+                }
+            }
+        }
+    }
+}
+
+/// One result as it arrives ([`Client::result_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultItem {
+    /// A verified unit.
+    Verified(Verified),
+    /// A failed unit and why.
+    Failed {
+        /// The unit's name.
+        unit: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The aggregate, or why the reducer failed.
+    Aggregate(Result<Vec<u8>, String>),
+}
+
+/// The results of one project, item by item.
+pub struct ResultStream {
+    inner: tonic::Streaming<pb::ResultItem>,
+    project: u64,
+}
+
+impl ResultStream {
+    /// The next item; `None` at the end.
+    pub async fn next(&mut self) -> anyhow::Result<Option<ResultItem>> {
+        let project = self.project;
+        loop {
+            let Some(item) = self.inner.message().await.map_err(|s| {
+                if s.code() == tonic::Code::DataLoss {
+                    anyhow!(
+                        "the coordinator refused project {project}'s results: {}; nothing was \
+                         written: run `fallow results` again once the project is finished",
+                        s.message()
+                    )
+                } else {
+                    anyhow!("results stream broke: {}", s.message())
+                }
+            })?
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(match item.item {
+                Some(pb::result_item::Item::Verified(v)) => ResultItem::Verified(Verified {
                     unit: v.unit,
                     output: v.output,
                     digest: v.digest,
                     fuel: v.fuel,
                     signers: v.signers,
+                    verified_ms: v.verified_ms,
                 }),
-                Some(pb::result_item::Item::Failed(f)) => results.failed.push((f.unit, f.reason)),
-                Some(pb::result_item::Item::Aggregate(a)) => results.aggregate = Some(Ok(a)),
-                Some(pb::result_item::Item::AggregateError(e)) => results.aggregate = Some(Err(e)),
-                None => {}
-            }
+                Some(pb::result_item::Item::Failed(f)) => ResultItem::Failed {
+                    unit: f.unit,
+                    reason: f.reason,
+                },
+                Some(pb::result_item::Item::Aggregate(a)) => ResultItem::Aggregate(Ok(a)),
+                Some(pb::result_item::Item::AggregateError(e)) => ResultItem::Aggregate(Err(e)),
+                // An item this client does not know (a newer coordinator): skipped.
+                None => continue,
+            }));
         }
-        Ok(results)
     }
 }

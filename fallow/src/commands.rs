@@ -24,12 +24,19 @@ pub async fn coordinator(
     config.validate().context("fallow coordinator")?;
     match config.database.clone() {
         Some(url) => {
-            let store = coordinator::store::postgres::PostgresStore::connect(&url).await?;
-            // The key, TLS certificate and tokens stay in the data directory.
+            let store = stand_by(&url).await?;
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
                 format!("cannot create data directory {}", config.data_dir.display())
             })?;
-            serve(listen, tls, config, store).await
+            // The deployment's key, certificate and tokens: the database's, or this
+            // coordinator's put there if it is the first (`coordinator::deployment`).
+            let data = &config.data_dir;
+            coordinator::deployment::pull(&store, data).await?;
+            tls.identity(listen, data)?;
+            coordinator::deployment::push(&store, data, config.require_enrollment).await?;
+            coordinator::deployment::watch(store.clone(), data.clone());
+            let lost = store.lost();
+            serve(listen, tls, config, store, lost).await
         }
         None => {
             let store = coordinator::store::sqlite::SqliteStore::open_with(
@@ -39,7 +46,7 @@ pub async fn coordinator(
                 },
             )
             .await?;
-            serve(listen, tls, config, store).await
+            serve(listen, tls, config, store, std::future::pending()).await
         }
     }
 }
@@ -59,12 +66,42 @@ pub async fn coordinator_action(action: crate::cli::CoordinatorAction) -> anyhow
     }
 }
 
-/// The rest of `fallow coordinator`, once its store is open.
+/// Opens the PostgreSQL store at `url`, as a standby while another coordinator holds it:
+/// says so on stderr (stdout's first line stays `listening on ADDR`, printed once this one
+/// serves), waits, and takes over when the holder stops or dies.
+async fn stand_by(url: &str) -> anyhow::Result<coordinator::store::postgres::PostgresStore> {
+    let shown = coordinator::store::postgres::redact(url);
+    let name = format!(
+        "fallow coordinator {} pid {}",
+        host_name(),
+        std::process::id()
+    );
+    let stood = std::sync::atomic::AtomicBool::new(false);
+    let store = coordinator::store::postgres::PostgresStore::stand_by(url, &name, |holder| {
+        stood.store(true, std::sync::atomic::Ordering::Relaxed);
+        let who = holder.map_or_else(|| "another coordinator".to_string(), |h| h.to_string());
+        eprintln!(
+            "standby: {who} holds database {shown}; this coordinator waits and takes over \
+             when it stops"
+        );
+        tracing::info!(holder = %who, database = %shown, "standing by");
+    })
+    .await?;
+    if stood.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("standby: the database is free; taking over {shown}");
+        tracing::info!(database = %shown, "taking over as the active coordinator");
+    }
+    Ok(store)
+}
+
+/// The rest of `fallow coordinator`, once its store is open; it stops on Ctrl-C/SIGTERM,
+/// or with an error when `lost` completes (the store's database lock is gone).
 async fn serve(
     listen: SocketAddr,
     tls: ServeTls,
     mut config: coordinator::CoordinatorConfig,
     store: impl coordinator::store::Store,
+    lost: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let data = config.data_dir.clone();
     let identity = tls.identity(listen, &data)?;
@@ -110,7 +147,24 @@ async fn serve(
     let _ = stdout.flush();
     drop(stdout);
     config.tls = identity;
-    coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
+    let was_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let was_lost = was_lost.clone();
+        async move {
+            tokio::select! {
+                () = crate::shutdown_signal() => {}
+                () = lost => was_lost.store(true, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
+    };
+    coordinator::serve_with(listener, store, config, shutdown).await?;
+    if was_lost.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!(
+            "lost the database's coordinator lock (its connection failed), so stopped serving: \
+             two coordinators must never schedule one database at once. Start this one again: \
+             it stands by if another coordinator took over"
+        );
+    }
     Ok(())
 }
 
@@ -203,14 +257,16 @@ pub async fn submit(
     spec.sign(&submitter);
     let units = spec.units.len();
     let name = spec.name.clone();
+    let client = Client::connect(coordinator, trust).await?;
     // Without --token: the admin token of a coordinator started here on the default data
-    // dir, so the five-minute path needs no copying of secrets.
+    // dir, so the five-minute path needs no copying of secrets. Read once connected: a
+    // coordinator that was just started writes it before it answers.
     let token = token.or_else(|| {
         std::fs::read_to_string(Path::new("fallow-data").join(coordinator::auth::ADMIN_TOKEN_FILE))
             .ok()
             .map(|t| t.trim().to_string())
     });
-    let client = Client::connect(coordinator, trust).await?.with_token(token);
+    let client = client.with_token(token);
     // Data first, each file once: the coordinator refuses a project naming data it lacks.
     let uploaded = client.upload_data(&spec).await?;
     if !spec.data.is_empty() {
@@ -299,6 +355,146 @@ pub fn key(key: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fallow cancel|pause|resume|retry|reduce`: signs the call with the submitter key and
+/// says what happened.
+pub async fn control(
+    args: &crate::cli::ControlArgs,
+    trust: &Trust,
+    action: protocol::control::Action,
+) -> anyhow::Result<()> {
+    let submitter = submitter_key(args.key.clone())?;
+    let client = Client::connect(&args.coordinator, trust).await?;
+    let project = args.project;
+    let done = client
+        .control(project, action, &submitter)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "coordinator {} refused to {action} project {project}: {e}",
+                args.coordinator
+            )
+        })?;
+    println!("{}", control_sentence(project, action, &done));
+    Ok(())
+}
+
+/// What a control call did, in one sentence.
+fn control_sentence(
+    project: u64,
+    action: protocol::control::Action,
+    d: &protocol::control::Done,
+) -> String {
+    use protocol::control::Action;
+    let units = |n: u64| {
+        if n == 1 {
+            "1 unit".to_string()
+        } else {
+            format!("{n} units")
+        }
+    };
+    let running = if d.in_progress > 0 {
+        format!(
+            "; {} leased may still finish and verify",
+            units(d.in_progress)
+        )
+    } else {
+        String::new()
+    };
+    match action {
+        Action::Pause => format!(
+            "project {project} paused: {} pending will not be leased until `fallow resume {project}`{running}",
+            units(d.pending)
+        ),
+        Action::Resume => format!(
+            "project {project} resumed: {} pending will be leased again",
+            units(d.pending)
+        ),
+        Action::Cancel => format!(
+            "project {project} cancelled: {} not yet settled ended as cancelled (workers drop \
+             the ones they hold); verified results stay: `fallow results {project}`",
+            units(d.units)
+        ),
+        Action::Retry => format!(
+            "project {project}: {} that failed will run again ({} pending now); `fallow status {project}` shows progress",
+            units(d.units),
+            d.pending
+        ),
+        Action::Reduce => format!(
+            "project {project}: reducer started again; `fallow status {project}` says when the \
+             aggregate is ready, `fallow results {project}` writes it"
+        ),
+    }
+}
+
+/// `fallow extend PROJECT MANIFEST`: signs MANIFEST's units under the project's terms
+/// (which the coordinator's status names) and adds them.
+pub async fn extend(
+    args: &crate::cli::ControlArgs,
+    trust: &Trust,
+    manifest: &Path,
+) -> anyhow::Result<()> {
+    let spec = protocol::manifest::load(manifest)?;
+    let submitter = submitter_key(args.key.clone())?;
+    let client = Client::connect(&args.coordinator, trust).await?;
+    let project = args.project;
+    let status = client
+        .status(Some(project))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("coordinator {} has no project {project}", args.coordinator))?;
+    let Some(terms) = status.terms else {
+        bail!(
+            "project {project} was submitted before projects were signed: it has no terms to \
+             sign new units under, so it cannot be extended"
+        );
+    };
+    let module = protocol::Digest::of(&spec.module);
+    let data = protocol::data::list_digest(&spec.data);
+    let signatures = spec
+        .units
+        .iter()
+        .map(|(name, input)| {
+            protocol::provenance::UnitTerms {
+                terms,
+                module,
+                limits: spec.limits,
+                quorum: spec.quorum,
+                name,
+                input,
+                data,
+            }
+            .sign(&submitter)
+        })
+        .collect();
+    let count = spec.units.len();
+    let extension = protocol::control::Extension {
+        project: protocol::ProjectId(project),
+        key: protocol::SubmitterKey::of(&submitter),
+        units: spec.units,
+        signatures,
+    };
+    let done = client.extend(extension, &submitter).await.map_err(|e| {
+        anyhow!(
+            "coordinator {} refused to extend project {project} with {}: {e}",
+            args.coordinator,
+            manifest.display()
+        )
+    })?;
+    let paused = if done.state == protocol::control::State::Paused {
+        format!(" (the project is paused: `fallow resume {project}` leases them)")
+    } else {
+        String::new()
+    };
+    println!(
+        "project {project} extended: {count} units added from {}, {} pending now{paused}; the \
+         reducer, if any, runs again once every unit settles",
+        manifest.display(),
+        done.pending
+    );
+    Ok(())
+}
+
 /// `fallow status`.
 pub async fn status(
     coordinator: &str,
@@ -356,6 +552,19 @@ fn print_status(projects: &[Status], json: bool) -> anyhow::Result<()> {
                 out,
                 "      every unit failed: `fallow results` writes why to failed.txt"
             )?;
+        }
+        match p.state {
+            protocol::control::State::Paused => writeln!(
+                out,
+                "      paused: {} units pending are not leased until `fallow resume {}`",
+                p.pending, p.id.0
+            )?,
+            protocol::control::State::Cancelled => writeln!(
+                out,
+                "      cancelled: {} units ended unsettled; verified results stay downloadable",
+                p.cancelled
+            )?,
+            protocol::control::State::Active => {}
         }
         for w in &p.waiting {
             writeln!(out, "      waiting: {w}")?;
@@ -595,7 +804,8 @@ pub async fn accounts(coordinator: &str, trust: &Trust, json: bool) -> anyhow::R
 
 /// `fallow results`: refuses a directory holding something else than this project's
 /// results (unless `force`), writes the outputs, `failed.txt` and the aggregate, and
-/// fails when the reducer did.
+/// fails when the reducer did. With `follow`, each output is written as its unit verifies
+/// (and each JSON line printed or appended at once) until the project is finished.
 pub async fn results(
     coordinator: &str,
     trust: &Trust,
@@ -603,6 +813,7 @@ pub async fn results(
     out: Option<&Path>,
     format: crate::cli::ResultsFormat,
     force: bool,
+    follow: bool,
 ) -> anyhow::Result<()> {
     if out.is_none() && format == crate::cli::ResultsFormat::Dir {
         bail!(
@@ -624,78 +835,217 @@ pub async fn results(
     if let Some(out) = out {
         check_results_dir(out, &marker, force)?;
     }
-    let results = client.results(project).await?;
-    // Names were checked at submit, but this coordinator may not be ours: never let a name
-    // escape the output directory (nor reach a script's JSON unchecked).
-    for v in &results.verified {
-        protocol::manifest::check_unit_name(&v.unit)
-            .map_err(|e| anyhow::anyhow!("coordinator sent a bad unit name: {e}"))?;
-    }
-    let jsonl = (format == crate::cli::ResultsFormat::Jsonl).then(|| results_jsonl(&results));
-    let Some(out) = out else {
-        // `--format jsonl` without `--out`: the lines are the whole answer.
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(jsonl.unwrap_or_default().as_bytes())?;
-        stdout.flush()?;
-        return reducer_outcome(project, &results, &status, None);
+    let jsonl = format == crate::cli::ResultsFormat::Jsonl;
+    // Without --follow nothing is written before the whole answer is in: an answer that
+    // ends in an error leaves no directory behind.
+    let mut sink = if follow {
+        Some(ResultsSink::new(out, &marker, jsonl, follow)?)
+    } else {
+        None
     };
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    // First, so a directory left half-written still says whose results it holds.
-    write_atomic(
-        &out.join(RESULTS_MARKER),
-        format!("{}\n", serde_json::to_string(&marker)?).as_bytes(),
-    )?;
-    for v in &results.verified {
-        write_atomic(&out.join(&v.unit), &v.output)?;
+    let mut stream = client.result_stream(project, follow).await?;
+    // While following, say every half minute where the project stands, so a long wait
+    // explains itself (on stderr: stdout may be the JSON lines).
+    let progress = follow.then(|| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(FOLLOW_PROGRESS_EVERY).await;
+                if let Ok(projects) = client.status(Some(project)).await
+                    && let Some(p) = projects.first()
+                {
+                    let mut line = progress_line(p);
+                    for w in &p.waiting {
+                        line.push_str(&format!("\n  waiting: {w}"));
+                    }
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                }
+            }
+        })
+    });
+    let mut results = crate::client::Results::default();
+    let received = async {
+        while let Some(item) = stream.next().await? {
+            match item {
+                crate::client::ResultItem::Verified(v) => {
+                    // Names were checked at submit, but this coordinator may not be ours:
+                    // never let a name escape the output directory (nor reach a script's
+                    // JSON unchecked).
+                    protocol::manifest::check_unit_name(&v.unit)
+                        .map_err(|e| anyhow!("coordinator sent a bad unit name: {e}"))?;
+                    if let Some(sink) = &mut sink {
+                        sink.verified(&v)?;
+                    }
+                    results.verified.push(crate::client::Verified {
+                        output: if follow { Vec::new() } else { v.output },
+                        ..v
+                    });
+                }
+                crate::client::ResultItem::Failed { unit, reason } => {
+                    results.failed.push((unit, reason))
+                }
+                crate::client::ResultItem::Aggregate(a) => results.aggregate = Some(a),
+            }
+        }
+        anyhow::Ok(())
     }
-    let mut failed = String::new();
-    for (unit, reason) in &results.failed {
-        failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
+    .await;
+    if let Some(progress) = progress {
+        progress.abort();
     }
-    write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
-    if let Some(lines) = &jsonl {
-        write_atomic(&out.join(RESULTS_JSONL), lines.as_bytes())?;
+    received?;
+    let sink = match sink {
+        Some(sink) => sink,
+        None => {
+            let mut sink = ResultsSink::new(out, &marker, jsonl, follow)?;
+            for v in &results.verified {
+                sink.verified(v)?;
+            }
+            sink
+        }
+    };
+    sink.finish(&results)?;
+    let status = if follow {
+        // Finished now: say so from a fresh status, not the one from before the wait.
+        client
+            .status(Some(project))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(status)
+    } else {
+        status
+    };
+    reducer_outcome(project, &results, &status, out)
+}
+
+/// How often `fallow results --follow` prints where the project stands.
+const FOLLOW_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// Where `fallow results` puts what arrives: files in `--out`, JSON lines on stdout or in
+/// DIR/results.jsonl.
+struct ResultsSink<'a> {
+    out: Option<&'a Path>,
+    /// The JSON lines written so far (`--format jsonl` without `--follow` into a
+    /// directory: written whole at the end, like every other file).
+    lines: Option<String>,
+    /// Where JSON lines go at once: stdout, or (with `--follow --out`) the
+    /// results.jsonl file, appended to as units verify.
+    live: Option<Box<dyn Write>>,
+}
+
+impl<'a> ResultsSink<'a> {
+    /// Creates `out` (if given) with its marker first, so a directory left half-written
+    /// still says whose results it holds.
+    fn new(
+        out: Option<&'a Path>,
+        marker: &ResultsMarker,
+        jsonl: bool,
+        follow: bool,
+    ) -> anyhow::Result<Self> {
+        if let Some(out) = out {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            write_atomic(
+                &out.join(RESULTS_MARKER),
+                format!("{}\n", serde_json::to_string(marker)?).as_bytes(),
+            )?;
+        }
+        let (lines, live): (Option<String>, Option<Box<dyn Write>>) = match (jsonl, out) {
+            (false, _) => (None, None),
+            (true, None) => (None, Some(Box::new(std::io::stdout()))),
+            (true, Some(dir)) if follow => {
+                let path = dir.join(RESULTS_JSONL);
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                (None, Some(Box::new(file)))
+            }
+            (true, Some(_)) => (Some(String::new()), None),
+        };
+        Ok(ResultsSink { out, lines, live })
     }
-    if let Some(Ok(bytes)) = &results.aggregate {
-        write_atomic(&out.join("aggregate"), bytes)?;
+
+    fn line(&mut self, object: &serde_json::Value) -> anyhow::Result<()> {
+        let line = format!("{object}\n");
+        if let Some(lines) = &mut self.lines {
+            lines.push_str(&line);
+        }
+        if let Some(live) = &mut self.live {
+            live.write_all(line.as_bytes())?;
+            live.flush()?;
+        }
+        Ok(())
     }
-    reducer_outcome(project, &results, &status, Some(out))
+
+    /// One verified unit: its file, its JSON line.
+    fn verified(&mut self, v: &crate::client::Verified) -> anyhow::Result<()> {
+        if let Some(out) = self.out {
+            write_atomic(&out.join(&v.unit), &v.output)?;
+        }
+        if self.lines.is_some() || self.live.is_some() {
+            self.line(&verified_json(v))?;
+        }
+        Ok(())
+    }
+
+    /// The failed units (their JSON lines and failed.txt), the aggregate, and the JSON
+    /// lines file when it is written whole.
+    fn finish(mut self, results: &crate::client::Results) -> anyhow::Result<()> {
+        for (unit, reason) in &results.failed {
+            if self.lines.is_some() || self.live.is_some() {
+                self.line(
+                    &serde_json::json!({ "unit": unit, "state": "failed", "reason": reason }),
+                )?;
+            }
+        }
+        let Some(out) = self.out else {
+            return Ok(());
+        };
+        let mut failed = String::new();
+        for (unit, reason) in &results.failed {
+            failed.push_str(&format!("{unit}\t{}\n", reason.replace('\n', " ")));
+        }
+        write_atomic(&out.join("failed.txt"), failed.as_bytes())?;
+        if let Some(lines) = &self.lines {
+            write_atomic(&out.join(RESULTS_JSONL), lines.as_bytes())?;
+        }
+        if let Some(Ok(bytes)) = &results.aggregate {
+            write_atomic(&out.join("aggregate"), bytes)?;
+        }
+        Ok(())
+    }
 }
 
 /// The JSON lines file `--format jsonl --out DIR` writes: a name no unit may have
 /// ([`protocol::manifest::RESERVED_UNIT_NAMES`]).
 const RESULTS_JSONL: &str = "results.jsonl";
 
-/// One JSON object per unit, verified ones first (in unit-name order), then failed ones.
-fn results_jsonl(results: &crate::client::Results) -> String {
+/// A verified unit's JSON line: name, digest, fuel, signers, when it was verified and the
+/// output (as text when it is UTF-8, else base64).
+fn verified_json(v: &crate::client::Verified) -> serde_json::Value {
     use base64::Engine as _;
-    let mut lines = String::new();
-    for v in &results.verified {
-        let mut object = serde_json::json!({
-            "unit": v.unit,
-            "state": "verified",
-            "digest": hex::encode(&v.digest),
-            "fuel": v.fuel,
-            "signers": v.signers.iter().map(hex::encode).collect::<Vec<_>>(),
-            "output_bytes": v.output.len(),
-        });
-        match std::str::from_utf8(&v.output) {
-            Ok(text) => object["output"] = text.into(),
-            Err(_) => {
-                object["output_base64"] = base64::engine::general_purpose::STANDARD
-                    .encode(&v.output)
-                    .into()
-            }
+    let mut object = serde_json::json!({
+        "unit": v.unit,
+        "state": "verified",
+        "digest": hex::encode(&v.digest),
+        "fuel": v.fuel,
+        "signers": v.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+        "verified_ms": v.verified_ms,
+        "output_bytes": v.output.len(),
+    });
+    match std::str::from_utf8(&v.output) {
+        Ok(text) => object["output"] = text.into(),
+        Err(_) => {
+            object["output_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(&v.output)
+                .into()
         }
-        lines.push_str(&object.to_string());
-        lines.push('\n');
     }
-    for (unit, reason) in &results.failed {
-        let object = serde_json::json!({ "unit": unit, "state": "failed", "reason": reason });
-        lines.push_str(&object.to_string());
-        lines.push('\n');
-    }
-    lines
+    object
 }
 
 /// What `fallow results` says last, and whether it fails: a failed reducer is an error
@@ -1085,6 +1435,7 @@ mod tests {
             total,
             verified,
             failed,
+            cancelled: 0,
             in_progress: running,
             pending: total - verified - failed - running,
             executions: 0,
@@ -1097,11 +1448,19 @@ mod tests {
             mismatches: 0,
             reopened: 0,
             finished,
-            outcome: Outcome::of(total, verified, failed, finished, false),
+            outcome: Outcome::of(
+                total,
+                (verified, failed, 0),
+                finished,
+                false,
+                protocol::control::State::Active,
+            ),
+            state: protocol::control::State::Active,
             has_reducer: false,
             aggregate_ready: false,
             aggregate_error: String::new(),
             submitter: String::new(),
+            terms: None,
             workers_running: 0,
             workers_suspended: 0,
             workers_idle: 0,
@@ -1109,6 +1468,38 @@ mod tests {
             waiting: Vec::new(),
             warnings: Vec::new(),
         }
+    }
+
+    /// Each control command says what happened and what to do next.
+    #[test]
+    fn control_sentences_say_what_happened() {
+        use protocol::control::{Action, Done, State};
+        let done = |units, pending, in_progress| Done {
+            state: State::Paused,
+            units,
+            pending,
+            in_progress,
+        };
+        assert_eq!(
+            control_sentence(3, Action::Pause, &done(0, 12, 0)),
+            "project 3 paused: 12 units pending will not be leased until `fallow resume 3`"
+        );
+        let paused = control_sentence(3, Action::Pause, &done(0, 12, 1));
+        assert!(
+            paused.ends_with("; 1 unit leased may still finish and verify"),
+            "{paused}"
+        );
+        let cancel = control_sentence(3, Action::Cancel, &done(5, 0, 0));
+        assert!(
+            cancel.starts_with("project 3 cancelled: 5 units"),
+            "{cancel}"
+        );
+        assert!(cancel.contains("`fallow results 3`"), "{cancel}");
+        let retry = control_sentence(3, Action::Retry, &done(1, 1, 0));
+        assert!(
+            retry.starts_with("project 3: 1 unit that failed will run again"),
+            "{retry}"
+        );
     }
 
     /// Without a terminal, `status --wait` prints a line each time a project's numbers

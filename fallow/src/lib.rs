@@ -21,6 +21,7 @@ pub mod new;
 mod run;
 
 use cli::{Cli, Command};
+use protocol::control::Action;
 
 /// Logs go to stderr; `RUST_LOG` overrides. Long-running services log at info, client
 /// commands and the demo only warnings so their own output stays readable.
@@ -165,6 +166,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             once,
         } => commands::submit(&manifest, &coordinator, &trust, token, key, once).await,
         Command::Key { key } => commands::key(key),
+        Command::Cancel(c) => commands::control(&c, &trust, Action::Cancel).await,
+        Command::Pause(c) => commands::control(&c, &trust, Action::Pause).await,
+        Command::Resume(c) => commands::control(&c, &trust, Action::Resume).await,
+        Command::Retry(c) => commands::control(&c, &trust, Action::Retry).await,
+        Command::Reduce(c) => commands::control(&c, &trust, Action::Reduce).await,
+        Command::Extend { control, manifest } => {
+            commands::extend(&control, &trust, &manifest).await
+        }
         Command::New { name, lang } => {
             for file in new::create(&name, lang)? {
                 println!("{}", file.display());
@@ -205,7 +214,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             coordinator,
             force,
-        } => commands::results(&coordinator, &trust, project, out.as_deref(), format, force).await,
+            follow,
+        } => {
+            commands::results(
+                &coordinator,
+                &trust,
+                project,
+                out.as_deref(),
+                format,
+                force,
+                follow,
+            )
+            .await
+        }
         Command::Accounts { coordinator, json } => {
             commands::accounts(&coordinator, &trust, json).await
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use protocol::assignment::{Assignment, Signed};
 use protocol::claim::Commitment;
+use protocol::control::{Action, Done, Extension, State};
 use protocol::data::DataFile;
 use protocol::evidence::Evidence;
 use protocol::manifest::ProjectSpec;
@@ -442,6 +443,9 @@ impl From<&ProjectStatus> for pb::ProjectStatus {
             fleet: s.fleet.clone(),
             waiting: s.waiting.clone(),
             warnings: s.warnings.clone(),
+            state: s.state.as_str().to_string(),
+            cancelled: s.cancelled,
+            terms: s.terms.map(|d| d.0.to_vec()).unwrap_or_default(),
         }
     }
 }
@@ -450,14 +454,20 @@ impl From<&ProjectStatus> for pb::ProjectStatus {
 /// (the wire does not carry it). Every field is plain data, so nothing is refused.
 impl From<pb::ProjectStatus> for ProjectStatus {
     fn from(p: pb::ProjectStatus) -> Self {
+        // A state this version does not know is shown as active: status is plain data.
+        let state = State::parse(&p.state).unwrap_or_default();
         ProjectStatus {
             outcome: Outcome::of(
                 p.total,
-                p.verified,
-                p.failed,
+                (p.verified, p.failed, p.cancelled),
                 p.finished,
                 !p.aggregate_error.is_empty(),
+                state,
             ),
+            state,
+            cancelled: p.cancelled,
+            // Plain data: terms of the wrong length are shown as none.
+            terms: Digest::from_slice("ProjectStatus.terms", &p.terms).ok(),
             id: ProjectId(p.id),
             name: p.name,
             total: p.total,
@@ -485,6 +495,110 @@ impl From<pb::ProjectStatus> for ProjectStatus {
             fleet: p.fleet,
             waiting: p.waiting,
             warnings: p.warnings,
+        }
+    }
+}
+
+/// The one mapping of a control action to the wire.
+pub fn action_to_wire(action: Action) -> pb::ControlAction {
+    match action {
+        Action::Cancel => pb::ControlAction::Cancel,
+        Action::Pause => pb::ControlAction::Pause,
+        Action::Resume => pb::ControlAction::Resume,
+        Action::Retry => pb::ControlAction::Retry,
+        Action::Reduce => pb::ControlAction::Reduce,
+    }
+}
+
+/// A `ControlRequest` as the domain sees it: the project, the action and who asks.
+pub fn control_from_wire(
+    r: &pb::ControlRequest,
+) -> Result<(ProjectId, Action, SubmitterKey), Error> {
+    let action = match pb::ControlAction::try_from(r.action) {
+        Ok(pb::ControlAction::Cancel) => Action::Cancel,
+        Ok(pb::ControlAction::Pause) => Action::Pause,
+        Ok(pb::ControlAction::Resume) => Action::Resume,
+        Ok(pb::ControlAction::Retry) => Action::Retry,
+        Ok(pb::ControlAction::Reduce) => Action::Reduce,
+        Ok(pb::ControlAction::Unspecified) | Err(_) => {
+            return Err(Error::malformed(
+                "ControlRequest.action",
+                format!("{} is not a control action", r.action),
+            ));
+        }
+    };
+    let key = SubmitterKey::from_slice("ControlRequest.submitter_key", &r.submitter_key)?;
+    Ok((ProjectId(r.project_id), action, key))
+}
+
+/// An `ExtendRequest` as the domain sees it; every unit must carry a 64-byte signature.
+/// The submission rules are checked against the project by the receiver
+/// ([`Extension::validate`]).
+pub fn extension_from_wire(r: pb::ExtendRequest) -> Result<Extension, Error> {
+    let key = SubmitterKey::from_slice("ExtendRequest.submitter_key", &r.submitter_key)?;
+    let mut units = Vec::with_capacity(r.units.len());
+    let mut signatures = Vec::with_capacity(r.units.len());
+    for u in r.units {
+        let sig: [u8; 64] = u.signature.as_slice().try_into().map_err(|_| {
+            Error::malformed(
+                "UnitInput.signature",
+                format!(
+                    "unit {:?}: {} bytes, expected 64",
+                    u.name,
+                    u.signature.len()
+                ),
+            )
+        })?;
+        signatures.push(sig);
+        units.push((u.name, u.input));
+    }
+    Ok(Extension {
+        project: ProjectId(r.project_id),
+        key,
+        units,
+        signatures,
+    })
+}
+
+/// An [`Extension`] on the wire.
+impl From<Extension> for pb::ExtendRequest {
+    fn from(e: Extension) -> Self {
+        pb::ExtendRequest {
+            project_id: e.project.0,
+            submitter_key: e.key.0.to_vec(),
+            units: e
+                .units
+                .into_iter()
+                .zip(e.signatures)
+                .map(|((name, input), signature)| pb::UnitInput {
+                    name,
+                    input,
+                    signature: signature.to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Done> for pb::ControlResponse {
+    fn from(d: Done) -> Self {
+        pb::ControlResponse {
+            state: d.state.as_str().to_string(),
+            units: d.units,
+            pending: d.pending,
+            in_progress: d.in_progress,
+        }
+    }
+}
+
+/// What a control call did, as the coordinator said (an unknown state reads as active).
+impl From<pb::ControlResponse> for Done {
+    fn from(r: pb::ControlResponse) -> Self {
+        Done {
+            state: State::parse(&r.state).unwrap_or_default(),
+            units: r.units,
+            pending: r.pending,
+            in_progress: r.in_progress,
         }
     }
 }
@@ -542,6 +656,7 @@ mod tests {
             error_bound: 0.0,
             submitter_key: Vec::new(),
             once: false,
+            data: Vec::new(),
         };
         type Edit = fn(&mut pb::SubmitProjectRequest);
         let cases: [(&str, Edit, &str); 9] = [

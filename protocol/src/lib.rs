@@ -11,6 +11,8 @@
 //! - [`ids`]: `ProjectId`, `UnitId`, `WorkerId`, `Digest` — ids and digests are types.
 //! - [`identity`]: a worker's ed25519 key pair, kept in its data dir.
 //! - [`call`]: authenticated worker calls: signed, stamped, never replayed.
+//! - [`control`]: project control by its submitter (cancel, pause, resume, retry, extend,
+//!   reduce) and the project state it leaves.
 //! - [`assignment`]: a unit leased to a worker, as the coordinator sends it.
 //! - [`claim`]: commit–reveal claims: a signed seal first, then "unit U produced output
 //!   with digest D using F fuel" opening it.
@@ -45,6 +47,7 @@ pub mod board;
 pub mod call;
 pub mod certificate;
 pub mod claim;
+pub mod control;
 pub mod data;
 pub mod error;
 pub mod evidence;

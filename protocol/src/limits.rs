@@ -62,7 +62,7 @@ mod whole {
         }
 
         fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
-            let written = if v.is_finite() && v.fract() == 0.0 && v >= 0.0 && v < 1e20 {
+            let written = if v.fract() == 0.0 && (0.0..1e20).contains(&v) {
                 // Exact: a whole f64 below 1e20 prints as its integer digits.
                 format!(", e.g. {}", grouped(&format!("{v:.0}")))
             } else {

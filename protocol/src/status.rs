@@ -3,6 +3,7 @@
 //! (`coordinator::status`); `proto::wire` converts it to and from the wire.
 
 use crate::ProjectId;
+use crate::control::State;
 
 /// A project's progress and the fleet working on it.
 ///
@@ -20,6 +21,8 @@ pub struct ProjectStatus {
     pub verified: u64,
     /// Failed units.
     pub failed: u64,
+    /// Units ended by `fallow cancel` before they settled.
+    pub cancelled: u64,
     /// Units running or awaiting their quorum.
     pub in_progress: u64,
     /// Units not yet started.
@@ -47,6 +50,8 @@ pub struct ProjectStatus {
     /// `running`, `reducing`, `done`, `partial` (some units failed) or `failed` (every
     /// unit failed, or the reducer did): finished is not the same as done.
     pub outcome: Outcome,
+    /// `active`, `paused` (no new leases until `fallow resume`) or `cancelled` (final).
+    pub state: State,
     /// Whether the project has a reducer.
     pub has_reducer: bool,
     /// The aggregate is ready.
@@ -57,6 +62,11 @@ pub struct ProjectStatus {
     /// The submitter key that signed the project, hex ("" for a project from before
     /// projects were signed).
     pub submitter: String,
+    /// The digest of the project's terms that every unit signature covers (hex in JSON):
+    /// `fallow extend` signs new units under it. `None` for a project from before projects
+    /// were signed.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "terms_hex")]
+    pub terms: Option<crate::Digest>,
     /// Online workers computing (the whole fleet, not this project).
     pub workers_running: u32,
     /// Online workers suspended by their owner's settings.
@@ -73,6 +83,14 @@ pub struct ProjectStatus {
     /// when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// Serializes the terms digest as hex.
+fn terms_hex<S: serde::Serializer>(terms: &Option<crate::Digest>, s: S) -> Result<S::Ok, S::Error> {
+    match terms {
+        Some(d) => s.serialize_str(&d.to_hex()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Serializes a project id as its number, as `fallow status --json` always has.
@@ -97,20 +115,30 @@ pub enum Outcome {
     Partial,
     /// Finished with nothing to show: every unit failed, or the reducer failed.
     Failed,
+    /// Paused by its submitter with units still to settle (`fallow resume`).
+    Paused,
+    /// Cancelled by its submitter: final; verified results stay downloadable.
+    Cancelled,
 }
 
 impl Outcome {
     /// The outcome of a project with these numbers: `finished` means every unit settled
-    /// and the reducer, if any, ran; `reducer_failed` that it failed.
+    /// and the reducer, if any, ran; `reducer_failed` that it failed; `state` is the
+    /// submitter's control (a cancelled project is `cancelled` whatever its numbers, a
+    /// paused one `paused` while units are still to settle).
     pub fn of(
         total: u64,
-        verified: u64,
-        failed: u64,
+        (verified, failed, cancelled): (u64, u64, u64),
         finished: bool,
         reducer_failed: bool,
+        state: State,
     ) -> Self {
-        let settled = verified + failed >= total;
+        let settled = verified + failed + cancelled >= total;
+        if state == State::Cancelled {
+            return Outcome::Cancelled;
+        }
         match (settled, finished) {
+            (false, _) if state == State::Paused => Outcome::Paused,
             (false, _) => Outcome::Running,
             (true, false) => Outcome::Reducing,
             (true, true) if reducer_failed || (verified == 0 && failed > 0) => Outcome::Failed,
@@ -119,7 +147,8 @@ impl Outcome {
         }
     }
 
-    /// One word: `running`, `reducing`, `done`, `partial`, `failed`.
+    /// One word: `running`, `reducing`, `done`, `partial`, `failed`, `paused`,
+    /// `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Running => "running",
@@ -127,6 +156,8 @@ impl Outcome {
             Outcome::Done => "done",
             Outcome::Partial => "partial",
             Outcome::Failed => "failed",
+            Outcome::Paused => "paused",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }

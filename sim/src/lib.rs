@@ -325,6 +325,7 @@ pub fn run(s: &Scenario) -> Report {
         adaptive: true,
         error_bound: protocol::manifest::DEFAULT_ERROR_BOUND,
         signer: None,
+        control: Default::default(),
         data: Default::default(),
     });
     for u in 0..s.units {

@@ -199,21 +199,18 @@ impl Cluster {
         i
     }
 
-    /// A one-core test worker named `name` for `url`, on its own data dir under the
-    /// cluster's directory, logging to `log`.
+    /// A one-core test worker (unless `extra` gives `--cores`) named `name` for `url`, on
+    /// its own data dir under the cluster's directory, logging to `log`.
     fn spawn_worker(&self, url: &str, name: &str, log: &Path, extra: &[&str]) -> Child {
+        let cores: &[&str] = if extra.contains(&"--cores") {
+            &[]
+        } else {
+            &["--cores", "1"]
+        };
         fallow()
-            .args([
-                "worker",
-                "--coordinator",
-                url,
-                "--cores",
-                "1",
-                "--name",
-                name,
-                "--peer-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["worker", "--coordinator", url])
+            .args(cores)
+            .args(["--name", name, "--peer-listen", "127.0.0.1:0"])
             .args(NEVER_SUSPEND)
             .arg("--data")
             .arg(self.dir.path().join(name))

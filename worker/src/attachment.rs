@@ -7,10 +7,13 @@
 //!   certificates.
 //! - `board`: our own rendezvous board as the peer service serves it, and the evidence
 //!   it reports.
+//! - `failover`: the coordinators of one deployment (`--coordinator URL1,URL2`), the
+//!   current one asked, the next when it is unreachable.
 
 mod board;
 mod coordinator;
 mod exchange;
+mod failover;
 #[cfg(test)]
 mod tests;
 mod work;
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::coordinator::Coordinator;
+use self::failover::{Failover, Reach};
 use crate::checkpoints::Checkpoints;
 use crate::config::{AttachmentConfig, WorkerConfig};
 use crate::executor::Executor;
@@ -75,12 +79,32 @@ impl Attached {
     ) -> Result<Attached, Error> {
         let identity = common.identity.clone();
         let account = common.account.clone();
-        let client = CoordinatorClient::enrolled(
-            &attachment.url,
-            identity.clone(),
-            &config.trust(),
-            config.enroll_token.as_deref(),
-        )?;
+        // One client per coordinator of the deployment, each with its own connection and
+        // its own view of that coordinator's clock.
+        let clients = attachment
+            .urls
+            .iter()
+            .map(|url| {
+                CoordinatorClient::enrolled(
+                    url,
+                    identity.clone(),
+                    &config.trust(),
+                    config.enroll_token.as_deref(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let coordinator = Failover::new(
+            attachment
+                .urls
+                .iter()
+                .cloned()
+                .zip(
+                    clients
+                        .iter()
+                        .map(|c| Arc::new(c.clone()) as Arc<dyn Coordinator>),
+                )
+                .collect(),
+        );
         let sockets = if config.inbound {
             match bind_peer(attachment.peer_listen).await {
                 Ok(s) => Some(s),
@@ -103,7 +127,7 @@ impl Attached {
                 let advertise = match attachment.peer_advertise {
                     Some(a) => a,
                     None => {
-                        SocketAddr::new(advertise_ip(&attachment.url, local).await, local.port())
+                        SocketAddr::new(advertise_ip(coordinator.url(), local).await, local.port())
                     }
                 };
                 let me = Member {
@@ -138,8 +162,8 @@ impl Attached {
             })),
             identity,
             account,
-            coordinator: Arc::new(client.clone()),
-            client,
+            coordinator: Arc::new(coordinator),
+            clients,
             board: Mutex::new(OwnBoard {
                 board: Board::new(BoardLimits::default()),
                 reported: HashSet::new(),
@@ -157,7 +181,7 @@ impl Attached {
         });
         let advertised = advertise.map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(
-            coordinator = %shared.attachment.url,
+            coordinator = %shared.attachment.deployment(),
             worker = %shared.identity.id(),
             account = %shared.account,
             peer = if advertised.is_empty() { "none (no inbound connections)" } else { advertised.as_str() },
@@ -239,10 +263,12 @@ pub(crate) struct Shared {
     config: Arc<WorkerConfig>,
     /// What is this coordinator's own: its URL, share and peer address.
     attachment: AttachmentConfig,
-    /// Registration, module downloads and misbehaviour reports.
-    client: CoordinatorClient,
-    /// The calls about units (the same client; a twin in the shell's tests).
-    coordinator: Arc<dyn Coordinator>,
+    /// Module downloads, misbehaviour reports and the coordinator's clock: one client per
+    /// coordinator of the deployment, in the order of `coordinator`'s members.
+    clients: Vec<CoordinatorClient>,
+    /// Registration and the calls about units, to the deployment's current coordinator
+    /// (the same clients; twins in the shell's tests).
+    coordinator: Arc<Failover>,
     /// Every unit this attachment holds, from lease to release, and their commit–reveal
     /// exchanges: one lock for all of the units' state.
     life: Mutex<Lifecycle>,
@@ -270,6 +296,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The client of the deployment's current coordinator.
+    fn client(&self) -> &CoordinatorClient {
+        // `clients` is not empty (one per URL, and a deployment has one) and in the order
+        // of the failover's members; the modulo only guards a test's shorter list.
+        let (i, _) = self.coordinator.current();
+        &self.clients[i % self.clients.len()]
+    }
+
     /// The lifecycle's clock: the time since this attachment started.
     fn now(&self) -> Duration {
         self.started.elapsed()
@@ -292,7 +326,7 @@ impl Shared {
                 peer_addr: advertise,
                 cores: self.config.cores as u32,
             };
-            match self.client.register(&self.identity, me).await {
+            match self.coordinator.register(&self.identity, me).await {
                 Ok(reg) => {
                     // Our board files commitments only with this coordinator's tickets.
                     match reg.coordinator_key {
@@ -315,12 +349,15 @@ impl Shared {
                         peers.version = 0;
                         peers.list = reg.peers;
                     }
-                    tracing::info!(coordinator = %self.attachment.url, "registered");
+                    tracing::info!(coordinator = %self.coordinator.url(), "registered");
                     return Some(reg.heartbeat);
                 }
                 Err(e) if e.is_transient() => {
                     if attempt.is_multiple_of(8) {
-                        tracing::warn!("waiting for coordinator at {}: {e}", self.attachment.url);
+                        tracing::warn!(
+                            "waiting for coordinator at {}: {e}",
+                            self.coordinator.url()
+                        );
                     }
                 }
                 Err(e) => tracing::error!("registration refused: {e}"),
@@ -377,17 +414,40 @@ impl Shared {
         let mut failures = 0u32;
         let mut prove_retry = PROVE_RETRY_FIRST;
         let mut next_prove = Instant::now() + prove_retry;
+        // The registration `run` made was with the coordinator current then.
+        let mut moves = self.coordinator.moves();
         loop {
             // A worker that knows no peers yet (it registered before the others) asks
             // again soon: without peers it has no boards to gossip with, and its results
-            // could only go to the coordinator as partial certificates.
+            // could only go to the coordinator as partial certificates. One whose beat
+            // failed, with other coordinators to move to, tries again soon too, so that
+            // it finds out within the failover time rather than a heartbeat interval.
             let wait = if lock(&self.peers).list.is_empty() {
                 every.min(PEERLESS_HEARTBEAT)
+            } else if failures > 0 && self.coordinator.len() > 1 {
+                every.min(FAILED_BEAT_RETRY)
             } else {
                 every
             };
             if !pause(&self.cancel, wait).await {
                 return;
+            }
+            // Moved to another coordinator of the deployment (by this loop or any other
+            // call): register with it under the same key. The units held stay held; the
+            // beat below names them, and the new coordinator, on the same database,
+            // renews their leases.
+            if self.coordinator.moves() != moves {
+                let held = lock(&self.life).held().len();
+                tracing::info!(
+                    coordinator = %self.coordinator.url(),
+                    "registering with the deployment's next coordinator; keeping the {held} units held"
+                );
+                match self.register(&advertise).await {
+                    Some(h) => every = h,
+                    None => return, // shut down
+                }
+                moves = self.coordinator.moves();
+                failures = 0;
             }
             // Suspended past the grace: hand back what has no result and no checkpoint,
             // and renew only the leases of units whose result is in.
@@ -398,6 +458,8 @@ impl Shared {
             // beat with no answer within its interval counts as failed.
             let patience = every.max(Duration::from_secs(1));
             let report = self.run_report();
+            let (at, _) = self.coordinator.current();
+            let url = self.coordinator.url().to_string();
             let beat = tokio::time::timeout(
                 patience,
                 self.coordinator.heartbeat(&held, version, &report),
@@ -405,11 +467,13 @@ impl Shared {
             .await;
             let beat = match beat {
                 Ok(beat) => beat.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "no answer from {} within {patience:?}; holding {} units whose leases lapse if this lasts",
-                    self.attachment.url,
-                    held.len()
-                )),
+                Err(_) => {
+                    self.coordinator.note(at, Reach::Unreachable);
+                    Err(format!(
+                        "no answer from {url} within {patience:?}; holding {} units whose leases lapse if this lasts",
+                        held.len()
+                    ))
+                }
             };
             match beat {
                 Ok(reply) => {
@@ -533,6 +597,10 @@ fn backoff(attempt: u32) -> Duration {
 
 /// How soon a worker that knows no peers heartbeats again (to learn them).
 const PEERLESS_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How soon a worker whose heartbeat failed beats again, when its deployment has other
+/// coordinators to move to (well within [`failover::FAILOVER_AFTER`]).
+const FAILED_BEAT_RETRY: Duration = Duration::from_secs(1);
 
 /// A worker with a peer service whose address the coordinator could not prove registers
 /// again after this, then after twice as long each time up to [`PROVE_RETRY_MAX`]: a proof

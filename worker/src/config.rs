@@ -20,11 +20,16 @@ pub enum Fault {
     LocalFailureOnce,
 }
 
-/// A coordinator to work for and its resource share (`--attach URL[=SHARE]`).
+/// A deployment to work for and its resource share (`--attach URL[,URL…][=SHARE]`).
+///
+/// A deployment is one coordinator, or several coordinators of one deployment on one
+/// database (an active one and standbys): the worker talks to one of them at a time and
+/// moves to the next when it cannot reach it (`attachment::failover`). Distinct
+/// deployments are distinct `Attach`es, each with its own share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attach {
-    /// Coordinator URL.
-    pub url: String,
+    /// The deployment's coordinator URLs, in the order they are tried; at least one.
+    pub urls: Vec<String>,
     /// Resource share: cores are split over time in proportion to the shares of the
     /// coordinators that have work. Default 100 (BOINC's); 1 to 1,000,000.
     pub share: u32,
@@ -34,7 +39,8 @@ pub struct Attach {
 pub const DEFAULT_SHARE: u32 = 100;
 
 impl Attach {
-    /// Parses `URL` or `URL=SHARE`.
+    /// Parses `URL` or `URL=SHARE`, where URL may be a comma-separated list of the
+    /// coordinators of one deployment (`URL1,URL2=SHARE`).
     pub fn parse(s: &str) -> Result<Attach, Error> {
         let (url, share) = match s.rsplit_once('=') {
             // `https://HOST:PORT#sha256=HEX` without a share.
@@ -50,16 +56,37 @@ impl Attach {
             None => (s, DEFAULT_SHARE),
         };
         Ok(Attach {
-            url: url.trim().to_string(),
+            urls: split_urls(url),
             share,
         })
     }
+
+    /// One deployment of the URLs in `list` (`URL1,URL2,…`), with the default share.
+    pub fn deployment(list: &str) -> Attach {
+        Attach {
+            urls: split_urls(list),
+            share: DEFAULT_SHARE,
+        }
+    }
+}
+
+/// The URLs of a comma-separated list, trimmed; empty entries (a trailing comma) dropped.
+/// A URL never holds a comma of its own (`https://HOST:PORT#sha256=HEX` has none).
+fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Coordinator URL, when `attach` is empty. Default `http://127.0.0.1:7070`.
+    /// Coordinator URL, when `attach` is empty. Default `http://127.0.0.1:7070`. A
+    /// comma-separated list (`URL1,URL2,…`) names the coordinators of one deployment
+    /// (active and standbys on one database): the worker works for one at a time and
+    /// moves to the next when the current one is unreachable.
     pub coordinator: String,
     /// Coordinators to work for, with their shares; empty: `coordinator` alone. Each gets
     /// its own registration, peer service (the first on `peer_listen`, the others on any
@@ -178,34 +205,38 @@ impl WorkerConfig {
             )));
         }
         if self.attach.is_empty() {
-            if !is_url(&self.coordinator) {
+            let urls = split_urls(&self.coordinator);
+            if urls.is_empty() || !urls.iter().all(|u| is_url(u)) {
                 return Err(Error::Config(format!(
-                    "--coordinator must be a URL such as http://127.0.0.1:7070 (got {:?})",
+                    "--coordinator must be a URL such as http://127.0.0.1:7070, or a \
+                     comma-separated list of the coordinators of one deployment (got {:?})",
                     self.coordinator
                 )));
             }
-            tls::connect(&self.coordinator, &self.trust())?;
         }
         let mut seen = HashSet::new();
-        for a in &self.attach {
-            if !is_url(&a.url) {
+        for a in &self.attachments() {
+            let shown = a.urls.join(",");
+            if a.urls.is_empty() || !a.urls.iter().all(|u| is_url(u)) {
                 return Err(Error::Config(format!(
-                    "--attach must be a URL such as http://127.0.0.1:7070, optionally with =SHARE (got {:?})",
-                    a.url
+                    "--attach must be a URL such as http://127.0.0.1:7070 (or a comma-separated \
+                     list of one deployment's coordinators), optionally with =SHARE (got {shown:?})"
                 )));
             }
-            tls::connect(&a.url, &self.trust())?;
             if !(1..=1_000_000).contains(&a.share) {
                 return Err(Error::Config(format!(
-                    "--attach {}: the share must be from 1 to 1000000 (got {})",
-                    a.url, a.share
+                    "--attach {shown}: the share must be from 1 to 1000000 (got {})",
+                    a.share
                 )));
             }
-            if !seen.insert(a.url.trim_end_matches('/')) {
-                return Err(Error::Config(format!(
-                    "--attach {} is given twice; attach each coordinator once",
-                    a.url
-                )));
+            for url in &a.urls {
+                tls::connect(url, &self.trust())?;
+                if !seen.insert(url.trim_end_matches('/')) {
+                    return Err(Error::Config(format!(
+                        "{url} is given twice; name each coordinator once (one deployment's \
+                         coordinators in one comma-separated list)"
+                    )));
+                }
             }
         }
         Ok(())
@@ -220,13 +251,10 @@ impl WorkerConfig {
         }
     }
 
-    /// The coordinators to work for: `attach`, or `coordinator` with the default share.
+    /// The deployments to work for: `attach`, or `coordinator` with the default share.
     pub fn attachments(&self) -> Vec<Attach> {
         if self.attach.is_empty() {
-            vec![Attach {
-                url: self.coordinator.clone(),
-                share: DEFAULT_SHARE,
-            }]
+            vec![Attach::deployment(&self.coordinator)]
         } else {
             self.attach.clone()
         }
@@ -237,8 +265,9 @@ impl WorkerConfig {
 /// settings are the one validated [`WorkerConfig`], shared.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AttachmentConfig {
-    /// The coordinator's URL.
-    pub url: String,
+    /// The deployment's coordinator URLs, in the order they are tried (one for a lone
+    /// coordinator).
+    pub urls: Vec<String>,
     /// This coordinator's share of all shares (1 when it is the only one).
     pub share_fraction: f64,
     /// Where this attachment's peer service listens: `--peer-listen` for the first, any
@@ -267,12 +296,21 @@ impl WorkerConfig {
                 }
                 AttachmentConfig {
                     share_fraction: f64::from(a.share) / total.max(1) as f64,
-                    url: a.url,
+                    urls: a.urls,
                     peer_listen,
                     peer_advertise,
                 }
             })
             .collect()
+    }
+}
+
+impl AttachmentConfig {
+    /// The deployment as one string, the URL list as given (the URL of a lone
+    /// coordinator): what checkpoints and recorded submitters are filed under, the same
+    /// whichever of its coordinators the worker talks to.
+    pub(crate) fn deployment(&self) -> String {
+        self.urls.join(",")
     }
 }
 
@@ -324,7 +362,11 @@ mod tests {
         let url = format!("https://example.org:7070#{pin}");
         for (arg, share) in [(url.clone(), DEFAULT_SHARE), (format!("{url}=300"), 300)] {
             let a = Attach::parse(&arg).expect(&arg);
-            assert_eq!((a.url.as_str(), a.share), (url.as_str(), share), "{arg}");
+            assert_eq!(
+                (a.urls.clone(), a.share),
+                (vec![url.clone()], share),
+                "{arg}"
+            );
         }
         let config = WorkerConfig {
             attach: vec![Attach::parse(&url).expect("pinned")],
@@ -400,13 +442,13 @@ mod tests {
             got,
             vec![
                 AttachmentConfig {
-                    url: "http://127.0.0.1:7070".into(),
+                    urls: vec!["http://127.0.0.1:7070".into()],
                     share_fraction: 0.75,
                     peer_listen: listen,
                     peer_advertise: Some(advertise),
                 },
                 AttachmentConfig {
-                    url: "http://127.0.0.1:7071".into(),
+                    urls: vec!["http://127.0.0.1:7071".into()],
                     share_fraction: 0.25,
                     peer_listen: any_port,
                     peer_advertise: None,
@@ -417,8 +459,65 @@ mod tests {
         let alone = WorkerConfig::default().attachment_configs();
         assert_eq!(alone.len(), 1);
         assert_eq!(
-            (alone[0].url.as_str(), alone[0].share_fraction),
+            (alone[0].deployment().as_str(), alone[0].share_fraction),
             ("http://127.0.0.1:7070", 1.0)
         );
+    }
+
+    #[test]
+    fn a_comma_list_is_one_deployment_and_repeated_attaches_are_several() {
+        let pin = format!("#sha256={}", "ab".repeat(32));
+        let (a, b) = (
+            format!("https://a.example:7070{pin}"),
+            format!("https://b.example:7070{pin}"),
+        );
+        // --coordinator A,B: one deployment, all of the cores, A first.
+        let config = WorkerConfig {
+            coordinator: format!("{a}, {b}"),
+            ..Default::default()
+        };
+        assert!(config.validate().is_ok());
+        let got = config.attachment_configs();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].urls, vec![a.clone(), b.clone()]);
+        assert_eq!(got[0].deployment(), format!("{a},{b}"));
+        // --attach A,B=300 --attach C: two deployments sharing the cores 3:1.
+        let c = "http://127.0.0.1:7071";
+        let config = WorkerConfig {
+            attach: vec![
+                Attach::parse(&format!("{a},{b}=300")).expect("list with share"),
+                Attach::parse(c).expect("lone"),
+            ],
+            ..Default::default()
+        };
+        assert!(config.validate().is_ok());
+        let got = config.attachment_configs();
+        assert_eq!(
+            got.iter()
+                .map(|g| (g.urls.len(), g.share_fraction))
+                .collect::<Vec<_>>(),
+            [(2, 0.75), (1, 0.25)]
+        );
+        // A coordinator named twice, within a list or across deployments, is refused.
+        let config = WorkerConfig {
+            coordinator: format!("{a},{a}"),
+            ..Default::default()
+        };
+        let err = config.validate().expect_err("twice").to_string();
+        assert!(err.contains("given twice"), "{err}");
+        let config = WorkerConfig {
+            attach: vec![
+                Attach::parse(&format!("{a},{b}")).expect("list"),
+                Attach::parse(&b).expect("lone"),
+            ],
+            ..Default::default()
+        };
+        assert!(config.validate().is_err());
+        let config = WorkerConfig {
+            coordinator: format!("{a},not-a-url"),
+            ..Default::default()
+        };
+        let err = config.validate().expect_err("bad").to_string();
+        assert!(err.contains("--coordinator"), "{err}");
     }
 }

@@ -129,7 +129,7 @@ pub async fn run_with_stats(
     let attachments = config.attachments();
     let coordinators = attachments
         .iter()
-        .map(|a| a.url.as_str())
+        .map(|a| a.urls.join(","))
         .collect::<Vec<_>>()
         .join(", ");
     let (control, control_server) = start_control(

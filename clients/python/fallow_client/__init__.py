@@ -7,6 +7,7 @@
         fallow.wait(project)
         for unit, output in fallow.results(project):
             print(unit, output.decode())
+        # fallow.pause(project), .resume, .cancel, .retry, .reduce: submitter key only
 
 # Layout
 - `client`: `Client` and the dataclasses it returns (`Status`, `Verified`, `Failed`,
@@ -18,7 +19,7 @@
   a test fails when it drifts from the proto). Nothing else names protobuf types.
 """
 
-from .client import Aggregate, Client, Failed, Status, Submitted, Verified
+from .client import Aggregate, Client, Controlled, Failed, Status, Submitted, Verified
 from .errors import (
     AuthenticationError,
     ConnectionError,
@@ -32,7 +33,7 @@ from .errors import (
 from .project import Limits, Project, SubmitterKey, load_manifest
 
 __all__ = [
-    "Aggregate", "AuthenticationError", "Client", "ConnectionError", "Failed", "FallowError",
+    "Aggregate", "AuthenticationError", "Client", "Controlled", "ConnectionError", "Failed", "FallowError",
     "KeyFileError", "Limits", "ManifestError", "NotFound", "Project", "ProjectRefused",
     "Status", "Submitted", "SubmitterKey", "Timeout", "Verified", "load_manifest",
 ]

@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from typing import Iterator, Optional, Union
 
+import blake3
 import grpc
 
 from . import errors
@@ -51,7 +52,8 @@ class Status:
     reopened: int
     #: Every unit settled (and the aggregate computed, if there is a reducer).
     finished: bool
-    #: `running`, `reducing`, `done`, `partial` (some units failed) or `failed`.
+    #: `running`, `reducing`, `done`, `partial` (some units failed), `failed`, `paused` or
+    #: `cancelled`.
     outcome: str
     has_reducer: bool
     aggregate_ready: bool
@@ -68,23 +70,46 @@ class Status:
     waiting: tuple[str, ...]
     #: What may be wrong with the project itself, e.g. every unit giving the same output.
     warnings: tuple[str, ...] = ()
+    #: The submitter's control: `active`, `paused` or `cancelled`.
+    state: str = "active"
+    #: Units ended by a cancel before they settled.
+    cancelled: int = 0
 
     @classmethod
     def _from_pb(cls, p: "pb.ProjectStatus") -> "Status":
-        lists = ("outcome", "waiting", "warnings")
+        lists = ("outcome", "waiting", "warnings", "state")
         fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls) if f.name not in lists}
-        return cls(**fields, waiting=tuple(p.waiting), warnings=tuple(p.warnings), outcome=_outcome(p))
+        return cls(
+            **fields,
+            waiting=tuple(p.waiting),
+            warnings=tuple(p.warnings),
+            outcome=_outcome(p),
+            state=p.state or "active",
+        )
 
 
 def _outcome(p: "pb.ProjectStatus") -> str:
-    """`coordinator::scheduler::Outcome::of`: finished is not the same as done."""
-    if p.verified + p.failed < p.total:
-        return "running"
+    """`protocol::status::Outcome::of`: finished is not the same as done."""
+    if p.state == "cancelled":
+        return "cancelled"
+    if p.verified + p.failed + p.cancelled < p.total:
+        return "paused" if p.state == "paused" else "running"
     if not p.finished:
         return "reducing"
     if p.aggregate_error or (p.verified == 0 and p.failed > 0):
         return "failed"
     return "partial" if p.failed > 0 else "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class Controlled:
+    """What a control call (`pause`, `resume`, `cancel`, `retry`, `reduce`) left: the
+    project's state, the units it changed, and the units pending and leased now."""
+
+    state: str
+    units: int
+    pending: int
+    in_progress: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +122,8 @@ class Verified:
     digest: bytes
     fuel: int
     signers: tuple[bytes, ...]
+    verified_ms: int = 0
+    """When the coordinator recorded it, Unix milliseconds (0 from an older coordinator)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +236,39 @@ class Client:
             raise self._error(e, "refused the project") from None
         return Submitted(id=r.project_id, duplicates=tuple(r.duplicates), reused=r.reused)
 
+    def pause(self, project: int) -> Controlled:
+        """Pauses a project: none of its units is leased until `resume`. Signed with the
+        submitter key; any other key is refused (`ProjectRefused`)."""
+        return self._control(project, pb.CONTROL_ACTION_PAUSE, "pause")
+
+    def resume(self, project: int) -> Controlled:
+        """Resumes a paused project."""
+        return self._control(project, pb.CONTROL_ACTION_RESUME, "resume")
+
+    def cancel(self, project: int) -> Controlled:
+        """Cancels a project, for good: unsettled units end as cancelled, verified results
+        stay."""
+        return self._control(project, pb.CONTROL_ACTION_CANCEL, "cancel")
+
+    def retry(self, project: int) -> Controlled:
+        """Runs the project's failed units again, their failure history cleared."""
+        return self._control(project, pb.CONTROL_ACTION_RETRY, "retry")
+
+    def reduce(self, project: int) -> Controlled:
+        """Runs a finished project's reducer again."""
+        return self._control(project, pb.CONTROL_ACTION_REDUCE, "reduce")
+
+    def _control(self, project: int, action: int, verb: str) -> Controlled:
+        key = self.submitter_key
+        request = pb.ControlRequest(project_id=project, action=action, submitter_key=key.public)
+        try:
+            r = self._stub.ControlProject(
+                request, metadata=[_call_stamp(key, "ControlProject", request)], timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, f"refused to {verb} project {project}") from None
+        return Controlled(state=r.state, units=r.units, pending=r.pending, in_progress=r.in_progress)
+
     def status(self, project: Optional[int] = None) -> list[Status]:
         """Progress of one project, or of all when `project` is None."""
         try:
@@ -241,23 +301,30 @@ class Client:
                 )
             time.sleep(poll)
 
-    def results(self, project: int) -> Iterator[tuple[str, bytes]]:
+    def results(self, project: int, follow: bool = False) -> Iterator[tuple[str, bytes]]:
         """`(unit name, output)` per verified unit, streamed as the coordinator sends them
-        (sorted by unit name). `results_detailed` also yields failed units and the
+        (sorted by unit name; with `follow=True`, then each unit as it verifies, until the
+        project is finished). `results_detailed` also yields failed units and the
         aggregate."""
-        for item in self.results_detailed(project):
+        for item in self.results_detailed(project, follow=follow):
             if isinstance(item, Verified):
                 yield item.unit, item.output
 
-    def results_detailed(self, project: int) -> Iterator[Union[Verified, Failed, Aggregate]]:
+    def results_detailed(
+        self, project: int, follow: bool = False
+    ) -> Iterator[Union[Verified, Failed, Aggregate]]:
         """Every result of a project: `Verified` units, `Failed` units, and at most one
-        `Aggregate` (the reducer's output or its error), as `fallow results` writes them."""
+        `Aggregate` (the reducer's output or its error), as `fallow results` writes them.
+        With `follow=True` the iterator keeps going while the project runs: each unit is
+        yielded as it verifies (a unit re-opened and verified again comes again), and the
+        failed units and the aggregate follow once the project is finished."""
         try:
-            for item in self._stub.GetResults(pb.GetResultsRequest(project_id=project), timeout=None):
+            request = pb.GetResultsRequest(project_id=project, follow=follow)
+            for item in self._stub.GetResults(request, timeout=None):
                 kind = item.WhichOneof("item")
                 if kind == "verified":
                     v = item.verified
-                    yield Verified(v.unit, v.output, v.digest, v.fuel, tuple(v.signers))
+                    yield Verified(v.unit, v.output, v.digest, v.fuel, tuple(v.signers), v.verified_ms)
                 elif kind == "failed":
                     yield Failed(item.failed.unit, item.failed.reason)
                 elif kind == "aggregate":
@@ -301,6 +368,22 @@ class Client:
                     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return errors.ProjectRefused(f"coordinator {self.url} {what}: {details}")
         return errors.FallowError(f"coordinator {self.url} {what}: {code.name}: {details}")
+
+
+def _call_stamp(key: SubmitterKey, method: str, request: object) -> tuple[str, str]:
+    """The `fallow-call` header of a control call (`protocol::call`): the submitter key's
+    signature over the method, a timestamp (this machine's clock, in microseconds) and the
+    BLAKE3 of the encoded request."""
+    stamp_us = time.time_ns() // 1000
+    body = request.SerializeToString()  # type: ignore[attr-defined]
+    message = (
+        b"fallow/call/v1\0"
+        + len(method).to_bytes(8, "little")
+        + method.encode()
+        + stamp_us.to_bytes(8, "little")
+        + blake3.blake3(body).digest()
+    )
+    return ("fallow-call", f"{stamp_us}.{key.sign(message).hex()}")
 
 
 def _channel(url: str, insecure_plaintext: bool) -> grpc.Channel:

@@ -154,3 +154,48 @@ def test_an_unknown_project_is_not_found(cluster):
     with Client(cluster.url) as fallow:
         with pytest.raises(NotFound):
             fallow.project(987_654)
+
+
+def test_results_followed_from_submit_arrive_as_units_verify_and_end_with_the_aggregate(cluster, key_path):
+    """`follow=True` right after submitting: the iterator waits for the units instead of
+    ending with what is verified now, and ends by itself with the aggregate."""
+    start, stop, step = 0, 40_000, 10_000
+    project = Project(
+        name="primes followed",
+        module=(cluster.wasm / "primes.wasm").read_bytes(),
+        units=[(str(a), f"{a} {a + step}\n".encode()) for a in range(start, stop, step)],
+        replication=2,
+        reducer=(cluster.wasm / "sum.wasm").read_bytes(),
+    )
+    with Client(cluster.url, token=cluster.token, submitter_key=key_path) as fallow:
+        id = fallow.submit(project)
+        items = list(fallow.results_detailed(id, follow=True))
+        verified = {i.unit: i for i in items if isinstance(i, Verified)}
+        sieve = primes_below(stop)
+        assert {u: v.output for u, v in verified.items()} == {
+            str(a): f"{sum(sieve[a:a + step])}\n".encode() for a in range(start, stop, step)
+        }, cluster.logs()
+        assert all(v.verified_ms > 0 for v in verified.values())
+        assert isinstance(items[-1], Aggregate) and items[-1].output == f"{sum(sieve)}\n".encode()
+        assert fallow.project(id).outcome == "done"
+
+
+def test_the_submitter_pauses_resumes_and_cancels_and_nobody_else_may(cluster, key_path, tmp_path):
+    """Control calls are signed with the submitter key: another key is refused, naming the
+    project's; pause stops leasing, resume finishes it, cancel is final."""
+    manifest = write_manifest(cluster, tmp_path)
+    with Client(cluster.url, token=cluster.token, submitter_key=key_path) as fallow:
+        id = fallow.submit(manifest)
+        paused = fallow.pause(id)
+        assert paused.state == "paused"
+        assert fallow.project(id).outcome in ("paused", "done")
+        with Client(cluster.url, submitter_key=tmp_path / "stranger.key") as stranger:
+            with pytest.raises(ProjectRefused, match="only that key may control it"):
+                stranger.resume(id)
+        assert fallow.resume(id).state == "active"
+        assert fallow.wait(id, timeout=300).outcome == "done"
+        cancelled = fallow.cancel(id)
+        assert cancelled.state == "cancelled"
+        assert fallow.project(id).outcome == "cancelled"
+        with pytest.raises(ProjectRefused, match="final"):
+            fallow.pause(id)

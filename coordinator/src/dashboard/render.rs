@@ -53,6 +53,7 @@ pub(crate) fn duration(s: u64) -> String {
 /// finished project is not "done" when its units or its reducer failed).
 fn eta(p: &ProjectSummary) -> String {
     match (p.finished, p.eta_seconds) {
+        (false, _) if p.outcome == Outcome::Paused => "paused".into(),
         (true, _) => outcome_label(p.outcome).into(),
         (false, Some(s)) => duration(s),
         // No recent rate, or no worker computing: nobody can say.
@@ -67,6 +68,8 @@ fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::Done => "done",
         Outcome::Partial => "done, some units failed",
         Outcome::Failed => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Paused => "paused",
         Outcome::Running | Outcome::Reducing => "—",
     }
 }
@@ -209,6 +212,17 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
         eta = eta(p),
         upm = p.units_per_minute,
     );
+    match p.state {
+        protocol::control::State::Paused => body.push_str(
+            "<section class=\"waiting\"><h2>Paused</h2><p>Its submitter paused it: no unit is \
+             leased until <code>fallow resume</code>; units already leased may still finish.</p></section>",
+        ),
+        protocol::control::State::Cancelled => body.push_str(
+            "<section class=\"waiting\"><h2>Cancelled</h2><p>Its submitter cancelled it: units \
+             not yet settled were cancelled; verified results stay downloadable.</p></section>",
+        ),
+        protocol::control::State::Active => {}
+    }
     if !p.waiting.is_empty() {
         body.push_str("<section class=\"waiting\"><h2>Waiting for a worker</h2><ul>");
         for w in &p.waiting {
@@ -233,6 +247,9 @@ pub(crate) fn project(page_data: &ProjectPage) -> String {
     ));
     body.push_str(&card("pending", "project.pending", int(p.pending)));
     body.push_str(&card("failed", "project.failed", int(p.failed)));
+    if p.state == protocol::control::State::Cancelled {
+        body.push_str(&card("cancelled", "project.cancelled", int(p.cancelled)));
+    }
     body.push_str(&card("executions", "project.executions", int(p.executions)));
     body.push_str(&card("disputes", "project.disputes", int(p.disputes)));
     body.push_str(&card(
@@ -615,5 +632,12 @@ mod tests {
         assert!(row(Outcome::Failed).contains("<td class=\"num\">failed</td>"));
         assert!(row(Outcome::Done).contains("<td class=\"num\">done</td>"));
         assert!(row(Outcome::Partial).contains(">done, some units failed</td>"));
+        assert!(row(Outcome::Cancelled).contains("<td class=\"num\">cancelled</td>"));
+        let paused = project_row(&ProjectSummary {
+            total: 4,
+            outcome: Outcome::Paused,
+            ..ProjectSummary::default()
+        });
+        assert!(paused.contains("<td class=\"num\">paused</td>"), "{paused}");
     }
 }

@@ -86,6 +86,8 @@ impl Capture {
                 let letter = match u.state {
                     UnitState::Verified => b'v',
                     UnitState::Failed => b'f',
+                    // Drawn like a pending unit: it never ran to the end.
+                    UnitState::Cancelled => b'c',
                     UnitState::Running => b'r',
                     UnitState::Pending => b'p',
                 };
@@ -242,9 +244,13 @@ pub(crate) struct ProjectSummary {
     pub quorum: u32,
     pub max_replicas: u32,
     pub finished: bool,
-    /// `running`, `reducing`, `done`, `partial` (some units failed) or `failed` (every
-    /// unit, or the reducer): finished is not the same as done.
+    /// `running`, `reducing`, `done`, `partial` (some units failed), `failed` (every
+    /// unit, or the reducer), `paused` or `cancelled`: finished is not the same as done.
     pub outcome: Outcome,
+    /// The submitter's control: `active`, `paused` or `cancelled` (`fallow pause` …).
+    pub state: protocol::control::State,
+    /// Units ended by a cancel before they settled.
+    pub cancelled: u64,
     /// `none`, `pending`, `ready` or `failed`.
     pub aggregate: &'static str,
     /// Verified and failed units per minute over the last minute.

@@ -33,6 +33,7 @@ fn project(units: u64, replication: u32, quorum: u32, max_replicas: u32) -> Proj
         error_bound: protocol::manifest::DEFAULT_ERROR_BOUND,
         signer: None,
         data: Default::default(),
+        control: Default::default(),
     }
 }
 
@@ -1167,7 +1168,12 @@ fn a_projects_outcome_tells_done_from_failed() {
     // (total, verified, failed, finished, reducer failed) → outcome
     let check = |numbers: (u64, u64, u64, bool, bool), want: Outcome| {
         let (t, v, f, finished, reducer) = numbers;
-        assert_eq!(Outcome::of(t, v, f, finished, reducer), want, "{numbers:?}");
+        let active = protocol::control::State::Active;
+        assert_eq!(
+            Outcome::of(t, (v, f, 0), finished, reducer, active),
+            want,
+            "{numbers:?}"
+        );
     };
     check((10, 3, 1, false, false), Outcome::Running);
     check((10, 9, 1, false, false), Outcome::Reducing);
@@ -1176,6 +1182,20 @@ fn a_projects_outcome_tells_done_from_failed() {
     check((10, 0, 10, true, false), Outcome::Failed);
     check((10, 10, 0, true, true), Outcome::Failed);
     assert_eq!(Outcome::Failed.as_str(), "failed");
+    // The submitter's control comes first: paused while units are open, cancelled always.
+    use protocol::control::State;
+    assert_eq!(
+        Outcome::of(10, (3, 1, 0), false, false, State::Paused),
+        Outcome::Paused
+    );
+    assert_eq!(
+        Outcome::of(10, (10, 0, 0), true, false, State::Paused),
+        Outcome::Done
+    );
+    assert_eq!(
+        Outcome::of(10, (3, 0, 7), true, false, State::Cancelled),
+        Outcome::Cancelled
+    );
 }
 
 /// Every unit giving the same output is said in words once enough have verified, and
@@ -1205,4 +1225,213 @@ fn units_that_all_give_the_same_output_are_warned_about() {
     verify(&mut s, SAME_OUTPUT_WARNING_AFTER, b"43\n");
     assert!(s.warnings(P).is_empty(), "one unit differs");
     assert!(s.warnings(ProjectId(99)).is_empty());
+}
+
+// Project control (`protocol::control`): pause, resume, cancel, retry, extend, reduce.
+
+/// Unit 0 fails on worker 1 (replication 1, quorum 1): the unit is failed for good.
+fn failed_once(s: &mut Scheduler, worker: u8) -> UnitId {
+    let leased = units(s.assign(id(worker), 1, 0));
+    assert_eq!(leased.len(), 1);
+    let unit = leased[0];
+    s.report_failure(
+        id(worker),
+        unit,
+        Failure::new(FailureKind::Trap, "unreachable"),
+    )
+    .expect("leased");
+    assert!(matches!(s.unit_status(unit), Some(UnitStatus::Failed(_))));
+    unit
+}
+
+#[test]
+fn a_paused_project_leases_nothing_until_resumed_and_running_units_still_verify() {
+    let mut s = setup(4, 1, 1, 3);
+    let running = units(s.assign(id(1), 1, 0));
+    let (done, changes) = s.pause(P).expect("pause");
+    assert_eq!(done.state, State::Paused);
+    assert_eq!((done.pending, done.in_progress), (3, 1));
+    assert_eq!(
+        changes,
+        [Change::Control {
+            project: P,
+            state: State::Paused
+        }]
+    );
+    assert!(
+        units(s.assign(id(2), 10, 10)).is_empty(),
+        "paused: no leases"
+    );
+    // The unit leased before the pause finishes and verifies.
+    certify(&mut s, running[0].0, &[1], b"out")
+        .expect("valid")
+        .expect("verified while paused");
+    assert!(s.pause(P).expect("again").1.is_empty(), "idempotent");
+    let (done, _) = s.resume(P).expect("resume");
+    assert_eq!((done.state, done.pending), (State::Active, 3));
+    assert_eq!(
+        units(s.assign(id(2), 10, 20)).len(),
+        3,
+        "resumed: all leasable"
+    );
+    assert!(s.resume(P).expect("again").1.is_empty(), "idempotent");
+}
+
+#[test]
+fn pausing_keeps_units_of_open_pool_and_restart_out_of_reach() {
+    // A unit with a replica out wants a second one (open pool): not leased while paused.
+    let mut s = setup(1, 2, 2, 4);
+    s.assign(id(1), 1, 0);
+    s.pause(P).expect("pause");
+    assert!(units(s.assign(id(2), 1, 0)).is_empty());
+    // Units loaded for a paused project (a restart) wait outside the queue too.
+    let mut t = Scheduler::new(LEASE, 7);
+    let mut p = project(2, 1, 1, 3);
+    p.control = State::Paused;
+    t.add_project(p);
+    for u in 0..2 {
+        t.add_unit(
+            UnitId(u),
+            P,
+            UnitStatus::Pending,
+            1,
+            1,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+    }
+    assert!(units(t.assign(id(1), 5, 0)).is_empty());
+    t.resume(P).expect("resume");
+    assert_eq!(units(t.assign(id(1), 5, 0)).len(), 2);
+}
+
+#[test]
+fn cancel_ends_unsettled_units_keeps_verified_ones_and_is_final() {
+    let mut s = setup(3, 1, 1, 3);
+    let leased = units(s.assign(id(1), 2, 0));
+    certify(&mut s, leased[0].0, &[1], b"out")
+        .expect("valid")
+        .expect("verified");
+    let (done, changes) = s.cancel(P).expect("cancel");
+    assert_eq!(done.state, State::Cancelled);
+    assert_eq!((done.units, done.in_progress, done.pending), (2, 1, 0));
+    assert!(changes.contains(&Change::CancelUnits { project: P }));
+    let p = s.project(P).expect("project");
+    assert_eq!((p.stats.verified, p.stats.cancelled), (1, 2));
+    assert!(p.finished(), "a cancelled project is settled");
+    assert_eq!(s.unit_status(leased[0]), Some(&UnitStatus::Verified));
+    assert_eq!(s.unit_status(leased[1]), Some(&UnitStatus::Cancelled));
+    // The worker holding the cancelled unit learns it from its heartbeat.
+    assert_eq!(s.heartbeat(id(1), &[leased[1]], 10), [leased[1]]);
+    // Its late result is refused, nothing is leased, and every other action is refused.
+    assert!(matches!(
+        certify(&mut s, leased[1].0, &[1], b"late"),
+        Err(Error::UnitCancelled { .. })
+    ));
+    assert!(units(s.assign(id(2), 10, 10)).is_empty());
+    for e in [
+        s.pause(P).map(|_| ()),
+        s.resume(P).map(|_| ()),
+        s.retry(P).map(|_| ()),
+        s.cancel(P).map(|_| ()),
+        s.check_extend(P),
+    ] {
+        let e = e.expect_err("cancel is final").to_string();
+        assert!(e.contains("cancelled, which is final"), "{e}");
+    }
+}
+
+#[test]
+fn retry_reruns_failed_units_with_their_history_cleared() {
+    let mut s = setup(1, 1, 1, 1);
+    let e = s.retry(P).expect_err("nothing failed").to_string();
+    assert!(e.contains("nothing to retry"), "{e}");
+    let unit = failed_once(&mut s, 1);
+    assert!(s.project(P).expect("p").finished());
+    let (done, changes) = s.retry(P).expect("retry");
+    assert_eq!((done.units, done.pending), (1, 1));
+    assert!(changes.contains(&Change::Retried {
+        unit,
+        target: 1,
+        required: 1
+    }));
+    let p = s.project(P).expect("p");
+    assert_eq!(p.stats.failed, 0);
+    assert!(!p.finished());
+    // The same worker may run it again (max_replicas 1 would otherwise fail it at once),
+    // and a second failure counts alone: the history was cleared.
+    assert_eq!(units(s.assign(id(1), 1, 10)), [unit]);
+    certify(&mut s, unit.0, &[1], b"ok")
+        .expect("valid")
+        .expect("verified after retry");
+    assert_eq!(s.project(P).expect("p").stats.verified, 1);
+}
+
+#[test]
+fn retry_of_a_paused_project_waits_for_resume_and_drops_a_stale_aggregate() {
+    let mut s = setup(1, 1, 1, 1);
+    failed_once(&mut s, 1);
+    s.set_aggregate(P, Aggregate::Failed("no outputs".into()));
+    s.pause(P).expect("pause");
+    let (_, changes) = s.retry(P).expect("retry");
+    assert!(changes.contains(&Change::AggregateReset { project: P }));
+    assert_eq!(s.project(P).expect("p").aggregate, Aggregate::Pending);
+    assert!(units(s.assign(id(2), 1, 0)).is_empty(), "still paused");
+    s.resume(P).expect("resume");
+    assert_eq!(units(s.assign(id(2), 1, 0)).len(), 1);
+}
+
+#[test]
+fn extend_adds_pending_units_and_reopens_a_finished_project() {
+    let mut s = setup(1, 1, 1, 3);
+    let first = units(s.assign(id(1), 1, 0));
+    certify(&mut s, first[0].0, &[1], b"out")
+        .expect("valid")
+        .expect("verified");
+    s.set_aggregate(P, Aggregate::Ready);
+    assert!(s.project(P).expect("p").finished());
+    s.check_extend(P).expect("may extend");
+    let done = s.extend(P, &[UnitId(10), UnitId(11)], 5);
+    assert_eq!((done.units, done.pending), (2, 2));
+    let p = s.project(P).expect("p");
+    assert_eq!(
+        (p.stats.total, p.aggregate.clone()),
+        (3, Aggregate::Pending)
+    );
+    assert!(!p.finished());
+    assert_eq!(units(s.assign(id(2), 5, 10)), [UnitId(10), UnitId(11)]);
+}
+
+#[test]
+fn reduce_is_refused_without_a_reducer_or_with_units_open() {
+    let mut s = setup(2, 1, 1, 3);
+    let e = s.rereduce(P).expect_err("no reducer").to_string();
+    assert!(e.contains("no reducer"), "{e}");
+    let mut t = Scheduler::new(LEASE, 7);
+    let mut p = project(2, 1, 1, 3);
+    p.reducer = Some(Digest::of(b"r"));
+    t.add_project(p);
+    for u in 0..2 {
+        t.add_unit(
+            UnitId(u),
+            P,
+            UnitStatus::Pending,
+            1,
+            1,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+    }
+    let e = t.rereduce(P).expect_err("open units").to_string();
+    assert!(e.contains("2 of its 2 units are not settled"), "{e}");
+    for u in units(t.assign(id(1), 2, 0)) {
+        certify(&mut t, u.0, &[1], b"o").expect("valid");
+    }
+    t.set_aggregate(P, Aggregate::Ready);
+    let (reducer, _, changes) = t.rereduce(P).expect("reduce again");
+    assert_eq!(reducer, Digest::of(b"r"));
+    assert_eq!(changes, [Change::AggregateReset { project: P }]);
+    assert_eq!(t.project(P).expect("p").aggregate, Aggregate::Pending);
 }

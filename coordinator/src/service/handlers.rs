@@ -217,6 +217,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
             error_bound: spec.error_bound,
             signer: Some(signer),
             data: spec.data.clone().into(),
+            control: Default::default(),
         });
         for unit in units.iter().copied() {
             state.sched.add_unit(
@@ -257,7 +258,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::GetResultsRequest>,
     ) -> Result<Response<ResultStream>, Status> {
-        let project = ProjectId(request.into_inner().project_id);
+        let request = request.into_inner();
+        let project = ProjectId(request.project_id);
         if self
             .inner
             .state
@@ -271,7 +273,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let service = self.clone();
-        tokio::spawn(Self::send_results(service, project, tx));
+        tokio::spawn(Self::send_results(service, project, request.follow, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -843,6 +845,20 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 })
                 .collect(),
         }))
+    }
+
+    async fn control_project(
+        &self,
+        request: Request<pb::ControlRequest>,
+    ) -> Result<Response<pb::ControlResponse>, Status> {
+        self.control(request).await
+    }
+
+    async fn extend_project(
+        &self,
+        request: Request<pb::ExtendRequest>,
+    ) -> Result<Response<pb::ControlResponse>, Status> {
+        self.extend(request).await
     }
 
     async fn return_units(

@@ -3,12 +3,15 @@
 
 use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
-use protocol::{Digest, ProjectId};
+use std::collections::HashSet;
+
+use protocol::{Digest, ProjectId, UnitId};
 use tonic::Status;
 
 use super::{CoordinatorService, to_status};
 use crate::Error;
-use crate::store::{Store, StoredOutput};
+use crate::scheduler::{Aggregate, UnitState};
+use crate::store::{MAX_OUTPUTS_OF, Store, StoredOutput, VerifiedOutput};
 
 /// Free space kept in reserve on the data dir's disk beyond what a new project needs
 /// (twice its size: the rows and the write-ahead log), for the results of the projects
@@ -92,17 +95,21 @@ impl<S: Store> CoordinatorService<S> {
         Ok(same)
     }
 
-    /// Streams `project`'s results to `tx`: verified outputs page by page, then failed
-    /// units, then the aggregate. Outputs that fail their digest check end the stream with
-    /// an error, after every such output was found and sent back for verification.
+    /// Streams `project`'s results to `tx`: verified outputs page by page, then (when
+    /// `follow`) each unit as it verifies until the project is finished, then failed units,
+    /// then the aggregate. Without `follow`, outputs that fail their digest check end the
+    /// stream with an error, after every such output was found and sent back for
+    /// verification; with it, they are sent back and streamed once verified again.
     pub(super) async fn send_results(
         service: CoordinatorService<S>,
         project: ProjectId,
+        follow: bool,
         tx: tokio::sync::mpsc::Sender<Result<pb::ResultItem, Status>>,
     ) {
         let store = &service.inner.store;
-        let send = |item| tx.send(Ok(pb::ResultItem { item: Some(item) }));
         let mut after = None;
+        // What a follower was sent, so that a unit goes out again only once re-verified.
+        let mut sent = HashSet::new();
         // Outputs that fail their digest check: once there is one the answer is an
         // error, and the rest is read only to find every such output.
         let mut corrupt = Vec::new();
@@ -125,25 +132,34 @@ impl<S: Store> CoordinatorService<S> {
                         continue;
                     }
                 };
-                let item = pb::result_item::Item::Verified(pb::VerifiedOutput {
-                    unit: v.name,
-                    output: v.output,
-                    digest: v.digest.0.to_vec(),
-                    fuel: v.fuel,
-                    signers: v.signers.iter().map(|s| s.0.to_vec()).collect(),
-                });
-                if send(item).await.is_err() {
+                if follow {
+                    sent.insert(v.unit);
+                }
+                if tx.send(Ok(verified_item(v))).await.is_err() {
                     return;
                 }
             }
         }
         if !corrupt.is_empty() {
             service.reverify(&corrupt).await;
-            let _ = tx
-                .send(Err(to_status(Error::CorruptOutputs(corrupt))))
-                .await;
-            return;
+            if !follow {
+                let _ = tx
+                    .send(Err(to_status(Error::CorruptOutputs(corrupt))))
+                    .await;
+                return;
+            }
         }
+        if follow {
+            match Self::follow_results(&service, project, sent, &tx).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(to_status(e))).await;
+                    return;
+                }
+            }
+        }
+        let send = |item| tx.send(Ok(pb::ResultItem { item: Some(item) }));
         match store.failed_units(project).await {
             Ok(failed) => {
                 for (unit, reason) in failed {
@@ -175,5 +191,94 @@ impl<S: Store> CoordinatorService<S> {
                 let _ = tx.send(Err(to_status(e))).await;
             }
         }
+    }
+
+    /// `GetResults` with `follow`, after the outputs stored when the call came: every
+    /// [`FOLLOW_POLL`], the units the scheduler now counts verified that the follower was
+    /// not sent (`sent`) are read from the store and sent. A unit verified in memory but
+    /// not yet written is read on a later round; a unit re-opened leaves `sent`, so it goes
+    /// out again once verified again. Returns true once the project is finished (and its
+    /// reducer, if any, has run) and everything verified was sent; false when the follower
+    /// went away.
+    async fn follow_results(
+        service: &CoordinatorService<S>,
+        project: ProjectId,
+        mut sent: HashSet<UnitId>,
+        tx: &tokio::sync::mpsc::Sender<Result<pb::ResultItem, Status>>,
+    ) -> Result<bool, Error> {
+        loop {
+            let (verified, done) = {
+                let state = service.inner.state.lock().await;
+                let p = state
+                    .sched
+                    .project(project)
+                    .ok_or(Error::UnknownProject(project))?;
+                // A cancelled project's reducer runs only when asked (`fallow reduce`).
+                let done = p.finished()
+                    && (p.reducer.is_none()
+                        || p.aggregate != Aggregate::Pending
+                        || p.control == protocol::control::State::Cancelled);
+                let verified: HashSet<UnitId> = state
+                    .sched
+                    .unit_views()
+                    .filter(|u| u.project == project && u.state == UnitState::Verified)
+                    .map(|u| u.id)
+                    .collect();
+                (verified, done)
+            };
+            sent.retain(|id| verified.contains(id));
+            let mut new: Vec<UnitId> = verified.difference(&sent).copied().collect();
+            new.sort_unstable();
+            let mut unwritten = false;
+            for ids in new.chunks(MAX_OUTPUTS_OF) {
+                let outputs = service
+                    .inner
+                    .store
+                    .verified_outputs_of(project, ids)
+                    .await?;
+                unwritten |= outputs.len() < ids.len();
+                let mut corrupt = Vec::new();
+                for output in outputs {
+                    match output {
+                        StoredOutput::Intact(v) => {
+                            sent.insert(v.unit);
+                            if tx.send(Ok(verified_item(v))).await.is_err() {
+                                return Ok(false);
+                            }
+                        }
+                        StoredOutput::Corrupt(c) => corrupt.push(c),
+                    }
+                }
+                if !corrupt.is_empty() {
+                    // Sent back for verification: streamed when verified again.
+                    service.reverify(&corrupt).await;
+                    unwritten = true;
+                }
+            }
+            if done && !unwritten {
+                return Ok(true);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+                () = tx.closed() => return Ok(false),
+            }
+        }
+    }
+}
+
+/// How often a follower (`GetResults` with `follow`) looks for newly verified units.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A verified output as sent.
+fn verified_item(v: VerifiedOutput) -> pb::ResultItem {
+    pb::ResultItem {
+        item: Some(pb::result_item::Item::Verified(pb::VerifiedOutput {
+            unit: v.name,
+            output: v.output,
+            digest: v.digest.0.to_vec(),
+            fuel: v.fuel,
+            signers: v.signers.iter().map(|s| s.0.to_vec()).collect(),
+            verified_ms: v.verified_ms,
+        })),
     }
 }

@@ -78,7 +78,7 @@ pub(crate) async fn run<S: Store>(
         })
         .await?;
     for (p, c) in counts {
-        sched.restore_counts(p, c.total, c.verified, c.failed, c.executions);
+        sched.restore_counts(p, c);
     }
     let listed = snapshot
         .workers

@@ -87,18 +87,43 @@ impl<S: Store> CoordinatorService<S> {
         self.inner.dashboard.changed();
     }
 
-    /// Starts the reducer of `project` if it is finished and has no aggregate yet.
+    /// Starts the reducer of `project` if it is finished and has no aggregate yet (never
+    /// for a cancelled project: `fallow reduce` runs it there on request).
     pub(super) async fn maybe_reduce(&self, project: ProjectId) {
         let job = {
             let state = self.inner.state.lock().await;
             match state.sched.project(project) {
-                Some(p) if p.finished() && p.aggregate == Aggregate::Pending => {
+                Some(p)
+                    if p.finished()
+                        && p.aggregate == Aggregate::Pending
+                        && p.control != protocol::control::State::Cancelled =>
+                {
                     p.reducer.map(|r| (r, p.limits))
                 }
                 _ => None,
             }
         };
         let Some((reducer, limits)) = job else { return };
+        self.start_reducer(project, reducer, limits);
+    }
+
+    /// Whether `project`'s reducer is running now.
+    pub(super) fn reducing(&self, project: ProjectId) -> bool {
+        self.inner
+            .reducing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&project)
+    }
+
+    /// Runs `project`'s reducer in the background unless it is running already; false
+    /// then.
+    pub(super) fn start_reducer(
+        &self,
+        project: ProjectId,
+        reducer: protocol::Digest,
+        limits: protocol::Limits,
+    ) -> bool {
         {
             let mut reducing = self
                 .inner
@@ -106,7 +131,7 @@ impl<S: Store> CoordinatorService<S> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if !reducing.insert(project) {
-                return;
+                return false;
             }
         }
         let service = self.clone();
@@ -142,5 +167,6 @@ impl<S: Store> CoordinatorService<S> {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&project);
         });
+        true
     }
 }

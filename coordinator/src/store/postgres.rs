@@ -8,11 +8,15 @@
 //! can later share one database, without copying files. PostgreSQL compresses large values
 //! out of line (TOAST) on its own.
 //!
-//! **One coordinator per database, for now.** The scheduler keeps its state in memory, so
-//! a second coordinator on the same database would hand out the same units. The store
-//! holds a session advisory lock ([`LOCK_KEY`]) on a connection of its own for its whole
-//! life, as the SQLite store holds `coordinator.lock`; PostgreSQL releases it when that
-//! connection ends, also when the coordinator is killed.
+//! **One active coordinator per database, and standbys.** The scheduler keeps its state in
+//! memory, so a second coordinator serving the same database would hand out the same
+//! units. The store holds a session advisory lock ([`LOCK_KEY`]) on a connection of its
+//! own for its whole life, as the SQLite store holds `coordinator.lock`; PostgreSQL
+//! releases it when that connection ends, also when the coordinator is killed. Another
+//! coordinator started on the database is refused ([`PostgresStore::connect`]) or waits as
+//! a standby ([`PostgresStore::stand_by`], what `fallow coordinator` does) and takes the
+//! lock when it is released. Several active coordinators (shards of units under leases in
+//! the database) are a later step; the lock then becomes one per shard.
 //!
 //! **Checks at rest.** As in SQLite, every verified output is checked against the digest it
 //! was verified with when it is read ([`Store::verified_outputs`]); page-level damage is
@@ -52,8 +56,8 @@ use protocol::{Claim, Digest, Limits, ProjectId, UnitId, WorkerId};
 use super::schema::{self, FIRST_POSTGRES_VERSION, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, digest,
-    failure_of, intact_output, merge_units, vote_seal, worker_id,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, control_of,
+    digest, failure_of, intact_output, merge_units, vote_seal, worker_id,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -77,6 +81,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const UNIT_PENDING: i64 = 0;
 const UNIT_VERIFIED: i64 = 1;
 const UNIT_FAILED: i64 = 2;
+const UNIT_CANCELLED: i64 = 3;
 
 /// Every account with its credit, verified units, latest team and workers: the SQLite
 /// store's query in PostgreSQL. The sum is `NUMERIC` in PostgreSQL (it cannot overflow)
@@ -94,9 +99,12 @@ const LEADERBOARD_ACCOUNTS: &str = "SELECT a.account AS name,
 #[derive(Clone)]
 pub struct PostgresStore {
     pub(in crate::store) pool: PgPool,
-    /// The connection holding [`LOCK_KEY`], for the life of the store (never used: the
-    /// lock lasts as long as the connection).
-    _lock: Arc<std::sync::Mutex<PgConnection>>,
+    /// The task holding [`LOCK_KEY`] on a connection of its own, for the life of the
+    /// store: dropping the last clone ends the task, which closes the connection and so
+    /// lets go of the lock.
+    _lock: Arc<tokio_util::sync::DropGuard>,
+    /// Cancelled when the lock's connection fails ([`PostgresStore::lost`]).
+    lost: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -141,18 +149,179 @@ pub fn redact(url: &str) -> String {
 }
 
 impl PostgresStore {
+    /// The deployment's files kept in the database (`crate::deployment`), by name.
+    pub async fn deployment_files(&self) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT name, bytes FROM deployment_files ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Keeps `bytes` as the deployment's file `name`: replacing what is there when
+    /// `replace`, otherwise only if there is none (the first coordinator's wins). Returns
+    /// whether it was written.
+    pub async fn put_deployment_file(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        replace: bool,
+    ) -> Result<bool, Error> {
+        let sql = if replace {
+            "INSERT INTO deployment_files (name, bytes, updated_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET bytes = excluded.bytes, updated_ms = excluded.updated_ms"
+        } else {
+            "INSERT INTO deployment_files (name, bytes, updated_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING"
+        };
+        let done = sqlx::query(sql)
+            .bind(name)
+            .bind(bytes)
+            .bind(id(crate::now_ms())?)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// The session PostgreSQL reports holding a database's coordinator lock: what a standby
+/// prints about the active coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its `application_name`: `fallow coordinator` and, for one started by the CLI, the
+    /// host and process id ([`PostgresStore::stand_by`]).
+    pub application: String,
+    /// The address it connects from (empty over a Unix socket).
+    pub client: String,
+    /// The PostgreSQL backend's process id.
+    pub backend: i32,
+    /// When the session began, as PostgreSQL prints a `timestamptz`.
+    pub since: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\"", self.application)?;
+        if !self.client.is_empty() {
+            write!(f, " from {}", self.client)?;
+        }
+        write!(
+            f,
+            " (PostgreSQL backend {}, connected since {})",
+            self.backend, self.since
+        )
+    }
+}
+
+/// What a standby is told once, with who holds the database.
+type OnStandby<'a> = &'a mut (dyn FnMut(Option<&Holder>) + Send);
+
+/// How long a standby waits between two tries of the coordinator lock.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+
+/// How long a standby that took the lock waits for the former holder's other sessions
+/// (its pool) to end before it ends them itself (`pg_terminate_backend`), so that nothing
+/// the former coordinator sent can commit after the new one has loaded the store.
+const FENCE_WAIT: Duration = Duration::from_secs(10);
+
+/// The name every coordinator session carries unless [`PostgresStore::stand_by`] is given
+/// a more specific one.
+const APPLICATION: &str = "fallow coordinator";
+
+impl PostgresStore {
+    /// Verified units as read (`id, name, output, digest, fuel, settled_ms`), each with its
+    /// signers, checked against its digest: a mismatch is [`StoredOutput::Corrupt`].
+    async fn stored_outputs(&self, rows: Vec<PgRow>) -> Result<Vec<StoredOutput>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: i64 = row.try_get("id")?;
+            let unit = UnitId(count(&row, "id")?);
+            let name: String = row.try_get("name")?;
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            let verified_ms: Option<i64> = row.try_get("settled_ms")?;
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: unbits(fuel),
+                signers,
+                verified_ms: verified_ms.map_or(0, unbits),
+            }));
+        }
+        Ok(out)
+    }
+
     /// Connects to the database at `url`, takes the coordinator lock (waiting up to
     /// [`LOCK_WAIT`] for a coordinator just stopped to let go of it), then creates or
-    /// migrates the schema. Errors name the URL without its password.
+    /// migrates the schema. Errors name the URL without its password. A database another
+    /// coordinator holds past the wait is refused ([`PostgresStore::stand_by`] waits).
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::open(url, APPLICATION, None).await
+    }
+
+    /// As [`PostgresStore::connect`], but a database another coordinator holds is waited
+    /// for, as its standby: `standing` is told once who holds it, then the lock is tried
+    /// every [`STANDBY_POLL`] until the holder's session ends (it stopped, or was killed:
+    /// PostgreSQL ends the session when its connection closes). Its remaining sessions are
+    /// then waited for (or ended) before the store is loaded, so a coordinator that died
+    /// mid-write cannot commit behind the new one's back. `name` is this coordinator's
+    /// `application_name` (what another standby prints about it); it should be unique,
+    /// e.g. with the host and process id.
+    pub async fn stand_by(
+        url: &str,
+        name: &str,
+        standing: impl FnOnce(Option<&Holder>) + Send,
+    ) -> Result<Self, Error> {
+        let mut standing = Some(standing);
+        let mut on_standby = |h: Option<&Holder>| {
+            if let Some(f) = standing.take() {
+                f(h);
+            }
+        };
+        Self::open(url, name, Some(&mut on_standby)).await
+    }
+
+    async fn open(
+        url: &str,
+        name: &str,
+        mut standby: Option<OnStandby<'_>>,
+    ) -> Result<Self, Error> {
         let shown = redact(url);
         let failed = |message: String| Error::Database {
             url: shown.clone(),
             message,
         };
+        // PostgreSQL keeps 63 bytes of a name; cut on a character boundary.
+        let name: String = name.chars().take(60).collect();
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| failed(format!("not a PostgreSQL URL: {e}")))?
-            .application_name("fallow coordinator");
+            .application_name(&name)
+            // A coordinator whose machine is lost (not just its process) leaves no one to
+            // close its connections: PostgreSQL finds them dead by TCP keepalive, and only
+            // then releases the lock to a standby. These make that ~25 s, not the
+            // system's default two hours (ignored over a Unix socket).
+            .options([
+                ("tcp_keepalives_idle", "10"),
+                ("tcp_keepalives_interval", "5"),
+                ("tcp_keepalives_count", "3"),
+            ]);
         let unreachable = |e: String| {
             failed(format!(
                 "cannot connect ({e}); is PostgreSQL running there, and do the user, \
@@ -164,6 +333,8 @@ impl PostgresStore {
             .map_err(|_| unreachable(format!("no answer in {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        // The holder seen while standing by: its sessions are fenced off once we hold it.
+        let mut former: Option<Holder> = None;
         loop {
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(LOCK_KEY)
@@ -173,13 +344,27 @@ impl PostgresStore {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(failed(
-                    "another coordinator is using this database (it holds the coordinator \
-                     lock); stop it, or use another database"
-                        .into(),
-                ));
+                let Some(standby) = standby.as_mut() else {
+                    return Err(failed(
+                        "another coordinator is using this database (it holds the coordinator \
+                         lock); stop it, or use another database"
+                            .into(),
+                    ));
+                };
+                let holder = holder(&mut lock).await?;
+                if former.is_none() {
+                    standby(holder.as_ref());
+                }
+                if let Some(h) = holder {
+                    former = Some(h);
+                }
+                tokio::time::sleep(STANDBY_POLL).await;
+                continue;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(former) = &former {
+            fence(&mut lock, former, &name).await?;
         }
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -188,10 +373,131 @@ impl PostgresStore {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         migrate(&pool, &shown).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let lost = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(hold(lock, stop.clone(), lost.clone(), shown.clone()));
         Ok(PostgresStore {
             pool,
-            _lock: Arc::new(std::sync::Mutex::new(lock)),
+            _lock: Arc::new(stop.drop_guard()),
+            lost,
         })
+    }
+
+    /// Completes if this coordinator loses the database's lock (its connection failed:
+    /// the database restarted, or the network to it broke). A standby may be taking over:
+    /// the coordinator must stop serving at once (`fallow coordinator` exits with an
+    /// error, and stands by when started again).
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.lost.clone().cancelled_owned()
+    }
+}
+
+/// How often the lock's connection is checked.
+const LOCK_CHECK: Duration = Duration::from_secs(2);
+
+/// Holds the coordinator lock on `conn` until `stop` (then closes it, letting go of the
+/// lock), checking every [`LOCK_CHECK`] that the connection is alive; cancels `lost` when
+/// it is not.
+async fn hold(
+    mut conn: PgConnection,
+    stop: tokio_util::sync::CancellationToken,
+    lost: tokio_util::sync::CancellationToken,
+    shown: String,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = conn.close().await;
+                return;
+            }
+            _ = tokio::time::sleep(LOCK_CHECK) => {}
+        }
+        let alive = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query("SELECT 1").execute(&mut conn),
+        )
+        .await;
+        if !matches!(alive, Ok(Ok(_))) {
+            tracing::error!(
+                database = %shown,
+                "lost the connection holding the coordinator lock: another coordinator may \
+                 take the database over; this one must stop serving"
+            );
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// The session holding the coordinator lock, if PostgreSQL shows it to us (it may have
+/// just let go; a role without the right to see others' sessions sees no address).
+async fn holder(conn: &mut PgConnection) -> Result<Option<Holder>, Error> {
+    // A bigint advisory key shows in pg_locks as its high and low 32 bits.
+    let row = sqlx::query(
+        "SELECT a.application_name::text AS application,
+                COALESCE(host(a.client_addr), '') AS client,
+                a.pid AS backend,
+                COALESCE(date_trunc('second', a.backend_start)::text, '') AS since
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+                 SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1
+         LIMIT 1",
+    )
+    .bind(LOCK_KEY >> 32)
+    .bind(LOCK_KEY & 0xffff_ffff)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Holder {
+        application: row
+            .try_get::<Option<String>, _>("application")?
+            .unwrap_or_default(),
+        client: row.try_get("client")?,
+        backend: row.try_get("backend")?,
+        since: row.try_get("since")?,
+    }))
+}
+
+/// Waits until no session of the former holder (by its `application_name`, unless it is
+/// ours) is left, ending those still there after [`FENCE_WAIT`].
+async fn fence(conn: &mut PgConnection, former: &Holder, ours: &str) -> Result<(), Error> {
+    if former.application == ours {
+        // Not unique (two coordinators with the default name): nothing to tell its
+        // sessions from ours by. Its lock session is gone, which ended its transactions.
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+    loop {
+        let left: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()
+               AND pid <> pg_backend_pid()",
+        )
+        .bind(&former.application)
+        .fetch_all(&mut *conn)
+        .await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                former = %former,
+                sessions = left.len(),
+                "the former coordinator's sessions are still open; ending them"
+            );
+            for pid in left {
+                // Best effort: a role may end sessions of its own role only.
+                let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut *conn)
+                    .await;
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -366,6 +672,7 @@ fn project_from_row(row: &PgRow) -> Result<Project, Error> {
             (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
         },
         data: Default::default(),
+        control: control_of(row.try_get("control")?)?,
     })
 }
 
@@ -526,6 +833,66 @@ async fn change(tx: &mut PgConnection, change: &Change, now: i64) -> Result<(), 
             required,
         } => reopen(tx, *unit, Some(*revoke), *required).await?,
         Change::Reverify { unit, required } => reopen(tx, *unit, None, *required).await?,
+        Change::Control { project, state } => {
+            sqlx::query("UPDATE projects SET control = $1 WHERE id = $2")
+                .bind(state.code())
+                .bind(id(project.0)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Change::CancelUnits { project } => {
+            sqlx::query(
+                "DELETE FROM votes WHERE unit IN (SELECT id FROM units WHERE project = $1 AND state = $2)",
+            )
+            .bind(id(project.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE units SET state = $1, settled_ms = $2 WHERE project = $3 AND state = $4",
+            )
+            .bind(UNIT_CANCELLED)
+            .bind(now)
+            .bind(id(project.0)?)
+            .bind(UNIT_PENDING)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::Retried {
+            unit,
+            target,
+            required,
+        } => {
+            sqlx::query(
+                "UPDATE units SET state = $1, reason = NULL, settled_ms = NULL, target = $2, required = $3
+                 WHERE id = $4 AND state = $5",
+            )
+            .bind(UNIT_PENDING)
+            .bind(i64::from(*target))
+            .bind(i64::from(*required))
+            .bind(id(unit.0)?)
+            .bind(UNIT_FAILED)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE assignments SET state = $1, failure_kind = NULL, reason = NULL
+                 WHERE unit = $2 AND state IN ($3, $4)",
+            )
+            .bind(AssignmentState::Retried.code())
+            .bind(id(unit.0)?)
+            .bind(AssignmentState::Failed.code())
+            .bind(AssignmentState::Expired.code())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Change::AggregateReset { project } => {
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(id(project.0)?)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -796,6 +1163,71 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn insert_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+        signatures: &[[u8; 64]],
+        target: u32,
+        required: u32,
+    ) -> Result<Vec<UnitId>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, project, units, signatures, target, required).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(
+            conn: &mut PgConnection,
+            project: ProjectId,
+            units: &[(String, Vec<u8>)],
+            signatures: &[[u8; 64]],
+            target: u32,
+            required: u32,
+        ) -> Result<Vec<UnitId>, Error> {
+            let mut tx = conn.begin().await?;
+            let pid = id(project.0)?;
+            let mut ids = Vec::with_capacity(units.len());
+            for (i, (name, input)) in units.iter().enumerate() {
+                // As in the SQLite store: one row at a time, the unique index finds a taken
+                // name.
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO units (project, name, input, target, required, signature)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project, name) DO NOTHING RETURNING id",
+                )
+                .bind(pid)
+                .bind(name.as_str())
+                .bind(&input[..])
+                .bind(i64::from(target))
+                .bind(i64::from(required))
+                .bind(signatures.get(i).map(|s| s.to_vec()))
+                .fetch_optional(&mut *tx)
+                .await?;
+                match inserted {
+                    Some(u) => ids
+                        .push(UnitId(u64::try_from(u).map_err(|_| {
+                            Error::Corrupt(format!("a negative unit id ({u})"))
+                        })?)),
+                    None => {
+                        return Err(Error::DuplicateUnit {
+                            project,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(pid)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(ids)
+        }
+    }
+
     async fn load(&self) -> Result<Snapshot, Error> {
         let mut snapshot = Snapshot::default();
         let mut projects = BTreeMap::new();
@@ -803,7 +1235,7 @@ impl Store for PostgresStore {
         for row in sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
                 max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
-                adaptive, error_bound, max_checkpoint_bytes, submitter, terms
+                adaptive, error_bound, max_checkpoint_bytes, submitter, terms, control
              FROM projects ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -936,6 +1368,7 @@ impl Store for PostgresStore {
                 project: ProjectId(count(&row, "project")?),
                 status: match row.try_get::<i64, _>("state")? {
                     UNIT_VERIFIED => UnitStatus::Verified,
+                    UNIT_CANCELLED => UnitStatus::Cancelled,
                     UNIT_FAILED => UnitStatus::Failed(
                         row.try_get::<Option<String>, _>("reason")?
                             .unwrap_or_default(),
@@ -1169,7 +1602,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT id, name, output, digest, fuel FROM units
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
              WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
         )
         .bind(project)
@@ -1178,38 +1611,36 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: i64 = row.try_get("id")?;
-            let unit = UnitId(count(&row, "id")?);
-            let name: String = row.try_get("name")?;
-            let Some((output, digest, fuel)) = intact_output(
-                row.try_get("output")?,
-                row.try_get("digest")?,
-                row.try_get("fuel")?,
-            ) else {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            };
-            let signers = sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
-            )
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await?
+        self.stored_outputs(rows).await
+    }
+
+    async fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let Ok(project) = i64::try_from(project.0) else {
+            return Ok(Vec::new());
+        };
+        // Ids past i64 name no stored unit.
+        let ids: Vec<i64> = units
             .iter()
-            .map(|b| worker_id(b))
-            .collect::<Result<_, _>>()?;
-            out.push(StoredOutput::Intact(VerifiedOutput {
-                unit,
-                name,
-                output,
-                digest,
-                fuel: unbits(fuel),
-                signers,
-            }));
+            .take(super::MAX_OUTPUTS_OF)
+            .filter_map(|u| i64::try_from(u.0).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let rows = sqlx::query(
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
+             WHERE project = $1 AND state = $2 AND id = ANY($3) ORDER BY name",
+        )
+        .bind(project)
+        .bind(UNIT_VERIFIED)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        self.stored_outputs(rows).await
     }
 
     async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {

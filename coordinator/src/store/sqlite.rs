@@ -25,8 +25,8 @@ use protocol::provenance::{Signer, SubmitterKey};
 use super::schema::{self, SCHEMA_VERSION};
 use super::{
     AccountTotal, CorruptOutput, CreditTo, LeasedInput, LoadedCounts, Replica, Snapshot, Store,
-    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, digest,
-    failure_of, intact_output, merge_units, vote_seal, worker_id,
+    StoredOutput, StoredUnit, StoredWorker, TeamTotal, UnitRow, VerifiedOutput, Write, control_of,
+    digest, failure_of, intact_output, merge_units, vote_seal, worker_id,
 };
 use crate::Error;
 use crate::scheduler::{
@@ -56,6 +56,7 @@ fn credit_of(row: &sqlx::sqlite::SqliteRow) -> Result<u64, sqlx::Error> {
 const UNIT_PENDING: i64 = 0;
 const UNIT_VERIFIED: i64 = 1;
 const UNIT_FAILED: i64 = 2;
+const UNIT_CANCELLED: i64 = 3;
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -113,6 +114,48 @@ fn damage(e: &sqlx::Error) -> Option<String> {
 }
 
 impl SqliteStore {
+    /// Verified units as read (`id, name, output, digest, fuel, settled_ms`), each with its
+    /// signers, checked against its digest: a mismatch is [`StoredOutput::Corrupt`].
+    async fn stored_outputs(
+        &self,
+        rows: Vec<sqlx::sqlite::SqliteRow>,
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let unit = UnitId(id as u64);
+            let name: String = row.try_get("name")?;
+            let Some((output, digest, fuel)) = intact_output(
+                row.try_get("output")?,
+                row.try_get("digest")?,
+                row.try_get("fuel")?,
+            ) else {
+                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
+                continue;
+            };
+            let signers = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|b| worker_id(b))
+            .collect::<Result<_, _>>()?;
+            let verified_ms: Option<i64> = row.try_get("settled_ms")?;
+            out.push(StoredOutput::Intact(VerifiedOutput {
+                unit,
+                name,
+                output,
+                digest,
+                fuel: fuel as u64,
+                signers,
+                verified_ms: verified_ms.unwrap_or(0).max(0) as u64,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Opens (creating if needed) `<dir>/fallow.db`, refusing a lost or damaged store
     /// (see [`OpenOptions`]).
     pub async fn open(dir: &Path) -> Result<Self, Error> {
@@ -404,6 +447,7 @@ fn project_from_row(row: &SqliteRow) -> Result<Project, Error> {
             (true, Some(e)) => Aggregate::Failed(reducer_reason(e)),
         },
         data: Default::default(),
+        control: control_of(row.try_get("control")?)?,
     })
 }
 
@@ -558,6 +602,54 @@ impl<'a> Batch<'a> {
                 self.blob(&worker.0)?;
                 self.int(i64::from(*errors_in_row))?;
                 self.int(i64::from(*throttled))?;
+            }
+            Change::Control { project, state } => {
+                self.stmt("UPDATE projects SET control = ? WHERE id = ?");
+                self.int(state.code())?;
+                self.int(project.0 as i64)?;
+            }
+            Change::CancelUnits { project } => {
+                self.stmt(
+                    "DELETE FROM votes WHERE unit IN (SELECT id FROM units WHERE project = ? AND state = ?)",
+                );
+                self.int(project.0 as i64)?;
+                self.int(UNIT_PENDING)?;
+                self.stmt(
+                    "UPDATE units SET state = ?, settled_ms = ? WHERE project = ? AND state = ?",
+                );
+                self.int(UNIT_CANCELLED)?;
+                self.int(now)?;
+                self.int(project.0 as i64)?;
+                self.int(UNIT_PENDING)?;
+            }
+            Change::Retried {
+                unit,
+                target,
+                required,
+            } => {
+                self.stmt(
+                    "UPDATE units SET state = ?, reason = NULL, settled_ms = NULL, target = ?, required = ?
+                     WHERE id = ? AND state = ?",
+                );
+                self.int(UNIT_PENDING)?;
+                self.int(i64::from(*target))?;
+                self.int(i64::from(*required))?;
+                self.int(unit.0 as i64)?;
+                self.int(UNIT_FAILED)?;
+                self.stmt(
+                    "UPDATE assignments SET state = ?, failure_kind = NULL, reason = NULL
+                     WHERE unit = ? AND state IN (?, ?)",
+                );
+                self.int(AssignmentState::Retried.code())?;
+                self.int(unit.0 as i64)?;
+                self.int(AssignmentState::Failed.code())?;
+                self.int(AssignmentState::Expired.code())?;
+            }
+            Change::AggregateReset { project } => {
+                self.stmt(
+                    "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = ?",
+                );
+                self.int(project.0 as i64)?;
             }
             Change::Reopen { .. } | Change::Reverify { .. } => {}
         }
@@ -735,6 +827,68 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn insert_units(
+        &self,
+        project: ProjectId,
+        units: &[(String, Vec<u8>)],
+        signatures: &[[u8; 64]],
+        target: u32,
+        required: u32,
+    ) -> Result<Vec<UnitId>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let result = inner(&mut conn, project, units, signatures, target, required).await;
+        if result.is_err() {
+            discard(conn).await;
+        }
+        return result;
+
+        async fn inner(
+            conn: &mut SqliteConnection,
+            project: ProjectId,
+            units: &[(String, Vec<u8>)],
+            signatures: &[[u8; 64]],
+            target: u32,
+            required: u32,
+        ) -> Result<Vec<UnitId>, Error> {
+            let mut tx = conn.begin().await?;
+            let pid = project.0 as i64;
+            let mut ids = Vec::with_capacity(units.len());
+            for (i, (name, input)) in units.iter().enumerate() {
+                // One row at a time: an extension is small next to a submission, and a
+                // taken name is found (and named) by the unique index itself.
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO units (project, name, input, target, required, signature)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project, name) DO NOTHING RETURNING id",
+                )
+                .bind(pid)
+                .bind(name.as_str())
+                .bind(&input[..])
+                .bind(i64::from(target))
+                .bind(i64::from(required))
+                .bind(signatures.get(i).map(|s| s.to_vec()))
+                .fetch_optional(&mut *tx)
+                .await?;
+                match inserted {
+                    Some(id) => ids.push(UnitId(id as u64)),
+                    None => {
+                        return Err(Error::DuplicateUnit {
+                            project,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+            sqlx::query(
+                "UPDATE projects SET aggregate_done = 0, aggregate = NULL, aggregate_error = NULL WHERE id = $1",
+            )
+            .bind(pid)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(ids)
+        }
+    }
+
     async fn load(&self) -> Result<Snapshot, Error> {
         let mut snapshot = Snapshot::default();
         let mut projects = BTreeMap::new();
@@ -742,7 +896,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "SELECT id, name, module, reducer, replication, quorum, max_replicas, fuel, memory_mb, wall_seconds,
                 max_output_bytes, nan_canonicalization, disputes, aggregate_done, aggregate_error,
-                adaptive, error_bound, max_checkpoint_bytes, submitter, terms
+                adaptive, error_bound, max_checkpoint_bytes, submitter, terms, control
              FROM projects ORDER BY id",
         )
             .fetch_all(&self.pool)
@@ -926,6 +1080,7 @@ impl Store for SqliteStore {
                 project: ProjectId(row.try_get::<i64, _>("project")? as u64),
                 status: match row.try_get::<i64, _>("state")? {
                     UNIT_VERIFIED => UnitStatus::Verified,
+                    UNIT_CANCELLED => UnitStatus::Cancelled,
                     UNIT_FAILED => UnitStatus::Failed(
                         row.try_get::<Option<String>, _>("reason")?
                             .unwrap_or_default(),
@@ -1210,7 +1365,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<StoredOutput>, Error> {
         let rows = sqlx::query(
-            "SELECT id, name, output, digest, fuel FROM units
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units
              WHERE project = $1 AND state = $2 AND name > $3 ORDER BY name LIMIT $4",
         )
         .bind(project.0 as i64)
@@ -1219,38 +1374,33 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let unit = UnitId(id as u64);
-            let name: String = row.try_get("name")?;
-            let Some((output, digest, fuel)) = intact_output(
-                row.try_get("output")?,
-                row.try_get("digest")?,
-                row.try_get("fuel")?,
-            ) else {
-                out.push(StoredOutput::Corrupt(CorruptOutput { unit, name }));
-                continue;
-            };
-            let signers = sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT worker FROM credit WHERE unit = $1 ORDER BY worker",
-            )
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|b| worker_id(b))
-            .collect::<Result<_, _>>()?;
-            out.push(StoredOutput::Intact(VerifiedOutput {
-                unit,
-                name,
-                output,
-                digest,
-                fuel: fuel as u64,
-                signers,
-            }));
+        self.stored_outputs(rows).await
+    }
+
+    async fn verified_outputs_of(
+        &self,
+        project: ProjectId,
+        units: &[UnitId],
+    ) -> Result<Vec<StoredOutput>, Error> {
+        let units = &units[..units.len().min(super::MAX_OUTPUTS_OF)];
+        if units.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let mut query = sqlx::QueryBuilder::new(
+            "SELECT id, name, output, digest, fuel, settled_ms FROM units WHERE project = ",
+        );
+        query
+            .push_bind(project.0 as i64)
+            .push(" AND state = ")
+            .push_bind(UNIT_VERIFIED)
+            .push(" AND id IN (");
+        let mut ids = query.separated(", ");
+        for unit in units {
+            ids.push_bind(unit.0 as i64);
+        }
+        query.push(") ORDER BY name");
+        let rows = query.build().fetch_all(&self.pool).await?;
+        self.stored_outputs(rows).await
     }
 
     async fn unit_workers(&self, unit: UnitId) -> Result<Vec<WorkerId>, Error> {

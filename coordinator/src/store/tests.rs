@@ -119,6 +119,7 @@ suite!(
     same_units_compares_names_and_inputs_in_order,
     the_group_commit_applies_every_write_in_order_or_none,
     data_files_are_held_only_once_finished_and_projects_keep_their_list,
+    project_control_survives_reopening,
 );
 
 /// `load` and `load_units` together, with the unit counters applied to the projects.
@@ -134,6 +135,7 @@ pub(super) async fn load_all<S: Store>(store: &S) -> (Snapshot, Vec<StoredUnit>)
             p.stats.total += c.total;
             p.stats.verified += c.verified;
             p.stats.failed += c.failed;
+            p.stats.cancelled += c.cancelled;
             p.stats.executions += c.executions;
         }
     }
@@ -323,6 +325,30 @@ async fn state_survives_reopening_and_results_are_recorded_once<B: Backend>() {
         (1, "a", &b"out"[..])
     );
     assert_eq!(outputs[0].signers.len(), 2);
+    assert_eq!(
+        outputs[0].verified_ms, 3,
+        "the first record's time, not the second's"
+    );
+    // By id (`fallow results --follow`): only verified units of this project come back.
+    let of = intact(
+        store
+            .verified_outputs_of(project, &[units[1], units[0], UnitId(u64::MAX)])
+            .await
+            .expect("outputs of"),
+    );
+    assert_eq!(
+        of.iter()
+            .map(|o| (o.unit, o.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(units[0], "a")]
+    );
+    assert!(
+        store
+            .verified_outputs_of(ProjectId(project.0 + 1), &[units[0]])
+            .await
+            .expect("other project")
+            .is_empty()
+    );
 }
 
 async fn reopening_a_unit_withdraws_its_output_and_the_liars_credit_once<B: Backend>() {
@@ -874,4 +900,267 @@ async fn a_database_of_something_else_is_refused() {
         .expect_err("opened")
         .to_string();
     assert!(err.contains("not a Fallow store"), "{err}");
+}
+
+/// A second coordinator on a held database stands by, is told who holds it, and takes the
+/// database over as soon as the holder goes (its session ends, as with kill -9).
+#[tokio::test]
+async fn a_standby_waits_for_the_holder_and_takes_over_when_it_goes() {
+    let pg = TestPg::start();
+    let url = pg.url();
+    let active = PostgresStore::stand_by(&url, "fallow coordinator a", |_| {
+        panic!("the first coordinator stood by")
+    })
+    .await
+    .expect("active");
+    let (told, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    // Polled here rather than spawned: sqlx's connection futures are not `Send` for every
+    // lifetime, which `tokio::spawn` asks.
+    let standby = PostgresStore::stand_by(&url, "fallow coordinator b", move |holder| {
+        let _ = told.send(holder.cloned());
+    });
+    tokio::pin!(standby);
+    let holder = tokio::select! {
+        h = heard.recv() => h.expect("told"),
+        _ = &mut standby => panic!("took a held database"),
+    };
+    let holder = holder.expect("PostgreSQL shows the holder's session");
+    assert_eq!(holder.application, "fallow coordinator a");
+    assert!(
+        holder.to_string().contains("fallow coordinator a"),
+        "{holder}"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        _ = &mut standby => panic!("took a held database"),
+    }
+    // The deployment's files: the first one put wins unless replaced.
+    assert!(
+        active
+            .put_deployment_file("tokens", b"one", false)
+            .await
+            .expect("put")
+    );
+    assert!(
+        !active
+            .put_deployment_file("tokens", b"two", false)
+            .await
+            .expect("put")
+    );
+    drop(active);
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(30), standby)
+        .await
+        .expect("took over within 30 s")
+        .expect("store");
+    let files = taken.deployment_files().await.expect("files");
+    assert_eq!(files.get("tokens").map(Vec::as_slice), Some(&b"one"[..]));
+    assert!(
+        taken
+            .put_deployment_file("tokens", b"three", true)
+            .await
+            .expect("replace")
+    );
+    let files = taken.deployment_files().await.expect("files");
+    assert_eq!(files.get("tokens").map(Vec::as_slice), Some(&b"three"[..]));
+}
+
+/// The first coordinator on a database puts the deployment's key, certificate and tokens
+/// there; the next one, in another data directory, loads the same.
+#[tokio::test]
+async fn every_coordinator_on_a_database_loads_the_first_ones_deployment() {
+    let pg = TestPg::start();
+    let store = PostgresStore::connect(&pg.url()).await.expect("store");
+    let (first, second) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    std::fs::create_dir_all(first.path().join("tls")).expect("tls dir");
+    std::fs::write(first.path().join("tls/cert.pem"), "CERT").expect("cert");
+    std::fs::write(first.path().join("tls/key.pem"), "KEY").expect("key");
+    assert!(
+        crate::deployment::pull(&store, first.path())
+            .await
+            .expect("pull")
+            .is_empty()
+    );
+    let put = crate::deployment::push(&store, first.path(), false)
+        .await
+        .expect("push");
+    for name in [
+        "coordinator.key",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "tokens",
+        "admin.token",
+    ] {
+        assert!(put.iter().any(|p| p == name), "{name} not put: {put:?}");
+    }
+    // The second has a key of its own from an earlier life: the deployment's replaces it.
+    std::fs::write(second.path().join("coordinator.key"), [7u8; 32]).expect("old key");
+    crate::deployment::pull(&store, second.path())
+        .await
+        .expect("pull");
+    assert!(
+        crate::deployment::push(&store, second.path(), false)
+            .await
+            .expect("push")
+            .is_empty()
+    );
+    for name in [
+        "coordinator.key",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "tokens",
+        "admin.token",
+    ] {
+        assert_eq!(
+            std::fs::read(first.path().join(name)).expect("first"),
+            std::fs::read(second.path().join(name)).expect("second"),
+            "{name}"
+        );
+    }
+}
+
+/// What `fallow retry`, `extend`, `pause` and `cancel` change is on disk: a retried unit is
+/// pending with its failed replica cleared, added units load (a taken name adds nothing),
+/// the aggregate they outdate is dropped, and the control state and cancelled units load
+/// after a restart.
+async fn project_control_survives_reopening<B: Backend>() {
+    use protocol::control::State;
+    let b = B::new();
+    let w = Identity::from_seed([1; 32]).id();
+    let mut three = spec();
+    three.units.push(("c".into(), b"3".to_vec()));
+    three.reducer = Some(b"r".to_vec());
+    let (project, units) = {
+        let store = b.open().await.expect("open");
+        let (project, units) = store
+            .insert_project(&three, Digest::of(b"m"), Some(Digest::of(b"r")), 1)
+            .await
+            .expect("insert");
+        store
+            .insert_assignments(&[(units[0], w), (units[1], w)], 2)
+            .await
+            .expect("lease");
+        let trap = Failure::new(FailureKind::Trap, "unreachable");
+        store
+            .apply(
+                &[
+                    Change::Replica {
+                        unit: units[0],
+                        worker: w,
+                        state: AssignmentState::Failed,
+                        failure: Some(trap),
+                    },
+                    Change::UnitFailed {
+                        unit: units[0],
+                        reason: "trap".into(),
+                    },
+                ],
+                3,
+            )
+            .await
+            .expect("fail a");
+        let verified = Verified {
+            digest: Digest::of(b"out"),
+            fuel: 7,
+            signers: vec![w],
+        };
+        assert!(
+            store
+                .record_verified(units[1], b"out", &verified, &[], 4)
+                .await
+                .expect("verify b")
+        );
+        store
+            .set_aggregate(project, Ok(b"agg".to_vec()))
+            .await
+            .expect("aggregate");
+        store
+            .apply(
+                &[
+                    Change::Retried {
+                        unit: units[0],
+                        target: 2,
+                        required: 2,
+                    },
+                    Change::Control {
+                        project,
+                        state: State::Paused,
+                    },
+                ],
+                5,
+            )
+            .await
+            .expect("retry and pause");
+        // A taken name adds nothing, not even the new unit before it.
+        let e = store
+            .insert_units(
+                project,
+                &[("e".into(), b"5".to_vec()), ("b".into(), b"x".to_vec())],
+                &[[1; 64], [2; 64]],
+                2,
+                2,
+            )
+            .await
+            .expect_err("b is taken");
+        assert!(e.to_string().contains("\"b\""), "{e}");
+        let added = store
+            .insert_units(project, &[("d".into(), b"4".to_vec())], &[[9; 64]], 2, 2)
+            .await
+            .expect("extend");
+        assert_eq!(added.len(), 1);
+        assert_eq!(store.aggregate(project).await.expect("read"), None);
+        let inputs = store.unit_inputs(&added).await.expect("inputs");
+        assert_eq!(inputs[0].name, "d");
+        assert_eq!(inputs[0].signature, Some([9; 64]));
+        (project, units)
+    };
+    {
+        let store = b.open().await.expect("reopen");
+        let (snap, loaded) = load_all(&store).await;
+        let p = snap.projects.iter().find(|p| p.id == project).expect("p");
+        assert_eq!(p.control, State::Paused);
+        assert_eq!((p.stats.total, p.stats.verified, p.stats.failed), (4, 1, 0));
+        assert_eq!(p.aggregate, Aggregate::Pending);
+        let a = loaded.iter().find(|u| u.id == units[0]).expect("a");
+        assert_eq!(a.status, UnitStatus::Pending);
+        assert_eq!(a.replicas, [(w, AssignmentState::Retried, None)]);
+        store
+            .apply(
+                &[
+                    Change::Control {
+                        project,
+                        state: State::Cancelled,
+                    },
+                    Change::CancelUnits { project },
+                ],
+                6,
+            )
+            .await
+            .expect("cancel");
+    }
+    let store = b.open().await.expect("reopen again");
+    let (snap, loaded) = load_all(&store).await;
+    let p = snap.projects.iter().find(|p| p.id == project).expect("p");
+    assert_eq!(p.control, State::Cancelled);
+    assert_eq!((p.stats.verified, p.stats.cancelled), (1, 3));
+    let states: Vec<_> = loaded.iter().map(|u| u.status.clone()).collect();
+    assert_eq!(
+        states,
+        [
+            UnitStatus::Cancelled,
+            UnitStatus::Verified,
+            UnitStatus::Cancelled,
+            UnitStatus::Cancelled
+        ]
+    );
+    // Verified results stay.
+    let outputs = intact(
+        store
+            .verified_outputs(project, None, 10)
+            .await
+            .expect("outputs"),
+    );
+    assert_eq!(outputs.len(), 1);
 }

@@ -54,7 +54,7 @@ impl Shared {
         want: &[UnitId],
     ) -> Reply {
         // The board runs on the coordinator's clock: lease tickets expire on it.
-        let now = self.client.coordinator_now_ms();
+        let now = self.client().coordinator_now_ms();
         // Kept to pair an offender's message with its filed commitment; bounded by the
         // request limits.
         let (sent_commitments, sent_reveals) = (commitments.clone(), reveals.clone());
@@ -99,7 +99,7 @@ impl Shared {
             }
         }
         self.stats.misbehaviour();
-        let client = self.client.clone();
+        let client = self.client().clone();
         self.tasks.spawn(async move {
             tracing::warn!(%unit, %worker, "reporting misbehaviour to the coordinator");
             if let Err(e) = client.report_misbehaviour(&evidence).await {

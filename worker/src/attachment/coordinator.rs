@@ -1,22 +1,32 @@
 //! The coordinator calls the units' shell makes, behind a trait: the gRPC
 //! [`CoordinatorClient`] in a worker, an in-memory twin in the shell's tests (so they run
-//! without sockets, with paused time). Registration, module downloads and misbehaviour
-//! reports stay on the client itself.
+//! without sockets, with paused time), and [`super::failover::Failover`] over a
+//! deployment's coordinators. Module downloads and misbehaviour reports stay on the client
+//! itself (the current one of the deployment).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use protocol::{Claim, Failure, SubmitterKey, UnitId};
+use protocol::{Claim, Failure, Identity, SubmitterKey, UnitId};
 
 use crate::Error;
-use crate::rpc::{Assignment, CertificateOutcome, CoordinatorClient, HeartbeatReply, RunReport};
+use crate::rpc::{
+    Assignment, CertificateOutcome, CoordinatorClient, HeartbeatReply, Introduction, Registration,
+    RunReport,
+};
 
 /// A call in flight.
 pub(crate) type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
 /// What the shell asks of the coordinator about its units.
 pub(crate) trait Coordinator: Send + Sync {
+    /// Registers this worker (signed by `identity`).
+    fn register<'a>(
+        &'a self,
+        identity: &'a Identity,
+        me: Introduction<'a>,
+    ) -> Call<'a, Registration>;
     /// Up to `max` units; with none, how long to wait and the coordinator's reason.
     fn request_work<'a>(
         &'a self,
@@ -47,6 +57,14 @@ pub(crate) trait Coordinator: Send + Sync {
 }
 
 impl Coordinator for CoordinatorClient {
+    fn register<'a>(
+        &'a self,
+        identity: &'a Identity,
+        me: Introduction<'a>,
+    ) -> Call<'a, Registration> {
+        Box::pin(CoordinatorClient::register(self, identity, me))
+    }
+
     fn request_work<'a>(
         &'a self,
         max: u32,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use protocol::{UnitId, WorkerId};
 
+use super::coordinator::Coordinator;
 use super::{Shared, backoff, pause, peers_as_members};
 use crate::gossip::{Reply, Request};
 use crate::lifecycle::{Effect, Upload};
@@ -45,7 +46,7 @@ impl Shared {
                 swept = Instant::now();
                 lock(&self.board)
                     .board
-                    .expire(self.client.coordinator_now_ms());
+                    .expire(self.client().coordinator_now_ms());
             }
             let members = self.members();
             let ids: Vec<WorkerId> = members.iter().map(|m| m.id).collect();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use protocol::{Claim, Digest, Failure, Limits, ProjectId};
 
 use super::coordinator::Call;
+use super::failover::Failover;
 use super::*;
 use crate::lifecycle::{Effect, Ran, Upload};
 use crate::rpc::{Assignment, CertificateOutcome, HeartbeatReply, RunReport};
@@ -14,6 +15,7 @@ use crate::rpc::{Assignment, CertificateOutcome, HeartbeatReply, RunReport};
 /// What the twin was asked, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Asked {
+    Registered,
     Heartbeat(Vec<UnitId>),
     Returned(Vec<UnitId>),
     Failed(UnitId),
@@ -22,17 +24,34 @@ enum Asked {
 }
 
 /// The coordinator in memory: records each call, and answers certificates from a script
-/// (then accepts them) and heartbeats with the units it is told are settled.
+/// (then accepts them) and heartbeats with the units it is told are settled. A twin that
+/// is `down` answers nothing (as a dead coordinator, `UNAVAILABLE`) and records nothing;
+/// one that is `refusing` answers every call with `PERMISSION_DENIED`.
 #[derive(Default)]
 struct Twin {
+    down: std::sync::atomic::AtomicBool,
+    refusing: std::sync::atomic::AtomicBool,
     asked: std::sync::Mutex<Vec<(Asked, tokio::time::Instant)>>,
     certificate_replies: std::sync::Mutex<VecDeque<Result<CertificateOutcome, tonic::Code>>>,
     settled: std::sync::Mutex<Vec<UnitId>>,
 }
 
 impl Twin {
-    fn note(&self, asked: Asked) {
+    /// Records `asked`, unless down or refusing: then the error to answer with.
+    fn note(&self, asked: Asked) -> Result<(), Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.down.load(Relaxed) {
+            return Err(refused("Twin", tonic::Code::Unavailable));
+        }
+        if self.refusing.load(Relaxed) {
+            return Err(refused("Twin", tonic::Code::PermissionDenied));
+        }
         lock(&self.asked).push((asked, tokio::time::Instant::now()));
+        Ok(())
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn asked(&self) -> Vec<Asked> {
@@ -52,6 +71,23 @@ fn refused(call: &'static str, code: tonic::Code) -> Error {
 }
 
 impl Coordinator for Twin {
+    fn register<'a>(
+        &'a self,
+        _identity: &'a Identity,
+        _me: crate::rpc::Introduction<'a>,
+    ) -> Call<'a, crate::rpc::Registration> {
+        let answer = self
+            .note(Asked::Registered)
+            .map(|()| crate::rpc::Registration {
+                heartbeat: Duration::from_secs(10),
+                peers: Vec::new(),
+                coordinator_key: Some(Identity::from_seed([9; 32]).id()),
+                credential: None,
+                peer_warning: String::new(),
+            });
+        Box::pin(async move { answer })
+    }
+
     fn request_work<'a>(
         &'a self,
         _max: u32,
@@ -67,9 +103,10 @@ impl Coordinator for Twin {
         _peers_version: u64,
         _run: &'a RunReport,
     ) -> Call<'a, HeartbeatReply> {
-        self.note(Asked::Heartbeat(held.to_vec()));
+        let answer = self.note(Asked::Heartbeat(held.to_vec()));
         let settled = lock(&self.settled).clone();
         Box::pin(async move {
+            answer?;
             Ok(HeartbeatReply {
                 settled,
                 ..HeartbeatReply::default()
@@ -78,13 +115,13 @@ impl Coordinator for Twin {
     }
 
     fn return_units<'a>(&'a self, units: &'a [UnitId]) -> Call<'a, ()> {
-        self.note(Asked::Returned(units.to_vec()));
-        Box::pin(async { Ok(()) })
+        let answer = self.note(Asked::Returned(units.to_vec()));
+        Box::pin(async move { answer })
     }
 
     fn report_failure<'a>(&'a self, unit: UnitId, _failure: &'a Failure) -> Call<'a, ()> {
-        self.note(Asked::Failed(unit));
-        Box::pin(async { Ok(()) })
+        let answer = self.note(Asked::Failed(unit));
+        Box::pin(async move { answer })
     }
 
     fn submit_certificate<'a>(
@@ -93,7 +130,9 @@ impl Coordinator for Twin {
         _claims: &'a [Claim],
         _output: &'a [u8],
     ) -> Call<'a, CertificateOutcome> {
-        self.note(Asked::Certificate(unit));
+        if let Err(e) = self.note(Asked::Certificate(unit)) {
+            return Box::pin(async move { Err(e) });
+        }
         let reply = lock(&self.certificate_replies)
             .pop_front()
             .unwrap_or(Ok(CertificateOutcome {
@@ -104,14 +143,19 @@ impl Coordinator for Twin {
     }
 
     fn dispute<'a>(&'a self, unit: UnitId, _claims: &'a [Claim]) -> Call<'a, ()> {
-        self.note(Asked::Dispute(unit));
-        Box::pin(async { Ok(()) })
+        let answer = self.note(Asked::Dispute(unit));
+        Box::pin(async move { answer })
     }
 }
 
 /// A shell for one attachment whose unit calls go to `twin`; the real client points at a
 /// closed port and is never called.
 fn shell(twin: Arc<Twin>, dir: &std::path::Path) -> Arc<Shared> {
+    deployment(vec![twin], dir)
+}
+
+/// A shell for one deployment of the coordinators `twins`, the first current.
+fn deployment(twins: Vec<Arc<Twin>>, dir: &std::path::Path) -> Arc<Shared> {
     let identity = Arc::new(Identity::from_seed([1; 32]));
     let config = Arc::new(WorkerConfig {
         data_dir: dir.to_path_buf(),
@@ -121,6 +165,11 @@ fn shell(twin: Arc<Twin>, dir: &std::path::Path) -> Arc<Shared> {
     let url = "http://127.0.0.1:9".to_string();
     let client =
         CoordinatorClient::enrolled(&url, identity.clone(), &config.trust(), None).expect("client");
+    let members = twins
+        .into_iter()
+        .enumerate()
+        .map(|(i, twin)| (format!("twin-{i}"), twin as Arc<dyn Coordinator>))
+        .collect();
     let sandbox = Arc::new(
         Sandbox::new(sandbox::SandboxConfig {
             slots: 1,
@@ -148,8 +197,8 @@ fn shell(twin: Arc<Twin>, dir: &std::path::Path) -> Arc<Shared> {
             prefetch: 2,
         })),
         account: "test".into(),
-        coordinator: twin,
-        client,
+        coordinator: Arc::new(Failover::new(members)),
+        clients: vec![client],
         board: Mutex::new(OwnBoard {
             board: Board::new(BoardLimits::default()),
             reported: HashSet::new(),
@@ -166,7 +215,7 @@ fn shell(twin: Arc<Twin>, dir: &std::path::Path) -> Arc<Shared> {
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
         attachment: AttachmentConfig {
-            url,
+            urls: vec![url],
             share_fraction: 1.0,
             peer_listen: config.peer_listen,
             peer_advertise: None,
@@ -280,4 +329,123 @@ async fn local_trouble_hands_the_unit_back_and_the_core_waits_before_more_work()
     shared.tasks.close();
     shared.tasks.wait().await;
     assert_eq!(twin.asked().last(), Some(&Asked::Dispute(UnitId(4))));
+}
+
+/// Calls `heartbeat` on `f` `n` times, `every` apart (the first at once); what each got.
+async fn beats(f: &Failover, n: usize, every: Duration) -> Vec<bool> {
+    let mut got = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(every).await;
+        }
+        let run = RunReport {
+            state: "idle",
+            reason: String::new(),
+        };
+        got.push(f.heartbeat(&[], 0, &run).await.is_ok());
+    }
+    got
+}
+
+fn members(twins: &[Arc<Twin>]) -> Vec<(String, Arc<dyn Coordinator>)> {
+    twins
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                format!("http://twin-{i}"),
+                t.clone() as Arc<dyn Coordinator>,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deployment_moves_on_only_after_its_coordinator_stays_unreachable() {
+    let second = Duration::from_secs(1);
+    let (a, b) = (Arc::new(Twin::default()), Arc::new(Twin::default()));
+    let f = Failover::new(members(&[a.clone(), b.clone()]));
+    // A blip shorter than the failover time moves nothing: the answer resets the clock.
+    a.set_down(true);
+    assert_eq!(beats(&f, 3, second).await, [false, false, false]);
+    a.set_down(false);
+    assert_eq!(beats(&f, 1, second).await, [true]);
+    assert_eq!((f.moves(), f.url()), (0, "http://twin-0"));
+    // Down for the failover time: the call that finds it so moves to the next.
+    a.set_down(true);
+    let start = tokio::time::Instant::now();
+    while f.moves() == 0 {
+        assert!(!beats(&f, 1, Duration::ZERO).await[0]);
+        tokio::time::sleep(second).await;
+    }
+    assert_eq!(start.elapsed(), failover::FAILOVER_AFTER + second);
+    assert_eq!(f.url(), "http://twin-1");
+    assert_eq!(beats(&f, 1, second).await, [true]);
+    assert_eq!(b.asked(), vec![Asked::Heartbeat(Vec::new())]);
+    // Round the list: b dies too, a is back.
+    b.set_down(true);
+    a.set_down(false);
+    beats(&f, 5, second).await;
+    assert_eq!((f.moves(), f.url()), (2, "http://twin-0"));
+    // A coordinator that refuses is reachable: refusals never move the worker.
+    a.refusing.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(beats(&f, 10, second).await, [false; 10]);
+    assert_eq!((f.moves(), f.url()), (2, "http://twin-0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_coordinator_is_never_left() {
+    let a = Arc::new(Twin::default());
+    let f = Failover::new(members(std::slice::from_ref(&a)));
+    a.set_down(true);
+    assert_eq!(beats(&f, 30, Duration::from_secs(1)).await, [false; 30]);
+    assert_eq!((f.moves(), f.url()), (0, "http://twin-0"));
+    a.set_down(false);
+    assert_eq!(beats(&f, 1, Duration::ZERO).await, [true]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_coordinator_dies_registers_with_the_next_and_keeps_its_units() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (Arc::new(Twin::default()), Arc::new(Twin::default()));
+    let shared = deployment(vec![a.clone(), b.clone()], dir.path());
+    ran(&shared, 7);
+    lock(&shared.life).started(&assignment(8));
+    let mut held = lock(&shared.life).held();
+    held.sort();
+    assert_eq!(held, [UnitId(7), UnitId(8)]);
+    let beat = tokio::spawn(
+        shared
+            .clone()
+            .heartbeat_loop(Duration::from_secs(10), String::new()),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.asked().iter().all(|x| matches!(x, Asked::Heartbeat(_))));
+    assert!(!a.asked().is_empty());
+    // The active coordinator dies; within a few seconds the worker is with the standby.
+    a.set_down(true);
+    let died = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    shared.cancel.cancel();
+    beat.await.expect("heartbeat loop");
+    let asked = b.asked();
+    assert_eq!(asked.first(), Some(&Asked::Registered), "{asked:?}");
+    let moved = b.times()[0] - died;
+    assert!(
+        moved <= failover::FAILOVER_AFTER + Duration::from_secs(3),
+        "registered {moved:?} after the coordinator died"
+    );
+    // Every beat to the new coordinator names both units: nothing was dropped.
+    let renewals: Vec<_> = asked[1..].to_vec();
+    assert!(!renewals.is_empty());
+    for beat in renewals {
+        let Asked::Heartbeat(mut units) = beat else {
+            panic!("{beat:?}");
+        };
+        units.sort();
+        assert_eq!(units, held);
+    }
+    let mut still = lock(&shared.life).held();
+    still.sort();
+    assert_eq!(still, held, "the lifecycle keeps its units across the move");
 }

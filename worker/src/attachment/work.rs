@@ -11,6 +11,7 @@ use protocol::{Claim, Digest, Failure, UnitId};
 use sandbox::{Finished, Proceed};
 use tokio_util::sync::CancellationToken;
 
+use super::coordinator::Coordinator;
 use super::exchange::GOSSIP_TICK;
 use super::{Shared, backoff, pause};
 use crate::checkpoints::{Key, Throttle};
@@ -112,14 +113,14 @@ impl Shared {
                 // Logged when it changes, and at most once a minute otherwise, so a capped
                 // worker is not silently idle.
                 if lock(&self.life).no_work(reason.clone(), self.now()) {
-                    tracing::info!(coordinator = %self.attachment.url, "no work for now: {reason}");
+                    tracing::info!(coordinator = %self.coordinator.url(), "no work for now: {reason}");
                 }
                 Next::Wait(wait)
             }
             Err(e) => {
                 let failures = lock(&self.life).work_failed();
                 if failures % 8 == 1 {
-                    tracing::warn!(slot, coordinator = %self.attachment.url, "cannot get work: {e}");
+                    tracing::warn!(slot, coordinator = %self.coordinator.url(), "cannot get work: {e}");
                 }
                 Next::Wait(backoff(failures))
             }
@@ -164,7 +165,7 @@ impl Shared {
     async fn execute(self: &Arc<Self>, a: Assignment) {
         // The submitter's signature first: nothing unsigned by a key this worker accepts,
         // or changed since it was signed, is fetched, compiled or run.
-        let refused = match self.policy.check(&self.attachment.url, &a) {
+        let refused = match self.policy.check(self.coordinator.url(), &a) {
             Ok(()) => None,
             Err(provenance::Refusal::BadSignature(e)) => {
                 tracing::warn!(unit = %a.unit, project = %a.project, "refusing to run a unit: {e}");
@@ -192,7 +193,7 @@ impl Shared {
             ))
         } else {
             self.modules
-                .get(&self.client, a.module, a.limits.nan_canonicalization)
+                .get(self.client(), a.module, a.limits.nan_canonicalization)
                 .await
         };
         let compiled = match prepared {
@@ -212,7 +213,7 @@ impl Shared {
         };
         // The project's data files, fetched once per worker and mounted for this unit; the
         // mount (and its hold on the files) lasts until this function returns.
-        let mounted = match self.data.mount(&self.client, &a.data).await {
+        let mounted = match self.data.mount(self.client(), &a.data).await {
             Ok(m) => m,
             Err(e @ Error::DataTooLarge(_)) => {
                 tracing::warn!(unit = %a.unit, "cannot run a unit: {e}");
@@ -229,7 +230,7 @@ impl Shared {
         let seed = protocol::unit_seed(&a.name, &a.input);
         let key = compiled
             .checkpoints()
-            .then(|| Key::new(&self.attachment.url, &a));
+            .then(|| Key::new(&self.attachment.deployment(), &a));
         let resume = key.as_ref().and_then(|k| self.checkpoints.load(k));
         lock(&self.life).checkpointing(a.unit, key.clone());
         if let Some(c) = &resume {
@@ -353,7 +354,7 @@ impl Shared {
         };
         let store = self.checkpoints.clone();
         let cancel = self.cancel.clone();
-        let coordinator = self.attachment.url.clone();
+        let coordinator = self.attachment.deployment();
         let mut throttle = Throttle::new(self.config.checkpoint_every);
         // The input can be large: the record is built from this copy once, at the first write.
         let assignment = a.clone();
@@ -383,7 +384,7 @@ impl Shared {
     /// still holds are queued to resume first; the others went elsewhere meanwhile, and
     /// their checkpoints are deleted.
     pub(crate) async fn take_back_checkpointed_units(self: &Arc<Self>) {
-        let pending = self.checkpoints.pending(&self.attachment.url);
+        let pending = self.checkpoints.pending(&self.attachment.deployment());
         if pending.is_empty() {
             return;
         }
@@ -410,7 +411,7 @@ impl Shared {
                 if !settled.contains(&a.unit) {
                     tracing::info!(unit = %a.unit, name = %a.name, "taking back a checkpointed unit");
                 }
-                let key = Key::new(&self.attachment.url, &a);
+                let key = Key::new(&self.attachment.deployment(), &a);
                 (a, key)
             })
             .collect();

@@ -7,6 +7,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ControlAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTROL_ACTION_UNSPECIFIED: _ClassVar[ControlAction]
+    CONTROL_ACTION_CANCEL: _ClassVar[ControlAction]
+    CONTROL_ACTION_PAUSE: _ClassVar[ControlAction]
+    CONTROL_ACTION_RESUME: _ClassVar[ControlAction]
+    CONTROL_ACTION_RETRY: _ClassVar[ControlAction]
+    CONTROL_ACTION_REDUCE: _ClassVar[ControlAction]
+
 class FailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FAILURE_KIND_UNSPECIFIED: _ClassVar[FailureKind]
@@ -20,6 +29,12 @@ class FailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_KIND_BAD_MODULE: _ClassVar[FailureKind]
     FAILURE_KIND_CHECKPOINT_TOO_LARGE: _ClassVar[FailureKind]
     FAILURE_KIND_BAD_SIGNATURE: _ClassVar[FailureKind]
+CONTROL_ACTION_UNSPECIFIED: ControlAction
+CONTROL_ACTION_CANCEL: ControlAction
+CONTROL_ACTION_PAUSE: ControlAction
+CONTROL_ACTION_RESUME: ControlAction
+CONTROL_ACTION_RETRY: ControlAction
+CONTROL_ACTION_REDUCE: ControlAction
 FAILURE_KIND_UNSPECIFIED: FailureKind
 FAILURE_KIND_FUEL_EXHAUSTED: FailureKind
 FAILURE_KIND_TIMEOUT: FailureKind
@@ -77,7 +92,7 @@ class UnitInput(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SubmitProjectRequest(_message.Message):
-    __slots__ = ("name", "module", "reducer", "replication", "quorum", "max_replicas", "limits", "units", "manifest", "fixed_replication", "error_bound", "submitter_key", "once")
+    __slots__ = ("name", "module", "reducer", "replication", "quorum", "max_replicas", "limits", "units", "manifest", "fixed_replication", "error_bound", "submitter_key", "once", "data")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     REDUCER_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +106,7 @@ class SubmitProjectRequest(_message.Message):
     ERROR_BOUND_FIELD_NUMBER: _ClassVar[int]
     SUBMITTER_KEY_FIELD_NUMBER: _ClassVar[int]
     ONCE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: bytes
     reducer: bytes
@@ -104,7 +120,56 @@ class SubmitProjectRequest(_message.Message):
     error_bound: float
     submitter_key: bytes
     once: bool
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., reducer: _Optional[bytes] = ..., replication: _Optional[int] = ..., quorum: _Optional[int] = ..., max_replicas: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitInput, _Mapping]]] = ..., manifest: _Optional[str] = ..., fixed_replication: _Optional[bool] = ..., error_bound: _Optional[float] = ..., submitter_key: _Optional[bytes] = ..., once: _Optional[bool] = ...) -> None: ...
+    data: _containers.RepeatedCompositeFieldContainer[DataFile]
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., reducer: _Optional[bytes] = ..., replication: _Optional[int] = ..., quorum: _Optional[int] = ..., max_replicas: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitInput, _Mapping]]] = ..., manifest: _Optional[str] = ..., fixed_replication: _Optional[bool] = ..., error_bound: _Optional[float] = ..., submitter_key: _Optional[bytes] = ..., once: _Optional[bool] = ..., data: _Optional[_Iterable[_Union[DataFile, _Mapping]]] = ...) -> None: ...
+
+class DataFile(_message.Message):
+    __slots__ = ("name", "size", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    digest: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class HasDataRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class HasDataResponse(_message.Message):
+    __slots__ = ("present",)
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    present: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, present: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class DataChunk(_message.Message):
+    __slots__ = ("digest", "size", "offset", "bytes")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    size: int
+    offset: int
+    bytes: bytes
+    def __init__(self, digest: _Optional[bytes] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., bytes: _Optional[bytes] = ...) -> None: ...
+
+class PutDataResponse(_message.Message):
+    __slots__ = ("already_held",)
+    ALREADY_HELD_FIELD_NUMBER: _ClassVar[int]
+    already_held: bool
+    def __init__(self, already_held: _Optional[bool] = ...) -> None: ...
+
+class GetDataRequest(_message.Message):
+    __slots__ = ("digest", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    offset: int
+    def __init__(self, digest: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SubmitProjectResponse(_message.Message):
     __slots__ = ("project_id", "duplicates", "reused")
@@ -123,7 +188,7 @@ class ListProjectsRequest(_message.Message):
     def __init__(self, project_id: _Optional[int] = ...) -> None: ...
 
 class ProjectStatus(_message.Message):
-    __slots__ = ("id", "name", "total", "verified", "failed", "in_progress", "pending", "finished", "executions", "disputes", "has_reducer", "aggregate_ready", "aggregate_error", "replication", "quorum", "credit", "solo", "spot_checks", "mismatches", "reopened", "submitter", "workers_running", "workers_suspended", "workers_idle", "fleet", "waiting", "warnings")
+    __slots__ = ("id", "name", "total", "verified", "failed", "in_progress", "pending", "finished", "executions", "disputes", "has_reducer", "aggregate_ready", "aggregate_error", "replication", "quorum", "credit", "solo", "spot_checks", "mismatches", "reopened", "submitter", "workers_running", "workers_suspended", "workers_idle", "fleet", "waiting", "warnings", "state", "cancelled", "terms")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +216,9 @@ class ProjectStatus(_message.Message):
     FLEET_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     total: int
@@ -178,7 +246,42 @@ class ProjectStatus(_message.Message):
     fleet: str
     waiting: _containers.RepeatedScalarFieldContainer[str]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., total: _Optional[int] = ..., verified: _Optional[int] = ..., failed: _Optional[int] = ..., in_progress: _Optional[int] = ..., pending: _Optional[int] = ..., finished: _Optional[bool] = ..., executions: _Optional[int] = ..., disputes: _Optional[int] = ..., has_reducer: _Optional[bool] = ..., aggregate_ready: _Optional[bool] = ..., aggregate_error: _Optional[str] = ..., replication: _Optional[int] = ..., quorum: _Optional[int] = ..., credit: _Optional[int] = ..., solo: _Optional[int] = ..., spot_checks: _Optional[int] = ..., mismatches: _Optional[int] = ..., reopened: _Optional[int] = ..., submitter: _Optional[str] = ..., workers_running: _Optional[int] = ..., workers_suspended: _Optional[int] = ..., workers_idle: _Optional[int] = ..., fleet: _Optional[str] = ..., waiting: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    state: str
+    cancelled: int
+    terms: bytes
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., total: _Optional[int] = ..., verified: _Optional[int] = ..., failed: _Optional[int] = ..., in_progress: _Optional[int] = ..., pending: _Optional[int] = ..., finished: _Optional[bool] = ..., executions: _Optional[int] = ..., disputes: _Optional[int] = ..., has_reducer: _Optional[bool] = ..., aggregate_ready: _Optional[bool] = ..., aggregate_error: _Optional[str] = ..., replication: _Optional[int] = ..., quorum: _Optional[int] = ..., credit: _Optional[int] = ..., solo: _Optional[int] = ..., spot_checks: _Optional[int] = ..., mismatches: _Optional[int] = ..., reopened: _Optional[int] = ..., submitter: _Optional[str] = ..., workers_running: _Optional[int] = ..., workers_suspended: _Optional[int] = ..., workers_idle: _Optional[int] = ..., fleet: _Optional[str] = ..., waiting: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., cancelled: _Optional[int] = ..., terms: _Optional[bytes] = ...) -> None: ...
+
+class ControlRequest(_message.Message):
+    __slots__ = ("project_id", "action", "submitter_key")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    project_id: int
+    action: ControlAction
+    submitter_key: bytes
+    def __init__(self, project_id: _Optional[int] = ..., action: _Optional[_Union[ControlAction, str]] = ..., submitter_key: _Optional[bytes] = ...) -> None: ...
+
+class ExtendRequest(_message.Message):
+    __slots__ = ("project_id", "submitter_key", "units")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    project_id: int
+    submitter_key: bytes
+    units: _containers.RepeatedCompositeFieldContainer[UnitInput]
+    def __init__(self, project_id: _Optional[int] = ..., submitter_key: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[UnitInput, _Mapping]]] = ...) -> None: ...
+
+class ControlResponse(_message.Message):
+    __slots__ = ("state", "units", "pending", "in_progress")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    units: int
+    pending: int
+    in_progress: int
+    def __init__(self, state: _Optional[str] = ..., units: _Optional[int] = ..., pending: _Optional[int] = ..., in_progress: _Optional[int] = ...) -> None: ...
 
 class ListProjectsResponse(_message.Message):
     __slots__ = ("projects",)
@@ -187,10 +290,12 @@ class ListProjectsResponse(_message.Message):
     def __init__(self, projects: _Optional[_Iterable[_Union[ProjectStatus, _Mapping]]] = ...) -> None: ...
 
 class GetResultsRequest(_message.Message):
-    __slots__ = ("project_id",)
+    __slots__ = ("project_id", "follow")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     project_id: int
-    def __init__(self, project_id: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, project_id: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class ResultItem(_message.Message):
     __slots__ = ("verified", "failed", "aggregate", "aggregate_error")
@@ -205,18 +310,20 @@ class ResultItem(_message.Message):
     def __init__(self, verified: _Optional[_Union[VerifiedOutput, _Mapping]] = ..., failed: _Optional[_Union[FailedUnit, _Mapping]] = ..., aggregate: _Optional[bytes] = ..., aggregate_error: _Optional[str] = ...) -> None: ...
 
 class VerifiedOutput(_message.Message):
-    __slots__ = ("unit", "output", "digest", "fuel", "signers")
+    __slots__ = ("unit", "output", "digest", "fuel", "signers", "verified_ms")
     UNIT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FUEL_FIELD_NUMBER: _ClassVar[int]
     SIGNERS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_MS_FIELD_NUMBER: _ClassVar[int]
     unit: str
     output: bytes
     digest: bytes
     fuel: int
     signers: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, unit: _Optional[str] = ..., output: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., fuel: _Optional[int] = ..., signers: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    verified_ms: int
+    def __init__(self, unit: _Optional[str] = ..., output: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., fuel: _Optional[int] = ..., signers: _Optional[_Iterable[bytes]] = ..., verified_ms: _Optional[int] = ...) -> None: ...
 
 class FailedUnit(_message.Message):
     __slots__ = ("unit", "reason")
@@ -317,7 +424,7 @@ class WorkRequest(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., max_units: _Optional[int] = ..., accept_submitters: _Optional[_Iterable[bytes]] = ..., allow_unsigned: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("project_id", "unit_id", "unit_name", "input", "module_digest", "limits", "quorum", "lease_ms", "submitter_key", "terms", "signature", "ticket")
+    __slots__ = ("project_id", "unit_id", "unit_name", "input", "module_digest", "limits", "quorum", "lease_ms", "submitter_key", "terms", "signature", "ticket", "data")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     UNIT_ID_FIELD_NUMBER: _ClassVar[int]
     UNIT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +437,7 @@ class Assignment(_message.Message):
     TERMS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     project_id: int
     unit_id: int
     unit_name: str
@@ -342,7 +450,8 @@ class Assignment(_message.Message):
     terms: bytes
     signature: bytes
     ticket: LeaseTicket
-    def __init__(self, project_id: _Optional[int] = ..., unit_id: _Optional[int] = ..., unit_name: _Optional[str] = ..., input: _Optional[bytes] = ..., module_digest: _Optional[bytes] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., quorum: _Optional[int] = ..., lease_ms: _Optional[int] = ..., submitter_key: _Optional[bytes] = ..., terms: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., ticket: _Optional[_Union[LeaseTicket, _Mapping]] = ...) -> None: ...
+    data: _containers.RepeatedCompositeFieldContainer[DataFile]
+    def __init__(self, project_id: _Optional[int] = ..., unit_id: _Optional[int] = ..., unit_name: _Optional[str] = ..., input: _Optional[bytes] = ..., module_digest: _Optional[bytes] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., quorum: _Optional[int] = ..., lease_ms: _Optional[int] = ..., submitter_key: _Optional[bytes] = ..., terms: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., ticket: _Optional[_Union[LeaseTicket, _Mapping]] = ..., data: _Optional[_Iterable[_Union[DataFile, _Mapping]]] = ...) -> None: ...
 
 class LeaseTicket(_message.Message):
     __slots__ = ("expires_ms", "signature")

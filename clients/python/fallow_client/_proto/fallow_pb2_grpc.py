@@ -104,6 +104,31 @@ class CoordinatorStub:
                 request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsRequest.SerializeToString,
                 response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsResponse.FromString,
                 _registered_method=True)
+        self.HasData = channel.unary_unary(
+                '/fallow.v1.Coordinator/HasData',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.HasDataRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.HasDataResponse.FromString,
+                _registered_method=True)
+        self.PutData = channel.stream_unary(
+                '/fallow.v1.Coordinator/PutData',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.DataChunk.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.PutDataResponse.FromString,
+                _registered_method=True)
+        self.GetData = channel.unary_stream(
+                '/fallow.v1.Coordinator/GetData',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.GetDataRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.DataChunk.FromString,
+                _registered_method=True)
+        self.ControlProject = channel.unary_unary(
+                '/fallow.v1.Coordinator/ControlProject',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+                _registered_method=True)
+        self.ExtendProject = channel.unary_unary(
+                '/fallow.v1.Coordinator/ExtendProject',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -207,6 +232,49 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HasData(self, request, context):
+        """Project data (`[data]` files, protocol::data). Which of these digests the coordinator
+        holds whole; the CLI uploads only the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutData(self, request_iterator, context):
+        """Uploads one data file in chunks (a gRPC message cannot hold a 1 GiB file): the first
+        message names its digest and size; the coordinator hashes what arrives and keeps it
+        only if it matches. Upload before `SubmitProject`, which refuses data it does not hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetData(self, request, context):
+        """Downloads one data file from `offset` in chunks of at most 1 MiB; a worker that lost
+        its connection resumes from the bytes it already has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ControlProject(self, request, context):
+        """Project control by its submitter: cancel, pause, resume, retry failed units, or run
+        the reducer again. Carries a `fallow-call` header like a worker call, signed by the
+        submitter key the request names; any key but the project's is refused with
+        PERMISSION_DENIED (protocol::control).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendProject(self, request, context):
+        """More units for a running or finished project, each signed by the submitter like a
+        submitted unit (under the project's terms); authenticated as ControlProject.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +342,31 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListAccounts,
                     request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsRequest.FromString,
                     response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'HasData': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasData,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.HasDataRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.HasDataResponse.SerializeToString,
+            ),
+            'PutData': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutData,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.DataChunk.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.PutDataResponse.SerializeToString,
+            ),
+            'GetData': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetData,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.GetDataRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.DataChunk.SerializeToString,
+            ),
+            'ControlProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlProject,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.SerializeToString,
+            ),
+            'ExtendProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendProject,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -632,6 +725,141 @@ class Coordinator:
             '/fallow.v1.Coordinator/ListAccounts',
             fallow__client_dot___proto_dot_fallow__pb2.ListAccountsRequest.SerializeToString,
             fallow__client_dot___proto_dot_fallow__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HasData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/HasData',
+            fallow__client_dot___proto_dot_fallow__pb2.HasDataRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.HasDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutData(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fallow.v1.Coordinator/PutData',
+            fallow__client_dot___proto_dot_fallow__pb2.DataChunk.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.PutDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fallow.v1.Coordinator/GetData',
+            fallow__client_dot___proto_dot_fallow__pb2.GetDataRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.DataChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/ControlProject',
+            fallow__client_dot___proto_dot_fallow__pb2.ControlRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/ExtendProject',
+            fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
             options,
             channel_credentials,
             insecure,
