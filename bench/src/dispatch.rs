@@ -173,10 +173,20 @@ fn measure(
             leases.extend(one_each);
             let cpu1 = server.cpu()?;
             let certificates = load::sign(&fleet, &leases, replication as usize);
+            let submitted = certificates.len();
             let cpu2 = server.cpu()?;
             let c = load.certify(&fleet, certificates).await?;
             let cpu3 = server.cpu()?;
-            anyhow::ensure!(c.count > 0, "no certificate accepted");
+            eprintln!(
+                "    round: {} + {} leases, {submitted} certificates, {} accepted",
+                a.count, a1.count, c.count
+            );
+            anyhow::ensure!(
+                c.count > 0,
+                "no certificate accepted ({} + {} leases, {submitted} certificates submitted)",
+                a.count,
+                a1.count
+            );
             let spent = (cpu1 - cpu0) + (cpu3 - cpu2);
             per_lease.push(phase_cost(cpu_a - cpu0, &a));
             per_lease_single.push(phase_cost(cpu1 - cpu_a, &a1));

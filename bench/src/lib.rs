@@ -292,6 +292,57 @@ pub fn guest_speed(
     Ok(rows)
 }
 
+/// A worker's start-up cost per module: compiling the demo's module (Mandelbrot) with the
+/// compiled-module disk cache empty — Cranelift compiles it and the cache writes it — and
+/// warm, in a new sandbox on the same directory (a restarted worker): it loads what it
+/// wrote. CPU time of the process (compilation runs on several threads) and wall time,
+/// medians; each round starts from an empty directory.
+pub fn module_startup(size: Size) -> anyhow::Result<Vec<Row>> {
+    let wasm = artifacts::MANDELBROT;
+    let digest = Digest::of(wasm);
+    let (mut cold, mut warm, mut cold_wall, mut warm_wall) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..size.repeats() {
+        let dir = tempfile::tempdir()?;
+        let worker = || -> anyhow::Result<Sandbox> {
+            let mut sandbox = Sandbox::new(SandboxConfig::default())?;
+            sandbox.set_disk_cache(dir.path())?;
+            Ok(sandbox)
+        };
+        for (cpu, wall, hits) in [
+            (&mut cold, &mut cold_wall, 0),
+            (&mut warm, &mut warm_wall, 1),
+        ] {
+            let sandbox = worker()?;
+            let (t, c) = (Instant::now(), cpu_time::ProcessTime::now());
+            sandbox.compile(digest, wasm, false)?;
+            cpu.push(c.elapsed());
+            wall.push(t.elapsed());
+            anyhow::ensure!(
+                sandbox.disk_cache_stats().hits == hits,
+                "module start-up: expected {hits} disk-cache hit(s), got {:?}",
+                sandbox.disk_cache_stats()
+            );
+        }
+    }
+    let (cold, warm) = (median(cold), median(warm));
+    Ok(vec![Row {
+        figure: "module start-up at worker start: the demo's module (Mandelbrot) loaded from the compiled-module disk cache after a restart (CPU; wall)".into(),
+        measured: format!(
+            "{} CPU; {} wall",
+            fmt_duration(warm),
+            fmt_duration(median(warm_wall))
+        ),
+        reference: format!(
+            "cold: compiled by Cranelift, {} CPU; {} wall",
+            fmt_duration(cold),
+            fmt_duration(median(cold_wall))
+        ),
+        ratio: Some(warm.as_secs_f64() / cold.as_secs_f64().max(1e-9)),
+        goal: "diagnostic".into(),
+        met: None,
+    }])
+}
+
 /// Figure 3: one empty execution — instantiate, run a guest that copies empty stdin to
 /// stdout, collect the output — as the median over many runs; then the same for a guest
 /// that writes to every page of its first 2 MiB (the most a pooled slot resets in place),
@@ -464,6 +515,7 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
             variant(false, false)?,
         );
         report.rows.extend(unit_overhead(&sandbox, size)?);
+        report.rows.extend(module_startup(size)?);
         report.rows.extend(guest_speed(
             &sandbox,
             &[

@@ -14,6 +14,7 @@ fn quick_benchmarks_run_and_native_matches_the_sandbox() {
     let table = report.to_markdown();
     for figure in [
         "per-unit sandbox overhead",
+        "module start-up at worker start",
         "guest speed: primes",
         "guest speed: n-body",
         "verification cost: executions per verified unit",

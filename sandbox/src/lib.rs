@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`Sandbox`]: engine configuration, the module cache, [`Sandbox::inspect`] (the submit-time
 //!   check) and [`Sandbox::run`] (one execution).
+//! - `disk_cache`: compiled modules kept on disk across restarts
+//!   ([`Sandbox::set_disk_cache`]), authenticated with a key only this worker holds.
 //! - `host`: the per-execution store data: deterministic WASI context and the memory limiter.
 //! - [`checkpoint`]: the opt-in checkpoint API (`fallow::checkpoint_save`/`checkpoint_load`)
 //!   and [`Checkpoint`], with [`Sandbox::run_resumable`] restarting a guest from one.
@@ -21,12 +23,18 @@
 //! blocking. Threads and relaxed SIMD are disabled; NaN canonicalization is a per-project
 //! option. Fuel is deterministic, so the fuel used is part of the result.
 
-#![forbid(unsafe_code)]
+// Denied rather than forbidden: `disk_cache::deserialize` is the one exception, a
+// function of its own with a `# Safety` section (wasmtime's `Module::deserialize`).
+#![deny(unsafe_code)]
 
 pub mod checkpoint;
+mod disk_cache;
 mod host;
 
 pub use checkpoint::{Checkpoint, Proceed};
+pub use disk_cache::DiskCacheStats;
+/// The file extension of compiled modules in a disk cache ([`Sandbox::set_disk_cache`]).
+pub use disk_cache::EXTENSION as COMPILED_EXTENSION;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -256,6 +264,8 @@ pub struct Sandbox {
     abi: HashSet<(String, String)>,
     cache: Mutex<HashMap<(Digest, bool), Compiled>>,
     cache_limit: usize,
+    /// Compiled modules on disk, if [`Sandbox::set_disk_cache`] set a directory.
+    disk: Option<disk_cache::DiskCache>,
     consume_fuel: bool,
     watchdog: Arc<Watchdog>,
 }
@@ -372,9 +382,48 @@ impl Sandbox {
             abi,
             cache: Mutex::new(HashMap::new()),
             cache_limit: config.module_cache.max(1),
+            disk: None,
             consume_fuel: config.consume_fuel,
             watchdog,
         })
+    }
+
+    /// Keeps compiled modules in `dir` too, so that they survive a restart: [`Sandbox::compile`]
+    /// loads a module from there instead of compiling it, but only an entry this cache
+    /// wrote itself, authenticated with the key `dir/compiled.key` (made here, mode 0600);
+    /// anything else there is deleted and compiled again. Entries are
+    /// `<digest>-<flavour>.cwasm`; the caller bounds the directory's size (the worker
+    /// counts them in its `disk_cache_mb`). Fails only if `dir` or its key cannot be
+    /// made; the sandbox then works as before, without it.
+    pub fn set_disk_cache(&mut self, dir: &std::path::Path) -> Result<(), Error> {
+        let cache = disk_cache::DiskCache::open(dir).map_err(|e| {
+            Error::Engine(format!(
+                "compiled-module cache {}: {e}",
+                dir.join(disk_cache::KEY_FILE).display()
+            ))
+        })?;
+        self.disk = Some(cache);
+        Ok(())
+    }
+
+    /// How the on-disk cache has fared (all zero without one).
+    pub fn disk_cache_stats(&self) -> DiskCacheStats {
+        self.disk
+            .as_ref()
+            .map(disk_cache::DiskCache::stats)
+            .unwrap_or_default()
+    }
+
+    /// The on-disk entry of `digest` in this flavour, if there is a disk cache (whether or
+    /// not it exists yet): for a caller that trims the directory and must keep it.
+    pub fn disk_cache_path(
+        &self,
+        digest: Digest,
+        nan_canonicalization: bool,
+    ) -> Option<std::path::PathBuf> {
+        self.disk
+            .as_ref()
+            .map(|d| d.path(digest, nan_canonicalization))
     }
 
     /// Checks that `bytes` is a module Fallow will run: valid core wasm, a WASI command, and
@@ -385,7 +434,9 @@ impl Sandbox {
     }
 
     /// Compiles (or fetches from the cache) the module whose digest is `digest`.
-    /// Never accepts precompiled code: the bytes are always wasm, compiled here.
+    /// Never accepts precompiled code from the caller: the bytes are always wasm, checked
+    /// against `digest`, and compiled here — or loaded from this sandbox's own disk cache
+    /// ([`Sandbox::set_disk_cache`]), which holds only code it compiled from such bytes.
     pub fn compile(
         &self,
         digest: Digest,
@@ -406,7 +457,26 @@ impl Sandbox {
         } else {
             &self.plain
         };
-        let module = self.compile_module(flavour, bytes)?;
+        let cached = self
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(&flavour.engine, digest, nan_canonicalization));
+        let module = match cached {
+            // Compiled here from these very bytes (the entry is authenticated and names
+            // their digest), after the checks below passed; they are cheap, so they run
+            // again rather than trusting that.
+            Some(module) => {
+                self.check_module(&module)?;
+                module
+            }
+            None => {
+                let module = self.compile_module(flavour, bytes)?;
+                if let Some(d) = &self.disk {
+                    d.store(&module, digest, nan_canonicalization);
+                }
+                module
+            }
+        };
         let pre = flavour
             .linker
             .instantiate_pre(&module)
@@ -525,6 +595,12 @@ impl Sandbox {
         self.precheck(bytes)?;
         let module =
             Module::new(&flavour.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        self.check_module(&module)?;
+        Ok(module)
+    }
+
+    /// The compiled module's imports are within the guest ABI and it is a WASI command.
+    fn check_module(&self, module: &Module) -> Result<(), Error> {
         for import in module.imports() {
             if !self
                 .abi
@@ -552,7 +628,7 @@ impl Sandbox {
         {
             return Err(Error::NotACommand("no exported `memory`".into()));
         }
-        Ok(module)
+        Ok(())
     }
 
     /// Runs one execution: `input` on stdin, `seed` for WASI random, every limit of

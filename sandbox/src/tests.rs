@@ -855,3 +855,133 @@ fn a_guest_reads_its_data_file_like_a_native_program() {
     assert!(failure.detail.contains("hint: the only files"), "{failure}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A sandbox as a worker makes one, with its compiled modules kept in `dir`: a new one on
+/// the same `dir` is a restarted worker.
+fn with_disk(dir: &std::path::Path) -> Sandbox {
+    let mut sb = Sandbox::new(SandboxConfig {
+        slots: 1,
+        max_memory_mb: 64,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    sb.set_disk_cache(dir).expect("disk cache");
+    sb
+}
+
+/// The one cached entry of `dir` (the test compiles one module in one flavour).
+fn entry(dir: &std::path::Path) -> std::path::PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].clone()
+}
+
+#[test]
+fn compiled_modules_survive_a_restart_and_only_their_writer_loads_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wasm = hostile::ECHO;
+    let check = |sb: &Sandbox| {
+        let exec = run(sb, wasm, b"cached", limits()).expect("runs");
+        assert_eq!(exec.output, b"cached");
+    };
+    // First start: compiled and written, under a key only the owner may read.
+    let first = with_disk(dir.path());
+    check(&first);
+    assert_eq!(first.disk_cache_stats().written, 1);
+    assert_eq!(first.disk_cache_stats().hits, 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::fs::metadata(dir.path().join("compiled.key")).expect("key");
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+        assert_eq!(key.len(), 32);
+    }
+    let path = entry(dir.path());
+    drop(first);
+
+    // Restart: loaded, not compiled, and it runs the same.
+    let restarted = with_disk(dir.path());
+    check(&restarted);
+    let stats = restarted.disk_cache_stats();
+    assert_eq!((stats.hits, stats.rejected, stats.written), (1, 0, 0));
+    drop(restarted);
+
+    // A flipped byte of machine code: refused, deleted, compiled again, written anew.
+    let mut bytes = std::fs::read(&path).expect("entry");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("corrupt");
+    let after_corruption = with_disk(dir.path());
+    check(&after_corruption);
+    let stats = after_corruption.disk_cache_stats();
+    assert_eq!((stats.hits, stats.rejected, stats.written), (0, 1, 1));
+    drop(after_corruption);
+
+    // A truncated entry, and one that is not ours at all: the same.
+    std::fs::write(&path, b"FLWCM").expect("truncate");
+    let truncated = with_disk(dir.path());
+    check(&truncated);
+    assert_eq!(truncated.disk_cache_stats().rejected, 1);
+    drop(truncated);
+
+    // Another key (a different worker's cache, or a file planted by someone who cannot
+    // read our key): an intact entry written under it is refused too.
+    let other = tempfile::tempdir().expect("tmp");
+    let foreign = with_disk(other.path());
+    check(&foreign);
+    std::fs::copy(entry(other.path()), &path).expect("plant");
+    let planted = with_disk(dir.path());
+    check(&planted);
+    let stats = planted.disk_cache_stats();
+    assert_eq!((stats.hits, stats.rejected, stats.written), (0, 1, 1));
+    drop(planted);
+
+    // Our own key replaced (the worker's key lost): everything cached before is compiled
+    // again. A key others could read is replaced the same way.
+    std::fs::write(dir.path().join("compiled.key"), [7u8; 32]).expect("key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("compiled.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+    }
+    let new_key = with_disk(dir.path());
+    check(&new_key);
+    let stats = new_key.disk_cache_stats();
+    assert_eq!((stats.hits, stats.rejected, stats.written), (0, 1, 1));
+    #[cfg(unix)]
+    assert_ne!(
+        std::fs::read(dir.path().join("compiled.key")).expect("key"),
+        [7u8; 32],
+        "a key others may read is not used"
+    );
+}
+
+#[test]
+fn the_disk_cache_keeps_flavours_apart_and_never_skips_the_digest_check() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sb = with_disk(dir.path());
+    let digest = Digest::of(hostile::ECHO);
+    sb.compile(digest, hostile::ECHO, false).expect("plain");
+    sb.compile(digest, hostile::ECHO, true).expect("canonical");
+    assert_eq!(sb.disk_cache_stats().written, 2);
+    drop(sb);
+    let restarted = with_disk(dir.path());
+    // Bytes that are not the digest's module are refused before the disk is looked at.
+    assert!(matches!(
+        restarted.compile(digest, artifacts::PRIMES, false),
+        Err(Error::Invalid(_))
+    ));
+    restarted
+        .compile(digest, hostile::ECHO, true)
+        .expect("canonical");
+    assert_eq!(restarted.disk_cache_stats().hits, 1);
+}

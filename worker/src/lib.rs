@@ -140,10 +140,17 @@ pub async fn run_with_stats(
         Box::new(sources::SystemSources::new()),
     )
     .await?;
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+    let mut sandbox = Sandbox::new(SandboxConfig {
         slots: config.cores as u32 + 1,
         ..SandboxConfig::default()
-    })?);
+    })?;
+    // Compiled modules kept beside the `.wasm` files, so a restart does not compile them
+    // again (`modules` counts both in `disk_cache_mb`). Only a cache: without it every
+    // start compiles, as before.
+    if let Err(e) = sandbox.set_disk_cache(&config.data_dir.join("modules")) {
+        tracing::warn!("compiled modules will not be kept across restarts: {e}");
+    }
+    let sandbox = Arc::new(sandbox);
     let membership_counters = Arc::new(membership::Counters::default());
     let common = Common {
         identity: identity.clone(),

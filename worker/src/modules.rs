@@ -1,8 +1,10 @@
 //! Project modules by BLAKE3 digest: fetched from the coordinator once, kept as `.wasm` in
 //! `<data>/modules/`, compiled here (never accepting precompiled code from anyone) and kept
-//! compiled in the sandbox's cache. The on-disk cache stays under `disk_cache_mb`: past
-//! it the least recently used files go (a module in use is recompiled from memory, and
-//! fetched again if ever needed).
+//! compiled in the sandbox's cache, in memory and — as `.cwasm` files beside the `.wasm`
+//! ones, authenticated with a key only this worker holds (`sandbox::Sandbox::set_disk_cache`)
+//! — on disk, so that a restart does not compile them again. The directory stays under
+//! `disk_cache_mb`, both kinds counted: past it the least recently used files go (a module
+//! in use is recompiled from memory, and fetched again if ever needed).
 //!
 //! Each module is prepared once however many cores (and prefetched units) ask at the same
 //! time: the first asker fetches and compiles, the others wait for it and find it compiled.
@@ -113,10 +115,17 @@ impl Modules {
         };
         let sandbox = self.sandbox.clone();
         // Compilation takes tens of milliseconds of CPU: not on the async threads.
-        tokio::task::spawn_blocking(move || sandbox.compile(digest, &bytes, nan))
+        let compiled = tokio::task::spawn_blocking(move || sandbox.compile(digest, &bytes, nan))
             .await
             .map_err(|e| Error::Module(format!("compiler panicked: {e}")))?
-            .map_err(|e| Error::Module(e.to_string()))
+            .map_err(|e| Error::Module(e.to_string()))?;
+        // The compiled module may have just been written beside the wasm: trim again.
+        if let Some(compiled_path) = self.sandbox.disk_cache_path(digest, nan) {
+            let (dir, cap) = (self.dir.clone(), self.cap.load(Ordering::Relaxed));
+            let _ =
+                tokio::task::spawn_blocking(move || evict(&dir, cap, &[path, compiled_path])).await;
+        }
+        Ok(compiled)
     }
 
     /// Writes `bytes` to `path` atomically (a temporary file of this writer's own, then a
@@ -139,21 +148,26 @@ impl Modules {
             return Err(Error::io(path, e));
         }
         let (dir, cap) = (self.dir.clone(), self.cap.load(Ordering::Relaxed));
-        let keep = path.to_path_buf();
+        let keep = [path.to_path_buf()];
         let _ = tokio::task::spawn_blocking(move || evict(&dir, cap, &keep)).await;
         Ok(())
     }
 }
 
-/// Deletes the least recently used `.wasm` files in `dir` (never `keep`) until the rest
-/// add up to at most `cap` bytes. Returns the files deleted.
-fn evict(dir: &Path, cap: u64, keep: &Path) -> usize {
+/// Deletes the least recently used `.wasm` and compiled `.cwasm` files in `dir` (never
+/// those in `keep`) until the rest add up to at most `cap` bytes. Returns the files
+/// deleted.
+fn evict(dir: &Path, cap: u64, keep: &[PathBuf]) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "wasm" || x == sandbox::COMPILED_EXTENSION)
+        })
         .filter_map(|e| {
             let m = e.metadata().ok()?;
             Some((m.modified().ok()?, m.len(), e.path()))
@@ -166,7 +180,7 @@ fn evict(dir: &Path, cap: u64, keep: &Path) -> usize {
         if total <= cap {
             break;
         }
-        if path != keep && std::fs::remove_file(&path).is_ok() {
+        if !keep.contains(&path) && std::fs::remove_file(&path).is_ok() {
             total -= len;
             deleted += 1;
             tracing::debug!(file = %path.display(), "module cache over disk_cache_mb: evicted");
@@ -183,8 +197,9 @@ mod tests {
     fn eviction_keeps_the_cache_under_its_cap_oldest_first() {
         let dir = tempfile::tempdir().expect("tmp");
         let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let p = dir.path().join(format!("{name}.wasm"));
+        // Modules and compiled modules count alike; the compiled cache's key is no entry.
+        for (i, name) in ["a.wasm", "b.cwasm", "c.wasm"].iter().enumerate() {
+            let p = dir.path().join(name);
             std::fs::write(&p, vec![0u8; 100]).expect("write");
             let f = std::fs::File::options()
                 .append(true)
@@ -193,10 +208,11 @@ mod tests {
             f.set_modified(t0 + std::time::Duration::from_secs(i as u64))
                 .expect("mtime");
         }
-        let keep = dir.path().join("a.wasm"); // the oldest, but just fetched
+        std::fs::write(dir.path().join("compiled.key"), [0u8; 32]).expect("key");
+        let keep = [dir.path().join("a.wasm")]; // the oldest, but just fetched
         assert_eq!(evict(dir.path(), 150, &keep), 2);
-        assert!(keep.exists());
-        assert!(!dir.path().join("b.wasm").exists() && !dir.path().join("c.wasm").exists());
+        assert!(keep[0].exists() && dir.path().join("compiled.key").exists());
+        assert!(!dir.path().join("b.cwasm").exists() && !dir.path().join("c.wasm").exists());
         assert_eq!(evict(dir.path(), 150, &keep), 0);
     }
 }
