@@ -178,6 +178,15 @@ pub enum Error {
         /// The caller's address.
         address: String,
     },
+    /// Too many `GetResults` follow streams open from one address.
+    #[error(
+        "at most {max} `fallow results --follow` streams may be open at once from one address; \
+         close one, or read the results without --follow"
+    )]
+    TooManyFollowers {
+        /// The most per address (8).
+        max: usize,
+    },
     /// A request body over its method's size cap; it was cut off, unread.
     #[error("a {method} request may be at most {limit} bytes; this one is larger")]
     TooLarge {

@@ -95,6 +95,8 @@ struct Inner<S> {
     dashboard: Arc<Dashboard>,
     /// `GetModule`'s cache and bounds (see [`crate::modules`]).
     modules: crate::modules::Modules,
+    /// Follow streams open per address (`projects::MAX_FOLLOWERS_PER_ADDRESS`).
+    followers: projects::Followers,
 }
 
 struct State {
@@ -135,6 +137,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::RateLimited { .. }
         | Error::RegistrationsLimited { .. }
         | Error::DownloadsInProgress { .. }
+        | Error::TooManyFollowers { .. }
         | Error::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
         Error::UnsignedCall { .. } | Error::BadCall { .. } | Error::NotAuthorized(_) => {
             Status::unauthenticated(e.to_string())

@@ -258,6 +258,7 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::GetResultsRequest>,
     ) -> Result<Response<ResultStream>, Status> {
+        let remote = request.remote_addr();
         let request = request.into_inner();
         let project = ProjectId(request.project_id);
         if self
@@ -273,7 +274,16 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let service = self.clone();
-        tokio::spawn(Self::send_results(service, project, request.follow, tx));
+        // A follower's place is held for as long as its stream runs.
+        let following = if request.follow {
+            Some(self.inner.followers.admit(remote).map_err(to_status)?)
+        } else {
+            None
+        };
+        tokio::spawn(async move {
+            Self::send_results(service, project, request.follow, tx).await;
+            drop(following);
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

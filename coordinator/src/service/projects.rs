@@ -3,7 +3,11 @@
 
 use proto::v1 as pb;
 use protocol::manifest::ProjectSpec;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use connections::Address;
 
 use protocol::{Digest, ProjectId, UnitId};
 use tonic::Status;
@@ -206,6 +210,11 @@ impl<S: Store> CoordinatorService<S> {
         mut sent: HashSet<UnitId>,
         tx: &tokio::sync::mpsc::Sender<Result<pb::ResultItem, Status>>,
     ) -> Result<bool, Error> {
+        // The project's counters at the last scan: the units are looked at again only
+        // when they moved (or something was left to read), so an idle follower costs
+        // one lookup per round, not a walk over every unit.
+        let mut seen = None;
+        let mut unwritten = true;
         loop {
             let (verified, done) = {
                 let state = service.inner.state.lock().await;
@@ -213,6 +222,22 @@ impl<S: Store> CoordinatorService<S> {
                     .sched
                     .project(project)
                     .ok_or(Error::UnknownProject(project))?;
+                let counters = (
+                    p.stats.verified,
+                    p.stats.reopened,
+                    p.finished(),
+                    p.aggregate.clone(),
+                    p.control,
+                );
+                if !unwritten && seen.as_ref() == Some(&counters) {
+                    drop(state);
+                    tokio::select! {
+                        () = tokio::time::sleep(FOLLOW_POLL) => {}
+                        () = tx.closed() => return Ok(false),
+                    }
+                    continue;
+                }
+                seen = Some(counters);
                 // A cancelled project's reducer runs only when asked (`fallow reduce`).
                 let done = p.finished()
                     && (p.reducer.is_none()
@@ -229,7 +254,7 @@ impl<S: Store> CoordinatorService<S> {
             sent.retain(|id| verified.contains(id));
             let mut new: Vec<UnitId> = verified.difference(&sent).copied().collect();
             new.sort_unstable();
-            let mut unwritten = false;
+            unwritten = false;
             for ids in new.chunks(MAX_OUTPUTS_OF) {
                 let outputs = service
                     .inner
@@ -266,6 +291,67 @@ impl<S: Store> CoordinatorService<S> {
     }
 }
 
+/// Most `GetResults` streams with `follow` open at once from one address (an IPv4 address
+/// or an IPv6 /64; loopback exempt unless `limit_loopback`). Each holds a task that looks
+/// at the scheduler twice a second, so strangers may not open them without bound.
+pub(crate) const MAX_FOLLOWERS_PER_ADDRESS: usize = 8;
+
+/// The follow streams open per address ([`MAX_FOLLOWERS_PER_ADDRESS`]).
+pub(crate) struct Followers {
+    open: Arc<std::sync::Mutex<HashMap<Address, usize>>>,
+    limit_loopback: bool,
+}
+
+/// One admitted follow stream; dropping it (the stream ended) frees its place.
+pub(super) struct Following {
+    open: Arc<std::sync::Mutex<HashMap<Address, usize>>>,
+    address: Option<Address>,
+}
+
+impl Followers {
+    pub(crate) fn new(limit_loopback: bool) -> Self {
+        Followers {
+            open: Arc::default(),
+            limit_loopback,
+        }
+    }
+
+    /// A place for one more follow stream from `remote`, or [`Error::TooManyFollowers`].
+    pub(super) fn admit(&self, remote: Option<SocketAddr>) -> Result<Following, Error> {
+        let address = remote
+            .map(|r| Address::of(r.ip()))
+            .filter(|a| self.limit_loopback || !a.is_loopback());
+        if let Some(address) = address {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let n = open.entry(address).or_default();
+            if *n >= MAX_FOLLOWERS_PER_ADDRESS {
+                return Err(Error::TooManyFollowers {
+                    max: MAX_FOLLOWERS_PER_ADDRESS,
+                });
+            }
+            *n += 1;
+        }
+        Ok(Following {
+            open: self.open.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        if let Some(address) = self.address {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get_mut(&address) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&address);
+                }
+            }
+        }
+    }
+}
+
 /// How often a follower (`GetResults` with `follow`) looks for newly verified units.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -280,5 +366,55 @@ fn verified_item(v: VerifiedOutput) -> pb::ResultItem {
             signers: v.signers.iter().map(|s| s.0.to_vec()).collect(),
             verified_ms: v.verified_ms,
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stranger cannot hold more than [`MAX_FOLLOWERS_PER_ADDRESS`] follow streams open
+    /// from one address (nor from another address of the same IPv6 /64); a stream that
+    /// ends frees its place; loopback is exempt unless the limits apply to it.
+    #[test]
+    fn follow_streams_are_bounded_per_address() {
+        let followers = Followers::new(false);
+        let stranger: SocketAddr = "203.0.113.7:4000".parse().expect("addr");
+        let mut held: Vec<Following> = (0..MAX_FOLLOWERS_PER_ADDRESS)
+            .map(|_| followers.admit(Some(stranger)).expect("admitted"))
+            .collect();
+        assert!(matches!(
+            followers.admit(Some(stranger)),
+            Err(Error::TooManyFollowers {
+                max: MAX_FOLLOWERS_PER_ADDRESS
+            })
+        ));
+        let v6a: SocketAddr = "[2001:db8:1:2::1]:1".parse().expect("addr");
+        let v6b: SocketAddr = "[2001:db8:1:2::2]:1".parse().expect("addr");
+        let six: Vec<Following> = (0..MAX_FOLLOWERS_PER_ADDRESS)
+            .map(|_| followers.admit(Some(v6a)).expect("admitted"))
+            .collect();
+        assert!(followers.admit(Some(v6b)).is_err(), "same /64");
+        assert!(
+            followers
+                .admit(Some("198.51.100.1:1".parse().expect("addr")))
+                .is_ok(),
+            "another address has its own places"
+        );
+        held.pop();
+        assert!(followers.admit(Some(stranger)).is_ok(), "a place freed");
+        drop(six);
+        assert!(followers.admit(Some(v6b)).is_ok());
+        let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let many: Vec<Following> = (0..3 * MAX_FOLLOWERS_PER_ADDRESS)
+            .map(|_| followers.admit(Some(local)).expect("loopback is exempt"))
+            .collect();
+        drop(many);
+        let strict = Followers::new(true);
+        let local_held: Vec<Following> = (0..MAX_FOLLOWERS_PER_ADDRESS)
+            .map(|_| strict.admit(Some(local)).expect("admitted"))
+            .collect();
+        assert!(strict.admit(Some(local)).is_err());
+        drop(local_held);
     }
 }

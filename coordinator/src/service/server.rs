@@ -157,6 +157,7 @@ pub(crate) async fn run<S: Store>(
             reducing: std::sync::Mutex::new(HashSet::new()),
             dashboard: dashboard.clone(),
             modules: crate::modules::Modules::new(config.limit_loopback),
+            followers: super::projects::Followers::new(config.limit_loopback),
         }),
     };
     let cancel = CancellationToken::new();
