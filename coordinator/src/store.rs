@@ -370,6 +370,13 @@ pub struct LeasedInput {
 
 /// Durable storage. Every method is atomic: it either happens whole or not at all.
 pub trait Store: Send + Sync + 'static {
+    /// Whether the store's rows live on the data directory's disk (the embedded SQLite
+    /// store), so that its free space says whether a project fits. A database server's
+    /// disk is not this machine's: its operator watches it.
+    fn on_data_dir_disk(&self) -> bool {
+        true
+    }
+
     /// Stores a project, its modules and all its units in one transaction.
     fn insert_project(
         &self,

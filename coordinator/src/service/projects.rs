@@ -23,9 +23,10 @@ use crate::store::{MAX_OUTPUTS_OF, Store, StoredOutput, VerifiedOutput};
 pub(super) const DISK_RESERVE: u64 = 16 << 20;
 
 impl<S: Store> CoordinatorService<S> {
-    /// Refuses a project the data dir's disk has no room for: twice its size (rows and
-    /// write-ahead log) plus [`DISK_RESERVE`] for the results of the projects already
-    /// accepted. A file system that cannot say is not a reason to refuse.
+    /// Refuses a project the data dir's disk has no room for (embedded store only,
+    /// [`Store::on_data_dir_disk`]): twice its size (rows and write-ahead log) plus
+    /// [`DISK_RESERVE`] for the results of the projects already accepted. A file system
+    /// that cannot say is not a reason to refuse.
     pub(super) fn room_for(&self, spec: &ProjectSpec) -> Result<(), Status> {
         let size = spec.module.len()
             + spec.reducer.as_ref().map_or(0, Vec::len)
@@ -41,6 +42,10 @@ impl<S: Store> CoordinatorService<S> {
     /// Refuses `size` more bytes of store (a project, a data file) when the disk would
     /// keep less than the reserve.
     pub(super) fn room_for_bytes(&self, size: u64) -> Result<(), Status> {
+        if !self.inner.store.on_data_dir_disk() {
+            // On PostgreSQL the rows go to the database server's disk, not this one.
+            return Ok(());
+        }
         let need = 2 * size + DISK_RESERVE;
         match fs4::available_space(&self.inner.data_dir) {
             Ok(free) if free < need => Err(to_status(Error::NoRoom {

@@ -1041,6 +1041,10 @@ async fn verified(
 }
 
 impl Store for PostgresStore {
+    fn on_data_dir_disk(&self) -> bool {
+        false
+    }
+
     async fn insert_project(
         &self,
         spec: &ProjectSpec,

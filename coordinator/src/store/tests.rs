@@ -1164,3 +1164,13 @@ async fn project_control_survives_reopening<B: Backend>() {
     );
     assert_eq!(outputs.len(), 1);
 }
+
+/// Free space on the data directory's disk bounds submissions only for the embedded store:
+/// PostgreSQL's rows live on the database server.
+#[tokio::test]
+async fn only_the_embedded_store_lives_on_the_data_dirs_disk() {
+    let lite = Sqlite::new();
+    assert!(lite.open().await.expect("sqlite").on_data_dir_disk());
+    let pg = Postgres::new();
+    assert!(!pg.open().await.expect("postgres").on_data_dir_disk());
+}
