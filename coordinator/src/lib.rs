@@ -178,13 +178,13 @@ pub enum Error {
         /// The caller's address.
         address: String,
     },
-    /// Too many `GetResults` follow streams open from one address.
-    #[error(
-        "at most {max} `fallow results --follow` streams may be open at once from one address; \
-         close one, or read the results without --follow"
-    )]
-    TooManyFollowers {
-        /// The most per address (8).
+    /// Too many long-lived streams of one kind (follow streams, data downloads) open from
+    /// one address.
+    #[error("at most {max} {what} may be open at once from one address; wait for one to end")]
+    TooManyStreams {
+        /// Which streams.
+        what: &'static str,
+        /// The most per address.
         max: usize,
     },
     /// A request body over its method's size cap; it was cut off, unread.

@@ -96,7 +96,9 @@ struct Inner<S> {
     /// `GetModule`'s cache and bounds (see [`crate::modules`]).
     modules: crate::modules::Modules,
     /// Follow streams open per address (`projects::MAX_FOLLOWERS_PER_ADDRESS`).
-    followers: projects::Followers,
+    followers: projects::StreamCap,
+    /// Data downloads in progress per address (`projects::MAX_DOWNLOADS_PER_ADDRESS`).
+    downloads: projects::StreamCap,
 }
 
 struct State {
@@ -137,7 +139,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::RateLimited { .. }
         | Error::RegistrationsLimited { .. }
         | Error::DownloadsInProgress { .. }
-        | Error::TooManyFollowers { .. }
+        | Error::TooManyStreams { .. }
         | Error::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
         Error::UnsignedCall { .. } | Error::BadCall { .. } | Error::NotAuthorized(_) => {
             Status::unauthenticated(e.to_string())

@@ -518,3 +518,55 @@ fn an_honest_fleet_on_tiny_units_is_never_refused_by_the_rate_limit() {
         );
     }
 }
+
+/// A stranger opening `GetResults` follow streams from one address gets 8 and then
+/// `RESOURCE_EXHAUSTED` naming the cap; a stream that ends gives its place back. (The
+/// project has no workers, so every follower would wait for ever.)
+#[test]
+fn follow_streams_from_one_address_are_capped() {
+    let c = InProcess::start(|config| config.limit_loopback = true);
+    let id = c
+        .submit(project("followed", artifacts::PRIMES.to_vec(), None))
+        .expect("submitted");
+    c.block_on(async {
+        let mut client = c.client().await;
+        let follow = pb::GetResultsRequest {
+            project_id: id,
+            follow: true,
+        };
+        let mut held = Vec::new();
+        for i in 0..8 {
+            let stream = client
+                .get_results(follow)
+                .await
+                .unwrap_or_else(|e| panic!("follow stream {i} refused: {e}"))
+                .into_inner();
+            held.push(stream);
+        }
+        let refused = client
+            .get_results(follow)
+            .await
+            .expect_err("a ninth follow stream from one address");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains("at most 8"), "{refused}");
+        // Without follow, results stay open to anyone.
+        client
+            .get_results(pb::GetResultsRequest {
+                project_id: id,
+                follow: false,
+            })
+            .await
+            .expect("a plain results call");
+        drop(held.pop());
+        // The coordinator notices the closed stream at its next round (500 ms).
+        let mut again = None;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if let Ok(s) = client.get_results(follow).await {
+                again = Some(s);
+                break;
+            }
+        }
+        assert!(again.is_some(), "a place freed by a closed stream");
+    });
+}

@@ -165,6 +165,7 @@ impl<S: Store> CoordinatorService<S> {
     pub(super) async fn send_data(
         &self,
         request: pb::GetDataRequest,
+        admitted: super::projects::Admitted,
     ) -> Result<DataStream, Status> {
         let digest = Digest::from_slice("GetDataRequest.digest", &request.digest)
             .map_err(|e| to_status(e.into()))?;
@@ -187,6 +188,8 @@ impl<S: Store> CoordinatorService<S> {
         // Two chunks in flight at most: a slow client holds the task, not the file.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
+            // The caller's place among its address's downloads, freed when this ends.
+            let _admitted = admitted;
             let mut index = offset / chunk;
             let mut skip = (offset % chunk) as usize;
             while index * chunk < size {

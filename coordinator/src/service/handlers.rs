@@ -115,7 +115,15 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::GetDataRequest>,
     ) -> Result<Response<Self::GetDataStream>, Status> {
-        Ok(Response::new(self.send_data(request.into_inner()).await?))
+        // Held by the stream task until the download ends (`send_data`).
+        let admitted = self
+            .inner
+            .downloads
+            .admit(request.remote_addr())
+            .map_err(to_status)?;
+        Ok(Response::new(
+            self.send_data(request.into_inner(), admitted).await?,
+        ))
     }
 
     async fn submit_project(

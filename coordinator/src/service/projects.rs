@@ -301,49 +301,60 @@ impl<S: Store> CoordinatorService<S> {
 /// at the scheduler twice a second, so strangers may not open them without bound.
 pub(crate) const MAX_FOLLOWERS_PER_ADDRESS: usize = 8;
 
-/// The follow streams open per address ([`MAX_FOLLOWERS_PER_ADDRESS`]).
-pub(crate) struct Followers {
+/// Most `GetData` downloads in progress at once from one address (as above): each reads
+/// the store chunk by chunk, and a worker fetches one file at a time.
+pub(crate) const MAX_DOWNLOADS_PER_ADDRESS: usize = 4;
+
+/// Long-lived streams open per address, at most `max` each (follow streams, data
+/// downloads): a stranger cannot make the coordinator hold unbounded tasks for it.
+pub(crate) struct StreamCap {
     open: Arc<std::sync::Mutex<HashMap<Address, usize>>>,
+    max: usize,
+    what: &'static str,
     limit_loopback: bool,
 }
 
-/// One admitted follow stream; dropping it (the stream ended) frees its place.
-pub(super) struct Following {
+/// One admitted stream; dropping it (the stream ended) frees its place.
+pub(super) struct Admitted {
     open: Arc<std::sync::Mutex<HashMap<Address, usize>>>,
     address: Option<Address>,
 }
 
-impl Followers {
-    pub(crate) fn new(limit_loopback: bool) -> Self {
-        Followers {
+impl StreamCap {
+    /// `what` names the streams in the refusal ("`fallow results --follow` streams").
+    pub(crate) fn new(max: usize, what: &'static str, limit_loopback: bool) -> Self {
+        StreamCap {
             open: Arc::default(),
+            max,
+            what,
             limit_loopback,
         }
     }
 
-    /// A place for one more follow stream from `remote`, or [`Error::TooManyFollowers`].
-    pub(super) fn admit(&self, remote: Option<SocketAddr>) -> Result<Following, Error> {
+    /// A place for one more stream from `remote`, or [`Error::TooManyStreams`].
+    pub(super) fn admit(&self, remote: Option<SocketAddr>) -> Result<Admitted, Error> {
         let address = remote
             .map(|r| Address::of(r.ip()))
             .filter(|a| self.limit_loopback || !a.is_loopback());
         if let Some(address) = address {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let n = open.entry(address).or_default();
-            if *n >= MAX_FOLLOWERS_PER_ADDRESS {
-                return Err(Error::TooManyFollowers {
-                    max: MAX_FOLLOWERS_PER_ADDRESS,
+            if *n >= self.max {
+                return Err(Error::TooManyStreams {
+                    what: self.what,
+                    max: self.max,
                 });
             }
             *n += 1;
         }
-        Ok(Following {
+        Ok(Admitted {
             open: self.open.clone(),
             address,
         })
     }
 }
 
-impl Drop for Following {
+impl Drop for Admitted {
     fn drop(&mut self) {
         if let Some(address) = self.address {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -383,20 +394,21 @@ mod tests {
     /// ends frees its place; loopback is exempt unless the limits apply to it.
     #[test]
     fn follow_streams_are_bounded_per_address() {
-        let followers = Followers::new(false);
+        let followers = StreamCap::new(MAX_FOLLOWERS_PER_ADDRESS, "follow streams", false);
         let stranger: SocketAddr = "203.0.113.7:4000".parse().expect("addr");
-        let mut held: Vec<Following> = (0..MAX_FOLLOWERS_PER_ADDRESS)
+        let mut held: Vec<Admitted> = (0..MAX_FOLLOWERS_PER_ADDRESS)
             .map(|_| followers.admit(Some(stranger)).expect("admitted"))
             .collect();
         assert!(matches!(
             followers.admit(Some(stranger)),
-            Err(Error::TooManyFollowers {
-                max: MAX_FOLLOWERS_PER_ADDRESS
+            Err(Error::TooManyStreams {
+                max: MAX_FOLLOWERS_PER_ADDRESS,
+                ..
             })
         ));
         let v6a: SocketAddr = "[2001:db8:1:2::1]:1".parse().expect("addr");
         let v6b: SocketAddr = "[2001:db8:1:2::2]:1".parse().expect("addr");
-        let six: Vec<Following> = (0..MAX_FOLLOWERS_PER_ADDRESS)
+        let six: Vec<Admitted> = (0..MAX_FOLLOWERS_PER_ADDRESS)
             .map(|_| followers.admit(Some(v6a)).expect("admitted"))
             .collect();
         assert!(followers.admit(Some(v6b)).is_err(), "same /64");
@@ -411,12 +423,12 @@ mod tests {
         drop(six);
         assert!(followers.admit(Some(v6b)).is_ok());
         let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let many: Vec<Following> = (0..3 * MAX_FOLLOWERS_PER_ADDRESS)
+        let many: Vec<Admitted> = (0..3 * MAX_FOLLOWERS_PER_ADDRESS)
             .map(|_| followers.admit(Some(local)).expect("loopback is exempt"))
             .collect();
         drop(many);
-        let strict = Followers::new(true);
-        let local_held: Vec<Following> = (0..MAX_FOLLOWERS_PER_ADDRESS)
+        let strict = StreamCap::new(MAX_FOLLOWERS_PER_ADDRESS, "follow streams", true);
+        let local_held: Vec<Admitted> = (0..MAX_FOLLOWERS_PER_ADDRESS)
             .map(|_| strict.admit(Some(local)).expect("admitted"))
             .collect();
         assert!(strict.admit(Some(local)).is_err());

@@ -157,7 +157,16 @@ pub(crate) async fn run<S: Store>(
             reducing: std::sync::Mutex::new(HashSet::new()),
             dashboard: dashboard.clone(),
             modules: crate::modules::Modules::new(config.limit_loopback),
-            followers: super::projects::Followers::new(config.limit_loopback),
+            followers: super::projects::StreamCap::new(
+                super::projects::MAX_FOLLOWERS_PER_ADDRESS,
+                "`fallow results --follow` streams",
+                config.limit_loopback,
+            ),
+            downloads: super::projects::StreamCap::new(
+                super::projects::MAX_DOWNLOADS_PER_ADDRESS,
+                "data downloads (GetData)",
+                config.limit_loopback,
+            ),
         }),
     };
     let cancel = CancellationToken::new();
