@@ -301,9 +301,11 @@ impl<S: Store> CoordinatorService<S> {
 /// at the scheduler twice a second, so strangers may not open them without bound.
 pub(crate) const MAX_FOLLOWERS_PER_ADDRESS: usize = 8;
 
-/// Most `GetData` downloads in progress at once from one address (as above): each reads
-/// the store chunk by chunk, and a worker fetches one file at a time.
-pub(crate) const MAX_DOWNLOADS_PER_ADDRESS: usize = 4;
+/// Most `GetData` downloads in progress at once from one address (as above). Each holds a
+/// task that reads the store a chunk at a time as the client takes them; a lab of workers
+/// behind one NAT address shares the 64 (a download past them is refused and the unit
+/// handed back, to be tried again).
+pub(crate) const MAX_DOWNLOADS_PER_ADDRESS: usize = 64;
 
 /// Long-lived streams open per address, at most `max` each (follow streams, data
 /// downloads): a stranger cannot make the coordinator hold unbounded tasks for it.
