@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::tls::Fingerprint;
 use protocol::{Identity, WorkerId};
 use rcgen::PublicKeyData as _;
 use rustls::DigitallySignedStruct;
@@ -144,11 +145,39 @@ pub fn bound_worker(cert: &[u8]) -> Result<WorkerId, String> {
     Ok(worker)
 }
 
+/// An endpoint for the coordinator at `url` (`https://HOST:PORT`) that connects only to a
+/// server presenting the certificate whose fingerprint is `pin`: how one coordinator of a
+/// deployment reaches another (they share the deployment's certificate), with no name or
+/// date checked, as workers pin it (lazily, like [`endpoint`]).
+pub fn pinned_endpoint(url: &str, host: &str, pin: Fingerprint) -> Result<Endpoint, Error> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::PeerTls(format!("bad coordinator URL {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config_with_verifier(
+            ClientTlsConfig::new().domain_name(host),
+            Arc::new(BoundVerifier {
+                expected: Expected::Pinned(pin),
+                provider: Arc::new(rustls::crypto::ring::default_provider()),
+            }),
+        )
+        .map_err(|e| Error::PeerTls(format!("coordinator {url}: TLS: {e}")))
+}
+
+/// What a [`BoundVerifier`] accepts.
+#[derive(Debug, Clone, Copy)]
+enum Expected {
+    /// A certificate bound to this worker key (a board).
+    Worker(WorkerId),
+    /// Exactly the certificate with this fingerprint (a coordinator of the deployment).
+    Pinned(Fingerprint),
+}
+
 /// A rustls verifier that accepts exactly the certificates bound to one worker key (see
-/// the module doc), and checks the handshake signature with the certificate's key.
+/// the module doc), or one pinned certificate ([`pinned_endpoint`]), and checks the
+/// handshake signature with the certificate's key.
 #[derive(Debug)]
 pub struct BoundVerifier {
-    expected: WorkerId,
+    expected: Expected,
     provider: Arc<CryptoProvider>,
 }
 
@@ -156,7 +185,7 @@ impl BoundVerifier {
     /// A verifier for the board of `expected`.
     pub fn new(expected: WorkerId) -> BoundVerifier {
         BoundVerifier {
-            expected,
+            expected: Expected::Worker(expected),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         }
     }
@@ -177,12 +206,23 @@ impl ServerCertVerifier for BoundVerifier {
                 rustls::CertificateError::ApplicationVerificationFailure,
             )
         };
-        let worker = bound_worker(end_entity.as_ref()).map_err(refused)?;
-        if worker != self.expected {
-            return Err(refused(format!(
-                "bound to worker {worker}, not to {}",
-                self.expected
-            )));
+        match self.expected {
+            Expected::Worker(expected) => {
+                let worker = bound_worker(end_entity.as_ref()).map_err(refused)?;
+                if worker != expected {
+                    return Err(refused(format!(
+                        "bound to worker {worker}, not to {expected}"
+                    )));
+                }
+            }
+            Expected::Pinned(pin) => {
+                let seen = Fingerprint::of(end_entity.as_ref());
+                if seen != pin {
+                    return Err(refused(format!(
+                        "certificate {seen} is not the deployment's {pin}"
+                    )));
+                }
+            }
         }
         Ok(ServerCertVerified::assertion())
     }

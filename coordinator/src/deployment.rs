@@ -54,7 +54,16 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// Replaces the data directory's copies of the deployment's files with the database's;
 /// returns the names it wrote.
 pub async fn pull(store: &PostgresStore, data_dir: &Path) -> Result<Vec<String>, Error> {
-    let files = store.deployment_files().await?;
+    write_files(store.deployment_files().await?, data_dir)
+}
+
+/// Replaces the data directory's copies of the deployment's files with `files` (as the
+/// database holds them: an edge reads them through its `Standby`); returns the names it
+/// wrote.
+pub fn write_files(
+    files: BTreeMap<String, Vec<u8>>,
+    data_dir: &Path,
+) -> Result<Vec<String>, Error> {
     let mut written = Vec::new();
     for (name, bytes) in files {
         if !SHARED.contains(&name.as_str()) {

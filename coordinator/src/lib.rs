@@ -31,6 +31,7 @@ mod body_limit;
 mod dashboard;
 pub mod deployment;
 pub mod fleet;
+pub mod forward;
 mod modules;
 mod reducer;
 pub mod scheduler;
@@ -600,6 +601,51 @@ pub async fn serve_with<S: store::Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     service::run(listener, store, config, shutdown).await
+}
+
+/// Serves `listener` through `switch` until `shutdown`: first as an edge of the deployment
+/// (every call forwarded to its scheduling coordinator, `forward`), then, after
+/// [`promote`], as the scheduling coordinator itself. `stop` is cancelled when the
+/// shutdown begins.
+pub async fn serve_switched(
+    listener: tokio::net::TcpListener,
+    config: &CoordinatorConfig,
+    switch: &forward::Switch,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    service::listen(listener, config, switch.router(), shutdown, stop).await
+}
+
+/// A coordinator that schedules, promoted from an edge ([`promote`]).
+pub struct Scheduling(service::Prepared);
+
+impl Scheduling {
+    /// Stops its background tasks, once the listener has stopped.
+    pub async fn wind_down(self) {
+        self.0.wind_down().await;
+    }
+}
+
+/// Loads `store` (whose lock this coordinator now holds) and makes `switch` serve this
+/// coordinator's own service from now on; its background tasks stop when `stop` is
+/// cancelled (the listener's shutdown).
+pub async fn promote<S: store::Store>(
+    switch: &forward::Switch,
+    store: S,
+    config: &CoordinatorConfig,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<Scheduling, Error> {
+    config.validate()?;
+    let prepared = service::prepare(store, config).await?;
+    switch.serve(prepared.router.clone());
+    let cancel = prepared.cancel.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        cancel.cancel();
+    });
+    Ok(Scheduling(prepared))
 }
 
 /// The database file inside a data directory.

@@ -40,7 +40,7 @@ use crate::scheduler::Scheduler;
 use crate::store::Store;
 
 use registry::{RegistrationLimiter, WorkerEntry};
-pub(crate) use server::run;
+pub(crate) use server::{Prepared, listen, prepare, run};
 use writer::Job;
 
 mod control;

@@ -57,9 +57,9 @@ pub enum Command {
         /// Keep the store (projects, units, results, workers, credit) in PostgreSQL instead
         /// of DATA/fallow.db: postgres://USER[:PASSWORD]@HOST:PORT/DB (or postgresql://;
         /// PGPASSWORD works too). The database must exist; the coordinator creates its
-        /// tables. One coordinator serves a database at a time: another started on it is a
-        /// standby, which says so, waits, and takes over (printing `listening on ADDR`)
-        /// when the active one stops or dies.
+        /// tables. Several coordinators may serve one database: one schedules (the first), every
+        /// other one listens too and forwards each call to it (an edge, which says so), and
+        /// one of them takes over when the scheduling one stops or dies.
         #[arg(
             long,
             env = "FALLOW_DATABASE",
@@ -67,6 +67,16 @@ pub enum Command {
             value_name = "URL"
         )]
         database: Option<String>,
+        /// With --database: the host name or address the deployment's other coordinators
+        /// reach this one at, when it schedules (default: the --listen address, or this
+        /// machine's host name when it listens on every interface).
+        #[arg(
+            long,
+            env = "FALLOW_ADVERTISE",
+            value_name = "HOST",
+            requires = "database"
+        )]
+        advertise: Option<String>,
         /// Seconds a lease lasts without a heartbeat before the unit is reassigned.
         #[arg(long, default_value_t = 120)]
         lease_seconds: u64,

@@ -18,26 +18,13 @@ use crate::client::{Client, Status};
 pub async fn coordinator(
     listen: SocketAddr,
     tls: ServeTls,
+    advertise: Option<String>,
     config: coordinator::CoordinatorConfig,
 ) -> anyhow::Result<()> {
     // Before the store is opened or created: a bad flag leaves nothing behind.
     config.validate().context("fallow coordinator")?;
     match config.database.clone() {
-        Some(url) => {
-            let store = stand_by(&url).await?;
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
-                format!("cannot create data directory {}", config.data_dir.display())
-            })?;
-            // The deployment's key, certificate and tokens: the database's, or this
-            // coordinator's put there if it is the first (`coordinator::deployment`).
-            let data = &config.data_dir;
-            coordinator::deployment::pull(&store, data).await?;
-            tls.identity(listen, data)?;
-            coordinator::deployment::push(&store, data, config.require_enrollment).await?;
-            coordinator::deployment::watch(store.clone(), data.clone());
-            let lost = store.lost();
-            serve(listen, tls, config, store, lost).await
-        }
+        Some(url) => deployment(listen, tls, advertise, config, &url).await,
         None => {
             let store = coordinator::store::sqlite::SqliteStore::open_with(
                 &config.data_dir,
@@ -46,7 +33,7 @@ pub async fn coordinator(
                 },
             )
             .await?;
-            serve(listen, tls, config, store, std::future::pending()).await
+            serve(listen, tls, config, store).await
         }
     }
 }
@@ -66,66 +53,206 @@ pub async fn coordinator_action(action: crate::cli::CoordinatorAction) -> anyhow
     }
 }
 
-/// Opens the PostgreSQL store at `url`, as a standby while another coordinator holds it:
-/// says so on stderr (stdout's first line stays `listening on ADDR`, printed once this one
-/// serves), waits, and takes over when the holder stops or dies.
-async fn stand_by(url: &str) -> anyhow::Result<coordinator::store::postgres::PostgresStore> {
+/// `fallow coordinator --database URL`: one of the deployment's coordinators on a shared
+/// PostgreSQL database (`coordinator::forward`). It listens at once. If another
+/// coordinator schedules the database, this one forwards every call to it (an edge), and
+/// takes over when that one stops or dies; then it schedules, and publishes its URL for
+/// the others. It stops on Ctrl-C/SIGTERM, or with an error if it loses the database's
+/// lock while scheduling.
+async fn deployment(
+    listen: SocketAddr,
+    tls: ServeTls,
+    advertise: Option<String>,
+    mut config: coordinator::CoordinatorConfig,
+    url: &str,
+) -> anyhow::Result<()> {
+    use coordinator::store::postgres::{Attached, PostgresStore};
     let shown = coordinator::store::postgres::redact(url);
     let name = format!(
         "fallow coordinator {} pid {}",
         host_name(),
         std::process::id()
     );
-    let stood = std::sync::atomic::AtomicBool::new(false);
-    let store = coordinator::store::postgres::PostgresStore::stand_by(url, &name, |holder| {
-        stood.store(true, std::sync::atomic::Ordering::Relaxed);
-        let who = holder.map_or_else(|| "another coordinator".to_string(), |h| h.to_string());
-        eprintln!(
-            "standby: {who} holds database {shown}; this coordinator waits and takes over \
-             when it stops"
-        );
-        tracing::info!(holder = %who, database = %shown, "standing by");
-    })
-    .await?;
-    if stood.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("standby: the database is free; taking over {shown}");
-        tracing::info!(database = %shown, "taking over as the active coordinator");
+    let data = config.data_dir.clone();
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create data directory {}", data.display()))?;
+    let attached = PostgresStore::attach(url, &name).await?;
+    // The deployment's key, certificate and tokens: the database's, or this coordinator's
+    // put there if it is the first (`coordinator::deployment`).
+    if let Attached::Active(store) = &attached {
+        coordinator::deployment::pull(store, &data).await?;
     }
-    Ok(store)
+    if let Attached::Standby(standby) = &attached {
+        let who = standby
+            .holder()
+            .map_or_else(|| "another coordinator".to_string(), |h| h.to_string());
+        eprintln!(
+            "edge: {who} schedules database {shown}; this coordinator forwards every call to \
+             it, and takes over when it stops"
+        );
+        tracing::info!(holder = %who, database = %shown, "serving as an edge");
+        let mut said = false;
+        loop {
+            let files = standby.deployment_files().await?;
+            if files.contains_key(coordinator::deployment::KEY_FILE) {
+                coordinator::deployment::write_files(files, &data)?;
+                break;
+            }
+            if !said {
+                eprintln!(
+                    "edge: waiting for the scheduling coordinator to put the deployment's key \
+                     in {shown}"
+                );
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let identity = tls.identity(listen, &data)?;
+    if let Attached::Active(store) = &attached {
+        coordinator::deployment::push(store, &data, config.require_enrollment).await?;
+        coordinator::deployment::watch(store.clone(), data.clone());
+    }
+    let key = protocol::Identity::load_or_create(&data.join(coordinator::deployment::KEY_FILE))
+        .map_err(|e| {
+            anyhow!(
+                "the deployment's coordinator key in {}: {e}",
+                data.display()
+            )
+        })?;
+    let (listener, addr) = bind_and_announce(listen, identity.as_ref()).await?;
+    let my_url = leader_url(advertise.as_deref(), addr, identity.as_ref());
+    config.tls = identity;
+    let leaders = match &attached {
+        Attached::Standby(standby) => standby.leader_watch().spawn(Duration::from_secs(1)),
+        Attached::Active(_) => tokio::sync::watch::channel(None).1,
+    };
+    let switch = coordinator::forward::Switch::forwarding(coordinator::forward::Edge::new(
+        leaders,
+        coordinator::forward::secret(&key),
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let (config, switch, shutdown, stop) = (
+            config.clone(),
+            switch.clone(),
+            shutdown.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            coordinator::serve_switched(
+                listener,
+                &config,
+                &switch,
+                shutdown.cancelled_owned(),
+                stop,
+            )
+            .await
+        })
+    };
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            shutdown.cancel();
+        });
+    }
+    let store = match attached {
+        Attached::Active(store) => store,
+        Attached::Standby(standby) => {
+            let store = tokio::select! {
+                store = standby.take_over() => store?,
+                () = shutdown.cancelled() => {
+                    server.await??;
+                    return Ok(());
+                }
+            };
+            eprintln!("edge: the scheduling coordinator is gone; taking over {shown}");
+            tracing::info!(database = %shown, "taking over as the scheduling coordinator");
+            coordinator::deployment::pull(&store, &data).await?;
+            coordinator::deployment::push(&store, &data, config.require_enrollment).await?;
+            coordinator::deployment::watch(store.clone(), data.clone());
+            store
+        }
+    };
+    let lost = store.lost();
+    let scheduling = coordinator::promote(&switch, store.clone(), &config, stop).await?;
+    store.publish_leader(&my_url).await?;
+    tracing::info!(url = %my_url, "scheduling the deployment");
+    let was_lost = tokio::select! {
+        () = lost => {
+            shutdown.cancel();
+            true
+        }
+        () = shutdown.cancelled() => false,
+    };
+    server.await??;
+    scheduling.wind_down().await;
+    if was_lost {
+        bail!(
+            "lost the database's coordinator lock (its connection failed), so stopped serving: \
+             two coordinators must never schedule one database at once. Start this one again: \
+             it serves as an edge if another coordinator took over"
+        );
+    }
+    Ok(())
 }
 
-/// The rest of `fallow coordinator`, once its store is open; it stops on Ctrl-C/SIGTERM,
-/// or with an error when `lost` completes (the store's database lock is gone).
-async fn serve(
+/// The URL the other coordinators of a deployment reach this one at: `--advertise`'s host
+/// (or the listening address's; the host name when it listens on every interface), with
+/// the certificate's pin over TLS.
+fn leader_url(
+    advertise: Option<&str>,
+    addr: SocketAddr,
+    identity: Option<&coordinator::tls::TlsIdentity>,
+) -> String {
+    let host = match advertise {
+        Some(host) => host.to_string(),
+        None => url_host(addr),
+    };
+    match identity {
+        Some(identity) => format!(
+            "https://{host}:{}#sha256={}",
+            addr.port(),
+            hex::encode(identity.fingerprint.0)
+        ),
+        None => format!("http://{host}:{}", addr.port()),
+    }
+}
+
+/// The host part of a URL for `addr`: the host name when it is every interface.
+fn url_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        host_name()
+    } else {
+        match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    }
+}
+
+/// Binds `listen` and prints where the coordinator serves: `listening on ADDR` first
+/// (scripts and tests read it to learn the port when --listen has port 0), then the TLS
+/// fingerprint and URL, and the dashboard's address.
+async fn bind_and_announce(
     listen: SocketAddr,
-    tls: ServeTls,
-    mut config: coordinator::CoordinatorConfig,
-    store: impl coordinator::store::Store,
-    lost: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let data = config.data_dir.clone();
-    let identity = tls.identity(listen, &data)?;
+    identity: Option<&coordinator::tls::TlsIdentity>,
+) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
             format!("cannot listen on {listen} (is another coordinator running there?)")
         })?;
     let addr = listener.local_addr()?;
-    // Scripts and tests read this line to learn the port when --listen has port 0.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {addr}")?;
     // A script that reads only the first line may have closed the pipe by now: not an
     // error (println! would panic on it).
-    match &identity {
+    match identity {
         Some(identity) => {
-            let host = if addr.ip().is_unspecified() {
-                host_name()
-            } else {
-                match addr {
-                    SocketAddr::V4(a) => a.ip().to_string(),
-                    SocketAddr::V6(a) => format!("[{}]", a.ip()),
-                }
-            };
+            let host = url_host(addr);
             let pin = hex::encode(identity.fingerprint.0);
             tracing::info!(
                 cert = %identity.cert_path.display(),
@@ -145,26 +272,21 @@ async fn serve(
         }
     }
     let _ = stdout.flush();
-    drop(stdout);
+    Ok((listener, addr))
+}
+
+/// The rest of `fallow coordinator` on the embedded store, once it is open; it stops on
+/// Ctrl-C/SIGTERM.
+async fn serve(
+    listen: SocketAddr,
+    tls: ServeTls,
+    mut config: coordinator::CoordinatorConfig,
+    store: impl coordinator::store::Store,
+) -> anyhow::Result<()> {
+    let identity = tls.identity(listen, &config.data_dir)?;
+    let (listener, _) = bind_and_announce(listen, identity.as_ref()).await?;
     config.tls = identity;
-    let was_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shutdown = {
-        let was_lost = was_lost.clone();
-        async move {
-            tokio::select! {
-                () = crate::shutdown_signal() => {}
-                () = lost => was_lost.store(true, std::sync::atomic::Ordering::Relaxed),
-            }
-        }
-    };
-    coordinator::serve_with(listener, store, config, shutdown).await?;
-    if was_lost.load(std::sync::atomic::Ordering::Relaxed) {
-        bail!(
-            "lost the database's coordinator lock (its connection failed), so stopped serving: \
-             two coordinators must never schedule one database at once. Start this one again: \
-             it stands by if another coordinator took over"
-        );
-    }
+    coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data,
             database,
+            advertise,
             lease_seconds,
             allow_same_network,
             worker_requests_per_second,
@@ -89,7 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tamper_inputs: matches!(fault, Some(cli::CoordinatorFaultArg::TamperInput)),
                 ..Default::default()
             };
-            commands::coordinator(listen, tls, config).await
+            commands::coordinator(listen, tls, advertise, config).await
         }
         Command::Worker {
             action: Some(action),

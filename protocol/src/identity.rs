@@ -114,6 +114,13 @@ impl Identity {
         self.sign_raw(&peer_tls_message(spki_der))
     }
 
+    /// A secret derived from the key for one purpose (`context`, a fixed string naming it,
+    /// as BLAKE3's `derive_key` asks): the coordinators of a deployment share the
+    /// coordinator key, so each derives the same secret, and no one without the key can.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.key.as_bytes())
+    }
+
     /// A salt derived from the secret key, for when the OS random source fails: as hidden
     /// from others as a random one, though not fresh per claim.
     pub(crate) fn derive_salt(

@@ -1,7 +1,8 @@
-//! An active and a standby coordinator on one PostgreSQL ([`crate::testpg`]), workers given
-//! both URLs: the active one is killed -9 mid-run, the standby takes over with the same
-//! key and TLS certificate (from the database), the workers move to it, and the run
-//! completes with every unit verified and credited once.
+//! A scheduling coordinator and an edge on one PostgreSQL ([`crate::testpg`]), workers
+//! given both URLs: the edge serves at once with the deployment's certificate, the
+//! scheduling one is killed -9 mid-run, the edge takes over with the same key (from the
+//! database), the workers move to it, and the run completes with every unit verified and
+//! credited once.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -98,14 +99,36 @@ fn the_standby_takes_over_a_killed_coordinator_and_workers_follow() {
     let mut c = Cluster::start_with(lease, &["--database", &url, "--tls"], |_| {});
     let pin = c.fingerprint.clone().expect("TLS: a fingerprint");
     let active = c.url.clone();
-    // The standby's address is fixed before it serves: workers are given it up front.
+    // The edge's address is fixed up front: workers are given it with the other.
     let standby_addr = format!("127.0.0.1:{}", free_port());
     let standby = Standby::start(c.dir.path(), &standby_addr, &url, lease);
-    standby.wait_log("standby:", Duration::from_secs(60));
+    standby.wait_log("edge:", Duration::from_secs(60));
     assert!(
-        standby.log().contains("holds database"),
-        "the standby says who holds the database: {}",
+        standby.log().contains("schedules database"),
+        "the edge says who schedules the database: {}",
         standby.log()
+    );
+    // It serves at once, with the deployment's certificate (the same pin: it is in the
+    // database), as the operator's scripts read it.
+    let listening = standby.line(Duration::from_secs(60));
+    assert_eq!(
+        listening,
+        format!("listening on {standby_addr}"),
+        "{}",
+        standby.log()
+    );
+    let mut printed = Vec::new();
+    loop {
+        let line = standby.line(Duration::from_secs(10));
+        let done = line.starts_with("dashboard on ");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        printed.contains(&format!("tls fingerprint {pin}")),
+        "the edge serves another certificate: {printed:?}"
     );
     // The same certificate, so the same pin: it is the deployment's, in the database.
     let hex = pin.strip_prefix("sha256:").unwrap_or(&pin);
@@ -133,28 +156,7 @@ fn the_standby_takes_over_a_killed_coordinator_and_workers_follow() {
     );
 
     c.kill_coordinator();
-    let listening = standby.line(Duration::from_secs(60));
-    assert_eq!(
-        listening,
-        format!("listening on {standby_addr}"),
-        "{}",
-        standby.log()
-    );
-    // What the operator's scripts read next: the same fingerprint as the killed one's.
-    let mut printed = Vec::new();
-    loop {
-        let line = standby.line(Duration::from_secs(10));
-        let done = line.starts_with("dashboard on ");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
-    assert!(
-        printed.contains(&format!("tls fingerprint {pin}")),
-        "a new certificate after the takeover: {printed:?}"
-    );
-    assert!(standby.log().contains("taking over"), "{}", standby.log());
+    standby.wait_log("taking over", Duration::from_secs(60));
     // The CLI takes the same list (the dead one is passed over) and the same pin.
     c.url = both.clone();
     let after = c.status(id).expect("status from the standby");

@@ -34,6 +34,45 @@ pub(crate) async fn run<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
+    let prepared = prepare(store, &config).await?;
+    let result = listen(
+        listener,
+        &config,
+        prepared.router.clone(),
+        shutdown,
+        prepared.cancel.clone(),
+    )
+    .await;
+    prepared.wind_down().await;
+    result
+}
+
+/// A coordinator's service, loaded and running its background tasks, not yet listening.
+pub(crate) struct Prepared {
+    /// Everything it serves: gRPC and the dashboard, behind its layers.
+    pub(crate) router: axum::Router,
+    /// Stops the background tasks, and with the broadcaster the dashboard's live streams.
+    pub(crate) cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Prepared {
+    /// Stops the background tasks after the listener stopped.
+    pub(crate) async fn wind_down(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        // Reducers in flight are abandoned at shutdown; their projects are reduced again
+        // on the next start because no aggregate was stored.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+    }
+}
+
+/// Loads the store into a scheduler, starts the writer and the background tasks, and
+/// builds the routes (the caller has validated `config`).
+pub(crate) async fn prepare<S: Store>(
+    store: S,
+    config: &CoordinatorConfig,
+) -> Result<Prepared, Error> {
     let lease_ms = config.lease.as_millis() as u64;
     let snapshot = store.load().await?;
     let now = now_ms();
@@ -213,10 +252,30 @@ pub(crate) async fn run<S: Store>(
             Arc::new(crate::body_limit::Caps::new(config.max_message_bytes)),
             crate::body_limit::cap_body,
         ));
-    let routes = tonic::service::Routes::from(dashboard::count_rejections(routes, dashboard));
-    // Live dashboard streams never end on their own: stopping the broadcaster (`cancel`)
-    // closes them, so the graceful shutdown can finish.
-    let stop = cancel.clone();
+    let secret = Arc::new(crate::forward::secret(&service.inner.key));
+    let router = dashboard::count_rejections(routes, dashboard).layer(
+        // Outermost: a call forwarded by an edge of the deployment is its caller's
+        // (`forward`), for everything below that reads the caller's address.
+        axum::middleware::from_fn_with_state(secret, crate::forward::accept_forwarded),
+    );
+    Ok(Prepared {
+        router,
+        cancel,
+        tasks: service.inner.tasks.clone(),
+    })
+}
+
+/// Serves `router` on `listener` (gRPC over HTTP/2, the dashboard over HTTP/1.1, TLS if
+/// configured, connection limits per address) until `shutdown`; `stop` is cancelled
+/// when the shutdown begins, to end the dashboard's live streams.
+pub(crate) async fn listen(
+    listener: tokio::net::TcpListener,
+    config: &CoordinatorConfig,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    let routes = tonic::service::Routes::from(router);
     // At most `max_connections_per_address` from one address, idle ones closed, dead
     // peers dropped by keepalive, requests timed out (`connections`).
     let connections = connections::Connections::new(config.connection_limits());
@@ -225,6 +284,8 @@ pub(crate) async fn run<S: Store>(
         // ALPN offers h2 only; browsers then load the dashboard over HTTP/2 as well.
         builder = builder.tls_config(identity.server_config())?;
     }
+    // Live dashboard streams never end on their own: stopping the broadcaster (`stop`)
+    // closes them, so the graceful shutdown can finish.
     let result = builder
         .accept_http1(true)
         .layer(connections.layer())
@@ -239,10 +300,5 @@ pub(crate) async fn run<S: Store>(
         idle_closed = connections.idle_closed(),
         "connections refused past the cap per address, and closed for being idle"
     );
-    cancel.cancel();
-    service.inner.tasks.close();
-    // Reducers in flight are abandoned at shutdown; their projects are reduced again on the
-    // next start because no aggregate was stored.
-    let _ = tokio::time::timeout(Duration::from_secs(2), service.inner.tasks.wait()).await;
     result.map_err(Error::from)
 }

@@ -99,6 +99,8 @@ const LEADERBOARD_ACCOUNTS: &str = "SELECT a.account AS name,
 #[derive(Clone)]
 pub struct PostgresStore {
     pub(in crate::store) pool: PgPool,
+    /// Its `application_name` on the database.
+    name: String,
     /// The task holding [`LOCK_KEY`] on a connection of its own, for the life of the
     /// store: dropping the last clone ends the task, which closes the connection and so
     /// lets go of the lock.
@@ -151,11 +153,7 @@ pub fn redact(url: &str) -> String {
 impl PostgresStore {
     /// The deployment's files kept in the database (`crate::deployment`), by name.
     pub async fn deployment_files(&self) -> Result<BTreeMap<String, Vec<u8>>, Error> {
-        let rows: Vec<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT name, bytes FROM deployment_files ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().collect())
+        deployment_files(&self.pool).await
     }
 
     /// Keeps `bytes` as the deployment's file `name`: replacing what is there when
@@ -213,9 +211,6 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// What a standby is told once, with who holds the database.
-type OnStandby<'a> = &'a mut (dyn FnMut(Option<&Holder>) + Send);
-
 /// How long a standby waits between two tries of the coordinator lock.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 
@@ -271,47 +266,59 @@ impl PostgresStore {
     /// Connects to the database at `url`, takes the coordinator lock (waiting up to
     /// [`LOCK_WAIT`] for a coordinator just stopped to let go of it), then creates or
     /// migrates the schema. Errors name the URL without its password. A database another
-    /// coordinator holds past the wait is refused ([`PostgresStore::stand_by`] waits).
+    /// coordinator holds past the wait is refused ([`PostgresStore::attach`] serves it as
+    /// an edge and takes over later).
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Self::open(url, APPLICATION, None).await
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut standby = match Self::attach(url, APPLICATION).await? {
+            Attached::Active(store) => return Ok(store),
+            Attached::Standby(standby) => standby,
+        };
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if try_lock(&mut standby.lock).await? {
+                return standby.finish(None).await;
+            }
+        }
+        Err(Error::Database {
+            url: standby.shown,
+            message: "another coordinator is using this database (it holds the coordinator \
+                      lock); stop it, or use another database"
+                .into(),
+        })
     }
 
     /// As [`PostgresStore::connect`], but a database another coordinator holds is waited
-    /// for, as its standby: `standing` is told once who holds it, then the lock is tried
-    /// every [`STANDBY_POLL`] until the holder's session ends (it stopped, or was killed:
-    /// PostgreSQL ends the session when its connection closes). Its remaining sessions are
-    /// then waited for (or ended) before the store is loaded, so a coordinator that died
-    /// mid-write cannot commit behind the new one's back. `name` is this coordinator's
-    /// `application_name` (what another standby prints about it); it should be unique,
-    /// e.g. with the host and process id.
+    /// for, as its standby: `standing` is told once who holds it, then
+    /// [`Standby::take_over`] waits for the lock.
     pub async fn stand_by(
         url: &str,
         name: &str,
         standing: impl FnOnce(Option<&Holder>) + Send,
     ) -> Result<Self, Error> {
-        let mut standing = Some(standing);
-        let mut on_standby = |h: Option<&Holder>| {
-            if let Some(f) = standing.take() {
-                f(h);
+        match Self::attach(url, name).await? {
+            Attached::Active(store) => Ok(store),
+            Attached::Standby(standby) => {
+                standing(standby.holder());
+                standby.take_over().await
             }
-        };
-        Self::open(url, name, Some(&mut on_standby)).await
+        }
     }
 
-    async fn open(
-        url: &str,
-        name: &str,
-        mut standby: Option<OnStandby<'_>>,
-    ) -> Result<Self, Error> {
+    /// Connects to the database at `url` as the coordinator named `name` (its
+    /// `application_name`; it should be unique, e.g. with the host and process id) and
+    /// tries the coordinator lock once: [`Attached::Active`] if it got it (the schema
+    /// created or migrated), otherwise [`Attached::Standby`], which can read the
+    /// deployment and who schedules it, and take over when the holder goes.
+    pub async fn attach(url: &str, name: &str) -> Result<Attached, Error> {
         let shown = redact(url);
-        let failed = |message: String| Error::Database {
-            url: shown.clone(),
-            message,
-        };
         // PostgreSQL keeps 63 bytes of a name; cut on a character boundary.
         let name: String = name.chars().take(60).collect();
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| failed(format!("not a PostgreSQL URL: {e}")))?
+            .map_err(|e| Error::Database {
+                url: shown.clone(),
+                message: format!("not a PostgreSQL URL: {e}"),
+            })?
             .application_name(&name)
             // A coordinator whose machine is lost (not just its process) leaves no one to
             // close its connections: PostgreSQL finds them dead by TCP keepalive, and only
@@ -322,65 +329,49 @@ impl PostgresStore {
                 ("tcp_keepalives_interval", "5"),
                 ("tcp_keepalives_count", "3"),
             ]);
-        let unreachable = |e: String| {
-            failed(format!(
-                "cannot connect ({e}); is PostgreSQL running there, and do the user, \
-                 password and database exist?"
-            ))
-        };
         let mut lock = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
             .await
-            .map_err(|_| unreachable(format!("no answer in {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        // The holder seen while standing by: its sessions are fenced off once we hold it.
-        let mut former: Option<Holder> = None;
-        loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LOCK_KEY)
-                .fetch_one(&mut lock)
-                .await?;
-            if locked {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let Some(standby) = standby.as_mut() else {
-                    return Err(failed(
-                        "another coordinator is using this database (it holds the coordinator \
-                         lock); stop it, or use another database"
-                            .into(),
-                    ));
-                };
-                let holder = holder(&mut lock).await?;
-                if former.is_none() {
-                    standby(holder.as_ref());
-                }
-                if let Some(h) = holder {
-                    former = Some(h);
-                }
-                tokio::time::sleep(STANDBY_POLL).await;
-                continue;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Some(former) = &former {
-            fence(&mut lock, former, &name).await?;
-        }
+            .map_err(|_| unreachable(&shown, format!("no answer in {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(&shown, e.to_string()))?;
+        let locked = try_lock(&mut lock).await?;
+        let holder = if locked {
+            None
+        } else {
+            holder(&mut lock).await?
+        };
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(if locked { POOL } else { STANDBY_POOL })
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        migrate(&pool, &shown).await?;
-        let stop = tokio_util::sync::CancellationToken::new();
-        let lost = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(hold(lock, stop.clone(), lost.clone(), shown.clone()));
-        Ok(PostgresStore {
+            .map_err(|e| unreachable(&shown, e.to_string()))?;
+        let standby = Standby {
+            lock,
             pool,
-            _lock: Arc::new(stop.drop_guard()),
-            lost,
-        })
+            name,
+            shown,
+            holder,
+        };
+        if locked {
+            return Ok(Attached::Active(standby.finish(None).await?));
+        }
+        Ok(Attached::Standby(standby))
+    }
+
+    /// Publishes this coordinator as the one that schedules the database, reachable at
+    /// `url` (`forward::Leader::url`), for the edges to forward to.
+    pub async fn publish_leader(&self, url: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO coordinator_leader (id, name, url, since_ms) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url,
+                                            since_ms = excluded.since_ms",
+        )
+        .bind(&self.name)
+        .bind(url)
+        .bind(id(crate::now_ms())?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Completes if this coordinator loses the database's lock (its connection failed:
@@ -392,7 +383,226 @@ impl PostgresStore {
     }
 }
 
+/// Connections of an active coordinator's pool.
+const POOL: u32 = 8;
+
+/// Connections of a standby's pool (it only reads who schedules, and the deployment).
+const STANDBY_POOL: u32 = 2;
+
+/// What [`PostgresStore::attach`] found.
+#[derive(Debug)]
+pub enum Attached {
+    /// This coordinator holds the lock: it schedules.
+    Active(PostgresStore),
+    /// Another coordinator holds it: this one is an edge (`forward`) until it takes over.
+    Standby(Standby),
+}
+
+/// A coordinator attached to a database another one holds: it reads the deployment's
+/// files and who schedules ([`Standby::leader_watch`]), and takes over
+/// ([`Standby::take_over`]) when the holder's session ends.
+pub struct Standby {
+    /// The connection that tries (and then holds) the coordinator lock.
+    lock: PgConnection,
+    pool: PgPool,
+    name: String,
+    shown: String,
+    /// The lock's holder when last seen: its sessions are fenced off once we hold it.
+    holder: Option<Holder>,
+}
+
+impl std::fmt::Debug for Standby {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standby")
+            .field("database", &self.shown)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Standby {
+    /// Who held the lock when last seen.
+    pub fn holder(&self) -> Option<&Holder> {
+        self.holder.as_ref()
+    }
+
+    /// The deployment's files (`crate::deployment`); empty while no coordinator has
+    /// created the schema and put them there.
+    pub async fn deployment_files(&self) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+        deployment_files(&self.pool).await
+    }
+
+    /// Reads who schedules the database, for an edge.
+    pub fn leader_watch(&self) -> LeaderWatch {
+        LeaderWatch {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Waits until the holder's session ends (it stopped, or was killed: PostgreSQL ends
+    /// the session when its connection closes), trying the lock every [`STANDBY_POLL`];
+    /// then waits for (or ends) the former holder's remaining sessions, so a coordinator
+    /// that died mid-write cannot commit behind this one's back, and opens the store.
+    pub async fn take_over(mut self) -> Result<PostgresStore, Error> {
+        loop {
+            if try_lock(&mut self.lock).await? {
+                break;
+            }
+            if let Some(h) = holder(&mut self.lock).await? {
+                self.holder = Some(h);
+            }
+            tokio::time::sleep(STANDBY_POLL).await;
+        }
+        let former = self.holder.take();
+        self.finish(former.as_ref()).await
+    }
+
+    /// With the lock held: fences `former`, migrates and starts holding the lock.
+    async fn finish(mut self, former: Option<&Holder>) -> Result<PostgresStore, Error> {
+        if let Some(former) = former {
+            fence(&mut self.lock, former, &self.name).await?;
+        }
+        migrate(&self.pool, &self.shown).await?;
+        // A standby's pool is small: an active coordinator needs more.
+        let pool = if self.pool.options().get_max_connections() < POOL {
+            let options = (*self.pool.connect_options()).clone();
+            self.pool.close().await;
+            PgPoolOptions::new()
+                .max_connections(POOL)
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(|e| unreachable(&self.shown, e.to_string()))?
+        } else {
+            self.pool
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let lost = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(hold(self.lock, stop.clone(), lost.clone(), self.shown));
+        Ok(PostgresStore {
+            pool,
+            name: self.name,
+            _lock: Arc::new(stop.drop_guard()),
+            lost,
+        })
+    }
+}
+
+/// Reads which coordinator schedules a database ([`PostgresStore::publish_leader`]).
+#[derive(Clone)]
+pub struct LeaderWatch {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for LeaderWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderWatch")
+    }
+}
+
+/// Whether `e` is PostgreSQL's `undefined_table` (42P01): a database no coordinator has
+/// created the schema in yet, or an older schema.
+fn undefined_table(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01"))
+}
+
+impl LeaderWatch {
+    /// The published leader, if it still holds the lock (a leader that died leaves its
+    /// row behind until the next one replaces it). `None` too while the table is missing.
+    pub async fn current(&self) -> Result<Option<crate::forward::Leader>, Error> {
+        let row: Option<(String, String)> =
+            match sqlx::query_as("SELECT name, url FROM coordinator_leader WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+            {
+                Ok(row) => row,
+                Err(e) if undefined_table(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+        let Some((name, url)) = row else {
+            return Ok(None);
+        };
+        let mut conn = self.pool.acquire().await?;
+        let holds = holder(&mut conn)
+            .await?
+            .is_some_and(|h| h.application == name);
+        Ok(holds.then_some(crate::forward::Leader { name, url }))
+    }
+
+    /// Polls [`LeaderWatch::current`] every `every` into a watch channel until every
+    /// receiver is gone; a failed read keeps the last value (and logs why).
+    pub fn spawn(
+        self,
+        every: Duration,
+    ) -> tokio::sync::watch::Receiver<Option<crate::forward::Leader>> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            loop {
+                match self.current().await {
+                    Ok(leader) => {
+                        tx.send_if_modified(|held| {
+                            if *held == leader {
+                                return false;
+                            }
+                            match &leader {
+                                Some(l) => tracing::info!(
+                                    leader = %l.url,
+                                    name = %l.name,
+                                    "forwarding to the scheduling coordinator"
+                                ),
+                                None => tracing::info!("no coordinator schedules the database now"),
+                            }
+                            *held = leader;
+                            true
+                        });
+                    }
+                    Err(e) => tracing::warn!("cannot read which coordinator schedules: {e}"),
+                }
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Tries the coordinator lock once on `conn`.
+async fn try_lock(conn: &mut PgConnection) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// The error for a database that cannot be reached.
+fn unreachable(shown: &str, e: String) -> Error {
+    Error::Database {
+        url: shown.to_string(),
+        message: format!(
+            "cannot connect ({e}); is PostgreSQL running there, and do the user, password \
+             and database exist?"
+        ),
+    }
+}
+
+/// The deployment's files kept in the database, by name (none before the schema exists).
+async fn deployment_files(pool: &PgPool) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    match sqlx::query_as::<_, (String, Vec<u8>)>(
+        "SELECT name, bytes FROM deployment_files ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        Ok(rows) => Ok(rows.into_iter().collect()),
+        Err(e) if undefined_table(&e) => Ok(BTreeMap::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// How often the lock's connection is checked.
+
 const LOCK_CHECK: Duration = Duration::from_secs(2);
 
 /// Holds the coordinator lock on `conn` until `stop` (then closes it, letting go of the

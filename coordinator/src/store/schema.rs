@@ -20,7 +20,7 @@
 //! names page in the same order on both.
 
 /// The schema version both back-ends write. Older stores are migrated on open.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The first version a PostgreSQL store can have: PostgreSQL support began at schema 4,
 /// so no PostgreSQL store is older and the earlier migrations have no PostgreSQL text.
@@ -113,6 +113,14 @@ CREATE TABLE IF NOT EXISTS deployment_files (
     // Only new tables, which come from the current schema.
     Migration {
         from: 6,
+        sqlite: "",
+        postgres: Some(""),
+    },
+    // 7 → 8: `coordinator_leader`, where the coordinator that schedules a shared
+    // PostgreSQL database publishes its URL for the others (`forward`; unused on SQLite).
+    // Only a new table, which comes from the current schema.
+    Migration {
+        from: 7,
         sqlite: "",
         postgres: Some(""),
     },
@@ -259,6 +267,12 @@ CREATE TABLE IF NOT EXISTS deployment_files (
     bytes BLOB NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS coordinator_leader (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    since_ms INTEGER NOT NULL
+);
 "#;
 
 /// The current schema for PostgreSQL, table for table and column for column the same as
@@ -402,5 +416,11 @@ CREATE TABLE IF NOT EXISTS deployment_files (
     name TEXT COLLATE "C" PRIMARY KEY,
     bytes BYTEA NOT NULL,
     updated_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS coordinator_leader (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    since_ms BIGINT NOT NULL
 );
 "#;
