@@ -41,6 +41,16 @@ pub const FORWARDED_FOR: &str = "fallow-forwarded-for";
 /// The header proving a call comes from an edge of this deployment ([`secret`], in hex).
 pub const FORWARD_KEY: &str = "fallow-forward-key";
 
+/// How long a call waits at an edge for a scheduling coordinator to appear.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an edge waits between two tries of a leader that refused the connection.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The largest request an edge keeps to forward (all but uploads; the scheduling
+/// coordinator's own caps are lower).
+const MAX_BUFFERED: usize = 256 << 20;
+
 /// The context of the forwarding secret's derivation from the coordinator key.
 const SECRET_CONTEXT: &str = "fallow 2026-12-07 coordinator forwarding secret";
 
@@ -203,7 +213,16 @@ impl Edge {
         let caller = remote_of(&request);
         let (leader, channel) = match self.channel() {
             Ok(c) => c,
-            Err(why) => return unavailable(why),
+            Err(_) => {
+                // A takeover under way, or a scheduling coordinator still loading: wait a
+                // little for it rather than fail the call.
+                let mut leader = self.leader.clone();
+                let _ = tokio::time::timeout(LEADER_WAIT, leader.wait_for(Option::is_some)).await;
+                match self.channel() {
+                    Ok(c) => c,
+                    Err(why) => return unavailable(why),
+                }
+            }
         };
         let headers = request.headers_mut();
         for h in [CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE] {
@@ -227,19 +246,92 @@ impl Edge {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
         *request.version_mut() = http::Version::HTTP_2;
-        let request = request.map(tonic::body::Body::new);
-        match tower::ServiceExt::oneshot(channel, request).await {
-            Ok(response) => response.map(axum::body::Body::new),
+        if request.uri().path().ends_with("/PutData") {
+            // A client-streamed upload (up to a gigabyte) is passed through as it comes,
+            // never buffered; a failure is the uploader's to retry (uploads resume).
+            let request = request.map(tonic::body::Body::new);
+            return match tower::ServiceExt::oneshot(channel, request).await {
+                Ok(response) => response.map(axum::body::Body::new),
+                Err(e) => self.unreachable(&leader, &e),
+            };
+        }
+        // Every other call's request is one message: kept, so that a call the leader's
+        // address refused (nothing was sent: a takeover under way) goes to the next one.
+        let (parts, body) = request.into_parts();
+        let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            body,
+            MAX_BUFFERED,
+        ))
+        .await
+        {
+            Ok(collected) => collected.to_bytes(),
             Err(e) => {
-                tracing::warn!(leader = %leader.url, "cannot forward to the scheduling coordinator: {e}");
-                unavailable(format!(
-                    "the deployment's scheduling coordinator {} is unreachable ({e}); another \
-                     takes over within seconds if it is gone",
-                    leader.name
+                return tonic::Status::invalid_argument(format!(
+                    "the request body could not be read to forward it ({e}); at most \
+                     {MAX_BUFFERED} bytes"
                 ))
+                .into_http::<axum::body::Body>()
+                .into_response();
+            }
+        };
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let (mut leader, mut channel) = (leader, channel);
+        loop {
+            let mut again = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
+                bytes.clone(),
+            )));
+            *again.method_mut() = parts.method.clone();
+            *again.uri_mut() = parts.uri.clone();
+            *again.version_mut() = parts.version;
+            *again.headers_mut() = parts.headers.clone();
+            match tower::ServiceExt::oneshot(channel, again).await {
+                Ok(response) => return response.map(axum::body::Body::new),
+                Err(e) if refused(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    match self.channel() {
+                        Ok((l, c)) => (leader, channel) = (l, c),
+                        Err(_) => {
+                            let mut watch = self.leader.clone();
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            let _ =
+                                tokio::time::timeout(left, watch.wait_for(Option::is_some)).await;
+                            match self.channel() {
+                                Ok((l, c)) => (leader, channel) = (l, c),
+                                Err(why) => return unavailable(why),
+                            }
+                        }
+                    }
+                }
+                Err(e) => return self.unreachable(&leader, &e),
             }
         }
     }
+
+    /// The answer to a call that could not reach the leader.
+    fn unreachable(&self, leader: &Leader, e: &tonic::transport::Error) -> Response {
+        tracing::warn!(leader = %leader.url, "cannot forward to the scheduling coordinator: {e}");
+        unavailable(format!(
+            "the deployment's scheduling coordinator {} is unreachable ({e}); another takes \
+             over within seconds if it is gone",
+            leader.name
+        ))
+    }
+}
+
+/// Whether a forwarding failure is a refused connection: nothing was sent, so the call
+/// may go to the next leader.
+fn refused(e: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// An endpoint for the leader at `url` (see [`Leader::url`]).
@@ -309,8 +401,10 @@ impl Switch {
         )
     }
 
-    /// The router a listener serves: every request goes to the current mode.
-    pub(crate) fn router(&self) -> axum::Router {
+    /// The router a listener serves: every request goes to the current mode, its body
+    /// capped per method as the scheduling coordinator caps it (`body_limit`), so an edge
+    /// keeps no more of a request than the scheduling coordinator would accept.
+    pub(crate) fn router(&self, max_message_bytes: usize) -> axum::Router {
         let switch = self.clone();
         axum::Router::new().fallback(move |request: Request| {
             let mode = switch
@@ -330,5 +424,9 @@ impl Switch {
                 }
             }
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::body_limit::Caps::new(max_message_bytes)),
+            crate::body_limit::cap_body,
+        ))
     }
 }

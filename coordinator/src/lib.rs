@@ -615,7 +615,14 @@ pub async fn serve_switched(
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), Error> {
     config.validate()?;
-    service::listen(listener, config, switch.router(), shutdown, stop).await
+    service::listen(
+        listener,
+        config,
+        switch.router(config.max_message_bytes),
+        shutdown,
+        stop,
+    )
+    .await
 }
 
 /// A coordinator that schedules, promoted from an edge ([`promote`]).

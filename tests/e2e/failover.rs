@@ -15,15 +15,27 @@ use crate::testpg::TestPg;
 
 /// A coordinator started by hand (the cluster has one of its own), killed when dropped;
 /// its stdout lines arrive on `lines`.
-struct Standby {
+pub(crate) struct Standby {
     child: Child,
     lines: mpsc::Receiver<String>,
     log: PathBuf,
 }
 
 impl Standby {
-    fn start(dir: &Path, listen: &str, database: &str, lease_seconds: u64) -> Standby {
-        let log = dir.join("standby.log");
+    pub(crate) fn start(dir: &Path, listen: &str, database: &str, lease_seconds: u64) -> Standby {
+        Standby::named(dir, "standby", listen, database, lease_seconds)
+    }
+
+    /// A coordinator with data directory `dir/NAME`, logging to `dir/NAME.log` (appended
+    /// to across restarts).
+    pub(crate) fn named(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        database: &str,
+        lease_seconds: u64,
+    ) -> Standby {
+        let log = dir.join(format!("{name}.log"));
         let mut child = fallow()
             .args([
                 "coordinator",
@@ -34,10 +46,16 @@ impl Standby {
                 database,
             ])
             .args(["--lease-seconds", &lease_seconds.to_string(), "--data"])
-            .arg(dir.join("standby"))
+            .arg(dir.join(name))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            )
             .spawn()
             .expect("start the standby");
         let stdout = child.stdout.take().expect("stdout");
@@ -52,12 +70,12 @@ impl Standby {
         Standby { child, lines, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until its log says `what`, or panics with the log after `limit`.
-    fn wait_log(&self, what: &str, limit: Duration) {
+    pub(crate) fn wait_log(&self, what: &str, limit: Duration) {
         let start = Instant::now();
         while !self.log().contains(what) {
             assert!(
@@ -70,10 +88,31 @@ impl Standby {
     }
 
     /// The next stdout line within `limit`.
-    fn line(&self, limit: Duration) -> String {
+    pub(crate) fn line(&self, limit: Duration) -> String {
         self.lines
             .recv_timeout(limit)
             .unwrap_or_else(|e| panic!("no stdout line from the standby ({e}): {}", self.log()))
+    }
+}
+
+impl Standby {
+    /// kill -9.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Reads its announcement (`listening on`, … `dashboard on`) and returns the lines.
+    pub(crate) fn announced(&self) -> Vec<String> {
+        let mut printed = Vec::new();
+        loop {
+            let line = self.line(Duration::from_secs(60));
+            let done = line.starts_with("dashboard on ");
+            printed.push(line);
+            if done {
+                return printed;
+            }
+        }
     }
 }
 
@@ -84,7 +123,7 @@ impl Drop for Standby {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -16,6 +16,7 @@ mod control;
 mod dashboard;
 mod data;
 mod demo;
+mod deployment;
 mod diskfull;
 mod failover;
 mod faults;
