@@ -406,27 +406,141 @@ impl Switch {
     /// keeps no more of a request than the scheduling coordinator would accept.
     pub(crate) fn router(&self, max_message_bytes: usize) -> axum::Router {
         let switch = self.clone();
-        axum::Router::new().fallback(move |request: Request| {
-            let mode = switch
-                .mode
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            async move {
-                match mode {
-                    Mode::Forward(edge) => edge.forward(request).await,
-                    Mode::Serve(router) => {
-                        match tower::ServiceExt::oneshot(router, request).await {
-                            Ok(response) => response,
-                            Err(never) => match never {},
+        axum::Router::new()
+            .fallback(move |request: Request| {
+                let mode = switch
+                    .mode
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                async move {
+                    match mode {
+                        Mode::Forward(edge) => edge.forward(request).await,
+                        Mode::Serve(router) => {
+                            match tower::ServiceExt::oneshot(router, request).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            }
                         }
                     }
                 }
-            }
-        })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(crate::body_limit::Caps::new(max_message_bytes)),
-            crate::body_limit::cap_body,
-        ))
+            })
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(crate::body_limit::Caps::new(max_message_bytes)),
+                crate::body_limit::cap_body,
+            ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router answering with the caller's address as the handlers see it, behind
+    /// [`accept_forwarded`] for the deployment of `key`.
+    fn echo(key: &protocol::Identity) -> axum::Router {
+        axum::Router::new()
+            .fallback(|request: Request| async move {
+                let seen = tonic::Request::from_http(request.map(|_| ()))
+                    .remote_addr()
+                    .map_or_else(|| "none".to_string(), |a| a.to_string());
+                seen.into_response()
+            })
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(secret(key)),
+                accept_forwarded,
+            ))
+    }
+
+    async fn call(
+        router: axum::Router,
+        headers: &[(&str, &str)],
+    ) -> (http::StatusCode, String, String) {
+        let mut request = Request::new(axum::body::Body::empty());
+        request.extensions_mut().insert(TcpConnectInfo {
+            local_addr: "127.0.0.1:7070".parse().ok(),
+            remote_addr: "10.0.0.9:5555".parse().ok(),
+        });
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                HeaderValue::from_str(v).expect("header"),
+            );
+        }
+        let response = tower::ServiceExt::oneshot(router, request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let grpc = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, grpc, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn only_an_edge_with_the_deployment_secret_may_name_the_caller() {
+        let key = protocol::Identity::from_seed([7; 32]);
+        let ours = secret(&key).0.to_hex().to_string();
+        // An edge of the deployment: the handlers see the caller it names.
+        let (_, _, seen) = call(
+            echo(&key),
+            &[(FORWARD_KEY, &ours), (FORWARDED_FOR, "203.0.113.5:4242")],
+        )
+        .await;
+        assert_eq!(seen, "203.0.113.5:4242");
+        // A stranger naming an address without the secret is who it is.
+        let (_, _, seen) = call(echo(&key), &[(FORWARDED_FOR, "203.0.113.5:4242")]).await;
+        assert_eq!(seen, "10.0.0.9:5555");
+        // A wrong secret (another deployment's, or a guess) is refused outright.
+        let other = secret(&protocol::Identity::from_seed([8; 32]))
+            .0
+            .to_hex()
+            .to_string();
+        for wrong in [other.as_str(), "not hex", ""] {
+            let (_, grpc, body) = call(
+                echo(&key),
+                &[(FORWARD_KEY, wrong), (FORWARDED_FOR, "203.0.113.5:4242")],
+            )
+            .await;
+            assert_eq!(
+                grpc,
+                (tonic::Code::PermissionDenied as i32).to_string(),
+                "{wrong:?}"
+            );
+            assert!(!body.contains("203.0.113.5"), "{body}");
+        }
+        // The secret is the deployment's: every coordinator holding the key derives it.
+        assert_eq!(
+            secret(&key).0,
+            secret(&protocol::Identity::from_seed([7; 32])).0
+        );
+    }
+
+    #[tokio::test]
+    async fn an_edge_without_a_leader_answers_unavailable_in_words() {
+        // No coordinator schedules, and none will (the watch's sender is gone, so the
+        // edge does not wait).
+        let (_, rx) = tokio::sync::watch::channel(None);
+        let edge = Edge::new(rx, secret(&protocol::Identity::from_seed([1; 32])));
+        let response = edge.forward(Request::new(axum::body::Body::empty())).await;
+        let grpc = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(grpc, (tonic::Code::Unavailable as i32).to_string());
+        let message = response
+            .headers()
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(message.contains("schedules"), "{message}");
     }
 }
