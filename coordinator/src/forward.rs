@@ -87,6 +87,14 @@ impl Secret {
     }
 }
 
+/// Whether `request` is a gRPC call (rather than a browser's or a script's HTTP request).
+fn is_grpc(request: &Request) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The address a call came from, as tonic and the connection layer record it.
 fn remote_of(request: &Request) -> Option<SocketAddr> {
     let extensions = request.extensions();
@@ -125,12 +133,16 @@ pub(crate) async fn accept_forwarded(
     let named = request.headers_mut().remove(FORWARDED_FOR);
     if let Some(key) = key {
         if !secret.matches(&key) {
-            return tonic::Status::permission_denied(format!(
+            let why = format!(
                 "{FORWARD_KEY} is not this deployment's forwarding secret: only a \
                  coordinator of the deployment may forward calls"
-            ))
-            .into_http::<axum::body::Body>()
-            .into_response();
+            );
+            if is_grpc(&request) {
+                return tonic::Status::permission_denied(why)
+                    .into_http::<axum::body::Body>()
+                    .into_response();
+            }
+            return (http::StatusCode::FORBIDDEN, why).into_response();
         }
         let caller = named
             .as_ref()
@@ -224,6 +236,7 @@ impl Edge {
                 }
             }
         };
+        let grpc = is_grpc(&request);
         let headers = request.headers_mut();
         for h in [CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE] {
             // Hop-by-hop headers end here (HTTP/2 forbids them); gRPC's `te: trailers`
@@ -239,9 +252,6 @@ impl Edge {
         {
             headers.insert(FORWARDED_FOR, v);
         }
-        let grpc = headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if grpc {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
@@ -503,9 +513,24 @@ mod tests {
             .to_hex()
             .to_string();
         for wrong in [other.as_str(), "not hex", ""] {
-            let (_, grpc, body) = call(
+            let (status, _, body) = call(
                 echo(&key),
                 &[(FORWARD_KEY, wrong), (FORWARDED_FOR, "203.0.113.5:4242")],
+            )
+            .await;
+            assert_eq!(status, http::StatusCode::FORBIDDEN, "{wrong:?}");
+            assert!(
+                body.contains(FORWARD_KEY) && !body.contains("203.0.113.5"),
+                "{body}"
+            );
+            // A gRPC call is refused in gRPC's terms.
+            let (_, grpc, _) = call(
+                echo(&key),
+                &[
+                    (FORWARD_KEY, wrong),
+                    (FORWARDED_FOR, "203.0.113.5:4242"),
+                    ("content-type", "application/grpc"),
+                ],
             )
             .await;
             assert_eq!(
@@ -513,7 +538,6 @@ mod tests {
                 (tonic::Code::PermissionDenied as i32).to_string(),
                 "{wrong:?}"
             );
-            assert!(!body.contains("203.0.113.5"), "{body}");
         }
         // The secret is the deployment's: every coordinator holding the key derives it.
         assert_eq!(

@@ -252,3 +252,76 @@ fn chaos_on_postgres_with_two_coordinators_loses_nothing_and_doubles_nothing() {
         format!("{PRIMES_BELOW_TWO_BILLION}\n")
     );
 }
+
+/// A plain HTTP/1.1 GET with extra headers: the status code and the body.
+fn raw_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+#[test]
+fn an_edge_serves_the_whole_deployment_and_a_stranger_cannot_pose_as_one() {
+    let pg = TestPg::start();
+    let database = pg.url();
+    let mut c = Cluster::start_with(30, &["--database", &database], |_| {});
+    let scheduling = c.addr.clone();
+    let edge_addr = format!("127.0.0.1:{}", free_port());
+    let edge = Standby::plain(c.dir.path(), "edge", &edge_addr, &database, 30);
+    edge.announced();
+    // A worker and the CLI that know only the edge: registration (with the proof of the
+    // worker's peer address, made to the caller's address the edge passes on), leases,
+    // certificates and results all go through it.
+    let through_edge = format!("http://{edge_addr}");
+    for account in ["ann", "ben"] {
+        c.start_worker_via(&through_edge, &["--account", account]);
+    }
+    c.url = through_edge;
+    let manifest = project(
+        c.dir.path(),
+        "primes-edge",
+        artifacts::PRIMES,
+        Some(artifacts::SUM),
+        "replication = 2\nquorum = 2\nadaptive = false\n\
+         [inputs]\nsweep = { from = 0, to = 1_000_000, step = 100_000 }\n",
+    );
+    let id = c.submit(&manifest).expect("accepted through the edge");
+    let status = c.wait_finished(id, Duration::from_secs(300));
+    assert_eq!(n(&status, "verified"), 10, "{status}");
+    assert_eq!(sum_outputs(&c.results(id)), (78_498, 10));
+    // The dashboard's API through the edge is the scheduling coordinator's.
+    let (code, body) = raw_get(&edge_addr, "/api/projects", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("primes-edge"), "{body}");
+    let (code, page) = raw_get(&edge_addr, "/", &[]);
+    assert_eq!(code, 200, "{page}");
+    // A stranger naming a caller (to dodge per-address limits, or to pass a peer-address
+    // proof for someone else's address) without the deployment's secret is refused...
+    let forged = [
+        ("fallow-forward-key", "00".repeat(32)),
+        ("fallow-forwarded-for", "203.0.113.5:4242".to_string()),
+    ];
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, body) = raw_get(&scheduling, "/api/projects", &forged);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("fallow-forward-key"), "{body}");
+    // ...and through the edge the header is replaced by the edge's own: served as the
+    // stranger it is.
+    let (code, body) = raw_get(&edge_addr, "/api/projects", &forged);
+    assert_eq!(code, 200, "{body}");
+}

@@ -35,16 +35,32 @@ impl Standby {
         database: &str,
         lease_seconds: u64,
     ) -> Standby {
+        Standby::spawn(dir, name, listen, database, lease_seconds, &["--tls"])
+    }
+
+    /// [`Standby::named`] serving plain HTTP (on loopback).
+    pub(crate) fn plain(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        database: &str,
+        lease_seconds: u64,
+    ) -> Standby {
+        Standby::spawn(dir, name, listen, database, lease_seconds, &[])
+    }
+
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        database: &str,
+        lease_seconds: u64,
+        extra: &[&str],
+    ) -> Standby {
         let log = dir.join(format!("{name}.log"));
         let mut child = fallow()
-            .args([
-                "coordinator",
-                "--listen",
-                listen,
-                "--tls",
-                "--database",
-                database,
-            ])
+            .args(["coordinator", "--listen", listen, "--database", database])
+            .args(extra)
             .args(["--lease-seconds", &lease_seconds.to_string(), "--data"])
             .arg(dir.join(name))
             .env("RUST_LOG", "info")
