@@ -120,9 +120,10 @@ async fn deployment(
                 data.display()
             )
         })?;
-    let (listener, addr) = bind_and_announce(listen, identity.as_ref()).await?;
+    let listener = bind(listen).await?;
+    let addr = listener.local_addr()?;
     let my_url = leader_url(advertise.as_deref(), addr, identity.as_ref());
-    config.tls = identity;
+    config.tls = identity.clone();
     let leaders = match &attached {
         Attached::Standby(standby) => standby.leader_watch().spawn(Duration::from_secs(1)),
         Attached::Active(_) => tokio::sync::watch::channel(None).1,
@@ -133,6 +134,19 @@ async fn deployment(
     ));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = tokio_util::sync::CancellationToken::new();
+    // The scheduling coordinator loads the store before it announces itself, so that a
+    // script that read `listening on` finds it serving; an edge announces itself at once.
+    let (attached, scheduled) = match attached {
+        Attached::Active(store) => {
+            let scheduling =
+                coordinator::promote(&switch, store.clone(), &config, stop.clone()).await?;
+            store.publish_leader(&my_url).await?;
+            tracing::info!(url = %my_url, "scheduling the deployment");
+            (None, Some((store, scheduling)))
+        }
+        Attached::Standby(standby) => (Some(standby), None),
+    };
+    announce(addr, identity.as_ref())?;
     let server = {
         let (config, switch, shutdown, stop) = (
             config.clone(),
@@ -158,9 +172,9 @@ async fn deployment(
             shutdown.cancel();
         });
     }
-    let store = match attached {
-        Attached::Active(store) => store,
-        Attached::Standby(standby) => {
+    let (store, scheduling) = match (scheduled, attached) {
+        (Some(scheduled), _) => scheduled,
+        (None, Some(standby)) => {
             let store = tokio::select! {
                 store = standby.take_over() => store?,
                 () = shutdown.cancelled() => {
@@ -173,13 +187,14 @@ async fn deployment(
             coordinator::deployment::pull(&store, &data).await?;
             coordinator::deployment::push(&store, &data, config.require_enrollment).await?;
             coordinator::deployment::watch(store.clone(), data.clone());
-            store
+            let scheduling = coordinator::promote(&switch, store.clone(), &config, stop).await?;
+            store.publish_leader(&my_url).await?;
+            tracing::info!(url = %my_url, "scheduling the deployment");
+            (store, scheduling)
         }
+        (None, None) => bail!("attached to {shown} neither as the scheduler nor as an edge"),
     };
     let lost = store.lost();
-    let scheduling = coordinator::promote(&switch, store.clone(), &config, stop).await?;
-    store.publish_leader(&my_url).await?;
-    tracing::info!(url = %my_url, "scheduling the deployment");
     let was_lost = tokio::select! {
         () = lost => {
             shutdown.cancel();
@@ -233,19 +248,22 @@ fn url_host(addr: SocketAddr) -> String {
     }
 }
 
-/// Binds `listen` and prints where the coordinator serves: `listening on ADDR` first
-/// (scripts and tests read it to learn the port when --listen has port 0), then the TLS
-/// fingerprint and URL, and the dashboard's address.
-async fn bind_and_announce(
-    listen: SocketAddr,
-    identity: Option<&coordinator::tls::TlsIdentity>,
-) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(listen)
+/// Binds `listen`.
+async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
             format!("cannot listen on {listen} (is another coordinator running there?)")
-        })?;
-    let addr = listener.local_addr()?;
+        })
+}
+
+/// Prints where the coordinator serves: `listening on ADDR` first (scripts and tests read
+/// it to learn the port when --listen has port 0), then the TLS fingerprint and URL, and
+/// the dashboard's address.
+fn announce(
+    addr: SocketAddr,
+    identity: Option<&coordinator::tls::TlsIdentity>,
+) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {addr}")?;
     // A script that reads only the first line may have closed the pipe by now: not an
@@ -272,7 +290,7 @@ async fn bind_and_announce(
         }
     }
     let _ = stdout.flush();
-    Ok((listener, addr))
+    Ok(())
 }
 
 /// The rest of `fallow coordinator` on the embedded store, once it is open; it stops on
@@ -284,7 +302,8 @@ async fn serve(
     store: impl coordinator::store::Store,
 ) -> anyhow::Result<()> {
     let identity = tls.identity(listen, &config.data_dir)?;
-    let (listener, _) = bind_and_announce(listen, identity.as_ref()).await?;
+    let listener = bind(listen).await?;
+    announce(listener.local_addr()?, identity.as_ref())?;
     config.tls = identity;
     coordinator::serve_with(listener, store, config, crate::shutdown_signal()).await?;
     Ok(())
