@@ -2068,4 +2068,64 @@ mod tests {
             assert_eq!(redact(url), shown, "{url}");
         }
     }
+
+    /// A certificate authority and a server certificate for 127.0.0.1 it signed: (CA
+    /// PEM, server certificate PEM, server key PEM).
+    fn authority_and_server() -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fallow test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let server_key = rcgen::KeyPair::generate().expect("key");
+        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
+        (ca.pem(), server.pem(), server_key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn the_database_connection_is_encrypted_and_verified_when_the_url_asks() {
+        let (ca, cert, key) = authority_and_server();
+        let pg = super::super::testpg::TestPg::start_tls(&cert, &key);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root.pem");
+        std::fs::write(&root, &ca).expect("write the root");
+        let url = format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url(),
+            root.display()
+        );
+        let store = PostgresStore::connect(&url)
+            .await
+            .expect("connects over TLS");
+        let encrypted: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .expect("pg_stat_ssl");
+        assert!(encrypted, "the pool's connection is not encrypted");
+        drop(store);
+        // A server whose certificate another authority signed is refused, in words.
+        let (other, _, _) = authority_and_server();
+        let wrong = dir.path().join("other.pem");
+        std::fs::write(&wrong, &other).expect("write the other root");
+        let url = format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url(),
+            wrong.display()
+        );
+        let refused = PostgresStore::connect(&url)
+            .await
+            .expect_err("a server the root did not sign");
+        let said = refused.to_string();
+        assert!(
+            said.contains("cannot connect") && said.contains("sslrootcert="),
+            "{said}"
+        );
+        assert!(said.to_lowercase().contains("certificate"), "{said}");
+    }
 }

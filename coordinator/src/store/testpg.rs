@@ -25,6 +25,17 @@ pub struct TestPg {
 impl TestPg {
     /// Starts a cluster, or panics saying what is missing.
     pub fn start() -> TestPg {
+        TestPg::start_with(None)
+    }
+
+    /// [`TestPg::start`] with TLS on (`ssl = on`), serving the PEM certificate chain and
+    /// key given; clients may still connect without TLS (`sslmode=disable`).
+    #[allow(dead_code)] // the e2e suite, which includes this file, does not use it
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> TestPg {
+        TestPg::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> TestPg {
         let bin = bindir().unwrap_or_else(|| {
             panic!(
                 "this test needs PostgreSQL's initdb and pg_ctl, which were not found (no \
@@ -61,13 +72,28 @@ impl TestPg {
                 "--no-sync".as_ref(),
             ],
         );
+        let mut ssl = String::new();
+        if let Some((cert, key)) = tls {
+            // PostgreSQL refuses a key others may read, or owned by another user.
+            for (name, bytes) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, bytes).expect("write the server's TLS files");
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if pg.as_postgres {
+                    chown_to_postgres(&path);
+                }
+            }
+            ssl = " -c ssl=on".into();
+        }
         // A port that was free a moment ago may be taken by the time the server binds it
         // (other tests pick ports too): try a few.
         let mut last = String::new();
         for _ in 0..5 {
             pg.port = free_port();
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -F",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -F{ssl}",
                 pg.port,
                 pg.dir.path().display()
             );
