@@ -106,6 +106,15 @@ pub enum Error {
     UnknownModule(protocol::Digest),
     /// The coordinator is shutting down: the request was not carried out (it may be
     /// tried again once the coordinator is back).
+    /// A write of a coordinator that no longer holds its PostgreSQL database's coordinator
+    /// lock: another coordinator may schedule the database now. Nothing was written; the
+    /// coordinator stops serving (the lock's loss is noticed within seconds).
+    #[error(
+        "this coordinator no longer holds the database's coordinator lock (another \
+         coordinator may schedule it now), so nothing was written; try another coordinator \
+         of the deployment"
+    )]
+    Fenced,
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     /// The data directory's disk is full: the change was refused before the scheduler

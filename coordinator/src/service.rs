@@ -154,7 +154,7 @@ pub(crate) fn to_status(e: Error) -> Status {
             }
             status
         }
-        Error::ShuttingDown => Status::unavailable(e.to_string()),
+        Error::ShuttingDown | Error::Fenced => Status::unavailable(e.to_string()),
         Error::CorruptOutputs(_) => Status::data_loss(e.to_string()),
         Error::UnknownWorker(_)
         | Error::NotLeased { .. }

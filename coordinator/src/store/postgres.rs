@@ -101,6 +101,9 @@ pub struct PostgresStore {
     pub(in crate::store) pool: PgPool,
     /// Its `application_name` on the database.
     name: String,
+    /// The backend process id of the session holding the coordinator lock: every write
+    /// transaction checks that it still does ([`fenced`]).
+    lock_pid: i32,
     /// The task holding [`LOCK_KEY`] on a connection of its own, for the life of the
     /// store: dropping the last clone ends the task, which closes the connection and so
     /// lets go of the lock.
@@ -476,12 +479,16 @@ impl Standby {
         } else {
             self.pool
         };
+        let lock_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut self.lock)
+            .await?;
         let stop = tokio_util::sync::CancellationToken::new();
         let lost = tokio_util::sync::CancellationToken::new();
         tokio::spawn(hold(self.lock, stop.clone(), lost.clone(), self.shown));
         Ok(PostgresStore {
             pool,
             name: self.name,
+            lock_pid,
             _lock: Arc::new(stop.drop_guard()),
             lost,
         })
@@ -566,6 +573,27 @@ impl LeaderWatch {
         });
         rx
     }
+}
+
+/// Fails with [`Error::Fenced`] unless the session `lock_pid` still holds the coordinator
+/// lock. Every write transaction of the store starts with it: a coordinator whose lock
+/// session died (a standby may have taken over and loaded the store) writes nothing more,
+/// even through pool connections opened after the new holder's fence ended its old ones.
+/// A transaction that passed the check and is still open when the lock goes is in a
+/// session the new holder's fence ends, so it never commits.
+async fn fenced(conn: &mut PgConnection, lock_pid: i32) -> Result<(), Error> {
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND pid = $1
+             AND classid::bigint = $2 AND objid::bigint = $3 AND objsubid = 1
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+    )
+    .bind(lock_pid)
+    .bind(LOCK_KEY >> 32)
+    .bind(LOCK_KEY & 0xffff_ffff)
+    .fetch_one(conn)
+    .await?;
+    if held { Ok(()) } else { Err(Error::Fenced) }
 }
 
 /// Tries the coordinator lock once on `conn`.
@@ -1263,7 +1291,7 @@ impl Store for PostgresStore {
         now: u64,
     ) -> Result<(ProjectId, Vec<UnitId>), Error> {
         let mut conn = self.pool.acquire().await?;
-        let result = inner(&mut conn, spec, module, reducer, now).await;
+        let result = inner(&mut conn, self.lock_pid, spec, module, reducer, now).await;
         if result.is_err() {
             discard(conn).await;
         }
@@ -1271,12 +1299,14 @@ impl Store for PostgresStore {
 
         async fn inner(
             conn: &mut PgConnection,
+            lock_pid: i32,
             spec: &ProjectSpec,
             module: Digest,
             reducer: Option<Digest>,
             now: u64,
         ) -> Result<(ProjectId, Vec<UnitId>), Error> {
             let mut tx = conn.begin().await?;
+            fenced(&mut tx, lock_pid).await?;
             let mut modules = vec![(module, &spec.module)];
             if let (Some(d), Some(bytes)) = (reducer, &spec.reducer) {
                 modules.push((d, bytes));
@@ -1386,7 +1416,16 @@ impl Store for PostgresStore {
         required: u32,
     ) -> Result<Vec<UnitId>, Error> {
         let mut conn = self.pool.acquire().await?;
-        let result = inner(&mut conn, project, units, signatures, target, required).await;
+        let result = inner(
+            &mut conn,
+            self.lock_pid,
+            project,
+            units,
+            signatures,
+            target,
+            required,
+        )
+        .await;
         if result.is_err() {
             discard(conn).await;
         }
@@ -1394,6 +1433,7 @@ impl Store for PostgresStore {
 
         async fn inner(
             conn: &mut PgConnection,
+            lock_pid: i32,
             project: ProjectId,
             units: &[(String, Vec<u8>)],
             signatures: &[[u8; 64]],
@@ -1401,6 +1441,7 @@ impl Store for PostgresStore {
             required: u32,
         ) -> Result<Vec<UnitId>, Error> {
             let mut tx = conn.begin().await?;
+            fenced(&mut tx, lock_pid).await?;
             let pid = id(project.0)?;
             let mut ids = Vec::with_capacity(units.len());
             for (i, (name, input)) in units.iter().enumerate() {
@@ -1674,14 +1715,19 @@ impl Store for PostgresStore {
 
     async fn write(&self, writes: &[(Write, u64)]) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await?;
-        let result = inner(&mut conn, writes).await;
+        let result = inner(&mut conn, self.lock_pid, writes).await;
         if result.is_err() {
             discard(conn).await;
         }
         return result;
 
-        async fn inner(conn: &mut PgConnection, writes: &[(Write, u64)]) -> Result<(), Error> {
+        async fn inner(
+            conn: &mut PgConnection,
+            lock_pid: i32,
+            writes: &[(Write, u64)],
+        ) -> Result<(), Error> {
             let mut tx = conn.begin().await?;
+            fenced(&mut tx, lock_pid).await?;
             for (write, now) in writes {
                 let now = id(*now)?;
                 match write {
@@ -1760,6 +1806,7 @@ impl Store for PostgresStore {
         now: u64,
     ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
+        fenced(&mut tx, self.lock_pid).await?;
         // Not settled yet: record it; settled: the transaction is dropped, nothing changes.
         if !verified(&mut tx, unit, output, v, credit, id(now)?).await? {
             return Ok(false);
@@ -2127,5 +2174,54 @@ mod tests {
             "{said}"
         );
         assert!(said.to_lowercase().contains("certificate"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_that_lost_its_lock_writes_nothing_even_over_new_connections() {
+        let pg = super::super::testpg::TestPg::start();
+        let url = pg.url();
+        let first = PostgresStore::connect(&url)
+            .await
+            .expect("the first coordinator");
+        first
+            .write(&[(Write::Changes(Vec::new()), 1)])
+            .await
+            .expect("the holder writes");
+        // Its lock session dies (that one connection cut, say) while its pool lives on.
+        let mut admin = PgConnection::connect(&url).await.expect("admin session");
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(first.lock_pid)
+            .execute(&mut admin)
+            .await
+            .expect("end the lock's session");
+        // Another coordinator takes the database over.
+        let second = PostgresStore::connect(&url)
+            .await
+            .expect("the second coordinator takes the lock");
+        // The first one's writes are refused, even over a fresh pool connection (its old
+        // ones may be gone by now, as after the new holder's fence).
+        first.pool.close().await;
+        let first = PostgresStore {
+            pool: PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .expect("a new pool"),
+            ..first
+        };
+        let refused = first
+            .write(&[(Write::Changes(Vec::new()), 2)])
+            .await
+            .expect_err("a fenced coordinator writes");
+        assert!(matches!(refused, Error::Fenced), "{refused}");
+        let refused = first
+            .insert_units(ProjectId(1), &[("u".into(), Vec::new())], &[[0; 64]], 1, 1)
+            .await
+            .expect_err("a fenced coordinator adds units");
+        assert!(matches!(refused, Error::Fenced), "{refused}");
+        second
+            .write(&[(Write::Changes(Vec::new()), 3)])
+            .await
+            .expect("the new holder writes");
     }
 }
