@@ -275,6 +275,29 @@ fn raw_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// The start of `/api/events` (server-sent events) up to its first event.
+fn first_event(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\n\n")
+        || !String::from_utf8_lossy(&seen).contains("data:")
+    {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 #[test]
 fn an_edge_serves_the_whole_deployment_and_a_stranger_cannot_pose_as_one() {
     let pg = TestPg::start();
@@ -310,6 +333,9 @@ fn an_edge_serves_the_whole_deployment_and_a_stranger_cannot_pose_as_one() {
     assert!(body.contains("primes-edge"), "{body}");
     let (code, page) = raw_get(&edge_addr, "/", &[]);
     assert_eq!(code, 200, "{page}");
+    // The live stream too: its first event arrives through the edge.
+    let first = first_event(&edge_addr);
+    assert!(first.contains("data:"), "{first}");
     // A stranger naming a caller (to dodge per-address limits, or to pass a peer-address
     // proof for someone else's address) without the deployment's secret is refused...
     let forged = [
