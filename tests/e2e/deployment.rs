@@ -5,12 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::failover::{Standby, free_port};
 use crate::harness::{
-    Cluster, PRIMES_BELOW_TWO_BILLION, assert_settled_once, n, primes_below_two_billion, project,
-    sum_outputs,
+    Cluster, after_kill, assert_chaos_done, n, primes_below_two_billion, project, sum_outputs,
 };
 use crate::testpg::TestPg;
 
@@ -224,33 +221,9 @@ fn chaos_on_postgres_with_two_coordinators_loses_nothing_and_doubles_nothing() {
             fresh.announced();
             b = Some(fresh);
         }
-        let status = c.status(id).expect("status after a kill");
-        let verified = n(&status, "verified");
-        assert!(
-            verified >= verified_seen,
-            "kill {kill}: verified units went back from {verified_seen} to {verified}"
-        );
-        assert!(
-            status["finished"] != Value::Bool(true) || kill == kills,
-            "the run finished after {kill} of {kills} kills; make it longer: {status}"
-        );
-        verified_seen = verified;
+        verified_seen = after_kill(&c, id, kill, kills, verified_seen);
     }
-    let status = c.wait_finished(id, Duration::from_secs(600));
-    assert_eq!(
-        (
-            n(&status, "total"),
-            n(&status, "verified"),
-            n(&status, "failed")
-        ),
-        (200, 200, 0),
-        "{status}"
-    );
-    assert_settled_once(&c, id, 200);
-    assert_eq!(
-        std::fs::read_to_string(c.results(id).join("aggregate")).expect("aggregate"),
-        format!("{PRIMES_BELOW_TWO_BILLION}\n")
-    );
+    assert_chaos_done(&c, id, 200);
 }
 
 /// A plain HTTP/1.1 GET with extra headers: the status code and the body.

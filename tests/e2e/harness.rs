@@ -593,6 +593,43 @@ pub fn primes_below_two_billion(root: &Path, name: &str, units: u64, adaptive: b
     )
 }
 
+/// After kill `kill` of `kills` in a chaos run: the project's status, checked to have
+/// gone no backwards from `seen` verified units and not to have finished before the last
+/// kill. Returns the verified count.
+pub fn after_kill(c: &Cluster, project: u64, kill: u32, kills: u32, seen: u64) -> u64 {
+    let status = c.status(project).expect("status after a kill");
+    let verified = n(&status, "verified");
+    assert!(
+        verified >= seen,
+        "kill {kill}: verified units went back from {seen} to {verified}"
+    );
+    assert!(
+        status["finished"] != Value::Bool(true) || kill == kills,
+        "the run finished after {kill} of {kills} kills; make it longer: {status}"
+    );
+    verified
+}
+
+/// The end of a chaos run over [`primes_below_two_billion`] in `units` units: finished
+/// with every unit verified, each result and credit once, and the right aggregate.
+pub fn assert_chaos_done(c: &Cluster, project: u64, units: u64) {
+    let status = c.wait_finished(project, Duration::from_secs(600));
+    assert_eq!(
+        (
+            n(&status, "total"),
+            n(&status, "verified"),
+            n(&status, "failed")
+        ),
+        (units, units, 0),
+        "{status}"
+    );
+    assert_settled_once(c, project, units);
+    assert_eq!(
+        std::fs::read_to_string(c.results(project).join("aggregate")).expect("aggregate"),
+        format!("{PRIMES_BELOW_TWO_BILLION}\n")
+    );
+}
+
 /// A finished replication-2 primes-below-two-billion run of `units` units lost and doubled
 /// nothing: the outputs sum to [`PRIMES_BELOW_TWO_BILLION`] over `units` files, no account
 /// is credited for a unit twice, and each unit went to the 2 accounts of its certificate

@@ -630,7 +630,6 @@ async fn deployment_files(pool: &PgPool) -> Result<BTreeMap<String, Vec<u8>>, Er
 }
 
 /// How often the lock's connection is checked.
-
 const LOCK_CHECK: Duration = Duration::from_secs(2);
 
 /// Holds the coordinator lock on `conn` until `stop` (then closes it, letting go of the
