@@ -47,9 +47,9 @@ const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long an edge waits between two tries of a leader that refused the connection.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// The largest request an edge keeps to forward (all but uploads; the scheduling
-/// coordinator's own caps are lower).
-const MAX_BUFFERED: usize = 256 << 20;
+/// The largest request an edge keeps to forward ([`streamed`] methods are not kept; the
+/// others are capped at 4 MiB by `body_limit` before this).
+const MAX_BUFFERED: usize = 4 << 20;
 
 /// The context of the forwarding secret's derivation from the coordinator key.
 const SECRET_CONTEXT: &str = "fallow 2026-12-07 coordinator forwarding secret";
@@ -256,17 +256,20 @@ impl Edge {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
         *request.version_mut() = http::Version::HTTP_2;
-        if request.uri().path().ends_with("/PutData") {
-            // A client-streamed upload (up to a gigabyte) is passed through as it comes,
-            // never buffered; a failure is the uploader's to retry (uploads resume).
+        if streamed(request.uri().path()) {
+            // Uploads (a project, a data file, a certificate with its output) are passed
+            // through as they come, never kept here: an edge holds no large body for a
+            // caller the scheduling coordinator has not yet authenticated. A failure is
+            // the caller's to retry.
             let request = request.map(tonic::body::Body::new);
             return match tower::ServiceExt::oneshot(channel, request).await {
                 Ok(response) => response.map(axum::body::Body::new),
                 Err(e) => self.unreachable(&leader, &e),
             };
         }
-        // Every other call's request is one message: kept, so that a call the leader's
-        // address refused (nothing was sent: a takeover under way) goes to the next one.
+        // Every other call's request is one small message (4 MiB at most, `body_limit`):
+        // kept, so that a call the leader's address refused (nothing was sent: a takeover
+        // under way) goes to the next one.
         let (parts, body) = request.into_parts();
         let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
             body,
@@ -327,6 +330,19 @@ impl Edge {
             leader.name
         ))
     }
+}
+
+/// Whether calls to `path` carry large bodies, which an edge streams rather than keeps:
+/// the methods `body_limit` allows more than its default cap.
+fn streamed(path: &str) -> bool {
+    [
+        "/SubmitProject",
+        "/ExtendProject",
+        "/PutData",
+        "/SubmitCertificate",
+    ]
+    .iter()
+    .any(|m| path.ends_with(m))
 }
 
 /// Whether a forwarding failure is a refused connection: nothing was sent, so the call
