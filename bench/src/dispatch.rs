@@ -24,7 +24,7 @@ const FLAT_WITHIN: f64 = 1.2;
 
 /// Units a `fallow worker` asks for in one `RequestWork` in steady state: one to run now
 /// and its prefetch buffer's default depth (it asks when the buffer is empty).
-fn worker_request() -> u32 {
+pub(crate) fn worker_request() -> u32 {
     1 + worker::WorkerConfig::default().prefetch as u32
 }
 
@@ -102,12 +102,12 @@ struct Dispatch {
     registered: f64,
 }
 
-fn median_f64(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median_f64(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn fmt_rate(r: f64) -> String {
+pub(crate) fn fmt_rate(r: f64) -> String {
     if r >= 100.0 {
         let r = r.round() as u64;
         if r >= 1_000 {
@@ -120,7 +120,7 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
-fn fmt_count(n: u64) -> String {
+pub(crate) fn fmt_count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

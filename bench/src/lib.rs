@@ -20,11 +20,15 @@
 //!   project with a coordinator and two workers in processes of their own.
 //! - [`latency`]: an interactive program's scheduling delay with the worker's guest
 //!   threads busy on every core at a 50 % CPU limit, against no worker, in one run.
+//! - [`deployment`]: leases and certificates per second with 1, 2 and 3 coordinators on
+//!   one PostgreSQL beside the single SQLite coordinator, in one run, with where the CPU
+//!   went (scheduling coordinator, edges, PostgreSQL, load generator).
 //! - [`Report`]: the printed table.
 
 #![forbid(unsafe_code)]
 
 pub mod dashboard_load;
+pub mod deployment;
 pub mod dispatch;
 pub mod endtoend;
 pub mod latency;
@@ -475,7 +479,7 @@ pub fn verification_cost(size: Size) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The groups of figures, for `--only`.
-pub const GROUPS: [&str; 7] = [
+pub const GROUPS: [&str; 8] = [
     "guest",
     "verification",
     "dispatch",
@@ -483,6 +487,7 @@ pub const GROUPS: [&str; 7] = [
     "dashboard",
     "latency",
     "endtoend",
+    "deployment",
 ];
 
 /// Runs every figure and returns the report. Guest code runs on this thread: call it from
@@ -549,6 +554,10 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
     if groups.contains(&"endtoend") {
         eprintln!("end to end: guest share of worker CPU...");
         report.rows.extend(endtoend::rows(exe, size)?);
+    }
+    if groups.contains(&"deployment") {
+        eprintln!("coordinators on one PostgreSQL against one on SQLite...");
+        report.rows.extend(deployment::rows(exe, size)?);
     }
     Ok(report)
 }

@@ -220,26 +220,50 @@ impl Load {
         })
     }
 
+    /// Connects `channels` connections spread in turn over `addrs` (the coordinators of
+    /// one deployment), so that task `t`'s requests go to `addrs[t % addrs.len()]` when
+    /// `channels` is a multiple of `addrs.len()`; `concurrency` requests are in flight.
+    pub async fn connect_spread(
+        addrs: &[SocketAddr],
+        channels: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Load> {
+        anyhow::ensure!(!addrs.is_empty(), "no coordinator to connect to");
+        let mut clients = Vec::with_capacity(channels);
+        for i in 0..channels {
+            let mut one = Load::connect(addrs[i % addrs.len()], 1, concurrency).await?;
+            clients.append(&mut one.clients);
+        }
+        Ok(Load {
+            clients,
+            concurrency,
+        })
+    }
+
     fn client(&self, task: usize) -> CoordinatorClient<Channel> {
         self.clients[task % self.clients.len()].clone()
     }
 
-    /// Waits until the coordinator answers (it loads its store before serving).
+    /// Waits until the coordinator answers on every connection (it loads its store before
+    /// serving; an edge answers once the scheduling coordinator does).
     pub async fn ready(&self) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        loop {
-            match self
-                .client(0)
-                .list_projects(pb::ListProjectsRequest { project_id: 0 })
-                .await
-            {
-                Ok(_) => return Ok(started.elapsed()),
-                Err(e) if started.elapsed() > Duration::from_secs(300) => {
-                    anyhow::bail!("coordinator not ready after 300 s: {e}")
+        for client in &self.clients {
+            loop {
+                match client
+                    .clone()
+                    .list_projects(pb::ListProjectsRequest { project_id: 0 })
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if started.elapsed() > Duration::from_secs(300) => {
+                        anyhow::bail!("coordinator not ready after 300 s: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+        Ok(started.elapsed())
     }
 
     /// Submits a project of `units` tiny units with fixed replication (no adaptive

@@ -9,11 +9,11 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these groups of figures (comma-separated): guest, verification, dispatch,
-    /// memory, dashboard, latency, endtoend. Default: all.
+    /// memory, dashboard, latency, endtoend, deployment. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Internal: serve `coordinator`, `echo` or `worker` as a process under test, until
-    /// stdin closes.
+    /// Internal: serve `coordinator`, `deployment`, `echo` or `worker` as a process under
+    /// test, until stdin closes.
     #[arg(long, hide = true)]
     serve: Option<String>,
     /// Internal: the data directory with `--serve coordinator` or `--serve worker`.
@@ -28,6 +28,12 @@ struct Args {
     /// Internal: the account of a `--serve worker`.
     #[arg(long, hide = true)]
     account: Option<String>,
+    /// Internal: the PostgreSQL URL with `--serve deployment`.
+    #[arg(long, hide = true)]
+    database: Option<String>,
+    /// Internal: with `--serve deployment`, another coordinator schedules the database.
+    #[arg(long, hide = true)]
+    edge: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +42,16 @@ fn main() -> anyhow::Result<()> {
         (None, _) => {}
         (Some("coordinator"), Some(data)) => {
             return bench::server::serve(bench::server::Role::Coordinator { data });
+        }
+        (Some("deployment"), Some(data)) => {
+            let Some(database) = args.database else {
+                anyhow::bail!("--serve deployment needs --database");
+            };
+            return bench::server::serve(bench::server::Role::Deployment {
+                database,
+                data,
+                edge: args.edge,
+            });
         }
         (Some("echo"), None) => return bench::server::serve(bench::server::Role::Echo),
         (Some("worker"), Some(data)) => {
@@ -53,7 +69,8 @@ fn main() -> anyhow::Result<()> {
         }
         (Some(role), _) => {
             anyhow::bail!(
-                "--serve {role}: expected coordinator --data DIR, echo, or worker --data DIR ..."
+                "--serve {role}: expected coordinator --data DIR, deployment --data DIR \
+                 --database URL, echo, or worker --data DIR ..."
             )
         }
     }

@@ -22,6 +22,17 @@ pub enum Role {
         /// Data directory.
         data: PathBuf,
     },
+    /// A coordinator of a deployment on the PostgreSQL `database`, as `fallow coordinator
+    /// --database` runs it (`crate::deployment`): the first on the database schedules,
+    /// every later one is an edge forwarding to it. `edge` says which this one must be.
+    Deployment {
+        /// The database's `postgres://` URL.
+        database: String,
+        /// Its own data directory (the deployment's files are copied there).
+        data: PathBuf,
+        /// Whether another coordinator already schedules the database.
+        edge: bool,
+    },
     /// The bare tonic echo service (the transport reference).
     Echo,
 }
@@ -55,8 +66,12 @@ impl Server {
         let mut cmd = Command::new(exe);
         let mut token = String::new();
         match role {
-            Role::Coordinator { data } => {
-                // Submitting needs a token: minted once per data dir, kept for restarts.
+            Role::Coordinator { data }
+            | Role::Deployment {
+                data, edge: false, ..
+            } => {
+                // Submitting needs a token: minted once per data dir, kept for restarts (a
+                // deployment's scheduling coordinator puts it in the database).
                 let kept = data.join("bench.token");
                 token = match std::fs::read_to_string(&kept) {
                     Ok(t) => t,
@@ -66,14 +81,25 @@ impl Server {
                         t
                     }
                 };
+                cmd.arg("--serve").arg(match role {
+                    Role::Coordinator { .. } => "coordinator",
+                    _ => "deployment",
+                });
+                cmd.arg("--data").arg(data);
+            }
+            Role::Deployment { data, .. } => {
                 cmd.arg("--serve")
-                    .arg("coordinator")
+                    .arg("deployment")
                     .arg("--data")
-                    .arg(data);
+                    .arg(data)
+                    .arg("--edge");
             }
             Role::Echo => {
                 cmd.arg("--serve").arg("echo");
             }
+        }
+        if let Role::Deployment { database, .. } = role {
+            cmd.arg("--database").arg(database);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -164,19 +190,13 @@ pub fn serve(role: Role) -> anyhow::Result<()> {
             Role::Coordinator { data } => {
                 let store = coordinator::store::sqlite::SqliteStore::open(&data).await?;
                 announce(listener.local_addr()?)?;
-                let config = coordinator::CoordinatorConfig {
-                    data_dir: data,
-                    lease: Duration::from_secs(LEASE_SECONDS),
-                    // A small fleet's simulated workers each ask far more often than a real
-                    // worker's few requests a second; the limiter still runs its check.
-                    worker_requests_per_second: 1_000_000,
-                    // They lease many units each and certify them later, in a phase of
-                    // their own.
-                    limit_unfinished_leases: false,
-                    ..Default::default()
-                };
-                coordinator::serve_with(listener, store, config, stop).await?;
+                coordinator::serve_with(listener, store, config(data), stop).await?;
             }
+            Role::Deployment {
+                database,
+                data,
+                edge,
+            } => crate::deployment::serve_member(listener, &database, data, edge, stop).await?,
             Role::Echo => {
                 announce(listener.local_addr()?)?;
                 crate::load::serve_echo(listener, stop).await?;
@@ -186,7 +206,22 @@ pub fn serve(role: Role) -> anyhow::Result<()> {
     })
 }
 
-fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+/// The benchmark coordinators' configuration, with its data directory.
+pub(crate) fn config(data: PathBuf) -> coordinator::CoordinatorConfig {
+    coordinator::CoordinatorConfig {
+        data_dir: data,
+        lease: Duration::from_secs(LEASE_SECONDS),
+        // A small fleet's simulated workers each ask far more often than a real worker's
+        // few requests a second; the limiter still runs its check.
+        worker_requests_per_second: 1_000_000,
+        // They lease many units each and certify them later, in a phase of their own.
+        limit_unfinished_leases: false,
+        ..Default::default()
+    }
+}
+
+/// Tells the parent where this server listens (its first line on stdout).
+pub(crate) fn announce(addr: SocketAddr) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     writeln!(out, "listening on {addr}")?;
     out.flush()?;
