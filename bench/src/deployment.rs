@@ -108,6 +108,10 @@ struct Snapshot {
     load: cpu_time::ProcessTime,
     /// The whole machine's busy time, every core (other helpers' builds included).
     machine: Duration,
+    /// Time the coordinators' and PostgreSQL's threads spent runnable but waiting for a
+    /// core (`/proc/PID/task/TID/schedstat`, live threads only).
+    coordinators_queued: Duration,
+    postgres_queued: Duration,
 }
 
 /// Where the CPU of one timed phase went, per operation and as cores kept busy.
@@ -122,6 +126,9 @@ struct Split {
     postgres_busy: f64,
     load_busy: f64,
     machine_busy: f64,
+    /// Threads waiting for a core over the phase, on average: coordinators, PostgreSQL.
+    coordinators_queued: f64,
+    postgres_queued: f64,
 }
 
 /// A configuration's measurement: medians over the rounds.
@@ -156,6 +163,10 @@ impl Running {
             },
             load: cpu_time::ProcessTime::now(),
             machine: machine_busy()?,
+            coordinators_queued: self.servers.iter().map(|s| queued(s.pid(), false)).sum(),
+            postgres_queued: self
+                .postmaster
+                .map_or(Duration::ZERO, |pid| queued(pid, true)),
         })
     }
 
@@ -189,7 +200,58 @@ fn split(before: &Snapshot, after: &Snapshot, count: u64) -> Split {
         postgres_busy: postgres / wall,
         load_busy: after.load.duration_since(before.load).as_secs_f64() / wall,
         machine_busy: after.machine.saturating_sub(before.machine).as_secs_f64() / wall,
+        coordinators_queued: after
+            .coordinators_queued
+            .saturating_sub(before.coordinators_queued)
+            .as_secs_f64()
+            / wall,
+        postgres_queued: after
+            .postgres_queued
+            .saturating_sub(before.postgres_queued)
+            .as_secs_f64()
+            / wall,
     }
+}
+
+/// Time the threads of process `pid` (and, with `children`, of its child processes) spent
+/// runnable and waiting for a core, so far: the second field of each live thread's
+/// `/proc/PID/task/TID/schedstat`, in nanoseconds. Unreadable entries count as zero (a
+/// thread may exit while it is read).
+fn queued(pid: u32, children: bool) -> Duration {
+    let mut pids = vec![pid];
+    if children && let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if parent == Some(pid) {
+                pids.push(p);
+            }
+        }
+    }
+    let mut nanos = 0u64;
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let waited = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+            nanos += waited.unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
 }
 
 /// CPU time of process `pid`, its live children and its reaped ones (a postmaster's
@@ -405,9 +467,14 @@ fn fmt_split(s: &Split, what: &str, machine_cores: usize) -> String {
     } else {
         String::new()
     };
+    let postgres_queued = if s.postgres_busy > 0.0 {
+        format!(", {:.2} PostgreSQL", s.postgres_queued)
+    } else {
+        String::new()
+    };
     format!(
-        "CPU per {what}: {coordinators}{postgres}; cores busy: {:.2} coordinators{postgres_busy} + {:.2} load generator, machine {:.2} of {machine_cores}",
-        s.coordinators_busy, s.load_busy, s.machine_busy
+        "CPU per {what}: {coordinators}{postgres}; cores busy: {:.2} coordinators{postgres_busy} + {:.2} load generator, machine {:.2} of {machine_cores}; threads waiting for a core: {:.2} coordinators{postgres_queued}",
+        s.coordinators_busy, s.load_busy, s.machine_busy, s.coordinators_queued
     )
 }
 

@@ -3,8 +3,10 @@
 //! read from `/proc`, and the load generator's CPU is not counted against them.
 //!
 //! The coordinator child does what `fallow coordinator` does (`SqliteStore::open`, then
-//! `coordinator::serve_with` on a default multi-threaded tokio runtime), minus logging. It
-//! stops when its stdin closes, so a benchmark that dies never leaves a server behind.
+//! `coordinator::serve_with` on a default multi-threaded tokio runtime), minus logging; a
+//! deployment's coordinator does what `fallow coordinator --database` does
+//! (`crate::deployment::serve_member`). Each stops when its stdin closes, so a benchmark
+//! that dies never leaves a server behind.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -116,6 +118,11 @@ impl Server {
             .with_context(|| format!("{role:?} server did not start (said {line:?})"))?
             .parse()?;
         Ok(Server { child, addr, token })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The process's CPU time so far, user plus system, all threads (dead ones included).

@@ -23,6 +23,7 @@ fn quick_benchmarks_run_and_native_matches_the_sandbox() {
         "coordinator memory after a restart",
         "interactive 1 ms sleep, median oversleep",
         "end to end: guest share of worker CPU, the demo project",
+        "deployment: certificates accepted per second, 3 coordinators on one PostgreSQL",
     ] {
         assert!(table.contains(figure), "no {figure:?} row in\n{table}");
     }
