@@ -425,6 +425,7 @@ fn measure(
     running.stop()?;
     let rounds = result?;
     // The round of the median lease rate gives the lease split; likewise certificates.
+    // `rounds` has `plan.repeats` (at least 1) entries: every round pushed one or failed.
     let median_round = |rate: fn(&(f64, f64, Split, Split)) -> f64| {
         let m = median_f64(rounds.iter().map(rate).collect());
         rounds
@@ -444,7 +445,8 @@ fn measure(
     })
 }
 
-/// "N µs coordinators (S scheduling + E edges), P µs PostgreSQL each; cores busy: …".
+/// "CPU per lease: N µs coordinators (S scheduling + E edges), P µs PostgreSQL; cores
+/// busy: …; threads waiting for a core: …".
 fn fmt_split(s: &Split, what: &str, machine_cores: usize) -> String {
     let us = |x: f64| format!("{:.0}", x * 1e6);
     let coordinators = if s.edges > 0.0 {
