@@ -38,7 +38,7 @@
 //! TLS to the database is not built in yet (sqlx's `postgres` driver without a TLS
 //! feature): use a database on the same host or a private network, or a TLS tunnel.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1185,41 +1185,72 @@ async fn reopen(
     Ok(())
 }
 
-/// New leases, up to 200 rows per statement. A pair given twice in one statement is
-/// written once: PostgreSQL refuses an upsert that touches a row twice (SQLite applies
-/// both, to the same effect).
-async fn assign(
-    tx: &mut PgConnection,
-    leases: &[(UnitId, WorkerId)],
-    now: i64,
-) -> Result<(), Error> {
-    let mut seen = HashSet::new();
-    let leases: Vec<&(UnitId, WorkerId)> = leases.iter().filter(|l| seen.insert(**l)).collect();
-    for chunk in leases.chunks(200) {
-        let mut sql =
-            String::from("INSERT INTO assignments (unit, worker, state, created_ms) VALUES ");
-        let mut args = sqlx::postgres::PgArguments::default();
-        for (i, (unit, worker)) in chunk.iter().enumerate() {
-            let n = i * 4;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
-            add(&mut args, id(unit.0)?)?;
-            add(&mut args, worker.0.to_vec())?;
-            add(&mut args, AssignmentState::Active.code())?;
-            add(&mut args, now)?;
-        }
-        // A unit handed back and leased again to the same worker.
-        sql.push_str(
-            " ON CONFLICT (unit, worker) DO UPDATE SET state = excluded.state, \
-             failure_kind = NULL, reason = NULL, created_ms = excluded.created_ms",
-        );
-        sqlx::query_with(&sql, args)
-            .persistent(chunk.len() == 200)
-            .execute(&mut *tx)
-            .await?;
+/// New leases `(unit, worker, created_ms)`, in one statement of fixed text (prepared once
+/// per connection): the rows travel as arrays. A pair given twice is written once, as its
+/// last lease: PostgreSQL refuses an upsert that touches a row twice (SQLite applies both,
+/// to the same effect).
+async fn assign(tx: &mut PgConnection, leases: &[(UnitId, WorkerId, i64)]) -> Result<(), Error> {
+    let mut last: HashMap<(UnitId, WorkerId), usize> = HashMap::new();
+    for (i, (unit, worker, _)) in leases.iter().enumerate() {
+        last.insert((*unit, *worker), i);
     }
+    let (mut units, mut workers, mut created) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (unit, worker, ms)) in leases.iter().enumerate() {
+        if last.get(&(*unit, *worker)) != Some(&i) {
+            continue;
+        }
+        units.push(id(unit.0)?);
+        workers.push(worker.0.to_vec());
+        created.push(*ms);
+    }
+    if units.is_empty() {
+        return Ok(());
+    }
+    // A unit handed back and leased again to the same worker is leased afresh.
+    sqlx::query(
+        "INSERT INTO assignments (unit, worker, state, created_ms)
+         SELECT l.unit, l.worker, $4, l.created_ms
+         FROM UNNEST($1::int8[], $2::bytea[], $3::int8[]) AS l(unit, worker, created_ms)
+         ON CONFLICT (unit, worker) DO UPDATE SET state = excluded.state,
+            failure_kind = NULL, reason = NULL, created_ms = excluded.created_ms",
+    )
+    .bind(units)
+    .bind(workers)
+    .bind(created)
+    .bind(AssignmentState::Active.code())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Trust rows `(worker, project) -> (consecutive, offences)`, in one statement.
+async fn trust_rows(
+    tx: &mut PgConnection,
+    rows: &HashMap<(WorkerId, ProjectId), (u32, u32)>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (mut workers, mut projects, mut consecutive, mut offences) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((worker, project), (c, o)) in rows {
+        workers.push(worker.0.to_vec());
+        projects.push(id(project.0)?);
+        consecutive.push(i64::from(*c));
+        offences.push(i64::from(*o));
+    }
+    sqlx::query(
+        "INSERT INTO trust (worker, project, consecutive, offences)
+         SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[])
+         ON CONFLICT (worker, project) DO UPDATE SET consecutive = excluded.consecutive,
+            offences = excluded.offences",
+    )
+    .bind(workers)
+    .bind(projects)
+    .bind(consecutive)
+    .bind(offences)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -1241,39 +1272,41 @@ async fn verified(
     now: i64,
 ) -> Result<bool, Error> {
     let unit = id(unit.0)?;
+    let (mut workers, mut accounts, mut teams) = (Vec::new(), Vec::new(), Vec::new());
     for signer in &verified.signers {
         let to = credit.iter().find(|c| c.worker == *signer);
-        sqlx::query(
-            "INSERT INTO credit (unit, worker, fuel, account, team)
-             SELECT $1, $2, $3, $4, $5 FROM units WHERE id = $1 AND state = $6
-             ON CONFLICT (unit, worker) DO NOTHING",
-        )
-        .bind(unit)
-        .bind(&signer.0[..])
-        .bind(bits(verified.fuel))
-        .bind(to.map_or("", |c| c.account.as_str()))
-        .bind(to.map_or("", |c| c.team.as_str()))
-        .bind(UNIT_PENDING)
-        .execute(&mut *tx)
-        .await?;
+        workers.push(signer.0.to_vec());
+        accounts.push(to.map_or("", |c| c.account.as_str()));
+        teams.push(to.map_or("", |c| c.team.as_str()));
     }
+    // One statement, one round trip: every part sees the unit as it was before, so the
+    // credit goes in only while the unit is still pending, as the update's condition.
     let updated = sqlx::query(
-        "UPDATE units SET state = $1, output = $2, digest = $3, fuel = $4, settled_ms = $5 WHERE id = $6 AND state = $7",
+        "WITH credited AS (
+             INSERT INTO credit (unit, worker, fuel, account, team)
+             SELECT $1, s.worker, $2, s.account, s.team
+             FROM UNNEST($3::bytea[], $4::text[], $5::text[]) AS s(worker, account, team)
+             WHERE EXISTS (SELECT 1 FROM units WHERE id = $1 AND state = $6)
+             ON CONFLICT (unit, worker) DO NOTHING
+         ), cleared AS (
+             DELETE FROM votes WHERE unit = $1
+         )
+         UPDATE units SET state = $7, output = $8, digest = $9, fuel = $2, settled_ms = $10
+         WHERE id = $1 AND state = $6",
     )
+    .bind(unit)
+    .bind(bits(verified.fuel))
+    .bind(workers)
+    .bind(accounts)
+    .bind(teams)
+    .bind(UNIT_PENDING)
     .bind(UNIT_VERIFIED)
     .bind(output)
     .bind(&verified.digest.0[..])
-    .bind(bits(verified.fuel))
     .bind(now)
-    .bind(unit)
-    .bind(UNIT_PENDING)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query("DELETE FROM votes WHERE unit = $1")
-        .bind(unit)
-        .execute(&mut *tx)
-        .await?;
     Ok(updated > 0)
 }
 
@@ -1727,13 +1760,44 @@ impl Store for PostgresStore {
         ) -> Result<(), Error> {
             let mut tx = conn.begin().await?;
             fenced(&mut tx, lock_pid).await?;
-            for (write, now) in writes {
+            // A group's statements are few and of fixed text (`assign`, `verified`,
+            // `trust_rows`): each is a round trip the writer waits for. Consecutive leases
+            // go in one statement; trust rows (read by nothing else in the transaction) in
+            // one at the end, the last of each winning; a vote for a unit this group
+            // verifies later is not written, since that write deletes the unit's votes.
+            let mut verified_at: HashMap<UnitId, usize> = HashMap::new();
+            for (i, (write, _)) in writes.iter().enumerate() {
+                if let Write::Verified { unit, .. } = write {
+                    verified_at.insert(*unit, i);
+                }
+            }
+            let mut leases: Vec<(UnitId, WorkerId, i64)> = Vec::new();
+            let mut trust: HashMap<(WorkerId, ProjectId), (u32, u32)> = HashMap::new();
+            for (i, (write, now)) in writes.iter().enumerate() {
                 let now = id(*now)?;
+                if !matches!(write, Write::Assignments(_)) && !leases.is_empty() {
+                    assign(&mut tx, &leases).await?;
+                    leases.clear();
+                }
                 match write {
-                    Write::Assignments(leases) => assign(&mut tx, leases, now).await?,
+                    Write::Assignments(new) => {
+                        leases.extend(new.iter().map(|(u, w)| (*u, *w, now)));
+                    }
                     Write::Changes(changes) => {
                         for c in changes {
-                            change(&mut tx, c, now).await?;
+                            match c {
+                                Change::Vote { claim }
+                                    if verified_at.get(&claim.unit).is_some_and(|&at| at > i) => {}
+                                Change::Trust {
+                                    worker,
+                                    project,
+                                    consecutive,
+                                    offences,
+                                } => {
+                                    trust.insert((*worker, *project), (*consecutive, *offences));
+                                }
+                                c => change(&mut tx, c, now).await?,
+                            }
                         }
                     }
                     Write::Verified {
@@ -1766,6 +1830,8 @@ impl Store for PostgresStore {
                     }
                 }
             }
+            assign(&mut tx, &leases).await?;
+            trust_rows(&mut tx, &trust).await?;
             tx.commit().await?;
             Ok(())
         }

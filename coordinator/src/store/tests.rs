@@ -756,6 +756,23 @@ async fn the_group_commit_applies_every_write_in_order_or_none<B: Backend>() {
                     Change::Vote {
                         claim: vote.clone(),
                     },
+                    // A vote on a unit this group verifies later: gone with its votes.
+                    Change::Vote {
+                        claim: Claim::sign(&w2, project, units[0], Digest::of(b"y"), 3),
+                    },
+                    // Trust changed twice in one group: the last one stays.
+                    Change::Trust {
+                        worker: w2.id(),
+                        project,
+                        consecutive: 1,
+                        offences: 0,
+                    },
+                    Change::Trust {
+                        worker: w2.id(),
+                        project,
+                        consecutive: 2,
+                        offences: 1,
+                    },
                     Change::Replica {
                         unit: units[1],
                         worker: w1.id(),
@@ -801,6 +818,18 @@ async fn the_group_commit_applies_every_write_in_order_or_none<B: Backend>() {
         (a.status.clone(), a.replicas.len()),
         (UnitStatus::Verified, 2)
     );
+    assert!(
+        a.votes.is_empty(),
+        "a verified unit keeps no votes: {:?}",
+        a.votes
+    );
+    let trust: Vec<_> = snapshot
+        .trust
+        .iter()
+        .filter(|(w, p, _)| *w == w2.id() && *p == project)
+        .map(|(_, _, t)| (t.consecutive, t.offences))
+        .collect();
+    assert_eq!(trust, vec![(2, 1)], "the last trust of the group stays");
     let u = loaded.iter().find(|u| u.id == units[1]).expect("b");
     assert_eq!(u.votes, vec![vote]);
     assert_eq!(u.replicas.len(), 1);
