@@ -1065,7 +1065,9 @@ fn simd_nan_results_are_canonical_when_asked() {
     assert_eq!(out, canonical, "{out:02x?}");
     // Without canonicalization the module runs too, and on x86 the bits are the
     // hardware's: the setting is what made them canonical.
-    let out = run(sandbox_ref(), &wasm, b"", limits()).expect("runs").output;
+    let out = run(sandbox_ref(), &wasm, b"", limits())
+        .expect("runs")
+        .output;
     assert_eq!(out.len(), 32);
     if cfg!(target_arch = "x86_64") {
         assert_ne!(out, canonical, "{out:02x?}");
