@@ -75,7 +75,7 @@ impl Plan {
                 concurrency: 64,
                 phase: Duration::from_secs(4),
                 repeats: 3,
-                // A round leased up to 70,126 replicas on 2 cores (2026-12-07).
+                // A round leased up to 78,857 replicas on 2 cores (2026-12-07).
                 round_leases: 150_000,
                 memory_units: 1_000_000,
                 memory_workers: 10_000,
