@@ -396,7 +396,15 @@ fn measure(
         let mut rounds = Vec::new();
         for _ in 0..plan.repeats {
             let s0 = running.snapshot()?;
-            let (leases, a) = load.assign(&fleet, plan.phase, worker_request()).await?;
+            let assigned = load.assign(&fleet, plan.phase, worker_request()).await?;
+            anyhow::ensure!(
+                !assigned.ran_dry,
+                "{}: the project ran out of work mid-phase ({} leases): the figure would \
+                 measure a draining queue; give it more units",
+                setup.label(),
+                assigned.timed.count
+            );
+            let (leases, a) = (assigned.leases, assigned.timed);
             let s1 = running.snapshot()?;
             let certificates = load::sign(&fleet, &leases, REPLICATION as usize);
             let signed = certificates.len();

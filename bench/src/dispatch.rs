@@ -41,8 +41,11 @@ struct Plan {
     phase: Duration,
     /// Phases per fleet (the median is reported).
     repeats: usize,
-    /// Units in each dispatch project: more than the phases can lease.
-    units: u64,
+    /// Replicas every round finds unleased when it starts: more than its phases can lease,
+    /// so that they measure dispatch from a full queue. Before a round that would start
+    /// with fewer, the bench submits another project with this many replicas; a phase that
+    /// runs dry anyway fails the measurement (see [`Work`]).
+    round_leases: u64,
     /// Units and workers of the memory figure.
     memory_units: u64,
     memory_workers: usize,
@@ -52,12 +55,17 @@ impl Plan {
     fn of(size: Size) -> Plan {
         match size {
             Size::Quick => Plan {
-                fleets: &[10, 40],
+                // 100: the fleet at which the full run stopped.
+                fleets: &[10, 100],
                 channels: 2,
                 concurrency: 8,
                 phase: Duration::from_millis(200),
-                repeats: 1,
-                units: 6_000,
+                // Three rounds with a top-up before each, as in the full run, where one
+                // project of 150,000 units for three rounds ran out in the third
+                // (BENCHMARKS.md, "Dispatch at full size"). A quick round leased ~2,000
+                // replicas here; the headroom is for faster CI machines.
+                repeats: 3,
+                round_leases: 10_000,
                 memory_units: 2_000,
                 memory_workers: 20,
             },
@@ -67,7 +75,8 @@ impl Plan {
                 concurrency: 64,
                 phase: Duration::from_secs(4),
                 repeats: 3,
-                units: 150_000,
+                // A round leased up to 78,857 replicas on 2 cores (2026-12-07).
+                round_leases: 150_000,
                 memory_units: 1_000_000,
                 memory_workers: 10_000,
             },
@@ -136,9 +145,57 @@ fn mb(bytes: u64) -> String {
     format!("{:.0} MB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// The work a measurement has submitted and not yet handed out, counted in replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Work {
+    /// Replicas submitted and not yet leased.
+    open: u64,
+}
+
+impl Work {
+    /// Units of the project to submit before the next round, if any: enough that the round
+    /// starts with at least `round_leases` replicas open.
+    fn top_up(&self, round_leases: u64, replication: u32) -> Option<u64> {
+        (self.open < round_leases).then(|| round_leases.div_ceil(u64::from(replication.max(1))))
+    }
+
+    /// `units` units of replication `replication` were submitted.
+    fn submitted(&mut self, units: u64, replication: u32) {
+        self.open += units * u64::from(replication);
+    }
+
+    /// A phase handed out `leases` replicas.
+    fn leased(&mut self, leases: u64) {
+        self.open = self.open.saturating_sub(leases);
+    }
+}
+
+/// Fails a phase that ran out of work: its rate would be a draining queue's. Before
+/// 2026-12-07 one project of 150,000 units served all three rounds of a fleet, and once
+/// the lease rate had risen (3 units a request, TCP_NODELAY) the third round found it
+/// empty: "no certificate accepted".
+fn full_queue(
+    phase: &str,
+    assigned: &load::Assigned,
+    work: Work,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !assigned.ran_dry,
+        "dispatch: the {phase} phase ran out of work after {} leases (about {} replicas were \
+         open when the round started, Plan::round_leases = {}): raise round_leases, the \
+         figures would measure a draining queue",
+        assigned.timed.count,
+        work.open,
+        plan.round_leases
+    );
+    Ok(())
+}
+
 /// Measures one fleet of `workers` against a fresh coordinator: registration, then
-/// `plan.repeats` rounds of (assign for `plan.phase` with requests as `fallow worker` makes
-/// them, assign for half as long one unit per request, sign, certify everything).
+/// `plan.repeats` rounds of (top the work up, assign for `plan.phase` with requests as
+/// `fallow worker` makes them, assign for half as long one unit per request, sign, certify
+/// everything).
 fn measure(
     exe: &Path,
     rt: &tokio::runtime::Runtime,
@@ -157,33 +214,48 @@ fn measure(
     let result = rt.block_on(async {
         let load = Load::connect(server.addr, plan.channels, plan.concurrency).await?;
         load.ready().await?;
-        load.submit_project(&server.token, plan.units, replication, replication)
-            .await?;
         let registered = load.register(&fleet).await?;
+        let mut work = Work { open: 0 };
         let (mut assigned, mut single, mut certified, mut combined, mut cpu, mut busy) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         // Per phase: coordinator CPU per operation, and cores busy.
         let (mut per_lease, mut per_lease_single, mut per_certificate) =
             (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..plan.repeats {
+            let mut topped = 0;
+            if let Some(units) = work.top_up(plan.round_leases, replication) {
+                load.submit_project(&server.token, units, replication, replication)
+                    .await?;
+                work.submitted(units, replication);
+                topped = units;
+            }
+            let open = work;
             let cpu0 = server.cpu()?;
-            let (mut leases, a) = load.assign(&fleet, plan.phase, worker_request()).await?;
+            let as_workers_ask = load.assign(&fleet, plan.phase, worker_request()).await?;
             let cpu_a = server.cpu()?;
-            let (one_each, a1) = load.assign(&fleet, plan.phase / 2, 1).await?;
-            leases.extend(one_each);
+            let one_each = load.assign(&fleet, plan.phase / 2, 1).await?;
             let cpu1 = server.cpu()?;
+            full_queue("first assignment", &as_workers_ask, open, plan)?;
+            full_queue("one-unit assignment", &one_each, open, plan)?;
+            let (a, a1) = (as_workers_ask.timed, one_each.timed);
+            let mut leases = as_workers_ask.leases;
+            leases.extend(one_each.leases);
+            work.leased(leases.len() as u64);
             let certificates = load::sign(&fleet, &leases, replication as usize);
             let submitted = certificates.len();
             let cpu2 = server.cpu()?;
             let c = load.certify(&fleet, certificates).await?;
             let cpu3 = server.cpu()?;
             eprintln!(
-                "    round: {} + {} leases, {submitted} certificates, {} accepted",
-                a.count, a1.count, c.count
+                "    round: {} replicas open ({topped} units submitted before it), {} + {} leases, {submitted} certificates, {} accepted",
+                open.open, a.count, a1.count, c.count
             );
+            // Every certificate is for a unit leased in this round with matching claims: one
+            // refused means the certified rate is not what it says.
             anyhow::ensure!(
-                c.count > 0,
-                "no certificate accepted ({} + {} leases, {submitted} certificates submitted)",
+                c.count > 0 && c.count == submitted as u64,
+                "{} of {submitted} certificates accepted ({} + {} leases)",
+                c.count,
                 a.count,
                 a1.count
             );
@@ -461,4 +533,36 @@ pub fn memory_figure(exe: &Path, size: Size) -> anyhow::Result<Vec<Row>> {
             met: None,
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every round starts with at least `round_leases` replicas open, whatever the rounds
+    /// before it took; rounds as the full run measured them on 2026-12-07 (10,000 workers),
+    /// and one that took everything.
+    #[test]
+    fn every_round_starts_with_a_full_queue() {
+        let round_leases = Plan::of(Size::Full).round_leases;
+        for (replication, rounds) in [
+            (1, [68_531, 62_993, 150_000, 0]),
+            (2, [70_126, 59_705, 63_472, 150_000]),
+        ] {
+            let mut work = Work { open: 0 };
+            let mut submitted = 0;
+            for taken in rounds {
+                if let Some(units) = work.top_up(round_leases, replication) {
+                    work.submitted(units, replication);
+                    submitted += units;
+                }
+                assert!(
+                    work.open >= round_leases,
+                    "{work:?} at replication {replication}"
+                );
+                work.leased(taken);
+            }
+            assert!(submitted * u64::from(replication) < 5 * round_leases);
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub mod server;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use protocol::{Digest, Limits};
 use sandbox::{Sandbox, SandboxConfig};
 
@@ -136,10 +137,12 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// A kernel: name, wasm module, native function, input per size.
+/// A kernel: name, wasm module (and its file name in the guest build), native function,
+/// input per size.
 struct Kernel {
     name: &'static str,
     wasm: &'static [u8],
+    file: &'static str,
     native: fn(&[u8]) -> Result<Vec<u8>, String>,
     quick: &'static str,
     full: &'static str,
@@ -150,6 +153,7 @@ const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "primes",
         wasm: artifacts::PRIMES,
+        file: "primes.wasm",
         native: primes::compute,
         quick: "0 3000000\n",
         full: "0 30000000\n",
@@ -158,6 +162,7 @@ const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "pi",
         wasm: artifacts::PI,
+        file: "pi.wasm",
         native: pi::compute,
         quick: "0 2000000\n",
         full: "0 20000000\n",
@@ -166,6 +171,7 @@ const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "mandelbrot",
         wasm: artifacts::MANDELBROT,
+        file: "mandelbrot.wasm",
         native: mandelbrot::compute,
         quick: "0 0 128 96 512 384 2000\n",
         full: "0 0 512 384 512 384 2000\n",
@@ -174,6 +180,7 @@ const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "n-body",
         wasm: artifacts::NBODY,
+        file: "nbody.wasm",
         native: nbody::compute,
         quick: "100000\n",
         full: "1000000\n",
@@ -182,6 +189,7 @@ const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "n-body, NaN canonicalization on",
         wasm: artifacts::NBODY,
+        file: "nbody.wasm",
         native: nbody::compute,
         quick: "100000\n",
         full: "1000000\n",
@@ -190,6 +198,7 @@ const KERNELS: [Kernel; 6] = [
     Kernel {
         name: "mandelbrot, NaN canonicalization on",
         wasm: artifacts::MANDELBROT,
+        file: "mandelbrot.wasm",
         native: mandelbrot::compute,
         quick: "0 0 128 96 512 384 2000\n",
         full: "0 0 512 384 512 384 2000\n",
@@ -203,9 +212,15 @@ const KERNELS: [Kernel; 6] = [
 ///
 /// `variants` are sandboxes with checks turned off, each shown as a diagnostic row with
 /// its label (fuel off; epoch checks off; both: what is left is Cranelift against LLVM).
+///
+/// `baseline` is a directory of the same kernels' modules built another way (`primes.wasm`
+/// ...; for example the build before a change of compiler flags): each is timed in the
+/// same interleaved runs with production settings, shown as a diagnostic row, and must
+/// print the same bytes.
 pub fn guest_speed(
     sandbox: &Sandbox,
     variants: &[(&str, &Sandbox)],
+    baseline: Option<&Path>,
     size: Size,
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
@@ -227,6 +242,16 @@ pub fn guest_speed(
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let base = match baseline {
+            Some(dir) if !k.nan_canonicalization => {
+                let path = dir.join(k.file);
+                let wasm = std::fs::read(&path)
+                    .with_context(|| format!("--baseline-guests: {}", path.display()))?;
+                Some(sandbox.compile(Digest::of(&wasm), &wasm, false)?)
+            }
+            _ => None,
+        };
+        let mut base_times = Vec::new();
         let mut native = Vec::new();
         let mut wasm = Vec::new();
         let mut wasm_others = vec![Vec::new(); others.len()];
@@ -243,6 +268,18 @@ pub fn guest_speed(
                 .map_err(|f| anyhow::anyhow!("{}: {f}", k.name))?;
             wasm.push(t.elapsed());
             wasm_out = exec.output;
+            if let Some(base) = &base {
+                let t = Instant::now();
+                let exec = sandbox
+                    .run(base, input, [0; 32], &limits)
+                    .map_err(|f| anyhow::anyhow!("{}, baseline module: {f}", k.name))?;
+                base_times.push(t.elapsed());
+                anyhow::ensure!(
+                    exec.output == wasm_out,
+                    "{}: the baseline module's output differs from this build's",
+                    k.name
+                );
+            }
             if !k.nan_canonicalization {
                 for ((label, sb, compiled), times) in others.iter().zip(&mut wasm_others) {
                     let t = Instant::now();
@@ -275,6 +312,20 @@ pub fn guest_speed(
             },
             met: (!k.nan_canonicalization).then_some(ratio <= 1.25),
         });
+        if !base_times.is_empty() {
+            let b = median(base_times);
+            rows.push(Row {
+                figure: format!(
+                    "  … same, the `--baseline-guests` module (this build's is {:.2}x faster)",
+                    b.as_secs_f64() / w.as_secs_f64()
+                ),
+                measured: format!("{} in sandbox", fmt_duration(b)),
+                reference: format!("{} native", fmt_duration(n)),
+                ratio: Some(b.as_secs_f64() / n.as_secs_f64()),
+                goal: "diagnostic".into(),
+                met: None,
+            });
+        }
         for ((label, _, _), times) in others.iter().zip(wasm_others) {
             if times.is_empty() {
                 continue;
@@ -494,11 +545,16 @@ pub const GROUPS: [&str; 8] = [
 /// a thread with a [`sandbox::GUEST_THREAD_STACK`] stack. `exe` is this benchmark's binary:
 /// the coordinator and echo servers under test run as its children (`--serve`).
 pub fn run_all(size: Size, exe: &Path) -> anyhow::Result<Report> {
-    run_groups(size, exe, &GROUPS)
+    run_groups(size, exe, &GROUPS, None)
 }
 
-/// Runs the figures of the named [`GROUPS`] only.
-pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Report> {
+/// Runs the figures of the named [`GROUPS`] only; `baseline_guests` as in [`guest_speed`].
+pub fn run_groups(
+    size: Size,
+    exe: &Path,
+    groups: &[&str],
+    baseline_guests: Option<&Path>,
+) -> anyhow::Result<Report> {
     let mut report = Report::default();
     if groups.contains(&"guest") {
         eprintln!("guest speed and per-unit overhead...");
@@ -528,6 +584,7 @@ pub fn run_groups(size: Size, exe: &Path, groups: &[&str]) -> anyhow::Result<Rep
                 ("epoch checks off", &no_epochs),
                 ("fuel and epoch checks off", &bare),
             ],
+            baseline_guests,
             size,
         )?);
     }

@@ -178,6 +178,18 @@ impl Timed {
     }
 }
 
+/// What one assignment phase ([`Load::assign`]) handed out.
+#[derive(Debug)]
+pub struct Assigned {
+    /// Every lease, in no particular order.
+    pub leases: Vec<Lease>,
+    /// How many and how long.
+    pub timed: Timed,
+    /// A simulated worker got an empty answer before the deadline: the work it could take
+    /// ran out, so the phase measured a draining queue (and ended early), not dispatch.
+    pub ran_dry: bool,
+}
+
 /// Clients of one coordinator over a few shared HTTP/2 connections.
 pub struct Load {
     clients: Vec<CoordinatorClient<Channel>>,
@@ -276,7 +288,7 @@ impl Load {
         quorum: u32,
     ) -> anyhow::Result<(ProjectId, Duration)> {
         let mut spec = ProjectSpec {
-            name: format!("bench r{replication} q{quorum}"),
+            name: format!("bench {units} units r{replication} q{quorum}"),
             module: artifacts::hostile::ECHO.to_vec(),
             reducer: None,
             replication,
@@ -377,7 +389,7 @@ impl Load {
         fleet: &Arc<Fleet>,
         duration: Duration,
         per_request: u32,
-    ) -> anyhow::Result<(Vec<Lease>, Timed)> {
+    ) -> anyhow::Result<Assigned> {
         let concurrency = self.concurrency.min(fleet.len()).max(1);
         let started = Instant::now();
         let deadline = started + duration;
@@ -387,6 +399,7 @@ impl Load {
                 tokio::spawn(async move {
                     let mine: Vec<usize> = (t..fleet.len()).step_by(concurrency).collect();
                     let mut leases = Vec::new();
+                    let mut dry = false;
                     for &i in mine.iter().cycle() {
                         if Instant::now() >= deadline {
                             break;
@@ -405,7 +418,8 @@ impl Load {
                             .context("RequestWork")?
                             .into_inner();
                         if r.assignments.is_empty() {
-                            break; // nothing left for this worker
+                            dry = true; // nothing left for this worker
+                            break;
                         }
                         leases.extend(r.assignments.iter().map(|a| Lease {
                             worker: i,
@@ -413,19 +427,25 @@ impl Load {
                             unit: a.unit_id,
                         }));
                     }
-                    Ok::<_, anyhow::Error>((leases, started.elapsed()))
+                    Ok::<_, anyhow::Error>((leases, started.elapsed(), dry))
                 })
             })
             .collect();
         let mut all = Vec::new();
         let mut elapsed = Duration::ZERO;
+        let mut ran_dry = false;
         for t in tasks {
-            let (leases, e) = t.await??;
+            let (leases, e, dry) = t.await??;
             all.extend(leases);
             elapsed = elapsed.max(e);
+            ran_dry |= dry;
         }
         let count = all.len() as u64;
-        Ok((all, Timed { count, elapsed }))
+        Ok(Assigned {
+            leases: all,
+            timed: Timed { count, elapsed },
+            ran_dry,
+        })
     }
 
     /// Submits every certificate; counts those accepted.

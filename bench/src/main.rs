@@ -12,6 +12,11 @@ struct Args {
     /// memory, dashboard, latency, endtoend, deployment. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// A directory of guest modules built another way (`primes.wasm`, `pi.wasm`,
+    /// `mandelbrot.wasm`, `nbody.wasm`; for example without `simd128`): the guest group times
+    /// them beside this build's in the same runs and checks that they print the same bytes.
+    #[arg(long)]
+    baseline_guests: Option<std::path::PathBuf>,
     /// Internal: serve `coordinator`, `deployment`, `echo` or `worker` as a process under
     /// test, until stdin closes.
     #[arg(long, hide = true)]
@@ -96,9 +101,10 @@ fn main() -> anyhow::Result<()> {
         .filter(|g| args.only.is_empty() || args.only.iter().any(|o| o == g))
         .collect();
     let exe = std::env::current_exe()?;
+    let baseline = args.baseline_guests;
     let report = std::thread::Builder::new()
         .stack_size(sandbox::GUEST_THREAD_STACK)
-        .spawn(move || bench::run_groups(size, &exe, &groups))?
+        .spawn(move || bench::run_groups(size, &exe, &groups, baseline.as_deref()))?
         .join()
         .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
     print!("{}", report.to_markdown());

@@ -987,6 +987,13 @@ impl Flavour {
         c.consume_fuel(config.consume_fuel)
             .epoch_interruption(config.epoch_interruption)
             .max_wasm_stack(config.max_wasm_stack)
+            // SIMD128 (wasmtime's default, said here because guests are built with it) is
+            // deterministic: each lane has one defined result, NaN bits aside, and
+            // `cranelift_nan_canonicalization` rewrites vector float results too (f32x4,
+            // f64x2; sandbox test `simd_nan_results_are_canonical_when_asked`). Relaxed
+            // SIMD leaves results to the hardware, so it stays off: a module using it fails
+            // validation at submit.
+            .wasm_simd(true)
             .wasm_relaxed_simd(false)
             .cranelift_nan_canonicalization(nan_canonicalization)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));

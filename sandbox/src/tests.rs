@@ -985,3 +985,91 @@ fn the_disk_cache_keeps_flavours_apart_and_never_skips_the_digest_check() {
         .expect("canonical");
     assert_eq!(restarted.disk_cache_stats().hits, 1);
 }
+
+/// A module that divides zero by zero in `f32x4` and `f64x2` lanes (operands loaded from
+/// memory, so that no compiler folds them) and writes the 32 result bytes to stdout.
+fn simd_zero_by_zero() -> Vec<u8> {
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        out.push(body.len() as u8); // every section here is under 128 bytes
+        out.extend_from_slice(body);
+    }
+    fn name(s: &str, out: &mut Vec<u8>) {
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+    const V128_LOAD: [u8; 4] = [0xfd, 0x00, 4, 0];
+    const V128_STORE: [u8; 4] = [0xfd, 0x0b, 4, 0];
+    const F32X4_DIV: [u8; 3] = [0xfd, 0xe7, 0x01];
+    const F64X2_DIV: [u8; 3] = [0xfd, 0xf3, 0x01];
+    const I32_STORE: [u8; 3] = [0x36, 2, 0];
+    let mut code = vec![0]; // no locals
+    // The iovec at 0: 32 bytes from 16.
+    code.extend([0x41, 0, 0x41, 16]);
+    code.extend(I32_STORE);
+    code.extend([0x41, 4, 0x41, 32]);
+    code.extend(I32_STORE);
+    // Zeros at 64 (fresh memory) divided by themselves, stored at 16 and 32.
+    for (at, div) in [(16u8, F32X4_DIV), (32, F64X2_DIV)] {
+        code.extend([0x41, at, 0x41, 0xc0, 0x00]);
+        code.extend(V128_LOAD);
+        code.extend([0x41, 0xc0, 0x00]);
+        code.extend(V128_LOAD);
+        code.extend(div);
+        code.extend(V128_STORE);
+    }
+    // fd_write(1, iovs 0, 1 iovec, nwritten at 8), result dropped.
+    code.extend([0x41, 1, 0x41, 0, 0x41, 1, 0x41, 8, 0x10, 0, 0x1a, 0x0b]);
+
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(
+        1,
+        &[2, 0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f, 0x60, 0, 0],
+        &mut m,
+    );
+    let mut imports = vec![1];
+    name("wasi_snapshot_preview1", &mut imports);
+    name("fd_write", &mut imports);
+    imports.extend([0, 0]);
+    section(2, &imports, &mut m);
+    section(3, &[1, 1], &mut m);
+    section(5, &[1, 0, 1], &mut m); // 1 page
+    let mut exports = vec![2];
+    name("memory", &mut exports);
+    exports.extend([2, 0]);
+    name("_start", &mut exports);
+    exports.extend([0, 1]);
+    section(7, &exports, &mut m);
+    let mut codes = vec![1, code.len() as u8];
+    codes.extend(code);
+    section(10, &codes, &mut m);
+    m
+}
+
+/// Guests are built with SIMD128: the sandbox runs vector code, and a project that asks
+/// for canonical NaN bits gets them from vector arithmetic too, not only from scalar (x86
+/// computes 0/0 as a NaN with the sign bit set, Arm without it).
+#[test]
+fn simd_nan_results_are_canonical_when_asked() {
+    let wasm = simd_zero_by_zero();
+    let canonical = [
+        [0x00, 0x00, 0xc0, 0x7f].repeat(4),
+        [0, 0, 0, 0, 0, 0, 0xf8, 0x7f].repeat(2),
+    ]
+    .concat();
+    let on = Limits {
+        nan_canonicalization: true,
+        ..limits()
+    };
+    let out = run(sandbox_ref(), &wasm, b"", on).expect("runs").output;
+    assert_eq!(out, canonical, "{out:02x?}");
+    // Without canonicalization the module runs too, and on x86 the bits are the
+    // hardware's: the setting is what made them canonical.
+    let out = run(sandbox_ref(), &wasm, b"", limits())
+        .expect("runs")
+        .output;
+    assert_eq!(out.len(), 32);
+    if cfg!(target_arch = "x86_64") {
+        assert_ne!(out, canonical, "{out:02x?}");
+    }
+}

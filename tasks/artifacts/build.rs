@@ -111,7 +111,16 @@ fn run() -> Result<(), String> {
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         .env("CARGO_PROFILE_RELEASE_LTO", "fat")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        // SIMD128 lets LLVM vectorise guest loops as it does native ones, and it is
+        // deterministic: every lane of every instruction has one defined result (NaN bits
+        // aside, which `nan_canonicalization` covers for vectors too). Relaxed SIMD, which
+        // is not deterministic, stays off: the sandbox refuses it. Per target, so that the
+        // guests' build scripts and proc macros, built for the host, are left alone.
+        .env(
+            "CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS",
+            "-C target-feature=+simd128",
+        );
 
     let output = command
         .output()

@@ -138,6 +138,17 @@ mod tests {
         }
     }
 
+    /// The build asks LLVM for SIMD128 (build.rs): every module's `target_features` custom
+    /// section lists it as used (`+`, then the name's length and the name).
+    #[test]
+    fn every_module_is_built_with_simd128() {
+        let needle = b"\x2b\x07simd128";
+        for (name, module) in ALL.iter().chain([&("nbody", NBODY)]) {
+            let listed = module.windows(needle.len()).any(|w| w == needle);
+            assert!(listed, "{name} was not built with +simd128");
+        }
+    }
+
     #[test]
     fn bad_import_is_present() {
         let needle = b"launch_missiles";
