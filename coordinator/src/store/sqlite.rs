@@ -33,6 +33,12 @@ use crate::scheduler::{
     Aggregate, AssignmentState, Change, Project, ProjectStats, Standing, Trust, UnitStatus,
 };
 
+/// How a write transaction begins: taking the write lock at once (waiting for it up to
+/// the busy timeout), so a transaction that reads before it writes never finds, at its
+/// first write, that another connection committed since its read — which SQLite reports
+/// at once as "database is locked" (`SQLITE_BUSY_SNAPSHOT` in WAL mode), without waiting.
+const WRITE: &str = "BEGIN IMMEDIATE";
+
 /// Every account with its credit, verified units, latest team and workers. The two
 /// per-account subqueries use the `workers_account` index.
 ///
@@ -741,7 +747,7 @@ impl Store for SqliteStore {
             reducer: Option<Digest>,
             now: u64,
         ) -> Result<(ProjectId, Vec<UnitId>), Error> {
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_with(WRITE).await?;
             let mut modules = vec![(module, &spec.module)];
             if let (Some(d), Some(bytes)) = (reducer, &spec.reducer) {
                 modules.push((d, bytes));
@@ -850,7 +856,7 @@ impl Store for SqliteStore {
             target: u32,
             required: u32,
         ) -> Result<Vec<UnitId>, Error> {
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_with(WRITE).await?;
             let pid = project.0 as i64;
             let mut ids = Vec::with_capacity(units.len());
             for (i, (name, input)) in units.iter().enumerate() {
@@ -1162,7 +1168,7 @@ impl Store for SqliteStore {
         return result;
 
         async fn inner(conn: &mut SqliteConnection, writes: &[(Write, u64)]) -> Result<(), Error> {
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_with(WRITE).await?;
             let mut batch = Batch::default();
             for (write, now) in writes {
                 let now = *now as i64;
@@ -1282,7 +1288,7 @@ impl Store for SqliteStore {
         credit: &[CreditTo],
         now: u64,
     ) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE).await?;
         let updated = sqlx::query(
             "UPDATE units SET state = $1, output = $2, digest = $3, fuel = $4, settled_ms = $5 WHERE id = $6 AND state = $7",
         )
@@ -1535,7 +1541,7 @@ impl Store for SqliteStore {
         digest: Digest,
         size: u64,
     ) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE).await?;
         let held: Option<i64> = sqlx::query_scalar("SELECT size FROM data_files WHERE digest = $1")
             .bind(&digest.0[..])
             .fetch_optional(&mut *tx)
