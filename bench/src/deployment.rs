@@ -24,7 +24,7 @@ use anyhow::Context;
 
 use crate::dispatch::{fmt_count, fmt_rate, median_f64, worker_request};
 use crate::load::{self, Fleet, Load, Timed};
-use crate::server::{Role, Server};
+use crate::server::{Role, Server, processes, stat_fields};
 use crate::{Row, Size};
 
 #[allow(dead_code)] // the cluster's helpers the bench does not call
@@ -219,25 +219,12 @@ fn split(before: &Snapshot, after: &Snapshot, count: u64) -> Split {
 /// thread may exit while it is read).
 fn queued(pid: u32, children: bool) -> Duration {
     let mut pids = vec![pid];
-    if children && let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let parent = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = stat.rsplit_once(')')?.1.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                });
-            if parent == Some(pid) {
-                pids.push(p);
-            }
-        }
+    if children {
+        pids.extend(
+            processes().into_iter().filter(|&p| {
+                stat_fields(p).and_then(|f| f.get(1).copied()) == Some(u64::from(pid))
+            }),
+        );
     }
     let mut nanos = 0u64;
     for p in pids {
@@ -258,30 +245,17 @@ fn queued(pid: u32, children: bool) -> Duration {
 /// backends are its children), from `/proc`.
 fn tree_cpu(pid: u32) -> anyhow::Result<Duration> {
     let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+    // A process may exit between listing and reading: skip it. utime, stime, cutime and
+    // cstime are fields 14 to 17 of the line (11 to 14 of `stat_fields`), in clock ticks
+    // (USER_HZ, 100); the parent's pid is field 4 (1).
+    for p in processes() {
+        let Some(fields) = stat_fields(p) else {
             continue;
         };
-        // A process may exit between listing and reading: skip it.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command name: ppid is field 4 of the line,
-        // utime, stime, cutime, cstime fields 14 to 17, in clock ticks (USER_HZ, 100).
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        let ppid = field(1).map(|v| v as u32);
         if p == pid {
-            ticks += (11..=14).filter_map(field).sum::<u64>();
-        } else if ppid == Some(pid) {
-            ticks += (11..=12).filter_map(field).sum::<u64>();
+            ticks += fields.get(11..15).map_or(0, |f| f.iter().sum::<u64>());
+        } else if fields.get(1).copied() == Some(u64::from(pid)) {
+            ticks += fields.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
         }
     }
     Ok(Duration::from_millis(ticks * 10))
@@ -309,14 +283,7 @@ fn machine_busy() -> anyhow::Result<Duration> {
 /// The pid of the postmaster listening on `port` (its command line names the port).
 fn postmaster(port: u16) -> anyhow::Result<u32> {
     let wanted = format!("-p\0{port}\0");
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for p in processes() {
         let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else {
             continue;
         };

@@ -53,6 +53,30 @@ pub struct Server {
     pub token: String,
 }
 
+/// The numeric fields of `/proc/PID/stat` after the parenthesised command name, from the
+/// parent's pid on (field 4 of the line is index 1 here; the state letter, index 0, reads
+/// as 0), or `None` if the process is gone.
+pub(crate) fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The ids of the processes running now, from `/proc` (none if it cannot be read).
+pub(crate) fn processes() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
 /// A process's resident memory, from `/proc/PID/status`.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
@@ -127,13 +151,11 @@ impl Server {
 
     /// The process's CPU time so far, user plus system, all threads (dead ones included).
     pub fn cpu(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and
-        // 15 of the whole line, in clock ticks (USER_HZ, 100 on Linux).
-        let rest = stat.rsplit_once(')').context("/proc/PID/stat format")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        Ok(Duration::from_millis(ticks * 10))
+        let fields = stat_fields(self.child.id()).context("/proc/PID/stat unreadable")?;
+        // utime and stime are fields 14 and 15 of the whole line, in clock ticks (USER_HZ,
+        // 100 on Linux).
+        let ticks = fields.get(11..13).context("/proc/PID/stat format")?;
+        Ok(Duration::from_millis(ticks.iter().sum::<u64>() * 10))
     }
 
     /// The process's resident memory now and at its peak.

@@ -419,14 +419,6 @@ impl Switch {
         *self.mode.write().unwrap_or_else(|p| p.into_inner()) = Mode::Serve(router);
     }
 
-    /// Whether this coordinator serves calls itself (it schedules).
-    pub fn serving(&self) -> bool {
-        matches!(
-            &*self.mode.read().unwrap_or_else(|p| p.into_inner()),
-            Mode::Serve(_)
-        )
-    }
-
     /// The router a listener serves: every request goes to the current mode, its body
     /// capped per method as the scheduling coordinator caps it (`body_limit`), so an edge
     /// keeps no more of a request than the scheduling coordinator would accept.

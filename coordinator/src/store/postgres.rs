@@ -8,15 +8,16 @@
 //! can later share one database, without copying files. PostgreSQL compresses large values
 //! out of line (TOAST) on its own.
 //!
-//! **One active coordinator per database, and standbys.** The scheduler keeps its state in
-//! memory, so a second coordinator serving the same database would hand out the same
-//! units. The store holds a session advisory lock ([`LOCK_KEY`]) on a connection of its
-//! own for its whole life, as the SQLite store holds `coordinator.lock`; PostgreSQL
-//! releases it when that connection ends, also when the coordinator is killed. Another
-//! coordinator started on the database is refused ([`PostgresStore::connect`]) or waits as
-//! a standby ([`PostgresStore::stand_by`], what `fallow coordinator` does) and takes the
-//! lock when it is released. Several active coordinators (shards of units under leases in
-//! the database) are a later step; the lock then becomes one per shard.
+//! **One scheduling coordinator per database; the others are edges.** The scheduler keeps
+//! its state in memory, so a second coordinator scheduling the same database would hand
+//! out the same units. The store holds a session advisory lock ([`LOCK_KEY`]) on a
+//! connection of its own for its whole life, as the SQLite store holds
+//! `coordinator.lock`; PostgreSQL releases it when that connection ends, also when the
+//! coordinator is killed, and every write transaction checks it still holds it
+//! (`fenced`). Another coordinator started on the database is refused
+//! ([`PostgresStore::connect`]), waits ([`PostgresStore::stand_by`]), or, as `fallow
+//! coordinator` does, attaches as an edge ([`PostgresStore::attach`], `crate::forward`)
+//! and takes the lock ([`Standby::take_over`]) when it is released.
 //!
 //! **Checks at rest.** As in SQLite, every verified output is checked against the digest it
 //! was verified with when it is read ([`Store::verified_outputs`]); page-level damage is
@@ -190,7 +191,7 @@ impl PostgresStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     /// Its `application_name`: `fallow coordinator` and, for one started by the CLI, the
-    /// host and process id ([`PostgresStore::stand_by`]).
+    /// host and process id ([`PostgresStore::attach`]).
     pub application: String,
     /// The address it connects from (empty over a Unix socket).
     pub client: String,
@@ -2204,14 +2205,17 @@ mod tests {
         let (ca, cert, key) = authority_and_server();
         let pg = super::super::testpg::TestPg::start_tls(&cert, &key);
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("root.pem");
-        std::fs::write(&root, &ca).expect("write the root");
-        let url = format!(
-            "{}?sslmode=verify-full&sslrootcert={}",
-            pg.url(),
-            root.display()
-        );
-        let store = PostgresStore::connect(&url)
+        // The database's URL asking for TLS checked against the root `pem`.
+        let verified_by = |name: &str, pem: &str| {
+            let root = dir.path().join(name);
+            std::fs::write(&root, pem).expect("write the root");
+            format!(
+                "{}?sslmode=verify-full&sslrootcert={}",
+                pg.url(),
+                root.display()
+            )
+        };
+        let store = PostgresStore::connect(&verified_by("root.pem", &ca))
             .await
             .expect("connects over TLS");
         let encrypted: bool =
@@ -2223,14 +2227,7 @@ mod tests {
         drop(store);
         // A server whose certificate another authority signed is refused, in words.
         let (other, _, _) = authority_and_server();
-        let wrong = dir.path().join("other.pem");
-        std::fs::write(&wrong, &other).expect("write the other root");
-        let url = format!(
-            "{}?sslmode=verify-full&sslrootcert={}",
-            pg.url(),
-            wrong.display()
-        );
-        let refused = PostgresStore::connect(&url)
+        let refused = PostgresStore::connect(&verified_by("other.pem", &other))
             .await
             .expect_err("a server the root did not sign");
         let said = refused.to_string();
