@@ -108,6 +108,9 @@ impl DiskCache {
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(CONTEXT);
         h.update(&engine_fingerprint(engine));
+        // The code is the module as rewritten by the fuel meter: an entry compiled under
+        // other metering rules is not this module's code any more.
+        h.update(&crate::meter::VERSION.to_le_bytes());
         h.update(&digest.0);
         h.update(&[u8::from(nan_canonicalization)]);
         h.update(&(serialized.len() as u64).to_le_bytes());

@@ -15,6 +15,7 @@ use wiggle::{GuestMemory, GuestPtr};
 
 use crate::DataMount;
 use crate::checkpoint::{self, Checkpoint, Slot};
+use crate::meter::{self, Meter, Slice};
 
 /// The only import module guests may use.
 pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
@@ -40,7 +41,43 @@ pub(crate) struct Host {
     data_names: Arc<[String]>,
     pub(crate) limiter: Limiter,
     pub(crate) checkpoint: Slot,
+    /// The fuel meter's host side ([`crate::meter`]), for a rewritten module.
+    pub(crate) metered: Metered,
 }
+
+/// What the slice call (`fallow_meter::slice`) works with.
+pub(crate) struct Metered {
+    pub(crate) meter: Meter,
+    /// Called at every slice with the fuel used so far (the unit's, resumed segments
+    /// included): the pacer and the wall clock. `false` ends the run as timed out.
+    pub(crate) on_slice: Box<dyn FnMut(u64) -> bool + Send>,
+    /// Fuel used before this segment (from the checkpoint it resumed).
+    pub(crate) before: u64,
+}
+
+/// The guest used all its fuel (the slice call's refusal).
+#[derive(Debug)]
+pub(crate) struct OutOfFuel;
+
+impl std::fmt::Display for OutOfFuel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("all fuel used")
+    }
+}
+
+impl std::error::Error for OutOfFuel {}
+
+/// The guest ran past `wall_seconds` (the slice call's refusal).
+#[derive(Debug)]
+pub(crate) struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wall_seconds exceeded")
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 pub(crate) struct Pipes {
     pub(crate) stdout: MemoryOutputPipe,
@@ -128,6 +165,11 @@ impl Host {
                 max_bytes: limits.max_checkpoint_bytes,
                 random,
             },
+            metered: Metered {
+                meter: Meter::new(limits.fuel),
+                on_slice: Box::new(|_| true),
+                before: 0,
+            },
         };
         Ok((host, Pipes { stdout, stderr }))
     }
@@ -143,9 +185,28 @@ impl Host {
 }
 
 /// WASI preview 1, with `poll_oneoff` replaced: a guest that sleeps would block a worker
-/// thread where the wall-clock watchdog cannot reach it (it interrupts wasm, not host
-/// calls), and sleeping has no place in deterministic compute anyway.
+/// thread where the wall-clock limit cannot reach it (it is checked in the guest's slice
+/// calls, not in host calls), and sleeping has no place in deterministic compute anyway.
+/// Also the fuel meter's slice call, which only rewritten modules import ([`crate::meter`]).
 pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        meter::MODULE,
+        meter::SLICE,
+        |mut caller: Caller<'_, Host>, counter: i64| -> wasmtime::Result<i64> {
+            let m = &mut caller.data_mut().metered;
+            let used = m.before + m.meter.used(counter);
+            match m.meter.slice(counter) {
+                Slice::Exhausted => Err(wasmtime::Error::new(OutOfFuel)),
+                Slice::Refill(next) => {
+                    if (m.on_slice)(used) {
+                        Ok(next)
+                    } else {
+                        Err(wasmtime::Error::new(TimedOut))
+                    }
+                }
+            }
+        },
+    )?;
     wasmtime_wasi::p1::add_to_linker_sync(linker, |h: &mut Host| &mut h.wasi)?;
     linker.allow_shadowing(true);
     linker.func_wrap(

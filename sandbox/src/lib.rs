@@ -21,7 +21,11 @@
 //! 2000-01-01T00:00:00Z (monotonic clock at 0); WASI random = a BLAKE3 stream seeded by the
 //! caller from the work unit; `poll_oneoff` (sleeping) answers `ENOTSUP` at once instead of
 //! blocking. Threads and relaxed SIMD are disabled; NaN canonicalization is a per-project
-//! option. Fuel is deterministic, so the fuel used is part of the result.
+//! option. Fuel is deterministic, so the fuel used is part of the result: the module is
+//! rewritten to count its own fuel by rules of Fallow's ([`meter`]), so any engine that
+//! runs the rewritten bytes (wasmtime here, a browser's on the volunteer page) counts the
+//! same fuel. The rewrite's slice calls are also where the wall clock is checked and the
+//! [`Pacer`] holds a guest.
 
 // Denied rather than forbidden: `disk_cache::deserialize` is the one exception, a
 // function of its own with a `# Safety` section (wasmtime's `Module::deserialize`).
@@ -30,6 +34,7 @@
 pub mod checkpoint;
 mod disk_cache;
 mod host;
+pub mod meter;
 
 pub use checkpoint::{Checkpoint, Proceed};
 pub use disk_cache::DiskCacheStats;
@@ -37,11 +42,11 @@ pub use disk_cache::DiskCacheStats;
 pub use disk_cache::EXTENSION as COMPILED_EXTENSION;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::{Digest, Failure, FailureKind, Limits};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
 use wasmtime_wasi::I32Exit;
 
 use host::Host;
@@ -97,16 +102,26 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
     /// Compiled modules kept in memory. Default 64.
     pub module_cache: usize,
-    /// Meter fuel. Default true, and always true in coordinators and workers: fuel is the
-    /// deterministic limit and the credit unit. Only benchmarks turn it off, to show what
-    /// metering costs; without it `Execution::fuel` is 0 and only the wall clock stops a
-    /// guest.
-    pub consume_fuel: bool,
-    /// Check the epoch at every loop head and function entry. Default true, and always
-    /// true in coordinators and workers: it is how `wall_seconds` and pacing reach a
-    /// running guest. Only benchmarks turn it off, to show what those checks cost; a
-    /// guest then runs until it finishes or runs out of fuel.
-    pub epoch_interruption: bool,
+    /// How guests are metered. Default [`Metering::Rewrite`], and always that in
+    /// coordinators and workers; the others are for benchmarks.
+    pub metering: Metering,
+}
+
+/// How a sandbox meters guests ([`SandboxConfig::metering`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metering {
+    /// The module is rewritten to count its own fuel ([`meter`]): the deterministic limit
+    /// and the credit unit, the same on every engine. Its slice calls also enforce
+    /// `wall_seconds` and call the [`Pacer`].
+    #[default]
+    Rewrite,
+    /// Benchmarks only: wasmtime's own fuel and epoch checks, as Fallow metered guests
+    /// before [`meter`], to measure the two side by side. Fuel is counted by wasmtime's
+    /// rules (other numbers than [`Metering::Rewrite`]); the epoch deadline never comes,
+    /// so there is no wall clock and no pacing, but every check is paid.
+    Engine,
+    /// Benchmarks only: nothing metered, no wall clock, no pacing; `Execution::fuel` is 0.
+    Off,
 }
 
 impl Default for SandboxConfig {
@@ -116,8 +131,7 @@ impl Default for SandboxConfig {
             max_memory_mb: protocol::limits::MEMORY_MB_RANGE.1,
             max_wasm_stack: 1 << 20,
             module_cache: 64,
-            consume_fuel: true,
-            epoch_interruption: true,
+            metering: Metering::Rewrite,
         }
     }
 }
@@ -135,14 +149,11 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// The same for tables.
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
-/// How often the watchdog ticks the epoch: a running guest reaches its [`Pacer`] (and
-/// the `wall_seconds` check) about this often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Called on the guest thread about every [`EPOCH_TICK`] while a guest runs
-/// ([`Sandbox::run_paced`]): the one place where a host may hold a guest still.
+/// Called on the guest thread at every slice of the fuel meter ([`meter::SLICE_FUEL`]
+/// fuel, a few milliseconds of guest time) while a guest runs ([`Sandbox::run_paced`]):
+/// the one place where a host may hold a guest still.
 ///
-/// Why an epoch callback that blocks the guest thread, rather than wasmtime's async
+/// Why a slice call that blocks the guest thread, rather than wasmtime's async
 /// yielding: guests already run on dedicated OS threads (never on the async runtime), so
 /// parking that thread keeps the whole guest — stack, registers, linear memory — exactly as
 /// it was, with no async fibers or stack switching to set up, and the same code paces the
@@ -163,7 +174,7 @@ impl Pacer for Unpaced {
 }
 
 /// The pacer of one [`Sandbox::run_resumable`] call and the guest's running time so far,
-/// shared by the deadline callbacks of its segments.
+/// shared by the slice hooks of its segments.
 struct Pace {
     pacer: Box<dyn Pacer>,
     running: Duration,
@@ -256,7 +267,7 @@ struct Flavour {
     linker: Linker<Host>,
 }
 
-/// A wasmtime sandbox: engines, linkers, the compiled-module cache and the watchdog.
+/// A wasmtime sandbox: engines, linkers and the compiled-module cache.
 pub struct Sandbox {
     plain: Flavour,
     canonical: Flavour,
@@ -266,8 +277,7 @@ pub struct Sandbox {
     cache_limit: usize,
     /// Compiled modules on disk, if [`Sandbox::set_disk_cache`] set a directory.
     disk: Option<disk_cache::DiskCache>,
-    consume_fuel: bool,
-    watchdog: Arc<Watchdog>,
+    metering: Metering,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -276,85 +286,8 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.watchdog.lock().stop = true;
-        self.watchdog.wake.notify_one();
-    }
-}
-
-/// The wall-clock watchdog's shared state. Its thread ticks every engine's epoch each
-/// [`EPOCH_TICK`] while at least one guest runs, and waits on `wake` while none does: an
-/// idle worker on a volunteer's laptop costs no wake-ups (it used to tick 100 times a
-/// second whether or not anything ran).
-#[derive(Default)]
-struct Watchdog {
-    state: Mutex<WatchState>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct WatchState {
-    /// Executions under way ([`Running`] guards alive).
-    running: usize,
-    /// Set when the [`Sandbox`] is dropped: the thread ends.
-    stop: bool,
-    /// Whether the thread is waiting for a guest to start (tests look at this).
-    parked: bool,
-    /// Ticks so far (tests look at this).
-    ticks: u64,
-}
-
-impl Watchdog {
-    fn lock(&self) -> MutexGuard<'_, WatchState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Marks an execution as running until the guard drops, waking the thread if it slept.
-    fn enter(self: &Arc<Self>) -> Running {
-        let mut s = self.lock();
-        s.running += 1;
-        if s.running == 1 {
-            self.wake.notify_one();
-        }
-        Running(self.clone())
-    }
-
-    /// The thread's loop.
-    fn watch(&self, engines: [Engine; 2]) {
-        let mut s = self.lock();
-        loop {
-            if s.stop {
-                return;
-            }
-            if s.running == 0 {
-                s.parked = true;
-                s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
-                s.parked = false;
-                continue;
-            }
-            drop(s);
-            std::thread::sleep(EPOCH_TICK);
-            for e in &engines {
-                e.increment_epoch();
-            }
-            s = self.lock();
-            s.ticks += 1;
-        }
-    }
-}
-
-/// One execution's hold on the [`Watchdog`].
-struct Running(Arc<Watchdog>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.lock().running -= 1;
-    }
-}
-
 impl Sandbox {
-    /// Builds the engines and starts the watchdog thread.
+    /// Builds the engines.
     pub fn new(config: SandboxConfig) -> Result<Self, Error> {
         let plain = Flavour::new(&config, false)?;
         let canonical = Flavour::new(&config, true)?;
@@ -369,13 +302,6 @@ impl Sandbox {
                 .map(|(module, name, _)| (module.to_string(), name.to_string()))
                 .collect()
         };
-        let watchdog = Arc::new(Watchdog::default());
-        let engines = [plain.engine.clone(), canonical.engine.clone()];
-        let watch = watchdog.clone();
-        std::thread::Builder::new()
-            .name("fallow-watchdog".into())
-            .spawn(move || watch.watch(engines))
-            .map_err(|e| Error::Engine(format!("cannot start watchdog thread: {e}")))?;
         Ok(Sandbox {
             plain,
             canonical,
@@ -383,8 +309,7 @@ impl Sandbox {
             cache: Mutex::new(HashMap::new()),
             cache_limit: config.module_cache.max(1),
             disk: None,
-            consume_fuel: config.consume_fuel,
-            watchdog,
+            metering: config.metering,
         })
     }
 
@@ -593,8 +518,17 @@ impl Sandbox {
         // The import allow-list and the command's exports are read before anything is
         // compiled: a module outside the ABI costs a parse, not a Cranelift compilation.
         self.precheck(bytes)?;
-        let module =
-            Module::new(&flavour.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let module = if self.metering == Metering::Rewrite {
+            // Validated as submitted first, so that errors name offsets in the
+            // scientist's module; then rewritten to meter itself, and compiled.
+            Module::validate(&flavour.engine, bytes)
+                .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+            let metered = meter::instrument(bytes)?;
+            Module::new(&flavour.engine, &metered)
+        } else {
+            Module::new(&flavour.engine, bytes)
+        }
+        .map_err(|e| Error::Invalid(format!("{e:#}")))?;
         self.check_module(&module)?;
         Ok(module)
     }
@@ -602,9 +536,15 @@ impl Sandbox {
     /// The compiled module's imports are within the guest ABI and it is a WASI command.
     fn check_module(&self, module: &Module) -> Result<(), Error> {
         for import in module.imports() {
-            if !self
-                .abi
-                .contains(&(import.module().to_string(), import.name().to_string()))
+            // The rewrite's own import (the module as submitted may not have it: `precheck`
+            // and `meter::instrument` refuse it).
+            let metering = self.metering == Metering::Rewrite
+                && import.module() == meter::MODULE
+                && import.name() == meter::SLICE;
+            if !metering
+                && !self
+                    .abi
+                    .contains(&(import.module().to_string(), import.name().to_string()))
             {
                 return Err(Error::ForbiddenImport {
                     module: import.module().to_string(),
@@ -670,8 +610,8 @@ impl Sandbox {
         }
     }
 
-    /// [`Sandbox::run`] with a [`Pacer`] called about every [`EPOCH_TICK`] of the guest's
-    /// running time. `wall_seconds` counts only the time the guest was not held by the
+    /// [`Sandbox::run`] with a [`Pacer`] called at every slice of the fuel meter (a few
+    /// milliseconds of the guest's running time). `wall_seconds` counts only the time the guest was not held by the
     /// pacer, so a suspended unit does not time out.
     pub fn run_paced(
         &self,
@@ -733,8 +673,8 @@ impl Sandbox {
         }
         // Asked once before the guest starts, so a held execution does not even start.
         pacer.pace(resume.as_ref().map_or(0, |c| c.fuel));
-        // Shared by the deadline callbacks of every segment's store: the pacer, and the
-        // guest's running time so far (time held by the pacer excluded).
+        // Shared by the slice hooks of every segment's store: the pacer, and the guest's
+        // running time so far (time held by the pacer excluded).
         let pace = Arc::new(Mutex::new(Pace {
             pacer,
             running: Duration::ZERO,
@@ -744,7 +684,6 @@ impl Sandbox {
         let mut segment = resumed_from;
         let mut current = resume;
         let mut fuel_here = 0u64;
-        let _running = self.watchdog.enter();
         loop {
             let before = current.as_ref().map_or(0, |c| c.fuel);
             // A mount that cannot be opened is this machine's trouble (the caller built
@@ -754,39 +693,55 @@ impl Sandbox {
             let mut store = Store::new(&flavour.engine, host);
             store.limiter(|h| &mut h.limiter);
             let budget = limits.fuel - before;
-            if self.consume_fuel {
-                store.set_fuel(budget).map_err(|e| {
-                    Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
-                })?;
-            }
-            // The deadline callback runs every tick: it counts the guest's running time
-            // against `wall_seconds` and lets the pacer hold it.
-            let metered = self.consume_fuel;
-            let shared = pace.clone();
-            let mut last = Instant::now();
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |ctx| {
-                let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
-                p.running += last.elapsed();
-                if p.running >= wall {
-                    return Ok(UpdateDeadline::Interrupt);
+            match self.metering {
+                Metering::Rewrite => {
+                    // At every slice: the guest's running time against `wall_seconds`,
+                    // then the pacer, which may hold it.
+                    let shared = pace.clone();
+                    let mut last = Instant::now();
+                    store.data_mut().metered = host::Metered {
+                        meter: meter::Meter::new(budget),
+                        before,
+                        on_slice: Box::new(move |used| {
+                            let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
+                            p.running += last.elapsed();
+                            if p.running >= wall {
+                                return false;
+                            }
+                            p.pacer.pace(used);
+                            last = Instant::now();
+                            true
+                        }),
+                    };
                 }
-                let used = match ctx.get_fuel() {
-                    Ok(left) if metered => before + budget.saturating_sub(left),
-                    _ => 0,
-                };
-                p.pacer.pace(used);
-                last = Instant::now();
-                Ok(UpdateDeadline::Continue(1))
-            });
+                Metering::Engine => {
+                    store.set_fuel(budget).map_err(|e| {
+                        Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
+                    })?;
+                    // Checked at every loop head and call, never reached.
+                    store.set_epoch_deadline(u64::MAX / 2);
+                }
+                Metering::Off => {}
+            }
 
-            let outcome = compiled.pre.instantiate(&mut store).and_then(|instance| {
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            let mut instance = None;
+            let outcome = compiled.pre.instantiate(&mut store).and_then(|i| {
+                instance = Some(i);
+                let start = i.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call(&mut store, ())
             });
-            let used = match store.get_fuel() {
-                Ok(left) => budget.saturating_sub(left),
-                Err(_) => 0, // fuel metering off (benchmarks only)
+            let used = match self.metering {
+                // The counter as the guest last stored it (before every call and return),
+                // so this is the same however the run ended.
+                Metering::Rewrite => {
+                    let counter = instance
+                        .and_then(|i| i.get_global(&mut store, meter::FUEL_EXPORT))
+                        .and_then(|g| g.get(&mut store).i64())
+                        .unwrap_or(0);
+                    store.data().metered.meter.used(counter)
+                }
+                Metering::Engine => budget.saturating_sub(store.get_fuel().unwrap_or(budget)),
+                Metering::Off => 0,
             };
             fuel_here += used;
             let fuel = before + used;
@@ -939,7 +894,23 @@ fn classify_error(e: &wasmtime::Error, memory_hit: bool, limits: &Limits, stderr
             ),
         );
     }
+    if e.downcast_ref::<host::OutOfFuel>().is_some() {
+        return Failure::new(
+            FailureKind::FuelExhausted,
+            format!("used all {} fuel{tail}", limits.fuel),
+        );
+    }
+    if e.downcast_ref::<host::TimedOut>().is_some() {
+        return Failure::new(
+            FailureKind::Timeout,
+            format!(
+                "still running after wall_seconds = {}{tail}",
+                limits.wall_seconds
+            ),
+        );
+    }
     match e.downcast_ref::<Trap>() {
+        // Metering::Engine (benchmarks).
         Some(Trap::OutOfFuel) => Failure::new(
             FailureKind::FuelExhausted,
             format!("used all {} fuel{tail}", limits.fuel),
@@ -984,8 +955,9 @@ impl Flavour {
         let mut c = Config::new();
         // Threads are off because wasmtime is built without its `threads` feature: a module
         // with shared memory or atomics-wait fails validation at submit.
-        c.consume_fuel(config.consume_fuel)
-            .epoch_interruption(config.epoch_interruption)
+        let engine_metering = config.metering == Metering::Engine;
+        c.consume_fuel(engine_metering)
+            .epoch_interruption(engine_metering)
             .max_wasm_stack(config.max_wasm_stack)
             // SIMD128 (wasmtime's default, said here because guests are built with it) is
             // deterministic: each lane has one defined result, NaN bits aside, and

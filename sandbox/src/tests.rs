@@ -113,7 +113,7 @@ fn runtime_messages_about_files_and_backtraces_get_a_hint() {
 }
 
 #[test]
-fn the_wall_clock_watchdog_stops_a_guest_with_fuel_to_spare() {
+fn the_wall_clock_stops_a_guest_with_fuel_to_spare() {
     let (got, reason) = check(
         hostile::SPIN,
         Limits {
@@ -123,54 +123,6 @@ fn the_wall_clock_watchdog_stops_a_guest_with_fuel_to_spare() {
         },
     );
     assert_eq!(got, Some(FailureKind::Timeout), "{reason}");
-}
-
-/// Waits (up to 10 s) until the watchdog thread waits for a guest; returns its tick count.
-fn parked_ticks(sb: &Sandbox) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = sb.watchdog.lock();
-        if s.parked {
-            return s.ticks;
-        }
-        drop(s);
-        assert!(Instant::now() < deadline, "the watchdog never went idle");
-        std::thread::sleep(EPOCH_TICK);
-    }
-}
-
-#[test]
-fn the_watchdog_sleeps_while_no_guest_runs_and_wakes_for_one() {
-    let sb = Sandbox::new(SandboxConfig {
-        slots: 1,
-        max_memory_mb: 32,
-        ..SandboxConfig::default()
-    })
-    .expect("sandbox");
-    let idle = parked_ticks(&sb);
-    std::thread::sleep(EPOCH_TICK * 5);
-    assert_eq!(
-        parked_ticks(&sb),
-        idle,
-        "the watchdog ticked with nothing running"
-    );
-    // Only the watchdog's ticks can stop a guest with fuel to spare: it woke up. (The
-    // fuel, seconds' worth, ends the test should the watchdog sleep through the run.)
-    let limits = Limits {
-        fuel: 20_000_000_000,
-        wall_seconds: 1,
-        ..limits()
-    };
-    let failure = run(&sb, hostile::SPIN, b"", limits).expect_err("spins until stopped");
-    assert_eq!(failure.kind, FailureKind::Timeout, "{failure}");
-    let after = parked_ticks(&sb);
-    assert!(after > idle, "the watchdog did not tick while a guest ran");
-    std::thread::sleep(EPOCH_TICK * 5);
-    assert_eq!(
-        parked_ticks(&sb),
-        after,
-        "the watchdog ticked after the guest ended"
-    );
 }
 
 #[test]
@@ -1071,5 +1023,248 @@ fn simd_nan_results_are_canonical_when_asked() {
     assert_eq!(out.len(), 32);
     if cfg!(target_arch = "x86_64") {
         assert_ne!(out, canonical, "{out:02x?}");
+    }
+}
+
+/// A WASI-less command: one memory, `_start` = function `start` of `bodies` (each a
+/// function type index and its body), built with wasm-encoder.
+mod metered {
+    use super::*;
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction as I,
+        MemorySection, MemoryType, Module, TypeSection, ValType,
+    };
+
+    /// Types: 0 = `[] -> []`, 1 = `[] -> [i32 i32]`.
+    pub(super) fn module(bodies: &[(u32, Function)], start: u32) -> Vec<u8> {
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        types.ty().function([], [ValType::I32, ValType::I32]);
+        let mut functions = FunctionSection::new();
+        let mut code = CodeSection::new();
+        for (ty, body) in bodies {
+            functions.function(*ty);
+            code.function(body);
+        }
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 17,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        let mut exports = ExportSection::new();
+        exports.export("_start", ExportKind::Func, start);
+        exports.export("memory", ExportKind::Memory, 0);
+        let mut m = Module::new();
+        m.section(&types)
+            .section(&functions)
+            .section(&memories)
+            .section(&exports)
+            .section(&code);
+        m.finish()
+    }
+
+    pub(super) fn body(instructions: &[I<'_>], locals: &[(u32, ValType)]) -> Function {
+        let mut f = Function::new(locals.iter().copied());
+        for i in instructions {
+            f.instruction(i);
+        }
+        f.instruction(&I::End);
+        f
+    }
+
+    /// `n` iterations of a counting loop: 2 + 5n fuel by the rules of `meter`.
+    pub(super) fn counting_loop(n: i32) -> Vec<u8> {
+        let start = body(
+            &[
+                I::I32Const(n),
+                I::LocalSet(0),
+                I::Loop(wasm_encoder::BlockType::Empty),
+                I::LocalGet(0),
+                I::I32Const(1),
+                I::I32Sub,
+                I::LocalTee(0),
+                I::BrIf(0),
+                I::End,
+            ],
+            &[(1, ValType::I32)],
+        );
+        module(&[(0, start)], 0)
+    }
+}
+
+#[test]
+fn fuel_follows_the_meter_rules_exactly_however_many_slices_a_run_takes() {
+    use wasm_encoder::Instruction as I;
+    let sb = sandbox_ref();
+    // Entry segment (i32.const, local.set) = 2, then 5 per iteration.
+    for n in [1, 1000, 3_000_000] {
+        let e = run(sb, &metered::counting_loop(n), b"", limits()).expect("runs");
+        assert_eq!(e.fuel, 2 + 5 * n as u64, "{n} iterations");
+    }
+    // Calls: the caller's segments (1 per call, the last one 0) and 2 per callee.
+    let callee = metered::body(&[I::I32Const(1), I::Drop], &[]);
+    let caller = metered::body(&[I::Call(0), I::Call(0), I::Call(0)], &[]);
+    let e = run(
+        sb,
+        &metered::module(&[(0, callee), (0, caller)], 1),
+        b"",
+        limits(),
+    )
+    .expect("runs");
+    assert_eq!(e.fuel, 1 + 2 + 1 + 2 + 1 + 2);
+    // memory.fill of 1 MiB: its 4 instructions and 1 per 16 bytes.
+    let fill = metered::body(
+        &[
+            I::I32Const(0),
+            I::I32Const(7),
+            I::I32Const(1 << 20),
+            I::MemoryFill(0),
+        ],
+        &[],
+    );
+    let e = run(sb, &metered::module(&[(0, fill)], 0), b"", limits()).expect("runs");
+    assert_eq!(e.fuel, 4 + (1 << 20) / 16);
+}
+
+#[test]
+fn a_metered_guest_stops_at_its_fuel_limit_and_branches_out_of_functions_keep_the_count() {
+    use wasm_encoder::Instruction as I;
+    let sb = sandbox_ref();
+    let failure = run(
+        sb,
+        &metered::counting_loop(i32::MAX),
+        b"",
+        Limits {
+            fuel: 10_000_000,
+            ..limits()
+        },
+    )
+    .expect_err("runs out");
+    assert_eq!(failure.kind, FailureKind::FuelExhausted, "{failure}");
+    assert!(
+        failure.to_string().contains("used all 10000000 fuel"),
+        "{failure}"
+    );
+    // A function returning two values by a branch to its own label and by `return`: the
+    // rewrite wraps each body in a block of the function's results.
+    let pair = metered::body(&[I::I32Const(1), I::I32Const(2), I::Br(0)], &[]);
+    let early = metered::body(&[I::I32Const(3), I::I32Const(4), I::Return], &[]);
+    let start = metered::body(
+        &[I::Call(0), I::Drop, I::Drop, I::Call(1), I::Drop, I::Drop],
+        &[],
+    );
+    let e = run(
+        sb,
+        &metered::module(&[(1, pair), (1, early), (0, start)], 2),
+        b"",
+        limits(),
+    )
+    .expect("runs");
+    // start: call (1), drop drop call (3), drop drop (2, then end 0); pair: 3; early: 3.
+    assert_eq!(e.fuel, 1 + 3 + 3 + 3 + 2);
+}
+
+#[test]
+fn a_module_may_not_reach_for_the_meter_itself() {
+    use wasm_encoder::{
+        CodeSection, ConstExpr, EntityType, ExportKind, ExportSection, FunctionSection,
+        GlobalSection, GlobalType, ImportSection, MemorySection, MemoryType, Module, TypeSection,
+        ValType,
+    };
+    let sb = sandbox_ref();
+    // `import`: import the meter's slice call; otherwise export a global under its name.
+    let build = |import: bool| {
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        types.ty().function([ValType::I64], [ValType::I64]);
+        let mut imports = ImportSection::new();
+        imports.import(meter::MODULE, meter::SLICE, EntityType::Function(1));
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        let mut globals = GlobalSection::new();
+        globals.global(
+            GlobalType {
+                val_type: ValType::I64,
+                mutable: true,
+                shared: false,
+            },
+            &ConstExpr::i64_const(1 << 40),
+        );
+        let start = u32::from(import);
+        let mut exports = ExportSection::new();
+        exports.export("_start", ExportKind::Func, start);
+        exports.export("memory", ExportKind::Memory, 0);
+        if !import {
+            exports.export(meter::FUEL_EXPORT, ExportKind::Global, 0);
+        }
+        let mut code = CodeSection::new();
+        code.function(&metered::body(&[], &[]));
+        let mut m = Module::new();
+        m.section(&types);
+        if import {
+            m.section(&imports);
+        }
+        m.section(&functions)
+            .section(&memories)
+            .section(&globals)
+            .section(&exports)
+            .section(&code);
+        m.finish()
+    };
+    let err = sb
+        .inspect(&build(true))
+        .expect_err("the meter's import is not the guest's");
+    assert!(matches!(err, Error::ForbiddenImport { .. }), "{err}");
+    let err = sb.inspect(&build(false)).expect_err("the name is reserved");
+    assert!(err.to_string().contains(meter::FUEL_EXPORT), "{err}");
+}
+
+#[test]
+fn fuel_used_does_not_depend_on_the_slice_size() {
+    // A guest's counter as the rewrite moves it: down by segment costs, asking for a
+    // slice when below zero. Whatever the slices, `used` at the end is the sum of costs.
+    let costs: Vec<i64> = (0..10_000).map(|i| (i * 7919) % 97 + 1).collect();
+    let total: i64 = costs.iter().sum();
+    for slice in [1u64, 13, 1 << 10, meter::SLICE_FUEL] {
+        let mut m = meter::Meter::with_slice(1 << 40, slice);
+        let mut counter = 0i64;
+        for c in &costs {
+            counter -= c;
+            if counter < 0 {
+                match m.slice(counter) {
+                    meter::Slice::Refill(next) => counter = next,
+                    meter::Slice::Exhausted => panic!("budget is ample"),
+                }
+            }
+        }
+        assert_eq!(m.used(counter), total as u64, "slice {slice}");
+    }
+    // Over budget: exhausted at the first check past it, whatever the slice.
+    for slice in [1u64, 1000, meter::SLICE_FUEL] {
+        let mut m = meter::Meter::with_slice(500, slice);
+        let mut counter = 0i64;
+        let mut spent = 0;
+        let stopped = loop {
+            counter -= 7;
+            spent += 7;
+            if counter < 0 {
+                match m.slice(counter) {
+                    meter::Slice::Refill(next) => counter = next,
+                    meter::Slice::Exhausted => break spent,
+                }
+            }
+        };
+        assert_eq!(stopped, 504, "slice {slice}");
     }
 }
