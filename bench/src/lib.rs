@@ -211,8 +211,8 @@ const KERNELS: [Kernel; 6] = [
 /// the native build disagree on a single output byte.
 ///
 /// `variants` are sandboxes metered otherwise, each shown as a diagnostic row with its
-/// label (wasmtime's own fuel and epoch checks, as before the rewrite; metering off: what
-/// is left is Cranelift against LLVM).
+/// label (wasmtime's own fuel and epoch checks, as before the rewrite; the rewrite with its
+/// checks' host call left out; metering off: what is left is Cranelift against LLVM).
 ///
 /// `baseline` is a directory of the same kernels' modules built another way (`primes.wasm`
 /// ...; for example the build before a change of compiler flags): each is timed in the
@@ -570,7 +570,11 @@ pub fn run_groups(
                 ..SandboxConfig::default()
             })
         };
-        let (engine, bare) = (variant(Metering::Engine)?, variant(Metering::Off)?);
+        let (engine, no_calls, bare) = (
+            variant(Metering::Engine)?,
+            variant(Metering::RewriteWithoutCalls)?,
+            variant(Metering::Off)?,
+        );
         report.rows.extend(unit_overhead(&sandbox, size)?);
         report.rows.extend(module_startup(size)?);
         report.rows.extend(guest_speed(
@@ -579,6 +583,10 @@ pub fn run_groups(
                 (
                     "metered by wasmtime's fuel and epoch checks instead (before the rewrite)",
                     &engine,
+                ),
+                (
+                    "the rewrite's counting without its slice call (what the call costs)",
+                    &no_calls,
                 ),
                 ("metering off (no fuel, wall clock or pacing)", &bare),
             ],

@@ -120,6 +120,10 @@ pub enum Metering {
     /// rules (other numbers than [`Metering::Rewrite`]); the epoch deadline never comes,
     /// so there is no wall clock and no pacing, but every check is paid.
     Engine,
+    /// Benchmarks only: the rewrite, but a check below zero refills the counter instead
+    /// of calling the host ([`meter::Check::Refill`]): what the rewrite's counting costs
+    /// without its one call. No fuel limit, wall clock or pacing; `Execution::fuel` is 0.
+    RewriteWithoutCalls,
     /// Benchmarks only: nothing metered, no wall clock, no pacing; `Execution::fuel` is 0.
     Off,
 }
@@ -518,12 +522,17 @@ impl Sandbox {
         // The import allow-list and the command's exports are read before anything is
         // compiled: a module outside the ABI costs a parse, not a Cranelift compilation.
         self.precheck(bytes)?;
-        let module = if self.metering == Metering::Rewrite {
+        let check = match self.metering {
+            Metering::Rewrite => Some(meter::Check::Slice),
+            Metering::RewriteWithoutCalls => Some(meter::Check::Refill),
+            Metering::Engine | Metering::Off => None,
+        };
+        let module = if let Some(check) = check {
             // Validated as submitted first, so that errors name offsets in the
             // scientist's module; then rewritten to meter itself, and compiled.
             Module::validate(&flavour.engine, bytes)
                 .map_err(|e| Error::Invalid(format!("{e:#}")))?;
-            let metered = meter::instrument(bytes)?;
+            let metered = meter::instrument_as(bytes, check)?;
             Module::new(&flavour.engine, &metered)
         } else {
             Module::new(&flavour.engine, bytes)
@@ -538,8 +547,10 @@ impl Sandbox {
         for import in module.imports() {
             // The rewrite's own import (the module as submitted may not have it: `precheck`
             // and `meter::instrument` refuse it).
-            let metering = self.metering == Metering::Rewrite
-                && import.module() == meter::MODULE
+            let metering = matches!(
+                self.metering,
+                Metering::Rewrite | Metering::RewriteWithoutCalls
+            ) && import.module() == meter::MODULE
                 && import.name() == meter::SLICE;
             if !metering
                 && !self
@@ -721,7 +732,7 @@ impl Sandbox {
                     // Checked at every loop head and call, never reached.
                     store.set_epoch_deadline(u64::MAX / 2);
                 }
-                Metering::Off => {}
+                Metering::RewriteWithoutCalls | Metering::Off => {}
             }
 
             let mut instance = None;
@@ -741,7 +752,7 @@ impl Sandbox {
                     store.data().metered.meter.used(counter)
                 }
                 Metering::Engine => budget.saturating_sub(store.get_fuel().unwrap_or(budget)),
-                Metering::Off => 0,
+                Metering::RewriteWithoutCalls | Metering::Off => 0,
             };
             fuel_here += used;
             let fuel = before + used;

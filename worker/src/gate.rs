@@ -1,5 +1,6 @@
 //! The guest-thread side of the policy: every running execution passes through the
-//! [`Gate`] about every 10 ms (a [`sandbox::Pacer`]), where it is held while the worker is
+//! [`Gate`] at every slice of its fuel (a [`sandbox::Pacer`], called every
+//! [`sandbox::meter::SLICE_FUEL`] fuel: a few milliseconds of guest time), where it is held while the worker is
 //! suspended, while more units run than `max_cores` allows, or while the running units'
 //! declared memory exceeds the budget — and slowed to `cpu_limit_percent` by a duty cycle.
 //! Holding parks the guest thread with the guest's whole state in place, so nothing is
