@@ -35,6 +35,7 @@ pub mod checkpoint;
 mod disk_cache;
 mod host;
 pub mod meter;
+pub mod nan;
 
 pub use checkpoint::{Checkpoint, Proceed};
 pub use disk_cache::DiskCacheStats;
@@ -282,6 +283,11 @@ pub struct Sandbox {
     /// Compiled modules on disk, if [`Sandbox::set_disk_cache`] set a directory.
     disk: Option<disk_cache::DiskCache>,
     metering: Metering,
+    /// Tests only: the metered module is also rewritten by [`nan::canonicalize`], as the
+    /// volunteer page runs it, so that the plain engine can be compared with the
+    /// canonicalizing one.
+    #[cfg(test)]
+    rewrite_nans: bool,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -314,6 +320,8 @@ impl Sandbox {
             cache_limit: config.module_cache.max(1),
             disk: None,
             metering: config.metering,
+            #[cfg(test)]
+            rewrite_nans: false,
         })
     }
 
@@ -533,6 +541,12 @@ impl Sandbox {
             Module::validate(&flavour.engine, bytes)
                 .map_err(|e| Error::Invalid(format!("{e:#}")))?;
             let metered = meter::instrument_as(bytes, check)?;
+            #[cfg(test)]
+            let metered = if self.rewrite_nans {
+                nan::canonicalize(&metered)?
+            } else {
+                metered
+            };
             Module::new(&flavour.engine, &metered)
         } else {
             Module::new(&flavour.engine, bytes)

@@ -1268,3 +1268,350 @@ fn fuel_used_does_not_depend_on_the_slice_size() {
         assert_eq!(stopped, 504, "slice {slice}");
     }
 }
+
+/// The plain engine running modules as the volunteer page will: metered, then rewritten
+/// by [`nan::canonicalize`].
+fn rewriting_sandbox() -> &'static Sandbox {
+    static SB: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
+    SB.get_or_init(|| {
+        let mut sb = Sandbox::new(SandboxConfig {
+            slots: 2,
+            max_memory_mb: 256,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox");
+        sb.rewrite_nans = true;
+        sb
+    })
+}
+
+/// A WASI command that makes NaNs every way the NaN rewrite covers, and some it leaves
+/// alone, and writes every result's bits to stdout.
+mod nans {
+    use wasm_encoder::{
+        CodeSection, ConstExpr, DataSection, EntityType, ExportKind, ExportSection, Function,
+        FunctionSection, ImportSection, Instruction as I, MemArg, MemorySection, MemoryType,
+        Module, TypeSection, ValType,
+    };
+
+    /// Operands: ordinary numbers, infinities, and NaNs with payloads and either sign
+    /// (quiet and signalling).
+    pub(super) const F32S: [u32; 11] = [
+        0x0000_0000, // 0
+        0x8000_0000, // -0
+        0x3f80_0000, // 1
+        0xbfc0_0000, // -1.5
+        0x4020_0000, // 2.5
+        0x7f80_0000, // inf
+        0xff80_0000, // -inf
+        0x7fc1_2345, // quiet NaN with a payload
+        0xffa0_0001, // negative signalling NaN
+        0xffc0_0000, // negative quiet NaN
+        0x7f80_0001, // signalling NaN, smallest payload
+    ];
+    pub(super) const F64S: [u64; 11] = [
+        0x0000_0000_0000_0000,
+        0x8000_0000_0000_0000,
+        0x3ff0_0000_0000_0000,
+        0xbff8_0000_0000_0000,
+        0x4004_0000_0000_0000,
+        0x7ff0_0000_0000_0000,
+        0xfff0_0000_0000_0000,
+        0x7ffc_1234_5678_9abc, // quiet NaN, payload high enough to survive demotion
+        0xfff4_0000_0000_0001,
+        0xfff8_0000_0000_0000,
+        0x7ff0_0000_0000_0001,
+    ];
+    /// Where the operands are, each array twice in a row so that a vector load at any
+    /// element finds four (or two) in a row.
+    const IN32: u32 = 1024;
+    const IN64: u32 = 2048;
+    /// Where results go.
+    const OUT: u32 = 4096;
+
+    fn m(align: u32) -> MemArg {
+        MemArg {
+            offset: 0,
+            align,
+            memory_index: 0,
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    enum Ty {
+        F32,
+        F64,
+        V32,
+        V64,
+    }
+
+    impl Ty {
+        fn size(self) -> u32 {
+            match self {
+                Ty::F32 => 4,
+                Ty::F64 => 8,
+                Ty::V32 | Ty::V64 => 16,
+            }
+        }
+        /// Operand `i`'s address.
+        fn at(self, i: usize) -> i32 {
+            match self {
+                Ty::F32 | Ty::V32 => (IN32 + 4 * i as u32) as i32,
+                Ty::F64 | Ty::V64 => (IN64 + 8 * i as u32) as i32,
+            }
+        }
+        fn load(self) -> I<'static> {
+            match self {
+                Ty::F32 => I::F32Load(m(2)),
+                Ty::F64 => I::F64Load(m(3)),
+                Ty::V32 | Ty::V64 => I::V128Load(m(0)),
+            }
+        }
+        fn store(self) -> I<'static> {
+            match self {
+                Ty::F32 => I::F32Store(m(2)),
+                Ty::F64 => I::F64Store(m(3)),
+                Ty::V32 | Ty::V64 => I::V128Store(m(0)),
+            }
+        }
+    }
+
+    /// Unary and binary instructions, each with its operand and result types.
+    fn unary() -> Vec<(I<'static>, Ty, Ty)> {
+        use Ty::*;
+        vec![
+            (I::F32Sqrt, F32, F32),
+            (I::F32Ceil, F32, F32),
+            (I::F32Floor, F32, F32),
+            (I::F32Trunc, F32, F32),
+            (I::F32Nearest, F32, F32),
+            (I::F32DemoteF64, F64, F32),
+            (I::F64Sqrt, F64, F64),
+            (I::F64Ceil, F64, F64),
+            (I::F64Floor, F64, F64),
+            (I::F64Trunc, F64, F64),
+            (I::F64Nearest, F64, F64),
+            (I::F64PromoteF32, F32, F64),
+            (I::F32x4Sqrt, V32, V32),
+            (I::F32x4Ceil, V32, V32),
+            (I::F32x4Floor, V32, V32),
+            (I::F32x4Trunc, V32, V32),
+            (I::F32x4Nearest, V32, V32),
+            (I::F32x4DemoteF64x2Zero, V64, V32),
+            (I::F64x2Sqrt, V64, V64),
+            (I::F64x2Ceil, V64, V64),
+            (I::F64x2Floor, V64, V64),
+            (I::F64x2Trunc, V64, V64),
+            (I::F64x2Nearest, V64, V64),
+            (I::F64x2PromoteLowF32x4, V32, V64),
+            // Left alone by Cranelift and by the rewrite: sign-bit operations.
+            (I::F32Neg, F32, F32),
+            (I::F32Abs, F32, F32),
+            (I::F64Neg, F64, F64),
+            (I::F64Abs, F64, F64),
+            (I::F32x4Neg, V32, V32),
+            (I::F64x2Abs, V64, V64),
+        ]
+    }
+
+    fn binary() -> Vec<(I<'static>, Ty)> {
+        use Ty::*;
+        vec![
+            (I::F32Add, F32),
+            (I::F32Sub, F32),
+            (I::F32Mul, F32),
+            (I::F32Div, F32),
+            (I::F32Min, F32),
+            (I::F32Max, F32),
+            (I::F64Add, F64),
+            (I::F64Sub, F64),
+            (I::F64Mul, F64),
+            (I::F64Div, F64),
+            (I::F64Min, F64),
+            (I::F64Max, F64),
+            (I::F32x4Add, V32),
+            (I::F32x4Sub, V32),
+            (I::F32x4Mul, V32),
+            (I::F32x4Div, V32),
+            (I::F32x4Min, V32),
+            (I::F32x4Max, V32),
+            (I::F64x2Add, V64),
+            (I::F64x2Sub, V64),
+            (I::F64x2Mul, V64),
+            (I::F64x2Div, V64),
+            (I::F64x2Min, V64),
+            (I::F64x2Max, V64),
+            // Left alone by both: they return an operand's bits.
+            (I::F32Copysign, F32),
+            (I::F64Copysign, F64),
+            (I::F32x4PMin, V32),
+            (I::F64x2PMax, V64),
+        ]
+    }
+
+    /// The module: every unary instruction on every operand, every binary one on every
+    /// pair, each result stored in turn from `OUT`; then all of it to stdout. Also returns
+    /// how many result bytes it writes.
+    pub(super) fn module() -> (Vec<u8>, usize) {
+        let mut body = Vec::new();
+        let mut out = OUT;
+        let n = F32S.len();
+        let mut result = |body: &mut Vec<I<'static>>, ty: Ty| {
+            body.push(ty.store());
+            let at = out;
+            out += ty.size();
+            at as i32
+        };
+        for (op, from, to) in unary() {
+            for i in 0..n {
+                let mut ops = vec![I::I32Const(from.at(i)), from.load(), op.clone()];
+                let at = result(&mut ops, to);
+                body.push(I::I32Const(at));
+                body.extend(ops);
+            }
+        }
+        for (op, ty) in binary() {
+            for i in 0..n {
+                for j in 0..n {
+                    let mut ops = vec![
+                        I::I32Const(ty.at(i)),
+                        ty.load(),
+                        I::I32Const(ty.at(j)),
+                        ty.load(),
+                        op.clone(),
+                    ];
+                    let at = result(&mut ops, ty);
+                    body.push(I::I32Const(at));
+                    body.extend(ops);
+                }
+            }
+        }
+        let written = (out - OUT) as usize;
+        // The iovec at 0 (OUT, written); fd_write(1, iovs 0, 1 iovec, nwritten at 8).
+        body.extend([
+            I::I32Const(0),
+            I::I32Const(OUT as i32),
+            I::I32Store(m(2)),
+            I::I32Const(4),
+            I::I32Const(written as i32),
+            I::I32Store(m(2)),
+            I::I32Const(1),
+            I::I32Const(0),
+            I::I32Const(1),
+            I::I32Const(8),
+            I::Call(0),
+            I::Drop,
+            I::End,
+        ]);
+
+        let mut types = TypeSection::new();
+        types.ty().function([ValType::I32; 4], [ValType::I32]);
+        types.ty().function([], []);
+        let mut imports = ImportSection::new();
+        imports.import("wasi_snapshot_preview1", "fd_write", EntityType::Function(0));
+        let mut functions = FunctionSection::new();
+        functions.function(1);
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        let mut exports = ExportSection::new();
+        exports.export("_start", ExportKind::Func, 1);
+        exports.export("memory", ExportKind::Memory, 0);
+        let mut code = CodeSection::new();
+        let mut f = Function::new([]);
+        for i in &body {
+            f.instruction(i);
+        }
+        code.function(&f);
+        let twice32: Vec<u8> = F32S.iter().chain(&F32S).flat_map(|x| x.to_le_bytes()).collect();
+        let twice64: Vec<u8> = F64S.iter().chain(&F64S).flat_map(|x| x.to_le_bytes()).collect();
+        let mut data = DataSection::new();
+        data.active(0, &ConstExpr::i32_const(IN32 as i32), twice32);
+        data.active(0, &ConstExpr::i32_const(IN64 as i32), twice64);
+        let mut m = Module::new();
+        m.section(&types)
+            .section(&imports)
+            .section(&functions)
+            .section(&memories)
+            .section(&exports)
+            .section(&code)
+            .section(&data);
+        (m.finish(), written)
+    }
+}
+
+/// The decisive test of the NaN rewrite: a module making NaNs every way there is gives, on
+/// the plain engine after the rewrite, the very bytes and fuel that the canonicalizing
+/// engine (the production path of `nan_canonicalization = true`) gives without it.
+#[test]
+fn the_nan_rewrite_gives_the_canonical_engines_bits_and_fuel() {
+    let (wasm, written) = nans::module();
+    let big = Limits {
+        max_output_bytes: 1 << 20,
+        ..limits()
+    };
+    let canonical = Limits {
+        nan_canonicalization: true,
+        ..big
+    };
+    let engine = run(sandbox_ref(), &wasm, b"", canonical).expect("runs canonical");
+    let rewritten = run(rewriting_sandbox(), &wasm, b"", big).expect("runs rewritten");
+    assert_eq!(engine.output.len(), written);
+    assert!(engine.output == rewritten.output, "outputs differ");
+    assert_eq!(engine.fuel, rewritten.fuel);
+    // The module does make NaNs whose bits the hardware chooses: without either, on x86
+    // (0/0 has the sign bit set there), the bytes differ.
+    let plain = run(sandbox_ref(), &wasm, b"", big).expect("runs plain");
+    assert_eq!(plain.fuel, engine.fuel);
+    if cfg!(target_arch = "x86_64") {
+        assert!(plain.output != engine.output, "no engine-dependent NaN made");
+    }
+    // And the canonical NaN is there: the first results are f32.sqrt of the operands,
+    // -1.5 (index 3) gives NaN.
+    assert_eq!(
+        engine.output[12..16],
+        nan::F32_NAN.to_le_bytes(),
+        "sqrt(-1.5)"
+    );
+}
+
+/// Every guest the build makes survives the NaN rewrite after metering (a valid module on
+/// the sandbox's engine), and the real ones give on the plain engine, rewritten, the
+/// output and fuel of the canonicalizing engine.
+#[test]
+fn every_guest_survives_the_nan_rewrite_and_runs_as_on_the_canonical_engine() {
+    let sb = rewriting_sandbox();
+    for (name, wasm) in artifacts::ALL.iter().chain([&("nbody", artifacts::NBODY)]) {
+        let metered = meter::instrument(wasm).expect(name);
+        let rewritten = nan::canonicalize(&metered).expect(name);
+        Module::validate(&sb.plain.engine, &rewritten)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    let canonical = Limits {
+        nan_canonicalization: true,
+        max_output_bytes: 1 << 20,
+        ..limits()
+    };
+    let plain = Limits {
+        nan_canonicalization: false,
+        ..canonical
+    };
+    for (name, wasm, input) in [
+        ("primes", artifacts::PRIMES, &b"0 100000\n"[..]),
+        ("pi", artifacts::PI, b"0 1000\n"),
+        ("nbody", artifacts::NBODY, b"1000\n"),
+        ("mandelbrot", artifacts::MANDELBROT, b"0 0 64 48 128 96 200\n"),
+        ("collatz", artifacts::COLLATZ, b"1 10000 1000\n"),
+        ("echo", hostile::ECHO, b"same input"),
+    ] {
+        let engine = run(sandbox_ref(), wasm, input, canonical).expect(name);
+        let rewritten = run(sb, wasm, input, plain).expect(name);
+        assert!(engine.output == rewritten.output, "{name}: outputs differ");
+        assert_eq!(engine.fuel, rewritten.fuel, "{name}");
+    }
+}
