@@ -10,6 +10,8 @@
 //! - [`checkpoint`]: the opt-in checkpoint API (`fallow::checkpoint_save`/`checkpoint_load`)
 //!   and [`Checkpoint`], with [`Sandbox::run_resumable`] restarting a guest from one.
 //! - [`SandboxConfig`]: the knobs, documented like wasmtime documents `Config`.
+//! - [`nan`]: NaN canonicalization by rewriting a metered module, for engines that cannot
+//!   canonicalize NaNs themselves (a browser's): the bits of the canonicalizing engine here.
 //! - [`Pacer`]: the hook through which a worker pauses (suspension) or slows (CPU limit) a
 //!   running guest without losing its state; [`Sandbox::run_paced`] and
 //!   [`Sandbox::run_resumable`] call it.
@@ -21,7 +23,7 @@
 //! 2000-01-01T00:00:00Z (monotonic clock at 0); WASI random = a BLAKE3 stream seeded by the
 //! caller from the work unit; `poll_oneoff` (sleeping) answers `ENOTSUP` at once instead of
 //! blocking. Threads and relaxed SIMD are disabled; NaN canonicalization is a per-project
-//! option. Fuel is deterministic, so the fuel used is part of the result: the module is
+//! option (Cranelift's here; [`nan::canonicalize`] gives the same bits elsewhere). Fuel is deterministic, so the fuel used is part of the result: the module is
 //! rewritten to count its own fuel by rules of Fallow's ([`meter`]), so any engine that
 //! runs the rewritten bytes (wasmtime here, a browser's on the volunteer page) counts the
 //! same fuel. The rewrite's slice calls are also where the wall clock is checked and the
