@@ -297,7 +297,8 @@ function isRustSpace(c) {
 
 /** `Pipes::stderr_tail`: lossy UTF-8, trimmed, its last 1000 characters. */
 export function stderrTail(bytes) {
-  const chars = Array.from(new TextDecoder('utf-8').decode(bytes));
+  // ignoreBOM: a leading U+FEFF stays, as in Rust's from_utf8_lossy (and trim keeps it).
+  const chars = Array.from(new TextDecoder('utf-8', { ignoreBOM: true }).decode(bytes));
   let a = 0;
   let b = chars.length;
   while (a < b && isRustSpace(chars[a].codePointAt(0))) a++;
