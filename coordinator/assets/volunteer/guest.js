@@ -564,9 +564,15 @@ class Segment {
     const run = this.run;
     // Every host call counts the guest's running time and may find the memory over the limit.
     const call = (f) => (...args) => {
-      run.checkWall();
-      if (s.memory) run.checkMemory(s.memory);
-      return f(...args);
+      try {
+        if (run.signal) throw run.signal;
+        run.checkWall();
+        if (s.memory) run.checkMemory(s.memory);
+        return f(...args);
+      } catch (e) {
+        run.signal ??= e;
+        throw e;
+      }
     };
     const badfUnlessPresent = (fd, present) => (s.fd(fd) === undefined ? EBADF : present);
     const wasi = {
@@ -843,6 +849,10 @@ class Segment {
         return badfUnlessPresent(fd, ENOTSOCK);
       },
     };
+    // Every host function goes through `call`, which also makes the first signal thrown
+    // (exit, checkpoint, trap, out of fuel...) stick: a guest that caught it (wasm exception
+    // handling can catch JS exceptions; wasmtime refuses such modules, this is defence in
+    // depth) meets it again at its next host call or slice, and it is the run's outcome.
     const wrapped = {};
     for (const [name, f] of Object.entries(wasi)) wrapped[name] = call(f);
     const fallow = {
@@ -868,7 +878,7 @@ class Segment {
         return len;
       }),
     };
-    const meter = { slice: (counter) => run.slice(BigInt.asIntN(64, BigInt(counter)), s) };
+    const meter = { slice: call((counter) => run.slice(BigInt.asIntN(64, BigInt(counter)), s)) };
     return { [WASI]: wrapped, [CHECKPOINT]: fallow, [METER]: meter };
   }
 }
@@ -896,6 +906,7 @@ class Run {
     this.before = 0n;
     this.memoryLimit = this.limits.memory_mb * 1024 * 1024;
     this.memoryHit = false;
+    this.signal = null; // the first signal a host function threw in this segment
   }
 
   checkWall() {
@@ -1047,6 +1058,7 @@ export function runUnit(opts) {
     run.before = before;
     run.budget = limits.fuel - before;
     run.memoryHit = false;
+    run.signal = null;
     let outcome = null;
     let instance = null;
     try {
@@ -1064,6 +1076,7 @@ export function runUnit(opts) {
     } catch (e) {
       outcome = { error: e };
     }
+    if (run.signal) outcome = { error: run.signal };
     let used = 0n;
     if (prepared.metered && seg.fuelGlobal) {
       used = outcome.error instanceof FuelOut ? run.budget : run.issued - seg.fuelGlobal.value;
