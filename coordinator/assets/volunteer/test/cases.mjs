@@ -207,6 +207,26 @@ export const CASES = [
       [0x90, 0x1000, 4, 0], // checkpoint_load: -1
     ]),
   },
+  // What a call wrote, made visible as above: args_get leaves a pointer to 0x2003 at 0x1000
+  // and args_sizes_get the length 5 after it; the call under test writes at 0x2000; the
+  // trapping fd_write(2) shows bytes 3..8 of what it wrote (or "main\0" where it wrote
+  // nothing: fd_fdstat_get leaves its padding alone).
+  ...[
+    ['realtime', [0x83, 0, 0, 0x2000]],
+    ['monotonic', [0x83, 1, 0, 0x2000]],
+    ['resolution', [0x84, 0, 0x2000, 0]],
+    ['fdstat', [0x8b, 1, 0x2000, 0]],
+    ['args', [0x86, 0x2000, 0x2000, 0]],
+  ].map(([what, call]) => ({
+    id: `abicall-visible-${what}`,
+    module: 'abicall',
+    input: abicalls([
+      [0x86, 0x1000, 0x2003, 0],
+      [0x85, 0x3000, 0x1004, 0],
+      call,
+      [0x80, 0x1002, 0x1000, 1],
+    ]),
+  })),
   { id: 'abicall-invalid-clock', module: 'abicall', input: abicalls([[0x83, 5, 0, 0x1000]]) },
   { id: 'abicall-exit-7', module: 'abicall', input: abicalls([[0x93, 7, 0, 0]]) },
   { id: 'abicall-exit-200', module: 'abicall', input: abicalls([[0x93, 200, 0, 0]]) },
