@@ -67,17 +67,16 @@ function compress(cv, m, counter, blockLen, flags) {
   s[13] = Math.floor(counter / 0x100000000) >>> 0;
   s[14] = blockLen;
   s[15] = flags;
-  for (let r = 0; r < 7; r++) {
-    const o = r * 16;
-    const w = (i) => m[SCHEDULE[o + i]];
-    g(0, 4, 8, 12, w(0), w(1));
-    g(1, 5, 9, 13, w(2), w(3));
-    g(2, 6, 10, 14, w(4), w(5));
-    g(3, 7, 11, 15, w(6), w(7));
-    g(0, 5, 10, 15, w(8), w(9));
-    g(1, 6, 11, 12, w(10), w(11));
-    g(2, 7, 8, 13, w(12), w(13));
-    g(3, 4, 9, 14, w(14), w(15));
+  const S = SCHEDULE;
+  for (let o = 0; o < 112; o += 16) {
+    g(0, 4, 8, 12, m[S[o]], m[S[o + 1]]);
+    g(1, 5, 9, 13, m[S[o + 2]], m[S[o + 3]]);
+    g(2, 6, 10, 14, m[S[o + 4]], m[S[o + 5]]);
+    g(3, 7, 11, 15, m[S[o + 6]], m[S[o + 7]]);
+    g(0, 5, 10, 15, m[S[o + 8]], m[S[o + 9]]);
+    g(1, 6, 11, 12, m[S[o + 10]], m[S[o + 11]]);
+    g(2, 7, 8, 13, m[S[o + 12]], m[S[o + 13]]);
+    g(3, 4, 9, 14, m[S[o + 14]], m[S[o + 15]]);
   }
   for (let i = 0; i < 8; i++) {
     s[i] ^= s[i + 8];
@@ -87,10 +86,13 @@ function compress(cv, m, counter, blockLen, flags) {
 
 /** Little-endian words of up to 64 bytes of `bytes` from `offset`, zero-padded. */
 function blockWords(bytes, offset, len, out) {
-  out.fill(0);
-  for (let i = 0; i < len; i++) {
-    out[i >> 2] |= bytes[offset + i] << (8 * (i & 3));
+  const full = len >> 2;
+  for (let w = 0; w < full; w++) {
+    const p = offset + 4 * w;
+    out[w] = bytes[p] | (bytes[p + 1] << 8) | (bytes[p + 2] << 16) | (bytes[p + 3] << 24);
   }
+  for (let w = full; w < 16; w++) out[w] = 0;
+  for (let i = 4 * full; i < len; i++) out[i >> 2] |= bytes[offset + i] << (8 * (i & 3));
   return out;
 }
 

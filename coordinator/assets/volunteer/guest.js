@@ -280,7 +280,7 @@ export function prepareModule(source, memoryMb = DEFAULT_LIMITS.memory_mb) {
   if (metered && !has('fallow_meter_fuel', 'global')) {
     throw new BadModule('metered module without the `fallow_meter_fuel` global export');
   }
-  return { module, capped, metered, checkpoints };
+  return { module, capped, metered, checkpoints, memoryMb };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -960,8 +960,9 @@ function concat(a, b) {
  * Runs one unit, as `Sandbox::run_resumable` does, synchronously (in a Web Worker, or
  * node).
  *
- * - `module`: a `WebAssembly.Module`, or the module's bytes (preferred: the memory limit is
- *   then enforced inside the engine, see the file's doc).
+ * - `module`: the module's bytes, or `prepareModule(bytes, limits.memory_mb)`'s result to
+ *   compile it once for many units (both enforce the memory limit inside the engine, see
+ *   the file's doc), or a `WebAssembly.Module` (memory then checked at host calls).
  * - `input` (Uint8Array), `seed` (32 bytes, `unitSeed(name, input)`), `limits` (protocol
  *   `Limits`: fuel, memory_mb, wall_seconds, max_output_bytes or output_bytes,
  *   max_checkpoint_bytes, nan_canonicalization).
@@ -1017,7 +1018,12 @@ export function runUnit(opts) {
   }
   let prepared;
   try {
-    prepared = prepareModule(opts.module, limits.memory_mb);
+    // A prepared module (prepareModule's result) is compiled once for many units.
+    const given = opts.module;
+    prepared =
+      given && given.module instanceof WebAssembly.Module && given.memoryMb === limits.memory_mb
+        ? given
+        : prepareModule(given && given.module instanceof WebAssembly.Module ? given.module : given, limits.memory_mb);
   } catch (e) {
     if (e instanceof MemoryOut) {
       return fail(FailureKind.MemoryExhausted, `guest tried to grow memory past memory_mb = ${limits.memory_mb}`);

@@ -114,3 +114,13 @@ test('a compiled WebAssembly.Module runs too (memory then checked at host calls)
   });
   check(c, r);
 });
+
+test('a module prepared once runs many units', { skip }, async () => {
+  const { prepareModule } = await import('../guest.js');
+  const prepared = prepareModule(moduleBytes('primes'), 64);
+  assert.equal(prepared.capped, true);
+  for (const id of ['primes-0-100000', 'primes-10^9', 'primes-bad-input']) {
+    const c = CASES.find((x) => x.id === id);
+    check(c, runUnit({ module: prepared, input: c.input, seed: unitSeed('u1', c.input), limits: {} }));
+  }
+});
