@@ -17,8 +17,10 @@
 // A metered module (rewritten by Fallow) imports `fallow_meter::slice (i64) -> i64` and
 // exports the mutable i64 global `fallow_meter_fuel`. The guest decrements the global and
 // calls `slice(counter)` when it went negative; `slice` hands out the next slice of the
-// budget (at most `slice` fuel, default SLICE) or stops the run as out of fuel. The fuel
-// used is what was handed out minus what is left in the global. A module without the
+// budget (at most `slice` fuel, default SLICE) or stops the run as out of fuel. The counter
+// starts at the module's 0, so the first check asks for a slice. The fuel used is what was
+// handed out minus what is left in the global (`sandbox/src/meter.rs`, whose rewrite makes
+// these modules: the host side here is its `Meter`). A module without the
 // import is not metered: its fuel is 0 and only `wall_seconds` (checked at host calls and
 // slices) stops it.
 //
@@ -1065,27 +1067,29 @@ export function runUnit(opts) {
     run.budget = limits.fuel - before;
     run.memoryHit = false;
     run.signal = null;
+    // As `sandbox::meter::Meter`: nothing handed out yet and the guest's counter at its
+    // initial 0, so the first check point asks for a slice.
+    run.issued = 0n;
     let outcome = null;
     let instance = null;
     try {
       instance = new WebAssembly.Instance(prepared.module, seg.imports());
       seg.memory = instance.exports.memory;
       run.lastMemory = seg.memory;
-      if (prepared.metered) {
-        seg.fuelGlobal = instance.exports.fallow_meter_fuel;
-        const first = run.budget < run.sliceSize ? run.budget : run.sliceSize;
-        run.issued = first;
-        seg.fuelGlobal.value = first;
-      }
+      if (prepared.metered) seg.fuelGlobal = instance.exports.fallow_meter_fuel;
       instance.exports._start();
       outcome = { exit: 0 };
     } catch (e) {
       outcome = { error: e };
     }
     if (run.signal) outcome = { error: run.signal };
+    // The counter as the guest last stored it (before every call and return), 0 if the
+    // instance never came to be: fuel used = handed out - left. Out of fuel, the whole
+    // budget (the guest may have charged past it before the check that stopped it).
     let used = 0n;
-    if (prepared.metered && seg.fuelGlobal) {
-      used = outcome.error instanceof FuelOut ? run.budget : run.issued - seg.fuelGlobal.value;
+    if (prepared.metered) {
+      const counter = seg.fuelGlobal ? BigInt(seg.fuelGlobal.value) : 0n;
+      used = outcome.error instanceof FuelOut ? run.budget : run.issued - counter;
     }
     fuelHere += used;
     const fuel = before + used;

@@ -1,6 +1,7 @@
 // The units both the native sandbox (`fallow run`, through tools/make-expected.mjs) and
 // guest.js run, and where the built guest modules are. Shared by the generator and the
 // tests; this file only defines data.
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +23,22 @@ export function artifactsDir() {
     .filter((d) => existsSync(join(d, 'primes.wasm')))
     .sort((a, b) => statSync(join(b, 'primes.wasm')).mtimeMs - statSync(join(a, 'primes.wasm')).mtimeMs);
   return outs[0] ?? null;
+}
+
+/**
+ * The directory of the task modules as the native sandbox meters them: $FALLOW_METERED, or
+ * target/volunteer-metered written here from artifactsDir() by the sandbox's `meter`
+ * example (`cargo build -p sandbox --example meter`); null without that example.
+ */
+export function meteredDir() {
+  if (process.env.FALLOW_METERED) return process.env.FALLOW_METERED;
+  const from = artifactsDir();
+  const tool = join(ROOT, 'target/debug/examples/meter');
+  if (!from || !existsSync(tool)) return null;
+  const out = join(ROOT, 'target/volunteer-metered');
+  const r = spawnSync(tool, [from, out], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`meter example failed: ${r.stderr}`);
+  return out;
 }
 
 const text = (s) => new TextEncoder().encode(s);
@@ -166,8 +183,8 @@ export const CASES = [
   { id: 'membomb', module: 'membomb', input: text(''), limits: small },
   { id: 'recurse', module: 'recurse', input: text('') },
   { id: 'badimport', module: 'badimport', input: text('') },
-  // spin loops for ever: only the meter stops it deterministically (fuel_exhausted).
-  { id: 'spin', module: 'spin', input: text(''), limits: { fuel: 1_000_000 }, needsMeter: true },
+  // spin loops for ever: only the meter stops it (fuel_exhausted), so it runs metered only.
+  { id: 'spin', module: 'spin', input: text(''), limits: { fuel: 1_000_000 }, meteredOnly: true },
   {
     // Random bytes made visible: args_get puts a pointer to "main" at 0x1000, and
     // args_sizes_get the length 5 after it (an iovec {0x2000, 5}); random_get skips 1024

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { CASES, artifactsDir } from './cases.mjs';
+import { CASES, artifactsDir, meteredDir } from './cases.mjs';
 import { runUnit, unitSeed, encodeCheckpoint, decodeCheckpoint } from '../guest.js';
 import { hash, toHex } from '../blake3.js';
 
@@ -18,15 +18,20 @@ const expected = new Map(
 );
 const dir = artifactsDir();
 const skip = dir ? false : 'no built task modules (cargo build -p artifacts, or set FALLOW_ARTIFACTS)';
+const metered = dir ? meteredDir() : null;
+const skipMetered = metered
+  ? false
+  : 'no metered modules (cargo build -p sandbox --example meter, or set FALLOW_METERED)';
 const modules = new Map();
-function moduleBytes(name) {
-  if (!modules.has(name)) modules.set(name, readFileSync(join(dir, `${name}.wasm`)));
-  return modules.get(name);
+function moduleBytes(name, from = dir) {
+  const path = join(from, `${name}.wasm`);
+  if (!modules.has(path)) modules.set(path, readFileSync(path));
+  return modules.get(path);
 }
 
-function run(c, extra = {}) {
+function run(c, extra = {}, from = dir) {
   return runUnit({
-    module: moduleBytes(c.module),
+    module: moduleBytes(c.module, from),
     input: c.input,
     seed: unitSeed(c.name ?? 'u1', c.input),
     limits: c.limits ?? {},
@@ -66,12 +71,18 @@ function check(c, r) {
 }
 
 for (const c of CASES) {
-  const want = expected.get(c.id);
-  if (want && want.skipped) {
-    test(`${c.id} (${want.skipped})`, { todo: 'pending until metered modules exist' }, () => {});
-    continue;
-  }
-  test(c.id, { skip }, () => check(c, run(c)));
+  // As the module was built: not metered, fuel 0.
+  if (!c.meteredOnly) test(c.id, { skip }, () => check(c, run(c)));
+  // As the native sandbox meters it: the same bytes and the same fuel.
+  test(`${c.id} (metered)`, { skip: skip || skipMetered }, () => {
+    const r = run(c, {}, metered);
+    check(c, r);
+    const want = expected.get(c.id);
+    if (!want.failure) {
+      assert.equal(r.metered, true);
+      assert.equal(r.fuel, BigInt(want.nativeFuel), `${c.id}: fuel`);
+    }
+  });
 }
 
 test('a unit stopped at a checkpoint and resumed from its encoded form gives the same bytes', { skip }, () => {
