@@ -1,6 +1,7 @@
 // guest.js in a real browser: headless Chromium loads a page that runs units in a module
 // Web Worker (where the volunteer page runs guests) and posts the results back here; they
-// must be the bytes the native sandbox gave. Skipped without Chromium ($CHROMIUM, or
+// must be the bytes the native sandbox gave, and with metered modules (cases.mjs
+// `meteredDir`) the same fuel. Skipped without Chromium ($CHROMIUM, or
 // chromium on the PATH) or without built task modules.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +11,7 @@ import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 
-import { CASES, artifactsDir } from './cases.mjs';
+import { CASES, artifactsDir, meteredDir } from './cases.mjs';
 import { hash, toHex } from '../blake3.js';
 
 const chromium =
@@ -18,10 +19,12 @@ const chromium =
   ['chromium', 'chromium-browser', 'google-chrome'].find(
     (c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0,
   );
-const dir = artifactsDir();
+// The metered modules when there are (fuel compared too), else the modules as built.
+const metered = artifactsDir() ? meteredDir() : null;
+const dir = metered ?? artifactsDir();
 const skip = !chromium ? 'no Chromium' : !dir ? 'no built task modules' : false;
 
-const IDS = ['primes-0-100000', 'nbody-50000', 'mandelbrot-tile', 'collatz-checkpoints', 'exit3'];
+const IDS = ['primes-0-100000', 'nbody-50000', 'mandelbrot-tile', 'collatz-checkpoints', 'exit3', 'hoard-ok'];
 
 const WORKER = `
 import { runUnit, unitSeed } from './guest.js';
@@ -31,7 +34,7 @@ onmessage = async ({ data }) => {
     const bytes = new Uint8Array(await (await fetch('/wasm/' + c.module)).arrayBuffer());
     const input = new Uint8Array(c.input);
     const r = runUnit({ module: bytes, input, seed: unitSeed('u1', input), limits: {} });
-    out.push({ id: c.id, stdout: r.stdout && Array.from(r.stdout), failure: r.failure });
+    out.push({ id: c.id, stdout: r.stdout && Array.from(r.stdout), fuel: String(r.fuel), failure: r.failure });
   }
   postMessage(out);
 };`;
@@ -101,6 +104,7 @@ test('units run in a Chromium Web Worker give the native bytes', { skip, timeout
       const bytes = Uint8Array.from(r.stdout);
       if (want.stdoutHex !== undefined) assert.equal(toHex(bytes), want.stdoutHex, r.id);
       else assert.equal(toHex(hash(bytes)), want.stdoutBlake3, r.id);
+      if (metered) assert.equal(r.fuel, want.nativeFuel, `${r.id}: fuel`);
     }
   } finally {
     const exited = new Promise((r) => browser.once('exit', r));
