@@ -630,7 +630,9 @@ pub(crate) async fn serve_member(
             coordinator::deployment::write_files(files, &data)?;
             let key = key_of(&data)?;
             let switch = Switch::forwarding(Edge::new(
-                standby.leader_watch().spawn(Duration::from_secs(1)),
+                standby
+                    .leader_watch()
+                    .spawn(Duration::from_secs(1), &format!("http://{addr}")),
                 secret(&key),
             ));
             crate::server::announce(addr)?;

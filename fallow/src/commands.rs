@@ -125,7 +125,9 @@ async fn deployment(
     let my_url = leader_url(advertise.as_deref(), addr, identity.as_ref());
     config.tls = identity.clone();
     let leaders = match &attached {
-        Attached::Standby(standby) => standby.leader_watch().spawn(Duration::from_secs(1)),
+        Attached::Standby(standby) => standby
+            .leader_watch()
+            .spawn(Duration::from_secs(1), &my_url),
         Attached::Active(_) => tokio::sync::watch::channel(None).1,
     };
     let switch = coordinator::forward::Switch::forwarding(coordinator::forward::Edge::new(

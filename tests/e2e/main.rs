@@ -37,4 +37,5 @@ mod stuck;
 mod templates;
 mod tls;
 mod truth;
+mod volunteer;
 mod walkthrough;

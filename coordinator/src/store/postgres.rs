@@ -538,16 +538,27 @@ impl LeaderWatch {
     }
 
     /// Polls [`LeaderWatch::current`] every `every` into a watch channel until every
-    /// receiver is gone; a failed read keeps the last value (and logs why).
+    /// receiver is gone or the store closes (this coordinator took over); a failed read
+    /// keeps the last value (and logs why).
+    ///
+    /// `me` is this coordinator's own URL: a leader published there is an earlier process
+    /// of this coordinator — killed, and restarted before the database noticed its session
+    /// end — and is not believed, or this edge would forward every call to itself.
     pub fn spawn(
         self,
         every: Duration,
+        me: &str,
     ) -> tokio::sync::watch::Receiver<Option<crate::forward::Leader>> {
         let (tx, rx) = tokio::sync::watch::channel(None);
+        let me = me.to_string();
         tokio::spawn(async move {
             loop {
+                if self.pool.is_closed() {
+                    return;
+                }
                 match self.current().await {
                     Ok(leader) => {
+                        let leader = leader.filter(|l| l.url != me);
                         tx.send_if_modified(|held| {
                             if *held == leader {
                                 return false;

@@ -11,7 +11,7 @@ import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 
-import { CASES, artifactsDir, meteredDir } from './cases.mjs';
+import { CASES, artifactsDir, meteredDir, expectedFile } from './cases.mjs';
 import { hash, toHex } from '../blake3.js';
 
 const chromium =
@@ -52,7 +52,7 @@ test('units run in a Chromium Web Worker give the native bytes', { skip, timeout
     return { id, module: c.module, input: Array.from(c.input) };
   });
   const expected = new Map(
-    JSON.parse(readFileSync(new URL('./fixtures/expected.json', import.meta.url), 'utf8')).map((e) => [e.id, e]),
+    JSON.parse(readFileSync(expectedFile(), 'utf8')).map((e) => [e.id, e]),
   );
   const here = new URL('../', import.meta.url);
   let deliver;

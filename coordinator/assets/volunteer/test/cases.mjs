@@ -41,6 +41,15 @@ export function meteredDir() {
   return out;
 }
 
+/**
+ * Where the native sandbox's outcomes are: $FALLOW_EXPECTED (the e2e test
+ * `volunteer::` writes them afresh from this build's `fallow run`), else the committed
+ * fixtures/expected.json.
+ */
+export function expectedFile() {
+  return process.env.FALLOW_EXPECTED ?? fileURLToPath(new URL('./fixtures/expected.json', import.meta.url));
+}
+
 const text = (s) => new TextEncoder().encode(s);
 
 /** The reducer ABI's records (tasks/README.md): name length, name, output length, output. */

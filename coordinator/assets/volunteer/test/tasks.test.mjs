@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { CASES, artifactsDir, meteredDir } from './cases.mjs';
+import { CASES, artifactsDir, meteredDir, expectedFile } from './cases.mjs';
 import { runUnit, unitSeed, encodeCheckpoint, decodeCheckpoint } from '../guest.js';
 import { hash, toHex } from '../blake3.js';
 
 const expected = new Map(
-  JSON.parse(readFileSync(new URL('./fixtures/expected.json', import.meta.url), 'utf8')).map(
+  JSON.parse(readFileSync(expectedFile(), 'utf8')).map(
     (e) => [e.id, e],
   ),
 );
