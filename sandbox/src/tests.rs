@@ -1655,3 +1655,45 @@ fn the_nan_rewrite_refuses_relaxed_simd() {
     let err = nan::canonicalize(&metered::module(&[(0, start)], 0)).expect_err("refused");
     assert!(err.to_string().contains("relaxed SIMD"), "{err}");
 }
+
+/// Random valid modules (wasm-smith, seeded, every feature the engine takes) come out of
+/// the fuel and NaN rewrites valid: a hostile module reaches `meter::instrument` on every
+/// worker, so a panic or an invalid rewrite there would be a denial of service.
+#[test]
+fn random_valid_modules_stay_valid_through_the_meter_and_nan_rewrites() {
+    let features = wasmparser::WasmFeatures::default();
+    let mut rewritten = 0;
+    for seed in 0u64..2000 {
+        let mut noise = vec![0u8; 4096 + (seed as usize % 8) * 4096];
+        blake3::Hasher::new()
+            .update(&seed.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut noise);
+        let config = wasm_smith::Config {
+            gc_enabled: false,
+            exceptions_enabled: false,
+            relaxed_simd_enabled: false,
+            threads_enabled: false,
+            max_funcs: 20,
+            max_instructions: 300,
+            max_nesting_depth: 8,
+            ..wasm_smith::Config::default()
+        };
+        let Ok(module) = wasm_smith::Module::new(config, &mut arbitrary::Unstructured::new(&noise))
+        else {
+            continue;
+        };
+        let bytes = module.to_bytes();
+        let valid = |b: &[u8]| wasmparser::Validator::new_with_features(features).validate_all(b);
+        valid(&bytes).expect("wasm-smith makes valid modules");
+        let metered = meter::instrument(&bytes)
+            .unwrap_or_else(|e| panic!("seed {seed}: cannot meter a valid module: {e}"));
+        valid(&metered).unwrap_or_else(|e| panic!("seed {seed}: metered module invalid: {e}"));
+        let canonical = nan::canonicalize(&metered)
+            .unwrap_or_else(|e| panic!("seed {seed}: cannot canonicalize: {e}"));
+        valid(&canonical)
+            .unwrap_or_else(|e| panic!("seed {seed}: canonicalized module invalid: {e}"));
+        rewritten += 1;
+    }
+    assert!(rewritten > 1500, "only {rewritten} modules generated");
+}
