@@ -122,3 +122,84 @@ fn the_browser_guest_runtime_gives_the_native_bytes_and_fuel_in_node_and_chromiu
         .unwrap_or(0);
     assert!(passed >= 500, "only {passed} checks ran:\n{tail}");
 }
+
+/// One gRPC-web call as a browser's fetch() makes it, over HTTP/1.0 (so the answer ends
+/// with the connection): `application/grpc-web+proto`, the message in a data frame. Returns
+/// the HTTP head, the data frames' messages and the trailers frame's text.
+fn grpc_web(addr: &str, path: &str, message: &[u8]) -> (String, Vec<Vec<u8>>, String) {
+    use std::io::{Read, Write};
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/grpc-web+proto\r\n\
+         X-Grpc-Web: 1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("send head");
+    stream.write_all(&body).expect("send body");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read answer");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&answer[..split]).to_string();
+    let mut rest = &answer[split + 4..];
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let frame = rest[5..5 + len].to_vec();
+        if rest[0] & 0x80 != 0 {
+            trailers = String::from_utf8_lossy(&frame).to_string();
+        } else {
+            messages.push(frame);
+        }
+        rest = &rest[5 + len..];
+    }
+    (head, messages, trailers)
+}
+
+/// The coordinator serves its API as gRPC-web on its one port, beside gRPC and the
+/// dashboard: the transport of the volunteer page, a browser having no HTTP/2 trailers.
+#[test]
+fn the_coordinator_answers_grpc_web_on_its_one_port() {
+    use prost::Message;
+    let c = crate::harness::Cluster::start(30);
+    let manifest = crate::harness::project(
+        c.dir.path(),
+        "web",
+        artifacts::PRIMES,
+        None,
+        "[inputs]\nsweep = { from = 0, to = 100, step = 50 }\n",
+    );
+    let id = c.submit(&manifest).expect("accepted");
+    let request = proto::v1::ListProjectsRequest { project_id: 0 }.encode_to_vec();
+    let (head, messages, trailers) =
+        grpc_web(&c.addr, "/fallow.v1.Coordinator/ListProjects", &request);
+    assert!(head.starts_with("HTTP/1.0 200 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/grpc-web"),
+        "{head}"
+    );
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    let [message] = messages.as_slice() else {
+        panic!("one answer expected, got {}", messages.len());
+    };
+    let list = proto::v1::ListProjectsResponse::decode(message.as_slice()).expect("decodes");
+    let project = list.projects.iter().find(|p| p.id == id).expect("listed");
+    assert_eq!((project.name.as_str(), project.total), ("web", 2));
+    // A refusal is a gRPC status (here a message that does not decode), in the head of a
+    // trailers-only answer, as a browser client reads it.
+    let (head, messages, _) = grpc_web(&c.addr, "/fallow.v1.Coordinator/GetModule", b"\xff");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200 "), "{head}");
+    assert!(messages.is_empty(), "{head}");
+    assert!(
+        head.contains("grpc-status:") && !head.contains("grpc-status: 0"),
+        "{head}"
+    );
+}

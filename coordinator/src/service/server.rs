@@ -235,7 +235,10 @@ pub(crate) async fn prepare<S: Store>(
     let server = CoordinatorServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    // One port for both: gRPC over HTTP/2, the dashboard over HTTP/1.1 (browsers).
+    // One port for all: gRPC over HTTP/2, the same service as gRPC-web over HTTP/1.1 or
+    // HTTP/2 for browsers (tonic-web translates `application/grpc-web*` requests; the
+    // volunteer page calls it with fetch()), and the dashboard over HTTP/1.1.
+    let server = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), server);
     let gate = Arc::new(crate::auth::Gate::open(
         &config.data_dir,
         config.require_enrollment,
