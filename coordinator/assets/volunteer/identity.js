@@ -63,17 +63,19 @@ export function callMessage(method, timestampUs, body) {
 
 /** A worker key: sign with it, name it by its raw 32-byte public key. */
 export class Identity {
-  constructor(keyPair, publicKey) {
+  constructor(keyPair, publicKey, stored = false) {
     this.keyPair = keyPair;
+    /** Whether the key is kept in the browser's storage (false: this page only). */
+    this.stored = stored;
     /** The raw public key (32 bytes): the worker's id on the wire. */
     this.publicKey = publicKey;
     /** The id as the coordinator shows it (hex). */
     this.id = hex(publicKey);
   }
 
-  static async fromKeyPair(keyPair) {
+  static async fromKeyPair(keyPair, stored = false) {
     const raw = new Uint8Array(await crypto.subtle.exportKey('raw', keyPair.publicKey));
-    return new Identity(keyPair, raw);
+    return new Identity(keyPair, raw, stored);
   }
 
   /** A fresh key pair whose private half cannot be exported. */
@@ -119,18 +121,28 @@ async function openDb(indexedDB) {
  */
 export async function loadIdentity({ indexedDB = globalThis.indexedDB } = {}) {
   if (!indexedDB) return Identity.generate();
-  const db = await openDb(indexedDB);
+  let db;
+  try {
+    db = await openDb(indexedDB);
+  } catch {
+    // Storage refused (e.g. a private window that allows none): a key for this page
+    // only. `stored` tells the page, which can say that credit will not carry over.
+    const fresh = await Identity.generate();
+    fresh.stored = false;
+    return fresh;
+  }
   try {
     const read = async () => request(db.transaction(STORE).objectStore(STORE).get(KEY));
     const kept = await read();
-    if (kept) return Identity.fromKeyPair(kept);
+    if (kept) return Identity.fromKeyPair(kept, true);
     const fresh = await Identity.generate();
     try {
       await request(db.transaction(STORE, 'readwrite').objectStore(STORE).add(fresh.keyPair, KEY));
+      fresh.stored = true;
       return fresh;
     } catch {
       const other = await read();
-      if (other) return Identity.fromKeyPair(other);
+      if (other) return Identity.fromKeyPair(other, true);
       throw new Error('the worker key could not be stored in IndexedDB');
     }
   } finally {

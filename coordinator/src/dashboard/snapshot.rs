@@ -433,3 +433,19 @@ pub(crate) struct TeamRow {
     /// Accounts credited under it.
     pub accounts: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::browser_family;
+
+    #[test]
+    fn a_browser_platform_names_its_family() {
+        assert_eq!(
+            browser_family("browser-chromium").as_deref(),
+            Some("chromium")
+        );
+        assert_eq!(browser_family("browser-"), None);
+        assert_eq!(browser_family("linux-x86_64"), None);
+        assert_eq!(browser_family(""), None);
+    }
+}

@@ -54,6 +54,7 @@ test('a node identity signs what verifies with its raw public key', async () => 
   assert.ok(!(await crypto.subtle.verify({ name: 'Ed25519' }, key, bytes, callMessage('Heartbeat', 43n, Uint8Array.of(9)))));
   // Under node there is no IndexedDB: each load is a fresh key in memory.
   assert.notEqual((await loadIdentity()).id, id.id);
+  assert.equal(id.stored, false);
   assert.equal(detectPlatform(), 'browser-node');
 });
 
@@ -100,7 +101,7 @@ try {
   const b = await loadIdentity();
   await report({
     id: a.id, again: b.id, platform: detectPlatform(),
-    extractable: a.keyPair.privateKey.extractable,
+    extractable: a.keyPair.privateKey.extractable, stored: a.stored && b.stored,
     signature: (await a.stamp('Heartbeat', 1n, new Uint8Array(0))).length,
   });
   if (!sessionStorage.getItem('reloaded')) {
@@ -155,6 +156,7 @@ test('in Chromium the key is kept in IndexedDB, non-extractable, across reloads'
     assert.equal(first.again, first.id, 'a second load in the page gives the stored key');
     assert.equal(second.id, first.id, 'the key survives a reload');
     assert.equal(first.extractable, false);
+    assert.equal(first.stored, true);
     assert.equal(first.platform, 'browser-chromium');
     assert.equal(first.signature, '1.'.length + 128);
   } finally {
