@@ -203,3 +203,174 @@ fn the_coordinator_answers_grpc_web_on_its_one_port() {
         "{head}"
     );
 }
+
+/// Runs one of the volunteer tools (`tools/NAME`) with the coordinator's URL and returns
+/// the JSON object it prints.
+fn volunteer_tool(c: &crate::harness::Cluster, name: &str) -> serde_json::Value {
+    let script = root().join("coordinator/assets/volunteer/tools").join(name);
+    let ran = Command::new(node())
+        .arg(&script)
+        .arg(format!("http://{}", c.addr))
+        .env("CHROMIUM", chromium())
+        .output()
+        .expect("node runs");
+    assert!(
+        ran.status.success(),
+        "{name}: the browser worker's calls failed:\n{}\n{}\ncoordinator:\n{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr),
+        c.coordinator_log()
+    );
+    serde_json::from_slice(&ran.stdout).expect("the tool prints one JSON object")
+}
+
+/// What `tools/calls.mjs` got: registered with `platform` on the coordinator's clock after
+/// one correction, two heartbeats answered, the tampered signature refused.
+fn check_first_calls(out: &serde_json::Value, platform: &str) {
+    let register = &out["register"];
+    assert_eq!(register["clock_corrections"], 1, "{out}");
+    assert!(register["heartbeat_ms"].as_u64().unwrap_or(0) > 0, "{out}");
+    assert_eq!(register["lease_ms"], 30_000, "{out}");
+    assert_eq!(register["coordinator_key"].as_str().map(str::len), Some(64));
+    assert_eq!(register["platform"], platform, "{out}");
+    let heartbeats = out["heartbeats"].as_array().expect("heartbeats");
+    assert_eq!(heartbeats.len(), 2, "{out}");
+    for h in heartbeats {
+        assert_eq!(h["unknown_worker"], false, "{out}");
+        assert!(h["now_ms"].as_u64().unwrap_or(0) > 0, "{out}");
+    }
+    // The tampered signature was refused as unauthenticated, and said why.
+    let bad = &out["bad_signature"];
+    assert_eq!(bad["status"], 16, "{out}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("signature")),
+        "{out}"
+    );
+}
+
+/// The coordinator's `/api/workers` row of the worker whose (full, hex) id is `id`, once
+/// it is listed online.
+fn listed_worker(c: &crate::harness::Cluster, id: &str) -> serde_json::Value {
+    let addr = c.addr.parse().expect("addr");
+    // The dashboard's snapshot is refreshed in the background: poll it.
+    let start = std::time::Instant::now();
+    loop {
+        let workers: serde_json::Value =
+            serde_json::from_str(&crate::dashboard::http_get(addr, "/api/workers")).expect("JSON");
+        let found = workers["workers"].as_array().and_then(|all| {
+            all.iter()
+                // The dashboard shows ids shortened.
+                .find(|w| {
+                    w["id"].as_str().is_some_and(|short| id.starts_with(short))
+                        && w["online"] == true
+                })
+                .cloned()
+        });
+        match found {
+            Some(w) => break w,
+            None if start.elapsed() > std::time::Duration::from_secs(15) => {
+                panic!("worker {id} not listed online: {workers}")
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The browser worker's identity and first calls (`identity.js`, `rpc.js`, `proto.js`),
+/// under node and in a headless Chromium tab, against a real coordinator over gRPC-web:
+/// each registers (its clock an hour off, corrected from the refusal), heartbeats twice,
+/// and a tampered signature is refused. `/api/workers` lists both as browser workers with
+/// their account and team, and `proto.js` encodes as prost does (the call signatures
+/// cover those bytes).
+#[test]
+fn a_browser_worker_registers_and_heartbeats_over_grpc_web() {
+    use prost::Message;
+    let c = crate::harness::Cluster::start(30);
+    let out = volunteer_tool(&c, "worker-calls.mjs");
+
+    // proto.js writes prost's bytes for the same values.
+    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7)).collect();
+    let prost_hex = [
+        (
+            "register_full",
+            proto::v1::RegisterWorkerRequest {
+                public_key: key.clone(),
+                name: "tab ünïcode ✓".into(),
+                peer_addr: String::new(),
+                cores: 300,
+                version: "web-1".into(),
+                signature: vec![0xab; 64],
+                account: "webvol".into(),
+                team: "lab".into(),
+                platform: "browser-node".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "register_defaults",
+            proto::v1::RegisterWorkerRequest {
+                public_key: key.clone(),
+                name: "x".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "heartbeat_full",
+            proto::v1::HeartbeatRequest {
+                public_key: key.clone(),
+                held_units: vec![0, 1, 300, (1 << 63) + 5, u64::MAX],
+                peers_version: 1_234_567_890_123,
+                run_state: "suspended".into(),
+                state_reason: "the tab is hidden".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "heartbeat_empty",
+            proto::v1::HeartbeatRequest::default().encode_to_vec(),
+        ),
+        (
+            "heartbeat_response",
+            proto::v1::HeartbeatResponse {
+                settled_units: vec![7, 1 << 40],
+                peers_version: 3,
+                peers: vec![
+                    proto::v1::PeerInfo {
+                        public_key: key.clone(),
+                        addr: "10.0.0.1:7000".into(),
+                    },
+                    proto::v1::PeerInfo::default(),
+                ],
+                unknown_worker: true,
+                now_ms: 1_800_000_000_000,
+                membership_credential: vec![1, 2, 3],
+            }
+            .encode_to_vec(),
+        ),
+    ];
+    for (name, bytes) in prost_hex {
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            out["encodings"][name].as_str(),
+            Some(expected.as_str()),
+            "proto.js encodes {name} unlike prost"
+        );
+    }
+
+    check_first_calls(&out, "browser-node");
+    let tab = volunteer_tool(&c, "chromium-calls.mjs");
+    check_first_calls(&tab, "browser-chromium");
+
+    // The coordinator lists both as browser workers, online, with their account and team.
+    for (out, family) in [(&out, "node"), (&tab, "chromium")] {
+        let listed = listed_worker(&c, out["id"].as_str().expect("id"));
+        assert_eq!(listed["account"], "webvol", "{listed}");
+        assert_eq!(listed["team"], "lab", "{listed}");
+        assert_eq!(listed["platform"], format!("browser-{family}"), "{listed}");
+        assert_eq!(listed["browser"], family, "{listed}");
+        assert_eq!(listed["state"], "idle", "{listed}");
+    }
+}

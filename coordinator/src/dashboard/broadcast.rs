@@ -615,6 +615,7 @@ fn workers(capture: &Capture, directory: &HashMap<WorkerId, super::WorkerInfo>) 
                 } else {
                     info.platform.clone()
                 },
+                browser: super::snapshot::browser_family(&info.platform),
                 online: last_seen.is_some_and(|t| capture.at.saturating_sub(t) <= capture.lease_ms),
                 last_seen_ms: last_seen,
                 state: state.as_str(),

@@ -514,6 +514,7 @@ mod tests {
                 team: String::new(),
                 cores: 4,
                 platform: "linux-x86_64".into(),
+                browser: None,
                 online: true,
                 last_seen_ms: Some(1),
                 state: "suspended",
@@ -603,6 +604,7 @@ mod tests {
         );
         let (_, _, json) = call(Method::GET, "/api/workers").await;
         assert!(json.contains("\"flagged\":true"), "{json}");
+        assert!(json.contains("\"browser\":null"), "{json}");
         assert!(json.contains("\"state\":\"suspended\""), "{json}");
         assert!(
             json.contains("\"state_reason\":\"other programs use 47 % of the CPUs\""),

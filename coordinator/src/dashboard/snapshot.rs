@@ -362,7 +362,12 @@ pub(crate) struct WorkerRow {
     pub account: String,
     pub team: String,
     pub cores: u32,
+    /// What the worker says it runs on: `linux-x86_64`, or `browser-FAMILY` for a browser
+    /// tab (the volunteer page), e.g. `browser-chromium`.
     pub platform: String,
+    /// The browser family of a browser worker (`chromium`, `firefox`, ...), from its
+    /// `browser-FAMILY` platform; absent (null) for a native worker.
+    pub browser: Option<String>,
     pub online: bool,
     /// Last heard from (Unix ms); absent when not since the coordinator started.
     pub last_seen_ms: Option<u64>,
@@ -374,6 +379,16 @@ pub(crate) struct WorkerRow {
     /// Throttled to one unit a day after repeated wrong or failed results (BOINC's
     /// punitive mode), so volunteers and operators can see who is being held back.
     pub flagged: bool,
+}
+
+/// The browser family of a worker whose platform is `browser-FAMILY` (what the volunteer
+/// page registers with); `None` for anything else. Like the platform itself, what the
+/// worker says: informational, never trusted for scheduling.
+pub(crate) fn browser_family(platform: &str) -> Option<String> {
+    platform
+        .strip_prefix("browser-")
+        .filter(|family| !family.is_empty())
+        .map(str::to_string)
 }
 
 /// Workers of one platform.
@@ -417,4 +432,20 @@ pub(crate) struct TeamRow {
     pub credit: u64,
     /// Accounts credited under it.
     pub accounts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::browser_family;
+
+    #[test]
+    fn a_browser_platform_names_its_family() {
+        assert_eq!(
+            browser_family("browser-chromium").as_deref(),
+            Some("chromium")
+        );
+        assert_eq!(browser_family("browser-"), None);
+        assert_eq!(browser_family("linux-x86_64"), None);
+        assert_eq!(browser_family(""), None);
+    }
 }
