@@ -340,6 +340,7 @@ impl Load {
                         account: account.clone(),
                         team: String::new(),
                         platform: "bench".into(),
+                        fuel_rules: sandbox::meter::VERSION,
                     },
                 ))
                 .await

@@ -218,6 +218,19 @@ pub enum Error {
         /// The longest allowed.
         max: usize,
     },
+    /// A registering worker meters guests' fuel by other rules than this coordinator.
+    #[error(
+        "this worker meters fuel by rules version {worker} and this coordinator by version \
+         {ours} (0: a worker from before Fallow metered fuel by rewriting modules); fuel is \
+         part of what a quorum agrees on, so every worker of a deployment must meter alike: \
+         run the same Fallow release on the worker and the coordinator"
+    )]
+    FuelRules {
+        /// The worker's.
+        worker: u32,
+        /// This coordinator's (`sandbox::meter::VERSION`).
+        ours: u32,
+    },
     /// A worker's platform string is too long or holds control characters.
     #[error("platform must be at most {max} printable characters")]
     BadPlatform {

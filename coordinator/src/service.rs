@@ -160,6 +160,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::NotLeased { .. }
         | Error::AlreadyFailed { .. }
         | Error::DataNotHeld(_)
+        | Error::FuelRules { .. }
         | Error::UnitCancelled { .. }
         | Error::ControlRefused { .. } => Status::failed_precondition(e.to_string()),
         Error::NotSubmitter { .. } | Error::Uncontrollable(_) => {

@@ -101,6 +101,8 @@ fn main() -> std::io::Result<()> {
         account: registration.account.into(),
         team: registration.team.into(),
         platform: "linux-x86_64".into(),
+        // sandbox::meter::VERSION (this crate links the sandbox only with a feature).
+        fuel_rules: 1,
     };
     write("wire", "register-worker", &wire(9, &|| register.encode_to_vec()))?;
 

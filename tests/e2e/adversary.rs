@@ -93,8 +93,27 @@ async fn register_at(
         peer_addr: peer_addr.into(),
         signature: id.sign_registration(&registration).to_vec(),
         cores: 1,
+        fuel_rules: sandbox::meter::VERSION,
         ..Default::default()
     };
+    // A worker metering by other rules (here 0: one from before the rewrite) is refused,
+    // naming both versions: its fuel could never agree with this fleet's.
+    let older = pb::RegisterWorkerRequest {
+        fuel_rules: 0,
+        ..message.clone()
+    };
+    let refused = raw
+        .register_worker(signed(id, "RegisterWorker", now_us(), older))
+        .await
+        .expect_err("a worker metering by other rules is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(
+        refused.message().contains("rules version 0")
+            && refused
+                .message()
+                .contains(&format!("by version {}", sandbox::meter::VERSION)),
+        "{refused}"
+    );
     raw.register_worker(signed(id, "RegisterWorker", now_us(), message))
         .await
         .expect("a properly signed registration is accepted")

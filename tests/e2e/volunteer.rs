@@ -19,6 +19,44 @@ fn chromium() -> PathBuf {
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
+/// Runs `command` (node, which may start Chromium) in a process group of its own and
+/// returns its output; after `limit`, kills the whole group and fails, saying what ran
+/// and what it printed, so that a page that never answers cannot hold the suite.
+fn run_for(mut command: Command, limit: std::time::Duration) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = command
+        .process_group(0)
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("node runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            panic!(
+                "{command:?} still ran after {limit:?}; killed it and its children.\nstdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::process::Output {
+        status,
+        stdout: std::fs::read(&out).unwrap_or_default(),
+        stderr: std::fs::read(&err).unwrap_or_default(),
+    }
+}
+
 /// The repository root (this crate is `fallow/`).
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -68,12 +106,11 @@ fn the_browser_guest_runtime_gives_the_native_bytes_and_fuel_in_node_and_chromiu
     // What the native sandbox gives for every unit of the suite, from this build.
     let mut native = Command::new(node());
     env(&mut native);
-    let made = native
+    native
         .arg(volunteer.join("tools/make-expected.mjs"))
         .arg(env!("CARGO_BIN_EXE_fallow"))
-        .env("FALLOW_EXPECTED_OUT", dir.path().join("expected.json"))
-        .output()
-        .expect("node runs");
+        .env("FALLOW_EXPECTED_OUT", dir.path().join("expected.json"));
+    let made = run_for(native, std::time::Duration::from_secs(600));
     assert!(
         made.status.success(),
         "the native outcomes could not be taken: {}",
@@ -91,11 +128,8 @@ fn the_browser_guest_runtime_gives_the_native_bytes_and_fuel_in_node_and_chromiu
 
     let mut suite = Command::new(node());
     env(&mut suite);
-    let ran = suite
-        .arg("--test")
-        .arg(volunteer.join("test"))
-        .output()
-        .expect("node runs");
+    suite.arg("--test").arg(volunteer.join("test"));
+    let ran = run_for(suite, std::time::Duration::from_secs(600));
     let report = String::from_utf8_lossy(&ran.stdout);
     let tail: String = report
         .lines()
@@ -208,12 +242,11 @@ fn the_coordinator_answers_grpc_web_on_its_one_port() {
 /// the JSON object it prints.
 fn volunteer_tool(c: &crate::harness::Cluster, name: &str) -> serde_json::Value {
     let script = root().join("coordinator/assets/volunteer/tools").join(name);
-    let ran = Command::new(node())
-        .arg(&script)
+    let mut tool = Command::new(node());
+    tool.arg(&script)
         .arg(format!("http://{}", c.addr))
-        .env("CHROMIUM", chromium())
-        .output()
-        .expect("node runs");
+        .env("CHROMIUM", chromium());
+    let ran = run_for(tool, std::time::Duration::from_secs(300));
     assert!(
         ran.status.success(),
         "{name}: the browser worker's calls failed:\n{}\n{}\ncoordinator:\n{}",
@@ -305,6 +338,7 @@ fn a_browser_worker_registers_and_heartbeats_over_grpc_web() {
                 account: "webvol".into(),
                 team: "lab".into(),
                 platform: "browser-node".into(),
+                fuel_rules: 1,
             }
             .encode_to_vec(),
         ),

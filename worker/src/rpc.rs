@@ -306,6 +306,7 @@ impl CoordinatorClient {
                     account: me.account.to_string(),
                     team: me.team.to_string(),
                     platform: platform(),
+                    fuel_rules: sandbox::meter::VERSION,
                 },
                 |mut c, r| async move { c.register_worker(r).await },
             )

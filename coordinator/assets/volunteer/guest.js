@@ -38,6 +38,12 @@ import { Hasher, hash, toHex } from './blake3.js';
 
 /** Fuel handed out per slice of a metered run. */
 export const SLICE = 1n << 22n;
+/**
+ * The version of the fuel-metering rules whose host side this runtime implements
+ * (`sandbox::meter::VERSION`): what the browser worker registers with (`fuel_rules`), and
+ * the only one a coordinator metering alike accepts.
+ */
+export const FUEL_RULES = 1;
 
 /** `protocol::Limits::default()`. */
 export const DEFAULT_LIMITS = Object.freeze({

@@ -44,6 +44,7 @@ export const RegisterWorkerRequest = message('RegisterWorkerRequest', [
   field(7, 'account', 'string'),
   field(8, 'team', 'string'),
   field(9, 'platform', 'string'),
+  field(10, 'fuelRules', 'uint32'),
 ]);
 
 export const RegisterWorkerResponse = message('RegisterWorkerResponse', [

@@ -10,6 +10,7 @@
 // coordinator's grpc-message, which names the problem and the fix).
 
 import * as pb from './proto.js';
+import { FUEL_RULES } from './guest.js';
 
 const SERVICE = '/fallow.v1.Coordinator/';
 const CALL_HEADER = 'fallow-call';
@@ -219,6 +220,7 @@ export class VolunteerWorker {
       account,
       team,
       platform,
+      fuelRules: FUEL_RULES,
     });
     this.stamper.learn(r.nowMs);
     this.heartbeatMs = Number(r.heartbeatMs);

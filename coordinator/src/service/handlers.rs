@@ -323,6 +323,12 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 max: MAX_ACCOUNT_LEN,
             }));
         }
+        if r.fuel_rules != sandbox::meter::VERSION {
+            return Err(to_status(Error::FuelRules {
+                worker: r.fuel_rules,
+                ours: sandbox::meter::VERSION,
+            }));
+        }
         if !r.peer_addr.is_empty() && r.peer_addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(to_status(Error::BadPeerAddr(r.peer_addr)));
         }

@@ -334,7 +334,7 @@ class FailedUnit(_message.Message):
     def __init__(self, unit: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("public_key", "name", "peer_addr", "cores", "version", "signature", "account", "team", "platform")
+    __slots__ = ("public_key", "name", "peer_addr", "cores", "version", "signature", "account", "team", "platform", "fuel_rules")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +344,7 @@ class RegisterWorkerRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     TEAM_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    FUEL_RULES_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     name: str
     peer_addr: str
@@ -353,7 +354,8 @@ class RegisterWorkerRequest(_message.Message):
     account: str
     team: str
     platform: str
-    def __init__(self, public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., peer_addr: _Optional[str] = ..., cores: _Optional[int] = ..., version: _Optional[str] = ..., signature: _Optional[bytes] = ..., account: _Optional[str] = ..., team: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
+    fuel_rules: int
+    def __init__(self, public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., peer_addr: _Optional[str] = ..., cores: _Optional[int] = ..., version: _Optional[str] = ..., signature: _Optional[bytes] = ..., account: _Optional[str] = ..., team: _Optional[str] = ..., platform: _Optional[str] = ..., fuel_rules: _Optional[int] = ...) -> None: ...
 
 class PeerInfo(_message.Message):
     __slots__ = ("public_key", "addr")

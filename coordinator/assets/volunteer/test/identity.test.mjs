@@ -124,7 +124,7 @@ test('in Chromium the key is kept in IndexedDB, non-extractable, across reloads'
       res.end(body);
     };
     if (req.url === '/') return send('text/html', PAGE);
-    if (['/identity.js', '/rpc.js', '/proto.js', '/blake3.js'].includes(req.url)) {
+    if (['/identity.js', '/rpc.js', '/proto.js', '/blake3.js', '/guest.js'].includes(req.url)) {
       return send('text/javascript', readFileSync(new URL('.' + req.url, here)));
     }
     if (req.url === '/result') {
@@ -147,8 +147,15 @@ test('in Chromium the key is kept in IndexedDB, non-extractable, across reloads'
     '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run',
     `--user-data-dir=${profile}`, `http://127.0.0.1:${server.address().port}/`,
   ], { stdio: 'ignore' });
+  // The test's own timeout does not end a wait (nor Chromium): this one does, so that a
+  // page that never answers fails the test instead of holding the suite.
+  const timer = setTimeout(() => {
+    results.push({ error: 'no answer from the tab in 50 s' });
+    done();
+  }, 50_000);
   try {
     await both;
+    clearTimeout(timer);
     const [first, second] = results;
     assert.equal(first.error, undefined, first.error);
     assert.equal(second?.error, undefined, second?.error);

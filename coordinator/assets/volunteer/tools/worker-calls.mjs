@@ -30,6 +30,7 @@ const encodings = {
     account: 'webvol',
     team: 'lab',
     platform: 'browser-node',
+    fuelRules: 1,
   }),
   register_defaults: pb.encode(pb.RegisterWorkerRequest, { publicKey: key, cores: 0, name: 'x' }),
   heartbeat_full: pb.encode(pb.HeartbeatRequest, {
