@@ -998,8 +998,18 @@ impl Flavour {
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         // For profiling guest code: `FALLOW_WASM_PROFILER=jitdump perf record -k 1 ...`, then
         // `perf inject --jit`, shows compiled guest functions by name (`perfmap` for symbols
-        // only). Off unless asked for; it changes nothing a guest can observe.
+        // only). Off unless asked for; it changes nothing a guest can observe. jitdump needs
+        // wasmtime's `profiling` feature, which only this crate's `jitdump` feature turns on
+        // (it keeps Intel's ittapi library out of the release binary); without it, say how to
+        // get it rather than pass on wasmtime's "disabled at compile time".
         match std::env::var("FALLOW_WASM_PROFILER").as_deref() {
+            Ok("jitdump") if !cfg!(feature = "jitdump") => {
+                return Err(Error::Engine(
+                    "FALLOW_WASM_PROFILER=jitdump needs a build with `--features \
+                     sandbox/jitdump` (BENCHMARKS.md); FALLOW_WASM_PROFILER=perfmap needs none"
+                        .into(),
+                ));
+            }
             Ok("jitdump") => {
                 c.profiler(wasmtime::ProfilingStrategy::JitDump);
             }
