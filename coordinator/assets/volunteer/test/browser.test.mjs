@@ -6,13 +6,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 
 import { CASES, artifactsDir, meteredDir, expectedFile } from './cases.mjs';
 import { hash, toHex } from '../blake3.js';
+import { launch } from './chromium.mjs';
 
 const chromium =
   process.env.CHROMIUM ??
@@ -84,11 +84,7 @@ test('units run in a Chromium Web Worker give the native bytes', { skip, timeout
     return undefined;
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const profile = mkdtempSync(join(tmpdir(), 'fallow-chromium-'));
-  const browser = spawn(chromium, [
-    '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run',
-    `--user-data-dir=${profile}`, `http://127.0.0.1:${server.address().port}/`,
-  ], { stdio: 'ignore' });
+  const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`);
   try {
     const got = await result;
     assert.ok(Array.isArray(got), `worker failed: ${JSON.stringify(got)}`);
@@ -107,10 +103,7 @@ test('units run in a Chromium Web Worker give the native bytes', { skip, timeout
       if (metered) assert.equal(r.fuel, want.nativeFuel, `${r.id}: fuel`);
     }
   } finally {
-    const exited = new Promise((r) => browser.once('exit', r));
-    browser.kill();
-    await exited;
+    await browser.stop();
     server.close();
-    rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
   }
 });

@@ -7,15 +7,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 
 import * as pb from '../proto.js';
 import { Identity, loadIdentity, registrationMessage, callMessage } from '../identity.js';
 import { Stamper, detectPlatform } from '../rpc.js';
 import { hash, toHex } from '../blake3.js';
+import { launch } from './chromium.mjs';
 
 const chromium =
   process.env.CHROMIUM ??
@@ -142,11 +142,7 @@ test('in Chromium the key is kept in IndexedDB, non-extractable, across reloads'
     return undefined;
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const profile = mkdtempSync(join(tmpdir(), 'fallow-chromium-'));
-  const browser = spawn(chromium, [
-    '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run',
-    `--user-data-dir=${profile}`, `http://127.0.0.1:${server.address().port}/`,
-  ], { stdio: 'ignore' });
+  const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`);
   // The test's own timeout does not end a wait (nor Chromium): this one does, so that a
   // page that never answers fails the test instead of holding the suite.
   const timer = setTimeout(() => {
@@ -167,10 +163,7 @@ test('in Chromium the key is kept in IndexedDB, non-extractable, across reloads'
     assert.equal(first.platform, 'browser-chromium');
     assert.equal(first.signature, '1.'.length + 128);
   } finally {
-    const exited = new Promise((r) => browser.once('exit', r));
-    browser.kill();
-    await exited;
+    await browser.stop();
     server.close();
-    rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
   }
 });

@@ -10,10 +10,8 @@
 // by the coordinator, on its own origin.
 
 import { createServer } from 'node:http';
-import { spawn } from 'node:child_process';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { launch } from '../test/chromium.mjs';
 
 const url = process.argv[2];
 if (!url) {
@@ -54,18 +52,11 @@ const server = createServer((req, res) => {
   return undefined;
 });
 await new Promise((r) => server.listen(0, '127.0.0.1', r));
-const profile = mkdtempSync(join(tmpdir(), 'fallow-chromium-'));
-const browser = spawn(chromium, [
-  '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-web-security',
-  `--user-data-dir=${profile}`, `http://127.0.0.1:${server.address().port}/`,
-], { stdio: 'ignore' });
+const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`, ['--disable-web-security']);
 const timer = setTimeout(() => deliver(JSON.stringify({ error: 'no answer from the tab in 60 s' })), 60_000);
 const got = await result;
 clearTimeout(timer);
-const exited = new Promise((r) => browser.once('exit', r));
-browser.kill();
-await exited;
+await browser.stop();
 server.close();
-rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
 console.log(got);
 process.exit(JSON.parse(got).error ? 1 : 0);
