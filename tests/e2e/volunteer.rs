@@ -236,6 +236,31 @@ fn the_coordinator_answers_grpc_web_on_its_one_port() {
         head.contains("grpc-status:") && !head.contains("grpc-status: 0"),
         "{head}"
     );
+
+    // Another web site cannot have its visitors' browsers call the API: a cross-origin
+    // gRPC-web call needs a CORS preflight (its content type is not a simple one), and the
+    // coordinator grants none, so the browser never sends the call.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&c.addr).expect("connect");
+    write!(
+        stream,
+        "OPTIONS /fallow.v1.Coordinator/ListProjects HTTP/1.0\r\nHost: {}\r\n\
+         Origin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: content-type,x-grpc-web\r\n\r\n",
+        c.addr
+    )
+    .expect("send preflight");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read answer");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        answer.starts_with("http/1."),
+        "no answer to the preflight: {answer:?}"
+    );
+    assert!(
+        !answer.contains("access-control-allow-origin"),
+        "a preflight from another origin was granted: {answer}"
+    );
 }
 
 /// Runs one of the volunteer tools (`tools/NAME`) with the coordinator's URL and returns
