@@ -885,6 +885,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         self.extend(request).await
     }
 
+    async fn relay_exchange(
+        &self,
+        _request: Request<pb::RelayExchangeRequest>,
+    ) -> Result<Response<pb::BoardViews>, Status> {
+        Err(Status::unimplemented("RelayExchange is being built"))
+    }
+
     async fn return_units(
         &self,
         request: Request<pb::ReturnUnitsRequest>,

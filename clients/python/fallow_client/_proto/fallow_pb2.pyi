@@ -474,10 +474,14 @@ class WorkResponse(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetModuleRequest(_message.Message):
-    __slots__ = ("digest",)
+    __slots__ = ("digest", "fuel_rules", "canonical_nans")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FUEL_RULES_FIELD_NUMBER: _ClassVar[int]
+    CANONICAL_NANS_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
-    def __init__(self, digest: _Optional[bytes] = ...) -> None: ...
+    fuel_rules: int
+    canonical_nans: bool
+    def __init__(self, digest: _Optional[bytes] = ..., fuel_rules: _Optional[int] = ..., canonical_nans: _Optional[bool] = ...) -> None: ...
 
 class GetModuleResponse(_message.Message):
     __slots__ = ("module",)
@@ -612,6 +616,16 @@ class BoardViews(_message.Message):
     views: _containers.RepeatedCompositeFieldContainer[UnitView]
     rejected: _containers.RepeatedCompositeFieldContainer[BoardRejection]
     def __init__(self, views: _Optional[_Iterable[_Union[UnitView, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[BoardRejection, _Mapping]]] = ...) -> None: ...
+
+class RelayExchangeRequest(_message.Message):
+    __slots__ = ("public_key", "board_key", "exchange")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    BOARD_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    board_key: bytes
+    exchange: BoardExchange
+    def __init__(self, public_key: _Optional[bytes] = ..., board_key: _Optional[bytes] = ..., exchange: _Optional[_Union[BoardExchange, _Mapping]] = ...) -> None: ...
 
 class Evidence(_message.Message):
     __slots__ = ("reporter_key", "commitment", "claim", "other")

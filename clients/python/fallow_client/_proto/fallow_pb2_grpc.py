@@ -129,6 +129,11 @@ class CoordinatorStub:
                 request_serializer=fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.SerializeToString,
                 response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
                 _registered_method=True)
+        self.RelayExchange = channel.unary_unary(
+                '/fallow.v1.Coordinator/RelayExchange',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.RelayExchangeRequest.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.BoardViews.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -275,6 +280,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RelayExchange(self, request, context):
+        """Authenticated worker call: forwards the caller's exchange to one of its units' boards
+        over the coordinator's own peer-TLS connection, for workers that cannot open peer
+        TLS themselves (the browser worker). Every commitment and reveal must be the
+        caller's own; the board's answer comes back unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -367,6 +382,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ExtendProject,
                     request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.FromString,
                     response_serializer=fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.SerializeToString,
+            ),
+            'RelayExchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelayExchange,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.RelayExchangeRequest.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.BoardViews.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -860,6 +880,33 @@ class Coordinator:
             '/fallow.v1.Coordinator/ExtendProject',
             fallow__client_dot___proto_dot_fallow__pb2.ExtendRequest.SerializeToString,
             fallow__client_dot___proto_dot_fallow__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelayExchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/RelayExchange',
+            fallow__client_dot___proto_dot_fallow__pb2.RelayExchangeRequest.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.BoardViews.FromString,
             options,
             channel_credentials,
             insecure,
