@@ -34,6 +34,7 @@ pub mod fleet;
 pub mod forward;
 mod modules;
 mod reducer;
+mod relay;
 pub mod scheduler;
 mod service;
 pub mod status;
@@ -230,6 +231,28 @@ pub enum Error {
         worker: u32,
         /// This coordinator's (`sandbox::meter::VERSION`).
         ours: u32,
+    },
+    /// A stored module could not be rewritten to meter its own fuel (`GetModule` with
+    /// `fuel_rules`); wasmtime validated it when it was submitted, so this is a bug.
+    #[error("cannot serve the module metered: {0}")]
+    Meter(String),
+    /// A `RelayExchange` the coordinator will not forward (not the caller's own messages,
+    /// or beyond a board's limits).
+    #[error("RelayExchange refused: {0}")]
+    BadRelay(String),
+    /// `RelayExchange` named a board that is not a live worker with a vouched peer address.
+    #[error(
+        "board {0} is not a live worker with a peer address this coordinator vouched for: \
+         choose a unit's boards from the peer list RegisterWorker and Heartbeat give"
+    )]
+    UnknownBoard(protocol::WorkerId),
+    /// The relay could not reach a board.
+    #[error("board {board} cannot be reached through the coordinator: {why}")]
+    BoardUnreachable {
+        /// The board's worker.
+        board: protocol::WorkerId,
+        /// What failed.
+        why: String,
     },
     /// A worker's platform string is too long or holds control characters.
     #[error("platform must be at most {max} printable characters")]

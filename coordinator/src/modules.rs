@@ -12,6 +12,13 @@
 //! ours) + [`SEND_BUDGET`] being sent, about 384 MiB with 64 MiB modules, however many
 //! calls arrive; loopback callers are exempt from the per-address bounds unless
 //! `limit_loopback`, not from the budget.
+//!
+//! A worker without wasmtime's fuel (the browser worker) asks for the module already
+//! rewritten to meter itself (`sandbox::meter`, and `sandbox::nan` for a project that
+//! canonicalizes NaNs): [`Modules::metered`] rewrites one module at a time, off the async
+//! threads, and keeps the rewrites in a cache of their own ([`METERED_CACHE_BYTES`]).
+//! The browser trusts the coordinator for the rewrite as it trusts it for the page's own
+//! code: both come from the same origin.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -39,12 +46,19 @@ pub(crate) const SENDS_PER_ADDRESS: usize = 2;
 /// per core at most when a new module comes, so this is more than any machine's cores.
 pub(crate) const CALLS_PER_ADDRESS: usize = 256;
 
+/// Metered rewrites kept in memory after they are made (most recently used last).
+pub(crate) const METERED_CACHE_BYTES: usize = MAX_MODULE_BYTES;
+
 /// The budget counts in KiB, so the largest module's share fits a `u32` of permits.
 const BUDGET_UNIT: usize = 1024;
 
 /// The module server; one per coordinator.
 pub(crate) struct Modules {
     cache: Mutex<Cache>,
+    /// Metered rewrites, keyed by (digest, canonical NaNs).
+    metered: Mutex<Cache<(Digest, bool)>>,
+    /// One rewrite at a time: it costs a core for as long as it takes.
+    rewrites: Semaphore,
     /// One store read at a time: a read costs its module twice over until it is cached.
     reads: Semaphore,
     /// [`SEND_BUDGET`], in [`BUDGET_UNIT`]s.
@@ -53,11 +67,42 @@ pub(crate) struct Modules {
     limit_loopback: bool,
 }
 
-#[derive(Default)]
-struct Cache {
+struct Cache<K = Digest> {
     /// Least recently used first.
-    entries: VecDeque<(Digest, Bytes)>,
+    entries: VecDeque<(K, Bytes)>,
     bytes: usize,
+}
+
+impl<K> Default for Cache<K> {
+    fn default() -> Self {
+        Cache {
+            entries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<K: PartialEq + Copy> Cache<K> {
+    /// The entry for `key`, now the most recently used.
+    fn get(&mut self, key: K) -> Option<Bytes> {
+        let at = self.entries.iter().position(|(k, _)| *k == key)?;
+        let entry = self.entries.remove(at)?;
+        let bytes = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(bytes)
+    }
+
+    /// Keeps `bytes` under `key`, evicting the least recently used beyond `cap` (never
+    /// the entry just put).
+    fn put(&mut self, key: K, bytes: Bytes, cap: usize) {
+        self.bytes += bytes.len();
+        self.entries.push_back((key, bytes));
+        while self.bytes > cap && self.entries.len() > 1 {
+            if let Some((_, evicted)) = self.entries.pop_front() {
+                self.bytes -= evicted.len();
+            }
+        }
+    }
 }
 
 /// One address's calls in progress.
@@ -71,6 +116,8 @@ impl Modules {
     pub(crate) fn new(limit_loopback: bool) -> Self {
         Modules {
             cache: Mutex::new(Cache::default()),
+            metered: Mutex::new(Cache::default()),
+            rewrites: Semaphore::new(1),
             reads: Semaphore::new(1),
             sends: Arc::new(Semaphore::new(SEND_BUDGET / BUDGET_UNIT)),
             callers: Arc::new(Mutex::new(HashMap::new())),
@@ -158,24 +205,46 @@ impl Modules {
             return Ok(None);
         };
         let module = Bytes::from(module);
-        let mut cache = lock(&self.cache);
-        cache.bytes += module.len();
-        cache.entries.push_back((digest, module.clone()));
-        while cache.bytes > CACHE_BYTES && cache.entries.len() > 1 {
-            if let Some((_, evicted)) = cache.entries.pop_front() {
-                cache.bytes -= evicted.len();
-            }
-        }
+        lock(&self.cache).put(digest, module.clone(), CACHE_BYTES);
         Ok(Some(module))
     }
 
     fn cached(&self, digest: Digest) -> Option<Bytes> {
-        let mut cache = lock(&self.cache);
-        let at = cache.entries.iter().position(|(d, _)| *d == digest)?;
-        let entry = cache.entries.remove(at)?;
-        let module = entry.1.clone();
-        cache.entries.push_back(entry);
-        Some(module)
+        lock(&self.cache).get(digest)
+    }
+
+    /// `module` (the bytes of `digest`) rewritten to meter its own fuel by
+    /// `sandbox::meter`'s rules, and with canonical NaNs when `canonical_nans`: what an
+    /// engine without wasmtime's fuel runs to get the same bytes and fuel as a native
+    /// worker.
+    pub(crate) async fn metered(
+        &self,
+        digest: Digest,
+        canonical_nans: bool,
+        module: Bytes,
+    ) -> Result<Bytes, Status> {
+        let key = (digest, canonical_nans);
+        if let Some(m) = lock(&self.metered).get(key) {
+            return Ok(m);
+        }
+        let _rewriting = self.rewrites.acquire().await;
+        if let Some(m) = lock(&self.metered).get(key) {
+            return Ok(m);
+        }
+        let rewritten = tokio::task::spawn_blocking(move || {
+            let metered = sandbox::meter::instrument(&module)?;
+            if canonical_nans {
+                sandbox::nan::canonicalize(&metered)
+            } else {
+                Ok(metered)
+            }
+        })
+        .await
+        .map_err(|e| to_status(crate::Error::Meter(format!("the rewrite stopped: {e}"))))?
+        .map_err(|e| to_status(crate::Error::Meter(e.to_string())))?;
+        let rewritten = Bytes::from(rewritten);
+        lock(&self.metered).put(key, rewritten.clone(), METERED_CACHE_BYTES);
+        Ok(rewritten)
     }
 }
 

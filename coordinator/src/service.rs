@@ -95,6 +95,8 @@ struct Inner<S> {
     dashboard: Arc<Dashboard>,
     /// `GetModule`'s cache and bounds (see [`crate::modules`]).
     modules: crate::modules::Modules,
+    /// `RelayExchange`'s channels to boards (see [`crate::relay`]).
+    relay: crate::relay::Relay,
     /// Follow streams open per address (`projects::MAX_FOLLOWERS_PER_ADDRESS`).
     followers: projects::StreamCap,
     /// Data downloads in progress per address (`projects::MAX_DOWNLOADS_PER_ADDRESS`).
@@ -131,7 +133,10 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::BadPlatform { .. }
         | Error::BadPeerAddr(_)
         | Error::TooManySubmitters(_)
-        | Error::BadWasm { .. } => Status::invalid_argument(e.to_string()),
+        | Error::BadWasm { .. }
+        | Error::BadRelay(_) => Status::invalid_argument(e.to_string()),
+        Error::UnknownBoard(_) => Status::not_found(e.to_string()),
+        Error::BoardUnreachable { .. } => Status::unavailable(e.to_string()),
         Error::DiskFull
         | Error::NotDurable
         | Error::Overloaded { .. }
@@ -183,6 +188,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::CheckPanicked(_)
         | Error::Transport(_)
         | Error::Database { .. }
+        | Error::Meter(_)
         | Error::Backup { .. } => {
             tracing::error!("internal error: {e}");
             Status::internal(e.to_string())

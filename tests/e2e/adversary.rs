@@ -1226,3 +1226,116 @@ fn boards_file_only_vouched_commitments_and_a_flood_of_exchanges_is_rate_limited
         "{junk} junk commitments refused ({no_ticket} no_ticket, {bad_ticket} bad_ticket); {limited} of {flood} flooding exchanges rate-limited; {calm_time:?} calm, {attacked_time:?} under attack"
     );
 }
+
+/// `RelayExchange`, the door browser workers reach boards through, driven by a stranger:
+/// unsigned or foreign messages are refused, it reaches no address but a vouched member's,
+/// the board's own rules apply to what it carries, and a flood is rate-limited by the
+/// coordinator. `GetModule`'s metered form gives exactly `sandbox::meter`'s (and
+/// `sandbox::nan`'s) rewrite, and refuses other fuel rules.
+#[test]
+fn the_relay_carries_only_the_callers_own_messages_to_vouched_boards() {
+    let mut c = Cluster::start(10);
+    c.start_worker(&[]);
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-relay", 4, false);
+    let id = c.submit(&manifest).expect("accepted");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut raw = connect(&c.url).await;
+        let mallory = Identity::generate().expect("identity");
+        let peers = listed(&mut raw, &mallory, "mallory", 1).await;
+        assert_eq!(peers.len(), 1, "the honest worker's board: {peers:?}");
+        let board = key_of(&peers[0]);
+        let junk = |who: &Identity, unit: u64| {
+            let claim = Claim::sign(who, ProjectId(id), UnitId(unit), Digest::of(b"junk"), 1);
+            pb::Commitment::from(&claim.commitment())
+        };
+        let relay = |signer: &Identity, board: WorkerId, commitments: Vec<pb::Commitment>| {
+            signed(
+                signer,
+                "RelayExchange",
+                now_us(),
+                pb::RelayExchangeRequest {
+                    public_key: signer.id().0.to_vec(),
+                    board_key: board.0.to_vec(),
+                    exchange: Some(pb::BoardExchange {
+                        commitments,
+                        want_units: vec![1],
+                        ..Default::default()
+                    }),
+                },
+            )
+        };
+        // Unsigned: refused before anything is looked at.
+        let unsigned = tonic::Request::new(pb::RelayExchangeRequest {
+            public_key: mallory.id().0.to_vec(),
+            board_key: board.0.to_vec(),
+            exchange: None,
+        });
+        refused("unsigned relay", raw.relay_exchange(unsigned).await, tonic::Code::Unauthenticated);
+        // Another worker's commitment: the relay carries only the caller's own.
+        let victim = Identity::generate().expect("identity");
+        let why = refused(
+            "a foreign commitment",
+            raw.relay_exchange(relay(&mallory, board, vec![junk(&victim, 1)])).await,
+            tonic::Code::InvalidArgument,
+        );
+        assert!(why.contains("not the caller's own"), "{why}");
+        // Anything but a live vouched member: no board (itself, a made-up key).
+        for nobody in [mallory.id(), WorkerId([9; 32])] {
+            let why = refused(
+                "a board that is no member",
+                raw.relay_exchange(relay(&mallory, nobody, vec![])).await,
+                tonic::Code::NotFound,
+            );
+            assert!(why.contains("not a live worker"), "{why}");
+        }
+        // Its own commitment without a lease ticket reaches the board, whose rules refuse it.
+        let views = raw
+            .relay_exchange(relay(&mallory, board, vec![junk(&mallory, 1)]))
+            .await
+            .expect("the board answers through the relay")
+            .into_inner();
+        assert_eq!(views.rejected.len(), 1, "{views:?}");
+        assert_eq!(views.rejected[0].reason, "no_ticket", "{views:?}");
+        // A flood is the caller's to pay: the coordinator's rate refuses it.
+        let mut limited = 0;
+        for _ in 0..400 {
+            match raw.relay_exchange(relay(&mallory, board, vec![])).await {
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => limited += 1,
+                Err(s) => panic!("flood: {s:?}"),
+                Ok(_) => {}
+            }
+        }
+        assert!(limited >= 100, "{limited} of 400 relayed exchanges refused");
+
+        // The metered module: exactly the rewrite a native worker compiles.
+        let digest = Digest::of(artifacts::PRIMES).0.to_vec();
+        let get = |fuel_rules, canonical_nans| pb::GetModuleRequest {
+            digest: digest.clone(),
+            fuel_rules,
+            canonical_nans,
+        };
+        let plain = raw.get_module(get(0, false)).await.expect("module").into_inner();
+        assert_eq!(plain.module, artifacts::PRIMES);
+        let metered = sandbox::meter::instrument(artifacts::PRIMES).expect("meter");
+        let served = raw
+            .get_module(get(sandbox::meter::VERSION, false))
+            .await
+            .expect("metered module")
+            .into_inner();
+        assert_eq!(served.module, metered);
+        let served = raw
+            .get_module(get(sandbox::meter::VERSION, true))
+            .await
+            .expect("metered module with canonical NaNs")
+            .into_inner();
+        assert_eq!(served.module, sandbox::nan::canonicalize(&metered).expect("nan"));
+        let why = refused(
+            "other fuel rules",
+            raw.get_module(get(sandbox::meter::VERSION + 1, false)).await,
+            tonic::Code::FailedPrecondition,
+        );
+        assert!(why.contains("rules version"), "{why}");
+    });
+    assert_honest_answer(&c, id, 4, Duration::from_secs(300));
+}

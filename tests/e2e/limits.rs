@@ -215,6 +215,7 @@ fn serving_a_big_module_to_many_callers_at_once_holds_less_than_a_copy_per_call(
                 let module = client
                     .get_module(pb::GetModuleRequest {
                         digest: digest.0.to_vec(),
+                        ..Default::default()
                     })
                     .await
                     .expect("module")

@@ -425,6 +425,9 @@ impl CoordinatorClient {
             .clone()
             .get_module(pb::GetModuleRequest {
                 digest: digest.0.to_vec(),
+                // As submitted: the worker meters it itself (its own compiled code only).
+                fuel_rules: 0,
+                canonical_nans: false,
             })
             .await
             .map_err(self.rpc("GetModule"))?

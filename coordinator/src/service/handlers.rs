@@ -612,11 +612,26 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         request: Request<pb::GetModuleRequest>,
     ) -> Result<Response<pb::GetModuleResponse>, Status> {
         let remote = request.remote_addr();
-        let digest = Digest::from_slice("digest", &request.into_inner().digest)
-            .map_err(|e| to_status(e.into()))?;
+        let r = request.into_inner();
+        let digest = Digest::from_slice("digest", &r.digest).map_err(|e| to_status(e.into()))?;
+        // A metered copy by other rules would give other fuel than every native replica's.
+        if r.fuel_rules != 0 && r.fuel_rules != sandbox::meter::VERSION {
+            return Err(to_status(Error::FuelRules {
+                worker: r.fuel_rules,
+                ours: sandbox::meter::VERSION,
+            }));
+        }
         let store = self.inner.store.as_ref();
         match self.inner.modules.serve(store, digest, remote).await? {
             Some((module, sending)) => {
+                let module = if r.fuel_rules == 0 {
+                    module
+                } else {
+                    self.inner
+                        .modules
+                        .metered(digest, r.canonical_nans, module)
+                        .await?
+                };
                 let mut response = Response::new(pb::GetModuleResponse { module });
                 // The caller's turn and the module's share of the send budget, held until
                 // the response has been sent (`connections::KeepUntilSent`).
@@ -887,9 +902,30 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
 
     async fn relay_exchange(
         &self,
-        _request: Request<pb::RelayExchangeRequest>,
+        request: Request<pb::RelayExchangeRequest>,
     ) -> Result<Response<pb::BoardViews>, Status> {
-        Err(Status::unimplemented("RelayExchange is being built"))
+        let (id, stamp) = authenticate("RelayExchange", &request, &request.get_ref().public_key)?;
+        let r = request.into_inner();
+        let board = WorkerId::from_slice("board_key", &r.board_key).map_err(|e| to_status(e.into()))?;
+        let exchange = r.exchange.unwrap_or_default();
+        crate::relay::check_own(id, &exchange).map_err(to_status)?;
+        let now = now_ms();
+        let addr = {
+            let mut state = self.inner.state.lock().await;
+            Self::known_worker(&mut state, id, now)?;
+            Self::fresh(&mut state, id, &stamp)?;
+            self.admit_backed(&mut state, id)?;
+            // Only a live member the coordinator vouched for (what the peer list names):
+            // the relay is no way to reach any other address.
+            state
+                .workers
+                .get(&board)
+                .filter(|w| now.saturating_sub(w.last_seen) <= self.inner.lease_ms)
+                .and_then(|w| w.peer_addr.parse::<std::net::SocketAddr>().ok())
+                .ok_or_else(|| to_status(Error::UnknownBoard(board)))?
+        };
+        let views = self.inner.relay.exchange(id, board, addr, exchange).await?;
+        Ok(Response::new(views))
     }
 
     async fn return_units(

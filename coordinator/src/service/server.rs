@@ -196,6 +196,7 @@ pub(crate) async fn prepare<S: Store>(
             reducing: std::sync::Mutex::new(HashSet::new()),
             dashboard: dashboard.clone(),
             modules: crate::modules::Modules::new(config.limit_loopback),
+            relay: crate::relay::Relay::default(),
             followers: super::projects::StreamCap::new(
                 super::projects::MAX_FOLLOWERS_PER_ADDRESS,
                 "`fallow results --follow` streams",
