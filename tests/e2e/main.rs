@@ -10,6 +10,7 @@ mod testpg;
 mod adversary;
 mod auth;
 mod backup;
+mod browser;
 mod chaos;
 mod checkpoint;
 mod control;

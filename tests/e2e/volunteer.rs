@@ -14,7 +14,7 @@ fn node() -> PathBuf {
     std::env::var_os("FALLOW_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from)
 }
 
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     std::env::var_os("FALLOW_CHROMIUM")
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
