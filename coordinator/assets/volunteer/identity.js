@@ -14,6 +14,11 @@ import { hex } from './proto.js';
 const REGISTER_CONTEXT = new TextEncoder().encode('fallow/register/v2\0');
 const CALL_CONTEXT = new TextEncoder().encode('fallow/call/v1\0');
 
+/** PKCS#8 (RFC 8410) wrapping of a raw ed25519 secret: this prefix, then the 32 bytes. */
+const PKCS8_ED25519_PREFIX = Uint8Array.of(
+  0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+);
+
 const DB = 'fallow-volunteer';
 const STORE = 'keys';
 const KEY = 'worker';
@@ -76,6 +81,21 @@ export class Identity {
   static async fromKeyPair(keyPair, stored = false) {
     const raw = new Uint8Array(await crypto.subtle.exportKey('raw', keyPair.publicKey));
     return new Identity(keyPair, raw, stored);
+  }
+
+  /**
+   * The key whose 32-byte ed25519 secret is `seed` (`protocol::Identity::from_seed`), for
+   * tests and vectors: WebCrypto imports the seed as a PKCS#8 key and reads the public
+   * half from its JWK. Not for real workers (their key never leaves WebCrypto).
+   */
+  static async fromSeed(seed) {
+    if (!(seed instanceof Uint8Array) || seed.length !== 32) throw new TypeError('fromSeed: 32 bytes');
+    const pkcs8 = concat([PKCS8_ED25519_PREFIX, seed]);
+    const privateKey = await crypto.subtle.importKey('pkcs8', pkcs8, { name: 'Ed25519' }, true, ['sign']);
+    const jwk = await crypto.subtle.exportKey('jwk', privateKey);
+    const raw = Uint8Array.from(atob(jwk.x.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
+    const publicKey = await crypto.subtle.importKey('raw', raw, { name: 'Ed25519' }, true, ['verify']);
+    return new Identity({ privateKey, publicKey }, raw);
   }
 
   /** A fresh key pair whose private half cannot be exported. */

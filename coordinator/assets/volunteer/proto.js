@@ -9,6 +9,7 @@
 // writer sends (packed or unpacked numbers) and skips unknown fields.
 //
 // Types: 'uint64' (a BigInt; a Number is accepted when encoding), 'uint32' (a Number),
+// 'int32' and 'enum' (a Number; negative ones sign-extended to ten bytes, as prost does),
 // 'bool', 'string', 'bytes' (a Uint8Array), or a schema object for a nested message.
 
 const VARINT = 0;
@@ -17,6 +18,9 @@ const LEN = 2;
 const FIXED32 = 5;
 
 const MAX_U64 = (1n << 64n) - 1n;
+
+/** Scalar types written as varints (packed when repeated). */
+const NUMERIC = new Set(['uint64', 'uint32', 'int32', 'enum', 'bool']);
 
 /** A field: number, name, type, and whether it repeats. */
 function field(no, name, type, repeated = false) {
@@ -74,6 +78,158 @@ export const HeartbeatResponse = message('HeartbeatResponse', [
   field(6, 'membershipCredential', 'bytes'),
 ]);
 
+export const Limits = message('Limits', [
+  field(1, 'fuel', 'uint64'),
+  field(2, 'memoryMb', 'uint32'),
+  field(3, 'wallSeconds', 'uint32'),
+  field(4, 'maxOutputBytes', 'uint64'),
+  field(5, 'nanCanonicalization', 'bool'),
+  field(6, 'maxCheckpointBytes', 'uint64'),
+]);
+
+export const DataFile = message('DataFile', [
+  field(1, 'name', 'string'),
+  field(2, 'size', 'uint64'),
+  field(3, 'digest', 'bytes'),
+]);
+
+export const LeaseTicket = message('LeaseTicket', [
+  field(1, 'expiresMs', 'uint64'),
+  field(2, 'signature', 'bytes'),
+]);
+
+export const WorkRequest = message('WorkRequest', [
+  field(1, 'publicKey', 'bytes'),
+  field(2, 'maxUnits', 'uint32'),
+  field(3, 'acceptSubmitters', 'bytes', true),
+  field(4, 'allowUnsigned', 'bool'),
+]);
+
+export const Assignment = message('Assignment', [
+  field(1, 'projectId', 'uint64'),
+  field(2, 'unitId', 'uint64'),
+  field(3, 'unitName', 'string'),
+  field(4, 'input', 'bytes'),
+  field(5, 'moduleDigest', 'bytes'),
+  field(6, 'limits', Limits),
+  field(7, 'quorum', 'uint32'),
+  field(8, 'leaseMs', 'uint64'),
+  field(9, 'submitterKey', 'bytes'),
+  field(10, 'terms', 'bytes'),
+  field(11, 'signature', 'bytes'),
+  field(12, 'ticket', LeaseTicket),
+  field(20, 'data', DataFile, true),
+]);
+
+export const WorkResponse = message('WorkResponse', [
+  field(1, 'assignments', Assignment, true),
+  field(2, 'retryAfterMs', 'uint64'),
+  field(3, 'reason', 'string'),
+]);
+
+export const GetModuleRequest = message('GetModuleRequest', [
+  field(1, 'digest', 'bytes'),
+  field(2, 'fuelRules', 'uint32'),
+  field(3, 'canonicalNans', 'bool'),
+]);
+
+export const GetModuleResponse = message('GetModuleResponse', [field(1, 'module', 'bytes')]);
+
+/** `FailureKind` (the proto enum) by `protocol::FailureKind::as_str`. */
+export const FailureKindNumber = Object.freeze({
+  fuel_exhausted: 1,
+  timeout: 2,
+  memory_exhausted: 3,
+  stack_overflow: 4,
+  output_too_large: 5,
+  trap: 6,
+  exit_code: 7,
+  bad_module: 8,
+  checkpoint_too_large: 9,
+  bad_signature: 10,
+});
+
+export const FailureReport = message('FailureReport', [
+  field(1, 'publicKey', 'bytes'),
+  field(2, 'unitId', 'uint64'),
+  field(3, 'kind', 'enum'),
+  field(4, 'detail', 'string'),
+  field(5, 'exitCode', 'int32'),
+]);
+
+export const Ack = message('Ack', []);
+
+export const Claim = message('Claim', [
+  field(1, 'projectId', 'uint64'),
+  field(2, 'unitId', 'uint64'),
+  field(3, 'digest', 'bytes'),
+  field(4, 'fuel', 'uint64'),
+  field(5, 'workerKey', 'bytes'),
+  field(6, 'signature', 'bytes'),
+  field(7, 'salt', 'bytes'),
+]);
+
+export const Commitment = message('Commitment', [
+  field(1, 'projectId', 'uint64'),
+  field(2, 'unitId', 'uint64'),
+  field(3, 'workerKey', 'bytes'),
+  field(4, 'seal', 'bytes'),
+  field(5, 'signature', 'bytes'),
+  field(6, 'ticket', LeaseTicket),
+]);
+
+export const CertificateSubmission = message('CertificateSubmission', [
+  field(1, 'unitId', 'uint64'),
+  field(2, 'claims', Claim, true),
+  field(3, 'output', 'bytes'),
+  field(4, 'submitterKey', 'bytes'),
+]);
+
+export const CertificateAck = message('CertificateAck', [
+  field(1, 'accepted', 'bool'),
+  field(2, 'recorded', 'bool'),
+]);
+
+export const Dispute = message('Dispute', [
+  field(1, 'publicKey', 'bytes'),
+  field(2, 'unitId', 'uint64'),
+  field(3, 'claims', Claim, true),
+]);
+
+export const ReturnUnitsRequest = message('ReturnUnitsRequest', [
+  field(1, 'publicKey', 'bytes'),
+  field(2, 'unitIds', 'uint64', true),
+]);
+
+export const BoardExchange = message('BoardExchange', [
+  field(1, 'commitments', Commitment, true),
+  field(2, 'reveals', Claim, true),
+  field(3, 'wantUnits', 'uint64', true),
+]);
+
+export const UnitView = message('UnitView', [
+  field(1, 'unitId', 'uint64'),
+  field(2, 'commitments', 'uint32'),
+  field(3, 'reveals', Claim, true),
+  field(4, 'committed', Commitment, true),
+]);
+
+export const BoardRejection = message('BoardRejection', [
+  field(1, 'unitId', 'uint64'),
+  field(2, 'reason', 'string'),
+]);
+
+export const BoardViews = message('BoardViews', [
+  field(1, 'views', UnitView, true),
+  field(2, 'rejected', BoardRejection, true),
+]);
+
+export const RelayExchangeRequest = message('RelayExchangeRequest', [
+  field(1, 'publicKey', 'bytes'),
+  field(2, 'boardKey', 'bytes'),
+  field(3, 'exchange', BoardExchange),
+]);
+
 // ---------------------------------------------------------------------------------------
 // Encoding
 
@@ -127,6 +283,8 @@ function isDefault(type, v) {
   switch (type) {
     case 'uint64':
     case 'uint32':
+    case 'int32':
+    case 'enum':
       return BigInt(v) === 0n;
     case 'bool':
       return v === false;
@@ -166,8 +324,12 @@ function writeOne(w, f, v) {
     if (type === 'uint32' && (BigInt(v) < 0n || BigInt(v) > 0xffffffffn)) {
       throw new RangeError(`${f.name}: uint32 out of range: ${v}`);
     }
+    if ((type === 'int32' || type === 'enum') && (BigInt(v) < -0x80000000n || BigInt(v) > 0x7fffffffn)) {
+      throw new RangeError(`${f.name}: int32 out of range: ${v}`);
+    }
     w.key(no, VARINT);
-    w.varint(v);
+    // prost writes a negative int32 (or enum) sign-extended to 64 bits: ten bytes.
+    w.varint(type === 'int32' || type === 'enum' ? BigInt.asUintN(64, BigInt(v)) : v);
   }
 }
 
@@ -179,11 +341,12 @@ export function encode(schema, value = {}) {
     if (f.repeated) {
       const list = v ?? [];
       if (list.length === 0) continue;
-      if (f.type === 'uint64' || f.type === 'uint32' || f.type === 'bool') {
+      if (NUMERIC.has(f.type)) {
         // proto3 packs repeated numbers: one record holding every value.
         const packed = new Writer();
         for (const x of list) {
           if (f.type === 'bool') packed.byte(x ? 1 : 0);
+          else if (f.type === 'int32' || f.type === 'enum') packed.varint(BigInt.asUintN(64, BigInt(x)));
           else packed.varint(x);
         }
         w.key(f.no, LEN);
@@ -271,6 +434,10 @@ function scalarFrom(type, raw, r) {
     case 'uint32':
       // prost truncates a wider varint to 32 bits; so do we.
       return Number(raw & 0xffffffffn);
+    case 'int32':
+    case 'enum':
+      // prost reads the low 32 bits as signed.
+      return Number(BigInt.asIntN(32, raw));
     case 'bool':
       return raw !== 0n;
     default:
@@ -284,6 +451,8 @@ function defaultOf(f) {
     case 'uint64':
       return 0n;
     case 'uint32':
+    case 'int32':
+    case 'enum':
       return 0;
     case 'bool':
       return false;
@@ -311,7 +480,7 @@ export function decode(schema, bytes) {
       r.skip(wireType);
       continue;
     }
-    const numeric = f.type === 'uint64' || f.type === 'uint32' || f.type === 'bool';
+    const numeric = NUMERIC.has(f.type);
     let value;
     if (typeof f.type === 'object') {
       if (wireType !== LEN) throw r.fail(`${f.name} is a message`);
