@@ -982,6 +982,9 @@ function concat(a, b) {
  * - `slice`: fuel per slice (BigInt, default SLICE). `now`: a clock in ms (tests).
  * - `data`: the project's data files; any is refused (`bad_module`): the browser worker
  *   has no `/data` mount.
+ * - `nanCanonicalized`: true when `module` is the coordinator's NaN-canonicalising rewrite
+ *   (GetModule with `canonical_nans`). Without it, limits that ask for
+ *   `nan_canonicalization` are refused (`bad_module`): the engine's own NaN bits differ.
  *
  * Returns `{ stdout, stderrTail, fuel, fuelHere, exitCode, failure, checkpoint,
  * checkpoints, resumedFrom, metered }`: `fuel` and `fuelHere` are BigInts (0n for a module
@@ -1018,10 +1021,11 @@ export function runUnit(opts) {
       'this project has data files (/data), which the browser worker does not support; native workers run it',
     );
   }
-  if (limits.nan_canonicalization) {
+  if (limits.nan_canonicalization && !opts.nanCanonicalized) {
     return fail(
       FailureKind.BadModule,
-      'this project asks for NaN canonicalization, which the browser worker does not do; native workers run it',
+      'this project asks for NaN canonicalization, and this module was not rewritten for it ' +
+        '(GetModule with canonical_nans); native workers run it',
     );
   }
   let prepared;

@@ -254,4 +254,76 @@ export class VolunteerWorker {
     }
     return r;
   }
+
+  /**
+   * Leases up to `maxUnits` units (RequestWork). `acceptSubmitters` empty: any signed
+   * project; `allowUnsigned` false: the browser worker runs only signed projects.
+   */
+  requestWork({ maxUnits, acceptSubmitters = [], allowUnsigned = false }) {
+    return this.call('RequestWork', pb.WorkRequest, pb.WorkResponse, {
+      publicKey: this.identity.publicKey,
+      maxUnits,
+      acceptSubmitters,
+      allowUnsigned,
+    });
+  }
+
+  /**
+   * The module of `digest` (GetModule, not a signed call), metered by `fuelRules` (the
+   * runtime's FUEL_RULES; 0: as submitted) and with NaNs canonicalised when
+   * `canonicalNans`. Returns its bytes.
+   */
+  async getModule(digest, { fuelRules = FUEL_RULES, canonicalNans = false } = {}) {
+    if (!this.url) throw new Error('GetModule: register first');
+    const headers = this.enrollToken ? { authorization: `Bearer ${this.enrollToken}` } : {};
+    const body = pb.encode(pb.GetModuleRequest, { digest, fuelRules, canonicalNans });
+    const answer = await grpcWeb(this.url, 'GetModule', body, { headers, fetch: this.fetch, timeoutMs: 120_000 });
+    return pb.decode(pb.GetModuleResponse, answer).module;
+  }
+
+  /** A unit ended without output here: `kind` is FailureKind::as_str (proto.js FailureKindNumber). */
+  reportFailure(unitId, kind, detail) {
+    const number = pb.FailureKindNumber[kind];
+    if (!number) throw new Error(`ReportFailure: unknown failure kind ${kind}`);
+    return this.call('ReportFailure', pb.FailureReport, pb.Ack, {
+      publicKey: this.identity.publicKey,
+      unitId,
+      kind: number,
+      detail,
+      exitCode: 0, // as the native worker sends it: the detail says the code
+    });
+  }
+
+  /** A (possibly partial) certificate: wire claims and our output. Returns the CertificateAck. */
+  submitCertificate(unitId, claims, output) {
+    return this.call('SubmitCertificate', pb.CertificateSubmission, pb.CertificateAck, {
+      unitId,
+      claims,
+      output,
+      submitterKey: this.identity.publicKey,
+    });
+  }
+
+  /** Disagreeing revealed claims (wire form). */
+  reportDispute(unitId, claims) {
+    return this.call('ReportDispute', pb.Dispute, pb.Ack, { publicKey: this.identity.publicKey, unitId, claims });
+  }
+
+  /** Hands leased units back. */
+  returnUnits(unitIds) {
+    return this.call('ReturnUnits', pb.ReturnUnitsRequest, pb.Ack, { publicKey: this.identity.publicKey, unitIds });
+  }
+
+  /**
+   * One board exchange through the coordinator (RelayExchange): `boardKey` the board's
+   * worker key, `exchange` a wire BoardExchange of our own commitments and reveals.
+   * Returns the board's BoardViews.
+   */
+  relayExchange(boardKey, exchange) {
+    return this.call('RelayExchange', pb.RelayExchangeRequest, pb.BoardViews, {
+      publicKey: this.identity.publicKey,
+      boardKey,
+      exchange,
+    });
+  }
 }

@@ -159,6 +159,17 @@ test('running out of fuel stops the guest with the limit as its fuel, at exactly
   assert.equal(short.fuel, 9_999_999n);
 });
 
+test('nan_canonicalization limits run only a module rewritten for them (nanCanonicalized)', () => {
+  const limits = { fuel: 1e9, nan_canonicalization: true };
+  const refused = runUnit({ module: loop, input, seed, limits });
+  assert.equal(refused.failure.kind, 'bad_module');
+  assert.match(refused.failure.message, /NaN canonicalization/);
+  const ran = runUnit({ module: loop, input, seed, limits, nanCanonicalized: true });
+  assert.equal(ran.failure, null);
+  assert.equal(text(ran.stdout), 'ok\n');
+  assert.equal(ran.fuel, 10_000_000n);
+});
+
 test('a module without the meter import is not metered: fuel 0', () => {
   const plain = module([...writeOk], { meter: false });
   const r = runUnit({ module: plain, input, seed, limits: {} });
