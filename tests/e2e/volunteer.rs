@@ -410,7 +410,169 @@ fn a_browser_worker_registers_and_heartbeats_over_grpc_web() {
             .encode_to_vec(),
         ),
     ];
-    for (name, bytes) in prost_hex {
+    let claim = proto::v1::Claim {
+        project_id: 3,
+        unit_id: (1 << 63) + 9,
+        digest: vec![0xd1; 32],
+        fuel: 123_456_789_012_345,
+        worker_key: key.clone(),
+        signature: vec![0x5a; 64],
+        salt: vec![0x17; 32],
+    };
+    let commitment = proto::v1::Commitment {
+        project_id: 3,
+        unit_id: 9,
+        worker_key: key.clone(),
+        seal: vec![0x33; 32],
+        signature: vec![0x44; 64],
+        ticket: Some(proto::v1::LeaseTicket {
+            expires_ms: 1_800_000_000_000,
+            signature: vec![0x55; 64],
+        }),
+    };
+    // The messages of leases, boards and certificates (loop.js, holder.js).
+    let more = [
+        (
+            "work_request",
+            proto::v1::WorkRequest {
+                public_key: key.clone(),
+                max_units: 2,
+                accept_submitters: vec![vec![1; 32], vec![2; 32]],
+                allow_unsigned: true,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "work_response",
+            proto::v1::WorkResponse {
+                assignments: vec![
+                    proto::v1::Assignment {
+                        project_id: 3,
+                        unit_id: 9,
+                        unit_name: "primes-0001".into(),
+                        input: vec![1, 2, 3],
+                        module_digest: vec![0xee; 32],
+                        limits: Some(proto::v1::Limits {
+                            fuel: 10_000_000_000,
+                            memory_mb: 64,
+                            wall_seconds: 60,
+                            max_output_bytes: 1 << 20,
+                            nan_canonicalization: true,
+                            max_checkpoint_bytes: 16 << 20,
+                        }),
+                        quorum: 2,
+                        lease_ms: 600_000,
+                        submitter_key: vec![9; 32],
+                        terms: vec![8; 32],
+                        signature: vec![7; 64],
+                        ticket: Some(proto::v1::LeaseTicket {
+                            expires_ms: 1_800_000_000_000,
+                            signature: vec![6; 64],
+                        }),
+                        data: vec![proto::v1::DataFile {
+                            name: "a.bin".into(),
+                            size: 1 << 30,
+                            digest: vec![5; 32],
+                        }],
+                    },
+                    proto::v1::Assignment {
+                        project_id: 1,
+                        limits: Some(proto::v1::Limits::default()),
+                        ..Default::default()
+                    },
+                ],
+                retry_after_ms: 2500,
+                reason: "at its limit".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "get_module_request",
+            proto::v1::GetModuleRequest {
+                digest: vec![0xee; 32],
+                fuel_rules: 1,
+                canonical_nans: true,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "failure_report",
+            proto::v1::FailureReport {
+                public_key: key.clone(),
+                unit_id: 9,
+                kind: proto::v1::FailureKind::BadSignature.into(),
+                detail: "the signature on unit \"x\" does not verify".into(),
+                exit_code: -3,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "certificate_submission",
+            proto::v1::CertificateSubmission {
+                unit_id: 9,
+                claims: vec![
+                    claim.clone(),
+                    proto::v1::Claim {
+                        fuel: 0,
+                        ..claim.clone()
+                    },
+                ],
+                output: b"42\n".to_vec(),
+                submitter_key: key.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "dispute",
+            proto::v1::Dispute {
+                public_key: key.clone(),
+                unit_id: 9,
+                claims: vec![claim.clone()],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "return_units",
+            proto::v1::ReturnUnitsRequest {
+                public_key: key.clone(),
+                unit_ids: vec![9, 1 << 40],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "relay_exchange",
+            proto::v1::RelayExchangeRequest {
+                public_key: key.clone(),
+                board_key: vec![0xbb; 32],
+                exchange: Some(proto::v1::BoardExchange {
+                    commitments: vec![commitment.clone()],
+                    reveals: vec![claim.clone()],
+                    want_units: vec![9, 10],
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "board_views",
+            proto::v1::BoardViews {
+                views: vec![proto::v1::UnitView {
+                    unit_id: 9,
+                    commitments: 2,
+                    reveals: vec![claim.clone()],
+                    committed: vec![proto::v1::Commitment {
+                        ticket: None,
+                        ..commitment.clone()
+                    }],
+                }],
+                rejected: vec![proto::v1::BoardRejection {
+                    unit_id: 10,
+                    reason: "no_ticket".into(),
+                }],
+            }
+            .encode_to_vec(),
+        ),
+    ];
+    for (name, bytes) in prost_hex.into_iter().chain(more) {
         let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             out["encodings"][name].as_str(),

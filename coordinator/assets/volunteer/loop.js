@@ -37,8 +37,11 @@ const UPLOAD_TRIES = 8;
 
 const monotonic = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
 
+/** gRPC codes worth another try: deadline exceeded, rate-limited, unavailable, unknown. */
+const RETRIED = new Set([Code.UNKNOWN, 4, 8, Code.UNAVAILABLE]);
+
 function transient(e) {
-  return !(e instanceof GrpcError) || e.status === Code.UNAVAILABLE || e.status === Code.UNKNOWN;
+  return !(e instanceof GrpcError) || RETRIED.has(e.status);
 }
 
 /** Flips one bit of `stdout` (the 'corrupt-output' fault). */

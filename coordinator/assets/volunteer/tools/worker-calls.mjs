@@ -50,6 +50,92 @@ const encodings = {
     membershipCredential: Uint8Array.of(1, 2, 3),
   }),
 };
+
+// The messages of leases, boards and certificates (loop.js, holder.js), including a
+// nested message present but empty, a negative int32 and repeated bytes.
+const claim = {
+  projectId: 3n,
+  unitId: (1n << 63n) + 9n,
+  digest: new Uint8Array(32).fill(0xd1),
+  fuel: 123456789012345n,
+  workerKey: key,
+  signature: new Uint8Array(64).fill(0x5a),
+  salt: new Uint8Array(32).fill(0x17),
+};
+const commitment = {
+  projectId: 3n,
+  unitId: 9n,
+  workerKey: key,
+  seal: new Uint8Array(32).fill(0x33),
+  signature: new Uint8Array(64).fill(0x44),
+  ticket: { expiresMs: 1_800_000_000_000n, signature: new Uint8Array(64).fill(0x55) },
+};
+Object.assign(encodings, {
+  work_request: pb.encode(pb.WorkRequest, {
+    publicKey: key,
+    maxUnits: 2,
+    acceptSubmitters: [new Uint8Array(32).fill(1), new Uint8Array(32).fill(2)],
+    allowUnsigned: true,
+  }),
+  work_response: pb.encode(pb.WorkResponse, {
+    assignments: [
+      {
+        projectId: 3n,
+        unitId: 9n,
+        unitName: 'primes-0001',
+        input: Uint8Array.of(1, 2, 3),
+        moduleDigest: new Uint8Array(32).fill(0xee),
+        limits: {
+          fuel: 10_000_000_000n,
+          memoryMb: 64,
+          wallSeconds: 60,
+          maxOutputBytes: 1n << 20n,
+          nanCanonicalization: true,
+          maxCheckpointBytes: 16n << 20n,
+        },
+        quorum: 2,
+        leaseMs: 600_000n,
+        submitterKey: new Uint8Array(32).fill(9),
+        terms: new Uint8Array(32).fill(8),
+        signature: new Uint8Array(64).fill(7),
+        ticket: { expiresMs: 1_800_000_000_000n, signature: new Uint8Array(64).fill(6) },
+        data: [{ name: 'a.bin', size: 1n << 30n, digest: new Uint8Array(32).fill(5) }],
+      },
+      { projectId: 1n, unitId: 0n, limits: {} },
+    ],
+    retryAfterMs: 2500n,
+    reason: 'at its limit',
+  }),
+  get_module_request: pb.encode(pb.GetModuleRequest, { digest: new Uint8Array(32).fill(0xee), fuelRules: 1, canonicalNans: true }),
+  failure_report: pb.encode(pb.FailureReport, {
+    publicKey: key,
+    unitId: 9n,
+    kind: pb.FailureKindNumber.bad_signature,
+    detail: 'the signature on unit "x" does not verify',
+    exitCode: -3,
+  }),
+  certificate_submission: pb.encode(pb.CertificateSubmission, {
+    unitId: 9n,
+    claims: [claim, { ...claim, fuel: 0n }],
+    output: new TextEncoder().encode('42\n'),
+    submitterKey: key,
+  }),
+  dispute: pb.encode(pb.Dispute, { publicKey: key, unitId: 9n, claims: [claim] }),
+  return_units: pb.encode(pb.ReturnUnitsRequest, { publicKey: key, unitIds: [9n, 1n << 40n] }),
+  relay_exchange: pb.encode(pb.RelayExchangeRequest, {
+    publicKey: key,
+    boardKey: new Uint8Array(32).fill(0xbb),
+    exchange: { commitments: [commitment], reveals: [claim], wantUnits: [9n, 10n] },
+  }),
+  board_views: pb.encode(pb.BoardViews, {
+    views: [{ unitId: 9n, commitments: 2, reveals: [claim], committed: [{ ...commitment, ticket: null }] }],
+    rejected: [{ unitId: 10n, reason: 'no_ticket' }],
+  }),
+});
+const views = pb.decode(pb.BoardViews, encodings.board_views);
+if (views.views[0].reveals[0].fuel !== claim.fuel || views.rejected[0].reason !== 'no_ticket') {
+  throw new Error('BoardViews does not round-trip');
+}
 // Decoding what we encoded gives the values back (the wire answers are decoded below).
 const round = pb.decode(pb.HeartbeatResponse, encodings.heartbeat_response);
 if (round.peers.length !== 2 || round.peers[0].addr !== '10.0.0.1:7000' || round.settledUnits[1] !== 1n << 40n) {
