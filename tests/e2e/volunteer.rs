@@ -595,3 +595,63 @@ fn a_browser_worker_registers_and_heartbeats_over_grpc_web() {
         assert_eq!(listed["state"], "idle", "{listed}");
     }
 }
+
+/// `loop.js`'s `BrowserWorker` under node (its units run by `guest.js` in-process, as the
+/// page's Web Workers run them) is one replica and a native worker the other, with
+/// replication 2: every unit verifies with a mixed quorum. The browser worker leases, gets
+/// the metered module, checks the submitter's signature, and commits and reveals on the
+/// native worker's board through `RelayExchange`; certificates verify, both accounts are
+/// credited, and the outputs are the primes.
+#[test]
+fn a_browser_worker_under_node_and_a_native_worker_verify_units_together() {
+    use crate::harness::{n, project, sum_outputs};
+    let mut c = crate::harness::Cluster::start(30);
+    c.start_worker(&["--account", "native"]);
+    let manifest = project(
+        c.dir.path(),
+        "primes-mixed",
+        artifacts::PRIMES,
+        None,
+        "replication = 2\nquorum = 2\nadaptive = false\n[inputs]\nsweep = { from = 0, to = 100_000, step = 20_000 }\n",
+    );
+    let id = c.submit(&manifest).expect("accepted");
+    let mut tool = Command::new(node());
+    tool.arg(root().join("coordinator/assets/volunteer/tools/worker-loop.mjs"))
+        .arg(format!("http://{}", c.addr))
+        .arg("5");
+    let ran = run_for(tool, std::time::Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "the browser worker did not see its 5 units verified:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&ran.stderr),
+        c.logs()
+    );
+    let out: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let counts = &out["snapshot"]["counts"];
+    assert_eq!(counts["verified"], 5, "{out}");
+    assert_eq!(counts["failed"], 0, "{out}");
+    assert_eq!(
+        out["events"]["revealed"], 5,
+        "it revealed on the boards: {out}"
+    );
+    let status = c.wait_finished(id, std::time::Duration::from_secs(120));
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (5, 0),
+        "{status}"
+    );
+    assert!(
+        n(&status, "executions") >= 10,
+        "two replicas each: {status}"
+    );
+    assert_eq!(sum_outputs(&c.results(id)), (9_592, 5));
+    let accounts = c.accounts();
+    for name in ["native", "webvol"] {
+        let verified = accounts.iter().find(|a| a.0 == name).map_or(0, |a| a.1);
+        assert_eq!(
+            verified, 5,
+            "{name} earned a share of every unit: {accounts:?}"
+        );
+    }
+}

@@ -243,6 +243,13 @@ export class BrowserWorker {
   #settled(unit) {
     const u = this.units.get(unit);
     if (!u) return;
+    if (u.state === 'running') {
+      // Others settled it while the page still runs it: it keeps its core until the run
+      // ends (then it is dropped), so no more than `cores` guests run at once.
+      u.settledEarly = true;
+      this.holder.release(u.unit);
+      return;
+    }
     this.#release(u);
     if (u.claimed) {
       this.counts.verified += 1;
@@ -304,6 +311,7 @@ export class BrowserWorker {
       fuel: null,
       claimed: false,
       certified: false,
+      settledEarly: false,
       upload: Promise.resolve(),
     };
   }
@@ -358,6 +366,11 @@ export class BrowserWorker {
       return;
     }
     if (!this.running || !this.units.has(u.unit)) return; // stopped (handed back) meanwhile
+    if (u.settledEarly) {
+      this.#release(u);
+      this.#pump();
+      return;
+    }
     u.fuel = BigInt(result.fuel ?? 0n);
     this.counts.finished += 1;
     this.#emit('finished', u, { fuel: u.fuel, failure: result.failure ?? null });
