@@ -655,3 +655,55 @@ fn a_browser_worker_under_node_and_a_native_worker_verify_units_together() {
         );
     }
 }
+
+/// A browser worker (`loop.js` under node) made to corrupt its outputs
+/// (`fault: 'corrupt-output'`) beside two honest native workers: its claims disagree with
+/// the native replicas', the disputes bring in native replicas, and every unit verifies
+/// with the true output. The browser worker's account verifies nothing.
+#[test]
+fn a_browser_worker_that_corrupts_its_outputs_is_caught() {
+    use crate::harness::{n, project, sum_outputs};
+    let mut c = crate::harness::Cluster::start(30);
+    // Of different accounts: an extra replica goes to an account that has not run the unit.
+    c.start_worker(&["--account", "alice"]);
+    c.start_worker(&["--account", "bob"]);
+    let manifest = project(
+        c.dir.path(),
+        "primes-corrupt",
+        artifacts::PRIMES,
+        None,
+        "replication = 2\nquorum = 2\nadaptive = false\n[inputs]\nsweep = { from = 0, to = 120_000, step = 20_000 }\n",
+    );
+    let id = c.submit(&manifest).expect("accepted");
+    let mut tool = Command::new(node());
+    tool.arg(root().join("coordinator/assets/volunteer/tools/worker-loop.mjs"))
+        .arg(format!("http://{}", c.addr))
+        .arg("idle")
+        .arg("corrupt-output")
+        .env("FALLOW_LOOP_SECONDS", "90");
+    let ran = run_for(tool, std::time::Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "the browser worker did not finish:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&ran.stderr),
+        c.logs()
+    );
+    let out: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let committed = out["snapshot"]["counts"]["committed"].as_u64().unwrap_or(0);
+    assert!(committed >= 1, "the browser worker ran units: {out}");
+    let status = c.wait_finished(id, std::time::Duration::from_secs(180));
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (6, 0),
+        "{status}"
+    );
+    assert!(
+        n(&status, "disputes") >= 1,
+        "the corrupt claims were disputed: {status}"
+    );
+    assert_eq!(sum_outputs(&c.results(id)), (11_301, 6));
+    let accounts = c.accounts();
+    let webvol = accounts.iter().find(|a| a.0 == "webvol").map_or(0, |a| a.1);
+    assert_eq!(webvol, 0, "a corrupt output never verifies: {accounts:?}");
+}
