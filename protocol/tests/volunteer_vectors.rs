@@ -40,6 +40,9 @@ fn submit_rank(project: ProjectId, unit: UnitId, me: WorkerId, workers: &[Worker
         .unwrap_or(workers.len())
 }
 
+/// (seed, project, unit, output, fuel, first salt byte).
+type ClaimCase = (u8, u64, u64, &'static [u8], u64, u8);
+
 fn hexes(keys: &[WorkerId]) -> String {
     let list: Vec<String> = keys
         .iter()
@@ -66,7 +69,7 @@ fn vectors() -> String {
 
     // Claims: seal and signature for fixed salts, across u64 edge values.
     out.push_str("  \"claims\": [\n");
-    let cases: [(u8, u64, u64, &[u8], u64, u8); 5] = [
+    let cases: [ClaimCase; 5] = [
         (1, 3, 9, b"42\n", 1000, 7),
         (2, 1, 0, b"", 0, 0),
         (
