@@ -321,3 +321,30 @@ test('failed calls surface as errors naming the call and are retried with backof
   assert.ok(c.calls.filter((x) => x === 'RequestWork').length < 20);
   await w.stop();
 });
+
+test('a unit settled by others while the page runs it keeps its core until the run ends, then is dropped', async () => {
+  const c = await new FakeCoordinator({ assignments: [await assignment(12, { quorum: 1 }), await assignment(13, { quorum: 1 })], boards: 0 }).init();
+  let running = 0;
+  let most = 0;
+  const { w, events } = await worker(c, {
+    run: async (job) => {
+      running += 1;
+      most = Math.max(most, running);
+      if (job.unit === 12n) {
+        c.settled.add(12n);
+        const beats = c.calls.filter((x) => x === 'Heartbeat').length;
+        await waitFor('a heartbeat after settling', () => c.calls.filter((x) => x === 'Heartbeat').length > beats);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      running -= 1;
+      return { stdout: te.encode(`out of ${job.unitName}`), fuel: 10n, failure: null };
+    },
+  });
+  await w.start();
+  await waitFor('unit 13 verified', () => events.some((e) => e.type === 'verified' && e.unit === 13n));
+  assert.equal(most, 1, 'never more guests than cores');
+  assert.deepEqual(types(events, 12n), ['leased', 'running']);
+  assert.deepEqual(c.certificates.map((x) => x.unit), [13n]);
+  await w.stop();
+  assert.deepEqual(c.returned, []);
+});
