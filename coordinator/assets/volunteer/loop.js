@@ -93,6 +93,7 @@ export class BrowserWorker {
     this.counts = { leased: 0, finished: 0, committed: 0, certified: 0, verified: 0, failed: 0, handedBack: 0 };
     this.lastError = null;
     this.timers = new Set();
+    this.sleepers = new Set();
     this.boardTimer = null;
     this.boardAt = null;
     this.boardBusy = false;
@@ -144,6 +145,7 @@ export class BrowserWorker {
   async stop() {
     if (!this.running) return;
     this.running = false;
+    for (const wake of [...this.sleepers]) wake();
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     if (this.boardTimer) clearTimeout(this.boardTimer);
@@ -182,13 +184,18 @@ export class BrowserWorker {
     this.#emit('error', u, { call, message });
   }
 
+  /** Waits `ms`, or less if the worker stops meanwhile. */
   #sleep(ms) {
     return new Promise((resolve) => {
-      const t = setTimeout(() => {
+      const wake = () => {
+        clearTimeout(t);
         this.timers.delete(t);
+        this.sleepers.delete(wake);
         resolve();
-      }, ms);
+      };
+      const t = setTimeout(wake, ms);
       this.timers.add(t);
+      this.sleepers.add(wake);
     });
   }
 
@@ -327,6 +334,9 @@ export class BrowserWorker {
     if (!check.ok) {
       if (check.handBack) await this.#handBack([u], check.reason);
       else await this.#fail(u, 'bad_signature', check.reason);
+      // The coordinator may lease the same unit again at once: wait before asking.
+      this.askAfter = Math.max(this.askAfter, this.now() + this.backoff(0));
+      this.#pump();
       return;
     }
     this.holder.hold({ project: u.project, unit: u.unit, quorum: a.quorum, ticket: a.ticket });

@@ -348,3 +348,18 @@ test('a unit settled by others while the page runs it keeps its core until the r
   await w.stop();
   assert.deepEqual(c.returned, []);
 });
+
+test('stop during a registration retry ends start; start resolves without registering', async () => {
+  const c = await new FakeCoordinator().init();
+  c.register = async () => {
+    c.log('RegisterWorker');
+    throw new Error('the coordinator is down');
+  };
+  const { w, events } = await worker(c);
+  const started = w.start();
+  await waitFor('a failed registration', () => events.some((e) => e.type === 'error'));
+  assert.match(events.find((e) => e.type === 'error').detail.message, /^RegisterWorker: the coordinator is down/);
+  await w.stop();
+  await started;
+  assert.equal(w.snapshot().registered, false);
+});
