@@ -6,6 +6,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { spawnSync } from 'node:child_process';
 
 import * as pb from '../proto.js';
 import { Identity } from '../identity.js';
@@ -26,6 +28,13 @@ import {
   commitmentToWire,
   commitmentFromWire,
 } from '../claim.js';
+import { launch } from './chromium.mjs';
+
+const chromium =
+  process.env.CHROMIUM ??
+  ['chromium', 'chromium-browser', 'google-chrome'].find(
+    (c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0,
+  );
 
 const vectors = JSON.parse(readFileSync(new URL('./fixtures/protocol-vectors.json', import.meta.url), 'utf8'));
 const unhex = (h) => Uint8Array.from(h.match(/../g) ?? [], (b) => parseInt(b, 16));
@@ -165,4 +174,77 @@ test("the submitter's unit signatures equal protocol::provenance, and are checke
   const data = await checkUnitSignature(wireAssignment(v, { data: [{ name: 'a', size: 1n, digest: new Uint8Array(32) }] }));
   assert.equal(data.handBack, true);
   assert.match(data.reason, /data files/);
+});
+
+// In a Chromium tab: the same signatures, seals and boards from the browser's own
+// WebCrypto and V8, and loop.js and holder.js load as browser modules.
+const PAGE = `<!doctype html><script type="module">
+import { Identity } from '/identity.js';
+import { hash } from '/blake3.js';
+import { signClaim, seal, boards, unitTermsMessage } from '/claim.js';
+import { hex } from '/proto.js';
+import { BrowserWorker } from '/loop.js';
+const report = (r) => fetch('/result', { method: 'POST', body: JSON.stringify(r) });
+const unhex = (h) => Uint8Array.from(h.match(/../g) ?? [], (b) => parseInt(b, 16));
+try {
+  const v = await (await fetch('/vectors.json')).json();
+  const out = { loop: typeof BrowserWorker, claims: [], units: [], boards: [] };
+  for (const c of v.claims) {
+    const id = await Identity.fromSeed(new Uint8Array(32).fill(c.seed));
+    const claim = await signClaim(id, { project: BigInt(c.project), unit: BigInt(c.unit), digest: hash(unhex(c.output)), fuel: BigInt(c.fuel), salt: unhex(c.salt) });
+    out.claims.push({ seal: hex(seal(claim)), signature: hex(claim.signature) });
+  }
+  const submitter = await Identity.fromSeed(new Uint8Array(32).fill(9));
+  for (const u of v.units) {
+    const limits = { ...u.limits, fuel: BigInt(u.limits.fuel), max_output_bytes: BigInt(u.limits.max_output_bytes), max_checkpoint_bytes: BigInt(u.limits.max_checkpoint_bytes) };
+    const m = unitTermsMessage({ terms: unhex(u.terms), module: unhex(u.module), limits, quorum: u.quorum, name: u.name, input: unhex(u.input) });
+    out.units.push(hex(await submitter.sign(m)));
+  }
+  for (const b of v.boards) out.boards.push(boards(BigInt(b.project), BigInt(b.unit), b.members.map(unhex), b.k).map(hex));
+  await report(out);
+} catch (e) {
+  report({ error: String(e && e.stack || e) });
+}
+</script>`;
+
+test('in Chromium, claim.js signs and hashes as protocol does', { skip: !chromium && 'no Chromium', timeout: 60_000 }, async () => {
+  const here = new URL('../', import.meta.url);
+  let done;
+  const answered = new Promise((resolve) => (done = resolve));
+  const server = createServer((req, res) => {
+    const send = (type, body) => {
+      res.writeHead(200, { 'content-type': type });
+      res.end(body);
+    };
+    if (req.url === '/') return send('text/html', PAGE);
+    if (req.url === '/vectors.json') return send('application/json', readFileSync(new URL('./fixtures/protocol-vectors.json', import.meta.url)));
+    if (/^\/[a-z0-9]+\.js$/.test(req.url)) return send('text/javascript', readFileSync(new URL('.' + req.url, here)));
+    if (req.url === '/result') {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        send('text/plain', 'ok');
+        done(JSON.parse(body));
+      });
+      return undefined;
+    }
+    res.writeHead(404);
+    res.end();
+    return undefined;
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`);
+  const timer = setTimeout(() => done({ error: 'no answer from the tab in 50 s' }), 50_000);
+  try {
+    const got = await answered;
+    clearTimeout(timer);
+    assert.equal(got.error, undefined, got.error);
+    assert.equal(got.loop, 'function');
+    assert.deepEqual(got.claims, vectors.claims.map((c) => ({ seal: c.seal, signature: c.signature })));
+    assert.deepEqual(got.units, vectors.units.map((u) => u.signature));
+    assert.deepEqual(got.boards, vectors.boards.map((b) => b.boards));
+  } finally {
+    await browser.stop();
+    server.close();
+  }
 });
