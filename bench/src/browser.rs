@@ -36,6 +36,16 @@ const DRIVER: &str = concat!(
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Timed runs of each kernel on each engine. More than the other groups' 5: the kernels
+/// take tens of milliseconds and this machine is shared, and the medians of 5 runs moved
+/// by up to a third from one invocation to the next.
+fn repeats(size: Size) -> usize {
+    match size {
+        Size::Quick => 1,
+        Size::Full => 21,
+    }
+}
+
 /// Warm-up runs of each module in the browser before it is timed (on the quick input):
 /// V8 first runs a module's code from its baseline compiler (Liftoff) and tiers hot
 /// functions up to TurboFan for later calls; a worker runs many units of a module, so the
@@ -298,7 +308,7 @@ pub fn rows(size: Size) -> anyhow::Result<Vec<Row>> {
         let (mut native, mut wasmtime, mut wasmtime_off, mut v8, mut v8_built) =
             (vec![], vec![], vec![], vec![], vec![]);
         let mut fuel = 0;
-        for _ in 0..size.repeats() {
+        for _ in 0..repeats(size) {
             let t = Instant::now();
             let out = (k.native)(input).map_err(|e| anyhow::anyhow!("{}: {e}", k.name))?;
             native.push(t.elapsed());
@@ -423,7 +433,7 @@ fn summary(lines: &[Line], size: Size) -> String {
         "browser: medians of {} interleaved runs\n\
          | kernel | native | wasmtime metered | wasmtime unmetered | Chromium V8 metered | Chromium V8 as built | metering cost, wasmtime | metering cost, V8 | fuel equal |\n\
          |---|---|---|---|---|---|---|---|---|\n",
-        size.repeats()
+        repeats(size)
     );
     for l in lines {
         out.push_str(&format!(
