@@ -52,6 +52,218 @@ fn repeats(size: Size) -> usize {
 /// steady state is what is measured. wasmtime compiles fully before its first run.
 const WARM_UPS: usize = 2;
 
+/// The group's rows (or one row saying why it was skipped). Guest code runs on this
+/// thread, as in [`crate::guest_speed`].
+pub fn rows(size: Size) -> anyhow::Result<Vec<Row>> {
+    if let Some(why) = missing() {
+        eprintln!("browser: SKIPPED, {why}");
+        return Ok(vec![Row {
+            figure: "guest speed in Chromium: skipped".into(),
+            measured: why,
+            reference: "—".into(),
+            ratio: None,
+            goal: "measured (issue 22)".into(),
+            met: None,
+        }]);
+    }
+    let sandbox = |metering| {
+        Sandbox::new(SandboxConfig {
+            slots: 2,
+            metering,
+            ..SandboxConfig::default()
+        })
+    };
+    let (production, bare) = (sandbox(Metering::Rewrite)?, sandbox(Metering::Off)?);
+    let dir = tempfile::tempdir()?;
+    let mut names = Vec::new();
+    for k in &crate::KERNELS {
+        names.push(browser_modules(dir.path(), k)?);
+    }
+    let mut driver = Driver::start(dir.path(), dir.path().join("driver.stderr"))?;
+    eprintln!("browser: {}", driver.user_agent);
+    let mut lines = Vec::new();
+    for (k, (built, metered)) in crate::KERNELS.iter().zip(&names) {
+        let input = match size {
+            Size::Quick => k.quick,
+            Size::Full => k.full,
+        }
+        .as_bytes();
+        let limits = bench_limits(k.nan_canonicalization);
+        let digest = Digest::of(k.wasm);
+        let compiled = production.compile(digest, k.wasm, k.nan_canonicalization)?;
+        let unmetered = bare.compile(digest, k.wasm, k.nan_canonicalization)?;
+        for _ in 0..WARM_UPS {
+            for module in [built, metered] {
+                driver.run(module, k.quick.as_bytes())?;
+            }
+        }
+        let (mut native, mut wasmtime, mut wasmtime_off, mut v8, mut v8_built) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let mut fuel = 0;
+        for _ in 0..repeats(size) {
+            let t = Instant::now();
+            let out = (k.native)(input).map_err(|e| anyhow::anyhow!("{}: {e}", k.name))?;
+            native.push(t.elapsed());
+            let want = Digest::of(&out).to_hex();
+
+            let t = Instant::now();
+            let exec = production
+                .run(&compiled, input, [0; 32], &limits)
+                .map_err(|f| anyhow::anyhow!("{}: {f}", k.name))?;
+            wasmtime.push(t.elapsed());
+            anyhow::ensure!(
+                exec.digest.to_hex() == want,
+                "{}: native and sandbox outputs differ",
+                k.name
+            );
+            fuel = exec.fuel;
+
+            let t = Instant::now();
+            let plain = bare
+                .run(&unmetered, input, [0; 32], &limits)
+                .map_err(|f| anyhow::anyhow!("{}, unmetered: {f}", k.name))?;
+            wasmtime_off.push(t.elapsed());
+            anyhow::ensure!(
+                plain.digest.to_hex() == want,
+                "{}: native and unmetered sandbox outputs differ",
+                k.name
+            );
+
+            let run = driver.run(metered, input)?;
+            anyhow::ensure!(
+                run.blake3 == want,
+                "{}: Chromium's output (metered module, BLAKE3 {}) differs from native ({want})",
+                k.name,
+                run.blake3
+            );
+            anyhow::ensure!(
+                run.fuel == exec.fuel,
+                "{}: Chromium counted {} fuel, wasmtime {}",
+                k.name,
+                run.fuel,
+                exec.fuel
+            );
+            v8.push(run.time);
+
+            let run = driver.run(built, input)?;
+            anyhow::ensure!(
+                run.blake3 == want,
+                "{}: Chromium's output (module as built, BLAKE3 {}) differs from native ({want})",
+                k.name,
+                run.blake3
+            );
+            v8_built.push(run.time);
+        }
+        lines.push(Line {
+            name: k.name,
+            input: String::from_utf8_lossy(input).trim().to_string(),
+            native: median(native),
+            wasmtime: median(wasmtime),
+            wasmtime_off: median(wasmtime_off),
+            v8: median(v8),
+            v8_built: median(v8_built),
+            fuel,
+        });
+    }
+    driver.stop();
+    let user_agent = driver.user_agent.clone();
+    eprintln!("{}", summary(&lines, size));
+    Ok(lines
+        .iter()
+        .flat_map(|l| line_rows(l, &user_agent))
+        .collect())
+}
+
+/// One kernel's medians.
+struct Line {
+    name: &'static str,
+    input: String,
+    native: Duration,
+    wasmtime: Duration,
+    wasmtime_off: Duration,
+    v8: Duration,
+    v8_built: Duration,
+    fuel: u64,
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+/// A line's rows in the report.
+fn line_rows(l: &Line, user_agent: &str) -> Vec<Row> {
+    let native = format!("{} native", fmt_duration(l.native));
+    let diagnostic = |figure: String, d: Duration| Row {
+        figure,
+        measured: fmt_duration(d),
+        reference: native.clone(),
+        ratio: Some(ratio(d, l.native)),
+        goal: "diagnostic".into(),
+        met: None,
+    };
+    let chromium = user_agent
+        .split(' ')
+        .find(|w| w.starts_with("HeadlessChrome/") || w.starts_with("Chrome/"))
+        .unwrap_or("Chromium");
+    vec![
+        Row {
+            figure: format!(
+                "guest speed in Chromium: {} (stdin `{}`), V8 in a module Web Worker ({chromium}), the module as the browser worker gets it (fuel {} = wasmtime's)",
+                l.name, l.input, l.fuel
+            ),
+            measured: format!("{} in Chromium", fmt_duration(l.v8)),
+            reference: native.clone(),
+            ratio: Some(ratio(l.v8, l.native)),
+            goal: "measured (issue 22)".into(),
+            met: None,
+        },
+        diagnostic(
+            format!(
+                "  … same, the module as built (metering costs {:.2}x in V8)",
+                ratio(l.v8, l.v8_built)
+            ),
+            l.v8_built,
+        ),
+        diagnostic(
+            format!(
+                "  … same, wasmtime, production (metering costs {:.2}x in wasmtime)",
+                ratio(l.wasmtime, l.wasmtime_off)
+            ),
+            l.wasmtime,
+        ),
+        diagnostic("  … same, wasmtime unmetered".into(), l.wasmtime_off),
+    ]
+}
+
+/// The BENCHMARKS.md table of the run, printed on stderr.
+fn summary(lines: &[Line], size: Size) -> String {
+    let mut out = format!(
+        "browser: medians of {} interleaved runs\n\
+         | kernel | native | wasmtime metered | wasmtime unmetered | Chromium V8 metered | Chromium V8 as built | metering cost, wasmtime | metering cost, V8 | fuel equal |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        repeats(size)
+    );
+    for l in lines {
+        out.push_str(&format!(
+            "| {} | {} | {} ({:.2}x) | {} ({:.2}x) | {} ({:.2}x) | {} ({:.2}x) | {:.2}x | {:.2}x | yes ({}) |\n",
+            l.name,
+            fmt_duration(l.native),
+            fmt_duration(l.wasmtime),
+            ratio(l.wasmtime, l.native),
+            fmt_duration(l.wasmtime_off),
+            ratio(l.wasmtime_off, l.native),
+            fmt_duration(l.v8),
+            ratio(l.v8, l.native),
+            fmt_duration(l.v8_built),
+            ratio(l.v8_built, l.native),
+            ratio(l.wasmtime, l.wasmtime_off),
+            ratio(l.v8, l.v8_built),
+            l.fuel
+        ));
+    }
+    out
+}
+
 fn node() -> PathBuf {
     std::env::var_os("FALLOW_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from)
 }
@@ -242,216 +454,4 @@ fn browser_modules(dir: &Path, k: &crate::Kernel) -> anyhow::Result<(String, Str
     std::fs::write(dir.join(format!("{}.wasm", names.0)), plain)?;
     std::fs::write(dir.join(format!("{}.wasm", names.1)), served)?;
     Ok(names)
-}
-
-/// One kernel's medians.
-struct Line {
-    name: &'static str,
-    input: String,
-    native: Duration,
-    wasmtime: Duration,
-    wasmtime_off: Duration,
-    v8: Duration,
-    v8_built: Duration,
-    fuel: u64,
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
-}
-
-/// The group's rows (or one row saying why it was skipped). Guest code runs on this
-/// thread, as in [`crate::guest_speed`].
-pub fn rows(size: Size) -> anyhow::Result<Vec<Row>> {
-    if let Some(why) = missing() {
-        eprintln!("browser: SKIPPED, {why}");
-        return Ok(vec![Row {
-            figure: "guest speed in Chromium: skipped".into(),
-            measured: why,
-            reference: "—".into(),
-            ratio: None,
-            goal: "measured (issue 22)".into(),
-            met: None,
-        }]);
-    }
-    let sandbox = |metering| {
-        Sandbox::new(SandboxConfig {
-            slots: 2,
-            metering,
-            ..SandboxConfig::default()
-        })
-    };
-    let (production, bare) = (sandbox(Metering::Rewrite)?, sandbox(Metering::Off)?);
-    let dir = tempfile::tempdir()?;
-    let mut names = Vec::new();
-    for k in &crate::KERNELS {
-        names.push(browser_modules(dir.path(), k)?);
-    }
-    let mut driver = Driver::start(dir.path(), dir.path().join("driver.stderr"))?;
-    eprintln!("browser: {}", driver.user_agent);
-    let mut lines = Vec::new();
-    for (k, (built, metered)) in crate::KERNELS.iter().zip(&names) {
-        let input = match size {
-            Size::Quick => k.quick,
-            Size::Full => k.full,
-        }
-        .as_bytes();
-        let limits = bench_limits(k.nan_canonicalization);
-        let digest = Digest::of(k.wasm);
-        let compiled = production.compile(digest, k.wasm, k.nan_canonicalization)?;
-        let unmetered = bare.compile(digest, k.wasm, k.nan_canonicalization)?;
-        for _ in 0..WARM_UPS {
-            for module in [built, metered] {
-                driver.run(module, k.quick.as_bytes())?;
-            }
-        }
-        let (mut native, mut wasmtime, mut wasmtime_off, mut v8, mut v8_built) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        let mut fuel = 0;
-        for _ in 0..repeats(size) {
-            let t = Instant::now();
-            let out = (k.native)(input).map_err(|e| anyhow::anyhow!("{}: {e}", k.name))?;
-            native.push(t.elapsed());
-            let want = Digest::of(&out).to_hex();
-
-            let t = Instant::now();
-            let exec = production
-                .run(&compiled, input, [0; 32], &limits)
-                .map_err(|f| anyhow::anyhow!("{}: {f}", k.name))?;
-            wasmtime.push(t.elapsed());
-            anyhow::ensure!(
-                exec.digest.to_hex() == want,
-                "{}: native and sandbox outputs differ",
-                k.name
-            );
-            fuel = exec.fuel;
-
-            let t = Instant::now();
-            let plain = bare
-                .run(&unmetered, input, [0; 32], &limits)
-                .map_err(|f| anyhow::anyhow!("{}, unmetered: {f}", k.name))?;
-            wasmtime_off.push(t.elapsed());
-            anyhow::ensure!(
-                plain.digest.to_hex() == want,
-                "{}: native and unmetered sandbox outputs differ",
-                k.name
-            );
-
-            let run = driver.run(metered, input)?;
-            anyhow::ensure!(
-                run.blake3 == want,
-                "{}: Chromium's output (metered module, BLAKE3 {}) differs from native ({want})",
-                k.name,
-                run.blake3
-            );
-            anyhow::ensure!(
-                run.fuel == exec.fuel,
-                "{}: Chromium counted {} fuel, wasmtime {}",
-                k.name,
-                run.fuel,
-                exec.fuel
-            );
-            v8.push(run.time);
-
-            let run = driver.run(built, input)?;
-            anyhow::ensure!(
-                run.blake3 == want,
-                "{}: Chromium's output (module as built, BLAKE3 {}) differs from native ({want})",
-                k.name,
-                run.blake3
-            );
-            v8_built.push(run.time);
-        }
-        lines.push(Line {
-            name: k.name,
-            input: String::from_utf8_lossy(input).trim().to_string(),
-            native: median(native),
-            wasmtime: median(wasmtime),
-            wasmtime_off: median(wasmtime_off),
-            v8: median(v8),
-            v8_built: median(v8_built),
-            fuel,
-        });
-    }
-    driver.stop();
-    let user_agent = driver.user_agent.clone();
-    eprintln!("{}", summary(&lines, size));
-    Ok(lines
-        .iter()
-        .flat_map(|l| line_rows(l, &user_agent))
-        .collect())
-}
-
-/// A line's rows in the report.
-fn line_rows(l: &Line, user_agent: &str) -> Vec<Row> {
-    let native = format!("{} native", fmt_duration(l.native));
-    let diagnostic = |figure: String, d: Duration| Row {
-        figure,
-        measured: fmt_duration(d),
-        reference: native.clone(),
-        ratio: Some(ratio(d, l.native)),
-        goal: "diagnostic".into(),
-        met: None,
-    };
-    let chromium = user_agent
-        .split(' ')
-        .find(|w| w.starts_with("HeadlessChrome/") || w.starts_with("Chrome/"))
-        .unwrap_or("Chromium");
-    vec![
-        Row {
-            figure: format!(
-                "guest speed in Chromium: {} (stdin `{}`), V8 in a module Web Worker ({chromium}), the module as the browser worker gets it (fuel {} = wasmtime's)",
-                l.name, l.input, l.fuel
-            ),
-            measured: format!("{} in Chromium", fmt_duration(l.v8)),
-            reference: native.clone(),
-            ratio: Some(ratio(l.v8, l.native)),
-            goal: "measured (issue 22)".into(),
-            met: None,
-        },
-        diagnostic(
-            format!(
-                "  … same, the module as built (metering costs {:.2}x in V8)",
-                ratio(l.v8, l.v8_built)
-            ),
-            l.v8_built,
-        ),
-        diagnostic(
-            format!(
-                "  … same, wasmtime, production (metering costs {:.2}x in wasmtime)",
-                ratio(l.wasmtime, l.wasmtime_off)
-            ),
-            l.wasmtime,
-        ),
-        diagnostic("  … same, wasmtime unmetered".into(), l.wasmtime_off),
-    ]
-}
-
-/// The BENCHMARKS.md table of the run, printed on stderr.
-fn summary(lines: &[Line], size: Size) -> String {
-    let mut out = format!(
-        "browser: medians of {} interleaved runs\n\
-         | kernel | native | wasmtime metered | wasmtime unmetered | Chromium V8 metered | Chromium V8 as built | metering cost, wasmtime | metering cost, V8 | fuel equal |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-        repeats(size)
-    );
-    for l in lines {
-        out.push_str(&format!(
-            "| {} | {} | {} ({:.2}x) | {} ({:.2}x) | {} ({:.2}x) | {} ({:.2}x) | {:.2}x | {:.2}x | yes ({}) |\n",
-            l.name,
-            fmt_duration(l.native),
-            fmt_duration(l.wasmtime),
-            ratio(l.wasmtime, l.native),
-            fmt_duration(l.wasmtime_off),
-            ratio(l.wasmtime_off, l.native),
-            fmt_duration(l.v8),
-            ratio(l.v8, l.native),
-            fmt_duration(l.v8_built),
-            ratio(l.v8_built, l.native),
-            ratio(l.wasmtime, l.wasmtime_off),
-            ratio(l.v8, l.v8_built),
-            l.fuel
-        ));
-    }
-    out
 }
