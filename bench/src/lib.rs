@@ -6,6 +6,10 @@
 //! # Layout
 //! - [`guest_speed`]: each kernel in `tasks/` natively vs in the production sandbox, on the
 //!   same input, with a check that both produced the same bytes.
+//! - [`browser`]: the same kernels in headless Chromium's V8 (the volunteer page's runtime
+//!   in a module Web Worker), metered as a browser worker gets them and as built, beside
+//!   native and wasmtime metered and unmetered, interleaved in one run, with output and
+//!   fuel checked against wasmtime's.
 //! - [`unit_overhead`]: instantiate + run an empty guest + collect its output (and a guest
 //!   that writes to every page a pooled slot resets in place).
 //! - [`verification_cost`]: executions and gossip per verified unit, from the trust
@@ -27,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod dashboard_load;
 pub mod deployment;
 pub mod dispatch;
@@ -531,8 +536,9 @@ pub fn verification_cost(size: Size) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The groups of figures, for `--only`.
-pub const GROUPS: [&str; 8] = [
+pub const GROUPS: [&str; 9] = [
     "guest",
+    "browser",
     "verification",
     "dispatch",
     "memory",
@@ -593,6 +599,10 @@ pub fn run_groups(
             baseline_guests,
             size,
         )?);
+    }
+    if groups.contains(&"browser") {
+        eprintln!("guest speed in Chromium beside wasmtime and native...");
+        report.rows.extend(browser::rows(size)?);
     }
     if groups.contains(&"verification") {
         eprintln!("verification cost (trust simulation)...");

@@ -8,8 +8,10 @@ struct Args {
     /// Small inputs, one repetition: a smoke test (numbers not meaningful).
     #[arg(long)]
     quick: bool,
-    /// Only these groups of figures (comma-separated): guest, verification, dispatch,
-    /// memory, dashboard, latency, endtoend, deployment. Default: all.
+    /// Only these groups of figures (comma-separated): guest, browser, verification,
+    /// dispatch, memory, dashboard, latency, endtoend, deployment. Default: all. `browser`
+    /// needs node and Chromium (`FALLOW_NODE`, `FALLOW_CHROMIUM`); without them it prints
+    /// why it was skipped.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A directory of guest modules built another way (`primes.wasm`, `pi.wasm`,
