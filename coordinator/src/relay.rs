@@ -79,12 +79,14 @@ impl Relay {
         exchange: pb::BoardExchange,
     ) -> Result<pb::BoardViews, tonic::Status> {
         let channel = self.channel(caller, board, addr)?;
-        let mut client = pb::peer_client::PeerClient::new(channel)
-            .max_decoding_message_size(MAX_VIEWS_BYTES);
+        let mut client =
+            pb::peer_client::PeerClient::new(channel).max_decoding_message_size(MAX_VIEWS_BYTES);
         match tokio::time::timeout(CALL_TIMEOUT, client.exchange(exchange)).await {
             Ok(Ok(views)) => Ok(views.into_inner()),
             // The board answered: its refusal is the caller's to read, with its code.
-            Ok(Err(s)) if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown => {
+            Ok(Err(s))
+                if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown =>
+            {
                 Err(tonic::Status::new(
                     s.code(),
                     format!("board {board} refused the exchange: {}", s.message()),

@@ -1272,12 +1272,17 @@ fn the_relay_carries_only_the_callers_own_messages_to_vouched_boards() {
             board_key: board.0.to_vec(),
             exchange: None,
         });
-        refused("unsigned relay", raw.relay_exchange(unsigned).await, tonic::Code::Unauthenticated);
+        refused(
+            "unsigned relay",
+            raw.relay_exchange(unsigned).await,
+            tonic::Code::Unauthenticated,
+        );
         // Another worker's commitment: the relay carries only the caller's own.
         let victim = Identity::generate().expect("identity");
         let why = refused(
             "a foreign commitment",
-            raw.relay_exchange(relay(&mallory, board, vec![junk(&victim, 1)])).await,
+            raw.relay_exchange(relay(&mallory, board, vec![junk(&victim, 1)]))
+                .await,
             tonic::Code::InvalidArgument,
         );
         assert!(why.contains("not the caller's own"), "{why}");
@@ -1316,7 +1321,11 @@ fn the_relay_carries_only_the_callers_own_messages_to_vouched_boards() {
             fuel_rules,
             canonical_nans,
         };
-        let plain = raw.get_module(get(0, false)).await.expect("module").into_inner();
+        let plain = raw
+            .get_module(get(0, false))
+            .await
+            .expect("module")
+            .into_inner();
         assert_eq!(plain.module, artifacts::PRIMES);
         let metered = sandbox::meter::instrument(artifacts::PRIMES).expect("meter");
         let served = raw
@@ -1330,10 +1339,14 @@ fn the_relay_carries_only_the_callers_own_messages_to_vouched_boards() {
             .await
             .expect("metered module with canonical NaNs")
             .into_inner();
-        assert_eq!(served.module, sandbox::nan::canonicalize(&metered).expect("nan"));
+        assert_eq!(
+            served.module,
+            sandbox::nan::canonicalize(&metered).expect("nan")
+        );
         let why = refused(
             "other fuel rules",
-            raw.get_module(get(sandbox::meter::VERSION + 1, false)).await,
+            raw.get_module(get(sandbox::meter::VERSION + 1, false))
+                .await,
             tonic::Code::FailedPrecondition,
         );
         assert!(why.contains("rules version"), "{why}");

@@ -157,7 +157,11 @@ fn browsers(c: &Cluster) -> Vec<Value> {
 /// Every unit verified, none failed.
 fn assert_all_verified(status: &Value, units: u64) {
     assert_eq!(
-        (n(status, "total"), n(status, "verified"), n(status, "failed")),
+        (
+            n(status, "total"),
+            n(status, "verified"),
+            n(status, "failed")
+        ),
         (units, units, 0),
         "{status}"
     );
@@ -186,12 +190,21 @@ fn a_volunteer_page_and_a_native_worker_verify_projects_together() {
     // Both accounts signed all 12 units; the browser is listed as one.
     let web = account(&c, "webvol").expect("the browser's account is on the leaderboard");
     let native = account(&c, "native").expect("the native account");
-    assert_eq!((n(&web, "verified"), n(&native, "verified")), (12, 12), "{web} {native}");
-    assert_eq!(n(&web, "credit"), n(&native, "credit"), "the same fuel: {web} {native}");
+    assert_eq!(
+        (n(&web, "verified"), n(&native, "verified")),
+        (12, 12),
+        "{web} {native}"
+    );
+    assert_eq!(
+        n(&web, "credit"),
+        n(&native, "credit"),
+        "the same fuel: {web} {native}"
+    );
     assert_eq!(web["team"], "lab", "{web}");
     let tabs = browsers(&c);
     assert!(
-        tabs.iter().any(|w| w["account"] == "webvol" && w["browser"] == "chromium"),
+        tabs.iter()
+            .any(|w| w["account"] == "webvol" && w["browser"] == "chromium"),
         "{tabs:?}"
     );
 }
@@ -206,9 +219,12 @@ fn a_volunteer_page_that_corrupts_its_output_is_caught() {
     let id = c.submit(&primes(&c)).expect("accepted");
     let _tab = Tab::open(&page(&c, "liar", "&fault=corrupt-output"));
     // The corrupt claims meet the native ones: disagreement, and more replicas wanted.
-    c.wait_until(id, Duration::from_secs(300), "a corrupt browser claim", |s| {
-        n(s, "mismatches") > 0 || n(s, "disputes") > 0
-    });
+    c.wait_until(
+        id,
+        Duration::from_secs(300),
+        "a corrupt browser claim",
+        |s| n(s, "mismatches") > 0 || n(s, "disputes") > 0,
+    );
     c.start_worker(&["--account", "honest-b"]);
     let status = c.wait_finished(id, Duration::from_secs(600));
     assert_all_verified(&status, 6);
@@ -216,7 +232,8 @@ fn a_volunteer_page_that_corrupts_its_output_is_caught() {
     assert_eq!((sum, files), (PRIMES_BELOW_60M, 6), "{status}");
     let liar = account(&c, "liar");
     assert!(
-        liar.as_ref().is_none_or(|l| n(l, "verified") == 0 && n(l, "credit") == 0),
+        liar.as_ref()
+            .is_none_or(|l| n(l, "verified") == 0 && n(l, "credit") == 0),
         "the corrupt tab earned credit: {liar:?}"
     );
 }

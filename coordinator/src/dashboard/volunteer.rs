@@ -34,20 +34,36 @@ const ASSETS: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../assets/volunteer/volunteer.js"),
     ),
-    ("pool.js", JS, include_str!("../../assets/volunteer/pool.js")),
+    (
+        "pool.js",
+        JS,
+        include_str!("../../assets/volunteer/pool.js"),
+    ),
     (
         "runner.js",
         JS,
         include_str!("../../assets/volunteer/runner.js"),
     ),
-    ("loop.js", JS, include_str!("../../assets/volunteer/loop.js")),
+    (
+        "loop.js",
+        JS,
+        include_str!("../../assets/volunteer/loop.js"),
+    ),
     (
         "holder.js",
         JS,
         include_str!("../../assets/volunteer/holder.js"),
     ),
-    ("claim.js", JS, include_str!("../../assets/volunteer/claim.js")),
-    ("guest.js", JS, include_str!("../../assets/volunteer/guest.js")),
+    (
+        "claim.js",
+        JS,
+        include_str!("../../assets/volunteer/claim.js"),
+    ),
+    (
+        "guest.js",
+        JS,
+        include_str!("../../assets/volunteer/guest.js"),
+    ),
     (
         "blake3.js",
         JS,
@@ -58,7 +74,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../assets/volunteer/identity.js"),
     ),
-    ("proto.js", JS, include_str!("../../assets/volunteer/proto.js")),
+    (
+        "proto.js",
+        JS,
+        include_str!("../../assets/volunteer/proto.js"),
+    ),
     ("rpc.js", JS, include_str!("../../assets/volunteer/rpc.js")),
     (
         "volunteer.css",
@@ -104,7 +124,10 @@ async fn asset(Path(file): Path<String>) -> Response {
 /// The headers of every answer under `/volunteer`, 404s and 405s included.
 async fn isolation_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),

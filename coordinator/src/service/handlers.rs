@@ -906,7 +906,8 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
     ) -> Result<Response<pb::BoardViews>, Status> {
         let (id, stamp) = authenticate("RelayExchange", &request, &request.get_ref().public_key)?;
         let r = request.into_inner();
-        let board = WorkerId::from_slice("board_key", &r.board_key).map_err(|e| to_status(e.into()))?;
+        let board =
+            WorkerId::from_slice("board_key", &r.board_key).map_err(|e| to_status(e.into()))?;
         let exchange = r.exchange.unwrap_or_default();
         crate::relay::check_own(id, &exchange).map_err(to_status)?;
         let now = now_ms();
