@@ -16,6 +16,7 @@
 //! - `broadcast`: the broadcaster task (history, ETA, pictures, failures).
 //! - `routes`: the axum router (GET only).
 //! - `render`: server-side HTML and SVG.
+//! - `volunteer`: the volunteer page (`/volunteer`) and its modules, cross-origin isolated.
 //! - `metrics`: Prometheus counters and gauges.
 //! - [`mosaic`]: Mandelbrot tiles painted into a picture.
 
@@ -25,6 +26,7 @@ pub mod mosaic;
 mod render;
 mod routes;
 pub(crate) mod snapshot;
+mod volunteer;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -39,4 +39,5 @@ mod templates;
 mod tls;
 mod truth;
 mod volunteer;
+mod volunteer_page;
 mod walkthrough;

@@ -79,6 +79,7 @@ fn page(title: &str, active: &str, body: &str, live: &str) -> String {
         ("/", "Overview"),
         ("/volunteers", "Volunteers"),
         ("/api", "API"),
+        ("/volunteer", "Donate"),
     ]
     .iter()
     .map(|(href, label)| {

@@ -95,6 +95,8 @@ pub(crate) fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/metrics", get(metrics))
         .route("/assets/{file}", get(asset))
         .layer(axum::middleware::map_response(security_headers))
+        // Its own, stricter headers (and not the dashboard's): see `volunteer`.
+        .merge(super::volunteer::router())
         .with_state(dashboard)
 }
 
