@@ -38,9 +38,11 @@ fn run_for(mut command: Command, limit: std::time::Duration) -> std::process::Ou
             break status;
         }
         if started.elapsed() > limit {
+            // `--`: the negative id is a process group, never an option.
             let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{}", child.id())])
+                .args(["-s", "KILL", "--", &format!("-{}", child.id())])
                 .status();
+            let _ = child.kill();
             let _ = child.wait();
             panic!(
                 "{command:?} still ran after {limit:?}; killed it and its children.\nstdout:\n{}\nstderr:\n{}",
