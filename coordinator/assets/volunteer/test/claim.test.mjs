@@ -6,8 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { spawnSync } from 'node:child_process';
 
 import * as pb from '../proto.js';
 import { Identity } from '../identity.js';
@@ -28,13 +26,9 @@ import {
   commitmentToWire,
   commitmentFromWire,
 } from '../claim.js';
-import { launch } from './chromium.mjs';
+import { findChromium, runInTab } from './chromium.mjs';
 
-const chromium =
-  process.env.CHROMIUM ??
-  ['chromium', 'chromium-browser', 'google-chrome'].find(
-    (c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0,
-  );
+const chromium = findChromium();
 
 const vectors = JSON.parse(readFileSync(new URL('./fixtures/protocol-vectors.json', import.meta.url), 'utf8'));
 const unhex = (h) => Uint8Array.from(h.match(/../g) ?? [], (b) => parseInt(b, 16));
@@ -209,42 +203,15 @@ try {
 
 test('in Chromium, claim.js signs and hashes as protocol does', { skip: !chromium && 'no Chromium', timeout: 60_000 }, async () => {
   const here = new URL('../', import.meta.url);
-  let done;
-  const answered = new Promise((resolve) => (done = resolve));
-  const server = createServer((req, res) => {
-    const send = (type, body) => {
-      res.writeHead(200, { 'content-type': type });
-      res.end(body);
-    };
-    if (req.url === '/') return send('text/html', PAGE);
-    if (req.url === '/vectors.json') return send('application/json', readFileSync(new URL('./fixtures/protocol-vectors.json', import.meta.url)));
-    if (/^\/[a-z0-9]+\.js$/.test(req.url)) return send('text/javascript', readFileSync(new URL('.' + req.url, here)));
-    if (req.url === '/result') {
-      let body = '';
-      req.on('data', (d) => (body += d));
-      req.on('end', () => {
-        send('text/plain', 'ok');
-        done(JSON.parse(body));
-      });
-      return undefined;
-    }
-    res.writeHead(404);
-    res.end();
-    return undefined;
+  const [got] = await runInTab(chromium, (url) => {
+    if (url === '/') return ['text/html', PAGE];
+    if (url === '/vectors.json') return ['application/json', readFileSync(new URL('./fixtures/protocol-vectors.json', import.meta.url))];
+    if (/^\/[a-z0-9]+\.js$/.test(url)) return ['text/javascript', readFileSync(new URL('.' + url, here))];
+    return null;
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`);
-  const timer = setTimeout(() => done({ error: 'no answer from the tab in 50 s' }), 50_000);
-  try {
-    const got = await answered;
-    clearTimeout(timer);
-    assert.equal(got.error, undefined, got.error);
-    assert.equal(got.loop, 'function');
-    assert.deepEqual(got.claims, vectors.claims.map((c) => ({ seal: c.seal, signature: c.signature })));
-    assert.deepEqual(got.units, vectors.units.map((u) => u.signature));
-    assert.deepEqual(got.boards, vectors.boards.map((b) => b.boards));
-  } finally {
-    await browser.stop();
-    server.close();
-  }
+  assert.equal(got.error, undefined, got.error);
+  assert.equal(got.loop, 'function');
+  assert.deepEqual(got.claims, vectors.claims.map((c) => ({ seal: c.seal, signature: c.signature })));
+  assert.deepEqual(got.units, vectors.units.map((u) => u.signature));
+  assert.deepEqual(got.boards, vectors.boards.map((b) => b.boards));
 });

@@ -6,8 +6,6 @@
 // `volunteer::a_browser_worker_registers_and_heartbeats_over_grpc_web`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -15,13 +13,9 @@ import * as pb from '../proto.js';
 import { Identity, loadIdentity, registrationMessage, callMessage } from '../identity.js';
 import { Stamper, detectPlatform } from '../rpc.js';
 import { hash, toHex } from '../blake3.js';
-import { launch } from './chromium.mjs';
+import { findChromium, runInTab } from './chromium.mjs';
 
-const chromium =
-  process.env.CHROMIUM ??
-  ['chromium', 'chromium-browser', 'google-chrome'].find(
-    (c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0,
-  );
+const chromium = findChromium();
 
 test('the signed bytes are laid out as protocol::identity and protocol::call lay them out', () => {
   const te = new TextEncoder();
@@ -115,55 +109,26 @@ try {
 
 test('in Chromium the key is kept in IndexedDB, non-extractable, across reloads', { skip: !chromium && 'no Chromium', timeout: 60_000 }, async () => {
   const here = new URL('../', import.meta.url);
-  const results = [];
-  let done;
-  const both = new Promise((resolve) => (done = resolve));
-  const server = createServer((req, res) => {
-    const send = (type, body) => {
-      res.writeHead(200, { 'content-type': type });
-      res.end(body);
-    };
-    if (req.url === '/') return send('text/html', PAGE);
-    if (['/identity.js', '/rpc.js', '/proto.js', '/blake3.js', '/guest.js'].includes(req.url)) {
-      return send('text/javascript', readFileSync(new URL('.' + req.url, here)));
-    }
-    if (req.url === '/result') {
-      let body = '';
-      req.on('data', (d) => (body += d));
-      req.on('end', () => {
-        send('text/plain', 'ok');
-        results.push(JSON.parse(body));
-        if (results.length === 2 || results.at(-1).error) done();
-      });
-      return undefined;
-    }
-    res.writeHead(404);
-    res.end();
-    return undefined;
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`);
-  // The test's own timeout does not end a wait (nor Chromium): this one does, so that a
-  // page that never answers fails the test instead of holding the suite.
-  const timer = setTimeout(() => {
-    results.push({ error: 'no answer from the tab in 50 s' });
-    done();
-  }, 50_000);
-  try {
-    await both;
-    clearTimeout(timer);
-    const [first, second] = results;
-    assert.equal(first.error, undefined, first.error);
-    assert.equal(second?.error, undefined, second?.error);
-    assert.match(first.id, /^[0-9a-f]{64}$/);
-    assert.equal(first.again, first.id, 'a second load in the page gives the stored key');
-    assert.equal(second.id, first.id, 'the key survives a reload');
-    assert.equal(first.extractable, false);
-    assert.equal(first.stored, true);
-    assert.equal(first.platform, 'browser-chromium');
-    assert.equal(first.signature, '1.'.length + 128);
-  } finally {
-    await browser.stop();
-    server.close();
-  }
+  const results = await runInTab(
+    chromium,
+    (url) => {
+      if (url === '/') return ['text/html', PAGE];
+      if (['/identity.js', '/rpc.js', '/proto.js', '/blake3.js', '/guest.js'].includes(url)) {
+        return ['text/javascript', readFileSync(new URL('.' + url, here))];
+      }
+      return null;
+    },
+    // The page reports once, reloads itself and reports again.
+    { posts: 2 },
+  );
+  const [first, second] = results;
+  assert.equal(first.error, undefined, first.error);
+  assert.equal(second?.error, undefined, second?.error);
+  assert.match(first.id, /^[0-9a-f]{64}$/);
+  assert.equal(first.again, first.id, 'a second load in the page gives the stored key');
+  assert.equal(second.id, first.id, 'the key survives a reload');
+  assert.equal(first.extractable, false);
+  assert.equal(first.stored, true);
+  assert.equal(first.platform, 'browser-chromium');
+  assert.equal(first.signature, '1.'.length + 128);
 });

@@ -5,18 +5,12 @@
 // uninterrupted run. Skipped without Chromium ($CHROMIUM, or chromium on the PATH).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
 import { burner } from './burner.mjs';
-import { launch } from './chromium.mjs';
+import { findChromium, runInTab } from './chromium.mjs';
 
-const chromium =
-  process.env.CHROMIUM ??
-  ['chromium', 'chromium-browser', 'google-chrome'].find(
-    (c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0,
-  );
+const chromium = findChromium();
 
 const PAGE = `<!doctype html><script type="module">
 import { RunnerPool } from '/pool.js';
@@ -52,49 +46,28 @@ try {
 test('a paused guest in a Chromium Web Worker holds, then finishes with the same fuel', { skip: !chromium && 'no Chromium', timeout: 120_000 }, async () => {
   const here = new URL('../', import.meta.url);
   const wasm = burner(300_000_000, 1); // 3·10^8 fuel
-  let deliver;
-  const result = new Promise((resolve) => (deliver = resolve));
-  const server = createServer((req, res) => {
-    const send = (type, body) => {
-      res.writeHead(200, {
-        'content-type': type,
-        'cross-origin-opener-policy': 'same-origin',
-        'cross-origin-embedder-policy': 'require-corp',
-      });
-      res.end(body);
-    };
-    if (req.url === '/') return send('text/html', PAGE);
-    if (['/pool.js', '/runner.js', '/guest.js', '/blake3.js'].includes(req.url)) {
-      return send('text/javascript', readFileSync(new URL('.' + req.url, here)));
-    }
-    if (req.url === '/burner.wasm') return send('application/wasm', wasm);
-    if (req.url === '/result') {
-      let body = '';
-      req.on('data', (d) => (body += d));
-      req.on('end', () => {
-        send('text/plain', 'ok');
-        deliver(JSON.parse(body));
-      });
-      return undefined;
-    }
-    res.writeHead(404);
-    res.end();
-    return undefined;
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const browser = launch(chromium, `http://127.0.0.1:${server.address().port}/`);
-  try {
-    const got = await result;
-    assert.equal(got.error, undefined, got.error);
-    assert.equal(got.isolated, true, 'COOP + COEP make the page cross-origin isolated');
-    assert.equal(got.poolIsolated, true, 'the pool shares its control block with the runners');
-    assert.equal(got.doneBeforePause, false, 'the guest ran out before the test could pause it');
-    assert.equal(got.heldStill, true, 'a paused guest neither advances nor finishes');
-    assert.equal(got.failure, null);
-    assert.equal(got.stdout, 'ok\n');
-    assert.equal(got.fuel, '300000000', 'nothing lost or run twice across the pause');
-  } finally {
-    await browser.stop();
-    server.close();
-  }
+  const [got] = await runInTab(
+    chromium,
+    (url) => {
+      if (url === '/') return ['text/html', PAGE];
+      if (['/pool.js', '/runner.js', '/guest.js', '/blake3.js'].includes(url)) {
+        return ['text/javascript', readFileSync(new URL('.' + url, here))];
+      }
+      if (url === '/burner.wasm') return ['application/wasm', wasm];
+      return null;
+    },
+    // As the coordinator serves /volunteer: cross-origin isolated.
+    {
+      headers: { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' },
+      timeoutMs: 110_000,
+    },
+  );
+  assert.equal(got.error, undefined, got.error);
+  assert.equal(got.isolated, true, 'COOP + COEP make the page cross-origin isolated');
+  assert.equal(got.poolIsolated, true, 'the pool shares its control block with the runners');
+  assert.equal(got.doneBeforePause, false, 'the guest ran out before the test could pause it');
+  assert.equal(got.heldStill, true, 'a paused guest neither advances nor finishes');
+  assert.equal(got.failure, null);
+  assert.equal(got.stdout, 'ok\n');
+  assert.equal(got.fuel, '300000000', 'nothing lost or run twice across the pause');
 });
