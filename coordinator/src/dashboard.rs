@@ -180,6 +180,15 @@ impl Dashboard {
         self.changed();
     }
 
+    /// A board exchange relayed for a worker (`RelayExchange`): `answered`, `refused` by
+    /// the board, or `unreachable`.
+    pub(crate) fn relayed(&self, outcome: &'static str) {
+        self.metrics
+            .relayed
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+    }
+
     /// A worker reported a failed execution.
     pub(crate) fn execution_failed(&self, failure: ExecutionFailure, kind: &'static str) {
         self.metrics

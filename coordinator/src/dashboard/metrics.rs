@@ -28,6 +28,9 @@ pub(crate) struct Metrics {
     pub claims: Counter,
     /// Dispute reports received, and how many raised a unit's replica target.
     pub disputes: Family<Labels, Counter>,
+    /// Board exchanges relayed for workers that cannot open peer TLS (`RelayExchange`),
+    /// by outcome: `answered`, `refused` (by the board) or `unreachable`.
+    pub relayed: Family<Labels, Counter>,
     /// Failed executions reported by workers, by reason.
     pub failures: Family<Labels, Counter>,
     /// Leases that ran out without a heartbeat.
@@ -58,6 +61,7 @@ impl Metrics {
             certificates: Family::default(),
             claims: Counter::default(),
             disputes: Family::default(),
+            relayed: Family::default(),
             failures: Family::default(),
             leases_expired: Counter::default(),
             registrations: Counter::default(),
@@ -92,6 +96,11 @@ impl Metrics {
             "disputes",
             "Dispute reports, by whether they raised the replica target",
             m.disputes.clone(),
+        );
+        registry.register(
+            "relayed_exchanges",
+            "Board exchanges relayed for browser workers (RelayExchange), by outcome",
+            m.relayed.clone(),
         );
         registry.register(
             "execution_failures",

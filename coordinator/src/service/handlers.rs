@@ -925,8 +925,13 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
                 .and_then(|w| w.peer_addr.parse::<std::net::SocketAddr>().ok())
                 .ok_or_else(|| to_status(Error::UnknownBoard(board)))?
         };
-        let views = self.inner.relay.exchange(id, board, addr, exchange).await?;
-        Ok(Response::new(views))
+        let views = self.inner.relay.exchange(id, board, addr, exchange).await;
+        self.inner.dashboard.relayed(match &views {
+            Ok(_) => "answered",
+            Err(s) if s.code() == tonic::Code::Unavailable => "unreachable",
+            Err(_) => "refused",
+        });
+        Ok(Response::new(views?))
     }
 
     async fn return_units(
