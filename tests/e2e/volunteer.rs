@@ -555,6 +555,20 @@ fn a_browser_worker_registers_and_heartbeats_over_grpc_web() {
             .encode_to_vec(),
         ),
         (
+            "evidence",
+            proto::v1::Evidence {
+                reporter_key: key.clone(),
+                commitment: Some(commitment.clone()),
+                claim: None,
+                other: Some(proto::v1::Commitment {
+                    seal: vec![0x34; 32],
+                    ticket: None,
+                    ..commitment.clone()
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        (
             "board_views",
             proto::v1::BoardViews {
                 views: vec![proto::v1::UnitView {
