@@ -308,6 +308,14 @@ fn check_first_calls(out: &serde_json::Value, platform: &str) {
             .is_some_and(|m| m.contains("signature")),
         "{out}"
     );
+    // The equivocation evidence was authenticated, decoded and checked as proof: it was
+    // refused only for naming a unit the coordinator does not have.
+    assert!(
+        out["misbehaviour"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown unit")),
+        "{out}"
+    );
 }
 
 /// The coordinator's `/api/workers` row of the worker whose (full, hex) id is `id`, once
