@@ -308,6 +308,14 @@ fn check_first_calls(out: &serde_json::Value, platform: &str) {
             .is_some_and(|m| m.contains("signature")),
         "{out}"
     );
+    // The equivocation evidence was authenticated, decoded and checked as proof: it was
+    // refused only for naming a unit the coordinator does not have.
+    assert!(
+        out["misbehaviour"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown unit")),
+        "{out}"
+    );
 }
 
 /// The coordinator's `/api/workers` row of the worker whose (full, hex) id is `id`, once
@@ -550,6 +558,20 @@ fn a_browser_worker_registers_and_heartbeats_over_grpc_web() {
                     commitments: vec![commitment.clone()],
                     reveals: vec![claim.clone()],
                     want_units: vec![9, 10],
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "evidence",
+            proto::v1::Evidence {
+                reporter_key: key.clone(),
+                commitment: Some(commitment.clone()),
+                claim: None,
+                other: Some(proto::v1::Commitment {
+                    seal: vec![0x34; 32],
+                    ticket: None,
+                    ..commitment.clone()
                 }),
             }
             .encode_to_vec(),

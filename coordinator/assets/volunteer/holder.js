@@ -15,7 +15,15 @@
 //                                                        ask a heartbeat first; skip if settled)
 //   { type: 'dispute', unit, claims }                    ReportDispute
 //   { type: 'bad_board', board, problem }                a board's view did not verify
+//   { type: 'misbehaviour', unit, commitment, other }    ReportMisbehaviour: two different
+//                                                        signed commitments by one worker
 //
+// Equivocation across boards (worker::gossip::Holder::check_committed): once we revealed,
+// a board shows us the commitments it holds (UnitView.committed). We remember the first
+// verified commitment of each worker per unit (at most MAX_SEEN_PER_UNIT workers); a
+// worker that a later board shows with another seal, validly signed, filed different
+// commitments on different boards, and the two signed commitments prove it
+// (protocol::evidence::Evidence::Equivocation). Reported once per (unit, worker).
 // Units are BigInts, keys and digests Uint8Arrays; claims and commitments as claim.js
 // makes them. Times are ms on any monotonic clock.
 
@@ -25,11 +33,14 @@ import {
   boards,
   claimFromWire,
   claimToWire,
+  commitmentFromWire,
   commitmentOf,
   commitmentToWire,
   compareBytes,
+  equalBytes,
   submitRank,
   verifyClaim,
+  verifyCommitment,
 } from './claim.js';
 import { hex } from './proto.js';
 
@@ -49,6 +60,9 @@ export const DEFAULT_TIMING = Object.freeze({
 
 /** gossip::MAX_EXCHANGE_UNITS: most units one exchange asks about. */
 export const MAX_EXCHANGE_UNITS = 256;
+
+/** gossip::MAX_SEEN_PER_UNIT: workers whose commitments we remember per unit, bounded like a board's. */
+export const MAX_SEEN_PER_UNIT = MAX_CLAIMS * 2;
 
 /** Board refusals that mean "already on file": as good as delivered. */
 const DELIVERED_REASONS = new Set(['replayed']);
@@ -96,6 +110,10 @@ export class Holder {
       nextPoll: 0,
       /** A certificate waiting for its upload time: { claims, complete, rank, at }. */
       upload: null,
+      /** worker hex → the first verified commitment a board showed us (equivocation). */
+      seen: new Map(),
+      /** Worker hexes already reported for equivocating on this unit. */
+      reported: new Set(),
     });
   }
 
@@ -203,6 +221,8 @@ export class Holder {
       const unit = view.unitId;
       const t = this.units.get(unit);
       if (!wanted.has(unit) || !t) continue; // unasked-for, or settled meanwhile
+      // As the native holder does, before (and whatever) the view's reveals show.
+      effects.push(...(await this.#checkCommitted(unit, t, view.committed ?? [])));
       const problem = await this.#checkView(unit, t, view);
       if (problem) {
         effects.push({ type: 'bad_board', board: request.board, problem: `view of unit ${unit}: ${problem}` });
@@ -241,6 +261,31 @@ export class Holder {
       else if (!t.certified) soonest(t.committedAt + this.timing.submitAfterMs);
     }
     return at;
+  }
+
+  /**
+   * Commitments a board showed us: a worker whose commitment differs from the one another
+   * board showed is equivocating, and both signed commitments prove it. Each commitment
+   * is verified before it is remembered or used, so a lying board cannot frame anyone.
+   */
+  async #checkCommitted(unit, t, committed) {
+    const effects = [];
+    for (const w of committed) {
+      if (w.unitId !== unit) continue;
+      const c = commitmentFromWire(w);
+      const id = hex(c.worker);
+      const first = t.seen.get(id);
+      if (first) {
+        if (equalBytes(first.seal, c.seal) || t.reported.has(id)) continue;
+        // Evidence::offender: same worker (the key), same unit and project, both signed.
+        if (c.project !== first.project || !(await verifyCommitment(c))) continue;
+        t.reported.add(id);
+        effects.push({ type: 'misbehaviour', unit, commitment: first, other: c });
+      } else if (t.seen.size < MAX_SEEN_PER_UNIT && (await verifyCommitment(c))) {
+        t.seen.set(id, c);
+      }
+    }
+    return effects;
   }
 
   async #checkView(unit, t, view) {

@@ -1,9 +1,9 @@
 // The browser worker as a full protocol participant, headless: it registers, heartbeats,
 // leases units, runs them through the page's runner, commits and reveals on the units'
 // rendezvous boards through the coordinator (RelayExchange: a browser takes no inbound
-// connections and opens no peer TLS), submits certificates, reports failures and disputes,
-// and hands units back. The page (and its Web Workers that run the guests) codes against
-// `BrowserWorker`:
+// connections and opens no peer TLS), submits certificates, reports failures, disputes and
+// workers that equivocate across boards, and hands units back. The page (and its Web
+// Workers that run the guests) codes against `BrowserWorker`:
 //
 //   const worker = new BrowserWorker({ url: location.origin, identity, name, account,
 //     team, cores, run: async (job) => runUnitResult, onEvent: (e) => {} });
@@ -19,7 +19,7 @@
 import { hash as blake3 } from './blake3.js';
 import { FUEL_RULES, unitSeed } from './guest.js';
 import { Holder, exchangeToWire } from './holder.js';
-import { checkUnitSignature, claimToWire, limitsFromWire, signClaim } from './claim.js';
+import { checkUnitSignature, claimToWire, commitmentToWire, limitsFromWire, signClaim } from './claim.js';
 import { hex } from './proto.js';
 import { Code, GrpcError, VolunteerWorker } from './rpc.js';
 
@@ -500,6 +500,13 @@ export class BrowserWorker {
         case 'dispute':
           // The coordinator issues more replicas; the unit stays held until settled.
           this.rpc.reportDispute(e.unit, e.claims.map(claimToWire)).catch((err) => this.#error('ReportDispute', err, u));
+          break;
+        case 'misbehaviour':
+          // One try, as the native worker makes (attachment::board): the holder yields each
+          // (unit, worker) once, and a lost report only spares the cheat a trust reset.
+          this.rpc
+            .reportMisbehaviour(commitmentToWire(e.commitment), commitmentToWire(e.other))
+            .catch((err) => this.#error('ReportMisbehaviour', err, u));
           break;
         case 'bad_board':
           this.#error('RelayExchange', new Error(`board ${hex(e.board)}: ${e.problem}`), u);

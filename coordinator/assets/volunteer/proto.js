@@ -196,6 +196,14 @@ export const Dispute = message('Dispute', [
   field(3, 'claims', Claim, true),
 ]);
 
+/** Proof that a worker changed its answer (ReportMisbehaviour): `claim` or `other` set. */
+export const Evidence = message('Evidence', [
+  field(1, 'reporterKey', 'bytes'),
+  field(2, 'commitment', Commitment),
+  field(3, 'claim', Claim),
+  field(4, 'other', Commitment),
+]);
+
 export const ReturnUnitsRequest = message('ReturnUnitsRequest', [
   field(1, 'publicKey', 'bytes'),
   field(2, 'unitIds', 'uint64', true),

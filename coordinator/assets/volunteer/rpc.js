@@ -309,6 +309,18 @@ export class VolunteerWorker {
     return this.call('ReportDispute', pb.Dispute, pb.Ack, { publicKey: this.identity.publicKey, unitId, claims });
   }
 
+  /**
+   * Proof that a worker filed two different commitments for one unit (wire Commitments,
+   * as the boards showed them): ReportMisbehaviour with us as the reporter.
+   */
+  reportMisbehaviour(commitment, other) {
+    return this.call('ReportMisbehaviour', pb.Evidence, pb.Ack, {
+      reporterKey: this.identity.publicKey,
+      commitment,
+      other,
+    });
+  }
+
   /** Hands leased units back. */
   returnUnits(unitIds) {
     return this.call('ReturnUnits', pb.ReturnUnitsRequest, pb.Ack, { publicKey: this.identity.publicKey, unitIds });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 
 import { Identity } from '../identity.js';
 import { hash } from '../blake3.js';
-import { signClaim, claimToWire, commitmentToWire, submitRank, verifyCommitment } from '../claim.js';
+import { signClaim, claimToWire, commitmentOf, commitmentToWire, submitRank, verifyCommitment } from '../claim.js';
 import { Holder, exchangeToWire } from '../holder.js';
 import * as pb from '../proto.js';
 
@@ -39,20 +39,23 @@ class FakeBoard {
       this.reveals.set(pb.hex(r.workerKey), r);
       revealed = true;
     }
+    // The reveals and commitments only to an asker that presents its reveal.
     const views = ex.wantUnits.map((unitId) => ({
       unitId,
       commitments: this.commits.size,
       reveals: revealed ? [...this.reveals.values()] : [],
-      committed: [],
+      committed: revealed ? [...this.commits.values()] : [],
     }));
     return { views, rejected };
   }
 }
 
 /**
- * Runs one row: `others` are `{ seed, commitAt, revealAt, output, bad }`; `members` the
- * number of boards; ends at `until` ms. Returns `[time, type, detail]` per effect, and the
- * number of exchanges.
+ * Runs one row: `others` are `{ seed, commitAt, revealAt, output, bad, second }`; `members`
+ * the number of boards; ends at `until` ms. `second` is what the other's commitment on the
+ * second board is: 'other' (a validly signed commitment to another output: equivocation),
+ * 'forged' (the seal changed, the signature kept) or 'unsigned' (no valid signature).
+ * Returns `[time, type, detail]` per effect, and the number of exchanges.
  */
 async function run({ quorum = 2, members = 2, ownAt = 0, output = 'ok', others = [], until = 8000, refuse = null, settleAfter = null }) {
   const me = await id(1);
@@ -66,43 +69,66 @@ async function run({ quorum = 2, members = 2, ownAt = 0, output = 'ok', others =
     others.map(async (o) => {
       const claim = await signClaim(await id(o.seed), { project: PROJECT, unit: UNIT, digest: out(o.output ?? 'ok'), fuel: 10n });
       if (o.bad) claim.salt = claim.salt.map((b) => b ^ 1); // a reveal that does not verify
-      return { ...o, claim };
+      const commitment = commitmentOf(claim, null);
+      let second = commitment;
+      if (o.second === 'other') {
+        const alt = await signClaim(await id(o.seed), { project: PROJECT, unit: UNIT, digest: out('changed'), fuel: 10n });
+        second = commitmentOf(alt, null);
+      } else if (o.second === 'forged') {
+        second = { ...commitment, seal: commitment.seal.map((b) => b ^ 1) };
+      } else if (o.second === 'unsigned') {
+        second = { ...commitment, seal: commitment.seal.map((b) => b ^ 1), signature: new Uint8Array(64) };
+      }
+      return { ...o, claim, commitments: [commitment, second] };
     }),
   );
+  const seedOf = (worker) => theirs.find((o) => pb.hex(o.claim.worker) === pb.hex(worker))?.seed;
+  const seals = (o) => new Set(o.commitments.map((c) => pb.hex(c.seal)));
   const effects = [];
   let exchanges = 0;
-  const note = (t, list) => {
+  const note = async (t, list) => {
     for (const e of list) {
-      const detail =
-        e.type === 'upload'
-          ? { complete: e.complete, claims: e.claims.length, rank: e.rank, checkSettled: e.checkSettled }
-          : e.type === 'dispute'
-            ? { claims: e.claims.length }
-            : {};
+      let detail = {};
+      if (e.type === 'upload') detail = { complete: e.complete, claims: e.claims.length, rank: e.rank, checkSettled: e.checkSettled };
+      else if (e.type === 'dispute') detail = { claims: e.claims.length };
+      else if (e.type === 'misbehaviour') {
+        // Whom it accuses, and whether it carries both of that worker's signed commitments.
+        const offender = seedOf(e.commitment.worker);
+        const shown = new Set([pb.hex(e.commitment.seal), pb.hex(e.other.seal)]);
+        const both =
+          offender !== undefined &&
+          seedOf(e.other.worker) === offender &&
+          e.unit === UNIT &&
+          shown.size === 2 &&
+          [...seals(theirs.find((o) => o.seed === offender))].every((x) => shown.has(x)) &&
+          (await verifyCommitment(e.commitment)) &&
+          (await verifyCommitment(e.other));
+        detail = { offender, both };
+      }
       effects.push([t, e.type, detail]);
     }
   };
   for (let t = 0; t <= until; t += 100) {
     if (settleAfter !== null && t === settleAfter) holder.release(UNIT);
     for (const o of theirs) {
-      for (const b of boards.values()) {
-        if (o.commitAt === t) b.commits.set(pb.hex(o.claim.worker), commitmentToWire({ ...o.claim, seal: new Uint8Array(32), ticket: null }));
+      for (const [i, b] of [...boards.values()].entries()) {
+        if (o.commitAt === t) b.commits.set(pb.hex(o.claim.worker), commitmentToWire(o.commitments[Math.min(i, 1)]));
         if (o.revealAt === t) b.reveals.set(pb.hex(o.claim.worker), claimToWire(o.claim));
       }
     }
     if (t === ownAt) {
       const own = await signClaim(me, { project: PROJECT, unit: UNIT, digest: out(output), fuel: 10n });
-      note(t, holder.addOwn(own, t));
+      await note(t, holder.addOwn(own, t));
     }
     // As the shell does: again at once while something is due now (a reveal to present).
     for (let round = 0; round < 4; round++) {
-      note(t, holder.tick(t));
+      await note(t, holder.tick(t));
       for (const request of holder.plan(t)) {
         exchanges += 1;
         const wire = pb.decode(pb.BoardExchange, pb.encode(pb.BoardExchange, exchangeToWire(request)));
         for (const c of request.commitments) assert.ok(await verifyCommitment(c), 'our commitment verifies');
         const reply = boards.get(pb.hex(request.board)).exchange(wire);
-        note(t, await holder.onReply(request, reply, t));
+        await note(t, await holder.onReply(request, reply, t));
       }
       if (!(holder.wakeAt() <= t)) break;
     }
@@ -191,6 +217,31 @@ const rows = [
     want: [
       [0, 'reveal', {}],
       [6000, 'upload', { complete: false, claims: 2, rank: 0, checkSettled: false }],
+    ],
+  },
+  {
+    name: 'a worker that filed different commitments on the two boards is reported once, with both signed commitments',
+    given: { others: [{ seed: 2, commitAt: 0, second: 'other' }] },
+    want: [
+      [0, 'reveal', {}],
+      [0, 'misbehaviour', { offender: 2, both: true }],
+      [6000, 'upload', { complete: false, claims: 1, rank: 0, checkSettled: false }],
+    ],
+  },
+  {
+    name: 'the same commitment on both boards accuses nobody',
+    given: { others: [{ seed: 2, commitAt: 0, second: 'same' }] },
+    want: [
+      [0, 'reveal', {}],
+      [6000, 'upload', { complete: false, claims: 1, rank: 0, checkSettled: false }],
+    ],
+  },
+  {
+    name: 'a forged or unsigned second commitment (a lying board) accuses nobody',
+    given: { others: [{ seed: 2, commitAt: 0, second: 'forged' }, { seed: 3, commitAt: 0, second: 'unsigned' }] },
+    want: [
+      [0, 'reveal', {}],
+      [6000, 'upload', { complete: false, claims: 1, rank: 0, checkSettled: false }],
     ],
   },
 ];

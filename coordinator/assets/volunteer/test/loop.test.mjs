@@ -7,7 +7,18 @@ import assert from 'node:assert/strict';
 import { BrowserWorker } from '../loop.js';
 import { Identity } from '../identity.js';
 import { hash } from '../blake3.js';
-import { signClaim, claimToWire, commitmentOf, commitmentToWire, unitTermsMessage, verifyClaim, claimFromWire, limitsFromWire } from '../claim.js';
+import {
+  signClaim,
+  claimToWire,
+  commitmentOf,
+  commitmentFromWire,
+  commitmentToWire,
+  unitTermsMessage,
+  verifyClaim,
+  verifyCommitment,
+  claimFromWire,
+  limitsFromWire,
+} from '../claim.js';
 import { unitSeed, FUEL_RULES } from '../guest.js';
 import * as pb from '../proto.js';
 
@@ -67,6 +78,7 @@ class FakeCoordinator {
     this.failures = [];
     this.returned = [];
     this.disputes = [];
+    this.evidence = [];
     this.boardKeys = boards;
   }
   async init() {
@@ -83,6 +95,10 @@ class FakeCoordinator {
       b.commits.set(pb.hex(claim.worker), commitmentToWire(commitmentOf(claim)));
       b.reveals.set(pb.hex(claim.worker), claimToWire(claim));
     }
+  }
+  /** A replica that filed `first` on the first board and `second` on the others (no reveal). */
+  equivocator(first, second) {
+    [...this.boards.values()].forEach((b, i) => b.commits.set(pb.hex(first.worker), commitmentToWire(commitmentOf(i === 0 ? first : second))));
   }
   log(name, args) {
     this.calls.push(name);
@@ -131,6 +147,12 @@ class FakeCoordinator {
     this.log('ReportDispute');
     this.disputes.push({ unit, claims });
   }
+  async reportMisbehaviour(commitment, other) {
+    this.log('ReportMisbehaviour');
+    // As the coordinator takes it: an Evidence through the codec.
+    const wire = pb.decode(pb.Evidence, pb.encode(pb.Evidence, { reporterKey: new Uint8Array(32), commitment, other }));
+    this.evidence.push({ commitment: commitmentFromWire(wire.commitment), other: commitmentFromWire(wire.other), claim: wire.claim });
+  }
   async returnUnits(ids) {
     this.log('ReturnUnits');
     this.returned.push(...ids);
@@ -149,7 +171,7 @@ class FakeCoordinator {
       unitId,
       commitments: b.commits.size,
       reveals: wire.reveals.length ? [...b.reveals.values()] : [],
-      committed: [],
+      committed: wire.reveals.length ? [...b.commits.values()] : [],
     }));
     return { views, rejected: [] };
   }
@@ -299,6 +321,49 @@ test('a disagreeing replica is reported as a dispute', async () => {
   await w.start();
   await waitFor('dispute', () => c.disputes.length > 0);
   assert.equal(c.disputes[0].claims.length, 2);
+  await w.stop();
+});
+
+test('a replica that filed different commitments on the two boards is reported once (ReportMisbehaviour)', async () => {
+  const c = await new FakeCoordinator({ assignments: [await assignment(14)] }).init();
+  const cheat = await Identity.fromSeed(seed(3));
+  const a = await signClaim(cheat, { project: 1n, unit: 14n, digest: hash(te.encode('out of u14')), fuel: 10n });
+  const b = await signClaim(cheat, { project: 1n, unit: 14n, digest: hash(te.encode('something else')), fuel: 10n });
+  c.equivocator(a, b);
+  const { w, events } = await worker(c);
+  await w.start();
+  await waitFor('certified', () => types(events).includes('certified'));
+  // Boards polled many times meanwhile: still one report.
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(c.calls.filter((x) => x === 'ReportMisbehaviour').length, 1);
+  const [e] = c.evidence;
+  assert.equal(e.claim, null);
+  assert.deepEqual(new Set([pb.hex(e.commitment.seal), pb.hex(e.other.seal)]), new Set([pb.hex(commitmentOf(a).seal), pb.hex(commitmentOf(b).seal)]));
+  for (const x of [e.commitment, e.other]) {
+    assert.equal(pb.hex(x.worker), pb.hex(cheat.publicKey));
+    assert.equal(x.unit, 14n);
+    assert.ok(await verifyCommitment(x), 'the evidence is signed by the offender');
+  }
+  assert.equal(w.snapshot().lastError, null);
+  await w.stop();
+});
+
+test('a refused misbehaviour report is an error naming the call, not retried', async () => {
+  const c = await new FakeCoordinator({ assignments: [await assignment(15)] }).init();
+  c.reportMisbehaviour = async () => {
+    c.log('ReportMisbehaviour');
+    throw new Error('the coordinator is busy');
+  };
+  const cheat = await Identity.fromSeed(seed(3));
+  const sign = (s) => signClaim(cheat, { project: 1n, unit: 15n, digest: hash(te.encode(s)), fuel: 10n });
+  c.equivocator(await sign('one'), await sign('two'));
+  const { w, events } = await worker(c);
+  await w.start();
+  await waitFor('certified', () => types(events).includes('certified'));
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(c.calls.filter((x) => x === 'ReportMisbehaviour').length, 1);
+  const errors = events.filter((e) => e.type === 'error');
+  assert.deepEqual(errors.map((e) => [e.unit, e.detail.call, e.detail.message]), [[15n, 'ReportMisbehaviour', 'ReportMisbehaviour: the coordinator is busy']]);
   await w.stop();
 });
 

@@ -1,12 +1,14 @@
 // The browser worker's first calls, the same under node (worker-calls.mjs) and in a
 // Chromium tab (chromium-calls.mjs): a registration, two heartbeats and one heartbeat with
-// a tampered signature, against the coordinator at `url`. The worker's clock starts an
+// a tampered signature, and equivocation evidence (ReportMisbehaviour) about a unit the
+// coordinator does not have, against the coordinator at `url`. The worker's clock starts an
 // hour behind the coordinator's, so the registration is first refused as skewed and
 // retried on the coordinator's clock (`fallow-now`). Returns what each call got.
 
 import * as pb from '../proto.js';
 import { loadIdentity } from '../identity.js';
 import { VolunteerWorker, Stamper, grpcWeb, GrpcError } from '../rpc.js';
+import { commitmentOf, commitmentToWire, signClaim } from '../claim.js';
 
 export async function firstCalls(url, { account = 'webvol', team = 'lab', name = 'tab' } = {}) {
   const out = {};
@@ -41,6 +43,19 @@ export async function firstCalls(url, { account = 'webvol', team = 'lab', name =
   } catch (e) {
     if (!(e instanceof GrpcError)) throw e;
     out.bad_signature = { status: e.status, message: e.message };
+  }
+
+  // Two different commitments of ours for one unit: valid proof, so the coordinator takes
+  // the signed call, decodes the evidence, checks it, and refuses it only because it does
+  // not know the unit.
+  const sign = (byte) =>
+    signClaim(identity, { project: 1n, unit: 424242n, digest: new Uint8Array(32).fill(byte), fuel: 1n });
+  try {
+    await worker.reportMisbehaviour(commitmentToWire(commitmentOf(await sign(1))), commitmentToWire(commitmentOf(await sign(2))));
+    out.misbehaviour = { status: 0, message: 'accepted' };
+  } catch (e) {
+    if (!(e instanceof GrpcError)) throw e;
+    out.misbehaviour = { status: e.status, message: e.message };
   }
   return out;
 }

@@ -20,7 +20,7 @@ if (!url) {
 }
 const chromium = process.env.CHROMIUM ?? 'chromium';
 const here = new URL('../', import.meta.url);
-const MODULES = ['/identity.js', '/rpc.js', '/proto.js', '/blake3.js', '/guest.js', '/tools/calls.mjs'];
+const MODULES = ['/identity.js', '/rpc.js', '/proto.js', '/blake3.js', '/guest.js', '/claim.js', '/tools/calls.mjs'];
 
 const PAGE = `<!doctype html><script type="module">
 import { firstCalls } from '/tools/calls.mjs';

@@ -127,6 +127,11 @@ Object.assign(encodings, {
     boardKey: new Uint8Array(32).fill(0xbb),
     exchange: { commitments: [commitment], reveals: [claim], wantUnits: [9n, 10n] },
   }),
+  evidence: pb.encode(pb.Evidence, {
+    reporterKey: key,
+    commitment,
+    other: { ...commitment, seal: new Uint8Array(32).fill(0x34), ticket: null },
+  }),
   board_views: pb.encode(pb.BoardViews, {
     views: [{ unitId: 9n, commitments: 2, reveals: [claim], committed: [{ ...commitment, ticket: null }] }],
     rejected: [{ unitId: 10n, reason: 'no_ticket' }],
