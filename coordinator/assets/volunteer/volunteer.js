@@ -261,13 +261,16 @@ function page() {
     return `${snap.registered ? 'Computing' : 'Registering'}${err}.${isolation}`;
   }
 
+  /** Project names by id, from the dashboard's API (the running table shows names). */
+  const projectNames = new Map();
+
   function drawRunning(snap) {
     const fuel = new Map((pool ? pool.running() : []).map((r) => [r.key, r.fuelUsed]));
     const rows = (snap.running ?? []).map((r) => {
       const tr = document.createElement('tr');
       const used = fuel.get(`${r.project}/${r.unit}`) ?? r.fuel;
       for (const [text, cls] of [
-        [String(r.project), ''],
+        [projectNames.get(String(r.project)) ?? String(r.project), ''],
         [String(r.unitName ?? r.unit), ''],
         [used === undefined ? 'waiting' : int(used), 'num'],
       ]) {
@@ -312,6 +315,7 @@ function page() {
   }
 
   function drawProjects(projects) {
+    for (const p of projects) projectNames.set(String(p.id), p.name);
     const cards = projects.map((p) => {
       const div = document.createElement('div');
       div.className = 'project';
