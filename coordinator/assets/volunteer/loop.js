@@ -52,6 +52,14 @@ function corrupt(stdout) {
   return out;
 }
 
+/**
+ * The board polls' tick, as the native worker's (`attachment::exchange::GOSSIP_TICK`):
+ * polls fall on it, so every unit due within one tick goes to its board in one exchange.
+ * Woken at each unit's own time instead, a tab holding many units sent a board more than
+ * the 10 exchanges a second it admits per worker key, and half were refused.
+ */
+export const GOSSIP_TICK_MS = 250;
+
 export class BrowserWorker {
   constructor({
     url,
@@ -68,6 +76,7 @@ export class BrowserWorker {
     // Tests: a VolunteerWorker stand-in, the holder's timing, the clock and the backoff.
     rpc = null,
     timing = {},
+    gossipTickMs = GOSSIP_TICK_MS,
     now = monotonic,
     backoff = backoffMs,
   }) {
@@ -82,6 +91,9 @@ export class BrowserWorker {
     this.fault = fault;
     this.rpc = rpc ?? new VolunteerWorker(identity, { enrollToken, fetch });
     this.holder = new Holder({ me: identity.publicKey, timing });
+    this.gossipTickMs = Math.max(1, gossipTickMs);
+    /** The tick the holder last ran in (ms on `now`'s clock). */
+    this.lastBoardsTick = -Infinity;
     this.now = now;
     this.backoff = backoff;
     this.registered = false;
@@ -448,8 +460,11 @@ export class BrowserWorker {
   /** Runs the holder when it is next due (at once if due now). */
   #scheduleBoards() {
     if (!this.running || this.boardBusy) return;
-    const at = this.holder.wakeAt();
-    if (at === null) return;
+    const due = this.holder.wakeAt();
+    if (due === null) return;
+    // On the tick, and never twice in one: a late run does not make the next one early.
+    const tick = this.gossipTickMs;
+    const at = Math.max(Math.ceil(due / tick) * tick, this.lastBoardsTick + tick);
     if (this.boardTimer !== null && this.boardAt !== null && this.boardAt <= at) return;
     if (this.boardTimer !== null) clearTimeout(this.boardTimer);
     this.boardAt = at;
@@ -463,6 +478,7 @@ export class BrowserWorker {
   async #boards() {
     if (!this.running) return;
     this.boardBusy = true;
+    this.lastBoardsTick = Math.floor(this.now() / this.gossipTickMs) * this.gossipTickMs;
     try {
       const now = this.now();
       this.#effects(this.holder.tick(now));

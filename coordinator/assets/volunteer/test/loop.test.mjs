@@ -158,6 +158,7 @@ class FakeCoordinator {
     this.returned.push(...ids);
   }
   async relayExchange(boardKey, exchange) {
+    (this.exchangesAt ??= []).push({ at: Date.now(), units: exchange.wantUnits.length });
     this.log('RelayExchange');
     const wire = pb.decode(pb.BoardExchange, pb.encode(pb.BoardExchange, exchange));
     const b = this.boards.get(pb.hex(boardKey));
@@ -177,7 +178,7 @@ class FakeCoordinator {
   }
 }
 
-async function worker(coordinator, { run, fault = null, cores = 1, seedNo = 1 } = {}) {
+async function worker(coordinator, { run, fault = null, cores = 1, seedNo = 1, gossipTickMs = 5 } = {}) {
   const identity = await Identity.fromSeed(seed(seedNo));
   const events = [];
   const jobs = [];
@@ -189,6 +190,7 @@ async function worker(coordinator, { run, fault = null, cores = 1, seedNo = 1 } 
     cores,
     rpc: coordinator,
     timing: TIMING,
+    gossipTickMs,
     backoff: () => 30,
     fault,
     run:
@@ -427,4 +429,29 @@ test('stop during a registration retry ends start; start resolves without regist
   await w.stop();
   await started;
   assert.equal(w.snapshot().registered, false);
+});
+
+test('board polls fall on the gossip tick: units due within one tick share an exchange', async () => {
+  // Twelve units finishing at staggered times, each polled every 30 ms: woken at each
+  // unit's own time the loop sent a board far more exchanges than the units' cadence.
+  const units = Array.from({ length: 12 }, (_, i) => i + 1);
+  const c = await new FakeCoordinator({ assignments: await Promise.all(units.map((u) => assignment(u))), boards: 1 }).init();
+  let n = 0;
+  const run = async (job) => {
+    await new Promise((r) => setTimeout(r, 7 * ++n));
+    return { stdout: te.encode(`out of ${job.unitName}`), fuel: 10n, failure: null, exitCode: 0 };
+  };
+  const tick = 100;
+  const { w } = await worker(c, { run, cores: 12, gossipTickMs: tick });
+  const started = Date.now();
+  await w.start();
+  await waitFor('all units committed', () => w.snapshot().counts.committed === 12);
+  await new Promise((r) => setTimeout(r, 600));
+  await w.stop();
+  const elapsed = Date.now() - started;
+  const sent = c.exchangesAt ?? [];
+  assert.ok(sent.length > 0, 'the boards were polled');
+  // One board: at most one exchange per tick (plus the first, and slack for a late timer).
+  assert.ok(sent.length <= Math.ceil(elapsed / tick) + 2, `${sent.length} exchanges in ${elapsed} ms`);
+  assert.ok(sent.some((e) => e.units > 1), 'units due within one tick went together');
 });
