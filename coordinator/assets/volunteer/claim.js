@@ -17,7 +17,7 @@
 // BigInts, the rest Uint8Arrays (ticket: `{ expiresMs, signature }` or null).
 
 import { deriveKey, hash as blake3 } from './blake3.js';
-import { u64le } from './identity.js';
+import { concat, u64le } from './identity.js';
 import { hex } from './proto.js';
 
 const COMMITMENT_CONTEXT = new TextEncoder().encode('fallow/commitment/v1\0');
@@ -30,16 +30,6 @@ export const BOARDS_PER_UNIT = 2;
 
 /** `protocol::certificate::MAX_CLAIMS`: most claims one unit's tally keeps. */
 export const MAX_CLAIMS = 64;
-
-function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 function u32le(n) {
   const out = new Uint8Array(4);

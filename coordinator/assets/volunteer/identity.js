@@ -25,7 +25,8 @@ const KEY = 'worker';
 
 const utf8 = new TextEncoder();
 
-function concat(parts) {
+/** The byte arrays `parts`, one after another. */
+export function concat(parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {

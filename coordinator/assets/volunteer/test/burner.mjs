@@ -3,7 +3,8 @@
 // `fallow_meter_fuel`; below zero, `fallow_meter::slice(counter)` gives the next slice),
 // then writes "ok\n". Its fuel is n × k.
 
-const uleb = (n) => {
+/** Unsigned LEB128, as WebAssembly encodes integers. */
+export const uleb = (n) => {
   const out = [];
   do {
     let b = n & 0x7f;
@@ -13,7 +14,8 @@ const uleb = (n) => {
   } while (n !== 0);
   return out;
 };
-const sleb = (v) => {
+/** Signed LEB128. */
+export const sleb = (v) => {
   let n = BigInt(v);
   const out = [];
   for (;;) {
@@ -23,9 +25,9 @@ const sleb = (v) => {
     out.push(b | 0x80);
   }
 };
-const str = (s) => [...uleb(s.length), ...new TextEncoder().encode(s)];
-const vec = (items) => [...uleb(items.length), ...items.flat()];
-const section = (id, body) => [id, ...uleb(body.length), ...body];
+export const str = (s) => [...uleb(s.length), ...new TextEncoder().encode(s)];
+export const vec = (items) => [...uleb(items.length), ...items.flat()];
+export const section = (id, body) => [id, ...uleb(body.length), ...body];
 const I32 = 0x7f;
 const I64 = 0x7e;
 

@@ -6,34 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { runUnit, unitSeed, SLICE } from '../guest.js';
+import { section, sleb, str, uleb, vec } from './burner.mjs';
 
-// --- a tiny WebAssembly encoder ---
-const uleb = (n) => {
-  const out = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-};
-const sleb = (v) => {
-  let n = BigInt(v);
-  const out = [];
-  for (;;) {
-    const b = Number(n & 0x7fn);
-    n >>= 7n;
-    if ((n === 0n && (b & 0x40) === 0) || (n === -1n && (b & 0x40) !== 0)) {
-      out.push(b);
-      return out;
-    }
-    out.push(b | 0x80);
-  }
-};
-const str = (s) => [...uleb(s.length), ...new TextEncoder().encode(s)];
-const vec = (items) => [...uleb(items.length), ...items.flat()];
-const section = (id, body) => [id, ...uleb(body.length), ...body];
+// --- a tiny WebAssembly encoder (test/burner.mjs has its pieces) ---
 const I32 = 0x7f;
 const I64 = 0x7e;
 
