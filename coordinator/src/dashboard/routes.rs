@@ -413,8 +413,19 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 async fn asset(Path(file): Path<String>) -> Response {
-    match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, mime, body)) => (
+    embedded(ASSETS, &file).unwrap_or_else(|| not_found("no such asset"))
+}
+
+/// The file `file` of `assets` (name, content type, body; embedded at build time), revalidated
+/// on every load so a new build's files are never mixed with a cached old one; `None` when
+/// there is no such file.
+pub(super) fn embedded(
+    assets: &[(&str, &'static str, &'static str)],
+    file: &str,
+) -> Option<Response> {
+    let (_, mime, body) = assets.iter().find(|(name, _, _)| *name == file)?;
+    Some(
+        (
             [
                 (header::CONTENT_TYPE, *mime),
                 (header::CACHE_CONTROL, "no-cache"),
@@ -422,8 +433,7 @@ async fn asset(Path(file): Path<String>) -> Response {
             *body,
         )
             .into_response(),
-        None => not_found("no such asset"),
-    }
+    )
 }
 
 fn json(body: Bytes) -> Response {

@@ -108,17 +108,8 @@ async fn page() -> Response {
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
-    match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, mime, body)) => (
-            [
-                (header::CONTENT_TYPE, *mime),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            *body,
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
-    }
+    super::routes::embedded(ASSETS, &file)
+        .unwrap_or_else(|| (StatusCode::NOT_FOUND, "no such file").into_response())
 }
 
 /// The headers of every answer under `/volunteer`, 404s and 405s included.
