@@ -104,6 +104,7 @@ export class BrowserWorker {
     this.modules = new Map();
     this.counts = { leased: 0, finished: 0, committed: 0, certified: 0, verified: 0, failed: 0, handedBack: 0 };
     this.lastError = null;
+    this.noWork = null;
     this.timers = new Set();
     this.sleepers = new Set();
     this.boardTimer = null;
@@ -176,6 +177,8 @@ export class BrowserWorker {
         .map((u) => ({ project: u.project, unit: u.unit, unitName: u.unitName, ...(u.fuel !== null ? { fuel: u.fuel } : {}) })),
       counts: { ...this.counts },
       lastError: this.lastError,
+      // Why the last RequestWork brought nothing, in words (null once a unit came).
+      noWork: this.noWork,
     };
   }
 
@@ -310,10 +313,12 @@ export class BrowserWorker {
       return;
     }
     if (r.assignments.length === 0) {
+      this.noWork = r.reason || 'the coordinator has no unit this tab may take now';
       this.askAfter = this.now() + (Number(r.retryAfterMs) || IDLE_ASK_MS);
       this.#pump();
       return;
     }
+    this.noWork = null;
     for (const a of r.assignments) this.#take(a);
     this.#pump();
   }

@@ -286,7 +286,7 @@ function page() {
       const td = document.createElement('td');
       td.colSpan = 3;
       td.className = 'note';
-      td.textContent = worker ? 'Waiting for work.' : 'Nothing yet.';
+      td.textContent = !worker ? 'Nothing yet.' : snap.noWork ? `Waiting for work: ${snap.noWork}.` : 'Waiting for work.';
       tr.append(td);
       rows.push(tr);
     }

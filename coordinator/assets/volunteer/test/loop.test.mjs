@@ -121,7 +121,7 @@ class FakeCoordinator {
       throw new Error('the coordinator is busy');
     }
     const assignments = this.queue.splice(0, maxUnits);
-    return { assignments, retryAfterMs: assignments.length ? 0n : 40n, reason: '' };
+    return { assignments, retryAfterMs: assignments.length ? 0n : 40n, reason: assignments.length ? '' : (this.workReason ?? '') };
   }
   async getModule(digest, { fuelRules, canonicalNans }) {
     this.log('GetModule');
@@ -454,4 +454,29 @@ test('board polls fall on the gossip tick: units due within one tick share an ex
   // One board: at most one exchange per tick (plus the first, and slack for a late timer).
   assert.ok(sent.length <= Math.ceil(elapsed / tick) + 2, `${sent.length} exchanges in ${elapsed} ms`);
   assert.ok(sent.some((e) => e.units > 1), 'units due within one tick went together');
+});
+
+test('an empty RequestWork answer says why in the snapshot, and a lease clears it', async () => {
+  const c = await new FakeCoordinator({ assignments: [] }).init();
+  c.workReason = 'this worker is at its limit of 4 unfinished units';
+  // The one core stays busy with the leased unit, so no empty answer follows it.
+  let release;
+  const busy = new Promise((r) => (release = r));
+  const run = async (job) => {
+    await busy;
+    return { stdout: te.encode(`out of ${job.unitName}`), fuel: 10n, failure: null, exitCode: 0 };
+  };
+  const { w } = await worker(c, { run });
+  await w.start();
+  await waitFor('an empty answer', () => w.snapshot().noWork !== null);
+  assert.equal(w.snapshot().noWork, 'this worker is at its limit of 4 unfinished units');
+  c.workReason = '';
+  await waitFor('the default words', () => w.snapshot().noWork === 'the coordinator has no unit this tab may take now');
+  const a = await assignment(5);
+  c.quorum.set(a.unitId, a.quorum);
+  c.queue.push(a);
+  await waitFor('a lease', () => w.snapshot().counts.leased === 1);
+  assert.equal(w.snapshot().noWork, null);
+  release();
+  await w.stop();
 });
