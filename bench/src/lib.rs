@@ -576,7 +576,8 @@ pub fn run_groups(
                 ..SandboxConfig::default()
             })
         };
-        let (engine, no_calls, bare) = (
+        let (slice_calls, engine, no_calls, bare) = (
+            variant(Metering::RewriteWithSliceCalls)?,
             variant(Metering::Engine)?,
             variant(Metering::RewriteWithoutCalls)?,
             variant(Metering::Off)?,
@@ -586,6 +587,10 @@ pub fn run_groups(
         report.rows.extend(guest_speed(
             &sandbox,
             &[
+                (
+                    "checks that call the host at every slice instead (before; a browser's form)",
+                    &slice_calls,
+                ),
                 (
                     "metered by wasmtime's fuel and epoch checks instead (before the rewrite)",
                     &engine,

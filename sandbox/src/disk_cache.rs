@@ -111,6 +111,7 @@ impl DiskCache {
         // The code is the module as rewritten by the fuel meter: an entry compiled under
         // other metering rules is not this module's code any more.
         h.update(&crate::meter::VERSION.to_le_bytes());
+        h.update(&crate::meter::CODE_VERSION.to_le_bytes());
         h.update(&digest.0);
         h.update(&[u8::from(nan_canonicalization)]);
         h.update(&(serialized.len() as u64).to_le_bytes());

@@ -15,6 +15,8 @@
 //! - [`Pacer`]: the hook through which a worker pauses (suspension) or slows (CPU limit) a
 //!   running guest without losing its state; [`Sandbox::run_paced`] and
 //!   [`Sandbox::run_resumable`] call it.
+//! - `interrupt`: holding and stopping a guest thread from its companion thread, for the
+//!   meter's call-free checks.
 //!
 //! # Determinism
 //! A guest sees: stdin = the unit's input; argv = `["main"]`; no environment variables; no
@@ -26,8 +28,9 @@
 //! option (Cranelift's here; [`nan::canonicalize`] gives the same bits elsewhere). Fuel is deterministic, so the fuel used is part of the result: the module is
 //! rewritten to count its own fuel by rules of Fallow's ([`meter`]), so any engine that
 //! runs the rewritten bytes (wasmtime here, a browser's on the volunteer page) counts the
-//! same fuel. The rewrite's slice calls are also where the wall clock is checked and the
-//! [`Pacer`] holds a guest.
+//! same fuel. On Linux the rewrite's checks call nothing, and a companion thread per guest
+//! thread (`interrupt`) enforces the wall clock and holds a guest for the [`Pacer`];
+//! elsewhere the checks' slice calls do both.
 
 // Denied rather than forbidden: `disk_cache::deserialize` is the one exception, a
 // function of its own with a `# Safety` section (wasmtime's `Module::deserialize`).
@@ -36,6 +39,7 @@
 pub mod checkpoint;
 mod disk_cache;
 mod host;
+mod interrupt;
 pub mod meter;
 pub mod nan;
 
@@ -114,10 +118,16 @@ pub struct SandboxConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Metering {
     /// The module is rewritten to count its own fuel ([`meter`]): the deterministic limit
-    /// and the credit unit, the same on every engine. Its slice calls also enforce
-    /// `wall_seconds` and call the [`Pacer`].
+    /// and the credit unit, the same on every engine. On Linux (x86_64, aarch64) its
+    /// checks call nothing ([`meter::Check::Limit`]): a companion thread enforces
+    /// `wall_seconds` and holds the guest for the [`Pacer`] (`interrupt`). Elsewhere they
+    /// call the host at every slice ([`meter::Check::Slice`]), which does both.
     #[default]
     Rewrite,
+    /// Benchmarks only: the rewrite with slice calls ([`meter::Check::Slice`]) wherever
+    /// it runs, as a browser runs it and as wasmtime did before call-free checks: the same
+    /// fuel, limits and pacing as [`Metering::Rewrite`], to measure the two side by side.
+    RewriteWithSliceCalls,
     /// Benchmarks only: wasmtime's own fuel and epoch checks, as Fallow metered guests
     /// before [`meter`], to measure the two side by side. Fuel is counted by wasmtime's
     /// rules (other numbers than [`Metering::Rewrite`]); the epoch deadline never comes,
@@ -156,19 +166,21 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// The same for tables.
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
-/// Called on the guest thread at every slice of the fuel meter ([`meter::SLICE_FUEL`]
-/// fuel, a few milliseconds of guest time) while a guest runs ([`Sandbox::run_paced`]):
-/// the one place where a host may hold a guest still.
+/// Asked every few milliseconds while a guest runs ([`Sandbox::run_paced`]), with the guest
+/// held still: the one place where a host may keep a guest from running.
 ///
-/// Why a slice call that blocks the guest thread, rather than wasmtime's async
-/// yielding: guests already run on dedicated OS threads (never on the async runtime), so
-/// parking that thread keeps the whole guest — stack, registers, linear memory — exactly as
-/// it was, with no async fibers or stack switching to set up, and the same code paces the
-/// CPU limit (a duty cycle) and suspension. Fuel and output are untouched by pausing, so a
-/// paused and resumed execution is bit-identical to one run straight through.
+/// Where the meter's checks call nothing (Linux), the guest's companion thread holds the
+/// guest thread in a signal handler and calls this every `interrupt::TICK` (5 ms);
+/// elsewhere the guest thread calls it at every slice of the fuel meter
+/// ([`meter::SLICE_FUEL`] fuel). Either way the guest thread is parked, not unwound, so the
+/// whole guest — stack, registers, linear memory — stays exactly as it was, with no async
+/// fibers or stack switching, and the same code paces the CPU limit (a duty cycle) and
+/// suspension. Fuel and output are untouched by pausing, so a paused and resumed execution
+/// is bit-identical to one run straight through.
 pub trait Pacer: Send + Sync {
-    /// `fuel_used` is the fuel consumed so far (0 when metering is off). Also called once,
-    /// with 0, before the guest starts. May block for as long as the guest must not run;
+    /// `fuel_used` is the fuel consumed so far (0 when metering is off; with call-free
+    /// checks, as of the guest's last call or return). Also called once, on the calling
+    /// thread, before the guest starts. May block for as long as the guest must not run;
     /// the time spent here does not count against `wall_seconds`.
     fn pace(&mut self, fuel_used: u64);
 }
@@ -185,6 +197,29 @@ impl Pacer for Unpaced {
 struct Pace {
     pacer: Box<dyn Pacer>,
     running: Duration,
+}
+
+/// What the companion thread (`interrupt`) does for an execution with call-free checks:
+/// the guest's running time against `wall_seconds`, and the pacer.
+struct Companion {
+    pace: Arc<Mutex<Pace>>,
+    wall: Duration,
+}
+
+impl interrupt::Ticker for Companion {
+    fn ran(&mut self, running: Duration) -> bool {
+        let mut p = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        p.running += running;
+        p.running < self.wall
+    }
+
+    fn pace(&mut self, fuel_used: u64) {
+        self.pace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pacer
+            .pace(fuel_used);
+    }
 }
 
 /// A project's data files, mounted read-only at `/data` ([`protocol::data::MOUNT`]) in
@@ -285,6 +320,8 @@ pub struct Sandbox {
     /// Compiled modules on disk, if [`Sandbox::set_disk_cache`] set a directory.
     disk: Option<disk_cache::DiskCache>,
     metering: Metering,
+    /// What the rewrite's checks do, if modules are rewritten.
+    check: Option<meter::Check>,
     /// Tests only: the metered module is also rewritten by [`nan::canonicalize`], as the
     /// volunteer page runs it, so that the plain engine can be compared with the
     /// canonicalizing one.
@@ -322,6 +359,15 @@ impl Sandbox {
             cache_limit: config.module_cache.max(1),
             disk: None,
             metering: config.metering,
+            check: match config.metering {
+                Metering::Rewrite if interrupt::SUPPORTED => {
+                    interrupt::install().map_err(Error::Engine)?;
+                    Some(meter::Check::Limit)
+                }
+                Metering::Rewrite | Metering::RewriteWithSliceCalls => Some(meter::Check::Slice),
+                Metering::RewriteWithoutCalls => Some(meter::Check::Refill),
+                Metering::Engine | Metering::Off => None,
+            },
             #[cfg(test)]
             rewrite_nans: false,
         })
@@ -490,6 +536,13 @@ impl Sandbox {
                         }
                     }
                 }
+                // The fuel meter adds a memory of its own (`meter::Check::Limit`).
+                Payload::MemorySection(reader) if reader.count() > 1 => {
+                    return Err(Error::Invalid(format!(
+                        "the module defines {} memories; a Fallow guest has one linear memory",
+                        reader.count()
+                    )));
+                }
                 // Exports come before code: nothing after them is needed here.
                 Payload::CodeSectionStart { .. } => break,
                 _ => {}
@@ -532,12 +585,7 @@ impl Sandbox {
         // The import allow-list and the command's exports are read before anything is
         // compiled: a module outside the ABI costs a parse, not a Cranelift compilation.
         self.precheck(bytes)?;
-        let check = match self.metering {
-            Metering::Rewrite => Some(meter::Check::Slice),
-            Metering::RewriteWithoutCalls => Some(meter::Check::Refill),
-            Metering::Engine | Metering::Off => None,
-        };
-        let module = if let Some(check) = check {
+        let module = if let Some(check) = self.check {
             // Validated as submitted first, so that errors name offsets in the
             // scientist's module; then rewritten to meter itself, and compiled.
             Module::validate(&flavour.engine, bytes)
@@ -563,10 +611,8 @@ impl Sandbox {
         for import in module.imports() {
             // The rewrite's own import (the module as submitted may not have it: `precheck`
             // and `meter::instrument` refuse it).
-            let metering = matches!(
-                self.metering,
-                Metering::Rewrite | Metering::RewriteWithoutCalls
-            ) && import.module() == meter::MODULE
+            let metering = self.check.is_some()
+                && import.module() == meter::MODULE
                 && import.name() == meter::SLICE;
             if !metering
                 && !self
@@ -720,8 +766,8 @@ impl Sandbox {
             let mut store = Store::new(&flavour.engine, host);
             store.limiter(|h| &mut h.limiter);
             let budget = limits.fuel - before;
-            match self.metering {
-                Metering::Rewrite => {
+            match (self.check, self.metering) {
+                (Some(meter::Check::Slice), _) => {
                     // At every slice: the guest's running time against `wall_seconds`,
                     // then the pacer, which may hold it.
                     let shared = pace.clone();
@@ -741,34 +787,87 @@ impl Sandbox {
                         }),
                     };
                 }
-                Metering::Engine => {
+                (Some(meter::Check::Limit), _) => {
+                    store.data_mut().metered.meter = meter::Meter::upfront(budget);
+                }
+                (_, Metering::Engine) => {
                     store.set_fuel(budget).map_err(|e| {
                         Failure::new(FailureKind::BadModule, format!("cannot set fuel: {e}"))
                     })?;
                     // Checked at every loop head and call, never reached.
                     store.set_epoch_deadline(u64::MAX / 2);
                 }
-                Metering::RewriteWithoutCalls | Metering::Off => {}
+                _ => {}
             }
 
+            let call_free = self.check == Some(meter::Check::Limit);
             let mut instance = None;
+            let mut limit_memory = None;
+            let mut watch = None;
             let outcome = compiled.pre.instantiate(&mut store).and_then(|i| {
                 instance = Some(i);
+                if call_free {
+                    // Before any guest code runs: the counter gets the whole budget, the
+                    // limit is 0, and the companion watches (`interrupt`).
+                    let memory = i
+                        .get_memory(&mut store, meter::LIMIT_EXPORT)
+                        .ok_or_else(|| wasmtime::Error::msg("the metered module has no limit"))?;
+                    let issued = store.data().metered.meter.issued();
+                    memory.write(&mut store, 0, &0i64.to_le_bytes())?;
+                    memory.write(&mut store, meter::COUNTER_OFFSET, &issued.to_le_bytes())?;
+                    limit_memory = Some(memory);
+                    let code = compiled.pre.module().image_range();
+                    watch = Some(
+                        interrupt::Watch::start(
+                            memory.data_ptr(&store),
+                            code.start as usize..code.end as usize,
+                            before,
+                            issued,
+                            Box::new(Companion {
+                                pace: pace.clone(),
+                                wall,
+                            }),
+                        )
+                        .map_err(wasmtime::Error::msg)?,
+                    );
+                    if let Ok(start) = i.get_typed_func::<(), ()>(&mut store, meter::START_EXPORT) {
+                        start.call(&mut store, ())?;
+                    }
+                }
                 let start = i.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call(&mut store, ())
             });
-            let used = match self.metering {
-                // The counter as the guest last stored it (before every call and return),
-                // so this is the same however the run ended.
-                Metering::Rewrite => {
+            let timed_out = watch.take().is_some_and(interrupt::Watch::end);
+            let used = match (self.check, self.metering) {
+                // The counter as the guest last stored it (before every call and return,
+                // and at a check that stops it), so this is the same however the run ended.
+                (Some(meter::Check::Slice), _) => {
                     let counter = instance
                         .and_then(|i| i.get_global(&mut store, meter::FUEL_EXPORT))
                         .and_then(|g| g.get(&mut store).i64())
                         .unwrap_or(0);
                     store.data().metered.meter.used(counter)
                 }
-                Metering::Engine => budget.saturating_sub(store.get_fuel().unwrap_or(budget)),
-                Metering::RewriteWithoutCalls | Metering::Off => 0,
+                (Some(meter::Check::Limit), _) => {
+                    let mut counter = [0u8; 8];
+                    let issued = store.data().metered.meter.issued();
+                    match limit_memory {
+                        Some(m) if m.read(&store, meter::COUNTER_OFFSET, &mut counter).is_ok() => {
+                            store.data().metered.meter.used(i64::from_le_bytes(counter))
+                        }
+                        // Not instantiated: nothing ran.
+                        _ => store.data().metered.meter.used(issued as i64),
+                    }
+                }
+                (_, Metering::Engine) => budget.saturating_sub(store.get_fuel().unwrap_or(budget)),
+                _ => 0,
+            };
+            // A call-free check traps below its limit: with the counter past the budget,
+            // that was the fuel limit; with the limit raised, the wall clock.
+            let outcome = match outcome {
+                Err(_) if call_free && used > budget => Err(wasmtime::Error::new(host::OutOfFuel)),
+                Err(_) if timed_out => Err(wasmtime::Error::new(host::TimedOut)),
+                other => other,
             };
             fuel_here += used;
             let fuel = before + used;
@@ -968,12 +1067,14 @@ fn classify_error(e: &wasmtime::Error, memory_hit: bool, limits: &Limits, stderr
 impl Flavour {
     fn new(config: &SandboxConfig, nan_canonicalization: bool) -> Result<Self, Error> {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // Two memories per instance: the guest's and the fuel meter's limit
+        // (`meter::Check::Limit`; guests themselves may have one, `precheck`).
         pool.total_core_instances(config.slots)
-            .total_memories(config.slots)
+            .total_memories(config.slots * 2)
             .total_tables(config.slots)
             .total_stacks(0)
             .total_component_instances(0)
-            .max_memories_per_module(1)
+            .max_memories_per_module(2)
             .max_tables_per_module(2)
             .max_memory_size((config.max_memory_mb as usize) << 20)
             .linear_memory_keep_resident(KEEP_RESIDENT)
@@ -993,6 +1094,7 @@ impl Flavour {
             // SIMD leaves results to the hardware, so it stays off: a module using it fails
             // validation at submit.
             .wasm_simd(true)
+            .wasm_multi_memory(true)
             .wasm_relaxed_simd(false)
             .cranelift_nan_canonicalization(nan_canonicalization)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));

@@ -35,6 +35,25 @@
 //! call, whatever engine runs it, and the host decides at each check what happens: more
 //! fuel, a pause, or the end of the run.
 //!
+//! # Call-free checks ([`Check::Limit`], wasmtime on Linux)
+//! A call at every loop head is what the rewrite above costs in Cranelift: a value live
+//! across a call is spilled to the stack for the whole range it lives in, so a loop whose
+//! head may call `slice` keeps its loop-carried values on the stack, although the call is
+//! made once in millions of iterations (BENCHMARKS.md). So where the host can hold and
+//! stop a guest thread from outside (`crate::interrupt`), the checks call nothing. The
+//! same rules count the same fuel; only what a check does differs:
+//! - the module also defines one more memory, one 64 KiB page (not growable), exported
+//!   as [`LIMIT_EXPORT`]: bytes 0..8 hold the **limit** (`i64`, little-endian), bytes
+//!   8..16 the counter between calls (instead of the global, which stays, unused);
+//! - a check compares the counter with the limit, and below it stores the counter and
+//!   executes `unreachable`;
+//! - the host writes the whole budget to the counter and 0 to the limit before any guest
+//!   code runs, so that trap is the fuel limit. To stop the guest (its wall clock), another
+//!   thread raises the limit to `i64::MAX`: it traps at its next check;
+//! - a module's start function (which would run at instantiation, before the host can
+//!   write the counter) is not started by the module: it is exported as [`START_EXPORT`]
+//!   and the host calls it first.
+//!
 //! # The host's side ([`Meter`])
 //! The counter starts at 0, so the first check asks for a slice. The host has given out
 //! `issued` fuel in total; `slice(c)` means `issued - c` has been used. Over the limit,
@@ -58,11 +77,24 @@ use crate::Error;
 pub const MODULE: &str = "fallow_meter";
 /// The slice call's name: `(param i64) (result i64)`.
 pub const SLICE: &str = "slice";
+/// With [`Check::Limit`], the name under which the rewritten module exports the memory
+/// holding its limit and counter.
+pub const LIMIT_EXPORT: &str = "fallow_meter_limit";
+/// With [`Check::Limit`], the name under which the rewritten module exports its start
+/// function, if it has one.
+pub const START_EXPORT: &str = "fallow_meter_start";
+/// With [`Check::Limit`], where the counter is kept in the limit's memory.
+pub const COUNTER_OFFSET: usize = 8;
 /// The name under which the rewritten module exports its fuel counter.
 pub const FUEL_EXPORT: &str = "fallow_meter_fuel";
 /// The version of the rules above. Fuel is part of what a quorum agrees on, so every
 /// worker of a unit must meter by the same version; a change of the rules is a new one.
 pub const VERSION: u32 = 1;
+/// The version of the code the rewrite emits around the rules (how a check is written,
+/// not what it counts): 2 since wasmtime's checks call nothing ([`Check::Limit`]).
+/// Compiled code from another version is other code with the same fuel, so the disk cache
+/// keys on it too.
+pub const CODE_VERSION: u32 = 2;
 /// Bytes of `memory.fill`/`copy`/`init` per unit of fuel.
 pub const BULK_BYTES_PER_FUEL: u32 = 16;
 /// The most fuel the host hands out at once: how often, at the most, a guest reaches the
@@ -112,6 +144,21 @@ impl Meter {
         (i128::from(self.issued) - i128::from(counter)).clamp(0, i128::from(u64::MAX)) as u64
     }
 
+    /// A meter that hands out the whole budget at once ([`Check::Limit`]): the counter
+    /// starts at [`Meter::issued`], and fuel used is `issued - counter`.
+    pub fn upfront(budget: u64) -> Self {
+        Meter {
+            budget,
+            issued: budget.min(i64::MAX as u64),
+            slice: SLICE_FUEL,
+        }
+    }
+
+    /// Fuel handed to the counter so far.
+    pub fn issued(&self) -> u64 {
+        self.issued
+    }
+
     /// The guest's counter went below zero at a check.
     pub fn slice(&mut self, counter: i64) -> Slice {
         let used = self.used(counter);
@@ -140,6 +187,8 @@ struct Layout {
     functions: Vec<u32>,
     /// Per memory: whether it is 64-bit.
     memory64: Vec<bool>,
+    /// The start function, if the module has one.
+    start: Option<u32>,
 }
 
 /// Rewrites `bytes` (a module that wasmtime validated) to meter its own fuel by the rules
@@ -151,8 +200,12 @@ pub fn instrument(bytes: &[u8]) -> Result<Vec<u8>, Error> {
 /// What a check point does when the counter is below zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    /// Calls `slice`: the rules of the module doc.
+    /// Calls `slice`: the rules of the module doc. What a browser runs, and wasmtime
+    /// where [`Check::Limit`] is not supported.
     Slice,
+    /// Calls nothing: compares the counter with the limit in the rewrite's own memory and
+    /// traps below it (module doc, "Call-free checks").
+    Limit,
     /// Benchmarks only: sets the counter to 2^62 instead of calling the host, so that the
     /// rewrite's counting is measured without its one call (no limit, no wall clock, no
     /// pacing). The call is most of the rewrite's cost: Cranelift keeps a loop's values in
@@ -222,11 +275,13 @@ fn scan(bytes: &[u8]) -> Result<Layout, Error> {
                 }
             }
             Payload::GlobalSection(reader) => layout.globals += reader.count(),
+            Payload::StartSection { func, .. } => layout.start = Some(func),
             Payload::ExportSection(reader) => {
                 for export in reader {
-                    if export.map_err(invalid)?.name == FUEL_EXPORT {
+                    let name = export.map_err(invalid)?.name;
+                    if [FUEL_EXPORT, LIMIT_EXPORT, START_EXPORT].contains(&name) {
                         return Err(Error::Invalid(format!(
-                            "the module exports `{FUEL_EXPORT}`, a name Fallow's fuel metering reserves"
+                            "the module exports `{name}`, a name Fallow's fuel metering reserves"
                         )));
                     }
                 }
@@ -242,6 +297,7 @@ fn scan(bytes: &[u8]) -> Result<Layout, Error> {
 enum Added {
     Type,
     Import,
+    Memory,
     Global,
     Export,
 }
@@ -258,6 +314,7 @@ fn added_order(a: Added) -> u8 {
     match a {
         Added::Type => 0,
         Added::Import => 1,
+        Added::Memory => 4,
         Added::Global => 6,
         Added::Export => 7,
     }
@@ -282,15 +339,21 @@ struct Shift {
     imported_functions: u32,
 }
 
+impl Shift {
+    fn function_index_of(&self, func: u32) -> u32 {
+        if func < self.imported_functions {
+            func
+        } else {
+            func + 1
+        }
+    }
+}
+
 impl Reencode for Shift {
     type Error = std::convert::Infallible;
 
     fn function_index(&mut self, func: u32) -> Result<u32, wasm_encoder::reencode::Error> {
-        Ok(if func < self.imported_functions {
-            func
-        } else {
-            func + 1
-        })
+        Ok(self.function_index_of(func))
     }
 }
 
@@ -336,7 +399,13 @@ impl Rewriter {
     /// Adds the sections of ours that come before a section at `position`, where the
     /// module has none of its own.
     fn fill_before(&mut self, position: u8) {
-        for a in [Added::Type, Added::Import, Added::Global, Added::Export] {
+        for a in [
+            Added::Type,
+            Added::Import,
+            Added::Memory,
+            Added::Global,
+            Added::Export,
+        ] {
             if added_order(a) < position && !self.done.contains(&a) {
                 self.add_empty(a);
             }
@@ -353,6 +422,11 @@ impl Rewriter {
             Added::Import => {
                 let mut s = ImportSection::new();
                 self.add_import(&mut s);
+                self.out.section(&s);
+            }
+            Added::Memory => {
+                let mut s = wasm_encoder::MemorySection::new();
+                self.add_memory(&mut s);
                 self.out.section(&s);
             }
             Added::Global => {
@@ -395,6 +469,52 @@ impl Rewriter {
 
     fn add_export(&self, s: &mut ExportSection) {
         s.export(FUEL_EXPORT, ExportKind::Global, self.fuel_global());
+        if self.check == Check::Limit {
+            s.export(LIMIT_EXPORT, ExportKind::Memory, self.limit_memory());
+            if let Some(start) = self.layout.start {
+                s.export(
+                    START_EXPORT,
+                    ExportKind::Func,
+                    self.shift().function_index_of(start),
+                );
+            }
+        }
+    }
+
+    /// With [`Check::Limit`], the limit's own memory: one page, after the module's.
+    fn add_memory(&self, s: &mut wasm_encoder::MemorySection) {
+        if self.check == Check::Limit {
+            s.memory(wasm_encoder::MemoryType {
+                minimum: 1,
+                maximum: Some(1),
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+        }
+    }
+
+    fn limit_memory(&self) -> u32 {
+        self.layout.memory64.len() as u32
+    }
+
+    /// An access to the limit's memory at `offset`.
+    fn limit_arg(&self, offset: usize) -> wasm_encoder::MemArg {
+        wasm_encoder::MemArg {
+            offset: offset as u64,
+            align: 3,
+            memory_index: self.limit_memory(),
+        }
+    }
+
+    /// Pushes the counter as stored between calls.
+    fn load_stored(&self, f: &mut Function) {
+        if self.check == Check::Limit {
+            f.instruction(&Instruction::I32Const(0));
+            f.instruction(&Instruction::I64Load(self.limit_arg(COUNTER_OFFSET)));
+        } else {
+            f.instruction(&Instruction::GlobalGet(self.fuel_global()));
+        }
     }
 
     fn run(mut self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
@@ -460,7 +580,9 @@ impl Rewriter {
                     shift
                         .parse_memory_section(&mut s, reader)
                         .map_err(invalid)?;
+                    self.add_memory(&mut s);
                     self.out.section(&s);
+                    self.done.push(Added::Memory);
                 }
                 Payload::TagSection(reader) => {
                     let mut s = wasm_encoder::TagSection::new();
@@ -468,9 +590,12 @@ impl Rewriter {
                     self.out.section(&s);
                 }
                 Payload::StartSection { func, .. } => {
-                    let function_index = shift.start_section(func).map_err(invalid)?;
-                    self.out
-                        .section(&wasm_encoder::StartSection { function_index });
+                    // Call-free checks: exported instead (`add_export`).
+                    if self.check != Check::Limit {
+                        let function_index = shift.start_section(func).map_err(invalid)?;
+                        self.out
+                            .section(&wasm_encoder::StartSection { function_index });
+                    }
                 }
                 Payload::ElementSection(reader) => {
                     let mut s = wasm_encoder::ElementSection::new();
@@ -661,7 +786,7 @@ impl Rewriter {
         // Pass 2: the rewritten body.
         let mut f = Function::new(declared);
         let mut costs = costs.into_iter();
-        f.instruction(&Instruction::GlobalGet(self.fuel_global()));
+        self.load_stored(&mut f);
         f.instruction(&Instruction::LocalSet(locals.fuel));
         self.charge(&mut f, &locals, costs.next().unwrap_or(0), true);
         // Branches to the function's own label land at this block's end, where the
@@ -677,7 +802,7 @@ impl Rewriter {
             let ends = ends_segment(op);
             f.instruction(&shift.instruction(op.clone()).map_err(invalid)?);
             if call {
-                f.instruction(&Instruction::GlobalGet(self.fuel_global()));
+                self.load_stored(&mut f);
                 f.instruction(&Instruction::LocalSet(locals.fuel));
             }
             if ends {
@@ -707,6 +832,16 @@ impl Rewriter {
             return;
         }
         f.instruction(&Instruction::LocalTee(locals.fuel));
+        if self.check == Check::Limit {
+            f.instruction(&Instruction::I32Const(0));
+            f.instruction(&Instruction::I64Load(self.limit_arg(0)));
+            f.instruction(&Instruction::I64LtS);
+            f.instruction(&Instruction::If(BlockType::Empty));
+            self.store(f, locals);
+            f.instruction(&Instruction::Unreachable);
+            f.instruction(&Instruction::End);
+            return;
+        }
         f.instruction(&Instruction::I64Const(0));
         f.instruction(&Instruction::I64LtS);
         f.instruction(&Instruction::If(BlockType::Empty));
@@ -718,14 +853,22 @@ impl Rewriter {
             Check::Refill => {
                 f.instruction(&Instruction::I64Const(1 << 62));
             }
+            // Returned above.
+            Check::Limit => {}
         }
         f.instruction(&Instruction::LocalSet(locals.fuel));
         f.instruction(&Instruction::End);
     }
 
     fn store(&self, f: &mut Function, locals: &Locals) {
-        f.instruction(&Instruction::LocalGet(locals.fuel));
-        f.instruction(&Instruction::GlobalSet(self.fuel_global()));
+        if self.check == Check::Limit {
+            f.instruction(&Instruction::I32Const(0));
+            f.instruction(&Instruction::LocalGet(locals.fuel));
+            f.instruction(&Instruction::I64Store(self.limit_arg(COUNTER_OFFSET)));
+        } else {
+            f.instruction(&Instruction::LocalGet(locals.fuel));
+            f.instruction(&Instruction::GlobalSet(self.fuel_global()));
+        }
     }
 
     /// The length part of a bulk memory instruction's cost: its length operand (on top of

@@ -280,6 +280,161 @@ fn a_guest_held_mid_run_gives_the_same_output_and_fuel_as_one_run_straight_throu
 }
 
 #[test]
+fn a_held_guest_does_not_run_until_the_pacer_lets_it_go() {
+    // Primes up to 30,000,000 takes tens of milliseconds; held for 400 ms at its second
+    // tick, the run cannot end before the hold does. (Were the guest not held, it would
+    // finish while the pacer sleeps.)
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let held = run_held(
+        artifacts::PRIMES,
+        b"0 30000000\n",
+        limits(),
+        HoldOnce {
+            at: 2,
+            hold: Duration::from_millis(400),
+            calls: calls.clone(),
+        },
+    )
+    .expect("held");
+    let took = started.elapsed();
+    assert!(
+        calls.lock().expect("lock").len() >= 2,
+        "the guest was never held mid-run"
+    );
+    assert!(
+        took >= Duration::from_millis(400),
+        "ran on while held: {took:?}"
+    );
+    assert_eq!(held.output, b"1857859\n");
+}
+
+#[test]
+fn call_free_checks_count_the_same_fuel_as_slice_calls_and_stop_at_the_same_limit() {
+    let slice_calls = Sandbox::new(SandboxConfig {
+        slots: 2,
+        max_memory_mb: 256,
+        metering: Metering::RewriteWithSliceCalls,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let cases: [(&[u8], &[u8]); 3] = [
+        (artifacts::PRIMES, b"0 3000000\n"),
+        (artifacts::COLLATZ, b"1 20000 2000\n"),
+        (&metered::counting_loop(2_000_000), b""),
+    ];
+    for (wasm, input) in cases {
+        let a = run(sandbox_ref(), wasm, input, limits()).expect("call-free");
+        let b = run(&slice_calls, wasm, input, limits()).expect("slice calls");
+        assert_eq!((a.digest, a.fuel), (b.digest, b.fuel));
+        // Half the fuel: both stop, out of fuel.
+        let half = Limits {
+            fuel: a.fuel / 2,
+            ..limits()
+        };
+        for sb in [sandbox_ref(), &slice_calls] {
+            let failure = run(sb, wasm, input, half).expect_err("half the fuel");
+            assert_eq!(failure.kind, FailureKind::FuelExhausted, "{failure}");
+        }
+        // One short: the limit is checked at function entries and loop heads only, so
+        // the last segments may pass it; both forms agree either way.
+        let short = Limits {
+            fuel: a.fuel - 1,
+            ..limits()
+        };
+        let outcome = |sb| {
+            run(sb, wasm, input, short)
+                .map(|e| e.fuel)
+                .map_err(|f| f.kind)
+        };
+        assert_eq!(outcome(sandbox_ref()), outcome(&slice_calls));
+    }
+}
+
+#[test]
+fn a_start_function_runs_first_and_is_metered_with_call_free_checks() {
+    use wasm_encoder::{
+        BlockType, CodeSection, ExportKind, ExportSection, FunctionSection, Instruction as I,
+        MemorySection, MemoryType, Module, StartSection, TypeSection, ValType,
+    };
+    // The start function counts to 1000 and stores 1000 at address 0; `_start` traps
+    // unless it finds it there.
+    let start = metered::body(
+        &[
+            I::Loop(BlockType::Empty),
+            I::LocalGet(0),
+            I::I32Const(1),
+            I::I32Add,
+            I::LocalTee(0),
+            I::I32Const(1000),
+            I::I32LtU,
+            I::BrIf(0),
+            I::End,
+            I::I32Const(0),
+            I::LocalGet(0),
+            I::I32Store(wasm_encoder::MemArg {
+                offset: 0,
+                align: 2,
+                memory_index: 0,
+            }),
+        ],
+        &[(1, ValType::I32)],
+    );
+    let main = metered::body(
+        &[
+            I::I32Const(0),
+            I::I32Load(wasm_encoder::MemArg {
+                offset: 0,
+                align: 2,
+                memory_index: 0,
+            }),
+            I::I32Const(1000),
+            I::I32Ne,
+            I::If(BlockType::Empty),
+            I::Unreachable,
+            I::End,
+        ],
+        &[],
+    );
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    let mut functions = FunctionSection::new();
+    functions.function(0).function(0);
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 1);
+    exports.export("memory", ExportKind::Memory, 0);
+    let mut code = CodeSection::new();
+    code.function(&start).function(&main);
+    let mut m = Module::new();
+    m.section(&types)
+        .section(&functions)
+        .section(&memories)
+        .section(&exports)
+        .section(&StartSection { function_index: 0 })
+        .section(&code);
+    let wasm = m.finish();
+    let slice_calls = Sandbox::new(SandboxConfig {
+        slots: 1,
+        metering: Metering::RewriteWithSliceCalls,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let a = run(sandbox_ref(), &wasm, b"", limits()).expect("call-free");
+    let b = run(&slice_calls, &wasm, b"", limits()).expect("slice calls");
+    assert_eq!(a.fuel, b.fuel);
+    // The start function's 1000 iterations are charged: 6 each, and more around them.
+    assert!(a.fuel > 6000, "{}", a.fuel);
+}
+
+#[test]
 fn time_held_by_the_pacer_does_not_count_against_wall_seconds() {
     let calls = Arc::new(Mutex::new(Vec::new()));
     // Held for 1.5 s with wall_seconds = 1: only the guest's own running time counts.
