@@ -274,6 +274,8 @@ struct State {
     generation: u64,
     /// The guest thread is gone.
     shutdown: bool,
+    /// The companion waits without a timeout: a new job must wake it.
+    sleeping: bool,
 }
 
 struct Shared {
@@ -312,6 +314,7 @@ fn companion() -> Result<Arc<Shared>, String> {
                 job: None,
                 generation: 0,
                 shutdown: false,
+                sleeping: false,
             }),
             wake: Condvar::new(),
         });
@@ -350,7 +353,7 @@ impl Watch {
             s.code_end.store(code.end, SeqCst);
             s as *const Slot as usize
         });
-        let generation = {
+        let (generation, sleeping) = {
             let mut state = shared.lock();
             state.generation += 1;
             state.job = Some(Job {
@@ -362,9 +365,13 @@ impl Watch {
                 ticker: Some(ticker),
                 killed: false,
             });
-            state.generation
+            (state.generation, state.sleeping)
         };
-        shared.wake.notify_all();
+        // A companion that ticks (it lingers for a while after a job) finds the job at its
+        // next tick: units run back to back cost no thread switch to start.
+        if sleeping {
+            shared.wake.notify_all();
+        }
         Ok(Watch { shared, generation })
     }
 
@@ -380,7 +387,7 @@ impl Watch {
             state.generation += 1;
             killed
         };
-        self.shared.wake.notify_all();
+        // The companion notices at its next tick; nothing to wake it for.
         SLOT.with(|s| {
             s.code_start.store(0, SeqCst);
             s.code_end.store(0, SeqCst);
@@ -394,12 +401,29 @@ fn run(shared: &Shared) {
     let mut state = shared.lock();
     let mut last = Instant::now();
     let mut watching = 0u64;
+    let mut idle_since = Instant::now();
     loop {
         if state.shutdown {
             return;
         }
         let Some(generation) = state.job.as_ref().map(|_| state.generation) else {
-            state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            // Between jobs: tick on for a while (the next unit usually follows at once),
+            // then sleep until a job wakes this thread.
+            if generation_seen(&mut watching, state.generation) {
+                idle_since = Instant::now();
+            }
+            if idle_since.elapsed() < LINGER {
+                state = shared
+                    .wake
+                    .wait_timeout(state, TICK)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            } else {
+                state.sleeping = true;
+                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                state.sleeping = false;
+                idle_since = Instant::now();
+            }
             continue;
         };
         if generation != watching {
@@ -472,6 +496,16 @@ fn run(shared: &Shared) {
             job.ticker = Some(ticker);
         }
     }
+}
+
+/// How long a companion keeps ticking after its last job before it sleeps.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Records `generation` as seen; whether it is new.
+fn generation_seen(seen: &mut u64, generation: u64) -> bool {
+    let new = *seen != generation;
+    *seen = generation;
+    new
 }
 
 /// Waits up to a millisecond for the handler to report the guest held.

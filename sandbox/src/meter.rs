@@ -47,6 +47,8 @@
 //!   8..16 the counter between calls (instead of the global, which stays, unused);
 //! - a check compares the counter with the limit, and below it stores the counter and
 //!   executes `unreachable`;
+//! - at the head of a loop that holds another loop, after its check, the counter is also
+//!   stored, so that the host can read a running guest's progress;
 //! - the host writes the whole budget to the counter and 0 to the limit before any guest
 //!   code runs, so that trap is the fuel limit. To stop the guest (its wall clock), another
 //!   thread raises the limit to `i64::MAX`: it traps at its next check;
@@ -761,14 +763,30 @@ impl Rewriter {
             ops.push(op);
         }
         reader.finish().map_err(invalid)?;
-        // Pass 1: each segment's cost, in order.
+        // Pass 1: each segment's cost, in order, and (call-free checks) the loops that
+        // hold another loop, by position.
         let mut costs = Vec::new();
         let mut current = 0u64;
-        for op in &ops {
+        let mut open: Vec<Option<usize>> = Vec::new();
+        let mut outer = std::collections::HashSet::new();
+        for (i, op) in ops.iter().enumerate() {
             current += cost(op);
             if ends_segment(op) {
                 costs.push(current);
                 current = 0;
+            }
+            match op {
+                Operator::Loop { .. } => {
+                    if let Some(&Some(at)) = open.iter().rev().find(|o| o.is_some()) {
+                        outer.insert(at);
+                    }
+                    open.push(Some(i));
+                }
+                Operator::Block { .. } | Operator::If { .. } => open.push(None),
+                Operator::End => {
+                    open.pop();
+                }
+                _ => {}
             }
         }
         let Some((last, ops)) = ops.split_last() else {
@@ -792,7 +810,7 @@ impl Rewriter {
         // Branches to the function's own label land at this block's end, where the
         // counter is stored back.
         f.instruction(&Instruction::Block(block));
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             if is_call(op) || matches!(op, Operator::Return) {
                 self.store(&mut f, &locals);
             }
@@ -807,6 +825,12 @@ impl Rewriter {
             }
             if ends {
                 self.charge(&mut f, &locals, costs.next().unwrap_or(0), is_loop);
+            }
+            // Call-free checks: the counter between calls is also where the companion reads
+            // a running guest's progress, so an outer loop stores it at every iteration (one
+            // store, where an inner loop's iterations are many).
+            if self.check == Check::Limit && outer.contains(&i) {
+                self.store(&mut f, &locals);
             }
         }
         f.instruction(&Instruction::End);

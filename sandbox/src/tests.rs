@@ -274,9 +274,13 @@ fn a_guest_held_mid_run_gives_the_same_output_and_fuel_as_one_run_straight_throu
     );
     assert_eq!(held.output, straight.output);
     assert_eq!((held.digest, held.fuel), (straight.digest, straight.fuel));
-    // Progress reports grow and never pass the final count.
+    // Progress reports grow and never pass the final count, and mid-run they show some.
     assert!(calls.windows(2).all(|w| w[0] <= w[1]), "{calls:?}");
     assert!(calls.iter().all(|&f| f <= held.fuel));
+    assert!(
+        calls[1..].iter().any(|&f| f > 0 && f < held.fuel),
+        "no progress reported mid-run: {calls:?}"
+    );
 }
 
 #[test]
