@@ -596,7 +596,7 @@ pub fn run_groups(
                     &engine,
                 ),
                 (
-                    "the rewrite's counting without its slice call (what the call costs)",
+                    "the rewrite's counting without any check (what checking costs beyond counting)",
                     &no_calls,
                 ),
                 ("metering off (no fuel, wall clock or pacing)", &bare),
