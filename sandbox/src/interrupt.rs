@@ -56,6 +56,28 @@ pub(crate) trait Ticker: Send {
     fn pace(&mut self, fuel_used: u64);
 }
 
+/// Per guest thread: what the signal handler reads.
+struct Slot {
+    /// 1 while the companion wants the guest held.
+    hold: AtomicU32,
+    /// 1 while the handler holds the guest.
+    held: AtomicU32,
+    /// The running module's compiled code: the guest is held only there.
+    code_start: AtomicUsize,
+    code_end: AtomicUsize,
+}
+
+thread_local! {
+    static SLOT: Slot = const {
+        Slot {
+            hold: AtomicU32::new(0),
+            held: AtomicU32::new(0),
+            code_start: AtomicUsize::new(0),
+            code_end: AtomicUsize::new(0),
+        }
+    };
+}
+
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -66,28 +88,6 @@ mod imp {
     /// The signal that holds a guest thread. `SIGURG` is ignored by default, so one that
     /// arrives where no handler is installed does nothing.
     pub(super) const SIGNAL: libc::c_int = libc::SIGURG;
-
-    /// Per guest thread: what the signal handler reads.
-    pub(super) struct Slot {
-        /// 1 while the companion wants the guest held.
-        pub(super) hold: AtomicU32,
-        /// 1 while the handler holds the guest.
-        pub(super) held: AtomicU32,
-        /// The running module's compiled code: the guest is held only there.
-        pub(super) code_start: AtomicUsize,
-        pub(super) code_end: AtomicUsize,
-    }
-
-    thread_local! {
-        pub(super) static SLOT: Slot = const {
-            Slot {
-                hold: AtomicU32::new(0),
-                held: AtomicU32::new(0),
-                code_start: AtomicUsize::new(0),
-                code_end: AtomicUsize::new(0),
-            }
-        };
-    }
 
     /// The interrupted program counter.
     ///
@@ -211,22 +211,6 @@ mod imp {
 mod imp {
     //! Not supported: nothing to install, and `Watch::start` is never called.
     use super::*;
-    pub(super) struct Slot {
-        pub(super) hold: AtomicU32,
-        pub(super) held: AtomicU32,
-        pub(super) code_start: AtomicUsize,
-        pub(super) code_end: AtomicUsize,
-    }
-    thread_local! {
-        pub(super) static SLOT: Slot = const {
-            Slot {
-                hold: AtomicU32::new(0),
-                held: AtomicU32::new(0),
-                code_start: AtomicUsize::new(0),
-                code_end: AtomicUsize::new(0),
-            }
-        };
-    }
     pub(crate) fn install() -> Result<(), String> {
         Err("guests cannot be held from outside on this platform".into())
     }
@@ -251,8 +235,8 @@ type Thread = libc::pthread_t;
 )))]
 type Thread = usize;
 
+use imp::futex_wake;
 pub(crate) use imp::install;
-use imp::{SLOT, Slot, futex_wake};
 
 /// One execution, as its companion sees it.
 struct Job {

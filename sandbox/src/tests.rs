@@ -357,10 +357,7 @@ fn call_free_checks_count_the_same_fuel_as_slice_calls_and_stop_at_the_same_limi
 
 #[test]
 fn a_start_function_runs_first_and_is_metered_with_call_free_checks() {
-    use wasm_encoder::{
-        BlockType, CodeSection, ExportKind, ExportSection, FunctionSection, Instruction as I,
-        MemorySection, MemoryType, Module, StartSection, TypeSection, ValType,
-    };
+    use wasm_encoder::{BlockType, Instruction as I, ValType};
     // The start function counts to 1000 and stores 1000 at address 0; `_start` traps
     // unless it finds it there.
     let start = metered::body(
@@ -400,31 +397,7 @@ fn a_start_function_runs_first_and_is_metered_with_call_free_checks() {
         ],
         &[],
     );
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    let mut functions = FunctionSection::new();
-    functions.function(0).function(0);
-    let mut memories = MemorySection::new();
-    memories.memory(MemoryType {
-        minimum: 1,
-        maximum: None,
-        memory64: false,
-        shared: false,
-        page_size_log2: None,
-    });
-    let mut exports = ExportSection::new();
-    exports.export("_start", ExportKind::Func, 1);
-    exports.export("memory", ExportKind::Memory, 0);
-    let mut code = CodeSection::new();
-    code.function(&start).function(&main);
-    let mut m = Module::new();
-    m.section(&types)
-        .section(&functions)
-        .section(&memories)
-        .section(&exports)
-        .section(&StartSection { function_index: 0 })
-        .section(&code);
-    let wasm = m.finish();
+    let wasm = metered::module_with_start_section(&[(0, start), (0, main)], 1, Some(0));
     let slice_calls = Sandbox::new(SandboxConfig {
         slots: 1,
         metering: Metering::RewriteWithSliceCalls,
@@ -1195,6 +1168,15 @@ mod metered {
 
     /// Types: 0 = `[] -> []`, 1 = `[] -> [i32 i32]`.
     pub(super) fn module(bodies: &[(u32, Function)], start: u32) -> Vec<u8> {
+        module_with_start_section(bodies, start, None)
+    }
+
+    /// [`module`] with a start section naming `start_section`, if given.
+    pub(super) fn module_with_start_section(
+        bodies: &[(u32, Function)],
+        start: u32,
+        start_section: Option<u32>,
+    ) -> Vec<u8> {
         let mut types = TypeSection::new();
         types.ty().function([], []);
         types.ty().function([], [ValType::I32, ValType::I32]);
@@ -1219,8 +1201,11 @@ mod metered {
         m.section(&types)
             .section(&functions)
             .section(&memories)
-            .section(&exports)
-            .section(&code);
+            .section(&exports);
+        if let Some(function_index) = start_section {
+            m.section(&wasm_encoder::StartSection { function_index });
+        }
+        m.section(&code);
         m.finish()
     }
 
