@@ -34,7 +34,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Whether guests on this platform are held and stopped from outside.
@@ -158,7 +158,7 @@ mod imp {
 
     /// Installs the handler once per process.
     pub(crate) fn install() -> Result<(), String> {
-        static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+        static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
         INSTALLED
             .get_or_init(|| {
                 // SAFETY: a zeroed `sigaction` is valid; the handler has the SA_SIGINFO
