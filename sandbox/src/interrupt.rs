@@ -25,13 +25,15 @@
 //! This is the one module of the crate besides `disk_cache::deserialize` with `unsafe`
 //! code: installing the signal handler, reading the interrupted program counter, the
 //! futex system calls, `pthread_kill`, and the atomic accesses to the guest's limit
-//! memory. The handler touches only this thread's [`Slot`] (a `const`-initialised
-//! thread-local without a destructor, so reaching it allocates nothing) and makes only
-//! `futex` system calls, which are async-signal-safe; it saves and restores `errno`.
+//! memory. The handler reads only this thread's [`SLOT`] pointer (a `const`-initialised
+//! thread-local without a destructor, so reaching it allocates nothing) and the [`Slot`]
+//! it points to, which the thread's companion state keeps alive (the pointer is cleared
+//! before the thread lets go of it); it makes only `futex` system calls, which are
+//! async-signal-safe, and saves and restores `errno`.
 
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -56,7 +58,10 @@ pub(crate) trait Ticker: Send {
     fn pace(&mut self, fuel_used: u64);
 }
 
-/// Per guest thread: what the signal handler reads.
+/// Per guest thread: what the signal handler reads. It lives in the thread's companion
+/// state ([`Shared`]), which the companion thread keeps alive, so the companion may touch it
+/// whenever it likes; the guest thread reaches it through [`SLOT`], cleared before the
+/// thread lets go of its companion.
 struct Slot {
     /// 1 while the companion wants the guest held.
     hold: AtomicU32,
@@ -68,14 +73,9 @@ struct Slot {
 }
 
 thread_local! {
-    static SLOT: Slot = const {
-        Slot {
-            hold: AtomicU32::new(0),
-            held: AtomicU32::new(0),
-            code_start: AtomicUsize::new(0),
-            code_end: AtomicUsize::new(0),
-        }
-    };
+    /// This thread's [`Slot`], or null. `const`-initialised and without a destructor, so
+    /// a signal handler may read it.
+    static SLOT: Cell<*const Slot> = const { Cell::new(std::ptr::null()) };
 }
 
 #[cfg(all(
@@ -134,26 +134,39 @@ mod imp {
     }
 
     extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut libc::c_void) {
-        // SAFETY: `errno` is this thread's; the futex calls below may change it.
+        // SAFETY: `errno` is this thread's; the futex calls may change it.
         let errno = unsafe { *libc::__errno_location() };
-        let _ = SLOT.try_with(|slot| {
-            if slot.hold.load(SeqCst) == 0 {
-                return;
-            }
-            // SAFETY: installed with SA_SIGINFO, so `context` is a `ucontext_t`.
-            let pc = unsafe { program_counter(context) };
-            if pc < slot.code_start.load(SeqCst) || pc >= slot.code_end.load(SeqCst) {
-                return; // in host code: the companion signals again
-            }
-            slot.held.store(1, SeqCst);
-            futex_wake(&slot.held);
-            while slot.hold.load(SeqCst) != 0 {
-                futex_wait(&slot.hold, 1);
-            }
-            slot.held.store(0, SeqCst);
-        });
+        // SAFETY: installed with SA_SIGINFO, so `context` is a `ucontext_t`.
+        unsafe { hold_here(context) };
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };
+    }
+
+    /// Holds this thread while its companion asks, if it is in the guest's code.
+    ///
+    /// # Safety
+    /// `context` is the `ucontext_t` of the signal being handled.
+    unsafe fn hold_here(context: *mut libc::c_void) {
+        let slot = SLOT.try_with(Cell::get).unwrap_or(std::ptr::null());
+        // SAFETY: a non-null `SLOT` points into this thread's live companion state
+        // (`Slot`'s doc).
+        let Some(slot) = (unsafe { slot.as_ref() }) else {
+            return;
+        };
+        if slot.hold.load(SeqCst) == 0 {
+            return;
+        }
+        // SAFETY: per this function's contract.
+        let pc = unsafe { program_counter(context) };
+        if pc < slot.code_start.load(SeqCst) || pc >= slot.code_end.load(SeqCst) {
+            return; // in host code: the companion signals again
+        }
+        slot.held.store(1, SeqCst);
+        futex_wake(&slot.held);
+        while slot.hold.load(SeqCst) != 0 {
+            futex_wait(&slot.hold, 1);
+        }
+        slot.held.store(0, SeqCst);
     }
 
     /// Installs the handler once per process.
@@ -241,8 +254,6 @@ pub(crate) use imp::install;
 /// One execution, as its companion sees it.
 struct Job {
     thread: Thread,
-    /// This execution's guest thread's [`Slot`].
-    slot: usize,
     /// The limit memory's base: valid while the job is in [`State::job`].
     memory: usize,
     /// Fuel used before this execution's counter started at `issued`.
@@ -265,6 +276,7 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    slot: Slot,
 }
 
 impl Shared {
@@ -278,6 +290,8 @@ struct Companion(Arc<Shared>);
 
 impl Drop for Companion {
     fn drop(&mut self) {
+        // No signal handler on this thread may reach the slot once this Arc is gone.
+        let _ = SLOT.try_with(|s| s.set(std::ptr::null()));
         self.0.lock().shutdown = true;
         self.0.wake.notify_all();
     }
@@ -301,12 +315,19 @@ fn companion() -> Result<Arc<Shared>, String> {
                 sleeping: false,
             }),
             wake: Condvar::new(),
+            slot: Slot {
+                hold: AtomicU32::new(0),
+                held: AtomicU32::new(0),
+                code_start: AtomicUsize::new(0),
+                code_end: AtomicUsize::new(0),
+            },
         });
         let theirs = shared.clone();
         std::thread::Builder::new()
             .name("fallow-guest-watch".into())
             .spawn(move || run(&theirs))
             .map_err(|e| format!("cannot start the guest's companion thread: {e}"))?;
+        SLOT.with(|s| s.set(&shared.slot));
         *c = Some(Companion(shared.clone()));
         Ok(shared)
     })
@@ -332,17 +353,13 @@ impl Watch {
     ) -> Result<Watch, String> {
         install()?;
         let shared = companion()?;
-        let slot = SLOT.with(|s| {
-            s.code_start.store(code.start, SeqCst);
-            s.code_end.store(code.end, SeqCst);
-            s as *const Slot as usize
-        });
+        shared.slot.code_start.store(code.start, SeqCst);
+        shared.slot.code_end.store(code.end, SeqCst);
         let (generation, sleeping) = {
             let mut state = shared.lock();
             state.generation += 1;
             state.job = Some(Job {
                 thread: imp::this_thread(),
-                slot,
                 memory: memory as usize,
                 before,
                 issued,
@@ -372,10 +389,8 @@ impl Watch {
             killed
         };
         // The companion notices at its next tick; nothing to wake it for.
-        SLOT.with(|s| {
-            s.code_start.store(0, SeqCst);
-            s.code_end.store(0, SeqCst);
-        });
+        self.shared.slot.code_start.store(0, SeqCst);
+        self.shared.slot.code_end.store(0, SeqCst);
         killed
     }
 }
@@ -443,10 +458,8 @@ fn run(shared: &Shared) {
         let Some(mut ticker) = job.ticker.take() else {
             continue;
         };
-        let (thread, slot) = (job.thread, job.slot);
-        // SAFETY: the guest thread's slot lives as long as the thread, which outlives
-        // its jobs.
-        let slot = unsafe { &*(slot as *const Slot) };
+        let thread = job.thread;
+        let slot = &shared.slot;
         slot.hold.store(1, SeqCst);
         let mut held = false;
         while !held {
