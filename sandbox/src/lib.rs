@@ -886,6 +886,20 @@ impl Sandbox {
                     ),
                 ));
             }
+            // The limit is checked at function entries and loop heads, so the segments after
+            // a run's last check can take it past the limit. A unit never uses more than its
+            // fuel (a coordinator refuses a claim that states more), so that run ran out of
+            // fuel too, on every machine alike (guest.js says the same).
+            if fuel > limits.fuel {
+                return Err(Failure::new(
+                    FailureKind::FuelExhausted,
+                    format!(
+                        "used all {} fuel{}",
+                        limits.fuel,
+                        stderr_suffix(&pipes.stderr_tail())
+                    ),
+                ));
+            }
             let exit = match outcome {
                 Ok(()) => 0,
                 Err(e) => {

@@ -1111,6 +1111,11 @@ export function runUnit(opts) {
     if (output.length > limits.max_output_bytes) {
       return fail(FailureKind.OutputTooLarge, `stdout exceeded max_output_bytes = ${limits.max_output_bytes}`);
     }
+    // The limit is checked at function entries and loop heads, so the segments after the
+    // last check can take a run past it: out of fuel too, as `Sandbox::run_resumable` says.
+    if (fuel > limits.fuel) {
+      return fail(FailureKind.FuelExhausted, `used all ${limits.fuel} fuel${stderrSuffix(tail)}`);
+    }
     let exit;
     const e = outcome.error;
     if (e === undefined) {

@@ -134,6 +134,19 @@ test('running out of fuel stops the guest with the limit as its fuel, at exactly
   assert.equal(short.fuel, 9_999_999n);
 });
 
+test('segments after the last check that pass the limit run out of fuel too, as natively', () => {
+  // 10 iterations of 1000 (checked), then a charge of 500 with no check after it.
+  const tailCharge = [...op.global_get(0), ...op.i64_const(500), ...op.i64_sub, ...op.global_set(0)];
+  const tail = module([...burn(10, 1000), ...tailCharge, ...writeOk]);
+  const exact = runUnit({ module: tail, input, seed, limits: { fuel: 10_500 } });
+  assert.equal(exact.failure, null, exact.failure && exact.failure.message);
+  assert.equal(exact.fuel, 10_500n);
+  const short = runUnit({ module: tail, input, seed, limits: { fuel: 10_499 } });
+  assert.equal(short.failure && short.failure.kind, 'fuel_exhausted');
+  assert.equal(short.failure.message, 'used all 10499 fuel');
+  assert.equal(short.stdout, null);
+});
+
 test('nan_canonicalization limits run only a module rewritten for them (nanCanonicalized)', () => {
   const limits = { fuel: 1e9, nan_canonicalization: true };
   const refused = runUnit({ module: loop, input, seed, limits });
