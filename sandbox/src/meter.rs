@@ -62,7 +62,8 @@
 //! the run ends (out of fuel); otherwise the host hands out the next slice, at most
 //! [`SLICE_FUEL`] and at most what is left. After the run (however it ended), fuel used =
 //! `issued - counter`. The slice size decides only how often the host is asked, never the
-//! fuel a run uses.
+//! fuel a run uses. A run whose last segments (after its last check) took it past the
+//! limit also ran out of fuel (`Sandbox::run_resumable`): no run uses more than its limit.
 
 use std::collections::HashMap;
 
