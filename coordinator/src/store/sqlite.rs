@@ -387,15 +387,19 @@ fn set_aside(dir: &Path) -> Result<Vec<String>, Error> {
     let mut moved = Vec::new();
     for name in ["fallow.db", "fallow.db-wal", "fallow.db-shm"] {
         let from = dir.join(name);
-        if !from.exists() {
-            continue;
-        }
         let to = format!("{name}.aside-{stamp}");
-        std::fs::rename(&from, dir.join(&to)).map_err(|e| Error::DataDir {
-            path: from.clone(),
-            message: format!("cannot set it aside: {e}"),
-        })?;
-        moved.push(to);
+        match std::fs::rename(&from, dir.join(&to)) {
+            Ok(()) => moved.push(to),
+            // Not there, or gone since: SQLite removes the WAL and shared-memory files when
+            // the last connection to a store closes, which may be just now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::DataDir {
+                    path: from,
+                    message: format!("cannot set it aside: {e}"),
+                });
+            }
+        }
     }
     Ok(moved)
 }
