@@ -284,6 +284,56 @@ fn a_guest_held_mid_run_gives_the_same_output_and_fuel_as_one_run_straight_throu
 }
 
 #[test]
+fn a_running_guest_in_loops_without_calls_shows_its_progress() {
+    use wasm_encoder::{BlockType, Instruction as I, ValType};
+    // 2,000 outer iterations of 100,000 inner ones, and no call anywhere: with call-free
+    // checks only the outer loop's store of the counter tells the pacer how far it got.
+    let start = metered::body(
+        &[
+            I::I32Const(2_000),
+            I::LocalSet(0),
+            I::Loop(BlockType::Empty),
+            I::I32Const(100_000),
+            I::LocalSet(1),
+            I::Loop(BlockType::Empty),
+            I::LocalGet(1),
+            I::I32Const(1),
+            I::I32Sub,
+            I::LocalTee(1),
+            I::BrIf(0),
+            I::End,
+            I::LocalGet(0),
+            I::I32Const(1),
+            I::I32Sub,
+            I::LocalTee(0),
+            I::BrIf(0),
+            I::End,
+        ],
+        &[(2, ValType::I32)],
+    );
+    let wasm = metered::module(&[(0, start)], 0);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let done = run_held(
+        &wasm,
+        b"",
+        limits(),
+        HoldOnce {
+            at: 3,
+            hold: Duration::from_millis(10),
+            calls: calls.clone(),
+        },
+    )
+    .expect("runs");
+    let calls = calls.lock().expect("lock").clone();
+    assert!(calls.len() >= 3, "never asked mid-run: {calls:?}");
+    assert!(
+        calls[1..].iter().any(|&f| f > 0 && f < done.fuel),
+        "no progress reported mid-run: {calls:?} of {}",
+        done.fuel
+    );
+}
+
+#[test]
 fn a_held_guest_does_not_run_until_the_pacer_lets_it_go() {
     // Primes up to 30,000,000 takes tens of milliseconds; held for 400 ms at its second
     // tick, the run cannot end before the hold does. (Were the guest not held, it would
