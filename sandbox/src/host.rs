@@ -67,6 +67,26 @@ impl std::fmt::Display for OutOfFuel {
 
 impl std::error::Error for OutOfFuel {}
 
+/// The host could not set an execution up (the fuel meter's limit, the guest's companion
+/// thread): this machine's trouble, reported as such (`bad_module`), never as the guest's.
+#[derive(Debug)]
+pub(crate) struct HostTrouble(pub(crate) String);
+
+impl std::fmt::Display for HostTrouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostTrouble {}
+
+impl HostTrouble {
+    /// As a wasmtime error, so that it ends the run like the guest's own errors do.
+    pub(crate) fn error(what: impl std::fmt::Display) -> wasmtime::Error {
+        wasmtime::Error::new(HostTrouble(what.to_string()))
+    }
+}
+
 /// The guest ran past `wall_seconds` (the slice call's refusal).
 #[derive(Debug)]
 pub(crate) struct TimedOut;

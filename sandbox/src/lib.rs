@@ -809,12 +809,19 @@ impl Sandbox {
                 if call_free {
                     // Before any guest code runs: the counter gets the whole budget, the
                     // limit is 0, and the companion watches (`interrupt`).
-                    let memory = i
-                        .get_memory(&mut store, meter::LIMIT_EXPORT)
-                        .ok_or_else(|| wasmtime::Error::msg("the metered module has no limit"))?;
+                    let memory =
+                        i.get_memory(&mut store, meter::LIMIT_EXPORT)
+                            .ok_or_else(|| {
+                                host::HostTrouble::error("the metered module has no limit memory")
+                            })?;
                     let issued = store.data().metered.meter.issued();
-                    memory.write(&mut store, 0, &0i64.to_le_bytes())?;
-                    memory.write(&mut store, meter::COUNTER_OFFSET, &issued.to_le_bytes())?;
+                    let set = |store: &mut Store<Host>, at, value: i64| {
+                        memory
+                            .write(store, at, &value.to_le_bytes())
+                            .map_err(|e| host::HostTrouble::error(format!("fuel meter: {e}")))
+                    };
+                    set(&mut store, 0, 0)?;
+                    set(&mut store, meter::COUNTER_OFFSET, issued as i64)?;
                     limit_memory = Some(memory);
                     let code = compiled.pre.module().image_range();
                     watch = Some(
@@ -828,7 +835,7 @@ impl Sandbox {
                                 wall,
                             }),
                         )
-                        .map_err(wasmtime::Error::msg)?,
+                        .map_err(host::HostTrouble::error)?,
                     );
                     if let Ok(start) = i.get_typed_func::<(), ()>(&mut store, meter::START_EXPORT) {
                         start.call(&mut store, ())?;
@@ -1033,6 +1040,9 @@ fn classify_error(e: &wasmtime::Error, memory_hit: bool, limits: &Limits, stderr
                 limits.memory_mb
             ),
         );
+    }
+    if let Some(trouble) = e.downcast_ref::<host::HostTrouble>() {
+        return Failure::new(FailureKind::BadModule, trouble.to_string());
     }
     if e.downcast_ref::<host::OutOfFuel>().is_some() {
         return Failure::new(

@@ -285,32 +285,11 @@ fn a_guest_held_mid_run_gives_the_same_output_and_fuel_as_one_run_straight_throu
 
 #[test]
 fn a_running_guest_in_loops_without_calls_shows_its_progress() {
-    use wasm_encoder::{BlockType, Instruction as I, ValType};
+    use wasm_encoder::ValType;
     // 2,000 outer iterations of 100,000 inner ones, and no call anywhere: with call-free
     // checks only the outer loop's store of the counter tells the pacer how far it got.
-    let start = metered::body(
-        &[
-            I::I32Const(2_000),
-            I::LocalSet(0),
-            I::Loop(BlockType::Empty),
-            I::I32Const(100_000),
-            I::LocalSet(1),
-            I::Loop(BlockType::Empty),
-            I::LocalGet(1),
-            I::I32Const(1),
-            I::I32Sub,
-            I::LocalTee(1),
-            I::BrIf(0),
-            I::End,
-            I::LocalGet(0),
-            I::I32Const(1),
-            I::I32Sub,
-            I::LocalTee(0),
-            I::BrIf(0),
-            I::End,
-        ],
-        &[(2, ValType::I32)],
-    );
+    let inner = metered::count_down(1, 100_000, Vec::new());
+    let start = metered::body(&metered::count_down(0, 2_000, inner), &[(2, ValType::I32)]);
     let wasm = metered::module(&[(0, start)], 0);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let done = run_held(
@@ -1266,22 +1245,29 @@ mod metered {
         f
     }
 
+    /// A loop that runs `inner`, then counts local `local` down from `n` (at least 1):
+    /// 2 fuel, then 5 per iteration plus `inner`'s by the rules of `meter`.
+    pub(super) fn count_down(local: u32, n: i32, inner: Vec<I<'static>>) -> Vec<I<'static>> {
+        let mut code = vec![
+            I::I32Const(n),
+            I::LocalSet(local),
+            I::Loop(wasm_encoder::BlockType::Empty),
+        ];
+        code.extend(inner);
+        code.extend([
+            I::LocalGet(local),
+            I::I32Const(1),
+            I::I32Sub,
+            I::LocalTee(local),
+            I::BrIf(0),
+            I::End,
+        ]);
+        code
+    }
+
     /// `n` iterations of a counting loop: 2 + 5n fuel by the rules of `meter`.
     pub(super) fn counting_loop(n: i32) -> Vec<u8> {
-        let start = body(
-            &[
-                I::I32Const(n),
-                I::LocalSet(0),
-                I::Loop(wasm_encoder::BlockType::Empty),
-                I::LocalGet(0),
-                I::I32Const(1),
-                I::I32Sub,
-                I::LocalTee(0),
-                I::BrIf(0),
-                I::End,
-            ],
-            &[(1, ValType::I32)],
-        );
+        let start = body(&count_down(0, n, Vec::new()), &[(1, ValType::I32)]);
         module(&[(0, start)], 0)
     }
 }
