@@ -137,6 +137,13 @@ pub(crate) async fn progress(
 /// A certificate ready to submit, by the fleet's worker `.1`.
 pub struct Certificate(pb::CertificateSubmission, usize);
 
+impl Certificate {
+    /// The fleet's worker that submits it.
+    pub fn submitter(&self) -> usize {
+        self.1
+    }
+}
+
 /// Stamps for every simulated worker's calls (one clock for the whole fleet: strictly
 /// increasing for each worker too, as `protocol::call` requires).
 static STAMPS: std::sync::LazyLock<protocol::call::Stamper> =
@@ -479,6 +486,79 @@ impl Load {
                             .context("SubmitCertificate")?
                             .into_inner();
                         accepted += u64::from(ack.accepted);
+                    }
+                    Ok::<_, anyhow::Error>(accepted)
+                })
+            })
+            .collect();
+        let mut count = 0;
+        for t in tasks {
+            count += t.await??;
+        }
+        Ok(Timed {
+            count,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Submits every certificate in `SubmitCertificates` calls of up to `per_call`, each
+    /// call holding one worker's certificates (as `fallow worker`'s outbox sends those that
+    /// finish together); counts those accepted.
+    pub async fn certify_batched(
+        &self,
+        fleet: &Arc<Fleet>,
+        certificates: Vec<Certificate>,
+        per_call: usize,
+    ) -> anyhow::Result<Timed> {
+        let mut by_worker: BTreeMap<usize, Vec<pb::CertificateSubmission>> = BTreeMap::new();
+        for Certificate(c, worker) in certificates {
+            by_worker.entry(worker).or_default().push(c);
+        }
+        let mut batches: Vec<(usize, Vec<pb::CertificateSubmission>)> = Vec::new();
+        for (worker, mut mine) in by_worker {
+            while !mine.is_empty() {
+                let rest = mine.split_off(per_call.max(1).min(mine.len()));
+                batches.push((worker, std::mem::replace(&mut mine, rest)));
+            }
+        }
+        let concurrency = self.concurrency.min(batches.len()).max(1);
+        let mut shares: Vec<Vec<_>> = (0..concurrency).map(|_| Vec::new()).collect();
+        for (i, b) in batches.into_iter().enumerate() {
+            shares[i % concurrency].push(b);
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(t, share)| {
+                let (mut client, fleet) = (self.client(t), fleet.clone());
+                tokio::spawn(async move {
+                    let mut accepted = 0u64;
+                    for (worker, certificates) in share {
+                        let sent = certificates.len();
+                        let acks = client
+                            .submit_certificates(signed(
+                                &fleet.identities[worker],
+                                "SubmitCertificates",
+                                pb::CertificateBatch {
+                                    submitter_key: fleet.keys[worker].clone(),
+                                    certificates,
+                                },
+                            ))
+                            .await
+                            .context("SubmitCertificates")?
+                            .into_inner();
+                        anyhow::ensure!(
+                            acks.acks.len() == sent,
+                            "{} answers to {sent} certificates",
+                            acks.acks.len()
+                        );
+                        for ack in &acks.acks {
+                            if let Some(r) = &ack.refused {
+                                anyhow::bail!("a certificate was refused: {}", r.message);
+                            }
+                            accepted += u64::from(ack.accepted);
+                        }
                     }
                     Ok::<_, anyhow::Error>(accepted)
                 })

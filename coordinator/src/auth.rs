@@ -48,6 +48,7 @@ const WORKER_METHODS: &[&str] = &[
     "/fallow.v1.Coordinator/GetData",
     "/fallow.v1.Coordinator/ReportFailure",
     "/fallow.v1.Coordinator/SubmitCertificate",
+    "/fallow.v1.Coordinator/SubmitCertificates",
     "/fallow.v1.Coordinator/ReportDispute",
     "/fallow.v1.Coordinator/ReturnUnits",
     "/fallow.v1.Coordinator/ReportMisbehaviour",

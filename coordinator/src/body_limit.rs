@@ -19,7 +19,8 @@ pub(crate) struct Caps {
     /// `SubmitProject` and `ExtendProject`: the whole project, or the units added to it
     /// (`CoordinatorConfig::max_message_bytes`).
     pub upload: usize,
-    /// `SubmitCertificate`: an output of up to 64 MiB plus its claims.
+    /// `SubmitCertificate` and `SubmitCertificates`: an output of up to 64 MiB plus its
+    /// claims.
     pub certificate: usize,
     /// Everything else: keys, claims, unit ids (`ReturnUnits` and heartbeats list at most
     /// a few thousand units).
@@ -50,7 +51,9 @@ impl Caps {
             Some("PutData") => {
                 (protocol::data::MAX_FILE_BYTES + protocol::data::MAX_FILE_BYTES / 8) as usize
             }
-            Some("SubmitCertificate") => self.certificate,
+            // A batch: the worker packs outputs of at most 1 MiB together, and sends a
+            // larger one alone.
+            Some("SubmitCertificate" | "SubmitCertificates") => self.certificate,
             _ => self.other,
         }
     }
@@ -146,6 +149,10 @@ mod tests {
         assert_eq!(
             caps.for_path("/fallow.v1.Coordinator/SubmitCertificate"),
             (64 << 20) + (1 << 20)
+        );
+        assert_eq!(
+            caps.for_path("/fallow.v1.Coordinator/SubmitCertificates"),
+            caps.for_path("/fallow.v1.Coordinator/SubmitCertificate")
         );
         assert_eq!(
             caps.for_path("/fallow.v1.Coordinator/ExtendProject"),

@@ -88,7 +88,7 @@ pub(crate) struct ExecutionFailure {
 }
 
 /// What became of a submitted certificate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CertificateOutcome {
     /// Recorded: the unit is verified.
     Accepted,

@@ -340,6 +340,7 @@ fn streamed(path: &str) -> bool {
         "/ExtendProject",
         "/PutData",
         "/SubmitCertificate",
+        "/SubmitCertificates",
     ]
     .iter()
     .any(|m| path.ends_with(m))

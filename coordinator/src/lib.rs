@@ -282,6 +282,9 @@ pub enum Error {
     /// hash to the digest named; nothing was stored.
     #[error("{0}")]
     BadData(String),
+    /// A `SubmitCertificates` call that is too large or mixes submitters.
+    #[error("SubmitCertificates: {0}")]
+    BadBatch(String),
     /// A data file named by a submission or a download is not held here (never uploaded,
     /// or its upload did not finish); nothing was created.
     #[error(

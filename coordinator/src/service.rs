@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - `handlers`: the tonic handlers (`impl Coordinator`) and their request checks.
+//! - `certificates`: `SubmitCertificate` and the batched `SubmitCertificates`.
 //! - `control`: project control by its submitter (cancel, pause, resume, retry, extend,
 //!   reduce), authenticated by the submitter key.
 //! - `data`: project data files: the chunked `PutData` upload and `GetData` download.
@@ -43,6 +44,7 @@ use registry::{RegistrationLimiter, WorkerEntry};
 pub(crate) use server::{Prepared, listen, prepare, run};
 use writer::Job;
 
+mod certificates;
 mod control;
 mod data;
 mod handlers;
@@ -134,7 +136,8 @@ pub(crate) fn to_status(e: Error) -> Status {
         | Error::BadPeerAddr(_)
         | Error::TooManySubmitters(_)
         | Error::BadWasm { .. }
-        | Error::BadRelay(_) => Status::invalid_argument(e.to_string()),
+        | Error::BadRelay(_)
+        | Error::BadBatch(_) => Status::invalid_argument(e.to_string()),
         Error::UnknownBoard(_) => Status::not_found(e.to_string()),
         Error::BoardUnreachable { .. } => Status::unavailable(e.to_string()),
         Error::DiskFull

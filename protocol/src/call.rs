@@ -2,7 +2,8 @@
 //!
 //! Every coordinator call a worker makes that changes state or reveals what the worker
 //! holds (`RegisterWorker`, `Heartbeat`, `RequestWork`, `ReportFailure`,
-//! `SubmitCertificate`, `ReportDispute`, `ReturnUnits`, `ReportMisbehaviour`) carries a
+//! `SubmitCertificate`, `SubmitCertificates`, `ReportDispute`, `ReturnUnits`,
+//! `ReportMisbehaviour`) carries a
 //! [`CallStamp`] in its `fallow-call` request header: a timestamp and the worker's ed25519
 //! signature over
 //!

@@ -469,6 +469,177 @@ fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
     assert_eq!(n(&status, "verified"), 2, "{status}");
 }
 
+/// Several certificates in one `SubmitCertificates` call are judged one by one, as if each
+/// came alone: a forged or inflated one is refused with its own reason while the others in
+/// the batch are accepted. The call as a whole is its signer's only: it cannot name another
+/// submitter, be replayed, or carry more than 64 certificates; such calls are refused and
+/// counted.
+#[test]
+fn a_batch_of_certificates_is_judged_certificate_by_certificate_and_only_for_its_signer() {
+    let c = Cluster::start(30);
+    // No honest worker: the two accounts hold both replicas of every unit.
+    let manifest = primes_below_two_billion(c.dir.path(), "primes-batched", 4, false);
+    let project = c.submit(&manifest).expect("accepted");
+    let limit = protocol::Limits::default().fuel;
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut raw = connect(&c.url).await;
+        let a = Identity::generate().expect("identity");
+        let b = Identity::generate().expect("identity");
+        register(&mut raw, &a, "batch-a").await;
+        register(&mut raw, &b, "batch-b").await;
+        let units: Vec<u64> = request_work(&mut raw, &a, 64)
+            .await
+            .expect("work")
+            .iter()
+            .map(|x| x.unit_id)
+            .collect();
+        assert_eq!(units.len(), 4);
+        request_work(&mut raw, &b, 64).await.expect("work");
+        let output = b"42\n".to_vec();
+        let digest = Digest::of(&output);
+        let certificate = |unit: u64, claims: &[Claim]| pb::CertificateSubmission {
+            unit_id: unit,
+            claims: wire::claims_to_wire(claims),
+            output: output.clone(),
+            submitter_key: Vec::new(),
+        };
+        let agreeing = |unit: u64, fuel: u64| {
+            [&a, &b].map(|w| Claim::sign(w, ProjectId(project), UnitId(unit), digest, fuel))
+        };
+        // b's claim signed by a: a forgery.
+        let mut forged = agreeing(units[1], 1_000);
+        forged[1] = Claim {
+            worker: b.id(),
+            ..Claim::sign(&a, ProjectId(project), UnitId(units[1]), digest, 1_000)
+        };
+        let batch = pb::CertificateBatch {
+            submitter_key: a.id().0.to_vec(),
+            certificates: vec![
+                certificate(units[0], &agreeing(units[0], 1_000)),
+                certificate(units[1], &forged),
+                certificate(units[2], &agreeing(units[2], limit + 1)),
+                certificate(units[3], &agreeing(units[3], 1_000)),
+            ],
+        };
+
+        // Naming b as the batch's submitter, signed by a: refused as a whole.
+        let as_b = pb::CertificateBatch {
+            submitter_key: b.id().0.to_vec(),
+            ..batch.clone()
+        };
+        refused(
+            "a batch naming another submitter than its signer",
+            raw.submit_certificates(signed(&a, "SubmitCertificates", now_us(), as_b))
+                .await,
+            tonic::Code::Unauthenticated,
+        );
+        // A certificate inside naming another submitter: refused as a whole.
+        let mut mixed = batch.clone();
+        mixed.certificates[0].submitter_key = b.id().0.to_vec();
+        let message = refused(
+            "a certificate in a batch naming another submitter",
+            raw.submit_certificates(signed(&a, "SubmitCertificates", now_us(), mixed))
+                .await,
+            tonic::Code::InvalidArgument,
+        );
+        assert!(message.contains("submitter_key"), "{message}");
+        // 65 certificates: refused before any signature is checked.
+        let mut huge = batch.clone();
+        huge.certificates = (0..65).map(|_| batch.certificates[0].clone()).collect();
+        let message = refused(
+            "65 certificates in one call",
+            raw.submit_certificates(signed(&a, "SubmitCertificates", now_us(), huge))
+                .await,
+            tonic::Code::InvalidArgument,
+        );
+        assert!(message.contains("at most 64"), "{message}");
+        // Signed under another method: refused.
+        refused(
+            "a batch signed as a single SubmitCertificate call",
+            raw.submit_certificates(signed(&a, "SubmitCertificate", now_us(), batch.clone()))
+                .await,
+            tonic::Code::Unauthenticated,
+        );
+
+        // The batch itself: each certificate answered on its own, in order.
+        let request = signed(&a, "SubmitCertificates", now_us(), batch.clone());
+        let replay = tonic::Request::from_parts(
+            request.metadata().clone(),
+            Default::default(),
+            batch.clone(),
+        );
+        let acks = raw
+            .submit_certificates(request)
+            .await
+            .expect("the batch is taken")
+            .into_inner()
+            .acks;
+        assert_eq!(acks.len(), 4, "{acks:?}");
+        assert!(
+            acks[0].accepted && acks[0].refused.is_none(),
+            "{:?}",
+            acks[0]
+        );
+        assert!(
+            acks[3].accepted && acks[3].refused.is_none(),
+            "{:?}",
+            acks[3]
+        );
+        for (i, why) in [(1, "signature"), (2, "limit")] {
+            let ack = &acks[i];
+            assert!(!ack.accepted && !ack.recorded, "{ack:?}");
+            let refusal = ack.refused.as_ref().expect("a reason");
+            assert_eq!(
+                refusal.code,
+                tonic::Code::InvalidArgument as i32,
+                "certificate {i}: {refusal:?}"
+            );
+            assert!(
+                refusal.message.contains(why),
+                "certificate {i}: {}",
+                refusal.message
+            );
+        }
+        // The same signed call again: a replay.
+        refused(
+            "the same batch replayed",
+            raw.submit_certificates(replay).await,
+            tonic::Code::Unauthenticated,
+        );
+        // Sent again under a fresh stamp: the verified ones are duplicates, not refusals;
+        // the refused ones are refused again.
+        let acks = raw
+            .submit_certificates(signed(&a, "SubmitCertificates", now_us(), batch))
+            .await
+            .expect("the batch is taken again")
+            .into_inner()
+            .acks;
+        assert!(
+            !acks[0].accepted && acks[0].refused.is_none(),
+            "{:?}",
+            acks[0]
+        );
+        assert!(acks[1].refused.is_some() && acks[2].refused.is_some());
+    });
+    let status = c.status(project).expect("status");
+    assert_eq!(
+        (n(&status, "verified"), n(&status, "failed")),
+        (2, 0),
+        "{status}"
+    );
+    let metrics = http_get(c.addr.parse().expect("address"), "/metrics");
+    assert!(
+        counted(
+            &metrics,
+            "fallow_rejected_requests_total",
+            "SubmitCertificates"
+        ) >= 5,
+        "the refused batches are counted:\n{metrics}"
+    );
+}
+
 /// RequestWork for up to `max` units as `id`, signed.
 async fn request_work(
     raw: &mut CoordinatorClient<Channel>,

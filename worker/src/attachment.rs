@@ -14,6 +14,7 @@ mod board;
 mod coordinator;
 mod exchange;
 mod failover;
+mod outbox;
 #[cfg(test)]
 mod tests;
 mod work;
@@ -155,6 +156,7 @@ impl Attached {
             policy: common.policy.clone(),
             checkpoints: common.checkpoints.clone(),
             fault_fired: std::sync::atomic::AtomicBool::new(false),
+            outbox: outbox::Outbox::default(),
             life: Mutex::new(Lifecycle::new(lifecycle::Settings {
                 me: identity.id(),
                 cores: config.cores as f64 * attachment.share_fraction,
@@ -287,6 +289,8 @@ pub(crate) struct Shared {
     /// Project data files (shared with the worker's other attachments).
     data: Arc<crate::data::DataCache>,
     checkpoints: Arc<Checkpoints>,
+    /// Certificates on their way to the coordinator, several to a call.
+    outbox: outbox::Outbox,
     /// [`Fault::LocalFailureOnce`] has fired.
     fault_fired: std::sync::atomic::AtomicBool,
     /// When this attachment started: the lifecycle's clock counts from here.

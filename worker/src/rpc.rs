@@ -78,6 +78,21 @@ pub struct CertificateOutcome {
     pub recorded: bool,
 }
 
+/// One certificate of a [`CoordinatorClient::submit_certificates`] batch: the unit, the
+/// claims and our output.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The unit.
+    pub unit: UnitId,
+    /// The claims, ours among them.
+    pub claims: &'a [Claim],
+    /// The output they sign.
+    pub output: &'a [u8],
+}
+
+/// Most certificates in one `SubmitCertificates` call (the coordinator's limit).
+pub const MAX_CERTIFICATES_PER_CALL: usize = 64;
+
 /// What registration told us.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -128,6 +143,9 @@ pub struct CoordinatorClient {
     identity: Arc<Identity>,
     clock: Arc<Stamper>,
     connection: Connection,
+    /// The coordinator answered `SubmitCertificates` with UNIMPLEMENTED (an older
+    /// version): batches go out one certificate a call from then on.
+    singles: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Microseconds since the Unix epoch on this machine's clock.
@@ -155,6 +173,35 @@ impl Interceptor for Enrollment {
 
 fn rpc(call: &'static str) -> impl FnOnce(Status) -> Error {
     move |status| Error::Rpc { call, status }
+}
+
+/// The answers to a batch of `sent` certificates: each an outcome, or the refusal the
+/// coordinator gave that certificate alone.
+fn acks_from_wire(
+    acks: pb::CertificateAcks,
+    sent: usize,
+) -> Result<Vec<Result<CertificateOutcome, Error>>, Error> {
+    if acks.acks.len() != sent {
+        return Err(protocol::Error::malformed(
+            "CertificateAcks.acks",
+            format!("{} answers to {sent} certificates", acks.acks.len()),
+        )
+        .into());
+    }
+    Ok(acks
+        .acks
+        .into_iter()
+        .map(|ack| match ack.refused {
+            Some(refusal) => Err(Error::Rpc {
+                call: "SubmitCertificates",
+                status: Status::new(tonic::Code::from(refusal.code), refusal.message),
+            }),
+            None => Ok(CertificateOutcome {
+                accepted: ack.accepted,
+                recorded: ack.recorded,
+            }),
+        })
+        .collect())
 }
 
 fn peers_from_wire(peers: Vec<pb::PeerInfo>) -> Vec<PeerInfo> {
@@ -214,6 +261,7 @@ impl CoordinatorClient {
             identity,
             clock: Arc::default(),
             connection,
+            singles: Arc::default(),
         })
     }
 
@@ -518,6 +566,52 @@ impl CoordinatorClient {
             accepted: ack.accepted,
             recorded: ack.recorded,
         })
+    }
+
+    /// Submits several certificates in one call; the answers are in order, one per
+    /// certificate (a refused one as its own error). An error for the whole call is
+    /// returned as such. Against a coordinator without the batched call, sends them one
+    /// by one.
+    pub async fn submit_certificates(
+        &self,
+        batch: &[Outgoing<'_>],
+    ) -> Result<Vec<Result<CertificateOutcome, Error>>, Error> {
+        use std::sync::atomic::Ordering;
+        if batch.len() > 1 && !self.singles.load(Ordering::Relaxed) {
+            let answer = self
+                .call(
+                    "SubmitCertificates",
+                    || pb::CertificateBatch {
+                        submitter_key: self.key.clone(),
+                        certificates: batch
+                            .iter()
+                            .map(|c| pb::CertificateSubmission {
+                                unit_id: c.unit.0,
+                                claims: wire::claims_to_wire(c.claims),
+                                output: c.output.to_vec(),
+                                submitter_key: Vec::new(),
+                            })
+                            .collect(),
+                    },
+                    |mut c, r| async move { c.submit_certificates(r).await },
+                )
+                .await;
+            match answer {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        "the coordinator does not take certificates in batches (an older version); sending them one by one"
+                    );
+                    self.singles.store(true, Ordering::Relaxed);
+                }
+                Err(status) => return Err(self.rpc("SubmitCertificates")(status)),
+                Ok(acks) => return acks_from_wire(acks, batch.len()),
+            }
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for c in batch {
+            answers.push(self.submit_certificate(c.unit, c.claims, c.output).await);
+        }
+        Ok(answers)
     }
 
     /// Reports proof that a worker changed its answer.

@@ -32,6 +32,7 @@ const RPC_METHODS: &[&str] = &[
     "GetModule",
     "ReportFailure",
     "SubmitCertificate",
+    "SubmitCertificates",
     "ReportDispute",
     "ReturnUnits",
     "ReportMisbehaviour",

@@ -19,10 +19,10 @@ use tonic::{Request, Response, Status};
 
 use super::registry::{BACKED_CALLS_PER_LEASE, MAX_BACKED_CALLS, WorkerEntry, subnet_of};
 use super::{CoordinatorService, to_status};
-use crate::dashboard::{CertificateOutcome, ExecutionFailure};
+use crate::dashboard::ExecutionFailure;
 use crate::fleet::{Reported, RunState};
-use crate::scheduler::{Aggregate, Change, SignedCertificate, UnitStatus, Verdict, WorkerInfo};
-use crate::store::{CreditTo, LeasedInput, Store, StoredWorker, Write};
+use crate::scheduler::{Aggregate, Change, SignedCertificate, UnitStatus, WorkerInfo};
+use crate::store::{LeasedInput, Store, StoredWorker, Write};
 use crate::{Error, now_ms};
 
 /// Most units one work request may lease.
@@ -681,115 +681,14 @@ impl<S: Store> Coordinator for CoordinatorService<S> {
         &self,
         request: Request<pb::CertificateSubmission>,
     ) -> Result<Response<pb::CertificateAck>, Status> {
-        self.writable()?;
-        let (submitter, stamp) = authenticate(
-            "SubmitCertificate",
-            &request,
-            &request.get_ref().submitter_key,
-        )?;
-        let r = request.into_inner();
-        let cert = Certificate {
-            unit: UnitId(r.unit_id),
-            claims: wire::claims_from_wire(r.claims).map_err(|e| to_status(e.into()))?,
-        };
-        let output = r.output;
-        let dashboard = &self.inner.dashboard;
-        let (unit, claims) = (cert.unit, cert.claims.len());
-        // The signatures (the expensive part) are checked before the state is locked.
-        let checked = SignedCertificate::check(cert).map_err(|e| {
-            tracing::warn!(%unit, "certificate rejected: {e}");
-            dashboard.certificate(claims, CertificateOutcome::Rejected);
-            to_status(e)
-        })?;
-        let now = now_ms();
-        let mut state = self.inner.state.lock().await;
-        Self::known_worker(&mut state, submitter, now)?;
-        Self::fresh(&mut state, submitter, &stamp)?;
-        self.admit_backed(&mut state, submitter)?;
-        let submitted = state
-            .sched
-            .submit_checked(&checked, Some(&output))
-            .map_err(|e| {
-                tracing::warn!(%unit, "certificate rejected: {e}");
-                dashboard.certificate(claims, CertificateOutcome::Rejected);
-                to_status(e)
-            })?;
-        let verified = match submitted.verdict {
-            Verdict::Verified(v) => v,
-            other => {
-                let recorded = other == Verdict::Recorded;
-                // Even a duplicate waits: the verdict it repeats may not be on disk yet.
-                let committed = if submitted.changes.is_empty() {
-                    self.queue(Vec::new())
-                } else {
-                    self.queue(vec![(Write::Changes(submitted.changes), now)])
-                };
-                drop(state);
-                Self::committed(committed).await?;
-                dashboard.certificate(
-                    claims,
-                    if recorded {
-                        CertificateOutcome::Recorded
-                    } else {
-                        CertificateOutcome::Duplicate
-                    },
-                );
-                return Ok(Response::new(pb::CertificateAck {
-                    accepted: false,
-                    recorded,
-                }));
-            }
-        };
-        let credit: Vec<CreditTo> = verified
-            .signers
-            .iter()
-            .map(|w| {
-                let entry = state.workers.get(w);
-                CreditTo {
-                    worker: *w,
-                    account: entry.map_or_else(|| w.to_string(), |e| e.account.clone()),
-                    team: entry.map(|e| e.team.clone()).unwrap_or_default(),
-                }
-            })
-            .collect();
-        // The scheduler moves on now; the answer waits until the writes below are committed,
-        // in order with every other request's.
-        let changes = state.sched.mark_verified(unit, &verified);
-        if changes.iter().any(|c| matches!(c, Change::Reopen { .. })) {
-            tracing::warn!(%unit, "a trusted worker's result disagreed: its unchecked results are re-opened");
-        }
-        let project = checked
-            .certificate()
-            .claims
-            .first()
-            .and_then(|c| state.sched.project(c.project))
-            .map(|p| (p.id, p.finished()));
-        let digest = verified.digest;
-        let committed = self.queue(vec![
-            (Write::Changes(submitted.changes), now),
-            (
-                Write::Verified {
-                    unit,
-                    output,
-                    verified,
-                    credit,
-                },
-                now,
-            ),
-            (Write::Changes(changes), now),
-        ]);
-        drop(state);
-        Self::committed(committed).await?;
-        dashboard.certificate(claims, CertificateOutcome::Accepted);
-        tracing::debug!(%unit, %digest, "unit verified");
-        if let Some((p, true)) = project {
-            tracing::info!(project = %p, "all units settled");
-            self.maybe_reduce(p).await;
-        }
-        Ok(Response::new(pb::CertificateAck {
-            accepted: true,
-            recorded: true,
-        }))
+        self.certificate(request).await
+    }
+
+    async fn submit_certificates(
+        &self,
+        request: Request<pb::CertificateBatch>,
+    ) -> Result<Response<pb::CertificateAcks>, Status> {
+        self.certificates(request).await
     }
 
     async fn report_dispute(

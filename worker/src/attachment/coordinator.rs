@@ -12,8 +12,8 @@ use protocol::{Claim, Failure, Identity, SubmitterKey, UnitId};
 
 use crate::Error;
 use crate::rpc::{
-    Assignment, CertificateOutcome, CoordinatorClient, HeartbeatReply, Introduction, Registration,
-    RunReport,
+    Assignment, CertificateOutcome, CoordinatorClient, HeartbeatReply, Introduction, Outgoing,
+    Registration, RunReport,
 };
 
 /// A call in flight.
@@ -52,6 +52,21 @@ pub(crate) trait Coordinator: Send + Sync {
         claims: &'a [Claim],
         output: &'a [u8],
     ) -> Call<'a, CertificateOutcome>;
+    /// Submits several certificates in one call: an answer for each, in order (a refused
+    /// certificate as its own error), or the error of the whole call. By default, one
+    /// call per certificate.
+    fn submit_certificates<'a>(
+        &'a self,
+        batch: &'a [Outgoing<'a>],
+    ) -> Call<'a, Vec<Result<CertificateOutcome, Error>>> {
+        Box::pin(async move {
+            let mut answers = Vec::with_capacity(batch.len());
+            for c in batch {
+                answers.push(self.submit_certificate(c.unit, c.claims, c.output).await);
+            }
+            Ok(answers)
+        })
+    }
     /// Reports disagreeing claims.
     fn dispute<'a>(&'a self, unit: UnitId, claims: &'a [Claim]) -> Call<'a, ()>;
 }
@@ -100,6 +115,13 @@ impl Coordinator for CoordinatorClient {
         Box::pin(CoordinatorClient::submit_certificate(
             self, unit, claims, output,
         ))
+    }
+
+    fn submit_certificates<'a>(
+        &'a self,
+        batch: &'a [Outgoing<'a>],
+    ) -> Call<'a, Vec<Result<CertificateOutcome, Error>>> {
+        Box::pin(CoordinatorClient::submit_certificates(self, batch))
     }
 
     fn dispute<'a>(&'a self, unit: UnitId, claims: &'a [Claim]) -> Call<'a, ()> {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{UnitId, WorkerId};
+use protocol::{Claim, UnitId, WorkerId};
 
 use super::coordinator::Coordinator;
 use super::{Shared, backoff, pause, peers_as_members};
@@ -144,7 +144,8 @@ impl Shared {
         }
     }
 
-    /// Uploads a certificate, and the ones queued behind it, one at a time.
+    /// Uploads a certificate, and the ones queued behind it for the same unit, one at a
+    /// time; certificates of different units share calls (`outbox`).
     pub(super) async fn upload(self: Arc<Self>, mut upload: Upload) {
         loop {
             let Upload {
@@ -158,11 +159,12 @@ impl Shared {
                 return; // settled by another claimant (released), or shutting down
             }
             self.stats.certificate(complete);
+            let (claims, output): (Arc<[Claim]>, Arc<[u8]>) = (claims.into(), output.into());
             let mut attempt = 0u32;
             let outcome = loop {
                 match self
-                    .coordinator
-                    .submit_certificate(unit, &claims, &output)
+                    .outbox
+                    .deliver(&*self.coordinator, unit, claims.clone(), output.clone())
                     .await
                 {
                     Ok(outcome) => break Some(outcome),

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::coordinator::{Call, Coordinator};
 use crate::rpc::{
-    Assignment, CertificateOutcome, HeartbeatReply, Introduction, Registration, RunReport,
+    Assignment, CertificateOutcome, HeartbeatReply, Introduction, Outgoing, Registration, RunReport,
 };
 use crate::{Error, lock};
 
@@ -188,6 +188,13 @@ impl Coordinator for Failover {
         output: &'a [u8],
     ) -> Call<'a, CertificateOutcome> {
         Box::pin(self.call(move |c| c.submit_certificate(unit, claims, output)))
+    }
+
+    fn submit_certificates<'a>(
+        &'a self,
+        batch: &'a [Outgoing<'a>],
+    ) -> Call<'a, Vec<Result<CertificateOutcome, Error>>> {
+        Box::pin(self.call(move |c| c.submit_certificates(batch)))
     }
 
     fn dispute<'a>(&'a self, unit: UnitId, claims: &'a [Claim]) -> Call<'a, ()> {

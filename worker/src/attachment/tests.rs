@@ -191,6 +191,7 @@ fn deployment(twins: Vec<Arc<Twin>>, dir: &std::path::Path) -> Arc<Shared> {
         policy: Arc::new(provenance::Policy::load(dir, &[], true).expect("policy")),
         checkpoints: Arc::new(Checkpoints::open(dir.join("checkpoints")).expect("checkpoints")),
         fault_fired: std::sync::atomic::AtomicBool::new(false),
+        outbox: super::outbox::Outbox::default(),
         life: Mutex::new(Lifecycle::new(lifecycle::Settings {
             me: identity.id(),
             cores: 1.0,

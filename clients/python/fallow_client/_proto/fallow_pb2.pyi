@@ -554,12 +554,36 @@ class CertificateSubmission(_message.Message):
     def __init__(self, unit_id: _Optional[int] = ..., claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., output: _Optional[bytes] = ..., submitter_key: _Optional[bytes] = ...) -> None: ...
 
 class CertificateAck(_message.Message):
-    __slots__ = ("accepted", "recorded")
+    __slots__ = ("accepted", "recorded", "refused")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     RECORDED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     recorded: bool
-    def __init__(self, accepted: _Optional[bool] = ..., recorded: _Optional[bool] = ...) -> None: ...
+    refused: Refusal
+    def __init__(self, accepted: _Optional[bool] = ..., recorded: _Optional[bool] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CertificateBatch(_message.Message):
+    __slots__ = ("submitter_key", "certificates")
+    SUBMITTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    submitter_key: bytes
+    certificates: _containers.RepeatedCompositeFieldContainer[CertificateSubmission]
+    def __init__(self, submitter_key: _Optional[bytes] = ..., certificates: _Optional[_Iterable[_Union[CertificateSubmission, _Mapping]]] = ...) -> None: ...
+
+class CertificateAcks(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[CertificateAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[CertificateAck, _Mapping]]] = ...) -> None: ...
 
 class Dispute(_message.Message):
     __slots__ = ("public_key", "unit_id", "claims")

@@ -84,6 +84,11 @@ class CoordinatorStub:
                 request_serializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateSubmission.SerializeToString,
                 response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateAck.FromString,
                 _registered_method=True)
+        self.SubmitCertificates = channel.unary_unary(
+                '/fallow.v1.Coordinator/SubmitCertificates',
+                request_serializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateBatch.SerializeToString,
+                response_deserializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateAcks.FromString,
+                _registered_method=True)
         self.ReportDispute = channel.unary_unary(
                 '/fallow.v1.Coordinator/ReportDispute',
                 request_serializer=fallow__client_dot___proto_dot_fallow__pb2.Dispute.SerializeToString,
@@ -203,6 +208,16 @@ class CoordinatorServicer:
 
     def SubmitCertificate(self, request, context):
         """A quorum of matching signed claims plus the output bytes they sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitCertificates(self, request, context):
+        """Several certificates in one signed call (at most 64, all with the caller as
+        submitter): each is checked, recorded and answered on its own, in order, as if sent
+        alone, so one refused certificate does not cost the others. The call itself is refused
+        only for what concerns all of them (the caller's signature, standing or rate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,6 +352,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.SubmitCertificate,
                     request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateSubmission.FromString,
                     response_serializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateAck.SerializeToString,
+            ),
+            'SubmitCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCertificates,
+                    request_deserializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateBatch.FromString,
+                    response_serializer=fallow__client_dot___proto_dot_fallow__pb2.CertificateAcks.SerializeToString,
             ),
             'ReportDispute': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportDispute,
@@ -637,6 +657,33 @@ class Coordinator:
             '/fallow.v1.Coordinator/SubmitCertificate',
             fallow__client_dot___proto_dot_fallow__pb2.CertificateSubmission.SerializeToString,
             fallow__client_dot___proto_dot_fallow__pb2.CertificateAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fallow.v1.Coordinator/SubmitCertificates',
+            fallow__client_dot___proto_dot_fallow__pb2.CertificateBatch.SerializeToString,
+            fallow__client_dot___proto_dot_fallow__pb2.CertificateAcks.FromString,
             options,
             channel_credentials,
             insecure,
