@@ -199,7 +199,7 @@ fn full_queue(
 /// Measures one fleet of `workers` against a fresh coordinator: registration, then
 /// `plan.repeats` rounds of (top the work up, assign for `plan.phase` with requests as
 /// `fallow worker` makes them, assign for half as long one unit per request, sign, certify
-/// everything).
+/// everything: half the workers one certificate a call, the other half in batches).
 fn measure(
     exe: &Path,
     rt: &tokio::runtime::Runtime,
