@@ -570,8 +570,8 @@ impl CoordinatorClient {
 
     /// Submits several certificates in one call; the answers are in order, one per
     /// certificate (a refused one as its own error). An error for the whole call is
-    /// returned as such. Against a coordinator without the batched call, sends them one
-    /// by one.
+    /// returned as such. A batch of one, or any batch against a coordinator without the
+    /// batched call, goes one certificate a call.
     pub async fn submit_certificates(
         &self,
         batch: &[Outgoing<'_>],
@@ -607,9 +607,15 @@ impl CoordinatorClient {
                 Ok(acks) => return acks_from_wire(acks, batch.len()),
             }
         }
+        // One a call. A call that fails transiently (the coordinator unreachable, say) is
+        // the whole batch's error: failover must see it as such, and the certificates
+        // answered before it are answered again when retried (as duplicates).
         let mut answers = Vec::with_capacity(batch.len());
         for c in batch {
-            answers.push(self.submit_certificate(c.unit, c.claims, c.output).await);
+            match self.submit_certificate(c.unit, c.claims, c.output).await {
+                Err(e) if e.is_transient() => return Err(e),
+                answer => answers.push(answer),
+            }
         }
         Ok(answers)
     }

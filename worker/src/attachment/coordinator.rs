@@ -54,7 +54,9 @@ pub(crate) trait Coordinator: Send + Sync {
     ) -> Call<'a, CertificateOutcome>;
     /// Submits several certificates in one call: an answer for each, in order (a refused
     /// certificate as its own error), or the error of the whole call. By default, one
-    /// call per certificate.
+    /// call per certificate, as [`CoordinatorClient::submit_certificates`] does against
+    /// an older coordinator: a call that fails transiently (the coordinator unreachable,
+    /// say) is the whole batch's error, so failover sees it as it would a batch's.
     fn submit_certificates<'a>(
         &'a self,
         batch: &'a [Outgoing<'a>],
@@ -62,7 +64,10 @@ pub(crate) trait Coordinator: Send + Sync {
         Box::pin(async move {
             let mut answers = Vec::with_capacity(batch.len());
             for c in batch {
-                answers.push(self.submit_certificate(c.unit, c.claims, c.output).await);
+                match self.submit_certificate(c.unit, c.claims, c.output).await {
+                    Err(e) if e.is_transient() => return Err(e),
+                    answer => answers.push(answer),
+                }
             }
             Ok(answers)
         })

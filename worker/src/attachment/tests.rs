@@ -394,6 +394,33 @@ async fn a_deployment_moves_on_only_after_its_coordinator_stays_unreachable() {
     assert_eq!((f.moves(), f.url()), (2, "http://twin-0"));
 }
 
+/// Certificates that cannot be delivered count against a coordinator as any call does, so
+/// a worker whose only calls for a while are uploads still moves on. (CI caught the
+/// outbox's batch of one answered as "the call went through, this certificate failed",
+/// which the failover took for an answer: workers stayed with a dead coordinator.)
+#[tokio::test(start_paused = true)]
+async fn undeliverable_certificates_move_the_deployment_on_like_any_call() {
+    let second = Duration::from_secs(1);
+    let (a, b) = (Arc::new(Twin::default()), Arc::new(Twin::default()));
+    let f = Failover::new(members(&[a.clone(), b.clone()]));
+    let outbox = super::outbox::Outbox::default();
+    let deliver = || outbox.deliver(&f, UnitId(7), Arc::from(vec![]), Arc::from(vec![1u8]));
+    a.set_down(true);
+    let start = tokio::time::Instant::now();
+    for _ in 0..10 {
+        if f.moves() > 0 {
+            break;
+        }
+        let e = deliver().await.expect_err("a is down");
+        assert!(e.is_transient(), "{e}");
+        tokio::time::sleep(second).await;
+    }
+    assert_eq!((f.moves(), f.url()), (1, "http://twin-1"));
+    assert_eq!(start.elapsed(), failover::FAILOVER_AFTER + second);
+    assert!(deliver().await.expect("b takes it").accepted);
+    assert_eq!(b.asked(), vec![Asked::Certificate(UnitId(7))]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lone_coordinator_is_never_left() {
     let a = Arc::new(Twin::default());
