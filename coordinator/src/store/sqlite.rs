@@ -1041,8 +1041,11 @@ impl Store for SqliteStore {
                 Arguments::add(&mut args, unit.0 as i64).map_err(encode_error)?;
             }
             sql.push(')');
+            // A work request leases at most 64 units, so at most 64 texts recur (one per
+            // count): each is prepared once per connection and kept in sqlx's statement
+            // cache, instead of afresh for every request. Larger chunks (restores) are not.
             for row in sqlx::query_with(&sql, args)
-                .persistent(chunk.len() == 1)
+                .persistent(chunk.len() <= 64)
                 .fetch_all(&self.pool)
                 .await?
             {
