@@ -456,54 +456,30 @@ impl Load {
         })
     }
 
-    /// Submits every certificate; counts those accepted.
+    /// Submits every certificate, one a `SubmitCertificate` call; counts those accepted.
     pub async fn certify(
         &self,
         fleet: &Arc<Fleet>,
         certificates: Vec<Certificate>,
     ) -> anyhow::Result<Timed> {
-        let concurrency = self.concurrency.min(certificates.len()).max(1);
-        let mut shares: Vec<Vec<Certificate>> = (0..concurrency).map(|_| Vec::new()).collect();
-        for (i, c) in certificates.into_iter().enumerate() {
-            shares[i % concurrency].push(c);
-        }
-        let started = Instant::now();
-        let tasks: Vec<_> = shares
-            .into_iter()
-            .enumerate()
-            .map(|(t, share)| {
-                let (mut client, fleet) = (self.client(t), fleet.clone());
-                tokio::spawn(async move {
-                    let mut accepted = 0u64;
-                    for Certificate(c, worker) in share {
-                        let ack = client
-                            .submit_certificate(signed(
-                                &fleet.identities[worker],
-                                "SubmitCertificate",
-                                c,
-                            ))
-                            .await
-                            .context("SubmitCertificate")?
-                            .into_inner();
-                        accepted += u64::from(ack.accepted);
-                    }
-                    Ok::<_, anyhow::Error>(accepted)
-                })
-            })
-            .collect();
-        let mut count = 0;
-        for t in tasks {
-            count += t.await??;
-        }
-        Ok(Timed {
-            count,
-            elapsed: started.elapsed(),
-        })
+        self.in_parallel(
+            fleet,
+            certificates,
+            |mut client, fleet, Certificate(c, worker)| async move {
+                let ack = client
+                    .submit_certificate(signed(&fleet.identities[worker], "SubmitCertificate", c))
+                    .await
+                    .context("SubmitCertificate")?
+                    .into_inner();
+                Ok((client, u64::from(ack.accepted)))
+            },
+        )
+        .await
     }
 
     /// Submits every certificate in `SubmitCertificates` calls of up to `per_call`, each
     /// call holding one worker's certificates (as `fallow worker`'s outbox sends those that
-    /// finish together); counts those accepted.
+    /// finish together); counts those accepted. A refused certificate fails the phase.
     pub async fn certify_batched(
         &self,
         fleet: &Arc<Fleet>,
@@ -521,10 +497,61 @@ impl Load {
                 batches.push((worker, std::mem::replace(&mut mine, rest)));
             }
         }
-        let concurrency = self.concurrency.min(batches.len()).max(1);
-        let mut shares: Vec<Vec<_>> = (0..concurrency).map(|_| Vec::new()).collect();
-        for (i, b) in batches.into_iter().enumerate() {
-            shares[i % concurrency].push(b);
+        self.in_parallel(
+            fleet,
+            batches,
+            |mut client, fleet, (worker, certificates)| async move {
+                let sent = certificates.len();
+                let batch = pb::CertificateBatch {
+                    submitter_key: fleet.keys[worker].clone(),
+                    certificates,
+                };
+                let acks = client
+                    .submit_certificates(signed(
+                        &fleet.identities[worker],
+                        "SubmitCertificates",
+                        batch,
+                    ))
+                    .await
+                    .context("SubmitCertificates")?
+                    .into_inner()
+                    .acks;
+                anyhow::ensure!(
+                    acks.len() == sent,
+                    "{} answers to {sent} certificates",
+                    acks.len()
+                );
+                let mut accepted = 0;
+                for ack in &acks {
+                    if let Some(r) = &ack.refused {
+                        anyhow::bail!("a certificate was refused: {}", r.message);
+                    }
+                    accepted += u64::from(ack.accepted);
+                }
+                Ok((client, accepted))
+            },
+        )
+        .await
+    }
+
+    /// Spreads `items` over the in-flight tasks (round robin), each sending its share one
+    /// after the other with `send`, which returns the client and what it counts; the
+    /// whole phase timed.
+    async fn in_parallel<T, F, Fut>(
+        &self,
+        fleet: &Arc<Fleet>,
+        items: Vec<T>,
+        send: F,
+    ) -> anyhow::Result<Timed>
+    where
+        T: Send + 'static,
+        F: Fn(CoordinatorClient<Channel>, Arc<Fleet>, T) -> Fut + Copy + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<(CoordinatorClient<Channel>, u64)>> + Send,
+    {
+        let concurrency = self.concurrency.min(items.len()).max(1);
+        let mut shares: Vec<Vec<T>> = (0..concurrency).map(|_| Vec::new()).collect();
+        for (i, item) in items.into_iter().enumerate() {
+            shares[i % concurrency].push(item);
         }
         let started = Instant::now();
         let tasks: Vec<_> = shares
@@ -533,34 +560,13 @@ impl Load {
             .map(|(t, share)| {
                 let (mut client, fleet) = (self.client(t), fleet.clone());
                 tokio::spawn(async move {
-                    let mut accepted = 0u64;
-                    for (worker, certificates) in share {
-                        let sent = certificates.len();
-                        let acks = client
-                            .submit_certificates(signed(
-                                &fleet.identities[worker],
-                                "SubmitCertificates",
-                                pb::CertificateBatch {
-                                    submitter_key: fleet.keys[worker].clone(),
-                                    certificates,
-                                },
-                            ))
-                            .await
-                            .context("SubmitCertificates")?
-                            .into_inner();
-                        anyhow::ensure!(
-                            acks.acks.len() == sent,
-                            "{} answers to {sent} certificates",
-                            acks.acks.len()
-                        );
-                        for ack in &acks.acks {
-                            if let Some(r) = &ack.refused {
-                                anyhow::bail!("a certificate was refused: {}", r.message);
-                            }
-                            accepted += u64::from(ack.accepted);
-                        }
+                    let mut counted = 0u64;
+                    for item in share {
+                        let (back, n) = send(client, fleet.clone(), item).await?;
+                        client = back;
+                        counted += n;
                     }
-                    Ok::<_, anyhow::Error>(accepted)
+                    Ok::<_, anyhow::Error>(counted)
                 })
             })
             .collect();

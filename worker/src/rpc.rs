@@ -175,6 +175,27 @@ fn rpc(call: &'static str) -> impl FnOnce(Status) -> Error {
     move |status| Error::Rpc { call, status }
 }
 
+/// Sends `batch` one certificate a call with `send`; the answers in order. A call that
+/// fails transiently (the coordinator unreachable, say) is the whole batch's error:
+/// failover must see it as such, and the certificates answered before it are answered
+/// again when retried (as duplicates).
+pub(crate) async fn one_by_one<'a, Fut>(
+    batch: &'a [Outgoing<'a>],
+    send: impl Fn(&'a Outgoing<'a>) -> Fut,
+) -> Result<Vec<Result<CertificateOutcome, Error>>, Error>
+where
+    Fut: std::future::Future<Output = Result<CertificateOutcome, Error>>,
+{
+    let mut answers = Vec::with_capacity(batch.len());
+    for c in batch {
+        match send(c).await {
+            Err(e) if e.is_transient() => return Err(e),
+            answer => answers.push(answer),
+        }
+    }
+    Ok(answers)
+}
+
 /// The answers to a batch of `sent` certificates: each an outcome, or the refusal the
 /// coordinator gave that certificate alone.
 fn acks_from_wire(
@@ -607,17 +628,10 @@ impl CoordinatorClient {
                 Ok(acks) => return acks_from_wire(acks, batch.len()),
             }
         }
-        // One a call. A call that fails transiently (the coordinator unreachable, say) is
-        // the whole batch's error: failover must see it as such, and the certificates
-        // answered before it are answered again when retried (as duplicates).
-        let mut answers = Vec::with_capacity(batch.len());
-        for c in batch {
-            match self.submit_certificate(c.unit, c.claims, c.output).await {
-                Err(e) if e.is_transient() => return Err(e),
-                answer => answers.push(answer),
-            }
-        }
-        Ok(answers)
+        one_by_one(batch, |c| {
+            self.submit_certificate(c.unit, c.claims, c.output)
+        })
+        .await
     }
 
     /// Reports proof that a worker changed its answer.

@@ -61,16 +61,9 @@ pub(crate) trait Coordinator: Send + Sync {
         &'a self,
         batch: &'a [Outgoing<'a>],
     ) -> Call<'a, Vec<Result<CertificateOutcome, Error>>> {
-        Box::pin(async move {
-            let mut answers = Vec::with_capacity(batch.len());
-            for c in batch {
-                match self.submit_certificate(c.unit, c.claims, c.output).await {
-                    Err(e) if e.is_transient() => return Err(e),
-                    answer => answers.push(answer),
-                }
-            }
-            Ok(answers)
-        })
+        Box::pin(crate::rpc::one_by_one(batch, move |c| {
+            self.submit_certificate(c.unit, c.claims, c.output)
+        }))
     }
     /// Reports disagreeing claims.
     fn dispute<'a>(&'a self, unit: UnitId, claims: &'a [Claim]) -> Call<'a, ()>;
