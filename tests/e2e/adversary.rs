@@ -390,20 +390,11 @@ fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let mut raw = connect(&c.url).await;
-        let a = Identity::generate().expect("identity");
-        let b = Identity::generate().expect("identity");
-        register(&mut raw, &a, "colluder-a").await;
-        register(&mut raw, &b, "colluder-b").await;
-        let mut leased = Vec::new();
-        for id in [&a, &b] {
-            let work = request_work(&mut raw, id, 64).await.expect("work");
-            leased.push(work.iter().map(|x| x.unit_id).collect::<Vec<_>>());
-        }
-        assert_eq!(leased[0], leased[1], "both colluders hold every unit");
-        assert_eq!(leased[0].len(), 4);
+        let (a, b, units) = two_accounts_holding_every_unit(&mut raw, "colluder").await;
+        assert_eq!(units.len(), 4);
         let output = b"42\n".to_vec();
         let digest = Digest::of(&output);
-        for (i, &unit) in leased[0].iter().enumerate() {
+        for (i, &unit) in units.iter().enumerate() {
             for fuel in [u64::MAX, i64::MAX as u64, limit + 1] {
                 let claims = [&a, &b]
                     .map(|w| Claim::sign(w, ProjectId(project), UnitId(unit), digest, fuel));
@@ -485,18 +476,8 @@ fn a_batch_of_certificates_is_judged_certificate_by_certificate_and_only_for_its
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let mut raw = connect(&c.url).await;
-        let a = Identity::generate().expect("identity");
-        let b = Identity::generate().expect("identity");
-        register(&mut raw, &a, "batch-a").await;
-        register(&mut raw, &b, "batch-b").await;
-        let units: Vec<u64> = request_work(&mut raw, &a, 64)
-            .await
-            .expect("work")
-            .iter()
-            .map(|x| x.unit_id)
-            .collect();
+        let (a, b, units) = two_accounts_holding_every_unit(&mut raw, "batch").await;
         assert_eq!(units.len(), 4);
-        request_work(&mut raw, &b, 64).await.expect("work");
         let output = b"42\n".to_vec();
         let digest = Digest::of(&output);
         let certificate = |unit: u64, claims: &[Claim]| pb::CertificateSubmission {
@@ -638,6 +619,26 @@ fn a_batch_of_certificates_is_judged_certificate_by_certificate_and_only_for_its
         ) >= 5,
         "the refused batches are counted:\n{metrics}"
     );
+}
+
+/// Two fresh workers of accounts `<prefix>-a` and `<prefix>-b` that lease every unit of a
+/// project of fixed replication 2 (no other worker asks): both, and the units they hold.
+async fn two_accounts_holding_every_unit(
+    raw: &mut CoordinatorClient<Channel>,
+    prefix: &str,
+) -> (Identity, Identity, Vec<u64>) {
+    let a = Identity::generate().expect("identity");
+    let b = Identity::generate().expect("identity");
+    register(raw, &a, &format!("{prefix}-a")).await;
+    register(raw, &b, &format!("{prefix}-b")).await;
+    let mut leased = Vec::new();
+    for id in [&a, &b] {
+        let work = request_work(raw, id, 64).await.expect("work");
+        leased.push(work.iter().map(|x| x.unit_id).collect::<Vec<_>>());
+    }
+    assert_eq!(leased[0], leased[1], "both accounts hold every unit");
+    let units = leased.swap_remove(0);
+    (a, b, units)
 }
 
 /// RequestWork for up to `max` units as `id`, signed.
