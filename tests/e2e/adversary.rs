@@ -463,8 +463,8 @@ fn colluders_cannot_inflate_fuel_and_the_coordinator_restarts_cleanly() {
 /// Several certificates in one `SubmitCertificates` call are judged one by one, as if each
 /// came alone: a forged or inflated one is refused with its own reason while the others in
 /// the batch are accepted. The call as a whole is its signer's only: it cannot name another
-/// submitter, be replayed, or carry more than 64 certificates; such calls are refused and
-/// counted.
+/// submitter, be replayed, or carry more than 64 certificates or 256 claims; such calls
+/// are refused and counted.
 #[test]
 fn a_batch_of_certificates_is_judged_certificate_by_certificate_and_only_for_its_signer() {
     let c = Cluster::start(30);
@@ -536,6 +536,24 @@ fn a_batch_of_certificates_is_judged_certificate_by_certificate_and_only_for_its
             tonic::Code::InvalidArgument,
         );
         assert!(message.contains("at most 64"), "{message}");
+        // Five certificates of 64 claims each: more signatures than one call may ask
+        // checked, refused before any is.
+        let mut heavy = batch.clone();
+        heavy.certificates = (0..5)
+            .map(|i| {
+                let mut c = batch.certificates[0].clone();
+                c.claims = vec![c.claims[0].clone(); 64];
+                c.unit_id = units[i % units.len()];
+                c
+            })
+            .collect();
+        let message = refused(
+            "320 claims in one call",
+            raw.submit_certificates(signed(&a, "SubmitCertificates", now_us(), heavy))
+                .await,
+            tonic::Code::InvalidArgument,
+        );
+        assert!(message.contains("at most 256"), "{message}");
         // Signed under another method: refused.
         refused(
             "a batch signed as a single SubmitCertificate call",
@@ -616,7 +634,7 @@ fn a_batch_of_certificates_is_judged_certificate_by_certificate_and_only_for_its
             &metrics,
             "fallow_rejected_requests_total",
             "SubmitCertificates"
-        ) >= 5,
+        ) >= 6,
         "the refused batches are counted:\n{metrics}"
     );
 }

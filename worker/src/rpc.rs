@@ -92,6 +92,9 @@ pub struct Outgoing<'a> {
 
 /// Most certificates in one `SubmitCertificates` call (the coordinator's limit).
 pub const MAX_CERTIFICATES_PER_CALL: usize = 64;
+/// Most claims in one `SubmitCertificates` call, all certificates together (the
+/// coordinator's limit).
+pub const MAX_CLAIMS_PER_CALL: usize = 256;
 
 /// What registration told us.
 #[derive(Debug, Clone)]

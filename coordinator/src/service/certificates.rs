@@ -24,6 +24,13 @@ use crate::{Error, now_ms};
 /// Most certificates in one `SubmitCertificates` call.
 pub const MAX_CERTIFICATES_PER_CALL: usize = 64;
 
+/// Most claims in one `SubmitCertificates` call, all certificates together. Their
+/// signatures are checked before the caller's standing is (outside the lock, like a single
+/// certificate's), so this bounds what one call can make the coordinator verify: 256
+/// signatures, about 10 ms of one core, four times what one certificate of
+/// `certificate::MAX_CLAIMS` claims may cost. Honest batches carry a quorum's claims each.
+pub const MAX_CLAIMS_PER_CALL: usize = 256;
+
 /// A certificate the scheduler has decided on, waiting for its writes to be committed.
 struct Entered {
     unit: UnitId,
@@ -231,13 +238,20 @@ impl<S: Store> CoordinatorService<S> {
     }
 }
 
-/// Refuses a batch that is too large or names another submitter in a certificate.
+/// Refuses a batch that is too large (certificates or claims) or names another submitter
+/// in a certificate.
 fn check_batch(submitter: WorkerId, batch: &pb::CertificateBatch) -> Result<(), Status> {
     let bad = |problem: String| to_status(Error::BadBatch(problem));
     if batch.certificates.len() > MAX_CERTIFICATES_PER_CALL {
         return Err(bad(format!(
             "{} certificates in one call (at most {MAX_CERTIFICATES_PER_CALL})",
             batch.certificates.len()
+        )));
+    }
+    let claims: usize = batch.certificates.iter().map(|c| c.claims.len()).sum();
+    if claims > MAX_CLAIMS_PER_CALL {
+        return Err(bad(format!(
+            "{claims} claims in one call (at most {MAX_CLAIMS_PER_CALL}, all certificates together)"
         )));
     }
     for (i, c) in batch.certificates.iter().enumerate() {

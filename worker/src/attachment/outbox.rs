@@ -2,7 +2,8 @@
 //!
 //! Each upload puts its certificate in the outbox and waits for the outbox's turn. The
 //! upload that gets the turn sends everything queued by then (at most
-//! [`MAX_CERTIFICATES_PER_CALL`] certificates and [`BATCH_OUTPUT_BYTES`] of output) in
+//! [`MAX_CERTIFICATES_PER_CALL`] certificates, [`MAX_CLAIMS_PER_CALL`] claims and
+//! [`BATCH_OUTPUT_BYTES`] of output) in
 //! one `SubmitCertificates` call and hands every certificate its own answer; the others
 //! find theirs already answered. So a worker that finishes one unit at a time sends one
 //! certificate a call as before, without waiting for company, while a worker finishing
@@ -20,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use super::coordinator::Coordinator;
-use crate::rpc::{CertificateOutcome, MAX_CERTIFICATES_PER_CALL, Outgoing};
+use crate::rpc::{CertificateOutcome, MAX_CERTIFICATES_PER_CALL, MAX_CLAIMS_PER_CALL, Outgoing};
 use crate::{Error, lock};
 
 /// Most output bytes one batch carries (always at least one certificate's).
@@ -80,14 +81,17 @@ impl Outbox {
     fn take(&self) -> Vec<Queued> {
         let mut queue = lock(&self.queue);
         let mut batch = Vec::new();
-        let mut bytes = 0;
+        let (mut bytes, mut claims) = (0, 0);
         while let Some(next) = queue.front() {
             if batch.len() == MAX_CERTIFICATES_PER_CALL
-                || (!batch.is_empty() && bytes + next.output.len() > BATCH_OUTPUT_BYTES)
+                || (!batch.is_empty()
+                    && (bytes + next.output.len() > BATCH_OUTPUT_BYTES
+                        || claims + next.claims.len() > MAX_CLAIMS_PER_CALL))
             {
                 break;
             }
             bytes += next.output.len();
+            claims += next.claims.len();
             batch.extend(queue.pop_front());
         }
         batch
@@ -365,25 +369,36 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_holds_at_most_64_certificates_and_1_mib_of_output() {
+    fn a_batch_holds_at_most_64_certificates_256_claims_and_1_mib_of_output() {
         let outbox = Outbox::default();
-        let queue = |units: std::ops::Range<u64>, bytes: usize| {
+        let claim = Claim::sign(
+            &Identity::from_seed([3; 32]),
+            protocol::ProjectId(1),
+            UnitId(1),
+            protocol::Digest::of(b"42"),
+            1,
+        );
+        let queue = |units: std::ops::Range<u64>, bytes: usize, claims: usize| {
             for unit in units {
                 let (answer, _) = oneshot::channel();
                 lock(&outbox.queue).push_back(Queued {
                     unit: UnitId(unit),
-                    claims: Arc::from(vec![]),
+                    claims: vec![claim.clone(); claims].into(),
                     output: vec![0u8; bytes].into(),
                     answer,
                 });
             }
         };
         let units = |batch: Vec<Queued>| batch.iter().map(|q| q.unit.0).collect::<Vec<_>>();
-        queue(0..70, 1);
+        queue(0..70, 1, 2);
         assert_eq!(units(outbox.take()), (0..64).collect::<Vec<_>>());
         assert_eq!(units(outbox.take()), (64..70).collect::<Vec<_>>());
         assert!(outbox.take().is_empty());
-        queue(0..3, 400 << 10);
+        queue(0..3, 400 << 10, 2);
+        assert_eq!(units(outbox.take()), vec![0, 1]);
+        assert_eq!(units(outbox.take()), vec![2]);
+        // 100 claims each: two fit in 256, the third waits.
+        queue(0..3, 1, 100);
         assert_eq!(units(outbox.take()), vec![0, 1]);
         assert_eq!(units(outbox.take()), vec![2]);
     }

@@ -214,8 +214,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitCertificates(self, request, context):
-        """Several certificates in one signed call (at most 64, all with the caller as
-        submitter): each is checked, recorded and answered on its own, in order, as if sent
+        """Several certificates in one signed call (at most 64 with 256 claims in all, all with
+        the caller as submitter): each is checked, recorded and answered on its own, in order, as if sent
         alone, so one refused certificate does not cost the others. The call itself is refused
         only for what concerns all of them (the caller's signature, standing or rate).
         """
