@@ -3,7 +3,7 @@
 //! them), driven with fantoccini: a Mandelbrot project's progress and picture
 //! fill in live, without a reload, and no page raises a JavaScript error.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -303,9 +303,7 @@ async fn save(browser: &Client, dir: &Path, name: &str) -> Vec<u8> {
 }
 
 pub(crate) fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    crate::harness::free_port()
 }
 
 /// A plain HTTP/1.0 GET (the body of a 200 answer).

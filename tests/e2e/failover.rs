@@ -140,10 +140,7 @@ impl Drop for Standby {
 }
 
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    crate::harness::free_port().port()
 }
 
 #[test]

@@ -36,6 +36,26 @@ pub fn fallow() -> Command {
 }
 
 /// The submitter key file the tests sign with (see [`fallow`]).
+/// A loopback address free to listen on, for a child process to bind by number (its
+/// metrics, a standby's API). Chosen below the kernel's ephemeral range (32768 and up on
+/// Linux), so no listener on port 0 — another worker's peer port, the coordinator's —
+/// can take it between this check and the child's bind: CI once saw a worker refuse to
+/// start because its own peer listener had been given the number picked for its metrics.
+pub fn free_port() -> std::net::SocketAddr {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..10_000 {
+        // RandomState is seeded afresh for each one made: a random port per try.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 20_000 + (random % 12_000) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("a bound address");
+        }
+    }
+    panic!("no free loopback port between 20000 and 31999");
+}
+
 pub fn submitter_key() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-submitter.key")
 }
