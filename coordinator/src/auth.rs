@@ -113,6 +113,14 @@ impl Gate {
     }
 }
 
+/// Mints the admin token on a first start (`DATA/admin.token`), as the server would when
+/// it opens its gate. `fallow coordinator` calls it before it binds its port: `fallow
+/// submit` on this machine reads the file as soon as it can connect, which is as soon as
+/// the port is bound, before the server answers.
+pub fn mint_on_first_start(data_dir: &Path) -> Result<(), Error> {
+    Tokens::open(data_dir).map(drop)
+}
+
 /// The tokens a running coordinator accepts.
 #[derive(Debug)]
 pub(crate) struct Tokens {

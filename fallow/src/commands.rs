@@ -304,6 +304,8 @@ async fn serve(
     store: impl coordinator::store::Store,
 ) -> anyhow::Result<()> {
     let identity = tls.identity(listen, &config.data_dir)?;
+    // The admin token exists before anyone can connect (`fallow submit` reads it then).
+    coordinator::auth::mint_on_first_start(&config.data_dir)?;
     let listener = bind(listen).await?;
     announce(listener.local_addr()?, identity.as_ref())?;
     config.tls = identity;
@@ -403,7 +405,7 @@ pub async fn submit(
     let client = Client::connect(coordinator, trust).await?;
     // Without --token: the admin token of a coordinator started here on the default data
     // dir, so the five-minute path needs no copying of secrets. Read once connected: a
-    // coordinator that was just started writes it before it answers.
+    // coordinator that was just started writes it before it binds its port.
     let token = token.or_else(|| {
         std::fs::read_to_string(Path::new("fallow-data").join(coordinator::auth::ADMIN_TOKEN_FILE))
             .ok()
