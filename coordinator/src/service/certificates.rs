@@ -256,19 +256,17 @@ fn check_batch(submitter: WorkerId, batch: &pb::CertificateBatch) -> Result<(), 
     }
     for (i, c) in batch.certificates.iter().enumerate() {
         if !c.submitter_key.is_empty() && c.submitter_key != submitter.0 {
+            let named = WorkerId::from_slice("submitter_key", &c.submitter_key).map_or_else(
+                |_| format!("{} bytes that are no key", c.submitter_key.len()),
+                |key| format!("worker {key}"),
+            );
             return Err(bad(format!(
-                "certificate {i} (unit {}) names submitter_key {} but the call is signed by {submitter}",
-                c.unit_id,
-                hex_prefix(&c.submitter_key)
+                "certificate {i} (unit {}) names submitter_key {named} but the call is signed by {submitter}",
+                c.unit_id
             )));
         }
     }
     Ok(())
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    let hex: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    if bytes.len() > 8 { hex + "…" } else { hex }
 }
 
 /// Whom a verified unit's credit goes to: the signer's account and team as registered.
