@@ -102,7 +102,7 @@ fn main() -> std::io::Result<()> {
         team: registration.team.into(),
         platform: "linux-x86_64".into(),
         // sandbox::meter::VERSION (this crate links the sandbox only with a feature).
-        fuel_rules: 1,
+        fuel_rules: 2,
     };
     write("wire", "register-worker", &wire(9, &|| register.encode_to_vec()))?;
 

@@ -49,15 +49,19 @@ pub struct Checkpoint {
 #[error("not a valid Fallow checkpoint: {0}")]
 pub struct BadCheckpoint(&'static str);
 
-const MAGIC: &[u8; 8] = b"FLWCKPT1";
+const MAGIC: &[u8; 8] = b"FLWCKPT2";
+/// The magic of checkpoints from before they named their fuel rules (all of version 1).
+const MAGIC_RULES_1: &[u8; 8] = b"FLWCKPT1";
 
 impl Checkpoint {
-    /// The on-disk form: magic, fields little-endian, lengths before bytes, and a BLAKE3 of
-    /// everything before it (a worker's disk can be corrupted; a torn write cannot happen
+    /// The on-disk form: magic, the fuel rules the fuel was counted by
+    /// ([`crate::meter::VERSION`]), fields little-endian, lengths before bytes, and a BLAKE3
+    /// of everything before it (a worker's disk can be corrupted; a torn write cannot happen
     /// because the worker renames complete files into place).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + 4 + 8 * 5 + self.stdout.len() + self.state.len() + 32);
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&crate::meter::VERSION.to_le_bytes());
         out.extend_from_slice(&self.segment.to_le_bytes());
         out.extend_from_slice(&self.fuel.to_le_bytes());
         out.extend_from_slice(&self.random[0].to_le_bytes());
@@ -71,7 +75,10 @@ impl Checkpoint {
         out
     }
 
-    /// Reads [`Checkpoint::encode`]'s form back, checking the magic and the hash.
+    /// Reads [`Checkpoint::encode`]'s form back, checking the magic and the hash. A
+    /// checkpoint whose fuel was counted by other fuel rules than this build's is refused:
+    /// resumed, its unit would claim a sum of two counts, which no other worker could
+    /// match.
     pub fn decode(bytes: &[u8]) -> Result<Self, BadCheckpoint> {
         let (body, sum) = bytes
             .split_at_checked(bytes.len().saturating_sub(32))
@@ -80,8 +87,13 @@ impl Checkpoint {
             return Err(BadCheckpoint("hash mismatch (corrupted or truncated)"));
         }
         let mut r = Reader(body);
-        if r.take(8)? != MAGIC {
-            return Err(BadCheckpoint("wrong magic"));
+        match r.take(8)? {
+            m if m == MAGIC => {}
+            m if m == MAGIC_RULES_1 => return Err(BadCheckpoint(OTHER_RULES)),
+            _ => return Err(BadCheckpoint("wrong magic")),
+        }
+        if u32::from_le_bytes(r.array()?) != crate::meter::VERSION {
+            return Err(BadCheckpoint(OTHER_RULES));
         }
         let segment = u32::from_le_bytes(r.array()?);
         let fuel = u64::from_le_bytes(r.array()?);
@@ -103,6 +115,8 @@ impl Checkpoint {
         })
     }
 }
+
+const OTHER_RULES: &str = "its fuel was counted by other fuel rules than this build's";
 
 struct Reader<'a>(&'a [u8]);
 

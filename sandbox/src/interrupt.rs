@@ -10,7 +10,8 @@
 //! guest and ended with it:
 //! - every [`TICK`], it adds the guest's running time to its wall clock ([`Ticker::ran`]);
 //!   past the limit it writes `i64::MAX` to the guest's limit, and the guest traps at its
-//!   next check (at the latest one loop iteration or call later);
+//!   next draw from its bank (at most [`crate::meter::BANK_DRAW`] fuel later, about a
+//!   millisecond);
 //! - then it **holds** the guest thread: it sends it [`SIGNAL`], whose handler, if the
 //!   thread is in the guest's compiled code, waits on a futex until released. Held, the
 //!   guest is exactly as it was (registers, stack, memory), and the companion asks the
@@ -474,8 +475,13 @@ fn run(shared: &Shared) {
         if held && state.generation == watching {
             let fuel = state.job.as_ref().map_or(0, |j| {
                 // SAFETY: the job is live.
-                let counter =
-                    unsafe { imp::word(j.memory, crate::meter::COUNTER_OFFSET) }.load(SeqCst);
+                let (counter, bank) = unsafe {
+                    (
+                        imp::word(j.memory, crate::meter::COUNTER_OFFSET).load(SeqCst),
+                        imp::word(j.memory, crate::meter::BANK_OFFSET).load(SeqCst),
+                    )
+                };
+                let counter = counter.saturating_add(bank);
                 j.before
                     + (i128::from(j.issued) - i128::from(counter)).clamp(0, i128::from(u64::MAX))
                         as u64

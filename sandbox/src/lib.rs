@@ -821,7 +821,8 @@ impl Sandbox {
                             .map_err(|e| host::HostTrouble::error(format!("fuel meter: {e}")))
                     };
                     set(&mut store, 0, 0)?;
-                    set(&mut store, meter::COUNTER_OFFSET, issued as i64)?;
+                    set(&mut store, meter::COUNTER_OFFSET, 0)?;
+                    set(&mut store, meter::BANK_OFFSET, issued as i64)?;
                     limit_memory = Some(memory);
                     let code = compiled.pre.module().image_range();
                     watch = Some(
@@ -856,15 +857,26 @@ impl Sandbox {
                     store.data().metered.meter.used(counter)
                 }
                 (Some(meter::Check::Limit), _) => {
-                    let mut counter = [0u8; 8];
                     let issued = store.data().metered.meter.issued();
-                    match limit_memory {
-                        Some(m) if m.read(&store, meter::COUNTER_OFFSET, &mut counter).is_ok() => {
-                            store.data().metered.meter.used(i64::from_le_bytes(counter))
-                        }
-                        // Not instantiated: nothing ran.
-                        _ => store.data().metered.meter.used(issued as i64),
-                    }
+                    let word = |m: wasmtime::Memory, at| {
+                        let mut bytes = [0u8; 8];
+                        m.read(&store, at, &mut bytes)
+                            .ok()
+                            .map(|()| i64::from_le_bytes(bytes))
+                    };
+                    // What is left: the counter plus the bank (`meter`, "Call-free checks").
+                    let left = limit_memory.and_then(|m| {
+                        Some(
+                            word(m, meter::COUNTER_OFFSET)?
+                                .saturating_add(word(m, meter::BANK_OFFSET)?),
+                        )
+                    });
+                    // Not instantiated: nothing ran.
+                    store
+                        .data()
+                        .metered
+                        .meter
+                        .used(left.unwrap_or(issued as i64))
                 }
                 (_, Metering::Engine) => budget.saturating_sub(store.get_fuel().unwrap_or(budget)),
                 _ => 0,

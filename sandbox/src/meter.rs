@@ -18,10 +18,12 @@
 //!
 //! # The rules (version [`VERSION`])
 //! - Every function body is cut into **segments** at these instructions, which end the
-//!   segment they are in: `loop`, `if`, `else`, `end`, `br`, `br_if`, `br_table`,
-//!   `return`, `unreachable`, and every call. A segment's **cost** is the number of
-//!   instructions in it, where `block`, `loop`, `end`, `else` and `nop` count 0; its
-//!   cost is subtracted from the counter when the segment starts.
+//!   segment they are in: `loop`, `if`, `else`, `end`, `br`, `br_table`, `return`,
+//!   `unreachable`, and every call. A segment's **cost** is the number of instructions in
+//!   it, where `block`, `loop`, `end`, `else` and `nop` count 0; its cost is subtracted
+//!   from the counter when the segment starts. A `br_if` does not end its segment (since
+//!   version 2): what follows it is paid with what comes before, whether it branches or
+//!   not, so that a loop whose body leaves by `br_if` pays once per iteration.
 //! - `memory.fill`, `memory.copy` and `memory.init` also cost their length in bytes
 //!   divided by [`BULK_BYTES_PER_FUEL`], subtracted just before they run.
 //! - At each function's entry and at each loop's head, right after that segment's cost is
@@ -44,14 +46,24 @@
 //! same rules count the same fuel; only what a check does differs:
 //! - the module also defines one more memory, one 64 KiB page (not growable), exported
 //!   as [`LIMIT_EXPORT`]: bytes 0..8 hold the **limit** (`i64`, little-endian), bytes
-//!   8..16 the counter between calls (instead of the global, which stays, unused);
-//! - a check compares the counter with the limit, and below it stores the counter and
-//!   executes `unreachable`;
+//!   8..16 the counter between calls (instead of the global, which stays, unused), bytes
+//!   16..24 the **bank**: fuel not yet drawn into the counter;
+//! - a check with the counter below zero **draws** from the bank: what is left in all is
+//!   the counter plus the bank. Below the limit, the bank is emptied into the stored
+//!   counter and the guest executes `unreachable`. Otherwise the counter takes up to
+//!   [`BANK_DRAW`] of it, and both are stored. So the counter is compared with 0, in a
+//!   register, at every check, and the limit is read only at a draw;
+//! - a loop's draw comes after its body, where the check branches out to it and whence
+//!   it branches back to the loop's head (`Rewriter::open_loop`): Cranelift lays code out
+//!   in the module's order, so a draw inside the loop would cost every iteration a jump
+//!   over it. A function's entry check draws in place;
 //! - at the head of a loop that holds another loop, after its check, the counter is also
 //!   stored, so that the host can read a running guest's progress;
-//! - the host writes the whole budget to the counter and 0 to the limit before any guest
-//!   code runs, so that trap is the fuel limit. To stop the guest (its wall clock), another
-//!   thread raises the limit to `i64::MAX`: it traps at its next check;
+//! - the host puts the whole budget in the bank, 0 in the counter and 0 in the limit
+//!   before any guest code runs, so that trap is the fuel limit, at the same check and
+//!   with the same fuel as [`Check::Slice`]. To stop the guest (its wall clock), another
+//!   thread raises the limit to `i64::MAX`: it traps at its next draw, at most
+//!   [`BANK_DRAW`] fuel later;
 //! - a module's start function (which would run at instantiation, before the host can
 //!   write the counter) is not started by the module: it is exported as [`START_EXPORT`]
 //!   and the host calls it first.
@@ -61,8 +73,9 @@
 //! `issued` fuel in total; `slice(c)` means `issued - c` has been used. Over the limit,
 //! the run ends (out of fuel); otherwise the host hands out the next slice, at most
 //! [`SLICE_FUEL`] and at most what is left. After the run (however it ended), fuel used =
-//! `issued - counter`. The slice size decides only how often the host is asked, never the
-//! fuel a run uses. A run whose last segments (after its last check) took it past the
+//! `issued - counter` (with call-free checks, `issued - (counter + bank)`, all of the
+//! budget issued at once). The slice size decides only how often the host is asked, never
+//! the fuel a run uses. A run whose last segments (after its last check) took it past the
 //! limit also ran out of fuel (`Sandbox::run_resumable`): no run uses more than its limit.
 
 use std::collections::HashMap;
@@ -88,16 +101,24 @@ pub const LIMIT_EXPORT: &str = "fallow_meter_limit";
 pub const START_EXPORT: &str = "fallow_meter_start";
 /// With [`Check::Limit`], where the counter is kept in the limit's memory.
 pub const COUNTER_OFFSET: usize = 8;
+/// With [`Check::Limit`], where the bank is kept in the limit's memory: the fuel not yet
+/// drawn into the counter.
+pub const BANK_OFFSET: usize = 16;
+/// With [`Check::Limit`], the most fuel the counter draws from the bank at once: how
+/// often, at the most, a running guest looks at its limit (about a millisecond of guest
+/// time), and so how soon it stops once the host raises it.
+pub const BANK_DRAW: u64 = 1 << 20;
 /// The name under which the rewritten module exports its fuel counter.
 pub const FUEL_EXPORT: &str = "fallow_meter_fuel";
 /// The version of the rules above. Fuel is part of what a quorum agrees on, so every
 /// worker of a unit must meter by the same version; a change of the rules is a new one.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The version of the code the rewrite emits around the rules (how a check is written,
-/// not what it counts): 2 since wasmtime's checks call nothing ([`Check::Limit`]).
+/// not what it counts): 2 since wasmtime's checks call nothing ([`Check::Limit`]), 3
+/// since they draw from a bank after the loop's body.
 /// Compiled code from another version is other code with the same fuel, so the disk cache
 /// keys on it too.
-pub const CODE_VERSION: u32 = 2;
+pub const CODE_VERSION: u32 = 3;
 /// Bytes of `memory.fill`/`copy`/`init` per unit of fuel.
 pub const BULK_BYTES_PER_FUEL: u32 = 16;
 /// The most fuel the host hands out at once: how often, at the most, a guest reaches the
@@ -147,8 +168,8 @@ impl Meter {
         (i128::from(self.issued) - i128::from(counter)).clamp(0, i128::from(u64::MAX)) as u64
     }
 
-    /// A meter that hands out the whole budget at once ([`Check::Limit`]): the counter
-    /// starts at [`Meter::issued`], and fuel used is `issued - counter`.
+    /// A meter that hands out the whole budget at once ([`Check::Limit`]): the bank
+    /// starts at [`Meter::issued`], and fuel used is `issued - (counter + bank)`.
     pub fn upfront(budget: u64) -> Self {
         Meter {
             budget,
@@ -206,8 +227,9 @@ pub enum Check {
     /// Calls `slice`: the rules of the module doc. What a browser runs, and wasmtime
     /// where [`Check::Limit`] is not supported.
     Slice,
-    /// Calls nothing: compares the counter with the limit in the rewrite's own memory and
-    /// traps below it (module doc, "Call-free checks").
+    /// Calls nothing: below zero, the counter draws from a bank in the rewrite's own
+    /// memory, and the guest traps where what is left is below the limit there (module
+    /// doc, "Call-free checks").
     Limit,
     /// Benchmarks only: sets the counter to 2^62 instead of calling the host, so that the
     /// rewrite's counting is measured without its one call (no limit, no wall clock, no
@@ -665,7 +687,6 @@ fn ends_segment(op: &Operator) -> bool {
             | O::Else
             | O::End
             | O::Br { .. }
-            | O::BrIf { .. }
             | O::BrTable { .. }
             | O::Return
             | O::Unreachable
@@ -683,6 +704,24 @@ fn is_call(op: &Operator) -> bool {
             | O::ReturnCallIndirect { .. }
             | O::ReturnCallRef { .. }
     )
+}
+
+/// A branch's relative depth in the rewritten body, where `frames` are the blocks, loops
+/// and ifs open around it (innermost last): a loop of [`Rewriter::open_loop`] is three
+/// labels, its body inside the innermost, so a branch to it crosses one more label and a
+/// branch past it two more.
+fn renumber(frames: &[Option<u64>], depth: u32) -> u32 {
+    let target = frames.len().checked_sub(depth as usize + 1);
+    let mut extra = 0;
+    for (j, frame) in frames.iter().enumerate().rev() {
+        if target.is_some_and(|t| j < t) {
+            break;
+        }
+        if frame.is_some() {
+            extra += if Some(j) == target { 1 } else { 2 };
+        }
+    }
+    depth + extra
 }
 
 /// An instruction's own cost (module doc).
@@ -811,20 +850,62 @@ impl Rewriter {
         // Branches to the function's own label land at this block's end, where the
         // counter is stored back.
         f.instruction(&Instruction::Block(block));
+        // The open blocks, loops and ifs, innermost last: for each, the cost charged at
+        // its head if it is a loop whose check branches out to its draw from the bank
+        // ([`Check::Limit`]: `Rewriter::open_loop`), so that branches crossing it are
+        // renumbered.
+        let mut frames: Vec<Option<u64>> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             if is_call(op) || matches!(op, Operator::Return) {
                 self.store(&mut f, &locals);
             }
             self.bulk_charge(&mut f, &locals, op);
-            let is_loop = matches!(op, Operator::Loop { .. });
             let call = is_call(op);
             let ends = ends_segment(op);
-            f.instruction(&shift.instruction(op.clone()).map_err(invalid)?);
+            match op {
+                Operator::Loop { blockty } if self.check == Check::Limit => {
+                    let cost = costs.next().unwrap_or(0);
+                    let drawn = self.open_loop(&mut f, shift, &locals, *blockty, cost)?;
+                    frames.push(drawn.then_some(cost));
+                }
+                Operator::Loop { .. } | Operator::Block { .. } | Operator::If { .. } => {
+                    frames.push(None);
+                    f.instruction(&shift.instruction(op.clone()).map_err(invalid)?);
+                }
+                Operator::End => match frames.pop() {
+                    Some(Some(cost)) => self.close_loop(&mut f, &locals, cost),
+                    _ => {
+                        f.instruction(&Instruction::End);
+                    }
+                },
+                Operator::Br { relative_depth } => {
+                    f.instruction(&Instruction::Br(renumber(&frames, *relative_depth)));
+                }
+                Operator::BrIf { relative_depth } => {
+                    f.instruction(&Instruction::BrIf(renumber(&frames, *relative_depth)));
+                }
+                Operator::BrTable { targets } => {
+                    let depths = targets
+                        .targets()
+                        .map(|t| t.map(|d| renumber(&frames, d)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(invalid)?;
+                    f.instruction(&Instruction::BrTable(
+                        depths.into(),
+                        renumber(&frames, targets.default()),
+                    ));
+                }
+                _ => {
+                    f.instruction(&shift.instruction(op.clone()).map_err(invalid)?);
+                }
+            }
             if call {
                 self.load_stored(&mut f);
                 f.instruction(&Instruction::LocalSet(locals.fuel));
             }
-            if ends {
+            let checked_loop = self.check == Check::Limit && matches!(op, Operator::Loop { .. });
+            if ends && !checked_loop {
+                let is_loop = matches!(op, Operator::Loop { .. });
                 self.charge(&mut f, &locals, costs.next().unwrap_or(0), is_loop);
             }
             // Call-free checks: the counter between calls is also where the companion reads
@@ -838,6 +919,82 @@ impl Rewriter {
         self.store(&mut f, &locals);
         f.instruction(&Instruction::End);
         Ok(f)
+    }
+
+    /// [`Check::Limit`]: a loop whose check, below zero, branches out to its draw from
+    /// the bank, which comes after the loop's body (`close_loop`): Cranelift lays out
+    /// code in the module's order, so the draw stays out of the loop's way. The loop
+    /// `loop bt … end` becomes
+    ///
+    /// ```text
+    /// block bt              ;; the loop's results, where its body falls out
+    ///   loop bt             ;; the loop's own label
+    ///     block             ;; the check's way out
+    ///       (charge cost) (counter < 0) br_if 0
+    ///       …body…          ;; branches renumbered (`renumber`)
+    ///       br 2
+    ///     end
+    ///     (draw from the bank, or trap) (counter += cost) br 0
+    ///   end
+    /// end
+    /// ```
+    ///
+    /// The draw gives back the head's cost, which the loop's head charges again: the same
+    /// fuel as the check in place. A loop with parameters keeps the check in place
+    /// (`false`): its parameters are on the stack at the head, where the block could
+    /// not take them.
+    fn open_loop(
+        &self,
+        f: &mut Function,
+        shift: &mut Shift,
+        locals: &Locals,
+        blockty: wasmparser::BlockType,
+        cost: u64,
+    ) -> Result<bool, Error> {
+        let ty = shift.block_type(blockty).map_err(invalid)?;
+        let params = match blockty {
+            wasmparser::BlockType::FuncType(t) => self
+                .layout
+                .signatures
+                .get(t as usize)
+                .and_then(|s| s.as_ref())
+                .map_or(0, |(params, _)| *params),
+            _ => 0,
+        };
+        if params > 0 {
+            f.instruction(&Instruction::Loop(ty));
+            self.charge(f, locals, cost, true);
+            return Ok(false);
+        }
+        f.instruction(&Instruction::Block(ty));
+        f.instruction(&Instruction::Loop(ty));
+        f.instruction(&Instruction::Block(BlockType::Empty));
+        f.instruction(&Instruction::LocalGet(locals.fuel));
+        if cost != 0 {
+            f.instruction(&Instruction::I64Const(cost as i64));
+            f.instruction(&Instruction::I64Sub);
+        }
+        f.instruction(&Instruction::LocalTee(locals.fuel));
+        f.instruction(&Instruction::I64Const(0));
+        f.instruction(&Instruction::I64LtS);
+        f.instruction(&Instruction::BrIf(0));
+        Ok(true)
+    }
+
+    /// The end of a loop that [`Rewriter::open_loop`] opened with its check branching out.
+    fn close_loop(&self, f: &mut Function, locals: &Locals, cost: u64) {
+        f.instruction(&Instruction::Br(2));
+        f.instruction(&Instruction::End);
+        self.draw_from_bank(f, locals);
+        if cost != 0 {
+            f.instruction(&Instruction::LocalGet(locals.fuel));
+            f.instruction(&Instruction::I64Const(cost as i64));
+            f.instruction(&Instruction::I64Add);
+            f.instruction(&Instruction::LocalSet(locals.fuel));
+        }
+        f.instruction(&Instruction::Br(0));
+        f.instruction(&Instruction::End);
+        f.instruction(&Instruction::End);
     }
 
     /// Subtracts `cost` from the counter, then, at a check point, asks for a slice when
@@ -857,16 +1014,6 @@ impl Rewriter {
             return;
         }
         f.instruction(&Instruction::LocalTee(locals.fuel));
-        if self.check == Check::Limit {
-            f.instruction(&Instruction::I32Const(0));
-            f.instruction(&Instruction::I64Load(self.limit_arg(0)));
-            f.instruction(&Instruction::I64LtS);
-            f.instruction(&Instruction::If(BlockType::Empty));
-            self.store(f, locals);
-            f.instruction(&Instruction::Unreachable);
-            f.instruction(&Instruction::End);
-            return;
-        }
         f.instruction(&Instruction::I64Const(0));
         f.instruction(&Instruction::I64LtS);
         f.instruction(&Instruction::If(BlockType::Empty));
@@ -878,11 +1025,56 @@ impl Rewriter {
             Check::Refill => {
                 f.instruction(&Instruction::I64Const(1 << 62));
             }
-            // Returned above.
-            Check::Limit => {}
+            Check::Limit => {
+                self.draw_from_bank(f, locals);
+                f.instruction(&Instruction::End);
+                return;
+            }
         }
         f.instruction(&Instruction::LocalSet(locals.fuel));
         f.instruction(&Instruction::End);
+    }
+
+    /// [`Check::Limit`], the counter below zero: what is left in all is the counter plus
+    /// the bank. Below the limit (out of fuel, or the limit raised to stop the guest), the
+    /// bank is emptied into the stored counter and the guest traps; otherwise the counter
+    /// takes up to [`BANK_DRAW`] of it, and both are stored (the host's view of the
+    /// guest's progress stays whole).
+    fn draw_from_bank(&self, f: &mut Function, locals: &Locals) {
+        let bank = self.limit_arg(BANK_OFFSET);
+        f.instruction(&Instruction::LocalGet(locals.fuel));
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::I64Load(bank));
+        f.instruction(&Instruction::I64Add);
+        f.instruction(&Instruction::LocalTee(locals.fuel));
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::I64Load(self.limit_arg(0)));
+        f.instruction(&Instruction::I64LtS);
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::I64Const(0));
+        f.instruction(&Instruction::I64Store(bank));
+        self.store(f, locals);
+        f.instruction(&Instruction::Unreachable);
+        f.instruction(&Instruction::End);
+        // bank = max(left - BANK_DRAW, 0); counter = left - bank.
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::LocalGet(locals.fuel));
+        f.instruction(&Instruction::I64Const(BANK_DRAW as i64));
+        f.instruction(&Instruction::I64Sub);
+        f.instruction(&Instruction::LocalTee(locals.len64));
+        f.instruction(&Instruction::I64Const(0));
+        f.instruction(&Instruction::LocalGet(locals.len64));
+        f.instruction(&Instruction::I64Const(0));
+        f.instruction(&Instruction::I64GtS);
+        f.instruction(&Instruction::Select);
+        f.instruction(&Instruction::LocalTee(locals.len64));
+        f.instruction(&Instruction::I64Store(bank));
+        f.instruction(&Instruction::LocalGet(locals.fuel));
+        f.instruction(&Instruction::LocalGet(locals.len64));
+        f.instruction(&Instruction::I64Sub);
+        f.instruction(&Instruction::LocalSet(locals.fuel));
+        self.store(f, locals);
     }
 
     fn store(&self, f: &mut Function, locals: &Locals) {

@@ -382,6 +382,175 @@ fn call_free_checks_count_the_same_fuel_as_slice_calls_and_stop_at_the_same_limi
     }
 }
 
+/// Call-free checks move each loop's draw from the bank after its body, inside two more
+/// labels (`meter`, `Rewriter::open_loop`), so every branch that crosses such a loop is
+/// renumbered. A guest that branches from inner loops to outer loops' heads, out of
+/// both, through `br_table`, to its function's label, and through loops with a result
+/// and with a parameter computes the same checksum (it traps otherwise) with call-free
+/// checks, with slice calls (the same fuel) and unmetered.
+#[test]
+fn branches_across_loops_with_call_free_checks_land_where_they_did() {
+    use wasm_encoder::{
+        BlockType as B, CodeSection, ExportKind, ExportSection, Function, FunctionSection,
+        Instruction as I, MemorySection, MemoryType, Module, TypeSection, ValType,
+    };
+    let mut expected = 0u32;
+    let mut i = 0u32;
+    loop {
+        let mut j = 0u32;
+        loop {
+            expected = expected.wrapping_mul(3).wrapping_add(i * 7).wrapping_add(j);
+            j += 1;
+            if j >= 6 || (i + j) % 3 == 1 {
+                break;
+            }
+        }
+        i += 1;
+        if i >= 5 {
+            break;
+        }
+    }
+    expected = expected.wrapping_add(10 + 7);
+
+    let (li, lj, sum, k) = (0, 1, 2, 3);
+    let code = [
+        I::Block(B::Empty), // $done
+        I::Loop(B::Empty),  // $outer
+        I::I32Const(0),
+        I::LocalSet(lj),
+        I::Block(B::Empty), // $next
+        I::Loop(B::Empty),  // $inner
+        I::LocalGet(sum),
+        I::I32Const(3),
+        I::I32Mul,
+        I::LocalGet(li),
+        I::I32Const(7),
+        I::I32Mul,
+        I::I32Add,
+        I::LocalGet(lj),
+        I::I32Add,
+        I::LocalSet(sum),
+        I::LocalGet(lj),
+        I::I32Const(1),
+        I::I32Add,
+        I::LocalTee(lj),
+        I::I32Const(6),
+        I::I32GeU,
+        I::BrIf(1), // $next
+        I::LocalGet(li),
+        I::LocalGet(lj),
+        I::I32Add,
+        I::I32Const(3),
+        I::I32RemU,
+        I::BrTable(vec![0, 1].into(), 0), // 0: $inner, 1: $next, else $inner
+        I::End,                           // $inner
+        I::End,                           // $next
+        I::LocalGet(li),
+        I::I32Const(1),
+        I::I32Add,
+        I::LocalTee(li),
+        I::I32Const(5),
+        I::I32GeU,
+        I::BrIf(1), // $done
+        I::Br(0),   // $outer
+        I::End,     // $outer
+        I::End,     // $done
+        // A loop with a result: counts k to 10.
+        I::Loop(B::Result(ValType::I32)),
+        I::LocalGet(k),
+        I::I32Const(1),
+        I::I32Add,
+        I::LocalTee(k),
+        I::LocalGet(k),
+        I::I32Const(10),
+        I::I32LtU,
+        I::BrIf(0),
+        I::End,
+        I::LocalGet(sum),
+        I::I32Add,
+        I::LocalSet(sum),
+        // A loop with a parameter (type 1): counts its argument to 7.
+        I::I32Const(0),
+        I::Loop(B::FunctionType(1)),
+        I::I32Const(1),
+        I::I32Add,
+        I::LocalTee(k),
+        I::LocalGet(k),
+        I::I32Const(7),
+        I::I32LtU,
+        I::BrIf(0),
+        I::End,
+        I::LocalGet(sum),
+        I::I32Add,
+        I::LocalTee(sum),
+        I::I32Const(expected as i32),
+        I::I32Ne,
+        I::If(B::Empty),
+        I::Unreachable,
+        I::End,
+        // Out of a loop to the function's own label.
+        I::Loop(B::Empty),
+        I::Br(1),
+        I::End,
+        I::Unreachable,
+    ];
+    let mut body = Function::new([(4, ValType::I32)]);
+    for c in &code {
+        body.instruction(c);
+    }
+    body.instruction(&I::End);
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    types.ty().function([ValType::I32], [ValType::I32]);
+    let mut functions = FunctionSection::new();
+    functions.function(0);
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 0);
+    exports.export("memory", ExportKind::Memory, 0);
+    let mut section = CodeSection::new();
+    section.function(&body);
+    let mut m = Module::new();
+    m.section(&types)
+        .section(&functions)
+        .section(&memories)
+        .section(&exports)
+        .section(&section);
+    let wasm = m.finish();
+
+    let with = |metering| {
+        Sandbox::new(SandboxConfig {
+            slots: 1,
+            max_memory_mb: 32,
+            metering,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox")
+    };
+    let call_free = run(sandbox_ref(), &wasm, b"", limits()).expect("call-free checks");
+    let slice_calls =
+        run(&with(Metering::RewriteWithSliceCalls), &wasm, b"", limits()).expect("slice calls");
+    run(&with(Metering::Off), &wasm, b"", limits()).expect("unmetered");
+    assert_eq!(call_free.fuel, slice_calls.fuel);
+    assert!(call_free.fuel > 300, "{}", call_free.fuel);
+    // One short: out of fuel in the middle of the loops, both ways.
+    let short = Limits {
+        fuel: call_free.fuel - 1,
+        ..limits()
+    };
+    for metering in [Metering::Rewrite, Metering::RewriteWithSliceCalls] {
+        let failure = run(&with(metering), &wasm, b"", short).expect_err("one short");
+        assert_eq!(failure.kind, FailureKind::FuelExhausted, "{failure}");
+    }
+}
+
 #[test]
 fn a_start_function_runs_first_and_is_metered_with_call_free_checks() {
     use wasm_encoder::{BlockType, Instruction as I, ValType};
@@ -496,6 +665,36 @@ fn a_unit_resumed_from_any_checkpoint_matches_the_straight_run_in_bytes_and_fuel
             "the saved work was not redone"
         );
         assert_eq!(resumed.checkpoints, 9);
+    }
+}
+
+/// A checkpoint's fuel is a count by one version of the fuel rules: one saved by another
+/// (a worker upgraded with units half done) is refused, naming why, and the unit starts
+/// over, rather than claiming a sum of two counts no other worker could match.
+#[test]
+fn a_checkpoint_counted_by_other_fuel_rules_is_refused() {
+    let cp = Checkpoint {
+        segment: 2,
+        fuel: 1234,
+        stdout: b"out".to_vec(),
+        random: [1, 2],
+        state: b"state".to_vec(),
+    };
+    let bytes = cp.encode();
+    assert_eq!(Checkpoint::decode(&bytes), Ok(cp));
+    let resealed = |mut body: Vec<u8>| {
+        body.truncate(body.len() - 32);
+        let sum = blake3::hash(&body);
+        body.extend_from_slice(sum.as_bytes());
+        body
+    };
+    let mut other = bytes.clone();
+    other[8..12].copy_from_slice(&(meter::VERSION + 1).to_le_bytes());
+    let mut first = bytes.clone();
+    first[..8].copy_from_slice(b"FLWCKPT1");
+    for refused in [resealed(other), resealed(first)] {
+        let e = Checkpoint::decode(&refused).expect_err("other rules");
+        assert!(e.to_string().contains("other fuel rules"), "{e}");
     }
 }
 
@@ -1304,6 +1503,23 @@ fn fuel_follows_the_meter_rules_exactly_however_many_slices_a_run_takes() {
     );
     let e = run(sb, &metered::module(&[(0, fill)], 0), b"", limits()).expect("runs");
     assert_eq!(e.fuel, 4 + (1 << 20) / 16);
+    // A `br_if` does not end its segment (rules version 2): what follows it is charged
+    // with what comes before, whether the branch is taken or not: 4, not 2.
+    for taken in [1, 0] {
+        let skip = metered::body(
+            &[
+                I::Block(wasm_encoder::BlockType::Empty),
+                I::I32Const(taken),
+                I::BrIf(0),
+                I::I32Const(5),
+                I::Drop,
+                I::End,
+            ],
+            &[],
+        );
+        let e = run(sb, &metered::module(&[(0, skip)], 0), b"", limits()).expect("runs");
+        assert_eq!(e.fuel, 4, "branch taken: {taken}");
+    }
 }
 
 #[test]
@@ -1867,6 +2083,11 @@ fn random_valid_modules_stay_valid_through_the_meter_and_nan_rewrites() {
         let metered = meter::instrument(&bytes)
             .unwrap_or_else(|e| panic!("seed {seed}: cannot meter a valid module: {e}"));
         valid(&metered).unwrap_or_else(|e| panic!("seed {seed}: metered module invalid: {e}"));
+        // Call-free checks renumber branches across loops (`open_loop`).
+        let call_free = meter::instrument_as(&bytes, meter::Check::Limit)
+            .unwrap_or_else(|e| panic!("seed {seed}: cannot meter with call-free checks: {e}"));
+        valid(&call_free)
+            .unwrap_or_else(|e| panic!("seed {seed}: module with call-free checks invalid: {e}"));
         let canonical = nan::canonicalize(&metered)
             .unwrap_or_else(|e| panic!("seed {seed}: cannot canonicalize: {e}"));
         valid(&canonical)

@@ -43,7 +43,7 @@ export const SLICE = 1n << 22n;
  * (`sandbox::meter::VERSION`): what the browser worker registers with (`fuel_rules`), and
  * the only one a coordinator metering alike accepts.
  */
-export const FUEL_RULES = 1;
+export const FUEL_RULES = 2;
 
 /** `protocol::Limits::default()`. */
 export const DEFAULT_LIMITS = Object.freeze({
@@ -371,14 +371,21 @@ function isStackOverflow(e) {
 // ---------------------------------------------------------------------------------------
 // Checkpoints (`sandbox::Checkpoint`, same fields and the same on-disk form).
 
-const MAGIC = new TextEncoder().encode('FLWCKPT1');
+const MAGIC = new TextEncoder().encode('FLWCKPT2');
+/** The magic of checkpoints from before they named their fuel rules (all of version 1). */
+const MAGIC_RULES_1 = new TextEncoder().encode('FLWCKPT1');
 
-/** `Checkpoint::encode`: magic, little-endian fields, lengths before bytes, BLAKE3 last. */
+/**
+ * `Checkpoint::encode`: magic, the fuel rules (`FUEL_RULES`), little-endian fields,
+ * lengths before bytes, BLAKE3 last.
+ */
 export function encodeCheckpoint(c) {
-  const body = new Uint8Array(8 + 4 + 8 * 3 + 8 + c.stdout.length + 8 + c.state.length);
+  const body = new Uint8Array(8 + 4 + 4 + 8 * 3 + 8 + c.stdout.length + 8 + c.state.length);
   const dv = new DataView(body.buffer);
   body.set(MAGIC, 0);
   let p = 8;
+  dv.setUint32(p, FUEL_RULES, true);
+  p += 4;
   dv.setUint32(p, c.segment, true);
   p += 4;
   dv.setBigUint64(p, BigInt(c.fuel), true);
@@ -396,7 +403,10 @@ export function encodeCheckpoint(c) {
   return out;
 }
 
-/** `Checkpoint::decode`; throws on anything else. */
+/**
+ * `Checkpoint::decode`; throws on anything else, and on a checkpoint whose fuel was
+ * counted by other fuel rules than `FUEL_RULES`.
+ */
 export function decodeCheckpoint(bytes) {
   if (bytes.length < 32) throw new Error('not a valid Fallow checkpoint: too short');
   const body = bytes.subarray(0, bytes.length - 32);
@@ -407,14 +417,16 @@ export function decodeCheckpoint(bytes) {
   const need = (p, n) => {
     if (p + n > body.length) throw new Error('not a valid Fallow checkpoint: truncated');
   };
-  need(0, 44);
-  for (let i = 0; i < 8; i++) {
-    if (body[i] !== MAGIC[i]) throw new Error('not a valid Fallow checkpoint: wrong magic');
-  }
-  const segment = dv.getUint32(8, true);
-  const fuel = dv.getBigUint64(12, true);
-  const random = [Number(dv.getBigUint64(20, true)), Number(dv.getBigUint64(28, true))];
-  let p = 36;
+  need(0, 48);
+  const is = (magic) => magic.every((b, i) => body[i] === b);
+  const otherRules = "not a valid Fallow checkpoint: its fuel was counted by other fuel rules than this build's";
+  if (is(MAGIC_RULES_1)) throw new Error(otherRules);
+  if (!is(MAGIC)) throw new Error('not a valid Fallow checkpoint: wrong magic');
+  if (dv.getUint32(8, true) !== FUEL_RULES) throw new Error(otherRules);
+  const segment = dv.getUint32(12, true);
+  const fuel = dv.getBigUint64(16, true);
+  const random = [Number(dv.getBigUint64(24, true)), Number(dv.getBigUint64(32, true))];
+  let p = 40;
   const take = () => {
     need(p, 8);
     const n = Number(dv.getBigUint64(p, true));

@@ -102,6 +102,11 @@ test('a unit stopped at a checkpoint and resumed from its encoded form gives the
     const straight = run(c);
     assert.equal(rest.checkpoints, straight.checkpoints);
     assert.equal(rest.fuel, straight.fuel);
+    // One counted by other fuel rules is refused, naming why (its hash resealed).
+    const other = bytes.slice();
+    other[8] ^= 0xff;
+    other.set(hash(other.subarray(0, other.length - 32)), other.length - 32);
+    assert.throws(() => decodeCheckpoint(other), /other fuel rules/);
     // A corrupted checkpoint is refused.
     bytes[20] ^= 1;
     assert.throws(() => decodeCheckpoint(bytes), /not a valid Fallow checkpoint/);
