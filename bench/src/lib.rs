@@ -302,6 +302,9 @@ pub fn guest_speed(
         );
         let (n, w) = (median(native), median(wasm));
         let ratio = w.as_secs_f64() / n.as_secs_f64();
+        // Issue 23: primes (whose native build LLVM vectorises, and whose short sieve loop
+        // pays most for fuel counting) within 1.5x, the other kernels within 1.25x.
+        let goal = if k.name == "primes" { 1.5 } else { 1.25 };
         rows.push(Row {
             figure: format!(
                 "guest speed: {} (stdin `{}`)",
@@ -314,9 +317,9 @@ pub fn guest_speed(
             goal: if k.nan_canonicalization {
                 "cost shown separately".into()
             } else {
-                "≤ 1.25x".into()
+                format!("≤ {goal}x")
             },
-            met: (!k.nan_canonicalization).then_some(ratio <= 1.25),
+            met: (!k.nan_canonicalization).then_some(ratio <= goal),
         });
         if !base_times.is_empty() {
             let b = median(base_times);
