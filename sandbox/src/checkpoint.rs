@@ -270,4 +270,34 @@ mod tests {
         flipped[20] ^= 1;
         assert!(Checkpoint::decode(&flipped).is_err());
     }
+
+    /// A checkpoint's fuel is a count by one version of the fuel rules: one saved by
+    /// another (a worker upgraded with units half done) is refused, naming why, and the
+    /// unit starts over, rather than claiming a sum of two counts no other worker could
+    /// match.
+    #[test]
+    fn a_checkpoint_counted_by_other_fuel_rules_is_refused() {
+        let bytes = Checkpoint {
+            segment: 2,
+            fuel: 1234,
+            stdout: b"out".to_vec(),
+            random: [1, 2],
+            state: b"state".to_vec(),
+        }
+        .encode();
+        let resealed = |mut body: Vec<u8>| {
+            body.truncate(body.len() - 32);
+            let sum = blake3::hash(&body);
+            body.extend_from_slice(sum.as_bytes());
+            body
+        };
+        let mut other = bytes.clone();
+        other[8..12].copy_from_slice(&(crate::meter::VERSION + 1).to_le_bytes());
+        let mut first = bytes.clone();
+        first[..8].copy_from_slice(MAGIC_RULES_1);
+        for refused in [resealed(other), resealed(first)] {
+            let e = Checkpoint::decode(&refused).expect_err("other rules");
+            assert!(e.to_string().contains("other fuel rules"), "{e}");
+        }
+    }
 }
