@@ -2,7 +2,8 @@
 //! certificate are, and the rules that decide when a unit is verified.
 //!
 //! Everything here is pure (no clock, no sockets); the only file access is
-//! `manifest::load` and `identity::load_or_create`. The coordinator and the worker
+//! `manifest::load`, `identity::load_or_create` and `dirlock::lock_exclusive` (the data
+//! directory's lock, which coordinator and worker share and which may wait a moment). The coordinator and the worker
 //! drive these types from their async shells; the simulations drive them directly.
 //! Nothing here knows protobuf: `proto::wire` converts between these types and the
 //! generated messages, so this crate (and `sandbox`) builds without tonic and prost.
@@ -10,6 +11,7 @@
 //! # Layout
 //! - [`ids`]: `ProjectId`, `UnitId`, `WorkerId`, `Digest` — ids and digests are types.
 //! - [`identity`]: a worker's ed25519 key pair, kept in its data dir.
+//! - [`dirlock`]: the exclusive lock on a coordinator's or worker's data directory.
 //! - [`call`]: authenticated worker calls: signed, stamped, never replayed.
 //! - [`control`]: project control by its submitter (cancel, pause, resume, retry, extend,
 //!   reduce) and the project state it leaves.
@@ -49,6 +51,7 @@ pub mod certificate;
 pub mod claim;
 pub mod control;
 pub mod data;
+pub mod dirlock;
 pub mod error;
 pub mod evidence;
 pub mod failure;

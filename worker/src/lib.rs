@@ -306,7 +306,7 @@ async fn start_control(
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Error> {
     let path = dir.join("lock");
     let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
+    match protocol::dirlock::lock_exclusive(&file) {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
             "another worker is using --data {}; give each worker its own data directory",

@@ -182,7 +182,9 @@ impl SqliteStore {
             path: lock_path.clone(),
             message: e.to_string(),
         })?;
-        if let Err(e) = lock.try_lock() {
+        // Blocks the thread for at most `dirlock::PATIENCE`, and only while another holds
+        // the lock: once, at start-up.
+        if let Err(e) = protocol::dirlock::lock_exclusive(&lock) {
             return Err(Error::DataDir {
                 path: dir.to_path_buf(),
                 message: match e {
