@@ -55,7 +55,8 @@ pub(crate) trait Ticker: Send {
     /// The guest ran `running` since the last tick. `false`: stop it (its wall clock).
     fn ran(&mut self, running: Duration) -> bool;
     /// Called while the guest is held, with the fuel it used so far (as of its last call,
-    /// return or outer-loop iteration): may block for as long as the guest must not run.
+    /// return, outer-loop iteration or draw from its bank): may block for as long as the
+    /// guest must not run.
     fn pace(&mut self, fuel_used: u64);
 }
 

@@ -179,9 +179,10 @@ const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 /// is bit-identical to one run straight through.
 pub trait Pacer: Send + Sync {
     /// `fuel_used` is the fuel consumed so far (0 when metering is off; with call-free
-    /// checks, as of the guest's last call, return or iteration of a loop that holds
-    /// loops). Also called once, on the calling thread, before the guest starts. May block for as long as the guest must not run;
-    /// the time spent here does not count against `wall_seconds`.
+    /// checks, as of the guest's last call, return, iteration of a loop that holds loops,
+    /// or draw from its bank). Also called once, on the calling thread, before the guest
+    /// starts. May block for as long as the guest must not run; the time spent here does
+    /// not count against `wall_seconds`.
     fn pace(&mut self, fuel_used: u64);
 }
 
